@@ -1,0 +1,52 @@
+# Signet. The two commands for a fresh machine: `make demo` and `make test`.
+GO        ?= go
+BIN       ?= bin/signet
+PKGS      ?= ./...
+FUZZTIME  ?= 8s
+# package:FuzzTarget pairs run briefly by `make test` (`make fuzz FUZZTIME=5m` for longer).
+FUZZ_TARGETS ?= \
+	./internal/ids:FuzzParseID \
+	./internal/selector:FuzzParse
+
+.PHONY: all build test unit fuzz bench demo lint deps proto clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/signet
+
+# deps installs what the tests need on a fresh machine (apt packages); it is
+# idempotent and quiet when everything is present.
+deps:
+	@bash test/setup.sh
+
+# test is everything CI runs: lint, unit + integration + end-to-end tests, and
+# a short run of every fuzz target.
+test: deps lint
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+	@$(MAKE) --no-print-directory fuzz
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
+
+bench: deps build
+	$(GO) test -run='^$$' -bench=. -benchtime=2s -timeout 30m $(PKGS)
+
+demo: build
+	@bash examples/demo/demo.sh $(BIN)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+proto:
+	protoc -I . --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative server/api/*.proto
+
+clean:
+	rm -rf bin

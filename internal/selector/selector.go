@@ -1,0 +1,217 @@
+package selector
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Selector is one observed property: Type names the attestor ("unix",
+// "k8s", "join_token"), Value what it saw ("uid:1000"). Value may hold colons.
+type Selector struct {
+	Type  string
+	Value string
+}
+
+// String returns the canonical `type:value` form.
+func (s Selector) String() string { return s.Type + ":" + s.Value }
+
+// maxLength bounds one selector; real values (paths, image refs) are far shorter.
+const maxLength = 1024
+
+var typeRE = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+
+// knownKeys lists, for the attestor types Signet ships, the keys their values
+// start with. A selector of a known type with an unknown key is refused, so a
+// typo like `unix:usr:postgres` is caught instead of silently never matching.
+var knownKeys = map[string]map[string]func(string) error{
+	"unix": {
+		"uid":               isUint,
+		"gid":               isUint,
+		"supplementary_gid": isUint,
+		"user":              nonEmpty,
+		"group":             nonEmpty,
+		"path":              isAbsPath,
+		"sha256":            isSHA256,
+	},
+	"k8s": {
+		"ns":              nonEmpty,
+		"sa":              nonEmpty,
+		"pod-label":       isLabel,
+		"pod-name":        nonEmpty,
+		"pod-uid":         nonEmpty,
+		"node-name":       nonEmpty,
+		"container-name":  nonEmpty,
+		"container-image": nonEmpty,
+	},
+}
+
+// Parse parses and validates one `type:value` selector.
+func Parse(s string) (Selector, error) {
+	typ, value, ok := strings.Cut(s, ":")
+	if !ok {
+		return Selector{}, fmt.Errorf("invalid selector %q: want type:value, e.g. unix:uid:1000", clip(s))
+	}
+	sel := Selector{Type: typ, Value: value}
+	if err := sel.Validate(); err != nil {
+		return Selector{}, err
+	}
+	return sel, nil
+}
+
+// ParseAll parses a list of selectors and refuses an empty list.
+func ParseAll(in []string) ([]Selector, error) {
+	if len(in) == 0 {
+		return nil, fmt.Errorf("at least one selector is required")
+	}
+	out := make([]Selector, 0, len(in))
+	for _, s := range in {
+		sel, err := Parse(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sel)
+	}
+	return Sort(out), nil
+}
+
+// Validate checks a selector that arrived already split (from the API).
+func (s Selector) Validate() error {
+	full := s.String()
+	switch {
+	case s.Type == "":
+		return fmt.Errorf("invalid selector %q: type is empty", clip(full))
+	case !typeRE.MatchString(s.Type):
+		return fmt.Errorf("invalid selector %q: type %q must be lower-case letters, digits and '_'", clip(full), clip(s.Type))
+	case s.Value == "":
+		return fmt.Errorf("invalid selector %q: value is empty", clip(full))
+	case len(full) > maxLength:
+		return fmt.Errorf("invalid selector %q: %d bytes; the limit is %d", clip(full), len(full), maxLength)
+	case strings.ContainsFunc(s.Value, isControl):
+		return fmt.Errorf("invalid selector %q: value holds a control character", clip(full))
+	}
+	keys, known := knownKeys[s.Type]
+	if !known {
+		return nil
+	}
+	key, arg, ok := strings.Cut(s.Value, ":")
+	check, keyKnown := keys[key]
+	if !keyKnown {
+		return fmt.Errorf("invalid selector %q: unknown %s key %q (known: %s)", clip(full), s.Type, clip(key), strings.Join(sortedKeys(keys), ", "))
+	}
+	if !ok {
+		return fmt.Errorf("invalid selector %q: want %s:%s:<value>", clip(full), s.Type, key)
+	}
+	if err := check(arg); err != nil {
+		return fmt.Errorf("invalid selector %q: %w", clip(full), err)
+	}
+	return nil
+}
+
+// Sort returns the selectors sorted and without duplicates, in place.
+func Sort(sels []Selector) []Selector {
+	slices.SortFunc(sels, Compare)
+	return slices.Compact(sels)
+}
+
+// Compare orders selectors by type, then value.
+func Compare(a, b Selector) int {
+	if c := strings.Compare(a.Type, b.Type); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Value, b.Value)
+}
+
+// Strings returns the canonical forms of sels.
+func Strings(sels []Selector) []string {
+	out := make([]string, len(sels))
+	for i, s := range sels {
+		out[i] = s.String()
+	}
+	return out
+}
+
+// Set is a workload's (or node's) selectors, indexed for subset checks.
+type Set map[Selector]struct{}
+
+// NewSet indexes sels.
+func NewSet(sels ...Selector) Set {
+	set := make(Set, len(sels))
+	for _, s := range sels {
+		set[s] = struct{}{}
+	}
+	return set
+}
+
+// Includes reports whether every selector of sub is in the set; an empty sub
+// matches nothing (an entry without selectors must never match everyone).
+func (set Set) Includes(sub []Selector) bool {
+	if len(sub) == 0 {
+		return false
+	}
+	for _, s := range sub {
+		if _, ok := set[s]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func isUint(v string) error {
+	if _, err := strconv.ParseUint(v, 10, 32); err != nil {
+		return fmt.Errorf("%q is not a numeric id", v)
+	}
+	return nil
+}
+
+func nonEmpty(v string) error {
+	if v == "" {
+		return fmt.Errorf("value is empty")
+	}
+	return nil
+}
+
+func isAbsPath(v string) error {
+	if !strings.HasPrefix(v, "/") {
+		return fmt.Errorf("path %q is not absolute", v)
+	}
+	return nil
+}
+
+var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+func isSHA256(v string) error {
+	if !sha256RE.MatchString(v) {
+		return fmt.Errorf("%q is not a lower-case hex SHA-256 digest", v)
+	}
+	return nil
+}
+
+func isLabel(v string) error {
+	k, _, ok := strings.Cut(v, ":")
+	if !ok || k == "" {
+		return fmt.Errorf("want pod-label:<key>:<value>")
+	}
+	return nil
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+func sortedKeys(m map[string]func(string) error) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func clip(s string) string {
+	const max = 96
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
+}

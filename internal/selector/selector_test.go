@@ -1,0 +1,110 @@
+package selector
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		in       string
+		wantType string
+		wantVal  string
+		wantErr  string
+	}{
+		{in: "unix:uid:1000", wantType: "unix", wantVal: "uid:1000"},
+		{in: "unix:user:postgres", wantType: "unix", wantVal: "user:postgres"},
+		{in: "unix:path:/usr/sbin/nginx", wantType: "unix", wantVal: "path:/usr/sbin/nginx"},
+		{in: "k8s:pod-label:app:web", wantType: "k8s", wantVal: "pod-label:app:web"},
+		{in: "k8s:container-image:docker.io/nginx:1.25", wantType: "k8s", wantVal: "container-image:docker.io/nginx:1.25"},
+		{in: "join_token:abc", wantType: "join_token", wantVal: "abc"},
+		{in: "custom:anything:goes", wantType: "custom", wantVal: "anything:goes"},
+		{in: "", wantErr: "want type:value"},
+		{in: "unix", wantErr: "want type:value"},
+		{in: ":x", wantErr: "type is empty"},
+		{in: "unix:", wantErr: "value is empty"},
+		{in: "Unix:uid:1", wantErr: "lower-case"},
+		{in: "unix:uid:abc", wantErr: "not a numeric id"},
+		{in: "unix:uid:-1", wantErr: "not a numeric id"},
+		{in: "unix:usr:postgres", wantErr: `unknown unix key "usr"`},
+		{in: "unix:uid", wantErr: "want unix:uid:<value>"},
+		{in: "unix:path:bin/nginx", wantErr: "not absolute"},
+		{in: "unix:sha256:XYZ", wantErr: "SHA-256"},
+		{in: "k8s:pod-label:app", wantErr: "pod-label:<key>:<value>"},
+		{in: "k8s:ns:a\nb", wantErr: "control character"},
+		{in: "custom:" + strings.Repeat("x", 1100), wantErr: "limit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := Parse(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Parse(%q) = %v, %v; want error containing %q", tt.in, got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Parse(%q): %v", tt.in, err)
+			}
+			if got.Type != tt.wantType || got.Value != tt.wantVal || got.String() != tt.in {
+				t.Fatalf("Parse(%q) = %+v", tt.in, got)
+			}
+		})
+	}
+}
+
+func TestSetIncludes(t *testing.T) {
+	workload := NewSet(
+		Selector{"unix", "uid:1000"}, Selector{"unix", "gid:1000"}, Selector{"unix", "path:/bin/app"},
+	)
+	tests := []struct {
+		name  string
+		entry []Selector
+		want  bool
+	}{
+		{"subset", []Selector{{"unix", "uid:1000"}}, true},
+		{"equal", []Selector{{"unix", "uid:1000"}, {"unix", "gid:1000"}, {"unix", "path:/bin/app"}}, true},
+		{"one missing", []Selector{{"unix", "uid:1000"}, {"unix", "uid:0"}}, false},
+		{"empty matches nothing", nil, false},
+	}
+	for _, tt := range tests {
+		if got := workload.Includes(tt.entry); got != tt.want {
+			t.Errorf("%s: Includes = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestParseAllSortsAndDedups(t *testing.T) {
+	got, err := ParseAll([]string{"unix:uid:1", "k8s:ns:a", "unix:uid:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "k8s:ns:a,unix:uid:1"; strings.Join(Strings(got), ",") != want {
+		t.Fatalf("got %v, want %s", Strings(got), want)
+	}
+	if _, err := ParseAll(nil); err == nil {
+		t.Fatal("ParseAll(nil) succeeded")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{"unix:uid:1000", "k8s:pod-label:a:b", "x:y", ":", "unix:sha256:00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sel, err := Parse(s)
+		if err != nil {
+			return
+		}
+		if sel.String() != s {
+			t.Fatalf("accepted %q but it prints as %q", s, sel.String())
+		}
+		again, err := Parse(sel.String())
+		if err != nil || again != sel {
+			t.Fatalf("re-parse of %q: %v, %v", s, again, err)
+		}
+		if err := sel.Validate(); err != nil {
+			t.Fatalf("accepted %q fails Validate: %v", s, err)
+		}
+	})
+}

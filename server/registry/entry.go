@@ -1,0 +1,130 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/internal/ids"
+	"github.com/signetid/signet/internal/selector"
+)
+
+// Entry is a registration entry: workloads matching Selectors, served by the
+// agent ParentID (or by any agent a node-alias entry matches), get SPIFFEID.
+type Entry struct {
+	ID       string
+	SPIFFEID spiffeid.ID
+	// ParentID is zero for node-alias entries (Node true).
+	ParentID spiffeid.ID
+	// Node marks a node-alias entry: its selectors match agents' node
+	// selectors, and entries parented to SPIFFEID are served by those agents.
+	Node          bool
+	Selectors     []selector.Selector
+	X509TTL       time.Duration // zero: the server's default
+	JWTTTL        time.Duration // zero: the server's default
+	DNSNames      []string
+	Hint          string
+	FederatesWith []spiffeid.TrustDomain
+	Admin         bool
+	ExpiresAt     time.Time // zero: never
+	Revision      int64
+	CreatedAt     time.Time
+}
+
+// Limits on TTLs: long enough for any real use, short enough that a typo
+// ("87600h") is caught instead of minting a decade-long credential.
+const (
+	MinTTL = time.Second
+	MaxTTL = 30 * 24 * time.Hour
+)
+
+var (
+	dnsLabelRE = regexp.MustCompile(`^(\*|[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)$`)
+	hintRE     = regexp.MustCompile(`^[A-Za-z0-9._:/@-]{1,128}$`)
+)
+
+// Validate checks the entry for the server's trust domain td. It reports the
+// first problem in words that say which field is wrong.
+func (e *Entry) Validate(td spiffeid.TrustDomain) error {
+	if e.SPIFFEID.IsZero() {
+		return errors.New("entry: spiffe_id is required")
+	}
+	if _, err := ids.ParseWorkloadIDIn(e.SPIFFEID.String(), td); err != nil {
+		return fmt.Errorf("entry: spiffe_id: %w", err)
+	}
+	if e.Node {
+		if !e.ParentID.IsZero() {
+			return errors.New("entry: a node-alias entry (--node) takes no parent_id")
+		}
+	} else {
+		if e.ParentID.IsZero() {
+			return errors.New("entry: parent_id is required (or make it a node-alias entry with --node)")
+		}
+		if _, err := ids.ParseWorkloadIDIn(e.ParentID.String(), td); err != nil {
+			return fmt.Errorf("entry: parent_id: %w", err)
+		}
+		if e.ParentID == e.SPIFFEID {
+			return errors.New("entry: parent_id and spiffe_id are the same")
+		}
+	}
+	if len(e.Selectors) == 0 {
+		return errors.New("entry: at least one selector is required")
+	}
+	for _, s := range e.Selectors {
+		if err := s.Validate(); err != nil {
+			return fmt.Errorf("entry: %w", err)
+		}
+	}
+	for name, ttl := range map[string]time.Duration{"x509_ttl": e.X509TTL, "jwt_ttl": e.JWTTTL} {
+		if ttl != 0 && (ttl < MinTTL || ttl > MaxTTL) {
+			return fmt.Errorf("entry: %s %s is out of range [%s, %s]", name, ttl, MinTTL, MaxTTL)
+		}
+	}
+	for _, dns := range e.DNSNames {
+		if err := validateDNSName(dns); err != nil {
+			return fmt.Errorf("entry: %w", err)
+		}
+	}
+	if e.Hint != "" && !hintRE.MatchString(e.Hint) {
+		return fmt.Errorf("entry: hint %q: use 1-128 letters, digits or ._:/@-", e.Hint)
+	}
+	for _, fed := range e.FederatesWith {
+		if fed == td {
+			return fmt.Errorf("entry: federates_with %q is the server's own trust domain", fed.Name())
+		}
+	}
+	return nil
+}
+
+// Normalize sorts and de-duplicates the entry's lists so equal entries
+// compare equal and store identically.
+func (e *Entry) Normalize() {
+	e.Selectors = selector.Sort(e.Selectors)
+	slices.Sort(e.DNSNames)
+	e.DNSNames = slices.Compact(e.DNSNames)
+	slices.SortFunc(e.FederatesWith, func(a, b spiffeid.TrustDomain) int { return strings.Compare(a.Name(), b.Name()) })
+	e.FederatesWith = slices.Compact(e.FederatesWith)
+}
+
+// Expired reports whether the entry has an expiry that has passed.
+func (e *Entry) Expired(now time.Time) bool {
+	return !e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt)
+}
+
+func validateDNSName(name string) error {
+	if name == "" || len(name) > 253 {
+		return fmt.Errorf("dns name %q: length must be 1-253", name)
+	}
+	labels := strings.Split(name, ".")
+	for i, l := range labels {
+		if !dnsLabelRE.MatchString(l) || (l == "*" && i != 0) {
+			return fmt.Errorf("dns name %q: label %q is not a valid DNS label", name, l)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,114 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/registry"
+)
+
+// Errors every implementation returns (wrapped) so callers can map them to
+// API codes with errors.Is.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrAlreadyExists = errors.New("already exists")
+	ErrExpired       = errors.New("expired")
+)
+
+// JoinToken is a single-use node attestation secret. Only its SHA-256 is
+// stored; the token itself is shown once, at creation.
+type JoinToken struct {
+	// Hash is the hex SHA-256 of the token.
+	Hash string
+	// ID is the public name of the token, used in the agent ID.
+	ID string
+	// SPIFFEID, if set, is the ID the attesting agent takes.
+	SPIFFEID  string
+	ExpiresAt time.Time
+	CreatedAt time.Time
+}
+
+// Node is an attested agent.
+type Node struct {
+	SPIFFEID        string
+	AttestationType string
+	Selectors       []selector.Selector
+	// SerialNumber is the hex serial of the agent's current SVID;
+	// PrevSerialNumber the one before, valid until the agent uses the new one.
+	SerialNumber     string
+	PrevSerialNumber string
+	ExpiresAt        time.Time
+	AttestedAt       time.Time
+}
+
+// AuthorityKind says what an Authority holds.
+type AuthorityKind string
+
+const (
+	// X509Authority data is a DER root certificate.
+	X509Authority AuthorityKind = "x509"
+	// JWTAuthority data is a PKIX DER public key.
+	JWTAuthority AuthorityKind = "jwt"
+)
+
+// Authority is one trust anchor of a trust domain's bundle. Several servers
+// sharing a store each publish their own; the bundle is the union.
+type Authority struct {
+	TrustDomain string
+	Kind        AuthorityKind
+	// KeyID identifies the authority: the JWT kid, or the hex SHA-256 of the
+	// root's DER for X.509.
+	KeyID     string
+	Data      []byte
+	ExpiresAt time.Time
+}
+
+// Store is Signet's persistent state. Every write is one transaction: when a
+// method returns nil, the change is durable.
+type Store interface {
+	// CreateEntry stores a new entry, assigning ID, Revision and CreatedAt.
+	// An entry with the same SPIFFE ID, parent and selectors is ErrAlreadyExists.
+	CreateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error)
+	// UpdateEntry replaces the entry with e.ID, bumping its Revision.
+	UpdateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error)
+	DeleteEntry(ctx context.Context, id string) error
+	GetEntry(ctx context.Context, id string) (registry.Entry, error)
+	ListEntries(ctx context.Context) ([]registry.Entry, error)
+
+	CreateJoinToken(ctx context.Context, t JoinToken) error
+	// ConsumeJoinToken deletes the token with this hash and returns it, in one
+	// transaction: ErrNotFound if unknown or already used, ErrExpired (token
+	// also deleted) if past ExpiresAt at now.
+	ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (JoinToken, error)
+	// PruneJoinTokens deletes tokens expired before now.
+	PruneJoinTokens(ctx context.Context, now time.Time) error
+
+	// UpsertNode creates or replaces the node with n.SPIFFEID.
+	UpsertNode(ctx context.Context, n Node) error
+	GetNode(ctx context.Context, spiffeID string) (Node, error)
+	ListNodes(ctx context.Context) ([]Node, error)
+	// DeleteNode removes (evicts) a node: ErrNotFound if unknown.
+	DeleteNode(ctx context.Context, spiffeID string) error
+
+	// PutAuthorities adds or replaces (by TrustDomain, Kind, KeyID) bundle
+	// authorities and bumps the trust domain's bundle sequence if anything changed.
+	PutAuthorities(ctx context.Context, auths []Authority) error
+	// ListAuthorities returns a trust domain's authorities and its bundle sequence.
+	ListAuthorities(ctx context.Context, trustDomain string) ([]Authority, int64, error)
+	// PruneAuthorities deletes authorities that expired before now.
+	PruneAuthorities(ctx context.Context, trustDomain string, now time.Time) error
+
+	// Revision increases with every change to entries, nodes or authorities.
+	Revision(ctx context.Context) (int64, error)
+	// Changes delivers a signal after every committed change by this or (for
+	// PostgreSQL) any other server sharing the store. Signals coalesce: one
+	// pending signal stands for any number of changes. The channel closes
+	// when ctx ends.
+	Changes(ctx context.Context) <-chan struct{}
+
+	// Ping checks the store is reachable (readiness).
+	Ping(ctx context.Context) error
+	Close() error
+}

@@ -1,16 +1,9 @@
 package main
 
-import (
-	"errors"
+import "github.com/spf13/cobra"
 
-	"github.com/spf13/cobra"
-)
-
-// newAgentCmd is replaced by the agent role's real command tree.
 func newAgentCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "agent",
-		Short: "agent role (being built)",
-		RunE:  func(*cobra.Command, []string) error { return errors.New("agent: not built yet") },
-	}
+	cmd := &cobra.Command{Use: "agent", Short: "Node agent: attests to the server and serves the SPIFFE Workload API"}
+	cmd.AddCommand(newAgentRunCmd(g), newAgentAPICmd(g), newAgentHealthcheckCmd(g))
+	return cmd
 }

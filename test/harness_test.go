@@ -157,6 +157,8 @@ type devEnv struct {
 	Socket      string // Workload API socket path
 	AdminSocket string
 	TrustDomain string
+	// AgentID is the dev agent's SPIFFE ID: the parent of entries it serves.
+	AgentID string
 }
 
 // startDev starts `signet dev` in a fresh directory with extra args (e.g.
@@ -169,6 +171,7 @@ func startDev(t testing.TB, extra ...string) *devEnv {
 		Socket:      filepath.Join(dir, "sockets", "agent.sock"),
 		AdminSocket: filepath.Join(dir, "admin.sock"),
 		TrustDomain: "example.org",
+		AgentID:     "spiffe://example.org/agent/dev",
 	}
 	args := append([]string{"dev", "--data-dir", dir, "--socket", d.Socket, "--admin-socket", d.AdminSocket}, extra...)
 	d.proc = startSignet(t, nil, args...)

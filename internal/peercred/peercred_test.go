@@ -1,0 +1,100 @@
+package peercred_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/signetid/signet/internal/peercred"
+)
+
+func TestFromContextOverRealSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan peercred.Info, 1)
+	srv := grpc.NewServer(
+		grpc.Creds(peercred.Credentials()),
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			info, err := peercred.FromContext(ctx)
+			if err != nil {
+				return nil, err
+			}
+			seen <- info
+			return h(ctx, req)
+		}),
+	)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go srv.Serve(lis)
+	defer srv.Stop()
+
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	info := <-seen
+	if info.PID != int32(os.Getpid()) || info.UID != uint32(os.Getuid()) || info.GID != uint32(os.Getgid()) {
+		t.Errorf("peer = {pid %d uid %d gid %d}, want {pid %d uid %d gid %d}",
+			info.PID, info.UID, info.GID, os.Getpid(), os.Getuid(), os.Getgid())
+	}
+	if info.AuthType() != peercred.AuthType {
+		t.Errorf("AuthType = %q", info.AuthType())
+	}
+}
+
+func TestClientHandshakeSeesServer(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go func() {
+		c, err := lis.Accept()
+		if err == nil {
+			defer c.Close()
+			c.Read(make([]byte, 1))
+		}
+	}()
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, auth, err := peercred.Credentials().ClientHandshake(t.Context(), "", conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := auth.(peercred.Info).PID; got != int32(os.Getpid()) {
+		t.Errorf("server PID = %d, want %d", got, os.Getpid())
+	}
+}
+
+func TestReadRefusesNonUnix(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if _, err := peercred.Read(a); err == nil {
+		t.Fatal("Read on a pipe succeeded, want an error")
+	}
+}
+
+func TestFromContextWithoutPeer(t *testing.T) {
+	if _, err := peercred.FromContext(context.Background()); !errors.Is(err, peercred.ErrNoPeerCred) {
+		t.Fatalf("err = %v, want ErrNoPeerCred", err)
+	}
+}

@@ -1,0 +1,107 @@
+package agentapi
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/nodeattest"
+	"github.com/signetid/signet/server/store"
+)
+
+// Attest proves a node with a join token and signs its agent SVID.
+func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
+	if len(req.Csr) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "csr is required")
+	}
+	var res nodeattest.Result
+	var err error
+	switch req.AttestationType {
+	case nodeattest.JoinTokenType:
+		res, err = nodeattest.AttestJoinToken(ctx, s.cfg.Store, s.cfg.TrustDomain, string(req.Payload), s.cfg.Now())
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q)", req.AttestationType, nodeattest.JoinTokenType)
+	}
+	if err != nil {
+		if errors.Is(err, nodeattest.ErrTokenInvalid) || errors.Is(err, nodeattest.ErrTokenExpired) {
+			s.cfg.Logger.Warn("agent attestation refused", "type", req.AttestationType, "reason", err)
+			return nil, status.Error(codes.PermissionDenied, err.Error())
+		}
+		return nil, status.Errorf(codes.Internal, "attest: %v", err)
+	}
+	chain, err := s.signAgent(ctx, req.Csr, res.AgentID)
+	if err != nil {
+		return nil, err
+	}
+	node := store.Node{
+		SPIFFEID:        res.AgentID.String(),
+		AttestationType: res.Type,
+		Selectors:       res.Selectors,
+		SerialNumber:    serialHex(chain[0].SerialNumber),
+		ExpiresAt:       chain[0].NotAfter,
+		AttestedAt:      s.cfg.Now(),
+	}
+	if err := s.cfg.Store.UpsertNode(ctx, node); err != nil {
+		return nil, status.Errorf(codes.Internal, "record agent %s: %v", res.AgentID, err)
+	}
+	// Publish the node before answering so the agent's next call finds it.
+	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "refresh catalog: %v", err)
+	}
+	s.cfg.Logger.Info("agent attested", "agent_id", res.AgentID.String(), "type", res.Type, "serial", node.SerialNumber, "expires_at", node.ExpiresAt)
+	return s.attestResponse(res.AgentID, chain), nil
+}
+
+// RenewAgent signs a fresh agent SVID for the calling agent.
+func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*api.AttestResponse, error) {
+	snap, _ := s.cfg.Catalog.Current()
+	c, err := s.authenticate(ctx, snap)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := s.signAgent(ctx, req.Csr, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	node := c.Node
+	// The old serial stays valid until the agent reconnects with the new SVID.
+	node.PrevSerialNumber = c.Serial
+	node.SerialNumber = serialHex(chain[0].SerialNumber)
+	node.ExpiresAt = chain[0].NotAfter
+	if err := s.cfg.Store.UpsertNode(ctx, node); err != nil {
+		return nil, status.Errorf(codes.Internal, "record agent %s: %v", c.ID, err)
+	}
+	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "refresh catalog: %v", err)
+	}
+	s.cfg.Logger.Info("agent SVID renewed", "agent_id", c.ID.String(), "serial", node.SerialNumber, "expires_at", node.ExpiresAt)
+	return s.attestResponse(c.ID, chain), nil
+}
+
+func (s *Service) signAgent(ctx context.Context, csr []byte, id spiffeid.ID) ([]*x509.Certificate, error) {
+	chain, err := s.cfg.Signer.SignX509SVID(ctx, csr, id, s.cfg.AgentTTL, nil)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "sign agent SVID for %s: %v", id, err)
+	}
+	s.cfg.Metrics.signings.WithLabelValues("agent").Inc()
+	return chain, nil
+}
+
+func (s *Service) attestResponse(id spiffeid.ID, chain []*x509.Certificate) *api.AttestResponse {
+	snap, _ := s.cfg.Catalog.Current()
+	resp := &api.AttestResponse{
+		SpiffeId: id.String(),
+		Bundle:   BundleToProto(snap.OwnBundle(s.cfg.TrustDomain), s.refreshHint()),
+	}
+	for _, c := range chain {
+		resp.SvidChain = append(resp.SvidChain, c.Raw)
+	}
+	return resp
+}
+
+func (s *Service) refreshHint() int32 { return int32(s.cfg.RefreshHint.Seconds()) }

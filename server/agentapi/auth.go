@@ -1,0 +1,111 @@
+package agentapi
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/big"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/store"
+)
+
+// ServerID is the SPIFFE ID in the server's TLS certificate; agents
+// authorize exactly this ID.
+func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromSegments(td, "signet", "server")
+}
+
+// TLSConfig returns the server's TLS 1.3 configuration: it presents the
+// certificate getCert returns, and asks for (but, because Attest comes
+// before any agent SVID exists, does not require) a client certificate,
+// which is verified against the current bundle when given.
+func (s *Service) TLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+	return &tls.Config{
+		MinVersion:            tls.VersionTLS13,
+		GetCertificate:        getCert,
+		ClientAuth:            tls.RequestClientCert,
+		VerifyPeerCertificate: s.verifyClient,
+	}
+}
+
+func (s *Service) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	certs := make([]*x509.Certificate, 0, len(raw))
+	for _, der := range raw {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("parse client certificate: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	snap, _ := s.cfg.Catalog.Current()
+	bundle, err := x509BundleOf(s.cfg.TrustDomain, snap.OwnBundle(s.cfg.TrustDomain))
+	if err != nil {
+		return err
+	}
+	if _, _, err := x509svid.Verify(certs, bundle); err != nil {
+		return fmt.Errorf("verify agent SVID: %w", err)
+	}
+	return nil
+}
+
+// caller is an authenticated agent.
+type caller struct {
+	ID     spiffeid.ID
+	Serial string
+	Node   store.Node
+}
+
+// errNoClientCert is returned by peerSVID when the connection carries no
+// client certificate.
+var errNoClientCert = errors.New("no client certificate")
+
+// peerSVID returns the verified client certificate of the connection.
+func peerSVID(ctx context.Context) (*x509.Certificate, spiffeid.ID, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, spiffeid.ID{}, errNoClientCert
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return nil, spiffeid.ID{}, errNoClientCert
+	}
+	leaf := info.State.PeerCertificates[0]
+	id, err := x509svid.IDFromCert(leaf)
+	if err != nil {
+		return nil, spiffeid.ID{}, fmt.Errorf("client certificate: %w", err)
+	}
+	return leaf, id, nil
+}
+
+// authenticate names the calling agent and checks, against snap, that it is
+// still attested and presents its current (or just-replaced) SVID.
+func (s *Service) authenticate(ctx context.Context, snap *catalog.Snapshot) (caller, error) {
+	leaf, id, err := peerSVID(ctx)
+	if err != nil {
+		return caller{}, status.Errorf(codes.Unauthenticated, "agent SVID required: %v", err)
+	}
+	node, ok := snap.Nodes[id.String()]
+	if !ok {
+		return caller{}, status.Errorf(codes.PermissionDenied, "agent %s is not attested (evicted?)", id)
+	}
+	serial := serialHex(leaf.SerialNumber)
+	if serial != node.SerialNumber && serial != node.PrevSerialNumber {
+		return caller{}, status.Errorf(codes.Unauthenticated, "agent %s presents a superseded SVID (serial %s); reconnect with the current one", id, serial)
+	}
+	return caller{ID: id, Serial: serial, Node: node}, nil
+}
+
+func serialHex(n *big.Int) string { return n.Text(16) }

@@ -1,0 +1,58 @@
+package agentapi
+
+import (
+	"context"
+	"crypto/x509"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/store"
+)
+
+// Signer is the CA: it signs X509-SVIDs from CSRs and mints JWT-SVIDs.
+type Signer interface {
+	SignX509SVID(ctx context.Context, csrDER []byte, id spiffeid.ID, ttl time.Duration, dnsNames []string) ([]*x509.Certificate, error)
+	MintJWTSVID(ctx context.Context, id spiffeid.ID, audience []string, ttl time.Duration) (string, time.Time, error)
+}
+
+// Config is what the service needs.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	Store       store.Store
+	Catalog     *catalog.Catalog
+	Signer      Signer
+	// AgentTTL is the lifetime of agent SVIDs.
+	AgentTTL time.Duration
+	// RefreshHint is the bundle refresh hint sent to agents.
+	RefreshHint time.Duration
+	Logger      *slog.Logger
+	Metrics     *Metrics
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Service implements api.AgentServiceServer.
+type Service struct {
+	api.UnimplementedAgentServiceServer
+	cfg Config
+}
+
+// New returns the service.
+func New(cfg Config) *Service {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(prometheus.NewRegistry())
+	}
+	return &Service{cfg: cfg}
+}
+
+// Register adds the service to a gRPC server.
+func (s *Service) Register(g *grpc.Server) { api.RegisterAgentServiceServer(g, s) }

@@ -1,0 +1,111 @@
+package agentapi
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/registry"
+)
+
+// Sync pushes the agent its authorized entries and the bundles: at once, and
+// again whenever the catalog changes in a way that concerns this agent (or an
+// entry it serves expires). Eviction ends the stream with PermissionDenied.
+func (s *Service) Sync(_ *api.SyncRequest, stream api.AgentService_SyncServer) error {
+	ctx := stream.Context()
+	var last [sha256.Size]byte
+	for {
+		snap, changed := s.cfg.Catalog.Current()
+		c, err := s.authenticate(ctx, snap)
+		if err != nil {
+			return err
+		}
+		now := s.cfg.Now()
+		entries := snap.Entries.Authorized(c.ID, c.Node.Selectors, now)
+		resp := s.syncResponse(snap, entries)
+		if sum := digest(resp); sum != last {
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			last = sum
+		}
+		var expiry <-chan time.Time
+		var timer *time.Timer
+		if next := nextExpiry(entries); !next.IsZero() {
+			timer = time.NewTimer(next.Sub(now))
+			expiry = timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-changed:
+		case <-expiry:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}
+}
+
+func (s *Service) syncResponse(snap *catalog.Snapshot, entries []*registry.Entry) *api.SyncResponse {
+	resp := &api.SyncResponse{
+		Revision: snap.Revision,
+		Bundle:   BundleToProto(snap.OwnBundle(s.cfg.TrustDomain), s.refreshHint()),
+		Entries:  make([]*api.Entry, len(entries)),
+	}
+	feds := map[string]bool{}
+	for i, e := range entries {
+		resp.Entries[i] = registry.ToProto(e)
+		for _, td := range e.FederatesWith {
+			feds[td.Name()] = true
+		}
+	}
+	slices.SortFunc(resp.Entries, func(a, b *api.Entry) int { return strings.Compare(a.Id, b.Id) })
+	names := make([]string, 0, len(feds))
+	for td := range feds {
+		names = append(names, td)
+	}
+	slices.Sort(names)
+	for _, td := range names {
+		if b, ok := snap.Bundles[td]; ok {
+			resp.FederatedBundles = append(resp.FederatedBundles, BundleToProto(b, s.refreshHint()))
+		}
+	}
+	return resp
+}
+
+// digest summarizes what the agent would see, so unrelated catalog changes
+// (another agent's entries) do not resend.
+func digest(resp *api.SyncResponse) [sha256.Size]byte {
+	h := sha256.New()
+	var buf [8]byte
+	for _, e := range resp.Entries {
+		h.Write([]byte(e.Id))
+		binary.BigEndian.PutUint64(buf[:], uint64(e.Revision))
+		h.Write(buf[:])
+	}
+	for _, b := range append([]*api.Bundle{resp.Bundle}, resp.FederatedBundles...) {
+		h.Write([]byte(b.TrustDomain))
+		binary.BigEndian.PutUint64(buf[:], uint64(b.Sequence))
+		h.Write(buf[:])
+	}
+	var out [sha256.Size]byte
+	h.Sum(out[:0])
+	return out
+}
+
+func nextExpiry(entries []*registry.Entry) time.Time {
+	var next time.Time
+	for _, e := range entries {
+		if !e.ExpiresAt.IsZero() && (next.IsZero() || e.ExpiresAt.Before(next)) {
+			next = e.ExpiresAt
+		}
+	}
+	return next
+}

@@ -1,0 +1,160 @@
+package catalog
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/server/registry"
+	"github.com/signetid/signet/server/store"
+)
+
+// Snapshot is one consistent, immutable view of the store.
+type Snapshot struct {
+	Revision int64
+	Entries  *registry.Index
+	// Nodes are the attested agents by SPIFFE ID.
+	Nodes map[string]store.Node
+	// Bundles holds the authorities of the own trust domain and of every
+	// trust domain an entry federates with, by trust domain name.
+	Bundles map[string]Bundle
+	// LoadedAt is when the snapshot was read.
+	LoadedAt time.Time
+}
+
+// Bundle is one trust domain's authorities and sequence.
+type Bundle struct {
+	TrustDomain string
+	Authorities []store.Authority
+	Sequence    int64
+}
+
+// Catalog serves the latest snapshot and signals each new one.
+type Catalog struct {
+	store  store.Store
+	td     spiffeid.TrustDomain
+	logger *slog.Logger
+
+	mu      sync.RWMutex
+	snap    *Snapshot
+	changed chan struct{} // closed when snap is replaced
+}
+
+// New loads the first snapshot.
+func New(ctx context.Context, st store.Store, td spiffeid.TrustDomain, logger *slog.Logger) (*Catalog, error) {
+	c := &Catalog{store: st, td: td, logger: logger, changed: make(chan struct{})}
+	if err := c.Refresh(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Current returns the latest snapshot and a channel closed when a newer one
+// replaces it.
+func (c *Catalog) Current() (*Snapshot, <-chan struct{}) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.snap, c.changed
+}
+
+// Run reloads the snapshot after every store change until ctx ends. Store
+// signals coalesce, so a burst of writes costs a few reloads, not one each.
+// A failed reload (store briefly unreachable) is retried every second;
+// meanwhile agents keep the last good state.
+func (c *Catalog) Run(ctx context.Context) error {
+	changes := c.store.Changes(ctx)
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-changes:
+			if !ok {
+				return nil
+			}
+		case <-retry:
+		}
+		retry = nil
+		if err := c.Refresh(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			c.logger.Error("reload catalog; retrying", "error", err)
+			retry = time.After(time.Second)
+		}
+	}
+}
+
+// Refresh reads the store now and publishes a new snapshot if it changed.
+func (c *Catalog) Refresh(ctx context.Context) error {
+	rev, err := c.store.Revision(ctx)
+	if err != nil {
+		return fmt.Errorf("read store revision: %w", err)
+	}
+	c.mu.RLock()
+	same := c.snap != nil && c.snap.Revision == rev
+	c.mu.RUnlock()
+	if same {
+		return nil
+	}
+	snap, err := c.load(ctx, rev)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.snap != nil && c.snap.Revision >= snap.Revision {
+		return nil
+	}
+	c.snap = snap
+	close(c.changed)
+	c.changed = make(chan struct{})
+	return nil
+}
+
+func (c *Catalog) load(ctx context.Context, rev int64) (*Snapshot, error) {
+	entries, err := c.store.ListEntries(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list entries: %w", err)
+	}
+	nodes, err := c.store.ListNodes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	snap := &Snapshot{
+		Revision: rev,
+		Entries:  registry.NewIndex(entries),
+		Nodes:    make(map[string]store.Node, len(nodes)),
+		Bundles:  make(map[string]Bundle),
+		LoadedAt: time.Now(),
+	}
+	for _, n := range nodes {
+		snap.Nodes[n.SPIFFEID] = n
+	}
+	tds := map[string]bool{c.td.Name(): true}
+	for _, e := range entries {
+		for _, fed := range e.FederatesWith {
+			tds[fed.Name()] = true
+		}
+	}
+	for td := range tds {
+		auths, seq, err := c.store.ListAuthorities(ctx, td)
+		if err != nil {
+			return nil, fmt.Errorf("list authorities of %s: %w", td, err)
+		}
+		if len(auths) == 0 && td != c.td.Name() {
+			continue
+		}
+		snap.Bundles[td] = Bundle{TrustDomain: td, Authorities: auths, Sequence: seq}
+	}
+	return snap, nil
+}
+
+// OwnBundle returns the server's own trust domain bundle from the snapshot.
+func (s *Snapshot) OwnBundle(td spiffeid.TrustDomain) Bundle {
+	return s.Bundles[td.Name()]
+}

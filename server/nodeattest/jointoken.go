@@ -1,0 +1,104 @@
+package nodeattest
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/internal/ids"
+	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/store"
+)
+
+// JoinTokenType is the attestation type of join tokens.
+const JoinTokenType = "join_token"
+
+// DefaultJoinTokenTTL is how long a join token is valid when no TTL is given.
+const DefaultJoinTokenTTL = 10 * time.Minute
+
+// Errors an attestation can fail with; the agent API answers PermissionDenied.
+var (
+	ErrTokenInvalid = errors.New("join token is unknown or already used")
+	ErrTokenExpired = errors.New("join token has expired")
+)
+
+// Result is what a successful attestation proves.
+type Result struct {
+	AgentID   spiffeid.ID
+	Type      string
+	Selectors []selector.Selector
+}
+
+// NewJoinToken creates a random token and the record to store. The token is
+// returned once; only its hash is kept. agentID, if set, is the ID the agent
+// will take; it must be a workload ID in td.
+func NewJoinToken(td spiffeid.TrustDomain, agentID string, ttl time.Duration, now time.Time) (string, store.JoinToken, error) {
+	if ttl == 0 {
+		ttl = DefaultJoinTokenTTL
+	}
+	if ttl < time.Second || ttl > 30*24*time.Hour {
+		return "", store.JoinToken{}, fmt.Errorf("join token ttl %s is out of range [1s, 720h]", ttl)
+	}
+	if agentID != "" {
+		if _, err := ids.ParseWorkloadIDIn(agentID, td); err != nil {
+			return "", store.JoinToken{}, fmt.Errorf("join token spiffe id: %w", err)
+		}
+	}
+	var raw [20]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", store.JoinToken{}, fmt.Errorf("generate join token: %w", err)
+	}
+	token := hex.EncodeToString(raw[:])
+	hash := HashToken(token)
+	return token, store.JoinToken{
+		Hash:      hash,
+		ID:        hash[:16],
+		SPIFFEID:  agentID,
+		ExpiresAt: now.Add(ttl),
+		CreatedAt: now,
+	}, nil
+}
+
+// HashToken is the stored form of a token.
+func HashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// AttestJoinToken consumes token (single use) and names the agent.
+func AttestJoinToken(ctx context.Context, st store.Store, td spiffeid.TrustDomain, token string, now time.Time) (Result, error) {
+	if token == "" {
+		return Result{}, ErrTokenInvalid
+	}
+	rec, err := st.ConsumeJoinToken(ctx, HashToken(token), now)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return Result{}, ErrTokenInvalid
+	case errors.Is(err, store.ErrExpired):
+		return Result{}, ErrTokenExpired
+	case err != nil:
+		return Result{}, fmt.Errorf("consume join token: %w", err)
+	}
+	id, err := agentID(td, rec)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{
+		AgentID:   id,
+		Type:      JoinTokenType,
+		Selectors: []selector.Selector{{Type: JoinTokenType, Value: rec.ID}},
+	}, nil
+}
+
+func agentID(td spiffeid.TrustDomain, rec store.JoinToken) (spiffeid.ID, error) {
+	if rec.SPIFFEID != "" {
+		return ids.ParseWorkloadIDIn(rec.SPIFFEID, td)
+	}
+	return spiffeid.FromSegments(td, "agent", JoinTokenType, rec.ID)
+}

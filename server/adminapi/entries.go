@@ -1,0 +1,169 @@
+package adminapi
+
+import (
+	"context"
+	"slices"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/internal/ids"
+	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/registry"
+)
+
+// CreateEntry validates and stores a new entry; nothing is stored on error.
+func (s *Service) CreateEntry(ctx context.Context, req *api.CreateEntryRequest) (*api.Entry, error) {
+	e, err := s.validEntry(req.GetEntry())
+	if err != nil {
+		return nil, err
+	}
+	e.ID, e.Revision, e.CreatedAt = "", 0, s.cfg.Now()
+	created, err := s.cfg.Store.CreateEntry(ctx, e)
+	if err != nil {
+		return nil, storeError("create entry "+e.SPIFFEID.String(), err)
+	}
+	s.publish(ctx)
+	s.cfg.Logger.Info("entry created", "entry_id", created.ID, "spiffe_id", created.SPIFFEID.String(), "parent_id", created.ParentID.String(), "selectors", selector.Strings(created.Selectors))
+	return registry.ToProto(&created), nil
+}
+
+// updatable names the fields an update mask may list.
+var updatable = []string{"spiffe_id", "parent_id", "node", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "federates_with", "admin", "expires_at"}
+
+// UpdateEntry replaces the masked fields (all when the mask is empty).
+func (s *Service) UpdateEntry(ctx context.Context, req *api.UpdateEntryRequest) (*api.Entry, error) {
+	in := req.GetEntry()
+	if in.GetId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "update entry: id is required")
+	}
+	cur, err := s.cfg.Store.GetEntry(ctx, in.Id)
+	if err != nil {
+		return nil, storeError("entry "+in.Id, err)
+	}
+	merged := registry.ToProto(&cur)
+	mask := req.UpdateMask
+	if len(mask) == 0 {
+		mask = updatable
+	}
+	for _, f := range mask {
+		switch f {
+		case "spiffe_id":
+			merged.SpiffeId = in.SpiffeId
+		case "parent_id":
+			merged.ParentId = in.ParentId
+		case "node":
+			merged.Node = in.Node
+		case "selectors":
+			merged.Selectors = in.Selectors
+		case "x509_ttl":
+			merged.X509TtlSeconds = in.X509TtlSeconds
+		case "jwt_ttl":
+			merged.JwtTtlSeconds = in.JwtTtlSeconds
+		case "dns_names":
+			merged.DnsNames = in.DnsNames
+		case "hint":
+			merged.Hint = in.Hint
+		case "federates_with":
+			merged.FederatesWith = in.FederatesWith
+		case "admin":
+			merged.Admin = in.Admin
+		case "expires_at":
+			merged.ExpiresAt = in.ExpiresAt
+		default:
+			return nil, status.Errorf(codes.InvalidArgument, "update entry: unknown field %q in mask (known: %s)", f, strings.Join(updatable, ", "))
+		}
+	}
+	e, err := s.validEntry(merged)
+	if err != nil {
+		return nil, err
+	}
+	e.ID, e.CreatedAt, e.Revision = cur.ID, cur.CreatedAt, cur.Revision
+	updated, err := s.cfg.Store.UpdateEntry(ctx, e)
+	if err != nil {
+		return nil, storeError("update entry "+e.ID, err)
+	}
+	s.publish(ctx)
+	s.cfg.Logger.Info("entry updated", "entry_id", updated.ID, "spiffe_id", updated.SPIFFEID.String(), "revision", updated.Revision)
+	return registry.ToProto(&updated), nil
+}
+
+// DeleteEntry removes an entry.
+func (s *Service) DeleteEntry(ctx context.Context, req *api.DeleteEntryRequest) (*api.DeleteEntryResponse, error) {
+	if req.Id == "" {
+		return nil, status.Error(codes.InvalidArgument, "delete entry: id is required")
+	}
+	if err := s.cfg.Store.DeleteEntry(ctx, req.Id); err != nil {
+		return nil, storeError("delete entry "+req.Id, err)
+	}
+	s.publish(ctx)
+	s.cfg.Logger.Info("entry deleted", "entry_id", req.Id)
+	return &api.DeleteEntryResponse{}, nil
+}
+
+// GetEntry returns one entry.
+func (s *Service) GetEntry(ctx context.Context, req *api.GetEntryRequest) (*api.Entry, error) {
+	if req.Id == "" {
+		return nil, status.Error(codes.InvalidArgument, "show entry: id is required")
+	}
+	e, err := s.cfg.Store.GetEntry(ctx, req.Id)
+	if err != nil {
+		return nil, storeError("entry "+req.Id, err)
+	}
+	return registry.ToProto(&e), nil
+}
+
+// ListEntries returns the entries matching every given filter, by SPIFFE ID.
+func (s *Service) ListEntries(ctx context.Context, req *api.ListEntriesRequest) (*api.ListEntriesResponse, error) {
+	for name, id := range map[string]string{"spiffe_id": req.SpiffeId, "parent_id": req.ParentId} {
+		if id != "" {
+			if _, err := ids.ParseID(id); err != nil {
+				return nil, status.Errorf(codes.InvalidArgument, "list entries: %s filter: %v", name, err)
+			}
+		}
+	}
+	want, err := registry.SelectorsFromProto(req.Selectors)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "list entries: %v", err)
+	}
+	entries, err := s.cfg.Store.ListEntries(ctx)
+	if err != nil {
+		return nil, storeError("list entries", err)
+	}
+	resp := &api.ListEntriesResponse{}
+	for i := range entries {
+		e := &entries[i]
+		if req.SpiffeId != "" && e.SPIFFEID.String() != req.SpiffeId {
+			continue
+		}
+		if req.ParentId != "" && e.ParentID.String() != req.ParentId {
+			continue
+		}
+		if len(want) > 0 && !selector.NewSet(e.Selectors...).Includes(want) {
+			continue
+		}
+		resp.Entries = append(resp.Entries, registry.ToProto(e))
+	}
+	slices.SortFunc(resp.Entries, func(a, b *api.Entry) int {
+		if c := strings.Compare(a.SpiffeId, b.SpiffeId); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Id, b.Id)
+	})
+	return resp, nil
+}
+
+// validEntry converts, validates and normalizes an API entry.
+func (s *Service) validEntry(in *api.Entry) (registry.Entry, error) {
+	e, err := registry.FromProto(in)
+	if err != nil {
+		return registry.Entry{}, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := e.Validate(s.cfg.TrustDomain); err != nil {
+		return registry.Entry{}, status.Error(codes.InvalidArgument, err.Error())
+	}
+	e.Normalize()
+	return e, nil
+}

@@ -1,0 +1,100 @@
+package adminapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/internal/peercred"
+	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/store"
+)
+
+// Config is what the admin service needs.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	Store       store.Store
+	Catalog     *catalog.Catalog
+	// RefreshHint is put in bundles served here.
+	RefreshHint time.Duration
+	Logger      *slog.Logger
+	// AllowedUIDs may call the API; nil means root and the process's own uid.
+	AllowedUIDs []uint32
+	Now         func() time.Time
+}
+
+// Service implements api.AdminServiceServer.
+type Service struct {
+	api.UnimplementedAdminServiceServer
+	cfg Config
+}
+
+// New returns the service.
+func New(cfg Config) *Service {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.AllowedUIDs == nil {
+		cfg.AllowedUIDs = []uint32{0, uint32(os.Getuid())}
+	}
+	return &Service{cfg: cfg}
+}
+
+// NewGRPCServer returns a gRPC server for the admin socket with the service
+// registered and every call checked by the caller's kernel credentials.
+func (s *Service) NewGRPCServer() *grpc.Server {
+	g := grpc.NewServer(grpc.Creds(peercred.Credentials()), grpc.UnaryInterceptor(s.authorize))
+	api.RegisterAdminServiceServer(g, s)
+	return g
+}
+
+func (s *Service) authorize(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	pc, err := peercred.FromContext(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "admin API: caller credentials unknown: %v", err)
+	}
+	allowed := false
+	for _, uid := range s.cfg.AllowedUIDs {
+		if pc.UID == uid {
+			allowed = true
+		}
+	}
+	if !allowed {
+		s.cfg.Logger.Warn("admin API call refused", "method", info.FullMethod, "uid", pc.UID, "pid", pc.PID)
+		return nil, status.Errorf(codes.PermissionDenied, "admin API: uid %d may not call it (only root and the server's uid)", pc.UID)
+	}
+	resp, err := handler(ctx, req)
+	if err != nil {
+		s.cfg.Logger.Debug("admin API call failed", "method", info.FullMethod, "uid", pc.UID, "error", err)
+	}
+	return resp, err
+}
+
+// storeError maps store errors to gRPC codes.
+func storeError(what string, err error) error {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return status.Errorf(codes.NotFound, "%s: not found", what)
+	case errors.Is(err, store.ErrAlreadyExists):
+		return status.Errorf(codes.AlreadyExists, "%s: an identical entry (same SPIFFE ID, parent and selectors) already exists", what)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	}
+	return status.Errorf(codes.Internal, "%s: %v", what, err)
+}
+
+// publish makes a write visible to agents before the call returns.
+func (s *Service) publish(ctx context.Context) {
+	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
+		// Run's change loop retries; the write itself is durable.
+		s.cfg.Logger.Warn("refresh catalog after admin write", "error", err)
+	}
+}

@@ -1,0 +1,90 @@
+package server
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConfigFile(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		wantErr string
+		check   func(t *testing.T, c Config)
+	}{
+		{
+			name: "full",
+			in: `trust_domain = "example.org"
+data_dir = "/tmp/signet"
+listen = "127.0.0.1:8081"
+svid_ttl = "10s"
+jwt_ttl = "1m"
+datastore = "postgres://u@127.0.0.1/db"`,
+			check: func(t *testing.T, c Config) {
+				if c.TrustDomain.Name() != "example.org" || c.SVIDTTL != 10*time.Second || c.JWTTTL != time.Minute ||
+					c.AgentTTL != 10*time.Second || c.Datastore != "postgres://u@127.0.0.1/db" || c.Listen != "127.0.0.1:8081" {
+					t.Fatalf("unexpected config %+v", c)
+				}
+			},
+		},
+		{
+			name: "defaults",
+			in:   `trust_domain = "example.org"`,
+			check: func(t *testing.T, c Config) {
+				if c.SVIDTTL != DefaultSVIDTTL || c.JWTTTL != DefaultJWTTTL || c.DataDir != DefaultDataDir ||
+					c.Datastore != "sqlite://"+DefaultDataDir+"/signet.db" || c.AdminSocket != DefaultAdminSocket {
+					t.Fatalf("unexpected defaults %+v", c)
+				}
+			},
+		},
+		{name: "unknown key", in: "trust_domain = \"a.org\"\nsvid_tll = \"1h\"", wantErr: "unknown key(s): svid_tll (line 2)"},
+		{name: "no trust domain", in: `data_dir = "/x"`, wantErr: "trust_domain is required"},
+		{name: "bad trust domain", in: `trust_domain = "Example.org"`, wantErr: "trust_domain"},
+		{name: "bad duration", in: "trust_domain = \"a.org\"\nsvid_ttl = \"1 hour\"", wantErr: "Go duration"},
+		{name: "ca ttl too short", in: "trust_domain = \"a.org\"\nsvid_ttl = \"1h\"\nca_ttl = \"2h\"", wantErr: "at least 6 x svid_ttl"},
+		{name: "syntax", in: `trust_domain = "a.org`, wantErr: "parse server config"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fc, err := ParseConfigFile([]byte(tt.in))
+			var cfg Config
+			if err == nil {
+				cfg, err = fc.Resolve()
+			}
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got %v, want error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, cfg)
+		})
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(`trust_domain = "example.org"` + "\nsvid_ttl = \"10s\""))
+	f.Add([]byte(`listen = "127.0.0.1:1"`))
+	f.Add([]byte(`x { y = 1 }`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fc, err := ParseConfigFile(data)
+		if err != nil {
+			return
+		}
+		cfg, err := fc.Resolve()
+		if err != nil {
+			return
+		}
+		// Whatever resolves must satisfy the invariants Run relies on.
+		if cfg.TrustDomain.IsZero() || cfg.SVIDTTL < time.Second || cfg.AgentTTL == 0 || cfg.Datastore == "" {
+			t.Fatalf("resolved config breaks invariants: %+v", cfg)
+		}
+		if cfg.CATTL != 0 && cfg.CATTL < 6*cfg.SVIDTTL {
+			t.Fatalf("ca_ttl below 6 x svid_ttl accepted: %+v", cfg)
+		}
+	})
+}

@@ -1,0 +1,473 @@
+package ca
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/google/renameio/v2"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// File layout under DataDir. Key files are named by their public ID so a
+// rotation only ever adds files; the state file says which one is which.
+const (
+	stateFile = "ca-state.json"
+	caPrefix  = "ca-"
+	jwtPrefix = "jwt-"
+	certExt   = ".crt"
+	keyExt    = ".key"
+)
+
+// rootBackdate lets agents with a slightly slow clock accept a fresh root,
+// and covers the backdated NotBefore of the first SVIDs it signs.
+const rootBackdate = time.Minute
+
+// caKey is one root CA with what leaf signing needs precomputed.
+type caKey struct {
+	id        string // hex SHA-256 of cert.Raw
+	cert      *x509.Certificate
+	key       *ecdsa.PrivateKey
+	published time.Time
+	akid      []byte // DER AuthorityKeyIdentifier extension value for leaves
+}
+
+// jwtKey is one ES256 JWT signing key.
+type jwtKey struct {
+	kid       string
+	key       *ecdsa.PrivateKey
+	pubDER    []byte // PKIX
+	published time.Time
+	notAfter  time.Time
+	signer    jose.Signer
+}
+
+func newCA(td spiffeid.TrustDomain, now time.Time, ttl time.Duration) (*caKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate CA key: %w", err)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	skid, err := subjectKeyID(&key.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	tdURL := &url.URL{Scheme: "spiffe", Host: td.Name()}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{"Signet"}, CommonName: "Signet CA"},
+		NotBefore:             now.Add(-rootBackdate),
+		NotAfter:              now.Add(ttl),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		URIs:                  []*url.URL{tdURL},
+		SubjectKeyId:          skid,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("create CA certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse new CA certificate: %w", err)
+	}
+	return newCAKey(cert, key, now)
+}
+
+func newCAKey(cert *x509.Certificate, key *ecdsa.PrivateKey, published time.Time) (*caKey, error) {
+	akid, err := asn1.Marshal(struct {
+		ID []byte `asn1:"optional,tag:0"`
+	}{cert.SubjectKeyId})
+	if err != nil {
+		return nil, fmt.Errorf("encode authority key ID: %w", err)
+	}
+	sum := sha256.Sum256(cert.Raw)
+	return &caKey{id: hex.EncodeToString(sum[:]), cert: cert, key: key, published: published, akid: akid}, nil
+}
+
+func newJWTKey(now time.Time, life time.Duration) (*jwtKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate JWT key: %w", err)
+	}
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("generate kid: %w", err)
+	}
+	return newJWTKeyFrom(hex.EncodeToString(b[:]), key, now, now.Add(life))
+}
+
+func newJWTKeyFrom(kid string, key *ecdsa.PrivateKey, published, notAfter time.Time) (*jwtKey, error) {
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("encode JWT public key: %w", err)
+	}
+	signer, err := jose.NewSigner(
+		jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: kid}},
+		(&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		return nil, fmt.Errorf("JWT signer: %w", err)
+	}
+	return &jwtKey{kid: kid, key: key, pubDER: pub, published: published, notAfter: notAfter, signer: signer}, nil
+}
+
+func randomSerial() (*big.Int, error) {
+	// 128 random bits; asn1 adds a leading zero when the top bit is set.
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("generate serial: %w", err)
+	}
+	b[0] &= 0x7f // keep it 16 bytes on the wire
+	b[0] |= 0x40 // and never short or zero
+	return new(big.Int).SetBytes(b[:]), nil
+}
+
+// subjectKeyID is RFC 7093 method 1: leftmost 160 bits of the SHA-256 of
+// the subjectPublicKey bits.
+func subjectKeyID(pub any) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("encode public key: %w", err)
+	}
+	return subjectKeyIDFromSPKI(der)
+}
+
+type spkiBits struct {
+	Algorithm pkix.AlgorithmIdentifier
+	PublicKey asn1.BitString
+}
+
+func subjectKeyIDFromSPKI(spki []byte) ([]byte, error) {
+	var s spkiBits
+	if rest, err := asn1.Unmarshal(spki, &s); err != nil || len(rest) != 0 {
+		return nil, fmt.Errorf("parse subject public key info: %v", errOr(err, "trailing data"))
+	}
+	sum := sha256.Sum256(s.PublicKey.Bytes)
+	return sum[:20], nil
+}
+
+func errOr(err error, msg string) error {
+	if err != nil {
+		return err
+	}
+	return errors.New(msg)
+}
+
+// --- persistence ---
+
+type stateDoc struct {
+	Version int          `json:"version"`
+	X509    []stateEntry `json:"x509"`
+	JWT     []stateEntry `json:"jwt"`
+}
+
+type stateEntry struct {
+	ID          string    `json:"id"`   // CA key ID or JWT kid
+	Slot        string    `json:"slot"` // active, next or retired
+	PublishedAt time.Time `json:"published_at"`
+	NotAfter    time.Time `json:"not_after"`
+}
+
+const (
+	slotActive  = "active"
+	slotNext    = "next"
+	slotRetired = "retired"
+)
+
+func slotEntries[K any](s slots[K], entry func(*K) stateEntry) []stateEntry {
+	var out []stateEntry
+	add := func(k *K, slot string) {
+		e := entry(k)
+		e.Slot = slot
+		out = append(out, e)
+	}
+	if s.active != nil {
+		add(s.active, slotActive)
+	}
+	if s.next != nil {
+		add(s.next, slotNext)
+	}
+	for _, r := range s.retired {
+		add(r, slotRetired)
+	}
+	return out
+}
+
+func caEntry(k *caKey) stateEntry {
+	return stateEntry{ID: k.id, PublishedAt: k.published, NotAfter: k.cert.NotAfter}
+}
+
+func jwtEntry(k *jwtKey) stateEntry {
+	return stateEntry{ID: k.kid, PublishedAt: k.published, NotAfter: k.notAfter}
+}
+
+func (m *Manager) path(name string) string { return filepath.Join(m.dir, name) }
+
+// persist writes the key files new in (x, j) and then the state file, so a
+// crash at any point leaves the previous state (plus unused key files) or
+// the new one. Files no longer referenced are removed last.
+func (m *Manager) persist(oldX slots[caKey], oldJ slots[jwtKey], x slots[caKey], j slots[jwtKey]) error {
+	oldFiles := map[string]bool{}
+	for _, k := range oldX.all() {
+		oldFiles[caPrefix+k.id+certExt] = true
+		oldFiles[caPrefix+k.id+keyExt] = true
+	}
+	for _, k := range oldJ.all() {
+		oldFiles[jwtPrefix+k.kid+keyExt] = true
+	}
+	keep := map[string]bool{}
+	for _, k := range x.all() {
+		cn, kn := caPrefix+k.id+certExt, caPrefix+k.id+keyExt
+		keep[cn], keep[kn] = true, true
+		if oldFiles[cn] {
+			continue
+		}
+		if err := m.writeFile(cn, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: k.cert.Raw})); err != nil {
+			return err
+		}
+		if err := m.writeKey(kn, k.key); err != nil {
+			return err
+		}
+	}
+	for _, k := range j.all() {
+		kn := jwtPrefix + k.kid + keyExt
+		keep[kn] = true
+		if oldFiles[kn] {
+			continue
+		}
+		if err := m.writeKey(kn, k.key); err != nil {
+			return err
+		}
+	}
+	doc := stateDoc{Version: 1, X509: slotEntries(x, caEntry), JWT: slotEntries(j, jwtEntry)}
+	data, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	if err := m.writeFile(stateFile, append(data, '\n')); err != nil {
+		return err
+	}
+	if err := syncDir(m.dir); err != nil {
+		return err
+	}
+	for name := range oldFiles {
+		if !keep[name] {
+			if err := os.Remove(m.path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				m.log.Warn("could not remove retired key file", "file", m.path(name), "error", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (m *Manager) writeKey(name string, key *ecdsa.PrivateKey) error {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("encode key %s: %w", m.path(name), err)
+	}
+	return m.writeFile(name, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+}
+
+func (m *Manager) writeFile(name string, data []byte) error {
+	p := m.path(name)
+	f, err := renameio.NewPendingFile(p, renameio.WithStaticPermissions(0o600))
+	if err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	defer f.Cleanup()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	if err := f.CloseAtomicallyReplace(); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// load reads the state file and every key it names. A missing state file
+// with key files present is an error: regenerating would silently replace
+// the trust domain's roots.
+func (m *Manager) load() error {
+	sp := m.path(stateFile)
+	data, err := os.ReadFile(sp)
+	if errors.Is(err, fs.ErrNotExist) {
+		entries, err := os.ReadDir(m.dir)
+		if err != nil {
+			return fmt.Errorf("read data dir %s: %w", m.dir, err)
+		}
+		for _, e := range entries {
+			n := e.Name()
+			if strings.HasSuffix(n, keyExt) && (strings.HasPrefix(n, caPrefix) || strings.HasPrefix(n, jwtPrefix)) {
+				return fmt.Errorf("state file %s is missing but key file %s exists; refusing to create new keys over it", sp, m.path(n))
+			}
+		}
+		return nil // first start
+	}
+	if err != nil {
+		return fmt.Errorf("read state file %s: %w", sp, err)
+	}
+	var doc stateDoc
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("parse state file %s: %w", sp, err)
+	}
+	if doc.Version != 1 {
+		return fmt.Errorf("state file %s: unsupported version %d", sp, doc.Version)
+	}
+	x, err := loadSlots(sp, "x509", doc.X509, m.loadCA)
+	if err != nil {
+		return err
+	}
+	j, err := loadSlots(sp, "jwt", doc.JWT, m.loadJWT)
+	if err != nil {
+		return err
+	}
+	m.x509, m.jwt = x, j
+	m.refreshLocked()
+	return nil
+}
+
+func loadSlots[K any](statePath, kind string, entries []stateEntry, load func(stateEntry) (*K, error)) (slots[K], error) {
+	var s slots[K]
+	for _, e := range entries {
+		if !isHexID(e.ID) {
+			return s, fmt.Errorf("state file %s: bad %s key ID %q", statePath, kind, e.ID)
+		}
+		k, err := load(e)
+		if err != nil {
+			return s, err
+		}
+		switch e.Slot {
+		case slotActive:
+			if s.active != nil {
+				return s, fmt.Errorf("state file %s: two active %s keys", statePath, kind)
+			}
+			s.active = k
+		case slotNext:
+			if s.next != nil {
+				return s, fmt.Errorf("state file %s: two next %s keys", statePath, kind)
+			}
+			s.next = k
+		case slotRetired:
+			s.retired = append(s.retired, k)
+		default:
+			return s, fmt.Errorf("state file %s: unknown slot %q", statePath, e.Slot)
+		}
+	}
+	if s.active == nil {
+		return s, fmt.Errorf("state file %s: no active %s key", statePath, kind)
+	}
+	return s, nil
+}
+
+func isHexID(id string) bool {
+	if len(id) < 16 || len(id) > 64 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil && strings.ToLower(id) == id
+}
+
+func (m *Manager) loadCA(e stateEntry) (*caKey, error) {
+	cp := m.path(caPrefix + e.ID + certExt)
+	der, err := readPEM(cp, "CERTIFICATE")
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse CA certificate %s: %w", cp, err)
+	}
+	if !cert.IsCA {
+		return nil, fmt.Errorf("CA certificate %s is not a CA", cp)
+	}
+	kp := m.path(caPrefix + e.ID + keyExt)
+	key, err := readECKey(kp)
+	if err != nil {
+		return nil, err
+	}
+	if !key.PublicKey.Equal(cert.PublicKey) {
+		return nil, fmt.Errorf("CA key %s does not match certificate %s", kp, cp)
+	}
+	k, err := newCAKey(cert, key, e.PublishedAt)
+	if err != nil {
+		return nil, fmt.Errorf("load CA %s: %w", cp, err)
+	}
+	if k.id != e.ID {
+		return nil, fmt.Errorf("CA certificate %s does not match its ID in the state file", cp)
+	}
+	return k, nil
+}
+
+func (m *Manager) loadJWT(e stateEntry) (*jwtKey, error) {
+	kp := m.path(jwtPrefix + e.ID + keyExt)
+	key, err := readECKey(kp)
+	if err != nil {
+		return nil, err
+	}
+	k, err := newJWTKeyFrom(e.ID, key, e.PublishedAt, e.NotAfter)
+	if err != nil {
+		return nil, fmt.Errorf("load JWT key %s: %w", kp, err)
+	}
+	return k, nil
+}
+
+func readPEM(path, typ string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	b, _ := pem.Decode(data)
+	if b == nil || b.Type != typ {
+		return nil, fmt.Errorf("read %s: no %s PEM block", path, typ)
+	}
+	return b.Bytes, nil
+}
+
+func readECKey(path string) (*ecdsa.PrivateKey, error) {
+	der, err := readPEM(path, "PRIVATE KEY")
+	if err != nil {
+		return nil, err
+	}
+	k, err := x509.ParsePKCS8PrivateKey(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse key %s: %w", path, err)
+	}
+	ek, ok := k.(*ecdsa.PrivateKey)
+	if !ok || ek.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("key %s: want an ECDSA P-256 key", path)
+	}
+	return ek, nil
+}

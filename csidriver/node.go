@@ -16,6 +16,10 @@ import (
 // node may carry stacks left by older drivers).
 const maxUnmounts = 64
 
+// errNotDir marks a target that exists as something other than a directory
+// (a symlink could redirect the mount).
+var errNotDir = errors.New("exists and is not a directory")
+
 // nodeServer is the CSI Node service: a thin adapter over Driver.Publish
 // and Driver.Unpublish.
 type nodeServer struct {
@@ -74,6 +78,10 @@ func (d *Driver) Publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	created, err := ensureTargetDir(target)
+	if errors.Is(err, errNotDir) {
+		log.Warn("publish refused", "err", err)
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
 	if err != nil {
 		log.Warn("publish failed", "err", err)
 		return status.Error(codes.Internal, err.Error())
@@ -182,7 +190,7 @@ func ensureTargetDir(target string) (created bool, err error) {
 	case err == nil && fi.IsDir():
 		return false, nil
 	case err == nil:
-		return false, fmt.Errorf("target %s exists and is not a directory (%s)", target, fi.Mode().Type())
+		return false, fmt.Errorf("target %s: %w (it is %s)", target, errNotDir, fi.Mode().Type())
 	case isCorrupted(err):
 		return false, nil // a stale mount; the mount check below handles it
 	case !errors.Is(err, fs.ErrNotExist):

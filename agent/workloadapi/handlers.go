@@ -1,0 +1,174 @@
+package workloadapi
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/signetid/signet/agent/cache"
+	"github.com/signetid/signet/internal/peercred"
+	"github.com/signetid/signet/internal/selector"
+)
+
+// caller is an attested Workload API client.
+type caller struct {
+	pid       int32
+	selectors []selector.Selector
+}
+
+// attest identifies the caller from the kernel's view of the connection. A
+// caller that cannot be attested has no identity: PermissionDenied.
+func (s *Server) attest(ctx context.Context, method string) (caller, error) {
+	info, err := peercred.FromContext(ctx)
+	if err != nil {
+		s.log.InfoContext(ctx, "workload attestation failed", "method", method, "error", err)
+		return caller{}, status.Error(codes.PermissionDenied, "could not identify the caller")
+	}
+	start := time.Now()
+	sels, err := s.attestor.Attest(ctx, info.PID)
+	s.metrics.observeAttestation(start, err)
+	if err != nil {
+		s.log.InfoContext(ctx, "workload attestation failed", "method", method, "pid", info.PID, "uid", info.UID, "error", err)
+		return caller{}, status.Error(codes.PermissionDenied, "could not attest the caller")
+	}
+	s.log.DebugContext(ctx, "workload attested", "method", method, "pid", info.PID, "selectors", selector.Strings(sels))
+	return caller{pid: info.PID, selectors: sels}, nil
+}
+
+func (s *Server) noIdentity(ctx context.Context, method string, c caller) error {
+	s.log.InfoContext(ctx, "no identity issued", "method", method, "pid", c.pid, "selectors", selector.Strings(c.selectors))
+	return status.Error(codes.PermissionDenied, "no identity issued")
+}
+
+// watch subscribes to the caller's state and sends a response built from
+// every update until the client leaves, the server stops, or the caller has
+// no identity any more.
+func watch[T any](s *Server, ctx context.Context, method string, c caller, build func(*cache.WorkloadState) (*T, error), send func(*T) error) error {
+	sub := s.provider.Subscribe(c.selectors)
+	defer sub.Close()
+	for {
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-s.stopping:
+			return status.Error(codes.Unavailable, "agent is shutting down")
+		case st, ok := <-sub.Updates():
+			if !ok {
+				return status.Error(codes.Unavailable, "identity cache closed the subscription")
+			}
+			if st == nil || len(st.SVIDs) == 0 {
+				return s.noIdentity(ctx, method, c)
+			}
+			resp, err := build(st)
+			if err != nil {
+				s.log.ErrorContext(ctx, "could not build Workload API response", "method", method, "pid", c.pid, "error", err)
+				return status.Error(codes.Unavailable, "could not build the response")
+			}
+			if err := send(resp); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// FetchX509SVID implements the Workload API.
+func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
+	const method = "FetchX509SVID"
+	ctx := stream.Context()
+	c, err := s.attest(ctx, method)
+	if err != nil {
+		return err
+	}
+	return watch(s, ctx, method, c, x509SVIDResponse, stream.Send)
+}
+
+// FetchX509Bundles implements the Workload API.
+func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
+	const method = "FetchX509Bundles"
+	ctx := stream.Context()
+	c, err := s.attest(ctx, method)
+	if err != nil {
+		return err
+	}
+	return watch(s, ctx, method, c, x509BundlesResponse, stream.Send)
+}
+
+// FetchJWTBundles implements the Workload API.
+func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
+	const method = "FetchJWTBundles"
+	ctx := stream.Context()
+	c, err := s.attest(ctx, method)
+	if err != nil {
+		return err
+	}
+	return watch(s, ctx, method, c, jwtBundlesResponse, stream.Send)
+}
+
+// FetchJWTSVID implements the Workload API.
+func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
+	const method = "FetchJWTSVID"
+	if len(req.Audience) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	var id spiffeid.ID
+	if req.SpiffeId != "" {
+		var err error
+		if id, err = spiffeid.FromString(req.SpiffeId); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "invalid requested SPIFFE ID: %v", err)
+		}
+	}
+	c, err := s.attest(ctx, method)
+	if err != nil {
+		return nil, err
+	}
+	svids, err := s.provider.FetchJWTSVIDs(ctx, c.selectors, id, req.Audience)
+	switch {
+	case errors.Is(err, cache.ErrNoIdentity) || (err == nil && len(svids) == 0):
+		return nil, s.noIdentity(ctx, method, c)
+	case err != nil:
+		s.log.ErrorContext(ctx, "could not mint JWT-SVID", "pid", c.pid, "error", err)
+		return nil, status.Errorf(codes.Unavailable, "could not mint JWT-SVID: %v", err)
+	}
+	resp := &workload.JWTSVIDResponse{}
+	for _, svid := range svids {
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{
+			SpiffeId: svid.ID.String(),
+			Svid:     svid.Marshal(),
+			Hint:     svid.Hint,
+		})
+	}
+	return resp, nil
+}
+
+// ValidateJWTSVID implements the Workload API. The caller must be
+// attestable but needs no identity of its own: a verifier only consumes
+// bundles.
+func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
+	const method = "ValidateJWTSVID"
+	if req.Audience == "" {
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	if req.Svid == "" {
+		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
+	}
+	if _, err := s.attest(ctx, method); err != nil {
+		return nil, err
+	}
+	svid, err := jwtsvid.ParseAndValidate(req.Svid, s.provider.JWTBundles(), []string{req.Audience})
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID: %v", err)
+	}
+	claims, err := structpb.NewStruct(svid.Claims)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "could not encode JWT-SVID claims: %v", err)
+	}
+	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
+}

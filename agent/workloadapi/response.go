@@ -86,4 +86,3 @@ func concatDER(certs []*x509.Certificate) []byte {
 	}
 	return out
 }
-

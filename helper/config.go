@@ -1,0 +1,491 @@
+package helper
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/hcl"
+)
+
+// Defaults, matching spiffe-helper where it has one.
+const (
+	DefaultSVIDFileName       = "svid.pem"
+	DefaultSVIDKeyFileName    = "svid_key.pem"
+	DefaultSVIDBundleFileName = "bundle.pem"
+	DefaultCertFileMode       = fs.FileMode(0o644)
+	DefaultKeyFileMode        = fs.FileMode(0o600)
+	DefaultJWTBundleFileMode  = fs.FileMode(0o600)
+	DefaultJWTSVIDFileMode    = fs.FileMode(0o600)
+	DefaultTimeout            = 2 * time.Minute
+	DefaultDebounce           = 250 * time.Millisecond
+	DefaultLiveThreshold      = time.Minute
+	defaultHealthPort         = 8081
+)
+
+// Config is everything the helper does. Zero values are filled by
+// [Config.Validate]; [ParseConfig] reads spiffe-helper's helper.conf into it.
+type Config struct {
+	// AgentAddress is the Workload API socket: "unix:///path" or a bare path.
+	AgentAddress string
+
+	// Cmd and CmdArgs are spiffe-helper's managed process: started after a
+	// write when it is not running, sent RenewSignal when it is.
+	Cmd     string
+	CmdArgs string
+	// PIDFileName names a file holding the PID to send RenewSignal to after
+	// every rotation; it is read afresh each time.
+	PIDFileName string
+	RenewSignal string
+
+	CertDir            string
+	SVIDFileName       string
+	SVIDKeyFileName    string
+	SVIDBundleFileName string
+	JWTSVIDs           []JWTSVIDConfig
+	JWTBundleFileName  string
+
+	// DaemonMode false is init mode: fetch once, write, exit.
+	DaemonMode               bool
+	AddIntermediatesToBundle bool
+	IncludeFederatedDomains  bool
+	OmitExpired              bool
+	Hint                     string
+
+	CertFileMode      fs.FileMode
+	KeyFileMode       fs.FileMode
+	JWTBundleFileMode fs.FileMode
+	JWTSVIDFileMode   fs.FileMode
+	// UID and GID own every written file; -1 leaves the owner unchanged.
+	UID, GID int
+
+	HealthChecks HealthConfig
+
+	// Signet additions.
+
+	// ReloadCommand runs after every rotation (e.g. nginx -s reload).
+	ReloadCommand []string
+	// Child is a supervised process (`signet helper -- cmd args`).
+	Child []string
+	// ReloadOnJWT also reloads after JWT-SVID renewals.
+	ReloadOnJWT   bool
+	Timeout       time.Duration
+	Debounce      time.Duration
+	LiveThreshold time.Duration
+	LogLevel      string
+}
+
+// JWTSVIDConfig is one entry of jwt_svids.
+type JWTSVIDConfig struct {
+	Audience       string
+	ExtraAudiences []string
+	FileName       string
+}
+
+// HealthConfig is spiffe-helper's health_checks block; Listen (Signet's
+// --health-listen) overrides BindPort with a full address.
+type HealthConfig struct {
+	ListenerEnabled bool
+	BindPort        int
+	LivenessPath    string
+	ReadinessPath   string
+	Listen          string
+}
+
+// Addr is the address the health listener binds, or "" when disabled.
+func (h HealthConfig) Addr() string {
+	if h.Listen != "" {
+		return h.Listen
+	}
+	if !h.ListenerEnabled {
+		return ""
+	}
+	return fmt.Sprintf(":%d", h.BindPort)
+}
+
+// NewConfig returns a Config with the defaults of a daemon.
+func NewConfig() Config {
+	return Config{DaemonMode: true, UID: -1, GID: -1}
+}
+
+// hclConfig mirrors spiffe-helper's helper.conf keys, plus uid and gid.
+type hclConfig struct {
+	AgentAddress             string          `hcl:"agent_address"`
+	Cmd                      string          `hcl:"cmd"`
+	CmdArgs                  string          `hcl:"cmd_args"`
+	PIDFileName              string          `hcl:"pid_file_name"`
+	CertDir                  string          `hcl:"cert_dir"`
+	CertFileMode             int             `hcl:"cert_file_mode"`
+	KeyFileMode              int             `hcl:"key_file_mode"`
+	JWTBundleFileMode        int             `hcl:"jwt_bundle_file_mode"`
+	JWTSVIDFileMode          int             `hcl:"jwt_svid_file_mode"`
+	IncludeFederatedDomains  bool            `hcl:"include_federated_domains"`
+	OmitExpired              bool            `hcl:"omit_expired"`
+	RenewSignal              string          `hcl:"renew_signal"`
+	DaemonMode               *bool           `hcl:"daemon_mode"`
+	AddIntermediatesToBundle bool            `hcl:"add_intermediates_to_bundle"`
+	Hint                     string          `hcl:"hint"`
+	LogLevel                 string          `hcl:"log_level"`
+	SVIDFileName             string          `hcl:"svid_file_name"`
+	SVIDKeyFileName          string          `hcl:"svid_key_file_name"`
+	SVIDBundleFileName       string          `hcl:"svid_bundle_file_name"`
+	JWTSVIDs                 []hclJWTSVID    `hcl:"jwt_svids"`
+	JWTBundleFileName        string          `hcl:"jwt_bundle_file_name"`
+	HealthChecks             *hclHealthCheck `hcl:"health_checks"`
+	UID                      *int            `hcl:"uid"`
+	GID                      *int            `hcl:"gid"`
+	Unused                   []string        `hcl:",unusedKeys"`
+}
+
+type hclJWTSVID struct {
+	Audience       string   `hcl:"jwt_audience"`
+	ExtraAudiences []string `hcl:"jwt_extra_audiences"`
+	FileName       string   `hcl:"jwt_svid_file_name"`
+	Unused         []string `hcl:",unusedKeys"`
+}
+
+type hclHealthCheck struct {
+	ListenerEnabled bool     `hcl:"listener_enabled"`
+	BindPort        int      `hcl:"bind_port"`
+	LivenessPath    string   `hcl:"liveness_path"`
+	ReadinessPath   string   `hcl:"readiness_path"`
+	Unused          []string `hcl:",unusedKeys"`
+}
+
+// LoadConfigFile reads a helper.conf file into cfg (see [ParseConfig]).
+func LoadConfigFile(path string, cfg *Config) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read helper config: %w", err)
+	}
+	if err := ParseConfig(b, cfg); err != nil {
+		return fmt.Errorf("helper config %s: %w", path, err)
+	}
+	return nil
+}
+
+// ParseConfig decodes spiffe-helper's HCL helper.conf into cfg, overwriting
+// the fields the file sets. Unknown keys are an error naming the key.
+func ParseConfig(data []byte, cfg *Config) error {
+	var h hclConfig
+	if err := hcl.Decode(&h, string(data)); err != nil {
+		return fmt.Errorf("parse HCL: %w", err)
+	}
+	if err := unknownKeys("", h.Unused); err != nil {
+		return err
+	}
+	for i, j := range h.JWTSVIDs {
+		if err := unknownKeys(fmt.Sprintf("jwt_svids[%d].", i), j.Unused); err != nil {
+			return err
+		}
+	}
+	if h.HealthChecks != nil {
+		if err := unknownKeys("health_checks.", h.HealthChecks.Unused); err != nil {
+			return err
+		}
+	}
+	setStr := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	setStr(&cfg.AgentAddress, h.AgentAddress)
+	setStr(&cfg.Cmd, h.Cmd)
+	setStr(&cfg.CmdArgs, h.CmdArgs)
+	setStr(&cfg.PIDFileName, h.PIDFileName)
+	setStr(&cfg.RenewSignal, h.RenewSignal)
+	setStr(&cfg.CertDir, h.CertDir)
+	setStr(&cfg.SVIDFileName, h.SVIDFileName)
+	setStr(&cfg.SVIDKeyFileName, h.SVIDKeyFileName)
+	setStr(&cfg.SVIDBundleFileName, h.SVIDBundleFileName)
+	setStr(&cfg.JWTBundleFileName, h.JWTBundleFileName)
+	setStr(&cfg.Hint, h.Hint)
+	setStr(&cfg.LogLevel, h.LogLevel)
+	cfg.IncludeFederatedDomains = cfg.IncludeFederatedDomains || h.IncludeFederatedDomains
+	cfg.OmitExpired = cfg.OmitExpired || h.OmitExpired
+	cfg.AddIntermediatesToBundle = cfg.AddIntermediatesToBundle || h.AddIntermediatesToBundle
+	if h.DaemonMode != nil {
+		cfg.DaemonMode = *h.DaemonMode
+	}
+	modes := []struct {
+		key string
+		v   int
+		dst *fs.FileMode
+	}{
+		{"cert_file_mode", h.CertFileMode, &cfg.CertFileMode},
+		{"key_file_mode", h.KeyFileMode, &cfg.KeyFileMode},
+		{"jwt_bundle_file_mode", h.JWTBundleFileMode, &cfg.JWTBundleFileMode},
+		{"jwt_svid_file_mode", h.JWTSVIDFileMode, &cfg.JWTSVIDFileMode},
+	}
+	for _, m := range modes {
+		if m.v < 0 || m.v > 0o777 {
+			return fmt.Errorf("%s: %#o is not a file mode (0 to 0777)", m.key, m.v)
+		}
+		if m.v != 0 {
+			*m.dst = fs.FileMode(m.v)
+		}
+	}
+	for _, j := range h.JWTSVIDs {
+		cfg.JWTSVIDs = append(cfg.JWTSVIDs, JWTSVIDConfig{Audience: j.Audience, ExtraAudiences: j.ExtraAudiences, FileName: j.FileName})
+	}
+	if hc := h.HealthChecks; hc != nil {
+		cfg.HealthChecks.ListenerEnabled = hc.ListenerEnabled
+		if hc.BindPort != 0 {
+			cfg.HealthChecks.BindPort = hc.BindPort
+		}
+		setStr(&cfg.HealthChecks.LivenessPath, hc.LivenessPath)
+		setStr(&cfg.HealthChecks.ReadinessPath, hc.ReadinessPath)
+	}
+	if h.UID != nil {
+		cfg.UID = *h.UID
+	}
+	if h.GID != nil {
+		cfg.GID = *h.GID
+	}
+	return nil
+}
+
+func unknownKeys(prefix string, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	keys = slices.Clone(keys)
+	slices.Sort(keys)
+	for i := range keys {
+		keys[i] = prefix + keys[i]
+	}
+	return fmt.Errorf("unknown key(s): %s", strings.Join(slices.Compact(keys), ", "))
+}
+
+// Validate fills defaults and checks the configuration as a whole. env looks
+// up environment variables (os.Getenv in production).
+func (c *Config) Validate(env func(string) string) error {
+	if c.AgentAddress == "" {
+		c.AgentAddress = env("SPIFFE_ENDPOINT_SOCKET")
+	}
+	if c.AgentAddress == "" {
+		return errors.New("no Workload API socket: set --socket, agent_address or SPIFFE_ENDPOINT_SOCKET")
+	}
+	if _, err := SocketPath(c.AgentAddress); err != nil {
+		return err
+	}
+	if c.CertDir == "" {
+		return errors.New("no cert dir: set --cert-dir or cert_dir")
+	}
+	// spiffe-helper: all or none of the three X.509 names; none means ours.
+	names := []*string{&c.SVIDFileName, &c.SVIDKeyFileName, &c.SVIDBundleFileName}
+	set := 0
+	for _, n := range names {
+		if *n != "" {
+			set++
+		}
+	}
+	switch set {
+	case 0:
+		c.SVIDFileName, c.SVIDKeyFileName, c.SVIDBundleFileName = DefaultSVIDFileName, DefaultSVIDKeyFileName, DefaultSVIDBundleFileName
+	case 3:
+	default:
+		return errors.New("all or none of svid_file_name, svid_key_file_name, svid_bundle_file_name must be set")
+	}
+	seen := map[string]string{}
+	check := func(key, name string) error {
+		if name == "" {
+			return fmt.Errorf("%s is empty", key)
+		}
+		if name != filepath.Base(name) || name == "." || name == ".." || strings.HasPrefix(name, "..") {
+			return fmt.Errorf("%s %q must be a plain file name inside cert_dir", key, name)
+		}
+		if other, dup := seen[name]; dup {
+			return fmt.Errorf("%s and %s both name %q", other, key, name)
+		}
+		seen[name] = key
+		return nil
+	}
+	for _, kv := range [][2]string{{"svid_file_name", c.SVIDFileName}, {"svid_key_file_name", c.SVIDKeyFileName}, {"svid_bundle_file_name", c.SVIDBundleFileName}} {
+		if err := check(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	if c.JWTBundleFileName != "" {
+		if err := check("jwt_bundle_file_name", c.JWTBundleFileName); err != nil {
+			return err
+		}
+	}
+	for i, j := range c.JWTSVIDs {
+		if j.Audience == "" {
+			return fmt.Errorf("jwt_svids[%d]: jwt_audience is required", i)
+		}
+		if err := check(fmt.Sprintf("jwt_svids[%d].jwt_svid_file_name", i), j.FileName); err != nil {
+			return err
+		}
+	}
+	if c.PIDFileName != "" && c.RenewSignal == "" {
+		return errors.New("pid_file_name needs renew_signal")
+	}
+	if c.RenewSignal != "" {
+		if _, err := ParseSignal(c.RenewSignal); err != nil {
+			return err
+		}
+	}
+	if len(c.Child) > 0 && c.Cmd != "" {
+		return errors.New("a supervised child (-- cmd) and cmd cannot both be set")
+	}
+	if c.CmdArgs != "" && c.Cmd == "" {
+		return errors.New("cmd_args needs cmd")
+	}
+	if _, err := SplitArgs(c.CmdArgs); err != nil {
+		return fmt.Errorf("cmd_args: %w", err)
+	}
+	def := func(m *fs.FileMode, d fs.FileMode) {
+		if *m == 0 {
+			*m = d
+		}
+	}
+	def(&c.CertFileMode, DefaultCertFileMode)
+	def(&c.KeyFileMode, DefaultKeyFileMode)
+	def(&c.JWTBundleFileMode, DefaultJWTBundleFileMode)
+	def(&c.JWTSVIDFileMode, DefaultJWTSVIDFileMode)
+	if c.Timeout <= 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Debounce < 0 {
+		return errors.New("debounce must not be negative")
+	}
+	if c.Debounce == 0 {
+		c.Debounce = DefaultDebounce
+	}
+	if c.LiveThreshold <= 0 {
+		c.LiveThreshold = DefaultLiveThreshold
+	}
+	if c.HealthChecks.BindPort == 0 {
+		c.HealthChecks.BindPort = defaultHealthPort
+	}
+	if c.HealthChecks.LivenessPath == "" {
+		c.HealthChecks.LivenessPath = "/live"
+	}
+	if c.HealthChecks.ReadinessPath == "" {
+		c.HealthChecks.ReadinessPath = "/ready"
+	}
+	return nil
+}
+
+// SocketPath turns "unix:///path" or a bare path into a filesystem path.
+func SocketPath(addr string) (string, error) {
+	if p, ok := strings.CutPrefix(addr, "unix://"); ok {
+		if !strings.HasPrefix(p, "/") {
+			return "", fmt.Errorf("socket address %q: want unix:///absolute/path", addr)
+		}
+		return p, nil
+	}
+	if strings.Contains(addr, "://") || strings.HasPrefix(addr, "unix:") {
+		return "", fmt.Errorf("socket address %q: want unix:///path or a path", addr)
+	}
+	if addr == "" {
+		return "", errors.New("empty socket address")
+	}
+	return addr, nil
+}
+
+// addrURL is the socket in the form go-spiffe's client dials.
+func addrURL(addr string) (string, error) {
+	p, err := SocketPath(addr)
+	if err != nil {
+		return "", err
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("socket path: %w", err)
+	}
+	return "unix://" + abs, nil
+}
+
+// ParseSignal accepts "SIGHUP", "HUP" or "hup".
+func ParseSignal(name string) (syscall.Signal, error) {
+	n := strings.ToUpper(strings.TrimSpace(name))
+	if !strings.HasPrefix(n, "SIG") {
+		n = "SIG" + n
+	}
+	switch n {
+	case "SIGHUP":
+		return syscall.SIGHUP, nil
+	case "SIGINT":
+		return syscall.SIGINT, nil
+	case "SIGQUIT":
+		return syscall.SIGQUIT, nil
+	case "SIGKILL":
+		return syscall.SIGKILL, nil
+	case "SIGUSR1":
+		return syscall.SIGUSR1, nil
+	case "SIGUSR2":
+		return syscall.SIGUSR2, nil
+	case "SIGTERM":
+		return syscall.SIGTERM, nil
+	case "SIGWINCH":
+		return syscall.SIGWINCH, nil
+	case "SIGCONT":
+		return syscall.SIGCONT, nil
+	case "SIGALRM":
+		return syscall.SIGALRM, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q", name)
+}
+
+// SplitArgs splits a command line the way a POSIX shell splits words, with
+// single quotes, double quotes and backslashes, but no expansion.
+func SplitArgs(s string) ([]string, error) {
+	var (
+		args  []string
+		cur   strings.Builder
+		inArg bool
+		quote rune
+		esc   bool
+	)
+	for _, r := range s {
+		switch {
+		case esc:
+			cur.WriteRune(r)
+			esc = false
+		case quote == '\'':
+			if r == '\'' {
+				quote = 0
+			} else {
+				cur.WriteRune(r)
+			}
+		case quote == '"':
+			switch r {
+			case '"':
+				quote = 0
+			case '\\':
+				esc = true
+			default:
+				cur.WriteRune(r)
+			}
+		case r == '\\':
+			esc, inArg = true, true
+		case r == '\'' || r == '"':
+			quote, inArg = r, true
+		case r == ' ' || r == '\t' || r == '\n':
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteRune(r)
+			inArg = true
+		}
+	}
+	if quote != 0 || esc {
+		return nil, errors.New("unterminated quote or escape")
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+	return args, nil
+}

@@ -1,0 +1,275 @@
+package helper
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// Event describes the file set just written.
+type Event struct {
+	SPIFFEID string
+	Serial   string
+	NotAfter time.Time
+	JWTOnly  bool // only JWT-SVIDs or JWT bundles changed
+}
+
+// Reloader tells an application that a new file set is in place.
+type Reloader interface {
+	Reload(ctx context.Context, ev Event) error
+}
+
+// PIDSignaler sends Signal to the PID in PIDFile, read afresh on every
+// reload; while the file is absent (or names no live process) it waits for
+// it to change, watching its directory.
+type PIDSignaler struct {
+	PIDFile string
+	Signal  syscall.Signal
+}
+
+// Reload blocks until the signal is sent or ctx ends.
+func (p *PIDSignaler) Reload(ctx context.Context, _ Event) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch pid file: %w", err)
+	}
+	defer w.Close()
+	watching := false
+	var lastErr error
+	for {
+		if !watching {
+			// The directory may not exist yet either; polling covers that.
+			watching = w.Add(filepath.Dir(p.PIDFile)) == nil
+		}
+		pid, err := readPID(p.PIDFile)
+		if err == nil {
+			err = syscall.Kill(pid, p.Signal)
+			if err == nil {
+				return nil
+			}
+			err = fmt.Errorf("signal pid %d from %s: %w", pid, p.PIDFile, err)
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (gave up: %v)", lastErr, ctx.Err())
+		case <-w.Events:
+		case <-w.Errors:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func readPID(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("pid file %s holds no pid", path)
+	}
+	return pid, nil
+}
+
+// CommandRunner runs a command after every rotation (nginx -s reload,
+// pg_ctl reload) and fails the reload if it exits non-zero.
+type CommandRunner struct {
+	Args []string
+	Env  []string // added to the helper's environment
+}
+
+// Reload runs the command to completion.
+func (c *CommandRunner) Reload(ctx context.Context, _ Event) error {
+	if len(c.Args) == 0 {
+		return errors.New("empty reload command")
+	}
+	cmd := exec.CommandContext(ctx, c.Args[0], c.Args[1:]...)
+	cmd.Env = append(os.Environ(), c.Env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("reload command %s: %w: %s", c.Args[0], err, strings.TrimSpace(lastBytes(out.String(), 512)))
+	}
+	return nil
+}
+
+func lastBytes(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// Process is a child process the helper starts: spiffe-helper's cmd, or the
+// supervised `signet helper -- cmd args`. Reload starts it when it is not
+// running and sends it Signal (if any) when it is.
+type Process struct {
+	Args   []string
+	Signal syscall.Signal // 0: do not signal a running process
+	Stdout *os.File
+	Stderr *os.File
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	code int
+}
+
+// Start starts the process if it is not running.
+func (p *Process) Start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.startLocked()
+}
+
+func (p *Process) startLocked() error {
+	if p.cmd != nil && !closed(p.done) {
+		return nil
+	}
+	if len(p.Args) == 0 {
+		return errors.New("empty command")
+	}
+	cmd := exec.Command(p.Args[0], p.Args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, p.Stdout, p.Stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", p.Args[0], err)
+	}
+	done := make(chan struct{})
+	p.cmd, p.done = cmd, done
+	go func() {
+		err := cmd.Wait()
+		p.mu.Lock()
+		p.code = exitStatus(cmd.ProcessState, err)
+		p.mu.Unlock()
+		close(done)
+	}()
+	return nil
+}
+
+// Reload starts the process if needed, else signals it.
+func (p *Process) Reload(_ context.Context, _ Event) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || closed(p.done) {
+		return p.startLocked()
+	}
+	if p.Signal == 0 {
+		return nil
+	}
+	if err := p.cmd.Process.Signal(p.Signal); err != nil {
+		return fmt.Errorf("signal %s: %w", p.Args[0], err)
+	}
+	return nil
+}
+
+// Signal sends sig to the process if it is running.
+func (p *Process) SendSignal(sig os.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || closed(p.done) {
+		return nil
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
+// Done is closed when the process started last has exited; nil before Start.
+func (p *Process) Done() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.done
+}
+
+// ExitCode is the exit status of the last run (128+n when killed by signal n).
+func (p *Process) ExitCode() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.code
+}
+
+func exitStatus(ps *os.ProcessState, err error) int {
+	if ps == nil {
+		if err != nil {
+			return 1
+		}
+		return 0
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
+
+func closed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// reloadQueue debounces reload requests: a burst of writes (X.509 rotation
+// and JWT renewal together) produces one reload, for the latest set.
+type reloadQueue struct {
+	mu     sync.Mutex
+	latest Event
+	ch     chan struct{}
+}
+
+func newReloadQueue() *reloadQueue { return &reloadQueue{ch: make(chan struct{}, 1)} }
+
+func (q *reloadQueue) push(ev Event) {
+	q.mu.Lock()
+	q.latest = ev
+	q.mu.Unlock()
+	select {
+	case q.ch <- struct{}{}:
+	default:
+	}
+}
+
+// run calls r.Reload for the latest event, at most once per delay, until ctx
+// ends.
+func (q *reloadQueue) run(ctx context.Context, r Reloader, delay time.Duration, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-q.ch:
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		select { // requests that arrived while we waited are covered
+		case <-q.ch:
+		default:
+		}
+		q.mu.Lock()
+		ev := q.latest
+		q.mu.Unlock()
+		if err := r.Reload(ctx, ev); err != nil {
+			if ctx.Err() == nil {
+				log.Error("reload failed", "serial", ev.Serial, "not_after", ev.NotAfter, "error", err)
+			}
+			continue
+		}
+		log.Info("reloaded application", "spiffe_id", ev.SPIFFEID, "serial", ev.Serial, "not_after", ev.NotAfter.UTC().Format(time.RFC3339))
+	}
+}

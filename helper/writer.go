@@ -1,0 +1,296 @@
+package helper
+
+import (
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// File is one member of a file set.
+type File struct {
+	Name string // plain name inside the cert dir
+	Data []byte
+	Mode fs.FileMode
+}
+
+// The on-disk layout (the same trick as Kubernetes' projected volumes):
+//
+//	certdir/.signet-XXXX/svid.pem   one directory per generation, never modified
+//	certdir/..data -> .signet-XXXX  swapped with one rename(2): the commit point
+//	certdir/svid.pem -> ..data/svid.pem
+//
+// Applications open certdir/svid.pem as before. Each rename is atomic, so a
+// reader sees either the whole old set or the whole new set; a reader that
+// resolves ..data once (or reloads after we signal it, which is after the
+// swap) never pairs a new cert with an old key.
+const (
+	dataLink  = "..data"
+	genPrefix = ".signet-"
+)
+
+// Writer writes file sets atomically into one directory. It is not safe for
+// concurrent use.
+type Writer struct {
+	dir      string
+	uid, gid int
+	prev     string // the generation before the current one
+}
+
+// NewWriter returns a Writer for dir, owning files by uid/gid (-1: unchanged).
+func NewWriter(dir string, uid, gid int) *Writer {
+	return &Writer{dir: dir, uid: uid, gid: gid}
+}
+
+// Dir is the cert directory.
+func (w *Writer) Dir() string { return w.dir }
+
+// Write publishes files as the new set. On error the previous set stays in
+// place, untouched.
+func (w *Writer) Write(files []File) error {
+	if err := os.MkdirAll(w.dir, 0o755); err != nil {
+		return fmt.Errorf("create cert dir: %w", err)
+	}
+	gen, err := os.MkdirTemp(w.dir, genPrefix)
+	if err != nil {
+		return fmt.Errorf("create file set dir: %w", err)
+	}
+	if err := w.fill(gen, files); err != nil {
+		_ = os.RemoveAll(gen)
+		return err
+	}
+	// Commit: point ..data at the new generation in one rename.
+	tmpLink := filepath.Join(w.dir, dataLink+".tmp")
+	_ = os.Remove(tmpLink)
+	if err := os.Symlink(filepath.Base(gen), tmpLink); err != nil {
+		_ = os.RemoveAll(gen)
+		return fmt.Errorf("create data link: %w", err)
+	}
+	if err := os.Rename(tmpLink, filepath.Join(w.dir, dataLink)); err != nil {
+		_ = os.Remove(tmpLink)
+		_ = os.RemoveAll(gen)
+		return fmt.Errorf("swap data link: %w", err)
+	}
+	var errs []error
+	// The per-file links are stable; they only need creating once (or
+	// replacing a regular file left by an earlier helper).
+	for _, f := range files {
+		if err := w.ensureLink(f.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := syncDir(w.dir); err != nil {
+		errs = append(errs, err)
+	}
+	w.prune(filepath.Base(gen))
+	return errors.Join(errs...)
+}
+
+func (w *Writer) fill(gen string, files []File) error {
+	if err := os.Chmod(gen, 0o755); err != nil {
+		return fmt.Errorf("chmod file set dir: %w", err)
+	}
+	if err := w.chown(gen); err != nil {
+		return err
+	}
+	for _, f := range files {
+		if err := w.writeFile(filepath.Join(gen, f.Name), f); err != nil {
+			return err
+		}
+	}
+	return syncDir(gen)
+}
+
+func (w *Writer) writeFile(path string, f File) error {
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, f.Mode)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", f.Name, err)
+	}
+	_, werr := fh.Write(f.Data)
+	// Chmod after create: the umask must not loosen or tighten the mode.
+	if werr == nil {
+		werr = fh.Chmod(f.Mode)
+	}
+	if werr == nil && (w.uid >= 0 || w.gid >= 0) {
+		werr = fh.Chown(w.uid, w.gid)
+	}
+	if werr == nil {
+		werr = fh.Sync()
+	}
+	if cerr := fh.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return fmt.Errorf("write %s: %w", f.Name, werr)
+	}
+	return nil
+}
+
+func (w *Writer) chown(path string) error {
+	if w.uid < 0 && w.gid < 0 {
+		return nil
+	}
+	if err := os.Chown(path, w.uid, w.gid); err != nil {
+		return fmt.Errorf("chown %s: %w", filepath.Base(path), err)
+	}
+	return nil
+}
+
+func (w *Writer) ensureLink(name string) error {
+	path := filepath.Join(w.dir, name)
+	target := filepath.Join(dataLink, name)
+	if cur, err := os.Readlink(path); err == nil && cur == target {
+		return nil
+	}
+	tmp := filepath.Join(w.dir, "."+name+".link")
+	_ = os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("link %s: %w", name, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("link %s: %w", name, err)
+	}
+	return nil
+}
+
+// prune removes generations other than the current one and the one before
+// it; keeping the previous one lets a reader that resolved ..data just before
+// the swap finish reading.
+func (w *Writer) prune(current string) {
+	entries, err := os.ReadDir(w.dir)
+	if err == nil {
+		for _, e := range entries {
+			n := e.Name()
+			if e.IsDir() && strings.HasPrefix(n, genPrefix) && n != current && n != w.prev {
+				_ = os.RemoveAll(filepath.Join(w.dir, n))
+			}
+		}
+	}
+	w.prev = current
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Material is what one file set is made of.
+type Material struct {
+	SVID       *x509svid.SVID
+	Bundles    *x509bundle.Set
+	JWTSVIDs   map[string]*jwtsvid.SVID // by file name
+	JWTBundles *jwtbundle.Set
+}
+
+// Files renders m as the file set cfg asks for.
+func (c *Config) Files(m Material, now time.Time) ([]File, error) {
+	if m.SVID == nil || len(m.SVID.Certificates) == 0 {
+		return nil, errors.New("no X509-SVID")
+	}
+	td := m.SVID.ID.TrustDomain()
+	own, ok := m.Bundles.Get(td)
+	if !ok {
+		return nil, fmt.Errorf("no X.509 bundle for trust domain %q", td)
+	}
+	keep := func(certs []*x509.Certificate) []*x509.Certificate {
+		if !c.OmitExpired {
+			return certs
+		}
+		return slices.DeleteFunc(slices.Clone(certs), func(c *x509.Certificate) bool { return now.After(c.NotAfter) })
+	}
+	chain := m.SVID.Certificates
+	bundle := keep(own.X509Authorities())
+	if c.AddIntermediatesToBundle {
+		bundle = append(bundle, keep(chain[1:])...)
+		chain = chain[:1]
+	} else {
+		chain = append(chain[:1:1], keep(chain[1:])...)
+	}
+	if c.IncludeFederatedDomains {
+		for _, b := range m.Bundles.Bundles() {
+			if b.TrustDomain() != td {
+				bundle = append(bundle, keep(b.X509Authorities())...)
+			}
+		}
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(m.SVID.PrivateKey)
+	if err != nil {
+		return nil, fmt.Errorf("marshal SVID key: %w", err)
+	}
+	files := []File{
+		{Name: c.SVIDFileName, Data: pemCerts(chain), Mode: c.CertFileMode},
+		{Name: c.SVIDKeyFileName, Data: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), Mode: c.KeyFileMode},
+		{Name: c.SVIDBundleFileName, Data: pemCerts(bundle), Mode: c.CertFileMode},
+	}
+	for _, j := range c.JWTSVIDs {
+		s, ok := m.JWTSVIDs[j.FileName]
+		if !ok {
+			return nil, fmt.Errorf("no JWT-SVID for audience %q", j.Audience)
+		}
+		files = append(files, File{Name: j.FileName, Data: []byte(s.Marshal()), Mode: c.JWTSVIDFileMode})
+	}
+	if c.JWTBundleFileName != "" && m.JWTBundles != nil {
+		jf, err := c.jwtBundleFiles(m.JWTBundles)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, jf...)
+	}
+	return files, nil
+}
+
+// jwtBundleFiles writes jwt_bundle_file_name exactly as spiffe-helper does
+// (a JSON object: trust domain -> base64 of its JWKS), so consumers written
+// for it keep working, and beside it one standard JWKS document per trust
+// domain, named <stem>.<trust domain><ext> (e.g. jwt_bundle.example.org.json).
+func (c *Config) jwtBundleFiles(set *jwtbundle.Set) ([]File, error) {
+	ext := filepath.Ext(c.JWTBundleFileName)
+	stem := strings.TrimSuffix(c.JWTBundleFileName, ext)
+	if ext == "" {
+		ext = ".json"
+	}
+	index := map[string]string{}
+	var files []File
+	for _, b := range set.Bundles() {
+		doc, err := b.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("marshal JWT bundle %q: %w", b.TrustDomain(), err)
+		}
+		index[b.TrustDomain().Name()] = base64.StdEncoding.EncodeToString(doc)
+		files = append(files, File{Name: stem + "." + b.TrustDomain().Name() + ext, Data: doc, Mode: c.JWTBundleFileMode})
+	}
+	idx, err := json.Marshal(index)
+	if err != nil {
+		return nil, fmt.Errorf("marshal JWT bundles: %w", err)
+	}
+	return append([]File{{Name: c.JWTBundleFileName, Data: idx, Mode: c.JWTBundleFileMode}}, files...), nil
+}
+
+func pemCerts(certs []*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
+}

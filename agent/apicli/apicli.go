@@ -119,7 +119,9 @@ func writeSVID(dir string, i int, svid *x509svid.SVID, bundles *x509bundle.Set) 
 		return err
 	}
 	others := slices.DeleteFunc(bundles.Bundles(), func(b *x509bundle.Bundle) bool { return b.TrustDomain() == svid.ID.TrustDomain() })
-	slices.SortFunc(others, func(a, b *x509bundle.Bundle) int { return strings.Compare(a.TrustDomain().Name(), b.TrustDomain().Name()) })
+	slices.SortFunc(others, func(a, b *x509bundle.Bundle) int {
+		return strings.Compare(a.TrustDomain().Name(), b.TrustDomain().Name())
+	})
 	for j, b := range others {
 		name := filepath.Join(dir, fmt.Sprintf("federated_bundle.%d.%d.pem", i, j))
 		if err := writeFile(name, pemCerts(b.X509Authorities()), 0o644); err != nil {

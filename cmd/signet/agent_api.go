@@ -1,16 +1,110 @@
 package main
 
 import (
-	"errors"
+	"os"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/signetid/signet/agent/apicli"
 )
 
-// newAgentAPICmd and newAgentHealthcheckCmd are replaced by the real Workload API client commands.
-func newAgentAPICmd(g *globals) *cobra.Command {
-	return &cobra.Command{Use: "api", RunE: func(*cobra.Command, []string) error { return errors.New("agent api: not built yet") }}
+// apiFlags are the flags every Workload API client command shares.
+type apiFlags struct {
+	socket  string
+	timeout time.Duration
 }
 
-func newAgentHealthcheckCmd(g *globals) *cobra.Command {
-	return &cobra.Command{Use: "healthcheck", RunE: func(*cobra.Command, []string) error { return errors.New("agent healthcheck: not built yet") }}
+func (f *apiFlags) register(cmd *cobra.Command, withTimeout bool) {
+	cmd.Flags().StringVar(&f.socket, "socket", "", "Workload API socket path or unix:// address (default: $"+apicli.EnvSocket+", else "+apicli.DefaultSocket+")")
+	if withTimeout {
+		cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for the Workload API")
+	}
+}
+
+func (f *apiFlags) options(cmd *cobra.Command) (apicli.Options, error) {
+	addr, err := apicli.ResolveAddr(f.socket, os.Getenv(apicli.EnvSocket))
+	if err != nil {
+		return apicli.Options{}, err
+	}
+	return apicli.Options{Addr: addr, Out: cmd.OutOrStdout(), Err: cmd.ErrOrStderr(), Timeout: f.timeout}, nil
+}
+
+func newAgentAPICmd(*globals) *cobra.Command {
+	api := &cobra.Command{Use: "api", Short: "Talk to the agent's Workload API as a workload would"}
+	fetch := &cobra.Command{Use: "fetch", Short: "Fetch SVIDs once"}
+
+	var x509Flags apiFlags
+	var writeDir string
+	x509Cmd := &cobra.Command{
+		Use:   "x509",
+		Short: "Print (and optionally write) the caller's X509-SVIDs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o, err := x509Flags.options(cmd)
+			if err != nil {
+				return err
+			}
+			return apicli.FetchX509(cmd.Context(), o, writeDir)
+		},
+	}
+	x509Flags.register(x509Cmd, true)
+	x509Cmd.Flags().StringVar(&writeDir, "write", "", "write svid.N.pem, svid.N.key (0600) and bundle.N.pem into this directory")
+
+	var jwtFlags apiFlags
+	var audiences []string
+	var spiffeID string
+	jwtCmd := &cobra.Command{
+		Use:   "jwt",
+		Short: "Print JWT-SVIDs for an audience, one token per line",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o, err := jwtFlags.options(cmd)
+			if err != nil {
+				return err
+			}
+			return apicli.FetchJWT(cmd.Context(), o, audiences, spiffeID)
+		},
+	}
+	jwtFlags.register(jwtCmd, true)
+	jwtCmd.Flags().StringSliceVar(&audiences, "audience", nil, "audience of the token (repeat for more); required")
+	jwtCmd.Flags().StringVar(&spiffeID, "spiffe-id", "", "only the JWT-SVID for this SPIFFE ID")
+	_ = jwtCmd.MarkFlagRequired("audience")
+
+	var watchFlags apiFlags
+	watchCmd := &cobra.Command{
+		Use:   "watch",
+		Short: "Print the caller's X509-SVIDs now and on every update, until interrupted",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o, err := watchFlags.options(cmd)
+			if err != nil {
+				return err
+			}
+			return apicli.Watch(cmd.Context(), o)
+		},
+	}
+	watchFlags.register(watchCmd, false)
+
+	fetch.AddCommand(x509Cmd, jwtCmd)
+	api.AddCommand(fetch, watchCmd)
+	return api
+}
+
+func newAgentHealthcheckCmd(*globals) *cobra.Command {
+	var f apiFlags
+	cmd := &cobra.Command{
+		Use:   "healthcheck",
+		Short: "Exit 0 if the agent's Workload API answers (no identity for the caller still counts)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o, err := f.options(cmd)
+			if err != nil {
+				return err
+			}
+			return apicli.Healthcheck(cmd.Context(), o)
+		},
+	}
+	f.register(cmd, true)
+	return cmd
 }

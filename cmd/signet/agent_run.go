@@ -1,12 +1,73 @@
 package main
 
 import (
-	"errors"
-
 	"github.com/spf13/cobra"
+
+	"github.com/signetid/signet/agent"
 )
 
-// newAgentRunCmd is replaced by the agent's real `run` command.
+// newAgentRunCmd is `signet agent run`: flags override the config file.
 func newAgentRunCmd(g *globals) *cobra.Command {
-	return &cobra.Command{Use: "run", RunE: func(*cobra.Command, []string) error { return errors.New("agent run: not built yet") }}
+	var (
+		configPath string
+		flags      agent.Config
+	)
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the node agent: attest to the server and serve the Workload API",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger, err := g.logger()
+			if err != nil {
+				return err
+			}
+			cfg := &agent.Config{}
+			if configPath != "" {
+				if cfg, err = agent.LoadConfig(configPath); err != nil {
+					return err
+				}
+			}
+			set := cmd.Flags().Changed
+			if set("server") {
+				cfg.ServerAddress = flags.ServerAddress
+			}
+			if set("trust-domain") {
+				cfg.TrustDomain = flags.TrustDomain
+			}
+			if set("data-dir") || cfg.DataDir == "" {
+				cfg.DataDir = flags.DataDir
+			}
+			if set("join-token") {
+				cfg.JoinToken, cfg.JoinTokenFile = flags.JoinToken, ""
+			}
+			if set("join-token-file") {
+				cfg.JoinTokenFile, cfg.JoinToken = flags.JoinTokenFile, ""
+			}
+			if set("trust-bundle") {
+				cfg.TrustBundleFile = flags.TrustBundleFile
+			}
+			if set("insecure-bootstrap") {
+				cfg.InsecureBootstrap = flags.InsecureBootstrap
+			}
+			if set("socket") || cfg.SocketPath == "" {
+				cfg.SocketPath = flags.SocketPath
+			}
+			if set("health-listen") {
+				cfg.HealthListen = flags.HealthListen
+			}
+			return agent.Run(cmd.Context(), *cfg, logger)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "agent config file (HCL); flags override it")
+	f.StringVar(&flags.ServerAddress, "server", "", "server agent API address, HOST:PORT")
+	f.StringVar(&flags.TrustDomain, "trust-domain", "", "trust domain, e.g. example.org")
+	f.StringVar(&flags.DataDir, "data-dir", agent.DefaultDataDir, "directory for the agent SVID, keys, bundle and SVID cache")
+	f.StringVar(&flags.JoinToken, "join-token", "", "join token to attest with (from `signet server token generate`)")
+	f.StringVar(&flags.JoinTokenFile, "join-token-file", "", "file holding the join token, re-read at every (re-)attestation")
+	f.StringVar(&flags.TrustBundleFile, "trust-bundle", "", "PEM roots to verify the server (`signet server bundle show`)")
+	f.BoolVar(&flags.InsecureBootstrap, "insecure-bootstrap", false, "labs only: attest without verifying the server when no trust bundle is known")
+	f.StringVar(&flags.SocketPath, "socket", agent.DefaultSocketPath, "Workload API Unix socket")
+	f.StringVar(&flags.HealthListen, "health-listen", "", "address for /live, /ready and /metrics, e.g. 127.0.0.1:8081")
+	return cmd
 }

@@ -1,0 +1,545 @@
+package client
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/server/api"
+)
+
+// JoinTokenType is the attestation type of join tokens.
+const JoinTokenType = "join_token"
+
+// Config configures a Client.
+type Config struct {
+	// ServerAddr is the server's agent API, HOST:PORT.
+	ServerAddr  string
+	TrustDomain spiffeid.TrustDomain
+	// DataDir keeps the agent SVID, its key and the server's bundle.
+	DataDir string
+	// JoinToken returns the token to attest with, "" when there is none. It
+	// is called at every (re-)attestation, so it may re-read a file.
+	JoinToken func() string
+	// TrustBundle are the roots that authenticate the server before the
+	// agent has learned its bundle (`signet server bundle show`).
+	TrustBundle []*x509.Certificate
+	// InsecureBootstrap skips server verification for the first Attest when
+	// no trust bundle is known. For labs only: it is logged as a warning.
+	InsecureBootstrap bool
+	// AttestDuration observes how long each attestation takes (optional).
+	AttestDuration prometheus.Observer
+	// MaxBackoff caps the renewal retry interval (default 30s).
+	MaxBackoff time.Duration
+	// DialOptions are added to every server connection (tests).
+	DialOptions []grpc.DialOption
+	// Now is the clock; nil means time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// ServerID is the SPIFFE ID the server's TLS certificate must carry.
+func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromSegments(td, "signet", "server")
+}
+
+// Client is the agent's authenticated connection to the server.
+type Client struct {
+	cfg   Config
+	store store
+
+	mu       sync.RWMutex
+	svid     *x509svid.SVID
+	bundle   *x509bundle.Bundle
+	conn     *grpc.ClientConn
+	notReady error
+	used     string // hash of the last join token presented
+	closed   bool
+
+	kick chan struct{}
+}
+
+// New returns a Client; Start attests or loads the persisted identity.
+func New(cfg Config) (*Client, error) {
+	if cfg.ServerAddr == "" {
+		return nil, errors.New("client: server address is required")
+	}
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("client: trust domain is required")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("client: data dir is required")
+	}
+	if cfg.JoinToken == nil {
+		cfg.JoinToken = func() string { return "" }
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Client{cfg: cfg, store: store{dir: cfg.DataDir}, kick: make(chan struct{}, 1)}, nil
+}
+
+// Start establishes the agent's identity: the persisted agent SVID when it
+// is still valid, else a fresh attestation with the join token.
+func (c *Client) Start(ctx context.Context) error {
+	if err := c.store.ensureDir(); err != nil {
+		return err
+	}
+	roots, err := c.store.loadBundle()
+	if err != nil {
+		c.cfg.Logger.Warn("ignoring persisted server bundle", "error", err)
+	}
+	// The persisted bundle follows the server's CA rotations; the configured
+	// one is still trusted so an operator can re-bootstrap a moved server.
+	roots = appendUnique(roots, c.cfg.TrustBundle...)
+	if len(roots) > 0 {
+		c.bundle = x509bundle.FromX509Authorities(c.cfg.TrustDomain, roots)
+	}
+	c.used = c.store.loadUsedToken()
+
+	svid, err := c.store.loadSVID()
+	if err != nil {
+		c.cfg.Logger.Warn("ignoring persisted agent SVID", "error", err)
+	}
+	now := c.cfg.Now()
+	switch {
+	case svid == nil:
+	case !svid.ID.MemberOf(c.cfg.TrustDomain):
+		c.cfg.Logger.Warn("ignoring persisted agent SVID of another trust domain", "agent_id", svid.ID.String())
+	case !now.Before(svid.Certificates[0].NotAfter):
+		c.cfg.Logger.Warn("persisted agent SVID has expired; attesting again", "agent_id", svid.ID.String(), "expired_at", svid.Certificates[0].NotAfter)
+	case c.bundle == nil:
+		c.cfg.Logger.Warn("persisted agent SVID found but no server bundle to verify the server; attesting again")
+	default:
+		c.cfg.Logger.Info("using persisted agent SVID", "agent_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
+		return c.setIdentity(svid, false)
+	}
+	return c.attest(ctx)
+}
+
+// Close closes the server connection.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	if c.conn != nil {
+		return c.conn.Close()
+	}
+	return nil
+}
+
+// AgentID is the agent's SPIFFE ID (zero before Start).
+func (c *Client) AgentID() spiffeid.ID {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.svid == nil {
+		return spiffeid.ID{}
+	}
+	return c.svid.ID
+}
+
+// Ready reports nil when the agent holds a valid agent SVID and the server
+// has not refused it, else why not.
+func (c *Client) Ready() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.notReady != nil {
+		return c.notReady
+	}
+	if c.svid == nil {
+		return errors.New("not attested")
+	}
+	if na := c.svid.Certificates[0].NotAfter; !c.cfg.Now().Before(na) {
+		return fmt.Errorf("agent SVID expired at %s", na.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// GetX509SVID returns the current agent SVID (x509svid.Source): every new
+// TLS connection presents the newest one.
+func (c *Client) GetX509SVID() (*x509svid.SVID, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.svid == nil {
+		return nil, errors.New("agent is not attested")
+	}
+	return c.svid, nil
+}
+
+// GetX509BundleForTrustDomain returns the server's current bundle
+// (x509bundle.Source).
+func (c *Client) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if td != c.cfg.TrustDomain || c.bundle == nil {
+		return nil, fmt.Errorf("no bundle for trust domain %q", td)
+	}
+	return c.bundle, nil
+}
+
+// UpdateBundle adopts the own trust domain's bundle the server pushed, so
+// the server stays verifiable across CA rotations, and persists it.
+func (c *Client) UpdateBundle(b *spiffebundle.Bundle) {
+	if b == nil || b.TrustDomain() != c.cfg.TrustDomain || len(b.X509Authorities()) == 0 {
+		return
+	}
+	xb := b.X509Bundle()
+	c.mu.Lock()
+	same := c.bundle != nil && c.bundle.Equal(xb)
+	if !same {
+		c.bundle = xb
+	}
+	c.mu.Unlock()
+	if same {
+		return
+	}
+	if err := c.store.saveBundle(xb.X509Authorities()); err != nil {
+		c.cfg.Logger.Error("persist server bundle", "error", err)
+	}
+	c.cfg.Logger.Info("server bundle updated", "x509_authorities", len(xb.X509Authorities()))
+}
+
+// ReportAuthFailure tells the client that the server refused the agent on
+// another call; the client renews (or re-attests) at once.
+func (c *Client) ReportAuthFailure(err error) {
+	c.cfg.Logger.Warn("server refused the agent; renewing its SVID now", "error", err)
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Service is the agent API over the current connection: every call uses
+// the newest agent SVID.
+func (c *Client) Service() api.AgentServiceClient { return service{c} }
+
+func (c *Client) current() api.AgentServiceClient {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return api.NewAgentServiceClient(c.conn)
+}
+
+// MintJWTSVID has the server mint a JWT-SVID for an entry (cache.JWTMinter).
+func (c *Client) MintJWTSVID(ctx context.Context, entryID string, audience []string) (*jwtsvid.SVID, error) {
+	resp, err := c.Service().MintJWTSVID(ctx, &api.MintJWTSVIDRequest{EntryId: entryID, Audience: audience})
+	if err != nil {
+		return nil, fmt.Errorf("mint JWT-SVID for entry %s: %w", entryID, err)
+	}
+	svid, err := jwtsvid.ParseInsecure(resp.Token, audience)
+	if err != nil {
+		return nil, fmt.Errorf("JWT-SVID minted for entry %s: %w", entryID, err)
+	}
+	return svid, nil
+}
+
+// Run renews the agent SVID at half its lifetime until ctx ends.
+func (c *Client) Run(ctx context.Context) error {
+	bo := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(time.Second),
+		backoff.WithMaxInterval(c.cfg.MaxBackoff),
+		backoff.WithMaxElapsedTime(0),
+	)
+	wait := time.Duration(-1)
+	for {
+		if wait < 0 {
+			svid, _ := c.GetX509SVID()
+			wait = max(renewAt(svid.Certificates[0]).Sub(c.cfg.Now()), 0)
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-c.kick:
+			timer.Stop()
+		case <-timer.C:
+		}
+		if err := c.renewOrReattest(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			wait = bo.NextBackOff()
+			c.cfg.Logger.Warn("agent SVID renewal failed; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
+			continue
+		}
+		bo.Reset()
+		wait = -1
+	}
+}
+
+// renewAt is half of the agent SVID's lifetime.
+func renewAt(leaf *x509.Certificate) time.Time {
+	return leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+}
+
+// renewOrReattest renews the agent SVID; when the server no longer knows
+// the agent (evicted) or the SVID has expired, it attests again with a
+// fresh join token, or reports not ready when there is none.
+func (c *Client) renewOrReattest(ctx context.Context) error {
+	svid, _ := c.GetX509SVID()
+	expired := !c.cfg.Now().Before(svid.Certificates[0].NotAfter)
+	var err error
+	if !expired {
+		if err = c.renew(ctx); err == nil {
+			return nil
+		}
+		if status.Code(err) != codes.PermissionDenied {
+			// The server is unreachable or busy: keep the SVID, retry.
+			return err
+		}
+	} else {
+		err = fmt.Errorf("agent SVID expired at %s", svid.Certificates[0].NotAfter.Format(time.RFC3339))
+	}
+	c.cfg.Logger.Warn("agent SVID cannot be renewed; attesting again", "reason", err)
+	if aerr := c.attest(ctx); aerr != nil {
+		c.setNotReady(fmt.Errorf("%v; re-attestation: %w", err, aerr))
+		return aerr
+	}
+	return nil
+}
+
+func (c *Client) setNotReady(err error) {
+	c.mu.Lock()
+	c.notReady = err
+	c.mu.Unlock()
+}
+
+func newCSR() (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate agent key: %w", err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create agent CSR: %w", err)
+	}
+	return key, csr, nil
+}
+
+// renew asks the server for a fresh agent SVID over mutual TLS.
+func (c *Client) renew(ctx context.Context) error {
+	key, csr, err := newCSR()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := c.Service().RenewAgent(ctx, &api.RenewAgentRequest{Csr: csr})
+	if err != nil {
+		return fmt.Errorf("renew agent SVID: %w", err)
+	}
+	svid, bundle, err := c.parseResponse(resp, key)
+	if err != nil {
+		return fmt.Errorf("renew agent SVID: %w", err)
+	}
+	c.UpdateBundle(bundle)
+	c.cfg.Logger.Info("agent SVID renewed", "agent_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
+	return c.setIdentity(svid, true)
+}
+
+var errNoToken = errors.New("no join token available (give a fresh --join-token)")
+
+// attest proves the node with the join token and adopts the returned SVID
+// and bundle.
+func (c *Client) attest(ctx context.Context) error {
+	token := c.cfg.JoinToken()
+	if token == "" {
+		return errNoToken
+	}
+	hash := tokenHash(token)
+	c.mu.RLock()
+	used := c.used == hash
+	c.mu.RUnlock()
+	if used {
+		return errors.New("the join token was already used; join tokens are single-use: give a fresh --join-token")
+	}
+	key, csr, err := newCSR()
+	if err != nil {
+		return err
+	}
+	tlsConf, err := c.bootstrapTLS()
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(c.cfg.ServerAddr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsConf))}, c.cfg.DialOptions...)...)
+	if err != nil {
+		return fmt.Errorf("dial server %s: %w", c.cfg.ServerAddr, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	resp, err := api.NewAgentServiceClient(conn).Attest(ctx, &api.AttestRequest{
+		AttestationType: JoinTokenType,
+		Payload:         []byte(token),
+		Csr:             csr,
+	})
+	if c.cfg.AttestDuration != nil {
+		c.cfg.AttestDuration.Observe(time.Since(start).Seconds())
+	}
+	if err != nil {
+		if code := status.Code(err); code == codes.PermissionDenied || code == codes.InvalidArgument {
+			c.markTokenUsed(hash)
+		}
+		return fmt.Errorf("attest to %s: %w", c.cfg.ServerAddr, err)
+	}
+	c.markTokenUsed(hash)
+	svid, bundle, err := c.parseResponse(resp, key)
+	if err != nil {
+		return fmt.Errorf("attest to %s: %w", c.cfg.ServerAddr, err)
+	}
+	if bundle == nil || len(bundle.X509Authorities()) == 0 {
+		return fmt.Errorf("attest to %s: the server sent no bundle", c.cfg.ServerAddr)
+	}
+	// The server's own bundle replaces the bootstrap one: it is what the
+	// server's certificates will chain to from now on.
+	xb := bundle.X509Bundle()
+	if _, _, err := x509svid.Verify(svid.Certificates, xb); err != nil {
+		return fmt.Errorf("attest to %s: agent SVID does not chain to the server's bundle: %w", c.cfg.ServerAddr, err)
+	}
+	c.mu.Lock()
+	c.bundle = xb
+	c.mu.Unlock()
+	if err := c.store.saveBundle(xb.X509Authorities()); err != nil {
+		return err
+	}
+	c.cfg.Logger.Info("agent attested", "agent_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter, "took", time.Since(start).Round(time.Millisecond))
+	return c.setIdentity(svid, true)
+}
+
+func (c *Client) markTokenUsed(hash string) {
+	c.mu.Lock()
+	c.used = hash
+	c.mu.Unlock()
+	if err := c.store.saveUsedToken(hash); err != nil {
+		c.cfg.Logger.Error("record used join token", "error", err)
+	}
+}
+
+// bootstrapTLS is the TLS configuration for Attest: server verified against
+// the known bundle, no client certificate.
+func (c *Client) bootstrapTLS() (*tls.Config, error) {
+	c.mu.RLock()
+	haveBundle := c.bundle != nil
+	c.mu.RUnlock()
+	var conf *tls.Config
+	switch {
+	case haveBundle:
+		conf = tlsconfig.TLSClientConfig(c, tlsconfig.AuthorizeID(ServerID(c.cfg.TrustDomain)))
+	case c.cfg.InsecureBootstrap:
+		c.cfg.Logger.Warn("INSECURE BOOTSTRAP: the server's certificate is NOT verified for this attestation; "+
+			"anyone able to intercept the connection can impersonate the server and receive the join token. "+
+			"Use --trust-bundle outside labs.", "server", c.cfg.ServerAddr)
+		conf = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // explicit, logged lab opt-in
+	default:
+		return nil, errors.New("no trust bundle to verify the server: give --trust-bundle (PEM from `signet server bundle show`) or, in labs, --insecure-bootstrap")
+	}
+	conf.MinVersion = tls.VersionTLS13
+	return conf, nil
+}
+
+// parseResponse checks an attest or renew response: the leaf carries key's
+// public key and an ID in the agent's trust domain.
+func (c *Client) parseResponse(resp *api.AttestResponse, key *ecdsa.PrivateKey) (*x509svid.SVID, *spiffebundle.Bundle, error) {
+	if len(resp.SvidChain) == 0 {
+		return nil, nil, errors.New("the server sent no agent SVID")
+	}
+	certs := make([]*x509.Certificate, 0, len(resp.SvidChain))
+	for _, der := range resp.SvidChain {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, nil, fmt.Errorf("parse agent SVID: %w", err)
+		}
+		certs = append(certs, cert)
+	}
+	if !key.PublicKey.Equal(certs[0].PublicKey) {
+		return nil, nil, errors.New("agent SVID is not for the requested key")
+	}
+	id, err := x509svid.IDFromCert(certs[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent SVID: %w", err)
+	}
+	if !id.MemberOf(c.cfg.TrustDomain) {
+		return nil, nil, fmt.Errorf("agent SVID %s is not in trust domain %s", id, c.cfg.TrustDomain)
+	}
+	var bundle *spiffebundle.Bundle
+	if resp.Bundle != nil {
+		if bundle, err = BundleFromProto(resp.Bundle); err != nil {
+			return nil, nil, err
+		}
+		if bundle.TrustDomain() != c.cfg.TrustDomain {
+			return nil, nil, fmt.Errorf("server bundle is for %s, not %s", bundle.TrustDomain(), c.cfg.TrustDomain)
+		}
+	}
+	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, bundle, nil
+}
+
+// setIdentity adopts svid, persists it when asked, and moves to a new
+// connection that presents it. The old connection is closed after a grace
+// period so in-flight calls finish; the server accepts the previous SVID
+// until the agent reconnects with the new one.
+func (c *Client) setIdentity(svid *x509svid.SVID, persist bool) error {
+	if persist {
+		if err := c.store.saveSVID(svid); err != nil {
+			return err
+		}
+	}
+	tlsConf := tlsconfig.MTLSClientConfig(c, c, tlsconfig.AuthorizeID(ServerID(c.cfg.TrustDomain)))
+	tlsConf.MinVersion = tls.VersionTLS13
+	conn, err := grpc.NewClient(c.cfg.ServerAddr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsConf))}, c.cfg.DialOptions...)...)
+	if err != nil {
+		return fmt.Errorf("dial server %s: %w", c.cfg.ServerAddr, err)
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		conn.Close()
+		return errors.New("client is closed")
+	}
+	old := c.conn
+	c.svid = svid
+	c.conn = conn
+	c.notReady = nil
+	c.mu.Unlock()
+	if old != nil {
+		time.AfterFunc(5*time.Second, func() { old.Close() })
+	}
+	return nil
+}
+
+func appendUnique(dst []*x509.Certificate, certs ...*x509.Certificate) []*x509.Certificate {
+	for _, c := range certs {
+		if !slices.ContainsFunc(dst, c.Equal) {
+			dst = append(dst, c)
+		}
+	}
+	return dst
+}

@@ -1,0 +1,170 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/hcl"
+	"github.com/hashicorp/hcl/hcl/ast"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/agent/attestor"
+	"github.com/signetid/signet/internal/ids"
+)
+
+// Defaults for `signet agent run`.
+const (
+	DefaultDataDir    = "/var/lib/signet/agent"
+	DefaultSocketPath = "/run/signet/sockets/agent.sock"
+)
+
+// Config is the agent's configuration: an HCL file (ParseConfig), flags
+// override it, and in-process callers (`signet dev`) fill it directly.
+type Config struct {
+	// ServerAddress is the server's agent API, HOST:PORT.
+	ServerAddress string `hcl:"server_address"`
+	TrustDomain   string `hcl:"trust_domain"`
+	// DataDir keeps the agent SVID and key, the server bundle and the
+	// workload SVID cache (0700).
+	DataDir string `hcl:"data_dir"`
+	// JoinToken attests the agent. JoinTokenFile is re-read at every
+	// (re-)attestation, so a fresh token can be dropped in without a restart.
+	JoinToken     string `hcl:"join_token"`
+	JoinTokenFile string `hcl:"join_token_file"`
+	// TrustBundleFile holds the PEM roots that authenticate the server
+	// (`signet server bundle show`); TrustBundlePEM is the same in memory.
+	TrustBundleFile string `hcl:"trust_bundle_path"`
+	TrustBundlePEM  []byte `hcl:"-"`
+	// InsecureBootstrap attests without verifying the server when no trust
+	// bundle is known. Labs only; logged as a warning.
+	InsecureBootstrap bool `hcl:"insecure_bootstrap"`
+	// SocketPath is the Workload API's Unix socket.
+	SocketPath string `hcl:"socket_path"`
+	// HealthListen is the /live, /ready and /metrics address; empty: none.
+	HealthListen string `hcl:"health_listen"`
+
+	// OnReady is called once, when the agent is attested, has applied the
+	// server's first sync and serves the Workload API (in-process use).
+	OnReady func(ReadyInfo) `hcl:"-"`
+	// Attestor replaces the Unix workload attestor (tests).
+	Attestor attestor.Attestor `hcl:"-"`
+	// Registry receives the agent's metrics; nil: a private registry.
+	Registry *prometheus.Registry `hcl:"-"`
+	// HealthListener, when set, is used instead of listening on HealthListen.
+	HealthListener net.Listener `hcl:"-"`
+}
+
+// ReadyInfo describes a ready agent.
+type ReadyInfo struct {
+	AgentID    spiffeid.ID
+	SocketPath string
+	// HealthAddr is the health listener's address, empty when none.
+	HealthAddr string
+}
+
+// configKeys are the keys a config file may hold.
+var configKeys = []string{
+	"server_address", "trust_domain", "data_dir", "join_token", "join_token_file",
+	"trust_bundle_path", "insecure_bootstrap", "socket_path", "health_listen",
+}
+
+// ParseConfig parses an agent config file (HCL). The keys may be at the top
+// level or inside one `agent { ... }` block, as in SPIRE's files. An unknown
+// key is an error naming it.
+func ParseConfig(data []byte) (*Config, error) {
+	file, err := hcl.ParseBytes(data)
+	if err != nil {
+		return nil, fmt.Errorf("parse agent config: %w", err)
+	}
+	list, ok := file.Node.(*ast.ObjectList)
+	if !ok {
+		return nil, errors.New("parse agent config: not a list of settings")
+	}
+	if len(list.Items) == 1 && len(list.Items[0].Keys) == 1 && list.Items[0].Keys[0].Token.Value() == "agent" {
+		obj, ok := list.Items[0].Val.(*ast.ObjectType)
+		if !ok {
+			return nil, errors.New("agent config: `agent` must be a block: agent { ... }")
+		}
+		list = obj.List
+	}
+	seen := map[string]bool{}
+	for _, item := range list.Items {
+		if len(item.Keys) == 0 {
+			continue
+		}
+		key, _ := item.Keys[0].Token.Value().(string)
+		if len(item.Keys) > 1 || !slices.Contains(configKeys, key) {
+			return nil, fmt.Errorf("agent config: unknown key %q at %s (known: %s)", key, item.Pos(), strings.Join(configKeys, ", "))
+		}
+		if seen[key] {
+			return nil, fmt.Errorf("agent config: key %q is set twice (%s)", key, item.Pos())
+		}
+		seen[key] = true
+	}
+	var cfg Config
+	if err := hcl.DecodeObject(&cfg, list); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	return &cfg, nil
+}
+
+// LoadConfig reads and parses the config file at path.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read agent config: %w", err)
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// validate fills defaults and checks what Run needs.
+func (c *Config) validate() (spiffeid.TrustDomain, error) {
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.SocketPath == "" {
+		c.SocketPath = DefaultSocketPath
+	}
+	if c.ServerAddress == "" {
+		return spiffeid.TrustDomain{}, errors.New("agent: server address is required (--server HOST:PORT)")
+	}
+	if _, _, err := net.SplitHostPort(c.ServerAddress); err != nil {
+		return spiffeid.TrustDomain{}, fmt.Errorf("agent: server address %q: want HOST:PORT", c.ServerAddress)
+	}
+	if c.TrustDomain == "" {
+		return spiffeid.TrustDomain{}, errors.New("agent: trust domain is required (--trust-domain)")
+	}
+	td, err := ids.ParseTrustDomain(c.TrustDomain)
+	if err != nil {
+		return spiffeid.TrustDomain{}, fmt.Errorf("agent: %w", err)
+	}
+	if c.JoinToken != "" && c.JoinTokenFile != "" {
+		return spiffeid.TrustDomain{}, errors.New("agent: give join_token or join_token_file, not both")
+	}
+	return td, nil
+}
+
+// joinToken returns the configured join token, re-reading the file.
+func (c *Config) joinToken() func() string {
+	if c.JoinTokenFile == "" {
+		tok := strings.TrimSpace(c.JoinToken)
+		return func() string { return tok }
+	}
+	path := c.JoinTokenFile
+	return func() string {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(b))
+	}
+}

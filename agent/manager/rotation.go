@@ -1,0 +1,102 @@
+package manager
+
+import (
+	"crypto/x509"
+	"hash/fnv"
+	"slices"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/signetid/signet/agent/cache"
+)
+
+// RotateAt is when an SVID is renewed: half its lifetime plus a jitter of
+// up to a tenth of it, so SVIDs signed together do not all rotate in the
+// same instant. The jitter derives from the serial number, so the decision
+// is stable across reconciliations and restarts.
+func RotateAt(leaf *x509.Certificate) time.Time {
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	h := fnv.New64a()
+	if leaf.SerialNumber != nil {
+		h.Write(leaf.SerialNumber.Bytes())
+	}
+	frac := float64(h.Sum64()%1_000_000) / 1_000_000
+	jitter := time.Duration(frac * float64(life/10))
+	return leaf.NotBefore.Add(life/2 + jitter)
+}
+
+// reason says why an entry needs a new SVID; none means it does not.
+type reason string
+
+const (
+	none          reason = ""
+	reasonNew     reason = "new"
+	reasonExpired reason = "expired"
+	reasonRotate  reason = "rotation" // half lifetime (plus jitter) passed
+	reasonID      reason = "spiffe_id_changed"
+	reasonDNS     reason = "dns_names_changed"
+	reasonIssuer  reason = "issuer_untrusted" // CA no longer in the bundle
+)
+
+// trustedIssuers identifies the bundle's X.509 authorities by subject key
+// ID (and by subject for CAs without one).
+type trustedIssuers struct {
+	keyIDs   map[string]bool
+	subjects map[string]bool
+}
+
+func issuersOf(b *spiffebundle.Bundle) *trustedIssuers {
+	if b == nil || len(b.X509Authorities()) == 0 {
+		return nil // unknown yet: do not re-sign for this reason
+	}
+	t := &trustedIssuers{keyIDs: map[string]bool{}, subjects: map[string]bool{}}
+	for _, c := range b.X509Authorities() {
+		if len(c.SubjectKeyId) > 0 {
+			t.keyIDs[string(c.SubjectKeyId)] = true
+		}
+		t.subjects[string(c.RawSubject)] = true
+	}
+	return t
+}
+
+// trusts reports whether the top of chain was issued by a bundle authority.
+func (t *trustedIssuers) trusts(chain []*x509.Certificate) bool {
+	if t == nil {
+		return true
+	}
+	top := chain[len(chain)-1]
+	if len(top.AuthorityKeyId) > 0 {
+		return t.keyIDs[string(top.AuthorityKeyId)]
+	}
+	return t.subjects[string(top.RawIssuer)]
+}
+
+// due decides whether e needs a new SVID at now.
+func due(e *cache.Entry, svid *x509svid.SVID, trusted *trustedIssuers, now time.Time) reason {
+	if svid == nil || len(svid.Certificates) == 0 {
+		return reasonNew
+	}
+	leaf := svid.Certificates[0]
+	switch {
+	case !now.Before(leaf.NotAfter):
+		return reasonExpired
+	case svid.ID != e.SPIFFEID:
+		return reasonID
+	case !sameNames(leaf.DNSNames, e.DNSNames):
+		return reasonDNS
+	case !trusted.trusts(svid.Certificates):
+		return reasonIssuer
+	case !now.Before(RotateAt(leaf)):
+		return reasonRotate
+	}
+	return none
+}
+
+func sameNames(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(slices.Compact(a), slices.Compact(b))
+}

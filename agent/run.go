@@ -1,0 +1,305 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/agent/attestor"
+	"github.com/signetid/signet/agent/cache"
+	"github.com/signetid/signet/agent/client"
+	"github.com/signetid/signet/agent/manager"
+	"github.com/signetid/signet/agent/workloadapi"
+	"github.com/signetid/signet/internal/health"
+)
+
+// Run runs the agent until ctx ends. Data flows one way:
+//
+//	client (attest, renew) -> manager (Sync stream, batch signing)
+//	  -> cache (SVIDs, bundles; persisted) -> Workload API (Unix socket)
+//	health listener: /live, /ready (attested, synced, serving), /metrics
+//
+// The Workload API starts before the server is reached, so SVIDs persisted
+// by an earlier run are served even while the server is down.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	td, err := cfg.validate()
+	if err != nil {
+		return err
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("agent: create data dir: %w", err)
+	}
+	// The directory holds private keys: only the agent may enter it.
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("agent: data dir %s: %w", cfg.DataDir, err)
+	}
+	roots, err := loadTrustBundle(cfg)
+	if err != nil {
+		return err
+	}
+	reg := cfg.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	attestLatency := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "signet_agent_attestation_duration_seconds",
+		Help:    "Time to attest the agent to the server with a join token.",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+	})
+	reg.MustRegister(attestLatency)
+
+	cl, err := client.New(client.Config{
+		ServerAddr:        cfg.ServerAddress,
+		TrustDomain:       td,
+		DataDir:           cfg.DataDir,
+		JoinToken:         cfg.joinToken(),
+		TrustBundle:       roots,
+		InsecureBootstrap: cfg.InsecureBootstrap,
+		AttestDuration:    attestLatency,
+		Logger:            logger.With("component", "client"),
+	})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+
+	svids, err := cache.New(cache.Options{
+		TrustDomain: td,
+		Dir:         cfg.DataDir,
+		MintJWT:     cl.MintJWTSVID,
+		Logger:      logger.With("component", "cache"),
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := svids.Close(); err != nil {
+			logger.Error("persist workload SVID cache", "error", err)
+		}
+	}()
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "signet_agent_svids_cached",
+		Help: "Unexpired workload X509-SVIDs in the agent's cache.",
+	}, func() float64 { return float64(svids.Stats().SVIDs) }))
+
+	mgrMetrics := manager.NewMetrics(reg)
+	mgr, err := manager.New(manager.Config{
+		Server:        cl.Service(),
+		Cache:         svids,
+		TrustDomain:   td,
+		OnBundle:      cl.UpdateBundle,
+		OnAuthFailure: cl.ReportAuthFailure,
+		Metrics:       mgrMetrics,
+		Logger:        logger.With("component", "manager"),
+	})
+	if err != nil {
+		return err
+	}
+
+	wlAttestor := cfg.Attestor
+	if wlAttestor == nil {
+		wlAttestor = attestor.NewUnix(attestor.UnixOptions{Logger: logger.With("component", "attestor")})
+	}
+	api, err := workloadapi.New(workloadapi.Options{
+		Provider: svids,
+		Attestor: wlAttestor,
+		Logger:   logger.With("component", "workloadapi"),
+		Metrics:  reg,
+	})
+	if err != nil {
+		return err
+	}
+	lis, err := workloadapi.Listen(cfg.SocketPath)
+	if err != nil {
+		return fmt.Errorf("agent: Workload API socket: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg     sync.WaitGroup
+		errMu  sync.Mutex
+		runErr error
+	)
+	fail := func(err error) {
+		errMu.Lock()
+		if runErr == nil {
+			runErr = err
+		}
+		errMu.Unlock()
+		cancel()
+	}
+
+	wg.Go(func() {
+		if err := api.ServeListener(ctx, lis); err != nil {
+			fail(fmt.Errorf("agent: Workload API: %w", err))
+		}
+	})
+	logger.Info("Workload API serving", "socket", cfg.SocketPath)
+
+	st := &readiness{client: cl, manager: mgr, cache: svids}
+	if cfg.HealthListen != "" || cfg.HealthListener != nil {
+		hl := cfg.HealthListener
+		if hl == nil {
+			if hl, err = net.Listen("tcp", cfg.HealthListen); err != nil {
+				cancel()
+				wg.Wait()
+				return fmt.Errorf("agent: health listener %s: %w", cfg.HealthListen, err)
+			}
+		}
+		st.healthAddr = hl.Addr().String()
+		hs := &health.Server{Ready: st.check, Registry: reg, Logger: logger}
+		wg.Go(func() {
+			if err := serveHealth(ctx, hs, st, hl); err != nil {
+				fail(err)
+			}
+		})
+	}
+
+	// Attest (or load the persisted agent SVID), retrying while the server
+	// is unreachable: the cache keeps serving meanwhile.
+	wg.Go(func() {
+		if err := startClient(ctx, cl, logger); err != nil {
+			fail(err)
+			return
+		}
+		wg.Go(func() { _ = cl.Run(ctx) })
+		wg.Go(func() { _ = mgr.Run(ctx) })
+		select {
+		case <-ctx.Done():
+			return
+		case <-mgr.Synced():
+		}
+		info := ReadyInfo{AgentID: cl.AgentID(), SocketPath: cfg.SocketPath, HealthAddr: st.healthAddr}
+		logger.Info("agent ready", "agent_id", info.AgentID.String(), "socket", cfg.SocketPath)
+		if cfg.OnReady != nil {
+			cfg.OnReady(info)
+		}
+	})
+
+	<-ctx.Done()
+	wg.Wait()
+	errMu.Lock()
+	defer errMu.Unlock()
+	return runErr
+}
+
+// startClient runs client.Start until it succeeds, retrying only while the
+// server is unreachable; a refused token or a missing bundle is final.
+func startClient(ctx context.Context, cl *client.Client, logger *slog.Logger) error {
+	bo := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(500*time.Millisecond),
+		backoff.WithMaxInterval(30*time.Second),
+		backoff.WithMaxElapsedTime(0),
+	)
+	for {
+		err := cl.Start(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		switch status.Code(err) {
+		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		default:
+			return fmt.Errorf("agent: %w", err)
+		}
+		d := bo.NextBackOff()
+		logger.Warn("server unreachable; serving cached SVIDs and retrying attestation", "error", err, "retry_in", d.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(d):
+		}
+	}
+}
+
+func loadTrustBundle(cfg Config) ([]*x509.Certificate, error) {
+	data := cfg.TrustBundlePEM
+	if len(data) == 0 && cfg.TrustBundleFile != "" {
+		var err error
+		if data, err = os.ReadFile(cfg.TrustBundleFile); err != nil {
+			return nil, fmt.Errorf("agent: trust bundle: %w", err)
+		}
+	}
+	if len(data) == 0 {
+		return nil, nil
+	}
+	roots, err := client.ParsePEMCertificates(data)
+	if err != nil {
+		return nil, fmt.Errorf("agent: trust bundle %s: %w", cfg.TrustBundleFile, err)
+	}
+	return roots, nil
+}
+
+// readiness answers /ready: attested, synced at least once, and serving.
+type readiness struct {
+	client     *client.Client
+	manager    *manager.Manager
+	cache      *cache.Cache
+	healthAddr string
+}
+
+func (r *readiness) check(context.Context) error {
+	if err := r.client.Ready(); err != nil {
+		return err
+	}
+	last := r.manager.LastSync()
+	if last.IsZero() {
+		return errors.New("attested; waiting for the first sync from the server")
+	}
+	return nil
+}
+
+// describe is the /ready body: who the agent is and how fresh its state.
+func (r *readiness) describe() string {
+	last := r.manager.LastSync()
+	st := r.cache.Stats()
+	return fmt.Sprintf("ok: agent %s; last sync %s ago; %d workload SVIDs cached for %d entries\n",
+		r.client.AgentID(), time.Since(last).Round(time.Millisecond), st.SVIDs, st.Entries)
+}
+
+// serveHealth serves health.Server's handler, with /ready answering the
+// age of the last sync in its body.
+func serveHealth(ctx context.Context, hs *health.Server, r *readiness, ln net.Listener) error {
+	mux := http.NewServeMux()
+	mux.Handle("/", hs.Handler())
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := r.check(req.Context()); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not ok: %v\n", err)
+			return
+		}
+		fmt.Fprint(w, r.describe())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("agent: health listener: %w", err)
+	}
+	return nil
+}

@@ -1,16 +1,430 @@
 package main
 
 import (
-	"errors"
+	"context"
+	"fmt"
+	"io"
+	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/internal/ids"
+	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server"
+	"github.com/signetid/signet/server/adminapi"
+	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/registry"
 )
 
-// newServerCmd is replaced by the server role's real command tree.
 func newServerCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "server",
-		Short: "server role (being built)",
-		RunE:  func(*cobra.Command, []string) error { return errors.New("server: not built yet") },
+	cmd := &cobra.Command{Use: "server", Short: "Identity server and CA of one trust domain"}
+	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newServerAgentCmd())
+	return cmd
+}
+
+func newServerRunCmd(g *globals) *cobra.Command {
+	var configPath string
+	var fc server.FileConfig
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the server",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			file := server.FileConfig{}
+			if configPath != "" {
+				var err error
+				if file, err = server.LoadConfigFile(configPath); err != nil {
+					return err
+				}
+			}
+			// Flags given on the command line override the file.
+			f := cmd.Flags()
+			for name, dst := range map[string]*string{
+				"trust-domain": &file.TrustDomain, "data-dir": &file.DataDir, "listen": &file.Listen,
+				"admin-socket": &file.AdminSocket, "datastore": &file.Datastore, "svid-ttl": &file.SVIDTTL,
+				"jwt-ttl": &file.JWTTTL, "ca-ttl": &file.CATTL, "health-listen": &file.HealthListen,
+			} {
+				if f.Changed(name) {
+					*dst, _ = f.GetString(name)
+				}
+			}
+			cfg, err := file.Resolve()
+			if err != nil {
+				return err
+			}
+			logger, err := g.logger()
+			if err != nil {
+				return err
+			}
+			return server.Run(cmd.Context(), cfg, logger)
+		},
 	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "HCL configuration file")
+	f.StringVar(&fc.TrustDomain, "trust-domain", "", "trust domain, e.g. example.org")
+	f.StringVar(&fc.DataDir, "data-dir", server.DefaultDataDir, "directory for the CA keys and the SQLite store")
+	f.StringVar(&fc.Listen, "listen", server.DefaultListen, "agent API address (mutual TLS 1.3)")
+	f.StringVar(&fc.AdminSocket, "admin-socket", server.DefaultAdminSocket, "admin API Unix socket")
+	f.StringVar(&fc.Datastore, "datastore", "", "sqlite:///path/to.db or postgres://... (default <data-dir>/signet.db)")
+	f.StringVar(&fc.SVIDTTL, "svid-ttl", server.DefaultSVIDTTL.String(), "default X509-SVID lifetime; the CA lives 6x longer")
+	f.StringVar(&fc.JWTTTL, "jwt-ttl", server.DefaultJWTTTL.String(), "default JWT-SVID lifetime")
+	f.StringVar(&fc.CATTL, "ca-ttl", "", "CA lifetime (default 6 x svid-ttl)")
+	f.StringVar(&fc.HealthListen, "health-listen", "", "address for /live, /ready and /metrics (off when empty)")
+	return cmd
+}
+
+// adminFlags are the flags every admin CLI command shares.
+type adminFlags struct{ socket string }
+
+func (a *adminFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&a.socket, "admin-socket", adminapi.DefaultSocket, "server admin API socket")
+}
+
+// call dials the admin socket and runs fn with a bounded context.
+func (a *adminFlags) call(ctx context.Context, fn func(context.Context, api.AdminServiceClient) error) error {
+	client, closer, err := adminapi.Dial(a.socket)
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := fn(ctx, client); err != nil {
+		if st, ok := status.FromError(err); ok {
+			return fmt.Errorf("%s (%s)", st.Message(), st.Code())
+		}
+		return err
+	}
+	return nil
+}
+
+// entryFlags are the fields of an entry on the command line.
+type entryFlags struct {
+	spiffeID, parentID, hint, expiresAt string
+	node, admin                         bool
+	selectors, dns, federatesWith       []string
+	x509TTL, jwtTTL                     time.Duration
+}
+
+func (e *entryFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&e.spiffeID, "spiffe-id", "", "SPIFFE ID the workload gets")
+	f.StringVar(&e.parentID, "parent-id", "", "SPIFFE ID of the agent (or node-alias entry) that serves it")
+	f.BoolVar(&e.node, "node", false, "make a node-alias entry: its selectors match agents' node selectors")
+	f.StringArrayVar(&e.selectors, "selector", nil, "type:value selector, e.g. unix:uid:1000 (repeatable)")
+	f.DurationVar(&e.x509TTL, "x509-ttl", 0, "X509-SVID lifetime (default: the server's)")
+	f.DurationVar(&e.jwtTTL, "jwt-ttl", 0, "JWT-SVID lifetime (default: the server's)")
+	f.StringArrayVar(&e.dns, "dns", nil, "DNS SAN (repeatable)")
+	f.StringVar(&e.hint, "hint", "", "hint telling the workload's SVIDs apart")
+	f.StringArrayVar(&e.federatesWith, "federates-with", nil, "trust domain whose bundle the workload gets (repeatable)")
+	f.BoolVar(&e.admin, "admin", false, "mark the entry admin")
+	f.StringVar(&e.expiresAt, "expires-at", "", "RFC 3339 time after which the entry is ignored")
+}
+
+// toProto checks the flags locally (a clear error before anything is sent)
+// and builds the API entry.
+func (e *entryFlags) toProto() (*api.Entry, error) {
+	out := &api.Entry{
+		SpiffeId:       e.spiffeID,
+		ParentId:       e.parentID,
+		Node:           e.node,
+		X509TtlSeconds: int32(e.x509TTL / time.Second),
+		JwtTtlSeconds:  int32(e.jwtTTL / time.Second),
+		DnsNames:       e.dns,
+		Hint:           e.hint,
+		FederatesWith:  e.federatesWith,
+		Admin:          e.admin,
+	}
+	if e.spiffeID != "" {
+		if _, err := ids.ParseWorkloadID(e.spiffeID); err != nil {
+			return nil, fmt.Errorf("--spiffe-id: %w", err)
+		}
+	}
+	if e.parentID != "" {
+		if _, err := ids.ParseWorkloadID(e.parentID); err != nil {
+			return nil, fmt.Errorf("--parent-id: %w", err)
+		}
+	}
+	if len(e.selectors) > 0 {
+		sels, err := selector.ParseAll(e.selectors)
+		if err != nil {
+			return nil, fmt.Errorf("--selector: %w", err)
+		}
+		out.Selectors = registry.SelectorsToProto(sels)
+	}
+	if e.expiresAt != "" {
+		t, err := time.Parse(time.RFC3339, e.expiresAt)
+		if err != nil {
+			return nil, fmt.Errorf("--expires-at %q: want RFC 3339, e.g. 2030-01-02T15:04:05Z", e.expiresAt)
+		}
+		out.ExpiresAt = t.Unix()
+	}
+	return out, nil
+}
+
+func newEntryCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "entry", Short: "Manage registration entries"}
+
+	var createAdmin adminFlags
+	var create entryFlags
+	createCmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create a registration entry; prints it with an `Entry ID: <id>` line",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if create.spiffeID == "" {
+				return fmt.Errorf("--spiffe-id is required")
+			}
+			if create.parentID == "" && !create.node {
+				return fmt.Errorf("--parent-id or --node is required")
+			}
+			if len(create.selectors) == 0 {
+				return fmt.Errorf("at least one --selector is required")
+			}
+			e, err := create.toProto()
+			if err != nil {
+				return err
+			}
+			return createAdmin.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				got, err := c.CreateEntry(ctx, &api.CreateEntryRequest{Entry: e})
+				if err != nil {
+					return err
+				}
+				adminapi.PrintEntry(cmd.OutOrStdout(), got)
+				return nil
+			})
+		},
+	}
+	createAdmin.add(createCmd)
+	create.add(createCmd)
+
+	var updAdmin adminFlags
+	var upd entryFlags
+	var updID string
+	updateCmd := &cobra.Command{
+		Use:   "update",
+		Short: "Update the given fields of an entry",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if updID == "" {
+				return fmt.Errorf("--id is required")
+			}
+			e, err := upd.toProto()
+			if err != nil {
+				return err
+			}
+			e.Id = updID
+			var mask []string
+			for flag, field := range map[string]string{
+				"spiffe-id": "spiffe_id", "parent-id": "parent_id", "node": "node", "selector": "selectors",
+				"x509-ttl": "x509_ttl", "jwt-ttl": "jwt_ttl", "dns": "dns_names", "hint": "hint",
+				"federates-with": "federates_with", "admin": "admin", "expires-at": "expires_at",
+			} {
+				if cmd.Flags().Changed(flag) {
+					mask = append(mask, field)
+				}
+			}
+			if len(mask) == 0 {
+				return fmt.Errorf("nothing to update: give at least one field flag")
+			}
+			return updAdmin.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				got, err := c.UpdateEntry(ctx, &api.UpdateEntryRequest{Entry: e, UpdateMask: mask})
+				if err != nil {
+					return err
+				}
+				adminapi.PrintEntry(cmd.OutOrStdout(), got)
+				return nil
+			})
+		},
+	}
+	updAdmin.add(updateCmd)
+	upd.add(updateCmd)
+	updateCmd.Flags().StringVar(&updID, "id", "", "entry ID")
+
+	var listAdmin adminFlags
+	var listSPIFFEID, listParentID string
+	var listSelectors []string
+	listCmd := &cobra.Command{
+		Use:   "list",
+		Short: "List entries (filters combine)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &api.ListEntriesRequest{SpiffeId: listSPIFFEID, ParentId: listParentID}
+			if len(listSelectors) > 0 {
+				sels, err := selector.ParseAll(listSelectors)
+				if err != nil {
+					return fmt.Errorf("--selector: %w", err)
+				}
+				req.Selectors = registry.SelectorsToProto(sels)
+			}
+			return listAdmin.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				resp, err := c.ListEntries(ctx, req)
+				if err != nil {
+					return err
+				}
+				w := cmd.OutOrStdout()
+				fmt.Fprintf(w, "Found %d entries\n\n", len(resp.Entries))
+				for _, e := range resp.Entries {
+					adminapi.PrintEntry(w, e)
+				}
+				return nil
+			})
+		},
+	}
+	listAdmin.add(listCmd)
+	listCmd.Flags().StringVar(&listSPIFFEID, "spiffe-id", "", "only entries with this SPIFFE ID")
+	listCmd.Flags().StringVar(&listParentID, "parent-id", "", "only entries with this parent")
+	listCmd.Flags().StringArrayVar(&listSelectors, "selector", nil, "only entries with these selectors (repeatable)")
+
+	cmd.AddCommand(createCmd, updateCmd, listCmd,
+		entryByIDCmd("show", "Show one entry", func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer) error {
+			e, err := c.GetEntry(ctx, &api.GetEntryRequest{Id: id})
+			if err != nil {
+				return err
+			}
+			adminapi.PrintEntry(w, e)
+			return nil
+		}),
+		entryByIDCmd("delete", "Delete an entry", func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer) error {
+			if _, err := c.DeleteEntry(ctx, &api.DeleteEntryRequest{Id: id}); err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "Deleted entry %s\n", id)
+			return nil
+		}))
+	return cmd
+}
+
+func entryByIDCmd(use, short string, fn func(context.Context, api.AdminServiceClient, string, io.Writer) error) *cobra.Command {
+	var a adminFlags
+	var id string
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if id == "" {
+				return fmt.Errorf("--id is required")
+			}
+			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				return fn(ctx, c, id, cmd.OutOrStdout())
+			})
+		},
+	}
+	a.add(cmd)
+	cmd.Flags().StringVar(&id, "id", "", "entry ID")
+	return cmd
+}
+
+func newTokenCmd() *cobra.Command {
+	var a adminFlags
+	var spiffeID string
+	var ttl time.Duration
+	gen := &cobra.Command{
+		Use:   "generate",
+		Short: "Generate a single-use join token; prints the token alone",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if spiffeID != "" {
+				if _, err := ids.ParseWorkloadID(spiffeID); err != nil {
+					return fmt.Errorf("--spiffe-id: %w", err)
+				}
+			}
+			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				resp, err := c.CreateJoinToken(ctx, &api.CreateJoinTokenRequest{SpiffeId: spiffeID, TtlSeconds: int32(ttl / time.Second)})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), resp.Token)
+				return nil
+			})
+		},
+	}
+	a.add(gen)
+	gen.Flags().StringVar(&spiffeID, "spiffe-id", "", "SPIFFE ID the agent takes (default spiffe://TD/agent/join_token/<token-id>)")
+	gen.Flags().DurationVar(&ttl, "ttl", 10*time.Minute, "how long the token is valid")
+	cmd := &cobra.Command{Use: "token", Short: "Join tokens for agent attestation"}
+	cmd.AddCommand(gen)
+	return cmd
+}
+
+func newBundleCmd() *cobra.Command {
+	var a adminFlags
+	var format string
+	show := &cobra.Command{
+		Use:   "show",
+		Short: "Print the trust bundle (pem: X.509 roots for --trust-bundle; spiffe: the SPIFFE bundle document)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "pem" && format != "spiffe" {
+				return fmt.Errorf("--format %q: want pem or spiffe", format)
+			}
+			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				b, err := c.GetBundle(ctx, &api.GetBundleRequest{})
+				if err != nil {
+					return err
+				}
+				out, err := adminapi.MarshalBundle(b, format)
+				if err != nil {
+					return err
+				}
+				_, err = cmd.OutOrStdout().Write(out)
+				return err
+			})
+		},
+	}
+	a.add(show)
+	show.Flags().StringVar(&format, "format", "pem", "pem or spiffe")
+	cmd := &cobra.Command{Use: "bundle", Short: "The trust domain's bundle"}
+	cmd.AddCommand(show)
+	return cmd
+}
+
+func newServerAgentCmd() *cobra.Command {
+	var listA, evictA adminFlags
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List attested agents",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return listA.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				resp, err := c.ListAgents(ctx, &api.ListAgentsRequest{})
+				if err != nil {
+					return err
+				}
+				w := cmd.OutOrStdout()
+				fmt.Fprintf(w, "Found %d agents\n\n", len(resp.Agents))
+				for _, a := range resp.Agents {
+					fmt.Fprintf(w, "SPIFFE ID: %s\nAttestation type: %s\nSerial: %s\nExpires at: %s\n\n",
+						a.SpiffeId, a.AttestationType, a.SerialNumber, time.Unix(a.ExpiresAt, 0).UTC().Format(time.RFC3339))
+				}
+				return nil
+			})
+		},
+	}
+	listA.add(list)
+	var id string
+	evict := &cobra.Command{
+		Use:   "evict",
+		Short: "Evict an agent: its streams end and it can no longer renew or sign",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := ids.ParseWorkloadID(id); err != nil {
+				return fmt.Errorf("--spiffe-id: %w", err)
+			}
+			return evictA.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				if _, err := c.EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: id}); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Evicted agent %s\n", id)
+				return nil
+			})
+		},
+	}
+	evictA.add(evict)
+	evict.Flags().StringVar(&id, "spiffe-id", "", "agent SPIFFE ID")
+	cmd := &cobra.Command{Use: "agent", Short: "Attested agents"}
+	cmd.AddCommand(list, evict)
+	return cmd
 }

@@ -2,12 +2,16 @@ package adminapi
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -71,4 +75,47 @@ func ttl(sec int32) string {
 		return "default"
 	}
 	return (time.Duration(sec) * time.Second).String()
+}
+
+// MarshalBundle renders a bundle as "pem" (X.509 roots, what agents'
+// --trust-bundle reads) or "spiffe" (the SPIFFE bundle JWKS document).
+func MarshalBundle(b *api.Bundle, format string) ([]byte, error) {
+	switch format {
+	case "pem", "":
+		var out []byte
+		for _, der := range b.X509Authorities {
+			out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+		}
+		return out, nil
+	case "spiffe":
+		td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
+		if err != nil {
+			return nil, fmt.Errorf("bundle trust domain: %w", err)
+		}
+		sb := spiffebundle.New(td)
+		for _, der := range b.X509Authorities {
+			cert, err := x509.ParseCertificate(der)
+			if err != nil {
+				return nil, fmt.Errorf("parse root: %w", err)
+			}
+			sb.AddX509Authority(cert)
+		}
+		for _, k := range b.JwtAuthorities {
+			pub, err := x509.ParsePKIXPublicKey(k.PublicKey)
+			if err != nil {
+				return nil, fmt.Errorf("parse JWT key %s: %w", k.KeyId, err)
+			}
+			if err := sb.AddJWTAuthority(k.KeyId, pub); err != nil {
+				return nil, fmt.Errorf("add JWT key %s: %w", k.KeyId, err)
+			}
+		}
+		sb.SetSequenceNumber(uint64(b.Sequence))
+		sb.SetRefreshHint(time.Duration(b.RefreshHintSeconds) * time.Second)
+		doc, err := sb.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("marshal SPIFFE bundle: %w", err)
+		}
+		return append(doc, '\n'), nil
+	}
+	return nil, fmt.Errorf("bundle format %q: want pem or spiffe", format)
 }

@@ -39,3 +39,8 @@ func (m *Metrics) UnaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 	m.rpcLatency.WithLabelValues(info.FullMethod, status.Code(err).String()).Observe(time.Since(start).Seconds())
 	return resp, err
 }
+
+// MetricsInterceptor returns the unary interceptor recording RPC latency.
+func (s *Service) MetricsInterceptor() grpc.UnaryServerInterceptor {
+	return s.cfg.Metrics.UnaryInterceptor
+}

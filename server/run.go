@@ -1,0 +1,324 @@
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/signetid/signet/internal/health"
+	"github.com/signetid/signet/server/adminapi"
+	"github.com/signetid/signet/server/agentapi"
+	"github.com/signetid/signet/server/ca"
+	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/store"
+)
+
+// Server is a running (or ready to run) Signet server.
+type Server struct {
+	cfg     Config
+	logger  *slog.Logger
+	store   store.Store
+	ca      *ca.Manager
+	catalog *catalog.Catalog
+	agents  *agentapi.Service
+	admin   *adminapi.Service
+	metrics *prometheus.Registry
+
+	agentLn  net.Listener
+	adminLn  net.Listener
+	healthLn net.Listener
+
+	serverCert atomic.Pointer[tls.Certificate]
+}
+
+// Run starts a server with cfg and serves until ctx ends.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	s, err := New(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	return s.Run(ctx)
+}
+
+// New opens the store, loads (or creates) the CA, and binds every listener,
+// so that configuration and address errors surface before Run.
+func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err error) {
+	s := &Server{cfg: cfg, logger: logger, metrics: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("chmod data dir: %w", err)
+	}
+	if s.store, err = store.Open(ctx, cfg.Datastore, logger); err != nil {
+		return nil, fmt.Errorf("open datastore: %w", err)
+	}
+	if s.ca, err = ca.New(ctx, ca.Config{
+		TrustDomain: cfg.TrustDomain,
+		DataDir:     cfg.DataDir,
+		SVIDTTL:     cfg.SVIDTTL,
+		JWTTTL:      cfg.JWTTTL,
+		CATTL:       cfg.CATTL,
+		Logger:      logger,
+	}); err != nil {
+		return nil, fmt.Errorf("load CA: %w", err)
+	}
+	if err := s.publishAuthorities(ctx); err != nil {
+		return nil, err
+	}
+	if s.catalog, err = catalog.New(ctx, s.store, cfg.TrustDomain, logger); err != nil {
+		return nil, fmt.Errorf("load catalog: %w", err)
+	}
+	if err := s.renewServerCert(ctx); err != nil {
+		return nil, err
+	}
+	refreshHint := min(5*time.Minute, cfg.SVIDTTL/2)
+	s.agents = agentapi.New(agentapi.Config{
+		TrustDomain: cfg.TrustDomain,
+		Store:       s.store,
+		Catalog:     s.catalog,
+		Signer:      s.ca,
+		AgentTTL:    cfg.AgentTTL,
+		RefreshHint: refreshHint,
+		Logger:      logger,
+		Metrics:     agentapi.NewMetrics(s.metrics),
+	})
+	s.admin = adminapi.New(adminapi.Config{
+		TrustDomain: cfg.TrustDomain,
+		Store:       s.store,
+		Catalog:     s.catalog,
+		RefreshHint: refreshHint,
+		Logger:      logger,
+	})
+	s.registerMetrics()
+
+	if s.agentLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("agent API listener %s: %w", cfg.Listen, err)
+	}
+	if s.adminLn, err = adminapi.Listen(cfg.AdminSocket); err != nil {
+		return nil, err
+	}
+	if cfg.HealthListen != "" {
+		if s.healthLn, err = net.Listen("tcp", cfg.HealthListen); err != nil {
+			return nil, fmt.Errorf("health listener %s: %w", cfg.HealthListen, err)
+		}
+	}
+	return s, nil
+}
+
+// Addr is the agent API's bound address.
+func (s *Server) Addr() string { return s.agentLn.Addr().String() }
+
+// HealthAddr is the health listener's bound address ("" if none).
+func (s *Server) HealthAddr() string {
+	if s.healthLn == nil {
+		return ""
+	}
+	return s.healthLn.Addr().String()
+}
+
+// Admin is the admin service, for in-process callers (`signet dev`).
+func (s *Server) Admin() *adminapi.Service { return s.admin }
+
+// BundlePEM returns the trust domain's current X.509 roots as PEM, what an
+// agent's --trust-bundle file holds.
+func (s *Server) BundlePEM() []byte {
+	snap, _ := s.catalog.Current()
+	var out []byte
+	for _, a := range snap.OwnBundle(s.cfg.TrustDomain).Authorities {
+		if a.Kind == store.X509Authority {
+			out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.Data})...)
+		}
+	}
+	return out
+}
+
+// Run serves until ctx ends, then stops every listener and closes the store.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.close()
+	g, ctx := errgroup.WithContext(ctx)
+
+	// CA rotation, and publication of its authorities to the shared store.
+	g.Go(func() error { return s.ca.Run(ctx) })
+	g.Go(func() error { return s.publishLoop(ctx) })
+	// Store changes (ours and other servers') -> catalog -> agent streams.
+	g.Go(func() error { return s.catalog.Run(ctx) })
+	g.Go(func() error { return s.serverCertLoop(ctx) })
+
+	agentSrv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(s.agents.TLSConfig(s.getServerCert))),
+		grpc.ChainUnaryInterceptor(s.agents.MetricsInterceptor()),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	s.agents.Register(agentSrv)
+	adminSrv := s.admin.NewGRPCServer()
+	g.Go(func() error { return serveGRPC(ctx, agentSrv, s.agentLn, "agent API") })
+	g.Go(func() error { return serveGRPC(ctx, adminSrv, s.adminLn, "admin API") })
+	if s.healthLn != nil {
+		hs := &health.Server{Live: s.live, Ready: s.ready, Registry: s.metrics, Logger: s.logger}
+		g.Go(func() error { return hs.Serve(ctx, s.healthLn) })
+	}
+	s.logger.Info("server started",
+		"trust_domain", s.cfg.TrustDomain.Name(),
+		"agent_api", s.Addr(),
+		"admin_socket", s.cfg.AdminSocket,
+		"health", s.HealthAddr(),
+		"svid_ttl", s.cfg.SVIDTTL)
+	err := g.Wait()
+	s.logger.Info("server stopped")
+	return err
+}
+
+func serveGRPC(ctx context.Context, srv *grpc.Server, ln net.Listener, name string) error {
+	go func() {
+		<-ctx.Done()
+		// Streams (Sync) never end by themselves; bound the graceful stop.
+		stopped := make(chan struct{})
+		go func() { srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			srv.Stop()
+		}
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+func (s *Server) close() {
+	if s.adminLn != nil {
+		os.Remove(s.cfg.AdminSocket)
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+}
+
+// publishLoop publishes the CA's authorities whenever they change.
+func (s *Server) publishLoop(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.ca.Changed():
+			if err := s.publishAuthorities(ctx); err != nil && ctx.Err() == nil {
+				// The next change retries; the bundle agents hold stays valid.
+				s.logger.Error("publish CA authorities", "error", err)
+			}
+		}
+	}
+}
+
+// publishAuthorities writes this server's authorities to the store (the
+// bundle is the union over every server sharing it) and drops expired ones.
+func (s *Server) publishAuthorities(ctx context.Context) error {
+	var auths []store.Authority
+	for _, a := range s.ca.Authorities() {
+		auths = append(auths, store.Authority{
+			TrustDomain: s.cfg.TrustDomain.Name(),
+			Kind:        store.AuthorityKind(a.Kind),
+			KeyID:       a.KeyID,
+			Data:        a.Data,
+			ExpiresAt:   a.ExpiresAt,
+		})
+	}
+	if err := s.store.PutAuthorities(ctx, auths); err != nil {
+		return fmt.Errorf("publish CA authorities: %w", err)
+	}
+	if err := s.store.PruneAuthorities(ctx, s.cfg.TrustDomain.Name(), time.Now()); err != nil {
+		return fmt.Errorf("prune expired authorities: %w", err)
+	}
+	return nil
+}
+
+// renewServerCert signs a fresh TLS certificate for the agent API.
+func (s *Server) renewServerCert(ctx context.Context) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("generate server key: %w", err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return fmt.Errorf("create server CSR: %w", err)
+	}
+	chain, err := s.ca.SignX509SVID(ctx, csr, agentapi.ServerID(s.cfg.TrustDomain), s.cfg.SVIDTTL, nil)
+	if err != nil {
+		return fmt.Errorf("sign server certificate: %w", err)
+	}
+	cert := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, c := range chain {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	s.serverCert.Store(cert)
+	return nil
+}
+
+func (s *Server) getServerCert(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return s.serverCert.Load(), nil
+}
+
+// serverCertLoop renews the server certificate at half its lifetime.
+func (s *Server) serverCertLoop(ctx context.Context) error {
+	for {
+		leaf := s.serverCert.Load().Leaf
+		wait := time.Until(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(max(wait, time.Second)):
+		}
+		if err := s.renewServerCert(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("renew server certificate", "error", err)
+		}
+	}
+}
+
+func (s *Server) live(context.Context) error { return nil }
+
+// ready means the store answers and the server can sign.
+func (s *Server) ready(ctx context.Context) error {
+	if err := s.store.Ping(ctx); err != nil {
+		return fmt.Errorf("datastore unreachable: %w", err)
+	}
+	if leaf := s.serverCert.Load().Leaf; time.Now().After(leaf.NotAfter) {
+		return errors.New("server certificate expired: CA cannot sign")
+	}
+	return nil
+}
+
+func (s *Server) registerMetrics() {
+	s.metrics.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_server_entries", Help: "Registration entries."},
+			func() float64 { snap, _ := s.catalog.Current(); return float64(snap.Entries.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_server_agents", Help: "Attested agents."},
+			func() float64 { snap, _ := s.catalog.Current(); return float64(len(snap.Nodes)) }),
+	)
+}

@@ -1,0 +1,519 @@
+package server_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/server"
+	"github.com/signetid/signet/server/adminapi"
+	"github.com/signetid/signet/server/agentapi"
+	"github.com/signetid/signet/server/api"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+// testServer is a real server on loopback with a SQLite (or given) store.
+type testServer struct {
+	*server.Server
+	cfg    server.Config
+	admin  api.AdminServiceClient
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startServer(t testing.TB, mutate func(*server.Config)) *testServer {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := server.Config{
+		TrustDomain: td,
+		DataDir:     dir,
+		Listen:      "127.0.0.1:0",
+		AdminSocket: filepath.Join(dir, "admin.sock"),
+		Datastore:   "sqlite://" + filepath.Join(dir, "signet.db"),
+		SVIDTTL:     time.Hour,
+		JWTTTL:      5 * time.Minute,
+		AgentTTL:    time.Hour,
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return runServer(t, cfg)
+}
+
+func runServer(t testing.TB, cfg server.Config) *testServer {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := server.New(ctx, cfg, logger)
+	if err != nil {
+		cancel()
+		t.Fatalf("server.New: %v", err)
+	}
+	ts := &testServer{Server: s, cfg: cfg, cancel: cancel, done: make(chan error, 1)}
+	go func() { ts.done <- s.Run(ctx) }()
+	client, closer, err := adminapi.Dial(cfg.AdminSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.admin = client
+	t.Cleanup(func() {
+		closer.Close()
+		ts.stop(t)
+	})
+	return ts
+}
+
+func (ts *testServer) stop(t testing.TB) {
+	if ts.cancel == nil {
+		return
+	}
+	ts.cancel()
+	ts.cancel = nil
+	select {
+	case err := <-ts.done:
+		if err != nil {
+			t.Errorf("server.Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("server did not stop within 10s")
+	}
+}
+
+func (ts *testServer) bundle(t testing.TB) *x509bundle.Bundle {
+	t.Helper()
+	b, err := x509bundle.Parse(td, ts.BundlePEM())
+	if err != nil {
+		t.Fatalf("parse bundle: %v", err)
+	}
+	return b
+}
+
+func (ts *testServer) token(t testing.TB, spiffeID string, ttl time.Duration) string {
+	t.Helper()
+	resp, err := ts.admin.CreateJoinToken(context.Background(), &api.CreateJoinTokenRequest{SpiffeId: spiffeID, TtlSeconds: int32(ttl / time.Second)})
+	if err != nil {
+		t.Fatalf("create join token: %v", err)
+	}
+	return resp.Token
+}
+
+func (ts *testServer) createEntry(t testing.TB, spiffeID, parentID string, sels ...string) *api.Entry {
+	t.Helper()
+	e := &api.Entry{SpiffeId: spiffeID, ParentId: parentID}
+	for _, s := range sels {
+		typ, val, _ := strings.Cut(s, ":")
+		e.Selectors = append(e.Selectors, &api.Selector{Type: typ, Value: val})
+	}
+	got, err := ts.admin.CreateEntry(context.Background(), &api.CreateEntryRequest{Entry: e})
+	if err != nil {
+		t.Fatalf("create entry %s: %v", spiffeID, err)
+	}
+	return got
+}
+
+// testAgent is an agent-side client speaking the real agent API.
+type testAgent struct {
+	ID     spiffeid.ID
+	SVID   *x509svid.SVID
+	Client api.AgentServiceClient
+	conn   *grpc.ClientConn
+}
+
+func newCSR(t testing.TB) (*ecdsa.PrivateKey, []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, csr
+}
+
+func dialTLS(t testing.TB, addr string, cfg *tls.Config) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// attest runs Attest with a join token and returns an mTLS-connected agent.
+func attest(t testing.TB, ts *testServer, token string) (*testAgent, error) {
+	t.Helper()
+	bundle := ts.bundle(t)
+	tlsCfg := tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(agentapi.ServerID(td)))
+	tlsCfg.MinVersion = tls.VersionTLS13
+	conn := dialTLS(t, ts.Addr(), tlsCfg)
+	key, csr := newCSR(t)
+	resp, err := api.NewAgentServiceClient(conn).Attest(context.Background(), &api.AttestRequest{AttestationType: "join_token", Payload: []byte(token), Csr: csr})
+	if err != nil {
+		return nil, err
+	}
+	svid := svidFrom(t, resp.SvidChain, key)
+	if got := svid.ID.String(); got != resp.SpiffeId {
+		t.Fatalf("SVID ID %s, response says %s", got, resp.SpiffeId)
+	}
+	a := &testAgent{ID: svid.ID, SVID: svid}
+	a.conn = dialTLS(t, ts.Addr(), tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(agentapi.ServerID(td))))
+	a.Client = api.NewAgentServiceClient(a.conn)
+	return a, nil
+}
+
+func mustAttest(t testing.TB, ts *testServer, token string) *testAgent {
+	t.Helper()
+	a, err := attest(t, ts, token)
+	if err != nil {
+		t.Fatalf("attest: %v", err)
+	}
+	return a
+}
+
+func svidFrom(t testing.TB, chain [][]byte, key *ecdsa.PrivateKey) *x509svid.SVID {
+	t.Helper()
+	var certs []*x509.Certificate
+	for _, der := range chain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs = append(certs, c)
+	}
+	id, err := x509svid.IDFromCert(certs[0])
+	if err != nil {
+		t.Fatalf("SVID has no SPIFFE ID: %v", err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}
+}
+
+func wantCode(t testing.TB, err error, code codes.Code, what string) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("%s: got %v, want %s", what, err, code)
+	}
+}
+
+func TestRestartKeepsCA(t *testing.T) {
+	ts := startServer(t, nil)
+	before := ts.BundlePEM()
+	ts.stop(t)
+	ts2 := runServer(t, ts.cfg)
+	if after := ts2.BundlePEM(); string(after) != string(before) {
+		t.Fatalf("bundle changed across restart:\nbefore %s\nafter %s", before, after)
+	}
+	block, _ := pem.Decode(before)
+	root, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !root.IsCA || root.URIs[0].String() != "spiffe://example.org" {
+		t.Fatalf("root: IsCA=%v URIs=%v", root.IsCA, root.URIs)
+	}
+}
+
+func TestEntryValidation(t *testing.T) {
+	ts := startServer(t, nil)
+	parent := "spiffe://example.org/agent/a"
+	bad := []string{
+		"", "spiffe:///w", "spiffe://Example.org/w", "spiffe://example.org:8080/w", "spiffe://example.org//w",
+		"spiffe://example.org/./w", "spiffe://example.org/../w", "spiffe://example.org/w/", "spiffe://example.org/w%20",
+		"spiffe://example.org/" + strings.Repeat("a", 2049-len("spiffe://example.org/")),
+		"spiffe://" + strings.Repeat("a", 256) + "/w", "spiffe://example.org", "spiffe://other.org/w",
+	}
+	for _, id := range bad {
+		_, err := ts.admin.CreateEntry(context.Background(), &api.CreateEntryRequest{Entry: &api.Entry{
+			SpiffeId: id, ParentId: parent, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}},
+		}})
+		wantCode(t, err, codes.InvalidArgument, "spiffe_id "+clip(id))
+		_, err = ts.admin.CreateEntry(context.Background(), &api.CreateEntryRequest{Entry: &api.Entry{
+			SpiffeId: "spiffe://example.org/w", ParentId: id, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}},
+		}})
+		if id != "" { // an empty parent is "parent_id is required", also InvalidArgument
+			wantCode(t, err, codes.InvalidArgument, "parent_id "+clip(id))
+		}
+	}
+	badEntries := map[string]*api.Entry{
+		"no selectors":  {SpiffeId: "spiffe://example.org/w", ParentId: parent},
+		"bad selector":  {SpiffeId: "spiffe://example.org/w", ParentId: parent, Selectors: []*api.Selector{{Type: "unix", Value: "uid:abc"}}},
+		"negative ttl":  {SpiffeId: "spiffe://example.org/w", ParentId: parent, X509TtlSeconds: -1, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
+		"huge ttl":      {SpiffeId: "spiffe://example.org/w", ParentId: parent, X509TtlSeconds: 1 << 30, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
+		"bad dns":       {SpiffeId: "spiffe://example.org/w", ParentId: parent, DnsNames: []string{"a..b"}, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
+		"own federated": {SpiffeId: "spiffe://example.org/w", ParentId: parent, FederatesWith: []string{"example.org"}, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
+	}
+	for name, e := range badEntries {
+		_, err := ts.admin.CreateEntry(context.Background(), &api.CreateEntryRequest{Entry: e})
+		wantCode(t, err, codes.InvalidArgument, name)
+	}
+	list, err := ts.admin.ListEntries(context.Background(), &api.ListEntriesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Entries) != 0 {
+		t.Fatalf("refused entries were stored: %v", list.Entries)
+	}
+
+	good := ts.createEntry(t, "spiffe://example.org/w", parent, "unix:uid:1")
+	_, err = ts.admin.CreateEntry(context.Background(), &api.CreateEntryRequest{Entry: &api.Entry{
+		SpiffeId: "spiffe://example.org/w", ParentId: parent, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}},
+	}})
+	wantCode(t, err, codes.AlreadyExists, "duplicate entry")
+	upd, err := ts.admin.UpdateEntry(context.Background(), &api.UpdateEntryRequest{
+		Entry: &api.Entry{Id: good.Id, Hint: "internal"}, UpdateMask: []string{"hint"},
+	})
+	if err != nil || upd.Hint != "internal" || upd.Revision <= good.Revision || upd.SpiffeId != good.SpiffeId {
+		t.Fatalf("update hint: %v %v", upd, err)
+	}
+	_, err = ts.admin.UpdateEntry(context.Background(), &api.UpdateEntryRequest{
+		Entry: &api.Entry{Id: good.Id, SpiffeId: "spiffe://example.org/w/"}, UpdateMask: []string{"spiffe_id"},
+	})
+	wantCode(t, err, codes.InvalidArgument, "update to a bad ID")
+	got, err := ts.admin.GetEntry(context.Background(), &api.GetEntryRequest{Id: good.Id})
+	if err != nil || got.SpiffeId != "spiffe://example.org/w" {
+		t.Fatalf("refused update changed the entry: %v %v", got, err)
+	}
+}
+
+func TestJoinTokenSingleUseAndExpiry(t *testing.T) {
+	ts := startServer(t, nil)
+	tok := ts.token(t, "", 0)
+	a := mustAttest(t, ts, tok)
+	if !strings.HasPrefix(a.ID.String(), "spiffe://example.org/agent/join_token/") || strings.Contains(a.ID.String(), tok) {
+		t.Fatalf("agent ID %s: want spiffe://example.org/agent/join_token/<token-id> that does not reveal the token", a.ID)
+	}
+	_, err := attest(t, ts, tok)
+	wantCode(t, err, codes.PermissionDenied, "reused token")
+	_, err = attest(t, ts, "not-a-token")
+	wantCode(t, err, codes.PermissionDenied, "unknown token")
+
+	short := ts.token(t, "spiffe://example.org/agent/custom", time.Second)
+	time.Sleep(1500 * time.Millisecond)
+	_, err = attest(t, ts, short)
+	wantCode(t, err, codes.PermissionDenied, "expired token")
+
+	custom := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/custom", 0))
+	if custom.ID.String() != "spiffe://example.org/agent/custom" {
+		t.Fatalf("token with --spiffe-id gave %s", custom.ID)
+	}
+}
+
+func TestAgentSVIDAndServerCert(t *testing.T) {
+	ts := startServer(t, nil)
+	a := mustAttest(t, ts, ts.token(t, "", 0))
+	if _, _, err := x509svid.Verify(a.SVID.Certificates, ts.bundle(t)); err != nil {
+		t.Fatalf("agent SVID does not verify against the bundle: %v", err)
+	}
+	// TLS 1.2 is refused by the agent API.
+	cfg := tlsconfig.TLSClientConfig(ts.bundle(t), tlsconfig.AuthorizeID(agentapi.ServerID(td)))
+	cfg.MaxVersion = tls.VersionTLS12
+	if c, err := tls.Dial("tcp", ts.Addr(), cfg); err == nil {
+		c.Close()
+		t.Fatal("TLS 1.2 handshake succeeded; the agent API must be TLS 1.3 only")
+	}
+	// Renewal gives a new SVID for the same ID.
+	key, csr := newCSR(t)
+	resp, err := a.Client.RenewAgent(context.Background(), &api.RenewAgentRequest{Csr: csr})
+	if err != nil {
+		t.Fatalf("renew: %v", err)
+	}
+	renewed := svidFrom(t, resp.SvidChain, key)
+	if renewed.ID != a.ID || renewed.Certificates[0].SerialNumber.Cmp(a.SVID.Certificates[0].SerialNumber) == 0 {
+		t.Fatalf("renewed SVID %s serial %s", renewed.ID, renewed.Certificates[0].SerialNumber)
+	}
+	// Without a client certificate, only Attest is allowed.
+	anon := api.NewAgentServiceClient(dialTLS(t, ts.Addr(), tlsconfig.TLSClientConfig(ts.bundle(t), tlsconfig.AuthorizeID(agentapi.ServerID(td)))))
+	_, err = anon.RenewAgent(context.Background(), &api.RenewAgentRequest{Csr: csr})
+	wantCode(t, err, codes.Unauthenticated, "renew without client cert")
+}
+
+func TestSignOnlyAuthorizedEntries(t *testing.T) {
+	ts := startServer(t, nil)
+	a := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/a", 0))
+	b := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/b", 0))
+	mine := ts.createEntry(t, "spiffe://example.org/web", a.ID.String(), "unix:uid:1000")
+	theirs := ts.createEntry(t, "spiffe://example.org/db", b.ID.String(), "unix:uid:1000")
+	// Entries parented to an entry the agent serves are its too (downstream).
+	nested := ts.createEntry(t, "spiffe://example.org/web/child", "spiffe://example.org/web", "unix:uid:1001")
+
+	ctx := context.Background()
+	key, csr := newCSR(t)
+	resp, err := a.Client.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{
+		{EntryId: mine.Id, Csr: csr}, {EntryId: nested.Id, Csr: csr},
+	}})
+	if err != nil {
+		t.Fatalf("sign own entries: %v", err)
+	}
+	svid := svidFrom(t, resp.Svids[0].CertChain, key)
+	if svid.ID.String() != "spiffe://example.org/web" {
+		t.Fatalf("SVID ID %s", svid.ID)
+	}
+	leaf := svid.Certificates[0]
+	if len(leaf.URIs) != 1 || leaf.IsCA || leaf.KeyUsage != x509.KeyUsageDigitalSignature {
+		t.Fatalf("leaf violates X509-SVID rules: URIs=%v IsCA=%v KeyUsage=%v", leaf.URIs, leaf.IsCA, leaf.KeyUsage)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, ts.bundle(t)); err != nil {
+		t.Fatalf("workload SVID does not verify: %v", err)
+	}
+
+	_, err = a.Client.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{
+		{EntryId: mine.Id, Csr: csr}, {EntryId: theirs.Id, Csr: csr},
+	}})
+	wantCode(t, err, codes.PermissionDenied, "CSR for another agent's entry")
+	_, err = a.Client.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: "no-such-entry", Csr: csr}}})
+	wantCode(t, err, codes.PermissionDenied, "CSR for an unknown entry")
+	_, err = a.Client.MintJWTSVID(ctx, &api.MintJWTSVIDRequest{EntryId: theirs.Id, Audience: []string{"x"}})
+	wantCode(t, err, codes.PermissionDenied, "JWT for another agent's entry")
+	jwt, err := a.Client.MintJWTSVID(ctx, &api.MintJWTSVIDRequest{EntryId: mine.Id, Audience: []string{"x"}})
+	if err != nil || jwt.SpiffeId != "spiffe://example.org/web" || jwt.Token == "" {
+		t.Fatalf("JWT for own entry: %v %v", jwt, err)
+	}
+	_, err = a.Client.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: mine.Id, Csr: []byte("garbage")}}})
+	wantCode(t, err, codes.InvalidArgument, "garbage CSR")
+}
+
+func TestSyncPushesChangesAndEvictionCutsOff(t *testing.T) {
+	ts := startServer(t, nil)
+	a := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/a", 0))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := a.Client.Sync(ctx, &api.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("first sync message: %v", err)
+	}
+	if len(first.Entries) != 0 || len(first.Bundle.X509Authorities) == 0 || len(first.Bundle.JwtAuthorities) == 0 {
+		t.Fatalf("first message: %d entries, bundle %v", len(first.Entries), first.Bundle)
+	}
+	// An entry for another agent does not concern a; one for a is pushed.
+	ts.createEntry(t, "spiffe://example.org/other", "spiffe://example.org/agent/b", "unix:uid:1")
+	e := ts.createEntry(t, "spiffe://example.org/web", a.ID.String(), "unix:uid:1000")
+	next, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("pushed message: %v", err)
+	}
+	if len(next.Entries) != 1 || next.Entries[0].Id != e.Id {
+		t.Fatalf("pushed entries %v, want only %s", next.Entries, e.Id)
+	}
+
+	if _, err := ts.admin.EvictAgent(context.Background(), &api.EvictAgentRequest{SpiffeId: a.ID.String()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	wantCode(t, err, codes.PermissionDenied, "sync stream after eviction")
+	_, csr := newCSR(t)
+	_, err = a.Client.RenewAgent(context.Background(), &api.RenewAgentRequest{Csr: csr})
+	wantCode(t, err, codes.PermissionDenied, "renew after eviction")
+	_, err = a.Client.BatchSignX509SVID(context.Background(), &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: e.Id, Csr: csr}}})
+	wantCode(t, err, codes.PermissionDenied, "sign after eviction")
+}
+
+func TestAdminSocketMode(t *testing.T) {
+	ts := startServer(t, nil)
+	if _, err := ts.admin.ListAgents(context.Background(), &api.ListAgentsRequest{}); err != nil {
+		t.Fatalf("admin call as own uid: %v", err)
+	}
+	fi, err := os.Stat(ts.cfg.AdminSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o770 {
+		t.Fatalf("admin socket mode %o, want 0770", perm)
+	}
+}
+
+func clip(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}
+
+func TestCARotationKeepsBothRoots(t *testing.T) {
+	// SVID TTL 2 s: the CA lives 12 s, the next one is published at 6 s and
+	// used from 10 s; the old root must stay until its last SVID expires.
+	ts := startServer(t, func(c *server.Config) { c.SVIDTTL, c.AgentTTL = 2*time.Second, 2*time.Second })
+	roots := func() []*x509.Certificate {
+		b, err := x509bundle.Parse(td, ts.BundlePEM())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b.X509Authorities()
+	}
+	first := roots()
+	if len(first) != 1 {
+		t.Fatalf("fresh server publishes %d roots, want 1", len(first))
+	}
+	a := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/a", 0))
+	oldSVID := a.SVID.Certificates[0]
+	sawBoth := false
+	deadline := time.Now().Add(25 * time.Second)
+	for time.Now().Before(deadline) {
+		rs := roots()
+		if len(rs) == 2 {
+			sawBoth = true
+			// While the old root's SVIDs live, the old root stays published.
+			if time.Now().Before(oldSVID.NotAfter) && !containsCert(rs, first[0]) {
+				t.Fatal("old root dropped while an SVID it signed is still valid")
+			}
+		}
+		if sawBoth && len(rs) == 1 && !rs[0].Equal(first[0]) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !sawBoth {
+		t.Fatal("never saw the next root published beside the active one")
+	}
+	rs := roots()
+	if len(rs) != 1 || rs[0].Equal(first[0]) {
+		t.Fatalf("after rotation the bundle holds %d roots (old still there: %v)", len(rs), containsCert(rs, first[0]))
+	}
+	// New SVIDs chain to the new root.
+	key, csr := newCSR(t)
+	tsAgent := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/b", 0))
+	e := ts.createEntry(t, "spiffe://example.org/w", tsAgent.ID.String(), "unix:uid:1")
+	resp, err := tsAgent.Client.BatchSignX509SVID(context.Background(), &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: e.Id, Csr: csr}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid := svidFrom(t, resp.Svids[0].CertChain, key)
+	if err := svid.Certificates[0].CheckSignatureFrom(rs[0]); err != nil {
+		t.Fatalf("SVID after rotation is not signed by the new root: %v", err)
+	}
+}
+
+func containsCert(list []*x509.Certificate, c *x509.Certificate) bool {
+	for _, x := range list {
+		if x.Equal(c) {
+			return true
+		}
+	}
+	return false
+}

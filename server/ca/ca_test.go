@@ -193,7 +193,9 @@ func TestCorruptFilesAreRefused(t *testing.T) {
 		corrupt func(t *testing.T, dir string) string // returns the file the error must name
 	}{
 		{"CA key garbage", func(t *testing.T, dir string) string { return overwrite(t, dir, "ca-*.key", "not a key") }},
-		{"CA cert garbage", func(t *testing.T, dir string) string { return overwrite(t, dir, "ca-*.crt", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n") }},
+		{"CA cert garbage", func(t *testing.T, dir string) string {
+			return overwrite(t, dir, "ca-*.crt", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+		}},
 		{"JWT key garbage", func(t *testing.T, dir string) string { return overwrite(t, dir, "jwt-*.key", "") }},
 		{"state garbage", func(t *testing.T, dir string) string { return overwrite(t, dir, "ca-state.json", "{") }},
 		{"JWT key swapped for CA key", func(t *testing.T, dir string) string {

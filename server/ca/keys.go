@@ -46,7 +46,7 @@ type caKey struct {
 	cert      *x509.Certificate
 	key       *ecdsa.PrivateKey
 	published time.Time
-	akid      []byte // DER AuthorityKeyIdentifier extension value for leaves
+	akidExt   []byte // the AuthorityKeyIdentifier extension of its leaves, DER
 }
 
 // jwtKey is one ES256 JWT signing key.
@@ -96,14 +96,18 @@ func newCA(td spiffeid.TrustDomain, now time.Time, ttl time.Duration) (*caKey, e
 }
 
 func newCAKey(cert *x509.Certificate, key *ecdsa.PrivateKey, published time.Time) (*caKey, error) {
-	akid, err := asn1.Marshal(struct {
-		ID []byte `asn1:"optional,tag:0"`
-	}{cert.SubjectKeyId})
+	if len(cert.SubjectKeyId) == 0 {
+		return nil, errors.New("CA certificate has no subject key ID")
+	}
+	oid, err := asn1.Marshal(oidExtAuthorityKeyID)
 	if err != nil {
 		return nil, fmt.Errorf("encode authority key ID: %w", err)
 	}
+	// AuthorityKeyIdentifier ::= SEQUENCE { keyIdentifier [0] IMPLICIT OCTET STRING }
+	keyID := appendTLV(nil, 0x80, cert.SubjectKeyId)
+	akid := appendExtension(nil, oid, false, appendTLV(nil, tagSequence, keyID))
 	sum := sha256.Sum256(cert.Raw)
-	return &caKey{id: hex.EncodeToString(sum[:]), cert: cert, key: key, published: published, akid: akid}, nil
+	return &caKey{id: hex.EncodeToString(sum[:]), cert: cert, key: key, published: published, akidExt: akid}, nil
 }
 
 func newJWTKey(now time.Time, life time.Duration) (*jwtKey, error) {
@@ -153,25 +157,13 @@ func subjectKeyID(pub any) ([]byte, error) {
 	return subjectKeyIDFromSPKI(der)
 }
 
-type spkiBits struct {
-	Algorithm pkix.AlgorithmIdentifier
-	PublicKey asn1.BitString
-}
-
 func subjectKeyIDFromSPKI(spki []byte) ([]byte, error) {
-	var s spkiBits
-	if rest, err := asn1.Unmarshal(spki, &s); err != nil || len(rest) != 0 {
-		return nil, fmt.Errorf("parse subject public key info: %v", errOr(err, "trailing data"))
-	}
-	sum := sha256.Sum256(s.PublicKey.Bytes)
-	return sum[:20], nil
-}
-
-func errOr(err error, msg string) error {
+	bits, err := spkiKeyBits(spki)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return errors.New(msg)
+	sum := sha256.Sum256(bits)
+	return sum[:20], nil
 }
 
 // --- persistence ---

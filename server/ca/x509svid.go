@@ -14,7 +14,6 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
-	"math/big"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -39,49 +38,42 @@ var (
 	oidClientAuth          = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 3, 2}
 )
 
-// The RFC 5280 structures, encoded directly: x509.CreateCertificate would
-// re-verify its own signature, which doubles the cost of every SVID.
-type tbsCertificate struct {
-	Version            int `asn1:"optional,explicit,default:0,tag:0"`
-	SerialNumber       *big.Int
-	SignatureAlgorithm pkix.AlgorithmIdentifier
-	Issuer             asn1.RawValue
-	Validity           validity
-	Subject            asn1.RawValue
-	PublicKey          asn1.RawValue
-	Extensions         []pkix.Extension `asn1:"optional,explicit,tag:3"`
-}
-
-type validity struct {
-	NotBefore, NotAfter time.Time
-}
-
-type certificate struct {
-	TBSCertificate     asn1.RawValue
-	SignatureAlgorithm pkix.AlgorithmIdentifier
-	Signature          asn1.BitString
-}
-
-// leafParts are the fixed pieces of every X509-SVID, encoded once.
+// leafParts are the fixed pieces of every X509-SVID, DER-encoded once.
 type leafParts struct {
-	subject          []byte // O=Signet
-	basicConstraints []byte // cA false
-	keyUsage         []byte // digitalSignature
-	extKeyUsage      []byte // serverAuth, clientAuth
+	version   []byte // [0] EXPLICIT INTEGER 2 (v3)
+	sigAlg    []byte // ecdsa-with-SHA256 AlgorithmIdentifier
+	subject   []byte // O=Signet
+	fixedExts []byte // key usage, extended key usage, basic constraints
+	oidSKID   []byte
+	oidSAN    []byte
 }
 
 func newLeafParts() (leafParts, error) {
-	var p leafParts
+	p := leafParts{version: []byte{0xa0, 0x03, 0x02, 0x01, 0x02}}
 	var err error
+	if p.sigAlg, err = asn1.Marshal(pkix.AlgorithmIdentifier{Algorithm: oidECDSAWithSHA256}); err != nil {
+		return p, err
+	}
 	if p.subject, err = asn1.Marshal(pkix.Name{Organization: []string{"Signet"}}.ToRDNSequence()); err != nil {
 		return p, err
 	}
-	p.basicConstraints = []byte{0x30, 0x00}     // SEQUENCE {}: cA defaults to false
-	p.keyUsage = []byte{0x03, 0x02, 0x07, 0x80} // BIT STRING, bit 0 = digitalSignature
-	if p.extKeyUsage, err = asn1.Marshal([]asn1.ObjectIdentifier{oidServerAuth, oidClientAuth}); err != nil {
+	eku, err := asn1.Marshal([]asn1.ObjectIdentifier{oidServerAuth, oidClientAuth})
+	if err != nil {
 		return p, err
 	}
-	return p, nil
+	oid := func(o asn1.ObjectIdentifier) []byte {
+		b, e := asn1.Marshal(o)
+		if e != nil {
+			err = e
+		}
+		return b
+	}
+	p.fixedExts = appendExtension(nil, oid(oidExtKeyUsage), true, []byte{0x03, 0x02, 0x07, 0x80}) // digitalSignature only
+	p.fixedExts = appendExtension(p.fixedExts, oid(oidExtExtKeyUsage), false, eku)
+	p.fixedExts = appendExtension(p.fixedExts, oid(oidExtBasicConstraints), true, []byte{0x30, 0x00}) // cA defaults to false
+	p.oidSKID = oid(oidExtSubjectKeyID)
+	p.oidSAN = oid(oidExtSubjectAltName)
+	return p, err
 }
 
 // SignX509SVID signs an X509-SVID for id with the public key of the
@@ -179,63 +171,61 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 		return nil, errors.New("ca: the active CA has expired")
 	}
 
-	serial, err := randomSerial()
+	var serial [16]byte
+	if _, err := rand.Read(serial[:]); err != nil {
+		return nil, fmt.Errorf("ca: generate serial: %w", err)
+	}
+	serial[0] = serial[0]&0x7f | 0x40 // positive, and exactly 16 bytes on the wire
+	keyBits, err := spkiKeyBits(spki)
 	if err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
-	skid, err := subjectKeyIDFromSPKI(spki)
-	if err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
-	}
-	skidExt, err := asn1.Marshal(skid)
-	if err != nil {
-		return nil, fmt.Errorf("ca: encode subject key ID: %w", err)
-	}
-	san, err := encodeSAN(id, dnsNames)
-	if err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
-	}
+	skid := sha256.Sum256(keyBits) // RFC 7093 method 1: leftmost 160 bits
 	subject := m.leaf.subject
 	if len(dnsNames) > 0 {
 		if subject, err = asn1.Marshal(pkix.Name{Organization: []string{"Signet"}, CommonName: dnsNames[0]}.ToRDNSequence()); err != nil {
 			return nil, fmt.Errorf("ca: encode subject: %w", err)
 		}
 	}
-	sigAlg := pkix.AlgorithmIdentifier{Algorithm: oidECDSAWithSHA256}
-	tbs := tbsCertificate{
-		Version:            2,
-		SerialNumber:       serial,
-		SignatureAlgorithm: sigAlg,
-		Issuer:             asn1.RawValue{FullBytes: ca.cert.RawSubject},
-		Validity:           validity{NotBefore: notBefore.UTC().Truncate(time.Second), NotAfter: notAfter.UTC().Truncate(time.Second)},
-		Subject:            asn1.RawValue{FullBytes: subject},
-		PublicKey:          asn1.RawValue{FullBytes: spki},
-		Extensions: []pkix.Extension{
-			{Id: oidExtKeyUsage, Critical: true, Value: m.leaf.keyUsage},
-			{Id: oidExtExtKeyUsage, Value: m.leaf.extKeyUsage},
-			{Id: oidExtBasicConstraints, Critical: true, Value: m.leaf.basicConstraints},
-			{Id: oidExtSubjectKeyID, Value: skidExt},
-			{Id: oidExtAuthorityKeyID, Value: ca.akid},
-			{Id: oidExtSubjectAltName, Value: san},
-		},
-	}
-	tbsDER, err := asn1.Marshal(tbs)
+	san, err := encodeSAN(id, dnsNames)
 	if err != nil {
-		return nil, fmt.Errorf("ca: encode certificate: %w", err)
+		return nil, fmt.Errorf("ca: %w", err)
 	}
-	digest := sha256.Sum256(tbsDER)
+
+	exts := make([]byte, 0, 256+len(san))
+	exts = append(exts, m.leaf.fixedExts...)
+	exts = appendExtension(exts, m.leaf.oidSKID, false, appendTLV(make([]byte, 0, 22), tagOctetString, skid[:20]))
+	exts = append(exts, ca.akidExt...)
+	exts = appendExtension(exts, m.leaf.oidSAN, false, san)
+
+	body := make([]byte, 0, 512+len(spki)+len(exts))
+	body = append(body, m.leaf.version...)
+	body = appendTLV(body, tagInteger, serial[:])
+	body = append(body, m.leaf.sigAlg...)
+	body = append(body, ca.cert.RawSubject...)
+	var validity [2 + 2*17]byte
+	v := appendTime(validity[:2:2], notBefore.Truncate(time.Second))
+	v = appendTime(v, notAfter.Truncate(time.Second))
+	v[0], v[1] = tagSequence, byte(len(v)-2)
+	body = append(body, v...)
+	body = append(body, subject...)
+	body = append(body, spki...)
+	body = appendHeader(body, tagExplicit3, headerLen(len(exts))+len(exts))
+	body = appendTLV(body, tagSequence, exts)
+	tbs := appendTLV(make([]byte, 0, len(body)+5), tagSequence, body)
+
+	digest := sha256.Sum256(tbs)
 	sig, err := ecdsa.SignASN1(rand.Reader, ca.key, digest[:])
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign certificate: %w", err)
 	}
-	der, err := asn1.Marshal(certificate{
-		TBSCertificate:     asn1.RawValue{FullBytes: tbsDER},
-		SignatureAlgorithm: sigAlg,
-		Signature:          asn1.BitString{Bytes: sig, BitLength: 8 * len(sig)},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("ca: encode certificate: %w", err)
-	}
+	n := len(tbs) + len(m.leaf.sigAlg) + headerLen(len(sig)+1) + 1 + len(sig)
+	der := appendHeader(make([]byte, 0, n+5), tagSequence, n)
+	der = append(der, tbs...)
+	der = append(der, m.leaf.sigAlg...)
+	der = appendHeader(der, tagBitString, len(sig)+1)
+	der = append(der, 0) // no unused bits
+	der = append(der, sig...)
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, fmt.Errorf("ca: parse signed certificate: %w", err)
@@ -246,17 +236,18 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 // encodeSAN encodes GeneralNames: the SPIFFE ID as the one URI, then the
 // DNS names.
 func encodeSAN(id spiffeid.ID, dnsNames []string) ([]byte, error) {
-	names := make([]asn1.RawValue, 0, 1+len(dnsNames))
-	names = append(names, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 6, Bytes: []byte(id.String())})
-	for _, n := range dnsNames {
-		if !isIA5DNS(n) {
-			return nil, fmt.Errorf("invalid DNS name %q", n)
+	uri := id.String()
+	n := headerLen(len(uri)) + len(uri)
+	for _, d := range dnsNames {
+		if !isIA5DNS(d) {
+			return nil, fmt.Errorf("invalid DNS name %q", d)
 		}
-		names = append(names, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 2, Bytes: []byte(n)})
+		n += headerLen(len(d)) + len(d)
 	}
-	b, err := asn1.Marshal(names)
-	if err != nil {
-		return nil, fmt.Errorf("encode subject alt names: %w", err)
+	b := appendHeader(make([]byte, 0, n+5), tagSequence, n)
+	b = append(appendHeader(b, tagURI, len(uri)), uri...)
+	for _, d := range dnsNames {
+		b = append(appendHeader(b, tagDNSName, len(d)), d...)
 	}
 	return b, nil
 }

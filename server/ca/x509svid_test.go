@@ -182,3 +182,43 @@ func TestSignServerSVID(t *testing.T) {
 		t.Errorf("DNS names = %q", svid.Certificates[0].DNSNames)
 	}
 }
+
+func TestSignX509SVIDEncodingEdges(t *testing.T) {
+	longPath := "/" + strings.Repeat("a", 1990)
+	manyDNS := make([]string, 30)
+	for i := range manyDNS {
+		manyDNS[i] = strings.Repeat("d", 40) + ".example.org"
+	}
+	tests := []struct {
+		name string
+		now  time.Time
+		path string
+		dns  []string
+	}{
+		{"2048-byte-ish ID (long DER lengths)", time.Now(), longPath, nil},
+		{"many DNS names", time.Now(), "/w", manyDNS},
+		{"NotAfter past 2049 (GeneralizedTime)", time.Date(2049, 12, 31, 23, 30, 0, 0, time.UTC), "/w", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			now := tt.now.Truncate(time.Second)
+			m := newManager(t, ca.Config{Clock: newFakeClock(now).Now})
+			id := spiffeid.RequireFromPath(td, tt.path)
+			certs, err := m.SignX509SVID(context.Background(), makeCSR(t, p256(t)), id, 0, tt.dns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _, err := x509svid.Verify(certs, bundleOf(t, m), x509svid.WithTime(now))
+			if err != nil || got != id {
+				t.Fatalf("Verify = %v, %v", got, err)
+			}
+			leaf := certs[0]
+			if !leaf.NotAfter.Equal(now.Add(ca.DefaultSVIDTTL)) || !leaf.NotBefore.Equal(now.Add(-10*time.Second)) {
+				t.Errorf("validity %v - %v", leaf.NotBefore, leaf.NotAfter)
+			}
+			if !slices.Equal(leaf.DNSNames, tt.dns) {
+				t.Errorf("DNS names = %d, want %d", len(leaf.DNSNames), len(tt.dns))
+			}
+		})
+	}
+}

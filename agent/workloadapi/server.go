@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,7 +40,8 @@ type Options struct {
 	ShutdownGrace time.Duration
 }
 
-// Server is a Workload API server. One Server serves one socket.
+// Server is a Workload API server. A Server serves once: one socket, until
+// its context ends.
 type Server struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
 
@@ -48,6 +50,7 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *metrics
 	grace    time.Duration
+	served   atomic.Bool
 	// stopping is closed when Serve's context ends, so open streams end with
 	// Unavailable (which clients retry) instead of holding up shutdown.
 	stopping chan struct{}
@@ -95,6 +98,10 @@ func (s *Server) Serve(ctx context.Context, socketPath string) error {
 // ServeListener serves on lis until ctx ends, then closes it. A Unix
 // listener from Listen removes its socket file when closed.
 func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
+	if !s.served.CompareAndSwap(false, true) {
+		lis.Close()
+		return errors.New("workload API: a Server serves only once; create a new one")
+	}
 	gs := grpc.NewServer(
 		grpc.Creds(peercred.Credentials()),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),

@@ -6,7 +6,8 @@ FUZZTIME  ?= 8s
 # package:FuzzTarget pairs run briefly by `make test` (`make fuzz FUZZTIME=5m` for longer).
 FUZZ_TARGETS ?= \
 	./internal/ids:FuzzParseID \
-	./internal/selector:FuzzParse
+	./internal/selector:FuzzParse \
+	./csidriver:FuzzValidateTargetPath
 
 .PHONY: all build test unit fuzz bench demo lint deps proto clean
 

@@ -1,0 +1,802 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/registry"
+)
+
+// errNoRows is what both drivers' "no rows" errors become.
+var errNoRows = errors.New("no rows")
+
+// querier is the part of a transaction the shared SQL needs; both drivers
+// are adapted to it. Queries use $1, $2... placeholders, which both take.
+type querier interface {
+	exec(ctx context.Context, sql string, args ...any) (int64, error)
+	query(ctx context.Context, sql string, args ...any) (rows, error)
+	queryRow(ctx context.Context, sql string, args ...any) scanner
+}
+
+type rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+	Close()
+}
+
+type scanner interface {
+	Scan(dest ...any) error
+}
+
+// tx is a write transaction. Code that changes what Revision covers calls
+// bumpRevision, which marks the transaction changed: subscribers are then
+// signalled once it commits.
+type tx struct {
+	querier
+	changed bool
+}
+
+// backend is one engine's connection handling.
+type backend interface {
+	// write runs fn in a transaction serialized with every other write to
+	// the store, from any server sharing it, and commits it if fn returns
+	// nil. It reports whether fn marked the transaction changed.
+	write(ctx context.Context, fn func(*tx) error) (changed bool, err error)
+	// read runs fn in a read-only transaction seeing one snapshot.
+	read(ctx context.Context, fn func(querier) error) error
+	isUniqueViolation(err error) bool
+	ping(ctx context.Context) error
+	close() error
+}
+
+// sqlStore implements Store over either backend.
+type sqlStore struct {
+	db      backend
+	log     *slog.Logger
+	changes *broadcaster
+	// signalCommits: signal subscribers after each local commit. PostgreSQL
+	// leaves it off, since its listener hears this server's NOTIFYs too and
+	// a second signal per change would only cause needless work.
+	signalCommits bool
+}
+
+var _ Store = (*sqlStore)(nil)
+
+func (s *sqlStore) write(ctx context.Context, fn func(*tx) error) error {
+	changed, err := s.db.write(ctx, fn)
+	if err == nil && changed && s.signalCommits {
+		s.changes.signal()
+	}
+	return err
+}
+
+func bumpRevision(ctx context.Context, t *tx) error {
+	t.changed = true
+	if _, err := t.exec(ctx, `UPDATE store_revision SET value = value + 1 WHERE id = 1`); err != nil {
+		return fmt.Errorf("bump revision: %w", err)
+	}
+	return nil
+}
+
+// Times are stored as Unix nanoseconds, 0 for the zero time.
+func toNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// roundTrip returns t as the store will give it back.
+func roundTrip(t time.Time) time.Time { return fromNanos(toNanos(t)) }
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// --- entries ---
+
+// normalizeEntry returns a copy of e with sorted, de-duplicated lists (empty
+// ones nil) and times as stored, without touching the caller's slices.
+func normalizeEntry(e registry.Entry) registry.Entry {
+	e.Selectors = slices.Clone(e.Selectors)
+	e.DNSNames = slices.Clone(e.DNSNames)
+	e.FederatesWith = slices.Clone(e.FederatesWith)
+	e.Normalize()
+	if len(e.Selectors) == 0 {
+		e.Selectors = nil
+	}
+	if len(e.DNSNames) == 0 {
+		e.DNSNames = nil
+	}
+	if len(e.FederatesWith) == 0 {
+		e.FederatesWith = nil
+	}
+	e.ExpiresAt = roundTrip(e.ExpiresAt)
+	e.CreatedAt = roundTrip(e.CreatedAt)
+	return e
+}
+
+// selectorsHash identifies a sorted selector set unambiguously (lengths are
+// included, so values holding separators cannot collide).
+func selectorsHash(sels []selector.Selector) string {
+	h := sha256.New()
+	var n [8]byte
+	for _, s := range sels {
+		for _, f := range []string{s.Type, s.Value} {
+			binary.BigEndian.PutUint64(n[:], uint64(len(f)))
+			h.Write(n[:])
+			h.Write([]byte(f))
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func encodeList(l []string) (string, error) {
+	if len(l) == 0 {
+		return "[]", nil
+	}
+	b, err := json.Marshal(l)
+	return string(b), err
+}
+
+func decodeList(s string) ([]string, error) {
+	if s == "[]" || s == "" {
+		return nil, nil
+	}
+	var l []string
+	err := json.Unmarshal([]byte(s), &l)
+	return l, err
+}
+
+func idString(id spiffeid.ID) string {
+	if id.IsZero() {
+		return ""
+	}
+	return id.String()
+}
+
+// entryArgs returns the entries row values after id, in entryColumns order.
+func entryArgs(e registry.Entry) ([]any, error) {
+	dns, err := encodeList(e.DNSNames)
+	if err != nil {
+		return nil, fmt.Errorf("encode dns names: %w", err)
+	}
+	fedNames := make([]string, len(e.FederatesWith))
+	for i, td := range e.FederatesWith {
+		fedNames[i] = td.Name()
+	}
+	feds, err := encodeList(fedNames)
+	if err != nil {
+		return nil, fmt.Errorf("encode federates_with: %w", err)
+	}
+	return []any{
+		idString(e.SPIFFEID), idString(e.ParentID), boolInt(e.Node), selectorsHash(e.Selectors),
+		int64(e.X509TTL), int64(e.JWTTTL), dns, e.Hint, feds, boolInt(e.Admin),
+		toNanos(e.ExpiresAt), e.Revision, toNanos(e.CreatedAt),
+	}, nil
+}
+
+const entryColumns = `id, spiffe_id, parent_id, node, selectors_hash, x509_ttl, jwt_ttl, dns_names, hint, federates_with, admin, expires_at, revision, created_at`
+
+func scanEntry(sc scanner) (registry.Entry, error) {
+	var (
+		e                                  registry.Entry
+		spiffeID, parentID, hash, dns, fed string
+		node, admin, x509, jwt, exp, crt   int64
+	)
+	if err := sc.Scan(&e.ID, &spiffeID, &parentID, &node, &hash, &x509, &jwt, &dns, &e.Hint, &fed, &admin, &exp, &e.Revision, &crt); err != nil {
+		return e, err
+	}
+	var err error
+	if e.SPIFFEID, err = spiffeid.FromString(spiffeID); err != nil {
+		return e, fmt.Errorf("entry %s: stored spiffe_id %q: %w", e.ID, spiffeID, err)
+	}
+	if parentID != "" {
+		if e.ParentID, err = spiffeid.FromString(parentID); err != nil {
+			return e, fmt.Errorf("entry %s: stored parent_id %q: %w", e.ID, parentID, err)
+		}
+	}
+	if e.DNSNames, err = decodeList(dns); err != nil {
+		return e, fmt.Errorf("entry %s: stored dns_names: %w", e.ID, err)
+	}
+	feds, err := decodeList(fed)
+	if err != nil {
+		return e, fmt.Errorf("entry %s: stored federates_with: %w", e.ID, err)
+	}
+	for _, name := range feds {
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			return e, fmt.Errorf("entry %s: stored federates_with %q: %w", e.ID, name, err)
+		}
+		e.FederatesWith = append(e.FederatesWith, td)
+	}
+	e.Node, e.Admin = node != 0, admin != 0
+	e.X509TTL, e.JWTTTL = time.Duration(x509), time.Duration(jwt)
+	e.ExpiresAt, e.CreatedAt = fromNanos(exp), fromNanos(crt)
+	return e, nil
+}
+
+// insertSelectors adds sels to a selector child table in one statement.
+func insertSelectors(ctx context.Context, q querier, table, keyColumn, key string, sels []selector.Selector) error {
+	if len(sels) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "INSERT INTO %s (%s, type, value) VALUES ", table, keyColumn)
+	args := make([]any, 0, 1+2*len(sels))
+	args = append(args, key)
+	for i, s := range sels {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "($1, $%d, $%d)", len(args)+1, len(args)+2)
+		args = append(args, s.Type, s.Value)
+	}
+	_, err := q.exec(ctx, b.String(), args...)
+	return err
+}
+
+// loadSelectors reads a selector child table: all rows (key == "") or one key's.
+func loadSelectors(ctx context.Context, q querier, table, keyColumn, key string) (map[string][]selector.Selector, error) {
+	sql := fmt.Sprintf("SELECT %s, type, value FROM %s", keyColumn, table)
+	var args []any
+	if key != "" {
+		sql += fmt.Sprintf(" WHERE %s = $1", keyColumn)
+		args = append(args, key)
+	}
+	rs, err := q.query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	out := make(map[string][]selector.Selector)
+	for rs.Next() {
+		var k string
+		var s selector.Selector
+		if err := rs.Scan(&k, &s.Type, &s.Value); err != nil {
+			return nil, err
+		}
+		out[k] = append(out[k], s)
+	}
+	if err := rs.Err(); err != nil {
+		return nil, err
+	}
+	// Sorted in Go: SQL ORDER BY would follow the database's collation.
+	for k, sels := range out {
+		out[k] = selector.Sort(sels)
+	}
+	return out, nil
+}
+
+// insertEntry inserts a normalized entry with its ID set.
+func insertEntry(ctx context.Context, q querier, e registry.Entry) error {
+	args, err := entryArgs(e)
+	if err != nil {
+		return err
+	}
+	if _, err := q.exec(ctx, `INSERT INTO entries (`+entryColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+		append([]any{e.ID}, args...)...); err != nil {
+		return err
+	}
+	return insertSelectors(ctx, q, "entry_selectors", "entry_id", e.ID, e.Selectors)
+}
+
+func (s *sqlStore) CreateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error) {
+	e = normalizeEntry(e)
+	e.ID = uuid.NewString()
+	e.Revision = 1
+	e.CreatedAt = roundTrip(time.Now())
+	err := s.write(ctx, func(t *tx) error {
+		if err := insertEntry(ctx, t, e); err != nil {
+			return err
+		}
+		return bumpRevision(ctx, t)
+	})
+	if s.db.isUniqueViolation(err) {
+		return registry.Entry{}, fmt.Errorf("create entry %s: an entry with this SPIFFE ID, parent and selectors %w", e.SPIFFEID, ErrAlreadyExists)
+	}
+	if err != nil {
+		return registry.Entry{}, fmt.Errorf("create entry %s: %w", e.SPIFFEID, err)
+	}
+	return e, nil
+}
+
+func (s *sqlStore) UpdateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error) {
+	e = normalizeEntry(e)
+	err := s.write(ctx, func(t *tx) error {
+		var rev, created int64
+		err := t.queryRow(ctx, `SELECT revision, created_at FROM entries WHERE id = $1`, e.ID).Scan(&rev, &created)
+		if errors.Is(err, errNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		e.Revision, e.CreatedAt = rev+1, fromNanos(created)
+		args, err := entryArgs(e)
+		if err != nil {
+			return err
+		}
+		if _, err := t.exec(ctx, `UPDATE entries SET spiffe_id = $2, parent_id = $3, node = $4, selectors_hash = $5,
+			x509_ttl = $6, jwt_ttl = $7, dns_names = $8, hint = $9, federates_with = $10, admin = $11,
+			expires_at = $12, revision = $13, created_at = $14 WHERE id = $1`, append([]any{e.ID}, args...)...); err != nil {
+			return err
+		}
+		if _, err := t.exec(ctx, `DELETE FROM entry_selectors WHERE entry_id = $1`, e.ID); err != nil {
+			return err
+		}
+		if err := insertSelectors(ctx, t, "entry_selectors", "entry_id", e.ID, e.Selectors); err != nil {
+			return err
+		}
+		return bumpRevision(ctx, t)
+	})
+	if s.db.isUniqueViolation(err) {
+		return registry.Entry{}, fmt.Errorf("update entry %s: another entry has this SPIFFE ID, parent and selectors: %w", e.ID, ErrAlreadyExists)
+	}
+	if err != nil {
+		return registry.Entry{}, fmt.Errorf("update entry %s: %w", e.ID, err)
+	}
+	return e, nil
+}
+
+func (s *sqlStore) DeleteEntry(ctx context.Context, id string) error {
+	err := s.write(ctx, func(t *tx) error {
+		n, err := t.exec(ctx, `DELETE FROM entries WHERE id = $1`, id)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrNotFound
+		}
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return fmt.Errorf("delete entry %s: %w", id, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) GetEntry(ctx context.Context, id string) (registry.Entry, error) {
+	var e registry.Entry
+	err := s.db.read(ctx, func(q querier) error {
+		var err error
+		e, err = scanEntry(q.queryRow(ctx, `SELECT `+entryColumns+` FROM entries WHERE id = $1`, id))
+		if errors.Is(err, errNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		sels, err := loadSelectors(ctx, q, "entry_selectors", "entry_id", id)
+		e.Selectors = sels[id]
+		return err
+	})
+	if err != nil {
+		return registry.Entry{}, fmt.Errorf("get entry %s: %w", id, err)
+	}
+	return e, nil
+}
+
+// ListEntries reads every entry in two queries (entries, then all their
+// selectors) from one snapshot, sorted by SPIFFE ID then ID.
+func (s *sqlStore) ListEntries(ctx context.Context) ([]registry.Entry, error) {
+	var out []registry.Entry
+	err := s.db.read(ctx, func(q querier) error {
+		out = out[:0]
+		rs, err := q.query(ctx, `SELECT `+entryColumns+` FROM entries`)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			e, err := scanEntry(rs)
+			if err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		if err := rs.Err(); err != nil {
+			return err
+		}
+		rs.Close()
+		sels, err := loadSelectors(ctx, q, "entry_selectors", "entry_id", "")
+		if err != nil {
+			return err
+		}
+		for i := range out {
+			out[i].Selectors = sels[out[i].ID]
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list entries: %w", err)
+	}
+	slices.SortFunc(out, func(a, b registry.Entry) int {
+		if c := strings.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+// --- join tokens ---
+
+func (s *sqlStore) CreateJoinToken(ctx context.Context, jt JoinToken) error {
+	if jt.Hash == "" || jt.ID == "" {
+		return errors.New("create join token: hash and ID are required")
+	}
+	if jt.ExpiresAt.IsZero() {
+		// Tokens always expire; a zero expiry is a caller bug, not "forever".
+		return fmt.Errorf("create join token %s: an expiry is required", jt.ID)
+	}
+	if jt.CreatedAt.IsZero() {
+		jt.CreatedAt = time.Now()
+	}
+	_, err := s.db.write(ctx, func(t *tx) error {
+		_, err := t.exec(ctx, `INSERT INTO join_tokens (hash, id, spiffe_id, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)`,
+			jt.Hash, jt.ID, jt.SPIFFEID, toNanos(jt.ExpiresAt), toNanos(jt.CreatedAt))
+		return err
+	})
+	if s.db.isUniqueViolation(err) {
+		return fmt.Errorf("create join token %s: %w", jt.ID, ErrAlreadyExists)
+	}
+	if err != nil {
+		return fmt.Errorf("create join token %s: %w", jt.ID, err)
+	}
+	return nil
+}
+
+// ConsumeJoinToken deletes and returns the token in one statement, so of
+// several concurrent callers (on any server) exactly one gets it.
+func (s *sqlStore) ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (JoinToken, error) {
+	var jt JoinToken
+	_, err := s.db.write(ctx, func(t *tx) error {
+		var exp, created int64
+		err := t.queryRow(ctx, `DELETE FROM join_tokens WHERE hash = $1 RETURNING hash, id, spiffe_id, expires_at, created_at`, hash).
+			Scan(&jt.Hash, &jt.ID, &jt.SPIFFEID, &exp, &created)
+		if errors.Is(err, errNoRows) {
+			return ErrNotFound
+		}
+		jt.ExpiresAt, jt.CreatedAt = fromNanos(exp), fromNanos(created)
+		return err
+	})
+	if err != nil {
+		return JoinToken{}, fmt.Errorf("consume join token: %w", err)
+	}
+	// The deletion stands: an expired token is gone either way.
+	if !now.Before(jt.ExpiresAt) {
+		return JoinToken{}, fmt.Errorf("consume join token %s: %w at %s", jt.ID, ErrExpired, jt.ExpiresAt.Format(time.RFC3339))
+	}
+	return jt, nil
+}
+
+func (s *sqlStore) PruneJoinTokens(ctx context.Context, now time.Time) error {
+	_, err := s.db.write(ctx, func(t *tx) error {
+		_, err := t.exec(ctx, `DELETE FROM join_tokens WHERE expires_at <= $1`, toNanos(now))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("prune join tokens: %w", err)
+	}
+	return nil
+}
+
+// --- nodes ---
+
+func normalizeNode(n Node) Node {
+	n.Selectors = selector.Sort(slices.Clone(n.Selectors))
+	if len(n.Selectors) == 0 {
+		n.Selectors = nil
+	}
+	n.ExpiresAt, n.AttestedAt = roundTrip(n.ExpiresAt), roundTrip(n.AttestedAt)
+	return n
+}
+
+func nodesEqual(a, b Node) bool {
+	return a.SPIFFEID == b.SPIFFEID && a.AttestationType == b.AttestationType &&
+		slices.Equal(a.Selectors, b.Selectors) && a.SerialNumber == b.SerialNumber &&
+		a.PrevSerialNumber == b.PrevSerialNumber && a.ExpiresAt.Equal(b.ExpiresAt) && a.AttestedAt.Equal(b.AttestedAt)
+}
+
+const nodeColumns = `spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at`
+
+func scanNode(sc scanner) (Node, error) {
+	var n Node
+	var exp, att int64
+	if err := sc.Scan(&n.SPIFFEID, &n.AttestationType, &n.SerialNumber, &n.PrevSerialNumber, &exp, &att); err != nil {
+		return n, err
+	}
+	n.ExpiresAt, n.AttestedAt = fromNanos(exp), fromNanos(att)
+	return n, nil
+}
+
+func getNode(ctx context.Context, q querier, id string) (Node, error) {
+	n, err := scanNode(q.queryRow(ctx, `SELECT `+nodeColumns+` FROM nodes WHERE spiffe_id = $1`, id))
+	if errors.Is(err, errNoRows) {
+		return Node{}, ErrNotFound
+	}
+	if err != nil {
+		return Node{}, err
+	}
+	sels, err := loadSelectors(ctx, q, "node_selectors", "spiffe_id", id)
+	n.Selectors = sels[id]
+	return n, err
+}
+
+// UpsertNode writes the node; an identical node is left alone, so renewals
+// that change nothing do not wake every subscriber.
+func (s *sqlStore) UpsertNode(ctx context.Context, n Node) error {
+	if n.SPIFFEID == "" {
+		return errors.New("upsert node: SPIFFE ID is required")
+	}
+	n = normalizeNode(n)
+	err := s.write(ctx, func(t *tx) error {
+		old, err := getNode(ctx, t, n.SPIFFEID)
+		switch {
+		case err == nil && nodesEqual(old, n):
+			return nil
+		case err != nil && !errors.Is(err, ErrNotFound):
+			return err
+		}
+		if _, err := t.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`) VALUES ($1, $2, $3, $4, $5, $6)
+			ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type,
+			serial_number = excluded.serial_number, prev_serial_number = excluded.prev_serial_number,
+			expires_at = excluded.expires_at, attested_at = excluded.attested_at`,
+			n.SPIFFEID, n.AttestationType, n.SerialNumber, n.PrevSerialNumber, toNanos(n.ExpiresAt), toNanos(n.AttestedAt)); err != nil {
+			return err
+		}
+		if _, err := t.exec(ctx, `DELETE FROM node_selectors WHERE spiffe_id = $1`, n.SPIFFEID); err != nil {
+			return err
+		}
+		if err := insertSelectors(ctx, t, "node_selectors", "spiffe_id", n.SPIFFEID, n.Selectors); err != nil {
+			return err
+		}
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return fmt.Errorf("upsert node %s: %w", n.SPIFFEID, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) GetNode(ctx context.Context, spiffeID string) (Node, error) {
+	var n Node
+	err := s.db.read(ctx, func(q querier) error {
+		var err error
+		n, err = getNode(ctx, q, spiffeID)
+		return err
+	})
+	if err != nil {
+		return Node{}, fmt.Errorf("get node %s: %w", spiffeID, err)
+	}
+	return n, nil
+}
+
+func (s *sqlStore) ListNodes(ctx context.Context) ([]Node, error) {
+	var out []Node
+	err := s.db.read(ctx, func(q querier) error {
+		out = out[:0]
+		rs, err := q.query(ctx, `SELECT `+nodeColumns+` FROM nodes`)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			n, err := scanNode(rs)
+			if err != nil {
+				return err
+			}
+			out = append(out, n)
+		}
+		if err := rs.Err(); err != nil {
+			return err
+		}
+		rs.Close()
+		sels, err := loadSelectors(ctx, q, "node_selectors", "spiffe_id", "")
+		if err != nil {
+			return err
+		}
+		for i := range out {
+			out[i].Selectors = sels[out[i].SPIFFEID]
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	slices.SortFunc(out, func(a, b Node) int { return strings.Compare(a.SPIFFEID, b.SPIFFEID) })
+	return out, nil
+}
+
+func (s *sqlStore) DeleteNode(ctx context.Context, spiffeID string) error {
+	err := s.write(ctx, func(t *tx) error {
+		n, err := t.exec(ctx, `DELETE FROM nodes WHERE spiffe_id = $1`, spiffeID)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrNotFound
+		}
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return fmt.Errorf("delete node %s: %w", spiffeID, err)
+	}
+	return nil
+}
+
+// --- authorities ---
+
+func bumpBundleSequence(ctx context.Context, t *tx, trustDomain string) error {
+	_, err := t.exec(ctx, `INSERT INTO bundles (trust_domain, sequence) VALUES ($1, 1)
+		ON CONFLICT (trust_domain) DO UPDATE SET sequence = bundles.sequence + 1`, trustDomain)
+	if err != nil {
+		return fmt.Errorf("bump bundle sequence of %s: %w", trustDomain, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) PutAuthorities(ctx context.Context, auths []Authority) error {
+	for _, a := range auths {
+		if a.TrustDomain == "" || a.KeyID == "" || (a.Kind != X509Authority && a.Kind != JWTAuthority) {
+			return fmt.Errorf("put authorities: authority %q of %q kind %q: trust domain, key ID and kind x509 or jwt are required", a.KeyID, a.TrustDomain, a.Kind)
+		}
+		if len(a.Data) == 0 {
+			return fmt.Errorf("put authorities: authority %s of %s has no data", a.KeyID, a.TrustDomain)
+		}
+	}
+	err := s.write(ctx, func(t *tx) error {
+		var changed []string // trust domains
+		for _, a := range auths {
+			var data []byte
+			var exp int64
+			err := t.queryRow(ctx, `SELECT data, expires_at FROM authorities WHERE trust_domain = $1 AND kind = $2 AND key_id = $3`,
+				a.TrustDomain, string(a.Kind), a.KeyID).Scan(&data, &exp)
+			switch {
+			case err == nil && bytes.Equal(data, a.Data) && exp == toNanos(a.ExpiresAt):
+				continue
+			case err != nil && !errors.Is(err, errNoRows):
+				return fmt.Errorf("read authority %s: %w", a.KeyID, err)
+			}
+			if _, err := t.exec(ctx, `INSERT INTO authorities (trust_domain, kind, key_id, data, expires_at) VALUES ($1, $2, $3, $4, $5)
+				ON CONFLICT (trust_domain, kind, key_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at`,
+				a.TrustDomain, string(a.Kind), a.KeyID, a.Data, toNanos(a.ExpiresAt)); err != nil {
+				return fmt.Errorf("write authority %s: %w", a.KeyID, err)
+			}
+			if !slices.Contains(changed, a.TrustDomain) {
+				changed = append(changed, a.TrustDomain)
+			}
+		}
+		for _, td := range changed {
+			if err := bumpBundleSequence(ctx, t, td); err != nil {
+				return err
+			}
+		}
+		if len(changed) > 0 {
+			return bumpRevision(ctx, t)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("put authorities: %w", err)
+	}
+	return nil
+}
+
+func (s *sqlStore) ListAuthorities(ctx context.Context, trustDomain string) ([]Authority, int64, error) {
+	var out []Authority
+	var seq int64
+	err := s.db.read(ctx, func(q querier) error {
+		out, seq = out[:0], 0
+		rs, err := q.query(ctx, `SELECT kind, key_id, data, expires_at FROM authorities WHERE trust_domain = $1`, trustDomain)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			a := Authority{TrustDomain: trustDomain}
+			var kind string
+			var exp int64
+			if err := rs.Scan(&kind, &a.KeyID, &a.Data, &exp); err != nil {
+				return err
+			}
+			a.Kind, a.ExpiresAt = AuthorityKind(kind), fromNanos(exp)
+			out = append(out, a)
+		}
+		if err := rs.Err(); err != nil {
+			return err
+		}
+		rs.Close()
+		err = q.queryRow(ctx, `SELECT sequence FROM bundles WHERE trust_domain = $1`, trustDomain).Scan(&seq)
+		if errors.Is(err, errNoRows) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("list authorities of %s: %w", trustDomain, err)
+	}
+	slices.SortFunc(out, func(a, b Authority) int {
+		if c := strings.Compare(string(a.Kind), string(b.Kind)); c != 0 {
+			return c
+		}
+		return strings.Compare(a.KeyID, b.KeyID)
+	})
+	return out, seq, nil
+}
+
+// PruneAuthorities deletes authorities whose ExpiresAt is before now (an
+// authority is valid through its expiry instant, like a certificate).
+func (s *sqlStore) PruneAuthorities(ctx context.Context, trustDomain string, now time.Time) error {
+	err := s.write(ctx, func(t *tx) error {
+		n, err := t.exec(ctx, `DELETE FROM authorities WHERE trust_domain = $1 AND expires_at <> 0 AND expires_at < $2`,
+			trustDomain, toNanos(now))
+		if err != nil || n == 0 {
+			return err
+		}
+		if err := bumpBundleSequence(ctx, t, trustDomain); err != nil {
+			return err
+		}
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return fmt.Errorf("prune authorities of %s: %w", trustDomain, err)
+	}
+	return nil
+}
+
+// --- the rest ---
+
+func (s *sqlStore) Revision(ctx context.Context) (int64, error) {
+	var rev int64
+	err := s.db.read(ctx, func(q querier) error {
+		return q.queryRow(ctx, `SELECT value FROM store_revision WHERE id = 1`).Scan(&rev)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read store revision: %w", err)
+	}
+	return rev, nil
+}
+
+func (s *sqlStore) Changes(ctx context.Context) <-chan struct{} { return s.changes.subscribe(ctx) }
+
+func (s *sqlStore) Ping(ctx context.Context) error {
+	if err := s.db.ping(ctx); err != nil {
+		return fmt.Errorf("ping store: %w", err)
+	}
+	return nil
+}
+
+func (s *sqlStore) Close() error {
+	s.changes.close()
+	if err := s.db.close(); err != nil {
+		return fmt.Errorf("close store: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,753 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/internal/pgtest"
+	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/registry"
+)
+
+// backends are what the shared suite runs against: each gives a fresh,
+// empty store's URL.
+var backends = []struct {
+	name   string
+	newURL func(t testing.TB) string
+}{
+	{"sqlite", func(t testing.TB) string { return "sqlite://" + filepath.Join(t.TempDir(), "signet.db") }},
+	{"postgres", pgtest.NewDatabase},
+}
+
+// forEachBackend runs test against every backend, with a fresh store URL.
+func forEachBackend(t *testing.T, test func(t *testing.T, url string)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) { test(t, b.newURL(t)) })
+	}
+}
+
+func openStore(t testing.TB, url string) Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := Open(ctx, url, nil)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+const td = "example.org"
+
+func id(t testing.TB, path string) spiffeid.ID {
+	t.Helper()
+	return spiffeid.RequireFromString("spiffe://" + td + path)
+}
+
+func sels(t testing.TB, ss ...string) []selector.Selector {
+	t.Helper()
+	out := make([]selector.Selector, len(ss))
+	for i, s := range ss {
+		sel, err := selector.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = sel
+	}
+	return out
+}
+
+func workload(t testing.TB, path string, ss ...string) registry.Entry {
+	return registry.Entry{SPIFFEID: id(t, path), ParentID: id(t, "/agent/a"), Selectors: sels(t, ss...)}
+}
+
+func revision(t *testing.T, s Store) int64 {
+	t.Helper()
+	rev, err := s.Revision(context.Background())
+	if err != nil {
+		t.Fatalf("Revision: %v", err)
+	}
+	return rev
+}
+
+func TestEntryCRUD(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		in := registry.Entry{
+			SPIFFEID:      id(t, "/db"),
+			ParentID:      id(t, "/agent/a"),
+			Selectors:     sels(t, "unix:uid:70", "k8s:pod-label:app:db", "unix:path:/usr/bin/postgres"),
+			X509TTL:       2 * time.Hour,
+			JWTTTL:        10 * time.Minute,
+			DNSNames:      []string{"db.internal", "b.example", "db.internal"},
+			Hint:          "primary",
+			FederatesWith: []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("z.org"), spiffeid.RequireTrustDomainFromString("a.org")},
+			Admin:         true,
+			ExpiresAt:     time.Date(2030, 1, 2, 3, 4, 5, 6, time.FixedZone("X", 3600)),
+		}
+		inSels := append([]selector.Selector(nil), in.Selectors...)
+		before := time.Now()
+		created, err := s.CreateEntry(ctx, in)
+		if err != nil {
+			t.Fatalf("CreateEntry: %v", err)
+		}
+		if !reflect.DeepEqual(in.Selectors, inSels) {
+			t.Errorf("CreateEntry modified the caller's selectors: %v", in.Selectors)
+		}
+		if created.ID == "" || created.Revision != 1 || created.CreatedAt.Before(before.Add(-time.Second)) {
+			t.Fatalf("created entry: ID %q revision %d created %v; want an ID, revision 1, created now", created.ID, created.Revision, created.CreatedAt)
+		}
+		if !created.ExpiresAt.Equal(in.ExpiresAt) {
+			t.Errorf("ExpiresAt %v, want %v", created.ExpiresAt, in.ExpiresAt)
+		}
+		want := in
+		want.Normalize()
+		if !reflect.DeepEqual(created.Selectors, want.Selectors) || !reflect.DeepEqual(created.DNSNames, []string{"b.example", "db.internal"}) ||
+			!reflect.DeepEqual(created.FederatesWith, want.FederatesWith) {
+			t.Errorf("created lists not normalized: %+v", created)
+		}
+
+		got, err := s.GetEntry(ctx, created.ID)
+		if err != nil {
+			t.Fatalf("GetEntry: %v", err)
+		}
+		if !reflect.DeepEqual(got, created) {
+			t.Fatalf("GetEntry =\n%+v\nwant\n%+v", got, created)
+		}
+
+		other, err := s.CreateEntry(ctx, registry.Entry{SPIFFEID: id(t, "/alias"), Node: true, Selectors: sels(t, "k8s:node-name:n1")})
+		if err != nil {
+			t.Fatalf("CreateEntry node alias: %v", err)
+		}
+		if created.ID == other.ID {
+			t.Fatal("two entries got the same ID")
+		}
+		list, err := s.ListEntries(ctx)
+		if err != nil {
+			t.Fatalf("ListEntries: %v", err)
+		}
+		if len(list) != 2 || !reflect.DeepEqual(list[0], other) || !reflect.DeepEqual(list[1], created) {
+			t.Fatalf("ListEntries = %+v, want [alias, db]", list)
+		}
+		if !list[0].ParentID.IsZero() || !list[0].Node {
+			t.Errorf("node alias round trip: %+v", list[0])
+		}
+
+		upd := got
+		upd.Selectors = sels(t, "unix:uid:71")
+		upd.DNSNames = nil
+		upd.FederatesWith = nil
+		upd.Admin = false
+		upd.ExpiresAt = time.Time{}
+		upd.CreatedAt = time.Time{} // not the caller's to change
+		upd.Revision = 99           // nor this
+		updated, err := s.UpdateEntry(ctx, upd)
+		if err != nil {
+			t.Fatalf("UpdateEntry: %v", err)
+		}
+		if updated.Revision != 2 || !updated.CreatedAt.Equal(created.CreatedAt) {
+			t.Fatalf("updated revision %d created %v; want 2 and %v", updated.Revision, updated.CreatedAt, created.CreatedAt)
+		}
+		got, err = s.GetEntry(ctx, created.ID)
+		if err != nil {
+			t.Fatalf("GetEntry after update: %v", err)
+		}
+		if !reflect.DeepEqual(got, updated) || got.DNSNames != nil || got.Admin || !got.ExpiresAt.IsZero() {
+			t.Fatalf("GetEntry after update =\n%+v\nwant\n%+v", got, updated)
+		}
+		if again, err := s.UpdateEntry(ctx, got); err != nil || again.Revision != 3 {
+			t.Fatalf("second UpdateEntry: revision %d, %v; want 3", again.Revision, err)
+		}
+
+		if err := s.DeleteEntry(ctx, created.ID); err != nil {
+			t.Fatalf("DeleteEntry: %v", err)
+		}
+		if _, err := s.GetEntry(ctx, created.ID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("GetEntry after delete: %v, want ErrNotFound", err)
+		}
+		list, _ = s.ListEntries(ctx)
+		if len(list) != 1 || list[0].ID != other.ID {
+			t.Fatalf("ListEntries after delete = %+v", list)
+		}
+	})
+}
+
+func TestEntryNotFound(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		missing := "00000000-0000-4000-8000-000000000000"
+		for name, op := range map[string]func() error{
+			"get":    func() error { _, err := s.GetEntry(ctx, missing); return err },
+			"update": func() error { e := workload(t, "/w", "unix:uid:1"); e.ID = missing; _, err := s.UpdateEntry(ctx, e); return err },
+			"delete": func() error { return s.DeleteEntry(ctx, missing) },
+		} {
+			if err := op(); !errors.Is(err, ErrNotFound) {
+				t.Errorf("%s unknown entry: %v, want ErrNotFound", name, err)
+			}
+		}
+		if list, err := s.ListEntries(ctx); err != nil || len(list) != 0 {
+			t.Errorf("ListEntries of empty store = %v, %v", list, err)
+		}
+		if rev := revision(t, s); rev != 0 {
+			t.Errorf("failed writes bumped the revision to %d", rev)
+		}
+	})
+}
+
+func TestEntryDuplicates(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		base := workload(t, "/w", "unix:uid:1", "unix:gid:2")
+		if _, err := s.CreateEntry(ctx, base); err != nil {
+			t.Fatalf("CreateEntry: %v", err)
+		}
+		nodeAlias := registry.Entry{SPIFFEID: id(t, "/alias"), Node: true, Selectors: sels(t, "k8s:node-name:n1")}
+		if _, err := s.CreateEntry(ctx, nodeAlias); err != nil {
+			t.Fatalf("CreateEntry alias: %v", err)
+		}
+		tests := []struct {
+			name string
+			e    registry.Entry
+			dup  bool
+		}{
+			{"same", base, true},
+			{"selectors reordered and repeated", workload(t, "/w", "unix:gid:2", "unix:uid:1", "unix:gid:2"), true},
+			{"other fields differ", func() registry.Entry { e := base; e.Hint = "x"; e.X509TTL = time.Hour; return e }(), true},
+			{"same alias", nodeAlias, true},
+			{"selector subset", workload(t, "/w", "unix:uid:1"), false},
+			{"other spiffe id", workload(t, "/w2", "unix:uid:1", "unix:gid:2"), false},
+			{"other parent", func() registry.Entry { e := base; e.ParentID = id(t, "/agent/b"); return e }(), false},
+			{"alias with other selectors", registry.Entry{SPIFFEID: id(t, "/alias"), Node: true, Selectors: sels(t, "k8s:node-name:n2")}, false},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				before, _ := s.ListEntries(ctx)
+				_, err := s.CreateEntry(ctx, tt.e)
+				after, _ := s.ListEntries(ctx)
+				if tt.dup {
+					if !errors.Is(err, ErrAlreadyExists) {
+						t.Fatalf("CreateEntry: %v, want ErrAlreadyExists", err)
+					}
+					if len(after) != len(before) {
+						t.Fatalf("refused create stored something: %d entries, was %d", len(after), len(before))
+					}
+				} else if err != nil {
+					t.Fatalf("CreateEntry: %v", err)
+				}
+			})
+		}
+
+		// Updating an entry into another's identity is refused and changes nothing.
+		e, err := s.CreateEntry(ctx, workload(t, "/w3", "unix:uid:3"))
+		if err != nil {
+			t.Fatalf("CreateEntry: %v", err)
+		}
+		clash := e
+		clash.SPIFFEID, clash.Selectors = base.SPIFFEID, base.Selectors
+		if _, err := s.UpdateEntry(ctx, clash); !errors.Is(err, ErrAlreadyExists) {
+			t.Fatalf("UpdateEntry into a duplicate: %v, want ErrAlreadyExists", err)
+		}
+		if got, _ := s.GetEntry(ctx, e.ID); !reflect.DeepEqual(got, e) {
+			t.Fatalf("refused update changed the entry: %+v", got)
+		}
+	})
+}
+
+func TestConcurrentWrites(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		const writers, each = 8, 15
+		var wg sync.WaitGroup
+		errs := make(chan error, writers*each)
+		for w := range writers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range each {
+					_, err := s.CreateEntry(ctx, workload(t, fmt.Sprintf("/w%d/%d", w, i), "unix:uid:1"))
+					errs <- err
+					// Readers run alongside writers.
+					if _, err := s.ListEntries(ctx); err != nil {
+						errs <- err
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("concurrent write: %v", err)
+			}
+		}
+		list, err := s.ListEntries(ctx)
+		if err != nil || len(list) != writers*each {
+			t.Fatalf("ListEntries: %d entries, %v; want %d", len(list), err, writers*each)
+		}
+		if rev := revision(t, s); rev != writers*each {
+			t.Fatalf("revision %d, want %d", rev, writers*each)
+		}
+	})
+}
+
+func TestJoinTokens(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		tok := JoinToken{Hash: "h1", ID: "t1", SPIFFEID: "spiffe://example.org/agent/custom", ExpiresAt: now.Add(10 * time.Minute), CreatedAt: now}
+		if err := s.CreateJoinToken(ctx, tok); err != nil {
+			t.Fatalf("CreateJoinToken: %v", err)
+		}
+		for _, dup := range []JoinToken{tok, {Hash: "h1", ID: "other", ExpiresAt: tok.ExpiresAt}, {Hash: "other", ID: "t1", ExpiresAt: tok.ExpiresAt}} {
+			if err := s.CreateJoinToken(ctx, dup); !errors.Is(err, ErrAlreadyExists) {
+				t.Errorf("CreateJoinToken(%s/%s) again: %v, want ErrAlreadyExists", dup.Hash, dup.ID, err)
+			}
+		}
+		if err := s.CreateJoinToken(ctx, JoinToken{Hash: "h0", ID: "t0"}); err == nil {
+			t.Error("CreateJoinToken without expiry succeeded")
+		}
+		if err := s.CreateJoinToken(ctx, JoinToken{Hash: "h2", ID: "t2", ExpiresAt: now.Add(time.Minute)}); err != nil {
+			t.Fatalf("CreateJoinToken: %v", err)
+		}
+		if err := s.CreateJoinToken(ctx, JoinToken{Hash: "h3", ID: "t3", ExpiresAt: now.Add(time.Hour)}); err != nil {
+			t.Fatalf("CreateJoinToken: %v", err)
+		}
+
+		got, err := s.ConsumeJoinToken(ctx, "h1", now)
+		if err != nil {
+			t.Fatalf("ConsumeJoinToken: %v", err)
+		}
+		if got.ID != tok.ID || got.SPIFFEID != tok.SPIFFEID || !got.ExpiresAt.Equal(tok.ExpiresAt) || !got.CreatedAt.Equal(tok.CreatedAt) || got.Hash != "h1" {
+			t.Fatalf("ConsumeJoinToken = %+v, want %+v", got, tok)
+		}
+		if _, err := s.ConsumeJoinToken(ctx, "h1", now); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("second ConsumeJoinToken: %v, want ErrNotFound", err)
+		}
+		if _, err := s.ConsumeJoinToken(ctx, "nope", now); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("ConsumeJoinToken unknown: %v, want ErrNotFound", err)
+		}
+		// At its expiry instant a token is expired, and it is used up.
+		if _, err := s.ConsumeJoinToken(ctx, "h2", now.Add(time.Minute)); !errors.Is(err, ErrExpired) {
+			t.Fatalf("ConsumeJoinToken expired: %v, want ErrExpired", err)
+		}
+		if _, err := s.ConsumeJoinToken(ctx, "h2", now); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("ConsumeJoinToken after expiry: %v, want ErrNotFound", err)
+		}
+
+		if err := s.CreateJoinToken(ctx, JoinToken{Hash: "h4", ID: "t4", ExpiresAt: now.Add(time.Second)}); err != nil {
+			t.Fatalf("CreateJoinToken: %v", err)
+		}
+		if err := s.PruneJoinTokens(ctx, now.Add(time.Minute)); err != nil {
+			t.Fatalf("PruneJoinTokens: %v", err)
+		}
+		if _, err := s.ConsumeJoinToken(ctx, "h4", now); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("pruned token: %v, want ErrNotFound", err)
+		}
+		if _, err := s.ConsumeJoinToken(ctx, "h3", now); err != nil {
+			t.Fatalf("unexpired token after prune: %v", err)
+		}
+		if rev := revision(t, s); rev != 0 {
+			t.Errorf("join tokens bumped the revision to %d; it covers entries, nodes and authorities", rev)
+		}
+	})
+}
+
+// consumeRace has n goroutines, spread over stores, consume one token and
+// checks exactly one wins.
+func consumeRace(t *testing.T, stores []Store, n int) {
+	ctx := testCtx(t)
+	now := time.Now()
+	if err := stores[0].CreateJoinToken(ctx, JoinToken{Hash: "race", ID: "race", ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatalf("CreateJoinToken: %v", err)
+	}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	results := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, err := stores[i%len(stores)].ConsumeJoinToken(ctx, "race", now)
+			results <- err
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(results)
+	wins := 0
+	for err := range results {
+		switch {
+		case err == nil:
+			wins++
+		case !errors.Is(err, ErrNotFound):
+			t.Errorf("ConsumeJoinToken: %v, want nil or ErrNotFound", err)
+		}
+	}
+	if wins != 1 {
+		t.Fatalf("%d of %d concurrent consumers got the token, want exactly 1", wins, n)
+	}
+}
+
+func TestJoinTokenSingleUseConcurrent(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		consumeRace(t, []Store{openStore(t, url)}, 20)
+	})
+}
+
+func TestNodes(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		n := Node{
+			SPIFFEID:        "spiffe://example.org/agent/join_token/t1",
+			AttestationType: "join_token",
+			Selectors:       sels(t, "k8s:node-name:n1", "k8s:ns:kube-system"),
+			SerialNumber:    "0a",
+			ExpiresAt:       time.Date(2030, 1, 1, 0, 0, 0, 5, time.UTC),
+			AttestedAt:      time.Date(2029, 1, 1, 0, 0, 0, 0, time.UTC),
+		}
+		if err := s.UpsertNode(ctx, n); err != nil {
+			t.Fatalf("UpsertNode: %v", err)
+		}
+		got, err := s.GetNode(ctx, n.SPIFFEID)
+		if err != nil {
+			t.Fatalf("GetNode: %v", err)
+		}
+		want := n
+		want.Selectors = selector.Sort(append([]selector.Selector(nil), n.Selectors...))
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("GetNode =\n%+v\nwant\n%+v", got, want)
+		}
+		rev := revision(t, s)
+		if err := s.UpsertNode(ctx, n); err != nil {
+			t.Fatalf("UpsertNode unchanged: %v", err)
+		}
+		if r := revision(t, s); r != rev {
+			t.Errorf("upserting an unchanged node bumped the revision %d -> %d", rev, r)
+		}
+
+		n.PrevSerialNumber, n.SerialNumber = "0a", "0b"
+		n.Selectors = sels(t, "k8s:node-name:n1")
+		if err := s.UpsertNode(ctx, n); err != nil {
+			t.Fatalf("UpsertNode replace: %v", err)
+		}
+		if r := revision(t, s); r != rev+1 {
+			t.Errorf("revision %d after a node change, want %d", r, rev+1)
+		}
+		got, _ = s.GetNode(ctx, n.SPIFFEID)
+		if got.SerialNumber != "0b" || got.PrevSerialNumber != "0a" || !reflect.DeepEqual(got.Selectors, n.Selectors) {
+			t.Fatalf("GetNode after replace = %+v", got)
+		}
+
+		n2 := Node{SPIFFEID: "spiffe://example.org/agent/join_token/t0", AttestationType: "join_token"}
+		if err := s.UpsertNode(ctx, n2); err != nil {
+			t.Fatalf("UpsertNode: %v", err)
+		}
+		list, err := s.ListNodes(ctx)
+		if err != nil || len(list) != 2 || list[0].SPIFFEID != n2.SPIFFEID || !reflect.DeepEqual(list[1], got) || list[0].Selectors != nil {
+			t.Fatalf("ListNodes = %+v, %v", list, err)
+		}
+
+		if err := s.DeleteNode(ctx, n.SPIFFEID); err != nil {
+			t.Fatalf("DeleteNode: %v", err)
+		}
+		if _, err := s.GetNode(ctx, n.SPIFFEID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("GetNode after delete: %v, want ErrNotFound", err)
+		}
+		if err := s.DeleteNode(ctx, n.SPIFFEID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("DeleteNode again: %v, want ErrNotFound", err)
+		}
+		// Re-attesting after eviction starts afresh.
+		if err := s.UpsertNode(ctx, n); err != nil {
+			t.Fatalf("UpsertNode after delete: %v", err)
+		}
+		if got, err := s.GetNode(ctx, n.SPIFFEID); err != nil || !reflect.DeepEqual(got.Selectors, n.Selectors) {
+			t.Fatalf("GetNode after re-attest = %+v, %v", got, err)
+		}
+	})
+}
+
+func TestAuthorities(t *testing.T) {
+	exp := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		list := func(trustDomain string) ([]Authority, int64) {
+			t.Helper()
+			auths, seq, err := s.ListAuthorities(ctx, trustDomain)
+			if err != nil {
+				t.Fatalf("ListAuthorities: %v", err)
+			}
+			return auths, seq
+		}
+		if auths, seq := list(td); len(auths) != 0 || seq != 0 {
+			t.Fatalf("empty store: %v, sequence %d", auths, seq)
+		}
+		x1 := Authority{TrustDomain: td, Kind: X509Authority, KeyID: "x1", Data: []byte{0x30, 1, 0, 2}, ExpiresAt: exp}
+		j1 := Authority{TrustDomain: td, Kind: JWTAuthority, KeyID: "j1", Data: []byte{0x30, 3}, ExpiresAt: exp}
+		other := Authority{TrustDomain: "other.org", Kind: X509Authority, KeyID: "o1", Data: []byte{9}, ExpiresAt: exp}
+
+		steps := []struct {
+			name    string
+			put     []Authority
+			wantSeq int64
+			want    []Authority
+		}{
+			{"first", []Authority{x1, j1}, 1, []Authority{j1, x1}},
+			{"unchanged", []Authority{j1, x1}, 1, []Authority{j1, x1}},
+			{"other trust domain", []Authority{other}, 1, []Authority{j1, x1}},
+			{"new data", []Authority{{TrustDomain: td, Kind: X509Authority, KeyID: "x1", Data: []byte{7}, ExpiresAt: exp}}, 2,
+				[]Authority{j1, {TrustDomain: td, Kind: X509Authority, KeyID: "x1", Data: []byte{7}, ExpiresAt: exp}}},
+			{"new expiry", []Authority{{TrustDomain: td, Kind: JWTAuthority, KeyID: "j1", Data: j1.Data, ExpiresAt: exp.Add(time.Hour)}}, 3,
+				[]Authority{{TrustDomain: td, Kind: JWTAuthority, KeyID: "j1", Data: j1.Data, ExpiresAt: exp.Add(time.Hour)},
+					{TrustDomain: td, Kind: X509Authority, KeyID: "x1", Data: []byte{7}, ExpiresAt: exp}}},
+		}
+		for _, st := range steps {
+			if err := s.PutAuthorities(ctx, st.put); err != nil {
+				t.Fatalf("%s: PutAuthorities: %v", st.name, err)
+			}
+			auths, seq := list(td)
+			if seq != st.wantSeq || !reflect.DeepEqual(auths, st.want) {
+				t.Fatalf("%s: ListAuthorities = %+v seq %d, want %+v seq %d", st.name, auths, seq, st.want, st.wantSeq)
+			}
+		}
+		if auths, seq := list("other.org"); len(auths) != 1 || seq != 1 || !reflect.DeepEqual(auths[0], other) {
+			t.Fatalf("other.org: %+v seq %d", auths, seq)
+		}
+		if err := s.PutAuthorities(ctx, []Authority{{TrustDomain: td, Kind: "rsa", KeyID: "k", Data: []byte{1}}}); err == nil {
+			t.Fatal("PutAuthorities with an unknown kind succeeded")
+		}
+
+		rev := revision(t, s)
+		if err := s.PruneAuthorities(ctx, td, exp); err != nil { // x1 expires at exp: still valid
+			t.Fatalf("PruneAuthorities: %v", err)
+		}
+		if auths, seq := list(td); len(auths) != 2 || seq != 3 || revision(t, s) != rev {
+			t.Fatalf("pruning nothing changed something: %+v seq %d", auths, seq)
+		}
+		if err := s.PruneAuthorities(ctx, td, exp.Add(time.Minute)); err != nil {
+			t.Fatalf("PruneAuthorities: %v", err)
+		}
+		auths, seq := list(td)
+		if len(auths) != 1 || auths[0].KeyID != "j1" || seq != 4 {
+			t.Fatalf("after prune: %+v seq %d, want j1 only, seq 4", auths, seq)
+		}
+		if revision(t, s) != rev+1 {
+			t.Fatalf("prune did not bump the revision")
+		}
+		if auths, _ := list("other.org"); len(auths) != 1 {
+			t.Fatalf("pruning %s pruned other.org", td)
+		}
+	})
+}
+
+func TestRevision(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		var e registry.Entry
+		steps := []struct {
+			name   string
+			op     func() error
+			bumped bool
+		}{
+			{"create entry", func() (err error) { e, err = s.CreateEntry(ctx, workload(t, "/w", "unix:uid:1")); return err }, true},
+			{"read", func() error { _, err := s.ListEntries(ctx); return err }, false},
+			{"duplicate", func() error { _, err := s.CreateEntry(ctx, workload(t, "/w", "unix:uid:1")); return nil_(err, ErrAlreadyExists) }, false},
+			{"update entry", func() error { _, err := s.UpdateEntry(ctx, e); return err }, true},
+			{"upsert node", func() error { return s.UpsertNode(ctx, Node{SPIFFEID: "spiffe://example.org/n"}) }, true},
+			{"delete node", func() error { return s.DeleteNode(ctx, "spiffe://example.org/n") }, true},
+			{"put authority", func() error {
+				return s.PutAuthorities(ctx, []Authority{{TrustDomain: td, Kind: JWTAuthority, KeyID: "k", Data: []byte{1}}})
+			}, true},
+			{"delete entry", func() error { return s.DeleteEntry(ctx, e.ID) }, true},
+			{"delete missing entry", func() error { return nil_(s.DeleteEntry(ctx, e.ID), ErrNotFound) }, false},
+		}
+		for _, st := range steps {
+			before := revision(t, s)
+			if err := st.op(); err != nil {
+				t.Fatalf("%s: %v", st.name, err)
+			}
+			after := revision(t, s)
+			if st.bumped && after != before+1 {
+				t.Errorf("%s: revision %d -> %d, want +1", st.name, before, after)
+			}
+			if !st.bumped && after != before {
+				t.Errorf("%s: revision %d -> %d, want unchanged", st.name, before, after)
+			}
+		}
+	})
+}
+
+// nil_ turns an expected error into nil.
+func nil_(err, expected error) error {
+	if errors.Is(err, expected) {
+		return nil
+	}
+	if err == nil {
+		return fmt.Errorf("succeeded, want %v", expected)
+	}
+	return err
+}
+
+func waitSignal(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case _, ok := <-ch:
+		if !ok {
+			t.Fatalf("%s: changes channel closed", what)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: no change signal within 5s", what)
+	}
+}
+
+func TestChanges(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		subCtx, cancel := context.WithCancel(ctx)
+		ch := s.Changes(subCtx)
+		other := s.Changes(ctx)
+
+		e, err := s.CreateEntry(ctx, workload(t, "/w", "unix:uid:1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitSignal(t, ch, "create entry")
+		waitSignal(t, other, "create entry, second subscriber")
+
+		// Many changes while nobody reads: signals coalesce, the writer never blocks.
+		for i := range 5 {
+			e.Hint = fmt.Sprint("h", i)
+			if e, err = s.UpdateEntry(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitSignal(t, ch, "updates")
+		for _, op := range []func() error{
+			func() error { return s.UpsertNode(ctx, Node{SPIFFEID: "spiffe://example.org/n"}) },
+			func() error {
+				return s.PutAuthorities(ctx, []Authority{{TrustDomain: td, Kind: JWTAuthority, KeyID: "k", Data: []byte{1}}})
+			},
+			func() error { return s.DeleteEntry(ctx, e.ID) },
+		} {
+			if err := op(); err != nil {
+				t.Fatal(err)
+			}
+			waitSignal(t, ch, "write")
+		}
+
+		cancel()
+		deadline := time.After(5 * time.Second)
+		for closed := false; !closed; {
+			select {
+			case _, ok := <-ch:
+				closed = !ok
+			case <-deadline:
+				t.Fatal("changes channel not closed after its context ended")
+			}
+		}
+		s.Close()
+		drain := time.After(5 * time.Second)
+		for closed := false; !closed; {
+			select {
+			case _, ok := <-other:
+				closed = !ok
+			case <-drain:
+				t.Fatal("changes channel not closed by Close")
+			}
+		}
+		if _, ok := <-s.Changes(ctx); ok {
+			t.Fatal("Changes after Close gave an open channel")
+		}
+	})
+}
+
+func TestChangesNotForTokens(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		ch := s.Changes(ctx)
+		if err := s.CreateJoinToken(ctx, JoinToken{Hash: "h", ID: "t", ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.ConsumeJoinToken(ctx, "h", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		// Unchanged upserts and refused writes are not changes either.
+		if _, err := s.CreateEntry(ctx, workload(t, "/w", "unix:uid:1")); err != nil {
+			t.Fatal(err)
+		}
+		waitSignal(t, ch, "create entry")
+		if _, err := s.CreateEntry(ctx, workload(t, "/w", "unix:uid:1")); !errors.Is(err, ErrAlreadyExists) {
+			t.Fatal(err)
+		}
+		select {
+		case <-ch:
+			t.Fatal("signal for a write that changed nothing")
+		case <-time.After(300 * time.Millisecond):
+		}
+	})
+}
+
+func TestDurableAcrossReopen(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx := testCtx(t)
+		s, err := Open(ctx, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := s.CreateEntry(ctx, workload(t, "/w", "unix:uid:1", "unix:gid:1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		exp := time.Now().Add(time.Hour)
+		if err := s.CreateJoinToken(ctx, JoinToken{Hash: "h", ID: "t", ExpiresAt: exp}); err != nil {
+			t.Fatal(err)
+		}
+		node := Node{SPIFFEID: "spiffe://example.org/n", Selectors: sels(t, "k8s:node-name:a")}
+		if err := s.UpsertNode(ctx, node); err != nil {
+			t.Fatal(err)
+		}
+		auth := Authority{TrustDomain: td, Kind: X509Authority, KeyID: "x", Data: []byte{1, 2, 3}, ExpiresAt: exp.UTC().Round(0)}
+		if err := s.PutAuthorities(ctx, []Authority{auth}); err != nil {
+			t.Fatal(err)
+		}
+		rev := revision(t, s)
+		if err := s.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+
+		s = openStore(t, url) // migrations are not re-applied: data survives
+		if got, err := s.GetEntry(ctx, e.ID); err != nil || !reflect.DeepEqual(got, e) {
+			t.Fatalf("entry after reopen = %+v, %v; want %+v", got, err, e)
+		}
+		if got, err := s.GetNode(ctx, node.SPIFFEID); err != nil || !reflect.DeepEqual(got.Selectors, node.Selectors) {
+			t.Fatalf("node after reopen = %+v, %v", got, err)
+		}
+		if auths, seq, err := s.ListAuthorities(ctx, td); err != nil || seq != 1 || len(auths) != 1 || !reflect.DeepEqual(auths[0], auth) {
+			t.Fatalf("authorities after reopen = %+v seq %d, %v", auths, seq, err)
+		}
+		if r := revision(t, s); r != rev {
+			t.Fatalf("revision after reopen %d, want %d", r, rev)
+		}
+		if _, err := s.ConsumeJoinToken(ctx, "h", time.Now()); err != nil {
+			t.Fatalf("token after reopen: %v", err)
+		}
+		if err := s.Ping(ctx); err != nil {
+			t.Fatalf("Ping: %v", err)
+		}
+	})
+}

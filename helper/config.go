@@ -6,12 +6,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
+	"reflect"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/hcl"
+	"github.com/hashicorp/hcl/hcl/ast"
 )
 
 // Defaults, matching spiffe-helper where it has one.
@@ -140,22 +141,19 @@ type hclConfig struct {
 	HealthChecks             *hclHealthCheck `hcl:"health_checks"`
 	UID                      *int            `hcl:"uid"`
 	GID                      *int            `hcl:"gid"`
-	Unused                   []string        `hcl:",unusedKeys"`
 }
 
 type hclJWTSVID struct {
 	Audience       string   `hcl:"jwt_audience"`
 	ExtraAudiences []string `hcl:"jwt_extra_audiences"`
 	FileName       string   `hcl:"jwt_svid_file_name"`
-	Unused         []string `hcl:",unusedKeys"`
 }
 
 type hclHealthCheck struct {
-	ListenerEnabled bool     `hcl:"listener_enabled"`
-	BindPort        int      `hcl:"bind_port"`
-	LivenessPath    string   `hcl:"liveness_path"`
-	ReadinessPath   string   `hcl:"readiness_path"`
-	Unused          []string `hcl:",unusedKeys"`
+	ListenerEnabled bool   `hcl:"listener_enabled"`
+	BindPort        int    `hcl:"bind_port"`
+	LivenessPath    string `hcl:"liveness_path"`
+	ReadinessPath   string `hcl:"readiness_path"`
 }
 
 // LoadConfigFile reads a helper.conf file into cfg (see [ParseConfig]).
@@ -173,22 +171,18 @@ func LoadConfigFile(path string, cfg *Config) error {
 // ParseConfig decodes spiffe-helper's HCL helper.conf into cfg, overwriting
 // the fields the file sets. Unknown keys are an error naming the key.
 func ParseConfig(data []byte, cfg *Config) error {
-	var h hclConfig
-	if err := hcl.Decode(&h, string(data)); err != nil {
+	// hcl v1 ignores unknown keys (its ",unusedKeys" tag is never
+	// filled), so walk the AST against the struct tags first.
+	file, err := hcl.ParseBytes(data)
+	if err != nil {
 		return fmt.Errorf("parse HCL: %w", err)
 	}
-	if err := unknownKeys("", h.Unused); err != nil {
+	if err := checkKeys(file.Node); err != nil {
 		return err
 	}
-	for i, j := range h.JWTSVIDs {
-		if err := unknownKeys(fmt.Sprintf("jwt_svids[%d].", i), j.Unused); err != nil {
-			return err
-		}
-	}
-	if h.HealthChecks != nil {
-		if err := unknownKeys("health_checks.", h.HealthChecks.Unused); err != nil {
-			return err
-		}
+	var h hclConfig
+	if err := hcl.DecodeObject(&h, file); err != nil {
+		return fmt.Errorf("decode HCL: %w", err)
 	}
 	setStr := func(dst *string, v string) {
 		if v != "" {
@@ -251,16 +245,68 @@ func ParseConfig(data []byte, cfg *Config) error {
 	return nil
 }
 
-func unknownKeys(prefix string, keys []string) error {
-	if len(keys) == 0 {
-		return nil
+// hclKeys lists the keys a struct's hcl tags accept.
+func hclKeys(v any) map[string]bool {
+	keys := map[string]bool{}
+	t := reflect.TypeOf(v)
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("hcl"), ","); name != "" {
+			keys[name] = true
+		}
 	}
-	keys = slices.Clone(keys)
-	slices.Sort(keys)
-	for i := range keys {
-		keys[i] = prefix + keys[i]
+	return keys
+}
+
+// checkKeys reports the first key, in file order, that spiffe-helper's
+// helper.conf (plus uid/gid) does not have, with its path and line.
+func checkKeys(node ast.Node) error {
+	top, ok := node.(*ast.ObjectList)
+	if !ok {
+		return errors.New("HCL root is not an object")
 	}
-	return fmt.Errorf("unknown key(s): %s", strings.Join(slices.Compact(keys), ", "))
+	nested := map[string]map[string]bool{
+		"jwt_svids":     hclKeys(hclJWTSVID{}),
+		"health_checks": hclKeys(hclHealthCheck{}),
+	}
+	return checkList(top, hclKeys(hclConfig{}), nested, "")
+}
+
+func checkList(list *ast.ObjectList, known map[string]bool, nested map[string]map[string]bool, prefix string) error {
+	for _, item := range list.Items {
+		if len(item.Keys) == 0 {
+			continue
+		}
+		key := item.Keys[0].Token.Value()
+		name, _ := key.(string)
+		if !known[name] {
+			return fmt.Errorf("unknown key %q (line %d)", prefix+name, item.Keys[0].Pos().Line)
+		}
+		sub, ok := nested[name]
+		if !ok {
+			continue
+		}
+		var objs []*ast.ObjectList
+		switch v := item.Val.(type) {
+		case *ast.ObjectType:
+			objs = append(objs, v.List)
+		case *ast.ListType:
+			for _, e := range v.List {
+				if o, ok := e.(*ast.ObjectType); ok {
+					objs = append(objs, o.List)
+				}
+			}
+		}
+		for i, o := range objs {
+			p := prefix + name + "."
+			if _, isList := item.Val.(*ast.ListType); isList {
+				p = fmt.Sprintf("%s%s[%d].", prefix, name, i)
+			}
+			if err := checkList(o, sub, nil, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Validate fills defaults and checks the configuration as a whole. env looks

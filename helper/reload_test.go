@@ -1,0 +1,146 @@
+package helper
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestPIDSignalerWaitsForPIDFile(t *testing.T) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
+
+	pidFile := filepath.Join(t.TempDir(), "run", "app.pid") // dir too appears later
+	p := &PIDSignaler{PIDFile: pidFile, Signal: syscall.SIGUSR1}
+	done := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go func() { done <- p.Reload(ctx, Event{}) }()
+
+	select {
+	case <-sigs:
+		t.Fatal("signalled before the pid file existed")
+	case err := <-done:
+		t.Fatalf("Reload returned before the pid file existed: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := os.MkdirAll(filepath.Dir(pidFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sigs:
+	case <-ctx.Done():
+		t.Fatal("no SIGUSR1 received")
+	}
+}
+
+func TestPIDSignalerGivesUpWithContext(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err := (&PIDSignaler{PIDFile: filepath.Join(t.TempDir(), "none.pid"), Signal: syscall.SIGUSR1}).Reload(ctx, Event{})
+	if err == nil || !strings.Contains(err.Error(), "pid file") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestCommandRunner(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "ran")
+	c := &CommandRunner{Args: []string{"sh", "-c", `echo "$1" >> "$2"`, "sh", "reloaded", out}}
+	for range 2 {
+		if err := c.Reload(context.Background(), Event{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, _ := os.ReadFile(out)
+	if string(b) != "reloaded\nreloaded\n" {
+		t.Errorf("command output = %q", b)
+	}
+	err := (&CommandRunner{Args: []string{"sh", "-c", "echo boom; exit 3"}}).Reload(context.Background(), Event{})
+	if err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Errorf("failing command: err = %v", err)
+	}
+}
+
+func TestProcessExitStatusAndSignals(t *testing.T) {
+	dir := t.TempDir()
+	hups := filepath.Join(dir, "hups")
+	// The child counts SIGHUPs and exits 7 on SIGTERM.
+	script := `trap 'echo hup >> "$1"' HUP; trap 'exit 7' TERM; echo started > "$1.ready"; while :; do sleep 0.05; done`
+	p := &Process{Args: []string{"sh", "-c", script, "sh", hups}, Signal: syscall.SIGHUP, Stdout: os.Stdout, Stderr: os.Stderr}
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { _, err := os.Stat(hups + ".ready"); return err == nil })
+	if err := p.Reload(context.Background(), Event{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { b, _ := os.ReadFile(hups); return string(b) == "hup\n" })
+	if err := p.SendSignal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("child did not exit on SIGTERM")
+	}
+	if p.ExitCode() != 7 {
+		t.Errorf("exit code = %d, want 7", p.ExitCode())
+	}
+	// spiffe-helper's cmd semantics: a reload after exit starts it again.
+	q := &Process{Args: []string{"sh", "-c", "exit 3"}}
+	for range 2 {
+		if err := q.Reload(context.Background(), Event{}); err != nil {
+			t.Fatal(err)
+		}
+		<-q.Done()
+		if q.ExitCode() != 3 {
+			t.Errorf("exit code = %d, want 3", q.ExitCode())
+		}
+	}
+}
+
+type countReloader struct{ n atomic.Int32 }
+
+func (c *countReloader) Reload(context.Context, Event) error { c.n.Add(1); return nil }
+
+func TestReloadQueueDebounces(t *testing.T) {
+	q := newReloadQueue()
+	r := &countReloader{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go q.run(ctx, r, 200*time.Millisecond, slog.New(slog.DiscardHandler))
+	for i := range 5 {
+		q.push(Event{Serial: strconv.Itoa(i)})
+	}
+	waitFor(t, func() bool { return r.n.Load() >= 1 })
+	time.Sleep(400 * time.Millisecond)
+	if n := r.n.Load(); n != 1 {
+		t.Errorf("%d reloads for one burst, want 1", n)
+	}
+}
+
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

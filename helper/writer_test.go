@@ -1,0 +1,249 @@
+package helper
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+)
+
+func testConfig(dir string) Config {
+	c := NewConfig()
+	c.AgentAddress, c.CertDir = "unix:///nonexistent.sock", dir
+	if err := c.Validate(os.Getenv); err != nil {
+		panic(err)
+	}
+	return c
+}
+
+func writeSVIDSet(t testing.TB, w *Writer, cfg Config, ca *testCA) []File {
+	t.Helper()
+	files, err := cfg.Files(Material{SVID: ca.svid(t, "spiffe://example.org/web", time.Hour), Bundles: x509bundle.NewSet(ca.bundle())}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(files); err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+func TestWriterSetModesOwner(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	dir := filepath.Join(t.TempDir(), "not", "yet")
+	cfg := testConfig(dir)
+	w := NewWriter(dir, 101, 104)
+	writeSVIDSet(t, w, cfg, ca)
+
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid_key.pem"))
+	if err != nil {
+		t.Fatalf("written pair does not load: %v", err)
+	}
+	leaf, _ := x509.ParseCertificate(pair.Certificate[0])
+	pool := x509.NewCertPool()
+	bundlePEM, _ := os.ReadFile(filepath.Join(dir, "bundle.pem"))
+	pool.AppendCertsFromPEM(bundlePEM)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Errorf("leaf does not verify against bundle.pem: %v", err)
+	}
+	keyPEM, _ := os.ReadFile(filepath.Join(dir, "svid_key.pem"))
+	if b, _ := pem.Decode(keyPEM); b == nil || b.Type != "PRIVATE KEY" {
+		t.Errorf("key is not PKCS#8 PEM")
+	} else if _, err := x509.ParsePKCS8PrivateKey(b.Bytes); err != nil {
+		t.Errorf("key: %v", err)
+	}
+	checkModeOwner := func() {
+		t.Helper()
+		for name, mode := range map[string]os.FileMode{"svid.pem": 0o644, "svid_key.pem": 0o600, "bundle.pem": 0o644} {
+			st, err := os.Stat(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sys := st.Sys().(*syscall.Stat_t)
+			if st.Mode().Perm() != mode || sys.Uid != 101 || sys.Gid != 104 {
+				t.Errorf("%s: mode %#o uid %d gid %d, want %#o 101 104", name, st.Mode().Perm(), sys.Uid, sys.Gid, mode)
+			}
+		}
+	}
+	checkModeOwner()
+
+	// Someone loosens the key and changes its owner: the next write restores both.
+	real, _ := filepath.EvalSymlinks(filepath.Join(dir, "svid_key.pem"))
+	if err := os.Chmod(real, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(real, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	writeSVIDSet(t, w, cfg, ca)
+	checkModeOwner()
+
+	// Old generations are pruned: at most current + previous remain.
+	for range 3 {
+		writeSVIDSet(t, w, cfg, ca)
+	}
+	gens, _ := filepath.Glob(filepath.Join(dir, genPrefix+"*"))
+	if len(gens) != 2 {
+		t.Errorf("%d generations on disk, want 2", len(gens))
+	}
+}
+
+func TestWriterReplacesPlainFiles(t *testing.T) {
+	// A cert dir left by spiffe-helper holds regular files; they become links.
+	ca := newTestCA(t, "example.org")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "svid.pem"), []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(dir)
+	writeSVIDSet(t, NewWriter(dir, -1, -1), cfg, ca)
+	if _, err := tls.LoadX509KeyPair(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid_key.pem")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWriterFailureKeepsPreviousSet(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	w := NewWriter(dir, -1, -1)
+	writeSVIDSet(t, w, cfg, ca)
+	before, _ := os.ReadFile(filepath.Join(dir, "svid.pem"))
+
+	// Root ignores mode bits, so make the directory immutable instead.
+	if out, err := exec.Command("chattr", "+i", dir).CombinedOutput(); err != nil {
+		t.Fatalf("chattr +i: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", dir).Run() })
+
+	files, err := cfg.Files(Material{SVID: ca.svid(t, "spiffe://example.org/web", time.Hour), Bundles: x509bundle.NewSet(ca.bundle())}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(files); err == nil {
+		t.Fatal("write into an immutable dir reported success")
+	}
+	after, _ := os.ReadFile(filepath.Join(dir, "svid.pem"))
+	if !bytes.Equal(before, after) {
+		t.Error("failed write changed svid.pem")
+	}
+	if _, err := tls.LoadX509KeyPair(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid_key.pem")); err != nil {
+		t.Errorf("previous set no longer loads: %v", err)
+	}
+}
+
+// A reader that resolves the set once never pairs a cert with another key,
+// and plain reads of the named files never see a partial file.
+func TestWriterConcurrentReaderConsistent(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	w := NewWriter(dir, -1, -1)
+	writeSVIDSet(t, w, cfg, ca)
+
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var reads, bad atomic.Int64
+	var firstErr atomic.Value
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				set, err := filepath.EvalSymlinks(filepath.Join(dir, dataLink))
+				if err != nil {
+					bad.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					continue
+				}
+				_, err = tls.LoadX509KeyPair(filepath.Join(set, "svid.pem"), filepath.Join(set, "svid_key.pem"))
+				if errors.Is(err, fs.ErrNotExist) {
+					// Two swaps happened since we resolved: that set was
+					// pruned whole; resolve again.
+					continue
+				}
+				if err != nil {
+					bad.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+				cert, err := os.ReadFile(filepath.Join(dir, "svid.pem"))
+				if b, _ := pem.Decode(cert); err != nil || b == nil {
+					bad.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	for range 50 {
+		writeSVIDSet(t, w, cfg, ca)
+	}
+	for reads.Load() < 100 {
+		time.Sleep(time.Millisecond)
+	}
+	stop.Store(true)
+	wg.Wait()
+	if bad.Load() > 0 {
+		t.Fatalf("%d of %d reads inconsistent; first: %v", bad.Load(), reads.Load(), firstErr.Load())
+	}
+}
+
+func TestFilesBundlesAndJWT(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	fed := newTestCA(t, "partner.test")
+	cfg := NewConfig()
+	cfg.AgentAddress, cfg.CertDir = "/s", "/c"
+	cfg.IncludeFederatedDomains = true
+	cfg.JWTSVIDs = []JWTSVIDConfig{{Audience: "db", FileName: "db.token"}}
+	cfg.JWTBundleFileName = "jwt_bundle.json"
+	if err := cfg.Validate(os.Getenv); err != nil {
+		t.Fatal(err)
+	}
+	tok := ca.jwt(t, "spiffe://example.org/web", []string{"db"}, time.Minute)
+	js, err := jwtsvid.ParseInsecure(tok, []string{"db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := cfg.Files(Material{
+		SVID:       ca.svid(t, "spiffe://example.org/web", time.Hour),
+		Bundles:    x509bundle.NewSet(ca.bundle(), fed.bundle()),
+		JWTSVIDs:   map[string]*jwtsvid.SVID{"db.token": js},
+		JWTBundles: jwtbundle.NewSet(ca.jwtBundle()),
+	}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]File{}
+	for _, f := range files {
+		byName[f.Name] = f
+	}
+	if n := bytes.Count(byName["bundle.pem"].Data, []byte("BEGIN CERTIFICATE")); n != 2 {
+		t.Errorf("bundle.pem holds %d certs, want own + federated", n)
+	}
+	if string(byName["db.token"].Data) != tok || byName["db.token"].Mode != 0o600 {
+		t.Errorf("db.token = %q mode %#o", byName["db.token"].Data, byName["db.token"].Mode)
+	}
+	jwks := byName["jwt_bundle.example.org.json"]
+	if _, err := jwtbundle.Parse(ca.td, jwks.Data); err != nil {
+		t.Errorf("per-domain JWKS does not parse: %v", err)
+	}
+	var index map[string]string
+	if err := json.Unmarshal(byName["jwt_bundle.json"].Data, &index); err != nil || index["example.org"] == "" {
+		t.Errorf("jwt_bundle.json (spiffe-helper format) = %s, %v", byName["jwt_bundle.json"].Data, err)
+	}
+}

@@ -7,6 +7,7 @@ FUZZTIME  ?= 8s
 FUZZ_TARGETS ?= \
 	./internal/ids:FuzzParseID \
 	./internal/selector:FuzzParse \
+	./helper:FuzzParseConfig \
 	./csidriver:FuzzValidateTargetPath
 
 .PHONY: all build test unit fuzz bench demo lint deps proto clean

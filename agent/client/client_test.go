@@ -1,0 +1,269 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/server"
+	"github.com/signetid/signet/server/api"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+// realServer is an in-process Signet server on 127.0.0.1:0 with SQLite.
+type realServer struct {
+	*server.Server
+	dir string
+}
+
+func startServer(t *testing.T) *realServer {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := server.Config{
+		TrustDomain: td, DataDir: dir, Listen: "127.0.0.1:0",
+		AdminSocket: filepath.Join(dir, "admin.sock"),
+		Datastore:   "sqlite://" + filepath.Join(dir, "signet.db"),
+		SVIDTTL:     time.Hour, JWTTTL: 5 * time.Minute, AgentTTL: time.Hour,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := server.New(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		cancel()
+		t.Fatalf("server.New: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server.Run: %v", err)
+		}
+	})
+	return &realServer{Server: s, dir: dir}
+}
+
+func (s *realServer) token(t *testing.T, agentID string) string {
+	t.Helper()
+	resp, err := s.Admin().CreateJoinToken(context.Background(), &api.CreateJoinTokenRequest{SpiffeId: agentID, TtlSeconds: 600})
+	if err != nil {
+		t.Fatalf("create join token: %v", err)
+	}
+	return resp.Token
+}
+
+// syncWorks opens a Sync stream with the client's current identity and
+// reads the first message.
+func syncWorks(ctx context.Context, c *Client) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	stream, err := c.Service().Sync(ctx, &api.SyncRequest{})
+	if err != nil {
+		return err
+	}
+	_, err = stream.Recv()
+	return err
+}
+
+// logBuffer collects log output for assertions.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func newClient(t *testing.T, s *realServer, dir string, token func() string, mutate func(*Config)) *Client {
+	t.Helper()
+	roots, err := ParsePEMCertificates(s.BundlePEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{ServerAddr: s.Addr(), TrustDomain: td, DataDir: dir, JoinToken: token, TrustBundle: roots}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func static(tok string) func() string { return func() string { return tok } }
+
+func TestAttestPersistRestart(t *testing.T) {
+	s := startServer(t)
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "agent")
+	agentID := "spiffe://example.org/agent/node1"
+
+	c := newClient(t, s, dir, static(s.token(t, agentID)), nil)
+	if err := c.Start(ctx); err != nil {
+		t.Fatalf("attest: %v", err)
+	}
+	if got := c.AgentID().String(); got != agentID {
+		t.Fatalf("agent ID = %s, want %s", got, agentID)
+	}
+	if err := c.Ready(); err != nil {
+		t.Fatalf("not ready after attestation: %v", err)
+	}
+	if err := syncWorks(ctx, c); err != nil {
+		t.Fatalf("sync with the agent SVID: %v", err)
+	}
+	for name, want := range map[string]os.FileMode{KeyFile: 0o600, SVIDFile: 0o600, TokenFile: 0o600, ".": 0o700} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s mode %v, want %v", name, fi.Mode().Perm(), want)
+		}
+	}
+
+	// A restart needs no token: the persisted SVID is used.
+	c2 := newClient(t, s, dir, static(""), func(cfg *Config) { cfg.TrustBundle = nil })
+	if err := c2.Start(ctx); err != nil {
+		t.Fatalf("restart without token: %v", err)
+	}
+	if c2.AgentID() != c.AgentID() {
+		t.Fatalf("restarted as %s, want %s", c2.AgentID(), c.AgentID())
+	}
+	if err := syncWorks(ctx, c2); err != nil {
+		t.Fatalf("sync after restart: %v", err)
+	}
+}
+
+func TestAttestTrust(t *testing.T) {
+	s := startServer(t)
+	other := startServer(t) // another trust root: its bundle must not verify s
+	ctx := context.Background()
+
+	tests := []struct {
+		name     string
+		mutate   func(*Config)
+		wantErr  string
+		wantWarn bool
+	}{
+		{name: "trust bundle from the server"},
+		{name: "wrong trust bundle", mutate: func(c *Config) {
+			c.TrustBundle, _ = ParsePEMCertificates(other.BundlePEM())
+		}, wantErr: "certificate"},
+		{name: "no bundle, no insecure bootstrap", mutate: func(c *Config) { c.TrustBundle = nil }, wantErr: "--trust-bundle"},
+		{name: "insecure bootstrap warns", mutate: func(c *Config) {
+			c.TrustBundle = nil
+			c.InsecureBootstrap = true
+		}, wantWarn: true},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &logBuffer{}
+			c := newClient(t, s, t.TempDir(), static(s.token(t, fmt.Sprintf("spiffe://example.org/agent/case%d", i))), func(cfg *Config) {
+				cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+				if tc.mutate != nil {
+					tc.mutate(cfg)
+				}
+			})
+			err := c.Start(ctx)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Start error = %v, want one mentioning %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			if err := syncWorks(ctx, c); err != nil {
+				t.Fatalf("sync: %v", err)
+			}
+			warned := strings.Contains(logs.String(), "level=WARN") && strings.Contains(logs.String(), "INSECURE BOOTSTRAP")
+			if warned != tc.wantWarn {
+				t.Fatalf("insecure warning logged = %v, want %v; logs:\n%s", warned, tc.wantWarn, logs)
+			}
+		})
+	}
+}
+
+func TestRenewAndReattest(t *testing.T) {
+	s := startServer(t)
+	ctx := context.Background()
+	agentID := "spiffe://example.org/agent/node1"
+	var (
+		mu    sync.Mutex
+		token = s.token(t, agentID)
+	)
+	tokenFn := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return token
+	}
+	dir := t.TempDir()
+	c := newClient(t, s, dir, tokenFn, nil)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := c.GetX509SVID()
+
+	// Renewal: a new SVID, persisted, and the server accepts it.
+	if err := c.renewOrReattest(ctx); err != nil {
+		t.Fatalf("renew: %v", err)
+	}
+	renewed, _ := c.GetX509SVID()
+	if renewed.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) == 0 {
+		t.Fatal("renewal kept the same certificate")
+	}
+	if err := syncWorks(ctx, c); err != nil {
+		t.Fatalf("sync with the renewed SVID: %v", err)
+	}
+	onDisk, err := store{dir: dir}.loadSVID()
+	if err != nil || !onDisk.Certificates[0].Equal(renewed.Certificates[0]) {
+		t.Fatalf("renewed SVID not persisted (err %v)", err)
+	}
+
+	// Evicted, and only the used token: not ready, says why.
+	if _, err := s.Admin().EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: agentID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.renewOrReattest(ctx); err == nil {
+		t.Fatal("renewal of an evicted agent with a used token succeeded")
+	}
+	if err := c.Ready(); err == nil || !strings.Contains(err.Error(), "join token") {
+		t.Fatalf("Ready = %v, want not ready naming the join token", err)
+	}
+
+	// A fresh token arrives: re-attested without a restart.
+	mu.Lock()
+	token = s.token(t, agentID)
+	mu.Unlock()
+	if err := c.renewOrReattest(ctx); err != nil {
+		t.Fatalf("re-attest with a fresh token: %v", err)
+	}
+	if err := c.Ready(); err != nil {
+		t.Fatalf("not ready after re-attestation: %v", err)
+	}
+	if err := syncWorks(ctx, c); err != nil {
+		t.Fatalf("sync after re-attestation: %v", err)
+	}
+}

@@ -1,0 +1,108 @@
+package manager
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/signetid/signet/agent/cache"
+)
+
+var (
+	td = spiffeid.RequireTrustDomainFromString("example.org")
+	t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+)
+
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+func newCA(t *testing.T) *testCA {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "signet CA"},
+		NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(48 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &testCA{cert: cert, key: key}
+}
+
+func (ca *testCA) svid(t *testing.T, path string, serial int64, ttl time.Duration, dns ...string) *x509svid.SVID {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	id := spiffeid.RequireFromPath(td, path)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial), NotBefore: t0, NotAfter: t0.Add(ttl),
+		URIs: []*url.URL{id.URL()}, DNSNames: dns,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key}
+}
+
+func TestRotateAtIsBetweenHalfAndSixTenths(t *testing.T) {
+	ca := newCA(t)
+	for serial := int64(2); serial < 200; serial++ {
+		leaf := ca.svid(t, "/w", serial, time.Hour).Certificates[0]
+		at := RotateAt(leaf)
+		if at.Before(t0.Add(30*time.Minute)) || !at.Before(t0.Add(36*time.Minute)) {
+			t.Fatalf("serial %d rotates at +%s, want in [30m, 36m)", serial, at.Sub(t0))
+		}
+		if !RotateAt(leaf).Equal(at) {
+			t.Fatal("rotation time is not stable for the same certificate")
+		}
+	}
+}
+
+func TestDue(t *testing.T) {
+	ca := newCA(t)
+	otherCA := newCA(t)
+	e := cache.Entry{ID: "e", SPIFFEID: spiffeid.RequireFromPath(td, "/w"), DNSNames: []string{"b.example", "a.example"}}
+	good := ca.svid(t, "/w", 7, time.Hour, "a.example", "b.example")
+	rot := RotateAt(good.Certificates[0])
+	trusted := issuersOf(spiffebundle.FromX509Authorities(td, []*x509.Certificate{ca.cert}))
+	rotated := issuersOf(spiffebundle.FromX509Authorities(td, []*x509.Certificate{otherCA.cert}))
+
+	tests := []struct {
+		name    string
+		svid    *x509svid.SVID
+		trusted *trustedIssuers
+		now     time.Time
+		want    reason
+	}{
+		{"no SVID yet", nil, trusted, t0, reasonNew},
+		{"fresh SVID", good, trusted, t0.Add(time.Minute), none},
+		{"just before rotation time", good, trusted, rot.Add(-time.Second), none},
+		{"at rotation time", good, trusted, rot, reasonRotate},
+		{"expired", good, trusted, t0.Add(time.Hour), reasonExpired},
+		{"entry SPIFFE ID changed", ca.svid(t, "/old", 8, time.Hour, "a.example", "b.example"), trusted, t0, reasonID},
+		{"entry DNS names changed", ca.svid(t, "/w", 9, time.Hour, "a.example"), trusted, t0, reasonDNS},
+		{"signing CA left the bundle", good, rotated, t0, reasonIssuer},
+		{"bundle not known yet: keep", good, nil, t0, none},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := due(&e, tc.svid, tc.trusted, tc.now); got != tc.want {
+				t.Fatalf("due = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -29,6 +29,11 @@ func signetBin(t testing.TB) string {
 			buildErr = err
 			return
 		}
+		// Tests run the binary as other users too (uid checks, helper drops).
+		if err := os.Chmod(dir, 0o755); err != nil {
+			buildErr = err
+			return
+		}
 		binPath = filepath.Join(dir, "signet")
 		cmd := exec.Command("go", "build", "-o", binPath, "github.com/signetid/signet/cmd/signet")
 		out, err := cmd.CombinedOutput()

@@ -7,6 +7,7 @@ FUZZTIME  ?= 8s
 FUZZ_TARGETS ?= \
 	./internal/ids:FuzzParseID \
 	./internal/selector:FuzzParse \
+	./agent:FuzzParseConfig \
 	./helper:FuzzParseConfig \
 	./csidriver:FuzzValidateTargetPath
 

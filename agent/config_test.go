@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    Config
+		wantErr string
+	}{
+		{name: "top-level keys", in: `
+server_address = "server:8081"
+trust_domain = "example.org"
+data_dir = "/var/lib/signet/agent"
+join_token = "abc"
+trust_bundle_path = "/etc/signet/bundle.pem"
+insecure_bootstrap = true
+socket_path = "/run/signet/sockets/agent.sock"
+health_listen = "127.0.0.1:8088"
+`, want: Config{ServerAddress: "server:8081", TrustDomain: "example.org", DataDir: "/var/lib/signet/agent",
+			JoinToken: "abc", TrustBundleFile: "/etc/signet/bundle.pem", InsecureBootstrap: true,
+			SocketPath: "/run/signet/sockets/agent.sock", HealthListen: "127.0.0.1:8088"}},
+		{name: "SPIRE-style agent block", in: `agent {
+  server_address = "s:1"
+  trust_domain = "example.org"
+  join_token_file = "/etc/token"
+}`, want: Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinTokenFile: "/etc/token"}},
+		{name: "empty file", in: "", want: Config{}},
+		{name: "unknown key is named", in: `trust_domian = "x"`, wantErr: `unknown key "trust_domian"`},
+		{name: "unknown key inside the block", in: `agent { sever = "x" }`, wantErr: `unknown key "sever"`},
+		{name: "nested block under a key", in: `data_dir { x = 1 }`, wantErr: "data_dir"},
+		{name: "duplicate key", in: "trust_domain = \"a\"\ntrust_domain = \"b\"", wantErr: "trust_domain"},
+		{name: "syntax error", in: `server_address = "unterminated`, wantErr: "parse agent config"},
+		{name: "wrong type", in: `insecure_bootstrap = "maybe"`, wantErr: "insecure_bootstrap"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseConfig([]byte(tc.in))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.ServerAddress != tc.want.ServerAddress || got.TrustDomain != tc.want.TrustDomain ||
+				got.DataDir != tc.want.DataDir || got.JoinToken != tc.want.JoinToken ||
+				got.JoinTokenFile != tc.want.JoinTokenFile || got.TrustBundleFile != tc.want.TrustBundleFile ||
+				got.InsecureBootstrap != tc.want.InsecureBootstrap || got.SocketPath != tc.want.SocketPath ||
+				got.HealthListen != tc.want.HealthListen {
+				t.Fatalf("got %+v\nwant %+v", *got, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"defaults filled", Config{ServerAddress: "s:1", TrustDomain: "example.org"}, ""},
+		{"no server", Config{TrustDomain: "example.org"}, "server address"},
+		{"server without port", Config{ServerAddress: "s", TrustDomain: "example.org"}, "HOST:PORT"},
+		{"no trust domain", Config{ServerAddress: "s:1"}, "trust domain"},
+		{"bad trust domain", Config{ServerAddress: "s:1", TrustDomain: "Example.ORG"}, "trust domain"},
+		{"token and token file", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinToken: "a", JoinTokenFile: "/f"}, "not both"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := tc.cfg
+			_, err := cfg.validate()
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cfg.DataDir != DefaultDataDir || cfg.SocketPath != DefaultSocketPath {
+					t.Fatalf("defaults not filled: %+v", cfg)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(`server_address = "s:1"` + "\n" + `trust_domain = "example.org"`))
+	f.Add([]byte(`agent { join_token = "x" insecure_bootstrap = true }`))
+	f.Add([]byte(`agent { agent { x = 1 } }`))
+	f.Add([]byte(`"data_dir" = ["a", "b"]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := ParseConfig(data)
+		if err == nil && cfg == nil {
+			t.Fatal("nil config without error")
+		}
+	})
+}

@@ -156,12 +156,9 @@ func (d *Driver) NewGRPCServer() *grpc.Server {
 }
 
 func (d *Driver) logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	// Debug only: Publish and Unpublish log their own outcome with pod details.
 	resp, err := handler(ctx, req)
-	if err != nil {
-		d.log.Warn("CSI call failed", "method", info.FullMethod, "code", status.Code(err).String(), "err", err)
-	} else {
-		d.log.Debug("CSI call", "method", info.FullMethod)
-	}
+	d.log.Debug("CSI call", "method", info.FullMethod, "code", status.Code(err).String())
 	return resp, err
 }
 

@@ -79,10 +79,20 @@ func newLeafParts() (leafParts, error) {
 // SignX509SVID signs an X509-SVID for id with the public key of the
 // PKCS#10 csrDER, after checking the CSR's signature and key type. The CSR's
 // subject and SANs are ignored: the SVID's only URI SAN is id, dnsNames
-// become DNS SANs (the first also the CN). ttl 0 means the default SVID
+// become DNS SANs (the first also the CN, when it fits its 64 characters). ttl 0 means the default SVID
 // TTL; NotAfter never passes the signing CA's. It returns the chain, leaf
 // first (no intermediates).
 func (m *Manager) SignX509SVID(ctx context.Context, csrDER []byte, id spiffeid.ID, ttl time.Duration, dnsNames []string) ([]*x509.Certificate, error) {
+	raw, err := m.SignX509SVIDRaw(ctx, csrDER, id, ttl, dnsNames)
+	if err != nil {
+		return nil, err
+	}
+	return parseChain(raw)
+}
+
+// SignX509SVIDRaw is SignX509SVID returning the chain as DER, for callers
+// that only send it on: it saves parsing the new certificate.
+func (m *Manager) SignX509SVIDRaw(ctx context.Context, csrDER []byte, id spiffeid.ID, ttl time.Duration, dnsNames []string) ([][]byte, error) {
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
 		return nil, fmt.Errorf("ca: parse CSR: %w", err)
@@ -94,6 +104,18 @@ func (m *Manager) SignX509SVID(ctx context.Context, csrDER []byte, id spiffeid.I
 		return nil, fmt.Errorf("ca: CSR signature: %w", err)
 	}
 	return m.signLeaf(ctx, csr.RawSubjectPublicKeyInfo, id, ttl, dnsNames)
+}
+
+func parseChain(raw [][]byte) ([]*x509.Certificate, error) {
+	certs := make([]*x509.Certificate, len(raw))
+	for i, der := range raw {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("ca: parse signed certificate: %w", err)
+		}
+		certs[i] = c
+	}
+	return certs, nil
 }
 
 // ServerID is the SPIFFE ID of the server's own TLS certificate.
@@ -119,7 +141,11 @@ func (m *Manager) SignServerSVID(ctx context.Context, dnsNames []string) (*x509s
 		return nil, fmt.Errorf("ca: encode server key: %w", err)
 	}
 	id := m.ServerID()
-	certs, err := m.signLeaf(ctx, spki, id, 0, dnsNames)
+	raw, err := m.signLeaf(ctx, spki, id, 0, dnsNames)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := parseChain(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +170,7 @@ func checkPublicKey(pub crypto.PublicKey) error {
 	return nil
 }
 
-func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl time.Duration, dnsNames []string) ([]*x509.Certificate, error) {
+func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl time.Duration, dnsNames []string) ([][]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -160,11 +186,11 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	if ttl == 0 {
 		ttl = m.svidTTL
 	}
-	ca := m.activeCA.Load()
+	issuer := m.activeCA.Load()
 	now := m.now()
 	notAfter := now.Add(ttl)
-	if notAfter.After(ca.cert.NotAfter) {
-		notAfter = ca.cert.NotAfter
+	if notAfter.After(issuer.cert.NotAfter) {
+		notAfter = issuer.cert.NotAfter
 	}
 	notBefore := now.Add(-svidBackdate)
 	if !notAfter.After(now) {
@@ -182,7 +208,8 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	}
 	skid := sha256.Sum256(keyBits) // RFC 7093 method 1: leftmost 160 bits
 	subject := m.leaf.subject
-	if len(dnsNames) > 0 {
+	// X.520 caps a CN at 64 characters; longer names stay SAN-only.
+	if len(dnsNames) > 0 && len(dnsNames[0]) <= 64 {
 		if subject, err = asn1.Marshal(pkix.Name{Organization: []string{"Signet"}, CommonName: dnsNames[0]}.ToRDNSequence()); err != nil {
 			return nil, fmt.Errorf("ca: encode subject: %w", err)
 		}
@@ -195,14 +222,14 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	exts := make([]byte, 0, 256+len(san))
 	exts = append(exts, m.leaf.fixedExts...)
 	exts = appendExtension(exts, m.leaf.oidSKID, false, appendTLV(make([]byte, 0, 22), tagOctetString, skid[:20]))
-	exts = append(exts, ca.akidExt...)
+	exts = append(exts, issuer.akidExt...)
 	exts = appendExtension(exts, m.leaf.oidSAN, false, san)
 
 	body := make([]byte, 0, 512+len(spki)+len(exts))
 	body = append(body, m.leaf.version...)
 	body = appendTLV(body, tagInteger, serial[:])
 	body = append(body, m.leaf.sigAlg...)
-	body = append(body, ca.cert.RawSubject...)
+	body = append(body, issuer.cert.RawSubject...)
 	var validity [2 + 2*17]byte
 	v := appendTime(validity[:2:2], notBefore.Truncate(time.Second))
 	v = appendTime(v, notAfter.Truncate(time.Second))
@@ -215,7 +242,7 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	tbs := appendTLV(make([]byte, 0, len(body)+5), tagSequence, body)
 
 	digest := sha256.Sum256(tbs)
-	sig, err := ecdsa.SignASN1(rand.Reader, ca.key, digest[:])
+	sig, err := ecdsa.SignASN1(rand.Reader, issuer.key, digest[:])
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign certificate: %w", err)
 	}
@@ -226,11 +253,7 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	der = appendHeader(der, tagBitString, len(sig)+1)
 	der = append(der, 0) // no unused bits
 	der = append(der, sig...)
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("ca: parse signed certificate: %w", err)
-	}
-	return []*x509.Certificate{leaf}, nil
+	return [][]byte{der}, nil
 }
 
 // encodeSAN encodes GeneralNames: the SPIFFE ID as the one URI, then the

@@ -222,3 +222,19 @@ func TestSignX509SVIDEncodingEdges(t *testing.T) {
 		})
 	}
 }
+
+func TestSignX509SVIDRaw(t *testing.T) {
+	m := newManager(t, ca.Config{})
+	id := spiffeid.RequireFromPath(td, "/w")
+	raw, err := m.SignX509SVIDRaw(context.Background(), makeCSR(t, p256(t)), id, 0, []string{"w.example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := x509svid.ParseAndVerify(raw, bundleOf(t, m))
+	if err != nil || got != id {
+		t.Fatalf("ParseAndVerify = %s, %v", got, err)
+	}
+	if _, err := m.SignX509SVIDRaw(context.Background(), []byte("junk"), id, 0, nil); err == nil {
+		t.Error("SignX509SVIDRaw accepted a garbage CSR")
+	}
+}

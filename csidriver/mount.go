@@ -82,7 +82,7 @@ func sameDirReadOnly(source, target string) (bool, error) {
 func resolveUnder(target, root string) (string, error) {
 	realRoot, err := filepath.EvalSymlinks(root)
 	if err != nil {
-		return "", fmt.Errorf("resolve kubelet pods root %s: %w", root, err)
+		return "", fmt.Errorf("%w: %w", errPodsRoot, err)
 	}
 	existing, rest := target, ""
 	for {
@@ -119,6 +119,10 @@ func resolveUnder(target, root string) (string, error) {
 	}
 	return resolved, nil
 }
+
+// errPodsRoot marks a driver-side problem (the pods root is missing or
+// unreadable), as opposed to a bad target path.
+var errPodsRoot = errors.New("cannot resolve the kubelet pods root (check --kubelet-pods-root)")
 
 func isUnder(p, root string) bool {
 	rel, err := filepath.Rel(root, p)

@@ -253,3 +253,15 @@ func TestRecreatedSocketVisibleThroughTarget(t *testing.T) {
 		t.Fatalf("through target after restart: %q", got)
 	}
 }
+
+func TestPublishMissingPodsRoot(t *testing.T) {
+	requireRoot(t)
+	e := newTestEnv(t)
+	if err := os.Remove(e.podsRoot); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, e.d.Publish(context.Background(), goodPublish(e.target("pod-a"))), codes.FailedPrecondition)
+	if exists(t, e.podsRoot) {
+		t.Fatal("publish created the missing pods root")
+	}
+}

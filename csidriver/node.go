@@ -69,7 +69,7 @@ func (d *Driver) Publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 
 	if _, err := resolveUnder(target, d.cfg.PodsRoot); err != nil {
 		log.Warn("publish refused", "err", err)
-		return status.Error(codes.InvalidArgument, err.Error())
+		return status.Error(resolveCode(err), err.Error())
 	}
 	src := d.cfg.SocketDir
 	if fi, err := os.Stat(src); err != nil || !fi.IsDir() {
@@ -137,7 +137,7 @@ func (d *Driver) Unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequ
 	}
 	if _, err := resolveUnder(target, d.cfg.PodsRoot); err != nil {
 		log.Warn("unpublish refused", "err", err)
-		return status.Error(codes.InvalidArgument, err.Error())
+		return status.Error(resolveCode(err), err.Error())
 	}
 	// Never follow a symlink at the target into an unmount elsewhere.
 	if fi == nil || fi.Mode().Type() != fs.ModeSymlink {
@@ -208,4 +208,13 @@ func (d *Driver) removeIfCreated(target string, created bool) {
 			d.log.Warn("could not remove target dir after failed publish", "target", target, "err", err)
 		}
 	}
+}
+
+// resolveCode maps a resolveUnder error: a bad target is the caller's
+// problem, a missing pods root is the node's.
+func resolveCode(err error) codes.Code {
+	if errors.Is(err, errPodsRoot) {
+		return codes.FailedPrecondition
+	}
+	return codes.InvalidArgument
 }

@@ -89,7 +89,7 @@ grep -q 'refused' "$WORK/server.log" || fail "the server did not report refusing
 say "Summary"
 cat <<MSG
    - signet dev issued short-lived X509-SVIDs to three workloads, attested from the kernel
-     (uid and executable path), with no secrets on disk.
+     (uid and executable path); every private key was made on the node and never left it.
    - spiffe://$TD/demo/client and spiffe://$TD/demo/server completed mutual TLS, each
      checking the other's SPIFFE ID.
    - spiffe://$TD/demo/intruder holds a valid certificate from the same CA, yet the server

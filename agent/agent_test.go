@@ -1,0 +1,247 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/signetid/signet/agent"
+	"github.com/signetid/signet/server"
+	"github.com/signetid/signet/server/api"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+const agentID = "spiffe://example.org/agent/node1"
+
+type realServer struct {
+	*server.Server
+	stop func()
+}
+
+// startServer runs a real Signet server in-process on 127.0.0.1:0 with SQLite.
+func startServer(t *testing.T) *realServer {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := server.Config{
+		TrustDomain: td, DataDir: dir, Listen: "127.0.0.1:0",
+		AdminSocket: filepath.Join(dir, "admin.sock"),
+		Datastore:   "sqlite://" + filepath.Join(dir, "signet.db"),
+		SVIDTTL:     time.Hour, JWTTTL: 5 * time.Minute, AgentTTL: time.Hour,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := server.New(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		cancel()
+		t.Fatalf("server.New: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server.Run: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return &realServer{Server: s, stop: stop}
+}
+
+func (s *realServer) entry(t *testing.T, path string, sels ...string) *api.Entry {
+	t.Helper()
+	e := &api.Entry{SpiffeId: "spiffe://example.org" + path, ParentId: agentID}
+	for _, sel := range sels {
+		typ, val, _ := strings.Cut(sel, ":")
+		e.Selectors = append(e.Selectors, &api.Selector{Type: typ, Value: val})
+	}
+	got, err := s.Admin().CreateEntry(context.Background(), &api.CreateEntryRequest{Entry: e})
+	if err != nil {
+		t.Fatalf("create entry: %v", err)
+	}
+	return got
+}
+
+// runningAgent is agent.Run in a goroutine.
+type runningAgent struct {
+	ready  chan agent.ReadyInfo
+	health string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startAgent(t *testing.T, cfg agent.Config) *runningAgent {
+	t.Helper()
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &runningAgent{ready: make(chan agent.ReadyInfo, 1), health: "http://" + hl.Addr().String(), done: make(chan error, 1)}
+	cfg.HealthListener = hl
+	cfg.OnReady = func(info agent.ReadyInfo) { a.ready <- info }
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	go func() { a.done <- agent.Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	t.Cleanup(a.stop(t))
+	return a
+}
+
+func (a *runningAgent) stop(t *testing.T) func() {
+	return func() {
+		a.cancel()
+		if err := <-a.done; err != nil {
+			t.Errorf("agent.Run: %v", err)
+		}
+		a.done <- nil // later calls return at once
+	}
+}
+
+func (a *runningAgent) waitReady(t *testing.T) agent.ReadyInfo {
+	t.Helper()
+	select {
+	case info := <-a.ready:
+		return info
+	case err := <-a.done:
+		t.Fatalf("agent exited before ready: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("agent not ready within 60s")
+	}
+	return agent.ReadyInfo{}
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestAgentEndToEnd runs a real server and agent.Run in-process and uses
+// go-spiffe's Workload API client over the real socket (the caller is
+// attested by the real Unix attestor: this test process's uid).
+func TestAgentEndToEnd(t *testing.T) {
+	s := startServer(t)
+	tok, err := s.Admin().CreateJoinToken(context.Background(), &api.CreateJoinTokenRequest{SpiffeId: agentID, TtlSeconds: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uidSel := fmt.Sprintf("unix:uid:%d", os.Getuid())
+	s.entry(t, "/first", uidSel)
+
+	dir, err := os.MkdirTemp("", "sgt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := agent.Config{
+		ServerAddress:  s.Addr(),
+		TrustDomain:    td.Name(),
+		DataDir:        filepath.Join(dir, "data"),
+		JoinToken:      tok.Token,
+		TrustBundlePEM: s.BundlePEM(),
+		SocketPath:     filepath.Join(dir, "agent.sock"),
+	}
+	a := startAgent(t, cfg)
+	info := a.waitReady(t)
+	if info.AgentID.String() != agentID || info.SocketPath != cfg.SocketPath {
+		t.Fatalf("ready info = %+v", info)
+	}
+	if code, body := httpGet(t, a.health+"/ready"); code != http.StatusOK || !strings.Contains(body, "last sync") {
+		t.Fatalf("/ready = %d %q, want 200 with the last sync age", code, body)
+	}
+	if code, body := httpGet(t, a.health+"/metrics"); code != http.StatusOK || !strings.Contains(body, "signet_agent_svids_cached") {
+		t.Fatalf("/metrics = %d, lacks signet_agent_svids_cached:\n%s", code, body)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	wl, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+cfg.SocketPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wl.Close()
+	svid, err := wl.FetchX509SVID(ctx)
+	if err != nil {
+		t.Fatalf("FetchX509SVID: %v", err)
+	}
+	if svid.ID.Path() != "/first" {
+		t.Fatalf("SVID %s, want /first", svid.ID)
+	}
+
+	// A new entry reaches an open stream without reconnecting.
+	updates := make(chan *workloadapi.X509Context, 16)
+	go func() { _ = wl.WatchX509Context(ctx, watcher(updates)) }()
+	s.entry(t, "/second", uidSel)
+	for found := false; !found; {
+		select {
+		case x := <-updates:
+			for _, sv := range x.SVIDs {
+				found = found || sv.ID.Path() == "/second"
+			}
+		case <-ctx.Done():
+			t.Fatal("the new entry never reached the open stream")
+		}
+	}
+
+	// Server down, agent restarted (no join token): the persisted SVIDs
+	// are still served.
+	a.stop(t)()
+	s.stop()
+	cfg.JoinToken = ""
+	cfg.TrustBundlePEM = nil
+	a2 := startAgent(t, cfg)
+	wl2, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+cfg.SocketPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wl2.Close()
+	// Watch, not fetch: the client retries until the restarted agent's
+	// socket exists, as real clients do.
+	updates2 := make(chan *workloadapi.X509Context, 16)
+	go func() { _ = wl2.WatchX509Context(ctx, watcher(updates2)) }()
+	var x *workloadapi.X509Context
+	select {
+	case x = <-updates2:
+	case <-ctx.Done():
+		t.Fatal("no X.509 context from the restarted agent with the server down")
+	}
+	var got []string
+	for _, sv := range x.SVIDs {
+		got = append(got, sv.ID.Path())
+	}
+	// Both entries were created in the same second (created_at has second
+	// resolution), so their order is by entry ID: compare as a set.
+	slices.Sort(got)
+	if strings.Join(got, ",") != "/first,/second" {
+		t.Fatalf("served %v with the server down, want [/first /second]", got)
+	}
+	if code, _ := httpGet(t, a2.health+"/ready"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/ready = %d with the server down, want 503", code)
+	}
+}
+
+type watcher chan *workloadapi.X509Context
+
+func (w watcher) OnX509ContextUpdate(x *workloadapi.X509Context) { w <- x }
+// OnX509ContextWatchError ignores errors: the client retries by itself.
+func (w watcher) OnX509ContextWatchError(error) {}

@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -111,23 +112,28 @@ func csiClient(t *testing.T, endpoint string) csi.NodeClient {
 	return csi.NewNodeClient(conn)
 }
 
-// fetchThrough fetches an X509-SVID at addr with go-spiffe, retrying while
-// the agent starts or the entry propagates, and checks its SPIFFE ID.
+// fetchThrough fetches the X509-SVIDs at addr with go-spiffe, retrying
+// while the agent starts or the entry propagates, and checks that wantID is
+// among them (`signet dev` also registers the caller under its own ID).
 func fetchThrough(t *testing.T, ctx context.Context, addr, wantID string) {
 	t.Helper()
 	var lastErr error
 	for ctx.Err() == nil {
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		var svid *x509svid.SVID
-		svid, lastErr = workloadapi.FetchX509SVID(fctx, workloadapi.WithAddr(addr))
+		var svids []*x509svid.SVID
+		svids, lastErr = workloadapi.FetchX509SVIDs(fctx, workloadapi.WithAddr(addr))
 		cancel()
 		if lastErr == nil {
-			if got := svid.ID.String(); got != wantID {
-				t.Fatalf("SVID through %s has ID %s, want %s", addr, got, wantID)
+			var ids []string
+			for _, s := range svids {
+				if s.ID.String() == wantID {
+					return
+				}
+				ids = append(ids, s.ID.String())
 			}
-			return
+			lastErr = fmt.Errorf("got SVIDs %v, none is %s", ids, wantID)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	t.Fatalf("no SVID through %s: %v", addr, lastErr)
+	t.Fatalf("no SVID for %s through %s: %v", wantID, addr, lastErr)
 }

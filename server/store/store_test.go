@@ -192,8 +192,13 @@ func TestEntryNotFound(t *testing.T) {
 		ctx, s := testCtx(t), openStore(t, url)
 		missing := "00000000-0000-4000-8000-000000000000"
 		for name, op := range map[string]func() error{
-			"get":    func() error { _, err := s.GetEntry(ctx, missing); return err },
-			"update": func() error { e := workload(t, "/w", "unix:uid:1"); e.ID = missing; _, err := s.UpdateEntry(ctx, e); return err },
+			"get": func() error { _, err := s.GetEntry(ctx, missing); return err },
+			"update": func() error {
+				e := workload(t, "/w", "unix:uid:1")
+				e.ID = missing
+				_, err := s.UpdateEntry(ctx, e)
+				return err
+			},
 			"delete": func() error { return s.DeleteEntry(ctx, missing) },
 		} {
 			if err := op(); !errors.Is(err, ErrNotFound) {
@@ -566,7 +571,10 @@ func TestRevision(t *testing.T) {
 		}{
 			{"create entry", func() (err error) { e, err = s.CreateEntry(ctx, workload(t, "/w", "unix:uid:1")); return err }, true},
 			{"read", func() error { _, err := s.ListEntries(ctx); return err }, false},
-			{"duplicate", func() error { _, err := s.CreateEntry(ctx, workload(t, "/w", "unix:uid:1")); return nil_(err, ErrAlreadyExists) }, false},
+			{"duplicate", func() error {
+				_, err := s.CreateEntry(ctx, workload(t, "/w", "unix:uid:1"))
+				return nil_(err, ErrAlreadyExists)
+			}, false},
 			{"update entry", func() error { _, err := s.UpdateEntry(ctx, e); return err }, true},
 			{"upsert node", func() error { return s.UpsertNode(ctx, Node{SPIFFEID: "spiffe://example.org/n"}) }, true},
 			{"delete node", func() error { return s.DeleteNode(ctx, "spiffe://example.org/n") }, true},

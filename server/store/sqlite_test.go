@@ -1,0 +1,99 @@
+package store
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+func TestSQLiteFileAndPragmas(t *testing.T) {
+	ctx := testCtx(t)
+	dir := filepath.Join(t.TempDir(), "new", "data")
+	path := filepath.Join(dir, "signet.db")
+	s := openStore(t, path) // a bare path, in a directory that does not exist yet
+	if _, err := s.CreateEntry(ctx, workload(t, "/w", "unix:uid:1")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{dir, path, path + "-wal"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := os.FileMode(0o600)
+		if fi.IsDir() {
+			want = 0o700 | os.ModeDir
+		}
+		if fi.Mode() != want {
+			t.Errorf("%s has mode %v, want %v", p, fi.Mode(), want)
+		}
+	}
+	db := s.(*sqlStore).db.(*sqliteDB)
+	for pragma, want := range map[string]string{"journal_mode": "wal", "synchronous": "2", "foreign_keys": "1"} {
+		var got string
+		if err := db.w.QueryRowContext(ctx, "PRAGMA "+pragma).Scan(&got); err != nil || got != want {
+			t.Errorf("writer PRAGMA %s = %q, %v; want %q", pragma, got, err, want)
+		}
+		if err := db.r.QueryRowContext(ctx, "PRAGMA "+pragma).Scan(&got); err != nil || got != want {
+			t.Errorf("reader PRAGMA %s = %q, %v; want %q", pragma, got, err, want)
+		}
+	}
+}
+
+func TestSQLiteExistingFileMadePrivate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "signet.db")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	openStore(t, "sqlite://"+path)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode() != 0o600 {
+		t.Fatalf("mode %v, want 0600", fi.Mode())
+	}
+}
+
+// Two stores on one SQLite file (two processes, in effect) must not see
+// SQLITE_BUSY: BEGIN IMMEDIATE plus busy_timeout queue them.
+func TestSQLiteTwoOpensOneFile(t *testing.T) {
+	ctx := testCtx(t)
+	path := filepath.Join(t.TempDir(), "signet.db")
+	stores := []Store{openStore(t, path), openStore(t, path)}
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := stores[i%2].CreateEntry(ctx, workload(t, fmt.Sprintf("/w/%d", i), "unix:uid:1"))
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("CreateEntry: %v", err)
+		}
+	}
+	if rev := revision(t, stores[1]); rev != 40 {
+		t.Fatalf("revision %d, want 40", rev)
+	}
+}
+
+func TestSQLiteRefusesNewerSchema(t *testing.T) {
+	ctx := testCtx(t)
+	path := filepath.Join(t.TempDir(), "signet.db")
+	s := openStore(t, path)
+	if _, err := s.(*sqlStore).db.(*sqliteDB).w.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (9999)`); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s2, err := Open(ctx, path, nil); err == nil {
+		s2.Close()
+		t.Fatal("Open of a database from a newer signet succeeded")
+	}
+}

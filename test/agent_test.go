@@ -1,0 +1,318 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+func callerID(t testing.TB) spiffeid.ID {
+	t.Helper()
+	name := "root"
+	if os.Getuid() != 0 {
+		t.Skip("e2e identity tests assume root (CI runs as root)")
+	}
+	return spiffeid.RequireFromString("spiffe://example.org/dev/" + name)
+}
+
+func x509Source(t testing.TB, ctx context.Context, addr string) *workloadapi.X509Source {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(addr)))
+	if err != nil {
+		t.Fatalf("NewX509Source: %v", err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src
+}
+
+func TestAgentX509SourceAndMTLS(t *testing.T) {
+	want := callerID(t)
+	d := startDev(t)
+	ctx := context.Background()
+	src := x509Source(t, ctx, d.Addr())
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svid.ID != want {
+		t.Fatalf("X509Source got %s, want %s", svid.ID, want)
+	}
+
+	ln, err := spiffetls.ListenWithMode(ctx, "tcp", "127.0.0.1:0", spiffetls.MTLSServerWithSource(tlsconfig.AuthorizeID(want), src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 5)
+				if _, err := io.ReadFull(c, buf); err == nil {
+					c.Write([]byte("pong\n"))
+				}
+			}()
+		}
+	}()
+	dial := func(server spiffeid.ID) error {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		c, err := spiffetls.DialWithMode(dctx, "tcp", ln.Addr().String(), spiffetls.MTLSClientWithSource(tlsconfig.AuthorizeID(server), src))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("ping\n")); err != nil {
+			return err
+		}
+		buf := make([]byte, 5)
+		_, err = io.ReadFull(c, buf)
+		return err
+	}
+	if err := dial(want); err != nil {
+		t.Fatalf("mTLS with the right peer ID failed: %v", err)
+	}
+	if err := dial(spiffeid.RequireFromString("spiffe://example.org/someone-else")); err == nil {
+		t.Fatal("mTLS succeeded although the client authorizes a different server ID")
+	}
+}
+
+// rawClient is the generated Workload API client on the agent socket, for
+// checks go-spiffe's client does not let us make (a missing header).
+func rawClient(t testing.TB, socket string) workload.SpiffeWorkloadAPIClient {
+	t.Helper()
+	conn, err := grpc.NewClient("passthrough:///agent", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return workload.NewSpiffeWorkloadAPIClient(conn)
+}
+
+func TestAgentWorkloadAPIRules(t *testing.T) {
+	callerID(t)
+	d := startDev(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// No security header: InvalidArgument.
+	stream, err := rawClient(t, d.Socket).FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("FetchX509SVID without header: %v, want InvalidArgument", err)
+	}
+
+	// A caller with no registered identity: PermissionDenied (run as nobody).
+	os.Chmod(filepath.Dir(d.Dir), 0o755)
+	os.Chmod(d.Dir, 0o755)
+	cmd := exec.CommandContext(ctx, signetBin(t), "agent", "api", "fetch", "x509", "--socket", d.Socket)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "PermissionDenied") {
+		t.Fatalf("fetch as an unregistered uid: err=%v output=%s", err, out)
+	}
+}
+
+func TestAgentJWT(t *testing.T) {
+	want := callerID(t)
+	d := startDev(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr(d.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	jwt, err := client.FetchJWTSVID(ctx, jwtParams("audience-a"))
+	if err != nil {
+		t.Fatalf("FetchJWTSVID: %v", err)
+	}
+	if jwt.ID != want {
+		t.Fatalf("JWT-SVID for %s, want %s", jwt.ID, want)
+	}
+	got, err := client.ValidateJWTSVID(ctx, jwt.Marshal(), "audience-a")
+	if err != nil || got.ID != want {
+		t.Fatalf("ValidateJWTSVID for its audience: %v %v", got, err)
+	}
+	if _, err := client.ValidateJWTSVID(ctx, jwt.Marshal(), "audience-b"); err == nil {
+		t.Fatal("ValidateJWTSVID accepted the token for another audience")
+	}
+	bundles, err := client.FetchJWTBundles(ctx)
+	if err != nil || bundles.Len() != 1 {
+		t.Fatalf("FetchJWTBundles: %v (%d bundles)", err, bundles.Len())
+	}
+}
+
+func TestAgentRotationAndNewEntriesReachOpenStream(t *testing.T) {
+	want := callerID(t)
+	d := startDev(t, "--svid-ttl", "10s")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr(d.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	updates := make(chan *workloadapi.X509Context, 16)
+	go client.WatchX509Context(ctx, watcher{updates})
+
+	first := nextUpdate(t, updates, 30*time.Second)
+	if len(first.SVIDs) != 1 || first.SVIDs[0].ID != want {
+		t.Fatalf("first update: %v", ids(first.SVIDs))
+	}
+	serial := first.SVIDs[0].Certificates[0].SerialNumber
+
+	// A new matching entry reaches the open stream without reconnecting.
+	d.createEntry(t, "--parent-id", d.AgentID, "--spiffe-id", "spiffe://example.org/extra", "--selector", "unix:uid:0")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		u := nextUpdate(t, updates, time.Until(deadline))
+		if containsID(u.SVIDs, "spiffe://example.org/extra") {
+			break
+		}
+	}
+	// Rotation (10 s TTL: renewed at ~5 s) reaches the same stream.
+	for {
+		u := nextUpdate(t, updates, time.Until(deadline))
+		for _, s := range u.SVIDs {
+			if s.ID == want && s.Certificates[0].SerialNumber.Cmp(serial) != 0 {
+				if !s.Certificates[0].NotAfter.After(first.SVIDs[0].Certificates[0].NotAfter) {
+					t.Fatalf("rotated SVID does not outlive the old one")
+				}
+				return
+			}
+		}
+	}
+}
+
+func TestAgentServesPersistedSVIDsWhileServerDown(t *testing.T) {
+	want := callerID(t)
+	srv := startServerProc(t)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	bundle := filepath.Join(dir, "bundle.pem")
+	pemOut, err := srv.cli(t, "server", "bundle", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bundle, []byte(pemOut), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := srv.cli(t, "server", "token", "generate", "--spiffe-id", "spiffe://example.org/agent/node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.cli(t, "server", "entry", "create", "--parent-id", "spiffe://example.org/agent/node1",
+		"--spiffe-id", want.String(), "--selector", "unix:uid:0"); err != nil {
+		t.Fatal(err)
+	}
+	addr := srv.proc.waitLine(t, "agent_api=", 10*time.Second)
+	addr = fieldValue(addr, "agent_api")
+	socket := filepath.Join(dir, "sockets", "agent.sock")
+	agentArgs := []string{"agent", "run", "--server", addr, "--trust-domain", "example.org", "--data-dir", filepath.Join(dir, "agent"),
+		"--trust-bundle", bundle, "--socket", socket}
+	ag := startSignet(t, nil, append(agentArgs, "--join-token", strings.TrimSpace(tok))...)
+	ag.waitLine(t, "agent ready", 30*time.Second)
+	fetchID := func() (spiffeid.ID, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+socket))
+		if err != nil {
+			return spiffeid.ID{}, err
+		}
+		return svid.ID, nil
+	}
+	if id, err := fetchID(); err != nil || id != want {
+		t.Fatalf("before outage: %v %v", id, err)
+	}
+	srv.proc.Kill()
+	ag.Stop()
+	// Same data dir, no token: the agent restarts into a server outage.
+	restarted := startSignet(t, nil, agentArgs...)
+	restarted.waitLine(t, "Workload API serving", 30*time.Second)
+	if id, err := fetchID(); err != nil || id != want {
+		t.Fatalf("restarted agent during server outage: %v %v", id, err)
+	}
+}
+
+type watcher struct{ ch chan *workloadapi.X509Context }
+
+func (w watcher) OnX509ContextUpdate(c *workloadapi.X509Context) { w.ch <- c }
+func (w watcher) OnX509ContextWatchError(err error) {
+	if status.Code(err) != codes.Canceled && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(os.Stderr, "watch error: %v\n", err)
+	}
+}
+
+func nextUpdate(t testing.TB, ch chan *workloadapi.X509Context, timeout time.Duration) *workloadapi.X509Context {
+	t.Helper()
+	select {
+	case u := <-ch:
+		return u
+	case <-time.After(timeout):
+		t.Fatalf("no X509 context update within %s", timeout)
+		return nil
+	}
+}
+
+func ids(svids []*x509svid.SVID) []string {
+	var out []string
+	for _, s := range svids {
+		out = append(out, s.ID.String())
+	}
+	return out
+}
+
+func containsID(svids []*x509svid.SVID, id string) bool {
+	for _, s := range svids {
+		if s.ID.String() == id {
+			return true
+		}
+	}
+	return false
+}
+
+func jwtParams(aud string) jwtsvid.Params { return jwtsvid.Params{Audience: aud} }
+
+// fieldValue extracts key=value from a slog text line.
+func fieldValue(line, key string) string {
+	for _, f := range strings.Fields(line) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return strings.Trim(v, `"`)
+		}
+	}
+	return ""
+}

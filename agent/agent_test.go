@@ -32,7 +32,7 @@ type realServer struct {
 }
 
 // startServer runs a real Signet server in-process on 127.0.0.1:0 with SQLite.
-func startServer(t *testing.T) *realServer {
+func startServer(t testing.TB) *realServer {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := server.Config{
@@ -243,5 +243,6 @@ func TestAgentEndToEnd(t *testing.T) {
 type watcher chan *workloadapi.X509Context
 
 func (w watcher) OnX509ContextUpdate(x *workloadapi.X509Context) { w <- x }
+
 // OnX509ContextWatchError ignores errors: the client retries by itself.
 func (w watcher) OnX509ContextWatchError(error) {}

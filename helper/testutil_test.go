@@ -75,6 +75,7 @@ func (ca *testCA) svid(t testing.TB, id string, ttl time.Duration) *x509svid.SVI
 	sid := spiffeid.RequireFromString(id)
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
+		Subject:      pkix.Name{Organization: []string{"Signet test"}},
 		URIs:         []*url.URL{sid.URL()},
 		DNSNames:     []string{"localhost"},
 		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},

@@ -209,8 +209,14 @@ func TestAgentRotationAndNewEntriesReachOpenStream(t *testing.T) {
 		u := nextUpdate(t, updates, time.Until(deadline))
 		for _, s := range u.SVIDs {
 			if s.ID == want && s.Certificates[0].SerialNumber.Cmp(serial) != 0 {
-				if !s.Certificates[0].NotAfter.After(first.SVIDs[0].Certificates[0].NotAfter) {
+				old, cur := first.SVIDs[0].Certificates[0], s.Certificates[0]
+				if !cur.NotAfter.After(old.NotAfter) {
 					t.Fatalf("rotated SVID does not outlive the old one")
+				}
+				// Rotation is due at half the lifetime; earlier means a rotation storm.
+				// (NotBefore is backdated and whole-second, hence the 2 s slack.)
+				if half := old.NotBefore.Add(old.NotAfter.Sub(old.NotBefore) / 2); cur.NotBefore.Add(2 * time.Second).Before(half) {
+					t.Fatalf("SVID rotated at ~%s, before half its lifetime (%s)", cur.NotBefore, half)
 				}
 				return
 			}

@@ -20,8 +20,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// svidBackdate absorbs clock skew between the server and relying parties.
-const svidBackdate = 10 * time.Second
+// maxBackdate absorbs clock skew between the server and relying parties.
+// The backdate is at most a tenth of the TTL: agents rotate at half of
+// NotAfter-NotBefore, so a fixed 10 s on a 10 s SVID would put that half
+// at the moment of signing and rotate forever.
+const maxBackdate = 10 * time.Second
+
+// backdate is how far before now an SVID with ttl starts.
+func backdate(ttl time.Duration) time.Duration { return min(maxBackdate, ttl/10) }
 
 // ServerPath is the path of the server's own SPIFFE ID.
 const ServerPath = "/signet/server"
@@ -192,7 +198,7 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	if notAfter.After(issuer.cert.NotAfter) {
 		notAfter = issuer.cert.NotAfter
 	}
-	notBefore := now.Add(-svidBackdate)
+	notBefore := now.Add(-backdate(ttl))
 	if !notAfter.After(now) {
 		return nil, errors.New("ca: the active CA has expired")
 	}

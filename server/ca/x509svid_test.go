@@ -238,3 +238,26 @@ func TestSignX509SVIDRaw(t *testing.T) {
 		t.Error("SignX509SVIDRaw accepted a garbage CSR")
 	}
 }
+
+func TestShortTTLBackdateKeepsHalfLifeAhead(t *testing.T) {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	m := newManager(t, ca.Config{SVIDTTL: 10 * time.Second, Clock: newFakeClock(now).Now})
+	id := spiffeid.RequireFromPath(td, "/short")
+	for _, ttl := range []time.Duration{2 * time.Second, 10 * time.Second, time.Minute, time.Hour} {
+		certs, err := m.SignX509SVID(context.Background(), makeCSR(t, p256(t)), id, ttl, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf := certs[0]
+		back := now.Sub(leaf.NotBefore)
+		// Certificates carry whole seconds, so the backdate rounds up to 1 s.
+		if limit := max(time.Second, min(10*time.Second, ttl/10)); back <= 0 || back > limit {
+			t.Errorf("ttl %s: backdated %s, want (0, %s]", ttl, back, limit)
+		}
+		// Agents rotate at half of the validity: that must lie in the future.
+		half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+		if !half.After(now) {
+			t.Errorf("ttl %s: half-life %s is not after signing time %s", ttl, half, now)
+		}
+	}
+}

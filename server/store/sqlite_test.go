@@ -1,10 +1,14 @@
 package store
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -95,5 +99,45 @@ func TestSQLiteRefusesNewerSchema(t *testing.T) {
 	if s2, err := Open(ctx, path, nil); err == nil {
 		s2.Close()
 		t.Fatal("Open of a database from a newer signet succeeded")
+	}
+}
+
+// TestSQLiteCrashKeepsAcknowledgedWrites writes in a child process that is
+// then SIGKILLed without closing the store: every write it acknowledged must
+// be there when the store is opened again.
+func TestSQLiteCrashKeepsAcknowledgedWrites(t *testing.T) {
+	if path := os.Getenv("SIGNET_STORE_CRASH_DB"); path != "" {
+		s, err := Open(context.Background(), path, nil)
+		if err != nil {
+			fmt.Println("open:", err)
+			os.Exit(2)
+		}
+		for i := range 20 {
+			e, err := s.CreateEntry(context.Background(), workload(t, fmt.Sprintf("/crash/%d", i), "unix:uid:1"))
+			if err != nil {
+				fmt.Println("create:", err)
+				os.Exit(2)
+			}
+			fmt.Println(e.ID) // acknowledged
+		}
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+	path := filepath.Join(t.TempDir(), "signet.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSQLiteCrashKeepsAcknowledgedWrites$")
+	cmd.Env = append(os.Environ(), "SIGNET_STORE_CRASH_DB="+path)
+	out, err := cmd.Output()
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("child did not die by SIGKILL (%v): %s", err, out)
+	}
+	ids := strings.Fields(string(out))
+	if len(ids) != 20 {
+		t.Fatalf("child acknowledged %d writes, want 20: %s", len(ids), out)
+	}
+	s := openStore(t, path)
+	for _, id := range ids {
+		if _, err := s.GetEntry(testCtx(t), id); err != nil {
+			t.Errorf("acknowledged entry lost after crash: %v", err)
+		}
 	}
 }

@@ -1,0 +1,75 @@
+package server_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/signetid/signet/internal/pgtest"
+	"github.com/signetid/signet/server"
+	"github.com/signetid/signet/server/api"
+)
+
+// TestTwoServersOnePostgres runs two servers sharing one PostgreSQL store:
+// both roots are in the bundle, an agent attested to B sees an entry created
+// on A pushed through its open Sync stream (LISTEN/NOTIFY), and its CSR is
+// signed by B.
+func TestTwoServersOnePostgres(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	onPG := func(c *server.Config) { c.Datastore = url }
+	a := startServer(t, onPG)
+	b := startServer(t, onPG)
+
+	// Each server publishes its own root; the shared bundle is the union.
+	waitFor(t, 10*time.Second, "both roots in both servers' bundles", func() bool {
+		return len(a.bundle(t).X509Authorities()) == 2 && len(b.bundle(t).X509Authorities()) == 2
+	})
+
+	tok := a.token(t, "spiffe://example.org/agent/ha", 0) // token made on A, consumed on B
+	agent := mustAttest(t, b, tok)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := agent.Client.Sync(ctx, &api.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	e := a.createEntry(t, "spiffe://example.org/ha/web", agent.ID.String(), "unix:uid:1000")
+	msg, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("push from the other server: %v", err)
+	}
+	if len(msg.Entries) != 1 || msg.Entries[0].Id != e.Id {
+		t.Fatalf("pushed %v, want entry %s", msg.Entries, e.Id)
+	}
+	key, csr := newCSR(t)
+	resp, err := agent.Client.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: e.Id, Csr: csr}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid := svidFrom(t, resp.Svids[0].CertChain, key)
+	if svid.ID.String() != "spiffe://example.org/ha/web" {
+		t.Fatalf("signed %s", svid.ID)
+	}
+	// Evicting on A cuts the agent off on B.
+	if _, err := a.admin.EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: agent.ID.String()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	wantCode(t, err, codes.PermissionDenied, "B's stream after eviction on A")
+}
+
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -168,11 +169,15 @@ func newEntryCmd() *cobra.Command {
 
 	var createAdmin adminFlags
 	var create entryFlags
+	var dataFile string
 	createCmd := &cobra.Command{
 		Use:   "create",
-		Short: "Create a registration entry; prints it with an `Entry ID: <id>` line",
+		Short: "Create a registration entry (or many with --data); prints each with an `Entry ID: <id>` line",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dataFile != "" {
+				return createFromFile(cmd, &createAdmin, dataFile)
+			}
 			if create.spiffeID == "" {
 				return fmt.Errorf("--spiffe-id is required")
 			}
@@ -198,6 +203,7 @@ func newEntryCmd() *cobra.Command {
 	}
 	createAdmin.add(createCmd)
 	create.add(createCmd)
+	createCmd.Flags().StringVar(&dataFile, "data", "", `JSON file ({"entries": [...]}, SPIRE's -data shape; - for stdin) created in one transaction`)
 
 	var updAdmin adminFlags
 	var upd entryFlags
@@ -294,6 +300,38 @@ func newEntryCmd() *cobra.Command {
 			return nil
 		}))
 	return cmd
+}
+
+// createFromFile creates every entry of a JSON file in one transaction.
+func createFromFile(cmd *cobra.Command, a *adminFlags, path string) error {
+	for _, f := range []string{"spiffe-id", "parent-id", "node", "selector"} {
+		if cmd.Flags().Changed(f) {
+			return fmt.Errorf("--data and --%s cannot be combined", f)
+		}
+	}
+	in := cmd.InOrStdin()
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("--data: %w", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	entries, err := adminapi.ParseEntryFile(in)
+	if err != nil {
+		return fmt.Errorf("--data %s: %w", path, err)
+	}
+	return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+		resp, err := c.BatchCreateEntries(ctx, &api.BatchCreateEntriesRequest{Entries: entries})
+		if err != nil {
+			return err
+		}
+		for _, e := range resp.Entries {
+			adminapi.PrintEntry(cmd.OutOrStdout(), e)
+		}
+		return nil
+	})
 }
 
 func entryByIDCmd(use, short string, fn func(context.Context, api.AdminServiceClient, string, io.Writer) error) *cobra.Command {

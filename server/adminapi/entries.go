@@ -25,9 +25,42 @@ func (s *Service) CreateEntry(ctx context.Context, req *api.CreateEntryRequest) 
 	if err != nil {
 		return nil, storeError("create entry "+e.SPIFFEID.String(), err)
 	}
-	s.publish(ctx)
+	s.publish(ctx, []registry.Entry{created})
 	s.cfg.Logger.Info("entry created", "entry_id", created.ID, "spiffe_id", created.SPIFFEID.String(), "parent_id", created.ParentID.String(), "selectors", selector.Strings(created.Selectors))
 	return registry.ToProto(&created), nil
+}
+
+// MaxBatch bounds one BatchCreateEntries call.
+const MaxBatch = 10000
+
+// BatchCreateEntries validates every entry and stores them in one
+// transaction; one bad entry fails the call and nothing is stored.
+func (s *Service) BatchCreateEntries(ctx context.Context, req *api.BatchCreateEntriesRequest) (*api.BatchCreateEntriesResponse, error) {
+	if len(req.Entries) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "batch create: no entries")
+	}
+	if len(req.Entries) > MaxBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "batch create: %d entries; the limit is %d", len(req.Entries), MaxBatch)
+	}
+	entries := make([]registry.Entry, len(req.Entries))
+	for i, in := range req.Entries {
+		e, err := s.validEntry(in)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "batch create: entry %d (%s): %s", i, in.GetSpiffeId(), status.Convert(err).Message())
+		}
+		entries[i] = e
+	}
+	created, err := s.cfg.Store.CreateEntries(ctx, entries)
+	if err != nil {
+		return nil, storeError("batch create", err)
+	}
+	s.publish(ctx, created)
+	s.cfg.Logger.Info("entries created", "count", len(created))
+	resp := &api.BatchCreateEntriesResponse{Entries: make([]*api.Entry, len(created))}
+	for i := range created {
+		resp.Entries[i] = registry.ToProto(&created[i])
+	}
+	return resp, nil
 }
 
 // updatable names the fields an update mask may list.
@@ -85,7 +118,7 @@ func (s *Service) UpdateEntry(ctx context.Context, req *api.UpdateEntryRequest) 
 	if err != nil {
 		return nil, storeError("update entry "+e.ID, err)
 	}
-	s.publish(ctx)
+	s.publish(ctx, []registry.Entry{updated})
 	s.cfg.Logger.Info("entry updated", "entry_id", updated.ID, "spiffe_id", updated.SPIFFEID.String(), "revision", updated.Revision)
 	return registry.ToProto(&updated), nil
 }
@@ -98,7 +131,7 @@ func (s *Service) DeleteEntry(ctx context.Context, req *api.DeleteEntryRequest) 
 	if err := s.cfg.Store.DeleteEntry(ctx, req.Id); err != nil {
 		return nil, storeError("delete entry "+req.Id, err)
 	}
-	s.publish(ctx)
+	s.publish(ctx, nil, req.Id)
 	s.cfg.Logger.Info("entry deleted", "entry_id", req.Id)
 	return &api.DeleteEntryResponse{}, nil
 }

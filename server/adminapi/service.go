@@ -15,6 +15,7 @@ import (
 	"github.com/signetid/signet/internal/peercred"
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/registry"
 	"github.com/signetid/signet/server/store"
 )
 
@@ -91,9 +92,9 @@ func storeError(what string, err error) error {
 	return status.Errorf(codes.Internal, "%s: %v", what, err)
 }
 
-// publish makes a write visible to agents before the call returns.
-func (s *Service) publish(ctx context.Context) {
-	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
+// publish makes an entry write visible to agents before the call returns.
+func (s *Service) publish(ctx context.Context, upserted []registry.Entry, deleted ...string) {
+	if err := s.cfg.Catalog.EntriesWritten(ctx, upserted, deleted); err != nil {
 		// Run's change loop retries; the write itself is durable.
 		s.cfg.Logger.Warn("refresh catalog after admin write", "error", err)
 	}

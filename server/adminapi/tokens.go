@@ -64,7 +64,10 @@ func (s *Service) EvictAgent(ctx context.Context, req *api.EvictAgentRequest) (*
 	if err := s.cfg.Store.DeleteNode(ctx, req.SpiffeId); err != nil {
 		return nil, storeError("evict agent "+req.SpiffeId, err)
 	}
-	s.publish(ctx)
+	// Nodes are not patched in memory: reload so the eviction bites at once.
+	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
+		s.cfg.Logger.Warn("refresh catalog after eviction", "error", err)
+	}
 	s.cfg.Logger.Warn("agent evicted", "agent_id", req.SpiffeId)
 	return &api.EvictAgentResponse{}, nil
 }

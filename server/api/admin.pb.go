@@ -65,6 +65,94 @@ func (x *CreateEntryRequest) GetEntry() *Entry {
 	return nil
 }
 
+type BatchCreateEntriesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateEntriesRequest) Reset() {
+	*x = BatchCreateEntriesRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateEntriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateEntriesRequest) ProtoMessage() {}
+
+func (x *BatchCreateEntriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateEntriesRequest.ProtoReflect.Descriptor instead.
+func (*BatchCreateEntriesRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BatchCreateEntriesRequest) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type BatchCreateEntriesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateEntriesResponse) Reset() {
+	*x = BatchCreateEntriesResponse{}
+	mi := &file_server_api_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateEntriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateEntriesResponse) ProtoMessage() {}
+
+func (x *BatchCreateEntriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateEntriesResponse.ProtoReflect.Descriptor instead.
+func (*BatchCreateEntriesResponse) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BatchCreateEntriesResponse) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
 type UpdateEntryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// entry.id names the entry; fields listed in update_mask replace the
@@ -77,7 +165,7 @@ type UpdateEntryRequest struct {
 
 func (x *UpdateEntryRequest) Reset() {
 	*x = UpdateEntryRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[1]
+	mi := &file_server_api_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -89,7 +177,7 @@ func (x *UpdateEntryRequest) String() string {
 func (*UpdateEntryRequest) ProtoMessage() {}
 
 func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[1]
+	mi := &file_server_api_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -102,7 +190,7 @@ func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEntryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{1}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *UpdateEntryRequest) GetEntry() *Entry {
@@ -128,7 +216,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[2]
+	mi := &file_server_api_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -140,7 +228,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[2]
+	mi := &file_server_api_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -153,7 +241,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{2}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -171,7 +259,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[3]
+	mi := &file_server_api_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -183,7 +271,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[3]
+	mi := &file_server_api_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -196,7 +284,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{3}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{5}
 }
 
 type GetEntryRequest struct {
@@ -208,7 +296,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[4]
+	mi := &file_server_api_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +308,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[4]
+	mi := &file_server_api_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +321,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{4}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -255,7 +343,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[5]
+	mi := &file_server_api_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +355,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[5]
+	mi := &file_server_api_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +368,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{5}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListEntriesRequest) GetSpiffeId() string {
@@ -313,7 +401,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[6]
+	mi := &file_server_api_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +413,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[6]
+	mi := &file_server_api_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +426,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{6}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -359,7 +447,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[7]
+	mi := &file_server_api_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -371,7 +459,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[7]
+	mi := &file_server_api_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -384,7 +472,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{7}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateJoinTokenRequest) GetSpiffeId() string {
@@ -411,7 +499,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[8]
+	mi := &file_server_api_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -423,7 +511,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[8]
+	mi := &file_server_api_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -436,7 +524,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{8}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -461,7 +549,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[9]
+	mi := &file_server_api_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +561,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[9]
+	mi := &file_server_api_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +574,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{9}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{11}
 }
 
 type ListAgentsRequest struct {
@@ -497,7 +585,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[10]
+	mi := &file_server_api_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +597,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[10]
+	mi := &file_server_api_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +610,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{10}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{12}
 }
 
 type ListAgentsResponse struct {
@@ -534,7 +622,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[11]
+	mi := &file_server_api_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +634,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[11]
+	mi := &file_server_api_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +647,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{11}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -578,7 +666,7 @@ type EvictAgentRequest struct {
 
 func (x *EvictAgentRequest) Reset() {
 	*x = EvictAgentRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[12]
+	mi := &file_server_api_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +678,7 @@ func (x *EvictAgentRequest) String() string {
 func (*EvictAgentRequest) ProtoMessage() {}
 
 func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[12]
+	mi := &file_server_api_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +691,7 @@ func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentRequest.ProtoReflect.Descriptor instead.
 func (*EvictAgentRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{12}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EvictAgentRequest) GetSpiffeId() string {
@@ -621,7 +709,7 @@ type EvictAgentResponse struct {
 
 func (x *EvictAgentResponse) Reset() {
 	*x = EvictAgentResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[13]
+	mi := &file_server_api_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +721,7 @@ func (x *EvictAgentResponse) String() string {
 func (*EvictAgentResponse) ProtoMessage() {}
 
 func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[13]
+	mi := &file_server_api_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +734,7 @@ func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentResponse.ProtoReflect.Descriptor instead.
 func (*EvictAgentResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{13}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{15}
 }
 
 var File_server_api_admin_proto protoreflect.FileDescriptor
@@ -656,7 +744,11 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x16server/api/admin.proto\x12\n" +
 	"signet.api\x1a\x16server/api/types.proto\"=\n" +
 	"\x12CreateEntryRequest\x12'\n" +
-	"\x05entry\x18\x01 \x01(\v2\x11.signet.api.EntryR\x05entry\"^\n" +
+	"\x05entry\x18\x01 \x01(\v2\x11.signet.api.EntryR\x05entry\"H\n" +
+	"\x19BatchCreateEntriesRequest\x12+\n" +
+	"\aentries\x18\x01 \x03(\v2\x11.signet.api.EntryR\aentries\"I\n" +
+	"\x1aBatchCreateEntriesResponse\x12+\n" +
+	"\aentries\x18\x01 \x03(\v2\x11.signet.api.EntryR\aentries\"^\n" +
 	"\x12UpdateEntryRequest\x12'\n" +
 	"\x05entry\x18\x01 \x01(\v2\x11.signet.api.EntryR\x05entry\x12\x1f\n" +
 	"\vupdate_mask\x18\x02 \x03(\tR\n" +
@@ -686,9 +778,10 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x06agents\x18\x01 \x03(\v2\x11.signet.api.AgentR\x06agents\"0\n" +
 	"\x11EvictAgentRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x14\n" +
-	"\x12EvictAgentResponse2\xa3\x05\n" +
+	"\x12EvictAgentResponse2\x88\x06\n" +
 	"\fAdminService\x12@\n" +
-	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12@\n" +
+	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12c\n" +
+	"\x12BatchCreateEntries\x12%.signet.api.BatchCreateEntriesRequest\x1a&.signet.api.BatchCreateEntriesResponse\x12@\n" +
 	"\vUpdateEntry\x12\x1e.signet.api.UpdateEntryRequest\x1a\x11.signet.api.Entry\x12N\n" +
 	"\vDeleteEntry\x12\x1e.signet.api.DeleteEntryRequest\x1a\x1f.signet.api.DeleteEntryResponse\x12:\n" +
 	"\bGetEntry\x12\x1b.signet.api.GetEntryRequest\x1a\x11.signet.api.Entry\x12N\n" +
@@ -712,56 +805,62 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 	return file_server_api_admin_proto_rawDescData
 }
 
-var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_server_api_admin_proto_goTypes = []any{
-	(*CreateEntryRequest)(nil),      // 0: signet.api.CreateEntryRequest
-	(*UpdateEntryRequest)(nil),      // 1: signet.api.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),      // 2: signet.api.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),     // 3: signet.api.DeleteEntryResponse
-	(*GetEntryRequest)(nil),         // 4: signet.api.GetEntryRequest
-	(*ListEntriesRequest)(nil),      // 5: signet.api.ListEntriesRequest
-	(*ListEntriesResponse)(nil),     // 6: signet.api.ListEntriesResponse
-	(*CreateJoinTokenRequest)(nil),  // 7: signet.api.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 8: signet.api.CreateJoinTokenResponse
-	(*GetBundleRequest)(nil),        // 9: signet.api.GetBundleRequest
-	(*ListAgentsRequest)(nil),       // 10: signet.api.ListAgentsRequest
-	(*ListAgentsResponse)(nil),      // 11: signet.api.ListAgentsResponse
-	(*EvictAgentRequest)(nil),       // 12: signet.api.EvictAgentRequest
-	(*EvictAgentResponse)(nil),      // 13: signet.api.EvictAgentResponse
-	(*Entry)(nil),                   // 14: signet.api.Entry
-	(*Selector)(nil),                // 15: signet.api.Selector
-	(*Agent)(nil),                   // 16: signet.api.Agent
-	(*Bundle)(nil),                  // 17: signet.api.Bundle
+	(*CreateEntryRequest)(nil),         // 0: signet.api.CreateEntryRequest
+	(*BatchCreateEntriesRequest)(nil),  // 1: signet.api.BatchCreateEntriesRequest
+	(*BatchCreateEntriesResponse)(nil), // 2: signet.api.BatchCreateEntriesResponse
+	(*UpdateEntryRequest)(nil),         // 3: signet.api.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),         // 4: signet.api.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),        // 5: signet.api.DeleteEntryResponse
+	(*GetEntryRequest)(nil),            // 6: signet.api.GetEntryRequest
+	(*ListEntriesRequest)(nil),         // 7: signet.api.ListEntriesRequest
+	(*ListEntriesResponse)(nil),        // 8: signet.api.ListEntriesResponse
+	(*CreateJoinTokenRequest)(nil),     // 9: signet.api.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),    // 10: signet.api.CreateJoinTokenResponse
+	(*GetBundleRequest)(nil),           // 11: signet.api.GetBundleRequest
+	(*ListAgentsRequest)(nil),          // 12: signet.api.ListAgentsRequest
+	(*ListAgentsResponse)(nil),         // 13: signet.api.ListAgentsResponse
+	(*EvictAgentRequest)(nil),          // 14: signet.api.EvictAgentRequest
+	(*EvictAgentResponse)(nil),         // 15: signet.api.EvictAgentResponse
+	(*Entry)(nil),                      // 16: signet.api.Entry
+	(*Selector)(nil),                   // 17: signet.api.Selector
+	(*Agent)(nil),                      // 18: signet.api.Agent
+	(*Bundle)(nil),                     // 19: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	14, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	14, // 1: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	15, // 2: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
-	14, // 3: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	16, // 4: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	0,  // 5: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
-	1,  // 6: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
-	2,  // 7: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
-	4,  // 8: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
-	5,  // 9: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
-	7,  // 10: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
-	9,  // 11: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
-	10, // 12: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
-	12, // 13: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
-	14, // 14: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	14, // 15: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	3,  // 16: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	14, // 17: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	6,  // 18: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	8,  // 19: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	17, // 20: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	11, // 21: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	13, // 22: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	14, // [14:23] is the sub-list for method output_type
-	5,  // [5:14] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	16, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	16, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	16, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	16, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	17, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	16, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	18, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	0,  // 7: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
+	1,  // 8: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
+	3,  // 9: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
+	4,  // 10: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
+	6,  // 11: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
+	7,  // 12: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
+	9,  // 13: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
+	11, // 14: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
+	12, // 15: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
+	14, // 16: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
+	16, // 17: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	2,  // 18: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	16, // 19: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	5,  // 20: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	16, // 21: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	8,  // 22: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	10, // 23: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	19, // 24: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	13, // 25: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	15, // 26: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	17, // [17:27] is the sub-list for method output_type
+	7,  // [7:17] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_server_api_admin_proto_init() }
@@ -776,7 +875,7 @@ func file_server_api_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,15 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_CreateEntry_FullMethodName     = "/signet.api.AdminService/CreateEntry"
-	AdminService_UpdateEntry_FullMethodName     = "/signet.api.AdminService/UpdateEntry"
-	AdminService_DeleteEntry_FullMethodName     = "/signet.api.AdminService/DeleteEntry"
-	AdminService_GetEntry_FullMethodName        = "/signet.api.AdminService/GetEntry"
-	AdminService_ListEntries_FullMethodName     = "/signet.api.AdminService/ListEntries"
-	AdminService_CreateJoinToken_FullMethodName = "/signet.api.AdminService/CreateJoinToken"
-	AdminService_GetBundle_FullMethodName       = "/signet.api.AdminService/GetBundle"
-	AdminService_ListAgents_FullMethodName      = "/signet.api.AdminService/ListAgents"
-	AdminService_EvictAgent_FullMethodName      = "/signet.api.AdminService/EvictAgent"
+	AdminService_CreateEntry_FullMethodName        = "/signet.api.AdminService/CreateEntry"
+	AdminService_BatchCreateEntries_FullMethodName = "/signet.api.AdminService/BatchCreateEntries"
+	AdminService_UpdateEntry_FullMethodName        = "/signet.api.AdminService/UpdateEntry"
+	AdminService_DeleteEntry_FullMethodName        = "/signet.api.AdminService/DeleteEntry"
+	AdminService_GetEntry_FullMethodName           = "/signet.api.AdminService/GetEntry"
+	AdminService_ListEntries_FullMethodName        = "/signet.api.AdminService/ListEntries"
+	AdminService_CreateJoinToken_FullMethodName    = "/signet.api.AdminService/CreateJoinToken"
+	AdminService_GetBundle_FullMethodName          = "/signet.api.AdminService/GetBundle"
+	AdminService_ListAgents_FullMethodName         = "/signet.api.AdminService/ListAgents"
+	AdminService_EvictAgent_FullMethodName         = "/signet.api.AdminService/EvictAgent"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -38,6 +39,9 @@ const (
 // are checked by SO_PEERCRED (root or the server's own uid).
 type AdminServiceClient interface {
 	CreateEntry(ctx context.Context, in *CreateEntryRequest, opts ...grpc.CallOption) (*Entry, error)
+	// BatchCreateEntries validates every entry, then stores them in one
+	// transaction: all or none.
+	BatchCreateEntries(ctx context.Context, in *BatchCreateEntriesRequest, opts ...grpc.CallOption) (*BatchCreateEntriesResponse, error)
 	UpdateEntry(ctx context.Context, in *UpdateEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*DeleteEntryResponse, error)
 	GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error)
@@ -60,6 +64,16 @@ func (c *adminServiceClient) CreateEntry(ctx context.Context, in *CreateEntryReq
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Entry)
 	err := c.cc.Invoke(ctx, AdminService_CreateEntry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) BatchCreateEntries(ctx context.Context, in *BatchCreateEntriesRequest, opts ...grpc.CallOption) (*BatchCreateEntriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchCreateEntriesResponse)
+	err := c.cc.Invoke(ctx, AdminService_BatchCreateEntries_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +168,9 @@ func (c *adminServiceClient) EvictAgent(ctx context.Context, in *EvictAgentReque
 // are checked by SO_PEERCRED (root or the server's own uid).
 type AdminServiceServer interface {
 	CreateEntry(context.Context, *CreateEntryRequest) (*Entry, error)
+	// BatchCreateEntries validates every entry, then stores them in one
+	// transaction: all or none.
+	BatchCreateEntries(context.Context, *BatchCreateEntriesRequest) (*BatchCreateEntriesResponse, error)
 	UpdateEntry(context.Context, *UpdateEntryRequest) (*Entry, error)
 	DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error)
 	GetEntry(context.Context, *GetEntryRequest) (*Entry, error)
@@ -174,6 +191,9 @@ type UnimplementedAdminServiceServer struct{}
 
 func (UnimplementedAdminServiceServer) CreateEntry(context.Context, *CreateEntryRequest) (*Entry, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateEntry not implemented")
+}
+func (UnimplementedAdminServiceServer) BatchCreateEntries(context.Context, *BatchCreateEntriesRequest) (*BatchCreateEntriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchCreateEntries not implemented")
 }
 func (UnimplementedAdminServiceServer) UpdateEntry(context.Context, *UpdateEntryRequest) (*Entry, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateEntry not implemented")
@@ -234,6 +254,24 @@ func _AdminService_CreateEntry_Handler(srv interface{}, ctx context.Context, dec
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).CreateEntry(ctx, req.(*CreateEntryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_BatchCreateEntries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchCreateEntriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).BatchCreateEntries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_BatchCreateEntries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).BatchCreateEntries(ctx, req.(*BatchCreateEntriesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -392,6 +430,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateEntry",
 			Handler:    _AdminService_CreateEntry_Handler,
+		},
+		{
+			MethodName: "BatchCreateEntries",
+			Handler:    _AdminService_BatchCreateEntries_Handler,
 		},
 		{
 			MethodName: "UpdateEntry",

@@ -24,6 +24,8 @@ type Snapshot struct {
 	Bundles map[string]Bundle
 	// LoadedAt is when the snapshot was read.
 	LoadedAt time.Time
+
+	entries []registry.Entry // what Entries indexes, for copy-on-write updates
 }
 
 // Bundle is one trust domain's authorities and sequence.
@@ -127,6 +129,7 @@ func (c *Catalog) load(ctx context.Context, rev int64) (*Snapshot, error) {
 	}
 	snap := &Snapshot{
 		Revision: rev,
+		entries:  entries,
 		Entries:  registry.NewIndex(entries),
 		Nodes:    make(map[string]store.Node, len(nodes)),
 		Bundles:  make(map[string]Bundle),
@@ -152,6 +155,58 @@ func (c *Catalog) load(ctx context.Context, rev int64) (*Snapshot, error) {
 		snap.Bundles[td] = Bundle{TrustDomain: td, Authorities: auths, Sequence: seq}
 	}
 	return snap, nil
+}
+
+// EntriesWritten makes entry writes this server just committed visible at
+// once, without the full reload that would make n writes cost O(n^2): when
+// the store's revision moved by exactly one since the current snapshot, that
+// one change is this write, and the snapshot is patched in memory. Otherwise
+// (another writer got in between) it reloads from the store.
+func (c *Catalog) EntriesWritten(ctx context.Context, upserted []registry.Entry, deleted []string) error {
+	rev, err := c.store.Revision(ctx)
+	if err != nil {
+		return fmt.Errorf("read store revision: %w", err)
+	}
+	c.mu.Lock()
+	old := c.snap
+	if old.Revision != rev-1 || !old.knowsBundlesOf(upserted) {
+		c.mu.Unlock()
+		return c.Refresh(ctx)
+	}
+	drop := make(map[string]bool, len(upserted)+len(deleted))
+	for _, id := range deleted {
+		drop[id] = true
+	}
+	for _, e := range upserted {
+		drop[e.ID] = true
+	}
+	entries := make([]registry.Entry, 0, len(old.entries)+len(upserted))
+	for _, e := range old.entries {
+		if !drop[e.ID] {
+			entries = append(entries, e)
+		}
+	}
+	entries = append(entries, upserted...)
+	snap := *old
+	snap.Revision, snap.entries, snap.Entries, snap.LoadedAt = rev, entries, registry.NewIndex(entries), time.Now()
+	c.snap = &snap
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	return nil
+}
+
+// knowsBundlesOf reports whether the snapshot already holds the bundle of
+// every trust domain the entries federate with (else a reload fetches them).
+func (s *Snapshot) knowsBundlesOf(entries []registry.Entry) bool {
+	for _, e := range entries {
+		for _, td := range e.FederatesWith {
+			if _, ok := s.Bundles[td.Name()]; !ok {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // OwnBundle returns the server's own trust domain bundle from the snapshot.

@@ -307,23 +307,45 @@ func insertEntry(ctx context.Context, q querier, e registry.Entry) error {
 }
 
 func (s *sqlStore) CreateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error) {
-	e = normalizeEntry(e)
-	e.ID = uuid.NewString()
-	e.Revision = 1
-	e.CreatedAt = roundTrip(time.Now())
+	created, err := s.CreateEntries(ctx, []registry.Entry{e})
+	if err != nil {
+		return registry.Entry{}, err
+	}
+	return created[0], nil
+}
+
+func (s *sqlStore) CreateEntries(ctx context.Context, es []registry.Entry) ([]registry.Entry, error) {
+	if len(es) == 0 {
+		return nil, nil
+	}
+	now := roundTrip(time.Now())
+	out := make([]registry.Entry, len(es))
+	for i, e := range es {
+		e = normalizeEntry(e)
+		e.ID = uuid.NewString()
+		e.Revision = 1
+		e.CreatedAt = now
+		out[i] = e
+	}
+	what := "create entry " + out[0].SPIFFEID.String()
+	if len(out) > 1 {
+		what = fmt.Sprintf("create %d entries", len(out))
+	}
 	err := s.write(ctx, func(t *tx) error {
-		if err := insertEntry(ctx, t, e); err != nil {
-			return err
+		for _, e := range out {
+			if err := insertEntry(ctx, t, e); err != nil {
+				return err
+			}
 		}
 		return bumpRevision(ctx, t)
 	})
 	if s.db.isUniqueViolation(err) {
-		return registry.Entry{}, fmt.Errorf("create entry %s: an entry with this SPIFFE ID, parent and selectors %w", e.SPIFFEID, ErrAlreadyExists)
+		return nil, fmt.Errorf("%s: an entry with the same SPIFFE ID, parent and selectors %w", what, ErrAlreadyExists)
 	}
 	if err != nil {
-		return registry.Entry{}, fmt.Errorf("create entry %s: %w", e.SPIFFEID, err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	return e, nil
+	return out, nil
 }
 
 func (s *sqlStore) UpdateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error) {

@@ -71,6 +71,8 @@ type Store interface {
 	// CreateEntry stores a new entry, assigning ID, Revision and CreatedAt.
 	// An entry with the same SPIFFE ID, parent and selectors is ErrAlreadyExists.
 	CreateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error)
+	// CreateEntries stores several entries in one transaction: all or none.
+	CreateEntries(ctx context.Context, es []registry.Entry) ([]registry.Entry, error)
 	// UpdateEntry replaces the entry with e.ID, bumping its Revision.
 	UpdateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error)
 	DeleteEntry(ctx context.Context, id string) error

@@ -759,3 +759,37 @@ func TestDurableAcrossReopen(t *testing.T) {
 		}
 	})
 }
+
+func TestCreateEntriesAllOrNothing(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		existing, err := s.CreateEntry(ctx, workload(t, "/a", "unix:uid:1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev := revision(t, s)
+		batch := []registry.Entry{workload(t, "/b", "unix:uid:2"), workload(t, "/c", "unix:uid:3")}
+		created, err := s.CreateEntries(ctx, batch)
+		if err != nil {
+			t.Fatalf("CreateEntries: %v", err)
+		}
+		if len(created) != 2 || created[0].ID == "" || created[0].ID == created[1].ID || created[1].Revision != 1 {
+			t.Fatalf("created %+v", created)
+		}
+		if got := revision(t, s); got <= rev {
+			t.Fatalf("revision %d after batch, was %d", got, rev)
+		}
+		// A batch holding a duplicate of a stored entry stores nothing.
+		_, err = s.CreateEntries(ctx, []registry.Entry{workload(t, "/d", "unix:uid:4"), {SPIFFEID: existing.SPIFFEID, ParentID: existing.ParentID, Selectors: existing.Selectors}})
+		if !errors.Is(err, ErrAlreadyExists) {
+			t.Fatalf("batch with a duplicate: %v, want ErrAlreadyExists", err)
+		}
+		all, err := s.ListEntries(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(all) != 3 {
+			t.Fatalf("%d entries stored, want 3 (the failed batch must store nothing)", len(all))
+		}
+	})
+}

@@ -1,0 +1,123 @@
+package catalog
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/registry"
+	"github.com/signetid/signet/server/store"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+func openStore(t *testing.T, path string) store.Store {
+	t.Helper()
+	st, err := store.Open(context.Background(), "sqlite://"+path, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func entry(path string) registry.Entry {
+	return registry.Entry{
+		SPIFFEID:  spiffeid.RequireFromPath(td, path),
+		ParentID:  spiffeid.RequireFromPath(td, "/agent/a"),
+		Selectors: []selector.Selector{{Type: "unix", Value: "uid:1"}},
+	}
+}
+
+func ids(ix *registry.Index, agent spiffeid.ID) map[string]bool {
+	out := map[string]bool{}
+	for _, e := range ix.Authorized(agent, nil, timeNow()) {
+		out[e.SPIFFEID.Path()] = true
+	}
+	return out
+}
+
+func TestEntriesWrittenPatchesOrReloads(t *testing.T) {
+	ctx := context.Background()
+	dbPath := filepath.Join(t.TempDir(), "s.db")
+	st := openStore(t, dbPath)
+	c, err := New(ctx, st, td, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := spiffeid.RequireFromPath(td, "/agent/a")
+
+	// Our own write: patched in memory, visible at once, waiters woken.
+	_, changed := c.Current()
+	a, err := st.CreateEntry(ctx, entry("/a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EntriesWritten(ctx, []registry.Entry{a}, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("EntriesWritten did not wake waiters")
+	}
+	snap, _ := c.Current()
+	if got := ids(snap.Entries, agent); !got["/a"] || len(got) != 1 {
+		t.Fatalf("after create: %v", got)
+	}
+
+	// Another writer (a second store on the same file, as another server
+	// would) commits in between: the patch must not hide its entry.
+	other := openStore(t, dbPath)
+	if _, err := other.CreateEntry(ctx, entry("/from-other")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.CreateEntry(ctx, entry("/b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EntriesWritten(ctx, []registry.Entry{b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	snap, _ = c.Current()
+	if got := ids(snap.Entries, agent); !got["/a"] || !got["/b"] || !got["/from-other"] {
+		t.Fatalf("after interleaved write: %v, want /a, /b and /from-other", got)
+	}
+
+	// Delete and update patch too.
+	if err := st.DeleteEntry(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EntriesWritten(ctx, nil, []string{a.ID}); err != nil {
+		t.Fatal(err)
+	}
+	b.Hint = "h"
+	b, err = st.UpdateEntry(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EntriesWritten(ctx, []registry.Entry{b}, nil); err != nil {
+		t.Fatal(err)
+	}
+	snap, _ = c.Current()
+	got := ids(snap.Entries, agent)
+	if got["/a"] || !got["/b"] || snap.Entries.Len() != 2 {
+		t.Fatalf("after delete+update: %v (len %d)", got, snap.Entries.Len())
+	}
+	if e, _ := snap.Entries.Get(b.ID); e.Hint != "h" {
+		t.Fatalf("update not applied: %+v", e)
+	}
+	// The patched snapshot equals what a full reload reads.
+	rev, _ := st.Revision(ctx)
+	if snap.Revision != rev {
+		t.Fatalf("snapshot revision %d, store %d", snap.Revision, rev)
+	}
+}
+
+func timeNow() time.Time { return time.Now() }

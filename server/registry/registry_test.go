@@ -1,0 +1,108 @@
+package registry
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/internal/selector"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+func id(p string) spiffeid.ID { return spiffeid.RequireFromPath(td, p) }
+
+func sel(s string) []selector.Selector {
+	out, err := selector.ParseAll(strings.Split(s, ","))
+	if err != nil {
+		panic(err)
+	}
+	return out
+}
+
+func TestValidate(t *testing.T) {
+	ok := Entry{SPIFFEID: id("/w"), ParentID: id("/agent/a"), Selectors: sel("unix:uid:1")}
+	tests := []struct {
+		name    string
+		mutate  func(*Entry)
+		wantErr string
+	}{
+		{"valid", func(*Entry) {}, ""},
+		{"valid node alias", func(e *Entry) { e.ParentID = spiffeid.ID{}; e.Node = true }, ""},
+		{"no spiffe id", func(e *Entry) { e.SPIFFEID = spiffeid.ID{} }, "spiffe_id is required"},
+		{"foreign trust domain", func(e *Entry) { e.SPIFFEID = spiffeid.RequireFromString("spiffe://other.org/w") }, "not in trust domain"},
+		{"bare trust domain", func(e *Entry) { e.SPIFFEID = spiffeid.RequireFromString("spiffe://example.org") }, "path"},
+		{"no parent", func(e *Entry) { e.ParentID = spiffeid.ID{} }, "parent_id is required"},
+		{"node alias with parent", func(e *Entry) { e.Node = true }, "takes no parent_id"},
+		{"parent is self", func(e *Entry) { e.ParentID = e.SPIFFEID }, "the same"},
+		{"no selectors", func(e *Entry) { e.Selectors = nil }, "at least one selector"},
+		{"ttl too short", func(e *Entry) { e.X509TTL = time.Millisecond }, "x509_ttl"},
+		{"ttl too long", func(e *Entry) { e.JWTTTL = 365 * 24 * time.Hour }, "jwt_ttl"},
+		{"bad dns", func(e *Entry) { e.DNSNames = []string{"a..b"} }, "dns name"},
+		{"wildcard not first", func(e *Entry) { e.DNSNames = []string{"a.*.b"} }, "dns name"},
+		{"wildcard first", func(e *Entry) { e.DNSNames = []string{"*.example.org"} }, ""},
+		{"bad hint", func(e *Entry) { e.Hint = "a b" }, "hint"},
+		{"federates with self", func(e *Entry) { e.FederatesWith = []spiffeid.TrustDomain{td} }, "own trust domain"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := ok
+			tt.mutate(&e)
+			err := e.Validate(td)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Validate = %v, want error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestAuthorized(t *testing.T) {
+	now := time.Now()
+	agentA, agentB := id("/agent/a"), id("/agent/b")
+	entries := []Entry{
+		{ID: "direct", SPIFFEID: id("/web"), ParentID: agentA, Selectors: sel("unix:uid:1")},
+		{ID: "downstream", SPIFFEID: id("/web/child"), ParentID: id("/web"), Selectors: sel("unix:uid:2")},
+		{ID: "other-agent", SPIFFEID: id("/db"), ParentID: agentB, Selectors: sel("unix:uid:3")},
+		{ID: "alias", SPIFFEID: id("/nodes/k8s"), Node: true, Selectors: sel("k8s_psat:cluster:c1")},
+		{ID: "via-alias", SPIFFEID: id("/cluster-wide"), ParentID: id("/nodes/k8s"), Selectors: sel("k8s:ns:x")},
+		{ID: "expired", SPIFFEID: id("/old"), ParentID: agentA, Selectors: sel("unix:uid:4"), ExpiresAt: now.Add(-time.Second)},
+		// A cycle must not loop forever.
+		{ID: "cycle-1", SPIFFEID: id("/c1"), ParentID: id("/c2"), Selectors: sel("unix:uid:5")},
+		{ID: "cycle-2", SPIFFEID: id("/c2"), ParentID: id("/c1"), Selectors: sel("unix:uid:6")},
+		{ID: "into-cycle", SPIFFEID: id("/c1"), ParentID: agentB, Selectors: sel("unix:uid:7")},
+	}
+	ix := NewIndex(entries)
+	got := func(agent spiffeid.ID, nodeSels []selector.Selector) map[string]bool {
+		out := map[string]bool{}
+		for _, e := range ix.Authorized(agent, nodeSels, now) {
+			if out[e.ID] {
+				t.Fatalf("entry %s returned twice", e.ID)
+			}
+			out[e.ID] = true
+		}
+		return out
+	}
+	a := got(agentA, nil)
+	if !a["direct"] || !a["downstream"] || a["other-agent"] || a["via-alias"] || a["expired"] || len(a) != 2 {
+		t.Fatalf("agent A without node selectors: %v", a)
+	}
+	a = got(agentA, sel("k8s_psat:cluster:c1,k8s_psat:node:n1"))
+	if !a["via-alias"] || len(a) != 3 {
+		t.Fatalf("agent A matching the alias: %v", a)
+	}
+	if a = got(agentA, sel("k8s_psat:cluster:c2")); a["via-alias"] {
+		t.Fatalf("alias matched other node selectors: %v", a)
+	}
+	b := got(agentB, nil)
+	if !b["other-agent"] || !b["into-cycle"] || !b["cycle-2"] || !b["cycle-1"] || b["direct"] {
+		t.Fatalf("agent B: %v", b)
+	}
+}

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -65,6 +66,9 @@ type record struct {
 	entry *Entry
 	key   selector.Selector
 	svid  *x509svid.SVID
+	// keyDER is svid's private key as PKCS#8, encoded once when the SVID
+	// arrives: every push and every persist would otherwise re-encode it.
+	keyDER []byte
 }
 
 // EntrySVID is an entry with its current X509-SVID, as the manager sees it.
@@ -160,9 +164,9 @@ func (c *Cache) SetEntries(entries []Entry) {
 				continue
 			}
 			changed = append(changed, old.entry, e)
-			rec := &record{entry: e, svid: old.svid}
+			rec := &record{entry: e, svid: old.svid, keyDER: old.keyDER}
 			if rec.svid != nil && rec.svid.ID != e.SPIFFEID {
-				rec.svid = nil
+				rec.svid, rec.keyDER = nil, nil
 			}
 			next[e.ID] = rec
 			continue
@@ -257,7 +261,12 @@ func (c *Cache) PutSVIDs(svids map[string]*x509svid.SVID) {
 		if !ok || s == nil || s.ID != r.entry.SPIFFEID {
 			continue
 		}
-		r.svid = s
+		keyDER, err := x509.MarshalPKCS8PrivateKey(s.PrivateKey)
+		if err != nil {
+			c.opts.Logger.Error("refusing SVID whose key cannot be encoded", "entry_id", id, "error", err)
+			continue
+		}
+		r.svid, r.keyDER = s, keyDER
 		changed = append(changed, r.entry)
 	}
 	if len(changed) > 0 {
@@ -385,7 +394,7 @@ func (c *Cache) DropExpired() {
 	var changed []*Entry
 	for _, r := range c.records {
 		if r.svid != nil && !usable(r.svid, now) {
-			r.svid = nil
+			r.svid, r.keyDER = nil, nil
 			changed = append(changed, r.entry)
 		}
 	}
@@ -499,6 +508,7 @@ func (c *Cache) stateLocked(s *subscription) *WorkloadState {
 			PrivateKey:   r.svid.PrivateKey,
 			Hint:         r.entry.Hint,
 		})
+		st.KeysDER = append(st.KeysDER, r.keyDER)
 		for _, td := range r.entry.FederatesWith {
 			feds[td] = true
 		}

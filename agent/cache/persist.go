@@ -165,11 +165,7 @@ func encodeSnapshot(s *snapshot) ([]byte, error) {
 			de.FederatesWith = append(de.FederatesWith, td.Name())
 		}
 		if r.svid != nil {
-			key, err := x509.MarshalPKCS8PrivateKey(r.svid.PrivateKey)
-			if err != nil {
-				return nil, fmt.Errorf("encode key of entry %s: %w", e.ID, err)
-			}
-			de.SVIDKey = key
+			de.SVIDKey = r.keyDER
 			for _, c := range r.svid.Certificates {
 				de.SVIDChain = append(de.SVIDChain, c.Raw)
 			}

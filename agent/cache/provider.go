@@ -22,6 +22,9 @@ type WorkloadState struct {
 	// SVIDs of every matching entry: the default (oldest entry) first, hints
 	// unique (the first entry with a given hint wins). Empty means no identity.
 	SVIDs []*x509svid.SVID
+	// KeysDER holds, for each SVIDs[i], its private key as PKCS#8 DER,
+	// encoded once by the cache.
+	KeysDER [][]byte
 	// Bundle is the agent's own trust domain's X.509 bundle.
 	Bundle *x509bundle.Bundle
 	// FederatedBundles are the X.509 bundles of the trust domains the matching

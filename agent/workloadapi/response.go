@@ -19,16 +19,16 @@ func x509SVIDResponse(st *cache.WorkloadState) (*workload.X509SVIDResponse, erro
 	roots := concatDER(st.Bundle.X509Authorities())
 	resp := &workload.X509SVIDResponse{}
 	hints := map[string]bool{}
-	for _, svid := range st.SVIDs {
+	for i, svid := range st.SVIDs {
 		if svid.Hint != "" {
 			if hints[svid.Hint] {
 				continue
 			}
 			hints[svid.Hint] = true
 		}
-		key, err := x509.MarshalPKCS8PrivateKey(svid.PrivateKey)
+		key, err := keyDER(st, i)
 		if err != nil {
-			return nil, fmt.Errorf("marshal private key of %s: %w", svid.ID, err)
+			return nil, err
 		}
 		resp.Svids = append(resp.Svids, &workload.X509SVID{
 			SpiffeId:    svid.ID.String(),
@@ -40,6 +40,19 @@ func x509SVIDResponse(st *cache.WorkloadState) (*workload.X509SVIDResponse, erro
 	}
 	resp.FederatedBundles = federated(st)
 	return resp, nil
+}
+
+// keyDER returns the PKCS#8 key of st.SVIDs[i], encoded once by the cache
+// when it provides it.
+func keyDER(st *cache.WorkloadState, i int) ([]byte, error) {
+	if i < len(st.KeysDER) && st.KeysDER[i] != nil {
+		return st.KeysDER[i], nil
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(st.SVIDs[i].PrivateKey)
+	if err != nil {
+		return nil, fmt.Errorf("marshal private key of %s: %w", st.SVIDs[i].ID, err)
+	}
+	return key, nil
 }
 
 func federated(st *cache.WorkloadState) map[string][]byte {

@@ -192,3 +192,16 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestExamplePostgresHelperConf(t *testing.T) {
+	cfg := NewConfig()
+	if err := LoadConfigFile("../examples/postgres/helper.conf", &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.UID != 101 || cfg.KeyFileMode != 0o600 || cfg.RenewSignal != "SIGHUP" {
+		t.Errorf("cfg = %+v", cfg)
+	}
+}

@@ -77,7 +77,9 @@ func readPID(path string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read pid file: %w", err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	// The PID is the first line (postmaster.pid holds more after it).
+	first, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
 	if err != nil || pid <= 0 {
 		return 0, fmt.Errorf("pid file %s holds no pid", path)
 	}

@@ -79,6 +79,9 @@ type runner struct {
 	x509       *workloadapi.X509Context
 	jwts       map[string]*jwtsvid.SVID
 	jwtBundles *jwtbundle.Set
+	// x509Dirty: X.509 material changed since the last published set, so
+	// the next set must reload the app even if JWT material completes it.
+	x509Dirty bool
 }
 
 // once is init mode: wait for the socket and an identity, write, exit.
@@ -210,7 +213,8 @@ func (r *runner) write(jwtOnly bool) (Event, error) {
 		return Event{}, fmt.Errorf("write file set to %s (previous set kept): %w", r.cfg.CertDir, err)
 	}
 	leaf := svid.Certificates[0]
-	ev := Event{SPIFFEID: svid.ID.String(), Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter, JWTOnly: jwtOnly}
+	ev := Event{SPIFFEID: svid.ID.String(), Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter, JWTOnly: jwtOnly && !r.x509Dirty}
+	r.x509Dirty = false
 	r.health.Written(leaf.NotAfter)
 	if r.o.onWrite != nil {
 		r.o.onWrite(ev)
@@ -306,7 +310,7 @@ func (r *runner) daemon(ctx context.Context) error {
 		}
 		// X.509 updates (new SVID or new bundle) always reload; JWT renewals
 		// only when asked, as most apps read JWTs per request.
-		if !jwtOnly || r.cfg.ReloadOnJWT {
+		if !ev.JWTOnly || r.cfg.ReloadOnJWT {
 			queue.push(ev)
 		}
 	}
@@ -383,7 +387,7 @@ type x509Watcher struct {
 func (w *x509Watcher) OnX509ContextUpdate(x *workloadapi.X509Context) {
 	w.r.health.StreamUp()
 	w.r.mu.Lock()
-	w.r.x509 = x
+	w.r.x509, w.r.x509Dirty = x, true
 	w.r.mu.Unlock()
 	w.publish(false)
 }

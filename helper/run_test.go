@@ -62,11 +62,19 @@ func TestRunDaemonRotatesWritesAndSignals(t *testing.T) {
 		}
 		return false
 	}
+	waitSignal := func(what string) {
+		t.Helper()
+		select {
+		case <-sigs:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no SIGUSR2 through the pid file after %s", what)
+		}
+	}
 	waitFor(t, func() bool { return hasSerial(first.Certificates[0].SerialNumber.Text(16)) })
-	<-sigs
+	waitSignal("the first write")
 	second := agent.rotate(time.Hour)
 	waitFor(t, func() bool { return hasSerial(second.Certificates[0].SerialNumber.Text(16)) })
-	<-sigs
+	waitSignal("the rotation")
 	pair, err := tls.LoadX509KeyPair(filepath.Join(cfg.CertDir, "svid.pem"), filepath.Join(cfg.CertDir, "svid_key.pem"))
 	if err != nil {
 		t.Fatal(err)

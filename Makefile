@@ -2,16 +2,19 @@
 GO        ?= go
 BIN       ?= bin/signet
 PKGS      ?= ./...
-FUZZTIME  ?= 8s
+FUZZTIME  ?= 6s
 # package:FuzzTarget pairs run briefly by `make test` (`make fuzz FUZZTIME=5m` for longer).
 FUZZ_TARGETS ?= \
 	./internal/ids:FuzzParseID \
 	./internal/selector:FuzzParse \
 	./agent:FuzzParseConfig \
 	./helper:FuzzParseConfig \
-	./csidriver:FuzzValidateTargetPath
+	./csidriver:FuzzValidateTargetPath \
+	./server:FuzzParseConfig \
+	./server/store:FuzzParseURL \
+	./server/adminapi:FuzzParseEntryFile
 
-.PHONY: all build test unit fuzz bench demo lint deps proto clean
+.PHONY: all build test fuzz bench demo lint deps proto clean
 
 all: build
 

@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -58,7 +59,7 @@ func propagate1000(b *testing.B, batch bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- agent.Run(ctx, cfg, nil) }()
+	go func() { done <- agent.Run(ctx, cfg, slog.New(slog.DiscardHandler)) }()
 	defer func() { cancel(); <-done }()
 	<-ready
 

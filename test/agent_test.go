@@ -224,8 +224,19 @@ func TestAgentRotationAndNewEntriesReachOpenStream(t *testing.T) {
 	}
 }
 
-func TestAgentServesPersistedSVIDsWhileServerDown(t *testing.T) {
-	want := callerID(t)
+// node is a separate `signet server run` and `signet agent run`, the agent
+// attested as spiffe://example.org/agent/node1.
+type node struct {
+	server    *serverEnv
+	agent     *proc
+	agentArgs []string
+	socket    string
+}
+
+const nodeAgentID = "spiffe://example.org/agent/node1"
+
+func startNode(t testing.TB) *node {
+	t.Helper()
 	srv := startServerProc(t)
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
@@ -237,40 +248,60 @@ func TestAgentServesPersistedSVIDsWhileServerDown(t *testing.T) {
 	if err := os.WriteFile(bundle, []byte(pemOut), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tok, err := srv.cli(t, "server", "token", "generate", "--spiffe-id", "spiffe://example.org/agent/node1")
+	tok, err := srv.cli(t, "server", "token", "generate", "--spiffe-id", nodeAgentID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := srv.cli(t, "server", "entry", "create", "--parent-id", "spiffe://example.org/agent/node1",
+	addr := fieldValue(srv.proc.waitLine(t, "agent_api=", 10*time.Second), "agent_api")
+	n := &node{server: srv, socket: filepath.Join(dir, "sockets", "agent.sock")}
+	n.agentArgs = []string{"agent", "run", "--server", addr, "--trust-domain", "example.org", "--data-dir", filepath.Join(dir, "agent"),
+		"--trust-bundle", bundle, "--socket", n.socket}
+	n.agent = startSignet(t, nil, append(n.agentArgs, "--join-token", strings.TrimSpace(tok))...)
+	n.agent.waitLine(t, "agent ready", 30*time.Second)
+	return n
+}
+
+func (n *node) fetchID() (spiffeid.ID, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+n.socket))
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	return svid.ID, nil
+}
+
+func TestAgentServesPersistedSVIDsWhileServerDown(t *testing.T) {
+	want := callerID(t)
+	n := startNode(t)
+	if _, err := n.server.cli(t, "server", "entry", "create", "--parent-id", nodeAgentID,
 		"--spiffe-id", want.String(), "--selector", "unix:uid:0"); err != nil {
 		t.Fatal(err)
 	}
-	addr := srv.proc.waitLine(t, "agent_api=", 10*time.Second)
-	addr = fieldValue(addr, "agent_api")
-	socket := filepath.Join(dir, "sockets", "agent.sock")
-	agentArgs := []string{"agent", "run", "--server", addr, "--trust-domain", "example.org", "--data-dir", filepath.Join(dir, "agent"),
-		"--trust-bundle", bundle, "--socket", socket}
-	ag := startSignet(t, nil, append(agentArgs, "--join-token", strings.TrimSpace(tok))...)
-	ag.waitLine(t, "agent ready", 30*time.Second)
-	fetchID := func() (spiffeid.ID, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+socket))
-		if err != nil {
-			return spiffeid.ID{}, err
-		}
-		return svid.ID, nil
-	}
-	if id, err := fetchID(); err != nil || id != want {
-		t.Fatalf("before outage: %v %v", id, err)
-	}
-	srv.proc.Kill()
-	ag.Stop()
+	waitForID(t, n, want)
+	n.server.proc.Kill()
+	n.agent.Stop()
 	// Same data dir, no token: the agent restarts into a server outage.
-	restarted := startSignet(t, nil, agentArgs...)
+	restarted := startSignet(t, nil, n.agentArgs...)
 	restarted.waitLine(t, "Workload API serving", 30*time.Second)
-	if id, err := fetchID(); err != nil || id != want {
+	if id, err := n.fetchID(); err != nil || id != want {
 		t.Fatalf("restarted agent during server outage: %v %v", id, err)
+	}
+}
+
+// waitForID waits until the node's Workload API serves want to this process.
+func waitForID(t testing.TB, n *node, want spiffeid.ID) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		id, err := n.fetchID()
+		if err == nil && id == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent did not serve %s: %v %v", want, id, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

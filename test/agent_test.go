@@ -235,9 +235,9 @@ type node struct {
 
 const nodeAgentID = "spiffe://example.org/agent/node1"
 
-func startNode(t testing.TB) *node {
+func startNode(t testing.TB, serverArgs ...string) *node {
 	t.Helper()
-	srv := startServerProc(t)
+	srv := startServerProc(t, serverArgs...)
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
 	bundle := filepath.Join(dir, "bundle.pem")
@@ -286,6 +286,50 @@ func TestAgentServesPersistedSVIDsWhileServerDown(t *testing.T) {
 	restarted.waitLine(t, "Workload API serving", 30*time.Second)
 	if id, err := n.fetchID(); err != nil || id != want {
 		t.Fatalf("restarted agent during server outage: %v %v", id, err)
+	}
+}
+
+func TestAgentCatchesUpWhenServerReturns(t *testing.T) {
+	want := callerID(t)
+	listen := freeAddr(t)
+	n := startNode(t, "--listen", listen)
+	if _, err := n.server.cli(t, "server", "entry", "create", "--parent-id", nodeAgentID,
+		"--spiffe-id", want.String(), "--selector", "unix:uid:0"); err != nil {
+		t.Fatal(err)
+	}
+	waitForID(t, n, want)
+
+	// The server goes away; the agent keeps serving and retries.
+	n.server.proc.Kill()
+	if id, err := n.fetchID(); err != nil || id != want {
+		t.Fatalf("agent during the outage: %v %v", id, err)
+	}
+	// The same server (data dir, address) comes back with a new entry; the
+	// running agent reconnects and serves it without a restart.
+	args := n.server.proc.cmd.Args[1:]
+	n.server.proc = startSignet(t, nil, args...)
+	n.server.proc.waitLine(t, "server started", 30*time.Second)
+	extra := spiffeid.RequireFromString("spiffe://example.org/after-outage")
+	if _, err := n.server.cli(t, "server", "entry", "create", "--parent-id", nodeAgentID,
+		"--spiffe-id", extra.String(), "--selector", "unix:uid:0"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+n.socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	for {
+		x, err := client.FetchX509Context(ctx)
+		if err == nil && containsID(x.SVIDs, extra.String()) {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the agent never caught up with the returned server: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

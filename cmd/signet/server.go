@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/internal/ids"
@@ -93,6 +94,9 @@ func (a *adminFlags) call(ctx context.Context, fn func(context.Context, api.Admi
 	defer cancel()
 	if err := fn(ctx, client); err != nil {
 		if st, ok := status.FromError(err); ok {
+			if st.Code() == codes.Unavailable {
+				return fmt.Errorf("cannot reach the server's admin socket %s (is `signet server run` up, and is --admin-socket right?): %s", a.socket, st.Message())
+			}
 			return fmt.Errorf("%s (%s)", st.Message(), st.Code())
 		}
 		return err

@@ -2,6 +2,9 @@
 GO        ?= go
 BIN       ?= bin/signet
 PKGS      ?= ./...
+# The concurrent core runs under the race detector in `make test`; the rest
+# (mounts, nginx, PostgreSQL, the built binary) without, to keep CI short.
+RACE_PKGS ?= ./server/... ./agent/... ./internal/...
 FUZZTIME  ?= 6s
 # package:FuzzTarget pairs run briefly by `make test` (`make fuzz FUZZTIME=5m` for longer).
 FUZZ_TARGETS ?= \
@@ -29,7 +32,8 @@ deps:
 # test is everything CI runs: lint, unit + integration + end-to-end tests, and
 # a short run of every fuzz target.
 test: deps lint
-	$(GO) test -count=1 -timeout 20m $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(RACE_PKGS)
+	$(GO) test -count=1 -timeout 20m $$($(GO) list $(PKGS) | grep -Ev '/(server|agent|internal)(/|$$)')
 	@$(MAKE) --no-print-directory fuzz
 
 fuzz:

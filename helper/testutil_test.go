@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -36,9 +37,18 @@ type testCA struct {
 	cert   *x509.Certificate
 	key    crypto.Signer
 	jwtKey *ecdsa.PrivateKey
+	// chain is what an SVID this CA issues carries after its leaf: the
+	// intermediates up to, not including, the root.
+	chain []*x509.Certificate
 }
 
 func newTestCA(t testing.TB, td string) *testCA {
+	t.Helper()
+	return newTestCAUntil(t, td, time.Now().Add(24*time.Hour))
+}
+
+// newTestCAUntil is a root CA valid until notAfter (which may be past).
+func newTestCAUntil(t testing.TB, td string, notAfter time.Time) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -49,8 +59,8 @@ func newTestCA(t testing.TB, td string) *testCA {
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{Organization: []string{"test"}, CommonName: "test CA " + td},
 		URIs:                  []*url.URL{tdID.ID().URL()},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		NotBefore:             notAfter.Add(-48 * time.Hour),
+		NotAfter:              notAfter,
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
@@ -62,6 +72,33 @@ func newTestCA(t testing.TB, td string) *testCA {
 	cert, _ := x509.ParseCertificate(der)
 	jk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	return &testCA{td: tdID, cert: cert, key: key, jwtKey: jk}
+}
+
+// intermediate returns an intermediate CA signed by ca, valid until
+// notAfter (which may be past: an expired intermediate still signs).
+func (ca *testCA) intermediate(t testing.TB, notAfter time.Time) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{"test"}, CommonName: "test intermediate " + ca.td.Name()},
+		URIs:                  []*url.URL{ca.td.ID().URL()},
+		NotBefore:             notAfter.Add(-48 * time.Hour),
+		NotAfter:              notAfter,
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &testCA{td: ca.td, cert: cert, key: key, jwtKey: ca.jwtKey, chain: append([]*x509.Certificate{cert}, ca.chain...)}
 }
 
 // svid issues an X509-SVID for id valid for ttl.
@@ -89,7 +126,7 @@ func (ca *testCA) svid(t testing.TB, id string, ttl time.Duration) *x509svid.SVI
 		t.Fatal(err)
 	}
 	cert, _ := x509.ParseCertificate(der)
-	return &x509svid.SVID{ID: sid, Certificates: []*x509.Certificate{cert}, PrivateKey: key}
+	return &x509svid.SVID{ID: sid, Certificates: append([]*x509.Certificate{cert}, ca.chain...), PrivateKey: key}
 }
 
 func (ca *testCA) bundle() *x509bundle.Bundle {
@@ -125,10 +162,22 @@ type fakeAgent struct {
 	socket string
 	srv    *grpc.Server
 
+	// issuer signs rotated SVIDs (default ca; an intermediate of ca gives
+	// SVIDs a chain).
+	issuer *testCA
+	// extraRoots are added to the own trust domain's bundle; federated
+	// CAs' roots are sent as federated bundles.
+	extraRoots []*x509.Certificate
+	federated  []*testCA
+	// jwtTTL is the lifetime of issued JWT-SVIDs (default 5 min).
+	jwtTTL time.Duration
+
 	mu      sync.Mutex
 	svid    *x509svid.SVID
-	deny    bool // answer PermissionDenied (no entry yet)
+	others  []*x509svid.SVID // sent after svid, each with its Hint
+	deny    bool             // answer PermissionDenied (no entry yet)
 	changed chan struct{}
+	jwts    int // JWT-SVIDs issued
 }
 
 func newFakeAgent(t testing.TB, ca *testCA, id string) *fakeAgent {
@@ -137,7 +186,7 @@ func newFakeAgent(t testing.TB, ca *testCA, id string) *fakeAgent {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	return &fakeAgent{t: t, ca: ca, id: id, socket: filepath.Join(dir, "agent.sock"), changed: make(chan struct{})}
+	return &fakeAgent{t: t, ca: ca, issuer: ca, id: id, socket: filepath.Join(dir, "agent.sock"), changed: make(chan struct{}), jwtTTL: 5 * time.Minute}
 }
 
 // start listens on the socket (which tests may start late).
@@ -156,13 +205,25 @@ func (a *fakeAgent) addr() string { return "unix://" + a.socket }
 
 // rotate issues a fresh SVID and pushes it to open streams.
 func (a *fakeAgent) rotate(ttl time.Duration) *x509svid.SVID {
-	s := a.ca.svid(a.t, a.id, ttl)
+	s := a.issuer.svid(a.t, a.id, ttl)
+	a.setSVIDs(s)
+	return s
+}
+
+// setSVIDs serves svids (the first is the default) and pushes them.
+func (a *fakeAgent) setSVIDs(svids ...*x509svid.SVID) {
 	a.mu.Lock()
-	a.svid = s
+	a.svid, a.others = svids[0], svids[1:]
 	close(a.changed)
 	a.changed = make(chan struct{})
 	a.mu.Unlock()
-	return s
+}
+
+// jwtsIssued is how many JWT-SVIDs the agent has issued so far.
+func (a *fakeAgent) jwtsIssued() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.jwts
 }
 
 func (a *fakeAgent) setDeny(deny bool) {
@@ -185,21 +246,33 @@ func (a *fakeAgent) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.Serve
 	if err := checkHeader(stream.Context()); err != nil {
 		return err
 	}
+	bundle := a.ca.cert.Raw
+	for _, c := range a.extraRoots {
+		bundle = append(slices.Clip(bundle), c.Raw...)
+	}
+	federated := map[string][]byte{}
+	for _, f := range a.federated {
+		federated["spiffe://"+f.td.Name()] = f.cert.Raw
+	}
 	for {
 		a.mu.Lock()
-		s, deny, changed := a.svid, a.deny, a.changed
+		s, others, deny, changed := a.svid, a.others, a.deny, a.changed
 		a.mu.Unlock()
 		if deny || s == nil {
 			return status.Error(codes.PermissionDenied, "no identity issued")
 		}
-		key, _ := x509.MarshalPKCS8PrivateKey(s.PrivateKey)
-		var chain []byte
-		for _, c := range s.Certificates {
-			chain = append(chain, c.Raw...)
+		resp := &workload.X509SVIDResponse{FederatedBundles: federated}
+		for _, s := range append([]*x509svid.SVID{s}, others...) {
+			key, _ := x509.MarshalPKCS8PrivateKey(s.PrivateKey)
+			var chain []byte
+			for _, c := range s.Certificates {
+				chain = append(chain, c.Raw...)
+			}
+			resp.Svids = append(resp.Svids, &workload.X509SVID{
+				SpiffeId: s.ID.String(), X509Svid: chain, X509SvidKey: key, Bundle: bundle, Hint: s.Hint,
+			})
 		}
-		if err := stream.Send(&workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
-			SpiffeId: s.ID.String(), X509Svid: chain, X509SvidKey: key, Bundle: a.ca.cert.Raw,
-		}}}); err != nil {
+		if err := stream.Send(resp); err != nil {
 			return err
 		}
 		select {
@@ -216,11 +289,20 @@ func (a *fakeAgent) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDReque
 	}
 	a.mu.Lock()
 	deny := a.deny || a.svid == nil
+	svids := append([]*x509svid.SVID{a.svid}, a.others...)
+	if !deny {
+		a.jwts += len(svids)
+	}
 	a.mu.Unlock()
 	if deny {
 		return nil, status.Error(codes.PermissionDenied, "no identity issued")
 	}
-	return &workload.JWTSVIDResponse{Svids: []*workload.JWTSVID{{SpiffeId: a.id, Svid: a.ca.jwt(a.t, a.id, req.Audience, 5*time.Minute)}}}, nil
+	resp := &workload.JWTSVIDResponse{}
+	for _, s := range svids {
+		id := s.ID.String()
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id, Svid: a.ca.jwt(a.t, id, req.Audience, a.jwtTTL), Hint: s.Hint})
+	}
+	return resp, nil
 }
 
 func (a *fakeAgent) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {

@@ -258,12 +258,13 @@ func TestEntryValidation(t *testing.T) {
 		}
 	}
 	badEntries := map[string]*api.Entry{
-		"no selectors":  {SpiffeId: "spiffe://example.org/w", ParentId: parent},
-		"bad selector":  {SpiffeId: "spiffe://example.org/w", ParentId: parent, Selectors: []*api.Selector{{Type: "unix", Value: "uid:abc"}}},
-		"negative ttl":  {SpiffeId: "spiffe://example.org/w", ParentId: parent, X509TtlSeconds: -1, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
-		"huge ttl":      {SpiffeId: "spiffe://example.org/w", ParentId: parent, X509TtlSeconds: 1 << 30, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
-		"bad dns":       {SpiffeId: "spiffe://example.org/w", ParentId: parent, DnsNames: []string{"a..b"}, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
-		"own federated": {SpiffeId: "spiffe://example.org/w", ParentId: parent, FederatesWith: []string{"example.org"}, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
+		"server's own ID": {SpiffeId: "spiffe://example.org/signet/server", ParentId: parent, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
+		"no selectors":    {SpiffeId: "spiffe://example.org/w", ParentId: parent},
+		"bad selector":    {SpiffeId: "spiffe://example.org/w", ParentId: parent, Selectors: []*api.Selector{{Type: "unix", Value: "uid:abc"}}},
+		"negative ttl":    {SpiffeId: "spiffe://example.org/w", ParentId: parent, X509TtlSeconds: -1, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
+		"huge ttl":        {SpiffeId: "spiffe://example.org/w", ParentId: parent, X509TtlSeconds: 1 << 30, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
+		"bad dns":         {SpiffeId: "spiffe://example.org/w", ParentId: parent, DnsNames: []string{"a..b"}, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
+		"own federated":   {SpiffeId: "spiffe://example.org/w", ParentId: parent, FederatesWith: []string{"example.org"}, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}},
 	}
 	for name, e := range badEntries {
 		_, err := ts.admin.CreateEntry(context.Background(), &api.CreateEntryRequest{Entry: e})
@@ -356,17 +357,17 @@ func TestSignOnlyAuthorizedEntries(t *testing.T) {
 	b := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/b", 0))
 	mine := ts.createEntry(t, "spiffe://example.org/web", a.ID.String(), "unix:uid:1000")
 	theirs := ts.createEntry(t, "spiffe://example.org/db", b.ID.String(), "unix:uid:1000")
-	// Entries parented to an entry the agent serves are its too (downstream).
+	// Parented to a workload entry the agent serves: not the agent's (DESIGN.md).
 	nested := ts.createEntry(t, "spiffe://example.org/web/child", "spiffe://example.org/web", "unix:uid:1001")
 
 	ctx := context.Background()
 	key, csr := newCSR(t)
-	resp, err := a.Client.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{
-		{EntryId: mine.Id, Csr: csr}, {EntryId: nested.Id, Csr: csr},
-	}})
+	resp, err := a.Client.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: mine.Id, Csr: csr}}})
 	if err != nil {
-		t.Fatalf("sign own entries: %v", err)
+		t.Fatalf("sign own entry: %v", err)
 	}
+	_, err = a.Client.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: nested.Id, Csr: csr}}})
+	wantCode(t, err, codes.PermissionDenied, "CSR for an entry parented to a workload entry")
 	svid := svidFrom(t, resp.Svids[0].CertChain, key)
 	if svid.ID.String() != "spiffe://example.org/web" {
 		t.Fatalf("SVID ID %s", svid.ID)

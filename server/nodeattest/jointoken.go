@@ -13,6 +13,7 @@ import (
 
 	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/registry"
 	"github.com/signetid/signet/server/store"
 )
 
@@ -46,8 +47,12 @@ func NewJoinToken(td spiffeid.TrustDomain, agentID string, ttl time.Duration, no
 		return "", store.JoinToken{}, fmt.Errorf("join token ttl %s is out of range [1s, 720h]", ttl)
 	}
 	if agentID != "" {
-		if _, err := ids.ParseWorkloadIDIn(agentID, td); err != nil {
+		id, err := ids.ParseWorkloadIDIn(agentID, td)
+		if err != nil {
 			return "", store.JoinToken{}, fmt.Errorf("join token spiffe id: %w", err)
+		}
+		if registry.Reserved(id) {
+			return "", store.JoinToken{}, fmt.Errorf("join token spiffe id %s: paths under %s/ are reserved for Signet itself", id, registry.ReservedPrefix)
 		}
 	}
 	var raw [20]byte

@@ -61,7 +61,7 @@ func TestJoinTokens(t *testing.T) {
 	for _, bad := range []struct {
 		id  string
 		ttl time.Duration
-	}{{"spiffe://other.org/a", 0}, {"spiffe://example.org/a/", 0}, {"", time.Hour * 24 * 365}, {"", -time.Second}} {
+	}{{"spiffe://other.org/a", 0}, {"spiffe://example.org/a/", 0}, {"", time.Hour * 24 * 365}, {"", -time.Second}, {"spiffe://example.org/signet/server", 0}} {
 		if _, _, err := NewJoinToken(td, bad.id, bad.ttl, now); err == nil {
 			t.Errorf("NewJoinToken(%q, %s) succeeded", bad.id, bad.ttl)
 		}

@@ -43,36 +43,29 @@ func (ix *Index) Get(id string) (*Entry, bool) {
 // Len is the number of entries indexed.
 func (ix *Index) Len() int { return len(ix.byID) }
 
-// Authorized returns the entries the agent may serve at now: those parented
-// to the agent's ID or to a node-alias entry whose selectors the agent's node
-// selectors include, and, transitively, entries parented to those entries'
-// IDs. Expired entries are skipped. The result has no duplicates.
+// Authorized returns the entries the agent may serve at now: those whose
+// parent is the agent's ID, or the ID of a node-alias entry whose selectors
+// the agent's node selectors include (DESIGN.md's rule, and nothing wider:
+// an entry's own ID never makes it a parent, so a workload entry that happens
+// to carry another agent's ID cannot hand this agent that agent's entries).
+// Expired entries are skipped. The result has no duplicates.
 func (ix *Index) Authorized(agentID spiffeid.ID, nodeSelectors []selector.Selector, now time.Time) []*Entry {
 	parents := []spiffeid.ID{agentID}
 	nodeSet := selector.NewSet(nodeSelectors...)
 	for _, alias := range ix.aliases {
-		if !alias.Expired(now) && nodeSet.Includes(alias.Selectors) {
+		if !alias.Expired(now) && nodeSet.Includes(alias.Selectors) && alias.SPIFFEID != agentID {
 			parents = append(parents, alias.SPIFFEID)
 		}
 	}
-	seenParent := make(map[spiffeid.ID]bool, len(parents))
-	seenEntry := make(map[string]bool)
+	seen := make(map[string]bool)
 	var out []*Entry
-	for len(parents) > 0 {
-		p := parents[0]
-		parents = parents[1:]
-		if seenParent[p] {
-			continue
-		}
-		seenParent[p] = true
+	for _, p := range parents {
 		for _, e := range ix.byParent[p] {
-			if seenEntry[e.ID] || e.Expired(now) {
+			if seen[e.ID] || e.Expired(now) {
 				continue
 			}
-			seenEntry[e.ID] = true
+			seen[e.ID] = true
 			out = append(out, e)
-			// An entry may itself parent further entries (downstream chains).
-			parents = append(parents, e.SPIFFEID)
 		}
 	}
 	return out

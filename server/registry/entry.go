@@ -48,6 +48,16 @@ var (
 	hintRE     = regexp.MustCompile(`^[A-Za-z0-9._:/@-]{1,128}$`)
 )
 
+// ReservedPrefix starts the paths of Signet's own components
+// (spiffe://TD/signet/server is the server's TLS identity, which agents
+// trust by ID alone): no entry or join token may take one.
+const ReservedPrefix = "/signet"
+
+// Reserved reports whether id belongs to Signet's own components.
+func Reserved(id spiffeid.ID) bool {
+	return id.Path() == ReservedPrefix || strings.HasPrefix(id.Path(), ReservedPrefix+"/")
+}
+
 // Validate checks the entry for the server's trust domain td. It reports the
 // first problem in words that say which field is wrong.
 func (e *Entry) Validate(td spiffeid.TrustDomain) error {
@@ -56,6 +66,9 @@ func (e *Entry) Validate(td spiffeid.TrustDomain) error {
 	}
 	if _, err := ids.ParseWorkloadIDIn(e.SPIFFEID.String(), td); err != nil {
 		return fmt.Errorf("entry: spiffe_id: %w", err)
+	}
+	if Reserved(e.SPIFFEID) {
+		return fmt.Errorf("entry: spiffe_id %s: paths under %s/ are reserved for Signet itself", e.SPIFFEID, ReservedPrefix)
 	}
 	if e.Node {
 		if !e.ParentID.IsZero() {

@@ -44,6 +44,9 @@ func TestValidate(t *testing.T) {
 		{"wildcard not first", func(e *Entry) { e.DNSNames = []string{"a.*.b"} }, "dns name"},
 		{"wildcard first", func(e *Entry) { e.DNSNames = []string{"*.example.org"} }, ""},
 		{"bad hint", func(e *Entry) { e.Hint = "a b" }, "hint"},
+		{"server's own ID", func(e *Entry) { e.SPIFFEID = id("/signet/server") }, "reserved"},
+		{"under the reserved prefix", func(e *Entry) { e.SPIFFEID = id("/signet") }, "reserved"},
+		{"prefix lookalike is fine", func(e *Entry) { e.SPIFFEID = id("/signetx/a") }, ""},
 		{"federates with self", func(e *Entry) { e.FederatesWith = []spiffeid.TrustDomain{td} }, "own trust domain"},
 	}
 	for _, tt := range tests {
@@ -69,15 +72,15 @@ func TestAuthorized(t *testing.T) {
 	agentA, agentB := id("/agent/a"), id("/agent/b")
 	entries := []Entry{
 		{ID: "direct", SPIFFEID: id("/web"), ParentID: agentA, Selectors: sel("unix:uid:1")},
+		// Parented to a workload entry: DESIGN.md gives it to no agent.
 		{ID: "downstream", SPIFFEID: id("/web/child"), ParentID: id("/web"), Selectors: sel("unix:uid:2")},
 		{ID: "other-agent", SPIFFEID: id("/db"), ParentID: agentB, Selectors: sel("unix:uid:3")},
 		{ID: "alias", SPIFFEID: id("/nodes/k8s"), Node: true, Selectors: sel("k8s_psat:cluster:c1")},
 		{ID: "via-alias", SPIFFEID: id("/cluster-wide"), ParentID: id("/nodes/k8s"), Selectors: sel("k8s:ns:x")},
 		{ID: "expired", SPIFFEID: id("/old"), ParentID: agentA, Selectors: sel("unix:uid:4"), ExpiresAt: now.Add(-time.Second)},
-		// A cycle must not loop forever.
-		{ID: "cycle-1", SPIFFEID: id("/c1"), ParentID: id("/c2"), Selectors: sel("unix:uid:5")},
-		{ID: "cycle-2", SPIFFEID: id("/c2"), ParentID: id("/c1"), Selectors: sel("unix:uid:6")},
-		{ID: "into-cycle", SPIFFEID: id("/c1"), ParentID: agentB, Selectors: sel("unix:uid:7")},
+		// A workload entry carrying agent B's ID, served by A, must not hand A
+		// agent B's entries.
+		{ID: "impostor", SPIFFEID: agentB, ParentID: agentA, Selectors: sel("unix:uid:5")},
 	}
 	ix := NewIndex(entries)
 	got := func(agent spiffeid.ID, nodeSels []selector.Selector) map[string]bool {
@@ -90,19 +93,19 @@ func TestAuthorized(t *testing.T) {
 		}
 		return out
 	}
-	a := got(agentA, nil)
-	if !a["direct"] || !a["downstream"] || a["other-agent"] || a["via-alias"] || a["expired"] || len(a) != 2 {
-		t.Fatalf("agent A without node selectors: %v", a)
+	want := func(name string, got map[string]bool, ids ...string) {
+		t.Helper()
+		if len(got) != len(ids) {
+			t.Fatalf("%s: got %v, want exactly %v", name, got, ids)
+		}
+		for _, id := range ids {
+			if !got[id] {
+				t.Fatalf("%s: got %v, want exactly %v", name, got, ids)
+			}
+		}
 	}
-	a = got(agentA, sel("k8s_psat:cluster:c1,k8s_psat:node:n1"))
-	if !a["via-alias"] || len(a) != 3 {
-		t.Fatalf("agent A matching the alias: %v", a)
-	}
-	if a = got(agentA, sel("k8s_psat:cluster:c2")); a["via-alias"] {
-		t.Fatalf("alias matched other node selectors: %v", a)
-	}
-	b := got(agentB, nil)
-	if !b["other-agent"] || !b["into-cycle"] || !b["cycle-2"] || !b["cycle-1"] || b["direct"] {
-		t.Fatalf("agent B: %v", b)
-	}
+	want("agent A", got(agentA, nil), "direct", "impostor")
+	want("agent A matching the alias", got(agentA, sel("k8s_psat:cluster:c1,k8s_psat:node:n1")), "direct", "impostor", "via-alias")
+	want("agent A, other cluster", got(agentA, sel("k8s_psat:cluster:c2")), "direct", "impostor")
+	want("agent B", got(agentB, nil), "other-agent")
 }

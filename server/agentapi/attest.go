@@ -68,18 +68,20 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	node := c.Node
-	// The old serial stays valid until the agent reconnects with the new SVID.
-	node.PrevSerialNumber = c.Serial
-	node.SerialNumber = serialHex(chain[0].SerialNumber)
-	node.ExpiresAt = chain[0].NotAfter
-	if err := s.cfg.Store.UpsertNode(ctx, node); err != nil {
+	// Conditional on the node still being there with the presented serial:
+	// an eviction committed since our snapshot wins. The old serial stays
+	// valid until the agent reconnects with the new SVID.
+	serial := serialHex(chain[0].SerialNumber)
+	if err := s.cfg.Store.RenewNode(ctx, c.ID.String(), c.Serial, serial, chain[0].NotAfter); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, status.Errorf(codes.PermissionDenied, "agent %s is not attested (evicted?)", c.ID)
+		}
 		return nil, status.Errorf(codes.Internal, "record agent %s: %v", c.ID, err)
 	}
 	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "refresh catalog: %v", err)
 	}
-	s.cfg.Logger.Info("agent SVID renewed", "agent_id", c.ID.String(), "serial", node.SerialNumber, "expires_at", node.ExpiresAt)
+	s.cfg.Logger.Info("agent SVID renewed", "agent_id", c.ID.String(), "serial", serial, "expires_at", chain[0].NotAfter)
 	return s.attestResponse(c.ID, chain), nil
 }
 

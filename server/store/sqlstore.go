@@ -656,6 +656,25 @@ func (s *sqlStore) ListNodes(ctx context.Context) ([]Node, error) {
 	return out, nil
 }
 
+func (s *sqlStore) RenewNode(ctx context.Context, spiffeID, presentedSerial, newSerial string, expiresAt time.Time) error {
+	err := s.write(ctx, func(t *tx) error {
+		n, err := t.exec(ctx, `UPDATE nodes SET prev_serial_number = $2, serial_number = $3, expires_at = $4
+			WHERE spiffe_id = $1 AND (serial_number = $2 OR prev_serial_number = $2)`,
+			spiffeID, presentedSerial, newSerial, toNanos(expiresAt))
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrNotFound
+		}
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return fmt.Errorf("renew node %s: %w", spiffeID, err)
+	}
+	return nil
+}
+
 func (s *sqlStore) DeleteNode(ctx context.Context, spiffeID string) error {
 	err := s.write(ctx, func(t *tx) error {
 		n, err := t.exec(ctx, `DELETE FROM nodes WHERE spiffe_id = $1`, spiffeID)

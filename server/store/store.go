@@ -91,6 +91,11 @@ type Store interface {
 	UpsertNode(ctx context.Context, n Node) error
 	GetNode(ctx context.Context, spiffeID string) (Node, error)
 	ListNodes(ctx context.Context) ([]Node, error)
+	// RenewNode records a renewed agent SVID in one conditional write: the
+	// node must still exist and presentedSerial be its current or previous
+	// serial (else ErrNotFound), so a renewal racing an eviction cannot
+	// bring the node back. presentedSerial becomes the previous serial.
+	RenewNode(ctx context.Context, spiffeID, presentedSerial, newSerial string, expiresAt time.Time) error
 	// DeleteNode removes (evicts) a node: ErrNotFound if unknown.
 	DeleteNode(ctx context.Context, spiffeID string) error
 

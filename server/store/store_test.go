@@ -793,3 +793,37 @@ func TestCreateEntriesAllOrNothing(t *testing.T) {
 		}
 	})
 }
+
+func TestRenewNodeNeverResurrects(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		id := "spiffe://example.org/agent/a"
+		exp := time.Now().Add(time.Hour).Truncate(time.Second)
+		if err := s.UpsertNode(ctx, Node{SPIFFEID: id, AttestationType: "join_token", SerialNumber: "s1", ExpiresAt: exp}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RenewNode(ctx, id, "s1", "s2", exp.Add(time.Hour)); err != nil {
+			t.Fatalf("renew with the current serial: %v", err)
+		}
+		n, err := s.GetNode(ctx, id)
+		if err != nil || n.SerialNumber != "s2" || n.PrevSerialNumber != "s1" || !n.ExpiresAt.Equal(exp.Add(time.Hour)) {
+			t.Fatalf("after renewal: %+v %v", n, err)
+		}
+		// The previous serial may still renew (the agent had not reconnected yet).
+		if err := s.RenewNode(ctx, id, "s1", "s3", exp); err != nil {
+			t.Fatalf("renew with the previous serial: %v", err)
+		}
+		if err := s.RenewNode(ctx, id, "stale", "s4", exp); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("renew with an unknown serial: %v, want ErrNotFound", err)
+		}
+		if err := s.DeleteNode(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RenewNode(ctx, id, "s3", "s5", exp); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("renew after eviction: %v, want ErrNotFound", err)
+		}
+		if _, err := s.GetNode(ctx, id); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("the evicted node came back: %v", err)
+		}
+	})
+}

@@ -149,7 +149,8 @@ func (c *Cache) Flush() error {
 
 // SetEntries replaces the set of entries the agent serves. SVIDs of entries
 // no longer present are dropped, and so is an SVID whose entry now names a
-// different SPIFFE ID.
+// different SPIFFE ID. Cached JWT-SVIDs of a changed or removed entry are
+// dropped.
 func (c *Cache) SetEntries(entries []Entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -164,6 +165,9 @@ func (c *Cache) SetEntries(entries []Entry) {
 				continue
 			}
 			changed = append(changed, old.entry, e)
+			// Cached JWT-SVIDs were minted for the old entry (its SPIFFE
+			// ID, TTL); serving them would hand out the old identity.
+			c.jwts.dropEntry(e.ID)
 			rec := &record{entry: e, svid: old.svid, keyDER: old.keyDER}
 			if rec.svid != nil && rec.svid.ID != e.SPIFFEID {
 				rec.svid, rec.keyDER = nil, nil

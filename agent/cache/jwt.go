@@ -16,6 +16,9 @@ type jwtCache struct {
 	mu      sync.Mutex
 	tokens  map[jwtKey]jwtToken
 	sweepAt int // prune expired tokens when the map grows past this
+	// gen counts dropEntry calls: a token minted while an entry was being
+	// dropped may carry the entry's old identity, so it is not kept.
+	gen uint64
 }
 
 type jwtKey struct {
@@ -39,6 +42,7 @@ func (j *jwtCache) get(ctx context.Context, entryID string, audience []string, n
 	key := jwtKey{entryID: entryID, audience: strings.Join(aud, "\x00")}
 	j.mu.Lock()
 	tok, ok := j.tokens[key]
+	gen := j.gen
 	j.mu.Unlock()
 	t := now()
 	if ok && t.Before(tok.refreshAt) {
@@ -53,6 +57,9 @@ func (j *jwtCache) get(ctx context.Context, entryID string, audience []string, n
 	refresh := t.Add(svid.Expiry.Sub(t) / 2)
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if j.gen != gen {
+		return svid, nil // an entry changed meanwhile; serve, but do not cache
+	}
 	j.tokens[key] = jwtToken{svid: svid, refreshAt: refresh}
 	if len(j.tokens) > j.sweepAt {
 		for k, v := range j.tokens {
@@ -65,10 +72,12 @@ func (j *jwtCache) get(ctx context.Context, entryID string, audience []string, n
 	return svid, nil
 }
 
-// dropEntry forgets the tokens of an entry the agent no longer serves.
+// dropEntry forgets the tokens of an entry that changed or that the agent
+// no longer serves: they carry the entry as it was (its old SPIFFE ID, TTL).
 func (j *jwtCache) dropEntry(entryID string) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	j.gen++
 	for k := range j.tokens {
 		if k.entryID == entryID {
 			delete(j.tokens, k)

@@ -316,6 +316,13 @@ func TestJoinTokenSingleUseAndExpiry(t *testing.T) {
 	_, err = attest(t, ts, short)
 	wantCode(t, err, codes.PermissionDenied, "expired token")
 
+	// A bad CSR is refused before the token is spent: the token still works.
+	kept := ts.token(t, "", 0)
+	anon := api.NewAgentServiceClient(dialTLS(t, ts.Addr(), tlsconfig.TLSClientConfig(ts.bundle(t), tlsconfig.AuthorizeID(agentapi.ServerID(td)))))
+	_, err = anon.Attest(context.Background(), &api.AttestRequest{AttestationType: "join_token", Payload: []byte(kept), Csr: []byte("garbage")})
+	wantCode(t, err, codes.InvalidArgument, "attest with a garbage CSR")
+	mustAttest(t, ts, kept)
+
 	custom := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/custom", 0))
 	if custom.ID.String() != "spiffe://example.org/agent/custom" {
 		t.Fatalf("token with --spiffe-id gave %s", custom.ID)

@@ -16,8 +16,9 @@ import (
 
 // Attest proves a node with a join token and signs its agent SVID.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
-	if len(req.Csr) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "csr is required")
+	// Check the CSR before the single-use token is spent on it.
+	if err := checkCSR(req.Csr); err != nil {
+		return nil, err
 	}
 	var res nodeattest.Result
 	var err error
@@ -88,10 +89,25 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 func (s *Service) signAgent(ctx context.Context, csr []byte, id spiffeid.ID) ([]*x509.Certificate, error) {
 	chain, err := s.cfg.Signer.SignX509SVID(ctx, csr, id, s.cfg.AgentTTL, nil)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "sign agent SVID for %s: %v", id, err)
+		return nil, signError("sign agent SVID for "+id.String(), err)
 	}
 	s.cfg.Metrics.signings.WithLabelValues("agent").Inc()
 	return chain, nil
+}
+
+// checkCSR refuses a CSR that is missing, malformed or not signed by its key.
+func checkCSR(der []byte) error {
+	if len(der) == 0 {
+		return status.Error(codes.InvalidArgument, "csr is required")
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "parse csr: %v", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return status.Errorf(codes.InvalidArgument, "csr signature: %v", err)
+	}
+	return nil
 }
 
 func (s *Service) attestResponse(id spiffeid.ID, chain []*x509.Certificate) *api.AttestResponse {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -63,9 +64,10 @@ func (s *Service) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
 
 // caller is an authenticated agent.
 type caller struct {
-	ID     spiffeid.ID
-	Serial string
-	Node   store.Node
+	ID       spiffeid.ID
+	Serial   string
+	NotAfter time.Time // of the presented agent SVID
+	Node     store.Node
 }
 
 // errNoClientCert is returned by peerSVID when the connection carries no
@@ -101,11 +103,16 @@ func (s *Service) authenticate(ctx context.Context, snap *catalog.Snapshot) (cal
 	if !ok {
 		return caller{}, status.Errorf(codes.PermissionDenied, "agent %s is not attested (evicted?)", id)
 	}
+	// TLS checked validity at the handshake; a long-lived connection (a Sync
+	// stream) must not outlive the SVID it was opened with.
+	if now := s.cfg.Now(); now.After(leaf.NotAfter) {
+		return caller{}, status.Errorf(codes.Unauthenticated, "agent %s presents an expired SVID (not after %s); renew or re-attest", id, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
 	serial := serialHex(leaf.SerialNumber)
 	if serial != node.SerialNumber && serial != node.PrevSerialNumber {
 		return caller{}, status.Errorf(codes.Unauthenticated, "agent %s presents a superseded SVID (serial %s); reconnect with the current one", id, serial)
 	}
-	return caller{ID: id, Serial: serial, Node: node}, nil
+	return caller{ID: id, Serial: serial, NotAfter: leaf.NotAfter, Node: node}, nil
 }
 
 func serialHex(n *big.Int) string { return n.Text(16) }

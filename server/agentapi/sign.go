@@ -2,6 +2,7 @@ package agentapi
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"sync"
 
@@ -9,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
 	"github.com/signetid/signet/server/registry"
 )
@@ -55,6 +57,10 @@ func (s *Service) BatchSignX509SVID(ctx context.Context, req *api.BatchSignX509S
 		go func() {
 			defer wg.Done()
 			for i := range next {
+				if err := ctx.Err(); err != nil {
+					errs[i] = err // the caller is gone: skip the work
+					continue
+				}
 				svids[i], errs[i] = s.signOne(ctx, entries[i], req.Requests[i].Csr)
 			}
 		}()
@@ -66,7 +72,7 @@ func (s *Service) BatchSignX509SVID(ctx context.Context, req *api.BatchSignX509S
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "entry %s: %v", req.Requests[i].EntryId, err)
+			return nil, signError("entry "+req.Requests[i].EntryId, err)
 		}
 	}
 	s.cfg.Metrics.signings.WithLabelValues("x509").Add(float64(len(svids)))
@@ -103,10 +109,23 @@ func (s *Service) MintJWTSVID(ctx context.Context, req *api.MintJWTSVIDRequest) 
 	now := s.cfg.Now()
 	token, exp, err := s.cfg.Signer.MintJWTSVID(ctx, e.SPIFFEID, req.Audience, e.JWTTTL)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "mint JWT-SVID for %s: %v", e.SPIFFEID, err)
+		return nil, signError("mint JWT-SVID for "+e.SPIFFEID.String(), err)
 	}
 	s.cfg.Metrics.signings.WithLabelValues("jwt").Inc()
 	return &api.MintJWTSVIDResponse{SpiffeId: e.SPIFFEID.String(), Token: token, ExpiresAt: exp.Unix(), IssuedAt: now.Unix()}, nil
+}
+
+// signError maps a signing failure to a status: the request's fault
+// (bad CSR, ID, TTL) is InvalidArgument, a cancelled call keeps its code,
+// anything else is the server's problem.
+func signError(what string, err error) error {
+	switch {
+	case errors.Is(err, ca.ErrInvalidRequest):
+		return status.Errorf(codes.InvalidArgument, "%s: %v", what, err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	}
+	return status.Errorf(codes.Internal, "%s: %v", what, err)
 }
 
 // authorizedSet returns the entries the agent may serve now, by entry ID.

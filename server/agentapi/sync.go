@@ -35,21 +35,21 @@ func (s *Service) Sync(_ *api.SyncRequest, stream api.AgentService_SyncServer) e
 			}
 			last = sum
 		}
-		var expiry <-chan time.Time
-		var timer *time.Timer
-		if next := nextExpiry(entries); !next.IsZero() {
-			timer = time.NewTimer(next.Sub(now))
-			expiry = timer.C
+		// Wake at the next entry expiry, or when the agent SVID this stream
+		// was opened with expires (authenticate then ends the stream).
+		next := c.NotAfter.Add(time.Millisecond)
+		if e := nextExpiry(entries); !e.IsZero() && e.Before(next) {
+			next = e
 		}
+		timer := time.NewTimer(next.Sub(now))
+		expiry := timer.C
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case <-changed:
 		case <-expiry:
 		}
-		if timer != nil {
-			timer.Stop()
-		}
+		timer.Stop()
 	}
 }
 

@@ -20,6 +20,18 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
+// ErrInvalidRequest marks signing errors caused by the request (CSR, ID,
+// TTL, DNS names) rather than by the CA, so callers can answer
+// InvalidArgument for those and Internal for the rest.
+var ErrInvalidRequest = errors.New("invalid signing request")
+
+// invalidRequest is an error the caller caused; its message is unchanged.
+type invalidRequest struct{ error }
+
+func (e invalidRequest) Unwrap() []error { return []error{e.error, ErrInvalidRequest} }
+
+func invalid(format string, args ...any) error { return invalidRequest{fmt.Errorf(format, args...)} }
+
 // maxBackdate absorbs clock skew between the server and relying parties.
 // The backdate is at most a tenth of the TTL: agents rotate at half of
 // NotAfter-NotBefore, so a fixed 10 s on a 10 s SVID would put that half
@@ -101,13 +113,13 @@ func (m *Manager) SignX509SVID(ctx context.Context, csrDER []byte, id spiffeid.I
 func (m *Manager) SignX509SVIDRaw(ctx context.Context, csrDER []byte, id spiffeid.ID, ttl time.Duration, dnsNames []string) ([][]byte, error) {
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
-		return nil, fmt.Errorf("ca: parse CSR: %w", err)
+		return nil, invalid("ca: parse CSR: %w", err)
 	}
 	if err := checkPublicKey(csr.PublicKey); err != nil {
-		return nil, fmt.Errorf("ca: CSR: %w", err)
+		return nil, invalid("ca: CSR: %w", err)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("ca: CSR signature: %w", err)
+		return nil, invalid("ca: CSR signature: %w", err)
 	}
 	return m.signLeaf(ctx, csr.RawSubjectPublicKeyInfo, id, ttl, dnsNames)
 }
@@ -181,13 +193,13 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 		return nil, err
 	}
 	if id.IsZero() || !id.MemberOf(m.td) {
-		return nil, fmt.Errorf("ca: SPIFFE ID %q is not in trust domain %q", id, m.td)
+		return nil, invalid("ca: SPIFFE ID %q is not in trust domain %q", id, m.td)
 	}
 	if id.Path() == "" {
-		return nil, errors.New("ca: an X509-SVID cannot carry the bare trust domain ID")
+		return nil, invalid("ca: an X509-SVID cannot carry the bare trust domain ID")
 	}
 	if ttl < 0 {
-		return nil, fmt.Errorf("ca: negative TTL %v", ttl)
+		return nil, invalid("ca: negative TTL %v", ttl)
 	}
 	if ttl == 0 {
 		ttl = m.svidTTL
@@ -210,7 +222,7 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	serial[0] = serial[0]&0x7f | 0x40 // positive, and exactly 16 bytes on the wire
 	keyBits, err := spkiKeyBits(spki)
 	if err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
+		return nil, invalid("ca: %w", err)
 	}
 	skid := sha256.Sum256(keyBits) // RFC 7093 method 1: leftmost 160 bits
 	subject := m.leaf.subject
@@ -222,7 +234,7 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	}
 	san, err := encodeSAN(id, dnsNames)
 	if err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
+		return nil, invalid("ca: %w", err)
 	}
 
 	exts := make([]byte, 0, 256+len(san))

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/server/api"
@@ -53,12 +54,25 @@ type Config struct {
 	AttestDuration prometheus.Observer
 	// MaxBackoff caps the renewal retry interval (default 30s).
 	MaxBackoff time.Duration
+	// CallTimeout bounds each Attest, RenewAgent and MintJWTSVID call
+	// (default 30s), so a server that stopped answering cannot hang them.
+	CallTimeout time.Duration
 	// DialOptions are added to every server connection (tests).
 	DialOptions []grpc.DialOption
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
 }
+
+// DefaultCallTimeout bounds a unary call to the server when no timeout is
+// configured.
+const DefaultCallTimeout = 30 * time.Second
+
+// keepaliveParams makes a connection to the server notice a silent network
+// drop (no RST, no FIN): without it a Sync stream waits forever and a call
+// waits for the kernel's TCP retransmission timeout (~15 min). The server
+// permits pings every 10s, with or without streams.
+var keepaliveParams = keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}
 
 // ServerID is the SPIFFE ID the server's TLS certificate must carry.
 func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
@@ -97,6 +111,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = DefaultCallTimeout
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -249,6 +266,8 @@ func (c *Client) current() api.AgentServiceClient {
 
 // MintJWTSVID has the server mint a JWT-SVID for an entry (cache.JWTMinter).
 func (c *Client) MintJWTSVID(ctx context.Context, entryID string, audience []string) (*jwtsvid.SVID, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
+	defer cancel()
 	resp, err := c.Service().MintJWTSVID(ctx, &api.MintJWTSVIDRequest{EntryId: entryID, Audience: audience})
 	if err != nil {
 		return nil, fmt.Errorf("mint JWT-SVID for entry %s: %w", entryID, err)
@@ -350,7 +369,7 @@ func (c *Client) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
 	defer cancel()
 	resp, err := c.Service().RenewAgent(ctx, &api.RenewAgentRequest{Csr: csr})
 	if err != nil {
@@ -389,12 +408,12 @@ func (c *Client) attest(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(c.cfg.ServerAddr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsConf))}, c.cfg.DialOptions...)...)
+	conn, err := c.dial(tlsConf)
 	if err != nil {
 		return fmt.Errorf("dial server %s: %w", c.cfg.ServerAddr, err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
 	defer cancel()
 	start := time.Now()
 	resp, err := api.NewAgentServiceClient(conn).Attest(ctx, &api.AttestRequest{
@@ -514,7 +533,7 @@ func (c *Client) setIdentity(svid *x509svid.SVID, persist bool) error {
 	}
 	tlsConf := tlsconfig.MTLSClientConfig(c, c, tlsconfig.AuthorizeID(ServerID(c.cfg.TrustDomain)))
 	tlsConf.MinVersion = tls.VersionTLS13
-	conn, err := grpc.NewClient(c.cfg.ServerAddr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsConf))}, c.cfg.DialOptions...)...)
+	conn, err := c.dial(tlsConf)
 	if err != nil {
 		return fmt.Errorf("dial server %s: %w", c.cfg.ServerAddr, err)
 	}
@@ -533,6 +552,15 @@ func (c *Client) setIdentity(svid *x509svid.SVID, persist bool) error {
 		time.AfterFunc(5*time.Second, func() { old.Close() })
 	}
 	return nil
+}
+
+// dial returns a connection to the server with tlsConf and keepalive.
+func (c *Client) dial(tlsConf *tls.Config) (*grpc.ClientConn, error) {
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
+		grpc.WithKeepaliveParams(keepaliveParams),
+	}, c.cfg.DialOptions...)
+	return grpc.NewClient(c.cfg.ServerAddr, opts...)
 }
 
 func appendUnique(dst []*x509.Certificate, certs ...*x509.Certificate) []*x509.Certificate {

@@ -46,6 +46,9 @@ type Config struct {
 	// MaxBackoff caps the retry interval when the server is unreachable
 	// (default 30s).
 	MaxBackoff time.Duration
+	// CallTimeout bounds each BatchSignX509SVID call (default 30s): a call
+	// to a server that stopped answering would otherwise freeze rotation.
+	CallTimeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now     func() time.Time
 	Logger  *slog.Logger
@@ -104,6 +107,9 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 30 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -395,6 +401,8 @@ func (m *Manager) signChunk(ctx context.Context, chunk []*pending) (int, error) 
 		req.Requests[i] = &api.X509SVIDRequest{EntryId: p.entry.ID, Csr: p.csr}
 		byID[p.entry.ID] = p
 	}
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	defer cancel()
 	resp, err := m.cfg.Server.BatchSignX509SVID(ctx, req)
 	if err != nil {
 		return 0, fmt.Errorf("batch-sign %d CSRs: %w", len(chunk), err)

@@ -2,11 +2,7 @@ package server
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -16,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
@@ -167,6 +164,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// Store changes (ours and other servers') -> catalog -> agent streams.
 	g.Go(func() error { return s.catalog.Run(ctx) })
 	g.Go(func() error { return s.serverCertLoop(ctx) })
+	g.Go(func() error { return s.pruneTokensLoop(ctx) })
 
 	agentSrv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.agents.TLSConfig(s.getServerCert))),
@@ -227,10 +225,13 @@ func (s *Server) publishLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-s.ca.Changed():
-			if err := s.publishAuthorities(ctx); err != nil && ctx.Err() == nil {
-				// The next change retries; the bundle agents hold stays valid.
-				s.logger.Error("publish CA authorities", "error", err)
-			}
+			// Until a new root is published, agents cannot verify what it
+			// signs: retry a failed write (store briefly down) until it lands.
+			op := func() error { return s.publishAuthorities(ctx) }
+			b := backoff.NewExponentialBackOff(backoff.WithMaxInterval(30*time.Second), backoff.WithMaxElapsedTime(0))
+			_ = backoff.RetryNotify(op, backoff.WithContext(b, ctx), func(err error, d time.Duration) {
+				s.logger.Error("publish CA authorities; retrying", "error", err, "retry_in", d.Round(time.Millisecond))
+			})
 		}
 	}
 }
@@ -257,22 +258,15 @@ func (s *Server) publishAuthorities(ctx context.Context) error {
 	return nil
 }
 
-// renewServerCert signs a fresh TLS certificate for the agent API.
+// renewServerCert has the CA sign a fresh TLS certificate (new key) for the
+// agent API.
 func (s *Server) renewServerCert(ctx context.Context) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return fmt.Errorf("generate server key: %w", err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		return fmt.Errorf("create server CSR: %w", err)
-	}
-	chain, err := s.ca.SignX509SVID(ctx, csr, agentapi.ServerID(s.cfg.TrustDomain), s.cfg.SVIDTTL, nil)
+	svid, err := s.ca.SignServerSVID(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sign server certificate: %w", err)
 	}
-	cert := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
-	for _, c := range chain {
+	cert := &tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+	for _, c := range svid.Certificates {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
 	s.serverCert.Store(cert)
@@ -295,6 +289,23 @@ func (s *Server) serverCertLoop(ctx context.Context) error {
 		}
 		if err := s.renewServerCert(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Error("renew server certificate", "error", err)
+		}
+	}
+}
+
+// pruneTokensLoop deletes expired join tokens (they are useless, but
+// would otherwise pile up) at start and then hourly.
+func (s *Server) pruneTokensLoop(ctx context.Context) error {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if err := s.store.PruneJoinTokens(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			s.logger.Warn("prune expired join tokens", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
 		}
 	}
 }

@@ -2,20 +2,18 @@ package adminapi
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
 	"strings"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/ca"
 )
 
 // DefaultSocket is where the server listens and the CLI dials by default.
@@ -80,42 +78,30 @@ func ttl(sec int32) string {
 // MarshalBundle renders a bundle as "pem" (X.509 roots, what agents'
 // --trust-bundle reads) or "spiffe" (the SPIFFE bundle JWKS document).
 func MarshalBundle(b *api.Bundle, format string) ([]byte, error) {
-	switch format {
-	case "pem", "":
-		var out []byte
-		for _, der := range b.X509Authorities {
-			out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-		}
-		return out, nil
-	case "spiffe":
-		td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
+	if format != "pem" && format != "spiffe" && format != "" {
+		return nil, fmt.Errorf("bundle format %q: want pem or spiffe", format)
+	}
+	td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("bundle trust domain: %w", err)
+	}
+	auths := make([]ca.Authority, 0, len(b.X509Authorities)+len(b.JwtAuthorities))
+	for _, der := range b.X509Authorities {
+		auths = append(auths, ca.Authority{Kind: ca.KindX509, Data: der})
+	}
+	for _, k := range b.JwtAuthorities {
+		auths = append(auths, ca.Authority{Kind: ca.KindJWT, KeyID: k.KeyId, Data: k.PublicKey})
+	}
+	sb, err := ca.NewBundle(td, auths, uint64(b.Sequence), time.Duration(b.RefreshHintSeconds)*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	if format == "spiffe" {
+		doc, err := ca.MarshalBundleJSON(sb)
 		if err != nil {
-			return nil, fmt.Errorf("bundle trust domain: %w", err)
-		}
-		sb := spiffebundle.New(td)
-		for _, der := range b.X509Authorities {
-			cert, err := x509.ParseCertificate(der)
-			if err != nil {
-				return nil, fmt.Errorf("parse root: %w", err)
-			}
-			sb.AddX509Authority(cert)
-		}
-		for _, k := range b.JwtAuthorities {
-			pub, err := x509.ParsePKIXPublicKey(k.PublicKey)
-			if err != nil {
-				return nil, fmt.Errorf("parse JWT key %s: %w", k.KeyId, err)
-			}
-			if err := sb.AddJWTAuthority(k.KeyId, pub); err != nil {
-				return nil, fmt.Errorf("add JWT key %s: %w", k.KeyId, err)
-			}
-		}
-		sb.SetSequenceNumber(uint64(b.Sequence))
-		sb.SetRefreshHint(time.Duration(b.RefreshHintSeconds) * time.Second)
-		doc, err := sb.Marshal()
-		if err != nil {
-			return nil, fmt.Errorf("marshal SPIFFE bundle: %w", err)
+			return nil, err
 		}
 		return append(doc, '\n'), nil
 	}
-	return nil, fmt.Errorf("bundle format %q: want pem or spiffe", format)
+	return ca.MarshalBundlePEM(sb), nil
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
 	"github.com/signetid/signet/server/store"
 )
@@ -23,7 +24,7 @@ import (
 // ServerID is the SPIFFE ID in the server's TLS certificate; agents
 // authorize exactly this ID.
 func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
-	return spiffeid.RequireFromSegments(td, "signet", "server")
+	return spiffeid.RequireFromPath(td, ca.ServerPath)
 }
 
 // TLSConfig returns the server's TLS 1.3 configuration: it presents the

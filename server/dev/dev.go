@@ -88,17 +88,25 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(ctx) })
+	// fail stops the server (socket removed, store closed) before returning.
+	fail := func(err error) error {
+		cancel()
+		_ = g.Wait()
+		return err
+	}
 
 	admin := srv.Admin()
 	tok, err := admin.CreateJoinToken(ctx, &api.CreateJoinTokenRequest{SpiffeId: agentID.String()})
 	if err != nil {
-		return fmt.Errorf("create dev join token: %w", err)
+		return fail(fmt.Errorf("create dev join token: %w", err))
 	}
 	userID, uid, err := registerCaller(ctx, admin, cfg.TrustDomain, agentID)
 	if err != nil {
-		return err
+		return fail(err)
 	}
 
 	g.Go(func() error {

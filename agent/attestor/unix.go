@@ -1,7 +1,6 @@
 package attestor
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,6 +15,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/signetid/signet/internal/peercred"
 	"github.com/signetid/signet/internal/selector"
 )
 
@@ -215,22 +215,7 @@ func startTime(dir string) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read stat: %w", err)
 	}
-	// The command name (field 2) is in parentheses and may hold spaces and
-	// parentheses itself; fields after the last ')' are plain.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse stat: no command name")
-	}
-	fields := strings.Fields(string(b[i+1:]))
-	const idx = 22 - 3 // fields[0] is field 3 (state)
-	if len(fields) <= idx {
-		return 0, fmt.Errorf("parse stat: %d fields after the command name, want more than %d", len(fields), idx)
-	}
-	v, err := strconv.ParseUint(fields[idx], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("parse stat start time: %w", err)
-	}
-	return v, nil
+	return peercred.ParseStartTime(b)
 }
 
 type status struct {

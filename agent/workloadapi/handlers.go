@@ -34,9 +34,18 @@ func (s *Server) attest(ctx context.Context, method string) (caller, error) {
 	}
 	start := time.Now()
 	sels, err := s.attestor.Attest(ctx, info.PID)
+	if err != nil {
+		s.metrics.observeAttestation(start, err)
+		s.log.InfoContext(ctx, "workload attestation failed", "method", method, "pid", info.PID, "uid", info.UID, "error", err)
+		return caller{}, status.Error(codes.PermissionDenied, "could not attest the caller")
+	}
+	// The kernel recorded the PID at connect; the attestor observed whoever
+	// holds it now. A caller that connected, passed the connection on and
+	// exited would otherwise get the identity of the PID's next owner.
+	err = info.SameProcess()
 	s.metrics.observeAttestation(start, err)
 	if err != nil {
-		s.log.InfoContext(ctx, "workload attestation failed", "method", method, "pid", info.PID, "uid", info.UID, "error", err)
+		s.log.WarnContext(ctx, "workload attestation refused: the process that connected is not the one attested", "method", method, "pid", info.PID, "uid", info.UID, "error", err)
 		return caller{}, status.Error(codes.PermissionDenied, "could not attest the caller")
 	}
 	s.log.DebugContext(ctx, "workload attested", "method", method, "pid", info.PID, "selectors", selector.Strings(sels))

@@ -1,10 +1,14 @@
 package peercred
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
@@ -22,10 +26,70 @@ type Info struct {
 	PID int32
 	UID uint32
 	GID uint32
+	// StartTime is the start time of process PID (field 22 of
+	// /proc/PID/stat, clock ticks after boot) read when the connection was
+	// accepted. It tells the process that connected from a later one given
+	// the same PID: see SameProcess.
+	StartTime uint64
+	// StartTimeErr is why StartTime could not be read (the process had
+	// already exited, or lives in another PID namespace); nil when it was.
+	StartTimeErr error
 }
 
 // AuthType implements credentials.AuthInfo.
 func (Info) AuthType() string { return AuthType }
+
+// SameProcess reports whether process PID is still the one that connected:
+// the kernel records the PID at connect, and a process can connect, hand the
+// connection to another and exit, so that the PID is later reused by a
+// process with another identity. It fails when the start time was not known
+// at accept, when it cannot be read now, or when it changed.
+func (i Info) SameProcess() error {
+	now, err := ProcStartTime(i.PID)
+	return sameProcess(i, now, err)
+}
+
+func sameProcess(i Info, now uint64, nowErr error) error {
+	if i.StartTimeErr != nil {
+		return fmt.Errorf("peercred: pid %d: start time unknown at accept: %w", i.PID, i.StartTimeErr)
+	}
+	if nowErr != nil {
+		return fmt.Errorf("peercred: pid %d: the process that connected is gone: %w", i.PID, nowErr)
+	}
+	if now != i.StartTime {
+		return fmt.Errorf("peercred: pid %d was reused: it started at %d when the connection was accepted, now at %d", i.PID, i.StartTime, now)
+	}
+	return nil
+}
+
+// ProcStartTime returns the start time of process pid from /proc.
+func ProcStartTime(pid int32) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/stat")
+	if err != nil {
+		return 0, fmt.Errorf("read start time: %w", err)
+	}
+	return ParseStartTime(b)
+}
+
+// ParseStartTime returns the start time (field 22) of a /proc/PID/stat file.
+func ParseStartTime(stat []byte) (uint64, error) {
+	// The command name (field 2) is in parentheses and may hold spaces and
+	// parentheses itself; fields after the last ')' are plain.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("parse stat: no command name")
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	const idx = 22 - 3 // fields[0] is field 3 (state)
+	if len(fields) <= idx {
+		return 0, fmt.Errorf("parse stat: %d fields after the command name, want more than %d", len(fields), idx)
+	}
+	v, err := strconv.ParseUint(fields[idx], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parse stat start time: %w", err)
+	}
+	return v, nil
+}
 
 // ErrNoPeerCred means the context's connection was not made through
 // Credentials (or holds no peer at all).
@@ -77,7 +141,7 @@ func (c creds) Clone() credentials.TransportCredentials { return c }
 func (creds) OverrideServerName(string) error { return nil }
 
 // Read returns the kernel credentials of the process at the other end of a
-// Unix socket connection.
+// Unix socket connection, and that process's start time as it is now.
 func Read(conn net.Conn) (Info, error) {
 	uc, ok := conn.(*net.UnixConn)
 	if !ok {
@@ -97,11 +161,19 @@ func Read(conn net.Conn) (Info, error) {
 	if credErr != nil {
 		return Info{}, fmt.Errorf("peercred: getsockopt SO_PEERCRED: %w", credErr)
 	}
-	return Info{
+	info := Info{
 		// The kernel vouches for the peer; there is no transport security.
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity},
 		PID:            cred.Pid,
 		UID:            cred.Uid,
 		GID:            cred.Gid,
-	}, nil
+	}
+	// Not a handshake failure: the connection stays usable for callers that
+	// need no identity, and SameProcess refuses the rest.
+	if cred.Pid <= 0 {
+		info.StartTimeErr = errors.New("no pid (is the peer in another PID namespace?)")
+	} else {
+		info.StartTime, info.StartTimeErr = ProcStartTime(cred.Pid)
+	}
+	return info, nil
 }

@@ -54,6 +54,12 @@ func TestFromContextOverRealSocket(t *testing.T) {
 	if info.AuthType() != peercred.AuthType {
 		t.Errorf("AuthType = %q", info.AuthType())
 	}
+	if info.StartTimeErr != nil {
+		t.Fatalf("start time not recorded at accept: %v", info.StartTimeErr)
+	}
+	if err := info.SameProcess(); err != nil {
+		t.Errorf("SameProcess for this (live) process: %v", err)
+	}
 }
 
 func TestClientHandshakeSeesServer(t *testing.T) {

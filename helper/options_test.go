@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -264,5 +265,34 @@ func TestRunSocketFromEnv(t *testing.T) {
 				t.Error("no SVID written")
 			}
 		})
+	}
+}
+
+// An embedding caller that cancels ctx (no signal) stops the supervised
+// child with SIGTERM and gets the child's status.
+func TestRunSupervisedChildStoppedByContext(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	agent := newFakeAgent(t, ca, "spiffe://example.org/app")
+	agent.start()
+	agent.rotate(time.Hour)
+	dir := t.TempDir()
+	started := filepath.Join(dir, "started")
+	cfg := NewConfig()
+	cfg.AgentAddress, cfg.CertDir = agent.addr(), filepath.Join(dir, "certs")
+	cfg.Child = []string{"sh", "-c", `trap 'exit 6' TERM; touch "$1"; while :; do sleep 0.1; done`, "sh", started}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, WithLogger(quietLog())) }()
+	waitUntil(t, "the child to start", func() bool { _, err := os.Stat(started); return err == nil })
+	cancel()
+	var ce *ChildExitError
+	select {
+	case err := <-done:
+		if !errors.As(err, &ce) || ce.Code != 6 {
+			t.Fatalf("err = %v, want child exit status 6 (SIGTERM trapped)", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after cancel with the child trapping SIGTERM")
 	}
 }

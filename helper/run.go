@@ -362,16 +362,33 @@ func (r *runner) daemon(ctx context.Context) error {
 		return err
 	}
 	r.log.Info("started child", "cmd", child.Args[0])
+	forward := func(s os.Signal) {
+		r.log.Info("forwarding signal to child", "signal", s.String())
+		_ = child.SendSignal(s)
+	}
+	ctxDone, forwarded := ctx.Done(), false
 	for {
 		select {
 		case s := <-sigs:
-			r.log.Info("forwarding signal to child", "signal", s.String())
-			_ = child.SendSignal(s)
-		case <-ctx.Done():
-			// Cancelled without a signal reaching us (embedding callers).
-			_ = child.SendSignal(syscall.SIGTERM)
-			<-child.Done()
-			return &ChildExitError{Code: child.ExitCode()}
+			forward(s)
+			forwarded = true
+		case <-ctxDone:
+			ctxDone = nil
+			if forwarded {
+				continue // the signal we forwarded cancelled ctx too
+			}
+			// A signal to us both cancels ctx (main's NotifyContext) and
+			// arrives on sigs, in either order: give sigs a moment so the
+			// child gets the exact signal (INT stays INT). Without one, an
+			// embedding caller cancelled ctx: stop the child with SIGTERM.
+			// Either way, keep forwarding and wait for the child's status.
+			select {
+			case s := <-sigs:
+				forward(s)
+			case <-time.After(200 * time.Millisecond):
+				forward(syscall.SIGTERM)
+			}
+			forwarded = true
 		case <-child.Done():
 			r.log.Info("child exited", "status", child.ExitCode())
 			return &ChildExitError{Code: child.ExitCode()}

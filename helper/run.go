@@ -188,15 +188,16 @@ func (r *runner) pickSVID(x *workloadapi.X509Context) (*x509svid.SVID, error) {
 	return nil, fmt.Errorf("no X509-SVID with hint %q", r.cfg.Hint)
 }
 
-// errIncomplete: the set waits for material still being fetched.
-var errIncomplete = errors.New("JWT material not fetched yet")
+// errIncomplete: the set waits for material still being fetched (the
+// X509-SVID or JWT material); not an error worth more than a debug line.
+var errIncomplete = errors.New("file set material not fetched yet")
 
 // write renders the current material and publishes it as one set.
 func (r *runner) write(jwtOnly bool) (Event, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.x509 == nil {
-		return Event{}, errors.New("no X509-SVID yet")
+		return Event{}, errIncomplete // JWT material can arrive first at start-up
 	}
 	if len(r.jwts) < len(r.cfg.JWTSVIDs) || (r.cfg.JWTBundleFileName != "" && r.jwtBundles == nil) {
 		return Event{}, errIncomplete

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/signetid/signet/internal/nginxtest"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -63,7 +64,7 @@ func startPostgres(t testing.TB, certDir string) *pgCluster {
 	if err := os.Chown(base, uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	c := &pgCluster{data: filepath.Join(base, "data"), port: freePort(t), uid: uid, gid: gid}
+	c := &pgCluster{data: filepath.Join(base, "data"), port: nginxtest.FreePort(t), uid: uid, gid: gid}
 	if out, err := asPostgres(uid, gid, "initdb", "-D", c.data, "-U", "postgres", "--auth-local=trust", "--auth-host=reject").CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}

@@ -43,6 +43,25 @@ type scanner interface {
 	Scan(dest ...any) error
 }
 
+// queryAll runs a query and scans every row with scan. The rows are closed
+// before it returns, so the caller may issue the next query on q.
+func queryAll[T any](ctx context.Context, q querier, scan func(scanner) (T, error), sql string, args ...any) ([]T, error) {
+	rs, err := q.query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []T
+	for rs.Next() {
+		v, err := scan(rs)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rs.Err()
+}
+
 // tx is a write transaction. Code that changes what Revision covers calls
 // bumpRevision, which marks the transaction changed: subscribers are then
 // signalled once it commits.
@@ -429,23 +448,10 @@ func (s *sqlStore) GetEntry(ctx context.Context, id string) (registry.Entry, err
 func (s *sqlStore) ListEntries(ctx context.Context) ([]registry.Entry, error) {
 	var out []registry.Entry
 	err := s.db.read(ctx, func(q querier) error {
-		out = out[:0]
-		rs, err := q.query(ctx, `SELECT `+entryColumns+` FROM entries`)
-		if err != nil {
+		var err error
+		if out, err = queryAll(ctx, q, scanEntry, `SELECT `+entryColumns+` FROM entries`); err != nil {
 			return err
 		}
-		defer rs.Close()
-		for rs.Next() {
-			e, err := scanEntry(rs)
-			if err != nil {
-				return err
-			}
-			out = append(out, e)
-		}
-		if err := rs.Err(); err != nil {
-			return err
-		}
-		rs.Close()
 		sels, err := loadSelectors(ctx, q, "entry_selectors", "entry_id", "")
 		if err != nil {
 			return err
@@ -623,23 +629,10 @@ func (s *sqlStore) GetNode(ctx context.Context, spiffeID string) (Node, error) {
 func (s *sqlStore) ListNodes(ctx context.Context) ([]Node, error) {
 	var out []Node
 	err := s.db.read(ctx, func(q querier) error {
-		out = out[:0]
-		rs, err := q.query(ctx, `SELECT `+nodeColumns+` FROM nodes`)
-		if err != nil {
+		var err error
+		if out, err = queryAll(ctx, q, scanNode, `SELECT `+nodeColumns+` FROM nodes`); err != nil {
 			return err
 		}
-		defer rs.Close()
-		for rs.Next() {
-			n, err := scanNode(rs)
-			if err != nil {
-				return err
-			}
-			out = append(out, n)
-		}
-		if err := rs.Err(); err != nil {
-			return err
-		}
-		rs.Close()
 		sels, err := loadSelectors(ctx, q, "node_selectors", "spiffe_id", "")
 		if err != nil {
 			return err
@@ -754,26 +747,19 @@ func (s *sqlStore) ListAuthorities(ctx context.Context, trustDomain string) ([]A
 	var out []Authority
 	var seq int64
 	err := s.db.read(ctx, func(q querier) error {
-		out, seq = out[:0], 0
-		rs, err := q.query(ctx, `SELECT kind, key_id, data, expires_at FROM authorities WHERE trust_domain = $1`, trustDomain)
-		if err != nil {
-			return err
-		}
-		defer rs.Close()
-		for rs.Next() {
+		seq = 0
+		var err error
+		out, err = queryAll(ctx, q, func(sc scanner) (Authority, error) {
 			a := Authority{TrustDomain: trustDomain}
 			var kind string
 			var exp int64
-			if err := rs.Scan(&kind, &a.KeyID, &a.Data, &exp); err != nil {
-				return err
-			}
+			err := sc.Scan(&kind, &a.KeyID, &a.Data, &exp)
 			a.Kind, a.ExpiresAt = AuthorityKind(kind), fromNanos(exp)
-			out = append(out, a)
-		}
-		if err := rs.Err(); err != nil {
+			return a, err
+		}, `SELECT kind, key_id, data, expires_at FROM authorities WHERE trust_domain = $1`, trustDomain)
+		if err != nil {
 			return err
 		}
-		rs.Close()
 		err = q.queryRow(ctx, `SELECT sequence FROM bundles WHERE trust_domain = $1`, trustDomain).Scan(&seq)
 		if errors.Is(err, errNoRows) {
 			return nil

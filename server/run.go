@@ -218,22 +218,48 @@ func (s *Server) close() {
 	}
 }
 
-// publishLoop publishes the CA's authorities whenever they change.
+// publishLoop publishes the CA's authorities whenever they change, and
+// again just after the earliest published authority expires so the expired
+// root leaves the bundle then, not at the next rotation step hours later.
 func (s *Server) publishLoop(ctx context.Context) error {
 	for {
+		expiry := time.NewTimer(s.untilNextExpiry(ctx))
 		select {
 		case <-ctx.Done():
+			expiry.Stop()
 			return nil
 		case <-s.ca.Changed():
-			// Until a new root is published, agents cannot verify what it
-			// signs: retry a failed write (store briefly down) until it lands.
-			op := func() error { return s.publishAuthorities(ctx) }
-			b := backoff.NewExponentialBackOff(backoff.WithMaxInterval(30*time.Second), backoff.WithMaxElapsedTime(0))
-			_ = backoff.RetryNotify(op, backoff.WithContext(b, ctx), func(err error, d time.Duration) {
-				s.logger.Error("publish CA authorities; retrying", "error", err, "retry_in", d.Round(time.Millisecond))
-			})
+		case <-expiry.C:
+		}
+		expiry.Stop()
+		// Until a new root is published, agents cannot verify what it
+		// signs: retry a failed write (store briefly down) until it lands.
+		op := func() error { return s.publishAuthorities(ctx) }
+		b := backoff.NewExponentialBackOff(backoff.WithMaxInterval(30*time.Second), backoff.WithMaxElapsedTime(0))
+		_ = backoff.RetryNotify(op, backoff.WithContext(b, ctx), func(err error, d time.Duration) {
+			s.logger.Error("publish CA authorities; retrying", "error", err, "retry_in", d.Round(time.Millisecond))
+		})
+	}
+}
+
+// untilNextExpiry is how long until just after the earliest expiry among
+// the trust domain's stored authorities (an hour if none, or unreadable).
+func (s *Server) untilNextExpiry(ctx context.Context) time.Duration {
+	const idle = time.Hour
+	auths, _, err := s.store.ListAuthorities(ctx, s.cfg.TrustDomain.Name())
+	if err != nil {
+		return idle
+	}
+	now := time.Now()
+	wait := idle
+	for _, a := range auths {
+		// Pruning removes authorities strictly past their expiry: wake a
+		// moment after it.
+		if d := a.ExpiresAt.Sub(now) + 100*time.Millisecond; !a.ExpiresAt.IsZero() && d < wait {
+			wait = max(d, 100*time.Millisecond)
 		}
 	}
+	return wait
 }
 
 // publishAuthorities writes this server's authorities to the store (the

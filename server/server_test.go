@@ -494,6 +494,11 @@ func TestCARotationKeepsBothRoots(t *testing.T) {
 		if sawBoth && len(rs) == 1 && !rs[0].Equal(first[0]) {
 			break
 		}
+		// An expired root must leave the bundle when it expires, not linger
+		// until the next rotation step (the next CA is published 4 s later).
+		if containsCert(rs, first[0]) && time.Now().After(first[0].NotAfter.Add(3*time.Second)) {
+			t.Fatalf("the old root is still in the bundle 3 s after it expired (%d roots)", len(rs))
+		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if !sawBoth {

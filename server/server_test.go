@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -386,6 +387,9 @@ func TestSignOnlyAuthorizedEntries(t *testing.T) {
 	if _, _, err := x509svid.Verify(svid.Certificates, ts.bundle(t)); err != nil {
 		t.Fatalf("workload SVID does not verify: %v", err)
 	}
+	if got := resp.Svids[0].ExpiresAt; got != leaf.NotAfter.Unix() {
+		t.Errorf("expires_at = %d, the certificate says %d", got, leaf.NotAfter.Unix())
+	}
 
 	_, err = a.Client.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{
 		{EntryId: mine.Id, Csr: csr}, {EntryId: theirs.Id, Csr: csr},
@@ -401,6 +405,12 @@ func TestSignOnlyAuthorizedEntries(t *testing.T) {
 	}
 	_, err = a.Client.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: mine.Id, Csr: []byte("garbage")}}})
 	wantCode(t, err, codes.InvalidArgument, "garbage CSR")
+	// A well-formed CSR whose signature does not verify: no proof that the
+	// agent holds the key, so no certificate for it.
+	forged := slices.Clone(csr)
+	forged[len(forged)-1] ^= 0x01
+	_, err = a.Client.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: mine.Id, Csr: forged}}})
+	wantCode(t, err, codes.InvalidArgument, "CSR with a bad signature")
 }
 
 func TestSyncPushesChangesAndEvictionCutsOff(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
 	"github.com/signetid/signet/server/store"
 )
@@ -18,6 +19,9 @@ import (
 // Signer is the CA: it signs X509-SVIDs from CSRs and mints JWT-SVIDs.
 type Signer interface {
 	SignX509SVID(ctx context.Context, csrDER []byte, id spiffeid.ID, ttl time.Duration, dnsNames []string) ([]*x509.Certificate, error)
+	// SignX509SVIDDER is SignX509SVID for the workload hot path: the chain
+	// stays DER, as it goes on the wire.
+	SignX509SVIDDER(ctx context.Context, csrDER []byte, id spiffeid.ID, ttl time.Duration, dnsNames []string) (ca.SignedX509, error)
 	MintJWTSVID(ctx context.Context, id spiffeid.ID, audience []string, ttl time.Duration) (string, time.Time, error)
 }
 

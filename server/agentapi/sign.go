@@ -80,15 +80,11 @@ func (s *Service) BatchSignX509SVID(ctx context.Context, req *api.BatchSignX509S
 }
 
 func (s *Service) signOne(ctx context.Context, e *registry.Entry, csr []byte) (*api.X509SVID, error) {
-	chain, err := s.cfg.Signer.SignX509SVID(ctx, csr, e.SPIFFEID, e.X509TTL, e.DNSNames)
+	signed, err := s.cfg.Signer.SignX509SVIDDER(ctx, csr, e.SPIFFEID, e.X509TTL, e.DNSNames)
 	if err != nil {
 		return nil, err
 	}
-	out := &api.X509SVID{EntryId: e.ID, SpiffeId: e.SPIFFEID.String(), ExpiresAt: chain[0].NotAfter.Unix()}
-	for _, c := range chain {
-		out.CertChain = append(out.CertChain, c.Raw)
-	}
-	return out, nil
+	return &api.X509SVID{EntryId: e.ID, SpiffeId: e.SPIFFEID.String(), ExpiresAt: signed.NotAfter.Unix(), CertChain: signed.Chain}, nil
 }
 
 // MintJWTSVID signs a JWT-SVID for an entry the agent may serve.

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -223,19 +224,22 @@ func TestSignX509SVIDEncodingEdges(t *testing.T) {
 	}
 }
 
-func TestSignX509SVIDRaw(t *testing.T) {
+func TestSignX509SVIDDER(t *testing.T) {
 	m := newManager(t, ca.Config{})
 	id := spiffeid.RequireFromPath(td, "/w")
-	raw, err := m.SignX509SVIDRaw(context.Background(), makeCSR(t, p256(t)), id, 0, []string{"w.example.org"})
+	signed, err := m.SignX509SVIDDER(context.Background(), makeCSR(t, p256(t)), id, 0, []string{"w.example.org"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _, err := x509svid.ParseAndVerify(raw, bundleOf(t, m))
+	got, chains, err := x509svid.ParseAndVerify(signed.Chain, bundleOf(t, m))
 	if err != nil || got != id {
 		t.Fatalf("ParseAndVerify = %s, %v", got, err)
 	}
-	if _, err := m.SignX509SVIDRaw(context.Background(), []byte("junk"), id, 0, nil); err == nil {
-		t.Error("SignX509SVIDRaw accepted a garbage CSR")
+	if leaf := chains[0][0]; !leaf.NotAfter.Equal(signed.NotAfter) {
+		t.Errorf("NotAfter = %v, the certificate says %v", signed.NotAfter, leaf.NotAfter)
+	}
+	if _, err := m.SignX509SVIDDER(context.Background(), []byte("junk"), id, 0, nil); !errors.Is(err, ca.ErrInvalidRequest) {
+		t.Errorf("garbage CSR: err = %v, want ErrInvalidRequest", err)
 	}
 }
 

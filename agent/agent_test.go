@@ -2,9 +2,15 @@ package agent_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -15,9 +21,14 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/agent"
+	"github.com/signetid/signet/agent/cache"
+	"github.com/signetid/signet/internal/selector"
 	"github.com/signetid/signet/server"
 	"github.com/signetid/signet/server/api"
 )
@@ -246,3 +257,69 @@ func (w watcher) OnX509ContextUpdate(x *workloadapi.X509Context) { w <- x }
 
 // OnX509ContextWatchError ignores errors: the client retries by itself.
 func (w watcher) OnX509ContextWatchError(error) {}
+
+// TestJWTBeforeAttestationIsUnavailable: an agent restarted while the server
+// is unreachable, with no usable agent SVID but a persisted workload cache,
+// serves the Workload API at once. A JWT request for a cached entry must get
+// a retryable Unavailable, not crash the agent on the missing connection.
+func TestJWTBeforeAttestationIsUnavailable(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	c, err := cache.New(cache.Options{TrustDomain: td, Dir: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetEntries([]cache.Entry{{ID: "e1", SPIFFEID: spiffeid.RequireFromPath(td, "/w"),
+		Selectors: []selector.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", os.Getuid())}}, CreatedAt: time.Now()}})
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := agent.Config{
+		ServerAddress: "127.0.0.1:1", TrustDomain: td.Name(), DataDir: data, JoinToken: "unused-token",
+		TrustBundlePEM: selfSignedRootPEM(t), SocketPath: filepath.Join(dir, "agent.sock"),
+	}
+	a := startAgent(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		if _, err := os.Stat(cfg.SocketPath); err == nil {
+			break
+		}
+		select {
+		case err := <-a.done:
+			t.Fatalf("agent exited: %v", err)
+		case <-ctx.Done():
+			t.Fatal("the Workload API socket never appeared")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	wl, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+cfg.SocketPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wl.Close()
+	_, err = wl.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "db"})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("FetchJWTSVID before attestation: %v, want Unavailable", err)
+	}
+	select {
+	case err := <-a.done:
+		t.Fatalf("agent exited after the JWT request: %v", err)
+	default:
+	}
+}
+
+func selfSignedRootPEM(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}

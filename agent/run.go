@@ -180,6 +180,9 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 			fail(err)
 			return
 		}
+		if ctx.Err() != nil {
+			return // stopped before the agent ever had an SVID
+		}
 		wg.Go(func() { _ = cl.Run(ctx) })
 		wg.Go(func() { _ = mgr.Run(ctx) })
 		select {

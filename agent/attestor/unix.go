@@ -116,9 +116,24 @@ func (u *Unix) observe(ctx context.Context, dir string) ([]selector.Selector, er
 	if err != nil {
 		return nil, fmt.Errorf("read executable path: %w", err)
 	}
-	sels = append(sels, selector.Selector{Type: "unix", Value: "path:" + path})
+	// Opening /proc/PID/exe opens the very file the process runs, even if
+	// its path was since replaced or lives in another mount namespace.
+	f, err := os.Open(exe)
+	if err != nil {
+		return nil, fmt.Errorf("open executable: %w", err)
+	}
+	defer f.Close()
+	key, err := statKey(f)
+	if err != nil {
+		return nil, err
+	}
+	if samePath(path, key) {
+		sels = append(sels, selector.Selector{Type: "unix", Value: "path:" + path})
+	} else {
+		u.log.DebugContext(ctx, "executable is not the file at its path on this host (another mount namespace, or replaced); no unix:path selector", "path", path)
+	}
 
-	sum, err := u.hash(ctx, exe)
+	sum, err := u.hash(ctx, f, key)
 	if err != nil {
 		return nil, err
 	}
@@ -128,24 +143,28 @@ func (u *Unix) observe(ctx context.Context, dir string) ([]selector.Selector, er
 	return sels, nil
 }
 
-// hash returns the hex SHA-256 of the executable behind exe (a
-// /proc/PID/exe link, which opens the very file the process runs even if its
-// path was since replaced), or "" when it is too large to hash.
-func (u *Unix) hash(ctx context.Context, exe string) (string, error) {
-	f, err := os.Open(exe)
+// samePath reports whether the agent, in its own mount namespace, finds the
+// process's executable at path. The link text is the path as the process's
+// mount namespace sees it: any user can unshare a namespace and run their own
+// binary at /usr/sbin/nginx, so the path counts only when it leads to the
+// same file here.
+func samePath(path string, exe fileKey) bool {
+	fi, err := os.Stat(path)
 	if err != nil {
-		return "", fmt.Errorf("open executable: %w", err)
+		return false
 	}
-	defer f.Close()
-	key, err := statKey(f)
-	if err != nil {
-		return "", err
-	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && uint64(st.Dev) == exe.dev && st.Ino == exe.ino
+}
+
+// hash returns the hex SHA-256 of the executable f, whose stat is key, or ""
+// when it is too large to hash.
+func (u *Unix) hash(ctx context.Context, f *os.File, key fileKey) (string, error) {
 	if sum, ok := u.hashes.get(key); ok {
 		return sum, nil
 	}
 	if key.size > u.maxHashSize {
-		u.log.DebugContext(ctx, "executable too large to hash; no unix:sha256 selector", "path", exe, "size", key.size, "max", u.maxHashSize)
+		u.log.DebugContext(ctx, "executable too large to hash; no unix:sha256 selector", "path", f.Name(), "size", key.size, "max", u.maxHashSize)
 		return "", nil
 	}
 	h := sha256.New()
@@ -161,9 +180,11 @@ func (u *Unix) hash(ctx context.Context, exe string) (string, error) {
 }
 
 // fileKey identifies one version of one file: a changed executable has a new
-// mtime or size (or inode, if replaced), so it is hashed again.
+// ctime (or inode, if replaced), so it is hashed again. The owner of a file
+// can set its mtime back after rewriting it; only the kernel sets ctime.
 type fileKey struct {
 	dev, ino uint64
+	ctimeNs  int64
 	mtimeNs  int64
 	size     int64
 }
@@ -177,7 +198,7 @@ func statKey(f *os.File) (fileKey, error) {
 	if !ok {
 		return fileKey{}, fmt.Errorf("stat executable: no device and inode")
 	}
-	return fileKey{dev: uint64(st.Dev), ino: st.Ino, mtimeNs: fi.ModTime().UnixNano(), size: fi.Size()}, nil
+	return fileKey{dev: uint64(st.Dev), ino: st.Ino, ctimeNs: st.Ctim.Nano(), mtimeNs: fi.ModTime().UnixNano(), size: fi.Size()}, nil
 }
 
 type hashCache struct {

@@ -165,37 +165,74 @@ func TestUnixFakeProcSelectors(t *testing.T) {
 	}
 }
 
-func TestUnixHashCache(t *testing.T) {
+// The digest cache must not outlive the content it describes. The owner of
+// an executable can rewrite it in place with other code of the same size and
+// put the old mtime back; the digest must still be the new content's.
+func TestUnixHashCacheSeesRewriteWithRestoredMtime(t *testing.T) {
 	root, exe := fakeProc(t, 777)
 	u := attestor.NewUnix(attestor.UnixOptions{ProcRoot: root})
 	first := "unix:sha256:" + fileSHA256(t, exe)
-	if sels, err := u.Attest(t.Context(), 42); err != nil || !has(sels, first) {
-		t.Fatalf("Attest = %v, %v; want %s", selector.Strings(sels), err, first)
+	for range 2 { // the second attestation is served from the cache
+		if sels, err := u.Attest(t.Context(), 42); err != nil || !has(sels, first) {
+			t.Fatalf("Attest = %v, %v; want %s", selector.Strings(sels), err, first)
+		}
 	}
 	fi, err := os.Stat(exe)
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	// Same inode, size and mtime: the cached digest is served, proving the
-	// file was not read again.
-	if err := os.WriteFile(exe, []byte("version-2"), 0o755); err != nil {
+	if err := os.WriteFile(exe, []byte("version-2"), 0o755); err != nil { // same size as version-1
 		t.Fatal(err)
 	}
 	if err := os.Chtimes(exe, fi.ModTime(), fi.ModTime()); err != nil {
 		t.Fatal(err)
 	}
-	if sels, err := u.Attest(t.Context(), 42); err != nil || !has(sels, first) {
-		t.Fatalf("with unchanged stat: Attest = %v, %v; want cached %s", selector.Strings(sels), err, first)
-	}
-
-	// A new mtime means a new version: it is hashed again.
-	if err := os.Chtimes(exe, fi.ModTime().Add(time.Second), fi.ModTime().Add(time.Second)); err != nil {
-		t.Fatal(err)
-	}
 	second := "unix:sha256:" + fileSHA256(t, exe)
-	if sels, err := u.Attest(t.Context(), 42); err != nil || !has(sels, second) {
-		t.Fatalf("after mtime change: Attest = %v, %v; want %s", selector.Strings(sels), err, second)
+	if sels, err := u.Attest(t.Context(), 42); err != nil || !has(sels, second) || has(sels, first) {
+		t.Fatalf("after an in-place rewrite with the old mtime: Attest = %v, %v; want %s only", selector.Strings(sels), err, second)
+	}
+}
+
+// A process in another mount namespace can run any file under any path: here
+// tail's code is mounted over /usr/bin/sleep in a private namespace. The
+// agent must not believe the link text; the digest still names the code.
+func TestUnixPathFromAnotherMountNamespaceIsNotTrusted(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a mount namespace")
+	}
+	sleep, err := filepath.EvalSymlinks("/usr/bin/sleep")
+	if err != nil {
+		t.Skip(err)
+	}
+	tail, err := filepath.EvalSymlinks("/usr/bin/tail")
+	if err != nil {
+		t.Skip(err)
+	}
+	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c",
+		`mount --bind "$1" "$2" && exec "$2" -f /dev/null`, "sh", tail, sleep)
+	if err := cmd.Start(); err != nil {
+		t.Skipf("unshare: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// Wait for the exec: until then the process is unshare or sh.
+	pid := cmd.Process.Pid
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if link, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); link == sleep {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the namespaced process never ran its bind-mounted executable")
+		}
+	}
+	sels, err := attestor.NewUnix(attestor.UnixOptions{}).Attest(t.Context(), int32(pid))
+	if err != nil {
+		t.Fatalf("Attest: %v", err)
+	}
+	if has(sels, "unix:path:"+sleep) {
+		t.Errorf("selectors %v claim %s, but the process runs %s", selector.Strings(sels), sleep, tail)
+	}
+	if want := "unix:sha256:" + fileSHA256(t, tail); !has(sels, want) {
+		t.Errorf("selectors %v lack the digest of the code that runs, %s", selector.Strings(sels), want)
 	}
 }
 

@@ -358,8 +358,9 @@ func (c *Cache) dirtyLocked() {
 	}
 }
 
-// armExpiryLocked sets a timer for the earliest SVID expiry, so an expired
-// SVID (the server being unreachable) stops being served at once.
+// armExpiryLocked sets a timer for the earliest SVID or entry expiry, so an
+// expired SVID or entry (the server being unreachable) stops being served at
+// once.
 func (c *Cache) armExpiryLocked() {
 	if c.closed {
 		return
@@ -371,6 +372,11 @@ func (c *Cache) armExpiryLocked() {
 			continue
 		}
 		na := r.svid.Certificates[0].NotAfter
+		if r.entry.Expired(now) {
+			na = now // dropped on the next run
+		} else if ea := r.entry.ExpiresAt; !ea.IsZero() && ea.Before(na) {
+			na = ea
+		}
 		if next.IsZero() || na.Before(next) {
 			next = na
 		}
@@ -386,8 +392,9 @@ func (c *Cache) armExpiryLocked() {
 	c.expiry.Reset(d)
 }
 
-// DropExpired removes SVIDs past their NotAfter and tells the subscribers.
-// It runs on a timer; it is exported for tests with a fake clock.
+// DropExpired removes SVIDs past their NotAfter, or whose entry has expired,
+// and tells the subscribers. It runs on a timer; it is exported for tests
+// with a fake clock.
 func (c *Cache) DropExpired() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -397,7 +404,7 @@ func (c *Cache) DropExpired() {
 	now := c.opts.Now()
 	var changed []*Entry
 	for _, r := range c.records {
-		if r.svid != nil && !usable(r.svid, now) {
+		if r.svid != nil && (!usable(r.svid, now) || r.entry.Expired(now)) {
 			r.svid, r.keyDER = nil, nil
 			changed = append(changed, r.entry)
 		}
@@ -457,12 +464,13 @@ func (c *Cache) unsubscribe(s *subscription) {
 	close(s.ch)
 }
 
-// matchLocked returns the records matching a workload, default first.
+// matchLocked returns the live records matching a workload, default first.
 func (c *Cache) matchLocked(set selector.Set, sels []selector.Selector) []*record {
+	now := c.opts.Now()
 	var out []*record
 	for _, sel := range sels {
 		for _, r := range c.index[sel] {
-			if set.Includes(r.entry.Selectors) {
+			if set.Includes(r.entry.Selectors) && !r.entry.Expired(now) {
 				out = append(out, r)
 			}
 		}

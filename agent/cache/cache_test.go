@@ -219,6 +219,50 @@ func TestExpiredSVIDsStopBeingServed(t *testing.T) {
 	}
 }
 
+// An entry's expires_at ends it at the agent too, for when the server (which
+// would push the removal) is unreachable; it survives a restart.
+func TestExpiredEntriesStopBeingServed(t *testing.T) {
+	ca := newTestCA(t, td)
+	dir := filepath.Join(t.TempDir(), "agent")
+	c, clk := newTestCache(t, dir)
+	ending := entry(t, "ending", "/ending", t0, "unix:uid:1")
+	ending.ExpiresAt = t0.Add(time.Minute)
+	c.SetBundles(ca.bundle(), nil)
+	c.SetEntries([]Entry{ending, entry(t, "stays", "/stays", t0.Add(time.Second), "unix:uid:1")})
+	c.PutSVIDs(map[string]*x509svid.SVID{
+		"ending": ca.svid(t, "/ending", t0, time.Hour),
+		"stays":  ca.svid(t, "/stays", t0, time.Hour),
+	})
+	sub := c.Subscribe(sels(t, "unix:uid:1"))
+	defer sub.Close()
+	if got := ids(next(t, sub)); len(got) != 2 {
+		t.Fatalf("before the entry expires: %v", got)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(2 * time.Minute)
+	c.DropExpired()
+	if got, want := ids(next(t, sub)), []string{"/stays#"}; !slices.Equal(got, want) {
+		t.Fatalf("after the entry expired: %v, want %v", got, want)
+	}
+	if _, err := c.FetchJWTSVIDs(t.Context(), sels(t, "unix:uid:1"), spiffeid.RequireFromPath(td, "/ending"), []string{"db"}); !errors.Is(err, ErrNoIdentity) {
+		t.Fatalf("JWT-SVID for an expired entry: %v, want ErrNoIdentity", err)
+	}
+
+	// Restarted from disk (written before expiry), the entry is still over.
+	restarted, err := New(Options{TrustDomain: td, Dir: dir, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restarted.Close()
+	sub2 := restarted.Subscribe(sels(t, "unix:uid:1"))
+	defer sub2.Close()
+	if got, want := ids(next(t, sub2)), []string{"/stays#"}; !slices.Equal(got, want) {
+		t.Fatalf("after a restart: %v, want %v", got, want)
+	}
+}
+
 func TestPersistenceRoundTrip(t *testing.T) {
 	ca := newTestCA(t, td)
 	fedCA := newTestCA(t, fedTD)

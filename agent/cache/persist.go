@@ -49,6 +49,7 @@ type diskEntry struct {
 	Admin         bool     `json:"admin,omitempty"`
 	CreatedAt     int64    `json:"created_at"`
 	Revision      int64    `json:"revision"`
+	ExpiresAt     int64    `json:"expires_at,omitempty"` // Unix seconds; 0: never
 	// SVIDChain is DER, leaf first; SVIDKey is PKCS#8 DER.
 	SVIDChain [][]byte `json:"svid_chain,omitempty"`
 	SVIDKey   []byte   `json:"svid_key,omitempty"`
@@ -161,6 +162,9 @@ func encodeSnapshot(s *snapshot) ([]byte, error) {
 			DNSNames: e.DNSNames, Hint: e.Hint, Admin: e.Admin,
 			CreatedAt: e.CreatedAt.Unix(), Revision: e.Revision,
 		}
+		if !e.ExpiresAt.IsZero() {
+			de.ExpiresAt = e.ExpiresAt.Unix()
+		}
 		for _, td := range e.FederatesWith {
 			de.FederatesWith = append(de.FederatesWith, td.Name())
 		}
@@ -261,6 +265,9 @@ func (de *diskEntry) entry() (Entry, error) {
 		ID: de.ID, SPIFFEID: id, X509TTL: time.Duration(de.X509TTL) * time.Second,
 		JWTTTL: time.Duration(de.JWTTTL) * time.Second, DNSNames: de.DNSNames, Hint: de.Hint,
 		Admin: de.Admin, CreatedAt: time.Unix(de.CreatedAt, 0), Revision: de.Revision,
+	}
+	if de.ExpiresAt != 0 {
+		e.ExpiresAt = time.Unix(de.ExpiresAt, 0)
 	}
 	for _, s := range de.Selectors {
 		sel, err := selector.Parse(s)

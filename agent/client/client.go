@@ -258,10 +258,13 @@ func (c *Client) ReportAuthFailure(err error) {
 // the newest agent SVID.
 func (c *Client) Service() api.AgentServiceClient { return service{c} }
 
-func (c *Client) current() api.AgentServiceClient {
+func (c *Client) current() (api.AgentServiceClient, error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return api.NewAgentServiceClient(c.conn)
+	if c.conn == nil {
+		return nil, errNotConnected
+	}
+	return api.NewAgentServiceClient(c.conn), nil
 }
 
 // MintJWTSVID has the server mint a JWT-SVID for an entry (cache.JWTMinter).

@@ -132,7 +132,7 @@ func TestAttestPersistRestart(t *testing.T) {
 	if err := syncWorks(ctx, c); err != nil {
 		t.Fatalf("sync with the agent SVID: %v", err)
 	}
-	for name, want := range map[string]os.FileMode{KeyFile: 0o600, SVIDFile: 0o600, TokenFile: 0o600, ".": 0o700} {
+	for name, want := range map[string]os.FileMode{SVIDFile: 0o600, TokenFile: 0o600, ".": 0o700} {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)

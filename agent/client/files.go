@@ -16,12 +16,17 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// Files in the data directory. The key is 0600; the directory 0700.
+// Files in the data directory (0700). SVIDFile holds the agent SVID's chain
+// and its key together, 0600, so that one rename replaces both: two files
+// could be torn by a crash between their renames, and a key that does not
+// match its certificate would force a new join token.
 const (
 	SVIDFile   = "agent_svid.pem"
-	KeyFile    = "agent_key.pem"
 	BundleFile = "server_bundle.pem"
 	TokenFile  = "agent_token.sha256"
+	// legacyKeyFile is where earlier versions kept the key; it is read when
+	// SVIDFile has none and removed on the next save.
+	legacyKeyFile = "agent_key.pem"
 )
 
 // ParsePEMCertificates parses every CERTIFICATE block in data.
@@ -78,31 +83,48 @@ func (s store) writeFile(name string, data []byte, perm os.FileMode) error {
 	return nil
 }
 
-// saveSVID writes the agent SVID chain and key (key first: a chain on disk
-// without its key would be useless).
+// saveSVID writes the agent SVID chain and key in one atomic replace.
 func (s store) saveSVID(svid *x509svid.SVID) error {
 	keyDER, err := x509.MarshalPKCS8PrivateKey(svid.PrivateKey)
 	if err != nil {
 		return fmt.Errorf("encode agent key: %w", err)
 	}
-	if err := s.writeFile(KeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	data := encodeCerts(svid.Certificates)
+	data = append(data, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})...)
+	if err := s.writeFile(SVIDFile, data, 0o600); err != nil {
 		return err
 	}
-	return s.writeFile(SVIDFile, encodeCerts(svid.Certificates), 0o600)
+	if err := os.Remove(s.path(legacyKeyFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", s.path(legacyKeyFile), err)
+	}
+	return nil
 }
 
 // loadSVID reads the persisted agent SVID; (nil, nil) when there is none.
 func (s store) loadSVID() (*x509svid.SVID, error) {
-	certPEM, err := os.ReadFile(s.path(SVIDFile))
+	data, err := os.ReadFile(s.path(SVIDFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read agent SVID: %w", err)
 	}
-	keyPEM, err := os.ReadFile(s.path(KeyFile))
-	if err != nil {
-		return nil, fmt.Errorf("read agent key: %w", err)
+	var certPEM, keyPEM []byte
+	for rest := data; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if block.Type == "PRIVATE KEY" {
+			keyPEM = pem.EncodeToMemory(block)
+		} else {
+			certPEM = append(certPEM, pem.EncodeToMemory(block)...)
+		}
+	}
+	if keyPEM == nil {
+		if keyPEM, err = os.ReadFile(s.path(legacyKeyFile)); err != nil {
+			return nil, fmt.Errorf("agent SVID %s holds no key: %w", s.path(SVIDFile), err)
+		}
 	}
 	svid, err := x509svid.Parse(certPEM, keyPEM)
 	if err != nil {

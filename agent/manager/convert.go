@@ -28,6 +28,9 @@ func entryFromProto(e *api.Entry) (cache.Entry, error) {
 		CreatedAt: time.Unix(e.CreatedAt, 0),
 		Revision:  e.Revision,
 	}
+	if e.ExpiresAt != 0 {
+		out.ExpiresAt = time.Unix(e.ExpiresAt, 0)
+	}
 	for _, s := range e.Selectors {
 		out.Selectors = append(out.Selectors, selector.Selector{Type: s.Type, Value: s.Value})
 	}

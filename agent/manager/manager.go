@@ -296,6 +296,9 @@ func (m *Manager) reconcile(ctx context.Context) (time.Time, error) {
 	var todo []*pending
 	var next time.Time
 	for _, es := range m.cfg.Cache.Entries() {
+		if es.Entry.Expired(now) {
+			continue // the server would refuse it, failing the whole batch
+		}
 		if r := due(&es.Entry, es.SVID, trusted, now); r != none {
 			todo = append(todo, &pending{entry: es.Entry, reason: r})
 			continue

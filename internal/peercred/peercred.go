@@ -44,6 +44,12 @@ func (Info) AuthType() string { return AuthType }
 // connection to another and exit, so that the PID is later reused by a
 // process with another identity. It fails when the start time was not known
 // at accept, when it cannot be read now, or when it changed.
+//
+// It cannot see an exec: a process that connects, passes the socket to a
+// child and then execs another binary keeps its PID and start time, so the
+// child's calls are attested as that binary (SPIRE's unix attestor shares
+// this limit). Entries should therefore not rest on unix:path or unix:sha256
+// alone; pair them with a uid or gid the untrusted process does not have.
 func (i Info) SameProcess() error {
 	now, err := ProcStartTime(i.PID)
 	return sameProcess(i, now, err)

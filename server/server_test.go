@@ -322,6 +322,17 @@ func TestJoinTokenSingleUseAndExpiry(t *testing.T) {
 	anon := api.NewAgentServiceClient(dialTLS(t, ts.Addr(), tlsconfig.TLSClientConfig(ts.bundle(t), tlsconfig.AuthorizeID(agentapi.ServerID(td)))))
 	_, err = anon.Attest(context.Background(), &api.AttestRequest{AttestationType: "join_token", Payload: []byte(kept), Csr: []byte("garbage")})
 	wantCode(t, err, codes.InvalidArgument, "attest with a garbage CSR")
+	// Well formed and well signed, but with a key type the CA refuses.
+	p521, err := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p521CSR, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, p521)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = anon.Attest(context.Background(), &api.AttestRequest{AttestationType: "join_token", Payload: []byte(kept), Csr: p521CSR})
+	wantCode(t, err, codes.InvalidArgument, "attest with a P-521 CSR")
 	mustAttest(t, ts, kept)
 
 	custom := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/custom", 0))
@@ -399,6 +410,8 @@ func TestSignOnlyAuthorizedEntries(t *testing.T) {
 	wantCode(t, err, codes.PermissionDenied, "CSR for an unknown entry")
 	_, err = a.Client.MintJWTSVID(ctx, &api.MintJWTSVIDRequest{EntryId: theirs.Id, Audience: []string{"x"}})
 	wantCode(t, err, codes.PermissionDenied, "JWT for another agent's entry")
+	_, err = a.Client.MintJWTSVID(ctx, &api.MintJWTSVIDRequest{EntryId: mine.Id, Audience: []string{""}})
+	wantCode(t, err, codes.InvalidArgument, "JWT with an empty audience")
 	jwt, err := a.Client.MintJWTSVID(ctx, &api.MintJWTSVIDRequest{EntryId: mine.Id, Audience: []string{"x"}})
 	if err != nil || jwt.SpiffeId != "spiffe://example.org/web" || jwt.Token == "" {
 		t.Fatalf("JWT for own entry: %v %v", jwt, err)

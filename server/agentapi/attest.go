@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/store"
 )
@@ -17,8 +18,8 @@ import (
 // Attest proves a node with a join token and signs its agent SVID.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
 	// Check the CSR before the single-use token is spent on it.
-	if err := checkCSR(req.Csr); err != nil {
-		return nil, err
+	if _, err := ca.CheckCSR(req.Csr); err != nil {
+		return nil, signError("agent CSR", err)
 	}
 	var res nodeattest.Result
 	var err error
@@ -93,21 +94,6 @@ func (s *Service) signAgent(ctx context.Context, csr []byte, id spiffeid.ID) ([]
 	}
 	s.cfg.Metrics.signings.WithLabelValues("agent").Inc()
 	return chain, nil
-}
-
-// checkCSR refuses a CSR that is missing, malformed or not signed by its key.
-func checkCSR(der []byte) error {
-	if len(der) == 0 {
-		return status.Error(codes.InvalidArgument, "csr is required")
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "parse csr: %v", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return status.Errorf(codes.InvalidArgument, "csr signature: %v", err)
-	}
-	return nil
 }
 
 func (s *Service) attestResponse(id spiffeid.ID, chain []*x509.Certificate) *api.AttestResponse {

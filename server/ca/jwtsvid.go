@@ -28,18 +28,18 @@ func (m *Manager) MintJWTSVID(ctx context.Context, id spiffeid.ID, audience []st
 		return "", time.Time{}, err
 	}
 	if id.IsZero() || !id.MemberOf(m.td) {
-		return "", time.Time{}, fmt.Errorf("ca: SPIFFE ID %q is not in trust domain %q", id, m.td)
+		return "", time.Time{}, invalid("ca: SPIFFE ID %q is not in trust domain %q", id, m.td)
 	}
 	if len(audience) == 0 {
-		return "", time.Time{}, errors.New("ca: a JWT-SVID needs at least one audience")
+		return "", time.Time{}, invalid("ca: a JWT-SVID needs at least one audience")
 	}
 	for _, a := range audience {
 		if a == "" {
-			return "", time.Time{}, errors.New("ca: empty JWT-SVID audience")
+			return "", time.Time{}, invalid("ca: empty JWT-SVID audience")
 		}
 	}
 	if ttl < 0 {
-		return "", time.Time{}, fmt.Errorf("ca: negative TTL %v", ttl)
+		return "", time.Time{}, invalid("ca: negative TTL %v", ttl)
 	}
 	if ttl == 0 {
 		ttl = m.jwtTTL

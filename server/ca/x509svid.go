@@ -118,18 +118,32 @@ type SignedX509 struct {
 // hot path of the agent API sends the DER on, and a parse would cost a tenth
 // of a signing.
 func (m *Manager) SignX509SVIDDER(ctx context.Context, csrDER []byte, id spiffeid.ID, ttl time.Duration, dnsNames []string) (SignedX509, error) {
-	csr, err := x509.ParseCertificateRequest(csrDER)
+	csr, err := CheckCSR(csrDER)
 	if err != nil {
-		return SignedX509{}, invalid("ca: parse CSR: %w", err)
-	}
-	if err := checkPublicKey(csr.PublicKey); err != nil {
-		return SignedX509{}, invalid("ca: CSR: %w", err)
-	}
-	// Proof of possession: the agent holds the key it asks us to certify.
-	if err := csr.CheckSignature(); err != nil {
-		return SignedX509{}, invalid("ca: CSR signature: %w", err)
+		return SignedX509{}, err
 	}
 	return m.signLeaf(ctx, csr.RawSubjectPublicKeyInfo, id, ttl, dnsNames)
+}
+
+// CheckCSR parses a PKCS#10 CSR and checks what signing needs: a key type
+// SPIFFE peers accept, and the CSR's signature by that key (proof that the
+// requester holds it). Its errors wrap ErrInvalidRequest. Callers that must
+// not spend anything on a bad CSR (a join token) check it first.
+func CheckCSR(der []byte) (*x509.CertificateRequest, error) {
+	if len(der) == 0 {
+		return nil, invalid("ca: CSR is empty")
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, invalid("ca: parse CSR: %w", err)
+	}
+	if err := checkPublicKey(csr.PublicKey); err != nil {
+		return nil, invalid("ca: CSR: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, invalid("ca: CSR signature: %w", err)
+	}
+	return csr, nil
 }
 
 func parseChain(raw [][]byte) ([]*x509.Certificate, error) {

@@ -69,7 +69,9 @@ func (c *Catalog) Current() (*Snapshot, <-chan struct{}) {
 // meanwhile agents keep the last good state.
 func (c *Catalog) Run(ctx context.Context) error {
 	changes := c.store.Changes(ctx)
-	var retry <-chan time.Time
+	// Changes committed between New's load and the subscription above sent
+	// their signals to no one: check once now.
+	retry := time.After(0)
 	for {
 		select {
 		case <-ctx.Done():
@@ -158,10 +160,13 @@ func (c *Catalog) load(ctx context.Context, rev int64) (*Snapshot, error) {
 }
 
 // EntriesWritten makes entry writes this server just committed visible at
-// once, without the full reload that would make n writes cost O(n^2): when
-// the store's revision moved by exactly one since the current snapshot, that
-// one change is this write, and the snapshot is patched in memory. Otherwise
-// (another writer got in between) it reloads from the store.
+// once, without the full reload that would make n writes cost O(n^2). The
+// snapshot is patched in memory only when it provably misses exactly this
+// write: it does not reflect the write yet (so the write committed after the
+// snapshot's revision) and the store's revision is one past the snapshot's
+// (so nothing else committed). Otherwise it reloads from the store: a
+// snapshot that already holds the write may be missing someone else's
+// (an eviction, say) that a patch would then hide.
 func (c *Catalog) EntriesWritten(ctx context.Context, upserted []registry.Entry, deleted []string) error {
 	rev, err := c.store.Revision(ctx)
 	if err != nil {
@@ -180,11 +185,30 @@ func (c *Catalog) EntriesWritten(ctx context.Context, upserted []registry.Entry,
 	for _, e := range upserted {
 		drop[e.ID] = true
 	}
+	// present[id] is the entry revision the snapshot holds for a written ID.
+	present := make(map[string]int64, len(drop))
 	entries := make([]registry.Entry, 0, len(old.entries)+len(upserted))
 	for _, e := range old.entries {
-		if !drop[e.ID] {
-			entries = append(entries, e)
+		if drop[e.ID] {
+			present[e.ID] = e.Revision
+			continue
 		}
+		entries = append(entries, e)
+	}
+	reflected := false
+	for _, id := range deleted {
+		if _, ok := present[id]; !ok {
+			reflected = true // already gone from the snapshot
+		}
+	}
+	for _, e := range upserted {
+		if r, ok := present[e.ID]; ok && r >= e.Revision {
+			reflected = true // the snapshot already has this version
+		}
+	}
+	if reflected {
+		c.mu.Unlock()
+		return c.Refresh(ctx)
 	}
 	entries = append(entries, upserted...)
 	snap := *old

@@ -121,3 +121,73 @@ func TestEntriesWrittenPatchesOrReloads(t *testing.T) {
 }
 
 func timeNow() time.Time { return time.Now() }
+
+// Run reloads on the commit signal, so the admin handler's EntriesWritten
+// often finds its write already in the snapshot. If another write (here an
+// eviction) committed since, the store is one past the snapshot, as if the
+// admin's write were the missing one: patching would label a snapshot that
+// lacks the eviction as current, and no later Refresh would load it.
+func TestEntriesWrittenAfterReloadKeepsOtherWrites(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t, filepath.Join(t.TempDir(), "s.db"))
+	c, err := New(ctx, st, td, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentID := "spiffe://example.org/agent/a"
+	for _, tt := range []struct {
+		name  string
+		write func() ([]registry.Entry, []string)
+	}{
+		{"create", func() ([]registry.Entry, []string) {
+			w, err := st.CreateEntry(ctx, entry("/w"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return []registry.Entry{w}, nil
+		}},
+		{"delete", func() ([]registry.Entry, []string) {
+			w, err := st.CreateEntry(ctx, entry("/gone"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.DeleteEntry(ctx, w.ID); err != nil {
+				t.Fatal(err)
+			}
+			return nil, []string{w.ID}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := st.UpsertNode(ctx, store.Node{SPIFFEID: agentID, AttestationType: "join_token",
+				Selectors: []selector.Selector{{Type: "join_token", Value: "x"}}, SerialNumber: "1", ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			upserted, deleted := tt.write() // the admin's write commits...
+			if err := c.Refresh(ctx); err != nil { // ...Run reloads on its signal...
+				t.Fatal(err)
+			}
+			if err := st.DeleteNode(ctx, agentID); err != nil { // ...an eviction commits...
+				t.Fatal(err)
+			}
+			if err := c.EntriesWritten(ctx, upserted, deleted); err != nil { // ...the handler publishes
+				t.Fatal(err)
+			}
+			if err := c.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			snap, _ := c.Current()
+			if _, ok := snap.Nodes[agentID]; ok {
+				t.Fatal("the snapshot still holds the evicted agent")
+			}
+			if rev, _ := st.Revision(ctx); snap.Revision != rev {
+				t.Fatalf("snapshot revision %d, store %d", snap.Revision, rev)
+			}
+		})
+	}
+}

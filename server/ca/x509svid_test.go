@@ -144,7 +144,7 @@ func TestSignX509SVIDRefuses(t *testing.T) {
 		wantErr string
 	}{
 		{"garbage", []byte("not a CSR"), id, 0, nil, "parse CSR"},
-		{"empty", nil, id, 0, nil, "parse CSR"},
+		{"empty", nil, id, 0, nil, "CSR is empty"},
 		{"bad signature", badSig, id, 0, nil, "CSR signature"},
 		{"RSA-1024", makeCSR(t, rsa1024), id, 0, nil, "too small"},
 		{"P-224", makeCSR(t, p224), id, 0, nil, "unsupported ECDSA curve"},

@@ -2,13 +2,16 @@ package server_test
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc/codes"
 
 	"github.com/signetid/signet/internal/pgtest"
 	"github.com/signetid/signet/server"
+	"github.com/signetid/signet/server/agentapi"
 	"github.com/signetid/signet/server/api"
 )
 
@@ -71,5 +74,37 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestAgentKnownToStoreButNotYetToThisServer: an agent attests on A and calls
+// B before B has heard of it. Two servers on one SQLite file model the
+// extreme case, since SQLite signals only its own process's commits: B learns
+// of A's writes only by reading the store. B must do so when its snapshot
+// refuses an agent, instead of answering "not attested".
+func TestAgentKnownToStoreButNotYetToThisServer(t *testing.T) {
+	db := "sqlite://" + filepath.Join(t.TempDir(), "shared.db")
+	onShared := func(c *server.Config) { c.Datastore = db }
+	a := startServer(t, onShared)
+	b := startServer(t, onShared)
+
+	agent := mustAttest(t, a, a.token(t, "spiffe://example.org/agent/ha", 0))
+	e := a.createEntry(t, "spiffe://example.org/ha/web", agent.ID.String(), "unix:uid:1000")
+	// A's bundle holds both roots (A reloaded at attest); dial B with it.
+	conn := dialTLS(t, b.Addr(), tlsconfig.MTLSClientConfig(agent.SVID, a.bundle(t), tlsconfig.AuthorizeID(agentapi.ServerID(td))))
+	onB := api.NewAgentServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, csr := newCSR(t)
+	if _, err := onB.BatchSignX509SVID(ctx, &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: e.Id, Csr: csr}}}); err != nil {
+		t.Fatalf("sign on B for an agent attested on A: %v", err)
+	}
+	stream, err := onB.Sync(ctx, &api.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := stream.Recv()
+	if err != nil || len(msg.Entries) != 1 || msg.Entries[0].Id != e.Id {
+		t.Fatalf("sync on B: %v, %v; want entry %s", msg, err, e.Id)
 	}
 }

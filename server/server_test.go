@@ -294,6 +294,24 @@ func TestEntryValidation(t *testing.T) {
 		Entry: &api.Entry{Id: good.Id, SpiffeId: "spiffe://example.org/w/"}, UpdateMask: []string{"spiffe_id"},
 	})
 	wantCode(t, err, codes.InvalidArgument, "update to a bad ID")
+	_, err = ts.admin.UpdateEntry(context.Background(), &api.UpdateEntryRequest{
+		Entry: &api.Entry{Id: good.Id, Hint: "x"}, UpdateMask: []string{"hint", "colour"},
+	})
+	wantCode(t, err, codes.InvalidArgument, "update with an unknown mask field")
+	_, err = ts.admin.UpdateEntry(context.Background(), &api.UpdateEntryRequest{
+		Entry: &api.Entry{Id: good.Id, ExpiresAt: time.Now().Add(-time.Hour).Unix()}, UpdateMask: []string{"expires_at"},
+	})
+	wantCode(t, err, codes.InvalidArgument, "update to an expiry in the past")
+	for name, exp := range map[string]int64{"past": time.Now().Add(-time.Minute).Unix(), "negative": -5} {
+		_, err = ts.admin.CreateEntry(context.Background(), &api.CreateEntryRequest{Entry: &api.Entry{
+			SpiffeId: "spiffe://example.org/expiring", ParentId: parent, Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}, ExpiresAt: exp,
+		}})
+		wantCode(t, err, codes.InvalidArgument, "create with a "+name+" expiry")
+	}
+	_, err = ts.admin.UpdateEntry(context.Background(), &api.UpdateEntryRequest{
+		Entry: &api.Entry{Id: "00000000-0000-4000-8000-000000000000", Hint: "x"}, UpdateMask: []string{"hint"},
+	})
+	wantCode(t, err, codes.NotFound, "update of an unknown entry")
 	got, err := ts.admin.GetEntry(context.Background(), &api.GetEntryRequest{Id: good.Id})
 	if err != nil || got.SpiffeId != "spiffe://example.org/w" {
 		t.Fatalf("refused update changed the entry: %v %v", got, err)

@@ -159,9 +159,11 @@ func (set Set) Includes(sub []Selector) bool {
 	return true
 }
 
+// isUint accepts a uid or gid as the kernel reports it: decimal, no sign and
+// no leading zeros ("01000" would never match the attested "1000").
 func isUint(v string) error {
-	if _, err := strconv.ParseUint(v, 10, 32); err != nil {
-		return fmt.Errorf("%q is not a numeric id", v)
+	if _, err := strconv.ParseUint(v, 10, 32); err != nil || (len(v) > 1 && v[0] == '0') {
+		return fmt.Errorf("%q is not a numeric id (decimal, no leading zeros)", v)
 	}
 	return nil
 }

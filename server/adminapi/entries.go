@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -16,7 +17,7 @@ import (
 
 // CreateEntry validates and stores a new entry; nothing is stored on error.
 func (s *Service) CreateEntry(ctx context.Context, req *api.CreateEntryRequest) (*api.Entry, error) {
-	e, err := s.validEntry(req.GetEntry())
+	e, err := s.validNewEntry(req.GetEntry())
 	if err != nil {
 		return nil, err
 	}
@@ -44,7 +45,7 @@ func (s *Service) BatchCreateEntries(ctx context.Context, req *api.BatchCreateEn
 	}
 	entries := make([]registry.Entry, len(req.Entries))
 	for i, in := range req.Entries {
-		e, err := s.validEntry(in)
+		e, err := s.validNewEntry(in)
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "batch create: entry %d (%s): %s", i, in.GetSpiffeId(), status.Convert(err).Message())
 		}
@@ -66,61 +67,70 @@ func (s *Service) BatchCreateEntries(ctx context.Context, req *api.BatchCreateEn
 // updatable names the fields an update mask may list.
 var updatable = []string{"spiffe_id", "parent_id", "node", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "federates_with", "admin", "expires_at"}
 
-// UpdateEntry replaces the masked fields (all when the mask is empty).
+// UpdateEntry replaces the masked fields (all when the mask is empty). The
+// merge runs inside the store's write transaction, so two admins updating
+// different fields at once both keep their change.
 func (s *Service) UpdateEntry(ctx context.Context, req *api.UpdateEntryRequest) (*api.Entry, error) {
 	in := req.GetEntry()
 	if in.GetId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "update entry: id is required")
 	}
-	cur, err := s.cfg.Store.GetEntry(ctx, in.Id)
-	if err != nil {
-		return nil, storeError("entry "+in.Id, err)
-	}
-	merged := registry.ToProto(&cur)
 	mask := req.UpdateMask
 	if len(mask) == 0 {
 		mask = updatable
 	}
 	for _, f := range mask {
-		switch f {
-		case "spiffe_id":
-			merged.SpiffeId = in.SpiffeId
-		case "parent_id":
-			merged.ParentId = in.ParentId
-		case "node":
-			merged.Node = in.Node
-		case "selectors":
-			merged.Selectors = in.Selectors
-		case "x509_ttl":
-			merged.X509TtlSeconds = in.X509TtlSeconds
-		case "jwt_ttl":
-			merged.JwtTtlSeconds = in.JwtTtlSeconds
-		case "dns_names":
-			merged.DnsNames = in.DnsNames
-		case "hint":
-			merged.Hint = in.Hint
-		case "federates_with":
-			merged.FederatesWith = in.FederatesWith
-		case "admin":
-			merged.Admin = in.Admin
-		case "expires_at":
-			merged.ExpiresAt = in.ExpiresAt
-		default:
+		if !slices.Contains(updatable, f) {
 			return nil, status.Errorf(codes.InvalidArgument, "update entry: unknown field %q in mask (known: %s)", f, strings.Join(updatable, ", "))
 		}
 	}
-	e, err := s.validEntry(merged)
-	if err != nil {
-		return nil, err
+	updated, err := s.cfg.Store.ModifyEntry(ctx, in.Id, func(cur registry.Entry) (registry.Entry, error) {
+		e, err := s.validEntry(mergeEntry(registry.ToProto(&cur), in, mask))
+		if err == nil && slices.Contains(mask, "expires_at") {
+			err = s.notExpired(e)
+		}
+		return e, err
+	})
+	if _, isStatus := status.FromError(err); err != nil && isStatus {
+		return nil, err // validEntry's verdict
 	}
-	e.ID, e.CreatedAt, e.Revision = cur.ID, cur.CreatedAt, cur.Revision
-	updated, err := s.cfg.Store.UpdateEntry(ctx, e)
 	if err != nil {
-		return nil, storeError("update entry "+e.ID, err)
+		return nil, storeError("update entry "+in.Id, err)
 	}
 	s.publish(ctx, []registry.Entry{updated})
 	s.cfg.Logger.Info("entry updated", "entry_id", updated.ID, "spiffe_id", updated.SPIFFEID.String(), "revision", updated.Revision)
 	return registry.ToProto(&updated), nil
+}
+
+// mergeEntry copies the masked fields of in onto cur.
+func mergeEntry(cur, in *api.Entry, mask []string) *api.Entry {
+	for _, f := range mask {
+		switch f {
+		case "spiffe_id":
+			cur.SpiffeId = in.SpiffeId
+		case "parent_id":
+			cur.ParentId = in.ParentId
+		case "node":
+			cur.Node = in.Node
+		case "selectors":
+			cur.Selectors = in.Selectors
+		case "x509_ttl":
+			cur.X509TtlSeconds = in.X509TtlSeconds
+		case "jwt_ttl":
+			cur.JwtTtlSeconds = in.JwtTtlSeconds
+		case "dns_names":
+			cur.DnsNames = in.DnsNames
+		case "hint":
+			cur.Hint = in.Hint
+		case "federates_with":
+			cur.FederatesWith = in.FederatesWith
+		case "admin":
+			cur.Admin = in.Admin
+		case "expires_at":
+			cur.ExpiresAt = in.ExpiresAt
+		}
+	}
+	return cur
 }
 
 // DeleteEntry removes an entry.
@@ -186,6 +196,25 @@ func (s *Service) ListEntries(ctx context.Context, req *api.ListEntriesRequest) 
 		return strings.Compare(a.Id, b.Id)
 	})
 	return resp, nil
+}
+
+// validNewEntry is validEntry for an entry being created: it must not have
+// expired already.
+func (s *Service) validNewEntry(in *api.Entry) (registry.Entry, error) {
+	e, err := s.validEntry(in)
+	if err != nil {
+		return e, err
+	}
+	return e, s.notExpired(e)
+}
+
+// notExpired refuses an expires_at that has passed: such an entry would be
+// stored and never served, which is surely not what was meant.
+func (s *Service) notExpired(e registry.Entry) error {
+	if e.Expired(s.cfg.Now()) {
+		return status.Errorf(codes.InvalidArgument, "entry: expires_at %s is in the past", e.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // validEntry converts, validates and normalizes an API entry.

@@ -62,7 +62,7 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 // RenewAgent signs a fresh agent SVID for the calling agent.
 func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*api.AttestResponse, error) {
 	snap, _ := s.cfg.Catalog.Current()
-	c, err := s.authenticate(ctx, snap)
+	c, snap, err := s.authenticate(ctx, snap)
 	if err != nil {
 		return nil, err
 	}

@@ -93,21 +93,41 @@ func peerSVID(ctx context.Context) (*x509.Certificate, spiffeid.ID, error) {
 	return leaf, id, nil
 }
 
-// authenticate names the calling agent and checks, against snap, that it is
-// still attested and presents its current (or just-replaced) SVID.
-func (s *Service) authenticate(ctx context.Context, snap *catalog.Snapshot) (caller, error) {
+// authenticate names the calling agent and checks that it is still attested
+// and presents its current (or just-replaced) SVID. It checks against snap
+// and, when snap refuses, against the store's newest state: with several
+// servers on one store, an agent that attested or renewed on another server
+// may call here before this server has heard of it. It returns the snapshot
+// it decided on, for the caller to authorize against.
+func (s *Service) authenticate(ctx context.Context, snap *catalog.Snapshot) (caller, *catalog.Snapshot, error) {
 	leaf, id, err := peerSVID(ctx)
 	if err != nil {
-		return caller{}, status.Errorf(codes.Unauthenticated, "agent SVID required: %v", err)
-	}
-	node, ok := snap.Nodes[id.String()]
-	if !ok {
-		return caller{}, status.Errorf(codes.PermissionDenied, "agent %s is not attested (evicted?)", id)
+		return caller{}, snap, status.Errorf(codes.Unauthenticated, "agent SVID required: %v", err)
 	}
 	// TLS checked validity at the handshake; a long-lived connection (a Sync
 	// stream) must not outlive the SVID it was opened with.
 	if now := s.cfg.Now(); now.After(leaf.NotAfter) {
-		return caller{}, status.Errorf(codes.Unauthenticated, "agent %s presents an expired SVID (not after %s); renew or re-attest", id, leaf.NotAfter.UTC().Format(time.RFC3339))
+		return caller{}, snap, status.Errorf(codes.Unauthenticated, "agent %s presents an expired SVID (not after %s); renew or re-attest", id, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	c, err := checkNode(snap, leaf, id)
+	if err == nil {
+		return c, snap, nil
+	}
+	if rerr := s.cfg.Catalog.Refresh(ctx); rerr != nil {
+		return caller{}, snap, err
+	}
+	if fresh, _ := s.cfg.Catalog.Current(); fresh.Revision != snap.Revision {
+		c, err = checkNode(fresh, leaf, id)
+		return c, fresh, err
+	}
+	return caller{}, snap, err
+}
+
+// checkNode checks the presented SVID against the node record in snap.
+func checkNode(snap *catalog.Snapshot, leaf *x509.Certificate, id spiffeid.ID) (caller, error) {
+	node, ok := snap.Nodes[id.String()]
+	if !ok {
+		return caller{}, status.Errorf(codes.PermissionDenied, "agent %s is not attested (evicted?)", id)
 	}
 	serial := serialHex(leaf.SerialNumber)
 	if serial != node.SerialNumber && serial != node.PrevSerialNumber {

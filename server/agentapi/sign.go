@@ -28,7 +28,7 @@ func (s *Service) BatchSignX509SVID(ctx context.Context, req *api.BatchSignX509S
 		return nil, status.Errorf(codes.InvalidArgument, "%d CSRs in one request; the limit is %d", len(req.Requests), MaxBatch)
 	}
 	snap, _ := s.cfg.Catalog.Current()
-	c, err := s.authenticate(ctx, snap)
+	c, snap, err := s.authenticate(ctx, snap)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +93,7 @@ func (s *Service) MintJWTSVID(ctx context.Context, req *api.MintJWTSVIDRequest) 
 		return nil, status.Error(codes.InvalidArgument, "at least one audience is required")
 	}
 	snap, _ := s.cfg.Catalog.Current()
-	c, err := s.authenticate(ctx, snap)
+	c, snap, err := s.authenticate(ctx, snap)
 	if err != nil {
 		return nil, err
 	}

@@ -22,12 +22,12 @@ func (s *Service) Sync(_ *api.SyncRequest, stream api.AgentService_SyncServer) e
 	var last [sha256.Size]byte
 	for {
 		snap, changed := s.cfg.Catalog.Current()
-		c, err := s.authenticate(ctx, snap)
+		c, snap, err := s.authenticate(ctx, snap)
 		if err != nil {
 			return err
 		}
 		now := s.cfg.Now()
-		entries := snap.Entries.Authorized(c.ID, c.Node.Selectors, now)
+		entries, until := snap.Entries.AuthorizedUntil(c.ID, c.Node.Selectors, now)
 		resp := s.syncResponse(snap, entries)
 		if sum := digest(resp); sum != last {
 			if err := stream.Send(resp); err != nil {
@@ -35,11 +35,12 @@ func (s *Service) Sync(_ *api.SyncRequest, stream api.AgentService_SyncServer) e
 			}
 			last = sum
 		}
-		// Wake at the next entry expiry, or when the agent SVID this stream
-		// was opened with expires (authenticate then ends the stream).
+		// Wake when an entry or a granting node alias expires, or when the
+		// agent SVID this stream was opened with expires (authenticate then
+		// ends the stream).
 		next := c.NotAfter.Add(time.Millisecond)
-		if e := nextExpiry(entries); !e.IsZero() && e.Before(next) {
-			next = e
+		if !until.IsZero() && until.Before(next) {
+			next = until
 		}
 		timer := time.NewTimer(next.Sub(now))
 		expiry := timer.C
@@ -98,14 +99,4 @@ func digest(resp *api.SyncResponse) [sha256.Size]byte {
 	var out [sha256.Size]byte
 	h.Sum(out[:0])
 	return out
-}
-
-func nextExpiry(entries []*registry.Entry) time.Time {
-	var next time.Time
-	for _, e := range entries {
-		if !e.ExpiresAt.IsZero() && (next.IsZero() || e.ExpiresAt.Before(next)) {
-			next = e.ExpiresAt
-		}
-	}
-	return next
 }

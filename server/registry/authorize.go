@@ -50,11 +50,26 @@ func (ix *Index) Len() int { return len(ix.byID) }
 // to carry another agent's ID cannot hand this agent that agent's entries).
 // Expired entries are skipped. The result has no duplicates.
 func (ix *Index) Authorized(agentID spiffeid.ID, nodeSelectors []selector.Selector, now time.Time) []*Entry {
+	out, _ := ix.AuthorizedUntil(agentID, nodeSelectors, now)
+	return out
+}
+
+// AuthorizedUntil is Authorized, plus the time the answer next changes by
+// itself: the earliest expiry of a returned entry or of a node alias that
+// grants some (zero if none expires). Callers that push the set wake then.
+func (ix *Index) AuthorizedUntil(agentID spiffeid.ID, nodeSelectors []selector.Selector, now time.Time) ([]*Entry, time.Time) {
+	var until time.Time
+	expires := func(e *Entry) {
+		if !e.ExpiresAt.IsZero() && (until.IsZero() || e.ExpiresAt.Before(until)) {
+			until = e.ExpiresAt
+		}
+	}
 	parents := []spiffeid.ID{agentID}
 	nodeSet := selector.NewSet(nodeSelectors...)
 	for _, alias := range ix.aliases {
 		if !alias.Expired(now) && nodeSet.Includes(alias.Selectors) && alias.SPIFFEID != agentID {
 			parents = append(parents, alias.SPIFFEID)
+			expires(alias)
 		}
 	}
 	seen := make(map[string]bool)
@@ -66,7 +81,8 @@ func (ix *Index) Authorized(agentID spiffeid.ID, nodeSelectors []selector.Select
 			}
 			seen[e.ID] = true
 			out = append(out, e)
+			expires(e)
 		}
 	}
-	return out
+	return out, until
 }

@@ -135,7 +135,9 @@ func validateDNSName(name string) error {
 	}
 	labels := strings.Split(name, ".")
 	for i, l := range labels {
-		if !dnsLabelRE.MatchString(l) || (l == "*" && i != 0) {
+		// A wildcard is only the leftmost label, and never the whole name:
+		// a bare "*" matches every single-label host (db, localhost).
+		if !dnsLabelRE.MatchString(l) || (l == "*" && (i != 0 || len(labels) == 1)) {
 			return fmt.Errorf("dns name %q: label %q is not a valid DNS label", name, l)
 		}
 	}

@@ -81,6 +81,9 @@ func FromProto(in *api.Entry) (Entry, error) {
 		}
 		e.FederatesWith = append(e.FederatesWith, td)
 	}
+	if in.ExpiresAt < 0 {
+		return Entry{}, fmt.Errorf("entry: expires_at %d is negative (Unix seconds; 0 means never)", in.ExpiresAt)
+	}
 	if in.ExpiresAt != 0 {
 		e.ExpiresAt = time.Unix(in.ExpiresAt, 0)
 	}

@@ -43,6 +43,7 @@ func TestValidate(t *testing.T) {
 		{"bad dns", func(e *Entry) { e.DNSNames = []string{"a..b"} }, "dns name"},
 		{"wildcard not first", func(e *Entry) { e.DNSNames = []string{"a.*.b"} }, "dns name"},
 		{"wildcard first", func(e *Entry) { e.DNSNames = []string{"*.example.org"} }, ""},
+		{"bare wildcard", func(e *Entry) { e.DNSNames = []string{"*"} }, "not a valid DNS label"},
 		{"bad hint", func(e *Entry) { e.Hint = "a b" }, "hint"},
 		{"server's own ID", func(e *Entry) { e.SPIFFEID = id("/signet/server") }, "reserved"},
 		{"under the reserved prefix", func(e *Entry) { e.SPIFFEID = id("/signet") }, "reserved"},
@@ -108,4 +109,39 @@ func TestAuthorized(t *testing.T) {
 	want("agent A matching the alias", got(agentA, sel("k8s_psat:cluster:c1,k8s_psat:node:n1")), "direct", "impostor", "via-alias")
 	want("agent A, other cluster", got(agentA, sel("k8s_psat:cluster:c2")), "direct", "impostor")
 	want("agent B", got(agentB, nil), "other-agent")
+}
+
+// AuthorizedUntil tells a Sync stream when to wake by itself: when a served
+// entry expires, or a node alias that grants entries does (the entries it
+// granted are refused from then on, so the agent must hear of it).
+func TestAuthorizedUntil(t *testing.T) {
+	now := time.Now()
+	agent := id("/agent/a")
+	aliasEnds, entryEnds := now.Add(time.Minute), now.Add(time.Hour)
+	ix := NewIndex([]Entry{
+		{ID: "alias", SPIFFEID: id("/nodes/n"), Node: true, Selectors: sel("join_token:t1"), ExpiresAt: aliasEnds},
+		{ID: "via-alias", SPIFFEID: id("/shared"), ParentID: id("/nodes/n"), Selectors: sel("unix:uid:1")},
+		{ID: "direct", SPIFFEID: id("/web"), ParentID: agent, Selectors: sel("unix:uid:1"), ExpiresAt: entryEnds},
+		{ID: "never", SPIFFEID: id("/db"), ParentID: agent, Selectors: sel("unix:uid:2")},
+	})
+	tests := []struct {
+		name    string
+		nodeSel []selector.Selector
+		at      time.Time
+		want    int
+		until   time.Time
+	}{
+		{"alias matches: wake when it ends", sel("join_token:t1"), now, 3, aliasEnds},
+		{"alias does not match: wake when the entry ends", nil, now, 2, entryEnds},
+		{"alias ended", sel("join_token:t1"), aliasEnds, 2, entryEnds},
+		{"nothing left that expires", nil, entryEnds, 1, time.Time{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, until := ix.AuthorizedUntil(agent, tt.nodeSel, tt.at)
+			if len(got) != tt.want || !until.Equal(tt.until) {
+				t.Fatalf("AuthorizedUntil = %d entries until %v, want %d until %v", len(got), until, tt.want, tt.until)
+			}
+		})
+	}
 }

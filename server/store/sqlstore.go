@@ -368,17 +368,32 @@ func (s *sqlStore) CreateEntries(ctx context.Context, es []registry.Entry) ([]re
 }
 
 func (s *sqlStore) UpdateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error) {
-	e = normalizeEntry(e)
+	return s.ModifyEntry(ctx, e.ID, func(registry.Entry) (registry.Entry, error) { return e, nil })
+}
+
+func (s *sqlStore) ModifyEntry(ctx context.Context, id string, fn func(registry.Entry) (registry.Entry, error)) (registry.Entry, error) {
+	var out registry.Entry
+	var fnErr error
 	err := s.write(ctx, func(t *tx) error {
-		var rev, created int64
-		err := t.queryRow(ctx, `SELECT revision, created_at FROM entries WHERE id = $1`, e.ID).Scan(&rev, &created)
+		cur, err := scanEntry(t.queryRow(ctx, `SELECT `+entryColumns+` FROM entries WHERE id = $1`, id))
 		if errors.Is(err, errNoRows) {
 			return ErrNotFound
 		}
 		if err != nil {
 			return err
 		}
-		e.Revision, e.CreatedAt = rev+1, fromNanos(created)
+		sels, err := loadSelectors(ctx, t.querier, "entry_selectors", "entry_id", id)
+		if err != nil {
+			return err
+		}
+		cur.Selectors = sels[id]
+		e, err := fn(cur)
+		if err != nil {
+			fnErr = err
+			return err
+		}
+		e = normalizeEntry(e)
+		e.ID, e.Revision, e.CreatedAt = id, cur.Revision+1, cur.CreatedAt
 		args, err := entryArgs(e)
 		if err != nil {
 			return err
@@ -394,15 +409,19 @@ func (s *sqlStore) UpdateEntry(ctx context.Context, e registry.Entry) (registry.
 		if err := insertSelectors(ctx, t, "entry_selectors", "entry_id", e.ID, e.Selectors); err != nil {
 			return err
 		}
+		out = e
 		return bumpRevision(ctx, t)
 	})
+	if fnErr != nil {
+		return registry.Entry{}, fnErr // the caller's own verdict, unwrapped
+	}
 	if s.db.isUniqueViolation(err) {
-		return registry.Entry{}, fmt.Errorf("update entry %s: another entry has this SPIFFE ID, parent and selectors: %w", e.ID, ErrAlreadyExists)
+		return registry.Entry{}, fmt.Errorf("update entry %s: another entry has this SPIFFE ID, parent and selectors: %w", id, ErrAlreadyExists)
 	}
 	if err != nil {
-		return registry.Entry{}, fmt.Errorf("update entry %s: %w", e.ID, err)
+		return registry.Entry{}, fmt.Errorf("update entry %s: %w", id, err)
 	}
-	return e, nil
+	return out, nil
 }
 
 func (s *sqlStore) DeleteEntry(ctx context.Context, id string) error {

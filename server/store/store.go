@@ -75,6 +75,11 @@ type Store interface {
 	CreateEntries(ctx context.Context, es []registry.Entry) ([]registry.Entry, error)
 	// UpdateEntry replaces the entry with e.ID, bumping its Revision.
 	UpdateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error)
+	// ModifyEntry replaces the entry with id by fn(current entry), read and
+	// written in one transaction, so concurrent partial updates cannot
+	// overwrite each other. An error from fn is returned as is, and nothing
+	// is written. ID, Revision and CreatedAt stay the store's.
+	ModifyEntry(ctx context.Context, id string, fn func(registry.Entry) (registry.Entry, error)) (registry.Entry, error)
 	DeleteEntry(ctx context.Context, id string) error
 	GetEntry(ctx context.Context, id string) (registry.Entry, error)
 	ListEntries(ctx context.Context) ([]registry.Entry, error)

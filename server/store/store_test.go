@@ -827,3 +827,68 @@ func TestRenewNodeNeverResurrects(t *testing.T) {
 		}
 	})
 }
+
+// ModifyEntry reads and writes in one transaction: two partial updates that
+// overlap in time both keep their change. The first update's fn holds its
+// transaction open for a while; the second must not read the entry (its fn
+// must not run) until the first has committed.
+func TestModifyEntryIsAtomic(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		e, err := s.CreateEntry(ctx, workload(t, "/w", "unix:uid:1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		inFirst, secondRan := make(chan struct{}), make(chan struct{})
+		var overlapped bool
+		first := make(chan error, 1)
+		go func() {
+			_, err := s.ModifyEntry(ctx, e.ID, func(cur registry.Entry) (registry.Entry, error) {
+				close(inFirst)
+				select { // give a non-atomic implementation every chance to interleave
+				case <-secondRan:
+					overlapped = true
+				case <-time.After(300 * time.Millisecond):
+				}
+				cur.Hint = "web"
+				return cur, nil
+			})
+			first <- err
+		}()
+		<-inFirst
+		got, err := s.ModifyEntry(ctx, e.ID, func(cur registry.Entry) (registry.Entry, error) {
+			close(secondRan)
+			cur.X509TTL = 5 * time.Minute
+			return cur, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := <-first; err != nil {
+			t.Fatal(err)
+		}
+		if overlapped {
+			t.Error("the second ModifyEntry read the entry while the first was still writing it")
+		}
+		if got.Hint != "web" || got.X509TTL != 5*time.Minute || got.Revision != 3 {
+			t.Fatalf("after two partial updates: hint %q, x509 TTL %v, revision %d; want web, 5m0s, 3", got.Hint, got.X509TTL, got.Revision)
+		}
+
+		// fn's error is returned as is, and nothing is written.
+		refuse := errors.New("refused by the caller")
+		if _, err := s.ModifyEntry(ctx, e.ID, func(cur registry.Entry) (registry.Entry, error) {
+			cur.Hint = "never"
+			return cur, refuse
+		}); err != refuse {
+			t.Fatalf("ModifyEntry with a failing fn: %v, want the fn's error itself", err)
+		}
+		if after, _ := s.GetEntry(ctx, e.ID); after.Hint != "web" || after.Revision != 3 {
+			t.Fatalf("a refused modification was written: %+v", after)
+		}
+		if _, err := s.ModifyEntry(ctx, "00000000-0000-4000-8000-000000000000", func(cur registry.Entry) (registry.Entry, error) {
+			return cur, nil
+		}); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("ModifyEntry of an unknown entry: %v, want ErrNotFound", err)
+		}
+	})
+}

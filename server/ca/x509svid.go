@@ -38,8 +38,12 @@ func invalid(format string, args ...any) error { return invalidRequest{fmt.Error
 // at the moment of signing and rotate forever.
 const maxBackdate = 10 * time.Second
 
-// backdate is how far before now an SVID with ttl starts.
-func backdate(ttl time.Duration) time.Duration { return min(maxBackdate, ttl/10) }
+// backdate is how far before now an SVID with ttl starts, in whole seconds
+// as certificates carry them: a fraction would round to a whole second
+// anyway and, for TTLs of a few seconds, eat the first half of the life.
+func backdate(ttl time.Duration) time.Duration {
+	return min(maxBackdate, ttl/10).Truncate(time.Second)
+}
 
 // ServerPath is the path of the server's own SPIFFE ID.
 const ServerPath = "/signet/server"
@@ -228,7 +232,14 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	}
 	issuer := m.activeCA.Load()
 	now := m.now()
+	// Certificates carry whole seconds. Rounding NotBefore down and NotAfter
+	// up keeps the half-life, where agents rotate, after now even for a 1 s
+	// TTL; truncating both could put it at now and make agents re-sign in a
+	// loop.
 	notAfter := now.Add(ttl)
+	if r := notAfter.Truncate(time.Second); !r.Equal(notAfter) {
+		notAfter = r.Add(time.Second)
+	}
 	if notAfter.After(issuer.cert.NotAfter) {
 		notAfter = issuer.cert.NotAfter
 	}
@@ -272,7 +283,7 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	body = append(body, issuer.cert.RawSubject...)
 	var validity [2 + 2*17]byte
 	v := appendTime(validity[:2:2], notBefore.Truncate(time.Second))
-	v = appendTime(v, notAfter.Truncate(time.Second))
+	v = appendTime(v, notAfter)
 	v[0], v[1] = tagSequence, byte(len(v)-2)
 	body = append(body, v...)
 	body = append(body, subject...)
@@ -293,7 +304,7 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	der = appendHeader(der, tagBitString, len(sig)+1)
 	der = append(der, 0) // no unused bits
 	der = append(der, sig...)
-	return SignedX509{Chain: [][]byte{der}, NotAfter: notAfter.Truncate(time.Second)}, nil
+	return SignedX509{Chain: [][]byte{der}, NotAfter: notAfter}, nil
 }
 
 // encodeSAN encodes GeneralNames: the SPIFFE ID as the one URI, then the

@@ -244,24 +244,37 @@ func TestSignX509SVIDDER(t *testing.T) {
 }
 
 func TestShortTTLBackdateKeepsHalfLifeAhead(t *testing.T) {
-	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	m := newManager(t, ca.Config{SVIDTTL: 10 * time.Second, Clock: newFakeClock(now).Now})
+	base := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	clk := newFakeClock(base)
+	m := newManager(t, ca.Config{SVIDTTL: 10 * time.Second, Clock: clk.Now})
 	id := spiffeid.RequireFromPath(td, "/short")
-	for _, ttl := range []time.Duration{2 * time.Second, 10 * time.Second, time.Minute, time.Hour} {
-		certs, err := m.SignX509SVID(context.Background(), makeCSR(t, p256(t)), id, ttl, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		leaf := certs[0]
-		back := now.Sub(leaf.NotBefore)
-		// Certificates carry whole seconds, so the backdate rounds up to 1 s.
-		if limit := max(time.Second, min(10*time.Second, ttl/10)); back <= 0 || back > limit {
-			t.Errorf("ttl %s: backdated %s, want (0, %s]", ttl, back, limit)
-		}
-		// Agents rotate at half of the validity: that must lie in the future.
-		half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
-		if !half.After(now) {
-			t.Errorf("ttl %s: half-life %s is not after signing time %s", ttl, half, now)
+	// Certificates carry whole seconds: sign at whole and fractional times.
+	for _, frac := range []time.Duration{0, 50 * time.Millisecond, 500 * time.Millisecond, 950 * time.Millisecond} {
+		now := base.Add(frac)
+		clk.Set(now)
+		for _, ttl := range []time.Duration{time.Second, 2 * time.Second, 10 * time.Second, time.Minute, time.Hour} {
+			certs, err := m.SignX509SVID(context.Background(), makeCSR(t, p256(t)), id, ttl, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			leaf := certs[0]
+			// Backdated by a tenth of the TTL (at most 10 s) in whole
+			// seconds, plus the fraction of the current second.
+			back := now.Sub(leaf.NotBefore)
+			want := min(10*time.Second, ttl/10).Truncate(time.Second) + frac
+			if back != want {
+				t.Errorf("at %s, ttl %s: backdated %s, want %s", now, ttl, back, want)
+			}
+			// (Longer TTLs meet the CA's own NotAfter, 6 x 10 s here.)
+			if life := leaf.NotAfter.Sub(now); ttl <= 10*time.Second && life < ttl {
+				t.Errorf("at %s, ttl %s: valid for %s after signing, want at least the TTL", now, ttl, life)
+			}
+			// Agents rotate at half of the validity: that must lie in the
+			// future, or they would sign again at once, forever.
+			half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+			if !half.After(now) {
+				t.Errorf("at %s, ttl %s: half-life %s is not after the signing time", now, ttl, half)
+			}
 		}
 	}
 }

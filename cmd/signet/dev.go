@@ -45,7 +45,7 @@ func newDevCmd(g *globals) *cobra.Command {
 	f.StringVar(&trustDomain, "trust-domain", "example.org", "trust domain")
 	f.StringVar(&dataDir, "data-dir", "", "directory for all state (default: a temporary one, removed on exit)")
 	f.StringVar(&socket, "socket", "", "Workload API socket (default <data-dir>/sockets/agent.sock)")
-	f.StringVar(&adminSocket, "admin-socket", "", "admin socket for `signet server entry ...` (default <data-dir>/admin.sock)")
+	f.StringVar(&adminSocket, "admin-socket", "", "admin socket for signet server entry ... (default <data-dir>/admin.sock)")
 	f.DurationVar(&svidTTL, "svid-ttl", time.Hour, "X509-SVID lifetime")
 	f.StringVar(&healthListen, "health-listen", "", "agent /live, /ready and /metrics address")
 	return cmd

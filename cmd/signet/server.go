@@ -176,7 +176,7 @@ func newEntryCmd() *cobra.Command {
 	var dataFile string
 	createCmd := &cobra.Command{
 		Use:   "create",
-		Short: "Create a registration entry (or many with --data); prints each with an `Entry ID: <id>` line",
+		Short: "Create a registration entry (or many with --data); prints each with an \"Entry ID: <id>\" line",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dataFile != "" {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -44,6 +46,7 @@ type Server struct {
 	healthLn net.Listener
 
 	serverCert atomic.Pointer[tls.Certificate]
+	dirLock    *os.File // flock on the data dir: one server per data dir
 }
 
 // Run starts a server with cfg and serves until ctx ends.
@@ -69,6 +72,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	}
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("chmod data dir: %w", err)
+	}
+	if s.dirLock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	if s.store, err = store.Open(ctx, cfg.Datastore, logger); err != nil {
 		return nil, fmt.Errorf("open datastore: %w", err)
@@ -216,6 +222,28 @@ func (s *Server) close() {
 	if s.store != nil {
 		s.store.Close()
 	}
+	if s.dirLock != nil {
+		s.dirLock.Close() // releases the flock
+	}
+}
+
+// lockDataDir takes an exclusive lock on dir for the life of the process:
+// two servers on one data dir would rotate the same CA files under each
+// other. The kernel drops the lock when the process dies.
+func lockDataDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, "server.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("data dir %s is in use by another signet server (it holds %s)", dir, path)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return f, nil
 }
 
 // publishLoop publishes the CA's authorities whenever they change, and

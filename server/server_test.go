@@ -237,6 +237,28 @@ func TestRestartKeepsCA(t *testing.T) {
 	}
 }
 
+// A data dir belongs to one trust domain and one running server.
+func TestDataDirIsGuarded(t *testing.T) {
+	ts := startServer(t, nil)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	second := ts.cfg
+	second.Listen, second.AdminSocket = "127.0.0.1:0", filepath.Join(t.TempDir(), "admin2.sock")
+	if _, err := server.New(context.Background(), second, logger); err == nil || !strings.Contains(err.Error(), "in use by another signet server") {
+		t.Fatalf("a second server on the same data dir: %v, want it refused", err)
+	}
+	ts.stop(t)
+
+	other := ts.cfg
+	other.TrustDomain = spiffeid.RequireTrustDomainFromString("other.org")
+	other.Datastore = "sqlite://" + filepath.Join(t.TempDir(), "other.db")
+	_, err := server.New(context.Background(), other, logger)
+	if err == nil || !strings.Contains(err.Error(), `not for trust domain "other.org"`) {
+		t.Fatalf("restart with another trust domain: %v, want it refused", err)
+	}
+	// The refused starts took nothing away: the first configuration runs.
+	runServer(t, ts.cfg)
+}
+
 func TestEntryValidation(t *testing.T) {
 	ts := startServer(t, nil)
 	parent := "spiffe://example.org/agent/a"

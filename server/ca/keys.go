@@ -405,6 +405,9 @@ func (m *Manager) loadCA(e stateEntry) (*caKey, error) {
 	if !cert.IsCA {
 		return nil, fmt.Errorf("CA certificate %s is not a CA", cp)
 	}
+	if len(cert.URIs) != 1 || cert.URIs[0].String() != m.td.IDString() {
+		return nil, fmt.Errorf("CA certificate %s is not for trust domain %q (its URI SANs: %v): the data dir belongs to another trust domain; use that trust domain or another --data-dir", cp, m.td.Name(), cert.URIs)
+	}
 	kp := m.path(caPrefix + e.ID + keyExt)
 	key, err := readECKey(kp)
 	if err != nil {

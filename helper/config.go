@@ -80,6 +80,10 @@ type Config struct {
 	Debounce      time.Duration
 	LiveThreshold time.Duration
 	LogLevel      string
+
+	// fromHelperConf: a helper.conf was read, so spiffe-helper's rule for
+	// the X.509 names applies (see [Config.Validate]).
+	fromHelperConf bool
 }
 
 // JWTSVIDConfig is one entry of jwt_svids.
@@ -189,6 +193,7 @@ func ParseConfig(data []byte, cfg *Config) error {
 			*dst = v
 		}
 	}
+	cfg.fromHelperConf = true
 	setStr(&cfg.AgentAddress, h.AgentAddress)
 	setStr(&cfg.Cmd, h.Cmd)
 	setStr(&cfg.CmdArgs, h.CmdArgs)
@@ -324,7 +329,11 @@ func (c *Config) Validate(env func(string) string) error {
 	if c.CertDir == "" {
 		return errors.New("no cert dir: set --cert-dir or cert_dir")
 	}
-	// spiffe-helper: all or none of the three X.509 names; none means ours.
+	// spiffe-helper: all or none of the three X.509 names. None means our
+	// default names, except in a helper.conf that asks for JWT material:
+	// spiffe-helper then writes no X.509 files (and no private key), and
+	// so do we. (spiffe-helper refuses a file that asks for nothing; we
+	// write the defaults.)
 	names := []*string{&c.SVIDFileName, &c.SVIDKeyFileName, &c.SVIDBundleFileName}
 	set := 0
 	for _, n := range names {
@@ -334,7 +343,9 @@ func (c *Config) Validate(env func(string) string) error {
 	}
 	switch set {
 	case 0:
-		c.SVIDFileName, c.SVIDKeyFileName, c.SVIDBundleFileName = DefaultSVIDFileName, DefaultSVIDKeyFileName, DefaultSVIDBundleFileName
+		if !c.fromHelperConf || (len(c.JWTSVIDs) == 0 && c.JWTBundleFileName == "") {
+			c.SVIDFileName, c.SVIDKeyFileName, c.SVIDBundleFileName = DefaultSVIDFileName, DefaultSVIDKeyFileName, DefaultSVIDBundleFileName
+		}
 	case 3:
 	default:
 		return errors.New("all or none of svid_file_name, svid_key_file_name, svid_bundle_file_name must be set")
@@ -353,9 +364,11 @@ func (c *Config) Validate(env func(string) string) error {
 		seen[name] = key
 		return nil
 	}
-	for _, kv := range [][2]string{{"svid_file_name", c.SVIDFileName}, {"svid_key_file_name", c.SVIDKeyFileName}, {"svid_bundle_file_name", c.SVIDBundleFileName}} {
-		if err := check(kv[0], kv[1]); err != nil {
-			return err
+	if c.writesX509() {
+		for _, kv := range [][2]string{{"svid_file_name", c.SVIDFileName}, {"svid_key_file_name", c.SVIDKeyFileName}, {"svid_bundle_file_name", c.SVIDBundleFileName}} {
+			if err := check(kv[0], kv[1]); err != nil {
+				return err
+			}
 		}
 	}
 	if c.JWTBundleFileName != "" {
@@ -420,6 +433,10 @@ func (c *Config) Validate(env func(string) string) error {
 	}
 	return nil
 }
+
+// writesX509 reports whether the set holds the SVID, key and bundle files
+// (after [Config.Validate]; see there).
+func (c *Config) writesX509() bool { return c.SVIDFileName != "" }
 
 // SocketPath turns "unix:///path" or a bare path into a filesystem path.
 func SocketPath(addr string) (string, error) {

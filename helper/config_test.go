@@ -205,3 +205,44 @@ func TestExamplePostgresHelperConf(t *testing.T) {
 		t.Errorf("cfg = %+v", cfg)
 	}
 }
+
+// spiffe-helper writes X.509 files only when all three names are set; a
+// helper.conf asking only for JWT material gets none (no private key on
+// disk). Flags and a helper.conf asking for nothing else keep the defaults.
+func TestValidateX509NamesRule(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		conf     string // "" : no helper.conf
+		jwt      bool   // a JWT-SVID set as a flag would
+		wantX509 bool
+	}{
+		{"helper.conf with jwt_svids only", `jwt_svids = [{ jwt_audience = "db", jwt_svid_file_name = "db.jwt" }]`, false, false},
+		{"helper.conf with jwt_bundle_file_name only", `jwt_bundle_file_name = "jwt.json"`, false, false},
+		{"helper.conf without names, JWT by flag", `cert_dir = "/c"`, true, false},
+		{"helper.conf with the three names and JWT", `svid_file_name = "a.pem"
+svid_key_file_name = "k.pem"
+svid_bundle_file_name = "b.pem"
+jwt_svids = [{ jwt_audience = "db", jwt_svid_file_name = "db.jwt" }]`, false, true},
+		{"helper.conf asking for nothing", `cert_dir = "/c"`, false, true},
+		{"flags with a JWT-SVID", "", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := NewConfig()
+			if tc.conf != "" {
+				if err := ParseConfig([]byte(tc.conf), &cfg); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfg.AgentAddress, cfg.CertDir = "/s", "/c"
+			if tc.jwt {
+				cfg.JWTSVIDs = append(cfg.JWTSVIDs, JWTSVIDConfig{Audience: "api", FileName: "api.jwt"})
+			}
+			if err := cfg.Validate(func(string) string { return "" }); err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.SVIDKeyFileName != ""; got != tc.wantX509 || (cfg.SVIDFileName != "") != got || (cfg.SVIDBundleFileName != "") != got {
+				t.Errorf("X.509 names %q %q %q, want X.509 files: %v", cfg.SVIDFileName, cfg.SVIDKeyFileName, cfg.SVIDBundleFileName, tc.wantX509)
+			}
+		})
+	}
+}

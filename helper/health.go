@@ -29,7 +29,8 @@ func NewHealth(threshold time.Duration) *Health {
 	return &Health{threshold: threshold, now: time.Now}
 }
 
-// Written records a file set on disk whose SVID expires at notAfter.
+// Written records a file set on disk whose SVID expires at notAfter (zero:
+// a set of JWT bundles alone, which does not expire).
 func (h *Health) Written(notAfter time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -72,7 +73,7 @@ func (h *Health) Live(context.Context) error {
 	if !h.downSince.IsZero() && now.Sub(h.downSince) > h.threshold {
 		return fmt.Errorf("workload API stream down since %s", h.downSince.UTC().Format(time.RFC3339))
 	}
-	if h.written && now.After(h.notAfter) {
+	if h.written && !h.notAfter.IsZero() && now.After(h.notAfter) {
 		return fmt.Errorf("SVID on disk expired at %s", h.notAfter.UTC().Format(time.RFC3339))
 	}
 	return nil

@@ -91,6 +91,8 @@ func readPID(path string) (int, error) {
 type CommandRunner struct {
 	Args []string
 	Env  []string // added to the helper's environment
+
+	reaper *reaper // set when the helper is PID 1
 }
 
 // Reload runs the command to completion.
@@ -102,7 +104,11 @@ func (c *CommandRunner) Reload(ctx context.Context, _ Event) error {
 	cmd.Env = append(os.Environ(), c.Env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
+	wait, err := startCmd(cmd, c.reaper)
+	if err == nil {
+		_, err = wait()
+	}
+	if err != nil {
 		return fmt.Errorf("reload command %s: %w: %s", c.Args[0], err, strings.TrimSpace(lastBytes(out.String(), 512)))
 	}
 	return nil
@@ -116,13 +122,16 @@ func lastBytes(s string, n int) string {
 }
 
 // Process is a child process the helper starts: spiffe-helper's cmd, or the
-// supervised `signet helper -- cmd args`. Reload starts it when it is not
-// running and sends it Signal (if any) when it is.
+// supervised `signet helper -- cmd args`. As spiffe-helper's cmd, Reload
+// starts it when it is not running and sends it Signal (if any) when it is;
+// the supervised child is only ever signalled (see [Run]).
 type Process struct {
 	Args   []string
 	Signal syscall.Signal // 0: do not signal a running process
 	Stdout *os.File
 	Stderr *os.File
+
+	reaper *reaper // set when the helper is PID 1
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -146,26 +155,31 @@ func (p *Process) startLocked() error {
 	}
 	cmd := exec.Command(p.Args[0], p.Args[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, p.Stdout, p.Stderr
-	if err := cmd.Start(); err != nil {
+	wait, err := startCmd(cmd, p.reaper)
+	if err != nil {
 		return fmt.Errorf("start %s: %w", p.Args[0], err)
 	}
 	done := make(chan struct{})
 	p.cmd, p.done = cmd, done
 	go func() {
-		err := cmd.Wait()
+		code, _ := wait()
 		p.mu.Lock()
-		p.code = exitStatus(cmd.ProcessState, err)
+		p.code = code
 		p.mu.Unlock()
 		close(done)
 	}()
 	return nil
 }
 
-// Reload starts the process if needed, else signals it.
-func (p *Process) Reload(_ context.Context, _ Event) error {
+// Reload starts the process if needed, else signals it. Once ctx has ended
+// (the helper is stopping) it starts nothing.
+func (p *Process) Reload(ctx context.Context, _ Event) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cmd == nil || closed(p.done) {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("not starting %s: %w", p.Args[0], err)
+		}
 		return p.startLocked()
 	}
 	if p.Signal == 0 {
@@ -177,7 +191,7 @@ func (p *Process) Reload(_ context.Context, _ Event) error {
 	return nil
 }
 
-// Signal sends sig to the process if it is running.
+// SendSignal sends sig to the process if it is running.
 func (p *Process) SendSignal(sig os.Signal) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -199,6 +213,54 @@ func (p *Process) ExitCode() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.code
+}
+
+// childSignaler reloads the supervised child by signalling it. Unlike
+// spiffe-helper's cmd, the child is never started again: its exit ends the
+// helper, and a reload racing that exit must not leave an orphan behind.
+type childSignaler struct{ p *Process }
+
+func (c childSignaler) Reload(context.Context, Event) error {
+	if c.p.Signal == 0 {
+		return nil
+	}
+	if err := c.p.SendSignal(c.p.Signal); err != nil {
+		return fmt.Errorf("signal %s: %w", c.p.Args[0], err)
+	}
+	return nil
+}
+
+// startCmd starts cmd and returns a function that waits for it and returns
+// its exit status (128+n when killed by signal n) and, when it did not exit
+// 0, an error saying how it ended.
+func startCmd(cmd *exec.Cmd, rp *reaper) (func() (int, error), error) {
+	if rp == nil {
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		return func() (int, error) {
+			err := cmd.Wait()
+			return exitStatus(cmd.ProcessState, err), err
+		}, nil
+	}
+	status, err := rp.start(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return func() (int, error) {
+		ws := <-status
+		// The reaper has collected the process, so Wait fails (ECHILD);
+		// it is still what closes the pipes and ends the output copying.
+		_ = cmd.Wait()
+		code := waitStatusCode(ws)
+		switch {
+		case ws.Signaled():
+			return code, fmt.Errorf("signal: %v", ws.Signal())
+		case code != 0:
+			return code, fmt.Errorf("exit status %d", code)
+		}
+		return 0, nil
+	}, nil
 }
 
 func exitStatus(ps *os.ProcessState, err error) int {
@@ -259,6 +321,11 @@ func (q *reloadQueue) run(ctx context.Context, r Reloader, delay time.Duration, 
 			return
 		case <-t.C:
 		}
+		// select picks at random when both are ready: no reload once the
+		// helper is stopping.
+		if ctx.Err() != nil {
+			return
+		}
 		select { // requests that arrived while we waited are covered
 		case <-q.ch:
 		default:
@@ -268,10 +335,50 @@ func (q *reloadQueue) run(ctx context.Context, r Reloader, delay time.Duration, 
 		q.mu.Unlock()
 		if err := r.Reload(ctx, ev); err != nil {
 			if ctx.Err() == nil {
-				log.Error("reload failed", "serial", ev.Serial, "not_after", ev.NotAfter, "error", err)
+				log.Error("reload failed", "via", reloaderName(r), "serial", ev.Serial, "not_after", ev.NotAfter, "error", err)
 			}
 			continue
 		}
-		log.Info("reloaded application", "spiffe_id", ev.SPIFFEID, "serial", ev.Serial, "not_after", ev.NotAfter.UTC().Format(time.RFC3339))
+		log.Info("reloaded application", "via", reloaderName(r), "spiffe_id", ev.SPIFFEID, "serial", ev.Serial, "not_after", ev.NotAfter.UTC().Format(time.RFC3339))
 	}
+}
+
+// reloadFanOut runs each reloader on its own queue, so one that waits (a pid
+// file not written yet) or fails neither delays nor skips the others.
+type reloadFanOut struct {
+	queues []*reloadQueue
+	wg     sync.WaitGroup
+}
+
+// startReloaders runs rs until ctx ends; wait returns once they have.
+func startReloaders(ctx context.Context, rs []Reloader, delay time.Duration, log *slog.Logger) *reloadFanOut {
+	f := &reloadFanOut{}
+	for _, r := range rs {
+		q := newReloadQueue()
+		f.queues = append(f.queues, q)
+		f.wg.Go(func() { q.run(ctx, r, delay, log) })
+	}
+	return f
+}
+
+func (f *reloadFanOut) push(ev Event) {
+	for _, q := range f.queues {
+		q.push(ev)
+	}
+}
+
+func (f *reloadFanOut) wait() { f.wg.Wait() }
+
+func reloaderName(r Reloader) string {
+	switch r := r.(type) {
+	case *PIDSignaler:
+		return "pid file " + r.PIDFile
+	case *Process:
+		return "cmd " + r.Args[0]
+	case *CommandRunner:
+		return "reload command " + r.Args[0]
+	case childSignaler:
+		return "child " + r.p.Args[0]
+	}
+	return fmt.Sprintf("%T", r)
 }

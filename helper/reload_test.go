@@ -2,6 +2,7 @@ package helper
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -143,4 +144,54 @@ func waitFor(t testing.TB, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// A reload that races the helper's shutdown must not start spiffe-helper's
+// cmd: it would outlive the helper.
+func TestProcessReloadAfterCancelStartsNothing(t *testing.T) {
+	p := &Process{Args: []string{"sh", "-c", "exit 0"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := p.Reload(ctx, Event{}); err == nil {
+		t.Error("Reload after cancel reported success")
+	}
+	if p.Done() != nil {
+		t.Fatal("Reload after cancel started the process")
+	}
+}
+
+// blockingReloader waits for ctx, like a PIDSignaler whose pid file never
+// appears.
+type blockingReloader struct{ calls atomic.Int32 }
+
+func (b *blockingReloader) Reload(ctx context.Context, _ Event) error {
+	b.calls.Add(1)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+type failingReloader struct{ calls atomic.Int32 }
+
+func (f *failingReloader) Reload(context.Context, Event) error {
+	f.calls.Add(1)
+	return errors.New("reload boom")
+}
+
+// Each reloader runs on its own: one that waits does not hold the others
+// back, and one that fails does not skip them and is logged.
+func TestReloadersRunIndependently(t *testing.T) {
+	blocking, failing, counting := &blockingReloader{}, &failingReloader{}, &countReloader{}
+	var logs logBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	reloads := startReloaders(ctx, []Reloader{blocking, failing, counting}, time.Millisecond, logs.logger())
+	for i := range 3 {
+		reloads.push(Event{Serial: strconv.Itoa(i)})
+		waitUntil(t, "reload "+strconv.Itoa(i+1)+" of the counting reloader", func() bool { return counting.n.Load() == int32(i+1) })
+	}
+	waitUntil(t, "the failure in the log", func() bool { return strings.Contains(logs.String(), "reload boom") })
+	if n := blocking.calls.Load(); n != 1 {
+		t.Errorf("blocking reloader called %d times, want 1 (still waiting)", n)
+	}
+	cancel()
+	reloads.wait() // the waiting reloader gives up with ctx
 }

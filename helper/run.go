@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"golang.org/x/sys/unix"
 )
 
 // ChildExitError is returned by [Run] when the supervised child exited; the
@@ -25,6 +26,19 @@ import (
 type ChildExitError struct{ Code int }
 
 func (e *ChildExitError) Error() string { return fmt.Sprintf("child exited with status %d", e.Code) }
+
+// SignalError is returned by [Run] when SIGTERM or SIGINT stopped it before
+// it had done its job: in init mode before the identity was written, or
+// before the supervised child started. signet exits 128+n for signal n.
+type SignalError struct {
+	Signal syscall.Signal
+	Reason string // what had not happened, e.g. "while waiting for ..."
+}
+
+func (e *SignalError) Error() string { return unix.SignalName(e.Signal) + " " + e.Reason }
+
+// ExitCode is 128+n, a shell's status for signal n.
+func (e *SignalError) ExitCode() int { return 128 + int(e.Signal) }
 
 // Option configures [Run].
 type Option func(*runOptions)
@@ -48,6 +62,10 @@ func WithEnv(env func(string) string) Option { return func(o *runOptions) { o.en
 
 // Run runs the helper until ctx ends (daemon), the identity is written (init
 // mode), or the supervised child exits (then a *ChildExitError).
+//
+// In init mode, and with a supervised child, Run watches SIGTERM and SIGINT
+// itself to tell a signal from a timeout or an exit (see [SignalError]); a
+// supervisor also forwards every signal meant for the child to it.
 func Run(ctx context.Context, cfg Config, opts ...Option) error {
 	o := runOptions{log: slog.Default(), stdout: os.Stdout, stderr: os.Stderr, env: os.Getenv}
 	for _, opt := range opts {
@@ -82,15 +100,33 @@ type runner struct {
 	// x509Dirty: X.509 material changed since the last published set, so
 	// the next set must reload the app even if JWT material completes it.
 	x509Dirty bool
+	// published: a set has been written; the first always reloads (it is
+	// what starts cmd), even in a JWT-only configuration.
+	published bool
 }
 
 // once is init mode: wait for the socket and an identity, write, exit.
 func (r *runner) once(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
+	// SIGTERM or SIGINT ends the wait: report the signal, not a timeout.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, stopSignals...)
+	defer signal.Stop(sigs)
+	ctx, unwatch := cancelOnSignal(ctx, sigs)
+	defer unwatch()
+	stopped := func(waitingFor string, timeout error) error {
+		return stopReason(ctx, unwatch(), sigs, "while waiting for "+waitingFor, timeout)
+	}
+
 	sock, _ := SocketPath(r.cfg.AgentAddress)
+	// Debug: a failed init container's output is its one-line reason.
+	r.log.Debug("waiting for the Workload API socket", "socket", sock, "timeout", r.cfg.Timeout.String())
 	if err := waitForFile(ctx, sock); err != nil {
-		return fmt.Errorf("timed out after %s waiting for the Workload API socket %s to appear", r.cfg.Timeout, sock)
+		if ctx.Err() == nil {
+			return err
+		}
+		return stopped("the Workload API socket "+sock+" to appear", fmt.Errorf("timed out after %s waiting for the Workload API socket %s to appear", r.cfg.Timeout, sock))
 	}
 	client, err := workloadapi.New(ctx, workloadapi.WithAddr(r.addr))
 	if err != nil {
@@ -109,7 +145,7 @@ func (r *runner) once(ctx context.Context) error {
 		r.log.Debug("waiting for identity", "what", what, "error", lastErr)
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("timed out after %s waiting for %s from %s (last error: %s)", r.cfg.Timeout, what, r.addr, oneLine(lastErr))
+			return stopped(what+" from "+r.addr, fmt.Errorf("timed out after %s waiting for %s from %s (last error: %s)", r.cfg.Timeout, what, r.addr, oneLine(lastErr)))
 		case <-time.After(delay):
 		}
 	}
@@ -121,14 +157,87 @@ func (r *runner) once(ctx context.Context) error {
 	return nil
 }
 
-func (r *runner) fetchAll(ctx context.Context, client *workloadapi.Client, what *string) error {
-	*what = "an X509-SVID"
-	x, err := client.FetchX509Context(ctx)
-	if err != nil {
-		return err
+// stopSignals stop the helper; signet's main cancels ctx on them too.
+var stopSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT}
+
+// forwardSignals are passed on to the supervised child, as tini does: the
+// catchable signals an app may act on. Not SIGCHLD (about the helper's own
+// children), SIGURG (the Go runtime's), SIGPIPE or the fault signals.
+var forwardSignals = []os.Signal{
+	syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGALRM,
+	syscall.SIGCONT, syscall.SIGTSTP,
+}
+
+func isStopSignal(s os.Signal) bool { return s == syscall.SIGTERM || s == syscall.SIGINT }
+
+// cancelOnSignal returns ctx, cancelled when a signal arrives on sigs. stop
+// ends the watch and returns the signal it caught (0: none); after it, sigs
+// has no other reader.
+func cancelOnSignal(ctx context.Context, sigs <-chan os.Signal) (context.Context, func() syscall.Signal) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	var caught syscall.Signal
+	go func() {
+		defer close(done)
+		select {
+		case s := <-sigs:
+			caught = s.(syscall.Signal)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() syscall.Signal { cancel(); <-done; return caught }
+}
+
+// awaitStopSignal waits briefly for SIGTERM or SIGINT on sigs, passing any
+// other signal to other (when not nil); 0 when none came. A signal to signet
+// both cancels ctx (main's NotifyContext) and arrives on sigs, in either
+// order, so a cancelled ctx is followed by its signal, if it had one.
+func awaitStopSignal(sigs <-chan os.Signal, other func(os.Signal)) syscall.Signal {
+	timeout := time.After(200 * time.Millisecond)
+	for {
+		select {
+		case s := <-sigs:
+			if isStopSignal(s) {
+				return s.(syscall.Signal)
+			}
+			if other != nil {
+				other(s)
+			}
+		case <-timeout:
+			return 0
+		}
 	}
-	if _, err := r.pickSVID(x); err != nil {
-		return err
+}
+
+// stopReason says why ctx ended while the helper was doing something: a
+// signal (caught, or one still to arrive on sigs), the timeout (then timeout
+// is the error), or the caller.
+func stopReason(ctx context.Context, caught syscall.Signal, sigs <-chan os.Signal, doing string, timeout error) error {
+	if caught != 0 {
+		return &SignalError{Signal: caught, Reason: doing}
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return timeout
+	}
+	if s := awaitStopSignal(sigs, nil); s != 0 {
+		return &SignalError{Signal: s, Reason: doing}
+	}
+	return fmt.Errorf("stopped %s: %w", doing, context.Cause(ctx))
+}
+
+func (r *runner) fetchAll(ctx context.Context, client *workloadapi.Client, what *string) error {
+	var x *workloadapi.X509Context
+	if r.cfg.writesX509() {
+		*what = "an X509-SVID"
+		var err error
+		if x, err = client.FetchX509Context(ctx); err != nil {
+			return err
+		}
+		if _, err := r.pickSVID(x); err != nil {
+			return err
+		}
 	}
 	*what = "JWT-SVIDs"
 	jwts, err := r.fetchJWTs(ctx, client)
@@ -196,78 +305,110 @@ var errIncomplete = errors.New("file set material not fetched yet")
 func (r *runner) write(jwtOnly bool) (Event, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.x509 == nil {
+	withX509 := r.cfg.writesX509()
+	if withX509 && r.x509 == nil {
 		return Event{}, errIncomplete // JWT material can arrive first at start-up
 	}
 	if len(r.jwts) < len(r.cfg.JWTSVIDs) || (r.cfg.JWTBundleFileName != "" && r.jwtBundles == nil) {
 		return Event{}, errIncomplete
 	}
-	svid, err := r.pickSVID(r.x509)
-	if err != nil {
-		return Event{}, err
+	m := Material{JWTSVIDs: r.jwts, JWTBundles: r.jwtBundles}
+	var ev Event
+	if withX509 {
+		svid, err := r.pickSVID(r.x509)
+		if err != nil {
+			return Event{}, err
+		}
+		m.SVID, m.Bundles = svid, r.x509.Bundles
+		leaf := svid.Certificates[0]
+		ev = Event{SPIFFEID: svid.ID.String(), Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter}
+	} else {
+		ev = r.jwtEvent()
 	}
-	files, err := r.cfg.Files(Material{SVID: svid, Bundles: r.x509.Bundles, JWTSVIDs: r.jwts, JWTBundles: r.jwtBundles}, time.Now())
+	files, err := r.cfg.Files(m, time.Now())
 	if err != nil {
 		return Event{}, fmt.Errorf("render file set: %w", err)
 	}
 	if err := r.writer.Write(files); err != nil {
-		return Event{}, fmt.Errorf("write file set to %s (previous set kept): %w", r.cfg.CertDir, err)
+		var late *PostCommitError
+		if !errors.As(err, &late) {
+			return Event{}, fmt.Errorf("write file set to %s (previous set kept): %w", r.cfg.CertDir, err)
+		}
+		// The swap committed: the new set is what readers get now, so it
+		// is reported, reloaded and counted as written all the same.
+		r.log.Warn("file set published, but a step after the swap failed", "dir", r.cfg.CertDir, "error", err)
 	}
-	leaf := svid.Certificates[0]
-	ev := Event{SPIFFEID: svid.ID.String(), Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter, JWTOnly: jwtOnly && !r.x509Dirty}
-	r.x509Dirty = false
-	r.health.Written(leaf.NotAfter)
+	ev.JWTOnly = jwtOnly && !r.x509Dirty && r.published
+	r.x509Dirty, r.published = false, true
+	r.health.Written(ev.NotAfter)
 	if r.o.onWrite != nil {
 		r.o.onWrite(ev)
 	}
 	return ev, nil
 }
 
-func (r *runner) reloader() (Reloader, *Process, error) {
-	var rs multiReloader
+// jwtEvent describes a set without X.509 files: the first JWT-SVID's ID and
+// the earliest expiry (none with only JWT bundles).
+func (r *runner) jwtEvent() Event {
+	var ev Event
+	for _, j := range r.cfg.JWTSVIDs {
+		s := r.jwts[j.FileName]
+		if ev.SPIFFEID == "" {
+			ev.SPIFFEID = s.ID.String()
+		}
+		if ev.NotAfter.IsZero() || s.Expiry.Before(ev.NotAfter) {
+			ev.NotAfter = s.Expiry
+		}
+	}
+	return ev
+}
+
+// reloaders returns what tells the app about a new set, in spiffe-helper's
+// order (cmd first: it may be what writes the pid file), and the supervised
+// child. rp is the reaper when the helper is PID 1.
+func (r *runner) reloaders(rp *reaper) ([]Reloader, *Process, error) {
+	var rs []Reloader
 	sig := syscall.Signal(0)
 	if r.cfg.RenewSignal != "" {
 		sig, _ = ParseSignal(r.cfg.RenewSignal)
-	}
-	if r.cfg.PIDFileName != "" {
-		rs = append(rs, &PIDSignaler{PIDFile: r.cfg.PIDFileName, Signal: sig})
 	}
 	if r.cfg.Cmd != "" {
 		args, err := SplitArgs(r.cfg.CmdArgs)
 		if err != nil {
 			return nil, nil, err
 		}
-		rs = append(rs, &Process{Args: append([]string{r.cfg.Cmd}, args...), Signal: sig, Stdout: r.o.stdout, Stderr: r.o.stderr})
-	}
-	if len(r.cfg.ReloadCommand) > 0 {
-		rs = append(rs, &CommandRunner{Args: r.cfg.ReloadCommand})
+		rs = append(rs, &Process{Args: append([]string{r.cfg.Cmd}, args...), Signal: sig, Stdout: r.o.stdout, Stderr: r.o.stderr, reaper: rp})
 	}
 	var child *Process
 	if len(r.cfg.Child) > 0 {
 		if sig == 0 {
 			sig = syscall.SIGHUP
 		}
-		child = &Process{Args: r.cfg.Child, Signal: sig, Stdout: r.o.stdout, Stderr: r.o.stderr}
-		rs = append(rs, child)
+		child = &Process{Args: r.cfg.Child, Signal: sig, Stdout: r.o.stdout, Stderr: r.o.stderr, reaper: rp}
+		rs = append(rs, childSignaler{child})
+	}
+	if len(r.cfg.ReloadCommand) > 0 {
+		rs = append(rs, &CommandRunner{Args: r.cfg.ReloadCommand, reaper: rp})
+	}
+	if r.cfg.PIDFileName != "" {
+		rs = append(rs, &PIDSignaler{PIDFile: r.cfg.PIDFileName, Signal: sig})
 	}
 	return rs, child, nil
-}
-
-type multiReloader []Reloader
-
-func (m multiReloader) Reload(ctx context.Context, ev Event) error {
-	var errs []error
-	for _, r := range m {
-		errs = append(errs, r.Reload(ctx, ev))
-	}
-	return errors.Join(errs...)
 }
 
 // daemon keeps the files current until ctx ends or the child exits.
 func (r *runner) daemon(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	rel, child, err := r.reloader()
+	var rp *reaper
+	if os.Getpid() == 1 {
+		// Deferred before the rest, so it runs after them: it collects
+		// the child (and reload commands) until the helper is done.
+		var stop func()
+		rp, stop = startReaper(r.log)
+		defer stop()
+	}
+	rels, child, err := r.reloaders(rp)
 	if err != nil {
 		return err
 	}
@@ -278,10 +419,10 @@ func (r *runner) daemon(ctx context.Context) error {
 	}
 	var sigs chan os.Signal
 	if child != nil {
-		// Forward the exact signal; main's NotifyContext also sees it, so we
-		// keep running until the child has exited.
-		sigs = make(chan os.Signal, 2)
-		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+		// main's NotifyContext also sees TERM and INT; we keep running
+		// until the child has exited.
+		sigs = make(chan os.Signal, 8)
+		signal.Notify(sigs, forwardSignals...)
 		defer signal.Stop(sigs)
 	}
 	client, err := workloadapi.New(ctx, workloadapi.WithAddr(r.addr))
@@ -290,7 +431,8 @@ func (r *runner) daemon(ctx context.Context) error {
 	}
 	defer client.Close()
 
-	queue := newReloadQueue()
+	reloads := startReloaders(ctx, rels, r.cfg.Debounce, r.log)
+	defer reloads.wait()
 	firstWrite := make(chan struct{})
 	var firstOnce sync.Once
 	publish := func(jwtOnly bool) {
@@ -312,84 +454,98 @@ func (r *runner) daemon(ctx context.Context) error {
 		// X.509 updates (new SVID or new bundle) always reload; JWT renewals
 		// only when asked, as most apps read JWTs per request.
 		if !ev.JWTOnly || r.cfg.ReloadOnJWT {
-			queue.push(ev)
+			reloads.push(ev)
 		}
 	}
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		queue.run(ctx, rel, r.cfg.Debounce, r.log)
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		err := client.WatchX509Context(ctx, &x509Watcher{r: r, publish: publish})
-		if err != nil && ctx.Err() == nil {
-			r.log.Error("X.509 watch ended", "error", err)
-		}
-	}()
+	if r.cfg.writesX509() {
+		wg.Go(func() {
+			err := client.WatchX509Context(ctx, &x509Watcher{r: r, publish: publish})
+			if err != nil && ctx.Err() == nil {
+				r.log.Error("X.509 watch ended", "error", err)
+			}
+		})
+	}
 	if len(r.cfg.JWTSVIDs) > 0 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.jwtLoop(ctx, client, publish)
-		}()
+		wg.Go(func() { r.jwtLoop(ctx, client, publish) })
 	}
 	if r.cfg.JWTBundleFileName != "" {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			err := client.WatchJWTBundles(ctx, &jwtBundleWatcher{r: r, publish: publish})
 			if err != nil && ctx.Err() == nil {
 				r.log.Error("JWT bundle watch ended", "error", err)
 			}
-		}()
+		})
 	}
 
 	if child == nil {
 		<-ctx.Done()
 		return nil
 	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case <-firstWrite:
+	if err := r.awaitFirstWrite(ctx, sigs, firstWrite); err != nil {
+		return err
 	}
 	if err := child.Start(); err != nil {
 		return err
 	}
 	r.log.Info("started child", "cmd", child.Args[0])
+	return r.supervise(ctx, child, sigs)
+}
+
+// awaitFirstWrite holds the child back until the first set is written. A
+// stop signal before that ends the helper with 128+n: the child never ran,
+// so there is no status of its to exit with, and 0 would claim success.
+func (r *runner) awaitFirstWrite(ctx context.Context, sigs <-chan os.Signal, firstWrite <-chan struct{}) error {
+	const reason = "before the first identity was written; child not started"
+	for {
+		select {
+		case <-firstWrite:
+			return nil
+		case s := <-sigs:
+			if isStopSignal(s) {
+				return &SignalError{Signal: s.(syscall.Signal), Reason: reason}
+			}
+			r.log.Info("signal not forwarded: the child has not started", "signal", s.String())
+		case <-ctx.Done():
+			if s := awaitStopSignal(sigs, nil); s != 0 {
+				return &SignalError{Signal: s, Reason: reason}
+			}
+			return errors.New("stopped " + reason)
+		}
+	}
+}
+
+// supervise forwards signals to the running child until it exits, and
+// returns its status.
+func (r *runner) supervise(ctx context.Context, child *Process, sigs <-chan os.Signal) error {
 	forward := func(s os.Signal) {
 		r.log.Info("forwarding signal to child", "signal", s.String())
 		_ = child.SendSignal(s)
 	}
-	ctxDone, forwarded := ctx.Done(), false
+	ctxDone, stopSent := ctx.Done(), false
 	for {
 		select {
 		case s := <-sigs:
 			forward(s)
-			forwarded = true
+			stopSent = stopSent || isStopSignal(s)
 		case <-ctxDone:
 			ctxDone = nil
-			if forwarded {
-				continue // the signal we forwarded cancelled ctx too
+			if stopSent {
+				continue // the stop signal we forwarded cancelled ctx too
 			}
-			// A signal to us both cancels ctx (main's NotifyContext) and
-			// arrives on sigs, in either order: give sigs a moment so the
-			// child gets the exact signal (INT stays INT). Without one, an
+			// Give the signal that cancelled ctx a moment to arrive, so
+			// the child gets the exact one (INT stays INT). Without one, an
 			// embedding caller cancelled ctx: stop the child with SIGTERM.
 			// Either way, keep forwarding and wait for the child's status.
-			select {
-			case s := <-sigs:
-				forward(s)
-			case <-time.After(200 * time.Millisecond):
-				forward(syscall.SIGTERM)
+			s := awaitStopSignal(sigs, forward)
+			if s == 0 {
+				s = syscall.SIGTERM
 			}
-			forwarded = true
+			forward(s)
+			stopSent = true
 		case <-child.Done():
 			r.log.Info("child exited", "status", child.ExitCode())
 			return &ChildExitError{Code: child.ExitCode()}
@@ -446,11 +602,17 @@ func (r *runner) jwtLoop(ctx context.Context, client *workloadapi.Client, publis
 			if ctx.Err() != nil {
 				return
 			}
+			if !r.cfg.writesX509() {
+				r.health.StreamDown() // no X.509 stream to tell
+			}
 			r.log.Warn("fetch JWT-SVIDs; retrying", "error", err)
 			delay, backoff = backoff, min(2*backoff, 30*time.Second)
 			continue
 		}
 		backoff = 500 * time.Millisecond
+		if !r.cfg.writesX509() {
+			r.health.StreamUp()
+		}
 		r.mu.Lock()
 		r.jwts = jwts
 		r.mu.Unlock()

@@ -7,11 +7,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -58,11 +60,23 @@ func NewWriter(dir string, uid, gid int) *Writer {
 // Dir is the cert directory.
 func (w *Writer) Dir() string { return w.dir }
 
-// Write publishes files as the new set. On error the previous set stays in
-// place, untouched.
+// PostCommitError is returned by [Writer.Write] for a problem after the
+// commit point: the new set is published (..data names it), but a later step
+// failed, such as linking a name to it or syncing the directory.
+type PostCommitError struct{ Err error }
+
+func (e *PostCommitError) Error() string { return "new set published, then: " + e.Err.Error() }
+
+func (e *PostCommitError) Unwrap() error { return e.Err }
+
+// Write publishes files as the new set. On an error other than a
+// *PostCommitError the previous set stays in place, as it was.
 func (w *Writer) Write(files []File) error {
 	if err := os.MkdirAll(w.dir, 0o755); err != nil {
 		return fmt.Errorf("create cert dir: %w", err)
+	}
+	if err := w.adopt(files); err != nil {
+		return err
 	}
 	gen, err := os.MkdirTemp(w.dir, genPrefix)
 	if err != nil {
@@ -72,21 +86,13 @@ func (w *Writer) Write(files []File) error {
 		_ = os.RemoveAll(gen)
 		return err
 	}
-	// Commit: point ..data at the new generation in one rename.
-	tmpLink := filepath.Join(w.dir, dataLink+".tmp")
-	_ = os.Remove(tmpLink)
-	if err := os.Symlink(filepath.Base(gen), tmpLink); err != nil {
+	if err := w.swap(gen); err != nil {
 		_ = os.RemoveAll(gen)
-		return fmt.Errorf("create data link: %w", err)
-	}
-	if err := os.Rename(tmpLink, filepath.Join(w.dir, dataLink)); err != nil {
-		_ = os.Remove(tmpLink)
-		_ = os.RemoveAll(gen)
-		return fmt.Errorf("swap data link: %w", err)
+		return err
 	}
 	var errs []error
-	// The per-file links are stable; they only need creating once (or
-	// replacing a regular file left by an earlier helper).
+	// The per-file links are stable; they only need creating once, for a
+	// name new to this directory.
 	for _, f := range files {
 		if err := w.ensureLink(f.Name); err != nil {
 			errs = append(errs, err)
@@ -96,7 +102,126 @@ func (w *Writer) Write(files []File) error {
 		errs = append(errs, err)
 	}
 	w.prune(filepath.Base(gen))
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		return &PostCommitError{Err: errors.Join(errs...)}
+	}
+	return nil
+}
+
+// swap points ..data at gen in one rename: the commit point.
+func (w *Writer) swap(gen string) error {
+	tmpLink := filepath.Join(w.dir, dataLink+".tmp")
+	_ = os.Remove(tmpLink)
+	if err := os.Symlink(filepath.Base(gen), tmpLink); err != nil {
+		return fmt.Errorf("create data link: %w", err)
+	}
+	if err := os.Rename(tmpLink, filepath.Join(w.dir, dataLink)); err != nil {
+		_ = os.Remove(tmpLink)
+		return fmt.Errorf("swap data link: %w", err)
+	}
+	return nil
+}
+
+// adopt prepares a directory where some of the set's names are regular
+// files (spiffe-helper's layout) for the swap. Replacing them by links one
+// rename at a time would, between two renames, pair the new certificate
+// with the old key. Instead the current contents are published first, as a
+// generation of their own, and each name is linked to it, a rename that
+// leaves what readers get unchanged; the swap that follows then changes
+// every file at once. A name held by anything else (a directory) is an
+// error here, before anything changed.
+func (w *Writer) adopt(files []File) error {
+	plain := false
+	for _, f := range files {
+		st, err := os.Lstat(filepath.Join(w.dir, f.Name))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return fmt.Errorf("inspect %s: %w", f.Name, err)
+		case st.Mode().IsRegular():
+			plain = true
+		case st.Mode()&fs.ModeSymlink == 0:
+			return fmt.Errorf("%s in %s is not a file or a link (mode %s)", f.Name, w.dir, st.Mode().Type())
+		}
+	}
+	if !plain {
+		return nil
+	}
+	gen, err := os.MkdirTemp(w.dir, genPrefix)
+	if err != nil {
+		return fmt.Errorf("create file set dir: %w", err)
+	}
+	var have []string
+	err = os.Chmod(gen, 0o755)
+	for _, f := range files {
+		if err != nil {
+			break
+		}
+		var ok bool
+		if ok, err = copyCurrent(filepath.Join(w.dir, f.Name), filepath.Join(gen, f.Name)); ok {
+			have = append(have, f.Name)
+		}
+	}
+	if err == nil {
+		err = syncDir(gen)
+	}
+	if err == nil {
+		err = w.swap(gen)
+	}
+	if err != nil {
+		_ = os.RemoveAll(gen)
+		return fmt.Errorf("adopt the files in %s: %w", w.dir, err)
+	}
+	// Kept by the prune after the next swap, for readers still in it.
+	w.prev = filepath.Base(gen)
+	for _, name := range have {
+		if err := w.ensureLink(name); err != nil {
+			return fmt.Errorf("adopt the files in %s: %w", w.dir, err)
+		}
+	}
+	return nil
+}
+
+// copyCurrent copies what src holds now (following links) to dst with its
+// mode and, where permitted, its owner; false when src does not resolve.
+func copyCurrent(src, dst string) (bool, error) {
+	in, err := os.Open(src)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", filepath.Base(src), err)
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", filepath.Base(src), err)
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, st.Mode().Perm())
+	if err != nil {
+		return false, fmt.Errorf("copy %s: %w", filepath.Base(src), err)
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Chmod(st.Mode().Perm())
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && err == nil {
+		// A key owned by its app (PostgreSQL's) must stay so; without
+		// the right to chown, the copy is ours, as the next set will be.
+		if cerr := out.Chown(int(sys.Uid), int(sys.Gid)); cerr != nil && !errors.Is(cerr, fs.ErrPermission) {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return false, fmt.Errorf("copy %s: %w", filepath.Base(src), err)
+	}
+	return true, nil
 }
 
 func (w *Writer) fill(gen string, files []File) error {
@@ -205,6 +330,32 @@ type Material struct {
 
 // Files renders m as the file set cfg asks for.
 func (c *Config) Files(m Material, now time.Time) ([]File, error) {
+	var files []File
+	if c.writesX509() {
+		var err error
+		if files, err = c.x509Files(m, now); err != nil {
+			return nil, err
+		}
+	}
+	for _, j := range c.JWTSVIDs {
+		s, ok := m.JWTSVIDs[j.FileName]
+		if !ok {
+			return nil, fmt.Errorf("no JWT-SVID for audience %q", j.Audience)
+		}
+		files = append(files, File{Name: j.FileName, Data: []byte(s.Marshal()), Mode: c.JWTSVIDFileMode})
+	}
+	if c.JWTBundleFileName != "" && m.JWTBundles != nil {
+		jf, err := c.jwtBundleFiles(m.JWTBundles)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, jf...)
+	}
+	return files, nil
+}
+
+// x509Files renders the SVID, key and bundle files.
+func (c *Config) x509Files(m Material, now time.Time) ([]File, error) {
 	if m.SVID == nil || len(m.SVID.Certificates) == 0 {
 		return nil, errors.New("no X509-SVID")
 	}
@@ -238,26 +389,11 @@ func (c *Config) Files(m Material, now time.Time) ([]File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("marshal SVID key: %w", err)
 	}
-	files := []File{
+	return []File{
 		{Name: c.SVIDFileName, Data: pemCerts(chain), Mode: c.CertFileMode},
 		{Name: c.SVIDKeyFileName, Data: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), Mode: c.KeyFileMode},
 		{Name: c.SVIDBundleFileName, Data: pemCerts(bundle), Mode: c.CertFileMode},
-	}
-	for _, j := range c.JWTSVIDs {
-		s, ok := m.JWTSVIDs[j.FileName]
-		if !ok {
-			return nil, fmt.Errorf("no JWT-SVID for audience %q", j.Audience)
-		}
-		files = append(files, File{Name: j.FileName, Data: []byte(s.Marshal()), Mode: c.JWTSVIDFileMode})
-	}
-	if c.JWTBundleFileName != "" && m.JWTBundles != nil {
-		jf, err := c.jwtBundleFiles(m.JWTBundles)
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, jf...)
-	}
-	return files, nil
+	}, nil
 }
 
 // jwtBundleFiles writes jwt_bundle_file_name exactly as spiffe-helper does

@@ -254,3 +254,138 @@ func TestFilesBundlesAndJWT(t *testing.T) {
 		t.Errorf("jwt_bundle.json (spiffe-helper format) = %s, %v", byName["jwt_bundle.json"].Data, err)
 	}
 }
+
+// The first write into a directory holding spiffe-helper's regular files
+// must move the cert and key together. Readers read svid.pem, svid_key.pem,
+// then svid.pem again: when the cert did not change around the key read,
+// the key read must match it. (A read that straddles the one swap sees the
+// cert change and is not counted: no layout of two files can stop a reader
+// that opens them at different times from straddling an update.)
+func TestWriterAdoptsPlainFilesAsOnePair(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	var mismatches, pairs atomic.Int64
+	for range 300 {
+		dir := t.TempDir()
+		cfg := testConfig(dir)
+		old, err := cfg.Files(Material{SVID: ca.svid(t, "spiffe://example.org/web", time.Hour), Bundles: x509bundle.NewSet(ca.bundle())}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range old {
+			if err := os.WriteFile(filepath.Join(dir, f.Name), f.Data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var stop atomic.Bool
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for !stop.Load() {
+				c1, err1 := os.ReadFile(filepath.Join(dir, "svid.pem"))
+				k, err2 := os.ReadFile(filepath.Join(dir, "svid_key.pem"))
+				c2, err3 := os.ReadFile(filepath.Join(dir, "svid.pem"))
+				if err1 != nil || err2 != nil || err3 != nil || !bytes.Equal(c1, c2) {
+					continue
+				}
+				pairs.Add(1)
+				if _, err := tls.X509KeyPair(c1, k); err != nil {
+					mismatches.Add(1)
+				}
+			}
+		}()
+		writeSVIDSet(t, NewWriter(dir, -1, -1), cfg, ca)
+		stop.Store(true)
+		<-done
+		if _, err := tls.LoadX509KeyPair(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid_key.pem")); err != nil {
+			t.Fatalf("after the write: %v", err)
+		}
+	}
+	if mismatches.Load() > 0 {
+		t.Fatalf("%d of %d reads paired svid.pem with another svid_key.pem", mismatches.Load(), pairs.Load())
+	}
+}
+
+// Adopting regular files keeps their mode and owner until the new set,
+// with the configured ones, replaces them.
+func TestWriterAdoptKeepsOwner(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	dir := t.TempDir()
+	key := filepath.Join(dir, "svid_key.pem")
+	if err := os.WriteFile(key, []byte("old key"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(key, 101, 104); err != nil {
+		t.Fatal(err)
+	}
+	w := NewWriter(dir, -1, -1)
+	cfg := testConfig(dir)
+	files, err := cfg.Files(Material{SVID: ca.svid(t, "spiffe://example.org/web", time.Hour), Bundles: x509bundle.NewSet(ca.bundle())}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.adopt(files); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(key); string(b) != "old key" {
+		t.Errorf("adopted key holds %q", b)
+	}
+	if sys := st.Sys().(*syscall.Stat_t); st.Mode().Perm() != 0o640 || sys.Uid != 101 || sys.Gid != 104 {
+		t.Errorf("adopted key: mode %#o uid %d gid %d, want 0640 101 104", st.Mode().Perm(), sys.Uid, sys.Gid)
+	}
+	if l, err := os.Readlink(key); err != nil || l != filepath.Join(dataLink, "svid_key.pem") {
+		t.Errorf("svid_key.pem is not a link into %s: %q %v", dataLink, l, err)
+	}
+}
+
+// A failure after the ..data swap is a *PostCommitError: the new set is
+// live. A name held by a directory fails before anything changes.
+func TestWriterErrorsBeforeAndAfterCommit(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	t.Run("after", func(t *testing.T) {
+		dir := t.TempDir()
+		blockLink(t, dir, "bundle.pem")
+		files := writeFiles(t, testConfig(dir), ca)
+		err := NewWriter(dir, -1, -1).Write(files)
+		var late *PostCommitError
+		if !errors.As(err, &late) || !strings.Contains(err.Error(), "bundle.pem") {
+			t.Fatalf("Write = %v, want a *PostCommitError about bundle.pem", err)
+		}
+		if _, err := tls.LoadX509KeyPair(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid_key.pem")); err != nil {
+			t.Errorf("new set not live: %v", err)
+		}
+	})
+	t.Run("before", func(t *testing.T) {
+		dir := t.TempDir()
+		cfg := testConfig(dir)
+		w := NewWriter(dir, -1, -1)
+		writeSVIDSet(t, w, cfg, ca)
+		before, _ := os.Readlink(filepath.Join(dir, dataLink))
+		if err := os.Remove(filepath.Join(dir, "bundle.pem")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "bundle.pem", "x"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		err := w.Write(writeFiles(t, cfg, ca))
+		var late *PostCommitError
+		if err == nil || errors.As(err, &late) {
+			t.Fatalf("Write = %v, want a failure before the commit", err)
+		}
+		if after, _ := os.Readlink(filepath.Join(dir, dataLink)); after != before {
+			t.Errorf("..data moved from %s to %s on a failed write", before, after)
+		}
+	})
+}
+
+func writeFiles(t *testing.T, cfg Config, ca *testCA) []File {
+	t.Helper()
+	files, err := cfg.Files(Material{SVID: ca.svid(t, "spiffe://example.org/web", time.Hour), Bundles: x509bundle.NewSet(ca.bundle())}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}

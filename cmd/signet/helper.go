@@ -34,15 +34,13 @@ func newHelperCmd(g *globals) *cobra.Command {
 (svid.pem), its PKCS#8 key (svid_key.pem), the trust bundle (bundle.pem),
 JWT-SVIDs and JWT bundles into --cert-dir, atomically as a set, and after every
 rotation signals the PID in --pid-file, runs --reload-cmd, or signals the
-supervised child given after "--" (started after the first write; the helper
-exits with its status). --config reads an unchanged spiffe-helper helper.conf.
+supervised child given after "--" (started after the first write; signals to
+the helper are forwarded to it; the helper exits with its status, or 128+n
+when signal n came before the child started). --config reads an unchanged
+spiffe-helper helper.conf.
 Every flag may also be set as SIGNET_HELPER_<FLAG> (e.g. SIGNET_HELPER_CERT_DIR);
 the socket also comes from SPIFFE_ENDPOINT_SOCKET.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
 			fl := cmd.Flags()
 			if err := flagsFromEnv(fl); err != nil {
 				return err
@@ -53,6 +51,15 @@ the socket also comes from SPIFFE_ENDPOINT_SOCKET.`,
 				}
 			}
 			changed := func(name string) bool { return fl.Changed(name) }
+			// helper.conf's log_level, unless --log-level (or its
+			// environment variable) says otherwise.
+			if cfg.LogLevel != "" && !changed("log-level") {
+				g.logLevel = cfg.LogLevel
+			}
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
 			str := func(name string, dst *string, v string) {
 				if changed(name) {
 					*dst = v
@@ -137,6 +144,13 @@ the socket also comes from SPIFFE_ENDPOINT_SOCKET.`,
 					return nil
 				}
 				return exitError{code: ce.Code}
+			}
+			var se *helper.SignalError
+			if errors.As(err, &se) {
+				// 128+n with the reason as the one line on stderr; main's
+				// exitError would print only "exit status n".
+				fmt.Fprintf(cmd.ErrOrStderr(), "signet: %v\n", se)
+				os.Exit(se.ExitCode())
 			}
 			return err
 		},

@@ -356,3 +356,22 @@ func TestBinaryLogLevelFromHelperConf(t *testing.T) {
 		})
 	}
 }
+
+// With flags alone each file name is its own flag: renaming the certificate
+// keeps the default names of the key and the bundle.
+func TestBinaryOneFileNameFlag(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	agent := newFakeAgent(t, ca, "spiffe://example.org/app")
+	agent.start()
+	agent.rotate(time.Hour)
+	certs := filepath.Join(t.TempDir(), "certs")
+	h := startBinary(t, "helper", "--once", "--socket", agent.addr(), "--cert-dir", certs, "--svid-file", "tls.crt")
+	if code := h.exitCode(t); code != 0 {
+		t.Fatalf("exit status %d; stderr:\n%s", code, h.stderrText())
+	}
+	for _, name := range []string{"tls.crt", DefaultSVIDKeyFileName, DefaultSVIDBundleFileName} {
+		if _, err := os.Stat(filepath.Join(certs, name)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

@@ -348,7 +348,7 @@ func (c *Config) Validate(env func(string) string) error {
 		}
 	case 3:
 	default:
-		return errors.New("all or none of svid_file_name, svid_key_file_name, svid_bundle_file_name must be set")
+		return errors.New("all or none of svid_file_name, svid_key_file_name, svid_bundle_file_name (--svid-file, --key-file, --bundle-file) must be set in a helper.conf")
 	}
 	seen := map[string]string{}
 	check := func(key, name string) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -72,9 +73,17 @@ the socket also comes from SPIFFE_ENDPOINT_SOCKET.`,
 			str("hint", &cfg.Hint, hint)
 			str("jwt-bundle-file", &cfg.JWTBundleFileName, jwtBundleFile)
 			str("health-listen", &cfg.HealthChecks.Listen, healthListen)
-			str("svid-file", &cfg.SVIDFileName, svidFile)
-			str("key-file", &cfg.SVIDKeyFileName, keyFile)
-			str("bundle-file", &cfg.SVIDBundleFileName, bundleFile)
+			if configFile == "" {
+				// Flags alone: each name is its flag's value, default or not,
+				// so --svid-file tls.crt on its own keeps the other defaults.
+				cfg.SVIDFileName = cmp.Or(svidFile, helper.DefaultSVIDFileName)
+				cfg.SVIDKeyFileName = cmp.Or(keyFile, helper.DefaultSVIDKeyFileName)
+				cfg.SVIDBundleFileName = cmp.Or(bundleFile, helper.DefaultSVIDBundleFileName)
+			} else {
+				str("svid-file", &cfg.SVIDFileName, svidFile)
+				str("key-file", &cfg.SVIDKeyFileName, keyFile)
+				str("bundle-file", &cfg.SVIDBundleFileName, bundleFile)
+			}
 			if changed("include-federated-domains") {
 				cfg.IncludeFederatedDomains = federated
 			}

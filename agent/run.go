@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -176,7 +178,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	// Attest (or load the persisted agent SVID), retrying while the server
 	// is unreachable: the cache keeps serving meanwhile.
 	wg.Go(func() {
-		if err := startClient(ctx, cl, logger); err != nil {
+		if err := startClient(ctx, cl, cfg, func() bool { return svids.Stats().SVIDs > 0 }, logger); err != nil {
 			fail(err)
 			return
 		}
@@ -206,7 +208,12 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 
 // startClient runs client.Start until it succeeds, retrying only while the
 // server is unreachable; a refused token or a missing bundle is final.
-func startClient(ctx context.Context, cl *client.Client, logger *slog.Logger) error {
+// startClient attests (or loads the persisted agent SVID), retrying while
+// the server is unreachable. A server whose certificate the trust bundle does
+// not vouch for is a configuration error (wrong --trust-domain or
+// --trust-bundle): with nothing cached to serve the agent stops at once and
+// says so, instead of retrying forever as if the server were down.
+func startClient(ctx context.Context, cl *client.Client, cfg Config, servingCached func() bool, logger *slog.Logger) error {
 	bo := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(500*time.Millisecond),
 		backoff.WithMaxInterval(30*time.Second),
@@ -223,16 +230,48 @@ func startClient(ctx context.Context, cl *client.Client, logger *slog.Logger) er
 		switch status.Code(err) {
 		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
 		default:
-			return fmt.Errorf("agent: %w", err)
+			return fmt.Errorf("agent: %s", statusMessage(err))
 		}
 		d := bo.NextBackOff()
-		logger.Warn("server unreachable; serving cached SVIDs and retrying attestation", "error", err, "retry_in", d.Round(time.Millisecond))
+		if reason, ok := untrustedServer(err); ok {
+			msg := fmt.Sprintf("the server at %s is not trusted: %s; check --trust-domain (%s) and --trust-bundle, which must hold the roots of that server's trust domain",
+				cfg.ServerAddress, reason, cfg.TrustDomain)
+			if !servingCached() {
+				return fmt.Errorf("agent: %s", msg)
+			}
+			logger.Error(msg+"; serving cached SVIDs and retrying", "retry_in", d.Round(time.Millisecond))
+		} else {
+			logger.Warn("server unreachable; serving cached SVIDs and retrying attestation", "error", err, "retry_in", d.Round(time.Millisecond))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(d):
 		}
 	}
+}
+
+// untrustedServer reports whether err is a TLS handshake the agent refused
+// (the server's certificate does not verify against the bundle or is not
+// the trust domain's server ID), and why.
+func untrustedServer(err error) (string, bool) {
+	const marker = "authentication handshake failed: "
+	msg := err.Error()
+	i := strings.Index(msg, marker)
+	if i < 0 {
+		return "", false
+	}
+	reason := strings.TrimSuffix(msg[i+len(marker):], `"`)
+	return strings.ReplaceAll(reason, `\"`, `"`), true
+}
+
+// rpcPrefix is how gRPC prefixes a status in an error's text.
+var rpcPrefix = regexp.MustCompile(`rpc error: code = \w+ desc = `)
+
+// statusMessage is err's text without gRPC's "rpc error: code = ... desc ="
+// prefix, which means nothing to a user.
+func statusMessage(err error) string {
+	return rpcPrefix.ReplaceAllString(err.Error(), "")
 }
 
 func loadTrustBundle(cfg Config) ([]*x509.Certificate, error) {

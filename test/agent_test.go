@@ -397,3 +397,46 @@ func fieldValue(line, key string) string {
 	}
 	return ""
 }
+
+// A first start against a server the trust bundle does not vouch for (wrong
+// --trust-domain here) is a configuration error: the agent stops with one
+// line saying what to check, instead of retrying forever as if the server
+// were down. A bad token likewise ends in one plain line.
+func TestAgentFirstStartMisconfigured(t *testing.T) {
+	srv := startServerProc(t)
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle.pem")
+	pemOut, err := srv.cli(t, "server", "bundle", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bundle, []byte(pemOut), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := fieldValue(srv.proc.waitLine(t, "agent_api=", 10*time.Second), "agent_api")
+	tests := []struct {
+		name, trustDomain, token, want string
+	}{
+		{"wrong trust domain", "example.com", "some-token", `is not trusted: x509svid: could not get X509 bundle: no bundle for trust domain "example.org"; check --trust-domain (example.com) and --trust-bundle`},
+		{"unknown token", "example.org", "not-a-token", "join token is unknown or already used"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startSignet(t, nil, "agent", "run", "--server", addr, "--trust-domain", tt.trustDomain, "--trust-bundle", bundle,
+				"--data-dir", t.TempDir(), "--socket", filepath.Join(t.TempDir(), "agent.sock"), "--join-token", tt.token)
+			select {
+			case <-p.done:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("agent still running:\n%s", p.Output())
+			}
+			if p.err == nil {
+				t.Fatal("agent exited 0")
+			}
+			last := p.Output()
+			lines := strings.Split(strings.TrimSpace(last), "\n")
+			if got := lines[len(lines)-1]; !strings.HasPrefix(got, "signet: agent: ") || !strings.Contains(got, tt.want) || strings.Contains(got, "rpc error") {
+				t.Fatalf("last line %q, want a plain line containing %q", got, tt.want)
+			}
+		})
+	}
+}

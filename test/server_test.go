@@ -183,6 +183,18 @@ func TestServerAdminSocketRefusesOtherUsers(t *testing.T) {
 		t.Skip("needs root to run a client as another uid")
 	}
 	s := startServerProc(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	asNobody := func() (string, error) {
+		cmd := exec.CommandContext(ctx, signetBin(t), "server", "agent", "list", "--admin-socket", s.AdminSocket)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	// The socket's directory and mode keep uid 65534 out: say what to do.
+	if out, err := asNobody(); err == nil || !strings.Contains(out, "permission denied on the server's admin socket") || !strings.Contains(out, "run this as root or as the user the server runs as") {
+		t.Fatalf("admin call as uid 65534, socket unreachable: err=%v output=%s", err, out)
+	}
 	// Let uid 65534 reach the socket file so the refusal comes from SO_PEERCRED.
 	for _, d := range []string{filepath.Dir(s.Dir), s.Dir} {
 		if err := os.Chmod(d, 0o755); err != nil {
@@ -192,12 +204,7 @@ func TestServerAdminSocketRefusesOtherUsers(t *testing.T) {
 	if err := os.Chmod(s.AdminSocket, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, signetBin(t), "server", "agent", "list", "--admin-socket", s.AdminSocket)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "PermissionDenied") {
+	if out, err := asNobody(); err == nil || !strings.Contains(out, "PermissionDenied") {
 		t.Fatalf("admin call as uid 65534: err=%v output=%s", err, out)
 	}
 }

@@ -69,7 +69,7 @@ func FetchX509(ctx context.Context, o Options, writeDir string) error {
 	defer c.Close()
 	x, err := c.FetchX509Context(ctx)
 	if err != nil {
-		return fmt.Errorf("fetch X509-SVIDs from %s: %w", o.Addr, err)
+		return fmt.Errorf("fetch X509-SVIDs from %s: %w", o.Addr, explain(err))
 	}
 	fmt.Fprintf(o.Out, "Received %d SVID(s)\n", len(x.SVIDs))
 	printSVIDs(o.Out, x.SVIDs)
@@ -187,7 +187,7 @@ func FetchJWT(ctx context.Context, o Options, audiences []string, spiffeID strin
 	defer c.Close()
 	svids, err := c.FetchJWTSVIDs(ctx, params)
 	if err != nil {
-		return fmt.Errorf("fetch JWT-SVIDs from %s: %w", o.Addr, err)
+		return fmt.Errorf("fetch JWT-SVIDs from %s: %w", o.Addr, explain(err))
 	}
 	for _, s := range svids {
 		fmt.Fprintln(o.Out, s.Marshal())
@@ -209,7 +209,29 @@ func Watch(ctx context.Context, o Options) error {
 	if ctx.Err() != nil {
 		return nil
 	}
-	return fmt.Errorf("watch %s: %w", o.Addr, err)
+	return fmt.Errorf("watch %s: %w", o.Addr, explain(err))
+}
+
+// explain turns a Workload API error into what a user can act on: gRPC's
+// "rpc error: code = ... desc = connection error: ..." hides that the socket
+// is missing or unreadable.
+func explain(err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	msg := st.Message()
+	switch {
+	case st.Code() == codes.Unavailable && strings.Contains(msg, "no such file or directory"):
+		return errors.New("no socket there: is the agent running, and is --socket (or SPIFFE_ENDPOINT_SOCKET) right?")
+	case st.Code() == codes.Unavailable && strings.Contains(msg, "connection refused"):
+		return errors.New("nothing listens on that socket: is the agent running?")
+	case st.Code() == codes.Unavailable && strings.Contains(msg, "permission denied"):
+		return fmt.Errorf("permission denied opening the socket (uid %d): the agent's socket directory must be reachable by this user", os.Getuid())
+	case st.Code() == codes.PermissionDenied:
+		return fmt.Errorf("%s (uid %d: register an entry whose selectors match this process)", msg, os.Getuid())
+	}
+	return fmt.Errorf("%s (%s)", msg, st.Code())
 }
 
 type printer struct{ o Options }
@@ -243,7 +265,7 @@ func Healthcheck(ctx context.Context, o Options) error {
 	}
 	defer c.Close()
 	if _, err := c.FetchX509SVID(ctx); err != nil && status.Code(err) != codes.PermissionDenied {
-		return fmt.Errorf("workload API at %s is unhealthy: %w", o.Addr, err)
+		return fmt.Errorf("workload API at %s is unhealthy: %w", o.Addr, explain(err))
 	}
 	fmt.Fprintln(o.Out, "Agent is healthy.")
 	return nil

@@ -155,8 +155,17 @@ func TestHealthcheck(t *testing.T) {
 		t.Errorf("agent without an identity for the caller (PermissionDenied) must count as healthy: %v", err)
 	}
 	missing := "unix://" + filepath.Join(t.TempDir(), "none.sock")
-	if err := apicli.Healthcheck(t.Context(), apicli.Options{Addr: missing, Out: io.Discard, Timeout: 2 * time.Second}); err == nil {
-		t.Error("healthcheck of a missing socket succeeded")
+	err := apicli.Healthcheck(t.Context(), apicli.Options{Addr: missing, Out: io.Discard, Timeout: 2 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "no socket there: is the agent running") || strings.Contains(err.Error(), "rpc error") {
+		t.Errorf("healthcheck of a missing socket: %v, want a plain hint", err)
+	}
+}
+
+// A caller without an identity is told what to do about it.
+func TestFetchWithoutIdentityExplains(t *testing.T) {
+	err := apicli.FetchX509(t.Context(), apicli.Options{Addr: start(t, "4294967294").addr, Out: io.Discard, Timeout: 5 * time.Second}, "")
+	if err == nil || !strings.Contains(err.Error(), "register an entry whose selectors match this process") || strings.Contains(err.Error(), "rpc error") {
+		t.Errorf("fetch without an identity: %v", err)
 	}
 }
 

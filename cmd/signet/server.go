@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"context"
 	"fmt"
 	"io"
@@ -95,6 +96,9 @@ func (a *adminFlags) call(ctx context.Context, fn func(context.Context, api.Admi
 	if err := fn(ctx, client); err != nil {
 		if st, ok := status.FromError(err); ok {
 			if st.Code() == codes.Unavailable {
+				if strings.Contains(st.Message(), "permission denied") {
+					return fmt.Errorf("permission denied on the server's admin socket %s: run this as root or as the user the server runs as", a.socket)
+				}
 				return fmt.Errorf("cannot reach the server's admin socket %s (is `signet server run` up, and is --admin-socket right?): %s", a.socket, st.Message())
 			}
 			return fmt.Errorf("%s (%s)", st.Message(), st.Code())

@@ -1,11 +1,11 @@
 package main
 
 import (
-	"strings"
 	"context"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"

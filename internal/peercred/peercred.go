@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
@@ -34,6 +35,29 @@ type Info struct {
 	// StartTimeErr is why StartTime could not be read (the process had
 	// already exited, or lives in another PID namespace); nil when it was.
 	StartTimeErr error
+	// pidfd is the kernel's handle on the very process that connected
+	// (SO_PEERPIDFD, Linux 6.5+), nil where unsupported. It tells a live
+	// process from a reused PID without the start time's 10 ms granularity.
+	pidfd *pidFD
+}
+
+// pidFD is a pidfd closed once, when its connection closes.
+type pidFD struct {
+	fd   int
+	once sync.Once
+}
+
+func (p *pidFD) close() { p.once.Do(func() { unix.Close(p.fd) }) }
+
+// pidfdConn closes the peer's pidfd with the connection.
+type pidfdConn struct {
+	net.Conn
+	pidfd *pidFD
+}
+
+func (c *pidfdConn) Close() error {
+	c.pidfd.close()
+	return c.Conn.Close()
 }
 
 // AuthType implements credentials.AuthInfo.
@@ -51,6 +75,17 @@ func (Info) AuthType() string { return AuthType }
 // this limit). Entries should therefore not rest on unix:path or unix:sha256
 // alone; pair them with a uid or gid the untrusted process does not have.
 func (i Info) SameProcess() error {
+	if i.pidfd != nil {
+		// Signal 0 only asks whether the process lives; EPERM (another
+		// user's process, for an unprivileged agent) means it does. A
+		// live process keeps its PID, so /proc/PID is still its.
+		switch err := unix.PidfdSendSignal(i.pidfd.fd, 0, nil, 0); {
+		case err == nil, errors.Is(err, unix.EPERM):
+			return nil
+		case errors.Is(err, unix.ESRCH):
+			return fmt.Errorf("peercred: pid %d: the process that connected has exited (its PID may have been reused)", i.PID)
+		}
+	}
 	now, err := ProcStartTime(i.PID)
 	return sameProcess(i, now, err)
 }
@@ -121,9 +156,12 @@ func Credentials() credentials.TransportCredentials { return creds{} }
 type creds struct{}
 
 func (creds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	info, err := Read(conn)
+	info, err := readWithPidfd(conn)
 	if err != nil {
 		return nil, nil, err
+	}
+	if info.pidfd != nil {
+		return &pidfdConn{Conn: conn, pidfd: info.pidfd}, info, nil
 	}
 	return conn, info, nil
 }
@@ -181,5 +219,26 @@ func Read(conn net.Conn) (Info, error) {
 	} else {
 		info.StartTime, info.StartTimeErr = ProcStartTime(cred.Pid)
 	}
+	return info, nil
+}
+
+// readWithPidfd is Read plus the peer's pidfd where the kernel offers one;
+// the caller closes it with the connection.
+func readWithPidfd(conn net.Conn) (Info, error) {
+	info, err := Read(conn)
+	if err != nil || info.PID <= 0 {
+		return info, err
+	}
+	raw, err := conn.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return info, nil
+	}
+	fd, fdErr := -1, error(nil)
+	if err := raw.Control(func(s uintptr) {
+		fd, fdErr = unix.GetsockoptInt(int(s), unix.SOL_SOCKET, unix.SO_PEERPIDFD)
+	}); err != nil || fdErr != nil || fd < 0 {
+		return info, nil // an older kernel: the start time check remains
+	}
+	info.pidfd = &pidFD{fd: fd}
 	return info, nil
 }

@@ -3,8 +3,10 @@ package peercred_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -102,5 +104,65 @@ func TestReadRefusesNonUnix(t *testing.T) {
 func TestFromContextWithoutPeer(t *testing.T) {
 	if _, err := peercred.FromContext(context.Background()); !errors.Is(err, peercred.ErrNoPeerCred) {
 		t.Fatalf("err = %v, want ErrNoPeerCred", err)
+	}
+}
+
+const connectEnv = "PEERCRED_TEST_CONNECT"
+
+// TestHelperConnectAndWait is the child of TestSameProcessSeesExit: it
+// connects to the socket in its environment and waits for stdin to close.
+func TestHelperConnectAndWait(t *testing.T) {
+	sock := os.Getenv(connectEnv)
+	if sock == "" {
+		t.Skip("helper process only")
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// Once the process that connected has exited, SameProcess refuses the
+// connection at once, whatever the start time's granularity would say.
+func TestSameProcessSeesExit(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	child := exec.Command(os.Args[0], "-test.run=^TestHelperConnectAndWait$")
+	child.Env = append(os.Environ(), connectEnv+"="+sock)
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := lis.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped, auth, err := peercred.Credentials().ServerHandshake(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wrapped.Close()
+	info := auth.(peercred.Info)
+	if int(info.PID) != child.Process.Pid {
+		t.Fatalf("peer pid %d, want the child's %d", info.PID, child.Process.Pid)
+	}
+	if err := info.SameProcess(); err != nil {
+		t.Fatalf("SameProcess while the child lives: %v", err)
+	}
+	stdin.Close()
+	if err := child.Wait(); err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	if err := info.SameProcess(); err == nil {
+		t.Fatal("SameProcess passed after the process that connected exited")
 	}
 }

@@ -48,6 +48,22 @@ var knownKeys = map[string]map[string]func(string) error{
 	},
 }
 
+// freeForm are the selector types with no fixed keys: node selectors, which
+// attestation sets and node-alias entries match.
+var freeForm = map[string]bool{"join_token": true, "k8s_psat": true}
+
+func knownTypes() []string {
+	out := []string{}
+	for t := range knownKeys {
+		out = append(out, t)
+	}
+	for t := range freeForm {
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Parse parses and validates one `type:value` selector.
 func Parse(s string) (Selector, error) {
 	typ, value, ok := strings.Cut(s, ":")
@@ -92,9 +108,19 @@ func (s Selector) Validate() error {
 	case strings.ContainsFunc(s.Value, isControl):
 		return fmt.Errorf("invalid selector %q: value holds a control character", clip(full))
 	}
+	if freeForm[s.Type] {
+		return nil
+	}
 	keys, known := knownKeys[s.Type]
 	if !known {
-		return nil
+		// A selector no attestor produces can never match: refuse it, and
+		// catch the common slip of leaving the type out (uid:1000).
+		for _, t := range []string{"unix", "k8s"} {
+			if _, ok := knownKeys[t][s.Type]; ok {
+				return fmt.Errorf("invalid selector %q: unknown type %q; did you mean %s:%s?", clip(full), s.Type, t, clip(full))
+			}
+		}
+		return fmt.Errorf("invalid selector %q: unknown type %q (known: %s)", clip(full), clip(s.Type), strings.Join(knownTypes(), ", "))
 	}
 	key, arg, ok := strings.Cut(s.Value, ":")
 	check, keyKnown := keys[key]

@@ -18,7 +18,11 @@ func TestParse(t *testing.T) {
 		{in: "k8s:pod-label:app:web", wantType: "k8s", wantVal: "pod-label:app:web"},
 		{in: "k8s:container-image:docker.io/nginx:1.25", wantType: "k8s", wantVal: "container-image:docker.io/nginx:1.25"},
 		{in: "join_token:abc", wantType: "join_token", wantVal: "abc"},
-		{in: "custom:anything:goes", wantType: "custom", wantVal: "anything:goes"},
+		{in: "k8s_psat:cluster:c1", wantType: "k8s_psat", wantVal: "cluster:c1"},
+		{in: "join_token:0123abcd", wantType: "join_token", wantVal: "0123abcd"},
+		{in: "custom:anything:goes", wantErr: "unknown type \"custom\" (known: join_token, k8s, k8s_psat, unix)"},
+		{in: "uid:1000", wantErr: "did you mean unix:uid:1000?"},
+		{in: "ns:payments", wantErr: "did you mean k8s:ns:payments?"},
 		{in: "", wantErr: "want type:value"},
 		{in: "unix", wantErr: "want type:value"},
 		{in: ":x", wantErr: "type is empty"},
@@ -35,7 +39,7 @@ func TestParse(t *testing.T) {
 		{in: "unix:sha256:XYZ", wantErr: "SHA-256"},
 		{in: "k8s:pod-label:app", wantErr: "pod-label:<key>:<value>"},
 		{in: "k8s:ns:a\nb", wantErr: "control character"},
-		{in: "custom:" + strings.Repeat("x", 1100), wantErr: "limit"},
+		{in: "join_token:" + strings.Repeat("x", 1100), wantErr: "limit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {

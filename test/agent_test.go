@@ -440,3 +440,31 @@ func TestAgentFirstStartMisconfigured(t *testing.T) {
 		})
 	}
 }
+
+// signet dev serves other users too: the README registers nginx's uid 33.
+// A process of another uid reaches the socket and is told it has no
+// identity, not refused by the directory's mode.
+func TestDevSocketReachableByOtherUsers(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run a client as another uid")
+	}
+	d := startDev(t)
+	openUp(t, filepath.Dir(d.Dir)) // the test's own temp dir; dev opens its data dir itself
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, signetBin(t), "agent", "api", "fetch", "x509", "--socket", d.Addr())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "register an entry whose selectors match this process") {
+		t.Fatalf("fetch as uid 65534: %v\n%s", err, out)
+	}
+	for dir, want := range map[string]os.FileMode{d.Dir: 0o755, filepath.Join(d.Dir, "server"): 0o700, filepath.Join(d.Dir, "agent"): 0o700} {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", dir, fi.Mode().Perm(), want)
+		}
+	}
+}

@@ -58,6 +58,15 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
+	// Other users' workloads (nginx as www-data) must reach the socket in
+	// <dir>/sockets: the data dir is traversable, while the server's and
+	// the agent's own dirs inside it stay 0700.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return fmt.Errorf("chmod data dir: %w", err)
+	}
 	if cfg.SocketPath == "" {
 		cfg.SocketPath = filepath.Join(dir, "sockets", "agent.sock")
 	}

@@ -37,6 +37,7 @@ const (
 	reasonRotate  reason = "rotation" // half lifetime (plus jitter) passed
 	reasonID      reason = "spiffe_id_changed"
 	reasonDNS     reason = "dns_names_changed"
+	reasonTTL     reason = "x509_ttl_shortened" // the SVID outlives the entry's new TTL
 	reasonIssuer  reason = "issuer_untrusted" // CA no longer in the bundle
 )
 
@@ -86,12 +87,26 @@ func due(e *cache.Entry, svid *x509svid.SVID, trusted *trustedIssuers, now time.
 		return reasonID
 	case !sameNames(leaf.DNSNames, e.DNSNames):
 		return reasonDNS
+	case outlivesTTL(leaf, e.X509TTL):
+		return reasonTTL
 	case !trusted.trusts(svid.Certificates):
 		return reasonIssuer
 	case !now.Before(RotateAt(leaf)):
 		return reasonRotate
 	}
 	return none
+}
+
+// outlivesTTL reports whether leaf lives longer than an SVID signed with ttl
+// would (0: the server's default, unknown here). The server backdates by a
+// tenth of the TTL, at most 10 s, and rounds NotAfter up to a second; a
+// lengthened TTL waits for the next rotation.
+func outlivesTTL(leaf *x509.Certificate, ttl time.Duration) bool {
+	if ttl <= 0 {
+		return false
+	}
+	slack := min(10*time.Second, ttl/10) + time.Second
+	return leaf.NotAfter.Sub(leaf.NotBefore) > ttl+slack
 }
 
 func sameNames(a, b []string) bool {

@@ -106,3 +106,25 @@ func TestDue(t *testing.T) {
 		})
 	}
 }
+
+// An entry whose x509_ttl is shortened gets a new SVID at once, rather than
+// serving the longer-lived one until its rotation; a lengthened TTL waits.
+func TestDueOnShortenedTTL(t *testing.T) {
+	ca := newCA(t)
+	trusted := issuersOf(spiffebundle.FromX509Authorities(td, []*x509.Certificate{ca.cert}))
+	svid := ca.svid(t, "/w", 7, time.Hour)
+	for _, tc := range []struct {
+		ttl  time.Duration
+		want reason
+	}{
+		{0, none},                     // the server's default: unknown here
+		{time.Hour, none},             // what it was signed with
+		{10 * time.Minute, reasonTTL}, // shortened
+		{2 * time.Hour, none},         // lengthened: at the next rotation
+	} {
+		e := cache.Entry{ID: "e", SPIFFEID: spiffeid.RequireFromPath(td, "/w"), X509TTL: tc.ttl}
+		if got := due(&e, svid, trusted, t0.Add(time.Minute)); got != tc.want {
+			t.Errorf("x509_ttl %v: due = %q, want %q", tc.ttl, got, tc.want)
+		}
+	}
+}

@@ -38,7 +38,7 @@ const (
 	reasonID      reason = "spiffe_id_changed"
 	reasonDNS     reason = "dns_names_changed"
 	reasonTTL     reason = "x509_ttl_shortened" // the SVID outlives the entry's new TTL
-	reasonIssuer  reason = "issuer_untrusted" // CA no longer in the bundle
+	reasonIssuer  reason = "issuer_untrusted"   // CA no longer in the bundle
 )
 
 // trustedIssuers identifies the bundle's X.509 authorities by subject key

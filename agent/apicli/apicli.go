@@ -229,7 +229,7 @@ func explain(err error) error {
 	case st.Code() == codes.Unavailable && strings.Contains(msg, "permission denied"):
 		return fmt.Errorf("permission denied opening the socket (uid %d): the agent's socket directory must be reachable by this user", os.Getuid())
 	case st.Code() == codes.PermissionDenied:
-		return fmt.Errorf("%s (uid %d: register an entry whose selectors match this process)", msg, os.Getuid())
+		return fmt.Errorf("%s (%s: uid %d; register an entry whose selectors match this process)", msg, st.Code(), os.Getuid())
 	}
 	return fmt.Errorf("%s (%s)", msg, st.Code())
 }

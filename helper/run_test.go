@@ -246,7 +246,9 @@ func TestRunCmdStartsBeforeItsPIDFileExists(t *testing.T) {
 	agent.rotate(time.Hour)
 	dir := t.TempDir()
 	pidFile, hupped := filepath.Join(dir, "app.pid"), filepath.Join(dir, "hupped")
-	script := writeScript(t, dir, "app.sh", `echo $$ > "$1"; trap 'touch "$2"' HUP; while :; do sleep 0.05; done`)
+	// The trap comes before the pid file: the helper signals as soon as the
+	// file appears, and an untrapped HUP would end the script.
+	script := writeScript(t, dir, "app.sh", `trap 'touch "$2"' HUP; echo $$ > "$1.tmp"; mv "$1.tmp" "$1"; while :; do sleep 0.05; done`)
 	t.Cleanup(func() {
 		if b, err := os.ReadFile(pidFile); err == nil {
 			pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))

@@ -379,6 +379,14 @@ func TestJoinTokenSingleUseAndExpiry(t *testing.T) {
 	if custom.ID.String() != "spiffe://example.org/agent/custom" {
 		t.Fatalf("token with --spiffe-id gave %s", custom.ID)
 	}
+	// While that agent lives, no token hands its ID to anyone else...
+	_, err = ts.admin.CreateJoinToken(context.Background(), &api.CreateJoinTokenRequest{SpiffeId: custom.ID.String()})
+	wantCode(t, err, codes.FailedPrecondition, "token for the ID of a live agent")
+	// ...until it is evicted.
+	if _, err := ts.admin.EvictAgent(context.Background(), &api.EvictAgentRequest{SpiffeId: custom.ID.String()}); err != nil {
+		t.Fatal(err)
+	}
+	mustAttest(t, ts, ts.token(t, custom.ID.String(), 0))
 }
 
 func TestAgentSVIDAndServerCert(t *testing.T) {

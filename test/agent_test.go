@@ -468,3 +468,35 @@ func TestDevSocketReachableByOtherUsers(t *testing.T) {
 		}
 	}
 }
+
+// signet dev restarts on its data dir: with the agent's SVID on disk it needs
+// no token (the server refuses one for the live agent's ID); with the agent's
+// dir deleted, the stale agent is evicted and a new token attests it.
+func TestDevRestarts(t *testing.T) {
+	d := startDev(t)
+	for _, step := range []struct {
+		name  string
+		reset func()
+	}{
+		{"same data dir", func() {}},
+		{"agent dir deleted", func() {
+			if err := os.RemoveAll(filepath.Join(d.Dir, "agent")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		d.proc.Kill()
+		step.reset()
+		d.proc = startSignet(t, nil, "dev", "--data-dir", d.Dir, "--socket", d.Socket, "--admin-socket", d.AdminSocket)
+		d.proc.waitLine(t, "SPIFFE_ENDPOINT_SOCKET=", 60*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(d.Addr()))
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: FetchX509SVID: %v", step.name, err)
+		}
+		if svid.ID != callerID(t) {
+			t.Fatalf("%s: got %s, want %s", step.name, svid.ID, callerID(t))
+		}
+	}
+}

@@ -2,6 +2,7 @@ package adminapi
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -11,6 +12,7 @@ import (
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/registry"
+	"github.com/signetid/signet/server/store"
 )
 
 // CreateJoinToken makes a single-use join token; only its hash is stored.
@@ -21,6 +23,17 @@ func (s *Service) CreateJoinToken(ctx context.Context, req *api.CreateJoinTokenR
 	token, rec, err := nodeattest.NewJoinToken(s.cfg.TrustDomain, req.SpiffeId, time.Duration(req.TtlSeconds)*time.Second, s.cfg.Now())
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	// A token for the ID of a live agent would hand that agent's identity
+	// and entries to whoever uses it, and lock the running agent out.
+	if req.SpiffeId != "" {
+		switch n, err := s.cfg.Store.GetNode(ctx, req.SpiffeId); {
+		case err == nil && s.cfg.Now().Before(n.ExpiresAt):
+			return nil, status.Errorf(codes.FailedPrecondition, "agent %s is attested (its SVID expires at %s); evict it first (signet server agent evict --spiffe-id %s) or choose another ID",
+				req.SpiffeId, n.ExpiresAt.UTC().Format(time.RFC3339), req.SpiffeId)
+		case err != nil && !errors.Is(err, store.ErrNotFound):
+			return nil, storeError("look up agent "+req.SpiffeId, err)
+		}
 	}
 	if err := s.cfg.Store.CreateJoinToken(ctx, rec); err != nil {
 		return nil, storeError("create join token", err)

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/agent"
+	"github.com/signetid/signet/agent/client"
 	"github.com/signetid/signet/server"
 	"github.com/signetid/signet/server/api"
 )
@@ -37,6 +38,26 @@ type Config struct {
 	HealthListen string
 	// Out receives the SPIFFE_ENDPOINT_SOCKET line and the guidance for humans.
 	Out io.Writer
+}
+
+// devJoinToken returns a token for the dev agent, or "" when a restart finds
+// it attested with its SVID on disk (the server refuses a token for a live
+// agent's ID). If the SVID is gone, the stale agent is evicted first.
+func devJoinToken(ctx context.Context, admin api.AdminServiceServer, agentID spiffeid.ID, agentDir string) (string, error) {
+	tok, err := admin.CreateJoinToken(ctx, &api.CreateJoinTokenRequest{SpiffeId: agentID.String()})
+	if status.Code(err) == codes.FailedPrecondition {
+		if _, statErr := os.Stat(filepath.Join(agentDir, client.SVIDFile)); statErr == nil {
+			return "", nil
+		}
+		if _, err := admin.EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: agentID.String()}); err != nil {
+			return "", fmt.Errorf("evict the dev agent, whose SVID is gone: %w", err)
+		}
+		tok, err = admin.CreateJoinToken(ctx, &api.CreateJoinTokenRequest{SpiffeId: agentID.String()})
+	}
+	if err != nil {
+		return "", fmt.Errorf("create dev join token: %w", err)
+	}
+	return tok.Token, nil
 }
 
 // AgentPath is the path of the dev agent's SPIFFE ID; entries it serves
@@ -109,9 +130,10 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 
 	admin := srv.Admin()
-	tok, err := admin.CreateJoinToken(ctx, &api.CreateJoinTokenRequest{SpiffeId: agentID.String()})
+	agentDir := filepath.Join(dir, "agent")
+	token, err := devJoinToken(ctx, admin, agentID, agentDir)
 	if err != nil {
-		return fail(fmt.Errorf("create dev join token: %w", err))
+		return fail(err)
 	}
 	userID, uid, err := registerCaller(ctx, admin, cfg.TrustDomain, agentID)
 	if err != nil {
@@ -122,8 +144,8 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return agent.Run(ctx, agent.Config{
 			ServerAddress:  srv.Addr(),
 			TrustDomain:    cfg.TrustDomain.Name(),
-			DataDir:        filepath.Join(dir, "agent"),
-			JoinToken:      tok.Token,
+			DataDir:        agentDir,
+			JoinToken:      token,
 			TrustBundlePEM: srv.BundlePEM(),
 			SocketPath:     cfg.SocketPath,
 			HealthListen:   cfg.HealthListen,

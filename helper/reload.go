@@ -24,6 +24,9 @@ type Event struct {
 	Serial   string
 	NotAfter time.Time
 	JWTOnly  bool // only JWT-SVIDs or JWT bundles changed
+	// first marks the first set written, which the supervised child,
+	// started after it, reads without being told.
+	first bool
 }
 
 // Reloader tells an application that a new file set is in place.
@@ -104,6 +107,9 @@ func (c *CommandRunner) Reload(ctx context.Context, _ Event) error {
 	cmd.Env = append(os.Environ(), c.Env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	// A command that leaves a background process holding its output pipe
+	// (sleep 30 &) must not hold the reload, and shutdown, hostage.
+	cmd.WaitDelay = 5 * time.Second
 	wait, err := startCmd(cmd, c.reaper)
 	if err == nil {
 		_, err = wait()
@@ -220,8 +226,8 @@ func (p *Process) ExitCode() int {
 // helper, and a reload racing that exit must not leave an orphan behind.
 type childSignaler struct{ p *Process }
 
-func (c childSignaler) Reload(context.Context, Event) error {
-	if c.p.Signal == 0 {
+func (c childSignaler) Reload(_ context.Context, ev Event) error {
+	if c.p.Signal == 0 || ev.first {
 		return nil
 	}
 	if err := c.p.SendSignal(c.p.Signal); err != nil {

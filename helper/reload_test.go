@@ -195,3 +195,30 @@ func TestReloadersRunIndependently(t *testing.T) {
 	cancel()
 	reloads.wait() // the waiting reloader gives up with ctx
 }
+
+// The supervised child is only ever signalled: a reload that comes after it
+// exited (racing its exit) starts nothing, where spiffe-helper's cmd would be
+// started again.
+func TestChildSignalerNeverRestarts(t *testing.T) {
+	p := &Process{Args: []string{"true"}, Signal: syscall.SIGHUP}
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := p.Done()
+	<-exited
+	if err := (childSignaler{p}).Reload(t.Context(), Event{}); err != nil {
+		t.Fatalf("reload after exit: %v", err)
+	}
+	if p.Done() != exited {
+		t.Fatal("the child was started again by a reload")
+	}
+	// The same reload through cmd's semantics does start it: the check
+	// above can tell.
+	if err := p.Reload(t.Context(), Event{}); err != nil {
+		t.Fatal(err)
+	}
+	if p.Done() == exited {
+		t.Fatal("Process.Reload did not start the exited cmd")
+	}
+	<-p.Done()
+}

@@ -334,6 +334,9 @@ func (r *runner) write(jwtOnly bool) (Event, error) {
 		if !errors.As(err, &late) {
 			return Event{}, fmt.Errorf("write file set to %s (previous set kept): %w", r.cfg.CertDir, err)
 		}
+		if len(late.Missing) > 0 {
+			return Event{}, fmt.Errorf("write file set to %s: %s cannot be opened by name: %w", r.cfg.CertDir, strings.Join(late.Missing, ", "), err)
+		}
 		// The swap committed: the new set is what readers get now, so it
 		// is reported, reloaded and counted as written all the same.
 		r.log.Warn("file set published, but a step after the swap failed", "dir", r.cfg.CertDir, "error", err)
@@ -448,9 +451,9 @@ func (r *runner) daemon(ctx context.Context) error {
 		r.log.Info("file set written", "spiffe_id", ev.SPIFFEID, "serial", ev.Serial, "not_after", ev.NotAfter.UTC().Format(time.RFC3339), "dir", r.cfg.CertDir)
 		first := false
 		firstOnce.Do(func() { first = true; close(firstWrite) })
-		if first && child != nil {
-			return // the child starts below, reading this set
-		}
+		// The child starts below, reading this set: it is not signalled
+		// for it, but the reload command and the pid file are.
+		ev.first = first && child != nil
 		// X.509 updates (new SVID or new bundle) always reload; JWT renewals
 		// only when asked, as most apps read JWTs per request.
 		if !ev.JWTOnly || r.cfg.ReloadOnJWT {

@@ -206,37 +206,6 @@ func writeScript(t *testing.T, dir, name, body string) string {
 	return path
 }
 
-// childrenWith lists the live (not zombie) children of this process whose
-// command line contains token.
-func childrenWith(t *testing.T, token string) []int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces, so split after ")".
-		_, rest, _ := strings.Cut(string(stat), ") ")
-		f := strings.Fields(rest)
-		if len(f) < 2 || f[0] == "Z" || f[1] != strconv.Itoa(os.Getpid()) {
-			continue
-		}
-		if cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); strings.Contains(string(cmdline), token) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 // spiffe-helper starts cmd, then signals the pid file (which cmd may be
 // what writes). The pid file's wait must not hold cmd back.
 func TestRunCmdStartsBeforeItsPIDFileExists(t *testing.T) {
@@ -288,63 +257,6 @@ func TestRunChildSignalledWhilePIDFileAbsent(t *testing.T) {
 	waitUntil(t, "the child's SIGHUP for the rotation", func() bool { b, _ := os.ReadFile(hups); return string(b) == "hup\n" })
 }
 
-// The supervised child is signalled on reloads, never started again: a
-// reload in flight when it exits (here one waiting for an absent pid file,
-// released by the shutdown) must not relaunch it behind the helper's back.
-func TestRunChildNeverRelaunched(t *testing.T) {
-	ca := newTestCA(t, "example.org")
-	agent := newFakeAgent(t, ca, "spiffe://example.org/app")
-	agent.start()
-	agent.rotate(time.Hour)
-	dir := t.TempDir()
-	state := filepath.Join(dir, "child")
-	// A second run would stay up, to be found below.
-	script := writeScript(t, dir, "child.sh", `if [ -e "$1.ran" ]; then while :; do sleep 0.1; done; fi
-touch "$1.ran"
-trap '' HUP
-while [ ! -e "$1.exit" ]; do sleep 0.02; done
-exit 3
-`)
-	cfg := NewConfig()
-	cfg.AgentAddress, cfg.CertDir = agent.addr(), filepath.Join(dir, "certs")
-	cfg.PIDFileName, cfg.RenewSignal = filepath.Join(dir, "absent.pid"), "SIGHUP"
-	cfg.Debounce = 10 * time.Millisecond
-	cfg.Child = []string{"sh", script, state}
-	second := make(chan struct{})
-	var rotated atomic.Value
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(context.Background(), cfg, WithLogger(quietLog()), WithOnWrite(func(ev Event) {
-			if want, _ := rotated.Load().(string); want != "" && ev.Serial == want {
-				close(second)
-			}
-		}))
-	}()
-	t.Cleanup(func() {
-		for _, pid := range childrenWith(t, state) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	})
-	waitUntil(t, "the child to start", func() bool { _, err := os.Stat(state + ".ran"); return err == nil })
-	s := agent.issuer.svid(t, agent.id, time.Hour)
-	rotated.Store(s.Certificates[0].SerialNumber.Text(16))
-	agent.setSVIDs(s)
-	<-second
-	// Let the rotation's reloads start (debounce 10ms) before the child exits.
-	time.Sleep(200 * time.Millisecond)
-	if err := os.WriteFile(state+".exit", nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	var ce *ChildExitError
-	if err := <-done; !errors.As(err, &ce) || ce.Code != 3 {
-		t.Fatalf("Run = %v, want the child's status 3", err)
-	}
-	// Everything the helper started was started before Run returned.
-	if pids := childrenWith(t, state); len(pids) > 0 {
-		t.Errorf("child relaunched after it exited: pids %v still running", pids)
-	}
-}
-
 // blockLink makes the link for name impossible to place in a fresh cert
 // dir (its temporary name is taken by a non-empty directory): a failure
 // after the ..data swap.
@@ -355,31 +267,27 @@ func blockLink(t *testing.T, certDir, name string) {
 	}
 }
 
-// A problem after the swap committed is a warning, not a failure: the new
-// set is live, so init mode succeeds.
-func TestRunOnceProblemAfterCommitIsAWarning(t *testing.T) {
+// A name that cannot be published (its link cannot be placed) leaves the set
+// incomplete for readers who open files by name: init mode fails, naming
+// the file, rather than starting the app without its key.
+func TestRunOnceFailsWhenAFileCannotBePublished(t *testing.T) {
 	ca := newTestCA(t, "example.org")
 	agent := newFakeAgent(t, ca, "spiffe://example.org/init")
 	agent.start()
 	agent.rotate(time.Hour)
 	cfg := NewConfig()
 	cfg.AgentAddress, cfg.CertDir, cfg.DaemonMode = agent.addr(), t.TempDir(), false
+	cfg.Timeout = 3 * time.Second
 	blockLink(t, cfg.CertDir, "svid_key.pem")
-	var logs logBuffer
-	if err := Run(context.Background(), cfg, WithLogger(logs.logger())); err != nil {
-		t.Fatalf("Run = %v, want success: the set was published", err)
-	}
-	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "svid_key.pem") {
-		t.Errorf("no warning naming svid_key.pem; log:\n%s", logs.String())
-	}
-	if _, err := tls.LoadX509KeyPair(filepath.Join(cfg.CertDir, dataLink, "svid.pem"), filepath.Join(cfg.CertDir, dataLink, "svid_key.pem")); err != nil {
-		t.Errorf("published set: %v", err)
+	err := Run(context.Background(), cfg, WithLogger(quietLog()))
+	if err == nil || !strings.Contains(err.Error(), "svid_key.pem") {
+		t.Fatalf("Run = %v, want a failure naming svid_key.pem", err)
 	}
 }
 
-// After a problem past the swap, the daemon reloads the app and reports
-// the set as written (health, onWrite), as the new set is what it reads.
-func TestRunDaemonReloadsAfterProblemAfterCommit(t *testing.T) {
+// In daemon mode such a set is not reported as written and the app is not
+// told; once the obstacle is gone, the next rotation publishes and reloads.
+func TestRunDaemonRecoversFromAnUnpublishableName(t *testing.T) {
 	ca := newTestCA(t, "example.org")
 	agent := newFakeAgent(t, ca, "spiffe://example.org/app")
 	agent.start()
@@ -392,10 +300,19 @@ func TestRunDaemonReloadsAfterProblemAfterCommit(t *testing.T) {
 	cfg.Debounce = 10 * time.Millisecond
 	blockLink(t, cfg.CertDir, "bundle.pem")
 	var writes atomic.Int32
-	startDaemon(t, cfg, WithLogger(quietLog()), WithOnWrite(func(Event) { writes.Add(1) }))
-	waitUntil(t, "the reload after the published set", func() bool { _, err := os.Stat(reloaded); return err == nil })
-	if writes.Load() == 0 {
-		t.Error("the published set was not reported as written")
+	var logs logBuffer
+	startDaemon(t, cfg, WithLogger(logs.logger()), WithOnWrite(func(Event) { writes.Add(1) }))
+	waitUntil(t, "the first attempt to fail", func() bool { return strings.Contains(logs.String(), "bundle.pem cannot be opened by name") })
+	if writes.Load() != 0 {
+		t.Fatal("a set without bundle.pem was reported as written")
+	}
+	if err := os.RemoveAll(filepath.Join(cfg.CertDir, ".bundle.pem.link")); err != nil {
+		t.Fatal(err)
+	}
+	agent.rotate(time.Hour)
+	waitUntil(t, "the reload after the next rotation", func() bool { _, err := os.Stat(reloaded); return err == nil })
+	if _, err := os.Stat(filepath.Join(cfg.CertDir, "bundle.pem")); err != nil {
+		t.Fatalf("bundle.pem after recovery: %v", err)
 	}
 }
 
@@ -431,5 +348,57 @@ jwt_svids = [{ jwt_audience = "db", jwt_svid_file_name = "db.jwt" }]
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// With a child, the first set is not signalled to the child (it starts
+// reading it), but the reload command and the pid file still hear of it.
+func TestRunFirstSetWithChildRunsReloadCommand(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	agent := newFakeAgent(t, ca, "spiffe://example.org/app")
+	agent.start()
+	agent.rotate(time.Hour)
+	dir := t.TempDir()
+	ran, ready, hups := filepath.Join(dir, "reload-ran"), filepath.Join(dir, "ready"), filepath.Join(dir, "hups")
+	cfg := NewConfig()
+	cfg.AgentAddress, cfg.CertDir = agent.addr(), filepath.Join(dir, "certs")
+	cfg.ReloadCommand = []string{"touch", ran}
+	cfg.Debounce = 10 * time.Millisecond
+	cfg.Child = []string{"sh", "-c", `trap 'echo hup >> "$2"' HUP; touch "$1"; while :; do sleep 0.05; done`, "sh", ready, hups}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, WithLogger(quietLog())) }()
+	defer func() { cancel(); <-done }()
+	waitUntil(t, "the child to start", func() bool { _, err := os.Stat(ready); return err == nil })
+	waitUntil(t, "the reload command for the first set", func() bool { _, err := os.Stat(ran); return err == nil })
+	if b, _ := os.ReadFile(hups); len(b) != 0 {
+		t.Errorf("the child was signalled for the set it started with: %q", b)
+	}
+}
+
+// A reload command that leaves a background process holding its output
+// (sleep 30 &) must not keep the helper from exiting with its child.
+func TestRunReloadCommandWithBackgroundProcessDoesNotHang(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	agent := newFakeAgent(t, ca, "spiffe://example.org/app")
+	agent.start()
+	agent.rotate(time.Hour)
+	dir := t.TempDir()
+	ready, ran := filepath.Join(dir, "ready"), filepath.Join(dir, "ran")
+	cfg := NewConfig()
+	cfg.AgentAddress, cfg.CertDir = agent.addr(), filepath.Join(dir, "certs")
+	cfg.ReloadCommand = []string{"sh", "-c", `touch "$0"; sleep 30 &`, ran}
+	cfg.Debounce = 10 * time.Millisecond
+	cfg.Child = []string{"sh", "-c", `trap '' HUP; touch "$1"; while [ ! -e "$2" ]; do sleep 0.05; done; exit 5`, "sh", ready, ran}
+	done := make(chan error, 1)
+	go func() { done <- Run(context.Background(), cfg, WithLogger(quietLog())) }()
+	select {
+	case err := <-done:
+		var ce *ChildExitError
+		if !errors.As(err, &ce) || ce.Code != 5 {
+			t.Fatalf("Run = %v, want the child's status 5", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the helper did not exit after its child did (a reload command's background process held it)")
 	}
 }

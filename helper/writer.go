@@ -63,7 +63,12 @@ func (w *Writer) Dir() string { return w.dir }
 // PostCommitError is returned by [Writer.Write] for a problem after the
 // commit point: the new set is published (..data names it), but a later step
 // failed, such as linking a name to it or syncing the directory.
-type PostCommitError struct{ Err error }
+type PostCommitError struct {
+	Err error
+	// Missing names the files that readers cannot open under their name
+	// (a new name whose link could not be placed): the set is incomplete.
+	Missing []string
+}
 
 func (e *PostCommitError) Error() string { return "new set published, then: " + e.Err.Error() }
 
@@ -91,11 +96,13 @@ func (w *Writer) Write(files []File) error {
 		return err
 	}
 	var errs []error
+	var missing []string
 	// The per-file links are stable; they only need creating once, for a
 	// name new to this directory.
 	for _, f := range files {
 		if err := w.ensureLink(f.Name); err != nil {
 			errs = append(errs, err)
+			missing = append(missing, f.Name)
 		}
 	}
 	if err := syncDir(w.dir); err != nil {
@@ -103,7 +110,7 @@ func (w *Writer) Write(files []File) error {
 	}
 	w.prune(filepath.Base(gen))
 	if len(errs) > 0 {
-		return &PostCommitError{Err: errors.Join(errs...)}
+		return &PostCommitError{Err: errors.Join(errs...), Missing: missing}
 	}
 	return nil
 }
@@ -123,7 +130,7 @@ func (w *Writer) swap(gen string) error {
 }
 
 // adopt prepares a directory where some of the set's names are regular
-// files (spiffe-helper's layout) for the swap. Replacing them by links one
+// files (spiffe-helper's layout), or links not into ..data, for the swap. Replacing them by links one
 // rename at a time would, between two renames, pair the new certificate
 // with the old key. Instead the current contents are published first, as a
 // generation of their own, and each name is linked to it, a rename that
@@ -142,6 +149,12 @@ func (w *Writer) adopt(files []File) error {
 			plain = true
 		case st.Mode()&fs.ModeSymlink == 0:
 			return fmt.Errorf("%s in %s is not a file or a link (mode %s)", f.Name, w.dir, st.Mode().Type())
+		default:
+			// A link of someone else's (made by hand, or another tool)
+			// would be replaced one rename at a time too.
+			if target, err := os.Readlink(filepath.Join(w.dir, f.Name)); err == nil && target != filepath.Join(dataLink, f.Name) {
+				plain = true
+			}
 		}
 	}
 	if !plain {

@@ -308,6 +308,9 @@ func TestWriterAdoptsPlainFilesAsOnePair(t *testing.T) {
 // Adopting regular files keeps their mode and owner until the new set,
 // with the configured ones, replaces them.
 func TestWriterAdoptKeepsOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a file another owner")
+	}
 	ca := newTestCA(t, "example.org")
 	dir := t.TempDir()
 	key := filepath.Join(dir, "svid_key.pem")
@@ -388,4 +391,52 @@ func writeFiles(t *testing.T, cfg Config, ca *testCA) []File {
 		t.Fatal(err)
 	}
 	return files
+}
+
+// Names that are links, but not into ..data (made by hand, or by another
+// tool), are taken over as one set too: no reader pairs a new certificate
+// with an old key.
+func TestWriterAdoptsForeignLinksAsOnePair(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	var mismatches, pairs atomic.Int64
+	for range 100 {
+		dir := t.TempDir()
+		ext := t.TempDir()
+		cfg := testConfig(dir)
+		old, err := cfg.Files(Material{SVID: ca.svid(t, "spiffe://example.org/web", time.Hour), Bundles: x509bundle.NewSet(ca.bundle())}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range old {
+			if err := os.WriteFile(filepath.Join(ext, f.Name), f.Data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(filepath.Join(ext, f.Name), filepath.Join(dir, f.Name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var stop atomic.Bool
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for !stop.Load() {
+				c1, err1 := os.ReadFile(filepath.Join(dir, "svid.pem"))
+				k, err2 := os.ReadFile(filepath.Join(dir, "svid_key.pem"))
+				c2, err3 := os.ReadFile(filepath.Join(dir, "svid.pem"))
+				if err1 != nil || err2 != nil || err3 != nil || !bytes.Equal(c1, c2) {
+					continue
+				}
+				pairs.Add(1)
+				if _, err := tls.X509KeyPair(c1, k); err != nil {
+					mismatches.Add(1)
+				}
+			}
+		}()
+		writeSVIDSet(t, NewWriter(dir, -1, -1), cfg, ca)
+		stop.Store(true)
+		<-done
+	}
+	if mismatches.Load() > 0 {
+		t.Fatalf("%d of %d reads paired svid.pem with another svid_key.pem", mismatches.Load(), pairs.Load())
+	}
 }

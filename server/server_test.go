@@ -342,12 +342,19 @@ func TestEntryValidation(t *testing.T) {
 
 func TestJoinTokenSingleUseAndExpiry(t *testing.T) {
 	ts := startServer(t, nil)
-	tok := ts.token(t, "", 0)
+	gen, err := ts.admin.CreateJoinToken(context.Background(), &api.CreateJoinTokenRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := gen.Token
 	a := mustAttest(t, ts, tok)
 	if !strings.HasPrefix(a.ID.String(), "spiffe://example.org/agent/join_token/") || strings.Contains(a.ID.String(), tok) {
 		t.Fatalf("agent ID %s: want spiffe://example.org/agent/join_token/<token-id> that does not reveal the token", a.ID)
 	}
-	_, err := attest(t, ts, tok)
+	if gen.AgentId != a.ID.String() {
+		t.Fatalf("token generation announced agent %s; the agent got %s", gen.AgentId, a.ID)
+	}
+	_, err = attest(t, ts, tok)
 	wantCode(t, err, codes.PermissionDenied, "reused token")
 	_, err = attest(t, ts, "not-a-token")
 	wantCode(t, err, codes.PermissionDenied, "unknown token")

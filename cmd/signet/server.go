@@ -383,6 +383,9 @@ func newTokenCmd() *cobra.Command {
 					return err
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), resp.Token)
+				// On stderr, so $(signet server token generate) stays the token.
+				fmt.Fprintf(cmd.ErrOrStderr(), "# the agent attesting with it will be %s (valid until %s)\n",
+					resp.AgentId, time.Unix(resp.ExpiresAt, 0).UTC().Format(time.RFC3339))
 				return nil
 			})
 		},

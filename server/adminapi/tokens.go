@@ -38,8 +38,12 @@ func (s *Service) CreateJoinToken(ctx context.Context, req *api.CreateJoinTokenR
 	if err := s.cfg.Store.CreateJoinToken(ctx, rec); err != nil {
 		return nil, storeError("create join token", err)
 	}
-	s.cfg.Logger.Info("join token created", "token_id", rec.ID, "agent_id", req.SpiffeId, "expires_at", rec.ExpiresAt)
-	return &api.CreateJoinTokenResponse{Token: token, ExpiresAt: rec.ExpiresAt.Unix()}, nil
+	agentID, err := nodeattest.AgentID(s.cfg.TrustDomain, rec)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "name the agent of token %s: %v", rec.ID, err)
+	}
+	s.cfg.Logger.Info("join token created", "token_id", rec.ID, "agent_id", agentID.String(), "expires_at", rec.ExpiresAt)
+	return &api.CreateJoinTokenResponse{Token: token, ExpiresAt: rec.ExpiresAt.Unix(), AgentId: agentID.String()}, nil
 }
 
 // GetBundle returns the trust domain's bundle.

@@ -101,6 +101,11 @@ func AttestJoinToken(ctx context.Context, st store.Store, td spiffeid.TrustDomai
 	}, nil
 }
 
+// AgentID is the SPIFFE ID an agent attesting with the token rec takes.
+func AgentID(td spiffeid.TrustDomain, rec store.JoinToken) (spiffeid.ID, error) {
+	return agentID(td, rec)
+}
+
 func agentID(td spiffeid.TrustDomain, rec store.JoinToken) (spiffeid.ID, error) {
 	if rec.SPIFFEID != "" {
 		return ids.ParseWorkloadIDIn(rec.SPIFFEID, td)

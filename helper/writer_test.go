@@ -255,53 +255,77 @@ func TestFilesBundlesAndJWT(t *testing.T) {
 	}
 }
 
-// The first write into a directory holding spiffe-helper's regular files
-// must move the cert and key together. Readers read svid.pem, svid_key.pem,
-// then svid.pem again: when the cert did not change around the key read,
-// the key read must match it. (A read that straddles the one swap sees the
-// cert change and is not counted: no layout of two files can stop a reader
-// that opens them at different times from straddling an update.)
-func TestWriterAdoptsPlainFilesAsOnePair(t *testing.T) {
+// The first write into a directory holding spiffe-helper's regular files,
+// or links of someone else's (not into ..data), must move the cert and key
+// together. Readers read svid.pem, svid_key.pem, then svid.pem again: when
+// the cert did not change around the key read, the key read must match it.
+// (A read that straddles the one swap sees the cert change and is not
+// counted: no layout of two files can stop a reader that opens them at
+// different times from straddling an update.)
+func TestWriterAdoptsExistingFilesAsOnePair(t *testing.T) {
 	ca := newTestCA(t, "example.org")
-	var mismatches, pairs atomic.Int64
-	for range 300 {
-		dir := t.TempDir()
-		cfg := testConfig(dir)
-		old, err := cfg.Files(Material{SVID: ca.svid(t, "spiffe://example.org/web", time.Hour), Bundles: x509bundle.NewSet(ca.bundle())}, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range old {
+	for _, tc := range []struct {
+		name  string
+		place func(t *testing.T, dir string, f File) // puts the old f in dir
+	}{
+		{"plain files", func(t *testing.T, dir string, f File) {
 			if err := os.WriteFile(filepath.Join(dir, f.Name), f.Data, 0o600); err != nil {
 				t.Fatal(err)
 			}
-		}
-		var stop atomic.Bool
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for !stop.Load() {
-				c1, err1 := os.ReadFile(filepath.Join(dir, "svid.pem"))
-				k, err2 := os.ReadFile(filepath.Join(dir, "svid_key.pem"))
-				c2, err3 := os.ReadFile(filepath.Join(dir, "svid.pem"))
-				if err1 != nil || err2 != nil || err3 != nil || !bytes.Equal(c1, c2) {
-					continue
+		}},
+		{"foreign links", func(t *testing.T, dir string, f File) {
+			ext := filepath.Join(filepath.Dir(dir), "ext-"+f.Name)
+			if err := os.WriteFile(ext, f.Data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(ext, filepath.Join(dir, f.Name)); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mismatches, pairs atomic.Int64
+			for range 150 {
+				dir := filepath.Join(t.TempDir(), "certs")
+				if err := os.Mkdir(dir, 0o755); err != nil {
+					t.Fatal(err)
 				}
-				pairs.Add(1)
-				if _, err := tls.X509KeyPair(c1, k); err != nil {
-					mismatches.Add(1)
+				cfg := testConfig(dir)
+				old, err := cfg.Files(Material{SVID: ca.svid(t, "spiffe://example.org/web", time.Hour), Bundles: x509bundle.NewSet(ca.bundle())}, time.Now())
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range old {
+					tc.place(t, dir, f)
+				}
+				var stop atomic.Bool
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					for !stop.Load() {
+						c1, err1 := os.ReadFile(filepath.Join(dir, "svid.pem"))
+						k, err2 := os.ReadFile(filepath.Join(dir, "svid_key.pem"))
+						c2, err3 := os.ReadFile(filepath.Join(dir, "svid.pem"))
+						if err1 != nil || err2 != nil || err3 != nil || !bytes.Equal(c1, c2) {
+							continue
+						}
+						pairs.Add(1)
+						if _, err := tls.X509KeyPair(c1, k); err != nil {
+							mismatches.Add(1)
+						}
+					}
+				}()
+				writeSVIDSet(t, NewWriter(dir, -1, -1), cfg, ca)
+				stop.Store(true)
+				<-done
+				if _, err := tls.LoadX509KeyPair(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid_key.pem")); err != nil {
+					t.Fatalf("after the write: %v", err)
 				}
 			}
-		}()
-		writeSVIDSet(t, NewWriter(dir, -1, -1), cfg, ca)
-		stop.Store(true)
-		<-done
-		if _, err := tls.LoadX509KeyPair(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid_key.pem")); err != nil {
-			t.Fatalf("after the write: %v", err)
-		}
-	}
-	if mismatches.Load() > 0 {
-		t.Fatalf("%d of %d reads paired svid.pem with another svid_key.pem", mismatches.Load(), pairs.Load())
+			if mismatches.Load() > 0 {
+				t.Fatalf("%d of %d reads paired svid.pem with another svid_key.pem", mismatches.Load(), pairs.Load())
+			}
+		})
 	}
 }
 
@@ -391,52 +415,4 @@ func writeFiles(t *testing.T, cfg Config, ca *testCA) []File {
 		t.Fatal(err)
 	}
 	return files
-}
-
-// Names that are links, but not into ..data (made by hand, or by another
-// tool), are taken over as one set too: no reader pairs a new certificate
-// with an old key.
-func TestWriterAdoptsForeignLinksAsOnePair(t *testing.T) {
-	ca := newTestCA(t, "example.org")
-	var mismatches, pairs atomic.Int64
-	for range 100 {
-		dir := t.TempDir()
-		ext := t.TempDir()
-		cfg := testConfig(dir)
-		old, err := cfg.Files(Material{SVID: ca.svid(t, "spiffe://example.org/web", time.Hour), Bundles: x509bundle.NewSet(ca.bundle())}, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range old {
-			if err := os.WriteFile(filepath.Join(ext, f.Name), f.Data, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Symlink(filepath.Join(ext, f.Name), filepath.Join(dir, f.Name)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		var stop atomic.Bool
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for !stop.Load() {
-				c1, err1 := os.ReadFile(filepath.Join(dir, "svid.pem"))
-				k, err2 := os.ReadFile(filepath.Join(dir, "svid_key.pem"))
-				c2, err3 := os.ReadFile(filepath.Join(dir, "svid.pem"))
-				if err1 != nil || err2 != nil || err3 != nil || !bytes.Equal(c1, c2) {
-					continue
-				}
-				pairs.Add(1)
-				if _, err := tls.X509KeyPair(c1, k); err != nil {
-					mismatches.Add(1)
-				}
-			}
-		}()
-		writeSVIDSet(t, NewWriter(dir, -1, -1), cfg, ca)
-		stop.Store(true)
-		<-done
-	}
-	if mismatches.Load() > 0 {
-		t.Fatalf("%d of %d reads paired svid.pem with another svid_key.pem", mismatches.Load(), pairs.Load())
-	}
 }

@@ -240,14 +240,7 @@ func startNode(t testing.TB, serverArgs ...string) *node {
 	srv := startServerProc(t, serverArgs...)
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
-	bundle := filepath.Join(dir, "bundle.pem")
-	pemOut, err := srv.cli(t, "server", "bundle", "show")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bundle, []byte(pemOut), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	bundle := srv.writeBundle(t, dir)
 	tok, err := srv.cli(t, "server", "token", "generate", "--spiffe-id", nodeAgentID)
 	if err != nil {
 		t.Fatal(err)
@@ -405,14 +398,7 @@ func fieldValue(line, key string) string {
 func TestAgentFirstStartMisconfigured(t *testing.T) {
 	srv := startServerProc(t)
 	dir := t.TempDir()
-	bundle := filepath.Join(dir, "bundle.pem")
-	pemOut, err := srv.cli(t, "server", "bundle", "show")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bundle, []byte(pemOut), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	bundle := srv.writeBundle(t, dir)
 	addr := fieldValue(srv.proc.waitLine(t, "agent_api=", 10*time.Second), "agent_api")
 	tests := []struct {
 		name, trustDomain, token, want string
@@ -499,4 +485,18 @@ func TestDevRestarts(t *testing.T) {
 			t.Fatalf("%s: got %s, want %s", step.name, svid.ID, callerID(t))
 		}
 	}
+}
+
+// writeBundle saves the server's bundle (PEM) in dir and returns its path.
+func (s *serverEnv) writeBundle(t testing.TB, dir string) string {
+	t.Helper()
+	pemOut, err := s.cli(t, "server", "bundle", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "bundle.pem")
+	if err := os.WriteFile(path, []byte(pemOut), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

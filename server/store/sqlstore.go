@@ -375,18 +375,10 @@ func (s *sqlStore) ModifyEntry(ctx context.Context, id string, fn func(registry.
 	var out registry.Entry
 	var fnErr error
 	err := s.write(ctx, func(t *tx) error {
-		cur, err := scanEntry(t.queryRow(ctx, `SELECT `+entryColumns+` FROM entries WHERE id = $1`, id))
-		if errors.Is(err, errNoRows) {
-			return ErrNotFound
-		}
+		cur, err := getEntry(ctx, t.querier, id)
 		if err != nil {
 			return err
 		}
-		sels, err := loadSelectors(ctx, t.querier, "entry_selectors", "entry_id", id)
-		if err != nil {
-			return err
-		}
-		cur.Selectors = sels[id]
 		e, err := fn(cur)
 		if err != nil {
 			fnErr = err
@@ -441,19 +433,25 @@ func (s *sqlStore) DeleteEntry(ctx context.Context, id string) error {
 	return nil
 }
 
+// getEntry reads one entry with its selectors through q.
+func getEntry(ctx context.Context, q querier, id string) (registry.Entry, error) {
+	e, err := scanEntry(q.queryRow(ctx, `SELECT `+entryColumns+` FROM entries WHERE id = $1`, id))
+	if errors.Is(err, errNoRows) {
+		return registry.Entry{}, ErrNotFound
+	}
+	if err != nil {
+		return registry.Entry{}, err
+	}
+	sels, err := loadSelectors(ctx, q, "entry_selectors", "entry_id", id)
+	e.Selectors = sels[id]
+	return e, err
+}
+
 func (s *sqlStore) GetEntry(ctx context.Context, id string) (registry.Entry, error) {
 	var e registry.Entry
 	err := s.db.read(ctx, func(q querier) error {
 		var err error
-		e, err = scanEntry(q.queryRow(ctx, `SELECT `+entryColumns+` FROM entries WHERE id = $1`, id))
-		if errors.Is(err, errNoRows) {
-			return ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
-		sels, err := loadSelectors(ctx, q, "entry_selectors", "entry_id", id)
-		e.Selectors = sels[id]
+		e, err = getEntry(ctx, q, id)
 		return err
 	})
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/signetid/signet/internal/selector"
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/registry"
+	"github.com/signetid/signet/server/store"
 )
 
 // CreateEntry validates and stores a new entry; nothing is stored on error.
@@ -22,11 +23,12 @@ func (s *Service) CreateEntry(ctx context.Context, req *api.CreateEntryRequest) 
 		return nil, err
 	}
 	e.ID, e.Revision, e.CreatedAt = "", 0, s.cfg.Now()
-	created, err := s.cfg.Store.CreateEntry(ctx, e)
+	var rev int64
+	created, err := s.cfg.Store.CreateEntry(store.WithCommitRevision(ctx, &rev), e)
 	if err != nil {
 		return nil, storeError("create entry "+e.SPIFFEID.String(), err)
 	}
-	s.publish(ctx, []registry.Entry{created})
+	s.publish(ctx, rev, []registry.Entry{created})
 	s.cfg.Logger.Info("entry created", "entry_id", created.ID, "spiffe_id", created.SPIFFEID.String(), "parent_id", created.ParentID.String(), "selectors", selector.Strings(created.Selectors))
 	return registry.ToProto(&created), nil
 }
@@ -51,11 +53,12 @@ func (s *Service) BatchCreateEntries(ctx context.Context, req *api.BatchCreateEn
 		}
 		entries[i] = e
 	}
-	created, err := s.cfg.Store.CreateEntries(ctx, entries)
+	var rev int64
+	created, err := s.cfg.Store.CreateEntries(store.WithCommitRevision(ctx, &rev), entries)
 	if err != nil {
 		return nil, storeError("batch create", err)
 	}
-	s.publish(ctx, created)
+	s.publish(ctx, rev, created)
 	s.cfg.Logger.Info("entries created", "count", len(created))
 	resp := &api.BatchCreateEntriesResponse{Entries: make([]*api.Entry, len(created))}
 	for i := range created {
@@ -84,7 +87,8 @@ func (s *Service) UpdateEntry(ctx context.Context, req *api.UpdateEntryRequest) 
 			return nil, status.Errorf(codes.InvalidArgument, "update entry: unknown field %q in mask (known: %s)", f, strings.Join(updatable, ", "))
 		}
 	}
-	updated, err := s.cfg.Store.ModifyEntry(ctx, in.Id, func(cur registry.Entry) (registry.Entry, error) {
+	var rev int64
+	updated, err := s.cfg.Store.ModifyEntry(store.WithCommitRevision(ctx, &rev), in.Id, func(cur registry.Entry) (registry.Entry, error) {
 		e, err := s.validEntry(mergeEntry(registry.ToProto(&cur), in, mask))
 		if err == nil && slices.Contains(mask, "expires_at") {
 			err = s.notExpired(e)
@@ -97,7 +101,7 @@ func (s *Service) UpdateEntry(ctx context.Context, req *api.UpdateEntryRequest) 
 	if err != nil {
 		return nil, storeError("update entry "+in.Id, err)
 	}
-	s.publish(ctx, []registry.Entry{updated})
+	s.publish(ctx, rev, []registry.Entry{updated})
 	s.cfg.Logger.Info("entry updated", "entry_id", updated.ID, "spiffe_id", updated.SPIFFEID.String(), "revision", updated.Revision)
 	return registry.ToProto(&updated), nil
 }
@@ -138,10 +142,11 @@ func (s *Service) DeleteEntry(ctx context.Context, req *api.DeleteEntryRequest) 
 	if req.Id == "" {
 		return nil, status.Error(codes.InvalidArgument, "delete entry: id is required")
 	}
-	if err := s.cfg.Store.DeleteEntry(ctx, req.Id); err != nil {
+	var rev int64
+	if err := s.cfg.Store.DeleteEntry(store.WithCommitRevision(ctx, &rev), req.Id); err != nil {
 		return nil, storeError("delete entry "+req.Id, err)
 	}
-	s.publish(ctx, nil, req.Id)
+	s.publish(ctx, rev, nil, req.Id)
 	s.cfg.Logger.Info("entry deleted", "entry_id", req.Id)
 	return &api.DeleteEntryResponse{}, nil
 }

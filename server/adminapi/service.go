@@ -92,9 +92,10 @@ func storeError(what string, err error) error {
 	return status.Errorf(codes.Internal, "%s: %v", what, err)
 }
 
-// publish makes an entry write visible to agents before the call returns.
-func (s *Service) publish(ctx context.Context, upserted []registry.Entry, deleted ...string) {
-	if err := s.cfg.Catalog.EntriesWritten(ctx, upserted, deleted); err != nil {
+// publish makes an entry write, committed at store revision rev, visible to
+// agents before the call returns.
+func (s *Service) publish(ctx context.Context, rev int64, upserted []registry.Entry, deleted ...string) {
+	if err := s.cfg.Catalog.EntriesWritten(ctx, rev, upserted, deleted); err != nil {
 		// Run's change loop retries; the write itself is durable.
 		s.cfg.Logger.Warn("refresh catalog after admin write", "error", err)
 	}

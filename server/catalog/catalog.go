@@ -159,22 +159,16 @@ func (c *Catalog) load(ctx context.Context, rev int64) (*Snapshot, error) {
 	return snap, nil
 }
 
-// EntriesWritten makes entry writes this server just committed visible at
-// once, without the full reload that would make n writes cost O(n^2). The
-// snapshot is patched in memory only when it provably misses exactly this
-// write: it does not reflect the write yet (so the write committed after the
-// snapshot's revision) and the store's revision is one past the snapshot's
-// (so nothing else committed). Otherwise it reloads from the store: a
-// snapshot that already holds the write may be missing someone else's
-// (an eviction, say) that a patch would then hide.
-func (c *Catalog) EntriesWritten(ctx context.Context, upserted []registry.Entry, deleted []string) error {
-	rev, err := c.store.Revision(ctx)
-	if err != nil {
-		return fmt.Errorf("read store revision: %w", err)
-	}
+// EntriesWritten makes an entry write this server just committed, at store
+// revision rev (store.WithCommitRevision), visible at once, without the full
+// reload that would make n writes cost O(n^2). The snapshot is patched in
+// memory only when it is at rev-1: then exactly this write separates it from
+// the store as of rev. Otherwise (the snapshot already holds the write, or
+// misses others, such as an eviction) it reloads from the store.
+func (c *Catalog) EntriesWritten(ctx context.Context, rev int64, upserted []registry.Entry, deleted []string) error {
 	c.mu.Lock()
 	old := c.snap
-	if old.Revision != rev-1 || !old.knowsBundlesOf(upserted) {
+	if rev == 0 || old.Revision != rev-1 || !old.knowsBundlesOf(upserted) {
 		c.mu.Unlock()
 		return c.Refresh(ctx)
 	}
@@ -185,30 +179,11 @@ func (c *Catalog) EntriesWritten(ctx context.Context, upserted []registry.Entry,
 	for _, e := range upserted {
 		drop[e.ID] = true
 	}
-	// present[id] is the entry revision the snapshot holds for a written ID.
-	present := make(map[string]int64, len(drop))
 	entries := make([]registry.Entry, 0, len(old.entries)+len(upserted))
 	for _, e := range old.entries {
-		if drop[e.ID] {
-			present[e.ID] = e.Revision
-			continue
+		if !drop[e.ID] {
+			entries = append(entries, e)
 		}
-		entries = append(entries, e)
-	}
-	reflected := false
-	for _, id := range deleted {
-		if _, ok := present[id]; !ok {
-			reflected = true // already gone from the snapshot
-		}
-	}
-	for _, e := range upserted {
-		if r, ok := present[e.ID]; ok && r >= e.Revision {
-			reflected = true // the snapshot already has this version
-		}
-	}
-	if reflected {
-		c.mu.Unlock()
-		return c.Refresh(ctx)
 	}
 	entries = append(entries, upserted...)
 	snap := *old

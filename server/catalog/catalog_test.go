@@ -55,11 +55,13 @@ func TestEntriesWrittenPatchesOrReloads(t *testing.T) {
 
 	// Our own write: patched in memory, visible at once, waiters woken.
 	_, changed := c.Current()
-	a, err := st.CreateEntry(ctx, entry("/a"))
+	var rev int64
+	wctx := store.WithCommitRevision(ctx, &rev)
+	a, err := st.CreateEntry(wctx, entry("/a"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.EntriesWritten(ctx, []registry.Entry{a}, nil); err != nil {
+	if err := c.EntriesWritten(ctx, rev, []registry.Entry{a}, nil); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -78,11 +80,11 @@ func TestEntriesWrittenPatchesOrReloads(t *testing.T) {
 	if _, err := other.CreateEntry(ctx, entry("/from-other")); err != nil {
 		t.Fatal(err)
 	}
-	b, err := st.CreateEntry(ctx, entry("/b"))
+	b, err := st.CreateEntry(wctx, entry("/b"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.EntriesWritten(ctx, []registry.Entry{b}, nil); err != nil {
+	if err := c.EntriesWritten(ctx, rev, []registry.Entry{b}, nil); err != nil {
 		t.Fatal(err)
 	}
 	snap, _ = c.Current()
@@ -91,18 +93,18 @@ func TestEntriesWrittenPatchesOrReloads(t *testing.T) {
 	}
 
 	// Delete and update patch too.
-	if err := st.DeleteEntry(ctx, a.ID); err != nil {
+	if err := st.DeleteEntry(wctx, a.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.EntriesWritten(ctx, nil, []string{a.ID}); err != nil {
+	if err := c.EntriesWritten(ctx, rev, nil, []string{a.ID}); err != nil {
 		t.Fatal(err)
 	}
 	b.Hint = "h"
-	b, err = st.UpdateEntry(ctx, b)
+	b, err = st.UpdateEntry(wctx, b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.EntriesWritten(ctx, []registry.Entry{b}, nil); err != nil {
+	if err := c.EntriesWritten(ctx, rev, []registry.Entry{b}, nil); err != nil {
 		t.Fatal(err)
 	}
 	snap, _ = c.Current()
@@ -114,9 +116,9 @@ func TestEntriesWrittenPatchesOrReloads(t *testing.T) {
 		t.Fatalf("update not applied: %+v", e)
 	}
 	// The patched snapshot equals what a full reload reads.
-	rev, _ := st.Revision(ctx)
-	if snap.Revision != rev {
-		t.Fatalf("snapshot revision %d, store %d", snap.Revision, rev)
+	storeRev, _ := st.Revision(ctx)
+	if snap.Revision != storeRev {
+		t.Fatalf("snapshot revision %d, store %d", snap.Revision, storeRev)
 	}
 }
 
@@ -137,16 +139,26 @@ func TestEntriesWrittenAfterReloadKeepsOtherWrites(t *testing.T) {
 	agentID := "spiffe://example.org/agent/a"
 	for _, tt := range []struct {
 		name  string
-		write func() ([]registry.Entry, []string)
+		write func(ctx context.Context) ([]registry.Entry, []string)
 	}{
-		{"create", func() ([]registry.Entry, []string) {
+		{"create", func(ctx context.Context) ([]registry.Entry, []string) {
 			w, err := st.CreateEntry(ctx, entry("/w"))
 			if err != nil {
 				t.Fatal(err)
 			}
 			return []registry.Entry{w}, nil
 		}},
-		{"delete", func() ([]registry.Entry, []string) {
+		{"create, then deleted by another admin", func(ctx context.Context) ([]registry.Entry, []string) {
+			w, err := st.CreateEntry(ctx, entry("/w2"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.DeleteEntry(context.Background(), w.ID); err != nil {
+				t.Fatal(err)
+			}
+			return []registry.Entry{w}, nil
+		}},
+		{"delete", func(ctx context.Context) ([]registry.Entry, []string) {
 			w, err := st.CreateEntry(ctx, entry("/gone"))
 			if err != nil {
 				t.Fatal(err)
@@ -168,14 +180,15 @@ func TestEntriesWrittenAfterReloadKeepsOtherWrites(t *testing.T) {
 			if err := c.Refresh(ctx); err != nil {
 				t.Fatal(err)
 			}
-			upserted, deleted := tt.write()        // the admin's write commits...
-			if err := c.Refresh(ctx); err != nil { // ...Run reloads on its signal...
+			var rev int64
+			upserted, deleted := tt.write(store.WithCommitRevision(ctx, &rev)) // the admin's write commits...
+			if err := c.Refresh(ctx); err != nil {                             // ...Run reloads on its signal...
 				t.Fatal(err)
 			}
 			if err := st.DeleteNode(ctx, agentID); err != nil { // ...an eviction commits...
 				t.Fatal(err)
 			}
-			if err := c.EntriesWritten(ctx, upserted, deleted); err != nil { // ...the handler publishes
+			if err := c.EntriesWritten(ctx, rev, upserted, deleted); err != nil { // ...the handler publishes
 				t.Fatal(err)
 			}
 			if err := c.Refresh(ctx); err != nil {
@@ -184,6 +197,9 @@ func TestEntriesWrittenAfterReloadKeepsOtherWrites(t *testing.T) {
 			snap, _ := c.Current()
 			if _, ok := snap.Nodes[agentID]; ok {
 				t.Fatal("the snapshot still holds the evicted agent")
+			}
+			if all, err := st.ListEntries(ctx); err != nil || len(all) != snap.Entries.Len() {
+				t.Fatalf("the snapshot holds %d entries, the store %d (%v)", snap.Entries.Len(), len(all), err)
 			}
 			if rev, _ := st.Revision(ctx); snap.Revision != rev {
 				t.Fatalf("snapshot revision %d, store %d", snap.Revision, rev)

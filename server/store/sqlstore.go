@@ -106,8 +106,12 @@ func (s *sqlStore) write(ctx context.Context, fn func(*tx) error) error {
 
 func bumpRevision(ctx context.Context, t *tx) error {
 	t.changed = true
-	if _, err := t.exec(ctx, `UPDATE store_revision SET value = value + 1 WHERE id = 1`); err != nil {
+	var rev int64
+	if err := t.queryRow(ctx, `UPDATE store_revision SET value = value + 1 WHERE id = 1 RETURNING value`).Scan(&rev); err != nil {
 		return fmt.Errorf("bump revision: %w", err)
+	}
+	if out, ok := ctx.Value(commitRevisionKey{}).(*int64); ok {
+		*out = rev
 	}
 	return nil
 }

@@ -17,6 +17,16 @@ var (
 	ErrExpired       = errors.New("expired")
 )
 
+type commitRevisionKey struct{}
+
+// WithCommitRevision returns a context in which a write records in *rev the
+// store revision it commits (valid when the write returns nil). A caller
+// that patches its own view of the store uses it to know that exactly its
+// write, and nothing else, separates that view from the store.
+func WithCommitRevision(ctx context.Context, rev *int64) context.Context {
+	return context.WithValue(ctx, commitRevisionKey{}, rev)
+}
+
 // JoinToken is a single-use node attestation secret. Only its SHA-256 is
 // stored; the token itself is shown once, at creation.
 type JoinToken struct {

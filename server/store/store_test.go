@@ -892,3 +892,23 @@ func TestModifyEntryIsAtomic(t *testing.T) {
 		}
 	})
 }
+
+// A write tells the revision it committed, for callers that patch their own
+// view of the store.
+func TestWithCommitRevision(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		for _, write := range []func(context.Context) error{
+			func(ctx context.Context) error { _, err := s.CreateEntry(ctx, workload(t, "/a", "unix:uid:1")); return err },
+			func(ctx context.Context) error { _, err := s.CreateEntry(ctx, workload(t, "/b", "unix:uid:1")); return err },
+		} {
+			var rev int64
+			if err := write(WithCommitRevision(ctx, &rev)); err != nil {
+				t.Fatal(err)
+			}
+			if now, err := s.Revision(ctx); err != nil || rev != now || rev == 0 {
+				t.Fatalf("write reported revision %d; the store is at %d (%v)", rev, now, err)
+			}
+		}
+	})
+}

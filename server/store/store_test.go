@@ -899,8 +899,14 @@ func TestWithCommitRevision(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx, s := testCtx(t), openStore(t, url)
 		for _, write := range []func(context.Context) error{
-			func(ctx context.Context) error { _, err := s.CreateEntry(ctx, workload(t, "/a", "unix:uid:1")); return err },
-			func(ctx context.Context) error { _, err := s.CreateEntry(ctx, workload(t, "/b", "unix:uid:1")); return err },
+			func(ctx context.Context) error {
+				_, err := s.CreateEntry(ctx, workload(t, "/a", "unix:uid:1"))
+				return err
+			},
+			func(ctx context.Context) error {
+				_, err := s.CreateEntry(ctx, workload(t, "/b", "unix:uid:1"))
+				return err
+			},
 		} {
 			var rev int64
 			if err := write(WithCommitRevision(ctx, &rev)); err != nil {

@@ -252,8 +252,11 @@ func startClient(ctx context.Context, cl *client.Client, cfg Config, servingCach
 }
 
 // untrustedServer reports whether err is a TLS handshake the agent refused
-// (the server's certificate does not verify against the bundle or is not
-// the trust domain's server ID), and why.
+// because of the server's certificate (it does not verify against the
+// bundle, or is not the trust domain's server ID), and why. A handshake cut
+// short (EOF, reset, timeout: a load balancer with no backend) is not: the
+// server is then retried as unreachable. gRPC keeps only the text of the
+// verifier's error, so it is recognised by go-spiffe's wording.
 func untrustedServer(err error) (string, bool) {
 	const marker = "authentication handshake failed: "
 	msg := err.Error()
@@ -261,8 +264,13 @@ func untrustedServer(err error) (string, bool) {
 	if i < 0 {
 		return "", false
 	}
-	reason := strings.TrimSuffix(msg[i+len(marker):], `"`)
-	return strings.ReplaceAll(reason, `\"`, `"`), true
+	reason := strings.ReplaceAll(strings.TrimSuffix(msg[i+len(marker):], `"`), `\"`, `"`)
+	for _, verdict := range []string{"x509svid: ", "unexpected ID", "tls: failed to verify certificate"} {
+		if strings.HasPrefix(reason, verdict) {
+			return reason, true
+		}
+	}
+	return "", false
 }
 
 // rpcPrefix is how gRPC prefixes a status in an error's text.

@@ -41,13 +41,42 @@ type Info struct {
 	pidfd *pidFD
 }
 
-// pidFD is a pidfd closed once, when its connection closes.
+// pidFD is a pidfd closed when its connection closes. The lock keeps a
+// handler still running from signalling a closed (and perhaps reused)
+// descriptor number.
 type pidFD struct {
-	fd   int
-	once sync.Once
+	mu     sync.Mutex
+	fd     int
+	closed bool
 }
 
-func (p *pidFD) close() { p.once.Do(func() { unix.Close(p.fd) }) }
+func (p *pidFD) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		unix.Close(p.fd)
+		p.closed = true
+	}
+}
+
+// alive asks the kernel whether the process lives: known is false once the
+// descriptor is closed (the caller falls back to the start time).
+func (p *pidFD) alive() (alive, known bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false, false
+	}
+	// Signal 0 only asks; EPERM (another user's process, for an
+	// unprivileged agent) means it lives.
+	switch err := unix.PidfdSendSignal(p.fd, 0, nil, 0); {
+	case err == nil, errors.Is(err, unix.EPERM):
+		return true, true
+	case errors.Is(err, unix.ESRCH):
+		return false, true
+	}
+	return false, false
+}
 
 // pidfdConn closes the peer's pidfd with the connection.
 type pidfdConn struct {
@@ -76,13 +105,11 @@ func (Info) AuthType() string { return AuthType }
 // alone; pair them with a uid or gid the untrusted process does not have.
 func (i Info) SameProcess() error {
 	if i.pidfd != nil {
-		// Signal 0 only asks whether the process lives; EPERM (another
-		// user's process, for an unprivileged agent) means it does. A
-		// live process keeps its PID, so /proc/PID is still its.
-		switch err := unix.PidfdSendSignal(i.pidfd.fd, 0, nil, 0); {
-		case err == nil, errors.Is(err, unix.EPERM):
+		// A live process keeps its PID, so /proc/PID is still its.
+		switch alive, known := i.pidfd.alive(); {
+		case known && alive:
 			return nil
-		case errors.Is(err, unix.ESRCH):
+		case known:
 			return fmt.Errorf("peercred: pid %d: the process that connected has exited (its PID may have been reused)", i.PID)
 		}
 	}

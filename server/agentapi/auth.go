@@ -113,7 +113,7 @@ func (s *Service) authenticate(ctx context.Context, snap *catalog.Snapshot) (cal
 	if err == nil {
 		return c, snap, nil
 	}
-	if rerr := s.cfg.Catalog.Refresh(ctx); rerr != nil {
+	if _, rerr, _ := s.refreshes.Do("catalog", func() (any, error) { return nil, s.cfg.Catalog.Refresh(ctx) }); rerr != nil {
 		return caller{}, snap, err
 	}
 	if fresh, _ := s.cfg.Catalog.Current(); fresh.Revision != snap.Revision {

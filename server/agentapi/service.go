@@ -3,6 +3,7 @@ package agentapi
 import (
 	"context"
 	"crypto/x509"
+	"golang.org/x/sync/singleflight"
 	"log/slog"
 	"time"
 
@@ -45,6 +46,9 @@ type Config struct {
 type Service struct {
 	api.UnimplementedAgentServiceServer
 	cfg Config
+	// refreshes coalesces the catalog reloads that refused callers trigger:
+	// many calls from evicted agents must not each reload the store.
+	refreshes singleflight.Group
 }
 
 // New returns the service.

@@ -38,6 +38,7 @@ type UnixOptions struct {
 // unix:user, unix:group (names, when known), unix:supplementary_gid (each),
 // unix:path (the executable) and unix:sha256 (its digest).
 type Unix struct {
+	hostRoot    string // where the host's "/" is, for unix:path
 	procRoot    string
 	maxHashSize int64
 	log         *slog.Logger
@@ -58,8 +59,16 @@ func NewUnix(opts UnixOptions) *Unix {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	// The host's root, as PID 1 sees it: the agent may run in a container
+	// of its own (hostPID), where "/" is its image. Where PID 1's root is
+	// out of reach, the agent's own root stands in.
+	hostRoot := filepath.Join(opts.ProcRoot, "1", "root")
+	if _, err := os.Stat(hostRoot + "/"); err != nil {
+		hostRoot = "/"
+	}
 	return &Unix{
 		procRoot:    opts.ProcRoot,
+		hostRoot:    hostRoot,
 		maxHashSize: opts.MaxHashSize,
 		log:         opts.Logger,
 		hashes:      &hashCache{max: opts.HashCacheSize, m: map[fileKey]string{}},
@@ -127,7 +136,7 @@ func (u *Unix) observe(ctx context.Context, dir string) ([]selector.Selector, er
 	if err != nil {
 		return nil, err
 	}
-	if samePath(path, key) {
+	if samePath(u.hostRoot, path, key) {
 		sels = append(sels, selector.Selector{Type: "unix", Value: "path:" + path})
 	} else {
 		u.log.DebugContext(ctx, "executable is not the file at its path on this host (another mount namespace, or replaced); no unix:path selector", "path", path)
@@ -143,13 +152,13 @@ func (u *Unix) observe(ctx context.Context, dir string) ([]selector.Selector, er
 	return sels, nil
 }
 
-// samePath reports whether the agent, in its own mount namespace, finds the
+// samePath reports whether the host, seen through hostRoot, has the
 // process's executable at path. The link text is the path as the process's
 // mount namespace sees it: any user can unshare a namespace and run their own
 // binary at /usr/sbin/nginx, so the path counts only when it leads to the
-// same file here.
-func samePath(path string, exe fileKey) bool {
-	fi, err := os.Stat(path)
+// same file on the host.
+func samePath(hostRoot, path string, exe fileKey) bool {
+	fi, err := os.Stat(filepath.Join(hostRoot, path))
 	if err != nil {
 		return false
 	}

@@ -277,3 +277,37 @@ func TestUnixDetectsPIDReuse(t *testing.T) {
 		t.Fatal("Attest succeeded although the process changed during attestation")
 	}
 }
+
+// An agent in a container of its own (hostPID) judges unix:path against the
+// host's root, as PID 1 sees it, not against its image: the path counts when
+// the host has that very file there.
+func TestUnixPathJudgedAgainstTheHostRoot(t *testing.T) {
+	root, exe := fakeProc(t, 777)
+	host := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(host, filepath.Join(root, "1", "root")); err != nil {
+		t.Fatal(err)
+	}
+	attest := func() []selector.Selector {
+		sels, err := attestor.NewUnix(attestor.UnixOptions{ProcRoot: root}).Attest(t.Context(), 42)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sels
+	}
+	if has(attest(), "unix:path:"+exe) {
+		t.Fatal("unix:path given, but the host root has no file at that path")
+	}
+	onHost := filepath.Join(host, exe)
+	if err := os.MkdirAll(filepath.Dir(onHost), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(exe, onHost); err != nil { // the very same file
+		t.Fatal(err)
+	}
+	if !has(attest(), "unix:path:"+exe) {
+		t.Fatal("unix:path missing, though the host root has the very file at that path")
+	}
+}

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"github.com/signetid/signet/internal/hclsafe"
 	"net"
 	"os"
 	"slices"
@@ -76,7 +77,18 @@ var configKeys = []string{
 // ParseConfig parses an agent config file (HCL). The keys may be at the top
 // level or inside one `agent { ... }` block, as in SPIRE's files. An unknown
 // key is an error naming it.
-func ParseConfig(data []byte) (*Config, error) {
+func ParseConfig(data []byte) (cfg *Config, err error) {
+	err = hclsafe.Do(func() error {
+		cfg, err = parseConfig(data)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func parseConfig(data []byte) (*Config, error) {
 	file, err := hcl.ParseBytes(data)
 	if err != nil {
 		return nil, fmt.Errorf("parse agent config: %w", err)

@@ -3,6 +3,7 @@ package helper
 import (
 	"errors"
 	"fmt"
+	"github.com/signetid/signet/internal/hclsafe"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -175,6 +176,10 @@ func LoadConfigFile(path string, cfg *Config) error {
 // ParseConfig decodes spiffe-helper's HCL helper.conf into cfg, overwriting
 // the fields the file sets. Unknown keys are an error naming the key.
 func ParseConfig(data []byte, cfg *Config) error {
+	return hclsafe.Do(func() error { return parseConfig(data, cfg) })
+}
+
+func parseConfig(data []byte, cfg *Config) error {
 	// hcl v1 ignores unknown keys (its ",unusedKeys" tag is never
 	// filled), so walk the AST against the struct tags first.
 	file, err := hcl.ParseBytes(data)

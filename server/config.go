@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"github.com/signetid/signet/internal/hclsafe"
 	"os"
 	"path/filepath"
 	"sort"
@@ -62,7 +63,7 @@ type FileConfig struct {
 // error naming them, so a typo never silently falls back to a default.
 func ParseConfigFile(data []byte) (FileConfig, error) {
 	var fc FileConfig
-	if err := hcl.Decode(&fc, string(data)); err != nil {
+	if err := hclsafe.Do(func() error { return hcl.Decode(&fc, string(data)) }); err != nil {
 		return FileConfig{}, fmt.Errorf("parse server config: %w", err)
 	}
 	if len(fc.UnusedKeyPositions) > 0 {

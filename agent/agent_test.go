@@ -29,50 +29,19 @@ import (
 	"github.com/signetid/signet/agent"
 	"github.com/signetid/signet/agent/cache"
 	"github.com/signetid/signet/internal/selector"
-	"github.com/signetid/signet/server"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/servertest"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
 const agentID = "spiffe://example.org/agent/node1"
 
-type realServer struct {
-	*server.Server
-	stop func()
-}
+type realServer struct{ *servertest.Server }
 
 // startServer runs a real Signet server in-process on 127.0.0.1:0 with SQLite.
 func startServer(t testing.TB) *realServer {
-	t.Helper()
-	dir := t.TempDir()
-	cfg := server.Config{
-		TrustDomain: td, DataDir: dir, Listen: "127.0.0.1:0",
-		AdminSocket: filepath.Join(dir, "admin.sock"),
-		Datastore:   "sqlite://" + filepath.Join(dir, "signet.db"),
-		SVIDTTL:     time.Hour, JWTTTL: 5 * time.Minute, AgentTTL: time.Hour,
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := server.New(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		cancel()
-		t.Fatalf("server.New: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server.Run: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	return &realServer{Server: s, stop: stop}
+	return &realServer{servertest.Start(t, td, nil)}
 }
 
 func (s *realServer) entry(t *testing.T, path string, sels ...string) *api.Entry {
@@ -217,7 +186,7 @@ func TestAgentEndToEnd(t *testing.T) {
 	// Server down, agent restarted (no join token): the persisted SVIDs
 	// are still served.
 	a.stop(t)()
-	s.stop()
+	s.Stop()
 	cfg.JoinToken = ""
 	cfg.TrustBundlePEM = nil
 	a2 := startAgent(t, cfg)

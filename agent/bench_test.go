@@ -116,7 +116,7 @@ func propagate1000(b *testing.B, batch bool) {
 	b.ReportMetric(float64(created.Sub(start).Milliseconds()), "create-1000-ms")
 	b.ReportMetric(float64(visible.Sub(created).Milliseconds()), "visible-after-last-create-ms")
 	b.ReportMetric(float64(visible.Sub(start).Milliseconds()), "total-ms")
-	s.stop()
+	s.Stop()
 }
 
 type countWatcher chan int

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,42 +14,17 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/signetid/signet/server"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/servertest"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
 // realServer is an in-process Signet server on 127.0.0.1:0 with SQLite.
-type realServer struct {
-	*server.Server
-	dir string
-}
+type realServer struct{ *servertest.Server }
 
 func startServer(t *testing.T) *realServer {
-	t.Helper()
-	dir := t.TempDir()
-	cfg := server.Config{
-		TrustDomain: td, DataDir: dir, Listen: "127.0.0.1:0",
-		AdminSocket: filepath.Join(dir, "admin.sock"),
-		Datastore:   "sqlite://" + filepath.Join(dir, "signet.db"),
-		SVIDTTL:     time.Hour, JWTTTL: 5 * time.Minute, AgentTTL: time.Hour,
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := server.New(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		cancel()
-		t.Fatalf("server.New: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server.Run: %v", err)
-		}
-	})
-	return &realServer{Server: s, dir: dir}
+	return &realServer{servertest.Start(t, td, nil)}
 }
 
 func (s *realServer) token(t *testing.T, agentID string) string {

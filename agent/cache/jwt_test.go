@@ -53,18 +53,25 @@ func fetchSub(t *testing.T, c *Cache) spiffeid.ID {
 	return got[0].ID
 }
 
-func TestJWTSVIDsOfChangedEntryAreNotServed(t *testing.T) {
+// jwtCacheWithEntry is a cache holding entry "a" (/old, unix:uid:1), whose
+// JWT-SVIDs srv mints.
+func jwtCacheWithEntry(t *testing.T) (*Cache, *jwtServer, Entry) {
+	t.Helper()
 	clk := &fakeClock{t: t0}
 	srv := &jwtServer{clk: clk, ids: map[string]spiffeid.ID{}}
 	c, err := New(Options{TrustDomain: td, Now: clk.Now, MintJWT: srv.mint})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-
+	t.Cleanup(func() { c.Close() })
 	a := entry(t, "a", "/old", t0, "unix:uid:1")
 	srv.set("a", a.SPIFFEID)
 	c.SetEntries([]Entry{a})
+	return c, srv, a
+}
+
+func TestJWTSVIDsOfChangedEntryAreNotServed(t *testing.T) {
+	c, srv, a := jwtCacheWithEntry(t)
 	if got := fetchSub(t, c); got != a.SPIFFEID {
 		t.Fatalf("first fetch: sub %s, want %s", got, a.SPIFFEID)
 	}
@@ -102,17 +109,7 @@ func TestJWTSVIDsOfChangedEntryAreNotServed(t *testing.T) {
 }
 
 func TestJWTSVIDMintedDuringEntryChangeIsNotCached(t *testing.T) {
-	clk := &fakeClock{t: t0}
-	srv := &jwtServer{clk: clk, ids: map[string]spiffeid.ID{}}
-	c, err := New(Options{TrustDomain: td, Now: clk.Now, MintJWT: srv.mint})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-
-	a := entry(t, "a", "/old", t0, "unix:uid:1")
-	srv.set("a", a.SPIFFEID)
-	c.SetEntries([]Entry{a})
+	c, srv, a := jwtCacheWithEntry(t)
 
 	// The server minted with the old ID; the entry changes before the
 	// token reaches the cache.

@@ -46,11 +46,25 @@ var knownKeys = map[string]map[string]func(string) error{
 		"container-name":  nonEmpty,
 		"container-image": nonEmpty,
 	},
+	// Node selectors of agents attested with Kubernetes projected service
+	// account tokens (SPIRE's names); node-alias entries match them.
+	"k8s_psat": {
+		"cluster":          nonEmpty,
+		"agent_ns":         nonEmpty,
+		"agent_sa":         nonEmpty,
+		"agent_pod_name":   nonEmpty,
+		"agent_pod_uid":    nonEmpty,
+		"agent_node_name":  nonEmpty,
+		"agent_node_uid":   nonEmpty,
+		"agent_node_ip":    nonEmpty,
+		"agent_node_label": isLabel,
+		"agent_pod_label":  isLabel,
+	},
 }
 
-// freeForm are the selector types with no fixed keys: node selectors, which
-// attestation sets and node-alias entries match.
-var freeForm = map[string]bool{"join_token": true, "k8s_psat": true}
+// freeForm are the selector types with no fixed keys: the join token's node
+// selector (join_token:<token-id>), which node-alias entries match.
+var freeForm = map[string]bool{"join_token": true}
 
 func knownTypes() []string {
 	out := []string{}
@@ -220,7 +234,7 @@ func isSHA256(v string) error {
 func isLabel(v string) error {
 	k, _, ok := strings.Cut(v, ":")
 	if !ok || k == "" {
-		return fmt.Errorf("want pod-label:<key>:<value>")
+		return fmt.Errorf("a label selector wants <label-key>:<value>, e.g. k8s:pod-label:app:web")
 	}
 	return nil
 }

@@ -37,7 +37,10 @@ func TestParse(t *testing.T) {
 		{in: "unix:uid", wantErr: "want unix:uid:<value>"},
 		{in: "unix:path:bin/nginx", wantErr: "not absolute"},
 		{in: "unix:sha256:XYZ", wantErr: "SHA-256"},
-		{in: "k8s:pod-label:app", wantErr: "pod-label:<key>:<value>"},
+		{in: "k8s:pod-label:app", wantErr: "<label-key>:<value>"},
+		{in: "k8s_psat:agent_node_label:topology.kubernetes.io/zone:eu-1a", wantType: "k8s_psat", wantVal: "agent_node_label:topology.kubernetes.io/zone:eu-1a"},
+		{in: "k8s_psat:agent_node_label:zone", wantErr: "<label-key>:<value>"},
+		{in: "k8s_psat:node_name:n1", wantErr: `unknown k8s_psat key "node_name"`},
 		{in: "k8s:ns:a\nb", wantErr: "control character"},
 		{in: "join_token:" + strings.Repeat("x", 1100), wantErr: "limit"},
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"github.com/signetid/signet/internal/hclsafe"
 	"os"
 	"path/filepath"
@@ -11,10 +12,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl"
+	"github.com/hashicorp/hcl/hcl/ast"
 	"github.com/hashicorp/hcl/hcl/token"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signetid/signet/internal/ids"
+	"github.com/signetid/signet/server/nodeattest"
 )
 
 // Defaults of `signet server run`.
@@ -38,6 +41,29 @@ type Config struct {
 	JWTTTL       time.Duration
 	CATTL        time.Duration // zero: derived (6 x SVIDTTL)
 	AgentTTL     time.Duration // zero: SVIDTTL
+	// K8sPSAT are the Kubernetes clusters whose agents attest with projected
+	// service account tokens.
+	K8sPSAT []K8sPSATCluster
+}
+
+// K8sPSATCluster is one cluster of k8s_psat attestation: its settings and
+// how to reach its API server.
+type K8sPSATCluster struct {
+	nodeattest.PSATCluster
+	// Kubeconfig is the kubeconfig file for the cluster's API server; empty
+	// means the cluster the server runs in.
+	Kubeconfig string
+}
+
+// K8sPSATFileConfig is one `k8s_psat "<cluster>" { ... }` block.
+type K8sPSATFileConfig struct {
+	ServiceAccountAllowList []string `hcl:"service_account_allow_list"`
+	Audience                string   `hcl:"audience"`
+	Kubeconfig              string   `hcl:"kubeconfig"`
+	AllowedNodeLabelKeys    []string `hcl:"allowed_node_label_keys"`
+	AllowedPodLabelKeys     []string `hcl:"allowed_pod_label_keys"`
+
+	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
 
 // FileConfig is the HCL configuration file (every field optional; flags
@@ -55,6 +81,9 @@ type FileConfig struct {
 	AgentTTL     string `hcl:"agent_ttl"`
 	LogLevel     string `hcl:"log_level"`
 	LogFormat    string `hcl:"log_format"`
+	// K8sPSAT holds the clusters whose agents attest with projected service
+	// account tokens, by cluster name (the block's label).
+	K8sPSAT map[string]K8sPSATFileConfig `hcl:"k8s_psat"`
 
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
@@ -63,12 +92,29 @@ type FileConfig struct {
 // error naming them, so a typo never silently falls back to a default.
 func ParseConfigFile(data []byte) (FileConfig, error) {
 	var fc FileConfig
-	if err := hclsafe.Do(func() error { return hcl.Decode(&fc, string(data)) }); err != nil {
+	err := hclsafe.Do(func() error {
+		file, err := hcl.ParseBytes(data)
+		if err != nil {
+			return err
+		}
+		if err := checkBlocks(file); err != nil {
+			return err
+		}
+		return hcl.DecodeObject(&fc, file)
+	})
+	if err != nil {
 		return FileConfig{}, fmt.Errorf("parse server config: %w", err)
 	}
-	if len(fc.UnusedKeyPositions) > 0 {
-		keys := make([]string, 0, len(fc.UnusedKeyPositions))
-		for k, pos := range fc.UnusedKeyPositions {
+	unused := map[string][]token.Pos{}
+	maps.Copy(unused, fc.UnusedKeyPositions)
+	for name, c := range fc.K8sPSAT {
+		for k, pos := range c.UnusedKeyPositions {
+			unused[fmt.Sprintf("k8s_psat %q: %s", name, k)] = pos
+		}
+	}
+	if len(unused) > 0 {
+		keys := make([]string, 0, len(unused))
+		for k, pos := range unused {
 			if len(pos) > 0 {
 				k = fmt.Sprintf("%s (line %d)", k, pos[0].Line)
 			}
@@ -78,6 +124,24 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 		return FileConfig{}, fmt.Errorf("parse server config: unknown key(s): %s", strings.Join(keys, ", "))
 	}
 	return fc, nil
+}
+
+// checkBlocks catches labelled blocks written in another shape, which the
+// HCL decoder would misread or reject with a message naming Go types.
+func checkBlocks(file *ast.File) error {
+	list, ok := file.Node.(*ast.ObjectList)
+	if !ok {
+		return nil
+	}
+	for _, item := range list.Items {
+		if len(item.Keys) == 0 || item.Keys[0].Token.Value() != "k8s_psat" {
+			continue
+		}
+		if _, isBlock := item.Val.(*ast.ObjectType); !isBlock || len(item.Keys) != 2 {
+			return fmt.Errorf("line %d: want k8s_psat \"<cluster name>\" { service_account_allow_list = [...] ... }", item.Pos().Line)
+		}
+	}
+	return nil
 }
 
 // LoadConfigFile reads and parses path.
@@ -149,6 +213,25 @@ func (fc FileConfig) Resolve() (Config, error) {
 	}
 	if cfg.Datastore == "" {
 		cfg.Datastore = "sqlite://" + filepath.Join(cfg.DataDir, "signet.db")
+	}
+	names := make([]string, 0, len(fc.K8sPSAT))
+	for name := range fc.K8sPSAT {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		in := fc.K8sPSAT[name]
+		c := K8sPSATCluster{Kubeconfig: in.Kubeconfig, PSATCluster: nodeattest.PSATCluster{
+			Name:                    name,
+			ServiceAccountAllowList: in.ServiceAccountAllowList,
+			Audience:                in.Audience,
+			AllowedNodeLabelKeys:    in.AllowedNodeLabelKeys,
+			AllowedPodLabelKeys:     in.AllowedPodLabelKeys,
+		}}
+		if err := nodeattest.CheckPSATCluster(&c.PSATCluster); err != nil {
+			return Config{}, err
+		}
+		cfg.K8sPSAT = append(cfg.K8sPSAT, c)
 	}
 	return cfg, nil
 }

@@ -44,6 +44,37 @@ datastore = "postgres://u@127.0.0.1/db"`,
 		{name: "bad duration", in: "trust_domain = \"a.org\"\nsvid_ttl = \"1 hour\"", wantErr: "Go duration"},
 		{name: "ca ttl too short", in: "trust_domain = \"a.org\"\nsvid_ttl = \"1h\"\nca_ttl = \"2h\"", wantErr: "at least 6 x svid_ttl"},
 		{name: "syntax", in: `trust_domain = "a.org`, wantErr: "parse server config"},
+		{
+			name: "k8s_psat clusters",
+			in: `trust_domain = "example.org"
+k8s_psat "prod" {
+  service_account_allow_list = ["signet-system:signet-agent"]
+  kubeconfig = "/etc/signet/prod.kubeconfig"
+  allowed_node_label_keys = ["topology.kubernetes.io/zone"]
+}
+k8s_psat "dev" {
+  service_account_allow_list = ["signet:agent", "kube-system:signet"]
+  audience = "signet-dev"
+}`,
+			check: func(t *testing.T, c Config) {
+				if len(c.K8sPSAT) != 2 {
+					t.Fatalf("clusters %+v", c.K8sPSAT)
+				}
+				dev, prod := c.K8sPSAT[0], c.K8sPSAT[1]
+				if dev.Name != "dev" || dev.Audience != "signet-dev" || len(dev.ServiceAccountAllowList) != 2 || dev.Kubeconfig != "" {
+					t.Errorf("dev cluster %+v", dev)
+				}
+				if prod.Name != "prod" || prod.Audience != "signet-server" || prod.Kubeconfig != "/etc/signet/prod.kubeconfig" ||
+					len(prod.AllowedNodeLabelKeys) != 1 || prod.AllowedNodeLabelKeys[0] != "topology.kubernetes.io/zone" {
+					t.Errorf("prod cluster %+v", prod)
+				}
+			},
+		},
+		{name: "k8s_psat without a cluster name", in: "trust_domain = \"a.org\"\nk8s_psat { service_account_allow_list = [\"a:b\"] }", wantErr: `line 2: want k8s_psat "<cluster name>"`},
+		{name: "k8s_psat with two labels", in: "trust_domain = \"a.org\"\nk8s_psat \"a\" \"b\" { service_account_allow_list = [\"a:b\"] }", wantErr: `line 2: want k8s_psat "<cluster name>"`},
+		{name: "k8s_psat unknown key", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" {\n service_account_allow_list = [\"a:b\"]\n audiences = [\"x\"]\n}", wantErr: `unknown key(s): k8s_psat "prod": audiences (line 4)`},
+		{name: "k8s_psat no allow list", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" {\n audience = \"x\"\n}", wantErr: "service_account_allow_list is required"},
+		{name: "k8s_psat bad cluster name", in: "trust_domain = \"a.org\"\nk8s_psat \"prod/eu\" {\n service_account_allow_list = [\"a:b\"]\n}", wantErr: "one SPIFFE path segment"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

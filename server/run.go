@@ -27,6 +27,7 @@ import (
 	"github.com/signetid/signet/server/agentapi"
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/store"
 )
 
@@ -98,8 +99,13 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if err := s.renewServerCert(ctx); err != nil {
 		return nil, err
 	}
+	psat, err := newPSAT(cfg)
+	if err != nil {
+		return nil, err
+	}
 	refreshHint := min(5*time.Minute, cfg.SVIDTTL/2)
 	s.agents = agentapi.New(agentapi.Config{
+		PSAT:        psat,
 		TrustDomain: cfg.TrustDomain,
 		Store:       s.store,
 		Catalog:     s.catalog,
@@ -130,6 +136,24 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		}
 	}
 	return s, nil
+}
+
+// newPSAT connects to the API server of every k8s_psat cluster; nil when
+// none is configured.
+func newPSAT(cfg Config) (*nodeattest.PSAT, error) {
+	if len(cfg.K8sPSAT) == 0 {
+		return nil, nil
+	}
+	clusters := make([]nodeattest.PSATCluster, 0, len(cfg.K8sPSAT))
+	for _, c := range cfg.K8sPSAT {
+		client, err := nodeattest.KubeClient(c.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("k8s_psat cluster %q: %w", c.Name, err)
+		}
+		c.Client = client
+		clusters = append(clusters, c.PSATCluster)
+	}
+	return nodeattest.NewPSAT(cfg.TrustDomain, clusters)
 }
 
 // Addr is the agent API's bound address.

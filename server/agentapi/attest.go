@@ -15,26 +15,16 @@ import (
 	"github.com/signetid/signet/server/store"
 )
 
-// Attest proves a node with a join token and signs its agent SVID.
+// Attest proves a node (join token or Kubernetes projected service account
+// token) and signs its agent SVID.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
 	// Check the CSR before the single-use token is spent on it.
 	if _, err := ca.CheckCSR(req.Csr); err != nil {
 		return nil, signError("agent CSR", err)
 	}
-	var res nodeattest.Result
-	var err error
-	switch req.AttestationType {
-	case nodeattest.JoinTokenType:
-		res, err = nodeattest.AttestJoinToken(ctx, s.cfg.Store, s.cfg.TrustDomain, string(req.Payload), s.cfg.Now())
-	default:
-		return nil, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q)", req.AttestationType, nodeattest.JoinTokenType)
-	}
+	res, err := s.attestNode(ctx, req)
 	if err != nil {
-		if errors.Is(err, nodeattest.ErrTokenInvalid) || errors.Is(err, nodeattest.ErrTokenExpired) {
-			s.cfg.Logger.Warn("agent attestation refused", "type", req.AttestationType, "reason", err)
-			return nil, status.Error(codes.PermissionDenied, err.Error())
-		}
-		return nil, status.Errorf(codes.Internal, "attest: %v", err)
+		return nil, err
 	}
 	chain, err := s.signAgent(ctx, req.Csr, res.AgentID)
 	if err != nil {
@@ -57,6 +47,37 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	}
 	s.cfg.Logger.Info("agent attested", "agent_id", res.AgentID.String(), "type", res.Type, "serial", node.SerialNumber, "expires_at", node.ExpiresAt)
 	return s.attestResponse(res.AgentID, chain), nil
+}
+
+// attestNode checks the evidence with the attestor of its type. Refusals are
+// logged: they are what an operator looks at when an agent will not start.
+func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest) (nodeattest.Result, error) {
+	var res nodeattest.Result
+	var err error
+	switch {
+	case req.AttestationType == nodeattest.JoinTokenType:
+		res, err = nodeattest.AttestJoinToken(ctx, s.cfg.Store, s.cfg.TrustDomain, string(req.Payload), s.cfg.Now())
+	case req.AttestationType == nodeattest.K8sPSATType && s.cfg.PSAT != nil:
+		res, err = s.cfg.PSAT.Attest(ctx, req.Payload)
+	case req.AttestationType == nodeattest.K8sPSATType:
+		return res, status.Error(codes.FailedPrecondition, "k8s_psat attestation is not configured on this server (add a k8s_psat block to its config)")
+	default:
+		return res, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q or %q)", req.AttestationType, nodeattest.JoinTokenType, nodeattest.K8sPSATType)
+	}
+	if err == nil {
+		return res, nil
+	}
+	s.cfg.Logger.Warn("agent attestation refused", "type", req.AttestationType, "reason", err)
+	switch {
+	case errors.Is(err, nodeattest.ErrTokenInvalid), errors.Is(err, nodeattest.ErrTokenExpired), errors.Is(err, nodeattest.ErrNotAttested):
+		return res, status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, nodeattest.ErrMalformed):
+		return res, status.Error(codes.InvalidArgument, err.Error())
+	case req.AttestationType == nodeattest.K8sPSATType:
+		// The cluster's API server could not answer: the agent retries.
+		return res, status.Errorf(codes.Unavailable, "attest: %v", err)
+	}
+	return res, status.Errorf(codes.Internal, "attest: %v", err)
 }
 
 // RenewAgent signs a fresh agent SVID for the calling agent.

@@ -3,17 +3,18 @@ package agentapi
 import (
 	"context"
 	"crypto/x509"
-	"golang.org/x/sync/singleflight"
 	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
 
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/store"
 )
 
@@ -32,6 +33,9 @@ type Config struct {
 	Store       store.Store
 	Catalog     *catalog.Catalog
 	Signer      Signer
+	// PSAT attests agents with Kubernetes projected service account tokens;
+	// nil when no cluster is configured.
+	PSAT *nodeattest.PSAT
 	// AgentTTL is the lifetime of agent SVIDs.
 	AgentTTL time.Duration
 	// RefreshHint is the bundle refresh hint sent to agents.

@@ -1,0 +1,272 @@
+// Package kubetest runs a stand-in for a Kubernetes API server in tests: a
+// kube-apiserver cannot run on the test machines, so this one serves the
+// real wire format (k8s.io/api JSON over HTTPS, bearer-token auth) for the
+// few resources Signet reads: TokenReviews, pods and nodes. client-go talks
+// to it unchanged, through a kubeconfig file like any cluster's.
+package kubetest
+
+import (
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/scheme"
+)
+
+// Token is a service account token the API server knows.
+type Token struct {
+	// Audiences the token was issued for.
+	Audiences []string
+	// Namespace and ServiceAccount name the token's user.
+	Namespace, ServiceAccount string
+	// PodName and PodUID bind the token to a pod (projected tokens); empty
+	// for a legacy secret token.
+	PodName string
+	PodUID  types.UID
+}
+
+// APIServer is a running stand-in API server.
+type APIServer struct {
+	srv   *httptest.Server
+	token string // what clients must present
+
+	mu              sync.Mutex
+	ignoreAudiences bool
+	tokens          map[string]Token
+	pods            map[string]*corev1.Pod // namespace/name
+	nodes           map[string]*corev1.Node
+	calls           map[string]int // by "METHOD path"
+}
+
+// NewAPIServer starts a server on 127.0.0.1, stopped when t ends.
+func NewAPIServer(t testing.TB) *APIServer {
+	a := &APIServer{
+		token:  "kubetest-admin-token",
+		tokens: map[string]Token{},
+		pods:   map[string]*corev1.Pod{},
+		nodes:  map[string]*corev1.Node{},
+		calls:  map[string]int{},
+	}
+	a.srv = httptest.NewTLSServer(http.HandlerFunc(a.serve))
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+// Close stops the server.
+func (a *APIServer) Close() { a.srv.Close() }
+
+// IgnoreAudiences makes TokenReview behave like an authenticator that does
+// not support audiences: it authenticates any known token and answers with
+// the token's own audiences, whatever the request asked for.
+func (a *APIServer) IgnoreAudiences() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ignoreAudiences = true
+}
+
+// AddToken makes token valid.
+func (a *APIServer) AddToken(token string, tok Token) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.tokens[token] = tok
+}
+
+// AddPod stores (or replaces) a pod.
+func (a *APIServer) AddPod(p *corev1.Pod) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.pods[p.Namespace+"/"+p.Name] = p.DeepCopy()
+}
+
+// DeletePod removes a pod.
+func (a *APIServer) DeletePod(namespace, name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.pods, namespace+"/"+name)
+}
+
+// AddNode stores (or replaces) a node.
+func (a *APIServer) AddNode(n *corev1.Node) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.nodes[n.Name] = n.DeepCopy()
+}
+
+// Calls reports how often "METHOD path" was requested.
+func (a *APIServer) Calls(methodPath string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.calls[methodPath]
+}
+
+// Kubeconfig writes a kubeconfig file for the server into dir and returns
+// its path.
+func (a *APIServer) Kubeconfig(t testing.TB, dir string) string {
+	t.Helper()
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.srv.Certificate().Raw})
+	caPath := filepath.Join(dir, "kube-ca.pem")
+	if err := os.WriteFile(caPath, ca, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: %s
+    certificate-authority: %s
+users:
+- name: signet
+  user:
+    token: %s
+contexts:
+- name: test
+  context: {cluster: test, user: signet}
+current-context: test
+`, a.srv.URL, caPath, a.token)
+	path := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func (a *APIServer) serve(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	a.calls[r.Method+" "+r.URL.Path]++
+	a.mu.Unlock()
+	if r.Header.Get("Authorization") != "Bearer "+a.token {
+		writeStatus(w, r, http.StatusUnauthorized, metav1.StatusReasonUnauthorized, "Unauthorized")
+		return
+	}
+	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	switch {
+	case r.Method == http.MethodPost && r.URL.Path == "/apis/authentication.k8s.io/v1/tokenreviews":
+		a.tokenReview(w, r)
+	case r.Method == http.MethodGet && len(parts) == 6 && parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "pods":
+		a.mu.Lock()
+		p, ok := a.pods[parts[3]+"/"+parts[5]]
+		a.mu.Unlock()
+		if !ok {
+			writeStatus(w, r, http.StatusNotFound, metav1.StatusReasonNotFound, fmt.Sprintf("pods %q not found", parts[5]))
+			return
+		}
+		p = p.DeepCopy()
+		p.TypeMeta = metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"}
+		write(w, r, http.StatusOK, p)
+	case r.Method == http.MethodGet && len(parts) == 4 && parts[0] == "api" && parts[1] == "v1" && parts[2] == "nodes":
+		a.mu.Lock()
+		n, ok := a.nodes[parts[3]]
+		a.mu.Unlock()
+		if !ok {
+			writeStatus(w, r, http.StatusNotFound, metav1.StatusReasonNotFound, fmt.Sprintf("nodes %q not found", parts[3]))
+			return
+		}
+		n = n.DeepCopy()
+		n.TypeMeta = metav1.TypeMeta{Kind: "Node", APIVersion: "v1"}
+		write(w, r, http.StatusOK, n)
+	default:
+		writeStatus(w, r, http.StatusNotFound, metav1.StatusReasonNotFound, "the server could not find the requested resource")
+	}
+}
+
+// tokenReview answers as the real API server does: a token is authenticated
+// only for audiences it was issued for, and the answer names them.
+func (a *APIServer) tokenReview(w http.ResponseWriter, r *http.Request) {
+	var review authv1.TokenReview
+	body, err := io.ReadAll(r.Body)
+	if err == nil {
+		_, _, err = scheme.Codecs.UniversalDeserializer().Decode(body, nil, &review)
+	}
+	if err != nil {
+		writeStatus(w, r, http.StatusBadRequest, metav1.StatusReasonBadRequest, err.Error())
+		return
+	}
+	a.mu.Lock()
+	tok, ok := a.tokens[review.Spec.Token]
+	ignoreAudiences := a.ignoreAudiences
+	a.mu.Unlock()
+	review.TypeMeta = metav1.TypeMeta{Kind: "TokenReview", APIVersion: "authentication.k8s.io/v1"}
+	review.Status = authv1.TokenReviewStatus{}
+	switch {
+	case !ok:
+		review.Status.Error = "invalid bearer token"
+	default:
+		want := review.Spec.Audiences
+		var match []string
+		for _, aud := range want {
+			if slices.Contains(tok.Audiences, aud) {
+				match = append(match, aud)
+			}
+		}
+		if len(want) > 0 && len(match) == 0 && !ignoreAudiences {
+			review.Status.Error = "token audiences are invalid for the target audiences"
+			break
+		}
+		if len(want) == 0 || ignoreAudiences {
+			match = tok.Audiences
+		}
+		review.Status.Authenticated = true
+		review.Status.Audiences = match
+		review.Status.User = authv1.UserInfo{
+			Username: "system:serviceaccount:" + tok.Namespace + ":" + tok.ServiceAccount,
+			Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + tok.Namespace, "system:authenticated"},
+		}
+		if tok.PodName != "" {
+			review.Status.User.Extra = map[string]authv1.ExtraValue{
+				"authentication.kubernetes.io/pod-name": {tok.PodName},
+				"authentication.kubernetes.io/pod-uid":  {string(tok.PodUID)},
+			}
+		}
+	}
+	write(w, r, http.StatusCreated, &review)
+}
+
+// write encodes obj as the client asked (Accept): protobuf, which client-go
+// prefers for built-in types, or JSON.
+func write(w http.ResponseWriter, r *http.Request, code int, obj runtime.Object) {
+	info, ok := runtime.SerializerInfoForMediaType(scheme.Codecs.SupportedMediaTypes(), runtime.ContentTypeJSON)
+	for _, accept := range strings.Split(r.Header.Get("Accept"), ",") {
+		mediaType, _, _ := strings.Cut(strings.TrimSpace(accept), ";")
+		if i, found := runtime.SerializerInfoForMediaType(scheme.Codecs.SupportedMediaTypes(), mediaType); found {
+			info, ok = i, true
+			break
+		}
+	}
+	if !ok {
+		http.Error(w, "no serializer", http.StatusNotAcceptable)
+		return
+	}
+	gv := obj.GetObjectKind().GroupVersionKind().GroupVersion()
+	body, err := runtime.Encode(scheme.Codecs.EncoderForVersion(info.Serializer, gv), obj)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", info.MediaType)
+	w.WriteHeader(code)
+	_, _ = w.Write(body)
+}
+
+func writeStatus(w http.ResponseWriter, r *http.Request, code int, reason metav1.StatusReason, msg string) {
+	write(w, r, code, &metav1.Status{
+		TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
+		Status:   metav1.StatusFailure,
+		Message:  msg,
+		Reason:   reason,
+		Code:     int32(code),
+	})
+}

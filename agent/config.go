@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signetid/signet/agent/attestor"
+	"github.com/signetid/signet/agent/client"
 	"github.com/signetid/signet/internal/ids"
 )
 
@@ -22,6 +23,9 @@ import (
 const (
 	DefaultDataDir    = "/var/lib/signet/agent"
 	DefaultSocketPath = "/run/signet/sockets/agent.sock"
+	// DefaultPSATTokenPath is where the DaemonSet mounts the agent's
+	// projected service account token (audience signet-server).
+	DefaultPSATTokenPath = "/var/run/secrets/tokens/signet-agent"
 )
 
 // Config is the agent's configuration: an HCL file (ParseConfig), flags
@@ -37,6 +41,12 @@ type Config struct {
 	// (re-)attestation, so a fresh token can be dropped in without a restart.
 	JoinToken     string `hcl:"join_token"`
 	JoinTokenFile string `hcl:"join_token_file"`
+	// K8sPSATCluster, when set, attests the agent with its Kubernetes
+	// projected service account token instead of a join token; it is the
+	// cluster's name in the server's k8s_psat block. The token is read from
+	// K8sPSATTokenPath (default DefaultPSATTokenPath) at every attestation.
+	K8sPSATCluster   string `hcl:"k8s_psat_cluster"`
+	K8sPSATTokenPath string `hcl:"k8s_psat_token_path"`
 	// TrustBundleFile holds the PEM roots that authenticate the server
 	// (`signet server bundle show`); TrustBundlePEM is the same in memory.
 	TrustBundleFile string `hcl:"trust_bundle_path"`
@@ -71,6 +81,7 @@ type ReadyInfo struct {
 // configKeys are the keys a config file may hold.
 var configKeys = []string{
 	"server_address", "trust_domain", "data_dir", "join_token", "join_token_file",
+	"k8s_psat_cluster", "k8s_psat_token_path",
 	"trust_bundle_path", "insecure_bootstrap", "socket_path", "health_listen",
 }
 
@@ -162,21 +173,34 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 	if c.JoinToken != "" && c.JoinTokenFile != "" {
 		return spiffeid.TrustDomain{}, errors.New("agent: give join_token or join_token_file, not both")
 	}
+	if c.K8sPSATCluster != "" && (c.JoinToken != "" || c.JoinTokenFile != "") {
+		return spiffeid.TrustDomain{}, errors.New("agent: give a join token or k8s_psat_cluster, not both: an agent attests one way")
+	}
+	if c.K8sPSATTokenPath != "" && c.K8sPSATCluster == "" {
+		return spiffeid.TrustDomain{}, errors.New("agent: k8s_psat_token_path is set but k8s_psat_cluster is not (--k8s-psat-cluster NAME)")
+	}
+	if c.K8sPSATCluster != "" && c.K8sPSATTokenPath == "" {
+		c.K8sPSATTokenPath = DefaultPSATTokenPath
+	}
 	return td, nil
 }
 
-// joinToken returns the configured join token, re-reading the file.
-func (c *Config) joinToken() func() string {
+// nodeAttestor is how the agent attests: a projected service account
+// token, or the join token (the file re-read at every attestation).
+func (c *Config) nodeAttestor() client.NodeAttestor {
+	if c.K8sPSATCluster != "" {
+		return client.PSAT(c.K8sPSATCluster, c.K8sPSATTokenPath)
+	}
 	if c.JoinTokenFile == "" {
 		tok := strings.TrimSpace(c.JoinToken)
-		return func() string { return tok }
+		return client.JoinToken(func() string { return tok })
 	}
 	path := c.JoinTokenFile
-	return func() string {
+	return client.JoinToken(func() string {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return ""
 		}
 		return strings.TrimSpace(string(b))
-	}
+	})
 }

@@ -29,6 +29,13 @@ health_listen = "127.0.0.1:8088"
   trust_domain = "example.org"
   join_token_file = "/etc/token"
 }`, want: Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinTokenFile: "/etc/token"}},
+		{name: "k8s_psat", in: `
+server_address = "signet-server.signet-system.svc:8081"
+trust_domain = "example.org"
+k8s_psat_cluster = "prod"
+k8s_psat_token_path = "/var/run/secrets/tokens/agent"
+`, want: Config{ServerAddress: "signet-server.signet-system.svc:8081", TrustDomain: "example.org",
+			K8sPSATCluster: "prod", K8sPSATTokenPath: "/var/run/secrets/tokens/agent"}},
 		{name: "empty file", in: "", want: Config{}},
 		{name: "unknown key is named", in: `trust_domian = "x"`, wantErr: `unknown key "trust_domian"`},
 		{name: "unknown key inside the block", in: `agent { sever = "x" }`, wantErr: `unknown key "sever"`},
@@ -53,7 +60,8 @@ health_listen = "127.0.0.1:8088"
 				got.DataDir != tc.want.DataDir || got.JoinToken != tc.want.JoinToken ||
 				got.JoinTokenFile != tc.want.JoinTokenFile || got.TrustBundleFile != tc.want.TrustBundleFile ||
 				got.InsecureBootstrap != tc.want.InsecureBootstrap || got.SocketPath != tc.want.SocketPath ||
-				got.HealthListen != tc.want.HealthListen {
+				got.HealthListen != tc.want.HealthListen || got.K8sPSATCluster != tc.want.K8sPSATCluster ||
+				got.K8sPSATTokenPath != tc.want.K8sPSATTokenPath {
 				t.Fatalf("got %+v\nwant %+v", *got, tc.want)
 			}
 		})
@@ -72,6 +80,9 @@ func TestConfigValidate(t *testing.T) {
 		{"no trust domain", Config{ServerAddress: "s:1"}, "trust domain"},
 		{"bad trust domain", Config{ServerAddress: "s:1", TrustDomain: "Example.ORG"}, "trust domain"},
 		{"token and token file", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinToken: "a", JoinTokenFile: "/f"}, "not both"},
+		{"token and k8s_psat", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinTokenFile: "/f", K8sPSATCluster: "prod"}, "attests one way"},
+		{"k8s_psat token path without a cluster", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATTokenPath: "/t"}, "k8s_psat_cluster is not"},
+		{"k8s_psat", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod"}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -62,7 +62,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	}
 	attestLatency := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "signet_agent_attestation_duration_seconds",
-		Help:    "Time to attest the agent to the server with a join token.",
+		Help:    "Time to attest the agent to the server.",
 		Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 	})
 	reg.MustRegister(attestLatency)
@@ -71,7 +71,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		ServerAddr:        cfg.ServerAddress,
 		TrustDomain:       td,
 		DataDir:           cfg.DataDir,
-		JoinToken:         cfg.joinToken(),
+		NodeAttestor:      cfg.nodeAttestor(),
 		TrustBundle:       roots,
 		InsecureBootstrap: cfg.InsecureBootstrap,
 		AttestDuration:    attestLatency,
@@ -206,13 +206,12 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	return runErr
 }
 
-// startClient runs client.Start until it succeeds, retrying only while the
-// server is unreachable; a refused token or a missing bundle is final.
 // startClient attests (or loads the persisted agent SVID), retrying while
 // the server is unreachable. A server whose certificate the trust bundle does
 // not vouch for is a configuration error (wrong --trust-domain or
 // --trust-bundle): with nothing cached to serve the agent stops at once and
-// says so, instead of retrying forever as if the server were down.
+// says so, instead of retrying forever as if the server were down. Refused
+// evidence (a used join token, a service account not allowed) is final too.
 func startClient(ctx context.Context, cl *client.Client, cfg Config, servingCached func() bool, logger *slog.Logger) error {
 	bo := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(500*time.Millisecond),

@@ -31,9 +31,6 @@ import (
 	"github.com/signetid/signet/server/api"
 )
 
-// JoinTokenType is the attestation type of join tokens.
-const JoinTokenType = "join_token"
-
 // Config configures a Client.
 type Config struct {
 	// ServerAddr is the server's agent API, HOST:PORT.
@@ -41,9 +38,10 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// DataDir keeps the agent SVID, its key and the server's bundle.
 	DataDir string
-	// JoinToken returns the token to attest with, "" when there is none. It
-	// is called at every (re-)attestation, so it may re-read a file.
-	JoinToken func() string
+	// NodeAttestor gives the evidence of every (re-)attestation: a join
+	// token or a Kubernetes projected service account token. Nil: the agent
+	// can only use a persisted agent SVID.
+	NodeAttestor NodeAttestor
 	// TrustBundle are the roots that authenticate the server before the
 	// agent has learned its bundle (`signet server bundle show`).
 	TrustBundle []*x509.Certificate
@@ -106,8 +104,8 @@ func New(cfg Config) (*Client, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("client: data dir is required")
 	}
-	if cfg.JoinToken == nil {
-		cfg.JoinToken = func() string { return "" }
+	if cfg.NodeAttestor == nil {
+		cfg.NodeAttestor = JoinToken(func() string { return "" })
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 30 * time.Second
@@ -387,21 +385,22 @@ func (c *Client) renew(ctx context.Context) error {
 	return c.setIdentity(svid, true)
 }
 
-var errNoToken = errors.New("no join token available (give a fresh --join-token)")
-
-// attest proves the node with the join token and adopts the returned SVID
-// and bundle.
+// attest proves the node with the node attestor's evidence and adopts the
+// returned SVID and bundle.
 func (c *Client) attest(ctx context.Context) error {
-	token := c.cfg.JoinToken()
-	if token == "" {
-		return errNoToken
+	ev, err := c.cfg.NodeAttestor.Evidence()
+	if err != nil {
+		return err
 	}
-	hash := tokenHash(token)
-	c.mu.RLock()
-	used := c.used == hash
-	c.mu.RUnlock()
-	if used {
-		return errors.New("the join token was already used; join tokens are single-use: give a fresh --join-token")
+	var hash string
+	if ev.SingleUse {
+		hash = tokenHash(string(ev.Payload))
+		c.mu.RLock()
+		used := c.used == hash
+		c.mu.RUnlock()
+		if used {
+			return errors.New("the join token was already used; join tokens are single-use: give a fresh --join-token")
+		}
 	}
 	key, csr, err := newCSR()
 	if err != nil {
@@ -420,20 +419,22 @@ func (c *Client) attest(ctx context.Context) error {
 	defer cancel()
 	start := time.Now()
 	resp, err := api.NewAgentServiceClient(conn).Attest(ctx, &api.AttestRequest{
-		AttestationType: JoinTokenType,
-		Payload:         []byte(token),
+		AttestationType: ev.Type,
+		Payload:         ev.Payload,
 		Csr:             csr,
 	})
 	if c.cfg.AttestDuration != nil {
 		c.cfg.AttestDuration.Observe(time.Since(start).Seconds())
 	}
 	if err != nil {
-		if code := status.Code(err); code == codes.PermissionDenied || code == codes.InvalidArgument {
+		if code := status.Code(err); ev.SingleUse && (code == codes.PermissionDenied || code == codes.InvalidArgument) {
 			c.markTokenUsed(hash)
 		}
 		return fmt.Errorf("attest to %s: %w", c.cfg.ServerAddr, err)
 	}
-	c.markTokenUsed(hash)
+	if ev.SingleUse {
+		c.markTokenUsed(hash)
+	}
 	svid, bundle, err := c.parseResponse(resp, key)
 	if err != nil {
 		return fmt.Errorf("attest to %s: %w", c.cfg.ServerAddr, err)

@@ -73,7 +73,7 @@ func newClient(t *testing.T, s *realServer, dir string, token func() string, mut
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{ServerAddr: s.Addr(), TrustDomain: td, DataDir: dir, JoinToken: token, TrustBundle: roots}
+	cfg := Config{ServerAddr: s.Addr(), TrustDomain: td, DataDir: dir, NodeAttestor: JoinToken(token), TrustBundle: roots}
 	if mutate != nil {
 		mutate(&cfg)
 	}

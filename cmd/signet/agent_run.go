@@ -43,6 +43,12 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			if set("join-token-file") {
 				cfg.JoinTokenFile, cfg.JoinToken = flags.JoinTokenFile, ""
 			}
+			if set("k8s-psat-cluster") {
+				cfg.K8sPSATCluster = flags.K8sPSATCluster
+			}
+			if set("k8s-psat-token-path") {
+				cfg.K8sPSATTokenPath = flags.K8sPSATTokenPath
+			}
 			if set("trust-bundle") {
 				cfg.TrustBundleFile = flags.TrustBundleFile
 			}
@@ -65,6 +71,8 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	f.StringVar(&flags.DataDir, "data-dir", agent.DefaultDataDir, "directory for the agent SVID, keys, bundle and SVID cache")
 	f.StringVar(&flags.JoinToken, "join-token", "", "join token to attest with (from signet server token generate)")
 	f.StringVar(&flags.JoinTokenFile, "join-token-file", "", "file holding the join token, re-read at every (re-)attestation")
+	f.StringVar(&flags.K8sPSATCluster, "k8s-psat-cluster", "", "attest with the pod's projected service account token instead of a join token; the cluster's name in the server's k8s_psat config")
+	f.StringVar(&flags.K8sPSATTokenPath, "k8s-psat-token-path", "", "projected service account token file (audience signet-server; default "+agent.DefaultPSATTokenPath+")")
 	f.StringVar(&flags.TrustBundleFile, "trust-bundle", "", "PEM roots to verify the server (from signet server bundle show)")
 	f.BoolVar(&flags.InsecureBootstrap, "insecure-bootstrap", false, "labs only: attest without verifying the server when no trust bundle is known")
 	f.StringVar(&flags.SocketPath, "socket", agent.DefaultSocketPath, "Workload API Unix socket")

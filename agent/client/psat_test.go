@@ -1,0 +1,155 @@
+package client
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/signetid/signet/internal/kubetest"
+	"github.com/signetid/signet/server"
+	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/nodeattest"
+	"github.com/signetid/signet/server/servertest"
+)
+
+// psatServer is a real server with one k8s_psat cluster "prod" whose API
+// server (the stand-in) knows an agent pod on node-1.
+func psatServer(t *testing.T) (*realServer, *kubetest.APIServer) {
+	t.Helper()
+	kube := kubetest.NewAPIServer(t)
+	kube.AddNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "0f3c-node-1"}})
+	kube.AddPod(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "signet-system", Name: "signet-agent-x7k2p", UID: "pod-1"},
+		Spec:       corev1.PodSpec{NodeName: "node-1"},
+	})
+	for _, tok := range []string{"token-1", "token-2"} {
+		kube.AddToken(tok, kubetest.Token{Audiences: []string{"signet-server"}, Namespace: "signet-system",
+			ServiceAccount: "signet-agent", PodName: "signet-agent-x7k2p", PodUID: "pod-1"})
+	}
+	kubeconfig := kube.Kubeconfig(t, t.TempDir())
+	s := servertest.Start(t, td, func(c *server.Config) {
+		c.K8sPSAT = []server.K8sPSATCluster{{Kubeconfig: kubeconfig, PSATCluster: nodeattest.PSATCluster{
+			Name: "prod", ServiceAccountAllowList: []string{"signet-system:signet-agent"}, Audience: "signet-server",
+		}}}
+	})
+	return &realServer{s}, kube
+}
+
+func TestPSATAttestation(t *testing.T) {
+	s, kube := psatServer(t)
+	ctx := context.Background()
+	tokenPath := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenPath, []byte("token-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	c := newClient(t, s, dir, nil, func(cfg *Config) { cfg.NodeAttestor = PSAT("prod", tokenPath) })
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const wantID = "spiffe://example.org/agent/k8s_psat/prod/0f3c-node-1"
+	if got := c.AgentID().String(); got != wantID {
+		t.Fatalf("agent ID %s, want %s", got, wantID)
+	}
+	if err := syncWorks(ctx, c); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	agents, err := s.Admin().ListAgents(ctx, &api.ListAgentsRequest{})
+	if err != nil || len(agents.Agents) != 1 || agents.Agents[0].AttestationType != "k8s_psat" {
+		t.Fatalf("agents %v, err %v", agents, err)
+	}
+
+	// Evicted: unlike a join token, the projected token attests again, and
+	// the kubelet's rotated token is read from the file.
+	if err := os.WriteFile(tokenPath, []byte("token-2"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Admin().EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: wantID}); err != nil {
+		t.Fatal(err)
+	}
+	reviews := kube.Calls("POST /apis/authentication.k8s.io/v1/tokenreviews")
+	if err := c.renewOrReattest(ctx); err != nil {
+		t.Fatalf("re-attest after eviction: %v", err)
+	}
+	if kube.Calls("POST /apis/authentication.k8s.io/v1/tokenreviews") != reviews+1 {
+		t.Fatal("re-attestation did not present the token to the API server")
+	}
+	if err := c.Ready(); err != nil || c.AgentID().String() != wantID {
+		t.Fatalf("after re-attestation: ready %v, ID %s", err, c.AgentID())
+	}
+	if err := syncWorks(ctx, c); err != nil {
+		t.Fatalf("sync after re-attestation: %v", err)
+	}
+
+	// The agent pod is gone (its token with it): re-attestation is refused
+	// and the agent says why.
+	kube.DeletePod("signet-system", "signet-agent-x7k2p")
+	if _, err := s.Admin().EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: wantID}); err != nil {
+		t.Fatal(err)
+	}
+	err = c.renewOrReattest(ctx)
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no longer exists") {
+		t.Fatalf("re-attest without the pod: %v, want PermissionDenied naming the pod", err)
+	}
+}
+
+func TestPSATRefusals(t *testing.T) {
+	s, kube := psatServer(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	tokenPath := filepath.Join(dir, "token")
+	attest := func(cluster string) error {
+		c := newClient(t, s, t.TempDir(), nil, func(cfg *Config) { cfg.NodeAttestor = PSAT(cluster, tokenPath) })
+		return c.Start(ctx)
+	}
+	if err := attest("prod"); err == nil || !strings.Contains(err.Error(), "read projected service account token") {
+		t.Fatalf("no token file: %v", err)
+	}
+	for _, tc := range []struct {
+		name, token, cluster string
+		code                 codes.Code
+		msg                  string
+	}{
+		{"forged token", "forged", "prod", codes.PermissionDenied, "invalid bearer token"},
+		{"unknown cluster", "token-1", "staging", codes.PermissionDenied, `cluster "staging" is not configured`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(tokenPath, []byte(tc.token), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			err := attest(tc.cluster)
+			if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("err = %v, want %s containing %q", err, tc.code, tc.msg)
+			}
+		})
+	}
+	// The API server is down: a transient error, worth retrying.
+	if err := os.WriteFile(tokenPath, []byte("token-1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kube.Close()
+	if err := attest("prod"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("API server down: %v, want Unavailable", err)
+	}
+}
+
+// A server without k8s_psat clusters says so.
+func TestPSATNotConfigured(t *testing.T) {
+	s := startServer(t)
+	tokenPath := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenPath, []byte("token-1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, s, t.TempDir(), nil, func(cfg *Config) { cfg.NodeAttestor = PSAT("prod", tokenPath) })
+	err := c.Start(context.Background())
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "not configured on this server") {
+		t.Fatalf("err = %v, want FailedPrecondition", err)
+	}
+}

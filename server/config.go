@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"github.com/signetid/signet/internal/hclsafe"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,6 +15,7 @@ import (
 	"github.com/hashicorp/hcl/hcl/token"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/signetid/signet/internal/hclsafe"
 	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/server/nodeattest"
 )
@@ -44,6 +44,21 @@ type Config struct {
 	// K8sPSAT are the Kubernetes clusters whose agents attest with projected
 	// service account tokens.
 	K8sPSAT []K8sPSATCluster
+	// K8sBundle, when set, keeps the trust bundle in a Kubernetes ConfigMap.
+	K8sBundle *K8sBundleConfig
+}
+
+// K8sBundleConfig names the ConfigMap the server keeps its X.509 roots in,
+// for agent pods' --trust-bundle (the `k8s_bundle { ... }` block).
+type K8sBundleConfig struct {
+	Namespace string `hcl:"namespace"`
+	ConfigMap string `hcl:"config_map"`
+	// Key is the data key; default "bundle.pem".
+	Key string `hcl:"key"`
+	// Kubeconfig is empty for the cluster the server runs in.
+	Kubeconfig string `hcl:"kubeconfig"`
+
+	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
 
 // K8sPSATCluster is one cluster of k8s_psat attestation: its settings and
@@ -84,6 +99,8 @@ type FileConfig struct {
 	// K8sPSAT holds the clusters whose agents attest with projected service
 	// account tokens, by cluster name (the block's label).
 	K8sPSAT map[string]K8sPSATFileConfig `hcl:"k8s_psat"`
+	// K8sBundle publishes the trust bundle to a ConfigMap.
+	K8sBundle *K8sBundleConfig `hcl:"k8s_bundle"`
 
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
@@ -110,6 +127,11 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 	for name, c := range fc.K8sPSAT {
 		for k, pos := range c.UnusedKeyPositions {
 			unused[fmt.Sprintf("k8s_psat %q: %s", name, k)] = pos
+		}
+	}
+	if fc.K8sBundle != nil {
+		for k, pos := range fc.K8sBundle.UnusedKeyPositions {
+			unused["k8s_bundle: "+k] = pos
 		}
 	}
 	if len(unused) > 0 {
@@ -232,6 +254,12 @@ func (fc FileConfig) Resolve() (Config, error) {
 			return Config{}, err
 		}
 		cfg.K8sPSAT = append(cfg.K8sPSAT, c)
+	}
+	if b := fc.K8sBundle; b != nil {
+		if b.Namespace == "" || b.ConfigMap == "" {
+			return Config{}, errors.New(`k8s_bundle: namespace and config_map are required (e.g. namespace = "signet-system", config_map = "signet-trust-bundle")`)
+		}
+		cfg.K8sBundle = b
 	}
 	return cfg, nil
 }

@@ -70,6 +70,17 @@ k8s_psat "dev" {
 				}
 			},
 		},
+		{
+			name: "k8s_bundle",
+			in:   "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"signet-system\"\n config_map = \"signet-trust-bundle\"\n}",
+			check: func(t *testing.T, c Config) {
+				if b := c.K8sBundle; b == nil || b.Namespace != "signet-system" || b.ConfigMap != "signet-trust-bundle" || b.Kubeconfig != "" {
+					t.Fatalf("k8s_bundle %+v", c.K8sBundle)
+				}
+			},
+		},
+		{name: "k8s_bundle without a name", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"signet-system\"\n}", wantErr: "namespace and config_map are required"},
+		{name: "k8s_bundle unknown key", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"n\"\n configmap = \"x\"\n}", wantErr: "k8s_bundle: configmap (line 4)"},
 		{name: "k8s_psat without a cluster name", in: "trust_domain = \"a.org\"\nk8s_psat { service_account_allow_list = [\"a:b\"] }", wantErr: `line 2: want k8s_psat "<cluster name>"`},
 		{name: "k8s_psat with two labels", in: "trust_domain = \"a.org\"\nk8s_psat \"a\" \"b\" { service_account_allow_list = [\"a:b\"] }", wantErr: `line 2: want k8s_psat "<cluster name>"`},
 		{name: "k8s_psat unknown key", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" {\n service_account_allow_list = [\"a:b\"]\n audiences = [\"x\"]\n}", wantErr: `unknown key(s): k8s_psat "prod": audiences (line 4)`},

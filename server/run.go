@@ -16,6 +16,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
@@ -27,6 +28,7 @@ import (
 	"github.com/signetid/signet/server/agentapi"
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/k8sbundle"
 	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/store"
 )
@@ -39,8 +41,10 @@ type Server struct {
 	ca      *ca.Manager
 	catalog *catalog.Catalog
 	agents  *agentapi.Service
-	admin   *adminapi.Service
-	metrics *prometheus.Registry
+	// bundlePub keeps the trust bundle in a Kubernetes ConfigMap (nil: off).
+	bundlePub *k8sbundle.Publisher
+	admin     *adminapi.Service
+	metrics   *prometheus.Registry
 
 	agentLn  net.Listener
 	adminLn  net.Listener
@@ -103,6 +107,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if err != nil {
 		return nil, err
 	}
+	if s.bundlePub, err = newBundlePublisher(cfg, logger); err != nil {
+		return nil, err
+	}
 	refreshHint := min(5*time.Minute, cfg.SVIDTTL/2)
 	s.agents = agentapi.New(agentapi.Config{
 		PSAT:        psat,
@@ -156,6 +163,19 @@ func newPSAT(cfg Config) (*nodeattest.PSAT, error) {
 	return nodeattest.NewPSAT(cfg.TrustDomain, clusters)
 }
 
+func newBundlePublisher(cfg Config, logger *slog.Logger) (*k8sbundle.Publisher, error) {
+	b := cfg.K8sBundle
+	if b == nil {
+		return nil, nil
+	}
+	client, err := nodeattest.KubeClient(b.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("k8s_bundle: %w", err)
+	}
+	return k8sbundle.New(k8sbundle.Config{Client: client, Namespace: b.Namespace, Name: b.ConfigMap, Key: b.Key,
+		Logger: logger.With("component", "k8s_bundle")})
+}
+
 // Addr is the agent API's bound address.
 func (s *Server) Addr() string { return s.agentLn.Addr().String() }
 
@@ -174,8 +194,12 @@ func (s *Server) Admin() *adminapi.Service { return s.admin }
 // agent's --trust-bundle file holds.
 func (s *Server) BundlePEM() []byte {
 	snap, _ := s.catalog.Current()
+	return bundlePEM(snap, s.cfg.TrustDomain)
+}
+
+func bundlePEM(snap *catalog.Snapshot, td spiffeid.TrustDomain) []byte {
 	var out []byte
-	for _, a := range snap.OwnBundle(s.cfg.TrustDomain).Authorities {
+	for _, a := range snap.OwnBundle(td).Authorities {
 		if a.Kind == store.X509Authority {
 			out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.Data})...)
 		}
@@ -195,6 +219,14 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.catalog.Run(ctx) })
 	g.Go(func() error { return s.serverCertLoop(ctx) })
 	g.Go(func() error { return s.pruneTokensLoop(ctx) })
+	if s.bundlePub != nil {
+		g.Go(func() error {
+			return s.bundlePub.Run(ctx, func() ([]byte, <-chan struct{}) {
+				snap, changed := s.catalog.Current()
+				return bundlePEM(snap, s.cfg.TrustDomain), changed
+			})
+		})
+	}
 
 	agentSrv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.agents.TLSConfig(s.getServerCert))),

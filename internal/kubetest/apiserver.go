@@ -48,7 +48,9 @@ type APIServer struct {
 	tokens          map[string]Token
 	pods            map[string]*corev1.Pod // namespace/name
 	nodes           map[string]*corev1.Node
-	calls           map[string]int // by "METHOD path"
+	cms             map[string]*corev1.ConfigMap // namespace/name
+	rv              int                          // last resourceVersion given out
+	calls           map[string]int               // by "METHOD path"
 }
 
 // NewAPIServer starts a server on 127.0.0.1, stopped when t ends.
@@ -58,6 +60,7 @@ func NewAPIServer(t testing.TB) *APIServer {
 		tokens: map[string]Token{},
 		pods:   map[string]*corev1.Pod{},
 		nodes:  map[string]*corev1.Node{},
+		cms:    map[string]*corev1.ConfigMap{},
 		calls:  map[string]int{},
 	}
 	a.srv = httptest.NewTLSServer(http.HandlerFunc(a.serve))
@@ -103,6 +106,16 @@ func (a *APIServer) AddNode(n *corev1.Node) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.nodes[n.Name] = n.DeepCopy()
+}
+
+// ConfigMap returns a copy of a stored ConfigMap, nil when there is none.
+func (a *APIServer) ConfigMap(namespace, name string) *corev1.ConfigMap {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if cm, ok := a.cms[namespace+"/"+name]; ok {
+		return cm.DeepCopy()
+	}
+	return nil
 }
 
 // Calls reports how often "METHOD path" was requested.
@@ -178,9 +191,73 @@ func (a *APIServer) serve(w http.ResponseWriter, r *http.Request) {
 		n = n.DeepCopy()
 		n.TypeMeta = metav1.TypeMeta{Kind: "Node", APIVersion: "v1"}
 		write(w, r, http.StatusOK, n)
+	case len(parts) >= 5 && parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "configmaps":
+		a.configMaps(w, r, parts[3], strings.Join(parts[5:], "/"))
 	default:
 		writeStatus(w, r, http.StatusNotFound, metav1.StatusReasonNotFound, "the server could not find the requested resource")
 	}
+}
+
+// configMaps serves get, create and update with the API server's optimistic
+// concurrency: an update must carry the stored resourceVersion.
+func (a *APIServer) configMaps(w http.ResponseWriter, r *http.Request, ns, name string) {
+	var in corev1.ConfigMap
+	if r.Method == http.MethodPost || r.Method == http.MethodPut {
+		body, err := io.ReadAll(r.Body)
+		if err == nil {
+			_, _, err = scheme.Codecs.UniversalDeserializer().Decode(body, nil, &in)
+		}
+		if err != nil {
+			writeStatus(w, r, http.StatusBadRequest, metav1.StatusReasonBadRequest, err.Error())
+			return
+		}
+		if r.Method == http.MethodPost {
+			name = in.Name
+		}
+		if in.Name != name {
+			writeStatus(w, r, http.StatusBadRequest, metav1.StatusReasonBadRequest, "name does not match the URL")
+			return
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	key := ns + "/" + name
+	cur, exists := a.cms[key]
+	switch {
+	case r.Method == http.MethodGet && exists:
+		out := cur.DeepCopy()
+		out.TypeMeta = metav1.TypeMeta{Kind: "ConfigMap", APIVersion: "v1"}
+		write(w, r, http.StatusOK, out)
+	case r.Method == http.MethodGet || r.Method == http.MethodPut && !exists:
+		writeStatus(w, r, http.StatusNotFound, metav1.StatusReasonNotFound, fmt.Sprintf("configmaps %q not found", name))
+	case r.Method == http.MethodPost && exists:
+		writeStatus(w, r, http.StatusConflict, metav1.StatusReasonAlreadyExists, fmt.Sprintf("configmaps %q already exists", name))
+	case r.Method == http.MethodPut && in.ResourceVersion != cur.ResourceVersion:
+		writeStatus(w, r, http.StatusConflict, metav1.StatusReasonConflict, fmt.Sprintf("Operation cannot be fulfilled on configmaps %q: the object has been modified", name))
+	case r.Method == http.MethodPost || r.Method == http.MethodPut:
+		a.rv++
+		in.Namespace, in.ResourceVersion = ns, fmt.Sprint(a.rv)
+		a.cms[key] = in.DeepCopy()
+		in.TypeMeta = metav1.TypeMeta{Kind: "ConfigMap", APIVersion: "v1"}
+		code := http.StatusOK
+		if r.Method == http.MethodPost {
+			code = http.StatusCreated
+		}
+		write(w, r, code, &in)
+	default:
+		writeStatus(w, r, http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed, r.Method)
+	}
+}
+
+// PutConfigMap stores a ConfigMap as another writer would (a new
+// resourceVersion).
+func (a *APIServer) PutConfigMap(cm *corev1.ConfigMap) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.rv++
+	cm = cm.DeepCopy()
+	cm.ResourceVersion = fmt.Sprint(a.rv)
+	a.cms[cm.Namespace+"/"+cm.Name] = cm
 }
 
 // tokenReview answers as the real API server does: a token is authenticated

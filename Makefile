@@ -11,6 +11,7 @@ FUZZ_TARGETS ?= \
 	./internal/ids:FuzzParseID \
 	./internal/selector:FuzzParse \
 	./agent:FuzzParseConfig \
+	./agent/attestor:FuzzParseCgroup \
 	./helper:FuzzParseConfig \
 	./csidriver:FuzzValidateTargetPath \
 	./server:FuzzParseConfig \

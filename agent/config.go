@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"github.com/signetid/signet/internal/hclsafe"
 	"net"
 	"os"
@@ -47,6 +48,17 @@ type Config struct {
 	// K8sPSATTokenPath (default DefaultPSATTokenPath) at every attestation.
 	K8sPSATCluster   string `hcl:"k8s_psat_cluster"`
 	K8sPSATTokenPath string `hcl:"k8s_psat_token_path"`
+	// K8sWorkloadAttestor adds Kubernetes selectors (k8s:ns, k8s:sa, ...) to
+	// callers that run in a pod, from their cgroup and the node's kubelet.
+	K8sWorkloadAttestor bool `hcl:"k8s_workload_attestor"`
+	// KubeletURL, KubeletCAPath, KubeletSkipVerify and KubeletTokenPath
+	// reach the kubelet (attestor.K8sOptions has the defaults); NodeName is
+	// the agent's node, whose pods alone are accepted.
+	KubeletURL        string `hcl:"kubelet_url"`
+	KubeletCAPath     string `hcl:"kubelet_ca_path"`
+	KubeletSkipVerify bool   `hcl:"kubelet_skip_verify"`
+	KubeletTokenPath  string `hcl:"kubelet_token_path"`
+	NodeName          string `hcl:"node_name"`
 	// TrustBundleFile holds the PEM roots that authenticate the server
 	// (`signet server bundle show`); TrustBundlePEM is the same in memory.
 	TrustBundleFile string `hcl:"trust_bundle_path"`
@@ -81,7 +93,8 @@ type ReadyInfo struct {
 // configKeys are the keys a config file may hold.
 var configKeys = []string{
 	"server_address", "trust_domain", "data_dir", "join_token", "join_token_file",
-	"k8s_psat_cluster", "k8s_psat_token_path",
+	"k8s_psat_cluster", "k8s_psat_token_path", "k8s_workload_attestor", "kubelet_url",
+	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name",
 	"trust_bundle_path", "insecure_bootstrap", "socket_path", "health_listen",
 }
 
@@ -182,7 +195,34 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 	if c.K8sPSATCluster != "" && c.K8sPSATTokenPath == "" {
 		c.K8sPSATTokenPath = DefaultPSATTokenPath
 	}
+	if !c.K8sWorkloadAttestor && (c.KubeletURL != "" || c.KubeletCAPath != "" || c.KubeletSkipVerify || c.KubeletTokenPath != "") {
+		return spiffeid.TrustDomain{}, errors.New("agent: kubelet settings are given but the Kubernetes workload attestor is off (--k8s-workload-attestor)")
+	}
 	return td, nil
+}
+
+// workloadAttestor is how the Workload API names its callers: Unix
+// attributes always, and Kubernetes pod attributes when enabled.
+func (c *Config) workloadAttestor(logger *slog.Logger) (attestor.Attestor, error) {
+	if c.Attestor != nil {
+		return c.Attestor, nil
+	}
+	unix := attestor.NewUnix(attestor.UnixOptions{Logger: logger})
+	if !c.K8sWorkloadAttestor {
+		return unix, nil
+	}
+	k8s, err := attestor.NewK8s(attestor.K8sOptions{
+		KubeletURL:        c.KubeletURL,
+		TokenPath:         c.KubeletTokenPath,
+		KubeletCAPath:     c.KubeletCAPath,
+		SkipKubeletVerify: c.KubeletSkipVerify,
+		NodeName:          c.NodeName,
+		Logger:            logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: Kubernetes workload attestor: %w", err)
+	}
+	return attestor.Multi(unix, k8s), nil
 }
 
 // nodeAttestor is how the agent attests: a projected service account

@@ -36,6 +36,12 @@ k8s_psat_cluster = "prod"
 k8s_psat_token_path = "/var/run/secrets/tokens/agent"
 `, want: Config{ServerAddress: "signet-server.signet-system.svc:8081", TrustDomain: "example.org",
 			K8sPSATCluster: "prod", K8sPSATTokenPath: "/var/run/secrets/tokens/agent"}},
+		{name: "k8s workload attestor", in: `
+k8s_workload_attestor = true
+kubelet_url = "https://10.0.0.7:10250"
+kubelet_ca_path = "/etc/kubelet-ca.pem"
+node_name = "node-1"
+`, want: Config{K8sWorkloadAttestor: true, KubeletURL: "https://10.0.0.7:10250", KubeletCAPath: "/etc/kubelet-ca.pem", NodeName: "node-1"}},
 		{name: "empty file", in: "", want: Config{}},
 		{name: "unknown key is named", in: `trust_domian = "x"`, wantErr: `unknown key "trust_domian"`},
 		{name: "unknown key inside the block", in: `agent { sever = "x" }`, wantErr: `unknown key "sever"`},
@@ -61,7 +67,8 @@ k8s_psat_token_path = "/var/run/secrets/tokens/agent"
 				got.JoinTokenFile != tc.want.JoinTokenFile || got.TrustBundleFile != tc.want.TrustBundleFile ||
 				got.InsecureBootstrap != tc.want.InsecureBootstrap || got.SocketPath != tc.want.SocketPath ||
 				got.HealthListen != tc.want.HealthListen || got.K8sPSATCluster != tc.want.K8sPSATCluster ||
-				got.K8sPSATTokenPath != tc.want.K8sPSATTokenPath {
+				got.K8sPSATTokenPath != tc.want.K8sPSATTokenPath || got.K8sWorkloadAttestor != tc.want.K8sWorkloadAttestor ||
+				got.KubeletURL != tc.want.KubeletURL || got.KubeletCAPath != tc.want.KubeletCAPath || got.NodeName != tc.want.NodeName {
 				t.Fatalf("got %+v\nwant %+v", *got, tc.want)
 			}
 		})
@@ -83,6 +90,7 @@ func TestConfigValidate(t *testing.T) {
 		{"token and k8s_psat", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinTokenFile: "/f", K8sPSATCluster: "prod"}, "attests one way"},
 		{"k8s_psat token path without a cluster", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATTokenPath: "/t"}, "k8s_psat_cluster is not"},
 		{"k8s_psat", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod"}, ""},
+		{"kubelet settings without the attestor", Config{ServerAddress: "s:1", TrustDomain: "example.org", KubeletSkipVerify: true}, "workload attestor is off"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/signetid/signet/agent/attestor"
 	"github.com/signetid/signet/agent/cache"
 	"github.com/signetid/signet/agent/client"
 	"github.com/signetid/signet/agent/manager"
@@ -115,9 +114,9 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		return err
 	}
 
-	wlAttestor := cfg.Attestor
-	if wlAttestor == nil {
-		wlAttestor = attestor.NewUnix(attestor.UnixOptions{Logger: logger.With("component", "attestor")})
+	wlAttestor, err := cfg.workloadAttestor(logger.With("component", "attestor"))
+	if err != nil {
+		return err
 	}
 	api, err := workloadapi.New(workloadapi.Options{
 		Provider: svids,

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+
 	"github.com/spf13/cobra"
 
 	"github.com/signetid/signet/agent"
@@ -49,6 +51,24 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			if set("k8s-psat-token-path") {
 				cfg.K8sPSATTokenPath = flags.K8sPSATTokenPath
 			}
+			if set("k8s-workload-attestor") {
+				cfg.K8sWorkloadAttestor = flags.K8sWorkloadAttestor
+			}
+			if set("kubelet-url") {
+				cfg.KubeletURL = flags.KubeletURL
+			}
+			if set("kubelet-ca") {
+				cfg.KubeletCAPath = flags.KubeletCAPath
+			}
+			if set("kubelet-skip-verify") {
+				cfg.KubeletSkipVerify = flags.KubeletSkipVerify
+			}
+			if set("kubelet-token-path") {
+				cfg.KubeletTokenPath = flags.KubeletTokenPath
+			}
+			if set("node-name") || cfg.NodeName == "" {
+				cfg.NodeName = flags.NodeName
+			}
 			if set("trust-bundle") {
 				cfg.TrustBundleFile = flags.TrustBundleFile
 			}
@@ -73,6 +93,12 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	f.StringVar(&flags.JoinTokenFile, "join-token-file", "", "file holding the join token, re-read at every (re-)attestation")
 	f.StringVar(&flags.K8sPSATCluster, "k8s-psat-cluster", "", "attest with the pod's projected service account token instead of a join token; the cluster's name in the server's k8s_psat config")
 	f.StringVar(&flags.K8sPSATTokenPath, "k8s-psat-token-path", "", "projected service account token file (audience signet-server; default "+agent.DefaultPSATTokenPath+")")
+	f.BoolVar(&flags.K8sWorkloadAttestor, "k8s-workload-attestor", false, "add Kubernetes selectors (k8s:ns, k8s:sa, k8s:pod-label, ...) for callers in pods, from the node's kubelet")
+	f.StringVar(&flags.KubeletURL, "kubelet-url", "", "kubelet API for the Kubernetes workload attestor (default https://127.0.0.1:10250; http://...:10255 for the read-only port)")
+	f.StringVar(&flags.KubeletCAPath, "kubelet-ca", "", "PEM CA of the kubelet's serving certificate (default the service account's ca.crt)")
+	f.BoolVar(&flags.KubeletSkipVerify, "kubelet-skip-verify", false, "accept any kubelet certificate (for self-signed kubelet certificates; whoever answers on the kubelet's address then picks the selectors)")
+	f.StringVar(&flags.KubeletTokenPath, "kubelet-token-path", "", "bearer token for the kubelet (default the pod's service account token)")
+	f.StringVar(&flags.NodeName, "node-name", os.Getenv("MY_NODE_NAME"), "this agent's Kubernetes node; pods the kubelet reports elsewhere are refused (default $MY_NODE_NAME)")
 	f.StringVar(&flags.TrustBundleFile, "trust-bundle", "", "PEM roots to verify the server (from signet server bundle show)")
 	f.BoolVar(&flags.InsecureBootstrap, "insecure-bootstrap", false, "labs only: attest without verifying the server when no trust bundle is known")
 	f.StringVar(&flags.SocketPath, "socket", agent.DefaultSocketPath, "Workload API Unix socket")

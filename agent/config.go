@@ -3,8 +3,8 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"github.com/signetid/signet/internal/hclsafe"
+	"log/slog"
 	"net"
 	"os"
 	"slices"

@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"github.com/signetid/signet/internal/hclsafe"
 	"log/slog"
 	"net"
 	"os"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/signetid/signet/agent/attestor"
 	"github.com/signetid/signet/agent/client"
+	"github.com/signetid/signet/internal/hclsafe"
 	"github.com/signetid/signet/internal/ids"
 )
 

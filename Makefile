@@ -16,7 +16,9 @@ FUZZ_TARGETS ?= \
 	./csidriver:FuzzValidateTargetPath \
 	./server:FuzzParseConfig \
 	./server/store:FuzzParseURL \
-	./server/adminapi:FuzzParseEntryFile
+	./server/adminapi:FuzzParseEntryFile \
+	./server/adminapi:FuzzParseBundleFile \
+	./server/federation:FuzzResolveConfig
 
 .PHONY: all build test fuzz bench demo lint deps proto clean
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/signetid/signet/internal/hclsafe"
 	"github.com/signetid/signet/internal/ids"
+	"github.com/signetid/signet/server/federation"
 	"github.com/signetid/signet/server/nodeattest"
 )
 
@@ -44,6 +45,8 @@ type Config struct {
 	// K8sPSAT are the Kubernetes clusters whose agents attest with projected
 	// service account tokens.
 	K8sPSAT []K8sPSATCluster
+	// Federation is the bundle endpoint and the federation relationships.
+	Federation federation.Config
 	// K8sBundle, when set, keeps the trust bundle in a Kubernetes ConfigMap.
 	K8sBundle *K8sBundleConfig
 }
@@ -99,6 +102,8 @@ type FileConfig struct {
 	// K8sPSAT holds the clusters whose agents attest with projected service
 	// account tokens, by cluster name (the block's label).
 	K8sPSAT map[string]K8sPSATFileConfig `hcl:"k8s_psat"`
+	// Federation is the `federation { ... }` block, shaped like SPIRE's.
+	Federation *federation.FileConfig `hcl:"federation"`
 	// K8sBundle publishes the trust bundle to a ConfigMap.
 	K8sBundle *K8sBundleConfig `hcl:"k8s_bundle"`
 
@@ -260,6 +265,9 @@ func (fc FileConfig) Resolve() (Config, error) {
 			return Config{}, errors.New(`k8s_bundle: namespace and config_map are required (e.g. namespace = "signet-system", config_map = "signet-trust-bundle")`)
 		}
 		cfg.K8sBundle = b
+	}
+	if cfg.Federation, err = fc.Federation.Resolve(td); err != nil {
+		return Config{}, err
 	}
 	return cfg, nil
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/signetid/signet/server/agentapi"
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/federation"
 	"github.com/signetid/signet/server/k8sbundle"
 	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/store"
@@ -45,6 +46,9 @@ type Server struct {
 	bundlePub *k8sbundle.Publisher
 	admin     *adminapi.Service
 	metrics   *prometheus.Registry
+
+	// federation is the bundle endpoint and the foreign bundles' refreshers.
+	federation *federation.Service
 
 	agentLn  net.Listener
 	adminLn  net.Listener
@@ -142,6 +146,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			return nil, fmt.Errorf("health listener %s: %w", cfg.HealthListen, err)
 		}
 	}
+	if s.federation, err = federation.New(federation.Options{
+		Config: cfg.Federation, TrustDomain: cfg.TrustDomain, Store: s.store, Catalog: s.catalog,
+		ServerCert: s.getServerCert, Logger: logger,
+	}); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -187,6 +197,9 @@ func (s *Server) HealthAddr() string {
 	return s.healthLn.Addr().String()
 }
 
+// FederationAddr is the bundle endpoint's bound address ("" if none).
+func (s *Server) FederationAddr() string { return s.federation.Addr() }
+
 // Admin is the admin service, for in-process callers (`signet dev`).
 func (s *Server) Admin() *adminapi.Service { return s.admin }
 
@@ -219,6 +232,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.catalog.Run(ctx) })
 	g.Go(func() error { return s.serverCertLoop(ctx) })
 	g.Go(func() error { return s.pruneTokensLoop(ctx) })
+	g.Go(func() error { return s.federation.Run(ctx) })
 	if s.bundlePub != nil {
 		g.Go(func() error {
 			return s.bundlePub.Run(ctx, func() ([]byte, <-chan struct{}) {
@@ -277,6 +291,9 @@ func (s *Server) close() {
 	}
 	if s.store != nil {
 		s.store.Close()
+	}
+	if s.federation != nil {
+		s.federation.Close()
 	}
 	if s.dirLock != nil {
 		s.dirLock.Close() // releases the flock

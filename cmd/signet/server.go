@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -317,15 +319,11 @@ func createFromFile(cmd *cobra.Command, a *adminFlags, path string) error {
 			return fmt.Errorf("--data and --%s cannot be combined", f)
 		}
 	}
-	in := cmd.InOrStdin()
-	if path != "-" {
-		f, err := os.Open(path)
-		if err != nil {
-			return fmt.Errorf("--data: %w", err)
-		}
-		defer f.Close()
-		in = f
+	in, done, err := input(cmd, path)
+	if err != nil {
+		return fmt.Errorf("--data: %w", err)
 	}
+	defer done()
 	entries, err := adminapi.ParseEntryFile(in)
 	if err != nil {
 		return fmt.Errorf("--data %s: %w", path, err)
@@ -340,6 +338,18 @@ func createFromFile(cmd *cobra.Command, a *adminFlags, path string) error {
 		}
 		return nil
 	})
+}
+
+// input opens the file at path, or stdin when path is "-"; done releases it.
+func input(cmd *cobra.Command, path string) (r io.Reader, done func(), err error) {
+	if path == "-" {
+		return cmd.InOrStdin(), func() {}, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { f.Close() }, nil
 }
 
 func entryByIDCmd(use, short string, fn func(context.Context, api.AdminServiceClient, string, io.Writer) error) *cobra.Command {
@@ -425,9 +435,137 @@ func newBundleCmd() *cobra.Command {
 	}
 	a.add(show)
 	show.Flags().StringVar(&format, "format", "pem", "pem or spiffe")
-	cmd := &cobra.Command{Use: "bundle", Short: "The trust domain's bundle"}
-	cmd.AddCommand(show)
+	cmd := &cobra.Command{Use: "bundle", Short: "The trust domain's bundle, and the federated trust domains' bundles"}
+	cmd.AddCommand(show, newBundleSetCmd(), newBundleListCmd(), newBundleDeleteCmd())
 	return cmd
+}
+
+// federatedTrustDomain checks --trust-domain locally, before anything is
+// sent (the server refuses its own trust domain).
+func federatedTrustDomain(name string) (spiffeid.TrustDomain, error) {
+	if name == "" {
+		return spiffeid.TrustDomain{}, fmt.Errorf("--trust-domain is required")
+	}
+	td, err := ids.ParseTrustDomain(name)
+	if err != nil {
+		return td, fmt.Errorf("--trust-domain: %w", err)
+	}
+	return td, nil
+}
+
+func newBundleSetCmd() *cobra.Command {
+	var a adminFlags
+	var trustDomain, path, format string
+	cmd := &cobra.Command{
+		Use:   "set",
+		Short: "Set (replace) a federated trust domain's bundle: bootstraps an https_spiffe relationship, or federates without an endpoint",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			td, err := federatedTrustDomain(trustDomain)
+			if err != nil {
+				return err
+			}
+			if path == "" {
+				return fmt.Errorf("--path is required (- for stdin)")
+			}
+			in, done, err := input(cmd, path)
+			if err != nil {
+				return fmt.Errorf("--path: %w", err)
+			}
+			defer done()
+			b, err := adminapi.ParseBundleFile(td, in, format)
+			if err != nil {
+				return fmt.Errorf("--path %s: %w", path, err)
+			}
+			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				got, err := c.SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{Bundle: b})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Bundle of %s set\n\n", got.TrustDomain)
+				printBundleSummary(cmd.OutOrStdout(), got)
+				return nil
+			})
+		},
+	}
+	a.add(cmd)
+	f := cmd.Flags()
+	f.StringVar(&trustDomain, "trust-domain", "", "the foreign trust domain, e.g. other.org")
+	f.StringVar(&path, "path", "", "bundle file (- for stdin)")
+	f.StringVar(&format, "format", "pem", "pem (X.509 roots) or spiffe (the SPIFFE bundle document, with JWT keys)")
+	return cmd
+}
+
+func newBundleListCmd() *cobra.Command {
+	var a adminFlags
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the federated trust domains' bundles",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				resp, err := c.ListFederatedBundles(ctx, &api.ListFederatedBundlesRequest{})
+				if err != nil {
+					return err
+				}
+				w := cmd.OutOrStdout()
+				fmt.Fprintf(w, "Found %d federated bundles\n\n", len(resp.Bundles))
+				for _, b := range resp.Bundles {
+					printBundleSummary(w, b)
+				}
+				return nil
+			})
+		},
+	}
+	a.add(cmd)
+	return cmd
+}
+
+func newBundleDeleteCmd() *cobra.Command {
+	var a adminFlags
+	var trustDomain string
+	cmd := &cobra.Command{
+		Use:   "delete",
+		Short: "Delete a federated trust domain's bundle (a configured relationship fetches it again)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			td, err := federatedTrustDomain(trustDomain)
+			if err != nil {
+				return err
+			}
+			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				if _, err := c.DeleteFederatedBundle(ctx, &api.DeleteFederatedBundleRequest{TrustDomain: td.Name()}); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Deleted the bundle of %s\n", td.Name())
+				return nil
+			})
+		},
+	}
+	a.add(cmd)
+	cmd.Flags().StringVar(&trustDomain, "trust-domain", "", "the foreign trust domain, e.g. other.org")
+	return cmd
+}
+
+// printBundleSummary writes one bundle as `Name: value` lines: its roots
+// with their expiry, and its JWT key IDs.
+func printBundleSummary(w io.Writer, b *api.Bundle) {
+	fmt.Fprintf(w, "Trust domain: %s\n", b.TrustDomain)
+	fmt.Fprintf(w, "Sequence: %d\n", b.Sequence)
+	fmt.Fprintf(w, "X.509 roots: %d\n", len(b.X509Authorities))
+	for _, der := range b.X509Authorities {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			fmt.Fprintf(w, "X.509 root: unreadable: %v\n", err)
+			continue
+		}
+		fmt.Fprintf(w, "X.509 root: %s, expires at %s\n", c.Subject, c.NotAfter.UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintf(w, "JWT keys: %d\n", len(b.JwtAuthorities))
+	for _, k := range b.JwtAuthorities {
+		fmt.Fprintf(w, "JWT key: %s\n", k.KeyId)
+	}
+	fmt.Fprintln(w)
 }
 
 func newServerAgentCmd() *cobra.Command {

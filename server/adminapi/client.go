@@ -8,10 +8,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/ca"
 )
@@ -81,18 +82,7 @@ func MarshalBundle(b *api.Bundle, format string) ([]byte, error) {
 	if format != "pem" && format != "spiffe" && format != "" {
 		return nil, fmt.Errorf("bundle format %q: want pem or spiffe", format)
 	}
-	td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
-	if err != nil {
-		return nil, fmt.Errorf("bundle trust domain: %w", err)
-	}
-	auths := make([]ca.Authority, 0, len(b.X509Authorities)+len(b.JwtAuthorities))
-	for _, der := range b.X509Authorities {
-		auths = append(auths, ca.Authority{Kind: ca.KindX509, Data: der})
-	}
-	for _, k := range b.JwtAuthorities {
-		auths = append(auths, ca.Authority{Kind: ca.KindJWT, KeyID: k.KeyId, Data: k.PublicKey})
-	}
-	sb, err := ca.NewBundle(td, auths, uint64(b.Sequence), time.Duration(b.RefreshHintSeconds)*time.Second)
+	sb, err := BundleFromProto(b)
 	if err != nil {
 		return nil, err
 	}
@@ -104,4 +94,21 @@ func MarshalBundle(b *api.Bundle, format string) ([]byte, error) {
 		return append(doc, '\n'), nil
 	}
 	return ca.MarshalBundlePEM(sb), nil
+}
+
+// BundleFromProto parses an API bundle (checking every authority) into a
+// SPIFFE bundle.
+func BundleFromProto(b *api.Bundle) (*spiffebundle.Bundle, error) {
+	td, err := ids.ParseTrustDomain(b.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("bundle trust domain: %w", err)
+	}
+	auths := make([]ca.Authority, 0, len(b.X509Authorities)+len(b.JwtAuthorities))
+	for _, der := range b.X509Authorities {
+		auths = append(auths, ca.Authority{Kind: ca.KindX509, Data: der})
+	}
+	for _, k := range b.JwtAuthorities {
+		auths = append(auths, ca.Authority{Kind: ca.KindJWT, KeyID: k.KeyId, Data: k.PublicKey})
+	}
+	return ca.NewBundle(td, auths, uint64(max(b.Sequence, 0)), time.Duration(max(b.RefreshHintSeconds, 0))*time.Second)
 }

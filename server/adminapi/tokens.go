@@ -82,9 +82,7 @@ func (s *Service) EvictAgent(ctx context.Context, req *api.EvictAgentRequest) (*
 		return nil, storeError("evict agent "+req.SpiffeId, err)
 	}
 	// Nodes are not patched in memory: reload so the eviction bites at once.
-	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
-		s.cfg.Logger.Warn("refresh catalog after eviction", "error", err)
-	}
+	s.refreshCatalog(ctx, "eviction")
 	s.cfg.Logger.Warn("agent evicted", "agent_id", req.SpiffeId)
 	return &api.EvictAgentResponse{}, nil
 }

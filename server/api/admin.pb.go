@@ -747,6 +747,213 @@ func (*EvictAgentResponse) Descriptor() ([]byte, []int) {
 	return file_server_api_admin_proto_rawDescGZIP(), []int{15}
 }
 
+type SetFederatedBundleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// bundle.trust_domain names the foreign trust domain; sequence and
+	// refresh_hint_seconds are ignored (the server keeps its own sequence).
+	Bundle        *Bundle `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetFederatedBundleRequest) Reset() {
+	*x = SetFederatedBundleRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetFederatedBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetFederatedBundleRequest) ProtoMessage() {}
+
+func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
+func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SetFederatedBundleRequest) GetBundle() *Bundle {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+type ListFederatedBundlesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederatedBundlesRequest) Reset() {
+	*x = ListFederatedBundlesRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederatedBundlesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederatedBundlesRequest) ProtoMessage() {}
+
+func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
+func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{17}
+}
+
+type ListFederatedBundlesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by trust domain.
+	Bundles       []*Bundle `protobuf:"bytes,1,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederatedBundlesResponse) Reset() {
+	*x = ListFederatedBundlesResponse{}
+	mi := &file_server_api_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederatedBundlesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederatedBundlesResponse) ProtoMessage() {}
+
+func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
+func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+type DeleteFederatedBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederatedBundleRequest) Reset() {
+	*x = DeleteFederatedBundleRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederatedBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederatedBundleRequest) ProtoMessage() {}
+
+func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type DeleteFederatedBundleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederatedBundleResponse) Reset() {
+	*x = DeleteFederatedBundleResponse{}
+	mi := &file_server_api_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederatedBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederatedBundleResponse) ProtoMessage() {}
+
+func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{20}
+}
+
 var File_server_api_admin_proto protoreflect.FileDescriptor
 
 const file_server_api_admin_proto_rawDesc = "" +
@@ -789,7 +996,15 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x06agents\x18\x01 \x03(\v2\x11.signet.api.AgentR\x06agents\"0\n" +
 	"\x11EvictAgentRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x14\n" +
-	"\x12EvictAgentResponse2\x88\x06\n" +
+	"\x12EvictAgentResponse\"G\n" +
+	"\x19SetFederatedBundleRequest\x12*\n" +
+	"\x06bundle\x18\x01 \x01(\v2\x12.signet.api.BundleR\x06bundle\"\x1d\n" +
+	"\x1bListFederatedBundlesRequest\"L\n" +
+	"\x1cListFederatedBundlesResponse\x12,\n" +
+	"\abundles\x18\x01 \x03(\v2\x12.signet.api.BundleR\abundles\"A\n" +
+	"\x1cDeleteFederatedBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1f\n" +
+	"\x1dDeleteFederatedBundleResponse2\xb2\b\n" +
 	"\fAdminService\x12@\n" +
 	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12c\n" +
 	"\x12BatchCreateEntries\x12%.signet.api.BatchCreateEntriesRequest\x1a&.signet.api.BatchCreateEntriesResponse\x12@\n" +
@@ -802,7 +1017,10 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\n" +
 	"ListAgents\x12\x1d.signet.api.ListAgentsRequest\x1a\x1e.signet.api.ListAgentsResponse\x12K\n" +
 	"\n" +
-	"EvictAgent\x12\x1d.signet.api.EvictAgentRequest\x1a\x1e.signet.api.EvictAgentResponseB'Z%github.com/signetid/signet/server/apib\x06proto3"
+	"EvictAgent\x12\x1d.signet.api.EvictAgentRequest\x1a\x1e.signet.api.EvictAgentResponse\x12O\n" +
+	"\x12SetFederatedBundle\x12%.signet.api.SetFederatedBundleRequest\x1a\x12.signet.api.Bundle\x12i\n" +
+	"\x14ListFederatedBundles\x12'.signet.api.ListFederatedBundlesRequest\x1a(.signet.api.ListFederatedBundlesResponse\x12l\n" +
+	"\x15DeleteFederatedBundle\x12(.signet.api.DeleteFederatedBundleRequest\x1a).signet.api.DeleteFederatedBundleResponseB'Z%github.com/signetid/signet/server/apib\x06proto3"
 
 var (
 	file_server_api_admin_proto_rawDescOnce sync.Once
@@ -816,62 +1034,75 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 	return file_server_api_admin_proto_rawDescData
 }
 
-var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_server_api_admin_proto_goTypes = []any{
-	(*CreateEntryRequest)(nil),         // 0: signet.api.CreateEntryRequest
-	(*BatchCreateEntriesRequest)(nil),  // 1: signet.api.BatchCreateEntriesRequest
-	(*BatchCreateEntriesResponse)(nil), // 2: signet.api.BatchCreateEntriesResponse
-	(*UpdateEntryRequest)(nil),         // 3: signet.api.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),         // 4: signet.api.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),        // 5: signet.api.DeleteEntryResponse
-	(*GetEntryRequest)(nil),            // 6: signet.api.GetEntryRequest
-	(*ListEntriesRequest)(nil),         // 7: signet.api.ListEntriesRequest
-	(*ListEntriesResponse)(nil),        // 8: signet.api.ListEntriesResponse
-	(*CreateJoinTokenRequest)(nil),     // 9: signet.api.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),    // 10: signet.api.CreateJoinTokenResponse
-	(*GetBundleRequest)(nil),           // 11: signet.api.GetBundleRequest
-	(*ListAgentsRequest)(nil),          // 12: signet.api.ListAgentsRequest
-	(*ListAgentsResponse)(nil),         // 13: signet.api.ListAgentsResponse
-	(*EvictAgentRequest)(nil),          // 14: signet.api.EvictAgentRequest
-	(*EvictAgentResponse)(nil),         // 15: signet.api.EvictAgentResponse
-	(*Entry)(nil),                      // 16: signet.api.Entry
-	(*Selector)(nil),                   // 17: signet.api.Selector
-	(*Agent)(nil),                      // 18: signet.api.Agent
-	(*Bundle)(nil),                     // 19: signet.api.Bundle
+	(*CreateEntryRequest)(nil),            // 0: signet.api.CreateEntryRequest
+	(*BatchCreateEntriesRequest)(nil),     // 1: signet.api.BatchCreateEntriesRequest
+	(*BatchCreateEntriesResponse)(nil),    // 2: signet.api.BatchCreateEntriesResponse
+	(*UpdateEntryRequest)(nil),            // 3: signet.api.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),            // 4: signet.api.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),           // 5: signet.api.DeleteEntryResponse
+	(*GetEntryRequest)(nil),               // 6: signet.api.GetEntryRequest
+	(*ListEntriesRequest)(nil),            // 7: signet.api.ListEntriesRequest
+	(*ListEntriesResponse)(nil),           // 8: signet.api.ListEntriesResponse
+	(*CreateJoinTokenRequest)(nil),        // 9: signet.api.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),       // 10: signet.api.CreateJoinTokenResponse
+	(*GetBundleRequest)(nil),              // 11: signet.api.GetBundleRequest
+	(*ListAgentsRequest)(nil),             // 12: signet.api.ListAgentsRequest
+	(*ListAgentsResponse)(nil),            // 13: signet.api.ListAgentsResponse
+	(*EvictAgentRequest)(nil),             // 14: signet.api.EvictAgentRequest
+	(*EvictAgentResponse)(nil),            // 15: signet.api.EvictAgentResponse
+	(*SetFederatedBundleRequest)(nil),     // 16: signet.api.SetFederatedBundleRequest
+	(*ListFederatedBundlesRequest)(nil),   // 17: signet.api.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),  // 18: signet.api.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),  // 19: signet.api.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 20: signet.api.DeleteFederatedBundleResponse
+	(*Entry)(nil),                         // 21: signet.api.Entry
+	(*Selector)(nil),                      // 22: signet.api.Selector
+	(*Agent)(nil),                         // 23: signet.api.Agent
+	(*Bundle)(nil),                        // 24: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	16, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	16, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
-	16, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
-	16, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	17, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
-	16, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	18, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	0,  // 7: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
-	1,  // 8: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
-	3,  // 9: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
-	4,  // 10: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
-	6,  // 11: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
-	7,  // 12: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
-	9,  // 13: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
-	11, // 14: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
-	12, // 15: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
-	14, // 16: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
-	16, // 17: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	2,  // 18: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
-	16, // 19: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	5,  // 20: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	16, // 21: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	8,  // 22: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	10, // 23: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	19, // 24: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	13, // 25: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	15, // 26: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	17, // [17:27] is the sub-list for method output_type
-	7,  // [7:17] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	21, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	21, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	21, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	21, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	22, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	21, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	23, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	24, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
+	24, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
+	0,  // 9: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
+	1,  // 10: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
+	3,  // 11: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
+	4,  // 12: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
+	6,  // 13: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
+	7,  // 14: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
+	9,  // 15: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
+	11, // 16: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
+	12, // 17: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
+	14, // 18: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
+	16, // 19: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
+	17, // 20: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
+	19, // 21: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
+	21, // 22: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	2,  // 23: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	21, // 24: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	5,  // 25: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	21, // 26: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	8,  // 27: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	10, // 28: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	24, // 29: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	13, // 30: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	15, // 31: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	24, // 32: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
+	18, // 33: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
+	20, // 34: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
+	22, // [22:35] is the sub-list for method output_type
+	9,  // [9:22] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_server_api_admin_proto_init() }
@@ -886,7 +1117,7 @@ func file_server_api_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

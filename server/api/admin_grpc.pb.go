@@ -19,16 +19,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_CreateEntry_FullMethodName        = "/signet.api.AdminService/CreateEntry"
-	AdminService_BatchCreateEntries_FullMethodName = "/signet.api.AdminService/BatchCreateEntries"
-	AdminService_UpdateEntry_FullMethodName        = "/signet.api.AdminService/UpdateEntry"
-	AdminService_DeleteEntry_FullMethodName        = "/signet.api.AdminService/DeleteEntry"
-	AdminService_GetEntry_FullMethodName           = "/signet.api.AdminService/GetEntry"
-	AdminService_ListEntries_FullMethodName        = "/signet.api.AdminService/ListEntries"
-	AdminService_CreateJoinToken_FullMethodName    = "/signet.api.AdminService/CreateJoinToken"
-	AdminService_GetBundle_FullMethodName          = "/signet.api.AdminService/GetBundle"
-	AdminService_ListAgents_FullMethodName         = "/signet.api.AdminService/ListAgents"
-	AdminService_EvictAgent_FullMethodName         = "/signet.api.AdminService/EvictAgent"
+	AdminService_CreateEntry_FullMethodName           = "/signet.api.AdminService/CreateEntry"
+	AdminService_BatchCreateEntries_FullMethodName    = "/signet.api.AdminService/BatchCreateEntries"
+	AdminService_UpdateEntry_FullMethodName           = "/signet.api.AdminService/UpdateEntry"
+	AdminService_DeleteEntry_FullMethodName           = "/signet.api.AdminService/DeleteEntry"
+	AdminService_GetEntry_FullMethodName              = "/signet.api.AdminService/GetEntry"
+	AdminService_ListEntries_FullMethodName           = "/signet.api.AdminService/ListEntries"
+	AdminService_CreateJoinToken_FullMethodName       = "/signet.api.AdminService/CreateJoinToken"
+	AdminService_GetBundle_FullMethodName             = "/signet.api.AdminService/GetBundle"
+	AdminService_ListAgents_FullMethodName            = "/signet.api.AdminService/ListAgents"
+	AdminService_EvictAgent_FullMethodName            = "/signet.api.AdminService/EvictAgent"
+	AdminService_SetFederatedBundle_FullMethodName    = "/signet.api.AdminService/SetFederatedBundle"
+	AdminService_ListFederatedBundles_FullMethodName  = "/signet.api.AdminService/ListFederatedBundles"
+	AdminService_DeleteFederatedBundle_FullMethodName = "/signet.api.AdminService/DeleteFederatedBundle"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -50,6 +53,13 @@ type AdminServiceClient interface {
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	EvictAgent(ctx context.Context, in *EvictAgentRequest, opts ...grpc.CallOption) (*EvictAgentResponse, error)
+	// SetFederatedBundle stores (replaces) the bundle of a foreign trust
+	// domain: how an operator bootstraps an https_spiffe relationship, or
+	// federates without a bundle endpoint. The own trust domain is refused.
+	SetFederatedBundle(ctx context.Context, in *SetFederatedBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
+	// ListFederatedBundles returns every foreign trust domain's bundle.
+	ListFederatedBundles(ctx context.Context, in *ListFederatedBundlesRequest, opts ...grpc.CallOption) (*ListFederatedBundlesResponse, error)
+	DeleteFederatedBundle(ctx context.Context, in *DeleteFederatedBundleRequest, opts ...grpc.CallOption) (*DeleteFederatedBundleResponse, error)
 }
 
 type adminServiceClient struct {
@@ -160,6 +170,36 @@ func (c *adminServiceClient) EvictAgent(ctx context.Context, in *EvictAgentReque
 	return out, nil
 }
 
+func (c *adminServiceClient) SetFederatedBundle(ctx context.Context, in *SetFederatedBundleRequest, opts ...grpc.CallOption) (*Bundle, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Bundle)
+	err := c.cc.Invoke(ctx, AdminService_SetFederatedBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListFederatedBundles(ctx context.Context, in *ListFederatedBundlesRequest, opts ...grpc.CallOption) (*ListFederatedBundlesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFederatedBundlesResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListFederatedBundles_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteFederatedBundle(ctx context.Context, in *DeleteFederatedBundleRequest, opts ...grpc.CallOption) (*DeleteFederatedBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteFederatedBundleResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteFederatedBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -179,6 +219,13 @@ type AdminServiceServer interface {
 	GetBundle(context.Context, *GetBundleRequest) (*Bundle, error)
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	EvictAgent(context.Context, *EvictAgentRequest) (*EvictAgentResponse, error)
+	// SetFederatedBundle stores (replaces) the bundle of a foreign trust
+	// domain: how an operator bootstraps an https_spiffe relationship, or
+	// federates without a bundle endpoint. The own trust domain is refused.
+	SetFederatedBundle(context.Context, *SetFederatedBundleRequest) (*Bundle, error)
+	// ListFederatedBundles returns every foreign trust domain's bundle.
+	ListFederatedBundles(context.Context, *ListFederatedBundlesRequest) (*ListFederatedBundlesResponse, error)
+	DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -218,6 +265,15 @@ func (UnimplementedAdminServiceServer) ListAgents(context.Context, *ListAgentsRe
 }
 func (UnimplementedAdminServiceServer) EvictAgent(context.Context, *EvictAgentRequest) (*EvictAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EvictAgent not implemented")
+}
+func (UnimplementedAdminServiceServer) SetFederatedBundle(context.Context, *SetFederatedBundleRequest) (*Bundle, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetFederatedBundle not implemented")
+}
+func (UnimplementedAdminServiceServer) ListFederatedBundles(context.Context, *ListFederatedBundlesRequest) (*ListFederatedBundlesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFederatedBundles not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteFederatedBundle not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -420,6 +476,60 @@ func _AdminService_EvictAgent_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_SetFederatedBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetFederatedBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetFederatedBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SetFederatedBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetFederatedBundle(ctx, req.(*SetFederatedBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListFederatedBundles_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFederatedBundlesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListFederatedBundles(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListFederatedBundles_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListFederatedBundles(ctx, req.(*ListFederatedBundlesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteFederatedBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteFederatedBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteFederatedBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteFederatedBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteFederatedBundle(ctx, req.(*DeleteFederatedBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -466,6 +576,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EvictAgent",
 			Handler:    _AdminService_EvictAgent_Handler,
+		},
+		{
+			MethodName: "SetFederatedBundle",
+			Handler:    _AdminService_SetFederatedBundle_Handler,
+		},
+		{
+			MethodName: "ListFederatedBundles",
+			Handler:    _AdminService_ListFederatedBundles_Handler,
+		},
+		{
+			MethodName: "DeleteFederatedBundle",
+			Handler:    _AdminService_DeleteFederatedBundle_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -717,13 +718,21 @@ func bumpBundleSequence(ctx context.Context, t *tx, trustDomain string) error {
 	return nil
 }
 
+// checkAuthority refuses an authority the store could not give back usable.
+func checkAuthority(a Authority) error {
+	if a.TrustDomain == "" || a.KeyID == "" || (a.Kind != X509Authority && a.Kind != JWTAuthority) {
+		return fmt.Errorf("authority %q of %q kind %q: trust domain, key ID and kind x509 or jwt are required", a.KeyID, a.TrustDomain, a.Kind)
+	}
+	if len(a.Data) == 0 {
+		return fmt.Errorf("authority %s of %s has no data", a.KeyID, a.TrustDomain)
+	}
+	return nil
+}
+
 func (s *sqlStore) PutAuthorities(ctx context.Context, auths []Authority) error {
 	for _, a := range auths {
-		if a.TrustDomain == "" || a.KeyID == "" || (a.Kind != X509Authority && a.Kind != JWTAuthority) {
-			return fmt.Errorf("put authorities: authority %q of %q kind %q: trust domain, key ID and kind x509 or jwt are required", a.KeyID, a.TrustDomain, a.Kind)
-		}
-		if len(a.Data) == 0 {
-			return fmt.Errorf("put authorities: authority %s of %s has no data", a.KeyID, a.TrustDomain)
+		if err := checkAuthority(a); err != nil {
+			return fmt.Errorf("put authorities: %w", err)
 		}
 	}
 	err := s.write(ctx, func(t *tx) error {
@@ -769,18 +778,11 @@ func (s *sqlStore) ListAuthorities(ctx context.Context, trustDomain string) ([]A
 	var seq int64
 	err := s.db.read(ctx, func(q querier) error {
 		seq = 0
-		var err error
-		out, err = queryAll(ctx, q, func(sc scanner) (Authority, error) {
-			a := Authority{TrustDomain: trustDomain}
-			var kind string
-			var exp int64
-			err := sc.Scan(&kind, &a.KeyID, &a.Data, &exp)
-			a.Kind, a.ExpiresAt = AuthorityKind(kind), fromNanos(exp)
-			return a, err
-		}, `SELECT kind, key_id, data, expires_at FROM authorities WHERE trust_domain = $1`, trustDomain)
+		byKey, err := listAuthorities(ctx, q, trustDomain)
 		if err != nil {
 			return err
 		}
+		out = slices.Collect(maps.Values(byKey))
 		err = q.queryRow(ctx, `SELECT sequence FROM bundles WHERE trust_domain = $1`, trustDomain).Scan(&seq)
 		if errors.Is(err, errNoRows) {
 			return nil
@@ -817,6 +819,126 @@ func (s *sqlStore) PruneAuthorities(ctx context.Context, trustDomain string, now
 		return fmt.Errorf("prune authorities of %s: %w", trustDomain, err)
 	}
 	return nil
+}
+
+// authorityKey identifies an authority within its trust domain.
+type authorityKey struct {
+	kind  AuthorityKind
+	keyID string
+}
+
+// listAuthorities reads a trust domain's authorities through q, by key.
+func listAuthorities(ctx context.Context, q querier, trustDomain string) (map[authorityKey]Authority, error) {
+	auths, err := queryAll(ctx, q, func(sc scanner) (Authority, error) {
+		a := Authority{TrustDomain: trustDomain}
+		var kind string
+		var exp int64
+		err := sc.Scan(&kind, &a.KeyID, &a.Data, &exp)
+		a.Kind, a.ExpiresAt = AuthorityKind(kind), fromNanos(exp)
+		return a, err
+	}, `SELECT kind, key_id, data, expires_at FROM authorities WHERE trust_domain = $1`, trustDomain)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[authorityKey]Authority, len(auths))
+	for _, a := range auths {
+		out[authorityKey{a.Kind, a.KeyID}] = a
+	}
+	return out, nil
+}
+
+func (s *sqlStore) SetBundle(ctx context.Context, trustDomain string, auths []Authority) (bool, error) {
+	if len(auths) == 0 {
+		return false, fmt.Errorf("set bundle of %s: no authorities (delete the bundle instead)", trustDomain)
+	}
+	want := make(map[authorityKey]Authority, len(auths))
+	for _, a := range auths {
+		if err := checkAuthority(a); err != nil {
+			return false, fmt.Errorf("set bundle of %s: %w", trustDomain, err)
+		}
+		if a.TrustDomain != trustDomain {
+			return false, fmt.Errorf("set bundle of %s: authority %s belongs to %s", trustDomain, a.KeyID, a.TrustDomain)
+		}
+		k := authorityKey{a.Kind, a.KeyID}
+		if _, dup := want[k]; dup {
+			return false, fmt.Errorf("set bundle of %s: %s authority %s given twice", trustDomain, a.Kind, a.KeyID)
+		}
+		a.ExpiresAt = roundTrip(a.ExpiresAt)
+		want[k] = a
+	}
+	var changed bool
+	err := s.write(ctx, func(t *tx) error {
+		have, err := listAuthorities(ctx, t, trustDomain)
+		if err != nil {
+			return fmt.Errorf("read authorities: %w", err)
+		}
+		if len(have) == len(want) {
+			same := true
+			for k, a := range want {
+				h, ok := have[k]
+				same = same && ok && bytes.Equal(h.Data, a.Data) && h.ExpiresAt.Equal(a.ExpiresAt)
+			}
+			if same {
+				return nil
+			}
+		}
+		if _, err := t.exec(ctx, `DELETE FROM authorities WHERE trust_domain = $1`, trustDomain); err != nil {
+			return fmt.Errorf("delete authorities: %w", err)
+		}
+		for _, a := range want {
+			if _, err := t.exec(ctx, `INSERT INTO authorities (trust_domain, kind, key_id, data, expires_at) VALUES ($1, $2, $3, $4, $5)`,
+				trustDomain, string(a.Kind), a.KeyID, a.Data, toNanos(a.ExpiresAt)); err != nil {
+				return fmt.Errorf("write authority %s: %w", a.KeyID, err)
+			}
+		}
+		if err := bumpBundleSequence(ctx, t, trustDomain); err != nil {
+			return err
+		}
+		changed = true
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return false, fmt.Errorf("set bundle of %s: %w", trustDomain, err)
+	}
+	return changed, nil
+}
+
+func (s *sqlStore) DeleteBundle(ctx context.Context, trustDomain string) error {
+	err := s.write(ctx, func(t *tx) error {
+		n, err := t.exec(ctx, `DELETE FROM authorities WHERE trust_domain = $1`, trustDomain)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrNotFound
+		}
+		if err := bumpBundleSequence(ctx, t, trustDomain); err != nil {
+			return err
+		}
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return fmt.Errorf("delete bundle of %s: %w", trustDomain, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) ListBundleTrustDomains(ctx context.Context) ([]string, error) {
+	var out []string
+	err := s.db.read(ctx, func(q querier) error {
+		var err error
+		out, err = queryAll(ctx, q, func(sc scanner) (string, error) {
+			var td string
+			return td, sc.Scan(&td)
+		}, `SELECT DISTINCT trust_domain FROM authorities`)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list bundle trust domains: %w", err)
+	}
+	// Sorted in Go: SQL ORDER BY would follow the database's collation.
+	slices.Sort(out)
+	return out, nil
 }
 
 // --- the rest ---

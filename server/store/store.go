@@ -121,6 +121,19 @@ type Store interface {
 	ListAuthorities(ctx context.Context, trustDomain string) ([]Authority, int64, error)
 	// PruneAuthorities deletes authorities that expired before now.
 	PruneAuthorities(ctx context.Context, trustDomain string, now time.Time) error
+	// SetBundle replaces every authority of trustDomain with auths (a
+	// federated bundle, fetched or set by an operator): authorities not in
+	// auths are deleted. It bumps the bundle sequence and the revision, and
+	// reports changed, only if the set differs from the stored one. auths
+	// must not be empty (DeleteBundle removes a bundle).
+	SetBundle(ctx context.Context, trustDomain string, auths []Authority) (changed bool, err error)
+	// DeleteBundle deletes every authority of trustDomain: ErrNotFound if it
+	// has none. Its sequence is bumped and kept, so a bundle set later
+	// continues it and agents never see a sequence go back.
+	DeleteBundle(ctx context.Context, trustDomain string) error
+	// ListBundleTrustDomains returns the trust domains that have
+	// authorities, sorted.
+	ListBundleTrustDomains(ctx context.Context) ([]string, error)
 
 	// Revision increases with every change to entries, nodes or authorities.
 	Revision(ctx context.Context) (int64, error)

@@ -1,0 +1,628 @@
+package federation_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	spiffefed "github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/agent"
+	"github.com/signetid/signet/server"
+	"github.com/signetid/signet/server/adminapi"
+	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/federation"
+	"github.com/signetid/signet/server/servertest"
+	"github.com/signetid/signet/server/store"
+)
+
+var (
+	tdA = spiffeid.RequireTrustDomainFromString("a.org")
+	tdB = spiffeid.RequireTrustDomainFromString("b.org")
+)
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// freeAddr is a loopback address nothing listens on: two servers that
+// federate both ways must know each other's endpoint before either starts.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func serverID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromPath(td, "/signet/server")
+}
+
+// spiffeRel is an https_spiffe relationship with the Signet server of td.
+func spiffeRel(td spiffeid.TrustDomain, addr string) federation.Relationship {
+	return federation.Relationship{TrustDomain: td, URL: "https://" + addr, Profile: federation.ProfileSPIFFE, EndpointID: serverID(td)}
+}
+
+// startServer runs a real server of td whose bundle endpoint (https_spiffe,
+// refresh hint 1s) listens on endpointAddr, fetching the relationships'
+// bundles; refresh bounds are lowered so that tests follow the short hints.
+func startServer(t *testing.T, td spiffeid.TrustDomain, svidTTL time.Duration, endpointAddr string, rels ...federation.Relationship) *servertest.Server {
+	return servertest.Start(t, td, func(c *server.Config) {
+		c.SVIDTTL, c.AgentTTL = svidTTL, svidTTL
+		c.Federation = federation.Config{
+			Endpoint:      &federation.EndpointConfig{Address: endpointAddr, RefreshHint: time.Second, Profile: federation.ProfileSPIFFE},
+			Relationships: rels,
+			MinRefresh:    100 * time.Millisecond,
+		}
+	})
+}
+
+// bootstrap gives to the X.509 roots of from, as an operator would with
+// `bundle show --format pem` there and `bundle set --format pem` here. The
+// JWT keys are left out on purpose: their arrival shows a real fetch.
+func bootstrap(t *testing.T, to, from *servertest.Server) {
+	t.Helper()
+	ctx := context.Background()
+	b, err := from.Admin().GetBundle(ctx, &api.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.JwtAuthorities = nil
+	if _, err := to.Admin().SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{Bundle: b}); err != nil {
+		t.Fatalf("bootstrap %s: %v", b.TrustDomain, err)
+	}
+}
+
+// held is s's stored bundle of td (nil if none).
+func held(t *testing.T, s *servertest.Server, td spiffeid.TrustDomain) *api.Bundle {
+	t.Helper()
+	resp, err := s.Admin().ListFederatedBundles(context.Background(), &api.ListFederatedBundlesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range resp.Bundles {
+		if b.TrustDomain == td.Name() {
+			return b
+		}
+	}
+	return nil
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func ownRoots(t *testing.T, s *servertest.Server) [][]byte {
+	t.Helper()
+	b, err := s.Admin().GetBundle(context.Background(), &api.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.X509Authorities
+}
+
+func sameSet(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.ContainsFunc(b, func(y []byte) bool { return string(x) == string(y) }) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestEndpointServesTheOwnBundle(t *testing.T) {
+	b := startServer(t, tdB, time.Hour, "127.0.0.1:0")
+	ctx := context.Background()
+	want, err := b.Admin().GetBundle(ctx, &api.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := x509bundle.Parse(tdB, b.BundlePEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := spiffefed.FetchBundle(ctx, tdB, "https://"+b.FederationAddr(), spiffefed.WithSPIFFEAuth(roots, serverID(tdB)))
+	if err != nil {
+		t.Fatalf("FetchBundle: %v", err)
+	}
+	var gotRoots [][]byte
+	for _, c := range got.X509Authorities() {
+		gotRoots = append(gotRoots, c.Raw)
+	}
+	seq, _ := got.SequenceNumber()
+	hint, _ := got.RefreshHint()
+	if !sameSet(gotRoots, want.X509Authorities) || len(got.JWTAuthorities()) != len(want.JwtAuthorities) ||
+		int64(seq) != want.Sequence || hint != time.Second {
+		t.Fatalf("served %d roots, %d JWT keys, sequence %d, hint %s; want %d, %d, %d, 1s",
+			len(gotRoots), len(got.JWTAuthorities()), seq, hint, len(want.X509Authorities), len(want.JwtAuthorities), want.Sequence)
+	}
+	for _, k := range want.JwtAuthorities {
+		if _, ok := got.FindJWTAuthority(k.KeyId); !ok {
+			t.Fatalf("JWT key %s not served", k.KeyId)
+		}
+	}
+	// The endpoint presents spiffe://b.org/signet/server and nothing else.
+	if _, err := spiffefed.FetchBundle(ctx, tdB, "https://"+b.FederationAddr(),
+		spiffefed.WithSPIFFEAuth(roots, spiffeid.RequireFromPath(tdB, "/other"))); err == nil || !strings.Contains(err.Error(), "unexpected ID") {
+		t.Fatalf("FetchBundle expecting another ID = %v, want an unexpected-ID error", err)
+	}
+}
+
+// TestTwoServersFederate runs two servers federating both ways over
+// https_spiffe, and an agent of A whose workload's entry federates with
+// b.org: B's bundle reaches the workload, and so does B's CA rotation, on
+// the open Workload API stream.
+func TestTwoServersFederate(t *testing.T) {
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	// B's CA lives 6 x 2s and rotates without end: each root is published
+	// 6s before it is used, and dropped 12s after it was created.
+	b := startServer(t, tdB, 2*time.Second, addrB, spiffeRel(tdA, addrA))
+	a := startServer(t, tdA, time.Hour, addrA, spiffeRel(tdB, addrB))
+	if held(t, a, tdB) != nil || held(t, b, tdA) != nil {
+		t.Fatal("a bundle was held before the bootstrap")
+	}
+	bootstrap(t, a, b)
+	bootstrap(t, b, a)
+	// The refreshers then fetch the whole bundles, JWT keys included.
+	waitFor(t, 30*time.Second, "A fetches B's bundle", func() bool {
+		h := held(t, a, tdB)
+		return h != nil && len(h.JwtAuthorities) > 0
+	})
+	waitFor(t, 30*time.Second, "B fetches A's bundle", func() bool {
+		h := held(t, b, tdA)
+		return h != nil && len(h.JwtAuthorities) > 0 && sameSet(h.X509Authorities, ownRoots(t, a))
+	})
+
+	// An agent of A and a workload whose entry federates with b.org.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const agentID = "spiffe://a.org/agent/node1"
+	tok, err := a.Admin().CreateJoinToken(ctx, &api.CreateJoinTokenRequest{SpiffeId: agentID, TtlSeconds: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Admin().CreateEntry(ctx, &api.CreateEntryRequest{Entry: &api.Entry{
+		SpiffeId: "spiffe://a.org/web", ParentId: agentID, FederatesWith: []string{"b.org"},
+		Selectors: []*api.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", os.Getuid())}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "sgf") // short: socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "agent.sock")
+	actx, stopAgent := context.WithCancel(context.Background())
+	agentDone := make(chan error, 1)
+	go func() {
+		agentDone <- agent.Run(actx, agent.Config{
+			ServerAddress: a.Addr(), TrustDomain: tdA.Name(), DataDir: filepath.Join(dir, "data"),
+			JoinToken: tok.Token, TrustBundlePEM: a.BundlePEM(), SocketPath: socket,
+		}, discard())
+	}()
+	t.Cleanup(func() {
+		stopAgent()
+		if err := <-agentDone; err != nil {
+			t.Errorf("agent.Run: %v", err)
+		}
+	})
+
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	updates := make(chan *workloadapi.X509Context, 64)
+	go func() { _ = client.WatchX509Context(ctx, watcher(updates)) }()
+	// roots is what the open stream last said of b.org.
+	next := func(what string) [][]byte {
+		t.Helper()
+		select {
+		case x := <-updates:
+			fb, err := x.Bundles.GetX509BundleForTrustDomain(tdB)
+			if err != nil {
+				return nil
+			}
+			var out [][]byte
+			for _, c := range fb.X509Authorities() {
+				out = append(out, c.Raw)
+			}
+			return out
+		case <-ctx.Done():
+			t.Fatalf("%s: no update on the stream", what)
+			return nil
+		}
+	}
+	first := ownRoots(t, b)
+	for got := next("B's bundle"); !sameSet(got, first); got = next("B's bundle") {
+	}
+	// B's CA rotates on: its next root reaches the same stream (no
+	// reconnect, no polling at the workload), then the first root leaves it.
+	isFirst := func(r []byte) bool {
+		return slices.ContainsFunc(first, func(f []byte) bool { return string(f) == string(r) })
+	}
+	for got := next("B's next root"); !slices.ContainsFunc(got, func(r []byte) bool { return !isFirst(r) }); got = next("B's next root") {
+	}
+	for got := next("B's first root dropped"); slices.ContainsFunc(got, isFirst); got = next("B's first root dropped") {
+	}
+	waitFor(t, 30*time.Second, "A holds B's roots, and only those", func() bool {
+		return sameSet(held(t, a, tdB).X509Authorities, ownRoots(t, b))
+	})
+}
+
+type watcher chan *workloadapi.X509Context
+
+func (w watcher) OnX509ContextUpdate(x *workloadapi.X509Context) { w <- x }
+func (w watcher) OnX509ContextWatchError(error)                  {}
+
+// logRecords is a slog handler that keeps what is logged, for tests that
+// must know a refresh attempt finished.
+type logRecords struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *logRecords) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecords) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *logRecords) WithGroup(string) slog.Handler            { return l }
+func (l *logRecords) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	b.WriteString(r.Message)
+	r.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, " %s=%v", a.Key, a.Value); return true })
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.msgs = append(l.msgs, b.String())
+	return nil
+}
+
+func (l *logRecords) has(parts ...string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, m := range l.msgs {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(m, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// fetcher is the fetching side alone, for tests that watch one
+// relationship: a real store, its catalog and the federation service.
+type fetcher struct {
+	store store.Store
+	logs  *logRecords
+}
+
+func startFetcher(t *testing.T, rels ...federation.Relationship) *fetcher {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := store.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "s.db"), discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.New(ctx, st, tdA, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fetcher{store: st, logs: &logRecords{}}
+	svc, err := federation.New(federation.Options{
+		Config:      federation.Config{Relationships: rels, MinRefresh: 100 * time.Millisecond},
+		TrustDomain: tdA, Store: st, Catalog: cat, Logger: slog.New(f.logs),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cat.Run(ctx); close(done) }()
+	go func() { svc.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; st.Close() })
+	return f
+}
+
+// set stores roots as td's bundle, as `bundle set` would.
+func (f *fetcher) set(t *testing.T, td spiffeid.TrustDomain, pemRoots []byte) {
+	t.Helper()
+	xb, err := x509bundle.Parse(td, pemRoots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := adminapi.BundleFromProto(&api.Bundle{TrustDomain: td.Name(), X509Authorities: derOf(xb)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auths, err := federation.Authorities(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.SetBundle(context.Background(), td.Name(), auths); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *fetcher) kinds(t *testing.T, td spiffeid.TrustDomain) (x509s, jwts int) {
+	t.Helper()
+	auths, _, err := f.store.ListAuthorities(context.Background(), td.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range auths {
+		if a.Kind == store.JWTAuthority {
+			jwts++
+		} else {
+			x509s++
+		}
+	}
+	return x509s, jwts
+}
+
+func derOf(xb *x509bundle.Bundle) [][]byte {
+	var out [][]byte
+	for _, c := range xb.X509Authorities() {
+		out = append(out, c.Raw)
+	}
+	return out
+}
+
+func TestRefresherRefusesAWrongEndpoint(t *testing.T) {
+	b := startServer(t, tdB, time.Hour, "127.0.0.1:0")
+	tdC := spiffeid.RequireTrustDomainFromString("c.org")
+	wrongID := spiffeRel(tdB, b.FederationAddr())
+	wrongID.EndpointID = spiffeid.RequireFromPath(tdB, "/spire/server")
+	// c.org's endpoint is said to be B's server (chained trust, SPIFFE
+	// Federation 7.6): the TLS check passes, but the roots name b.org.
+	wrongTD := spiffeRel(tdC, b.FederationAddr())
+	wrongTD.EndpointID = serverID(tdB)
+	f := startFetcher(t, wrongID, wrongTD)
+	f.set(t, tdB, b.BundlePEM())
+
+	waitFor(t, 30*time.Second, "the wrong endpoint ID refused", func() bool {
+		return f.logs.has("bundle refresh failed", "trust_domain=b.org", `unexpected ID "spiffe://b.org/signet/server"`)
+	})
+	waitFor(t, 30*time.Second, "the wrong trust domain refused", func() bool {
+		return f.logs.has("bundle refresh failed", "trust_domain=c.org", "names trust domain b.org")
+	})
+	// Both refusals kept what was held: b.org's bootstrap roots (no JWT
+	// keys: nothing was fetched) and nothing of c.org.
+	if x, j := f.kinds(t, tdB); x == 0 || j != 0 {
+		t.Fatalf("b.org holds %d roots and %d JWT keys, want the bootstrap roots only", x, j)
+	}
+	if x, j := f.kinds(t, tdC); x+j != 0 {
+		t.Fatalf("c.org holds %d authorities", x+j)
+	}
+}
+
+// testCA issues Web PKI certificates for the https_web endpoint.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+func newTestCA(t *testing.T) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Test Web CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &testCA{cert: cert, key: key}
+}
+
+// issue writes a serving certificate for 127.0.0.1 and its key, replacing
+// both files at once (rename), and returns the certificate's serial.
+func (ca *testCA) issue(t *testing.T, certFile, keyFile string, serial int64) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "bundle.b.org"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	writeAtomic(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+func writeAtomic(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path+".tmp", data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// presented is the serial of the certificate the endpoint presents now.
+func presented(t *testing.T, addr string, roots *x509.CertPool) int64 {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatalf("dial the bundle endpoint: %v", err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+}
+
+func TestHTTPSWeb(t *testing.T) {
+	ca := newTestCA(t)
+	dir := t.TempDir()
+	certFile, keyFile, caFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), filepath.Join(dir, "ca.pem")
+	ca.issue(t, certFile, keyFile, 100)
+	writeAtomic(t, caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}))
+	b := servertest.Start(t, tdB, func(c *server.Config) {
+		c.Federation.Endpoint = &federation.EndpointConfig{Address: "127.0.0.1:0", RefreshHint: time.Second,
+			Profile: federation.ProfileWeb, CertFile: certFile, KeyFile: keyFile}
+	})
+
+	// No bootstrap: the Web PKI authenticates the endpoint.
+	f := startFetcher(t, federation.Relationship{TrustDomain: tdB, URL: "https://" + b.FederationAddr(), Profile: federation.ProfileWeb, CAFile: caFile})
+	waitFor(t, 30*time.Second, "the https_web bundle fetched", func() bool {
+		x, j := f.kinds(t, tdB)
+		return x > 0 && j > 0
+	})
+	got, _, err := f.store.ListAuthorities(context.Background(), tdB.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gotRoots [][]byte
+	for _, a := range got {
+		if a.Kind == store.X509Authority {
+			gotRoots = append(gotRoots, a.Data)
+		}
+	}
+	if want := ownRoots(t, b); !sameSet(gotRoots, want) {
+		t.Fatalf("fetched %d roots, B has %d", len(gotRoots), len(want))
+	}
+
+	// A renewed certificate is served from the next handshake on; a
+	// broken pair (key not matching) leaves the last good one in use.
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	if s := presented(t, b.FederationAddr(), pool); s != 100 {
+		t.Fatalf("serial %d presented, want 100", s)
+	}
+	ca.issue(t, certFile, keyFile, 101)
+	if s := presented(t, b.FederationAddr(), pool); s != 101 {
+		t.Fatalf("after renewal: serial %d presented, want 101", s)
+	}
+	other := filepath.Join(dir, "other.key")
+	ca.issue(t, filepath.Join(dir, "other.crt"), other, 102)
+	keyPEM, err := os.ReadFile(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, keyFile, keyPEM)
+	if s := presented(t, b.FederationAddr(), pool); s != 101 {
+		t.Fatalf("with a mismatched key: serial %d presented, want the previous 101", s)
+	}
+}
+
+func TestAdminAPIRefusals(t *testing.T) {
+	a := startServer(t, tdA, time.Hour, "127.0.0.1:0")
+	ctx := context.Background()
+	own, err := a.Admin().GetBundle(ctx, &api.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := newTestCA(t).cert.Raw // a root of b.org
+	tests := []struct {
+		name string
+		call func() error
+		code codes.Code
+		want string
+	}{
+		{"set the own trust domain", func() error {
+			_, err := a.Admin().SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{Bundle: own})
+			return err
+		}, codes.InvalidArgument, "own trust domain"},
+		{"set the own trust domain, spiffe:// form", func() error {
+			_, err := a.Admin().SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{Bundle: &api.Bundle{TrustDomain: "spiffe://a.org", X509Authorities: [][]byte{other}}})
+			return err
+		}, codes.InvalidArgument, "own trust domain"},
+		{"set a malformed root", func() error {
+			_, err := a.Admin().SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{Bundle: &api.Bundle{TrustDomain: "b.org", X509Authorities: [][]byte{{0x30, 1, 2}}}})
+			return err
+		}, codes.InvalidArgument, "parse X.509 authority"},
+		{"set an empty bundle", func() error {
+			_, err := a.Admin().SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{Bundle: &api.Bundle{TrustDomain: "b.org"}})
+			return err
+		}, codes.InvalidArgument, "no X.509 or JWT authorities"},
+		{"set no bundle", func() error {
+			_, err := a.Admin().SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{})
+			return err
+		}, codes.InvalidArgument, "bundle is required"},
+		{"set a bad trust domain", func() error {
+			_, err := a.Admin().SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{Bundle: &api.Bundle{TrustDomain: "B.org", X509Authorities: [][]byte{other}}})
+			return err
+		}, codes.InvalidArgument, "trust domain"},
+		{"delete the own trust domain", func() error {
+			_, err := a.Admin().DeleteFederatedBundle(ctx, &api.DeleteFederatedBundleRequest{TrustDomain: "a.org"})
+			return err
+		}, codes.InvalidArgument, "own trust domain"},
+		{"delete an unknown trust domain", func() error {
+			_, err := a.Admin().DeleteFederatedBundle(ctx, &api.DeleteFederatedBundleRequest{TrustDomain: "nowhere.org"})
+			return err
+		}, codes.NotFound, "no bundle of nowhere.org"},
+	}
+	for _, tt := range tests {
+		err := tt.call()
+		if status.Code(err) != tt.code || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want %s containing %q", tt.name, err, tt.code, tt.want)
+		}
+	}
+	if resp, err := a.Admin().ListFederatedBundles(ctx, &api.ListFederatedBundlesRequest{}); err != nil || len(resp.Bundles) != 0 {
+		t.Fatalf("after the refusals: %v, %v; want no federated bundle", resp, err)
+	}
+	// Accepted, listed (the own trust domain never is), deleted.
+	got, err := a.Admin().SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{Bundle: &api.Bundle{TrustDomain: "spiffe://b.org", X509Authorities: [][]byte{other}}})
+	if err != nil || got.TrustDomain != "b.org" || got.Sequence != 1 || len(got.X509Authorities) != 1 {
+		t.Fatalf("set b.org: %v, %v", got, err)
+	}
+	if resp, err := a.Admin().ListFederatedBundles(ctx, &api.ListFederatedBundlesRequest{}); err != nil || len(resp.Bundles) != 1 || resp.Bundles[0].TrustDomain != "b.org" {
+		t.Fatalf("list: %v, %v", resp, err)
+	}
+	if _, err := a.Admin().DeleteFederatedBundle(ctx, &api.DeleteFederatedBundleRequest{TrustDomain: "b.org"}); err != nil {
+		t.Fatal(err)
+	}
+	if held(t, a, tdB) != nil {
+		t.Fatal("b.org still listed after delete")
+	}
+}

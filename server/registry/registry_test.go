@@ -106,7 +106,7 @@ func TestAuthorized(t *testing.T) {
 		}
 	}
 	want("agent A", got(agentA, nil), "direct", "impostor")
-	want("agent A matching the alias", got(agentA, sel("k8s_psat:cluster:c1,k8s_psat:node:n1")), "direct", "impostor", "via-alias")
+	want("agent A matching the alias", got(agentA, sel("k8s_psat:cluster:c1,k8s_psat:agent_node_name:n1")), "direct", "impostor", "via-alias")
 	want("agent A, other cluster", got(agentA, sel("k8s_psat:cluster:c2")), "direct", "impostor")
 	want("agent B", got(agentB, nil), "other-agent")
 }

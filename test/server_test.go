@@ -226,3 +226,18 @@ func TestServerRefusesBadConfig(t *testing.T) {
 		t.Fatalf("bad trust domain: %v", err)
 	}
 }
+
+// The config file's log_format and log_level apply (the flags override them).
+func TestServerConfigLogSettings(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "server.conf")
+	if err := os.WriteFile(conf, []byte("log_format = \"json\"\nlog_level = \"debug\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startServerProc(t, "--config", conf)
+	line := s.proc.waitLine(t, "server started", 10*time.Second)
+	var rec map[string]any
+	if err := json.Unmarshal([]byte(line), &rec); err != nil || rec["msg"] != "server started" {
+		t.Fatalf("log line is not the file's JSON format: %q (%v)", line, err)
+	}
+}

@@ -58,6 +58,14 @@ func newServerRunCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// The file's log_level and log_format, unless the flags say
+			// otherwise.
+			if file.LogLevel != "" && !f.Changed("log-level") {
+				g.logLevel = file.LogLevel
+			}
+			if file.LogFormat != "" && !f.Changed("log-format") {
+				g.logFormat = file.LogFormat
+			}
 			logger, err := g.logger()
 			if err != nil {
 				return err

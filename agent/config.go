@@ -59,6 +59,9 @@ type Config struct {
 	KubeletSkipVerify bool   `hcl:"kubelet_skip_verify"`
 	KubeletTokenPath  string `hcl:"kubelet_token_path"`
 	NodeName          string `hcl:"node_name"`
+	// K8sCgroupRoot is the cgroup path above the kubelet's kubepods root
+	// ("/" for the top); default judged from the agent's own pod.
+	K8sCgroupRoot string `hcl:"k8s_cgroup_root"`
 	// TrustBundleFile holds the PEM roots that authenticate the server
 	// (`signet server bundle show`); TrustBundlePEM is the same in memory.
 	TrustBundleFile string `hcl:"trust_bundle_path"`
@@ -94,7 +97,7 @@ type ReadyInfo struct {
 var configKeys = []string{
 	"server_address", "trust_domain", "data_dir", "join_token", "join_token_file",
 	"k8s_psat_cluster", "k8s_psat_token_path", "k8s_workload_attestor", "kubelet_url",
-	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name",
+	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name", "k8s_cgroup_root",
 	"trust_bundle_path", "insecure_bootstrap", "socket_path", "health_listen",
 }
 
@@ -195,7 +198,7 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 	if c.K8sPSATCluster != "" && c.K8sPSATTokenPath == "" {
 		c.K8sPSATTokenPath = DefaultPSATTokenPath
 	}
-	if !c.K8sWorkloadAttestor && (c.KubeletURL != "" || c.KubeletCAPath != "" || c.KubeletSkipVerify || c.KubeletTokenPath != "") {
+	if !c.K8sWorkloadAttestor && (c.KubeletURL != "" || c.KubeletCAPath != "" || c.KubeletSkipVerify || c.KubeletTokenPath != "" || c.K8sCgroupRoot != "") {
 		return spiffeid.TrustDomain{}, errors.New("agent: kubelet settings are given but the Kubernetes workload attestor is off (--k8s-workload-attestor)")
 	}
 	return td, nil
@@ -217,6 +220,7 @@ func (c *Config) workloadAttestor(logger *slog.Logger) (attestor.Attestor, error
 		KubeletCAPath:     c.KubeletCAPath,
 		SkipKubeletVerify: c.KubeletSkipVerify,
 		NodeName:          c.NodeName,
+		CgroupRoot:        c.K8sCgroupRoot,
 		Logger:            logger,
 	})
 	if err != nil {

@@ -43,15 +43,20 @@ func cgroup2Root(t *testing.T) string {
 	return ""
 }
 
-// podCgroup creates a cgroup shaped like a container's under the systemd
-// driver, under a unique prefix, and returns an open directory for
-// CLONE_INTO_CGROUP; it is removed when the test ends.
-func podCgroup(t *testing.T, podUID types.UID, containerID string) *os.File {
-	t.Helper()
-	root := cgroup2Root(t)
+// cgroupPrefix is a unique cgroup path for a test's pod cgroups.
+func cgroupPrefix() string {
 	var rnd [4]byte
 	rand.Read(rnd[:])
-	prefix := filepath.Join(root, "signet-e2e-"+hex.EncodeToString(rnd[:]))
+	return "/signet-e2e-" + hex.EncodeToString(rnd[:])
+}
+
+// podCgroup creates a cgroup shaped like a container's under the systemd
+// driver, below the cgroup path prefix, and returns an open directory for
+// CLONE_INTO_CGROUP; it is removed when the test ends.
+func podCgroup(t *testing.T, prefix string, podUID types.UID, containerID string) *os.File {
+	t.Helper()
+	root := cgroup2Root(t)
+	prefix = filepath.Join(root, prefix)
 	uid := strings.ReplaceAll(string(podUID), "-", "_")
 	dir := filepath.Join(prefix, "kubepods.slice", "kubepods-besteffort.slice",
 		"kubepods-besteffort-pod"+uid+".slice", "cri-containerd-"+containerID+".scope")
@@ -160,13 +165,16 @@ k8s_bundle {
 		t.Fatal(err)
 	}
 
+	// The kubelet's pods live under this cgroup path (its --cgroup-root).
+	kubeletRoot := cgroupPrefix()
 	socket := filepath.Join(dir, "sockets", "agent.sock")
 	agentProc := startSignet(t, nil, "agent", "run", "--server", addr, "--trust-domain", "example.org",
 		"--data-dir", filepath.Join(dir, "agent"), "--socket", socket,
 		"--trust-bundle", write("bundle.pem", bundle),
 		"--k8s-psat-cluster", "prod", "--k8s-psat-token-path", write("agent-token", "projected-agent-token"),
 		"--k8s-workload-attestor", "--kubelet-url", kubelet.URL(), "--kubelet-ca", kubelet.WriteCA(t, dir),
-		"--kubelet-token-path", write("kubelet-token", "agent-sa-token"), "--node-name", "node-1")
+		"--kubelet-token-path", write("kubelet-token", "agent-sa-token"), "--node-name", "node-1",
+		"--k8s-cgroup-root", kubeletRoot)
 	agentProc.waitLine(t, "agent ready", 30*time.Second)
 	if out := agentProc.Output(); !strings.Contains(out, "spiffe://example.org/agent/k8s_psat/prod/7d0c6a52-node-1") {
 		t.Fatalf("agent is not named after its node:\n%s", out)
@@ -174,13 +182,13 @@ k8s_bundle {
 
 	// The workload: a process started straight into the pod's container
 	// cgroup, as the container runtime would.
-	cg := podCgroup(t, podUID, containerID)
-	fetch := func(intoPod bool) (string, error) {
+	cg := podCgroup(t, kubeletRoot, podUID, containerID)
+	fetch := func(cgroup *os.File) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, signetBin(t), "agent", "api", "fetch", "x509", "--socket", socket)
-		if intoPod {
-			cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+		if cgroup != nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cgroup.Fd())}
 		}
 		out, err := cmd.CombinedOutput()
 		return string(out), err
@@ -188,15 +196,20 @@ k8s_bundle {
 	var out string
 	var err error
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if out, err = fetch(true); err == nil {
+		if out, err = fetch(cg); err == nil {
 			break
 		}
 	}
 	if err != nil || !strings.Contains(out, "SPIFFE ID:    "+workloadID) {
 		t.Fatalf("workload in the pod: %v\n%s", err, out)
 	}
-	// The same binary outside the pod is not the checkout service account.
-	if out, err := fetch(false); err == nil || strings.Contains(out, workloadID) {
+	// The same binary outside the pod is not the checkout service account,
+	// nor is it in a copy of the pod's cgroup path built elsewhere (what the
+	// owner of a delegated cgroup tree could make).
+	if out, err := fetch(nil); err == nil || strings.Contains(out, workloadID) {
 		t.Fatalf("a host process got the pod's identity:\n%s", out)
+	}
+	if out, err := fetch(podCgroup(t, cgroupPrefix(), podUID, containerID)); err == nil || strings.Contains(out, workloadID) {
+		t.Fatalf("a process in a pod-shaped cgroup outside the kubelet's root got the pod's identity:\n%s", out)
 	}
 }

@@ -57,6 +57,12 @@ type K8sOptions struct {
 	NodeName string
 	// ProcRoot is where procfs is mounted. Default "/proc".
 	ProcRoot string
+	// CgroupRoot is the cgroup path above the kubelet's kubepods root, "/"
+	// when that root is at the top of the hierarchy. A pod-shaped path
+	// anywhere else is not a pod: an owner of a delegated cgroup tree could
+	// build one. Default: judged from the agent's own cgroup when the agent
+	// runs in a pod, else "/".
+	CgroupRoot string
 	// PollInterval is the wait between two looks at the kubelet's pods
 	// when a container is not listed yet (it has just started). Default
 	// 500ms.
@@ -80,6 +86,7 @@ type K8sOptions struct {
 // A process in no pod gets no selectors.
 type K8s struct {
 	procRoot     string
+	cgroupRoot   string
 	nodeName     string
 	kubeletURL   string
 	kubelet      *kubeletClient
@@ -168,6 +175,16 @@ func NewK8s(opts K8sOptions) (*K8s, error) {
 			caPath = defaultCAPath
 		}
 	}
+	if opts.CgroupRoot == "" {
+		opts.CgroupRoot = "/"
+		if self, err := os.ReadFile(filepath.Join(opts.ProcRoot, "self", "cgroup")); err == nil {
+			if root, inPod := cgroupRoot(self); inPod {
+				opts.CgroupRoot = root
+			}
+		}
+	} else if !strings.HasPrefix(opts.CgroupRoot, "/") {
+		return nil, fmt.Errorf("k8s attestor: cgroup root %q must be an absolute cgroup path (\"/\" for the top)", opts.CgroupRoot)
+	}
 	kubelet, err := newKubeletClient(u, tokenPath, caPath, opts.SkipKubeletVerify)
 	if err != nil {
 		return nil, fmt.Errorf("k8s attestor: %w", err)
@@ -181,6 +198,7 @@ func NewK8s(opts K8sOptions) (*K8s, error) {
 	}
 	return &K8s{
 		procRoot:     opts.ProcRoot,
+		cgroupRoot:   opts.CgroupRoot,
 		nodeName:     opts.NodeName,
 		kubeletURL:   u.String(),
 		kubelet:      kubelet,
@@ -204,7 +222,7 @@ func (k *K8s) Attest(ctx context.Context, pid int32) ([]selector.Selector, error
 	if err != nil {
 		return nil, fmt.Errorf("k8s attestor: pid %d: %w", pid, err)
 	}
-	pc, err := parseCgroup(b)
+	pc, err := parseCgroup(b, k.cgroupRoot)
 	if err != nil {
 		return nil, fmt.Errorf("k8s attestor: pid %d: %s: %w", pid, path, err)
 	}

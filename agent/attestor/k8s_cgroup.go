@@ -28,10 +28,15 @@ var (
 
 // parseCgroup reads the pod UID and container ID from the contents of
 // /proc/PID/cgroup (cgroup v1 and v2 lines, cgroupfs and systemd drivers).
-// Lines outside the kubelet's pods (a v2 line of a hybrid host, a v1
-// hierarchy the runtime does not use) are ignored; lines that name different
-// pods or containers are an error, never a choice.
-func parseCgroup(data []byte) (podContainer, error) {
+// root is where the kubelet's pod hierarchy lies ("" for the top, else a
+// path like "/docker/<id>"): an absolute path whose kubepods root lies
+// anywhere else is not a pod's, whatever its names, since whoever owns a
+// delegated cgroup tree (a systemd unit with Delegate=yes, a container with
+// writable cgroupfs) can build a pod-shaped path in it. Lines outside the
+// kubelet's pods (a v2 line of a hybrid host, a v1 hierarchy the runtime
+// does not use) are ignored; lines that name different pods or containers
+// are an error, never a choice.
+func parseCgroup(data []byte, root string) (podContainer, error) {
 	var found podContainer
 	var foundIn string
 	for line := range strings.Lines(string(data)) {
@@ -45,7 +50,7 @@ func parseCgroup(data []byte) (podContainer, error) {
 			return podContainer{}, fmt.Errorf("malformed cgroup line %q: want hierarchy-ID:controllers:/path", line)
 		}
 		path := fields[2]
-		pc, err := parseCgroupPath(path)
+		pc, err := parseCgroupPath(path, root)
 		if err != nil {
 			return podContainer{}, err
 		}
@@ -77,7 +82,7 @@ func parseCgroup(data []byte) (podContainer, error) {
 // (an agent in a pod on cgroup v2): the kubelet's root and QoS levels may lie
 // above the namespace and so be hidden, and the walk starts wherever the
 // path does.
-func parseCgroupPath(path string) (podContainer, error) {
+func parseCgroupPath(path, root string) (podContainer, error) {
 	segs := strings.Split(strings.TrimPrefix(path, "/"), "/")
 	relative := false
 	for len(segs) > 0 && segs[0] == ".." {
@@ -90,6 +95,10 @@ func parseCgroupPath(path string) (podContainer, error) {
 		}
 		if slices.ContainsFunc(segs[:i], userManagerRE.MatchString) {
 			return podContainer{}, fmt.Errorf("cgroup %q looks like a pod's but lies in a user's delegated cgroup tree, where an unprivileged user chooses the names", path)
+		}
+		if strings.Join(segs[:i], "/") != strings.Trim(root, "/") {
+			// Not under the kubelet's root: someone else's pod-shaped tree.
+			return podContainer{}, nil
 		}
 		segs = segs[i:]
 	}
@@ -173,6 +182,26 @@ func qosClass(seg, parent string) (name string, systemd, ok bool) {
 		}
 	}
 	return "", false, false
+}
+
+// cgroupRoot returns where the kubelet's pod hierarchy lies, judged from
+// the cgroups of a process known to be in a pod (the agent itself, in its
+// DaemonSet): "" when its path starts at a kubepods root or is relative (a
+// cgroup namespace), else the prefix above that root ("/docker/<id>" on a
+// node that is itself a container). ok is false when the process is in no
+// pod.
+func cgroupRoot(data []byte) (root string, ok bool) {
+	for line := range strings.Lines(string(data)) {
+		fields := strings.SplitN(strings.TrimSuffix(line, "\n"), ":", 3)
+		if len(fields) != 3 || !strings.HasPrefix(fields[2], "/") || strings.HasPrefix(fields[2], "/..") {
+			continue
+		}
+		segs := strings.Split(strings.TrimPrefix(fields[2], "/"), "/")
+		if i := slices.IndexFunc(segs, func(s string) bool { _, _, ok := kubepodsRoot(s); return ok }); i >= 0 {
+			return "/" + strings.Join(segs[:i], "/"), true
+		}
+	}
+	return "", false
 }
 
 // podSegment reports whether seg is a pod's cgroup below parent:

@@ -1,6 +1,7 @@
 package attestor
 
 import (
+	"cmp"
 	"regexp"
 	"strings"
 	"testing"
@@ -21,11 +22,13 @@ const (
 var cgroupCases = []struct {
 	name    string
 	in      string
+	root    string // the kubelet's cgroup root; "" means "/"
 	want    podContainer
 	wantErr string
 }{
 	{
 		name: "cgroup v1, cgroupfs, besteffort, in kind (the node is a docker container)",
+		root: "/docker/" + tCID2,
 		in: "12:pids:/docker/" + tCID2 + "/kubepods/besteffort/pod" + tUID + "/" + tCID + "\n" +
 			"11:memory:/docker/" + tCID2 + "/kubepods/besteffort/pod" + tUID + "/" + tCID + "\n" +
 			"1:name=systemd:/docker/" + tCID2 + "/kubepods/besteffort/pod" + tUID + "/" + tCID + "\n" +
@@ -62,6 +65,7 @@ var cgroupCases = []struct {
 	},
 	{
 		name: "kind on cgroup v2 (cgroup root /kubelet)",
+		root: "/kubelet.slice",
 		in:   "0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod" + tUID_ + ".slice/cri-containerd-" + tCID + ".scope\n",
 		want: podContainer{tUID, tCID},
 	},
@@ -144,6 +148,10 @@ var cgroupCases = []struct {
 		in:      "0::/user.slice/user-1000.slice/user@1000.service/app.slice/kubepods/besteffort/pod" + tUID + "/" + tCID + "\n",
 		wantErr: "delegated",
 	},
+	{name: "a pod-shaped tree in a delegated service's cgroups", in: "0::/system.slice/app.service/kubepods/besteffort/pod" + tUID + "/" + tCID + "\n"},
+	{name: "a pod-shaped tree in a docker container's cgroups", in: "0::/system.slice/docker-" + tCID2 + ".scope/kubepods.slice/kubepods-pod" + tUID_ + ".slice/cri-containerd-" + tCID + ".scope\n"},
+	{name: "kind's layout where the kubelet's root is the top", in: "0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod" + tUID_ + ".slice/cri-containerd-" + tCID + ".scope\n"},
+	{name: "the top layout where the kubelet's root is elsewhere", root: "/kubelet.slice", in: "0::/kubepods.slice/kubepods-pod" + tUID_ + ".slice/cri-containerd-" + tCID + ".scope\n"},
 	{name: "malformed line", in: "0::/\ngarbage\n", wantErr: "malformed cgroup line"},
 	{name: "path not absolute", in: "0::kubepods/pod" + tUID + "/" + tCID + "\n", wantErr: "malformed cgroup line"},
 }
@@ -151,7 +159,7 @@ var cgroupCases = []struct {
 func TestParseCgroup(t *testing.T) {
 	for _, tc := range cgroupCases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseCgroup([]byte(tc.in))
+			got, err := parseCgroup([]byte(tc.in), cmp.Or(tc.root, "/"))
 			switch {
 			case tc.wantErr != "":
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -166,6 +174,24 @@ func TestParseCgroup(t *testing.T) {
 	}
 }
 
+func TestCgroupRoot(t *testing.T) {
+	for _, tc := range []struct {
+		in        string
+		root      string
+		wantInPod bool
+	}{
+		{"0::/kubepods.slice/kubepods-pod" + tUID_ + ".slice/cri-containerd-" + tCID + ".scope\n", "/", true},
+		{"12:pids:/docker/" + tCID2 + "/kubepods/besteffort/pod" + tUID + "/" + tCID + "\n", "/docker/" + tCID2, true},
+		{"0::/\n", "", false},
+		{"0::/system.slice/signet-agent.service\n", "", false},
+	} {
+		root, inPod := cgroupRoot([]byte(tc.in))
+		if root != tc.root || inPod != tc.wantInPod {
+			t.Errorf("cgroupRoot(%q) = %q, %v; want %q, %v", tc.in, root, inPod, tc.root, tc.wantInPod)
+		}
+	}
+}
+
 var hex64RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 func FuzzParseCgroup(f *testing.F) {
@@ -173,7 +199,7 @@ func FuzzParseCgroup(f *testing.F) {
 		f.Add([]byte(tc.in))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		got, err := parseCgroup(in)
+		got, err := parseCgroup(in, "/")
 		if err != nil || got == (podContainer{}) {
 			return
 		}
@@ -188,11 +214,11 @@ func FuzzParseCgroup(f *testing.F) {
 			other = "0::/kubepods/pod" + got.podUID + "/" + strings.Repeat("e", 64)
 		}
 		for _, extra := range []string{"0::/", same} {
-			if again, err := parseCgroup(append([]byte(extra+"\n"), in...)); err != nil || again != got {
+			if again, err := parseCgroup(append([]byte(extra+"\n"), in...), "/"); err != nil || again != got {
 				t.Fatalf("with %q first: parseCgroup = %+v, %v; want %+v", extra, again, err, got)
 			}
 		}
-		if _, err := parseCgroup(append([]byte(other+"\n"), in...)); err == nil {
+		if _, err := parseCgroup(append([]byte(other+"\n"), in...), "/"); err == nil {
 			t.Fatalf("parseCgroup(%q) = %+v, yet a line naming another container did not conflict", in, got)
 		}
 	})

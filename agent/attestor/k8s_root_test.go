@@ -124,7 +124,7 @@ func TestK8sAttestsARealProcessInPodCgroups(t *testing.T) {
 		return "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + u + ".slice/cri-containerd-" + id + ".scope"
 	}
 	v1Container := cgroupTree(t, v1, tag)("kubepods/besteffort/pod" + uid + "/" + id)
-	v2Tree := cgroupTree(t, v2, tag+".slice")
+	v2Tree := cgroupTree(t, v2, tag)
 	v2Container := v2Tree(systemdPath(uid, id))
 	v2Other := v2Tree(systemdPath(otherUID, otherID))
 
@@ -140,7 +140,9 @@ func TestK8sAttestsARealProcessInPodCgroups(t *testing.T) {
 
 	kl := newFakeKubelet(t, token, kubeletOpts{})
 	kl.SetPods(testPod(uid, "web", id), testPod(otherUID, "db", otherID))
-	k := newK8s(t, kl, attestor.K8sOptions{ProcRoot: "/proc", MaxPollAttempts: 1})
+	// The kubelet's cgroup root is /<tag>, as on a node whose kubelet runs
+	// with --cgroup-root.
+	k := newK8s(t, kl, attestor.K8sOptions{ProcRoot: "/proc", MaxPollAttempts: 1, CgroupRoot: "/" + tag})
 
 	got := attestStrings(t, k, int32(pid))
 	for _, want := range []string{"k8s:pod-uid:" + uid, "k8s:pod-name:web", "k8s:ns:payments", "k8s:container-name:app"} {
@@ -148,6 +150,14 @@ func TestK8sAttestsARealProcessInPodCgroups(t *testing.T) {
 			t.Errorf("selectors %q lack %s", got, want)
 		}
 	}
+
+	t.Run("a pod-shaped tree outside the kubelet's cgroup root is no pod", func(t *testing.T) {
+		top := newK8s(t, kl, attestor.K8sOptions{ProcRoot: "/proc", MaxPollAttempts: 1})
+		sels, err := top.Attest(t.Context(), int32(pid))
+		if err != nil || sels != nil {
+			t.Fatalf("Attest = %v, %v; want no selectors: anyone owning a cgroup tree can shape it like a pod's", selector.Strings(sels), err)
+		}
+	})
 
 	t.Run("cgroups of two pods are refused", func(t *testing.T) {
 		moveTo(t, v2Other, pid)

@@ -66,6 +66,9 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			if set("kubelet-token-path") {
 				cfg.KubeletTokenPath = flags.KubeletTokenPath
 			}
+			if set("k8s-cgroup-root") {
+				cfg.K8sCgroupRoot = flags.K8sCgroupRoot
+			}
 			if set("node-name") || cfg.NodeName == "" {
 				cfg.NodeName = flags.NodeName
 			}
@@ -98,6 +101,7 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	f.StringVar(&flags.KubeletCAPath, "kubelet-ca", "", "PEM CA of the kubelet's serving certificate (default the service account's ca.crt)")
 	f.BoolVar(&flags.KubeletSkipVerify, "kubelet-skip-verify", false, "accept any kubelet certificate (for self-signed kubelet certificates; whoever answers on the kubelet's address then picks the selectors)")
 	f.StringVar(&flags.KubeletTokenPath, "kubelet-token-path", "", "bearer token for the kubelet (default the pod's service account token)")
+	f.StringVar(&flags.K8sCgroupRoot, "k8s-cgroup-root", "", "cgroup path above the kubelet's kubepods root, / for the top (default: judged from the agent's own pod, else /)")
 	f.StringVar(&flags.NodeName, "node-name", os.Getenv("MY_NODE_NAME"), "this agent's Kubernetes node; pods the kubelet reports elsewhere are refused (default $MY_NODE_NAME)")
 	f.StringVar(&flags.TrustBundleFile, "trust-bundle", "", "PEM roots to verify the server (from signet server bundle show)")
 	f.BoolVar(&flags.InsecureBootstrap, "insecure-bootstrap", false, "labs only: attest without verifying the server when no trust bundle is known")

@@ -192,6 +192,11 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 	if c.K8sPSATCluster != "" && (c.JoinToken != "" || c.JoinTokenFile != "") {
 		return spiffeid.TrustDomain{}, errors.New("agent: give a join token or k8s_psat_cluster, not both: an agent attests one way")
 	}
+	if c.K8sPSATCluster != "" && c.InsecureBootstrap {
+		// A projected token stays valid for hours: shown to an unverified
+		// server, it could be replayed to take this node's agent ID.
+		return spiffeid.TrustDomain{}, errors.New("agent: insecure_bootstrap cannot be used with k8s_psat_cluster; give --trust-bundle (the server's k8s_bundle ConfigMap)")
+	}
 	if c.K8sPSATTokenPath != "" && c.K8sPSATCluster == "" {
 		return spiffeid.TrustDomain{}, errors.New("agent: k8s_psat_token_path is set but k8s_psat_cluster is not (--k8s-psat-cluster NAME)")
 	}

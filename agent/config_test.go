@@ -90,6 +90,7 @@ func TestConfigValidate(t *testing.T) {
 		{"token and k8s_psat", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinTokenFile: "/f", K8sPSATCluster: "prod"}, "attests one way"},
 		{"k8s_psat token path without a cluster", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATTokenPath: "/t"}, "k8s_psat_cluster is not"},
 		{"k8s_psat", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod"}, ""},
+		{"k8s_psat with insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod", InsecureBootstrap: true}, "insecure_bootstrap cannot be used"},
 		{"kubelet settings without the attestor", Config{ServerAddress: "s:1", TrustDomain: "example.org", KubeletSkipVerify: true}, "workload attestor is off"},
 	}
 	for _, tc := range tests {

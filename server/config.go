@@ -160,12 +160,33 @@ func checkBlocks(file *ast.File) error {
 	if !ok {
 		return nil
 	}
+	// The decoder merges repeated blocks silently (two k8s_psat "prod"
+	// blocks would join their allow lists): refuse them instead.
+	seen := map[string]int{}
 	for _, item := range list.Items {
-		if len(item.Keys) == 0 || item.Keys[0].Token.Value() != "k8s_psat" {
+		if len(item.Keys) == 0 {
 			continue
 		}
-		if _, isBlock := item.Val.(*ast.ObjectType); !isBlock || len(item.Keys) != 2 {
-			return fmt.Errorf("line %d: want k8s_psat \"<cluster name>\" { service_account_allow_list = [...] ... }", item.Pos().Line)
+		line := item.Pos().Line
+		_, isBlock := item.Val.(*ast.ObjectType)
+		switch item.Keys[0].Token.Value() {
+		case "k8s_psat":
+			if !isBlock || len(item.Keys) != 2 {
+				return fmt.Errorf("line %d: want k8s_psat \"<cluster name>\" { service_account_allow_list = [...] ... }", line)
+			}
+			name, _ := item.Keys[1].Token.Value().(string)
+			if first, dup := seen["k8s_psat "+name]; dup {
+				return fmt.Errorf("line %d: k8s_psat %q is already configured at line %d", line, name, first)
+			}
+			seen["k8s_psat "+name] = line
+		case "k8s_bundle":
+			if !isBlock || len(item.Keys) != 1 {
+				return fmt.Errorf("line %d: want k8s_bundle { namespace = \"...\" config_map = \"...\" } (no label)", line)
+			}
+			if first, dup := seen["k8s_bundle"]; dup {
+				return fmt.Errorf("line %d: k8s_bundle is already configured at line %d", line, first)
+			}
+			seen["k8s_bundle"] = line
 		}
 	}
 	return nil

@@ -98,7 +98,7 @@ func TestKubernetesEndToEnd(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Namespace: "signet-system", Name: "signet-agent-q8x2v", UID: "agent-pod-uid"},
 		Spec:       corev1.PodSpec{NodeName: "node-1", ServiceAccountName: "signet-agent"},
 	})
-	kube.AddToken("projected-agent-token", kubetest.Token{Audiences: []string{"signet-server"},
+	kube.AddToken("eyJhbGciOiJSUzI1NiJ9.projected-agent-token.c2ln", kubetest.Token{Audiences: []string{"signet-server"},
 		Namespace: "signet-system", ServiceAccount: "signet-agent", PodName: "signet-agent-q8x2v", PodUID: "agent-pod-uid"})
 	kubelet := kubetest.NewKubelet(t, "agent-sa-token")
 	const (
@@ -171,7 +171,7 @@ k8s_bundle {
 	agentProc := startSignet(t, nil, "agent", "run", "--server", addr, "--trust-domain", "example.org",
 		"--data-dir", filepath.Join(dir, "agent"), "--socket", socket,
 		"--trust-bundle", write("bundle.pem", bundle),
-		"--k8s-psat-cluster", "prod", "--k8s-psat-token-path", write("agent-token", "projected-agent-token"),
+		"--k8s-psat-cluster", "prod", "--k8s-psat-token-path", write("agent-token", "eyJhbGciOiJSUzI1NiJ9.projected-agent-token.c2ln"),
 		"--k8s-workload-attestor", "--kubelet-url", kubelet.URL(), "--kubelet-ca", kubelet.WriteCA(t, dir),
 		"--kubelet-token-path", write("kubelet-token", "agent-sa-token"), "--node-name", "node-1",
 		"--k8s-cgroup-root", kubeletRoot)

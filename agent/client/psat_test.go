@@ -30,7 +30,7 @@ func psatServer(t *testing.T) (*realServer, *kubetest.APIServer) {
 		Spec:       corev1.PodSpec{NodeName: "node-1"},
 	})
 	for _, tok := range []string{"token-1", "token-2"} {
-		kube.AddToken(tok, kubetest.Token{Audiences: []string{"signet-server"}, Namespace: "signet-system",
+		kube.AddToken(jwt(tok), kubetest.Token{Audiences: []string{"signet-server"}, Namespace: "signet-system",
 			ServiceAccount: "signet-agent", PodName: "signet-agent-x7k2p", PodUID: "pod-1"})
 	}
 	kubeconfig := kube.Kubeconfig(t, t.TempDir())
@@ -42,11 +42,14 @@ func psatServer(t *testing.T) (*realServer, *kubetest.APIServer) {
 	return &realServer{s}, kube
 }
 
+// jwt shapes a test token name like a service account token.
+func jwt(name string) string { return "eyJhbGciOiJSUzI1NiJ9." + name + ".c2ln" }
+
 func TestPSATAttestation(t *testing.T) {
 	s, kube := psatServer(t)
 	ctx := context.Background()
 	tokenPath := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenPath, []byte("token-1\n"), 0o600); err != nil {
+	if err := os.WriteFile(tokenPath, []byte(jwt("token-1")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
@@ -66,33 +69,36 @@ func TestPSATAttestation(t *testing.T) {
 		t.Fatalf("agents %v, err %v", agents, err)
 	}
 
-	// Evicted: unlike a join token, the projected token attests again, and
-	// the kubelet's rotated token is read from the file.
-	if err := os.WriteFile(tokenPath, []byte("token-2"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Admin().EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: wantID}); err != nil {
-		t.Fatal(err)
-	}
-	reviews := kube.Calls("POST /apis/authentication.k8s.io/v1/tokenreviews")
-	if err := c.renewOrReattest(ctx); err != nil {
-		t.Fatalf("re-attest after eviction: %v", err)
-	}
-	if kube.Calls("POST /apis/authentication.k8s.io/v1/tokenreviews") != reviews+1 {
-		t.Fatal("re-attestation did not present the token to the API server")
-	}
-	if err := c.Ready(); err != nil || c.AgentID().String() != wantID {
-		t.Fatalf("after re-attestation: ready %v, ID %s", err, c.AgentID())
-	}
-	if err := syncWorks(ctx, c); err != nil {
-		t.Fatalf("sync after re-attestation: %v", err)
+	// Evicted: unlike a join token, the projected token attests again: the
+	// same one (the kubelet rotates it only at 80% of its life), and then
+	// the kubelet's rotated one, read from the file.
+	for _, token := range []string{"token-1", "token-2"} {
+		if err := os.WriteFile(tokenPath, []byte(jwt(token)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Admin().EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: wantID}); err != nil {
+			t.Fatal(err)
+		}
+		reviews := kube.Calls("POST /apis/authentication.k8s.io/v1/tokenreviews")
+		if err := c.renewOrReattest(ctx); err != nil {
+			t.Fatalf("re-attest after eviction with %s: %v", token, err)
+		}
+		if kube.Calls("POST /apis/authentication.k8s.io/v1/tokenreviews") != reviews+1 {
+			t.Fatal("re-attestation did not present the token to the API server")
+		}
+		if err := c.Ready(); err != nil || c.AgentID().String() != wantID {
+			t.Fatalf("after re-attestation: ready %v, ID %s", err, c.AgentID())
+		}
+		if err := syncWorks(ctx, c); err != nil {
+			t.Fatalf("sync after re-attestation: %v", err)
+		}
 	}
 
-	// The agent pod is gone (its token with it): re-attestation is refused
-	// and the agent says why.
+	// The agent pod is gone: the next renewal is refused (the server looks
+	// the pod up again), and so is attesting again.
 	kube.DeletePod("signet-system", "signet-agent-x7k2p")
-	if _, err := s.Admin().EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: wantID}); err != nil {
-		t.Fatal(err)
+	if err := c.renew(ctx); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no longer exists") {
+		t.Fatalf("renew without the pod: %v, want PermissionDenied naming the pod", err)
 	}
 	err = c.renewOrReattest(ctx)
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no longer exists") {
@@ -121,7 +127,7 @@ func TestPSATRefusals(t *testing.T) {
 		{"unknown cluster", "token-1", "staging", codes.PermissionDenied, `cluster "staging" is not configured`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := os.WriteFile(tokenPath, []byte(tc.token), 0o600); err != nil {
+			if err := os.WriteFile(tokenPath, []byte(jwt(tc.token)), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			err := attest(tc.cluster)
@@ -131,7 +137,7 @@ func TestPSATRefusals(t *testing.T) {
 		})
 	}
 	// The API server is down: a transient error, worth retrying.
-	if err := os.WriteFile(tokenPath, []byte("token-1"), 0o600); err != nil {
+	if err := os.WriteFile(tokenPath, []byte(jwt("token-1")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	kube.Close()
@@ -144,7 +150,7 @@ func TestPSATRefusals(t *testing.T) {
 func TestPSATNotConfigured(t *testing.T) {
 	s := startServer(t)
 	tokenPath := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenPath, []byte("token-1"), 0o600); err != nil {
+	if err := os.WriteFile(tokenPath, []byte(jwt("token-1")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c := newClient(t, s, t.TempDir(), nil, func(cfg *Config) { cfg.NodeAttestor = PSAT("prod", tokenPath) })

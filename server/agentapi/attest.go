@@ -87,6 +87,9 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 	if err != nil {
 		return nil, err
 	}
+	if err := s.recheckNode(ctx, snap.Nodes[c.ID.String()]); err != nil {
+		return nil, err
+	}
 	chain, err := s.signAgent(ctx, req.Csr, c.ID)
 	if err != nil {
 		return nil, err
@@ -106,6 +109,28 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 	}
 	s.cfg.Logger.Info("agent SVID renewed", "agent_id", c.ID.String(), "serial", serial, "expires_at", chain[0].NotAfter)
 	return s.attestResponse(c.ID, chain), nil
+}
+
+// recheckNode asks again, at renewal, whether what attested the agent still
+// holds. Join tokens are spent, so there is nothing to ask; a Kubernetes
+// agent's pod, node and service account are looked up again.
+func (s *Service) recheckNode(ctx context.Context, node store.Node) error {
+	if node.AttestationType != nodeattest.K8sPSATType {
+		return nil
+	}
+	if s.cfg.PSAT == nil {
+		return status.Errorf(codes.PermissionDenied, "agent %s attested with k8s_psat, which this server no longer accepts", node.SPIFFEID)
+	}
+	err := s.cfg.PSAT.Recheck(ctx, node.Selectors)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, nodeattest.ErrNotAttested):
+		s.cfg.Logger.Warn("agent renewal refused", "agent_id", node.SPIFFEID, "reason", err)
+		return status.Error(codes.PermissionDenied, err.Error())
+	default:
+		return status.Errorf(codes.Unavailable, "recheck agent %s: %v", node.SPIFFEID, err)
+	}
 }
 
 func (s *Service) signAgent(ctx context.Context, csr []byte, id spiffeid.ID) ([]*x509.Certificate, error) {

@@ -28,30 +28,30 @@ func psatCluster(t *testing.T) (*kubetest.APIServer, PSATCluster) {
 		Status: corev1.PodStatus{HostIP: "10.0.0.7"},
 	})
 	agent := kubetest.Token{Audiences: []string{"signet-server"}, Namespace: "signet-system", ServiceAccount: "signet-agent", PodName: "agent-abc", PodUID: "pod-uid-1"}
-	api.AddToken("good", agent)
+	api.AddToken(jwt("good"), agent)
 	other := agent
 	other.Audiences = []string{"https://kubernetes.default.svc"}
-	api.AddToken("apiserver-audience", other)
+	api.AddToken(jwt("apiserver-audience"), other)
 	other = agent
 	other.ServiceAccount = "default"
-	api.AddToken("default-sa", other)
+	api.AddToken(jwt("default-sa"), other)
 	other = agent
 	other.PodName, other.PodUID = "", ""
-	api.AddToken("secret-token", other)
+	api.AddToken(jwt("secret-token"), other)
 	other = agent
 	other.PodName, other.PodUID = "gone", "pod-uid-gone"
-	api.AddToken("deleted-pod", other)
+	api.AddToken(jwt("deleted-pod"), other)
 	other = agent
 	other.PodUID = "pod-uid-old"
-	api.AddToken("replaced-pod", other)
+	api.AddToken(jwt("replaced-pod"), other)
 	api.AddPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "signet-system", Name: "pending", UID: "pod-uid-p"}})
 	other = agent
 	other.PodName, other.PodUID = "pending", "pod-uid-p"
-	api.AddToken("unscheduled", other)
+	api.AddToken(jwt("unscheduled"), other)
 	api.AddPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "signet-system", Name: "orphan", UID: "pod-uid-o"}, Spec: corev1.PodSpec{NodeName: "node-gone"}})
 	other = agent
 	other.PodName, other.PodUID = "orphan", "pod-uid-o"
-	api.AddToken("no-node", other)
+	api.AddToken(jwt("no-node"), other)
 
 	client, err := KubeClient(api.Kubeconfig(t, t.TempDir()))
 	if err != nil {
@@ -66,7 +66,13 @@ func psatCluster(t *testing.T) (*kubetest.APIServer, PSATCluster) {
 	}
 }
 
+// jwt shapes a test token name like a service account token.
+func jwt(name string) string { return "eyJhbGciOiJSUzI1NiJ9." + name + ".c2ln" }
+
 func psatPayload(cluster, token string) []byte {
+	if token != "" {
+		token = jwt(token)
+	}
 	b, _ := json.Marshal(PSATPayload{Cluster: cluster, Token: token})
 	return b
 }
@@ -114,6 +120,7 @@ func TestPSATAttest(t *testing.T) {
 	}{
 		{"not json", []byte("eyJhbGciOi"), ErrMalformed, "malformed"},
 		{"no token", psatPayload("prod", ""), ErrMalformed, "required"},
+		{"token not a JWT", []byte(`{"cluster":"prod","token":"opaque-secret"}`), ErrMalformed, "not a JWT"},
 		{"unknown cluster", psatPayload("staging", "good"), ErrNotAttested, `cluster "staging" is not configured`},
 		{"invalid token", psatPayload("prod", "forged"), ErrNotAttested, "invalid bearer token"},
 		{"token for another audience", psatPayload("prod", "apiserver-audience"), ErrNotAttested, "audiences are invalid"},
@@ -187,5 +194,44 @@ func TestNewPSATRefusesBadClusters(t *testing.T) {
 	}
 	if _, err := NewPSAT(td, []PSATCluster{good, good}); err == nil || !strings.Contains(err.Error(), "twice") {
 		t.Fatalf("duplicate cluster: %v", err)
+	}
+}
+
+func TestPSATRecheck(t *testing.T) {
+	api, cluster := psatCluster(t)
+	p, err := NewPSAT(td, []PSATCluster{cluster})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	res, err := p.Attest(ctx, psatPayload("prod", "good"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Recheck(ctx, res.Selectors); err != nil {
+		t.Fatalf("recheck of a live agent: %v", err)
+	}
+	// The server's config changed: the service account is no longer allowed.
+	narrowed := cluster
+	narrowed.ServiceAccountAllowList = []string{"signet-system:other"}
+	p2, err := NewPSAT(td, []PSATCluster{narrowed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.Recheck(ctx, res.Selectors); !errors.Is(err, ErrNotAttested) || !strings.Contains(err.Error(), "no longer in service_account_allow_list") {
+		t.Fatalf("recheck with the service account removed: %v", err)
+	}
+	// The node is replaced (same name, new UID), then the pod is gone.
+	api.AddNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1", UID: "node-uid-2"}})
+	if err := p.Recheck(ctx, res.Selectors); !errors.Is(err, ErrNotAttested) || !strings.Contains(err.Error(), "node node-1") {
+		t.Fatalf("recheck with the node replaced: %v", err)
+	}
+	api.DeletePod("signet-system", "agent-abc")
+	if err := p.Recheck(ctx, res.Selectors); !errors.Is(err, ErrNotAttested) || !strings.Contains(err.Error(), "no longer exists") {
+		t.Fatalf("recheck with the pod gone: %v", err)
+	}
+	api.Close()
+	if err := p.Recheck(ctx, res.Selectors); err == nil || errors.Is(err, ErrNotAttested) {
+		t.Fatalf("recheck with the API server down: %v, want a transient error", err)
 	}
 }

@@ -2,15 +2,20 @@ package federation
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/signetid/signet/server/catalog"
 	"github.com/signetid/signet/server/store"
@@ -73,7 +78,7 @@ func (r *refresher) run(ctx context.Context) {
 // refresh fetches and stores the bundle once, and returns when to refresh next.
 func (r *refresher) refresh(ctx context.Context) (time.Duration, error) {
 	td := r.rel.TrustDomain
-	var auth federation.FetchOption
+	var tlsConf *tls.Config
 	switch r.rel.Profile {
 	case ProfileSPIFFE:
 		// The endpoint's ID may belong to another trust domain (SPIFFE
@@ -87,19 +92,19 @@ func (r *refresher) refresh(ctx context.Context) (time.Duration, error) {
 			return 0, fmt.Errorf("%w: no X.509 bundle of %s is held to authenticate %s at %s; set one with `signet server bundle set --trust-domain %s --path FILE` (the file from `signet server bundle show --format spiffe` there)",
 				errNotBootstrapped, epTD, r.rel.EndpointID, r.rel.URL, epTD)
 		}
-		auth = federation.WithSPIFFEAuth(held, r.rel.EndpointID)
+		tlsConf = tlsconfig.TLSClientConfig(held, tlsconfig.AuthorizeID(r.rel.EndpointID))
 	case ProfileWeb:
 		roots, err := loadRoots(r.rel.CAFile)
 		if err != nil {
 			return 0, err
 		}
-		auth = federation.WithWebPKIRoots(roots)
+		tlsConf = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	default:
 		return 0, fmt.Errorf("unknown bundle endpoint profile %q", r.rel.Profile)
 	}
 	fctx, cancel := context.WithTimeout(ctx, fetchTimeout)
 	defer cancel()
-	b, err := federation.FetchBundle(fctx, td, r.rel.URL, auth)
+	b, err := fetchBundle(fctx, td, r.rel.URL, tlsConf)
 	if err != nil {
 		return 0, err
 	}
@@ -124,6 +129,48 @@ func (r *refresher) refresh(ctx context.Context) (time.Duration, error) {
 		r.logger.Debug("federation: bundle unchanged", "trust_domain", td.Name(), "spiffe_sequence", seq, "next_refresh", next)
 	}
 	return next, nil
+}
+
+// maxBundleSize bounds a fetched bundle document: real ones are a few KiB,
+// and a peer must not be able to make us read without end.
+const maxBundleSize = 4 << 20
+
+// fetchBundle GETs a bundle document over TLS configured by tlsConf. It
+// follows no redirect: a redirect could lead to plain http, where neither
+// profile authenticates anything. (go-spiffe's federation.FetchBundle
+// follows redirects and reads bodies without a limit.)
+func fetchBundle(ctx context.Context, td spiffeid.TrustDomain, url string, tlsConf *tls.Config) (*spiffebundle.Bundle, error) {
+	client := &http.Client{
+		Transport: &http.Transport{TLSClientConfig: tlsConf, Proxy: http.ProxyFromEnvironment},
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("bundle endpoint %s: %w", url, err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("fetch bundle from %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("fetch bundle from %s: status %s (redirects are not followed)", url, resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBundleSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("fetch bundle from %s: %w", url, err)
+	}
+	if len(body) > maxBundleSize {
+		return nil, fmt.Errorf("fetch bundle from %s: the document is larger than %d bytes", url, maxBundleSize)
+	}
+	b, err := spiffebundle.Parse(td, body)
+	if err != nil {
+		return nil, fmt.Errorf("bundle from %s: %w", url, err)
+	}
+	return b, nil
 }
 
 // loadRoots reads the PEM roots of an https_web relationship; no file means

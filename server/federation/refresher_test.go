@@ -76,6 +76,8 @@ func bundleDoc(t *testing.T, hint time.Duration, roots ...*x509.Certificate) []b
 type docServer struct {
 	mu  sync.Mutex
 	doc []byte
+	// serve, when set, answers instead of doc.
+	serve http.HandlerFunc
 }
 
 func (d *docServer) set(doc []byte) {
@@ -84,9 +86,13 @@ func (d *docServer) set(doc []byte) {
 	d.doc = doc
 }
 
-func (d *docServer) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+func (d *docServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.serve != nil {
+		d.serve(w, r)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(d.doc)
 }
@@ -192,6 +198,54 @@ func TestRefreshRefusesAndKeepsTheBundle(t *testing.T) {
 	ds.set(bundleDoc(t, 0, testRoot(t, "b.org")))
 	if _, err := r.refresh(ctx); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("refresh with system roots = %v, want a certificate error", err)
+	}
+}
+
+// A peer (or whatever answers for it) cannot send us to plain http, where
+// nothing is authenticated, make us parse an error page, or make us read
+// without end.
+func TestRefreshRefusesRedirectsStatusesAndHugeBodies(t *testing.T) {
+	ds, r, st := newDocRefresher(t)
+	ctx := context.Background()
+	good := testRoot(t, "b.org")
+	ds.set(bundleDoc(t, 0, good))
+	if _, err := r.refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evil := bundleDoc(t, 0, testRoot(t, "b.org"))
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(evil) }))
+	defer plain.Close()
+	for _, tt := range []struct {
+		name    string
+		serve   http.HandlerFunc
+		wantErr string
+	}{
+		{"redirect to plain http", func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, plain.URL+"/bundle", http.StatusFound)
+		}, "redirects are not followed"},
+		{"an error status with a bundle-shaped body", func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write(evil)
+		}, "503"},
+		{"a body without end", func(w http.ResponseWriter, _ *http.Request) {
+			chunk := []byte(strings.Repeat(" ", 64<<10))
+			for i := 0; i < 1<<12; i++ { // 256 MiB if nobody stops reading
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		}, "larger than"},
+	} {
+		ds.mu.Lock()
+		ds.serve = tt.serve
+		ds.mu.Unlock()
+		if _, err := r.refresh(ctx); err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("%s: refresh = %v, want an error containing %q", tt.name, err, tt.wantErr)
+		}
+		auths, _, err := st.ListAuthorities(ctx, fedTD.Name())
+		if err != nil || len(auths) != 1 || string(auths[0].Data) != string(good.Raw) {
+			t.Fatalf("%s: the held bundle changed", tt.name)
+		}
 	}
 }
 

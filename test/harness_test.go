@@ -118,7 +118,9 @@ func startSignet(t testing.TB, env []string, args ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start signet %v: %v", args, err)
 	}
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 64*1024), 1024*1024)
 		for sc.Scan() {
@@ -126,10 +128,13 @@ func startSignet(t testing.TB, env []string, args ...string) *proc {
 			p.out.WriteString(sc.Text() + "\n")
 			p.mu.Unlock()
 		}
+		io.Copy(io.Discard, pr) // a line over the buffer: keep the process unblocked
 	}()
 	go func() {
 		p.err = cmd.Wait()
 		pw.Close()
+		// done means the whole output has been read: tests read it then.
+		<-scanned
 		close(p.done)
 	}()
 	t.Cleanup(func() {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl"
@@ -139,16 +138,8 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 			unused["k8s_bundle: "+k] = pos
 		}
 	}
-	if len(unused) > 0 {
-		keys := make([]string, 0, len(unused))
-		for k, pos := range unused {
-			if len(pos) > 0 {
-				k = fmt.Sprintf("%s (line %d)", k, pos[0].Line)
-			}
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		return FileConfig{}, fmt.Errorf("parse server config: unknown key(s): %s", strings.Join(keys, ", "))
+	if err := hclsafe.UnknownKeys(unused); err != nil {
+		return FileConfig{}, fmt.Errorf("parse server config: %w", err)
 	}
 	return fc, nil
 }

@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/hashicorp/hcl/hcl/token"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/signetid/signet/internal/hclsafe"
 	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/server/ca"
 )
@@ -180,19 +180,11 @@ type emptyBlock struct {
 // unknownKeys returns an error naming the keys of a block that no field
 // took, as "federation.<where>.<key> (line N)", or nil.
 func unknownKeys(where string, unused map[string][]token.Pos) error {
-	if len(unused) == 0 {
-		return nil
-	}
-	keys := make([]string, 0, len(unused))
+	named := make(map[string][]token.Pos, len(unused))
 	for k, pos := range unused {
-		k = where + "." + k
-		if len(pos) > 0 {
-			k = fmt.Sprintf("%s (line %d)", k, pos[0].Line)
-		}
-		keys = append(keys, k)
+		named[where+"."+k] = pos
 	}
-	sort.Strings(keys)
-	return fmt.Errorf("unknown key(s): %s", strings.Join(keys, ", "))
+	return hclsafe.UnknownKeys(named)
 }
 
 // Resolve validates the block for a server of trust domain own. A nil

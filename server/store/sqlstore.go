@@ -346,7 +346,9 @@ func (s *sqlStore) CreateEntries(ctx context.Context, es []registry.Entry) ([]re
 	out := make([]registry.Entry, len(es))
 	for i, e := range es {
 		e = normalizeEntry(e)
-		e.ID = uuid.NewString()
+		if e.ID == "" {
+			e.ID = uuid.NewString()
+		}
 		e.Revision = 1
 		e.CreatedAt = now
 		out[i] = e
@@ -364,7 +366,7 @@ func (s *sqlStore) CreateEntries(ctx context.Context, es []registry.Entry) ([]re
 		return bumpRevision(ctx, t)
 	})
 	if s.db.isUniqueViolation(err) {
-		return nil, fmt.Errorf("%s: an entry with the same SPIFFE ID, parent and selectors %w", what, ErrAlreadyExists)
+		return nil, fmt.Errorf("%s: an entry with the same ID, or the same SPIFFE ID, parent and selectors, %w", what, ErrAlreadyExists)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)

@@ -78,8 +78,10 @@ type Authority struct {
 // Store is Signet's persistent state. Every write is one transaction: when a
 // method returns nil, the change is durable.
 type Store interface {
-	// CreateEntry stores a new entry, assigning ID, Revision and CreatedAt.
-	// An entry with the same SPIFFE ID, parent and selectors is ErrAlreadyExists.
+	// CreateEntry stores a new entry, assigning Revision, CreatedAt and, when
+	// the caller left it empty, ID (a caller-chosen ID lets the Kubernetes
+	// controller recognise its own entries). An entry with the same ID, or
+	// the same SPIFFE ID, parent and selectors, is ErrAlreadyExists.
 	CreateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error)
 	// CreateEntries stores several entries in one transaction: all or none.
 	CreateEntries(ctx context.Context, es []registry.Entry) ([]registry.Entry, error)

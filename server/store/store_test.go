@@ -46,6 +46,33 @@ func openStore(t testing.TB, url string) Store {
 	return s
 }
 
+func TestEntryCallerChosenID(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		e := workload(t, "/w", "unix:uid:1")
+		e.ID = "k8s.0123abcd"
+		created, err := s.CreateEntry(ctx, e)
+		if err != nil {
+			t.Fatalf("CreateEntry: %v", err)
+		}
+		if created.ID != e.ID {
+			t.Fatalf("created ID %q, want the caller's %q", created.ID, e.ID)
+		}
+		if got, err := s.GetEntry(ctx, e.ID); err != nil || got.SPIFFEID != e.SPIFFEID {
+			t.Fatalf("GetEntry(%q) = %+v, %v", e.ID, got, err)
+		}
+		// The same ID for a different identity is refused and stores nothing.
+		other := workload(t, "/other", "unix:uid:2")
+		other.ID = e.ID
+		if _, err := s.CreateEntries(ctx, []registry.Entry{workload(t, "/fresh", "unix:uid:3"), other}); !errors.Is(err, ErrAlreadyExists) {
+			t.Fatalf("CreateEntries with a taken ID: %v, want ErrAlreadyExists", err)
+		}
+		if all, _ := s.ListEntries(ctx); len(all) != 1 {
+			t.Fatalf("refused create stored something: %d entries", len(all))
+		}
+	})
+}
+
 func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)

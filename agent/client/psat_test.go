@@ -106,6 +106,70 @@ func TestPSATAttestation(t *testing.T) {
 	}
 }
 
+// TestPSATBan: eviction does not keep a k8s_psat node out (its token
+// attests again); a ban does, until an admin evicts the banned agent.
+func TestPSATBan(t *testing.T) {
+	s, _ := psatServer(t)
+	ctx := context.Background()
+	tokenPath := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenPath, []byte(jwt("token-1")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, s, t.TempDir(), nil, func(cfg *Config) { cfg.NodeAttestor = PSAT("prod", tokenPath) })
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	id := c.AgentID().String()
+	stream, err := c.Service().Sync(ctx, &api.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatalf("first sync message: %v", err)
+	}
+
+	if _, err := s.Admin().BanAgent(ctx, &api.BanAgentRequest{SpiffeId: id}); err != nil {
+		t.Fatalf("BanAgent: %v", err)
+	}
+	// The open stream ends, and nothing the agent tries brings it back.
+	for {
+		if _, err = stream.Recv(); err != nil {
+			break
+		}
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("open Sync stream after the ban ended with %v, want PermissionDenied", err)
+	}
+	if err := c.renew(ctx); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "banned") {
+		t.Fatalf("renew after the ban: %v, want PermissionDenied naming the ban", err)
+	}
+	if err := c.renewOrReattest(ctx); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "banned") {
+		t.Fatalf("re-attest after the ban: %v, want PermissionDenied naming the ban", err)
+	}
+	agents, err := s.Admin().ListAgents(ctx, &api.ListAgentsRequest{})
+	if err != nil || len(agents.Agents) != 1 || !agents.Agents[0].Banned || agents.Agents[0].SerialNumber != "" {
+		t.Fatalf("ListAgents after the ban = %v, %v; want the agent, banned, no serial", agents, err)
+	}
+	// A join token for the banned ID would be a way around the ban.
+	if _, err := s.Admin().CreateJoinToken(ctx, &api.CreateJoinTokenRequest{SpiffeId: id}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "banned") {
+		t.Fatalf("token for the banned ID: %v, want FailedPrecondition naming the ban", err)
+	}
+	if _, err := s.Admin().BanAgent(ctx, &api.BanAgentRequest{SpiffeId: "spiffe://example.org/agent/k8s_psat/prod/other"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("ban an unknown agent: %v, want NotFound", err)
+	}
+
+	// Evicting the banned agent lifts the ban: the node attests again.
+	if _, err := s.Admin().EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: id}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.renewOrReattest(ctx); err != nil {
+		t.Fatalf("re-attest after the ban was lifted: %v", err)
+	}
+	if err := syncWorks(ctx, c); err != nil {
+		t.Fatalf("sync after the ban was lifted: %v", err)
+	}
+}
+
 func TestPSATRefusals(t *testing.T) {
 	s, kube := psatServer(t)
 	ctx := context.Background()

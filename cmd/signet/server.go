@@ -577,7 +577,7 @@ func printBundleSummary(w io.Writer, b *api.Bundle) {
 }
 
 func newServerAgentCmd() *cobra.Command {
-	var listA, evictA adminFlags
+	var listA adminFlags
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List attested agents",
@@ -591,35 +591,55 @@ func newServerAgentCmd() *cobra.Command {
 				w := cmd.OutOrStdout()
 				fmt.Fprintf(w, "Found %d agents\n\n", len(resp.Agents))
 				for _, a := range resp.Agents {
-					fmt.Fprintf(w, "SPIFFE ID: %s\nAttestation type: %s\nSerial: %s\nExpires at: %s\n\n",
-						a.SpiffeId, a.AttestationType, a.SerialNumber, time.Unix(a.ExpiresAt, 0).UTC().Format(time.RFC3339))
+					fmt.Fprintf(w, "SPIFFE ID: %s\nAttestation type: %s\n", a.SpiffeId, a.AttestationType)
+					if a.Banned {
+						fmt.Fprintf(w, "Banned: true\n\n")
+						continue
+					}
+					fmt.Fprintf(w, "Serial: %s\nExpires at: %s\n\n", a.SerialNumber, time.Unix(a.ExpiresAt, 0).UTC().Format(time.RFC3339))
 				}
 				return nil
 			})
 		},
 	}
 	listA.add(list)
+	evict := agentIDCmd("evict", "Evict an agent: its streams end and it can no longer renew or sign; evicting a banned agent lifts the ban", "Evicted",
+		func(ctx context.Context, c api.AdminServiceClient, id string) error {
+			_, err := c.EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: id})
+			return err
+		})
+	ban := agentIDCmd("ban", "Ban an agent: evict it and refuse its ID at attestation until it is evicted (a k8s_psat node re-attests by itself after a plain eviction)", "Banned",
+		func(ctx context.Context, c api.AdminServiceClient, id string) error {
+			_, err := c.BanAgent(ctx, &api.BanAgentRequest{SpiffeId: id})
+			return err
+		})
+	cmd := &cobra.Command{Use: "agent", Short: "Attested agents"}
+	cmd.AddCommand(list, evict, ban)
+	return cmd
+}
+
+// agentIDCmd is an admin command acting on one agent named by --spiffe-id.
+func agentIDCmd(use, short, done string, do func(context.Context, api.AdminServiceClient, string) error) *cobra.Command {
+	var a adminFlags
 	var id string
-	evict := &cobra.Command{
-		Use:   "evict",
-		Short: "Evict an agent: its streams end and it can no longer renew or sign",
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := ids.ParseWorkloadID(id); err != nil {
 				return fmt.Errorf("--spiffe-id: %w", err)
 			}
-			return evictA.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
-				if _, err := c.EvictAgent(ctx, &api.EvictAgentRequest{SpiffeId: id}); err != nil {
+			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
+				if err := do(ctx, c, id); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "Evicted agent %s\n", id)
+				fmt.Fprintf(cmd.OutOrStdout(), "%s agent %s\n", done, id)
 				return nil
 			})
 		},
 	}
-	evictA.add(evict)
-	evict.Flags().StringVar(&id, "spiffe-id", "", "agent SPIFFE ID")
-	cmd := &cobra.Command{Use: "agent", Short: "Attested agents"}
-	cmd.AddCommand(list, evict)
+	a.add(cmd)
+	cmd.Flags().StringVar(&id, "spiffe-id", "", "agent SPIFFE ID")
 	return cmd
 }

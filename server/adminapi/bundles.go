@@ -116,3 +116,9 @@ func (s *Service) refreshCatalog(ctx context.Context, after string) {
 		s.cfg.Logger.Warn("refresh catalog after "+after, "error", err)
 	}
 }
+
+// GetBundle returns the trust domain's bundle.
+func (s *Service) GetBundle(ctx context.Context, _ *api.GetBundleRequest) (*api.Bundle, error) {
+	snap, _ := s.cfg.Catalog.Current()
+	return agentapi.BundleToProto(snap.OwnBundle(s.cfg.TrustDomain), int32(s.cfg.RefreshHint.Seconds())), nil
+}

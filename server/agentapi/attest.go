@@ -26,6 +26,14 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	if err != nil {
 		return nil, err
 	}
+	// Asked before signing, for a clear refusal; UpsertNode checks again
+	// in its transaction, so a ban racing this attestation still holds.
+	switch n, err := s.cfg.Store.GetNode(ctx, res.AgentID.String()); {
+	case err == nil && n.Banned:
+		return nil, s.bannedError(res.AgentID)
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return nil, status.Errorf(codes.Unavailable, "look up agent %s: %v", res.AgentID, err)
+	}
 	chain, err := s.signAgent(ctx, req.Csr, res.AgentID)
 	if err != nil {
 		return nil, err
@@ -38,7 +46,9 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		ExpiresAt:       chain[0].NotAfter,
 		AttestedAt:      s.cfg.Now(),
 	}
-	if err := s.cfg.Store.UpsertNode(ctx, node); err != nil {
+	if err := s.cfg.Store.UpsertNode(ctx, node); errors.Is(err, store.ErrBanned) {
+		return nil, s.bannedError(res.AgentID)
+	} else if err != nil {
 		return nil, status.Errorf(codes.Internal, "record agent %s: %v", res.AgentID, err)
 	}
 	// Publish the node before answering so the agent's next call finds it.
@@ -47,6 +57,11 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	}
 	s.cfg.Logger.Info("agent attested", "agent_id", res.AgentID.String(), "type", res.Type, "serial", node.SerialNumber, "expires_at", node.ExpiresAt)
 	return s.attestResponse(res.AgentID, chain), nil
+}
+
+func (s *Service) bannedError(id spiffeid.ID) error {
+	s.cfg.Logger.Warn("agent attestation refused", "agent_id", id.String(), "reason", "banned")
+	return status.Errorf(codes.PermissionDenied, "agent %s is banned (an admin lifts the ban with: signet server agent evict --spiffe-id %s)", id, id)
 }
 
 // attestNode checks the evidence with the attestor of its type. Refusals are

@@ -129,6 +129,9 @@ func checkNode(snap *catalog.Snapshot, leaf *x509.Certificate, id spiffeid.ID) (
 	if !ok {
 		return caller{}, status.Errorf(codes.PermissionDenied, "agent %s is not attested (evicted?)", id)
 	}
+	if node.Banned {
+		return caller{}, status.Errorf(codes.PermissionDenied, "agent %s is banned", id)
+	}
 	serial := serialHex(leaf.SerialNumber)
 	if serial != node.SerialNumber && serial != node.PrevSerialNumber {
 		return caller{}, status.Errorf(codes.Unauthenticated, "agent %s presents a superseded SVID (serial %s); reconnect with the current one", id, serial)

@@ -747,6 +747,86 @@ func (*EvictAgentResponse) Descriptor() ([]byte, []int) {
 	return file_server_api_admin_proto_rawDescGZIP(), []int{15}
 }
 
+type BanAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BanAgentRequest) Reset() {
+	*x = BanAgentRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanAgentRequest) ProtoMessage() {}
+
+func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanAgentRequest.ProtoReflect.Descriptor instead.
+func (*BanAgentRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *BanAgentRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type BanAgentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BanAgentResponse) Reset() {
+	*x = BanAgentResponse{}
+	mi := &file_server_api_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanAgentResponse) ProtoMessage() {}
+
+func (x *BanAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanAgentResponse.ProtoReflect.Descriptor instead.
+func (*BanAgentResponse) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{17}
+}
+
 type SetFederatedBundleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// bundle.trust_domain names the foreign trust domain; sequence and
@@ -758,7 +838,7 @@ type SetFederatedBundleRequest struct {
 
 func (x *SetFederatedBundleRequest) Reset() {
 	*x = SetFederatedBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[16]
+	mi := &file_server_api_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +850,7 @@ func (x *SetFederatedBundleRequest) String() string {
 func (*SetFederatedBundleRequest) ProtoMessage() {}
 
 func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[16]
+	mi := &file_server_api_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +863,7 @@ func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{16}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetFederatedBundleRequest) GetBundle() *Bundle {
@@ -801,7 +881,7 @@ type ListFederatedBundlesRequest struct {
 
 func (x *ListFederatedBundlesRequest) Reset() {
 	*x = ListFederatedBundlesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[17]
+	mi := &file_server_api_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +893,7 @@ func (x *ListFederatedBundlesRequest) String() string {
 func (*ListFederatedBundlesRequest) ProtoMessage() {}
 
 func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[17]
+	mi := &file_server_api_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +906,7 @@ func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{17}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{19}
 }
 
 type ListFederatedBundlesResponse struct {
@@ -839,7 +919,7 @@ type ListFederatedBundlesResponse struct {
 
 func (x *ListFederatedBundlesResponse) Reset() {
 	*x = ListFederatedBundlesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[18]
+	mi := &file_server_api_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +931,7 @@ func (x *ListFederatedBundlesResponse) String() string {
 func (*ListFederatedBundlesResponse) ProtoMessage() {}
 
 func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[18]
+	mi := &file_server_api_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +944,7 @@ func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{18}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
@@ -883,7 +963,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[19]
+	mi := &file_server_api_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +975,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[19]
+	mi := &file_server_api_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +988,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{19}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -926,7 +1006,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[20]
+	mi := &file_server_api_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1018,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[20]
+	mi := &file_server_api_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1031,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{20}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{22}
 }
 
 var File_server_api_admin_proto protoreflect.FileDescriptor
@@ -996,7 +1076,10 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x06agents\x18\x01 \x03(\v2\x11.signet.api.AgentR\x06agents\"0\n" +
 	"\x11EvictAgentRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x14\n" +
-	"\x12EvictAgentResponse\"G\n" +
+	"\x12EvictAgentResponse\".\n" +
+	"\x0fBanAgentRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x12\n" +
+	"\x10BanAgentResponse\"G\n" +
 	"\x19SetFederatedBundleRequest\x12*\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x12.signet.api.BundleR\x06bundle\"\x1d\n" +
 	"\x1bListFederatedBundlesRequest\"L\n" +
@@ -1004,7 +1087,7 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\abundles\x18\x01 \x03(\v2\x12.signet.api.BundleR\abundles\"A\n" +
 	"\x1cDeleteFederatedBundleRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1f\n" +
-	"\x1dDeleteFederatedBundleResponse2\xb2\b\n" +
+	"\x1dDeleteFederatedBundleResponse2\xf9\b\n" +
 	"\fAdminService\x12@\n" +
 	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12c\n" +
 	"\x12BatchCreateEntries\x12%.signet.api.BatchCreateEntriesRequest\x1a&.signet.api.BatchCreateEntriesResponse\x12@\n" +
@@ -1017,7 +1100,8 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\n" +
 	"ListAgents\x12\x1d.signet.api.ListAgentsRequest\x1a\x1e.signet.api.ListAgentsResponse\x12K\n" +
 	"\n" +
-	"EvictAgent\x12\x1d.signet.api.EvictAgentRequest\x1a\x1e.signet.api.EvictAgentResponse\x12O\n" +
+	"EvictAgent\x12\x1d.signet.api.EvictAgentRequest\x1a\x1e.signet.api.EvictAgentResponse\x12E\n" +
+	"\bBanAgent\x12\x1b.signet.api.BanAgentRequest\x1a\x1c.signet.api.BanAgentResponse\x12O\n" +
 	"\x12SetFederatedBundle\x12%.signet.api.SetFederatedBundleRequest\x1a\x12.signet.api.Bundle\x12i\n" +
 	"\x14ListFederatedBundles\x12'.signet.api.ListFederatedBundlesRequest\x1a(.signet.api.ListFederatedBundlesResponse\x12l\n" +
 	"\x15DeleteFederatedBundle\x12(.signet.api.DeleteFederatedBundleRequest\x1a).signet.api.DeleteFederatedBundleResponseB'Z%github.com/signetid/signet/server/apib\x06proto3"
@@ -1034,7 +1118,7 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 	return file_server_api_admin_proto_rawDescData
 }
 
-var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_server_api_admin_proto_goTypes = []any{
 	(*CreateEntryRequest)(nil),            // 0: signet.api.CreateEntryRequest
 	(*BatchCreateEntriesRequest)(nil),     // 1: signet.api.BatchCreateEntriesRequest
@@ -1052,26 +1136,28 @@ var file_server_api_admin_proto_goTypes = []any{
 	(*ListAgentsResponse)(nil),            // 13: signet.api.ListAgentsResponse
 	(*EvictAgentRequest)(nil),             // 14: signet.api.EvictAgentRequest
 	(*EvictAgentResponse)(nil),            // 15: signet.api.EvictAgentResponse
-	(*SetFederatedBundleRequest)(nil),     // 16: signet.api.SetFederatedBundleRequest
-	(*ListFederatedBundlesRequest)(nil),   // 17: signet.api.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),  // 18: signet.api.ListFederatedBundlesResponse
-	(*DeleteFederatedBundleRequest)(nil),  // 19: signet.api.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 20: signet.api.DeleteFederatedBundleResponse
-	(*Entry)(nil),                         // 21: signet.api.Entry
-	(*Selector)(nil),                      // 22: signet.api.Selector
-	(*Agent)(nil),                         // 23: signet.api.Agent
-	(*Bundle)(nil),                        // 24: signet.api.Bundle
+	(*BanAgentRequest)(nil),               // 16: signet.api.BanAgentRequest
+	(*BanAgentResponse)(nil),              // 17: signet.api.BanAgentResponse
+	(*SetFederatedBundleRequest)(nil),     // 18: signet.api.SetFederatedBundleRequest
+	(*ListFederatedBundlesRequest)(nil),   // 19: signet.api.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),  // 20: signet.api.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),  // 21: signet.api.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 22: signet.api.DeleteFederatedBundleResponse
+	(*Entry)(nil),                         // 23: signet.api.Entry
+	(*Selector)(nil),                      // 24: signet.api.Selector
+	(*Agent)(nil),                         // 25: signet.api.Agent
+	(*Bundle)(nil),                        // 26: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	21, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	21, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
-	21, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
-	21, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	22, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
-	21, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	23, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	24, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
-	24, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
+	23, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	23, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	23, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	23, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	24, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	23, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	25, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	26, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
+	26, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
 	0,  // 9: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
 	1,  // 10: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
 	3,  // 11: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
@@ -1082,24 +1168,26 @@ var file_server_api_admin_proto_depIdxs = []int32{
 	11, // 16: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
 	12, // 17: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
 	14, // 18: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
-	16, // 19: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
-	17, // 20: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
-	19, // 21: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
-	21, // 22: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	2,  // 23: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
-	21, // 24: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	5,  // 25: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	21, // 26: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	8,  // 27: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	10, // 28: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	24, // 29: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	13, // 30: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	15, // 31: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	24, // 32: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
-	18, // 33: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
-	20, // 34: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
-	22, // [22:35] is the sub-list for method output_type
-	9,  // [9:22] is the sub-list for method input_type
+	16, // 19: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
+	18, // 20: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
+	19, // 21: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
+	21, // 22: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
+	23, // 23: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	2,  // 24: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	23, // 25: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	5,  // 26: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	23, // 27: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	8,  // 28: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	10, // 29: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	26, // 30: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	13, // 31: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	15, // 32: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	17, // 33: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
+	26, // 34: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
+	20, // 35: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
+	22, // 36: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
+	23, // [23:37] is the sub-list for method output_type
+	9,  // [9:23] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -1117,7 +1205,7 @@ func file_server_api_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

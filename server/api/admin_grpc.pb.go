@@ -29,6 +29,7 @@ const (
 	AdminService_GetBundle_FullMethodName             = "/signet.api.AdminService/GetBundle"
 	AdminService_ListAgents_FullMethodName            = "/signet.api.AdminService/ListAgents"
 	AdminService_EvictAgent_FullMethodName            = "/signet.api.AdminService/EvictAgent"
+	AdminService_BanAgent_FullMethodName              = "/signet.api.AdminService/BanAgent"
 	AdminService_SetFederatedBundle_FullMethodName    = "/signet.api.AdminService/SetFederatedBundle"
 	AdminService_ListFederatedBundles_FullMethodName  = "/signet.api.AdminService/ListFederatedBundles"
 	AdminService_DeleteFederatedBundle_FullMethodName = "/signet.api.AdminService/DeleteFederatedBundle"
@@ -53,6 +54,9 @@ type AdminServiceClient interface {
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	EvictAgent(ctx context.Context, in *EvictAgentRequest, opts ...grpc.CallOption) (*EvictAgentResponse, error)
+	// BanAgent cuts an agent off like EvictAgent and also refuses its ID at
+	// attestation (a k8s_psat node attests again by itself) until evicted.
+	BanAgent(ctx context.Context, in *BanAgentRequest, opts ...grpc.CallOption) (*BanAgentResponse, error)
 	// SetFederatedBundle stores (replaces) the bundle of a foreign trust
 	// domain: how an operator bootstraps an https_spiffe relationship, or
 	// federates without a bundle endpoint. The own trust domain is refused.
@@ -170,6 +174,16 @@ func (c *adminServiceClient) EvictAgent(ctx context.Context, in *EvictAgentReque
 	return out, nil
 }
 
+func (c *adminServiceClient) BanAgent(ctx context.Context, in *BanAgentRequest, opts ...grpc.CallOption) (*BanAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BanAgentResponse)
+	err := c.cc.Invoke(ctx, AdminService_BanAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) SetFederatedBundle(ctx context.Context, in *SetFederatedBundleRequest, opts ...grpc.CallOption) (*Bundle, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Bundle)
@@ -219,6 +233,9 @@ type AdminServiceServer interface {
 	GetBundle(context.Context, *GetBundleRequest) (*Bundle, error)
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	EvictAgent(context.Context, *EvictAgentRequest) (*EvictAgentResponse, error)
+	// BanAgent cuts an agent off like EvictAgent and also refuses its ID at
+	// attestation (a k8s_psat node attests again by itself) until evicted.
+	BanAgent(context.Context, *BanAgentRequest) (*BanAgentResponse, error)
 	// SetFederatedBundle stores (replaces) the bundle of a foreign trust
 	// domain: how an operator bootstraps an https_spiffe relationship, or
 	// federates without a bundle endpoint. The own trust domain is refused.
@@ -265,6 +282,9 @@ func (UnimplementedAdminServiceServer) ListAgents(context.Context, *ListAgentsRe
 }
 func (UnimplementedAdminServiceServer) EvictAgent(context.Context, *EvictAgentRequest) (*EvictAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EvictAgent not implemented")
+}
+func (UnimplementedAdminServiceServer) BanAgent(context.Context, *BanAgentRequest) (*BanAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BanAgent not implemented")
 }
 func (UnimplementedAdminServiceServer) SetFederatedBundle(context.Context, *SetFederatedBundleRequest) (*Bundle, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetFederatedBundle not implemented")
@@ -476,6 +496,24 @@ func _AdminService_EvictAgent_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_BanAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BanAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).BanAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_BanAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).BanAgent(ctx, req.(*BanAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_SetFederatedBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SetFederatedBundleRequest)
 	if err := dec(in); err != nil {
@@ -576,6 +614,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EvictAgent",
 			Handler:    _AdminService_EvictAgent_Handler,
+		},
+		{
+			MethodName: "BanAgent",
+			Handler:    _AdminService_BanAgent_Handler,
 		},
 		{
 			MethodName: "SetFederatedBundle",

@@ -378,9 +378,10 @@ type Agent struct {
 	SerialNumber    string                 `protobuf:"bytes,4,opt,name=serial_number,json=serialNumber,proto3" json:"serial_number,omitempty"`
 	ExpiresAt       int64                  `protobuf:"varint,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	AttestedAt      int64                  `protobuf:"varint,6,opt,name=attested_at,json=attestedAt,proto3" json:"attested_at,omitempty"`
-	Evicted         bool                   `protobuf:"varint,7,opt,name=evicted,proto3" json:"evicted,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Banned agents cannot renew or attest again until evicted.
+	Banned        bool `protobuf:"varint,7,opt,name=banned,proto3" json:"banned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
@@ -455,9 +456,9 @@ func (x *Agent) GetAttestedAt() int64 {
 	return 0
 }
 
-func (x *Agent) GetEvicted() bool {
+func (x *Agent) GetBanned() bool {
 	if x != nil {
-		return x.Evicted
+		return x.Banned
 	}
 	return false
 }
@@ -500,7 +501,7 @@ const file_server_api_types_proto_rawDesc = "" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"\x82\x02\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"\x80\x02\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12)\n" +
 	"\x10attestation_type\x18\x02 \x01(\tR\x0fattestationType\x122\n" +
@@ -509,8 +510,8 @@ const file_server_api_types_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x05 \x01(\x03R\texpiresAt\x12\x1f\n" +
 	"\vattested_at\x18\x06 \x01(\x03R\n" +
-	"attestedAt\x12\x18\n" +
-	"\aevicted\x18\a \x01(\bR\aevictedB'Z%github.com/signetid/signet/server/apib\x06proto3"
+	"attestedAt\x12\x16\n" +
+	"\x06banned\x18\a \x01(\bR\x06bannedB'Z%github.com/signetid/signet/server/apib\x06proto3"
 
 var (
 	file_server_api_types_proto_rawDescOnce sync.Once

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"os/exec"
@@ -139,5 +140,40 @@ func TestSQLiteCrashKeepsAcknowledgedWrites(t *testing.T) {
 		if _, err := s.GetEntry(testCtx(t), id); err != nil {
 			t.Errorf("acknowledged entry lost after crash: %v", err)
 		}
+	}
+}
+
+// TestUpgradeFromSchema1 opens a database written by a signet that knew only
+// migration 1: the upgrade keeps its agents, none of them banned.
+func TestUpgradeFromSchema1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v1.db")
+	v1, err := migrationFiles.ReadFile("migrations/0001_init.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range []string{
+		strings.ReplaceAll(string(v1), "{{bytes}}", "BLOB"),
+		`CREATE TABLE schema_version (version BIGINT NOT NULL)`,
+		`INSERT INTO schema_version (version) VALUES (1)`,
+		`INSERT INTO nodes (spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at)
+		 VALUES ('spiffe://example.org/agent/join_token/old', 'join_token', '0a', '', 0, 0)`,
+	} {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatalf("build a schema-1 database: %v", err)
+		}
+	}
+	db.Close()
+
+	s := openStore(t, "sqlite://"+path)
+	n, err := s.GetNode(context.Background(), "spiffe://example.org/agent/join_token/old")
+	if err != nil || n.SerialNumber != "0a" || n.Banned {
+		t.Fatalf("agent after the upgrade = %+v, %v; want it kept, serial 0a, not banned", n, err)
+	}
+	if err := s.BanNode(context.Background(), n.SPIFFEID); err != nil {
+		t.Fatalf("BanNode after the upgrade: %v", err)
 	}
 }

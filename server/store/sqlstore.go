@@ -573,18 +573,19 @@ func normalizeNode(n Node) Node {
 func nodesEqual(a, b Node) bool {
 	return a.SPIFFEID == b.SPIFFEID && a.AttestationType == b.AttestationType &&
 		slices.Equal(a.Selectors, b.Selectors) && a.SerialNumber == b.SerialNumber &&
-		a.PrevSerialNumber == b.PrevSerialNumber && a.ExpiresAt.Equal(b.ExpiresAt) && a.AttestedAt.Equal(b.AttestedAt)
+		a.PrevSerialNumber == b.PrevSerialNumber && a.ExpiresAt.Equal(b.ExpiresAt) && a.AttestedAt.Equal(b.AttestedAt) &&
+		a.Banned == b.Banned
 }
 
-const nodeColumns = `spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at`
+const nodeColumns = `spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at, banned`
 
 func scanNode(sc scanner) (Node, error) {
 	var n Node
-	var exp, att int64
-	if err := sc.Scan(&n.SPIFFEID, &n.AttestationType, &n.SerialNumber, &n.PrevSerialNumber, &exp, &att); err != nil {
+	var exp, att, banned int64
+	if err := sc.Scan(&n.SPIFFEID, &n.AttestationType, &n.SerialNumber, &n.PrevSerialNumber, &exp, &att, &banned); err != nil {
 		return n, err
 	}
-	n.ExpiresAt, n.AttestedAt = fromNanos(exp), fromNanos(att)
+	n.ExpiresAt, n.AttestedAt, n.Banned = fromNanos(exp), fromNanos(att), banned != 0
 	return n, nil
 }
 
@@ -602,7 +603,9 @@ func getNode(ctx context.Context, q querier, id string) (Node, error) {
 }
 
 // UpsertNode writes the node; an identical node is left alone, so renewals
-// that change nothing do not wake every subscriber.
+// that change nothing do not wake every subscriber. A banned node is not
+// overwritten (ErrBanned), checked in the write transaction so an
+// attestation racing a ban cannot undo it.
 func (s *sqlStore) UpsertNode(ctx context.Context, n Node) error {
 	if n.SPIFFEID == "" {
 		return errors.New("upsert node: SPIFFE ID is required")
@@ -611,16 +614,18 @@ func (s *sqlStore) UpsertNode(ctx context.Context, n Node) error {
 	err := s.write(ctx, func(t *tx) error {
 		old, err := getNode(ctx, t, n.SPIFFEID)
 		switch {
+		case err == nil && old.Banned:
+			return ErrBanned
 		case err == nil && nodesEqual(old, n):
 			return nil
 		case err != nil && !errors.Is(err, ErrNotFound):
 			return err
 		}
-		if _, err := t.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`) VALUES ($1, $2, $3, $4, $5, $6)
+		if _, err := t.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)
 			ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type,
 			serial_number = excluded.serial_number, prev_serial_number = excluded.prev_serial_number,
-			expires_at = excluded.expires_at, attested_at = excluded.attested_at`,
-			n.SPIFFEID, n.AttestationType, n.SerialNumber, n.PrevSerialNumber, toNanos(n.ExpiresAt), toNanos(n.AttestedAt)); err != nil {
+			expires_at = excluded.expires_at, attested_at = excluded.attested_at, banned = excluded.banned`,
+			n.SPIFFEID, n.AttestationType, n.SerialNumber, n.PrevSerialNumber, toNanos(n.ExpiresAt), toNanos(n.AttestedAt), boolInt(n.Banned)); err != nil {
 			return err
 		}
 		if _, err := t.exec(ctx, `DELETE FROM node_selectors WHERE spiffe_id = $1`, n.SPIFFEID); err != nil {
@@ -676,7 +681,7 @@ func (s *sqlStore) ListNodes(ctx context.Context) ([]Node, error) {
 func (s *sqlStore) RenewNode(ctx context.Context, spiffeID, presentedSerial, newSerial string, expiresAt time.Time) error {
 	err := s.write(ctx, func(t *tx) error {
 		n, err := t.exec(ctx, `UPDATE nodes SET prev_serial_number = $2, serial_number = $3, expires_at = $4
-			WHERE spiffe_id = $1 AND (serial_number = $2 OR prev_serial_number = $2)`,
+			WHERE spiffe_id = $1 AND banned = 0 AND (serial_number = $2 OR prev_serial_number = $2)`,
 			spiffeID, presentedSerial, newSerial, toNanos(expiresAt))
 		if err != nil {
 			return err
@@ -688,6 +693,23 @@ func (s *sqlStore) RenewNode(ctx context.Context, spiffeID, presentedSerial, new
 	})
 	if err != nil {
 		return fmt.Errorf("renew node %s: %w", spiffeID, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) BanNode(ctx context.Context, spiffeID string) error {
+	err := s.write(ctx, func(t *tx) error {
+		n, err := t.exec(ctx, `UPDATE nodes SET banned = 1, serial_number = '', prev_serial_number = '' WHERE spiffe_id = $1`, spiffeID)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrNotFound
+		}
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return fmt.Errorf("ban node %s: %w", spiffeID, err)
 	}
 	return nil
 }

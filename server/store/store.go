@@ -14,7 +14,9 @@ import (
 var (
 	ErrNotFound      = errors.New("not found")
 	ErrAlreadyExists = errors.New("already exists")
-	ErrExpired       = errors.New("expired")
+	// ErrBanned: the node is banned; only deleting it lifts the ban.
+	ErrBanned  = errors.New("banned")
+	ErrExpired = errors.New("expired")
 )
 
 type commitRevisionKey struct{}
@@ -51,6 +53,9 @@ type Node struct {
 	PrevSerialNumber string
 	ExpiresAt        time.Time
 	AttestedAt       time.Time
+	// Banned nodes cannot renew, and their ID cannot attest again until the
+	// node is deleted (evicted).
+	Banned bool
 }
 
 // AuthorityKind says what an Authority holds.
@@ -113,7 +118,11 @@ type Store interface {
 	// serial (else ErrNotFound), so a renewal racing an eviction cannot
 	// bring the node back. presentedSerial becomes the previous serial.
 	RenewNode(ctx context.Context, spiffeID, presentedSerial, newSerial string, expiresAt time.Time) error
-	// DeleteNode removes (evicts) a node: ErrNotFound if unknown.
+	// BanNode clears a node's serials and marks it banned, so it can neither
+	// renew nor attest again (UpsertNode answers ErrBanned) until DeleteNode:
+	// ErrNotFound if unknown.
+	BanNode(ctx context.Context, spiffeID string) error
+	// DeleteNode removes (evicts) a node, lifting a ban: ErrNotFound if unknown.
 	DeleteNode(ctx context.Context, spiffeID string) error
 
 	// PutAuthorities adds or replaces (by TrustDomain, Kind, KeyID) bundle

@@ -436,6 +436,56 @@ func consumeRace(t *testing.T, stores []Store, n int) {
 	}
 }
 
+func TestBanNode(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		n := Node{SPIFFEID: "spiffe://example.org/agent/k8s_psat/c/n1", AttestationType: "k8s_psat", Selectors: sels(t, "k8s_psat:cluster:c"),
+			SerialNumber: "0b", PrevSerialNumber: "0a", ExpiresAt: time.Now().Add(time.Hour).Truncate(time.Second), AttestedAt: time.Now().Truncate(time.Second)}
+		if err := s.UpsertNode(ctx, n); err != nil {
+			t.Fatalf("UpsertNode: %v", err)
+		}
+		if err := s.BanNode(ctx, "spiffe://example.org/agent/k8s_psat/c/unknown"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("BanNode unknown: %v, want ErrNotFound", err)
+		}
+		rev := revision(t, s)
+		if err := s.BanNode(ctx, n.SPIFFEID); err != nil {
+			t.Fatalf("BanNode: %v", err)
+		}
+		if r := revision(t, s); r <= rev {
+			t.Errorf("ban did not bump the revision (%d -> %d): agents' streams would not notice", rev, r)
+		}
+		got, err := s.GetNode(ctx, n.SPIFFEID)
+		if err != nil || !got.Banned || got.SerialNumber != "" || got.PrevSerialNumber != "" {
+			t.Fatalf("banned node = %+v, %v; want Banned with no serials", got, err)
+		}
+		if all, _ := s.ListNodes(ctx); len(all) != 1 || !all[0].Banned {
+			t.Fatalf("ListNodes = %+v, want the banned node, marked", all)
+		}
+		// Neither serial renews, and attesting again cannot overwrite it.
+		for _, serial := range []string{"0a", "0b", ""} {
+			if err := s.RenewNode(ctx, n.SPIFFEID, serial, "0c", n.ExpiresAt); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("RenewNode(%q) of a banned node: %v, want ErrNotFound", serial, err)
+			}
+		}
+		if err := s.UpsertNode(ctx, n); !errors.Is(err, ErrBanned) {
+			t.Fatalf("UpsertNode over a banned node: %v, want ErrBanned", err)
+		}
+		if got, _ := s.GetNode(ctx, n.SPIFFEID); !got.Banned {
+			t.Fatal("refused upsert lifted the ban")
+		}
+		// Deleting (evicting) lifts the ban.
+		if err := s.DeleteNode(ctx, n.SPIFFEID); err != nil {
+			t.Fatalf("DeleteNode: %v", err)
+		}
+		if err := s.UpsertNode(ctx, n); err != nil {
+			t.Fatalf("UpsertNode after the ban was lifted: %v", err)
+		}
+		if got, _ := s.GetNode(ctx, n.SPIFFEID); got.Banned || got.SerialNumber != "0b" {
+			t.Fatalf("node after re-attestation = %+v", got)
+		}
+	})
+}
+
 func TestJoinTokenSingleUseConcurrent(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, url string) {
 		consumeRace(t, []Store{openStore(t, url)}, 20)

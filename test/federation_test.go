@@ -141,10 +141,41 @@ func TestFederationCLI(t *testing.T) {
 	if list2, _ := b.cli(t, "", "list"); list2 != list {
 		t.Fatalf("the refusals changed the list:\n%s", list2)
 	}
-	if out, err := b.cli(t, "", "delete", "--trust-domain", "a.org"); err != nil || !strings.Contains(out, "Deleted the bundle of a.org") {
-		t.Fatalf("delete: %v %s", err, out)
+
+	// An entry federates with a.org: the default (restrict) delete is refused
+	// and names the way out; dissociate drops a.org from the entry.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	created, err := runSignet(t, ctx, "server", "entry", "create", "--admin-socket", b.AdminSocket, "--parent-id", "spiffe://b.org/agent/n1",
+		"--spiffe-id", "spiffe://b.org/w", "--selector", "unix:uid:1", "--federates-with", "a.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, entryID, _ := strings.Cut(created, "Entry ID: ")
+	entryID, _, _ = strings.Cut(entryID, "\n")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"delete", "--trust-domain", "a.org"}, "1 entries federate with it; choose --mode dissociate"},
+		{[]string{"delete", "--trust-domain", "a.org", "--mode", "all"}, `--mode "all": want restrict, dissociate or delete`},
+	} {
+		if out, err := b.cli(t, "", tt.args...); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: %v (stdout %q), want an error containing %q", tt.args, err, out, tt.want)
+		}
+	}
+	if list2, _ := b.cli(t, "", "list"); list2 != list {
+		t.Fatalf("a refused delete changed the list:\n%s", list2)
+	}
+	out, err = b.cli(t, "", "delete", "--trust-domain", "a.org", "--mode", "dissociate")
+	if err != nil || !strings.Contains(out, "Deleted the bundle of a.org") || !strings.Contains(out, "Dissociated 1 entries") {
+		t.Fatalf("delete --mode dissociate: %v %s", err, out)
 	}
 	if list, _ := b.cli(t, "", "list"); !strings.Contains(list, "Found 0 federated bundles") {
 		t.Fatalf("after delete:\n%s", list)
+	}
+	shown, err := runSignet(t, ctx, "server", "entry", "show", "--admin-socket", b.AdminSocket, "--id", strings.TrimSpace(entryID))
+	if err != nil || !strings.Contains(shown, "spiffe://b.org/w") || strings.Contains(shown, "a.org") {
+		t.Fatalf("the entry after dissociation (%v):\n%s", err, shown)
 	}
 }

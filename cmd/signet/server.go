@@ -531,7 +531,12 @@ func newBundleListCmd() *cobra.Command {
 
 func newBundleDeleteCmd() *cobra.Command {
 	var a adminFlags
-	var trustDomain string
+	var trustDomain, mode string
+	modes := map[string]api.BundleDeleteMode{
+		"restrict":   api.BundleDeleteMode_BUNDLE_DELETE_MODE_RESTRICT,
+		"dissociate": api.BundleDeleteMode_BUNDLE_DELETE_MODE_DISSOCIATE,
+		"delete":     api.BundleDeleteMode_BUNDLE_DELETE_MODE_DELETE,
+	}
 	cmd := &cobra.Command{
 		Use:   "delete",
 		Short: "Delete a federated trust domain's bundle (a configured relationship fetches it again)",
@@ -541,17 +546,29 @@ func newBundleDeleteCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			m, ok := modes[mode]
+			if !ok {
+				return fmt.Errorf("--mode %q: want restrict, dissociate or delete", mode)
+			}
 			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
-				if _, err := c.DeleteFederatedBundle(ctx, &api.DeleteFederatedBundleRequest{TrustDomain: td.Name()}); err != nil {
+				resp, err := c.DeleteFederatedBundle(ctx, &api.DeleteFederatedBundleRequest{TrustDomain: td.Name(), Mode: m})
+				if err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "Deleted the bundle of %s\n", td.Name())
+				switch {
+				case resp.Entries > 0 && m == api.BundleDeleteMode_BUNDLE_DELETE_MODE_DELETE:
+					fmt.Fprintf(cmd.OutOrStdout(), "Deleted %d entries that federated with it\n", resp.Entries)
+				case resp.Entries > 0:
+					fmt.Fprintf(cmd.OutOrStdout(), "Dissociated %d entries from it\n", resp.Entries)
+				}
 				return nil
 			})
 		},
 	}
 	a.add(cmd)
 	cmd.Flags().StringVar(&trustDomain, "trust-domain", "", "the foreign trust domain, e.g. other.org")
+	cmd.Flags().StringVar(&mode, "mode", "restrict", "entries that federate with it: restrict (refuse the delete), dissociate (drop the trust domain from them) or delete (delete them)")
 	return cmd
 }
 

@@ -91,21 +91,34 @@ func (s *Service) ListFederatedBundles(ctx context.Context, _ *api.ListFederated
 }
 
 // DeleteFederatedBundle forgets a foreign trust domain's bundle: workloads
-// whose entries federate with it stop receiving it.
+// whose entries federate with it stop receiving it. By default it is
+// refused while entries federate with it; the other modes dissociate or
+// delete those entries in the same transaction.
 func (s *Service) DeleteFederatedBundle(ctx context.Context, req *api.DeleteFederatedBundleRequest) (*api.DeleteFederatedBundleResponse, error) {
 	td, err := s.foreignTrustDomain("delete federated bundle", req.TrustDomain)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.cfg.Store.DeleteBundle(ctx, td.Name()); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, status.Errorf(codes.NotFound, "delete federated bundle: no bundle of %s is held (see `signet server bundle list`)", td.Name())
-		}
+	mode, ok := map[api.BundleDeleteMode]store.BundleDeleteMode{
+		api.BundleDeleteMode_BUNDLE_DELETE_MODE_RESTRICT:   store.BundleRestrict,
+		api.BundleDeleteMode_BUNDLE_DELETE_MODE_DISSOCIATE: store.BundleDissociate,
+		api.BundleDeleteMode_BUNDLE_DELETE_MODE_DELETE:     store.BundleDeleteEntries,
+	}[req.Mode]
+	if !ok {
+		return nil, status.Errorf(codes.InvalidArgument, "delete federated bundle: unknown mode %d", req.Mode)
+	}
+	n, err := s.cfg.Store.DeleteBundle(ctx, td.Name(), mode)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, status.Errorf(codes.NotFound, "delete federated bundle: no bundle of %s is held (see `signet server bundle list`)", td.Name())
+	case errors.Is(err, store.ErrInUse):
+		return nil, status.Errorf(codes.FailedPrecondition, "delete federated bundle of %s: %d entries federate with it; choose --mode dissociate (drop %s from them) or --mode delete (delete them)", td.Name(), n, td.Name())
+	case err != nil:
 		return nil, storeError("delete federated bundle of "+td.Name(), err)
 	}
 	s.refreshCatalog(ctx, "delete federated bundle")
-	s.cfg.Logger.Warn("federated bundle deleted", "trust_domain", td.Name())
-	return &api.DeleteFederatedBundleResponse{}, nil
+	s.cfg.Logger.Warn("federated bundle deleted", "trust_domain", td.Name(), "mode", req.Mode.String(), "entries", n)
+	return &api.DeleteFederatedBundleResponse{Entries: int32(n)}, nil
 }
 
 // refreshCatalog reloads the catalog so a bundle write reaches agent

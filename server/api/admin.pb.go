@@ -21,6 +21,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// What deleting a federated bundle does to the entries that federate with
+// its trust domain (SPIRE's modes).
+type BundleDeleteMode int32
+
+const (
+	// Refuse while any entry federates with the trust domain.
+	BundleDeleteMode_BUNDLE_DELETE_MODE_RESTRICT BundleDeleteMode = 0
+	// Remove the trust domain from those entries' federates_with.
+	BundleDeleteMode_BUNDLE_DELETE_MODE_DISSOCIATE BundleDeleteMode = 1
+	// Delete those entries.
+	BundleDeleteMode_BUNDLE_DELETE_MODE_DELETE BundleDeleteMode = 2
+)
+
+// Enum value maps for BundleDeleteMode.
+var (
+	BundleDeleteMode_name = map[int32]string{
+		0: "BUNDLE_DELETE_MODE_RESTRICT",
+		1: "BUNDLE_DELETE_MODE_DISSOCIATE",
+		2: "BUNDLE_DELETE_MODE_DELETE",
+	}
+	BundleDeleteMode_value = map[string]int32{
+		"BUNDLE_DELETE_MODE_RESTRICT":   0,
+		"BUNDLE_DELETE_MODE_DISSOCIATE": 1,
+		"BUNDLE_DELETE_MODE_DELETE":     2,
+	}
+)
+
+func (x BundleDeleteMode) Enum() *BundleDeleteMode {
+	p := new(BundleDeleteMode)
+	*p = x
+	return p
+}
+
+func (x BundleDeleteMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BundleDeleteMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_server_api_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (BundleDeleteMode) Type() protoreflect.EnumType {
+	return &file_server_api_admin_proto_enumTypes[0]
+}
+
+func (x BundleDeleteMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BundleDeleteMode.Descriptor instead.
+func (BundleDeleteMode) EnumDescriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{0}
+}
+
 type CreateEntryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entry         *Entry                 `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
@@ -957,6 +1011,7 @@ func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
 type DeleteFederatedBundleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Mode          BundleDeleteMode       `protobuf:"varint,2,opt,name=mode,proto3,enum=signet.api.BundleDeleteMode" json:"mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -998,8 +1053,17 @@ func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
 	return ""
 }
 
+func (x *DeleteFederatedBundleRequest) GetMode() BundleDeleteMode {
+	if x != nil {
+		return x.Mode
+	}
+	return BundleDeleteMode_BUNDLE_DELETE_MODE_RESTRICT
+}
+
 type DeleteFederatedBundleResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many entries federated with the trust domain (dissociated or deleted).
+	Entries       int32 `protobuf:"varint,1,opt,name=entries,proto3" json:"entries,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1032,6 +1096,13 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
 	return file_server_api_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DeleteFederatedBundleResponse) GetEntries() int32 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
 }
 
 var File_server_api_admin_proto protoreflect.FileDescriptor
@@ -1084,10 +1155,16 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x06bundle\x18\x01 \x01(\v2\x12.signet.api.BundleR\x06bundle\"\x1d\n" +
 	"\x1bListFederatedBundlesRequest\"L\n" +
 	"\x1cListFederatedBundlesResponse\x12,\n" +
-	"\abundles\x18\x01 \x03(\v2\x12.signet.api.BundleR\abundles\"A\n" +
+	"\abundles\x18\x01 \x03(\v2\x12.signet.api.BundleR\abundles\"s\n" +
 	"\x1cDeleteFederatedBundleRequest\x12!\n" +
-	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1f\n" +
-	"\x1dDeleteFederatedBundleResponse2\xf9\b\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x120\n" +
+	"\x04mode\x18\x02 \x01(\x0e2\x1c.signet.api.BundleDeleteModeR\x04mode\"9\n" +
+	"\x1dDeleteFederatedBundleResponse\x12\x18\n" +
+	"\aentries\x18\x01 \x01(\x05R\aentries*u\n" +
+	"\x10BundleDeleteMode\x12\x1f\n" +
+	"\x1bBUNDLE_DELETE_MODE_RESTRICT\x10\x00\x12!\n" +
+	"\x1dBUNDLE_DELETE_MODE_DISSOCIATE\x10\x01\x12\x1d\n" +
+	"\x19BUNDLE_DELETE_MODE_DELETE\x10\x022\xf9\b\n" +
 	"\fAdminService\x12@\n" +
 	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12c\n" +
 	"\x12BatchCreateEntries\x12%.signet.api.BatchCreateEntriesRequest\x1a&.signet.api.BatchCreateEntriesResponse\x12@\n" +
@@ -1118,79 +1195,82 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 	return file_server_api_admin_proto_rawDescData
 }
 
+var file_server_api_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_server_api_admin_proto_goTypes = []any{
-	(*CreateEntryRequest)(nil),            // 0: signet.api.CreateEntryRequest
-	(*BatchCreateEntriesRequest)(nil),     // 1: signet.api.BatchCreateEntriesRequest
-	(*BatchCreateEntriesResponse)(nil),    // 2: signet.api.BatchCreateEntriesResponse
-	(*UpdateEntryRequest)(nil),            // 3: signet.api.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),            // 4: signet.api.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),           // 5: signet.api.DeleteEntryResponse
-	(*GetEntryRequest)(nil),               // 6: signet.api.GetEntryRequest
-	(*ListEntriesRequest)(nil),            // 7: signet.api.ListEntriesRequest
-	(*ListEntriesResponse)(nil),           // 8: signet.api.ListEntriesResponse
-	(*CreateJoinTokenRequest)(nil),        // 9: signet.api.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),       // 10: signet.api.CreateJoinTokenResponse
-	(*GetBundleRequest)(nil),              // 11: signet.api.GetBundleRequest
-	(*ListAgentsRequest)(nil),             // 12: signet.api.ListAgentsRequest
-	(*ListAgentsResponse)(nil),            // 13: signet.api.ListAgentsResponse
-	(*EvictAgentRequest)(nil),             // 14: signet.api.EvictAgentRequest
-	(*EvictAgentResponse)(nil),            // 15: signet.api.EvictAgentResponse
-	(*BanAgentRequest)(nil),               // 16: signet.api.BanAgentRequest
-	(*BanAgentResponse)(nil),              // 17: signet.api.BanAgentResponse
-	(*SetFederatedBundleRequest)(nil),     // 18: signet.api.SetFederatedBundleRequest
-	(*ListFederatedBundlesRequest)(nil),   // 19: signet.api.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),  // 20: signet.api.ListFederatedBundlesResponse
-	(*DeleteFederatedBundleRequest)(nil),  // 21: signet.api.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 22: signet.api.DeleteFederatedBundleResponse
-	(*Entry)(nil),                         // 23: signet.api.Entry
-	(*Selector)(nil),                      // 24: signet.api.Selector
-	(*Agent)(nil),                         // 25: signet.api.Agent
-	(*Bundle)(nil),                        // 26: signet.api.Bundle
+	(BundleDeleteMode)(0),                 // 0: signet.api.BundleDeleteMode
+	(*CreateEntryRequest)(nil),            // 1: signet.api.CreateEntryRequest
+	(*BatchCreateEntriesRequest)(nil),     // 2: signet.api.BatchCreateEntriesRequest
+	(*BatchCreateEntriesResponse)(nil),    // 3: signet.api.BatchCreateEntriesResponse
+	(*UpdateEntryRequest)(nil),            // 4: signet.api.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),            // 5: signet.api.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),           // 6: signet.api.DeleteEntryResponse
+	(*GetEntryRequest)(nil),               // 7: signet.api.GetEntryRequest
+	(*ListEntriesRequest)(nil),            // 8: signet.api.ListEntriesRequest
+	(*ListEntriesResponse)(nil),           // 9: signet.api.ListEntriesResponse
+	(*CreateJoinTokenRequest)(nil),        // 10: signet.api.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),       // 11: signet.api.CreateJoinTokenResponse
+	(*GetBundleRequest)(nil),              // 12: signet.api.GetBundleRequest
+	(*ListAgentsRequest)(nil),             // 13: signet.api.ListAgentsRequest
+	(*ListAgentsResponse)(nil),            // 14: signet.api.ListAgentsResponse
+	(*EvictAgentRequest)(nil),             // 15: signet.api.EvictAgentRequest
+	(*EvictAgentResponse)(nil),            // 16: signet.api.EvictAgentResponse
+	(*BanAgentRequest)(nil),               // 17: signet.api.BanAgentRequest
+	(*BanAgentResponse)(nil),              // 18: signet.api.BanAgentResponse
+	(*SetFederatedBundleRequest)(nil),     // 19: signet.api.SetFederatedBundleRequest
+	(*ListFederatedBundlesRequest)(nil),   // 20: signet.api.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),  // 21: signet.api.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),  // 22: signet.api.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 23: signet.api.DeleteFederatedBundleResponse
+	(*Entry)(nil),                         // 24: signet.api.Entry
+	(*Selector)(nil),                      // 25: signet.api.Selector
+	(*Agent)(nil),                         // 26: signet.api.Agent
+	(*Bundle)(nil),                        // 27: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	23, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	23, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
-	23, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
-	23, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	24, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
-	23, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	25, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	26, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
-	26, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
-	0,  // 9: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
-	1,  // 10: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
-	3,  // 11: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
-	4,  // 12: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
-	6,  // 13: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
-	7,  // 14: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
-	9,  // 15: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
-	11, // 16: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
-	12, // 17: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
-	14, // 18: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
-	16, // 19: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
-	18, // 20: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
-	19, // 21: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
-	21, // 22: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
-	23, // 23: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	2,  // 24: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
-	23, // 25: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	5,  // 26: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	23, // 27: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	8,  // 28: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	10, // 29: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	26, // 30: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	13, // 31: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	15, // 32: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	17, // 33: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
-	26, // 34: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
-	20, // 35: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
-	22, // 36: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
-	23, // [23:37] is the sub-list for method output_type
-	9,  // [9:23] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	24, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	24, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	24, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	24, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	25, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	24, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	26, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	27, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
+	27, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
+	0,  // 9: signet.api.DeleteFederatedBundleRequest.mode:type_name -> signet.api.BundleDeleteMode
+	1,  // 10: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
+	2,  // 11: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
+	4,  // 12: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
+	5,  // 13: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
+	7,  // 14: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
+	8,  // 15: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
+	10, // 16: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
+	12, // 17: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
+	13, // 18: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
+	15, // 19: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
+	17, // 20: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
+	19, // 21: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
+	20, // 22: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
+	22, // 23: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
+	24, // 24: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	3,  // 25: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	24, // 26: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	6,  // 27: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	24, // 28: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	9,  // 29: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	11, // 30: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	27, // 31: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	14, // 32: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	16, // 33: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	18, // 34: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
+	27, // 35: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
+	21, // 36: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
+	23, // 37: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
+	24, // [24:38] is the sub-list for method output_type
+	10, // [10:24] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_server_api_admin_proto_init() }
@@ -1204,13 +1284,14 @@ func file_server_api_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_server_api_admin_proto_goTypes,
 		DependencyIndexes: file_server_api_admin_proto_depIdxs,
+		EnumInfos:         file_server_api_admin_proto_enumTypes,
 		MessageInfos:      file_server_api_admin_proto_msgTypes,
 	}.Build()
 	File_server_api_admin_proto = out.File

@@ -3,8 +3,13 @@ package store
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/server/registry"
 )
 
 func TestSetBundleReplaces(t *testing.T) {
@@ -77,13 +82,13 @@ func TestSetBundleReplaces(t *testing.T) {
 		}
 
 		// Delete keeps the sequence going up, so a later set continues it.
-		if err := s.DeleteBundle(ctx, fed); err != nil {
+		if _, err := s.DeleteBundle(ctx, fed, BundleRestrict); err != nil {
 			t.Fatalf("DeleteBundle: %v", err)
 		}
 		if got, seq, _ := s.ListAuthorities(ctx, fed); len(got) != 0 || seq != 6 {
 			t.Fatalf("after delete: %+v seq %d, want none, seq 6", got, seq)
 		}
-		if err := s.DeleteBundle(ctx, fed); !errors.Is(err, ErrNotFound) {
+		if _, err := s.DeleteBundle(ctx, fed, BundleRestrict); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("second DeleteBundle = %v, want ErrNotFound", err)
 		}
 		if tds, _ := s.ListBundleTrustDomains(ctx); !reflect.DeepEqual(tds, []string{td}) {
@@ -94,6 +99,84 @@ func TestSetBundleReplaces(t *testing.T) {
 		}
 		if _, seq, _ := s.ListAuthorities(ctx, fed); seq != 7 {
 			t.Fatalf("set after delete: seq %d, want 7", seq)
+		}
+	})
+}
+
+func TestDeleteBundleModes(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		const fed = "part_ner.org"
+		root := Authority{TrustDomain: fed, Kind: X509Authority, KeyID: "r1", Data: []byte{1}, ExpiresAt: time.Now().Add(time.Hour)}
+		federating := func(path string, tds ...string) registry.Entry {
+			e := workload(t, path, "unix:uid:1")
+			for _, td := range tds {
+				e.FederatesWith = append(e.FederatesWith, spiffeid.RequireTrustDomainFromString(td))
+			}
+			created, err := s.CreateEntry(ctx, e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return created
+		}
+		both := federating("/both", fed, "other.org")
+		only := federating("/only", fed)
+		// A name LIKE would match ('_' is its wildcard) but the list does not.
+		near := federating("/near", "partxner.org", "part-ner.org")
+		if _, err := s.SetBundle(ctx, fed, []Authority{root}); err != nil {
+			t.Fatal(err)
+		}
+		entries := func() map[string]registry.Entry {
+			all, err := s.ListEntries(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := map[string]registry.Entry{}
+			for _, e := range all {
+				m[e.ID] = e
+			}
+			return m
+		}
+
+		// Restrict refuses while entries federate, and changes nothing.
+		rev := revision(t, s)
+		if _, err := s.DeleteBundle(ctx, fed, BundleRestrict); !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), "2 entries") {
+			t.Fatalf("restricted delete = %v, want ErrInUse naming 2 entries", err)
+		}
+		if auths, _, _ := s.ListAuthorities(ctx, fed); len(auths) != 1 || revision(t, s) != rev {
+			t.Fatal("a refused delete changed the store")
+		}
+
+		// Dissociate drops the trust domain from those entries only.
+		n, err := s.DeleteBundle(ctx, fed, BundleDissociate)
+		if err != nil || n != 2 {
+			t.Fatalf("dissociating delete = %d, %v; want 2 entries", n, err)
+		}
+		got := entries()
+		if fw := got[both.ID].FederatesWith; len(fw) != 1 || fw[0].Name() != "other.org" || got[both.ID].Revision != both.Revision+1 {
+			t.Fatalf("entry federating with two: %+v", got[both.ID])
+		}
+		if len(got[only.ID].FederatesWith) != 0 || len(got[only.ID].Selectors) != 1 {
+			t.Fatalf("entry federating with the deleted one only: %+v", got[only.ID])
+		}
+		if !reflect.DeepEqual(got[near.ID], near) {
+			t.Fatalf("an entry not federating with %s changed: %+v", fed, got[near.ID])
+		}
+		if auths, _, _ := s.ListAuthorities(ctx, fed); len(auths) != 0 {
+			t.Fatal("dissociating delete kept the bundle")
+		}
+
+		// Delete removes the entries that federate.
+		again := federating("/again", fed)
+		if _, err := s.SetBundle(ctx, fed, []Authority{root}); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.DeleteBundle(ctx, fed, BundleDeleteEntries); err != nil || n != 1 {
+			t.Fatalf("deleting delete = %d, %v; want 1 entry", n, err)
+		}
+		got = entries()
+		if _, ok := got[again.ID]; ok || len(got) != 3 {
+			t.Fatalf("after deleting delete: %d entries, federating one present %v", len(got), ok)
 		}
 	})
 }

@@ -197,6 +197,14 @@ func decodeList(s string) ([]string, error) {
 	return l, err
 }
 
+func trustDomainNames(tds []spiffeid.TrustDomain) []string {
+	names := make([]string, len(tds))
+	for i, td := range tds {
+		names[i] = td.Name()
+	}
+	return names
+}
+
 func idString(id spiffeid.ID) string {
 	if id.IsZero() {
 		return ""
@@ -210,11 +218,7 @@ func entryArgs(e registry.Entry) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode dns names: %w", err)
 	}
-	fedNames := make([]string, len(e.FederatesWith))
-	for i, td := range e.FederatesWith {
-		fedNames[i] = td.Name()
-	}
-	feds, err := encodeList(fedNames)
+	feds, err := encodeList(trustDomainNames(e.FederatesWith))
 	if err != nil {
 		return nil, fmt.Errorf("encode federates_with: %w", err)
 	}
@@ -927,8 +931,16 @@ func (s *sqlStore) SetBundle(ctx context.Context, trustDomain string, auths []Au
 	return changed, nil
 }
 
-func (s *sqlStore) DeleteBundle(ctx context.Context, trustDomain string) error {
+func (s *sqlStore) DeleteBundle(ctx context.Context, trustDomain string, mode BundleDeleteMode) (int, error) {
+	var affected []registry.Entry
 	err := s.write(ctx, func(t *tx) error {
+		var err error
+		if affected, err = federatingEntries(ctx, t, trustDomain); err != nil {
+			return err
+		}
+		if len(affected) > 0 && mode == BundleRestrict {
+			return fmt.Errorf("%d entries federate with it: %w", len(affected), ErrInUse)
+		}
 		n, err := t.exec(ctx, `DELETE FROM authorities WHERE trust_domain = $1`, trustDomain)
 		if err != nil {
 			return err
@@ -936,15 +948,45 @@ func (s *sqlStore) DeleteBundle(ctx context.Context, trustDomain string) error {
 		if n == 0 {
 			return ErrNotFound
 		}
+		for _, e := range affected {
+			if mode == BundleDeleteEntries {
+				_, err = t.exec(ctx, `DELETE FROM entries WHERE id = $1`, e.ID)
+			} else {
+				e.FederatesWith = slices.DeleteFunc(e.FederatesWith, func(td spiffeid.TrustDomain) bool { return td.Name() == trustDomain })
+				var feds string
+				if feds, err = encodeList(trustDomainNames(e.FederatesWith)); err == nil {
+					_, err = t.exec(ctx, `UPDATE entries SET federates_with = $2, revision = revision + 1 WHERE id = $1`, e.ID, feds)
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("entry %s: %w", e.ID, err)
+			}
+		}
 		if err := bumpBundleSequence(ctx, t, trustDomain); err != nil {
 			return err
 		}
 		return bumpRevision(ctx, t)
 	})
-	if err != nil {
-		return fmt.Errorf("delete bundle of %s: %w", trustDomain, err)
+	if errors.Is(err, ErrInUse) {
+		return len(affected), fmt.Errorf("delete bundle of %s: %w", trustDomain, err)
 	}
-	return nil
+	if err != nil {
+		return 0, fmt.Errorf("delete bundle of %s: %w", trustDomain, err)
+	}
+	return len(affected), nil
+}
+
+// federatingEntries returns the entries (without selectors) whose
+// federates_with names trustDomain. LIKE narrows the scan; the decoded list
+// decides ('_' in a name is a LIKE wildcard).
+func federatingEntries(ctx context.Context, t *tx, trustDomain string) ([]registry.Entry, error) {
+	cands, err := queryAll(ctx, t.querier, scanEntry, `SELECT `+entryColumns+` FROM entries WHERE federates_with LIKE $1`, `%"`+trustDomain+`"%`)
+	if err != nil {
+		return nil, fmt.Errorf("find entries federating with %s: %w", trustDomain, err)
+	}
+	return slices.DeleteFunc(cands, func(e registry.Entry) bool {
+		return !slices.ContainsFunc(e.FederatesWith, func(td spiffeid.TrustDomain) bool { return td.Name() == trustDomain })
+	}), nil
 }
 
 func (s *sqlStore) ListBundleTrustDomains(ctx context.Context) ([]string, error) {

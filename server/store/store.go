@@ -14,6 +14,8 @@ import (
 var (
 	ErrNotFound      = errors.New("not found")
 	ErrAlreadyExists = errors.New("already exists")
+	// ErrInUse: entries federate with the bundle a restricted delete was for.
+	ErrInUse = errors.New("in use")
 	// ErrBanned: the node is banned; only deleting it lifts the ban.
 	ErrBanned  = errors.New("banned")
 	ErrExpired = errors.New("expired")
@@ -57,6 +59,19 @@ type Node struct {
 	// node is deleted (evicted).
 	Banned bool
 }
+
+// BundleDeleteMode says what deleting a federated bundle does to the
+// entries that federate with its trust domain (SPIRE's modes).
+type BundleDeleteMode int
+
+const (
+	// BundleRestrict refuses the delete (ErrInUse) while any entry federates.
+	BundleRestrict BundleDeleteMode = iota
+	// BundleDissociate removes the trust domain from those entries.
+	BundleDissociate
+	// BundleDeleteEntries deletes those entries.
+	BundleDeleteEntries
+)
 
 // AuthorityKind says what an Authority holds.
 type AuthorityKind string
@@ -140,8 +155,10 @@ type Store interface {
 	SetBundle(ctx context.Context, trustDomain string, auths []Authority) (changed bool, err error)
 	// DeleteBundle deletes every authority of trustDomain: ErrNotFound if it
 	// has none. Its sequence is bumped and kept, so a bundle set later
-	// continues it and agents never see a sequence go back.
-	DeleteBundle(ctx context.Context, trustDomain string) error
+	// continues it and agents never see a sequence go back. mode says what
+	// happens to entries that federate with trustDomain, in the same
+	// transaction; it returns how many there were (also with ErrInUse).
+	DeleteBundle(ctx context.Context, trustDomain string, mode BundleDeleteMode) (entries int, err error)
 	// ListBundleTrustDomains returns the trust domains that have
 	// authorities, sorted.
 	ListBundleTrustDomains(ctx context.Context) ([]string, error)

@@ -1,8 +1,11 @@
 // Package kubetest runs a stand-in for a Kubernetes API server in tests: a
 // kube-apiserver cannot run on the test machines, so this one serves the
-// real wire format (k8s.io/api JSON over HTTPS, bearer-token auth) for the
-// few resources Signet reads: TokenReviews, pods and nodes. client-go talks
-// to it unchanged, through a kubeconfig file like any cluster's.
+// real wire format (k8s.io/api protobuf or JSON over HTTPS, bearer-token
+// auth) for the resources Signet uses: TokenReviews; pods, nodes,
+// namespaces, ConfigMaps and ClusterSPIFFEIDs with get, list, watch
+// (client-go's informers, watch-list included), create, update (optimistic
+// concurrency, status subresource) and delete. client-go talks to it
+// unchanged, through a kubeconfig file like any cluster's.
 package kubetest
 
 import (
@@ -14,7 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 
@@ -40,36 +42,45 @@ type Token struct {
 
 // APIServer is a running stand-in API server.
 type APIServer struct {
-	srv   *httptest.Server
-	token string // what clients must present
+	srv       *httptest.Server
+	token     string // what clients must present
+	done      chan struct{}
+	closeOnce sync.Once
 
 	mu              sync.Mutex
 	ignoreAudiences bool
 	tokens          map[string]Token
-	pods            map[string]*corev1.Pod // namespace/name
-	nodes           map[string]*corev1.Node
-	cms             map[string]*corev1.ConfigMap // namespace/name
-	rv              int                          // last resourceVersion given out
-	calls           map[string]int               // by "METHOD path"
+	objects         map[*resource]map[string]map[string]any // by namespace/name
+	rv              int64                                   // last resourceVersion given out
+	events          []event                                 // every change, for watches
+	changed         chan struct{}                           // closed and replaced on each event
+	calls           map[string]int                          // by "METHOD path"
 }
 
 // NewAPIServer starts a server on 127.0.0.1, stopped when t ends.
 func NewAPIServer(t testing.TB) *APIServer {
 	a := &APIServer{
-		token:  "kubetest-admin-token",
-		tokens: map[string]Token{},
-		pods:   map[string]*corev1.Pod{},
-		nodes:  map[string]*corev1.Node{},
-		cms:    map[string]*corev1.ConfigMap{},
-		calls:  map[string]int{},
+		token:   "kubetest-admin-token",
+		done:    make(chan struct{}),
+		tokens:  map[string]Token{},
+		objects: map[*resource]map[string]map[string]any{},
+		changed: make(chan struct{}),
+		calls:   map[string]int{},
+	}
+	for _, r := range resources {
+		a.objects[r] = map[string]map[string]any{}
 	}
 	a.srv = httptest.NewTLSServer(http.HandlerFunc(a.serve))
-	t.Cleanup(a.srv.Close)
+	t.Cleanup(a.Close)
 	return a
 }
 
-// Close stops the server.
-func (a *APIServer) Close() { a.srv.Close() }
+// Close stops the server, ending open watches first (httptest waits for
+// every running request).
+func (a *APIServer) Close() {
+	a.closeOnce.Do(func() { close(a.done) })
+	a.srv.Close()
+}
 
 // IgnoreAudiences makes TokenReview behave like an authenticator that does
 // not support audiences: it authenticates any known token and answers with
@@ -88,35 +99,35 @@ func (a *APIServer) AddToken(token string, tok Token) {
 }
 
 // AddPod stores (or replaces) a pod.
-func (a *APIServer) AddPod(p *corev1.Pod) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.pods[p.Namespace+"/"+p.Name] = p.DeepCopy()
-}
+func (a *APIServer) AddPod(p *corev1.Pod) { a.put(podsResource, p.DeepCopy()) }
 
 // DeletePod removes a pod.
-func (a *APIServer) DeletePod(namespace, name string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	delete(a.pods, namespace+"/"+name)
-}
+func (a *APIServer) DeletePod(namespace, name string) { a.remove(podsResource, namespace+"/"+name) }
 
 // AddNode stores (or replaces) a node.
-func (a *APIServer) AddNode(n *corev1.Node) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.nodes[n.Name] = n.DeepCopy()
-}
+func (a *APIServer) AddNode(n *corev1.Node) { a.put(nodesResource, n.DeepCopy()) }
+
+// AddNamespace stores (or replaces) a namespace.
+func (a *APIServer) AddNamespace(ns *corev1.Namespace) { a.put(namespacesResource, ns.DeepCopy()) }
 
 // ConfigMap returns a copy of a stored ConfigMap, nil when there is none.
 func (a *APIServer) ConfigMap(namespace, name string) *corev1.ConfigMap {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if cm, ok := a.cms[namespace+"/"+name]; ok {
-		return cm.DeepCopy()
+	u, ok := a.objects[configMapsResource][namespace+"/"+name]
+	if !ok {
+		return nil
 	}
-	return nil
+	obj, err := typed(configMapsResource, u)
+	if err != nil {
+		panic(fmt.Sprintf("kubetest: stored ConfigMap: %v", err))
+	}
+	return obj.(*corev1.ConfigMap)
 }
+
+// PutConfigMap stores a ConfigMap as another writer would (a new
+// resourceVersion).
+func (a *APIServer) PutConfigMap(cm *corev1.ConfigMap) { a.put(configMapsResource, cm.DeepCopy()) }
 
 // Calls reports how often "METHOD path" was requested.
 func (a *APIServer) Calls(methodPath string) int {
@@ -165,99 +176,16 @@ func (a *APIServer) serve(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, r, http.StatusUnauthorized, metav1.StatusReasonUnauthorized, "Unauthorized")
 		return
 	}
-	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
-	switch {
-	case r.Method == http.MethodPost && r.URL.Path == "/apis/authentication.k8s.io/v1/tokenreviews":
+	if r.Method == http.MethodPost && r.URL.Path == "/apis/authentication.k8s.io/v1/tokenreviews" {
 		a.tokenReview(w, r)
-	case r.Method == http.MethodGet && len(parts) == 6 && parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "pods":
-		a.mu.Lock()
-		p, ok := a.pods[parts[3]+"/"+parts[5]]
-		a.mu.Unlock()
-		if !ok {
-			writeStatus(w, r, http.StatusNotFound, metav1.StatusReasonNotFound, fmt.Sprintf("pods %q not found", parts[5]))
-			return
-		}
-		p = p.DeepCopy()
-		p.TypeMeta = metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"}
-		write(w, r, http.StatusOK, p)
-	case r.Method == http.MethodGet && len(parts) == 4 && parts[0] == "api" && parts[1] == "v1" && parts[2] == "nodes":
-		a.mu.Lock()
-		n, ok := a.nodes[parts[3]]
-		a.mu.Unlock()
-		if !ok {
-			writeStatus(w, r, http.StatusNotFound, metav1.StatusReasonNotFound, fmt.Sprintf("nodes %q not found", parts[3]))
-			return
-		}
-		n = n.DeepCopy()
-		n.TypeMeta = metav1.TypeMeta{Kind: "Node", APIVersion: "v1"}
-		write(w, r, http.StatusOK, n)
-	case len(parts) >= 5 && parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" && parts[4] == "configmaps":
-		a.configMaps(w, r, parts[3], strings.Join(parts[5:], "/"))
-	default:
+		return
+	}
+	req, ok := parsePath(r.URL.Path)
+	if !ok {
 		writeStatus(w, r, http.StatusNotFound, metav1.StatusReasonNotFound, "the server could not find the requested resource")
+		return
 	}
-}
-
-// configMaps serves get, create and update with the API server's optimistic
-// concurrency: an update must carry the stored resourceVersion.
-func (a *APIServer) configMaps(w http.ResponseWriter, r *http.Request, ns, name string) {
-	var in corev1.ConfigMap
-	if r.Method == http.MethodPost || r.Method == http.MethodPut {
-		body, err := io.ReadAll(r.Body)
-		if err == nil {
-			_, _, err = scheme.Codecs.UniversalDeserializer().Decode(body, nil, &in)
-		}
-		if err != nil {
-			writeStatus(w, r, http.StatusBadRequest, metav1.StatusReasonBadRequest, err.Error())
-			return
-		}
-		if r.Method == http.MethodPost {
-			name = in.Name
-		}
-		if in.Name != name {
-			writeStatus(w, r, http.StatusBadRequest, metav1.StatusReasonBadRequest, "name does not match the URL")
-			return
-		}
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	key := ns + "/" + name
-	cur, exists := a.cms[key]
-	switch {
-	case r.Method == http.MethodGet && exists:
-		out := cur.DeepCopy()
-		out.TypeMeta = metav1.TypeMeta{Kind: "ConfigMap", APIVersion: "v1"}
-		write(w, r, http.StatusOK, out)
-	case r.Method == http.MethodGet || r.Method == http.MethodPut && !exists:
-		writeStatus(w, r, http.StatusNotFound, metav1.StatusReasonNotFound, fmt.Sprintf("configmaps %q not found", name))
-	case r.Method == http.MethodPost && exists:
-		writeStatus(w, r, http.StatusConflict, metav1.StatusReasonAlreadyExists, fmt.Sprintf("configmaps %q already exists", name))
-	case r.Method == http.MethodPut && in.ResourceVersion != cur.ResourceVersion:
-		writeStatus(w, r, http.StatusConflict, metav1.StatusReasonConflict, fmt.Sprintf("Operation cannot be fulfilled on configmaps %q: the object has been modified", name))
-	case r.Method == http.MethodPost || r.Method == http.MethodPut:
-		a.rv++
-		in.Namespace, in.ResourceVersion = ns, fmt.Sprint(a.rv)
-		a.cms[key] = in.DeepCopy()
-		in.TypeMeta = metav1.TypeMeta{Kind: "ConfigMap", APIVersion: "v1"}
-		code := http.StatusOK
-		if r.Method == http.MethodPost {
-			code = http.StatusCreated
-		}
-		write(w, r, code, &in)
-	default:
-		writeStatus(w, r, http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed, r.Method)
-	}
-}
-
-// PutConfigMap stores a ConfigMap as another writer would (a new
-// resourceVersion).
-func (a *APIServer) PutConfigMap(cm *corev1.ConfigMap) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.rv++
-	cm = cm.DeepCopy()
-	cm.ResourceVersion = fmt.Sprint(a.rv)
-	a.cms[cm.Namespace+"/"+cm.Name] = cm
+	a.serveResource(w, r, req)
 }
 
 // tokenReview answers as the real API server does: a token is authenticated
@@ -315,14 +243,7 @@ func (a *APIServer) tokenReview(w http.ResponseWriter, r *http.Request) {
 // write encodes obj as the client asked (Accept): protobuf, which client-go
 // prefers for built-in types, or JSON.
 func write(w http.ResponseWriter, r *http.Request, code int, obj runtime.Object) {
-	info, ok := runtime.SerializerInfoForMediaType(scheme.Codecs.SupportedMediaTypes(), runtime.ContentTypeJSON)
-	for _, accept := range strings.Split(r.Header.Get("Accept"), ",") {
-		mediaType, _, _ := strings.Cut(strings.TrimSpace(accept), ";")
-		if i, found := runtime.SerializerInfoForMediaType(scheme.Codecs.SupportedMediaTypes(), mediaType); found {
-			info, ok = i, true
-			break
-		}
-	}
+	info, ok := negotiate(r)
 	if !ok {
 		http.Error(w, "no serializer", http.StatusNotAcceptable)
 		return

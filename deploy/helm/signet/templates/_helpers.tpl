@@ -1,0 +1,66 @@
+{{/*
+Object names are fixed (signet-server, signet-agent, ...), as in
+deploy/base: the agents, the CSI driver and the cluster-wide RBAC exist once
+per cluster, and a release can take over from `kubectl apply -k` objects.
+*/}}
+
+{{/* Labels on every object; selectors use only app.kubernetes.io/name. */}}
+{{- define "signet.labels" -}}
+app.kubernetes.io/part-of: signet
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* The Signet image with its tag (the appVersion unless image.tag). */}}
+{{- define "signet.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "signet.imagePullPolicy" -}}
+{{- with .Values.image.pullPolicy }}
+imagePullPolicy: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* --log-level for the node components, when set. */}}
+{{- define "signet.logLevelArg" -}}
+{{- with .Values.logLevel }}
+- --log-level={{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod scheduling: nodeSelector, tolerations, affinity, priority. */}}
+{{- define "signet.scheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The PostgreSQL URL goes into a ConfigMap: refuse one carrying a password
+(it belongs in datastore.postgres.existingSecret).
+*/}}
+{{- define "signet.postgresURL" -}}
+{{- $url := required "datastore.postgres.url is required with datastore.type postgres" .Values.datastore.postgres.url -}}
+{{- if contains ":" ((urlParse $url).userinfo | default "") -}}
+{{- fail "datastore.postgres.url must not hold a password: it would be stored in a ConfigMap; put the password in the Secret datastore.postgres.existingSecret" -}}
+{{- end -}}
+{{- if contains "password=" $url -}}
+{{- fail "datastore.postgres.url must not hold a password parameter: put the password in the Secret datastore.postgres.existingSecret" -}}
+{{- end -}}
+{{- $url -}}
+{{- end -}}

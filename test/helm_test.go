@@ -1,0 +1,302 @@
+package test
+
+import (
+	"bytes"
+	"fmt"
+	"maps"
+	"path"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v4/pkg/chart/common"
+	chartutil "helm.sh/helm/v4/pkg/chart/common/util"
+	"helm.sh/helm/v4/pkg/chart/loader"
+	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
+	"helm.sh/helm/v4/pkg/engine"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/yaml"
+
+	"github.com/signetid/signet/server"
+)
+
+const chartDir = "../deploy/helm/signet"
+
+// helmTemplate renders the chart as `helm template --include-crds` does,
+// with Helm's own loader, values schema validation and template engine:
+// values are the user's (-f / --set), ns the release namespace. It returns
+// the rendered manifests and NOTES.txt.
+func helmTemplate(t *testing.T, ns string, values string) ([]byte, string, error) {
+	t.Helper()
+	charter, err := loader.Load(chartDir)
+	if err != nil {
+		t.Fatalf("load chart: %v", err)
+	}
+	ch := charter.(*chartv2.Chart)
+	vals := map[string]any{}
+	if err := yaml.Unmarshal([]byte(values), &vals); err != nil {
+		t.Fatalf("values: %v", err)
+	}
+	opts := common.ReleaseOptions{Name: "signet", Namespace: ns, Revision: 1, IsInstall: true}
+	top, err := chartutil.ToRenderValuesWithSchemaValidation(ch, vals, opts, nil, false)
+	if err != nil {
+		return nil, "", err
+	}
+	files, err := engine.Render(ch, top)
+	if err != nil {
+		return nil, "", err
+	}
+	var out bytes.Buffer
+	for _, crd := range ch.CRDObjects() {
+		fmt.Fprintf(&out, "---\n%s\n", crd.File.Data)
+	}
+	notes := ""
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		switch base := path.Base(name); {
+		case base == "NOTES.txt":
+			notes = files[name]
+		case strings.HasSuffix(base, ".yaml"):
+			fmt.Fprintf(&out, "---\n# Source: %s\n%s\n", name, files[name])
+		}
+	}
+	return out.Bytes(), notes, nil
+}
+
+// helmObjects renders the chart and decodes every object strictly.
+func helmObjects(t *testing.T, ns, values string) []runtime.Object {
+	t.Helper()
+	out, notes, err := helmTemplate(t, ns, values)
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	if !strings.Contains(notes, ns) {
+		t.Errorf("NOTES.txt does not name the namespace %s:\n%s", ns, notes)
+	}
+	return decodeManifests(t, "helm template", out)
+}
+
+// TestHelmDefaultsAreBase checks that the chart with its default values
+// installs what `kubectl apply -k deploy/base` does: the same objects (but
+// the Namespace, which `helm install --create-namespace` or the user
+// makes), the same containers (args, env, mounts, ports, security), pod
+// volumes, RBAC rules and server configuration.
+func TestHelmDefaultsAreBase(t *testing.T) {
+	base := kustomizeBuild(t, "../deploy/base")
+	chart := helmObjects(t, "signet-system", "")
+	checkSignetSystem(t, chart)
+
+	baseByKey, chartByKey := map[objectKey]runtime.Object{}, map[objectKey]runtime.Object{}
+	for _, o := range base {
+		if _, ok := o.(*corev1.Namespace); !ok {
+			baseByKey[keyOf(t, o)] = o
+		}
+	}
+	for _, o := range chart {
+		chartByKey[keyOf(t, o)] = o
+	}
+	baseKeys, chartKeys := slices.Collect(maps.Keys(baseByKey)), slices.Collect(maps.Keys(chartByKey))
+	cmp := func(a, b objectKey) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) }
+	slices.SortFunc(baseKeys, cmp)
+	slices.SortFunc(chartKeys, cmp)
+	if !slices.Equal(baseKeys, chartKeys) {
+		t.Errorf("objects differ:\nbase  %v\nchart %v", baseKeys, chartKeys)
+	}
+
+	for key, b := range baseByKey {
+		c, ok := chartByKey[key]
+		if !ok {
+			continue
+		}
+		switch b := b.(type) {
+		case *appsv1.DaemonSet:
+			samePods(t, key, b.Spec.Template.Spec, c.(*appsv1.DaemonSet).Spec.Template.Spec)
+			same(t, key, "selector", b.Spec.Selector, c.(*appsv1.DaemonSet).Spec.Selector)
+		case *appsv1.StatefulSet:
+			c := c.(*appsv1.StatefulSet)
+			samePods(t, key, b.Spec.Template.Spec, c.Spec.Template.Spec)
+			same(t, key, "selector", b.Spec.Selector, c.Spec.Selector)
+			same(t, key, "replicas", b.Spec.Replicas, c.Spec.Replicas)
+			same(t, key, "volumeClaimTemplates", b.Spec.VolumeClaimTemplates[0].Spec, c.Spec.VolumeClaimTemplates[0].Spec)
+		case *rbacv1.ClusterRole:
+			same(t, key, "rules", b.Rules, c.(*rbacv1.ClusterRole).Rules)
+		case *rbacv1.Role:
+			same(t, key, "rules", b.Rules, c.(*rbacv1.Role).Rules)
+		case *rbacv1.ClusterRoleBinding:
+			same(t, key, "binding", []any{b.RoleRef, b.Subjects}, []any{c.(*rbacv1.ClusterRoleBinding).RoleRef, c.(*rbacv1.ClusterRoleBinding).Subjects})
+		case *rbacv1.RoleBinding:
+			same(t, key, "binding", []any{b.RoleRef, b.Subjects}, []any{c.(*rbacv1.RoleBinding).RoleRef, c.(*rbacv1.RoleBinding).Subjects})
+		case *corev1.Service:
+			same(t, key, "spec", b.Spec, c.(*corev1.Service).Spec)
+		case *corev1.ServiceAccount:
+			same(t, key, "automount", b.AutomountServiceAccountToken, c.(*corev1.ServiceAccount).AutomountServiceAccountToken)
+		case *corev1.ConfigMap:
+			same(t, key, "server.conf", parseConf(t, b), parseConf(t, c.(*corev1.ConfigMap)))
+		}
+	}
+}
+
+// parseConf parses a ConfigMap's server.conf, for comparison.
+func parseConf(t *testing.T, cm *corev1.ConfigMap) server.FileConfig {
+	t.Helper()
+	fc, err := server.ParseConfigFile([]byte(cm.Data["server.conf"]))
+	if err != nil {
+		t.Fatalf("ConfigMap %s: %v", cm.Name, err)
+	}
+	return fc
+}
+
+func same(t *testing.T, key objectKey, what string, base, chart any) {
+	t.Helper()
+	if !reflect.DeepEqual(base, chart) {
+		t.Errorf("%v %s: chart differs from base:\nbase  %+v\nchart %+v", key, what, base, chart)
+	}
+}
+
+// samePods compares what the chart's and base's pods run: images aside
+// (the chart pins its appVersion), containers must be the same.
+func samePods(t *testing.T, key objectKey, base, chart corev1.PodSpec) {
+	t.Helper()
+	for _, p := range []*corev1.PodSpec{&base, &chart} {
+		for i := range p.Containers {
+			if strings.Contains(p.Containers[i].Image, "signetid/signet") {
+				p.Containers[i].Image = "signet"
+			}
+		}
+	}
+	same(t, key, "pod spec", base, chart)
+}
+
+// TestHelmValues renders value combinations users set and checks each
+// renders a consistent Signet with what the values ask for.
+func TestHelmValues(t *testing.T) {
+	for _, tc := range []struct {
+		name, ns, values string
+		check            func(t *testing.T, objs []runtime.Object, s signetSystem)
+	}{{
+		name: "own trust domain and cluster in another namespace", ns: "identity",
+		values: "trustDomain: prod.acme.io\nclusterName: eu-1\n",
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			if s.config.TrustDomain.Name() != "prod.acme.io" || s.config.K8sPSAT[0].Name != "eu-1" {
+				t.Errorf("trust domain %s, clusters %v", s.config.TrustDomain, s.config.K8sPSAT)
+			}
+			for _, o := range objs {
+				if k := keyOf(t, o); k.Namespace != "" && k.Namespace != "identity" {
+					t.Errorf("%v is not in the release namespace", k)
+				}
+			}
+		},
+	}, {
+		name: "postgres HA", ns: "signet-system",
+		values: `
+datastore:
+  type: postgres
+  postgres: {url: "postgres://signet@db:5432/signet?sslmode=require", existingSecret: pg, passwordKey: pw}
+server:
+  replicas: 3
+  podDisruptionBudget: {enabled: true}
+  resources: {requests: {cpu: 100m, memory: 128Mi}, limits: {memory: 512Mi}}
+image: {tag: v9.9.9, pullPolicy: IfNotPresent}
+`,
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			if *s.server.Spec.Replicas != 3 || s.config.Datastore != "postgres://signet@db:5432/signet?sslmode=require" {
+				t.Errorf("%d servers on %s", *s.server.Spec.Replicas, s.config.Datastore)
+			}
+			ref := s.server.Spec.Template.Spec.Containers[0].Env[0].ValueFrom.SecretKeyRef
+			if ref.Name != "pg" || ref.Key != "pw" {
+				t.Errorf("password from Secret %s key %s, want pg/pw", ref.Name, ref.Key)
+			}
+			c := s.server.Spec.Template.Spec.Containers[0]
+			if c.Image != "ghcr.io/signetid/signet:v9.9.9" || c.ImagePullPolicy != corev1.PullIfNotPresent || c.Resources.Limits.Memory().String() != "512Mi" {
+				t.Errorf("server image %s (%s), resources %v", c.Image, c.ImagePullPolicy, c.Resources)
+			}
+			pdb := object[*policyv1.PodDisruptionBudget](t, objs, "signet-server")
+			if pdb.Spec.MaxUnavailable.IntValue() != 1 || pdb.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "signet-server" {
+				t.Errorf("PodDisruptionBudget %+v", pdb.Spec)
+			}
+		},
+	}, {
+		name: "kind: skip verify, debug logs, no CSI, scheduling", ns: "signet-system",
+		values: `
+logLevel: debug
+agent:
+  kubeletSkipVerify: true
+  nodeSelector: {kubernetes.io/os: linux}
+  tolerations: [{key: dedicated, operator: Equal, value: infra, effect: NoSchedule}]
+csi: {enabled: false}
+`,
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			pod := s.agent.Spec.Template.Spec
+			args := pod.Containers[0].Args
+			if !slices.Contains(args, "--kubelet-skip-verify") || argValue(args, "log-level") != "debug" || s.file.LogLevel != "debug" {
+				t.Errorf("agent args %v, server log_level %q", args, s.file.LogLevel)
+			}
+			if pod.NodeSelector["kubernetes.io/os"] != "linux" || len(pod.Tolerations) != 1 || pod.Tolerations[0].Key != "dedicated" {
+				t.Errorf("agent nodeSelector %v, tolerations %v", pod.NodeSelector, pod.Tolerations)
+			}
+			for _, o := range objs {
+				if k := keyOf(t, o); strings.Contains(k.Name, "csi") {
+					t.Errorf("csi.enabled false still renders %v", k)
+				}
+			}
+		},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := helmObjects(t, tc.ns, tc.values)
+			tc.check(t, objs, checkSignetSystem(t, objs))
+		})
+	}
+}
+
+// TestHelmRefusesBadValues checks that `helm install` stops on values that
+// would install a broken or unsafe Signet, naming what is wrong.
+func TestHelmRefusesBadValues(t *testing.T) {
+	for _, tc := range []struct{ name, values, want string }{
+		{"misspelt top-level value", "trustDomian: prod.acme.io", "trustDomian"},
+		{"misspelt nested value", "server: {replica: 3}", "replica"},
+		{"misspelt agent value", "agent: {kubeletSkipVerfy: true}", "kubeletSkipVerfy"},
+		{"trust domain not lower case", "trustDomain: Example.ORG", "trustDomain"},
+		{"cluster name not a path segment", "clusterName: a/b", "clusterName"},
+		{"unknown datastore", "datastore: {type: mysql}", "type"},
+		{"postgres without a Secret", "datastore: {type: postgres, postgres: {url: 'postgres://s@db/s'}}", "existingSecret"},
+		{"several servers on SQLite", "server: {replicas: 3}", "postgres"},
+		{"password in the ConfigMap", "datastore: {type: postgres, postgres: {url: 'postgres://s:hunter2@db/s', existingSecret: pg}}", "must not hold a password"},
+		{"password parameter in the ConfigMap", "datastore: {type: postgres, postgres: {url: 'postgres://s@db/s?password=hunter2', existingSecret: pg}}", "must not hold a password"},
+		{"unknown log level", "logLevel: verbose", "logLevel"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := helmTemplate(t, "signet-system", tc.values)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one naming %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("the error repeats the password: %v", err)
+			}
+		})
+	}
+}
+
+// TestHelmConfigChangeRollsServer checks the server pods' config checksum:
+// a server.conf change changes it (so the StatefulSet rolls), anything else
+// leaves it.
+func TestHelmConfigChangeRollsServer(t *testing.T) {
+	sum := func(values string) string {
+		ss := object[*appsv1.StatefulSet](t, helmObjects(t, "signet-system", values), "signet-server")
+		v := ss.Spec.Template.Annotations["checksum/config"]
+		if len(v) != 64 {
+			t.Fatalf("checksum/config %q", v)
+		}
+		return v
+	}
+	def := sum("")
+	if sum("clusterName: other") == def || sum("logLevel: warn") == def {
+		t.Error("a server.conf change leaves the server pods' checksum")
+	}
+	if sum("agent: {kubeletSkipVerify: true}") != def {
+		t.Error("an agent change changes the server pods' checksum")
+	}
+}

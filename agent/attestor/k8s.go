@@ -82,7 +82,10 @@ type K8sOptions struct {
 // container ID from the kernel's /proc/PID/cgroup and asks the node's
 // kubelet about them. Selectors: k8s:ns, k8s:sa, k8s:pod-uid, k8s:pod-name,
 // k8s:node-name, k8s:pod-label:<key>:<value> (each), k8s:container-name and
-// k8s:container-image (the status image, the image ID and the spec image).
+// k8s:container-image (the status image, the image ID and the spec image);
+// for the whole pod k8s:pod-owner:<kind>:<name>, k8s:pod-owner-uid:<kind>:<uid>,
+// k8s:pod-image / k8s:pod-init-image (every container's images, the three
+// forms) and k8s:pod-image-count / k8s:pod-init-image-count.
 // A process in no pod gets no selectors.
 type K8s struct {
 	procRoot     string
@@ -405,6 +408,25 @@ func (k *K8s) match(ctx context.Context, idx *podIndex, pc podContainer) (sels [
 	add("container-image", ref.status.Image)
 	add("container-image", ref.status.ImageID)
 	add("container-image", ref.specImage)
+	// Pod-wide selectors (SPIRE's): who owns the pod, and every image it
+	// runs, so an entry can say "the pods of this Deployment's ReplicaSet"
+	// or "a pod running exactly these images".
+	for _, o := range pod.OwnerReferences {
+		add("pod-owner", o.Kind+":"+o.Name)
+		add("pod-owner-uid", o.Kind+":"+string(o.UID))
+	}
+	addImages := func(key string, specs []corev1.Container, statuses []corev1.ContainerStatus) {
+		for _, st := range statuses {
+			add(key, st.Image)
+			add(key, st.ImageID)
+		}
+		for _, c := range specs {
+			add(key, c.Image)
+		}
+		add(key+"-count", strconv.Itoa(len(specs)))
+	}
+	addImages("pod-image", pod.Spec.Containers, pod.Status.ContainerStatuses)
+	addImages("pod-init-image", pod.Spec.InitContainers, pod.Status.InitContainerStatuses)
 
 	valid := sels[:0]
 	for _, s := range sels {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/signetid/signet/agent/attestor"
 	"github.com/signetid/signet/internal/selector"
@@ -117,6 +118,13 @@ func TestK8sSelectors(t *testing.T) {
 	// The spec names the image by tag; the runtime reports what it
 	// resolved; both forms, deduplicated, are selectors.
 	pod.Spec.Containers[0].Image = "web:1.0"
+	// Pod-wide: its owner, and the images of every container, the sidecar
+	// and the init container included.
+	pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-7d4b9", UID: "rs-uid-1"}}
+	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "proxy", Image: "envoy:1.30"})
+	pod.Status.ContainerStatuses = append(pod.Status.ContainerStatuses, corev1.ContainerStatus{Name: "proxy", ContainerID: "containerd://" + strings.Repeat("c", 64), Image: "docker.io/library/envoy:1.30"})
+	pod.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox:1.36"}}
+	pod.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: "init", Image: "docker.io/library/busybox:1.36", ImageID: "docker.io/library/busybox@sha256:" + strings.Repeat("cd", 32)}}
 	other := testPod(podUID2, "db", cid2)
 	_, k := setup(t, attestor.K8sOptions{}, other, pod)
 	got := attestStrings(t, k, 42)
@@ -127,10 +135,22 @@ func TestK8sSelectors(t *testing.T) {
 		"k8s:container-name:app",
 		"k8s:node-name:node-1",
 		"k8s:ns:payments",
+		"k8s:pod-image-count:2",
+		"k8s:pod-image:docker.io/library/envoy:1.30",
+		"k8s:pod-image:envoy:1.30",
+		"k8s:pod-image:registry.example/web:1.0",
+		"k8s:pod-image:registry.example/web@sha256:" + strings.Repeat("ab", 32),
+		"k8s:pod-image:web:1.0",
+		"k8s:pod-init-image-count:1",
+		"k8s:pod-init-image:busybox:1.36",
+		"k8s:pod-init-image:docker.io/library/busybox:1.36",
+		"k8s:pod-init-image:docker.io/library/busybox@sha256:" + strings.Repeat("cd", 32),
 		"k8s:pod-label:app:web",
 		"k8s:pod-label:empty:",
 		"k8s:pod-label:tier:backend",
 		"k8s:pod-name:web",
+		"k8s:pod-owner-uid:ReplicaSet:rs-uid-1",
+		"k8s:pod-owner:ReplicaSet:web-7d4b9",
 		"k8s:pod-uid:" + podUID,
 		"k8s:sa:checkout",
 	}

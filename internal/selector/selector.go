@@ -37,14 +37,20 @@ var knownKeys = map[string]map[string]func(string) error{
 		"sha256":            isSHA256,
 	},
 	"k8s": {
-		"ns":              nonEmpty,
-		"sa":              nonEmpty,
-		"pod-label":       isLabel,
-		"pod-name":        nonEmpty,
-		"pod-uid":         nonEmpty,
-		"node-name":       nonEmpty,
-		"container-name":  nonEmpty,
-		"container-image": nonEmpty,
+		"ns":                   nonEmpty,
+		"sa":                   nonEmpty,
+		"pod-label":            isLabel,
+		"pod-name":             nonEmpty,
+		"pod-uid":              nonEmpty,
+		"node-name":            nonEmpty,
+		"container-name":       nonEmpty,
+		"container-image":      nonEmpty,
+		"pod-owner":            isKindName,
+		"pod-owner-uid":        isKindName,
+		"pod-image":            nonEmpty,
+		"pod-image-count":      isUint,
+		"pod-init-image":       nonEmpty,
+		"pod-init-image-count": isUint,
 	},
 	// Node selectors of agents attested with Kubernetes projected service
 	// account tokens (SPIRE's names); node-alias entries match them.
@@ -235,6 +241,14 @@ func isLabel(v string) error {
 	k, _, ok := strings.Cut(v, ":")
 	if !ok || k == "" {
 		return fmt.Errorf("a label selector wants <label-key>:<value>, e.g. k8s:pod-label:app:web")
+	}
+	return nil
+}
+
+func isKindName(v string) error {
+	k, n, ok := strings.Cut(v, ":")
+	if !ok || k == "" || n == "" {
+		return fmt.Errorf("an owner selector wants <kind>:<name or uid>, e.g. k8s:pod-owner:ReplicaSet:web-7d4b9")
 	}
 	return nil
 }

@@ -137,6 +137,10 @@ type HTTPSWebFile struct {
 type ServingCertFile struct {
 	CertFilePath string `hcl:"cert_file_path"`
 	KeyFilePath  string `hcl:"key_file_path"`
+	// FileSyncInterval is SPIRE's polling period for the files. Signet
+	// checks them at every TLS handshake, so it is accepted (a SPIRE config
+	// works unchanged) and checked, but nothing waits for it.
+	FileSyncInterval string `hcl:"file_sync_interval"`
 
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
@@ -273,6 +277,11 @@ func (f *BundleEndpointFile) resolve() (EndpointConfig, error) {
 		}
 		if err := unknownKeys("bundle_endpoint.profile.https_web.serving_cert_file", sc.UnusedKeyPositions); err != nil {
 			return ep, err
+		}
+		if sc.FileSyncInterval != "" {
+			if d, err := time.ParseDuration(sc.FileSyncInterval); err != nil || d <= 0 {
+				return ep, fmt.Errorf("serving_cert_file.file_sync_interval %q: want a positive duration such as \"1h\"", sc.FileSyncInterval)
+			}
 		}
 		ep.Profile = ProfileWeb
 		var err error

@@ -73,6 +73,7 @@ func TestResolveConfig(t *testing.T) {
       serving_cert_file {
         cert_file_path = "tls.crt"
         key_file_path = "/etc/tls.key"
+        file_sync_interval = "1h" # SPIRE's; Signet checks the files at every handshake
       }
     }
   }
@@ -99,6 +100,8 @@ func TestResolveConfig(t *testing.T) {
 		{name: "bad hint", in: `federation { bundle_endpoint { address = ":1" refresh_hint = "5 minutes" } }`, wantErr: "Go duration"},
 		{name: "hint too short", in: `federation { bundle_endpoint { address = ":1" refresh_hint = "10ms" } }`, wantErr: "out of range"},
 		{name: "https_web without files", in: `federation { bundle_endpoint { address = ":1" profile "https_web" {} } }`, wantErr: "serving_cert_file"},
+		{name: "bad file_sync_interval", in: `federation { bundle_endpoint { address = ":1" profile "https_web" { serving_cert_file { cert_file_path = "a" key_file_path = "b" file_sync_interval = "hourly" } } } }`,
+			wantErr: `file_sync_interval "hourly"`},
 		{name: "acme", in: `federation { bundle_endpoint { address = ":1" profile "https_web" { acme { domain_name = "x" } } } }`,
 			wantErr: "bundle_endpoint.profile.https_web.acme"},
 		{name: "two endpoint profiles", in: `federation { bundle_endpoint { address = ":1" profile "https_spiffe" {} profile "https_web" {} } }`, wantErr: "one profile"},

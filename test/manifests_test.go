@@ -232,17 +232,8 @@ func checkSignetSystem(t *testing.T, objs []runtime.Object) signetSystem {
 
 	checkDatastore(t, s)
 
-	for _, o := range objs {
-		var spec *corev1.PodSpec
-		switch o := o.(type) {
-		case *appsv1.DaemonSet:
-			spec = &o.Spec.Template.Spec
-		case *appsv1.StatefulSet:
-			spec = &o.Spec.Template.Spec
-		default:
-			continue
-		}
-		for _, c := range spec.Containers {
+	for _, p := range podSpecs(objs) {
+		for _, c := range p.spec.Containers {
 			if strings.Contains(c.Image, "signetid/signet") {
 				checkFlagsExist(t, c.Args)
 			}

@@ -18,7 +18,8 @@ FUZZ_TARGETS ?= \
 	./server/store:FuzzParseURL \
 	./server/adminapi:FuzzParseEntryFile \
 	./server/adminapi:FuzzParseBundleFile \
-	./server/federation:FuzzResolveConfig
+	./server/federation:FuzzResolveConfig \
+	./server/k8sreg:FuzzRender
 
 .PHONY: all build test fuzz bench demo lint deps proto clean
 

@@ -219,7 +219,7 @@ func (p *PSAT) Attest(ctx context.Context, payload []byte) (Result, error) {
 	if node.UID == "" {
 		return Result{}, fmt.Errorf("cluster %q: node %s has no uid", c.Name, node.Name)
 	}
-	id, err := spiffeid.FromSegments(p.td, "agent", K8sPSATType, c.Name, string(node.UID))
+	id, err := PSATAgentID(p.td, c.Name, string(node.UID))
 	if err != nil {
 		return Result{}, fmt.Errorf("cluster %q: node uid %q cannot name an agent: %w", c.Name, node.UID, err)
 	}
@@ -228,6 +228,13 @@ func (p *PSAT) Attest(ctx context.Context, payload []byte) (Result, error) {
 		Type:      K8sPSATType,
 		Selectors: psatSelectors(c, ns, sa, pod, node),
 	}, nil
+}
+
+// PSATAgentID is the ID of the k8s_psat agent on the node with nodeUID in
+// cluster: spiffe://TD/agent/k8s_psat/<cluster>/<node-uid>. The Kubernetes
+// registration controller parents pods' entries to it.
+func PSATAgentID(td spiffeid.TrustDomain, cluster, nodeUID string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "agent", K8sPSATType, cluster, nodeUID)
 }
 
 // Recheck confirms, at an agent's renewal, what its attestation proved and

@@ -1,0 +1,252 @@
+package k8sreg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/signetid/signet/server/store"
+)
+
+// Defaults of Options.
+const (
+	DefaultDebounce = 200 * time.Millisecond
+	DefaultResync   = 10 * time.Minute
+)
+
+// DefaultIgnoreNamespaces are left alone unless configured otherwise:
+// the cluster's own components get no workload entries.
+var DefaultIgnoreNamespaces = []string{"kube-system", "kube-public"}
+
+// Options configure a Controller.
+type Options struct {
+	// Client and Dynamic reach the cluster's API server.
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+	Store   store.Store
+	// TrustDomain is the server's; rendered IDs must be in it.
+	TrustDomain spiffeid.TrustDomain
+	// Cluster is the k8s_psat cluster name the cluster's agents attest
+	// with: entries are parented to spiffe://TD/agent/k8s_psat/<Cluster>/<node-uid>.
+	Cluster string
+	// IgnoreNamespaces are never selected.
+	IgnoreNamespaces []string
+	// Debounce gathers a burst of changes into one reconcile; default
+	// DefaultDebounce.
+	Debounce time.Duration
+	// Resync reconciles this often with no change seen, repairing the
+	// store if it was changed behind the controller; default DefaultResync.
+	Resync time.Duration
+	Logger *slog.Logger
+}
+
+// Controller keeps the store's controller-owned entries equal to what the
+// ClusterSPIFFEIDs render for the cluster's pods.
+type Controller struct {
+	opts    Options
+	trigger chan struct{}
+}
+
+// New checks opts and returns a Controller; Run starts it.
+func New(opts Options) (*Controller, error) {
+	switch {
+	case opts.Client == nil || opts.Dynamic == nil:
+		return nil, errors.New("kubernetes controller: no Kubernetes client")
+	case opts.Store == nil:
+		return nil, errors.New("kubernetes controller: no store")
+	case opts.TrustDomain.IsZero():
+		return nil, errors.New("kubernetes controller: no trust domain")
+	}
+	if _, err := spiffeid.FromSegments(opts.TrustDomain, opts.Cluster); err != nil {
+		return nil, fmt.Errorf("kubernetes controller: cluster %q: %w", opts.Cluster, err)
+	}
+	if opts.Debounce <= 0 {
+		opts.Debounce = DefaultDebounce
+	}
+	if opts.Resync <= 0 {
+		opts.Resync = DefaultResync
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Controller{opts: opts, trigger: make(chan struct{}, 1)}, nil
+}
+
+// listers read the informers' caches.
+type listers struct {
+	pods, namespaces, nodes, crs cache.Indexer
+}
+
+// Run watches the cluster and reconciles until ctx ends. Reconcile
+// failures (store or API server down) are retried with backoff; they never
+// stop the server.
+func (c *Controller) Run(ctx context.Context) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(c.opts.Client, 0,
+		informers.WithTransform(stripManagedFields))
+	dfactory := dynamicinformer.NewDynamicSharedInformerFactory(c.opts.Dynamic, 0)
+	defer factory.Shutdown()
+	defer dfactory.Shutdown()
+	poke := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { c.poke() },
+		UpdateFunc: func(any, any) { c.poke() },
+		DeleteFunc: func(any) { c.poke() },
+	}
+	crPoke := poke
+	crPoke.UpdateFunc = func(old, cur any) {
+		// The controller's own status writes change nothing to reconcile.
+		o, ok1 := old.(*unstructured.Unstructured)
+		n, ok2 := cur.(*unstructured.Unstructured)
+		if !ok1 || !ok2 || o.GetGeneration() != n.GetGeneration() {
+			c.poke()
+		}
+	}
+	var l listers
+	for _, inf := range []struct {
+		informer cache.SharedIndexInformer
+		handler  cache.ResourceEventHandler
+		into     *cache.Indexer
+	}{
+		{factory.Core().V1().Pods().Informer(), poke, &l.pods},
+		{factory.Core().V1().Namespaces().Informer(), poke, &l.namespaces},
+		{factory.Core().V1().Nodes().Informer(), poke, &l.nodes},
+		{dfactory.ForResource(GVR).Informer(), crPoke, &l.crs},
+	} {
+		if _, err := inf.informer.AddEventHandler(inf.handler); err != nil {
+			return fmt.Errorf("kubernetes controller: %w", err)
+		}
+		*inf.into = inf.informer.GetIndexer()
+	}
+	factory.Start(ctx.Done())
+	dfactory.Start(ctx.Done())
+	c.opts.Logger.Info("kubernetes controller: waiting for the API server's pods, namespaces, nodes and ClusterSPIFFEIDs", "cluster", c.opts.Cluster)
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return ctxDoneOr(ctx, fmt.Errorf("kubernetes controller: %v cache did not sync", typ))
+		}
+	}
+	for gvr, ok := range dfactory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return ctxDoneOr(ctx, fmt.Errorf("kubernetes controller: %s cache did not sync", gvr.Resource))
+		}
+	}
+	c.opts.Logger.Info("kubernetes controller started", "cluster", c.opts.Cluster)
+
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(time.Second),
+		backoff.WithMaxInterval(time.Minute), backoff.WithMaxElapsedTime(0))
+	next := time.NewTimer(0)
+	defer next.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-next.C:
+		case <-c.trigger:
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(c.opts.Debounce):
+			}
+			select { // changes during the wait are in this reconcile
+			case <-c.trigger:
+			default:
+			}
+		}
+		wait := c.opts.Resync
+		if err := c.reconcile(ctx, l); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			wait = retry.NextBackOff()
+			c.opts.Logger.Error("kubernetes controller: reconcile failed; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
+		} else {
+			retry.Reset()
+		}
+		next.Reset(wait)
+	}
+}
+
+func ctxDoneOr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// stripManagedFields drops what the controller never reads and what takes
+// much of a cached pod's memory.
+func stripManagedFields(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+func (c *Controller) poke() {
+	select {
+	case c.trigger <- struct{}{}:
+	default: // a reconcile is already due
+	}
+}
+
+// reconcile renders the desired entries from the caches, brings the store
+// in line, and records each ClusterSPIFFEID's status.
+func (c *Controller) reconcile(ctx context.Context, l listers) error {
+	w := world{
+		namespaces: map[string]*corev1.Namespace{},
+		nodes:      map[string]*corev1.Node{},
+	}
+	for _, o := range l.crs.List() {
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			w.crs = append(w.crs, u)
+		}
+	}
+	for _, o := range l.pods.List() {
+		if p, ok := o.(*corev1.Pod); ok {
+			w.pods = append(w.pods, p)
+		}
+	}
+	for _, o := range l.namespaces.List() {
+		if ns, ok := o.(*corev1.Namespace); ok {
+			w.namespaces[ns.Name] = ns
+		}
+	}
+	for _, o := range l.nodes.List() {
+		if n, ok := o.(*corev1.Node); ok {
+			w.nodes[n.Name] = n
+		}
+	}
+	d := c.desired(w)
+	failures, err := c.apply(ctx, d.entries)
+	if err != nil {
+		return err
+	}
+	for id, ferr := range failures {
+		for _, r := range d.results {
+			if slices.Contains(r.entryIDs, id) {
+				r.stats.EntryFailures++
+				r.noteFailure(ReasonEntryFailed, fmt.Sprintf("entry %s: %v", id, ferr))
+			}
+		}
+	}
+	for _, r := range d.results {
+		c.updateStatus(ctx, r)
+	}
+	if len(failures) > 0 {
+		return fmt.Errorf("%d entries could not be written", len(failures))
+	}
+	return nil
+}

@@ -1,0 +1,259 @@
+package k8sreg
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/registry"
+	"github.com/signetid/signet/server/store"
+)
+
+// world is the cluster as the caches see it.
+type world struct {
+	crs        []*unstructured.Unstructured
+	pods       []*corev1.Pod
+	namespaces map[string]*corev1.Namespace
+	nodes      map[string]*corev1.Node
+}
+
+// result is what reconciling one ClusterSPIFFEID came to.
+type result struct {
+	obj      *unstructured.Unstructured
+	stats    ClusterSPIFFEIDStats
+	entryIDs []string // the entries it sets (masked ones excluded)
+	// The first problem, for the Ready condition.
+	reason, message string
+	failures        int
+}
+
+func (r *result) noteFailure(reason, msg string) {
+	r.failures++
+	if r.reason == "" {
+		// A condition message is bounded (32 KiB); a template's error can
+		// quote much of its input.
+		r.reason, r.message = reason, clipMessage(msg)
+	}
+}
+
+func clipMessage(s string) string {
+	const maxMessage = 1024
+	if len(s) > maxMessage {
+		return strings.ToValidUTF8(s[:maxMessage], "") + "..."
+	}
+	return s
+}
+
+// desiredState is every entry the ClusterSPIFFEIDs render, by ID.
+type desiredState struct {
+	entries map[string]registry.Entry
+	results []*result
+}
+
+// desired renders the entries. ClusterSPIFFEIDs are taken oldest first, so
+// when two render the same entry (same ID) the older one's wins on every
+// server alike, and the younger one counts it as masked.
+func (c *Controller) desired(w world) desiredState {
+	slices.SortFunc(w.crs, func(a, b *unstructured.Unstructured) int {
+		ta, tb := a.GetCreationTimestamp(), b.GetCreationTimestamp()
+		return cmp.Or(ta.Time.Compare(tb.Time), strings.Compare(a.GetName(), b.GetName()))
+	})
+	slices.SortFunc(w.pods, func(a, b *corev1.Pod) int {
+		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+	})
+	d := desiredState{entries: map[string]registry.Entry{}}
+	for _, u := range w.crs {
+		r := &result{obj: u}
+		d.results = append(d.results, r)
+		var cr ClusterSPIFFEID
+		err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &cr)
+		var s *spec
+		if err == nil {
+			s, err = parseSpec(cr.Spec)
+		}
+		if err != nil {
+			r.noteFailure(ReasonInvalidSpec, err.Error())
+			c.opts.Logger.Warn("kubernetes controller: invalid ClusterSPIFFEID", "name", u.GetName(), "error", err)
+			continue
+		}
+		c.renderCR(w, s, r, d.entries)
+	}
+	return d
+}
+
+func (c *Controller) renderCR(w world, s *spec, r *result, entries map[string]registry.Entry) {
+	nsSelected := map[string]bool{}
+	for _, name := range slices.Sorted(maps.Keys(w.namespaces)) {
+		if !s.nsSel.Matches(labels.Set(w.namespaces[name].Labels)) {
+			continue
+		}
+		if slices.Contains(c.opts.IgnoreNamespaces, name) {
+			r.stats.NamespacesIgnored++
+			continue
+		}
+		r.stats.NamespacesSelected++
+		nsSelected[name] = true
+	}
+	for _, pod := range w.pods {
+		if !nsSelected[pod.Namespace] || !s.podSel.Matches(labels.Set(pod.Labels)) {
+			continue
+		}
+		// Only pods that run or will run get entries: one not yet on a node
+		// has no agent to serve it, a finished one has no process left.
+		if pod.Spec.NodeName == "" || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		r.stats.PodsSelected++
+		var e registry.Entry
+		node, ok := w.nodes[pod.Spec.NodeName]
+		err := fmt.Errorf("node %s is not known to the API server", pod.Spec.NodeName)
+		if ok {
+			e, err = s.render(c.opts.TrustDomain, c.opts.Cluster, pod, node)
+		}
+		if err != nil {
+			r.stats.PodEntryRenderFailures++
+			r.noteFailure(ReasonRenderFailed, fmt.Sprintf("pod %s/%s: %v", pod.Namespace, pod.Name, err))
+			c.opts.Logger.Warn("kubernetes controller: entry not rendered", "clusterspiffeid", r.obj.GetName(), "pod", pod.Namespace+"/"+pod.Name, "error", err)
+			continue
+		}
+		if _, taken := entries[e.ID]; taken {
+			r.stats.EntriesMasked++
+			continue
+		}
+		entries[e.ID] = e
+		r.entryIDs = append(r.entryIDs, e.ID)
+		r.stats.EntriesToSet++
+	}
+}
+
+// apply makes the store's entries owned by this cluster's controller equal
+// to want: missing ones created, changed ones updated, stale ones deleted.
+// Entries of others are never touched. It returns the entries that could
+// not be written; an error means the store could not be read.
+func (c *Controller) apply(ctx context.Context, want map[string]registry.Entry) (map[string]error, error) {
+	all, err := c.opts.Store.ListEntries(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list entries: %w", err)
+	}
+	have := map[string]registry.Entry{}
+	for _, e := range all {
+		if ownedBy(e.ID, c.opts.Cluster) {
+			have[e.ID] = e
+		}
+	}
+	failures := map[string]error{}
+	log := c.opts.Logger
+	for _, id := range slices.Sorted(maps.Keys(want)) {
+		e := want[id]
+		cur, exists := have[id]
+		switch {
+		case !exists:
+			if err := c.create(ctx, e); err != nil {
+				failures[id] = err
+				log.Error("kubernetes controller: create entry", "entry_id", id, "spiffe_id", e.SPIFFEID.String(), "error", err)
+				continue
+			}
+			log.Info("kubernetes controller: entry created", "entry_id", id, "spiffe_id", e.SPIFFEID.String(), "parent_id", e.ParentID.String(), "selectors", selector.Strings(e.Selectors))
+		case !sameEntry(cur, e):
+			_, err := c.opts.Store.ModifyEntry(ctx, id, func(cur registry.Entry) (registry.Entry, error) {
+				e.Revision, e.CreatedAt = cur.Revision, cur.CreatedAt
+				return e, nil
+			})
+			if errors.Is(err, store.ErrNotFound) {
+				continue // deleted meanwhile by another server; the next reconcile settles it
+			}
+			if err != nil {
+				failures[id] = err
+				log.Error("kubernetes controller: update entry", "entry_id", id, "spiffe_id", e.SPIFFEID.String(), "error", err)
+				continue
+			}
+			log.Info("kubernetes controller: entry updated", "entry_id", id, "spiffe_id", e.SPIFFEID.String())
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(have)) {
+		if _, keep := want[id]; keep {
+			continue
+		}
+		if err := c.opts.Store.DeleteEntry(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+			failures[id] = err
+			log.Error("kubernetes controller: delete entry", "entry_id", id, "error", err)
+			continue
+		}
+		log.Info("kubernetes controller: entry deleted", "entry_id", id, "spiffe_id", have[id].SPIFFEID.String())
+	}
+	return failures, nil
+}
+
+// create stores e. ErrAlreadyExists is success when another server created
+// the same entry meanwhile, and a failure when an entry of someone else
+// holds the same SPIFFE ID, parent and selectors.
+func (c *Controller) create(ctx context.Context, e registry.Entry) error {
+	_, err := c.opts.Store.CreateEntry(ctx, e)
+	if !errors.Is(err, store.ErrAlreadyExists) {
+		return err
+	}
+	if _, gerr := c.opts.Store.GetEntry(ctx, e.ID); gerr == nil {
+		return nil
+	}
+	return fmt.Errorf("an entry not managed by the controller has the same SPIFFE ID, parent and selectors: %w", err)
+}
+
+// sameEntry compares what the controller sets.
+func sameEntry(a, b registry.Entry) bool {
+	return a.SPIFFEID == b.SPIFFEID && a.ParentID == b.ParentID && a.Node == b.Node &&
+		slices.Equal(a.Selectors, b.Selectors) && a.X509TTL == b.X509TTL && a.JWTTTL == b.JWTTTL &&
+		slices.Equal(a.DNSNames, b.DNSNames) && a.Hint == b.Hint && slices.Equal(a.FederatesWith, b.FederatesWith) &&
+		a.Admin == b.Admin && a.ExpiresAt.IsZero() == b.ExpiresAt.IsZero()
+}
+
+// updateStatus writes a ClusterSPIFFEID's status when it changed. A
+// conflict means a newer version exists, whose event brings another
+// reconcile: nothing to retry here.
+func (c *Controller) updateStatus(ctx context.Context, r *result) {
+	var cur ClusterSPIFFEIDStatus
+	if st, ok := r.obj.Object["status"].(map[string]any); ok {
+		// A status the controller cannot read is rewritten whole.
+		_ = runtime.DefaultUnstructuredConverter.FromUnstructured(st, &cur)
+	}
+	next := ClusterSPIFFEIDStatus{Stats: r.stats, Conditions: slices.Clone(cur.Conditions)}
+	cond := metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonReconciled,
+		Message: fmt.Sprintf("%d entries set", r.stats.EntriesToSet), ObservedGeneration: r.obj.GetGeneration()}
+	if r.reason != "" {
+		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, r.reason, r.message
+		if r.failures > 1 {
+			cond.Message += fmt.Sprintf(" (and %d more problems)", r.failures-1)
+		}
+	}
+	meta.SetStatusCondition(&next.Conditions, cond)
+	if equality.Semantic.DeepEqual(cur, next) {
+		return
+	}
+	st, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&next)
+	if err != nil {
+		c.opts.Logger.Error("kubernetes controller: encode status", "clusterspiffeid", r.obj.GetName(), "error", err)
+		return
+	}
+	u := r.obj.DeepCopy()
+	u.Object["status"] = st
+	_, err = c.opts.Dynamic.Resource(GVR).UpdateStatus(ctx, u, metav1.UpdateOptions{})
+	switch {
+	case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
+		c.opts.Logger.Debug("kubernetes controller: status not updated; the resource changed", "clusterspiffeid", r.obj.GetName(), "error", err)
+	case err != nil:
+		c.opts.Logger.Warn("kubernetes controller: status not updated", "clusterspiffeid", r.obj.GetName(), "error", err)
+	}
+}

@@ -1,0 +1,85 @@
+package k8sreg
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+// The ClusterSPIFFEID custom resource (deploy/base/crd-clusterspiffeid.yaml).
+const (
+	Group    = "signetid.io"
+	Version  = "v1alpha1"
+	Kind     = "ClusterSPIFFEID"
+	Resource = "clusterspiffeids"
+)
+
+// GVR names the resource for the dynamic client.
+var GVR = schema.GroupVersionResource{Group: Group, Version: Version, Resource: Resource}
+
+// ClusterSPIFFEID is a cluster-scoped description of the identity given to
+// the pods it selects.
+type ClusterSPIFFEID struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   ClusterSPIFFEIDSpec   `json:"spec"`
+	Status ClusterSPIFFEIDStatus `json:"status,omitempty"`
+}
+
+// ClusterSPIFFEIDSpec is SPIRE's ClusterSPIFFEID spec, less what Signet has
+// no use for (downstream, fallback, className), plus hint. Templates are Go
+// text/template over TemplateData.
+type ClusterSPIFFEIDSpec struct {
+	// SPIFFEIDTemplate renders the workload's SPIFFE ID.
+	SPIFFEIDTemplate string `json:"spiffeIDTemplate"`
+	// PodSelector and NamespaceSelector scope the pods; unset selects all.
+	PodSelector       *metav1.LabelSelector `json:"podSelector,omitempty"`
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+	// WorkloadSelectorTemplates render selectors added to k8s:pod-uid.
+	WorkloadSelectorTemplates []string `json:"workloadSelectorTemplates,omitempty"`
+	// DNSNameTemplates render the X509-SVID's DNS names.
+	DNSNameTemplates []string `json:"dnsNameTemplates,omitempty"`
+	// TTL and JWTTTL bound the SVIDs' lifetimes; zero is the server's default.
+	TTL    metav1.Duration `json:"ttl,omitempty"`
+	JWTTTL metav1.Duration `json:"jwtTtl,omitempty"`
+	// FederatesWith names trust domains whose bundles the workload gets.
+	FederatesWith []string `json:"federatesWith,omitempty"`
+	Hint          string   `json:"hint,omitempty"`
+	Admin         bool     `json:"admin,omitempty"`
+}
+
+// ClusterSPIFFEIDStatus is what the controller made of the resource.
+type ClusterSPIFFEIDStatus struct {
+	Stats ClusterSPIFFEIDStats `json:"stats"`
+	// Conditions holds ConditionReady: False with the first problem
+	// (a template that does not parse, an entry that does not validate, a
+	// store write that failed), so `kubectl describe` shows it.
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ClusterSPIFFEIDStats are SPIRE's statistics, under its names.
+type ClusterSPIFFEIDStats struct {
+	NamespacesSelected int `json:"namespacesSelected"`
+	NamespacesIgnored  int `json:"namespacesIgnored"`
+	PodsSelected       int `json:"podsSelected"`
+	// PodEntryRenderFailures counts pods whose entry did not render or
+	// validate; nothing is stored for them.
+	PodEntryRenderFailures int `json:"podEntryRenderFailures"`
+	// EntriesMasked counts entries another (older) ClusterSPIFFEID also
+	// renders: one entry is stored, from the older resource.
+	EntriesMasked int `json:"entriesMasked"`
+	EntriesToSet  int `json:"entriesToSet"`
+	// EntryFailures counts entries the store refused to create or update.
+	EntryFailures int `json:"entryFailures"`
+}
+
+// ConditionReady is the condition type the controller sets.
+const ConditionReady = "Ready"
+
+// Reasons of ConditionReady.
+const (
+	ReasonReconciled   = "Reconciled"
+	ReasonInvalidSpec  = "InvalidSpec"
+	ReasonRenderFailed = "RenderFailed"
+	ReasonEntryFailed  = "EntryFailed"
+)

@@ -6,17 +6,21 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl"
 	"github.com/hashicorp/hcl/hcl/ast"
 	"github.com/hashicorp/hcl/hcl/token"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/apimachinery/pkg/api/validation"
 
 	"github.com/signetid/signet/internal/hclsafe"
 	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/server/federation"
+	"github.com/signetid/signet/server/k8sreg"
 	"github.com/signetid/signet/server/nodeattest"
 )
 
@@ -48,6 +52,26 @@ type Config struct {
 	Federation federation.Config
 	// K8sBundle, when set, keeps the trust bundle in a Kubernetes ConfigMap.
 	K8sBundle *K8sBundleConfig
+	// K8sController, when set, runs the Kubernetes registration controller
+	// (ClusterSPIFFEIDs to entries); Kubeconfig and IgnoreNamespaces are
+	// resolved.
+	K8sController *K8sControllerConfig
+}
+
+// K8sControllerConfig is the `k8s_controller { ... }` block: the Kubernetes
+// registration controller for one k8s_psat cluster.
+type K8sControllerConfig struct {
+	// Cluster names the k8s_psat block of the cluster whose pods get
+	// entries, parented to that cluster's agents.
+	Cluster string `hcl:"cluster"`
+	// Kubeconfig is empty for the k8s_psat cluster's own kubeconfig.
+	Kubeconfig string `hcl:"kubeconfig"`
+	// IgnoreNamespaces get no entries; default kube-system and kube-public.
+	IgnoreNamespaces []string `hcl:"ignore_namespaces"`
+
+	// Line is where the block starts, for errors found after parsing.
+	Line               int                    `hcl:"-"`
+	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
 
 // K8sBundleConfig names the ConfigMap the server keeps its X.509 roots in,
@@ -105,6 +129,8 @@ type FileConfig struct {
 	Federation *federation.FileConfig `hcl:"federation"`
 	// K8sBundle publishes the trust bundle to a ConfigMap.
 	K8sBundle *K8sBundleConfig `hcl:"k8s_bundle"`
+	// K8sController registers the cluster's pods from ClusterSPIFFEIDs.
+	K8sController *K8sControllerConfig `hcl:"k8s_controller"`
 
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
@@ -113,12 +139,13 @@ type FileConfig struct {
 // error naming them, so a typo never silently falls back to a default.
 func ParseConfigFile(data []byte) (FileConfig, error) {
 	var fc FileConfig
+	var lines map[string]int
 	err := hclsafe.Do(func() error {
 		file, err := hcl.ParseBytes(data)
 		if err != nil {
 			return err
 		}
-		if err := checkBlocks(file); err != nil {
+		if lines, err = checkBlocks(file); err != nil {
 			return err
 		}
 		return hcl.DecodeObject(&fc, file)
@@ -138,6 +165,12 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 			unused["k8s_bundle: "+k] = pos
 		}
 	}
+	if fc.K8sController != nil {
+		fc.K8sController.Line = lines["k8s_controller"]
+		for k, pos := range fc.K8sController.UnusedKeyPositions {
+			unused["k8s_controller: "+k] = pos
+		}
+	}
 	if err := hclsafe.UnknownKeys(unused); err != nil {
 		return FileConfig{}, fmt.Errorf("parse server config: %w", err)
 	}
@@ -145,11 +178,12 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 }
 
 // checkBlocks catches labelled blocks written in another shape, which the
-// HCL decoder would misread or reject with a message naming Go types.
-func checkBlocks(file *ast.File) error {
+// HCL decoder would misread or reject with a message naming Go types. It
+// returns the line of each block.
+func checkBlocks(file *ast.File) (map[string]int, error) {
 	list, ok := file.Node.(*ast.ObjectList)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	// The decoder merges repeated blocks silently (two k8s_psat "prod"
 	// blocks would join their allow lists): refuse them instead.
@@ -163,24 +197,32 @@ func checkBlocks(file *ast.File) error {
 		switch item.Keys[0].Token.Value() {
 		case "k8s_psat":
 			if !isBlock || len(item.Keys) != 2 {
-				return fmt.Errorf("line %d: want k8s_psat \"<cluster name>\" { service_account_allow_list = [...] ... }", line)
+				return nil, fmt.Errorf("line %d: want k8s_psat \"<cluster name>\" { service_account_allow_list = [...] ... }", line)
 			}
 			name, _ := item.Keys[1].Token.Value().(string)
 			if first, dup := seen["k8s_psat "+name]; dup {
-				return fmt.Errorf("line %d: k8s_psat %q is already configured at line %d", line, name, first)
+				return nil, fmt.Errorf("line %d: k8s_psat %q is already configured at line %d", line, name, first)
 			}
 			seen["k8s_psat "+name] = line
 		case "k8s_bundle":
 			if !isBlock || len(item.Keys) != 1 {
-				return fmt.Errorf("line %d: want k8s_bundle { namespace = \"...\" config_map = \"...\" } (no label)", line)
+				return nil, fmt.Errorf("line %d: want k8s_bundle { namespace = \"...\" config_map = \"...\" } (no label)", line)
 			}
 			if first, dup := seen["k8s_bundle"]; dup {
-				return fmt.Errorf("line %d: k8s_bundle is already configured at line %d", line, first)
+				return nil, fmt.Errorf("line %d: k8s_bundle is already configured at line %d", line, first)
 			}
 			seen["k8s_bundle"] = line
+		case "k8s_controller":
+			if !isBlock || len(item.Keys) != 1 {
+				return nil, fmt.Errorf("line %d: want k8s_controller { cluster = \"<k8s_psat cluster name>\" } (no label)", line)
+			}
+			if first, dup := seen["k8s_controller"]; dup {
+				return nil, fmt.Errorf("line %d: k8s_controller is already configured at line %d", line, first)
+			}
+			seen["k8s_controller"] = line
 		}
 	}
-	return nil
+	return seen, nil
 }
 
 // LoadConfigFile reads and parses path.
@@ -278,10 +320,43 @@ func (fc FileConfig) Resolve() (Config, error) {
 		}
 		cfg.K8sBundle = b
 	}
+	if cfg.K8sController, err = fc.K8sController.resolve(cfg.K8sPSAT); err != nil {
+		return Config{}, err
+	}
 	if cfg.Federation, err = fc.Federation.Resolve(td); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
+}
+
+// resolve checks the controller's block against the k8s_psat clusters and
+// fills in the defaults; nil stays nil (no controller).
+func (c *K8sControllerConfig) resolve(clusters []K8sPSATCluster) (*K8sControllerConfig, error) {
+	if c == nil {
+		return nil, nil
+	}
+	at := "k8s_controller"
+	if c.Line > 0 {
+		at = fmt.Sprintf("line %d: k8s_controller", c.Line)
+	}
+	if c.Cluster == "" {
+		return nil, fmt.Errorf(`%s: cluster is required (the name of a k8s_psat block, e.g. cluster = "prod")`, at)
+	}
+	i := slices.IndexFunc(clusters, func(k K8sPSATCluster) bool { return k.Name == c.Cluster })
+	if i < 0 {
+		return nil, fmt.Errorf("%s: cluster %q has no k8s_psat %[2]q block; entries are parented to that cluster's k8s_psat agents", at, c.Cluster)
+	}
+	out := *c
+	out.Kubeconfig = or(c.Kubeconfig, clusters[i].Kubeconfig)
+	if out.IgnoreNamespaces == nil {
+		out.IgnoreNamespaces = slices.Clone(k8sreg.DefaultIgnoreNamespaces)
+	}
+	for _, ns := range out.IgnoreNamespaces {
+		if errs := validation.ValidateNamespaceName(ns, false); len(errs) > 0 {
+			return nil, fmt.Errorf("%s: ignore_namespaces: %q is not a namespace name: %s", at, ns, strings.Join(errs, "; "))
+		}
+	}
+	return &out, nil
 }
 
 func or(v, def string) string {

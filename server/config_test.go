@@ -88,6 +88,37 @@ k8s_psat "dev" {
 		{name: "k8s_bundle with a label", in: "trust_domain = \"a.org\"\nk8s_bundle \"x\" { namespace = \"n\"\n config_map = \"c\" }", wantErr: "(no label)"},
 		{name: "k8s_psat unknown key", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" {\n service_account_allow_list = [\"a:b\"]\n audiences = [\"x\"]\n}", wantErr: `unknown key(s): k8s_psat "prod": audiences (line 4)`},
 		{name: "k8s_psat no allow list", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" {\n audience = \"x\"\n}", wantErr: "service_account_allow_list is required"},
+		{
+			name: "k8s_controller defaults",
+			in:   "trust_domain = \"a.org\"\nk8s_psat \"prod\" {\n service_account_allow_list = [\"a:b\"]\n kubeconfig = \"/etc/prod.kubeconfig\"\n}\nk8s_controller {\n cluster = \"prod\"\n}",
+			check: func(t *testing.T, c Config) {
+				k := c.K8sController
+				if k == nil || k.Cluster != "prod" || k.Kubeconfig != "/etc/prod.kubeconfig" || strings.Join(k.IgnoreNamespaces, ",") != "kube-system,kube-public" {
+					t.Fatalf("k8s_controller %+v", k)
+				}
+			},
+		},
+		{
+			name: "k8s_controller settings",
+			in:   "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n kubeconfig = \"/k\"\n ignore_namespaces = [\"infra\"]\n}",
+			check: func(t *testing.T, c Config) {
+				k := c.K8sController
+				if k == nil || k.Kubeconfig != "/k" || strings.Join(k.IgnoreNamespaces, ",") != "infra" {
+					t.Fatalf("k8s_controller %+v", k)
+				}
+			},
+		},
+		{name: "no k8s_controller", in: `trust_domain = "a.org"`, check: func(t *testing.T, c Config) {
+			if c.K8sController != nil {
+				t.Fatalf("k8s_controller %+v without a block", c.K8sController)
+			}
+		}},
+		{name: "k8s_controller cluster without k8s_psat", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\n\nk8s_controller { cluster = \"dev\" }", wantErr: `line 4: k8s_controller: cluster "dev" has no k8s_psat "dev" block`},
+		{name: "k8s_controller without cluster", in: "trust_domain = \"a.org\"\nk8s_controller { ignore_namespaces = [] }", wantErr: "line 2: k8s_controller: cluster is required"},
+		{name: "k8s_controller twice", in: "trust_domain = \"a.org\"\nk8s_controller { cluster = \"a\" }\nk8s_controller { cluster = \"a\" }", wantErr: "line 3: k8s_controller is already configured at line 2"},
+		{name: "k8s_controller with a label", in: "trust_domain = \"a.org\"\nk8s_controller \"prod\" { cluster = \"prod\" }", wantErr: "line 2: want k8s_controller { cluster"},
+		{name: "k8s_controller unknown key", in: "trust_domain = \"a.org\"\nk8s_controller {\n cluster = \"a\"\n ignore_namespace = [\"x\"]\n}", wantErr: "k8s_controller: ignore_namespace (line 4)"},
+		{name: "k8s_controller bad namespace", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n ignore_namespaces = [\"Kube System\"]\n}", wantErr: `ignore_namespaces: "Kube System" is not a namespace name`},
 		{name: "k8s_psat bad cluster name", in: "trust_domain = \"a.org\"\nk8s_psat \"prod/eu\" {\n service_account_allow_list = [\"a:b\"]\n}", wantErr: "one SPIFFE path segment"},
 	}
 	for _, tt := range tests {
@@ -115,6 +146,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`trust_domain = "example.org"` + "\nsvid_ttl = \"10s\""))
 	f.Add([]byte(`listen = "127.0.0.1:1"`))
 	f.Add([]byte(`x { y = 1 }`))
+	f.Add([]byte("trust_domain = \"a.org\"\nk8s_psat \"p\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller { cluster = \"p\" }"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fc, err := ParseConfigFile(data)
 		if err != nil {

@@ -30,6 +30,7 @@ import (
 	"github.com/signetid/signet/server/catalog"
 	"github.com/signetid/signet/server/federation"
 	"github.com/signetid/signet/server/k8sbundle"
+	"github.com/signetid/signet/server/k8sreg"
 	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/store"
 )
@@ -49,6 +50,8 @@ type Server struct {
 
 	// federation is the bundle endpoint and the foreign bundles' refreshers.
 	federation *federation.Service
+	// k8sReg registers pods from ClusterSPIFFEIDs (nil: off).
+	k8sReg *k8sreg.Controller
 
 	agentLn  net.Listener
 	adminLn  net.Listener
@@ -112,6 +115,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		return nil, err
 	}
 	if s.bundlePub, err = newBundlePublisher(cfg, logger); err != nil {
+		return nil, err
+	}
+	if s.k8sReg, err = newK8sController(cfg, s.store, logger); err != nil {
 		return nil, err
 	}
 	refreshHint := min(5*time.Minute, cfg.SVIDTTL/2)
@@ -186,6 +192,19 @@ func newBundlePublisher(cfg Config, logger *slog.Logger) (*k8sbundle.Publisher, 
 		Logger: logger.With("component", "k8s_bundle")})
 }
 
+func newK8sController(cfg Config, st store.Store, logger *slog.Logger) (*k8sreg.Controller, error) {
+	c := cfg.K8sController
+	if c == nil {
+		return nil, nil
+	}
+	client, dyn, err := k8sreg.Clients(c.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("k8s_controller: %w", err)
+	}
+	return k8sreg.New(k8sreg.Options{Client: client, Dynamic: dyn, Store: st, TrustDomain: cfg.TrustDomain,
+		Cluster: c.Cluster, IgnoreNamespaces: c.IgnoreNamespaces, Logger: logger.With("component", "k8s_controller")})
+}
+
 // Addr is the agent API's bound address.
 func (s *Server) Addr() string { return s.agentLn.Addr().String() }
 
@@ -240,6 +259,10 @@ func (s *Server) Run(ctx context.Context) error {
 				return bundlePEM(snap, s.cfg.TrustDomain), changed
 			})
 		})
+	}
+
+	if s.k8sReg != nil {
+		g.Go(func() error { return s.k8sReg.Run(ctx) })
 	}
 
 	agentSrv := grpc.NewServer(

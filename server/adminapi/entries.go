@@ -12,6 +12,7 @@ import (
 	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/internal/selector"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/k8sreg"
 	"github.com/signetid/signet/server/registry"
 	"github.com/signetid/signet/server/store"
 )
@@ -51,6 +52,9 @@ func (s *Service) BatchCreateEntries(ctx context.Context, req *api.BatchCreateEn
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "batch create: entry %d (%s): %s", i, in.GetSpiffeId(), status.Convert(err).Message())
 		}
+		// The admin API names its entries itself: a caller's ID could
+		// pass for one the Kubernetes controller owns.
+		e.ID = ""
 		entries[i] = e
 	}
 	var rev int64
@@ -77,6 +81,9 @@ func (s *Service) UpdateEntry(ctx context.Context, req *api.UpdateEntryRequest) 
 	in := req.GetEntry()
 	if in.GetId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "update entry: id is required")
+	}
+	if err := notManaged("update", in.Id); err != nil {
+		return nil, err
 	}
 	mask := req.UpdateMask
 	if len(mask) == 0 {
@@ -142,6 +149,9 @@ func (s *Service) DeleteEntry(ctx context.Context, req *api.DeleteEntryRequest) 
 	if req.Id == "" {
 		return nil, status.Error(codes.InvalidArgument, "delete entry: id is required")
 	}
+	if err := notManaged("delete", req.Id); err != nil {
+		return nil, err
+	}
 	var rev int64
 	if err := s.cfg.Store.DeleteEntry(store.WithCommitRevision(ctx, &rev), req.Id); err != nil {
 		return nil, storeError("delete entry "+req.Id, err)
@@ -149,6 +159,15 @@ func (s *Service) DeleteEntry(ctx context.Context, req *api.DeleteEntryRequest) 
 	s.publish(ctx, rev, nil, req.Id)
 	s.cfg.Logger.Info("entry deleted", "entry_id", req.Id)
 	return &api.DeleteEntryResponse{}, nil
+}
+
+// notManaged refuses to change an entry the Kubernetes controller owns: it
+// would put it back (or delete it) at its next reconcile.
+func notManaged(op, id string) error {
+	if k8sreg.Owned(id) {
+		return status.Errorf(codes.FailedPrecondition, "%s entry %s: it is managed by the Kubernetes controller; change the ClusterSPIFFEID instead", op, id)
+	}
+	return nil
 }
 
 // GetEntry returns one entry.

@@ -94,6 +94,13 @@ type spec struct {
 	admin           bool
 }
 
+// Validate checks the parts of a spec that do not depend on a pod: the
+// templates parse, the selectors and trust domains are valid.
+func (s ClusterSPIFFEIDSpec) Validate() error {
+	_, err := parseSpec(s)
+	return err
+}
+
 // parseSpec checks everything about a spec that does not depend on a pod.
 // The error names the field.
 func parseSpec(s ClusterSPIFFEIDSpec) (*spec, error) {

@@ -139,7 +139,7 @@ func (c *cluster) status(t *testing.T, name string) (ClusterSPIFFEIDStatus, stri
 	return cr.Status, u.GetResourceVersion()
 }
 
-func sqliteStore(t *testing.T) store.Store {
+func sqliteStore(t testing.TB) store.Store {
 	t.Helper()
 	st, err := store.Open(context.Background(), "sqlite://"+filepath.Join(t.TempDir(), "signet.db"), slog.New(slog.DiscardHandler))
 	if err != nil {

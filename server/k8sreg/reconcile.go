@@ -157,7 +157,25 @@ func (c *Controller) apply(ctx context.Context, want map[string]registry.Entry) 
 	}
 	failures := map[string]error{}
 	log := c.opts.Logger
-	for _, id := range slices.Sorted(maps.Keys(want)) {
+	ids := slices.Sorted(maps.Keys(want))
+	// New entries go in one transaction, which matters for a cluster's
+	// first reconcile; if any is refused (another server created it
+	// meanwhile, say), they are created one by one below.
+	var missing []registry.Entry
+	for _, id := range ids {
+		if _, exists := have[id]; !exists {
+			missing = append(missing, want[id])
+		}
+	}
+	if len(missing) > 1 {
+		if created, err := c.opts.Store.CreateEntries(ctx, missing); err == nil {
+			for _, e := range created {
+				have[e.ID] = e
+			}
+			log.Info("kubernetes controller: entries created", "count", len(created))
+		}
+	}
+	for _, id := range ids {
 		e := want[id]
 		cur, exists := have[id]
 		switch {

@@ -95,15 +95,16 @@ func StartRealAPIServer(t testing.TB) *RealAPIServer {
 		"--service-account-key-file", saKey, "--service-account-signing-key-file", saKey,
 		"--token-auth-file", tokens, "--authorization-mode", "RBAC",
 		"--service-cluster-ip-range", "10.96.0.0/24")
-	// Cleanups run last-in first-out: the API server stops before etcd
-	// (the other way round it hangs on SIGTERM), then the logs are shown.
+	// Cleanups run last-in first-out: on failure the logs are shown
+	// (before shutdown noise), then the API server stops before etcd (the
+	// other way round it hangs on SIGTERM).
+	t.Cleanup(etcd.stop)
+	t.Cleanup(apiserver.stop)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("etcd log (tail):\n%s\nkube-apiserver log (tail):\n%s", etcd.tail(), apiserver.tail())
 		}
 	})
-	t.Cleanup(etcd.stop)
-	t.Cleanup(apiserver.stop)
 
 	r.url = "https://127.0.0.1:" + strconv.Itoa(ports[2])
 	r.caPath = filepath.Join(certDir, "apiserver.crt")

@@ -1,0 +1,100 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/signetid/signet/server/k8sreg"
+)
+
+// TestKubernetesControllerRealAPIServer: a real kube-apiserver accepts
+// deploy/base's ClusterSPIFFEID CRD and validates examples/k8s-controller's
+// resource against it (and refuses one that breaks the schema); the
+// server's controller, holding only deploy/base's RBAC, turns the example
+// into an entry for a selected pod and writes the resource's status.
+func TestKubernetesControllerRealAPIServer(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	c := startRealCluster(t)
+	kube := c.kube
+	for _, path := range []string{"../deploy/base/crd-clusterspiffeid.yaml", "../examples/k8s-controller/clusterspiffeid.yaml"} {
+		manifest, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := kube.Apply(ctx, "default", manifest); err != nil {
+			t.Fatalf("apply %s: %v", path, err)
+		}
+	}
+	// The schema is enforced: a ttl that is not a string, a missing
+	// spiffeIDTemplate.
+	for _, bad := range []string{
+		"spec: {spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/x', ttl: 5}",
+		"spec: {podSelector: {}}",
+	} {
+		err := kube.Apply(ctx, "default", []byte("apiVersion: signetid.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata: {name: bad}\n"+bad+"\n"))
+		if err == nil || !strings.Contains(err.Error(), "Invalid value") && !strings.Contains(err.Error(), "Required value") {
+			t.Errorf("ClusterSPIFFEID %s: %v, want the API server's validation error", bad, err)
+		}
+	}
+
+	if err := kube.Apply(ctx, "payments", []byte(`
+apiVersion: v1
+kind: Namespace
+metadata: {name: payments, labels: {signetid.io/identity: enabled}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: checkout}
+`)); err != nil {
+		t.Fatal(err)
+	}
+	c.createPod(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "payments", Name: "checkout-5d8f", Labels: map[string]string{"app": "checkout"}},
+		Spec: corev1.PodSpec{ServiceAccountName: "checkout"}})
+
+	conf := dir + "/server.conf"
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`
+k8s_psat "prod" {
+  service_account_allow_list = ["signet-system:signet-agent"]
+  kubeconfig = %q
+}
+k8s_controller {
+  cluster = "prod"
+}
+`, c.serverKubeconfig(t, dir))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startServerProc(t, "--config", conf)
+	const workloadID = "spiffe://example.org/ns/payments/sa/checkout"
+	agentID := "spiffe://example.org/agent/k8s_psat/prod/" + string(c.node.UID)
+	waitUntil(t, 30*time.Second, "the controller's entry", func() bool {
+		out, err := srv.cli(t, "server", "entry", "list")
+		return err == nil && regexp.MustCompile(`Entry ID:\s+k8s\.prod\.[0-9a-f]+`).MatchString(out) &&
+			strings.Contains(out, workloadID) && strings.Contains(out, agentID) && strings.Contains(out, "checkout.payments.svc")
+	})
+	_, dyn, err := k8sreg.Clients(kube.Kubeconfig(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, "the ClusterSPIFFEID's status", func() bool {
+		u, err := dyn.Resource(k8sreg.GVR).Get(ctx, "app-workloads", metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		pods, _, _ := unstructured.NestedInt64(u.Object, "status", "stats", "podsSelected")
+		entries, _, _ := unstructured.NestedInt64(u.Object, "status", "stats", "entriesToSet")
+		return pods == 1 && entries == 1
+	})
+	if out := srv.proc.Output(); strings.Contains(out, "forbidden") {
+		t.Fatalf("the controller was refused something by RBAC:\n%s", out)
+	}
+}

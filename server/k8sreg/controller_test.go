@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -28,10 +30,10 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// cluster is the Kubernetes API the tests run against. newCluster is the
-// only place that makes one and the tests change it only through client-go,
-// so a real kube-apiserver (with deploy/base's CRD applied) can replace the
-// stand-in.
+// cluster is the Kubernetes API the tests run against: a real
+// kube-apiserver when make test provides one ($SIGNET_KUBE_APISERVER), else
+// the stand-in. newCluster is the only place that makes one, and the tests
+// change it only through client-go.
 type cluster struct {
 	kubeconfig string
 	client     kubernetes.Interface
@@ -40,8 +42,22 @@ type cluster struct {
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	api := kubetest.NewAPIServer(t)
-	c := &cluster{kubeconfig: api.Kubeconfig(t, t.TempDir())}
+	var kubeconfig string
+	if os.Getenv(kubetest.EnvKubeAPIServer) != "" {
+		// A real kube-apiserver (make kube-bins), with deploy/base's CRD.
+		api := kubetest.StartRealAPIServer(t)
+		crd, err := os.ReadFile("../../deploy/base/crd-clusterspiffeid.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := api.Apply(context.Background(), "", crd); err != nil {
+			t.Fatal(err)
+		}
+		kubeconfig = api.Kubeconfig(t, t.TempDir())
+	} else {
+		kubeconfig = kubetest.NewAPIServer(t).Kubeconfig(t, t.TempDir())
+	}
+	c := &cluster{kubeconfig: kubeconfig}
 	var err error
 	if c.client, c.dyn, err = Clients(c.kubeconfig); err != nil {
 		t.Fatal(err)
@@ -77,6 +93,11 @@ func (c *cluster) node(t *testing.T, name string) string {
 
 func (c *cluster) pod(t *testing.T, ns, name, node string, labels map[string]string) *corev1.Pod {
 	t.Helper()
+	// A real API server admits a pod only with its service account.
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "sa-" + name}}
+	if _, err := c.client.CoreV1().ServiceAccounts(ns).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
 	p, err := c.client.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
 		Spec: corev1.PodSpec{NodeName: node, ServiceAccountName: "sa-" + name,
@@ -240,6 +261,13 @@ func wantStatus(t *testing.T, c *cluster, name string, stats ClusterSPIFFEIDStat
 	})
 }
 
+// testNS labels the tests' namespaces, and testNSSelector selects only
+// them: a real API server has namespaces of its own.
+var (
+	testNS         = map[string]string{"signet-test": "yes"}
+	testNSSelector = &metav1.LabelSelector{MatchLabels: testNS}
+)
+
 const nsSA = "spiffe://example.org/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"
 
 // TestPodLifecycle: a selected pod gets its entry; a spec change updates
@@ -312,14 +340,14 @@ func TestPodLifecycle(t *testing.T) {
 func TestBadTemplates(t *testing.T) {
 	c := newCluster(t)
 	st := sqliteStore(t)
-	c.namespace(t, "shop", nil)
+	c.namespace(t, "shop", testNS)
 	agent := c.node(t, "node-1")
 	good := c.pod(t, "shop", "good", "node-1", map[string]string{"tier": "web"})
 	bad := c.pod(t, "shop", "bad", "node-1", map[string]string{"tier": "under_score"})
 	c.start(t, st)
 
-	c.apply(t, "broken", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://example.org/{{ .PodMeta.Name"})
-	c.apply(t, "by-tier", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://example.org/tier/{{ .PodMeta.Name }}",
+	c.apply(t, "broken", ClusterSPIFFEIDSpec{NamespaceSelector: testNSSelector, SPIFFEIDTemplate: "spiffe://example.org/{{ .PodMeta.Name"})
+	c.apply(t, "by-tier", ClusterSPIFFEIDSpec{NamespaceSelector: testNSSelector, SPIFFEIDTemplate: "spiffe://example.org/tier/{{ .PodMeta.Name }}",
 		DNSNameTemplates: []string{"{{ .PodMeta.Labels.tier }}.shop"}})
 	wantEntries(t, st, "spiffe://example.org/tier/good "+agent+" k8s:pod-uid:"+string(good.UID)+" dns=web.shop")
 	wantStatus(t, c, "broken", ClusterSPIFFEIDStats{}, metav1.ConditionFalse, "spiffeIDTemplate: template: spiffeIDTemplate:1: unclosed action")
@@ -327,7 +355,7 @@ func TestBadTemplates(t *testing.T) {
 		metav1.ConditionFalse, `pod shop/bad: entry: dns name "under_score.shop"`)
 
 	// Fixed: the condition turns Ready and the bad pod gets its entry.
-	c.apply(t, "by-tier", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://example.org/tier/{{ .PodMeta.Name }}"})
+	c.apply(t, "by-tier", ClusterSPIFFEIDSpec{NamespaceSelector: testNSSelector, SPIFFEIDTemplate: "spiffe://example.org/tier/{{ .PodMeta.Name }}"})
 	wantEntries(t, st, "spiffe://example.org/tier/good "+agent+" k8s:pod-uid:"+string(good.UID),
 		"spiffe://example.org/tier/bad "+agent+" k8s:pod-uid:"+string(bad.UID))
 	wantStatus(t, c, "by-tier", ClusterSPIFFEIDStats{NamespacesSelected: 1, PodsSelected: 2, EntriesToSet: 2}, metav1.ConditionTrue, "2 entries set")
@@ -339,13 +367,13 @@ func TestBadTemplates(t *testing.T) {
 func TestSameEntryTwice(t *testing.T) {
 	c := newCluster(t)
 	st := sqliteStore(t)
-	c.namespace(t, "shop", nil)
+	c.namespace(t, "shop", testNS)
 	agent := c.node(t, "node-1")
 	p := c.pod(t, "shop", "web", "node-1", nil)
-	c.apply(t, "a-first", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA})
+	c.apply(t, "a-first", ClusterSPIFFEIDSpec{NamespaceSelector: testNSSelector, SPIFFEIDTemplate: nsSA})
 	// Creation timestamps have one-second resolution.
 	time.Sleep(1100 * time.Millisecond)
-	c.apply(t, "b-second", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA, Hint: "second"})
+	c.apply(t, "b-second", ClusterSPIFFEIDSpec{NamespaceSelector: testNSSelector, SPIFFEIDTemplate: nsSA, Hint: "second"})
 	c.start(t, st)
 	entry := "spiffe://example.org/ns/shop/sa/sa-web " + agent + " k8s:pod-uid:" + string(p.UID)
 	wantEntries(t, st, entry)
@@ -371,7 +399,7 @@ func TestOthersEntriesUntouched(t *testing.T) {
 	c := newCluster(t)
 	st := sqliteStore(t)
 	ctx := context.Background()
-	c.namespace(t, "shop", nil)
+	c.namespace(t, "shop", testNS)
 	agent := c.node(t, "node-1")
 	p := c.pod(t, "shop", "web", "node-1", nil)
 	p2 := c.pod(t, "shop", "api", "node-1", nil)
@@ -392,7 +420,7 @@ func TestOthersEntriesUntouched(t *testing.T) {
 	mk("spiffe://example.org/ns/shop/sa/sa-web", agent, "k8s:pod-uid:"+string(p.UID)) // what the controller would render
 	before := entries(t, st)
 	c.start(t, st)
-	c.apply(t, "all", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA})
+	c.apply(t, "all", ClusterSPIFFEIDSpec{NamespaceSelector: testNSSelector, SPIFFEIDTemplate: nsSA})
 	apiEntry := "spiffe://example.org/ns/shop/sa/sa-api " + agent + " k8s:pod-uid:" + string(p2.UID)
 	wantEntries(t, st, append(slices.Clone(before), apiEntry)...)
 	wantStatus(t, c, "all", ClusterSPIFFEIDStats{NamespacesSelected: 1, PodsSelected: 2, EntriesToSet: 2, EntryFailures: 1},
@@ -406,11 +434,11 @@ func TestOthersEntriesUntouched(t *testing.T) {
 func TestStatusWrittenOnlyOnChange(t *testing.T) {
 	c := newCluster(t)
 	st := sqliteStore(t)
-	c.namespace(t, "shop", nil)
+	c.namespace(t, "shop", testNS)
 	c.node(t, "node-1")
 	c.pod(t, "shop", "web", "node-1", nil)
 	c.start(t, st)
-	c.apply(t, "all", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA})
+	c.apply(t, "all", ClusterSPIFFEIDSpec{NamespaceSelector: testNSSelector, SPIFFEIDTemplate: nsSA})
 	wantStatus(t, c, "all", ClusterSPIFFEIDStats{NamespacesSelected: 1, PodsSelected: 1, EntriesToSet: 1}, metav1.ConditionTrue, "1 entries set")
 	_, rv := c.status(t, "all")
 	// Unrelated changes, each a reconcile; the last one does change the
@@ -441,11 +469,11 @@ func TestTwoControllersConverge(t *testing.T) {
 		return st
 	}
 	a, b := open(), open()
-	c.namespace(t, "shop", nil)
+	c.namespace(t, "shop", testNS)
 	agent := c.node(t, "node-1")
 	c.start(t, a)
 	c.start(t, b)
-	c.apply(t, "all", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://example.org/pod/{{ .PodMeta.Name }}"})
+	c.apply(t, "all", ClusterSPIFFEIDSpec{NamespaceSelector: testNSSelector, SPIFFEIDTemplate: "spiffe://example.org/pod/{{ .PodMeta.Name }}"})
 	var want []string
 	for i := range 20 {
 		p := c.pod(t, "shop", fmt.Sprintf("p%02d", i), "node-1", nil)

@@ -2,9 +2,9 @@
 // kube-apiserver cannot run on the test machines, so this one serves the
 // real wire format (k8s.io/api protobuf or JSON over HTTPS, bearer-token
 // auth) for the resources Signet uses: TokenReviews; pods, nodes,
-// namespaces, ConfigMaps and ClusterSPIFFEIDs with get, list, watch
-// (client-go's informers, watch-list included), create, update (optimistic
-// concurrency, status subresource) and delete. client-go talks to it
+// namespaces, ConfigMaps, service accounts and ClusterSPIFFEIDs with get,
+// list, watch (client-go's informers, watch-list included), create, update
+// (optimistic concurrency, status subresource) and delete. client-go talks to it
 // unchanged, through a kubeconfig file like any cluster's.
 package kubetest
 

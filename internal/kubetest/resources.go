@@ -46,8 +46,9 @@ var (
 	nodesResource      = &resource{gv: corev1.SchemeGroupVersion, plural: "nodes", kind: "Node", builtin: true, status: true}
 	namespacesResource = &resource{gv: corev1.SchemeGroupVersion, plural: "namespaces", kind: "Namespace", builtin: true, status: true}
 	configMapsResource = &resource{gv: corev1.SchemeGroupVersion, plural: "configmaps", kind: "ConfigMap", namespaced: true, builtin: true}
+	serviceAccounts    = &resource{gv: corev1.SchemeGroupVersion, plural: "serviceaccounts", kind: "ServiceAccount", namespaced: true, builtin: true}
 	clusterSPIFFEIDs   = &resource{gv: schema.GroupVersion{Group: "signetid.io", Version: "v1alpha1"}, plural: "clusterspiffeids", kind: "ClusterSPIFFEID", status: true}
-	resources          = []*resource{podsResource, nodesResource, namespacesResource, configMapsResource, clusterSPIFFEIDs}
+	resources          = []*resource{podsResource, nodesResource, namespacesResource, configMapsResource, serviceAccounts, clusterSPIFFEIDs}
 )
 
 // event is one change, as a watch reports it.

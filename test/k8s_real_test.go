@@ -243,9 +243,9 @@ k8s_bundle {
 		t.Fatal(err)
 	}
 	deleted := time.Now()
-	line := srv.proc.waitLine(t, "agent renewal refused", 15*time.Second)
+	line := agentProc.waitLine(t, "agent SVID cannot be renewed", 15*time.Second)
 	t.Logf("renewal refused %s after the pod's deletion: %s", time.Since(deleted).Round(100*time.Millisecond), line)
-	if !strings.Contains(line, "agent pod signet-system/"+agentPod.Name) || !strings.Contains(line, "no longer exists") {
+	if !strings.Contains(line, "PermissionDenied") || !strings.Contains(line, "agent pod signet-system/"+agentPod.Name) || !strings.Contains(line, "no longer exists") {
 		t.Fatalf("renewal refused for another reason: %s", line)
 	}
 	// The agent then tries its token again: the API server still

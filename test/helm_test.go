@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
 
@@ -136,6 +137,8 @@ func TestHelmDefaultsAreBase(t *testing.T) {
 			same(t, key, "automount", b.AutomountServiceAccountToken, c.(*corev1.ServiceAccount).AutomountServiceAccountToken)
 		case *corev1.ConfigMap:
 			same(t, key, "server.conf", parseConf(t, b), parseConf(t, c.(*corev1.ConfigMap)))
+		case *apiextensionsv1.CustomResourceDefinition:
+			same(t, key, "spec", b.Spec, c.(*apiextensionsv1.CustomResourceDefinition).Spec)
 		}
 	}
 }

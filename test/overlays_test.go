@@ -104,6 +104,14 @@ func checkSameConfigBut(t *testing.T, base, got server.FileConfig) {
 			b.UnusedKeyPositions = nil
 			fc.K8sBundle = &b
 		}
+		if fc.K8sController != nil {
+			c := *fc.K8sController
+			if _, ok := clusters[c.Cluster]; !ok {
+				t.Errorf("k8s_controller cluster %q has no k8s_psat block", c.Cluster)
+			}
+			c.Cluster, c.Line, c.UnusedKeyPositions = "", 0, nil
+			fc.K8sController = &c
+		}
 		return fc
 	}
 	if len(got.K8sPSAT) != len(base.K8sPSAT) {

@@ -30,6 +30,7 @@ import (
 	"github.com/signetid/signet/server/adminapi"
 	"github.com/signetid/signet/server/agentapi"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/k8sreg"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -337,6 +338,35 @@ func TestEntryValidation(t *testing.T) {
 	got, err := ts.admin.GetEntry(context.Background(), &api.GetEntryRequest{Id: good.Id})
 	if err != nil || got.SpiffeId != "spiffe://example.org/w" {
 		t.Fatalf("refused update changed the entry: %v %v", got, err)
+	}
+}
+
+// TestAdminCannotChooseEntryIDs: the admin API names entries itself, so no
+// caller can create an entry that passes for the Kubernetes controller's
+// (whose IDs it may then neither update nor delete).
+func TestAdminCannotChooseEntryIDs(t *testing.T) {
+	ts := startServer(t, nil)
+	ctx := context.Background()
+	const forged = "k8s.kubernetes.0123456789abcdef"
+	entry := func(path string) *api.Entry {
+		return &api.Entry{Id: forged, SpiffeId: "spiffe://example.org/" + path, ParentId: "spiffe://example.org/agent/a",
+			Selectors: []*api.Selector{{Type: "unix", Value: "uid:1"}}}
+	}
+	one, err := ts.admin.CreateEntry(ctx, &api.CreateEntryRequest{Entry: entry("one")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := ts.admin.BatchCreateEntries(ctx, &api.BatchCreateEntriesRequest{Entries: []*api.Entry{entry("two")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, got := range append([]*api.Entry{one}, batch.Entries...) {
+		if got.Id == forged || k8sreg.Owned(got.Id) {
+			t.Errorf("entry %s kept the caller's ID %q", got.SpiffeId, got.Id)
+		}
+		if _, err := ts.admin.DeleteEntry(ctx, &api.DeleteEntryRequest{Id: got.Id}); err != nil {
+			t.Errorf("the admin cannot delete its own entry %s: %v", got.Id, err)
+		}
 	}
 }
 

@@ -1,11 +1,14 @@
-// Package kubetest runs a stand-in for a Kubernetes API server in tests: a
-// kube-apiserver cannot run on the test machines, so this one serves the
-// real wire format (k8s.io/api protobuf or JSON over HTTPS, bearer-token
-// auth) for the resources Signet uses: TokenReviews; pods, nodes,
-// namespaces, ConfigMaps, service accounts and ClusterSPIFFEIDs with get,
-// list, watch (client-go's informers, watch-list included), create, update
-// (optimistic concurrency, status subresource) and delete. client-go talks to it
-// unchanged, through a kubeconfig file like any cluster's.
+// Package kubetest runs Kubernetes API servers for tests. The end-to-end
+// tests use a real etcd and kube-apiserver (real.go), which `make test`
+// builds from the Go module proxy. Unit tests that need to inject faults
+// (an API server that is down, write conflicts, calls to count) use the
+// stand-in in this file, which serves the real wire format (k8s.io/api
+// protobuf or JSON over HTTPS, bearer-token auth) for the resources Signet
+// uses: TokenReviews; pods, nodes, namespaces, ConfigMaps, service accounts
+// and ClusterSPIFFEIDs with get, list, watch (client-go's informers,
+// watch-list included), create, update (optimistic concurrency, status
+// subresource) and delete. client-go talks to either unchanged, through a
+// kubeconfig file like any cluster's.
 package kubetest
 
 import (

@@ -12,7 +12,8 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// manifest is one YAML document from deploy/ or examples/csi.
+// manifest is one YAML document from deploy/base or examples/csi (the Helm
+// chart and the overlays are rendered and compared with base in test/).
 type manifest struct {
 	file string
 	obj  map[string]any
@@ -95,7 +96,7 @@ func namedItem(list any, name string) map[string]any {
 }
 
 func TestManifests(t *testing.T) {
-	ms := loadManifests(t, "../deploy", "../examples/csi")
+	ms := loadManifests(t, "../deploy/base", "../examples/csi")
 	if len(ms) < 8 {
 		t.Fatalf("found only %d manifests", len(ms))
 	}

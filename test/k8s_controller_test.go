@@ -60,13 +60,7 @@ func TestKubernetesControllerEndToEnd(t *testing.T) {
 	kubelet := kubetest.NewKubelet(t, "agent-sa-token")
 	kubelet.AddPod(workloadPod)
 
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := func(name, content string) string { return writeTestFile(t, dir, name, content) }
 	kubeconfig := kube.Kubeconfig(t, dir)
 	srv := startServerProc(t, "--config", write("server.conf", fmt.Sprintf(`
 k8s_psat "prod" {

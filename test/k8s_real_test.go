@@ -125,13 +125,7 @@ metadata: {name: rogue}
 	kubelet := kubetest.NewKubelet(t, "agent-sa-token")
 	kubelet.AddPod(workloadPod)
 
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := func(name, content string) string { return writeTestFile(t, dir, name, content) }
 	token := func(ns, sa, pod, audience string) string {
 		tok, err := kube.TokenRequest(ctx, ns, sa, pod, audience)
 		if err != nil {
@@ -167,16 +161,7 @@ k8s_bundle {
 	if shown, err := srv.cli(t, "server", "bundle", "show"); err != nil || strings.TrimSpace(shown) != strings.TrimSpace(bundle) {
 		t.Fatalf("ConfigMap bundle differs from `bundle show` (%v)", err)
 	}
-	if _, err := srv.cli(t, "server", "entry", "create", "--node", "--spiffe-id", "spiffe://example.org/nodes/prod-eu-1a",
-		"--selector", "k8s_psat:cluster:prod", "--selector", "k8s_psat:agent_node_label:topology.kubernetes.io/zone:eu-1a"); err != nil {
-		t.Fatal(err)
-	}
-	const workloadID = "spiffe://example.org/ns/payments/sa/checkout"
-	if _, err := srv.cli(t, "server", "entry", "create", "--parent-id", "spiffe://example.org/nodes/prod-eu-1a",
-		"--spiffe-id", workloadID, "--selector", "k8s:ns:payments", "--selector", "k8s:sa:checkout",
-		"--selector", "k8s:pod-label:app:checkout"); err != nil {
-		t.Fatal(err)
-	}
+	workloadID := registerCheckout(t, srv)
 
 	bundlePath := write("bundle.pem", bundle)
 	kubeletRoot := cgroupPrefix()

@@ -113,13 +113,7 @@ func TestKubernetesEndToEnd(t *testing.T) {
 			Name: "app", Image: "registry.example/checkout:1.4", ContainerID: "containerd://" + containerID,
 		}}},
 	})
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := func(name, content string) string { return writeTestFile(t, dir, name, content) }
 	serverConf := write("server.conf", fmt.Sprintf(`
 k8s_psat "prod" {
   service_account_allow_list = ["signet-system:signet-agent"]
@@ -154,16 +148,7 @@ k8s_bundle {
 
 	// Entries: a node alias for every agent of cluster prod in zone eu-1a,
 	// and the checkout service account's identity under it.
-	if _, err := srv.cli(t, "server", "entry", "create", "--node", "--spiffe-id", "spiffe://example.org/nodes/prod-eu-1a",
-		"--selector", "k8s_psat:cluster:prod", "--selector", "k8s_psat:agent_node_label:topology.kubernetes.io/zone:eu-1a"); err != nil {
-		t.Fatal(err)
-	}
-	const workloadID = "spiffe://example.org/ns/payments/sa/checkout"
-	if _, err := srv.cli(t, "server", "entry", "create", "--parent-id", "spiffe://example.org/nodes/prod-eu-1a",
-		"--spiffe-id", workloadID, "--selector", "k8s:ns:payments", "--selector", "k8s:sa:checkout",
-		"--selector", "k8s:pod-label:app:checkout"); err != nil {
-		t.Fatal(err)
-	}
+	workloadID := registerCheckout(t, srv)
 
 	// The kubelet's pods live under this cgroup path (its --cgroup-root).
 	kubeletRoot := cgroupPrefix()
@@ -212,4 +197,32 @@ k8s_bundle {
 	if out, err := fetch(podCgroup(t, cgroupPrefix(), podUID, containerID)); err == nil || strings.Contains(out, workloadID) {
 		t.Fatalf("a process in a pod-shaped cgroup outside the kubelet's root got the pod's identity:\n%s", out)
 	}
+}
+
+// writeTestFile writes content to dir/name, 0600, and returns the path.
+func writeTestFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// registerCheckout creates the entries the Kubernetes end-to-end tests
+// share: a node alias for every agent of cluster prod in zone eu-1a, and the
+// checkout service account's identity under it, whose ID it returns.
+func registerCheckout(t *testing.T, srv *serverEnv) string {
+	t.Helper()
+	if _, err := srv.cli(t, "server", "entry", "create", "--node", "--spiffe-id", "spiffe://example.org/nodes/prod-eu-1a",
+		"--selector", "k8s_psat:cluster:prod", "--selector", "k8s_psat:agent_node_label:topology.kubernetes.io/zone:eu-1a"); err != nil {
+		t.Fatal(err)
+	}
+	const workloadID = "spiffe://example.org/ns/payments/sa/checkout"
+	if _, err := srv.cli(t, "server", "entry", "create", "--parent-id", "spiffe://example.org/nodes/prod-eu-1a",
+		"--spiffe-id", workloadID, "--selector", "k8s:ns:payments", "--selector", "k8s:sa:checkout",
+		"--selector", "k8s:pod-label:app:checkout"); err != nil {
+		t.Fatal(err)
+	}
+	return workloadID
 }

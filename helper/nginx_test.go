@@ -10,8 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/signetid/signet/internal/nginxtest"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/signetid/signet/internal/nginxtest"
 )
 
 // poller polls addr until stopped, recording failures and the last serial.

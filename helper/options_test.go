@@ -1,45 +1,22 @@
 package helper
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/signetid/signet/internal/logtest"
 )
-
-// logBuffer collects a helper's log output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
 
 // readCerts parses every CERTIFICATE block of a PEM file.
 func readCerts(t *testing.T, path string) []*x509.Certificate {
@@ -230,10 +207,10 @@ func TestRunHintMatchingNothing(t *testing.T) {
 		agent, _, _ := hintedAgent(t)
 		cfg := NewConfig()
 		cfg.AgentAddress, cfg.CertDir, cfg.Hint = agent.addr(), t.TempDir(), "nope"
-		var logs logBuffer
+		var logs logtest.Buffer
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- Run(ctx, cfg, WithLogger(logs.logger())) }()
+		go func() { done <- Run(ctx, cfg, WithLogger(logs.Logger())) }()
 		t.Cleanup(func() { cancel(); <-done })
 		waitFor(t, func() bool { return strings.Contains(logs.String(), `no X509-SVID with hint \"nope\"`) })
 		if _, err := os.Stat(filepath.Join(cfg.CertDir, "svid.pem")); err == nil {

@@ -17,10 +17,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/signetid/signet/internal/nginxtest"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/signetid/signet/internal/nginxtest"
 )
 
 const pgBin = "/usr/lib/postgresql/15/bin"

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/signetid/signet/internal/logtest"
 )
 
 func TestPIDSignalerWaitsForPIDFile(t *testing.T) {
@@ -181,9 +183,9 @@ func (f *failingReloader) Reload(context.Context, Event) error {
 // back, and one that fails does not skip them and is logged.
 func TestReloadersRunIndependently(t *testing.T) {
 	blocking, failing, counting := &blockingReloader{}, &failingReloader{}, &countReloader{}
-	var logs logBuffer
+	var logs logtest.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
-	reloads := startReloaders(ctx, []Reloader{blocking, failing, counting}, time.Millisecond, logs.logger())
+	reloads := startReloaders(ctx, []Reloader{blocking, failing, counting}, time.Millisecond, logs.Logger())
 	for i := range 3 {
 		reloads.push(Event{Serial: strconv.Itoa(i)})
 		waitUntil(t, "reload "+strconv.Itoa(i+1)+" of the counting reloader", func() bool { return counting.n.Load() == int32(i+1) })

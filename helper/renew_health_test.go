@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/signetid/signet/internal/logtest"
 )
 
 // waitUntil polls cond for up to 30 s and fails naming what it waited for.
@@ -143,8 +145,8 @@ func TestRunHealthListener(t *testing.T) {
 			cfg := NewConfig()
 			cfg.AgentAddress, cfg.CertDir = agent.addr(), t.TempDir()
 			cfg.HealthChecks.Listen, cfg.LiveThreshold = "127.0.0.1:0", tc.threshold
-			var logs logBuffer
-			startDaemon(t, cfg, WithLogger(logs.logger()))
+			var logs logtest.Buffer
+			startDaemon(t, cfg, WithLogger(logs.Logger()))
 			var base string
 			waitUntil(t, "the health listener address in the log", func() bool {
 				m := healthAddrRE.FindStringSubmatch(logs.String())

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/signetid/signet/internal/logtest"
 )
 
 func quietLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -300,8 +302,8 @@ func TestRunDaemonRecoversFromAnUnpublishableName(t *testing.T) {
 	cfg.Debounce = 10 * time.Millisecond
 	blockLink(t, cfg.CertDir, "bundle.pem")
 	var writes atomic.Int32
-	var logs logBuffer
-	startDaemon(t, cfg, WithLogger(logs.logger()), WithOnWrite(func(Event) { writes.Add(1) }))
+	var logs logtest.Buffer
+	startDaemon(t, cfg, WithLogger(logs.Logger()), WithOnWrite(func(Event) { writes.Add(1) }))
 	waitUntil(t, "the first attempt to fail", func() bool { return strings.Contains(logs.String(), "bundle.pem cannot be opened by name") })
 	if writes.Load() != 0 {
 		t.Fatal("a set without bundle.pem was reported as written")

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/signetid/signet/agent/cache"
 	"github.com/signetid/signet/agent/workloadapi"
 	"github.com/signetid/signet/agent/workloadapi/workloadapitest"
+	"github.com/signetid/signet/internal/logtest"
 	"github.com/signetid/signet/internal/selector"
 )
 
@@ -169,50 +169,15 @@ func TestFetchWithoutIdentityExplains(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the watcher goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-	ch  chan struct{}
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	n, err := b.buf.Write(p)
-	select {
-	case b.ch <- struct{}{}:
-	default:
-	}
-	return n, err
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestWatchPrintsEachUpdate(t *testing.T) {
 	e := start(t, me())
-	out := &syncBuffer{ch: make(chan struct{}, 1)}
+	out := &logtest.Buffer{}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- apicli.Watch(ctx, apicli.Options{Addr: e.addr, Out: out}) }()
-	waitFor := func(s string) {
-		t.Helper()
-		deadline := time.After(30 * time.Second)
-		for !strings.Contains(out.String(), s) {
-			select {
-			case <-out.ch:
-			case <-deadline:
-				t.Fatalf("watch output never showed %q:\n%s", s, out.String())
-			}
-		}
-	}
-	waitFor("spiffe://example.org/app\n")
+	out.WaitFor(t, "spiffe://example.org/app\n", 30*time.Second)
 	e.provider.SetState(st(e.ca, e.fed, e.ca.X509SVID(t, "/app", ""), e.ca.X509SVID(t, "/second", "h2")))
-	waitFor("spiffe://example.org/second")
+	out.WaitFor(t, "spiffe://example.org/second", 30*time.Second)
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Watch after cancel: %v", err)

@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/signetid/signet/internal/logtest"
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/servertest"
 )
@@ -47,24 +47,6 @@ func syncWorks(ctx context.Context, c *Client) error {
 	}
 	_, err = stream.Recv()
 	return err
-}
-
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func newClient(t *testing.T, s *realServer, dir string, token func() string, mutate func(*Config)) *Client {
@@ -152,7 +134,7 @@ func TestAttestTrust(t *testing.T) {
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			logs := &logBuffer{}
+			logs := &logtest.Buffer{}
 			c := newClient(t, s, t.TempDir(), static(s.token(t, fmt.Sprintf("spiffe://example.org/agent/case%d", i))), func(cfg *Config) {
 				cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 				if tc.mutate != nil {

@@ -6,12 +6,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 
 	"github.com/signetid/signet/internal/logging"
 )
@@ -23,7 +25,18 @@ type globals struct {
 }
 
 func (g *globals) logger() (*slog.Logger, error) {
-	return logging.New(os.Stderr, g.logFormat, g.logLevel)
+	return g.loggerTo(os.Stderr)
+}
+
+// loggerTo also routes client-go's log (klog, process-wide) through the
+// logger, so that a JSON log stays JSON when the Kubernetes clients speak.
+func (g *globals) loggerTo(w io.Writer) (*slog.Logger, error) {
+	l, err := logging.New(w, g.logFormat, g.logLevel)
+	if err != nil {
+		return nil, err
+	}
+	klog.SetSlogLogger(l.With("component", "client-go"))
+	return l, nil
 }
 
 func main() {

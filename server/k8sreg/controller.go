@@ -116,16 +116,20 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	var l listers
 	for _, inf := range []struct {
+		resource string
 		informer cache.SharedIndexInformer
 		handler  cache.ResourceEventHandler
 		into     *cache.Indexer
 	}{
-		{factory.Core().V1().Pods().Informer(), poke, &l.pods},
-		{factory.Core().V1().Namespaces().Informer(), poke, &l.namespaces},
-		{factory.Core().V1().Nodes().Informer(), poke, &l.nodes},
-		{dfactory.ForResource(GVR).Informer(), crPoke, &l.crs},
+		{"pods", factory.Core().V1().Pods().Informer(), poke, &l.pods},
+		{"namespaces", factory.Core().V1().Namespaces().Informer(), poke, &l.namespaces},
+		{"nodes", factory.Core().V1().Nodes().Informer(), poke, &l.nodes},
+		{Resource, dfactory.ForResource(GVR).Informer(), crPoke, &l.crs},
 	} {
 		if _, err := inf.informer.AddEventHandler(inf.handler); err != nil {
+			return fmt.Errorf("kubernetes controller: %w", err)
+		}
+		if err := inf.informer.SetWatchErrorHandlerWithContext(watchErrorHandler(c.opts.Logger, inf.resource)); err != nil {
 			return fmt.Errorf("kubernetes controller: %w", err)
 		}
 		*inf.into = inf.informer.GetIndexer()

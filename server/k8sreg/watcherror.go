@@ -1,0 +1,45 @@
+package k8sreg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/tools/cache"
+)
+
+// watchErrorHandler reports why an informer cannot list or watch resource,
+// with what the operator can do about it. Without it the controller only
+// waits for its caches, and the cause is buried in client-go's own log.
+// The informer retries by itself (with backoff), so a fix applied later (the
+// CRD installed, RBAC granted) takes effect without a restart.
+func watchErrorHandler(logger *slog.Logger, resource string) cache.WatchErrorHandlerWithContext {
+	return func(_ context.Context, _ *cache.Reflector, err error) {
+		if errors.Is(err, io.EOF) {
+			return // the API server closed a watch, as it does routinely
+		}
+		msg, level := watchErrorHint(resource, err)
+		logger.Log(context.Background(), level, msg, "resource", resource, "error", err)
+	}
+}
+
+// watchErrorHint names the likely cause of an informer's failure to list or
+// watch resource, and the level to log it at.
+func watchErrorHint(resource string, err error) (string, slog.Level) {
+	switch {
+	case apierrors.IsResourceExpired(err) || apierrors.IsGone(err) || errors.Is(err, io.ErrUnexpectedEOF):
+		return "kubernetes controller: watch restarted", slog.LevelDebug
+	case apierrors.IsNotFound(err) && resource == Resource:
+		return fmt.Sprintf("kubernetes controller: the API server has no %s.%s/%s: install the ClusterSPIFFEID CRD (deploy/base/crd-clusterspiffeid.yaml, or the Helm chart's crds/); the controller starts once it exists",
+			Resource, Group, Version), slog.LevelError
+	case apierrors.IsForbidden(err):
+		return fmt.Sprintf("kubernetes controller: the server's Kubernetes identity may not list and watch %s: grant get, list and watch on them (deploy/base/server-rbac.yaml)", resource), slog.LevelError
+	case apierrors.IsUnauthorized(err):
+		return "kubernetes controller: the API server does not accept the server's credentials (kubeconfig or service account token)", slog.LevelError
+	default:
+		return fmt.Sprintf("kubernetes controller: cannot list or watch %s; retrying", resource), slog.LevelWarn
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/hcl/hcl/token"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/apimachinery/pkg/api/validation"
+	utilvalidation "k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/signetid/signet/internal/hclsafe"
 	"github.com/signetid/signet/internal/ids"
@@ -68,6 +69,13 @@ type K8sControllerConfig struct {
 	Kubeconfig string `hcl:"kubeconfig"`
 	// IgnoreNamespaces get no entries; default kube-system and kube-public.
 	IgnoreNamespaces []string `hcl:"ignore_namespaces"`
+	// ClusterDomain is the cluster's DNS domain (cluster.local, usually),
+	// for {{ .ClusterDomain }} and autoPopulateDNSNames.
+	ClusterDomain string `hcl:"cluster_domain"`
+	// ClassName limits the controller to ClusterSPIFFEIDs of that
+	// className (and classless ones with WatchClassless).
+	ClassName      string `hcl:"class_name"`
+	WatchClassless bool   `hcl:"watch_classless"`
 
 	// Line is where the block starts, for errors found after parsing.
 	Line               int                    `hcl:"-"`
@@ -355,6 +363,14 @@ func (c *K8sControllerConfig) resolve(clusters []K8sPSATCluster) (*K8sController
 		if errs := validation.ValidateNamespaceName(ns, false); len(errs) > 0 {
 			return nil, fmt.Errorf("%s: ignore_namespaces: %q is not a namespace name: %s", at, ns, strings.Join(errs, "; "))
 		}
+	}
+	if c.ClusterDomain != "" {
+		if errs := utilvalidation.IsDNS1123Subdomain(c.ClusterDomain); len(errs) > 0 {
+			return nil, fmt.Errorf("%s: cluster_domain %q is not a DNS domain: %s", at, c.ClusterDomain, strings.Join(errs, "; "))
+		}
+	}
+	if c.WatchClassless && c.ClassName == "" {
+		return nil, fmt.Errorf("%s: watch_classless needs class_name: without one, the controller handles only ClusterSPIFFEIDs with no className already", at)
 	}
 	return &out, nil
 }

@@ -100,10 +100,11 @@ k8s_psat "dev" {
 		},
 		{
 			name: "k8s_controller settings",
-			in:   "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n kubeconfig = \"/k\"\n ignore_namespaces = [\"infra\"]\n}",
+			in:   "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n kubeconfig = \"/k\"\n ignore_namespaces = [\"infra\"]\n cluster_domain = \"cluster.local\"\n class_name = \"signet\"\n watch_classless = true\n}",
 			check: func(t *testing.T, c Config) {
 				k := c.K8sController
-				if k == nil || k.Kubeconfig != "/k" || strings.Join(k.IgnoreNamespaces, ",") != "infra" {
+				if k == nil || k.Kubeconfig != "/k" || strings.Join(k.IgnoreNamespaces, ",") != "infra" ||
+					k.ClusterDomain != "cluster.local" || k.ClassName != "signet" || !k.WatchClassless {
 					t.Fatalf("k8s_controller %+v", k)
 				}
 			},
@@ -119,6 +120,8 @@ k8s_psat "dev" {
 		{name: "k8s_controller with a label", in: "trust_domain = \"a.org\"\nk8s_controller \"prod\" { cluster = \"prod\" }", wantErr: "line 2: want k8s_controller { cluster"},
 		{name: "k8s_controller unknown key", in: "trust_domain = \"a.org\"\nk8s_controller {\n cluster = \"a\"\n ignore_namespace = [\"x\"]\n}", wantErr: "k8s_controller: ignore_namespace (line 4)"},
 		{name: "k8s_controller bad namespace", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n ignore_namespaces = [\"Kube System\"]\n}", wantErr: `ignore_namespaces: "Kube System" is not a namespace name`},
+		{name: "k8s_controller bad cluster domain", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n cluster_domain = \".cluster.local\"\n}", wantErr: `cluster_domain ".cluster.local" is not a DNS domain`},
+		{name: "k8s_controller watch_classless alone", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n watch_classless = true\n}", wantErr: "watch_classless needs class_name"},
 		{name: "k8s_psat bad cluster name", in: "trust_domain = \"a.org\"\nk8s_psat \"prod/eu\" {\n service_account_allow_list = [\"a:b\"]\n}", wantErr: "one SPIFFE path segment"},
 	}
 	for _, tt := range tests {

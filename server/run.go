@@ -202,7 +202,8 @@ func newK8sController(cfg Config, st store.Store, logger *slog.Logger) (*k8sreg.
 		return nil, fmt.Errorf("k8s_controller: %w", err)
 	}
 	return k8sreg.New(k8sreg.Options{Client: client, Dynamic: dyn, Store: st, TrustDomain: cfg.TrustDomain,
-		Cluster: c.Cluster, IgnoreNamespaces: c.IgnoreNamespaces, Logger: logger.With("component", "k8s_controller")})
+		Cluster: c.Cluster, IgnoreNamespaces: c.IgnoreNamespaces, ClusterDomain: c.ClusterDomain,
+		ClassName: c.ClassName, WatchClassless: c.WatchClassless, Logger: logger.With("component", "k8s_controller")})
 }
 
 // Addr is the agent API's bound address.

@@ -247,6 +247,14 @@ csi: {enabled: false}
 				}
 			}
 		},
+	}, {
+		name: "controller class, no cluster domain", ns: "signet-system",
+		values: "controller: {className: signet-eu, watchClassless: true, clusterDomain: \"\"}\n",
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			if c := s.config.K8sController; c == nil || c.ClassName != "signet-eu" || !c.WatchClassless || c.ClusterDomain != "" {
+				t.Errorf("k8s_controller %+v", c)
+			}
+		},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := helmObjects(t, tc.ns, tc.values)
@@ -270,6 +278,7 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"password in the ConfigMap", "datastore: {type: postgres, postgres: {url: 'postgres://s:hunter2@db/s', existingSecret: pg}}", "must not hold a password"},
 		{"password parameter in the ConfigMap", "datastore: {type: postgres, postgres: {url: 'postgres://s@db/s?password=hunter2', existingSecret: pg}}", "must not hold a password"},
 		{"unknown log level", "logLevel: verbose", "logLevel"},
+		{"cluster domain with a leading dot", "controller: {clusterDomain: .cluster.local}", "clusterDomain"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := helmTemplate(t, "signet-system", tc.values)

@@ -58,8 +58,23 @@ metadata: {name: checkout}
 `)); err != nil {
 		t.Fatal(err)
 	}
-	c.createPod(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "payments", Name: "checkout-5d8f", Labels: map[string]string{"app": "checkout"}},
+	pod := c.createPod(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "payments", Name: "checkout-5d8f", Labels: map[string]string{"app": "checkout"}},
 		Spec: corev1.PodSpec{ServiceAccountName: "checkout"}})
+	// The EndpointSlice kube-controller-manager (not run here) would write
+	// for a Service "checkout-api" selecting the pod.
+	if err := kube.Apply(ctx, "payments", []byte(fmt.Sprintf(`
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: checkout-api-7xk2p
+  labels: {kubernetes.io/service-name: checkout-api, endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io}
+addressType: IPv4
+endpoints:
+  - addresses: ["10.1.2.3"]
+    targetRef: {kind: Pod, namespace: payments, name: %s, uid: %s}
+`, pod.Name, pod.UID))); err != nil {
+		t.Fatal(err)
+	}
 
 	conf := dir + "/server.conf"
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`
@@ -68,7 +83,8 @@ k8s_psat "prod" {
   kubeconfig = %q
 }
 k8s_controller {
-  cluster = "prod"
+  cluster        = "prod"
+  cluster_domain = "cluster.local"
 }
 `, c.serverKubeconfig(t, dir))), 0o600); err != nil {
 		t.Fatal(err)
@@ -79,7 +95,8 @@ k8s_controller {
 	waitUntil(t, 30*time.Second, "the controller's entry", func() bool {
 		out, err := srv.cli(t, "server", "entry", "list")
 		return err == nil && regexp.MustCompile(`Entry ID:\s+k8s\.prod\.[0-9a-f]+`).MatchString(out) &&
-			strings.Contains(out, workloadID) && strings.Contains(out, agentID) && strings.Contains(out, "checkout.payments.svc")
+			strings.Contains(out, workloadID) && strings.Contains(out, agentID) && strings.Contains(out, "checkout.payments.svc") &&
+			strings.Contains(out, "checkout-api.payments.svc.cluster.local")
 	})
 	_, dyn, err := k8sreg.Clients(kube.Kubeconfig(t, dir))
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -47,8 +48,9 @@ var (
 	namespacesResource = &resource{gv: corev1.SchemeGroupVersion, plural: "namespaces", kind: "Namespace", builtin: true, status: true}
 	configMapsResource = &resource{gv: corev1.SchemeGroupVersion, plural: "configmaps", kind: "ConfigMap", namespaced: true, builtin: true}
 	serviceAccounts    = &resource{gv: corev1.SchemeGroupVersion, plural: "serviceaccounts", kind: "ServiceAccount", namespaced: true, builtin: true}
+	endpointSlices     = &resource{gv: discoveryv1.SchemeGroupVersion, plural: "endpointslices", kind: "EndpointSlice", namespaced: true, builtin: true}
 	clusterSPIFFEIDs   = &resource{gv: schema.GroupVersion{Group: "signetid.io", Version: "v1alpha1"}, plural: "clusterspiffeids", kind: "ClusterSPIFFEID", status: true}
-	resources          = []*resource{podsResource, nodesResource, namespacesResource, configMapsResource, serviceAccounts, clusterSPIFFEIDs}
+	resources          = []*resource{podsResource, nodesResource, namespacesResource, configMapsResource, serviceAccounts, endpointSlices, clusterSPIFFEIDs}
 )
 
 // event is one change, as a watch reports it.

@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -45,6 +48,16 @@ type Options struct {
 	Cluster string
 	// IgnoreNamespaces are never selected.
 	IgnoreNamespaces []string
+	// ClusterDomain is the cluster's DNS domain (e.g. cluster.local), for
+	// templates ({{ .ClusterDomain }}) and autoPopulateDNSNames; empty
+	// leaves the fully qualified Service names out.
+	ClusterDomain string
+	// ClassName, when set, limits the controller to the ClusterSPIFFEIDs
+	// of that className, and to those with none if WatchClassless; unset,
+	// it handles those with no className. Deployments sharing a cluster
+	// (not a store) tell their resources apart this way.
+	ClassName      string
+	WatchClassless bool
 	// Debounce gathers a burst of changes into one reconcile; default
 	// DefaultDebounce.
 	Debounce time.Duration
@@ -74,6 +87,11 @@ func New(opts Options) (*Controller, error) {
 	if _, err := spiffeid.FromSegments(opts.TrustDomain, opts.Cluster); err != nil {
 		return nil, fmt.Errorf("kubernetes controller: cluster %q: %w", opts.Cluster, err)
 	}
+	if opts.ClusterDomain != "" {
+		if errs := validation.IsDNS1123Subdomain(opts.ClusterDomain); len(errs) > 0 {
+			return nil, fmt.Errorf("kubernetes controller: cluster domain %q: %s", opts.ClusterDomain, strings.Join(errs, "; "))
+		}
+	}
 	if opts.Debounce <= 0 {
 		opts.Debounce = DefaultDebounce
 	}
@@ -88,7 +106,11 @@ func New(opts Options) (*Controller, error) {
 
 // listers read the informers' caches.
 type listers struct {
-	pods, namespaces, nodes, crs cache.Indexer
+	pods, namespaces, nodes, slices, crs cache.Indexer
+}
+
+func (c *Controller) site() site {
+	return site{td: c.opts.TrustDomain, cluster: c.opts.Cluster, clusterDomain: c.opts.ClusterDomain}
 }
 
 // Run watches the cluster and reconciles until ctx ends. Reconcile
@@ -124,6 +146,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		{"pods", factory.Core().V1().Pods().Informer(), poke, &l.pods},
 		{"namespaces", factory.Core().V1().Namespaces().Informer(), poke, &l.namespaces},
 		{"nodes", factory.Core().V1().Nodes().Informer(), poke, &l.nodes},
+		{"endpointslices", factory.Discovery().V1().EndpointSlices().Informer(), poke, &l.slices},
 		{Resource, dfactory.ForResource(GVR).Informer(), crPoke, &l.crs},
 	} {
 		if _, err := inf.informer.AddEventHandler(inf.handler); err != nil {
@@ -136,7 +159,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	dfactory.Start(ctx.Done())
-	c.opts.Logger.Info("kubernetes controller: waiting for the API server's pods, namespaces, nodes and ClusterSPIFFEIDs", "cluster", c.opts.Cluster)
+	c.opts.Logger.Info("kubernetes controller: waiting for the API server's pods, namespaces, nodes, EndpointSlices and ClusterSPIFFEIDs", "cluster", c.opts.Cluster)
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return ctxDoneOr(ctx, fmt.Errorf("kubernetes controller: %v cache did not sync", typ))
@@ -233,6 +256,13 @@ func (c *Controller) reconcile(ctx context.Context, l listers) error {
 			w.nodes[n.Name] = n
 		}
 	}
+	var eps []*discoveryv1.EndpointSlice
+	for _, o := range l.slices.List() {
+		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+			eps = append(eps, s)
+		}
+	}
+	w.services = podServices(eps)
 	d := c.desired(w)
 	failures, err := c.apply(ctx, d.entries)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/signetid/signet/internal/kubetest"
 	"github.com/signetid/signet/internal/pgtest"
@@ -109,6 +111,33 @@ func (c *cluster) pod(t *testing.T, ns, name, node string, labels map[string]str
 	return p
 }
 
+// endpointSlice creates or replaces the EndpointSlice of Service svc that
+// lists pods, as manager (kube-controller-manager's endpointslice
+// controller, say) would write it.
+func (c *cluster) endpointSlice(t *testing.T, ns, svc, manager string, pods ...*corev1.Pod) {
+	t.Helper()
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: svc + "-x1",
+			Labels: map[string]string{discoveryv1.LabelServiceName: svc, discoveryv1.LabelManagedBy: manager}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+	}
+	for i, p := range pods {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.0.0.%d", i+1)},
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: p.Namespace, Name: p.Name, UID: p.UID}})
+	}
+	slices := c.client.DiscoveryV1().EndpointSlices(ns)
+	cur, err := slices.Get(context.Background(), s.Name, metav1.GetOptions{})
+	if err == nil {
+		s.ResourceVersion = cur.ResourceVersion
+		_, err = slices.Update(context.Background(), s, metav1.UpdateOptions{})
+	} else {
+		_, err = slices.Create(context.Background(), s, metav1.CreateOptions{})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (c *cluster) deletePod(t *testing.T, ns, name string) {
 	t.Helper()
 	if err := c.client.CoreV1().Pods(ns).Delete(context.Background(), name, *metav1.NewDeleteOptions(0)); err != nil {
@@ -125,17 +154,24 @@ func (c *cluster) apply(t *testing.T, name string, spec ClusterSPIFFEIDSpec) {
 		t.Fatal(err)
 	}
 	res := c.dyn.Resource(GVR)
-	cur, err := res.Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": Group + "/" + Version, "kind": Kind,
-			"metadata": map[string]any{"name": name}, "spec": m}}
-		if _, err := res.Create(ctx, u, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
+	// The controller's status writes race with the update: retry as
+	// kubectl would.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := res.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": Group + "/" + Version, "kind": Kind,
+				"metadata": map[string]any{"name": name}, "spec": m}}
+			_, err = res.Create(ctx, u, metav1.CreateOptions{})
+			return err
 		}
-		return
-	}
-	cur.Object["spec"] = m
-	if _, err := res.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		if err != nil {
+			return err
+		}
+		cur.Object["spec"] = m
+		_, err = res.Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 }
@@ -170,12 +206,17 @@ func sqliteStore(t testing.TB) store.Store {
 	return st
 }
 
-// start runs a controller until the test ends.
-func (c *cluster) start(t *testing.T, st store.Store) {
+// start runs a controller, its options changed by each of with, until the
+// test ends.
+func (c *cluster) start(t *testing.T, st store.Store, with ...func(*Options)) {
 	t.Helper()
-	ctrl, err := New(Options{Client: c.client, Dynamic: c.dyn, Store: st, TrustDomain: td, Cluster: "prod",
+	opts := Options{Client: c.client, Dynamic: c.dyn, Store: st, TrustDomain: td, Cluster: "prod",
 		IgnoreNamespaces: DefaultIgnoreNamespaces, Debounce: 20 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	for _, f := range with {
+		f(&opts)
+	}
+	ctrl, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,4 +529,109 @@ func TestTwoControllersConverge(t *testing.T) {
 	if got := entries(t, a); !slices.Equal(got, want[10:]) {
 		t.Fatalf("the stores disagree: %v", got)
 	}
+}
+
+// TestFallback: a fallback ClusterSPIFFEID names only the pods no other one
+// selects, even when the other one fails to render for a pod; it takes a
+// pod back once the specific one lets go of it.
+func TestFallback(t *testing.T) {
+	c := newCluster(t)
+	st := sqliteStore(t)
+	c.namespace(t, "shop", testNS)
+	agent := c.node(t, "node-1")
+	c.start(t, st)
+	web := c.pod(t, "shop", "web", "node-1", map[string]string{"app": "web"})
+	batch := c.pod(t, "shop", "batch", "node-1", map[string]string{"app": "batch"})
+	c.pod(t, "shop", "odd", "node-1", map[string]string{"app": "odd"}) // specific template fails for it
+
+	c.apply(t, "default-id", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://example.org/default/{{ .PodMeta.Name }}",
+		NamespaceSelector: testNSSelector, Fallback: true})
+	c.apply(t, "web-id", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: `spiffe://example.org/app/{{ if eq .PodMeta.Name "odd" }}{{ .Nope }}{{ end }}{{ .PodMeta.Labels.app }}`,
+		NamespaceSelector: testNSSelector,
+		PodSelector:       &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "app", Operator: metav1.LabelSelectorOpIn, Values: []string{"web", "odd"}}}}})
+	wantEntries(t, st,
+		"spiffe://example.org/app/web "+agent+" k8s:pod-uid:"+string(web.UID),
+		"spiffe://example.org/default/batch "+agent+" k8s:pod-uid:"+string(batch.UID))
+	wantStatus(t, c, "default-id", ClusterSPIFFEIDStats{NamespacesSelected: 1, PodsSelected: 1, EntriesToSet: 1}, metav1.ConditionTrue, "1 entries set")
+
+	// The specific one narrowed: web falls back to the default.
+	c.apply(t, "web-id", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://example.org/app/{{ .PodMeta.Labels.app }}",
+		NamespaceSelector: testNSSelector, PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "none"}}})
+	wantEntries(t, st,
+		"spiffe://example.org/default/web "+agent+" k8s:pod-uid:"+string(web.UID),
+		"spiffe://example.org/default/batch "+agent+" k8s:pod-uid:"+string(batch.UID),
+		"spiffe://example.org/default/odd "+agent+" k8s:pod-uid:"+string(podUID(t, c, "shop", "odd")))
+}
+
+func podUID(t *testing.T, c *cluster, ns, name string) string {
+	t.Helper()
+	p, err := c.client.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(p.UID)
+}
+
+// TestClasses: a controller with a class_name handles only its class (and
+// classless resources with watch_classless); one without handles only
+// classless ones. It leaves the others' status alone.
+func TestClasses(t *testing.T) {
+	c := newCluster(t)
+	c.namespace(t, "shop", testNS)
+	agent := c.node(t, "node-1")
+	web := c.pod(t, "shop", "web", "node-1", nil)
+	for _, name := range []string{"plain", "eu", "us"} {
+		spec := ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://example.org/" + name + "/{{ .PodMeta.Name }}", NamespaceSelector: testNSSelector}
+		if name != "plain" {
+			spec.ClassName = "signet-" + name
+		}
+		c.apply(t, name, spec)
+	}
+	entry := func(name string) string {
+		return "spiffe://example.org/" + name + "/web " + agent + " k8s:pod-uid:" + string(web.UID)
+	}
+	for _, tc := range []struct {
+		name      string
+		class     string
+		classless bool
+		want      []string
+	}{
+		{"no class", "", false, []string{entry("plain")}},
+		{"class", "signet-eu", false, []string{entry("eu")}},
+		{"class and classless", "signet-eu", true, []string{entry("plain"), entry("eu")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := sqliteStore(t)
+			c.start(t, st, func(o *Options) { o.ClassName, o.WatchClassless = tc.class, tc.classless })
+			wantEntries(t, st, tc.want...)
+		})
+	}
+	if st, _ := c.status(t, "us"); len(st.Conditions) != 0 || st.Stats != (ClusterSPIFFEIDStats{}) {
+		t.Errorf("a resource of no running controller's class got a status: %+v", st)
+	}
+}
+
+// TestServiceDNSNames: with autoPopulateDNSNames a pod's entry carries the
+// names of the Services whose EndpointSlices list it, and follows them; a
+// slice written by anyone but kube-controller-manager adds nothing.
+func TestServiceDNSNames(t *testing.T) {
+	c := newCluster(t)
+	st := sqliteStore(t)
+	c.namespace(t, "shop", testNS)
+	agent := c.node(t, "node-1")
+	c.start(t, st, func(o *Options) { o.ClusterDomain = "cluster.local" })
+	web := c.pod(t, "shop", "web", "node-1", map[string]string{"app": "web"})
+	other := c.pod(t, "shop", "other", "node-1", nil)
+	c.apply(t, "web", ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://example.org/web", NamespaceSelector: testNSSelector,
+		PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}, AutoPopulateDNSNames: true,
+		DNSNameTemplates: []string{"web.example.com"}})
+	base := "spiffe://example.org/web " + agent + " k8s:pod-uid:" + string(web.UID) + " dns="
+	wantEntries(t, st, base+"web.example.com")
+
+	c.endpointSlice(t, "shop", "storefront", "endpointslice-controller.k8s.io", web, other)
+	c.endpointSlice(t, "shop", "kubernetes", "someone-else", web)
+	wantEntries(t, st, base+"storefront,storefront.shop,storefront.shop.svc,storefront.shop.svc.cluster.local,web.example.com")
+
+	c.endpointSlice(t, "shop", "storefront", "endpointslice-controller.k8s.io", other)
+	wantEntries(t, st, base+"web.example.com")
 }

@@ -2,7 +2,8 @@
 // ClusterSPIFFEID resources (group signetid.io, shaped like SPIRE's
 // spire-controller-manager's) into registration entries for the cluster's
 // pods, so a pod gets its identity without an `entry create`. It watches
-// pods, namespaces, nodes and ClusterSPIFFEIDs with client-go informers and,
+// pods, namespaces, nodes, EndpointSlices and ClusterSPIFFEIDs with client-go
+// informers and,
 // after any change, reconciles the whole desired set of entries with the
 // ones it owns in the store. Owned entries carry deterministic IDs
 // (OwnedIDPrefix, the cluster and a hash of SPIFFE ID, parent and

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/signetid/signet/internal/selector"
 	"github.com/signetid/signet/server/registry"
@@ -29,6 +30,8 @@ type world struct {
 	pods       []*corev1.Pod
 	namespaces map[string]*corev1.Namespace
 	nodes      map[string]*corev1.Node
+	// services names the Services whose EndpointSlices list a pod.
+	services map[podKey][]string
 }
 
 // result is what reconciling one ClusterSPIFFEID came to.
@@ -64,9 +67,11 @@ type desiredState struct {
 	results []*result
 }
 
-// desired renders the entries. ClusterSPIFFEIDs are taken oldest first, so
-// when two render the same entry (same ID) the older one's wins on every
-// server alike, and the younger one counts it as masked.
+// desired renders the entries of the ClusterSPIFFEIDs of this controller's
+// class. They are taken oldest first, so when two render the same entry
+// (same ID) the older one's wins on every server alike, and the younger one
+// counts it as masked. Fallback ones come last and skip every pod another
+// one selected.
 func (c *Controller) desired(w world) desiredState {
 	slices.SortFunc(w.crs, func(a, b *unstructured.Unstructured) int {
 		ta, tb := a.GetCreationTimestamp(), b.GetCreationTimestamp()
@@ -76,11 +81,19 @@ func (c *Controller) desired(w world) desiredState {
 		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
 	d := desiredState{entries: map[string]registry.Entry{}}
+	type parsed struct {
+		r *result
+		s *spec
+	}
+	var specific, fallback []parsed
 	for _, u := range w.crs {
-		r := &result{obj: u}
-		d.results = append(d.results, r)
 		var cr ClusterSPIFFEID
 		err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &cr)
+		if err == nil && !c.handles(cr.Spec.ClassName) {
+			continue // another controller's: not even its status is ours
+		}
+		r := &result{obj: u}
+		d.results = append(d.results, r)
 		var s *spec
 		if err == nil {
 			s, err = parseSpec(cr.Spec)
@@ -90,12 +103,36 @@ func (c *Controller) desired(w world) desiredState {
 			c.opts.Logger.Warn("kubernetes controller: invalid ClusterSPIFFEID", "name", u.GetName(), "error", err)
 			continue
 		}
-		c.renderCR(w, s, r, d.entries)
+		if s.fallback {
+			fallback = append(fallback, parsed{r, s})
+		} else {
+			specific = append(specific, parsed{r, s})
+		}
+	}
+	// A pod a specific resource selects never gets a fallback identity,
+	// even when its specific entry fails to render: a broken template must
+	// not hand the pod a different name.
+	selected := map[types.UID]bool{}
+	for _, p := range specific {
+		c.renderCR(w, p.s, p.r, d.entries, func(pod *corev1.Pod) bool { selected[pod.UID] = true; return true })
+	}
+	for _, p := range fallback {
+		c.renderCR(w, p.s, p.r, d.entries, func(pod *corev1.Pod) bool { return !selected[pod.UID] })
 	}
 	return d
 }
 
-func (c *Controller) renderCR(w world, s *spec, r *result, entries map[string]registry.Entry) {
+// handles reports whether a ClusterSPIFFEID of class is this controller's.
+func (c *Controller) handles(class string) bool {
+	if class == "" {
+		return c.opts.ClassName == "" || c.opts.WatchClassless
+	}
+	return class == c.opts.ClassName
+}
+
+// renderCR renders one ClusterSPIFFEID's entries into entries. take is
+// asked about each pod the resource selects; a pod it refuses is skipped.
+func (c *Controller) renderCR(w world, s *spec, r *result, entries map[string]registry.Entry, take func(*corev1.Pod) bool) {
 	nsSelected := map[string]bool{}
 	for _, name := range slices.Sorted(maps.Keys(w.namespaces)) {
 		if !s.nsSel.Matches(labels.Set(w.namespaces[name].Labels)) {
@@ -117,12 +154,15 @@ func (c *Controller) renderCR(w world, s *spec, r *result, entries map[string]re
 		if pod.Spec.NodeName == "" || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 			continue
 		}
+		if !take(pod) {
+			continue
+		}
 		r.stats.PodsSelected++
 		var e registry.Entry
 		node, ok := w.nodes[pod.Spec.NodeName]
 		err := fmt.Errorf("node %s is not known to the API server", pod.Spec.NodeName)
 		if ok {
-			e, err = s.render(c.opts.TrustDomain, c.opts.Cluster, pod, node)
+			e, err = s.render(c.site(), pod, node, w.services[podKey{pod.Namespace, pod.UID}])
 		}
 		if err != nil {
 			r.stats.PodEntryRenderFailures++

@@ -61,10 +61,13 @@ func ownedBy(entryID, cluster string) bool {
 type TemplateData struct {
 	TrustDomain string
 	ClusterName string
-	PodMeta     metav1.ObjectMeta
-	PodSpec     corev1.PodSpec
-	NodeMeta    metav1.ObjectMeta
-	NodeSpec    corev1.NodeSpec
+	// ClusterDomain is the controller's cluster_domain (e.g.
+	// cluster.local); empty when not configured.
+	ClusterDomain string
+	PodMeta       metav1.ObjectMeta
+	PodSpec       corev1.PodSpec
+	NodeMeta      metav1.ObjectMeta
+	NodeSpec      corev1.NodeSpec
 }
 
 // maxRendered bounds one template's output: more than any ID (2048 bytes)
@@ -92,6 +95,8 @@ type spec struct {
 	x509TTL, jwtTTL metav1.Duration
 	hint            string
 	admin           bool
+	fallback        bool
+	autoDNSNames    bool
 }
 
 // Validate checks the parts of a spec that do not depend on a pod: the
@@ -104,7 +109,8 @@ func (s ClusterSPIFFEIDSpec) Validate() error {
 // parseSpec checks everything about a spec that does not depend on a pod.
 // The error names the field.
 func parseSpec(s ClusterSPIFFEIDSpec) (*spec, error) {
-	out := &spec{x509TTL: s.TTL, jwtTTL: s.JWTTTL, hint: s.Hint, admin: s.Admin}
+	out := &spec{x509TTL: s.TTL, jwtTTL: s.JWTTTL, hint: s.Hint, admin: s.Admin,
+		fallback: s.Fallback, autoDNSNames: s.AutoPopulateDNSNames}
 	var err error
 	if strings.TrimSpace(s.SPIFFEIDTemplate) == "" {
 		return nil, errors.New("spiffeIDTemplate is required")
@@ -166,17 +172,28 @@ func execute(t *template.Template, data *TemplateData) (string, error) {
 	return w.String(), nil
 }
 
-// render builds and validates the entry of one pod on its node. The pod
-// and node are copied for the templates: a template may call methods on
-// what it is given, and must never change the informers' shared objects.
-func (s *spec) render(td spiffeid.TrustDomain, cluster string, pod *corev1.Pod, node *corev1.Node) (registry.Entry, error) {
+// site is where entries are rendered for: the server's trust domain and
+// the cluster's names.
+type site struct {
+	td                     spiffeid.TrustDomain
+	cluster, clusterDomain string
+}
+
+// render builds and validates the entry of one pod on its node; services
+// are the names of the Services that route to the pod (for
+// autoPopulateDNSNames). The pod and node are copied for the templates: a
+// template may call methods on what it is given, and must never change the
+// informers' shared objects.
+func (s *spec) render(at site, pod *corev1.Pod, node *corev1.Node, services []string) (registry.Entry, error) {
+	td, cluster := at.td, at.cluster
 	data := &TemplateData{
-		TrustDomain: td.Name(),
-		ClusterName: cluster,
-		PodMeta:     *pod.ObjectMeta.DeepCopy(),
-		PodSpec:     *pod.Spec.DeepCopy(),
-		NodeMeta:    *node.ObjectMeta.DeepCopy(),
-		NodeSpec:    *node.Spec.DeepCopy(),
+		TrustDomain:   td.Name(),
+		ClusterName:   cluster,
+		ClusterDomain: at.clusterDomain,
+		PodMeta:       *pod.ObjectMeta.DeepCopy(),
+		PodSpec:       *pod.Spec.DeepCopy(),
+		NodeMeta:      *node.ObjectMeta.DeepCopy(),
+		NodeSpec:      *node.Spec.DeepCopy(),
 	}
 	e := registry.Entry{
 		X509TTL:       s.x509TTL.Duration,
@@ -213,6 +230,9 @@ func (s *spec) render(td spiffeid.TrustDomain, cluster string, pod *corev1.Pod, 
 			return registry.Entry{}, fmt.Errorf("dnsNameTemplates[%d]: %w", i, err)
 		}
 		e.DNSNames = append(e.DNSNames, rendered)
+	}
+	if s.autoDNSNames {
+		e.DNSNames = append(e.DNSNames, serviceDNSNames(services, pod.Namespace, at.clusterDomain)...)
 	}
 	if err := e.Validate(td); err != nil {
 		return registry.Entry{}, err

@@ -30,12 +30,15 @@ func testNode() *corev1.Node {
 func TestRender(t *testing.T) {
 	const nsSA = "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"
 	for _, tc := range []struct {
-		name    string
-		spec    ClusterSPIFFEIDSpec
-		wantID  string
-		wantSel []string
-		wantDNS []string
-		wantErr string
+		name string
+		spec ClusterSPIFFEIDSpec
+		// clusterDomain and services are the controller's and the pod's.
+		clusterDomain string
+		services      []string
+		wantID        string
+		wantSel       []string
+		wantDNS       []string
+		wantErr       string
 	}{
 		{name: "namespace and service account", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA},
 			wantID: "spiffe://example.org/ns/payments/sa/checkout", wantSel: []string{"k8s:pod-uid:pod-uid-1"}},
@@ -47,6 +50,26 @@ func TestRender(t *testing.T) {
 			wantID:  "spiffe://example.org/prod/eu-1a/checkout",
 			wantSel: []string{"k8s:ns:payments", "k8s:pod-uid:pod-uid-1", "k8s:sa:checkout"},
 			wantDNS: []string{"checkout.example", "checkout.payments.svc"}},
+		{name: "cluster domain", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA,
+			DNSNameTemplates: []string{"{{ .PodMeta.Name }}.{{ .PodMeta.Namespace }}.pod.{{ .ClusterDomain }}"}},
+			clusterDomain: "cluster.local",
+			wantID:        "spiffe://example.org/ns/payments/sa/checkout", wantSel: []string{"k8s:pod-uid:pod-uid-1"},
+			wantDNS: []string{"checkout-7f9c.payments.pod.cluster.local"}},
+		{name: "service names", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA, AutoPopulateDNSNames: true,
+			DNSNameTemplates: []string{"checkout.payments.svc", "checkout.example"}},
+			clusterDomain: "cluster.local", services: []string{"checkout", "payments-api"},
+			wantID: "spiffe://example.org/ns/payments/sa/checkout", wantSel: []string{"k8s:pod-uid:pod-uid-1"},
+			wantDNS: []string{"checkout", "checkout.example", "checkout.payments", "checkout.payments.svc", "checkout.payments.svc.cluster.local",
+				"payments-api", "payments-api.payments", "payments-api.payments.svc", "payments-api.payments.svc.cluster.local"}},
+		{name: "service names without cluster domain", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA, AutoPopulateDNSNames: true},
+			services: []string{"checkout"},
+			wantID:   "spiffe://example.org/ns/payments/sa/checkout", wantSel: []string{"k8s:pod-uid:pod-uid-1"},
+			wantDNS: []string{"checkout", "checkout.payments", "checkout.payments.svc"}},
+		{name: "services ignored unless asked for", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA},
+			clusterDomain: "cluster.local", services: []string{"checkout"},
+			wantID: "spiffe://example.org/ns/payments/sa/checkout", wantSel: []string{"k8s:pod-uid:pod-uid-1"}},
+		{name: "no cluster domain", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA, DNSNameTemplates: []string{"x.{{ .ClusterDomain }}"}},
+			wantErr: "dns name"},
 		{name: "empty template", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: " "}, wantErr: "spiffeIDTemplate is required"},
 		{name: "template does not parse", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://example.org/{{ .PodMeta.Name"}, wantErr: "spiffeIDTemplate: template:"},
 		{name: "unknown field", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://example.org/{{ .PodMeta.Nmae }}"}, wantErr: "spiffeIDTemplate: template:"},
@@ -67,7 +90,7 @@ func TestRender(t *testing.T) {
 			s, err := parseSpec(tc.spec)
 			if err == nil {
 				pod, node := testPod(), testNode()
-				e, rerr := s.render(td, "prod", pod, node)
+				e, rerr := s.render(site{td: td, cluster: "prod", clusterDomain: tc.clusterDomain}, pod, node, tc.services)
 				err = rerr
 				if err == nil {
 					if e.SPIFFEID.String() != tc.wantID {
@@ -103,14 +126,14 @@ func TestEntryIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod, node := testPod(), testNode()
-	a, _ := s.render(td, "prod", pod, node)
-	b, _ := s.render(td, "prod", pod, node)
+	a, _ := s.render(site{td: td, cluster: "prod"}, pod, node, nil)
+	b, _ := s.render(site{td: td, cluster: "prod"}, pod, node, nil)
 	if a.ID != b.ID {
 		t.Fatalf("the same entry got IDs %s and %s", a.ID, b.ID)
 	}
 	pod.UID = "pod-uid-2"
-	c, _ := s.render(td, "prod", pod, node)
-	d, _ := s.render(td, "prod.eu", pod, node)
+	c, _ := s.render(site{td: td, cluster: "prod"}, pod, node, nil)
+	d, _ := s.render(site{td: td, cluster: "prod.eu"}, pod, node, nil)
 	if c.ID == a.ID || c.ID == d.ID {
 		t.Fatalf("different entries share an ID: %s %s %s", a.ID, c.ID, d.ID)
 	}
@@ -142,7 +165,7 @@ func FuzzRender(f *testing.F) {
 	f.Add("{{ define \"x\" }}{{ template \"x\" }}{{ end }}{{ template \"x\" }}", "{{ .PodSpec.Containers }}", "{{ .PodMeta", "", "", "")
 	f.Add("spiffe://example.org/{{ printf \"%s\" .PodMeta.Labels }}", "unix:uid:{{ len .PodMeta.Name }}", "*.{{ .PodMeta.Namespace }}", "../..", "x y", "\x00")
 	f.Fuzz(func(t *testing.T, idTmpl, selTmpl, dnsTmpl, ns, sa, label string) {
-		spec := ClusterSPIFFEIDSpec{SPIFFEIDTemplate: idTmpl, WorkloadSelectorTemplates: []string{selTmpl}}
+		spec := ClusterSPIFFEIDSpec{SPIFFEIDTemplate: idTmpl, WorkloadSelectorTemplates: []string{selTmpl}, AutoPopulateDNSNames: true}
 		if dnsTmpl != "" {
 			spec.DNSNameTemplates = []string{dnsTmpl}
 		}
@@ -152,7 +175,7 @@ func FuzzRender(f *testing.F) {
 		}
 		pod := testPod()
 		pod.Namespace, pod.Spec.ServiceAccountName, pod.Labels["app"] = ns, sa, label
-		e, err := s.render(td, "prod", pod, testNode())
+		e, err := s.render(site{td: td, cluster: "prod", clusterDomain: "cluster.local"}, pod, testNode(), []string{label})
 		if err != nil {
 			return
 		}

@@ -26,9 +26,9 @@ type ClusterSPIFFEID struct {
 	Status ClusterSPIFFEIDStatus `json:"status,omitempty"`
 }
 
-// ClusterSPIFFEIDSpec is SPIRE's ClusterSPIFFEID spec, less what Signet has
-// no use for (downstream, fallback, className), plus hint. Templates are Go
-// text/template over TemplateData.
+// ClusterSPIFFEIDSpec is SPIRE's ClusterSPIFFEID spec, less downstream
+// (Signet has no nested servers). Templates are Go text/template over
+// TemplateData.
 type ClusterSPIFFEIDSpec struct {
 	// SPIFFEIDTemplate renders the workload's SPIFFE ID.
 	SPIFFEIDTemplate string `json:"spiffeIDTemplate"`
@@ -46,6 +46,18 @@ type ClusterSPIFFEIDSpec struct {
 	FederatesWith []string `json:"federatesWith,omitempty"`
 	Hint          string   `json:"hint,omitempty"`
 	Admin         bool     `json:"admin,omitempty"`
+	// AutoPopulateDNSNames adds the names of the Services whose
+	// EndpointSlices list the pod: svc, svc.ns, svc.ns.svc and, with the
+	// controller's cluster_domain, svc.ns.svc.<cluster domain>.
+	AutoPopulateDNSNames bool `json:"autoPopulateDNSNames,omitempty"`
+	// Fallback applies this resource to a pod only when no resource
+	// without Fallback selects it: a default identity that specific ones
+	// replace.
+	Fallback bool `json:"fallback,omitempty"`
+	// ClassName picks the controller that handles the resource (the
+	// controller's class_name); empty is handled by a controller with no
+	// class_name or with watch_classless.
+	ClassName string `json:"className,omitempty"`
 }
 
 // ClusterSPIFFEIDStatus is what the controller made of the resource.

@@ -36,7 +36,7 @@ func watchErrorHint(resource string, err error) (string, slog.Level) {
 		return fmt.Sprintf("kubernetes controller: the API server has no %s.%s/%s: install the ClusterSPIFFEID CRD (deploy/base/crd-clusterspiffeid.yaml, or the Helm chart's crds/); the controller starts once it exists",
 			Resource, Group, Version), slog.LevelError
 	case apierrors.IsForbidden(err):
-		return fmt.Sprintf("kubernetes controller: the server's Kubernetes identity may not list and watch %s: grant get, list and watch on them (deploy/base/server-rbac.yaml)", resource), slog.LevelError
+		return fmt.Sprintf("kubernetes controller: the server's Kubernetes identity may not list and watch %s: grant list and watch on them (deploy/base/server-rbac.yaml)", resource), slog.LevelError
 	case apierrors.IsUnauthorized(err):
 		return "kubernetes controller: the API server does not accept the server's credentials (kubeconfig or service account token)", slog.LevelError
 	default:

@@ -133,11 +133,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Metrics:     agentapi.NewMetrics(s.metrics),
 	})
 	s.admin = adminapi.New(adminapi.Config{
-		TrustDomain: cfg.TrustDomain,
-		Store:       s.store,
-		Catalog:     s.catalog,
-		RefreshHint: refreshHint,
-		Logger:      logger,
+		TrustDomain:   cfg.TrustDomain,
+		Store:         s.store,
+		Catalog:       s.catalog,
+		RefreshHint:   refreshHint,
+		FederatesWith: cfg.Federation.Relationships,
+		Logger:        logger,
 	})
 	s.registerMetrics()
 

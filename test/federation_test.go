@@ -2,8 +2,16 @@ package test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -132,6 +140,7 @@ func TestFederationCLI(t *testing.T) {
 		{"bad trust domain", pemA, []string{"set", "--trust-domain", "C.org", "--path", "-"}, "--trust-domain"},
 		{"delete own", "", []string{"delete", "--trust-domain", "b.org"}, "own trust domain"},
 		{"delete unknown", "", []string{"delete", "--trust-domain", "nowhere.org"}, "no bundle of nowhere.org is held"},
+		{"delete a federates_with one", "", []string{"delete", "--trust-domain", "a.org", "--mode", "delete"}, "the server fetches it from https://"},
 	}
 	for _, tt := range refused {
 		if out, err := b.cli(t, tt.stdin, tt.args...); err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -142,12 +151,19 @@ func TestFederationCLI(t *testing.T) {
 		t.Fatalf("the refusals changed the list:\n%s", list2)
 	}
 
-	// An entry federates with a.org: the default (restrict) delete is refused
-	// and names the way out; dissociate drops a.org from the entry.
+	// A bundle set by hand, for a trust domain not in the config, and an
+	// entry that federates with it: the default (restrict) delete is refused
+	// and names the way out; dissociate drops c.org from the entry.
+	if out, err := b.cli(t, rootPEM(t, "c.org"), "set", "--trust-domain", "c.org", "--path", "-"); err != nil {
+		t.Fatalf("bundle set c.org: %v\n%s", err, out)
+	}
+	if list, err = b.cli(t, "", "list"); err != nil || !strings.Contains(list, "Found 2 federated bundles") {
+		t.Fatalf("list with c.org: %v\n%s", err, list)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	created, err := runSignet(t, ctx, "server", "entry", "create", "--admin-socket", b.AdminSocket, "--parent-id", "spiffe://b.org/agent/n1",
-		"--spiffe-id", "spiffe://b.org/w", "--selector", "unix:uid:1", "--federates-with", "a.org")
+		"--spiffe-id", "spiffe://b.org/w", "--selector", "unix:uid:1", "--federates-with", "c.org")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,8 +173,8 @@ func TestFederationCLI(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"delete", "--trust-domain", "a.org"}, "1 entries federate with it; choose --mode dissociate"},
-		{[]string{"delete", "--trust-domain", "a.org", "--mode", "all"}, `--mode "all": want restrict, dissociate or delete`},
+		{[]string{"delete", "--trust-domain", "c.org"}, "1 entries federate with it; choose --mode dissociate"},
+		{[]string{"delete", "--trust-domain", "c.org", "--mode", "all"}, `--mode "all": want restrict, dissociate or delete`},
 	} {
 		if out, err := b.cli(t, "", tt.args...); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%v: %v (stdout %q), want an error containing %q", tt.args, err, out, tt.want)
@@ -167,15 +183,34 @@ func TestFederationCLI(t *testing.T) {
 	if list2, _ := b.cli(t, "", "list"); list2 != list {
 		t.Fatalf("a refused delete changed the list:\n%s", list2)
 	}
-	out, err = b.cli(t, "", "delete", "--trust-domain", "a.org", "--mode", "dissociate")
-	if err != nil || !strings.Contains(out, "Deleted the bundle of a.org") || !strings.Contains(out, "Dissociated 1 entries") {
+	out, err = b.cli(t, "", "delete", "--trust-domain", "c.org", "--mode", "dissociate")
+	if err != nil || !strings.Contains(out, "Deleted the bundle of c.org") || !strings.Contains(out, "Dissociated 1 entries") {
 		t.Fatalf("delete --mode dissociate: %v %s", err, out)
 	}
-	if list, _ := b.cli(t, "", "list"); !strings.Contains(list, "Found 0 federated bundles") {
+	if list, _ := b.cli(t, "", "list"); !strings.Contains(list, "Found 1 federated bundles") || strings.Contains(list, "c.org") {
 		t.Fatalf("after delete:\n%s", list)
 	}
 	shown, err := runSignet(t, ctx, "server", "entry", "show", "--admin-socket", b.AdminSocket, "--id", strings.TrimSpace(entryID))
-	if err != nil || !strings.Contains(shown, "spiffe://b.org/w") || strings.Contains(shown, "a.org") {
+	if err != nil || !strings.Contains(shown, "spiffe://b.org/w") || strings.Contains(shown, "c.org") {
 		t.Fatalf("the entry after dissociation (%v):\n%s", err, shown)
 	}
+}
+
+// rootPEM is a self-signed CA certificate of trust domain td, as another
+// deployment's `bundle show` would print it.
+func rootPEM(t *testing.T, td string) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: td},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		URIs: []*url.URL{{Scheme: "spiffe", Host: td}}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }

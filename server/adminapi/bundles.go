@@ -99,6 +99,14 @@ func (s *Service) DeleteFederatedBundle(ctx context.Context, req *api.DeleteFede
 	if err != nil {
 		return nil, err
 	}
+	// The fetcher would write it back (https_web), or could no longer
+	// authenticate the endpoint at all (https_spiffe, which trusts the
+	// bundle it holds): either way the delete would not do what was asked.
+	for _, r := range s.cfg.FederatesWith {
+		if r.TrustDomain == td {
+			return nil, status.Errorf(codes.FailedPrecondition, "delete federated bundle of %s: the server fetches it from %s (federates_with %q in its config); remove that block and restart first, or replace the bundle with `bundle set`", td.Name(), r.URL, td.Name())
+		}
+	}
 	mode, ok := map[api.BundleDeleteMode]store.BundleDeleteMode{
 		api.BundleDeleteMode_BUNDLE_DELETE_MODE_RESTRICT:   store.BundleRestrict,
 		api.BundleDeleteMode_BUNDLE_DELETE_MODE_DISSOCIATE: store.BundleDissociate,

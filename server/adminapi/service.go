@@ -15,6 +15,7 @@ import (
 	"github.com/signetid/signet/internal/peercred"
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/catalog"
+	"github.com/signetid/signet/server/federation"
 	"github.com/signetid/signet/server/registry"
 	"github.com/signetid/signet/server/store"
 )
@@ -26,7 +27,10 @@ type Config struct {
 	Catalog     *catalog.Catalog
 	// RefreshHint is put in bundles served here.
 	RefreshHint time.Duration
-	Logger      *slog.Logger
+	// FederatesWith are the configured federation relationships, whose
+	// bundles the server fetches itself: deleting one is refused.
+	FederatesWith []federation.Relationship
+	Logger        *slog.Logger
 	// AllowedUIDs may call the API; nil means root and the process's own uid.
 	AllowedUIDs []uint32
 	Now         func() time.Time

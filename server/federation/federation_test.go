@@ -626,3 +626,21 @@ func TestAdminAPIRefusals(t *testing.T) {
 		t.Fatal("b.org still listed after delete")
 	}
 }
+
+// TestConfiguredBundleNotDeleted: the bundle of a trust domain the server
+// is configured to federate with cannot be deleted (the fetcher would put
+// it back, or, for https_spiffe, lose its trust anchor); it stays held.
+func TestConfiguredBundleNotDeleted(t *testing.T) {
+	b := startServer(t, tdB, time.Hour, "127.0.0.1:0")
+	a := startServer(t, tdA, time.Hour, "127.0.0.1:0", spiffeRel(tdB, b.FederationAddr()))
+	bootstrap(t, a, b)
+	for _, mode := range []api.BundleDeleteMode{api.BundleDeleteMode_BUNDLE_DELETE_MODE_RESTRICT, api.BundleDeleteMode_BUNDLE_DELETE_MODE_DELETE} {
+		_, err := a.Admin().DeleteFederatedBundle(context.Background(), &api.DeleteFederatedBundleRequest{TrustDomain: "b.org", Mode: mode})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "the server fetches it from https://"+b.FederationAddr()) {
+			t.Errorf("delete (%v) of a configured trust domain's bundle: %v, want FailedPrecondition naming its endpoint", mode, err)
+		}
+	}
+	if held(t, a, tdB) == nil {
+		t.Fatal("the refused delete removed the bundle")
+	}
+}

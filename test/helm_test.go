@@ -198,7 +198,7 @@ func TestHelmValues(t *testing.T) {
 		values: `
 datastore:
   type: postgres
-  postgres: {url: "postgres://signet@db:5432/signet?sslmode=require", existingSecret: pg, passwordKey: pw}
+  postgres: {url: "postgres://signet@db:5432/signet?sslmode=verify-full", existingSecret: pg, passwordKey: pw, caSecret: db-ca, caKey: tls.ca}
 server:
   replicas: 3
   podDisruptionBudget: {enabled: true}
@@ -206,7 +206,7 @@ server:
 image: {tag: v9.9.9, pullPolicy: IfNotPresent}
 `,
 		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
-			if *s.server.Spec.Replicas != 3 || s.config.Datastore != "postgres://signet@db:5432/signet?sslmode=require" {
+			if *s.server.Spec.Replicas != 3 || s.config.Datastore != "postgres://signet@db:5432/signet?sslmode=verify-full&sslrootcert=/etc/signet/postgres/ca.crt" {
 				t.Errorf("%d servers on %s", *s.server.Spec.Replicas, s.config.Datastore)
 			}
 			ref := s.server.Spec.Template.Spec.Containers[0].Env[0].ValueFrom.SecretKeyRef
@@ -216,6 +216,10 @@ image: {tag: v9.9.9, pullPolicy: IfNotPresent}
 			c := s.server.Spec.Template.Spec.Containers[0]
 			if c.Image != "ghcr.io/signetid/signet:v9.9.9" || c.ImagePullPolicy != corev1.PullIfNotPresent || c.Resources.Limits.Memory().String() != "512Mi" {
 				t.Errorf("server image %s (%s), resources %v", c.Image, c.ImagePullPolicy, c.Resources)
+			}
+			if i := slices.IndexFunc(s.server.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil && v.Secret.SecretName == "db-ca" }); i < 0 ||
+				s.server.Spec.Template.Spec.Volumes[i].Secret.Items[0].Key != "tls.ca" {
+				t.Errorf("the database CA is not mounted from Secret db-ca key tls.ca: %v", s.server.Spec.Template.Spec.Volumes)
 			}
 			pdb := object[*policyv1.PodDisruptionBudget](t, objs, "signet-server")
 			if pdb.Spec.MaxUnavailable.IntValue() != 1 || pdb.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "signet-server" {
@@ -278,6 +282,7 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"password in the ConfigMap", "datastore: {type: postgres, postgres: {url: 'postgres://s:hunter2@db/s', existingSecret: pg}}", "must not hold a password"},
 		{"password parameter in the ConfigMap", "datastore: {type: postgres, postgres: {url: 'postgres://s@db/s?password=hunter2', existingSecret: pg}}", "must not hold a password"},
 		{"unknown log level", "logLevel: verbose", "logLevel"},
+		{"two CAs for the database", "datastore: {type: postgres, postgres: {url: 'postgres://s@db/s?sslrootcert=/x', existingSecret: pg, caSecret: db-ca}}", "sets sslrootcert"},
 		{"cluster domain with a leading dot", "controller: {clusterDomain: .cluster.local}", "clusterDomain"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -327,13 +327,64 @@ func checkDatastore(t *testing.T, s signetSystem) {
 	if i < 0 || ctr.Env[i].ValueFrom == nil || ctr.Env[i].ValueFrom.SecretKeyRef == nil {
 		t.Fatalf("PostgreSQL server: PGPASSWORD does not come from a Secret (env %v)", ctr.Env)
 	}
+	if ca := u.Query().Get("sslrootcert"); ca != "" {
+		if !mounted(pod, ctr.Name, ca) {
+			t.Errorf("datastore sslrootcert %s is on no volume of the server container", ca)
+		}
+		// The driver reads the CA file as it parses: here a stand-in for
+		// the mounted one.
+		q := u.Query()
+		q.Set("sslrootcert", writeTestFile(t, t.TempDir(), "ca.crt", rootPEM(t, "db.example")))
+		u.RawQuery = q.Encode()
+	}
 	// The driver the store uses takes the password from the environment.
 	t.Setenv("PGPASSWORD", "from-the-secret")
-	pc, err := pgxpool.ParseConfig(s.config.Datastore)
+	pc, err := pgxpool.ParseConfig(u.String())
 	if err != nil {
 		t.Fatalf("datastore URL: %v", err)
 	}
 	if pc.ConnConfig.Password != "from-the-secret" {
 		t.Errorf("pgx does not use PGPASSWORD with %s", s.config.Datastore)
 	}
+}
+
+// mounted reports whether a volume of container can provide the file at
+// path: the deepest mount above it is a Secret or ConfigMap volume holding
+// that file (a key, or an item's path), or a volume whose content the
+// manifests do not show.
+func mounted(pod corev1.PodSpec, container, path string) bool {
+	var mount *corev1.VolumeMount
+	for _, c := range pod.Containers {
+		if c.Name != container {
+			continue
+		}
+		for i, m := range c.VolumeMounts {
+			if strings.HasPrefix(path, strings.TrimSuffix(m.MountPath, "/")+"/") && (mount == nil || len(m.MountPath) > len(mount.MountPath)) {
+				mount = &c.VolumeMounts[i]
+			}
+		}
+	}
+	if mount == nil {
+		return false
+	}
+	rel := strings.TrimPrefix(path, strings.TrimSuffix(mount.MountPath, "/")+"/")
+	for _, v := range pod.Volumes {
+		if v.Name != mount.Name {
+			continue
+		}
+		var items []corev1.KeyToPath
+		switch {
+		case v.Secret != nil:
+			items = v.Secret.Items
+		case v.ConfigMap != nil:
+			items = v.ConfigMap.Items
+		default:
+			return true
+		}
+		if len(items) == 0 {
+			return !strings.Contains(rel, "/") // keys hold no slash
+		}
+		return slices.ContainsFunc(items, func(k corev1.KeyToPath) bool { return k.Path == rel })
+	}
+	return false
 }

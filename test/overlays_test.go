@@ -1,6 +1,7 @@
 package test
 
 import (
+	"net/url"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -31,6 +32,11 @@ func TestDeployOverlays(t *testing.T) {
 			}
 			if !strings.HasPrefix(s.config.Datastore, "postgres://") || *s.server.Spec.Replicas < 2 {
 				t.Errorf("production: %d servers on %s, want several on PostgreSQL", *s.server.Spec.Replicas, s.config.Datastore)
+			}
+			// The database's certificate is verified (checkSignetSystem
+			// checks that the CA file is mounted).
+			if u, err := url.Parse(s.config.Datastore); err != nil || u.Query().Get("sslmode") != "verify-full" || u.Query().Get("sslrootcert") == "" {
+				t.Errorf("production datastore %s: want sslmode=verify-full with sslrootcert (%v)", s.config.Datastore, err)
 			}
 			pdb := object[*policyv1.PodDisruptionBudget](t, objs, "signet-server")
 			sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)

@@ -62,5 +62,11 @@ The PostgreSQL URL goes into a ConfigMap: refuse one carrying a password
 {{- if contains "password=" $url -}}
 {{- fail "datastore.postgres.url must not hold a password parameter: put the password in the Secret datastore.postgres.existingSecret" -}}
 {{- end -}}
+{{- if .Values.datastore.postgres.caSecret -}}
+{{- if contains "sslrootcert=" $url -}}
+{{- fail "datastore.postgres.url sets sslrootcert: with datastore.postgres.caSecret the chart sets it to the mounted CA" -}}
+{{- end -}}
+{{- $url = printf "%s%ssslrootcert=/etc/signet/postgres/ca.crt" $url (ternary "&" "?" (contains "?" $url)) -}}
+{{- end -}}
 {{- $url -}}
 {{- end -}}

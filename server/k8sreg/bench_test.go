@@ -4,20 +4,25 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/signetid/signet/internal/selector"
 )
 
 // BenchmarkDesired renders the desired entries of a cluster of 5000 pods on
-// 100 nodes with two ClusterSPIFFEIDs: the CPU cost of one reconcile before
-// the store is compared.
+// 100 nodes, behind 500 Services, with two ClusterSPIFFEIDs (one adding the
+// Services' names): the CPU cost of one reconcile before the store is
+// compared, the EndpointSlice index included.
 func BenchmarkDesired(b *testing.B) {
-	c := &Controller{opts: Options{TrustDomain: td, Cluster: "prod", IgnoreNamespaces: DefaultIgnoreNamespaces, Logger: slog.New(slog.DiscardHandler)}}
+	c := &Controller{opts: Options{TrustDomain: td, Cluster: "prod", ClusterDomain: "cluster.local", IgnoreNamespaces: DefaultIgnoreNamespaces, Logger: slog.New(slog.DiscardHandler)}}
 	w := world{namespaces: map[string]*corev1.Namespace{}, nodes: map[string]*corev1.Node{}}
 	for i := range 100 {
 		n := fmt.Sprintf("node-%d", i)
@@ -33,18 +38,35 @@ func BenchmarkDesired(b *testing.B) {
 		p.Spec.NodeName = fmt.Sprintf("node-%d", i%100)
 		w.pods = append(w.pods, p)
 	}
+	// Service i%500 of the pod's namespace routes to pod i (10 pods each).
+	var eps []*discoveryv1.EndpointSlice
+	for s := range 500 {
+		slice := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%d", s%50),
+			Labels: map[string]string{discoveryv1.LabelServiceName: fmt.Sprintf("svc-%d", s), discoveryv1.LabelManagedBy: "endpointslice-controller.k8s.io"}}}
+		for i := s; i < 5000; i += 500 {
+			p := w.pods[i]
+			slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: p.Namespace, UID: p.UID}})
+		}
+		eps = append(eps, slice)
+	}
 	for i, spec := range []ClusterSPIFFEIDSpec{
-		{SPIFFEIDTemplate: "spiffe://example.org/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"},
+		{SPIFFEIDTemplate: "spiffe://example.org/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}", AutoPopulateDNSNames: true},
 		{SPIFFEIDTemplate: "spiffe://example.org/pod/{{ .PodMeta.Name }}", WorkloadSelectorTemplates: []string{"k8s:ns:{{ .PodMeta.Namespace }}"}},
 	} {
 		m, _ := runtime.DefaultUnstructuredConverter.ToUnstructured(&spec)
 		w.crs = append(w.crs, &unstructured.Unstructured{Object: map[string]any{"metadata": map[string]any{"name": fmt.Sprint(i)}, "spec": m}})
 	}
 	b.ReportAllocs()
+	var d desiredState
 	for b.Loop() {
-		if d := c.desired(w); len(d.entries) != 10000 {
-			b.Fatalf("%d entries, want 10000", len(d.entries))
-		}
+		w.services = podServices(eps)
+		d = c.desired(w)
+	}
+	if len(d.entries) != 10000 {
+		b.Fatalf("%d entries, want 10000", len(d.entries))
+	}
+	if e := d.entries[entryIDOf(d, "pod-uid-7", "spiffe://example.org/ns/ns-7/sa/checkout")]; len(e.DNSNames) != 4 {
+		b.Fatalf("pod 7's entry has DNS names %v, want its Service's 4", e.DNSNames)
 	}
 }
 
@@ -69,4 +91,15 @@ func BenchmarkFirstReconcile(b *testing.B) {
 			b.Fatal(err, failures)
 		}
 	}
+}
+
+// entryIDOf finds the ID of the desired entry of SPIFFE ID id for the pod
+// of uid.
+func entryIDOf(d desiredState, uid, id string) string {
+	for k, e := range d.entries {
+		if e.SPIFFEID.String() == id && slices.Contains(selector.Strings(e.Selectors), "k8s:pod-uid:"+uid) {
+			return k
+		}
+	}
+	return ""
 }

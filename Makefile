@@ -6,6 +6,9 @@ PKGS      ?= ./...
 # (mounts, nginx, PostgreSQL, the built binary) without, to keep CI short.
 RACE_PKGS ?= ./server/... ./agent/... ./internal/...
 FUZZTIME  ?= 6s
+# Extra flags for the fuzz runs; make test passes -parallel=1 (one worker) as
+# they share the machine with the end-to-end tests.
+FUZZFLAGS ?=
 # package:FuzzTarget pairs run briefly by `make test` (`make fuzz FUZZTIME=5m` for longer).
 FUZZ_TARGETS ?= \
 	./internal/ids:FuzzParseID \
@@ -21,7 +24,7 @@ FUZZ_TARGETS ?= \
 	./server/federation:FuzzResolveConfig \
 	./server/k8sreg:FuzzRender
 
-.PHONY: all build test test-race-core fuzz bench demo lint deps proto clean kube-bins
+.PHONY: all build test test-race-core test-kube-e2e fuzz bench demo lint deps proto clean kube-bins
 
 all: build
 
@@ -36,19 +39,22 @@ deps:
 # test is everything CI runs: lint, unit + integration + end-to-end tests, and
 # a short run of every fuzz target.
 #
-# kube-bins compiles for minutes on a fresh machine, so it runs beside the
-# race tests of the packages that do not need a kube-apiserver (KUBE_PKGS
-# do); those wait for it.
+# On 2 cores the long compiles share the machine with tests that mostly
+# wait: kube-bins runs beside the race tests of the packages that need no
+# kube-apiserver, and the fuzz targets (whose instrumented build is the
+# other long compile) beside the tests that do, and the end-to-end tests.
 test: deps lint
 	@$(MAKE) --no-print-directory -j2 kube-bins test-race-core
-	$(KUBE_ENV) $(GO) test -race -count=1 -timeout 20m $(KUBE_RACE_PKGS)
-	$(KUBE_ENV) $(GO) test -count=1 -timeout 20m $$($(GO) list $(PKGS) | grep -Ev '/(server|agent|internal)(/|$$)')
-	@$(MAKE) --no-print-directory fuzz
+	@$(MAKE) --no-print-directory -j2 test-kube-e2e fuzz FUZZFLAGS=-parallel=1
 
 KUBE_RACE_PKGS = ./server/k8sreg ./internal/kubetest
 
 test-race-core:
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list $(RACE_PKGS) | grep -vxF "$$($(GO) list $(KUBE_RACE_PKGS))")
+
+test-kube-e2e:
+	$(KUBE_ENV) $(GO) test -race -count=1 -timeout 20m $(KUBE_RACE_PKGS)
+	$(KUBE_ENV) $(GO) test -count=1 -timeout 20m $$($(GO) list $(PKGS) | grep -Ev '/(server|agent|internal)(/|$$)')
 
 # kube-bins builds a real etcd and kube-apiserver from the Go module proxy
 # (test/kube/*: their own modules, so k8s.io/kubernetes stays out of go.mod)
@@ -68,7 +74,7 @@ fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
-		$(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$(FUZZTIME) $$pkg; \
+		$(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$(FUZZTIME) $(FUZZFLAGS) $$pkg; \
 	done
 
 bench: deps build

@@ -587,6 +587,14 @@ func TestClasses(t *testing.T) {
 		}
 		c.apply(t, name, spec)
 	}
+	// Another class's resource that does not even decode (a TTL that is
+	// no duration) is still not this controller's to report on.
+	broken := &unstructured.Unstructured{Object: map[string]any{"apiVersion": Group + "/" + Version, "kind": Kind,
+		"metadata": map[string]any{"name": "us-broken"},
+		"spec":     map[string]any{"spiffeIDTemplate": "spiffe://example.org/x", "className": "signet-us", "ttl": "banana"}}}
+	if _, err := c.dyn.Resource(GVR).Create(context.Background(), broken, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	entry := func(name string) string {
 		return "spiffe://example.org/" + name + "/web " + agent + " k8s:pod-uid:" + string(web.UID)
 	}
@@ -606,8 +614,14 @@ func TestClasses(t *testing.T) {
 			wantEntries(t, st, tc.want...)
 		})
 	}
-	if st, _ := c.status(t, "us"); len(st.Conditions) != 0 || st.Stats != (ClusterSPIFFEIDStats{}) {
-		t.Errorf("a resource of no running controller's class got a status: %+v", st)
+	for _, name := range []string{"us", "us-broken"} {
+		u, err := c.dyn.Resource(GVR).Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, ok := u.Object["status"]; ok {
+			t.Errorf("%s, of no running controller's class, got a status: %v", name, st)
+		}
 	}
 }
 

@@ -87,11 +87,13 @@ func (c *Controller) desired(w world) desiredState {
 	}
 	var specific, fallback []parsed
 	for _, u := range w.crs {
-		var cr ClusterSPIFFEID
-		err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &cr)
-		if err == nil && !c.handles(cr.Spec.ClassName) {
+		// The class is read first, so that a resource of another class that
+		// does not even decode is left to its own controller.
+		if class, _, _ := unstructured.NestedString(u.Object, "spec", "className"); !c.handles(class) {
 			continue // another controller's: not even its status is ours
 		}
+		var cr ClusterSPIFFEID
+		err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &cr)
 		r := &result{obj: u}
 		d.results = append(d.results, r)
 		var s *spec

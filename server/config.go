@@ -76,6 +76,13 @@ type K8sControllerConfig struct {
 	// className (and classless ones with WatchClassless).
 	ClassName      string `hcl:"class_name"`
 	WatchClassless bool   `hcl:"watch_classless"`
+	// LeaderElection lets one of the servers sharing a store run the
+	// controller at a time, through the Lease LeaderElectionLease (default
+	// signet-controller-<cluster>[-<class_name>]) in
+	// LeaderElectionNamespace (default: the server pod's namespace).
+	LeaderElection          bool   `hcl:"leader_election"`
+	LeaderElectionNamespace string `hcl:"leader_election_namespace"`
+	LeaderElectionLease     string `hcl:"leader_election_lease"`
 
 	// Line is where the block starts, for errors found after parsing.
 	Line               int                    `hcl:"-"`
@@ -371,6 +378,28 @@ func (c *K8sControllerConfig) resolve(clusters []K8sPSATCluster) (*K8sController
 	}
 	if c.WatchClassless && c.ClassName == "" {
 		return nil, fmt.Errorf("%s: watch_classless needs class_name: without one, the controller handles only ClusterSPIFFEIDs with no className already", at)
+	}
+	if !c.LeaderElection {
+		if c.LeaderElectionNamespace != "" || c.LeaderElectionLease != "" {
+			return nil, fmt.Errorf("%s: leader_election_namespace and leader_election_lease need leader_election = true", at)
+		}
+		return &out, nil
+	}
+	if c.LeaderElectionNamespace != "" {
+		if errs := validation.ValidateNamespaceName(c.LeaderElectionNamespace, false); len(errs) > 0 {
+			return nil, fmt.Errorf("%s: leader_election_namespace %q is not a namespace name: %s", at, c.LeaderElectionNamespace, strings.Join(errs, "; "))
+		}
+	}
+	if out.LeaderElectionLease == "" {
+		out.LeaderElectionLease = "signet-controller-" + c.Cluster
+		if c.ClassName != "" {
+			out.LeaderElectionLease += "-" + c.ClassName
+		}
+		if errs := utilvalidation.IsDNS1123Subdomain(out.LeaderElectionLease); len(errs) > 0 {
+			return nil, fmt.Errorf("%s: the default leader_election_lease %q is not an object name (%s); set leader_election_lease", at, out.LeaderElectionLease, strings.Join(errs, "; "))
+		}
+	} else if errs := utilvalidation.IsDNS1123Subdomain(c.LeaderElectionLease); len(errs) > 0 {
+		return nil, fmt.Errorf("%s: leader_election_lease %q is not an object name: %s", at, c.LeaderElectionLease, strings.Join(errs, "; "))
 	}
 	return &out, nil
 }

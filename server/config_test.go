@@ -121,6 +121,29 @@ k8s_psat "dev" {
 		{name: "k8s_controller unknown key", in: "trust_domain = \"a.org\"\nk8s_controller {\n cluster = \"a\"\n ignore_namespace = [\"x\"]\n}", wantErr: "k8s_controller: ignore_namespace (line 4)"},
 		{name: "k8s_controller bad namespace", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n ignore_namespaces = [\"Kube System\"]\n}", wantErr: `ignore_namespaces: "Kube System" is not a namespace name`},
 		{name: "k8s_controller bad cluster domain", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n cluster_domain = \".cluster.local\"\n}", wantErr: `cluster_domain ".cluster.local" is not a DNS domain`},
+		{
+			name: "k8s_controller leader election defaults",
+			in:   "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n class_name = \"eu\"\n leader_election = true\n}",
+			check: func(t *testing.T, c Config) {
+				k := c.K8sController
+				if k == nil || !k.LeaderElection || k.LeaderElectionLease != "signet-controller-prod-eu" || k.LeaderElectionNamespace != "" {
+					t.Fatalf("k8s_controller %+v", k)
+				}
+			},
+		},
+		{
+			name: "k8s_controller leader election settings",
+			in:   "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n leader_election = true\n leader_election_namespace = \"signet\"\n leader_election_lease = \"ctl\"\n}",
+			check: func(t *testing.T, c Config) {
+				if k := c.K8sController; k == nil || k.LeaderElectionLease != "ctl" || k.LeaderElectionNamespace != "signet" {
+					t.Fatalf("k8s_controller %+v", k)
+				}
+			},
+		},
+		{name: "k8s_controller lease without leader election", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n leader_election_lease = \"ctl\"\n}", wantErr: "leader_election_lease need leader_election = true"},
+		{name: "k8s_controller bad lease namespace", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n leader_election = true\n leader_election_namespace = \"Signet\"\n}", wantErr: `leader_election_namespace "Signet" is not a namespace name`},
+		{name: "k8s_controller bad lease name", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n leader_election = true\n leader_election_lease = \"a_b\"\n}", wantErr: `leader_election_lease "a_b" is not an object name`},
+		{name: "k8s_controller default lease name invalid", in: "trust_domain = \"a.org\"\nk8s_psat \"Prod_1\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"Prod_1\"\n leader_election = true\n}", wantErr: `the default leader_election_lease "signet-controller-Prod_1" is not an object name`},
 		{name: "k8s_controller watch_classless alone", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n watch_classless = true\n}", wantErr: "watch_classless needs class_name"},
 		{name: "k8s_psat bad cluster name", in: "trust_domain = \"a.org\"\nk8s_psat \"prod/eu\" {\n service_account_allow_list = [\"a:b\"]\n}", wantErr: "one SPIFFE path segment"},
 	}

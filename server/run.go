@@ -202,9 +202,23 @@ func newK8sController(cfg Config, st store.Store, logger *slog.Logger) (*k8sreg.
 	if err != nil {
 		return nil, fmt.Errorf("k8s_controller: %w", err)
 	}
-	return k8sreg.New(k8sreg.Options{Client: client, Dynamic: dyn, Store: st, TrustDomain: cfg.TrustDomain,
+	opts := k8sreg.Options{Client: client, Dynamic: dyn, Store: st, TrustDomain: cfg.TrustDomain,
 		Cluster: c.Cluster, IgnoreNamespaces: c.IgnoreNamespaces, ClusterDomain: c.ClusterDomain,
-		ClassName: c.ClassName, WatchClassless: c.WatchClassless, Logger: logger.With("component", "k8s_controller")})
+		ClassName: c.ClassName, WatchClassless: c.WatchClassless, Logger: logger.With("component", "k8s_controller")}
+	if c.LeaderElection {
+		ns := c.LeaderElectionNamespace
+		if ns == "" {
+			if ns, err = k8sreg.PodNamespace(); err != nil {
+				return nil, fmt.Errorf("k8s_controller: set leader_election_namespace when the server does not run in a pod: %w", err)
+			}
+		}
+		leaseClient, _, err := k8sreg.Clients(c.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("k8s_controller: %w", err)
+		}
+		opts.LeaderElection = &k8sreg.LeaderElection{Namespace: ns, Name: c.LeaderElectionLease, Client: leaseClient}
+	}
+	return k8sreg.New(opts)
 }
 
 // Addr is the agent API's bound address.
@@ -484,4 +498,14 @@ func (s *Server) registerMetrics() {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_server_agents", Help: "Attested agents."},
 			func() float64 { snap, _ := s.catalog.Current(); return float64(len(snap.Nodes)) }),
 	)
+	if s.k8sReg != nil {
+		s.metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_server_k8s_controller_leading",
+			Help: "1 while this server runs the Kubernetes registration controller (it holds the lease, with leader_election)."},
+			func() float64 {
+				if s.k8sReg.Leading() {
+					return 1
+				}
+				return 0
+			}))
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -49,8 +50,9 @@ var (
 	configMapsResource = &resource{gv: corev1.SchemeGroupVersion, plural: "configmaps", kind: "ConfigMap", namespaced: true, builtin: true}
 	serviceAccounts    = &resource{gv: corev1.SchemeGroupVersion, plural: "serviceaccounts", kind: "ServiceAccount", namespaced: true, builtin: true}
 	endpointSlices     = &resource{gv: discoveryv1.SchemeGroupVersion, plural: "endpointslices", kind: "EndpointSlice", namespaced: true, builtin: true}
+	leases             = &resource{gv: coordinationv1.SchemeGroupVersion, plural: "leases", kind: "Lease", namespaced: true, builtin: true}
 	clusterSPIFFEIDs   = &resource{gv: schema.GroupVersion{Group: "signetid.io", Version: "v1alpha1"}, plural: "clusterspiffeids", kind: "ClusterSPIFFEID", status: true}
-	resources          = []*resource{podsResource, nodesResource, namespacesResource, configMapsResource, serviceAccounts, endpointSlices, clusterSPIFFEIDs}
+	resources          = []*resource{podsResource, nodesResource, namespacesResource, configMapsResource, serviceAccounts, endpointSlices, leases, clusterSPIFFEIDs}
 )
 
 // event is one change, as a watch reports it.

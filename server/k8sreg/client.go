@@ -2,6 +2,8 @@ package k8sreg
 
 import (
 	"fmt"
+	"os"
+	"strings"
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -31,4 +33,17 @@ func Clients(kubeconfig string) (kubernetes.Interface, dynamic.Interface, error)
 		return nil, nil, fmt.Errorf("kubernetes dynamic client: %w", err)
 	}
 	return client, dyn, nil
+}
+
+// podNamespaceFile is where the kubelet puts the pod's namespace, beside
+// its service account token.
+const podNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// PodNamespace is the namespace of the pod the server runs in.
+func PodNamespace() (string, error) {
+	b, err := os.ReadFile(podNamespaceFile)
+	if err != nil {
+		return "", fmt.Errorf("the server's pod namespace: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }

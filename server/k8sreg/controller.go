@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -64,7 +65,10 @@ type Options struct {
 	// Resync reconciles this often with no change seen, repairing the
 	// store if it was changed behind the controller; default DefaultResync.
 	Resync time.Duration
-	Logger *slog.Logger
+	// LeaderElection, when set, runs the controller on one server of
+	// those that share it at a time; unset, this server always runs it.
+	LeaderElection *LeaderElection
+	Logger         *slog.Logger
 }
 
 // Controller keeps the store's controller-owned entries equal to what the
@@ -72,6 +76,7 @@ type Options struct {
 type Controller struct {
 	opts    Options
 	trigger chan struct{}
+	leading atomic.Bool
 }
 
 // New checks opts and returns a Controller; Run starts it.
@@ -101,6 +106,16 @@ func New(opts Options) (*Controller, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.LeaderElection != nil {
+		le := *opts.LeaderElection
+		if le.Client == nil {
+			le.Client = opts.Client
+		}
+		if err := le.check(); err != nil {
+			return nil, fmt.Errorf("kubernetes controller: %w", err)
+		}
+		opts.LeaderElection = &le
+	}
 	return &Controller{opts: opts, trigger: make(chan struct{}, 1)}, nil
 }
 
@@ -113,10 +128,22 @@ func (c *Controller) site() site {
 	return site{td: c.opts.TrustDomain, cluster: c.opts.Cluster, clusterDomain: c.opts.ClusterDomain}
 }
 
-// Run watches the cluster and reconciles until ctx ends. Reconcile
-// failures (store or API server down) are retried with backoff; they never
-// stop the server.
+// Run watches the cluster and reconciles until ctx ends, while this server
+// leads if the controller has LeaderElection. Reconcile failures (store or
+// API server down) are retried with backoff; they never stop the server.
 func (c *Controller) Run(ctx context.Context) error {
+	if c.opts.LeaderElection != nil {
+		return c.runElected(ctx)
+	}
+	c.leading.Store(true)
+	defer c.leading.Store(false)
+	return c.run(ctx)
+}
+
+// Leading reports whether this server runs the controller now.
+func (c *Controller) Leading() bool { return c.leading.Load() }
+
+func (c *Controller) run(ctx context.Context) error {
 	factory := informers.NewSharedInformerFactoryWithOptions(c.opts.Client, 0,
 		informers.WithTransform(stripManagedFields))
 	dfactory := dynamicinformer.NewDynamicSharedInformerFactory(c.opts.Dynamic, 0)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -207,8 +208,8 @@ func sqliteStore(t testing.TB) store.Store {
 }
 
 // start runs a controller, its options changed by each of with, until the
-// test ends.
-func (c *cluster) start(t *testing.T, st store.Store, with ...func(*Options)) {
+// test ends or stop is called.
+func (c *cluster) start(t *testing.T, st store.Store, with ...func(*Options)) (ctrl *Controller, stop func()) {
 	t.Helper()
 	opts := Options{Client: c.client, Dynamic: c.dyn, Store: st, TrustDomain: td, Cluster: "prod",
 		IgnoreNamespaces: DefaultIgnoreNamespaces, Debounce: 20 * time.Millisecond,
@@ -223,12 +224,17 @@ func (c *cluster) start(t *testing.T, st store.Store, with ...func(*Options)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ctrl.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("controller: %v", err)
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("controller: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return ctrl, stop
 }
 
 type testWriter struct{ t *testing.T }

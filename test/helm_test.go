@@ -150,6 +150,9 @@ func parseConf(t *testing.T, cm *corev1.ConfigMap) server.FileConfig {
 	if err != nil {
 		t.Fatalf("ConfigMap %s: %v", cm.Name, err)
 	}
+	if fc.K8sController != nil {
+		fc.K8sController.Line = 0 // where the block starts is no setting
+	}
 	return fc
 }
 
@@ -186,6 +189,9 @@ func TestHelmValues(t *testing.T) {
 		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
 			if s.config.TrustDomain.Name() != "prod.acme.io" || s.config.K8sPSAT[0].Name != "eu-1" {
 				t.Errorf("trust domain %s, clusters %v", s.config.TrustDomain, s.config.K8sPSAT)
+			}
+			if c := s.config.K8sController; c == nil || !c.LeaderElection || c.LeaderElectionNamespace != "identity" {
+				t.Errorf("k8s_controller %+v: want its Lease in the release namespace", c)
 			}
 			for _, o := range objs {
 				if k := keyOf(t, o); k.Namespace != "" && k.Namespace != "identity" {
@@ -257,6 +263,19 @@ csi: {enabled: false}
 		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
 			if c := s.config.K8sController; c == nil || c.ClassName != "signet-eu" || !c.WatchClassless || c.ClusterDomain != "" {
 				t.Errorf("k8s_controller %+v", c)
+			}
+		},
+	}, {
+		name: "controller without leader election", ns: "signet-system",
+		values: "controller: {leaderElection: false}\n",
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			if c := s.config.K8sController; c == nil || c.LeaderElection {
+				t.Errorf("k8s_controller %+v", c)
+			}
+			for _, o := range objs {
+				if k := keyOf(t, o); strings.Contains(k.Name, "leader") {
+					t.Errorf("leaderElection false still renders %v", k)
+				}
 			}
 		},
 	}} {

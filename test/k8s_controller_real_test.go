@@ -83,8 +83,11 @@ k8s_psat "prod" {
   kubeconfig = %q
 }
 k8s_controller {
-  cluster        = "prod"
-  cluster_domain = "cluster.local"
+  cluster                   = "prod"
+  cluster_domain            = "cluster.local"
+  leader_election           = true
+  leader_election_namespace = "signet-system"
+  leader_election_lease     = "signet-controller"
 }
 `, c.serverKubeconfig(t, dir))), 0o600); err != nil {
 		t.Fatal(err)
@@ -111,6 +114,15 @@ k8s_controller {
 		entries, _, _ := unstructured.NestedInt64(u.Object, "status", "stats", "entriesToSet")
 		return pods == 1 && entries == 1
 	})
+	// It reconciled as the holder of deploy/base's Lease (the Role there
+	// grants it), and says so on its metrics.
+	lease, err := kube.Client().CoordinationV1().Leases("signet-system").Get(ctx, "signet-controller", metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
+		t.Fatalf("the controller's Lease: %v %+v", err, lease)
+	}
+	if m := srv.metrics(t); !strings.Contains(m, "signet_server_k8s_controller_leading 1") {
+		t.Errorf("metrics do not show the server leading:\n%s", m)
+	}
 	if out := srv.proc.Output(); strings.Contains(out, "forbidden") {
 		t.Fatalf("the controller was refused something by RBAC:\n%s", out)
 	}

@@ -144,7 +144,8 @@ type signetSystem struct {
 // whichever tool rendered it: the server's config is one the real parser
 // accepts, the agents attest to a cluster it knows with a token it accepts,
 // name its trust domain, reach its Service, read the bundle it publishes,
-// the datastore is wired as its type needs, and every flag exists.
+// the datastore is wired as its type needs, the server's RBAC grants what
+// its config asks of the cluster, and every flag exists.
 func checkSignetSystem(t *testing.T, objs []runtime.Object) signetSystem {
 	t.Helper()
 	var s signetSystem
@@ -231,6 +232,7 @@ func checkSignetSystem(t *testing.T, objs []runtime.Object) signetSystem {
 	}
 
 	checkDatastore(t, s)
+	checkServerRBAC(t, objs, s)
 
 	for _, p := range podSpecs(objs) {
 		for _, c := range p.spec.Containers {

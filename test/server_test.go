@@ -45,6 +45,21 @@ func startServerProc(t testing.TB, extra ...string) *serverEnv {
 	return s
 }
 
+// metrics is the server's Prometheus text exposition.
+func (s *serverEnv) metrics(t testing.TB) string {
+	t.Helper()
+	resp, err := http.Get("http://" + s.Health + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
 func (s *serverEnv) cli(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -162,17 +177,9 @@ func TestServerCLITokenBundleHealth(t *testing.T) {
 			t.Errorf("%s = %d", path, resp.StatusCode)
 		}
 	}
-	resp, err := http.Get("http://" + s.Health + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	body := s.metrics(t)
 	for _, m := range []string{"signet_server_entries 0", "signet_server_agents 0", "go_goroutines"} {
-		if !strings.Contains(string(body), m) {
+		if !strings.Contains(body, m) {
 			t.Errorf("metrics lack %q", m)
 		}
 	}

@@ -495,32 +495,24 @@ func dedupHints(recs []*record) []*record {
 	return out
 }
 
-// stateLocked computes a subscriber's complete state.
-func (c *Cache) stateLocked(s *subscription) *WorkloadState {
+// servedLocked returns the records whose SVIDs a workload is served: live,
+// matching, with a usable SVID, hints unique.
+func (c *Cache) servedLocked(set selector.Set, sels []selector.Selector) []*record {
 	now := c.opts.Now()
 	var served []*record
-	for _, r := range c.matchLocked(s.set, s.selectors) {
+	for _, r := range c.matchLocked(set, sels) {
 		if usable(r.svid, now) {
 			served = append(served, r)
 		}
 	}
-	served = dedupHints(served)
-	st := &WorkloadState{}
-	if c.own != nil {
-		st.Bundle = c.own.X509Bundle()
-		st.JWTBundles = append(st.JWTBundles, c.own.JWTBundle())
-	} else {
-		st.Bundle = x509bundle.New(c.opts.TrustDomain)
-	}
+	return dedupHints(served)
+}
+
+// federatedLocked returns the bundles of the trust domains the served
+// records federate with, sorted by trust domain, own trust domain excluded.
+func (c *Cache) federatedLocked(served []*record) []*spiffebundle.Bundle {
 	feds := make(map[spiffeid.TrustDomain]bool)
 	for _, r := range served {
-		st.SVIDs = append(st.SVIDs, &x509svid.SVID{
-			ID:           r.svid.ID,
-			Certificates: r.svid.Certificates,
-			PrivateKey:   r.svid.PrivateKey,
-			Hint:         r.entry.Hint,
-		})
-		st.KeysDER = append(st.KeysDER, r.keyDER)
 		for _, td := range r.entry.FederatesWith {
 			feds[td] = true
 		}
@@ -532,8 +524,33 @@ func (c *Cache) stateLocked(s *subscription) *WorkloadState {
 		}
 	}
 	slices.SortFunc(tds, func(a, b spiffeid.TrustDomain) int { return strings.Compare(a.Name(), b.Name()) })
+	out := make([]*spiffebundle.Bundle, 0, len(tds))
 	for _, td := range tds {
-		b := c.federated[td]
+		out = append(out, c.federated[td])
+	}
+	return out
+}
+
+// stateLocked computes a subscriber's complete state.
+func (c *Cache) stateLocked(s *subscription) *WorkloadState {
+	served := c.servedLocked(s.set, s.selectors)
+	st := &WorkloadState{}
+	if c.own != nil {
+		st.Bundle = c.own.X509Bundle()
+		st.JWTBundles = append(st.JWTBundles, c.own.JWTBundle())
+	} else {
+		st.Bundle = x509bundle.New(c.opts.TrustDomain)
+	}
+	for _, r := range served {
+		st.SVIDs = append(st.SVIDs, &x509svid.SVID{
+			ID:           r.svid.ID,
+			Certificates: r.svid.Certificates,
+			PrivateKey:   r.svid.PrivateKey,
+			Hint:         r.entry.Hint,
+		})
+		st.KeysDER = append(st.KeysDER, r.keyDER)
+	}
+	for _, b := range c.federatedLocked(served) {
 		st.FederatedBundles = append(st.FederatedBundles, b.X509Bundle())
 		st.JWTBundles = append(st.JWTBundles, b.JWTBundle())
 	}
@@ -571,15 +588,17 @@ func (c *Cache) FetchJWTSVIDs(ctx context.Context, selectors []selector.Selector
 	return out, nil
 }
 
-// JWTBundles implements Provider.
-func (c *Cache) JWTBundles() *jwtbundle.Set {
+// JWTBundles implements Provider: the same bundles stateLocked gives a
+// subscriber with these selectors.
+func (c *Cache) JWTBundles(selectors []selector.Selector) *jwtbundle.Set {
+	sels := selector.Sort(slices.Clone(selectors))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	set := jwtbundle.NewSet()
 	if c.own != nil {
 		set.Add(c.own.JWTBundle())
 	}
-	for _, b := range c.federated {
+	for _, b := range c.federatedLocked(c.servedLocked(selector.NewSet(sels...), sels)) {
 		set.Add(b.JWTBundle())
 	}
 	return set

@@ -433,7 +433,7 @@ func TestFetchJWTSVIDs(t *testing.T) {
 	if _, err := c.FetchJWTSVIDs(ctx, sels(t, "unix:uid:99"), spiffeid.ID{}, []string{"x"}); !errors.Is(err, ErrNoIdentity) {
 		t.Fatalf("no match: err = %v, want ErrNoIdentity", err)
 	}
-	if set := c.JWTBundles(); !set.Has(td) {
+	if set := c.JWTBundles(sels(t, "unix:uid:99")); !set.Has(td) {
 		t.Fatal("JWTBundles lacks the own trust domain")
 	}
 }

@@ -53,7 +53,9 @@ type Provider interface {
 	// matching selectors, or only for id when it is not zero. It returns
 	// ErrNoIdentity when nothing matches (or id is not among the matches).
 	FetchJWTSVIDs(ctx context.Context, selectors []selector.Selector, id spiffeid.ID, audience []string) ([]*jwtsvid.SVID, error)
-	// JWTBundles returns every JWT bundle the agent knows (own and
-	// federated), for ValidateJWTSVID.
-	JWTBundles() *jwtbundle.Set
+	// JWTBundles returns the JWT bundles of the workload with these
+	// selectors, as its WorkloadState has them (own trust domain plus those
+	// its matching entries federate with), for ValidateJWTSVID: a token from
+	// a trust domain the caller does not federate with must not validate.
+	JWTBundles(selectors []selector.Selector) *jwtbundle.Set
 }

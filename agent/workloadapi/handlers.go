@@ -159,7 +159,7 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 
 // ValidateJWTSVID implements the Workload API. The caller must be
 // attestable but needs no identity of its own: a verifier only consumes
-// bundles.
+// bundles (without an identity, only the own trust domain's).
 func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
 	const method = "ValidateJWTSVID"
 	if req.Audience == "" {
@@ -168,10 +168,13 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 	if req.Svid == "" {
 		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
 	}
-	if _, err := s.attest(ctx, method); err != nil {
+	c, err := s.attest(ctx, method)
+	if err != nil {
 		return nil, err
 	}
-	svid, err := jwtsvid.ParseAndValidate(req.Svid, s.provider.JWTBundles(), []string{req.Audience})
+	// The caller's own bundles, as FetchJWTBundles gives them (SPIRE does
+	// the same), not every bundle the agent holds for other workloads.
+	svid, err := jwtsvid.ParseAndValidate(req.Svid, s.provider.JWTBundles(c.selectors), []string{req.Audience})
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID: %v", err)
 	}

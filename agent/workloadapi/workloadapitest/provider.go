@@ -88,10 +88,10 @@ func (p *Provider) FetchJWTSVIDs(_ context.Context, sels []selector.Selector, id
 }
 
 // JWTBundles implements cache.Provider.
-func (p *Provider) JWTBundles() *jwtbundle.Set {
+func (p *Provider) JWTBundles(sels []selector.Selector) *jwtbundle.Set {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return jwtbundle.NewSet(p.state.JWTBundles...)
+	return jwtbundle.NewSet(p.view(sels).JWTBundles...)
 }
 
 type subscription struct {

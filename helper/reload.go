@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/fsnotify/fsnotify"
 )
 
@@ -312,7 +313,9 @@ func (q *reloadQueue) push(ev Event) {
 }
 
 // run calls r.Reload for the latest event, at most once per delay, until ctx
-// ends.
+// ends. A failed reload is retried with backoff until it succeeds or a newer
+// event supersedes it: dropping it would leave the app serving the previous
+// certificate, perhaps until it expires.
 func (q *reloadQueue) run(ctx context.Context, r Reloader, delay time.Duration, log *slog.Logger) {
 	for {
 		select {
@@ -339,13 +342,43 @@ func (q *reloadQueue) run(ctx context.Context, r Reloader, delay time.Duration, 
 		q.mu.Lock()
 		ev := q.latest
 		q.mu.Unlock()
-		if err := r.Reload(ctx, ev); err != nil {
-			if ctx.Err() == nil {
-				log.Error("reload failed", "via", reloaderName(r), "serial", ev.Serial, "not_after", ev.NotAfter, "error", err)
-			}
-			continue
+		q.reload(ctx, r, ev, log)
+	}
+}
+
+// reload calls r.Reload for ev until it succeeds, ctx ends, or a newer event
+// arrives (left signalled for run, which debounces it).
+func (q *reloadQueue) reload(ctx context.Context, r Reloader, ev Event, log *slog.Logger) {
+	bo := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(500*time.Millisecond),
+		backoff.WithMaxInterval(30*time.Second),
+		backoff.WithMaxElapsedTime(0),
+	)
+	for {
+		err := r.Reload(ctx, ev)
+		if err == nil {
+			log.Info("reloaded application", "via", reloaderName(r), "spiffe_id", ev.SPIFFEID, "serial", ev.Serial, "not_after", ev.NotAfter.UTC().Format(time.RFC3339))
+			return
 		}
-		log.Info("reloaded application", "via", reloaderName(r), "spiffe_id", ev.SPIFFEID, "serial", ev.Serial, "not_after", ev.NotAfter.UTC().Format(time.RFC3339))
+		if ctx.Err() != nil {
+			return
+		}
+		wait := bo.NextBackOff()
+		log.Error("reload failed", "via", reloaderName(r), "serial", ev.Serial, "not_after", ev.NotAfter, "retry_in", wait.Round(time.Millisecond), "error", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-q.ch:
+			t.Stop()
+			select { // put the signal back for run (unless push just did)
+			case q.ch <- struct{}{}:
+			default:
+			}
+			return
+		case <-t.C:
+		}
 	}
 }
 

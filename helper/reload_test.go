@@ -224,3 +224,62 @@ func TestChildSignalerNeverRestarts(t *testing.T) {
 	}
 	<-p.Done()
 }
+
+// A reload command that fails once (the app busy) is retried for the same
+// set until it succeeds, and each failure is logged.
+func TestFailedReloadIsRetried(t *testing.T) {
+	dir := t.TempDir()
+	flag, ok := filepath.Join(dir, "failed-once"), filepath.Join(dir, "reloaded")
+	cmd := &CommandRunner{Args: []string{"sh", "-c", `if [ -e "$1" ]; then echo "$3" >> "$2"; else touch "$1"; echo busy; exit 1; fi`, "sh", flag, ok, "ok"}}
+	var logs logtest.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	reloads := startReloaders(ctx, []Reloader{cmd}, time.Millisecond, logs.Logger())
+	defer reloads.wait()
+	defer cancel()
+	reloads.push(Event{Serial: "1"})
+	waitUntil(t, "the retried reload", func() bool { b, _ := os.ReadFile(ok); return string(b) == "ok\n" })
+	if !strings.Contains(logs.String(), "busy") {
+		t.Errorf("the failure is not in the log:\n%s", logs.String())
+	}
+}
+
+// serialReloader fails for one serial and records the others.
+type serialReloader struct {
+	fail  string
+	calls chan string
+}
+
+func (s *serialReloader) Reload(_ context.Context, ev Event) error {
+	s.calls <- ev.Serial
+	if ev.Serial == s.fail {
+		return errors.New("reload boom")
+	}
+	return nil
+}
+
+// A newer set supersedes a failing one: it is reloaded, and the failing one
+// is not tried again.
+func TestNewerEventSupersedesFailingReload(t *testing.T) {
+	r := &serialReloader{fail: "1", calls: make(chan string, 100)}
+	ctx, cancel := context.WithCancel(context.Background())
+	reloads := startReloaders(ctx, []Reloader{r}, time.Millisecond, slog.New(slog.DiscardHandler))
+	defer reloads.wait()
+	defer cancel()
+	reloads.push(Event{Serial: "1"})
+	if got := <-r.calls; got != "1" {
+		t.Fatalf("first reload for serial %s", got)
+	}
+	reloads.push(Event{Serial: "2"})
+	timeout := time.After(30 * time.Second)
+	for got := ""; got != "2"; {
+		select {
+		case got = <-r.calls:
+		case <-timeout:
+			t.Fatal("the newer set was not reloaded within 30s")
+		}
+	}
+	time.Sleep(2 * time.Second) // several retry intervals
+	if len(r.calls) != 0 {
+		t.Errorf("%d more reloads after the newer set succeeded (%q...)", len(r.calls), <-r.calls)
+	}
+}

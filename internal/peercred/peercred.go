@@ -39,6 +39,10 @@ type Info struct {
 	// (SO_PEERPIDFD, Linux 6.5+), nil where unsupported. It tells a live
 	// process from a reused PID without the start time's 10 ms granularity.
 	pidfd *pidFD
+	// pidfdErr is why a kernel that offers SO_PEERPIDFD gave no pidfd (the
+	// peer was already reaped, or the agent is out of descriptors): the
+	// start time is no safe fallback then, so SameProcess refuses.
+	pidfdErr error
 }
 
 // pidFD is a pidfd closed when its connection closes. The lock keeps a
@@ -104,6 +108,9 @@ func (Info) AuthType() string { return AuthType }
 // this limit). Entries should therefore not rest on unix:path or unix:sha256
 // alone; pair them with a uid or gid the untrusted process does not have.
 func (i Info) SameProcess() error {
+	if i.pidfdErr != nil {
+		return fmt.Errorf("peercred: pid %d: %w", i.PID, i.pidfdErr)
+	}
 	if i.pidfd != nil {
 		// A live process keeps its PID, so /proc/PID is still its.
 		switch alive, known := i.pidfd.alive(); {
@@ -258,14 +265,44 @@ func readWithPidfd(conn net.Conn) (Info, error) {
 	}
 	raw, err := conn.(*net.UnixConn).SyscallConn()
 	if err != nil {
+		info.pidfdErr = fmt.Errorf("raw connection: %w", err)
 		return info, nil
 	}
 	fd, fdErr := -1, error(nil)
 	if err := raw.Control(func(s uintptr) {
 		fd, fdErr = unix.GetsockoptInt(int(s), unix.SOL_SOCKET, unix.SO_PEERPIDFD)
-	}); err != nil || fdErr != nil || fd < 0 {
-		return info, nil // an older kernel: the start time check remains
+	}); err != nil {
+		info.pidfdErr = fmt.Errorf("raw connection control: %w", err)
+		return info, nil
 	}
-	info.pidfd = &pidFD{fd: fd}
+	info.pidfd, info.pidfdErr = peerPidfd(fd, fdErr)
 	return info, nil
+}
+
+// peerPidfd interprets getsockopt(SO_PEERPIDFD): the pidfd to keep; or
+// neither pidfd nor error where the kernel predates the option (the start
+// time check remains); or an error that makes SameProcess refuse.
+//
+// A kernel without the option (before 6.5) answers ENOPROTOOPT, as
+// sk_getsockopt does for every SOL_SOCKET option it does not know; it never
+// answers EINVAL for one. A kernel with it answers EINVAL (6.5 to 6.14,
+// pidfd_prepare on a thread-group pid with no task left) or ESRCH (6.15,
+// which reports reaped tasks so) when the peer has been reaped; 6.16 and
+// later hand out a pidfd even then, and pidfd_send_signal says ESRCH. So
+// the errno alone tells "unknown option" from "peer gone", without a
+// startup probe. Any other error (EMFILE, ENOMEM, a seccomp filter's EPERM)
+// refuses too: falling back to the start time would bring back the PID
+// reuse race this option closes.
+func peerPidfd(fd int, err error) (*pidFD, error) {
+	switch {
+	case err == nil && fd >= 0:
+		return &pidFD{fd: fd}, nil
+	case err == nil:
+		return nil, fmt.Errorf("getsockopt SO_PEERPIDFD returned descriptor %d", fd)
+	case errors.Is(err, unix.ENOPROTOOPT):
+		return nil, nil
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ESRCH):
+		return nil, fmt.Errorf("the process that connected has exited (its PID may have been reused): getsockopt SO_PEERPIDFD: %w", err)
+	}
+	return nil, fmt.Errorf("no pidfd for the process that connected: getsockopt SO_PEERPIDFD: %w", err)
 }

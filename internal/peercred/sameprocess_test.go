@@ -2,8 +2,11 @@ package peercred
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestSameProcess(t *testing.T) {
@@ -49,5 +52,55 @@ func TestParseStartTime(t *testing.T) {
 	}
 	if _, err := ParseStartTime([]byte("12 (a) S 1")); err == nil {
 		t.Error("short stat: no error")
+	}
+}
+
+// Only a kernel without SO_PEERPIDFD falls back to the start time; a peer
+// the kernel reports gone, or any other failure, is refused.
+func TestPeerPidfd(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		fd       int
+		err      error
+		wantFD   bool
+		fallback bool // no pidfd, no error: the start time check remains
+	}{
+		{"pidfd", 9, nil, true, false},
+		{"kernel before 6.5", -1, unix.ENOPROTOOPT, false, true},
+		{"peer reaped, 6.5 to 6.14", -1, unix.EINVAL, false, false},
+		{"peer reaped, 6.15", -1, unix.ESRCH, false, false},
+		{"out of descriptors", -1, unix.EMFILE, false, false},
+		{"no peer pid", -1, unix.ENODATA, false, false},
+		{"seccomp", -1, unix.EPERM, false, false},
+		{"wrapped ENOPROTOOPT", -1, fmt.Errorf("getsockopt: %w", unix.ENOPROTOOPT), false, true},
+		{"negative descriptor without error", -1, nil, false, false},
+	} {
+		p, err := peerPidfd(tc.fd, tc.err)
+		if got := p != nil; got != tc.wantFD {
+			t.Errorf("%s: pidfd %v, want %v", tc.name, got, tc.wantFD)
+		}
+		if p != nil && p.fd != tc.fd {
+			t.Errorf("%s: fd %d, want %d", tc.name, p.fd, tc.fd)
+		}
+		if fallback := p == nil && err == nil; fallback != tc.fallback {
+			t.Errorf("%s: start time fallback %v, want %v (err %v)", tc.name, fallback, tc.fallback, err)
+		}
+		if tc.err != nil && err != nil && !errors.Is(err, tc.err) {
+			t.Errorf("%s: err %v does not wrap %v", tc.name, err, tc.err)
+		}
+	}
+}
+
+// A peer the kernel reported gone at accept is refused even when a process
+// with its PID and start time lives now: that is the race the pidfd closes.
+func TestSameProcessRefusesWhenPidfdSaidGone(t *testing.T) {
+	pid := int32(os.Getpid())
+	st, err := ProcStartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, gone := peerPidfd(-1, unix.EINVAL)
+	if err := (Info{PID: pid, StartTime: st, pidfdErr: gone}).SameProcess(); err == nil {
+		t.Error("SameProcess accepted a peer whose pidfd the kernel refused as reaped")
 	}
 }

@@ -1,18 +1,23 @@
 package test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
 	"github.com/signetid/signet/server/k8sreg"
@@ -64,10 +69,10 @@ func checkFlagsExist(t *testing.T, args []string) {
 
 // TestDeployControllerFits checks the Kubernetes registration controller's
 // pieces of deploy/base: the server's config enables it for a k8s_psat
-// cluster, the CRD is the resource the controller watches and its schema
-// has exactly the fields of the Go types (a field missing from the schema
-// would be pruned by the API server), the server's role lets it watch and
-// write status, and the example ClusterSPIFFEID is valid.
+// cluster, the CRDs are the resources the controller watches and their
+// schemas have exactly the fields of the Go types (a field missing from the
+// schema would be pruned by the API server), and the examples are valid.
+// (checkSignetSystem checks that the server's RBAC grants what it needs.)
 func TestDeployControllerFits(t *testing.T) {
 	objs := kustomizeBuild(t, "../deploy/base")
 	cfg := checkSignetSystem(t, objs).config
@@ -75,58 +80,75 @@ func TestDeployControllerFits(t *testing.T) {
 		t.Fatal("deploy/base server.conf does not enable k8s_controller")
 	}
 
-	crd := object[*apiextensionsv1.CustomResourceDefinition](t, objs, k8sreg.Resource+"."+k8sreg.Group)
-	if crd.Spec.Group != k8sreg.Group || crd.Spec.Names.Kind != k8sreg.Kind || crd.Spec.Names.Plural != k8sreg.Resource ||
-		crd.Spec.Scope != apiextensionsv1.ClusterScoped {
-		t.Fatalf("CRD names %+v scope %s, want %s/%s %s, cluster-scoped", crd.Spec.Names, crd.Spec.Scope, k8sreg.Group, k8sreg.Kind, k8sreg.Resource)
-	}
-	var version *apiextensionsv1.CustomResourceDefinitionVersion
-	for i, v := range crd.Spec.Versions {
-		if v.Name == k8sreg.Version {
-			version = &crd.Spec.Versions[i]
-		}
-	}
-	if version == nil || !version.Served || !version.Storage || version.Subresources == nil || version.Subresources.Status == nil {
-		t.Fatalf("CRD version %s must be served, stored and have a status subresource: %+v", k8sreg.Version, version)
-	}
-	root := version.Schema.OpenAPIV3Schema.Properties
-	checkSchema(t, "spec", reflect.TypeFor[k8sreg.ClusterSPIFFEIDSpec](), root["spec"])
-	checkSchema(t, "status", reflect.TypeFor[k8sreg.ClusterSPIFFEIDStatus](), root["status"])
-
-	role := object[*rbacv1.ClusterRole](t, objs, "signet-server")
-	for _, want := range []struct{ group, resource, verb string }{
-		{"", "pods", "list"}, {"", "pods", "watch"}, {"", "namespaces", "list"}, {"", "namespaces", "watch"},
-		{"", "nodes", "list"}, {"", "nodes", "watch"},
-		{k8sreg.Group, k8sreg.Resource, "list"}, {k8sreg.Group, k8sreg.Resource, "watch"},
-		{k8sreg.Group, k8sreg.Resource + "/status", "update"},
+	for _, want := range []struct {
+		resource, kind string
+		spec, status   reflect.Type
+	}{
+		{k8sreg.Resource, k8sreg.Kind, reflect.TypeFor[k8sreg.ClusterSPIFFEIDSpec](), reflect.TypeFor[k8sreg.ClusterSPIFFEIDStatus]()},
+		{k8sreg.StaticEntryResource, k8sreg.StaticEntryKind, reflect.TypeFor[k8sreg.ClusterStaticEntrySpec](), reflect.TypeFor[k8sreg.ClusterStaticEntryStatus]()},
 	} {
-		if !slices.ContainsFunc(role.Rules, func(r rbacv1.PolicyRule) bool {
-			return slices.Contains(r.APIGroups, want.group) && slices.Contains(r.Resources, want.resource) && slices.Contains(r.Verbs, want.verb)
-		}) {
-			t.Errorf("ClusterRole signet-server does not allow %s %s (group %q)", want.verb, want.resource, want.group)
+		crd := object[*apiextensionsv1.CustomResourceDefinition](t, objs, want.resource+"."+k8sreg.Group)
+		if crd.Spec.Group != k8sreg.Group || crd.Spec.Names.Kind != want.kind || crd.Spec.Names.Plural != want.resource ||
+			crd.Spec.Scope != apiextensionsv1.ClusterScoped {
+			t.Fatalf("CRD names %+v scope %s, want %s/%s %s, cluster-scoped", crd.Spec.Names, crd.Spec.Scope, k8sreg.Group, want.kind, want.resource)
 		}
+		var version *apiextensionsv1.CustomResourceDefinitionVersion
+		for i, v := range crd.Spec.Versions {
+			if v.Name == k8sreg.Version {
+				version = &crd.Spec.Versions[i]
+			}
+		}
+		if version == nil || !version.Served || !version.Storage || version.Subresources == nil || version.Subresources.Status == nil {
+			t.Fatalf("CRD %s version %s must be served, stored and have a status subresource: %+v", want.resource, k8sreg.Version, version)
+		}
+		root := version.Schema.OpenAPIV3Schema.Properties
+		checkSchema(t, want.kind+".spec", want.spec, root["spec"])
+		checkSchema(t, want.kind+".status", want.status, root["status"])
 	}
 
 	examples, _ := filepath.Glob("../examples/k8s-controller/*.yaml")
-	if len(examples) == 0 {
-		t.Fatal("no example under examples/k8s-controller")
-	}
+	kinds := map[string]int{}
 	for _, f := range examples {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var cr k8sreg.ClusterSPIFFEID
-		if err := yaml.UnmarshalStrict(b, &cr); err != nil {
-			t.Errorf("%s: %v", f, err)
-			continue
+		r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
+		for {
+			doc, err := r.Read()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			var tm metav1.TypeMeta
+			if err := yaml.Unmarshal(doc, &tm); err != nil || tm.APIVersion != k8sreg.Group+"/"+k8sreg.Version {
+				t.Errorf("%s: %s %s (%v) is not a Signet resource", f, tm.APIVersion, tm.Kind, err)
+				continue
+			}
+			kinds[tm.Kind]++
+			switch tm.Kind {
+			case k8sreg.Kind:
+				var cr k8sreg.ClusterSPIFFEID
+				if err = yaml.UnmarshalStrict(doc, &cr); err == nil {
+					err = cr.Spec.Validate()
+				}
+			case k8sreg.StaticEntryKind:
+				var cr k8sreg.ClusterStaticEntry
+				if err = yaml.UnmarshalStrict(doc, &cr); err == nil {
+					_, err = cr.Spec.Entry(cfg.TrustDomain, cfg.K8sController.Cluster)
+				}
+			default:
+				err = fmt.Errorf("unknown kind %s", tm.Kind)
+			}
+			if err != nil {
+				t.Errorf("%s: %s: %v", f, tm.Kind, err)
+			}
 		}
-		if cr.APIVersion != k8sreg.Group+"/"+k8sreg.Version || cr.Kind != k8sreg.Kind {
-			t.Errorf("%s: %s %s is not a ClusterSPIFFEID", f, cr.APIVersion, cr.Kind)
-		}
-		if err := cr.Spec.Validate(); err != nil {
-			t.Errorf("%s: %v", f, err)
-		}
+	}
+	if kinds[k8sreg.Kind] == 0 || kinds[k8sreg.StaticEntryKind] == 0 {
+		t.Errorf("examples/k8s-controller has %v; want an example of each kind", kinds)
 	}
 }
 

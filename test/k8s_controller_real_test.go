@@ -17,16 +17,18 @@ import (
 )
 
 // TestKubernetesControllerRealAPIServer: a real kube-apiserver accepts
-// deploy/base's ClusterSPIFFEID CRD and validates examples/k8s-controller's
-// resource against it (and refuses one that breaks the schema); the
-// server's controller, holding only deploy/base's RBAC, turns the example
-// into an entry for a selected pod and writes the resource's status.
+// deploy/base's CRDs and validates examples/k8s-controller's resources
+// against them (and refuses ones that break the schema); the server's
+// controller, holding only deploy/base's RBAC, turns the ClusterSPIFFEID
+// into an entry for a selected pod, writes the resource's status, and
+// stores the ClusterStaticEntries' entries.
 func TestKubernetesControllerRealAPIServer(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	c := startRealCluster(t)
 	kube := c.kube
-	for _, path := range []string{"../deploy/base/crd-clusterspiffeid.yaml", "../examples/k8s-controller/clusterspiffeid.yaml"} {
+	for _, path := range []string{"../deploy/base/crd-clusterspiffeid.yaml", "../deploy/base/crd-clusterstaticentry.yaml",
+		"../examples/k8s-controller/clusterspiffeid.yaml", "../examples/k8s-controller/clusterstaticentry.yaml"} {
 		manifest, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
@@ -44,6 +46,15 @@ func TestKubernetesControllerRealAPIServer(t *testing.T) {
 		err := kube.Apply(ctx, "default", []byte("apiVersion: signetid.io/v1alpha1\nkind: ClusterSPIFFEID\nmetadata: {name: bad}\n"+bad+"\n"))
 		if err == nil || !strings.Contains(err.Error(), "Invalid value") && !strings.Contains(err.Error(), "Required value") {
 			t.Errorf("ClusterSPIFFEID %s: %v, want the API server's validation error", bad, err)
+		}
+	}
+	for _, bad := range []string{
+		"spec: {spiffeID: 'spiffe://example.org/x', parentID: 'spiffe://example.org/y'}",
+		"spec: {spiffeID: 'spiffe://example.org/x', node: true, selectors: []}",
+	} {
+		err := kube.Apply(ctx, "default", []byte("apiVersion: signetid.io/v1alpha1\nkind: ClusterStaticEntry\nmetadata: {name: bad}\n"+bad+"\n"))
+		if err == nil || !strings.Contains(err.Error(), "Invalid value") && !strings.Contains(err.Error(), "Required value") {
+			t.Errorf("ClusterStaticEntry %s: %v, want the API server's validation error", bad, err)
 		}
 	}
 
@@ -99,7 +110,9 @@ k8s_controller {
 		out, err := srv.cli(t, "server", "entry", "list")
 		return err == nil && regexp.MustCompile(`Entry ID:\s+k8s\.prod\.[0-9a-f]+`).MatchString(out) &&
 			strings.Contains(out, workloadID) && strings.Contains(out, agentID) && strings.Contains(out, "checkout.payments.svc") &&
-			strings.Contains(out, "checkout-api.payments.svc.cluster.local")
+			strings.Contains(out, "checkout-api.payments.svc.cluster.local") &&
+			// examples/k8s-controller's ClusterStaticEntries.
+			strings.Contains(out, "spiffe://example.org/k8s/kubernetes/nodes") && strings.Contains(out, "spiffe://example.org/ns/monitoring/sa/node-exporter")
 	})
 	_, dyn, err := k8sreg.Clients(kube.Kubeconfig(t, dir))
 	if err != nil {

@@ -101,7 +101,7 @@ k8s_controller {
 		}
 		return false
 	})
-	if out, err := srv.cli(t, "server", "entry", "delete", "--id", entryID); err == nil || !strings.Contains(err.Error(), "managed by the Kubernetes controller; change the ClusterSPIFFEID instead") {
+	if out, err := srv.cli(t, "server", "entry", "delete", "--id", entryID); err == nil || !strings.Contains(err.Error(), "managed by the Kubernetes controller; change the ClusterSPIFFEID or ClusterStaticEntry") {
 		t.Fatalf("deleting the controller's entry by hand: %v\n%s", err, out)
 	}
 	waitUntil(t, 10*time.Second, "the ClusterSPIFFEID's status", func() bool {

@@ -165,7 +165,7 @@ func (s *Service) DeleteEntry(ctx context.Context, req *api.DeleteEntryRequest) 
 // would put it back (or delete it) at its next reconcile.
 func notManaged(op, id string) error {
 	if k8sreg.Owned(id) {
-		return status.Errorf(codes.FailedPrecondition, "%s entry %s: it is managed by the Kubernetes controller; change the ClusterSPIFFEID instead", op, id)
+		return status.Errorf(codes.FailedPrecondition, "%s entry %s: it is managed by the Kubernetes controller; change the ClusterSPIFFEID or ClusterStaticEntry it comes from instead", op, id)
 	}
 	return nil
 }

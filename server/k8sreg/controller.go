@@ -121,7 +121,7 @@ func New(opts Options) (*Controller, error) {
 
 // listers read the informers' caches.
 type listers struct {
-	pods, namespaces, nodes, slices, crs cache.Indexer
+	pods, namespaces, nodes, slices, crs, statics cache.Indexer
 }
 
 func (c *Controller) site() site {
@@ -175,6 +175,7 @@ func (c *Controller) run(ctx context.Context) error {
 		{"nodes", factory.Core().V1().Nodes().Informer(), poke, &l.nodes},
 		{"endpointslices", factory.Discovery().V1().EndpointSlices().Informer(), poke, &l.slices},
 		{Resource, dfactory.ForResource(GVR).Informer(), crPoke, &l.crs},
+		{StaticEntryResource, dfactory.ForResource(StaticEntryGVR).Informer(), crPoke, &l.statics},
 	} {
 		if _, err := inf.informer.AddEventHandler(inf.handler); err != nil {
 			return fmt.Errorf("kubernetes controller: %w", err)
@@ -186,7 +187,7 @@ func (c *Controller) run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	dfactory.Start(ctx.Done())
-	c.opts.Logger.Info("kubernetes controller: waiting for the API server's pods, namespaces, nodes, EndpointSlices and ClusterSPIFFEIDs", "cluster", c.opts.Cluster)
+	c.opts.Logger.Info("kubernetes controller: waiting for the API server's pods, namespaces, nodes, EndpointSlices, ClusterSPIFFEIDs and ClusterStaticEntries", "cluster", c.opts.Cluster)
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return ctxDoneOr(ctx, fmt.Errorf("kubernetes controller: %v cache did not sync", typ))
@@ -268,6 +269,11 @@ func (c *Controller) reconcile(ctx context.Context, l listers) error {
 			w.crs = append(w.crs, u)
 		}
 	}
+	for _, o := range l.statics.List() {
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			w.statics = append(w.statics, u)
+		}
+	}
 	for _, o := range l.pods.List() {
 		if p, ok := o.(*corev1.Pod); ok {
 			w.pods = append(w.pods, p)
@@ -305,6 +311,13 @@ func (c *Controller) reconcile(ctx context.Context, l listers) error {
 	}
 	for _, r := range d.results {
 		c.updateStatus(ctx, r)
+	}
+	for _, r := range d.statics {
+		if ferr, failed := failures[r.entryID]; failed && !r.masked {
+			r.reason, r.message = ReasonEntryFailed, clipMessage(fmt.Sprintf("entry %s: %v", r.entryID, ferr))
+		}
+		r.set = r.entryID != "" && !r.masked && r.reason == ""
+		c.updateStaticStatus(ctx, r)
 	}
 	if len(failures) > 0 {
 		return fmt.Errorf("%d entries could not be written", len(failures))

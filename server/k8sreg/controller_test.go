@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
@@ -47,14 +48,16 @@ func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	var kubeconfig string
 	if os.Getenv(kubetest.EnvKubeAPIServer) != "" {
-		// A real kube-apiserver (make kube-bins), with deploy/base's CRD.
+		// A real kube-apiserver (make kube-bins), with deploy/base's CRDs.
 		api := kubetest.StartRealAPIServer(t)
-		crd, err := os.ReadFile("../../deploy/base/crd-clusterspiffeid.yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := api.Apply(context.Background(), "", crd); err != nil {
-			t.Fatal(err)
+		for _, f := range []string{"crd-clusterspiffeid.yaml", "crd-clusterstaticentry.yaml"} {
+			crd, err := os.ReadFile("../../deploy/base/" + f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := api.Apply(context.Background(), "", crd); err != nil {
+				t.Fatal(err)
+			}
 		}
 		kubeconfig = api.Kubeconfig(t, t.TempDir())
 	} else {
@@ -149,18 +152,29 @@ func (c *cluster) deletePod(t *testing.T, ns, name string) {
 // apply creates or replaces a ClusterSPIFFEID, as kubectl apply would.
 func (c *cluster) apply(t *testing.T, name string, spec ClusterSPIFFEIDSpec) {
 	t.Helper()
+	c.applyResource(t, GVR, Kind, name, &spec)
+}
+
+// applyStatic creates or replaces a ClusterStaticEntry.
+func (c *cluster) applyStatic(t *testing.T, name string, spec ClusterStaticEntrySpec) {
+	t.Helper()
+	c.applyResource(t, StaticEntryGVR, StaticEntryKind, name, &spec)
+}
+
+func (c *cluster) applyResource(t *testing.T, gvr schema.GroupVersionResource, kind, name string, spec any) {
+	t.Helper()
 	ctx := context.Background()
-	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&spec)
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := c.dyn.Resource(GVR)
+	res := c.dyn.Resource(gvr)
 	// The controller's status writes race with the update: retry as
 	// kubectl would.
 	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cur, err := res.Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
-			u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": Group + "/" + Version, "kind": Kind,
+			u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": Group + "/" + Version, "kind": kind,
 				"metadata": map[string]any{"name": name}, "spec": m}}
 			_, err = res.Create(ctx, u, metav1.CreateOptions{})
 			return err

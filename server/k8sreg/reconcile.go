@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/signetid/signet/internal/selector"
@@ -27,6 +28,7 @@ import (
 // world is the cluster as the caches see it.
 type world struct {
 	crs        []*unstructured.Unstructured
+	statics    []*unstructured.Unstructured
 	pods       []*corev1.Pod
 	namespaces map[string]*corev1.Namespace
 	nodes      map[string]*corev1.Node
@@ -61,26 +63,45 @@ func clipMessage(s string) string {
 	return s
 }
 
-// desiredState is every entry the ClusterSPIFFEIDs render, by ID.
+// staticResult is what reconciling one ClusterStaticEntry came to.
+type staticResult struct {
+	obj *unstructured.Unstructured
+	// entryID is set when the spec rendered an entry.
+	entryID         string
+	masked, set     bool
+	reason, message string
+}
+
+// desiredState is every entry the resources render, by ID.
 type desiredState struct {
 	entries map[string]registry.Entry
 	results []*result
+	statics []*staticResult
 }
 
-// desired renders the entries of the ClusterSPIFFEIDs of this controller's
-// class. They are taken oldest first, so when two render the same entry
-// (same ID) the older one's wins on every server alike, and the younger one
-// counts it as masked. Fallback ones come last and skip every pod another
-// one selected.
+// desired renders the entries of the ClusterStaticEntries and
+// ClusterSPIFFEIDs of this controller's class. Static entries come first,
+// then ClusterSPIFFEIDs; each kind is taken oldest first, so when two
+// resources render the same entry (same ID) the first one's wins on every
+// server alike, and the other counts it as masked. Fallback ClusterSPIFFEIDs
+// come last and skip every pod another one selected.
 func (c *Controller) desired(w world) desiredState {
-	slices.SortFunc(w.crs, func(a, b *unstructured.Unstructured) int {
+	oldestFirst := func(a, b *unstructured.Unstructured) int {
 		ta, tb := a.GetCreationTimestamp(), b.GetCreationTimestamp()
 		return cmp.Or(ta.Time.Compare(tb.Time), strings.Compare(a.GetName(), b.GetName()))
-	})
+	}
+	slices.SortFunc(w.crs, oldestFirst)
+	slices.SortFunc(w.statics, oldestFirst)
 	slices.SortFunc(w.pods, func(a, b *corev1.Pod) int {
 		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
 	d := desiredState{entries: map[string]registry.Entry{}}
+	for _, u := range w.statics {
+		if class, _, _ := unstructured.NestedString(u.Object, "spec", "className"); !c.handles(class) {
+			continue
+		}
+		d.statics = append(d.statics, c.renderStatic(u, d.entries))
+	}
 	type parsed struct {
 		r *result
 		s *spec
@@ -124,7 +145,31 @@ func (c *Controller) desired(w world) desiredState {
 	return d
 }
 
-// handles reports whether a ClusterSPIFFEID of class is this controller's.
+// renderStatic adds a ClusterStaticEntry's entry to entries, unless an
+// earlier resource has the same one.
+func (c *Controller) renderStatic(u *unstructured.Unstructured, entries map[string]registry.Entry) *staticResult {
+	r := &staticResult{obj: u}
+	var cr ClusterStaticEntry
+	err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &cr)
+	var e registry.Entry
+	if err == nil {
+		e, err = cr.Spec.Entry(c.opts.TrustDomain, c.opts.Cluster)
+	}
+	if err != nil {
+		r.reason, r.message = ReasonInvalidSpec, clipMessage(err.Error())
+		c.opts.Logger.Warn("kubernetes controller: invalid ClusterStaticEntry", "name", u.GetName(), "error", err)
+		return r
+	}
+	r.entryID = e.ID
+	if _, taken := entries[e.ID]; taken {
+		r.masked = true
+		return r
+	}
+	entries[e.ID] = e
+	return r
+}
+
+// handles reports whether a resource of class is this controller's.
 func (c *Controller) handles(class string) bool {
 	if class == "" {
 		return c.opts.ClassName == "" || c.opts.WatchClassless
@@ -280,40 +325,71 @@ func sameEntry(a, b registry.Entry) bool {
 		a.Admin == b.Admin && a.ExpiresAt.IsZero() == b.ExpiresAt.IsZero()
 }
 
-// updateStatus writes a ClusterSPIFFEID's status when it changed. A
-// conflict means a newer version exists, whose event brings another
-// reconcile: nothing to retry here.
+// updateStatus writes a ClusterSPIFFEID's status when it changed.
 func (c *Controller) updateStatus(ctx context.Context, r *result) {
 	var cur ClusterSPIFFEIDStatus
-	if st, ok := r.obj.Object["status"].(map[string]any); ok {
-		// A status the controller cannot read is rewritten whole.
-		_ = runtime.DefaultUnstructuredConverter.FromUnstructured(st, &cur)
-	}
+	readStatus(r.obj, &cur)
 	next := ClusterSPIFFEIDStatus{Stats: r.stats, Conditions: slices.Clone(cur.Conditions)}
-	cond := metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonReconciled,
-		Message: fmt.Sprintf("%d entries set", r.stats.EntriesToSet), ObservedGeneration: r.obj.GetGeneration()}
-	if r.reason != "" {
-		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, r.reason, r.message
-		if r.failures > 1 {
-			cond.Message += fmt.Sprintf(" (and %d more problems)", r.failures-1)
-		}
+	cond := ready(r.obj, r.reason, r.message, fmt.Sprintf("%d entries set", r.stats.EntriesToSet))
+	if r.failures > 1 {
+		cond.Message += fmt.Sprintf(" (and %d more problems)", r.failures-1)
 	}
 	meta.SetStatusCondition(&next.Conditions, cond)
+	c.writeStatus(ctx, GVR, r.obj, &cur, &next)
+}
+
+// updateStaticStatus writes a ClusterStaticEntry's status when it changed.
+func (c *Controller) updateStaticStatus(ctx context.Context, r *staticResult) {
+	var cur ClusterStaticEntryStatus
+	readStatus(r.obj, &cur)
+	next := ClusterStaticEntryStatus{Rendered: r.entryID != "", Masked: r.masked, Set: r.set, Conditions: slices.Clone(cur.Conditions)}
+	ok := "entry " + r.entryID + " set"
+	if r.masked {
+		ok = "entry " + r.entryID + " is an older resource's: masked"
+	}
+	meta.SetStatusCondition(&next.Conditions, ready(r.obj, r.reason, r.message, ok))
+	c.writeStatus(ctx, StaticEntryGVR, r.obj, &cur, &next)
+}
+
+// readStatus decodes obj's status into into; a status the controller
+// cannot read is left zero, to be rewritten whole.
+func readStatus(obj *unstructured.Unstructured, into any) {
+	if st, ok := obj.Object["status"].(map[string]any); ok {
+		_ = runtime.DefaultUnstructuredConverter.FromUnstructured(st, into)
+	}
+}
+
+// ready is the Ready condition: False with the first problem's reason, else
+// True with okMessage.
+func ready(obj *unstructured.Unstructured, reason, message, okMessage string) metav1.Condition {
+	cond := metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonReconciled,
+		Message: okMessage, ObservedGeneration: obj.GetGeneration()}
+	if reason != "" {
+		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, reason, message
+	}
+	return cond
+}
+
+// writeStatus replaces obj's status, cur, with next unless they are equal.
+// A conflict means a newer version exists, whose event brings another
+// reconcile: nothing to retry here.
+func (c *Controller) writeStatus(ctx context.Context, gvr schema.GroupVersionResource, obj *unstructured.Unstructured, cur, next any) {
 	if equality.Semantic.DeepEqual(cur, next) {
 		return
 	}
-	st, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&next)
+	log := c.opts.Logger.With("resource", gvr.Resource, "name", obj.GetName())
+	st, err := runtime.DefaultUnstructuredConverter.ToUnstructured(next)
 	if err != nil {
-		c.opts.Logger.Error("kubernetes controller: encode status", "clusterspiffeid", r.obj.GetName(), "error", err)
+		log.Error("kubernetes controller: encode status", "error", err)
 		return
 	}
-	u := r.obj.DeepCopy()
+	u := obj.DeepCopy()
 	u.Object["status"] = st
-	_, err = c.opts.Dynamic.Resource(GVR).UpdateStatus(ctx, u, metav1.UpdateOptions{})
+	_, err = c.opts.Dynamic.Resource(gvr).UpdateStatus(ctx, u, metav1.UpdateOptions{})
 	switch {
 	case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
-		c.opts.Logger.Debug("kubernetes controller: status not updated; the resource changed", "clusterspiffeid", r.obj.GetName(), "error", err)
+		log.Debug("kubernetes controller: status not updated; the resource changed", "error", err)
 	case err != nil:
-		c.opts.Logger.Warn("kubernetes controller: status not updated", "clusterspiffeid", r.obj.GetName(), "error", err)
+		log.Warn("kubernetes controller: status not updated", "error", err)
 	}
 }

@@ -95,3 +95,59 @@ const (
 	ReasonRenderFailed = "RenderFailed"
 	ReasonEntryFailed  = "EntryFailed"
 )
+
+// The ClusterStaticEntry custom resource (deploy/base/crd-clusterstaticentry.yaml).
+const (
+	StaticEntryKind     = "ClusterStaticEntry"
+	StaticEntryResource = "clusterstaticentries"
+)
+
+// StaticEntryGVR names ClusterStaticEntries for the dynamic client.
+var StaticEntryGVR = schema.GroupVersionResource{Group: Group, Version: Version, Resource: StaticEntryResource}
+
+// ClusterStaticEntry is one registration entry, written as a cluster
+// resource: for what no pod template renders (a node alias, a workload
+// outside the cluster) but should be kept with the cluster's manifests.
+type ClusterStaticEntry struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   ClusterStaticEntrySpec   `json:"spec"`
+	Status ClusterStaticEntryStatus `json:"status,omitempty"`
+}
+
+// ClusterStaticEntrySpec is SPIRE's ClusterStaticEntry spec, less
+// downstream and storeSVID, plus Node: Signet names node-alias entries
+// with a flag where SPIRE uses the server's ID as parent.
+type ClusterStaticEntrySpec struct {
+	SPIFFEID string `json:"spiffeID"`
+	// ParentID is the agent (or node alias) that serves the entry; unset
+	// with Node.
+	ParentID string `json:"parentID,omitempty"`
+	// Node makes a node-alias entry: agents whose node selectors match
+	// Selectors also hold SPIFFEID.
+	Node      bool     `json:"node,omitempty"`
+	Selectors []string `json:"selectors"`
+	// FederatesWith names trust domains whose bundles the workload gets.
+	FederatesWith []string        `json:"federatesWith,omitempty"`
+	X509SVIDTTL   metav1.Duration `json:"x509SVIDTTL,omitempty"`
+	JWTSVIDTTL    metav1.Duration `json:"jwtSVIDTTL,omitempty"`
+	DNSNames      []string        `json:"dnsNames,omitempty"`
+	Hint          string          `json:"hint,omitempty"`
+	Admin         bool            `json:"admin,omitempty"`
+	// ClassName picks the controller, as a ClusterSPIFFEID's does.
+	ClassName string `json:"className,omitempty"`
+}
+
+// ClusterStaticEntryStatus is what the controller made of the resource,
+// under SPIRE's names, with a Ready condition naming any problem.
+type ClusterStaticEntryStatus struct {
+	// Rendered: the spec makes a valid entry.
+	Rendered bool `json:"rendered"`
+	// Masked: an older resource renders the same entry (same SPIFFE ID,
+	// parent and selectors); that one is stored.
+	Masked bool `json:"masked"`
+	// Set: the entry is in the store as the spec says.
+	Set        bool               `json:"set"`
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}

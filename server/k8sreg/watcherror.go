@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/tools/cache"
@@ -32,9 +33,10 @@ func watchErrorHint(resource string, err error) (string, slog.Level) {
 	switch {
 	case apierrors.IsResourceExpired(err) || apierrors.IsGone(err) || errors.Is(err, io.ErrUnexpectedEOF):
 		return "kubernetes controller: watch restarted", slog.LevelDebug
-	case apierrors.IsNotFound(err) && resource == Resource:
-		return fmt.Sprintf("kubernetes controller: the API server has no %s.%s/%s: install the ClusterSPIFFEID CRD (deploy/base/crd-clusterspiffeid.yaml, or the Helm chart's crds/); the controller starts once it exists",
-			Resource, Group, Version), slog.LevelError
+	case apierrors.IsNotFound(err) && (resource == Resource || resource == StaticEntryResource):
+		kind := map[string]string{Resource: Kind, StaticEntryResource: StaticEntryKind}[resource]
+		return fmt.Sprintf("kubernetes controller: the API server has no %s.%s/%s: install the %s CRD (deploy/base/crd-%s.yaml, or the Helm chart's crds/); the controller starts once it exists",
+			resource, Group, Version, kind, strings.ToLower(kind)), slog.LevelError
 	case apierrors.IsForbidden(err):
 		return fmt.Sprintf("kubernetes controller: the server's Kubernetes identity may not list and watch %s: grant list and watch on them (deploy/base/server-rbac.yaml)", resource), slog.LevelError
 	case apierrors.IsUnauthorized(err):

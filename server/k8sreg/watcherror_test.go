@@ -29,7 +29,9 @@ func TestWatchErrorHint(t *testing.T) {
 		level          slog.Level
 	}{
 		{"CRD missing", Resource, fmt.Errorf("failed to list: %w", apierrors.NewNotFound(GVR.GroupResource(), "")),
-			"install the ClusterSPIFFEID CRD", slog.LevelError},
+			"install the ClusterSPIFFEID CRD (deploy/base/crd-clusterspiffeid.yaml", slog.LevelError},
+		{"static CRD missing", StaticEntryResource, apierrors.NewNotFound(StaticEntryGVR.GroupResource(), ""),
+			"install the ClusterStaticEntry CRD (deploy/base/crd-clusterstaticentry.yaml", slog.LevelError},
 		{"RBAC short", "pods", apierrors.NewForbidden(pods, "", errors.New("no")),
 			"may not list and watch pods", slog.LevelError},
 		{"bad credentials", "nodes", apierrors.NewUnauthorized("who"), "does not accept the server's credentials", slog.LevelError},
@@ -81,15 +83,18 @@ func TestStartupProblemsNamed(t *testing.T) {
 	t.Run("CRD missing", func(t *testing.T) {
 		logs := run(t, api.Kubeconfig(t, t.TempDir()))
 		logs.WaitFor(t, "install the ClusterSPIFFEID CRD", time.Minute)
+		logs.WaitFor(t, "install the ClusterStaticEntry CRD", time.Minute)
 		if strings.Contains(logs.String(), "kubernetes controller started") {
-			t.Fatal("the controller started without its CRD")
+			t.Fatal("the controller started without its CRDs")
 		}
-		crd, err := os.ReadFile("../../deploy/base/crd-clusterspiffeid.yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := api.Apply(ctx, "", crd); err != nil {
-			t.Fatal(err)
+		for _, f := range []string{"crd-clusterspiffeid.yaml", "crd-clusterstaticentry.yaml"} {
+			crd, err := os.ReadFile("../../deploy/base/" + f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := api.Apply(ctx, "", crd); err != nil {
+				t.Fatal(err)
+			}
 		}
 		logs.WaitFor(t, "kubernetes controller started", time.Minute)
 	})
@@ -104,7 +109,7 @@ func TestStartupProblemsNamed(t *testing.T) {
 			t.Fatal(err)
 		}
 		logs := run(t, api.KubeconfigFor(t, t.TempDir(), "no-rights", tok))
-		for _, r := range []string{"pods", "namespaces", "nodes", Resource} {
+		for _, r := range []string{"pods", "namespaces", "nodes", "endpointslices", Resource, StaticEntryResource} {
 			logs.WaitFor(t, "may not list and watch "+r, time.Minute)
 		}
 	})

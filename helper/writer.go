@@ -49,7 +49,6 @@ const (
 type Writer struct {
 	dir      string
 	uid, gid int
-	prev     string // the generation before the current one
 }
 
 // NewWriter returns a Writer for dir, owning files by uid/gid (-1: unchanged).
@@ -83,6 +82,9 @@ func (w *Writer) Write(files []File) error {
 	if err := w.adopt(files); err != nil {
 		return err
 	}
+	// The generation readers may be in now; read from disk, not
+	// remembered, so a restarted helper keeps it too.
+	prev, _ := os.Readlink(filepath.Join(w.dir, dataLink))
 	gen, err := os.MkdirTemp(w.dir, genPrefix)
 	if err != nil {
 		return fmt.Errorf("create file set dir: %w", err)
@@ -108,7 +110,7 @@ func (w *Writer) Write(files []File) error {
 	if err := syncDir(w.dir); err != nil {
 		errs = append(errs, err)
 	}
-	w.prune(filepath.Base(gen))
+	w.prune(filepath.Base(gen), filepath.Base(prev))
 	if len(errs) > 0 {
 		return &PostCommitError{Err: errors.Join(errs...), Missing: missing}
 	}
@@ -185,8 +187,6 @@ func (w *Writer) adopt(files []File) error {
 		_ = os.RemoveAll(gen)
 		return fmt.Errorf("adopt the files in %s: %w", w.dir, err)
 	}
-	// Kept by the prune after the next swap, for readers still in it.
-	w.prev = filepath.Base(gen)
 	for _, name := range have {
 		if err := w.ensureLink(name); err != nil {
 			return fmt.Errorf("adopt the files in %s: %w", w.dir, err)
@@ -305,20 +305,19 @@ func (w *Writer) ensureLink(name string) error {
 	return nil
 }
 
-// prune removes generations other than the current one and the one before
-// it; keeping the previous one lets a reader that resolved ..data just before
-// the swap finish reading.
-func (w *Writer) prune(current string) {
+// prune removes generations other than the current one and prev, the one
+// ..data named before the swap; keeping it lets a reader that resolved
+// ..data just before the swap finish reading.
+func (w *Writer) prune(current, prev string) {
 	entries, err := os.ReadDir(w.dir)
 	if err == nil {
 		for _, e := range entries {
 			n := e.Name()
-			if e.IsDir() && strings.HasPrefix(n, genPrefix) && n != current && n != w.prev {
+			if e.IsDir() && strings.HasPrefix(n, genPrefix) && n != current && n != prev {
 				_ = os.RemoveAll(filepath.Join(w.dir, n))
 			}
 		}
 	}
-	w.prev = current
 }
 
 func syncDir(dir string) error {

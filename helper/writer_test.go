@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -415,4 +416,41 @@ func writeFiles(t *testing.T, cfg Config, ca *testCA) []File {
 		t.Fatal(err)
 	}
 	return files
+}
+
+// A restarted helper (a new Writer over the directory) keeps the generation
+// ..data named before its first swap, where readers may still be, and
+// prunes it on the next write as usual.
+func TestNewWriterKeepsGenerationReadersAreIn(t *testing.T) {
+	dir := t.TempDir()
+	set := func(v string) []File { return []File{{Name: "svid.pem", Data: []byte(v), Mode: 0o644}} }
+	current := func() string {
+		t.Helper()
+		gen, err := os.Readlink(filepath.Join(dir, dataLink))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return gen
+	}
+	if err := NewWriter(dir, -1, -1).Write(set("one")); err != nil {
+		t.Fatal(err)
+	}
+	gen1 := current()
+	w := NewWriter(dir, -1, -1) // the helper restarted
+	if err := w.Write(set("two")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, gen1, "svid.pem")); err != nil || string(b) != "one" {
+		t.Errorf("the generation current before the swap: %q, %v; want it kept", b, err)
+	}
+	gen2 := current()
+	if err := w.Write(set("three")); err != nil {
+		t.Fatal(err)
+	}
+	gens, _ := filepath.Glob(filepath.Join(dir, genPrefix+"*"))
+	want := []string{filepath.Join(dir, gen2), filepath.Join(dir, current())}
+	slices.Sort(want)
+	if !slices.Equal(gens, want) {
+		t.Errorf("generations on disk %q, want the current and previous %q", gens, want)
+	}
 }

@@ -22,7 +22,8 @@ FUZZ_TARGETS ?= \
 	./server/adminapi:FuzzParseEntryFile \
 	./server/adminapi:FuzzParseBundleFile \
 	./server/federation:FuzzResolveConfig \
-	./server/k8sreg:FuzzRender
+	./server/k8sreg:FuzzRender \
+	./server/k8sreg:FuzzStaticEntry
 
 .PHONY: all build test test-race-core test-kube-e2e fuzz bench demo lint deps proto clean kube-bins
 

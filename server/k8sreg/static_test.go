@@ -154,3 +154,33 @@ func TestStaticEntries(t *testing.T) {
 	}
 	wantEntries(t, st, db, webEntry)
 }
+
+// FuzzStaticEntry: whatever a ClusterStaticEntry holds, Entry either
+// refuses it or returns a valid entry, with the same controller-owned ID
+// every time.
+func FuzzStaticEntry(f *testing.F) {
+	f.Add("spiffe://example.org/db", "spiffe://example.org/agent/join/n1", false, "unix:uid:70", "db.internal", "partner.org", "db")
+	f.Add("spiffe://example.org/k8s/nodes", "", true, "k8s_psat:cluster:prod", "", "", "")
+	f.Add("spiffe://example.org/../x", "spiffe://example.org/a", false, "unix:uid", "-x", "Partner.org", "h i")
+	f.Add("spiffe://example.org/signet/server", "spiffe://example.org/a", false, "k8s:ns:a:b:c", "*.db", "example.org", "")
+	f.Fuzz(func(t *testing.T, id, parent string, node bool, sel, dns, fed, hint string) {
+		s := ClusterStaticEntrySpec{SPIFFEID: id, ParentID: parent, Node: node, Selectors: []string{sel}, Hint: hint}
+		if dns != "" {
+			s.DNSNames = []string{dns}
+		}
+		if fed != "" {
+			s.FederatesWith = []string{fed}
+		}
+		e, err := s.Entry(td, "prod")
+		if err != nil {
+			return
+		}
+		if verr := e.Validate(td); verr != nil {
+			t.Fatalf("an invalid entry: %v", verr)
+		}
+		again, _ := s.Entry(td, "prod")
+		if !ownedBy(e.ID, "prod") || again.ID != e.ID {
+			t.Fatalf("entry IDs %q, %q: not owned or not stable", e.ID, again.ID)
+		}
+	})
+}

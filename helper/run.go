@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -97,6 +98,9 @@ type runner struct {
 	x509       *workloadapi.X509Context
 	jwts       map[string]*jwtsvid.SVID
 	jwtBundles *jwtbundle.Set
+	// writtenJWTs are the JWT-SVIDs of the last set written: a renewal
+	// that brings the same tokens is not written (nor reloaded) again.
+	writtenJWTs map[string]*jwtsvid.SVID
 	// x509Dirty: X.509 material changed since the last published set, so
 	// the next set must reload the app even if JWT material completes it.
 	x509Dirty bool
@@ -343,6 +347,7 @@ func (r *runner) write(jwtOnly bool) (Event, error) {
 	}
 	ev.JWTOnly = jwtOnly && !r.x509Dirty && r.published
 	r.x509Dirty, r.published = false, true
+	r.writtenJWTs = r.jwts
 	r.health.Written(ev.NotAfter)
 	if r.o.onWrite != nil {
 		r.o.onWrite(ev)
@@ -617,19 +622,35 @@ func (r *runner) jwtLoop(ctx context.Context, client *workloadapi.Client, publis
 			r.health.StreamUp()
 		}
 		r.mu.Lock()
+		changed := !sameJWTs(jwts, r.writtenJWTs)
 		r.jwts = jwts
 		r.mu.Unlock()
-		publish(true)
-		delay = time.Hour
-		now := time.Now()
-		for _, s := range jwts {
-			iat := now
-			if v, ok := s.Claims["iat"].(float64); ok {
-				iat = time.Unix(int64(v), 0)
-			}
-			delay = min(delay, max(iat.Add(s.Expiry.Sub(iat)/2).Sub(now), time.Second))
+		if changed {
+			publish(true)
+		} else {
+			r.log.Debug("JWT-SVIDs unchanged; set not rewritten")
 		}
+		delay = nextJWTFetch(jwts, time.Now())
 	}
+}
+
+// nextJWTFetch is when to renew: half the remaining lifetime plus a second,
+// as spiffe-helper does. The agent renews its cached token at half the
+// lifetime from when it got it, which is earlier, so this fetch brings a
+// new token, where half the lifetime from iat (whole seconds, and set
+// before the agent got it) asks too early and gets the same one again.
+func nextJWTFetch(svids map[string]*jwtsvid.SVID, now time.Time) time.Duration {
+	delay := time.Hour
+	for _, s := range svids {
+		delay = min(delay, max(s.Expiry.Sub(now)/2+time.Second, time.Second))
+	}
+	return delay
+}
+
+// sameJWTs reports whether a and b hold byte-identical tokens under the
+// same file names.
+func sameJWTs(a, b map[string]*jwtsvid.SVID) bool {
+	return maps.EqualFunc(a, b, func(x, y *jwtsvid.SVID) bool { return x.Marshal() == y.Marshal() })
 }
 
 // waitForFile waits until path exists, watching its directory (and polling,

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+
 	"github.com/signetid/signet/internal/logtest"
 )
 
@@ -402,5 +404,58 @@ func TestRunReloadCommandWithBackgroundProcessDoesNotHang(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("the helper did not exit after its child did (a reload command's background process held it)")
+	}
+}
+
+// A renewal that brings the JWT-SVID already written (the agent still
+// caches it) rewrites nothing and, with reload_on_jwt, reloads nothing.
+func TestUnchangedJWTIsNotRewritten(t *testing.T) {
+	ca := newTestCA(t, "example.org")
+	agent := newFakeAgent(t, ca, "spiffe://example.org/web")
+	agent.jwtTTL, agent.jwtReuse = 3*time.Second, true
+	agent.start()
+	agent.rotate(time.Hour)
+	cfg := NewConfig()
+	cfg.AgentAddress, cfg.CertDir = agent.addr(), t.TempDir()
+	cfg.JWTSVIDs = []JWTSVIDConfig{{Audience: "db", FileName: "db.jwt"}}
+	cfg.ReloadOnJWT = true
+	var mu sync.Mutex
+	var written []string // db.jwt after each write
+	startDaemon(t, cfg, WithLogger(quietLog()), WithOnWrite(func(Event) {
+		b, _ := os.ReadFile(filepath.Join(cfg.CertDir, "db.jwt"))
+		mu.Lock()
+		written = append(written, string(b))
+		mu.Unlock()
+	}))
+	// The helper handles each fetch's answer before it fetches again.
+	waitUntil(t, "three JWT-SVID fetches", func() bool { n, _ := agent.jwtFetches(); return n >= 3 })
+	if _, reused := agent.jwtFetches(); reused == 0 {
+		t.Fatal("setup: the agent never served the same token twice")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := 1; i < len(written); i++ {
+		if written[i] == written[i-1] {
+			t.Errorf("write %d of %d rewrote (and reloaded for) the JWT-SVID already written", i+1, len(written))
+		}
+	}
+}
+
+func TestNextJWTFetch(t *testing.T) {
+	now := time.Now()
+	svid := func(ttl time.Duration) *jwtsvid.SVID { return &jwtsvid.SVID{Expiry: now.Add(ttl)} }
+	for _, tc := range []struct {
+		name  string
+		svids map[string]*jwtsvid.SVID
+		want  time.Duration
+	}{
+		{"half the remaining lifetime plus a second", map[string]*jwtsvid.SVID{"a": svid(10 * time.Minute)}, 5*time.Minute + time.Second},
+		{"the earliest of several", map[string]*jwtsvid.SVID{"a": svid(10 * time.Minute), "b": svid(4 * time.Second)}, 3 * time.Second},
+		{"expired: a second", map[string]*jwtsvid.SVID{"a": svid(-time.Minute)}, time.Second},
+		{"long-lived: an hour at most", map[string]*jwtsvid.SVID{"a": svid(24 * time.Hour)}, time.Hour},
+	} {
+		if got := nextJWTFetch(tc.svids, now); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

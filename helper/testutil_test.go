@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -171,6 +173,10 @@ type fakeAgent struct {
 	federated  []*testCA
 	// jwtTTL is the lifetime of issued JWT-SVIDs (default 5 min).
 	jwtTTL time.Duration
+	// jwtReuse makes the agent answer with the token it issued before for
+	// the same ID and audience until that expires, as an agent caching
+	// longer than the helper waits would.
+	jwtReuse bool
 
 	mu      sync.Mutex
 	svid    *x509svid.SVID
@@ -178,6 +184,11 @@ type fakeAgent struct {
 	deny    bool             // answer PermissionDenied (no entry yet)
 	changed chan struct{}
 	jwts    int // JWT-SVIDs issued
+	// jwtCalls counts FetchJWTSVID calls answered; issued holds the tokens
+	// kept for jwtReuse, by ID and audience.
+	jwtCalls  int
+	jwtReused int
+	issued    map[string]*jwtsvid.SVID
 }
 
 func newFakeAgent(t testing.TB, ca *testCA, id string) *fakeAgent {
@@ -300,9 +311,44 @@ func (a *fakeAgent) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDReque
 	resp := &workload.JWTSVIDResponse{}
 	for _, s := range svids {
 		id := s.ID.String()
-		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id, Svid: a.ca.jwt(a.t, id, req.Audience, a.jwtTTL), Hint: s.Hint})
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id, Svid: a.jwtFor(id, req.Audience), Hint: s.Hint})
 	}
+	a.mu.Lock()
+	a.jwtCalls++
+	a.mu.Unlock()
 	return resp, nil
+}
+
+func (a *fakeAgent) jwtFor(id string, aud []string) string {
+	if !a.jwtReuse {
+		return a.ca.jwt(a.t, id, aud, a.jwtTTL)
+	}
+	key := id + "\x00" + strings.Join(aud, "\x00")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s := a.issued[key]; s != nil && time.Now().Before(s.Expiry) {
+		a.jwtReused++
+		return s.Marshal()
+	}
+	tok := a.ca.jwt(a.t, id, aud, a.jwtTTL)
+	s, err := jwtsvid.ParseInsecure(tok, aud)
+	if err != nil {
+		a.t.Error(err)
+		return tok
+	}
+	if a.issued == nil {
+		a.issued = map[string]*jwtsvid.SVID{}
+	}
+	a.issued[key] = s
+	return tok
+}
+
+// jwtFetches is how many FetchJWTSVID calls the agent has answered, and
+// how many tokens it served again (jwtReuse).
+func (a *fakeAgent) jwtFetches() (calls, reused int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.jwtCalls, a.jwtReused
 }
 
 func (a *fakeAgent) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {

@@ -82,7 +82,10 @@ func (s *Service) syncResponse(snap *catalog.Snapshot, entries []*registry.Entry
 }
 
 // digest summarizes what the agent would see, so unrelated catalog changes
-// (another agent's entries) do not resend.
+// (another agent's entries) do not resend. IDs and revisions stand for the
+// entries' content: the store never gives one ID a revision twice, not even
+// across deletion and re-creation (store.Store.CreateEntry), which is much
+// cheaper than hashing the content on every wake-up of every stream.
 func digest(resp *api.SyncResponse) [sha256.Size]byte {
 	h := sha256.New()
 	var buf [8]byte

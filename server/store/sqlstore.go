@@ -106,15 +106,22 @@ func (s *sqlStore) write(ctx context.Context, fn func(*tx) error) error {
 }
 
 func bumpRevision(ctx context.Context, t *tx) error {
+	_, err := nextRevision(ctx, t)
+	return err
+}
+
+// nextRevision is bumpRevision returning the store revision this
+// transaction commits.
+func nextRevision(ctx context.Context, t *tx) (int64, error) {
 	t.changed = true
 	var rev int64
 	if err := t.queryRow(ctx, `UPDATE store_revision SET value = value + 1 WHERE id = 1 RETURNING value`).Scan(&rev); err != nil {
-		return fmt.Errorf("bump revision: %w", err)
+		return 0, fmt.Errorf("bump revision: %w", err)
 	}
 	if out, ok := ctx.Value(commitRevisionKey{}).(*int64); ok {
 		*out = rev
 	}
-	return nil
+	return rev, nil
 }
 
 // Times are stored as Unix nanoseconds, 0 for the zero time.
@@ -353,7 +360,6 @@ func (s *sqlStore) CreateEntries(ctx context.Context, es []registry.Entry) ([]re
 		if e.ID == "" {
 			e.ID = uuid.NewString()
 		}
-		e.Revision = 1
 		e.CreatedAt = now
 		out[i] = e
 	}
@@ -362,12 +368,22 @@ func (s *sqlStore) CreateEntries(ctx context.Context, es []registry.Entry) ([]re
 		what = fmt.Sprintf("create %d entries", len(out))
 	}
 	err := s.write(ctx, func(t *tx) error {
-		for _, e := range out {
-			if err := insertEntry(ctx, t, e); err != nil {
+		// A new entry starts at the store revision that creates it, not at
+		// 1: an entry's revision never exceeds the store revision of its
+		// last write, so an ID deleted and created again (the Kubernetes
+		// controller's IDs are deterministic) never repeats a revision, and
+		// agents' Sync streams, which compare IDs and revisions, see it.
+		rev, err := nextRevision(ctx, t)
+		if err != nil {
+			return err
+		}
+		for i := range out {
+			out[i].Revision = rev
+			if err := insertEntry(ctx, t, out[i]); err != nil {
 				return err
 			}
 		}
-		return bumpRevision(ctx, t)
+		return nil
 	})
 	if s.db.isUniqueViolation(err) {
 		return nil, fmt.Errorf("%s: an entry with the same ID, or the same SPIFFE ID, parent and selectors, %w", what, ErrAlreadyExists)

@@ -101,7 +101,9 @@ type Store interface {
 	// CreateEntry stores a new entry, assigning Revision, CreatedAt and, when
 	// the caller left it empty, ID (a caller-chosen ID lets the Kubernetes
 	// controller recognise its own entries). An entry with the same ID, or
-	// the same SPIFFE ID, parent and selectors, is ErrAlreadyExists.
+	// the same SPIFFE ID, parent and selectors, is ErrAlreadyExists. Revision
+	// is the store revision of the creating write, so revisions of one ID
+	// never repeat, even across deletion and re-creation.
 	CreateEntry(ctx context.Context, e registry.Entry) (registry.Entry, error)
 	// CreateEntries stores several entries in one transaction: all or none.
 	CreateEntries(ctx context.Context, es []registry.Entry) ([]registry.Entry, error)

@@ -112,6 +112,46 @@ func revision(t *testing.T, s Store) int64 {
 	return rev
 }
 
+// An entry deleted and created again under the same ID (the Kubernetes
+// controller's IDs are deterministic) never takes a revision that ID had:
+// agents' Sync streams compare IDs and revisions to decide what to push.
+func TestEntryRecreatedNeverRepeatsRevision(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		e := workload(t, "/w", "unix:uid:1")
+		e.ID = "k8s.c.0123456789abcdef"
+		seen := map[int64]bool{}
+		for round := range 3 {
+			created, err := s.CreateEntry(ctx, e)
+			if err != nil {
+				t.Fatalf("round %d: CreateEntry: %v", round, err)
+			}
+			revs := []int64{created.Revision}
+			// Updates interleaved with other entries' writes.
+			cur := created
+			for i := range 2 {
+				if _, err := s.CreateEntry(ctx, workload(t, fmt.Sprintf("/other-%d-%d", round, i), "unix:uid:2")); err != nil {
+					t.Fatal(err)
+				}
+				cur.DNSNames = []string{fmt.Sprintf("r%d-%d.example", round, i)}
+				if cur, err = s.UpdateEntry(ctx, cur); err != nil {
+					t.Fatalf("round %d: UpdateEntry: %v", round, err)
+				}
+				revs = append(revs, cur.Revision)
+			}
+			for _, r := range revs {
+				if seen[r] {
+					t.Fatalf("round %d: revision %d of %s repeats one an earlier incarnation had (%v)", round, r, e.ID, revs)
+				}
+				seen[r] = true
+			}
+			if err := s.DeleteEntry(ctx, e.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
 func TestEntryCRUD(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx, s := testCtx(t), openStore(t, url)
@@ -136,8 +176,8 @@ func TestEntryCRUD(t *testing.T) {
 		if !reflect.DeepEqual(in.Selectors, inSels) {
 			t.Errorf("CreateEntry modified the caller's selectors: %v", in.Selectors)
 		}
-		if created.ID == "" || created.Revision != 1 || created.CreatedAt.Before(before.Add(-time.Second)) {
-			t.Fatalf("created entry: ID %q revision %d created %v; want an ID, revision 1, created now", created.ID, created.Revision, created.CreatedAt)
+		if created.ID == "" || created.Revision != revision(t, s) || created.CreatedAt.Before(before.Add(-time.Second)) {
+			t.Fatalf("created entry: ID %q revision %d created %v; want an ID, the store revision of the create (%d), created now", created.ID, created.Revision, created.CreatedAt, revision(t, s))
 		}
 		if !created.ExpiresAt.Equal(in.ExpiresAt) {
 			t.Errorf("ExpiresAt %v, want %v", created.ExpiresAt, in.ExpiresAt)
@@ -187,8 +227,8 @@ func TestEntryCRUD(t *testing.T) {
 		if err != nil {
 			t.Fatalf("UpdateEntry: %v", err)
 		}
-		if updated.Revision != 2 || !updated.CreatedAt.Equal(created.CreatedAt) {
-			t.Fatalf("updated revision %d created %v; want 2 and %v", updated.Revision, updated.CreatedAt, created.CreatedAt)
+		if updated.Revision != created.Revision+1 || !updated.CreatedAt.Equal(created.CreatedAt) {
+			t.Fatalf("updated revision %d created %v; want %d and %v", updated.Revision, updated.CreatedAt, created.Revision+1, created.CreatedAt)
 		}
 		got, err = s.GetEntry(ctx, created.ID)
 		if err != nil {
@@ -197,7 +237,7 @@ func TestEntryCRUD(t *testing.T) {
 		if !reflect.DeepEqual(got, updated) || got.DNSNames != nil || got.Admin || !got.ExpiresAt.IsZero() {
 			t.Fatalf("GetEntry after update =\n%+v\nwant\n%+v", got, updated)
 		}
-		if again, err := s.UpdateEntry(ctx, got); err != nil || again.Revision != 3 {
+		if again, err := s.UpdateEntry(ctx, got); err != nil || again.Revision != created.Revision+2 {
 			t.Fatalf("second UpdateEntry: revision %d, %v; want 3", again.Revision, err)
 		}
 
@@ -850,11 +890,15 @@ func TestCreateEntriesAllOrNothing(t *testing.T) {
 		if err != nil {
 			t.Fatalf("CreateEntries: %v", err)
 		}
-		if len(created) != 2 || created[0].ID == "" || created[0].ID == created[1].ID || created[1].Revision != 1 {
+		if len(created) != 2 || created[0].ID == "" || created[0].ID == created[1].ID {
 			t.Fatalf("created %+v", created)
 		}
-		if got := revision(t, s); got <= rev {
+		got := revision(t, s)
+		if got <= rev {
 			t.Fatalf("revision %d after batch, was %d", got, rev)
+		}
+		if created[0].Revision != got || created[1].Revision != got {
+			t.Fatalf("created revisions %d and %d, want the batch's store revision %d", created[0].Revision, created[1].Revision, got)
 		}
 		// A batch holding a duplicate of a stored entry stores nothing.
 		_, err = s.CreateEntries(ctx, []registry.Entry{workload(t, "/d", "unix:uid:4"), {SPIFFEID: existing.SPIFFEID, ParentID: existing.ParentID, Selectors: existing.Selectors}})

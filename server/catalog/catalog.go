@@ -35,20 +35,43 @@ type Bundle struct {
 	Sequence    int64
 }
 
+// DefaultPollInterval is how often Run compares the store's revision with
+// the snapshot's when no Options say otherwise.
+const DefaultPollInterval = 5 * time.Second
+
+// Options tune a Catalog; zero values mean the defaults.
+type Options struct {
+	// PollInterval bounds how long a change whose signal never arrived
+	// stays unseen: besides reloading on every store signal, Run checks the
+	// store's revision this often (one small query). Signals can be lost:
+	// a PostgreSQL LISTEN connection can die silently, or a connection
+	// pooler can swallow notifications. Zero means DefaultPollInterval.
+	PollInterval time.Duration
+}
+
 // Catalog serves the latest snapshot and signals each new one.
 type Catalog struct {
 	store  store.Store
 	td     spiffeid.TrustDomain
 	logger *slog.Logger
+	poll   time.Duration
 
 	mu      sync.RWMutex
 	snap    *Snapshot
 	changed chan struct{} // closed when snap is replaced
 }
 
-// New loads the first snapshot.
+// New loads the first snapshot, with the default Options.
 func New(ctx context.Context, st store.Store, td spiffeid.TrustDomain, logger *slog.Logger) (*Catalog, error) {
-	c := &Catalog{store: st, td: td, logger: logger, changed: make(chan struct{})}
+	return NewWithOptions(ctx, st, td, logger, Options{})
+}
+
+// NewWithOptions loads the first snapshot.
+func NewWithOptions(ctx context.Context, st store.Store, td spiffeid.TrustDomain, logger *slog.Logger, opts Options) (*Catalog, error) {
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = DefaultPollInterval
+	}
+	c := &Catalog{store: st, td: td, logger: logger, poll: opts.PollInterval, changed: make(chan struct{})}
 	if err := c.Refresh(ctx); err != nil {
 		return nil, err
 	}
@@ -63,12 +86,15 @@ func (c *Catalog) Current() (*Snapshot, <-chan struct{}) {
 	return c.snap, c.changed
 }
 
-// Run reloads the snapshot after every store change until ctx ends. Store
-// signals coalesce, so a burst of writes costs a few reloads, not one each.
-// A failed reload (store briefly unreachable) is retried every second;
-// meanwhile agents keep the last good state.
+// Run reloads the snapshot after every store change until ctx ends, and
+// checks the store's revision every PollInterval in case a signal was lost.
+// Store signals coalesce, so a burst of writes costs a few reloads, not one
+// each. A failed reload (store briefly unreachable) is retried every
+// second; meanwhile agents keep the last good state.
 func (c *Catalog) Run(ctx context.Context) error {
 	changes := c.store.Changes(ctx)
+	poll := time.NewTicker(c.poll)
+	defer poll.Stop()
 	// Changes committed between New's load and the subscription above sent
 	// their signals to no one: check once now.
 	retry := time.After(0)
@@ -81,6 +107,7 @@ func (c *Catalog) Run(ctx context.Context) error {
 				return nil
 			}
 		case <-retry:
+		case <-poll.C:
 		}
 		retry = nil
 		if err := c.Refresh(ctx); err != nil {

@@ -207,3 +207,54 @@ func TestEntriesWrittenAfterReloadKeepsOtherWrites(t *testing.T) {
 		})
 	}
 }
+
+// waitFor waits until the catalog's snapshot satisfies ok.
+func waitFor(t *testing.T, c *Catalog, within time.Duration, what string, ok func(*Snapshot) bool) {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		snap, changed := c.Current()
+		if ok(snap) {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("%s: not in the catalog within %s (snapshot at revision %d)", what, within, snap.Revision)
+		}
+	}
+}
+
+// A write whose change signal never reaches this server (here: made
+// through another handle on the same SQLite file, as another process
+// would; with PostgreSQL, a LISTEN connection that died silently) still
+// reaches the catalog within the poll interval.
+func TestRunNoticesUnsignalledWrites(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dbPath := filepath.Join(t.TempDir(), "s.db")
+	st, other := openStore(t, dbPath), openStore(t, dbPath)
+	c, err := NewWithOptions(ctx, st, td, slog.New(slog.DiscardHandler), Options{PollInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	agent := spiffeid.RequireFromPath(td, "/agent/a")
+	// A signalled write: once it is in, Run is subscribed and has done
+	// its start-up check, so only polling can find the next one.
+	if _, err := st.CreateEntry(ctx, entry("/signalled")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, c, 5*time.Second, "the signalled write", func(s *Snapshot) bool { return ids(s.Entries, agent)["/signalled"] })
+	if _, err := other.CreateEntry(ctx, entry("/unsignalled")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, c, 5*time.Second, "the unsignalled write", func(s *Snapshot) bool { return ids(s.Entries, agent)["/unsignalled"] })
+}

@@ -15,6 +15,7 @@
 // write and migration takes first, so servers sharing a database never
 // interleave read-modify-write sequences. Every write that changes entries,
 // nodes or authorities bumps the global revision and, on PostgreSQL, does
-// NOTIFY signet_changes; each Store LISTENs on a dedicated connection and
-// signals its Changes subscribers. Join tokens are not part of the revision.
+// NOTIFY signet_changes; each Store LISTENs on a dedicated connection
+// (pinged when quiet, replaced when it stops answering) and signals its
+// Changes subscribers. Join tokens are not part of the revision.
 package store

@@ -23,6 +23,16 @@ const changesChannel = "signet_changes"
 // serialized, so read-modify-write code needs no retry loop. ("signet" in ASCII.)
 const writeLockKey int64 = 0x7369676e6574
 
+// The change listener waits at most listenIdle for a notification, then
+// pings its connection, which must answer within listenPingTimeout: a path
+// that died silently (a failed-over primary, a proxy or NAT that dropped
+// the session but keeps the socket open) would otherwise hold it forever,
+// deaf to every other server's writes.
+const (
+	listenIdle        = 5 * time.Second
+	listenPingTimeout = 5 * time.Second
+)
+
 // pgDB is the PostgreSQL store: a connection pool for queries and one
 // dedicated connection LISTENing for other servers' changes.
 type pgDB struct {
@@ -70,9 +80,15 @@ func openPostgres(ctx context.Context, url string, logger *slog.Logger) (*sqlSto
 	return s, nil
 }
 
+// listenerAppName names the change listener's connection in
+// pg_stat_activity.
+const listenerAppName = "signet change listener"
+
 // listen opens a connection outside the pool and LISTENs on it.
 func (d *pgDB) listen(ctx context.Context) (*pgx.Conn, error) {
-	conn, err := pgx.ConnectConfig(ctx, d.pool.Config().ConnConfig)
+	cfg := d.pool.Config().ConnConfig.Copy()
+	cfg.RuntimeParams["application_name"] = listenerAppName
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect change listener: %w", err)
 	}
@@ -84,8 +100,8 @@ func (d *pgDB) listen(ctx context.Context) (*pgx.Conn, error) {
 }
 
 // listenLoop signals for every notification, and reconnects with backoff
-// when the connection is lost, signalling once it is back: changes made in
-// between were not heard.
+// when the connection is lost or stops answering, signalling once it is
+// back: changes made in between were not heard.
 func (d *pgDB) listenLoop(ctx context.Context, conn *pgx.Conn, signal func()) {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = 100 * time.Millisecond
@@ -94,12 +110,17 @@ func (d *pgDB) listenLoop(ctx context.Context, conn *pgx.Conn, signal func()) {
 	for {
 		var err error
 		for conn != nil {
-			if _, err = conn.WaitForNotification(ctx); err != nil {
-				conn.Close(context.Background())
+			var notified bool
+			if notified, err = awaitNotification(ctx, conn); err != nil {
+				cctx, cancel := context.WithTimeout(context.Background(), listenPingTimeout)
+				conn.Close(cctx)
+				cancel()
 				conn = nil
 				break
 			}
-			signal()
+			if notified {
+				signal()
+			}
 		}
 		if ctx.Err() != nil {
 			return
@@ -122,6 +143,29 @@ func (d *pgDB) listenLoop(ctx context.Context, conn *pgx.Conn, signal func()) {
 		d.log.Info("store: PostgreSQL change listener reconnected")
 		signal()
 	}
+}
+
+// awaitNotification waits up to listenIdle for a notification on conn and
+// reports whether one came. After a quiet listenIdle it pings conn, and an
+// unanswered ping is an error: the connection is to be replaced.
+func awaitNotification(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	wctx, cancel := context.WithTimeout(ctx, listenIdle)
+	_, err := conn.WaitForNotification(wctx)
+	quiet := wctx.Err() != nil && ctx.Err() == nil
+	cancel()
+	switch {
+	case err == nil:
+		return true, nil
+	case !quiet:
+		return false, err
+	}
+	// The deadline interrupted the wait without breaking the connection.
+	pctx, cancel := context.WithTimeout(ctx, listenPingTimeout)
+	defer cancel()
+	if err := conn.Ping(pctx); err != nil {
+		return false, fmt.Errorf("no notification for %s and no answer to a ping: %w", listenIdle, err)
+	}
+	return false, nil
 }
 
 func (d *pgDB) write(ctx context.Context, fn func(*tx) error) (bool, error) {

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -92,7 +93,7 @@ func TestPostgresListenerReconnects(t *testing.T) {
 	defer conn.Close(ctx)
 	var killed int
 	if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-		WHERE datname = current_database() AND query = 'LISTEN `+changesChannel+`'`).Scan(&killed); err != nil {
+		WHERE datname = current_database() AND application_name = $1`, listenerAppName).Scan(&killed); err != nil {
 		t.Fatal(err)
 	}
 	if killed != 2 {
@@ -103,6 +104,120 @@ func TestPostgresListenerReconnects(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSignal(t, ch, "write on A after B reconnected")
+}
+
+// silentProxy forwards TCP connections to target until silence(): from
+// then on the connections opened so far stay open but carry nothing, like a
+// path that died without a reset (a failed-over primary behind a proxy, a
+// NAT or load balancer that dropped the session). Later connections are
+// forwarded normally.
+type silentProxy struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	mute  []chan struct{} // closed to silence one connection
+	conns []net.Conn
+}
+
+func newSilentProxy(t *testing.T, target string) *silentProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &silentProxy{ln: ln}
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mute := make(chan struct{})
+			p.mu.Lock()
+			p.mute = append(p.mute, mute)
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go pipeUnlessMuted(u, c, mute)
+			go pipeUnlessMuted(c, u, mute)
+		}
+	}()
+	return p
+}
+
+// pipeUnlessMuted copies src to dst, dropping what it reads once mute is
+// closed.
+func pipeUnlessMuted(dst, src net.Conn, mute <-chan struct{}) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		select {
+		case <-mute:
+			continue
+		default:
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+func (p *silentProxy) silence() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range p.mute {
+		close(m)
+	}
+	p.mute = nil
+}
+
+// A's path to the database dies silently: its LISTEN connection stays open
+// but hears nothing. A must notice (the listener pings when it has heard
+// nothing for a while), reconnect, signal, and hear later writes again.
+func TestPostgresListenerReplacesSilentConnection(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	_, rest, _ := strings.Cut(url, "@")
+	hostPort, _, _ := strings.Cut(rest, "/")
+	p := newSilentProxy(t, hostPort)
+	ctx := testCtx(t)
+	a := openStore(t, strings.Replace(url, hostPort, p.ln.Addr().String(), 1))
+	b := openStore(t, url)
+	ch := a.Changes(ctx)
+	if _, err := b.CreateEntry(ctx, workload(t, "/before", "unix:uid:1")); err != nil {
+		t.Fatal(err)
+	}
+	waitSignal(t, ch, "B's write, heard by A over the proxy")
+
+	p.silence()
+	if _, err := b.CreateEntry(ctx, workload(t, "/during", "unix:uid:1")); err != nil {
+		t.Fatal(err)
+	}
+	// The listener is quiet for listenIdle, then its ping goes unanswered
+	// for listenPingTimeout; it reconnects and signals.
+	bound := listenIdle + listenPingTimeout + 5*time.Second
+	select {
+	case <-ch:
+	case <-time.After(bound):
+		t.Fatalf("A had no change signal %s after B's write on a silently dead listener connection", bound)
+	}
+	if _, err := b.CreateEntry(ctx, workload(t, "/after", "unix:uid:1")); err != nil {
+		t.Fatal(err)
+	}
+	waitSignal(t, ch, "B's write after A's listener reconnected")
 }
 
 func TestPostgresOpenErrors(t *testing.T) {

@@ -324,7 +324,14 @@ func serveGRPC(ctx context.Context, srv *grpc.Server, ln net.Listener, name stri
 	return nil
 }
 
+// close releases what New acquired. After Run, the gRPC and health
+// servers have closed their listeners already; closing again is harmless.
 func (s *Server) close() {
+	for _, ln := range []net.Listener{s.agentLn, s.adminLn, s.healthLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
 	if s.adminLn != nil {
 		os.Remove(s.cfg.AdminSocket)
 	}

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -548,6 +549,37 @@ func TestSyncPushesChangesAndEvictionCutsOff(t *testing.T) {
 	wantCode(t, err, codes.PermissionDenied, "renew after eviction")
 	_, err = a.Client.BatchSignX509SVID(context.Background(), &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: e.Id, Csr: csr}}})
 	wantCode(t, err, codes.PermissionDenied, "sign after eviction")
+}
+
+// New binds the agent API and admin socket before the health address; when
+// that fails, what it bound must be released: the retry (a supervisor's
+// restart, the operator's corrected config) binds the same addresses.
+func TestNewReleasesListenersOnError(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentAddr := probe.Addr().String()
+	probe.Close()
+	dir := t.TempDir()
+	cfg := server.Config{
+		TrustDomain: td, DataDir: dir, Listen: agentAddr, AdminSocket: filepath.Join(dir, "admin.sock"),
+		Datastore: "sqlite://" + filepath.Join(dir, "signet.db"), SVIDTTL: time.Hour, JWTTTL: 5 * time.Minute, AgentTTL: time.Hour,
+		HealthListen: busy.Addr().String(),
+	}
+	if _, err := server.New(context.Background(), cfg, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "health listener") {
+		t.Fatalf("New with a busy health address: %v, want a health listener error", err)
+	}
+	cfg.HealthListen = "127.0.0.1:0"
+	ts := runServer(t, cfg)
+	if ts.Addr() != agentAddr {
+		t.Fatalf("agent API on %s, want %s", ts.Addr(), agentAddr)
+	}
 }
 
 func TestAdminSocketMode(t *testing.T) {

@@ -605,10 +605,12 @@ func clip(s string) string {
 
 func TestCARotationKeepsBothRoots(t *testing.T) {
 	// SVID TTL 2 s: the CA lives 12 s, the next one is published at 6 s and
-	// used from 10 s; the old root must stay until its last SVID expires and
-	// leave when it expires. (A CA's life starts when it is published, so from
-	// then on the bundle holds two roots: the active one and the next.)
-	ts := startServer(t, func(c *server.Config) { c.SVIDTTL, c.AgentTTL = 2*time.Second, 2*time.Second })
+	// used from 10 s; the old root must stay until the last SVID it signed
+	// (just before 10 s) expires, and leave when it expires. (A CA's life
+	// starts when it is published, so from then on the bundle holds two
+	// roots: the active one and the next.) The agent SVID's TTL is capped at
+	// its CA's expiry, so the agent can ask for SVIDs through the activation.
+	ts := startServer(t, func(c *server.Config) { c.SVIDTTL, c.AgentTTL = 2*time.Second, time.Minute })
 	roots := func() []*x509.Certificate {
 		b, err := x509bundle.Parse(td, ts.BundlePEM())
 		if err != nil {
@@ -621,19 +623,42 @@ func TestCARotationKeepsBothRoots(t *testing.T) {
 		t.Fatalf("fresh server publishes %d roots, want 1", len(first))
 	}
 	a := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/a", 0))
-	oldSVID := a.SVID.Certificates[0]
-	sawBoth := false
+	w := ts.createEntry(t, "spiffe://example.org/w", a.ID.String(), "unix:uid:1")
+	sign := func(agent *testAgent, entryID string) *x509svid.SVID {
+		key, csr := newCSR(t)
+		resp, err := agent.Client.BatchSignX509SVID(context.Background(), &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: entryID, Csr: csr}}})
+		if err != nil {
+			t.Fatalf("sign: %v", err)
+		}
+		return svidFrom(t, resp.Svids[0].CertChain, key)
+	}
+	// oldValidUntil is the latest expiry of an SVID the old root signed.
+	var oldValidUntil time.Time
+	sawBoth, activated := false, false
 	deadline := time.Now().Add(25 * time.Second)
 	for time.Now().Before(deadline) {
 		rs := roots()
 		if len(rs) == 2 {
 			sawBoth = true
-			// While the old root's SVIDs live, the old root stays published.
-			if time.Now().Before(oldSVID.NotAfter) && !containsCert(rs, first[0]) {
-				t.Fatal("old root dropped while an SVID it signed is still valid")
+		}
+		// From publication of the next root to activation, keep asking
+		// for SVIDs: the last one the old root signs is at most one poll
+		// before the activation.
+		if sawBoth && !activated {
+			leaf := sign(a, w.Id).Certificates[0]
+			if leaf.CheckSignatureFrom(first[0]) == nil {
+				oldValidUntil = leaf.NotAfter
+			} else {
+				activated = true
+				if !time.Now().Before(oldValidUntil) {
+					t.Fatalf("the old root's last SVID expired (%s) before the activation: nothing to check the overlap with", oldValidUntil.Format(time.RFC3339Nano))
+				}
 			}
 		}
-		if sawBoth && !containsCert(rs, first[0]) {
+		if !containsCert(rs, first[0]) && time.Now().Before(oldValidUntil) {
+			t.Fatalf("old root dropped while an SVID it signed is valid until %s", oldValidUntil.Format(time.RFC3339Nano))
+		}
+		if activated && !containsCert(rs, first[0]) {
 			break
 		}
 		// An expired root must leave the bundle when it expires, not linger
@@ -643,22 +668,16 @@ func TestCARotationKeepsBothRoots(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if !sawBoth {
-		t.Fatal("never saw the next root published beside the active one")
+	if !activated {
+		t.Fatalf("never saw the next root activated (published beside the active one: %v)", sawBoth)
 	}
 	rs := roots()
 	if len(rs) == 0 || containsCert(rs, first[0]) {
 		t.Fatalf("after rotation the bundle holds %d roots (old still there: %v)", len(rs), containsCert(rs, first[0]))
 	}
 	// New SVIDs chain to a root of the current bundle, not the old one.
-	key, csr := newCSR(t)
-	tsAgent := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/b", 0))
-	e := ts.createEntry(t, "spiffe://example.org/w", tsAgent.ID.String(), "unix:uid:1")
-	resp, err := tsAgent.Client.BatchSignX509SVID(context.Background(), &api.BatchSignX509SVIDRequest{Requests: []*api.X509SVIDRequest{{EntryId: e.Id, Csr: csr}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	svid := svidFrom(t, resp.Svids[0].CertChain, key)
+	b := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/b", 0))
+	svid := sign(b, ts.createEntry(t, "spiffe://example.org/w", b.ID.String(), "unix:uid:1").Id)
 	if _, _, err := x509svid.Verify(svid.Certificates, ts.bundle(t)); err != nil {
 		t.Fatalf("SVID after rotation does not verify against the current bundle: %v", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -16,13 +17,14 @@ import (
 )
 
 // Attest proves a node (join token or Kubernetes projected service account
-// token) and signs its agent SVID.
+// token) and signs its agent SVID. A join token is spent in the transaction
+// that records the node, so when anything fails before, the agent's retry
+// can use the same token; once that transaction commits, nothing fails.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
-	// Check the CSR before the single-use token is spent on it.
 	if _, err := ca.CheckCSR(req.Csr); err != nil {
 		return nil, signError("agent CSR", err)
 	}
-	res, err := s.attestNode(ctx, req)
+	res, tokenHash, err := s.attestNode(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -46,14 +48,27 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		ExpiresAt:       chain[0].NotAfter,
 		AttestedAt:      s.cfg.Now(),
 	}
-	if err := s.cfg.Store.UpsertNode(ctx, node); errors.Is(err, store.ErrBanned) {
+	if tokenHash != "" {
+		err = s.cfg.Store.UpsertNodeSpendingToken(ctx, node, tokenHash, s.cfg.Now())
+	} else {
+		err = s.cfg.Store.UpsertNode(ctx, node)
+	}
+	switch {
+	case errors.Is(err, store.ErrBanned):
 		return nil, s.bannedError(res.AgentID)
-	} else if err != nil {
-		return nil, status.Errorf(codes.Internal, "record agent %s: %v", res.AgentID, err)
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrExpired):
+		// Spent by a concurrent attestation, or expired, since it was read.
+		s.cfg.Logger.Warn("agent attestation refused", "type", res.Type, "reason", err)
+		return nil, status.Errorf(codes.PermissionDenied, "%v", err)
+	case err != nil:
+		// Nothing was written: the agent retries with the same evidence.
+		return nil, status.Errorf(codes.Unavailable, "record agent %s: %v", res.AgentID, err)
 	}
 	// Publish the node before answering so the agent's next call finds it.
+	// Failing that, its next call reloads the catalog (authenticate) when
+	// the node is missing: answer anyway, as the token is spent.
 	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "refresh catalog: %v", err)
+		s.cfg.Logger.Warn("refresh catalog after attestation", "agent_id", res.AgentID.String(), "error", err)
 	}
 	s.cfg.Logger.Info("agent attested", "agent_id", res.AgentID.String(), "type", res.Type, "serial", node.SerialNumber, "expires_at", node.ExpiresAt)
 	return s.attestResponse(res.AgentID, chain), nil
@@ -64,35 +79,51 @@ func (s *Service) bannedError(id spiffeid.ID) error {
 	return status.Errorf(codes.PermissionDenied, "agent %s is banned (an admin lifts the ban with: signet server agent evict --spiffe-id %s)", id, id)
 }
 
-// attestNode checks the evidence with the attestor of its type. Refusals are
-// logged: they are what an operator looks at when an agent will not start.
-func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest) (nodeattest.Result, error) {
+// attestNode checks the evidence with the attestor of its type. For a join
+// token it also returns the token's hash: the token is read, not spent, and
+// Attest spends it. Refusals are logged: they are what an operator looks at
+// when an agent will not start.
+func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest) (nodeattest.Result, string, error) {
 	var res nodeattest.Result
 	var err error
+	peek := &tokenPeek{Store: s.cfg.Store}
 	switch {
 	case req.AttestationType == nodeattest.JoinTokenType:
-		res, err = nodeattest.AttestJoinToken(ctx, s.cfg.Store, s.cfg.TrustDomain, string(req.Payload), s.cfg.Now())
+		res, err = nodeattest.AttestJoinToken(ctx, peek, s.cfg.TrustDomain, string(req.Payload), s.cfg.Now())
 	case req.AttestationType == nodeattest.K8sPSATType && s.cfg.PSAT != nil:
 		res, err = s.cfg.PSAT.Attest(ctx, req.Payload)
 	case req.AttestationType == nodeattest.K8sPSATType:
-		return res, status.Error(codes.FailedPrecondition, "k8s_psat attestation is not configured on this server (add a k8s_psat block to its config)")
+		return res, "", status.Error(codes.FailedPrecondition, "k8s_psat attestation is not configured on this server (add a k8s_psat block to its config)")
 	default:
-		return res, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q or %q)", req.AttestationType, nodeattest.JoinTokenType, nodeattest.K8sPSATType)
+		return res, "", status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q or %q)", req.AttestationType, nodeattest.JoinTokenType, nodeattest.K8sPSATType)
 	}
 	if err == nil {
-		return res, nil
+		return res, peek.hash, nil
 	}
 	s.cfg.Logger.Warn("agent attestation refused", "type", req.AttestationType, "reason", err)
 	switch {
 	case errors.Is(err, nodeattest.ErrTokenInvalid), errors.Is(err, nodeattest.ErrTokenExpired), errors.Is(err, nodeattest.ErrNotAttested):
-		return res, status.Error(codes.PermissionDenied, err.Error())
+		return res, "", status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, nodeattest.ErrMalformed):
-		return res, status.Error(codes.InvalidArgument, err.Error())
-	case req.AttestationType == nodeattest.K8sPSATType:
-		// The cluster's API server could not answer: the agent retries.
-		return res, status.Errorf(codes.Unavailable, "attest: %v", err)
+		return res, "", status.Error(codes.InvalidArgument, err.Error())
 	}
-	return res, status.Errorf(codes.Internal, "attest: %v", err)
+	// The store or the cluster's API server could not answer, and nothing
+	// was spent: the agent retries.
+	return res, "", status.Errorf(codes.Unavailable, "attest: %v", err)
+}
+
+// tokenPeek is the store as nodeattest.AttestJoinToken sees it in Attest:
+// its ConsumeJoinToken reads the token without spending it and notes the
+// hash, for Attest to spend it with the node's write
+// (store.UpsertNodeSpendingToken).
+type tokenPeek struct {
+	store.Store
+	hash string
+}
+
+func (p *tokenPeek) ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (store.JoinToken, error) {
+	p.hash = hash
+	return p.Store.GetJoinToken(ctx, hash, now)
 }
 
 // RenewAgent signs a fresh agent SVID for the calling agent.

@@ -549,23 +549,61 @@ func (s *sqlStore) CreateJoinToken(ctx context.Context, jt JoinToken) error {
 func (s *sqlStore) ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (JoinToken, error) {
 	var jt JoinToken
 	_, err := s.db.write(ctx, func(t *tx) error {
-		var exp, created int64
-		err := t.queryRow(ctx, `DELETE FROM join_tokens WHERE hash = $1 RETURNING hash, id, spiffe_id, expires_at, created_at`, hash).
-			Scan(&jt.Hash, &jt.ID, &jt.SPIFFEID, &exp, &created)
-		if errors.Is(err, errNoRows) {
-			return ErrNotFound
-		}
-		jt.ExpiresAt, jt.CreatedAt = fromNanos(exp), fromNanos(created)
+		var err error
+		jt, err = joinTokenRow(ctx, t, deleteJoinToken, hash)
 		return err
 	})
 	if err != nil {
 		return JoinToken{}, fmt.Errorf("consume join token: %w", err)
 	}
 	// The deletion stands: an expired token is gone either way.
-	if !now.Before(jt.ExpiresAt) {
-		return JoinToken{}, fmt.Errorf("consume join token %s: %w at %s", jt.ID, ErrExpired, jt.ExpiresAt.Format(time.RFC3339))
+	if err := unexpired(jt, now); err != nil {
+		return JoinToken{}, fmt.Errorf("consume join token: %w", err)
 	}
 	return jt, nil
+}
+
+func (s *sqlStore) GetJoinToken(ctx context.Context, hash string, now time.Time) (JoinToken, error) {
+	var jt JoinToken
+	err := s.db.read(ctx, func(q querier) error {
+		var err error
+		jt, err = joinTokenRow(ctx, q, `SELECT `+joinTokenColumns+` FROM join_tokens WHERE hash = $1`, hash)
+		return err
+	})
+	if err == nil {
+		err = unexpired(jt, now)
+	}
+	if err != nil {
+		return JoinToken{}, fmt.Errorf("get join token: %w", err)
+	}
+	return jt, nil
+}
+
+const (
+	joinTokenColumns = `hash, id, spiffe_id, expires_at, created_at`
+	deleteJoinToken  = `DELETE FROM join_tokens WHERE hash = $1 RETURNING ` + joinTokenColumns
+)
+
+// joinTokenRow runs query, which selects or deletes the token with hash $1
+// returning joinTokenColumns, and scans its row: ErrNotFound if none.
+func joinTokenRow(ctx context.Context, q querier, query, hash string) (JoinToken, error) {
+	var jt JoinToken
+	var exp, created int64
+	err := q.queryRow(ctx, query, hash).Scan(&jt.Hash, &jt.ID, &jt.SPIFFEID, &exp, &created)
+	if errors.Is(err, errNoRows) {
+		return JoinToken{}, ErrNotFound
+	}
+	jt.ExpiresAt, jt.CreatedAt = fromNanos(exp), fromNanos(created)
+	return jt, err
+}
+
+// unexpired is ErrExpired, with the token's ID and expiry, when jt is
+// expired at now: at its expiry instant a token is expired.
+func unexpired(jt JoinToken, now time.Time) error {
+	if !now.Before(jt.ExpiresAt) {
+		return fmt.Errorf("join token %s: %w at %s", jt.ID, ErrExpired, jt.ExpiresAt.Format(time.RFC3339))
+	}
+	return nil
 }
 
 func (s *sqlStore) PruneJoinTokens(ctx context.Context, now time.Time) error {
@@ -631,35 +669,61 @@ func (s *sqlStore) UpsertNode(ctx context.Context, n Node) error {
 		return errors.New("upsert node: SPIFFE ID is required")
 	}
 	n = normalizeNode(n)
+	if err := s.write(ctx, func(t *tx) error { return upsertNode(ctx, t, n) }); err != nil {
+		return fmt.Errorf("upsert node %s: %w", n.SPIFFEID, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHash string, now time.Time) error {
+	if n.SPIFFEID == "" {
+		return errors.New("upsert node: SPIFFE ID is required")
+	}
+	n = normalizeNode(n)
 	err := s.write(ctx, func(t *tx) error {
-		old, err := getNode(ctx, t, n.SPIFFEID)
-		switch {
-		case err == nil && old.Banned:
-			return ErrBanned
-		case err == nil && nodesEqual(old, n):
-			return nil
-		case err != nil && !errors.Is(err, ErrNotFound):
+		jt, err := joinTokenRow(ctx, t, deleteJoinToken, tokenHash)
+		if errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("join token: %w", err)
+		}
+		if err == nil {
+			err = unexpired(jt, now)
+		}
+		if err != nil {
 			return err
 		}
-		if _, err := t.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)
-			ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type,
-			serial_number = excluded.serial_number, prev_serial_number = excluded.prev_serial_number,
-			expires_at = excluded.expires_at, attested_at = excluded.attested_at, banned = excluded.banned`,
-			n.SPIFFEID, n.AttestationType, n.SerialNumber, n.PrevSerialNumber, toNanos(n.ExpiresAt), toNanos(n.AttestedAt), boolInt(n.Banned)); err != nil {
-			return err
-		}
-		if _, err := t.exec(ctx, `DELETE FROM node_selectors WHERE spiffe_id = $1`, n.SPIFFEID); err != nil {
-			return err
-		}
-		if err := insertSelectors(ctx, t, "node_selectors", "spiffe_id", n.SPIFFEID, n.Selectors); err != nil {
-			return err
-		}
-		return bumpRevision(ctx, t)
+		return upsertNode(ctx, t, n)
 	})
 	if err != nil {
 		return fmt.Errorf("upsert node %s: %w", n.SPIFFEID, err)
 	}
 	return nil
+}
+
+// upsertNode writes the normalized node n unless it is banned.
+func upsertNode(ctx context.Context, t *tx, n Node) error {
+	old, err := getNode(ctx, t, n.SPIFFEID)
+	switch {
+	case err == nil && old.Banned:
+		return ErrBanned
+	case err == nil && nodesEqual(old, n):
+		return nil
+	case err != nil && !errors.Is(err, ErrNotFound):
+		return err
+	}
+	if _, err := t.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type,
+		serial_number = excluded.serial_number, prev_serial_number = excluded.prev_serial_number,
+		expires_at = excluded.expires_at, attested_at = excluded.attested_at, banned = excluded.banned`,
+		n.SPIFFEID, n.AttestationType, n.SerialNumber, n.PrevSerialNumber, toNanos(n.ExpiresAt), toNanos(n.AttestedAt), boolInt(n.Banned)); err != nil {
+		return err
+	}
+	if _, err := t.exec(ctx, `DELETE FROM node_selectors WHERE spiffe_id = $1`, n.SPIFFEID); err != nil {
+		return err
+	}
+	if err := insertSelectors(ctx, t, "node_selectors", "spiffe_id", n.SPIFFEID, n.Selectors); err != nil {
+		return err
+	}
+	return bumpRevision(ctx, t)
 }
 
 func (s *sqlStore) GetNode(ctx context.Context, spiffeID string) (Node, error) {

@@ -123,11 +123,20 @@ type Store interface {
 	// transaction: ErrNotFound if unknown or already used, ErrExpired (token
 	// also deleted) if past ExpiresAt at now.
 	ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (JoinToken, error)
+	// GetJoinToken returns the token with this hash without spending it:
+	// ErrNotFound if unknown or already used, ErrExpired if past ExpiresAt
+	// at now.
+	GetJoinToken(ctx context.Context, hash string, now time.Time) (JoinToken, error)
 	// PruneJoinTokens deletes tokens expired before now.
 	PruneJoinTokens(ctx context.Context, now time.Time) error
 
 	// UpsertNode creates or replaces the node with n.SPIFFEID.
 	UpsertNode(ctx context.Context, n Node) error
+	// UpsertNodeSpendingToken is UpsertNode that also spends the join token
+	// with tokenHash, in the same transaction: ErrNotFound if the token is
+	// unknown or already used, ErrExpired if past ExpiresAt at now. When it
+	// fails nothing is written, so the token can still attest.
+	UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHash string, now time.Time) error
 	GetNode(ctx context.Context, spiffeID string) (Node, error)
 	ListNodes(ctx context.Context) ([]Node, error)
 	// RenewNode records a renewed agent SVID in one conditional write: the

@@ -439,41 +439,140 @@ func TestJoinTokens(t *testing.T) {
 	})
 }
 
-// consumeRace has n goroutines, spread over stores, consume one token and
-// checks exactly one wins.
+// spends are the two ways to spend a join token: alone, and with the
+// attested node's record.
+var spends = []struct {
+	name  string
+	spend func(ctx context.Context, s Store, hash string, now time.Time) error
+}{
+	{"ConsumeJoinToken", func(ctx context.Context, s Store, hash string, now time.Time) error {
+		_, err := s.ConsumeJoinToken(ctx, hash, now)
+		return err
+	}},
+	{"UpsertNodeSpendingToken", func(ctx context.Context, s Store, hash string, now time.Time) error {
+		return s.UpsertNodeSpendingToken(ctx, Node{SPIFFEID: "spiffe://example.org/agent/join_token/" + hash, AttestationType: "join_token"}, hash, now)
+	}},
+}
+
+// consumeRace has n goroutines, spread over stores, spend one token in
+// each of the ways there are and checks exactly one wins.
 func consumeRace(t *testing.T, stores []Store, n int) {
-	ctx := testCtx(t)
-	now := time.Now()
-	if err := stores[0].CreateJoinToken(ctx, JoinToken{Hash: "race", ID: "race", ExpiresAt: now.Add(time.Hour)}); err != nil {
-		t.Fatalf("CreateJoinToken: %v", err)
+	for _, sp := range spends {
+		t.Run(sp.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			now := time.Now()
+			hash := "race-" + sp.name
+			if err := stores[0].CreateJoinToken(ctx, JoinToken{Hash: hash, ID: hash, ExpiresAt: now.Add(time.Hour)}); err != nil {
+				t.Fatalf("CreateJoinToken: %v", err)
+			}
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			results := make(chan error, n)
+			for i := range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					results <- sp.spend(ctx, stores[i%len(stores)], hash, now)
+				}()
+			}
+			close(start)
+			wg.Wait()
+			close(results)
+			wins := 0
+			for err := range results {
+				switch {
+				case err == nil:
+					wins++
+				case !errors.Is(err, ErrNotFound):
+					t.Errorf("%s: %v, want nil or ErrNotFound", sp.name, err)
+				}
+			}
+			if wins != 1 {
+				t.Fatalf("%d of %d concurrent spenders got the token, want exactly 1", wins, n)
+			}
+		})
 	}
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	results := make(chan error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			_, err := stores[i%len(stores)].ConsumeJoinToken(ctx, "race", now)
-			results <- err
-		}()
-	}
-	close(start)
-	wg.Wait()
-	close(results)
-	wins := 0
-	for err := range results {
-		switch {
-		case err == nil:
-			wins++
-		case !errors.Is(err, ErrNotFound):
-			t.Errorf("ConsumeJoinToken: %v, want nil or ErrNotFound", err)
+}
+
+// A token read for an attestation is spent only with the node's record:
+// whatever refuses that write leaves the token usable.
+func TestUpsertNodeSpendingToken(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		now := time.Now().Truncate(time.Second)
+		tok := JoinToken{Hash: "h1", ID: "t1", SPIFFEID: "spiffe://example.org/agent/x", ExpiresAt: now.Add(time.Hour), CreatedAt: now}
+		if err := s.CreateJoinToken(ctx, tok); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if wins != 1 {
-		t.Fatalf("%d of %d concurrent consumers got the token, want exactly 1", wins, n)
-	}
+		if err := s.CreateJoinToken(ctx, JoinToken{Hash: "h2", ID: "t2", ExpiresAt: now.Add(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		// Reading spends nothing.
+		for range 2 {
+			got, err := s.GetJoinToken(ctx, "h1", now)
+			if err != nil || got.Hash != tok.Hash || got.ID != tok.ID || got.SPIFFEID != tok.SPIFFEID || !got.ExpiresAt.Equal(tok.ExpiresAt) || !got.CreatedAt.Equal(tok.CreatedAt) {
+				t.Fatalf("GetJoinToken = %+v, %v; want %+v", got, err, tok)
+			}
+		}
+		if _, err := s.GetJoinToken(ctx, "nope", now); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("GetJoinToken unknown: %v, want ErrNotFound", err)
+		}
+		if _, err := s.GetJoinToken(ctx, "h2", now.Add(time.Minute)); !errors.Is(err, ErrExpired) {
+			t.Fatalf("GetJoinToken at expiry: %v, want ErrExpired", err)
+		}
+
+		banned := Node{SPIFFEID: "spiffe://example.org/agent/banned", AttestationType: "join_token", SerialNumber: "1", ExpiresAt: now.Add(time.Hour)}
+		if err := s.UpsertNode(ctx, banned); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.BanNode(ctx, banned.SPIFFEID); err != nil {
+			t.Fatal(err)
+		}
+		node := Node{SPIFFEID: tok.SPIFFEID, AttestationType: "join_token", Selectors: sels(t, "join_token:t1"), SerialNumber: "0a", ExpiresAt: now.Add(time.Hour), AttestedAt: now}
+		for _, tc := range []struct {
+			name string
+			node Node
+			hash string
+			now  time.Time
+			want error
+		}{
+			{"unknown token", node, "nope", now, ErrNotFound},
+			{"expired token", node, "h2", now.Add(time.Minute), ErrExpired},
+			{"banned node", banned, "h1", now, ErrBanned},
+		} {
+			if err := s.UpsertNodeSpendingToken(ctx, tc.node, tc.hash, tc.now); !errors.Is(err, tc.want) {
+				t.Fatalf("%s: %v, want %v", tc.name, err, tc.want)
+			}
+			if _, err := s.GetNode(ctx, node.SPIFFEID); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("%s: the node was written anyway (%v)", tc.name, err)
+			}
+			if _, err := s.GetJoinToken(ctx, "h1", now); err != nil {
+				t.Fatalf("%s: token h1 no longer usable: %v", tc.name, err)
+			}
+		}
+
+		rev := revision(t, s)
+		if err := s.UpsertNodeSpendingToken(ctx, node, "h1", now); err != nil {
+			t.Fatalf("UpsertNodeSpendingToken: %v", err)
+		}
+		if got, err := s.GetNode(ctx, node.SPIFFEID); err != nil || got.SerialNumber != "0a" {
+			t.Fatalf("GetNode = %+v, %v", got, err)
+		}
+		if revision(t, s) <= rev {
+			t.Error("recording the node did not bump the revision")
+		}
+		if _, err := s.GetJoinToken(ctx, "h1", now); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("token after it attested: %v, want ErrNotFound", err)
+		}
+		node.SerialNumber = "0b"
+		if err := s.UpsertNodeSpendingToken(ctx, node, "h1", now); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("second use: %v, want ErrNotFound", err)
+		}
+		if got, _ := s.GetNode(ctx, node.SPIFFEID); got.SerialNumber != "0a" {
+			t.Fatalf("second use rewrote the node: serial %s", got.SerialNumber)
+		}
+	})
 }
 
 func TestBanNode(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -24,7 +23,7 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	if _, err := ca.CheckCSR(req.Csr); err != nil {
 		return nil, signError("agent CSR", err)
 	}
-	res, tokenHash, err := s.attestNode(ctx, req)
+	res, err := s.attestNode(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -48,8 +47,8 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		ExpiresAt:       chain[0].NotAfter,
 		AttestedAt:      s.cfg.Now(),
 	}
-	if tokenHash != "" {
-		err = s.cfg.Store.UpsertNodeSpendingToken(ctx, node, tokenHash, s.cfg.Now())
+	if res.JoinTokenHash != "" {
+		err = s.cfg.Store.UpsertNodeSpendingToken(ctx, node, res.JoinTokenHash, s.cfg.Now())
 	} else {
 		err = s.cfg.Store.UpsertNode(ctx, node)
 	}
@@ -79,51 +78,36 @@ func (s *Service) bannedError(id spiffeid.ID) error {
 	return status.Errorf(codes.PermissionDenied, "agent %s is banned (an admin lifts the ban with: signet server agent evict --spiffe-id %s)", id, id)
 }
 
-// attestNode checks the evidence with the attestor of its type. For a join
-// token it also returns the token's hash: the token is read, not spent, and
-// Attest spends it. Refusals are logged: they are what an operator looks at
-// when an agent will not start.
-func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest) (nodeattest.Result, string, error) {
+// attestNode checks the evidence with the attestor of its type; a join
+// token is read, not spent (Attest spends it with the node's record).
+// Refusals are logged: they are what an operator looks at when an agent
+// will not start.
+func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest) (nodeattest.Result, error) {
 	var res nodeattest.Result
 	var err error
-	peek := &tokenPeek{Store: s.cfg.Store}
 	switch {
 	case req.AttestationType == nodeattest.JoinTokenType:
-		res, err = nodeattest.AttestJoinToken(ctx, peek, s.cfg.TrustDomain, string(req.Payload), s.cfg.Now())
+		res, err = nodeattest.AttestJoinToken(ctx, s.cfg.Store, s.cfg.TrustDomain, string(req.Payload), s.cfg.Now())
 	case req.AttestationType == nodeattest.K8sPSATType && s.cfg.PSAT != nil:
 		res, err = s.cfg.PSAT.Attest(ctx, req.Payload)
 	case req.AttestationType == nodeattest.K8sPSATType:
-		return res, "", status.Error(codes.FailedPrecondition, "k8s_psat attestation is not configured on this server (add a k8s_psat block to its config)")
+		return res, status.Error(codes.FailedPrecondition, "k8s_psat attestation is not configured on this server (add a k8s_psat block to its config)")
 	default:
-		return res, "", status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q or %q)", req.AttestationType, nodeattest.JoinTokenType, nodeattest.K8sPSATType)
+		return res, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q or %q)", req.AttestationType, nodeattest.JoinTokenType, nodeattest.K8sPSATType)
 	}
 	if err == nil {
-		return res, peek.hash, nil
+		return res, nil
 	}
 	s.cfg.Logger.Warn("agent attestation refused", "type", req.AttestationType, "reason", err)
 	switch {
 	case errors.Is(err, nodeattest.ErrTokenInvalid), errors.Is(err, nodeattest.ErrTokenExpired), errors.Is(err, nodeattest.ErrNotAttested):
-		return res, "", status.Error(codes.PermissionDenied, err.Error())
+		return res, status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, nodeattest.ErrMalformed):
-		return res, "", status.Error(codes.InvalidArgument, err.Error())
+		return res, status.Error(codes.InvalidArgument, err.Error())
 	}
 	// The store or the cluster's API server could not answer, and nothing
 	// was spent: the agent retries.
-	return res, "", status.Errorf(codes.Unavailable, "attest: %v", err)
-}
-
-// tokenPeek is the store as nodeattest.AttestJoinToken sees it in Attest:
-// its ConsumeJoinToken reads the token without spending it and notes the
-// hash, for Attest to spend it with the node's write
-// (store.UpsertNodeSpendingToken).
-type tokenPeek struct {
-	store.Store
-	hash string
-}
-
-func (p *tokenPeek) ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (store.JoinToken, error) {
-	p.hash = hash
-	return p.Store.GetJoinToken(ctx, hash, now)
+	return res, status.Errorf(codes.Unavailable, "attest: %v", err)
 }
 
 // RenewAgent signs a fresh agent SVID for the calling agent.

@@ -34,6 +34,11 @@ type Result struct {
 	AgentID   spiffeid.ID
 	Type      string
 	Selectors []selector.Selector
+	// JoinTokenHash is the join token that proved it, still unspent: the
+	// caller spends it in the transaction that records the node
+	// (store.UpsertNodeSpendingToken), so a failure before leaves it for a
+	// retry.
+	JoinTokenHash string
 }
 
 // NewJoinToken creates a random token and the record to store. The token is
@@ -76,28 +81,36 @@ func HashToken(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// AttestJoinToken consumes token (single use) and names the agent.
-func AttestJoinToken(ctx context.Context, st store.Store, td spiffeid.TrustDomain, token string, now time.Time) (Result, error) {
+// JoinTokens reads join tokens without spending them.
+type JoinTokens interface {
+	GetJoinToken(ctx context.Context, hash string, now time.Time) (store.JoinToken, error)
+}
+
+// AttestJoinToken checks token and names the agent. It does not spend the
+// token: the caller does, with the node's record (Result.JoinTokenHash).
+func AttestJoinToken(ctx context.Context, tokens JoinTokens, td spiffeid.TrustDomain, token string, now time.Time) (Result, error) {
 	if token == "" {
 		return Result{}, ErrTokenInvalid
 	}
-	rec, err := st.ConsumeJoinToken(ctx, HashToken(token), now)
+	hash := HashToken(token)
+	rec, err := tokens.GetJoinToken(ctx, hash, now)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return Result{}, ErrTokenInvalid
 	case errors.Is(err, store.ErrExpired):
 		return Result{}, ErrTokenExpired
 	case err != nil:
-		return Result{}, fmt.Errorf("consume join token: %w", err)
+		return Result{}, fmt.Errorf("read join token: %w", err)
 	}
 	id, err := agentID(td, rec)
 	if err != nil {
 		return Result{}, err
 	}
 	return Result{
-		AgentID:   id,
-		Type:      JoinTokenType,
-		Selectors: []selector.Selector{{Type: JoinTokenType, Value: rec.ID}},
+		AgentID:       id,
+		Type:          JoinTokenType,
+		Selectors:     []selector.Selector{{Type: JoinTokenType, Value: rec.ID}},
+		JoinTokenHash: hash,
 	}, nil
 }
 

@@ -44,8 +44,16 @@ func TestJoinTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(res.AgentID.String(), "spiffe://example.org/agent/join_token/") || strings.Contains(res.AgentID.String(), tok) {
-		t.Fatalf("agent ID %s", res.AgentID)
+	if !strings.HasPrefix(res.AgentID.String(), "spiffe://example.org/agent/join_token/") || strings.Contains(res.AgentID.String(), tok) ||
+		res.JoinTokenHash != HashToken(tok) {
+		t.Fatalf("agent ID %s, token hash %q", res.AgentID, res.JoinTokenHash)
+	}
+	// Checking does not spend the token; recording the node does.
+	if _, err := AttestJoinToken(ctx, st, td, tok, now); err != nil {
+		t.Fatalf("checked again before it was spent: %v", err)
+	}
+	if err := st.UpsertNodeSpendingToken(ctx, store.Node{SPIFFEID: res.AgentID.String(), AttestationType: JoinTokenType}, res.JoinTokenHash, now); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := AttestJoinToken(ctx, st, td, tok, now); !errors.Is(err, ErrTokenInvalid) {
 		t.Fatalf("second use: %v, want ErrTokenInvalid", err)

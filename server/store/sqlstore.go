@@ -544,25 +544,6 @@ func (s *sqlStore) CreateJoinToken(ctx context.Context, jt JoinToken) error {
 	return nil
 }
 
-// ConsumeJoinToken deletes and returns the token in one statement, so of
-// several concurrent callers (on any server) exactly one gets it.
-func (s *sqlStore) ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (JoinToken, error) {
-	var jt JoinToken
-	_, err := s.db.write(ctx, func(t *tx) error {
-		var err error
-		jt, err = joinTokenRow(ctx, t, deleteJoinToken, hash)
-		return err
-	})
-	if err != nil {
-		return JoinToken{}, fmt.Errorf("consume join token: %w", err)
-	}
-	// The deletion stands: an expired token is gone either way.
-	if err := unexpired(jt, now); err != nil {
-		return JoinToken{}, fmt.Errorf("consume join token: %w", err)
-	}
-	return jt, nil
-}
-
 func (s *sqlStore) GetJoinToken(ctx context.Context, hash string, now time.Time) (JoinToken, error) {
 	var jt JoinToken
 	err := s.db.read(ctx, func(q querier) error {

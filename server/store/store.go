@@ -119,10 +119,6 @@ type Store interface {
 	ListEntries(ctx context.Context) ([]registry.Entry, error)
 
 	CreateJoinToken(ctx context.Context, t JoinToken) error
-	// ConsumeJoinToken deletes the token with this hash and returns it, in one
-	// transaction: ErrNotFound if unknown or already used, ErrExpired (token
-	// also deleted) if past ExpiresAt at now.
-	ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (JoinToken, error)
 	// GetJoinToken returns the token with this hash without spending it:
 	// ErrNotFound if unknown or already used, ErrExpired if past ExpiresAt
 	// at now.

@@ -400,25 +400,16 @@ func TestJoinTokens(t *testing.T) {
 			t.Fatalf("CreateJoinToken: %v", err)
 		}
 
-		got, err := s.ConsumeJoinToken(ctx, "h1", now)
+		got, err := s.GetJoinToken(ctx, "h1", now)
 		if err != nil {
-			t.Fatalf("ConsumeJoinToken: %v", err)
+			t.Fatalf("GetJoinToken: %v", err)
 		}
 		if got.ID != tok.ID || got.SPIFFEID != tok.SPIFFEID || !got.ExpiresAt.Equal(tok.ExpiresAt) || !got.CreatedAt.Equal(tok.CreatedAt) || got.Hash != "h1" {
-			t.Fatalf("ConsumeJoinToken = %+v, want %+v", got, tok)
+			t.Fatalf("GetJoinToken = %+v, want %+v", got, tok)
 		}
-		if _, err := s.ConsumeJoinToken(ctx, "h1", now); !errors.Is(err, ErrNotFound) {
-			t.Fatalf("second ConsumeJoinToken: %v, want ErrNotFound", err)
-		}
-		if _, err := s.ConsumeJoinToken(ctx, "nope", now); !errors.Is(err, ErrNotFound) {
-			t.Fatalf("ConsumeJoinToken unknown: %v, want ErrNotFound", err)
-		}
-		// At its expiry instant a token is expired, and it is used up.
-		if _, err := s.ConsumeJoinToken(ctx, "h2", now.Add(time.Minute)); !errors.Is(err, ErrExpired) {
-			t.Fatalf("ConsumeJoinToken expired: %v, want ErrExpired", err)
-		}
-		if _, err := s.ConsumeJoinToken(ctx, "h2", now); !errors.Is(err, ErrNotFound) {
-			t.Fatalf("ConsumeJoinToken after expiry: %v, want ErrNotFound", err)
+		// At its expiry instant a token is expired.
+		if _, err := s.GetJoinToken(ctx, "h2", now.Add(time.Minute)); !errors.Is(err, ErrExpired) {
+			t.Fatalf("GetJoinToken expired: %v, want ErrExpired", err)
 		}
 
 		if err := s.CreateJoinToken(ctx, JoinToken{Hash: "h4", ID: "t4", ExpiresAt: now.Add(time.Second)}); err != nil {
@@ -427,10 +418,10 @@ func TestJoinTokens(t *testing.T) {
 		if err := s.PruneJoinTokens(ctx, now.Add(time.Minute)); err != nil {
 			t.Fatalf("PruneJoinTokens: %v", err)
 		}
-		if _, err := s.ConsumeJoinToken(ctx, "h4", now); !errors.Is(err, ErrNotFound) {
+		if _, err := s.GetJoinToken(ctx, "h4", now); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("pruned token: %v, want ErrNotFound", err)
 		}
-		if _, err := s.ConsumeJoinToken(ctx, "h3", now); err != nil {
+		if _, err := s.GetJoinToken(ctx, "h3", now); err != nil {
 			t.Fatalf("unexpired token after prune: %v", err)
 		}
 		if rev := revision(t, s); rev != 0 {
@@ -439,59 +430,39 @@ func TestJoinTokens(t *testing.T) {
 	})
 }
 
-// spends are the two ways to spend a join token: alone, and with the
-// attested node's record.
-var spends = []struct {
-	name  string
-	spend func(ctx context.Context, s Store, hash string, now time.Time) error
-}{
-	{"ConsumeJoinToken", func(ctx context.Context, s Store, hash string, now time.Time) error {
-		_, err := s.ConsumeJoinToken(ctx, hash, now)
-		return err
-	}},
-	{"UpsertNodeSpendingToken", func(ctx context.Context, s Store, hash string, now time.Time) error {
-		return s.UpsertNodeSpendingToken(ctx, Node{SPIFFEID: "spiffe://example.org/agent/join_token/" + hash, AttestationType: "join_token"}, hash, now)
-	}},
-}
-
-// consumeRace has n goroutines, spread over stores, spend one token in
-// each of the ways there are and checks exactly one wins.
+// consumeRace has n goroutines, spread over stores, spend one token with
+// their node's record and checks exactly one wins.
 func consumeRace(t *testing.T, stores []Store, n int) {
-	for _, sp := range spends {
-		t.Run(sp.name, func(t *testing.T) {
-			ctx := testCtx(t)
-			now := time.Now()
-			hash := "race-" + sp.name
-			if err := stores[0].CreateJoinToken(ctx, JoinToken{Hash: hash, ID: hash, ExpiresAt: now.Add(time.Hour)}); err != nil {
-				t.Fatalf("CreateJoinToken: %v", err)
-			}
-			var wg sync.WaitGroup
-			start := make(chan struct{})
-			results := make(chan error, n)
-			for i := range n {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					<-start
-					results <- sp.spend(ctx, stores[i%len(stores)], hash, now)
-				}()
-			}
-			close(start)
-			wg.Wait()
-			close(results)
-			wins := 0
-			for err := range results {
-				switch {
-				case err == nil:
-					wins++
-				case !errors.Is(err, ErrNotFound):
-					t.Errorf("%s: %v, want nil or ErrNotFound", sp.name, err)
-				}
-			}
-			if wins != 1 {
-				t.Fatalf("%d of %d concurrent spenders got the token, want exactly 1", wins, n)
-			}
+	ctx := testCtx(t)
+	now := time.Now()
+	const hash = "race"
+	if err := stores[0].CreateJoinToken(ctx, JoinToken{Hash: hash, ID: hash, ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatalf("CreateJoinToken: %v", err)
+	}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	results := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			node := Node{SPIFFEID: fmt.Sprintf("spiffe://example.org/agent/join_token/%d", i), AttestationType: "join_token"}
+			results <- stores[i%len(stores)].UpsertNodeSpendingToken(ctx, node, hash, now)
 		})
+	}
+	close(start)
+	wg.Wait()
+	close(results)
+	wins := 0
+	for err := range results {
+		switch {
+		case err == nil:
+			wins++
+		case !errors.Is(err, ErrNotFound):
+			t.Errorf("spend: %v, want nil or ErrNotFound", err)
+		}
+	}
+	if wins != 1 {
+		t.Fatalf("%d of %d concurrent spenders got the token, want exactly 1", wins, n)
 	}
 }
 
@@ -907,7 +878,7 @@ func TestChangesNotForTokens(t *testing.T) {
 		if err := s.CreateJoinToken(ctx, JoinToken{Hash: "h", ID: "t", ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.ConsumeJoinToken(ctx, "h", time.Now()); err != nil {
+		if err := s.PruneJoinTokens(ctx, time.Now().Add(2*time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 		// Unchanged upserts and refused writes are not changes either.
@@ -967,7 +938,7 @@ func TestDurableAcrossReopen(t *testing.T) {
 		if r := revision(t, s); r != rev {
 			t.Fatalf("revision after reopen %d, want %d", r, rev)
 		}
-		if _, err := s.ConsumeJoinToken(ctx, "h", time.Now()); err != nil {
+		if _, err := s.GetJoinToken(ctx, "h", time.Now()); err != nil {
 			t.Fatalf("token after reopen: %v", err)
 		}
 		if err := s.Ping(ctx); err != nil {

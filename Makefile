@@ -72,11 +72,7 @@ kube-bins:
 	cd test/kube/apiserver && $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o ../../../bin/kube/kube-apiserver .
 
 fuzz:
-	@set -e; for t in $(FUZZ_TARGETS); do \
-		pkg=$${t%%:*}; fn=$${t##*:}; \
-		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
-		$(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$(FUZZTIME) $(FUZZFLAGS) $$pkg; \
-	done
+	@GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS='$(FUZZFLAGS)' bash test/fuzz.sh $(FUZZ_TARGETS)
 
 bench: deps build
 	$(GO) test -run='^$$' -bench=. -benchtime=2s -timeout 30m $(PKGS)

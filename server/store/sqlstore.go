@@ -936,58 +936,86 @@ func listAuthorities(ctx context.Context, q querier, trustDomain string) (map[au
 	return out, nil
 }
 
-func (s *sqlStore) SetBundle(ctx context.Context, trustDomain string, auths []Authority) (bool, error) {
+// wantedAuthorities checks a bundle's authorities for SetBundle and
+// InitBundle and keys them.
+func wantedAuthorities(trustDomain string, auths []Authority) (map[authorityKey]Authority, error) {
 	if len(auths) == 0 {
-		return false, fmt.Errorf("set bundle of %s: no authorities (delete the bundle instead)", trustDomain)
+		return nil, errors.New("no authorities (delete the bundle instead)")
 	}
 	want := make(map[authorityKey]Authority, len(auths))
 	for _, a := range auths {
 		if err := checkAuthority(a); err != nil {
-			return false, fmt.Errorf("set bundle of %s: %w", trustDomain, err)
+			return nil, err
 		}
 		if a.TrustDomain != trustDomain {
-			return false, fmt.Errorf("set bundle of %s: authority %s belongs to %s", trustDomain, a.KeyID, a.TrustDomain)
+			return nil, fmt.Errorf("authority %s belongs to %s", a.KeyID, a.TrustDomain)
 		}
 		k := authorityKey{a.Kind, a.KeyID}
 		if _, dup := want[k]; dup {
-			return false, fmt.Errorf("set bundle of %s: %s authority %s given twice", trustDomain, a.Kind, a.KeyID)
+			return nil, fmt.Errorf("%s authority %s given twice", a.Kind, a.KeyID)
 		}
 		a.ExpiresAt = roundTrip(a.ExpiresAt)
 		want[k] = a
 	}
+	return want, nil
+}
+
+// replaceAuthorities writes want as trustDomain's authorities, unless they
+// already are; it reports whether it wrote.
+func replaceAuthorities(ctx context.Context, t *tx, trustDomain string, want map[authorityKey]Authority, onlyIfNone bool) (bool, error) {
+	have, err := listAuthorities(ctx, t, trustDomain)
+	if err != nil {
+		return false, fmt.Errorf("read authorities: %w", err)
+	}
+	if onlyIfNone && len(have) > 0 {
+		return false, nil
+	}
+	if len(have) == len(want) {
+		same := true
+		for k, a := range want {
+			h, ok := have[k]
+			same = same && ok && bytes.Equal(h.Data, a.Data) && h.ExpiresAt.Equal(a.ExpiresAt)
+		}
+		if same {
+			return false, nil
+		}
+	}
+	if _, err := t.exec(ctx, `DELETE FROM authorities WHERE trust_domain = $1`, trustDomain); err != nil {
+		return false, fmt.Errorf("delete authorities: %w", err)
+	}
+	for _, a := range want {
+		if _, err := t.exec(ctx, `INSERT INTO authorities (trust_domain, kind, key_id, data, expires_at) VALUES ($1, $2, $3, $4, $5)`,
+			trustDomain, string(a.Kind), a.KeyID, a.Data, toNanos(a.ExpiresAt)); err != nil {
+			return false, fmt.Errorf("write authority %s: %w", a.KeyID, err)
+		}
+	}
+	if err := bumpBundleSequence(ctx, t, trustDomain); err != nil {
+		return false, err
+	}
+	return true, bumpRevision(ctx, t)
+}
+
+func (s *sqlStore) SetBundle(ctx context.Context, trustDomain string, auths []Authority) (bool, error) {
+	return s.setBundle(ctx, "set", trustDomain, auths, false)
+}
+
+func (s *sqlStore) InitBundle(ctx context.Context, trustDomain string, auths []Authority) (bool, error) {
+	return s.setBundle(ctx, "init", trustDomain, auths, true)
+}
+
+func (s *sqlStore) setBundle(ctx context.Context, verb, trustDomain string, auths []Authority, onlyIfNone bool) (bool, error) {
+	want, err := wantedAuthorities(trustDomain, auths)
+	if err != nil {
+		return false, fmt.Errorf("%s bundle of %s: %w", verb, trustDomain, err)
+	}
 	var changed bool
-	err := s.write(ctx, func(t *tx) error {
-		have, err := listAuthorities(ctx, t, trustDomain)
-		if err != nil {
-			return fmt.Errorf("read authorities: %w", err)
-		}
-		if len(have) == len(want) {
-			same := true
-			for k, a := range want {
-				h, ok := have[k]
-				same = same && ok && bytes.Equal(h.Data, a.Data) && h.ExpiresAt.Equal(a.ExpiresAt)
-			}
-			if same {
-				return nil
-			}
-		}
-		if _, err := t.exec(ctx, `DELETE FROM authorities WHERE trust_domain = $1`, trustDomain); err != nil {
-			return fmt.Errorf("delete authorities: %w", err)
-		}
-		for _, a := range want {
-			if _, err := t.exec(ctx, `INSERT INTO authorities (trust_domain, kind, key_id, data, expires_at) VALUES ($1, $2, $3, $4, $5)`,
-				trustDomain, string(a.Kind), a.KeyID, a.Data, toNanos(a.ExpiresAt)); err != nil {
-				return fmt.Errorf("write authority %s: %w", a.KeyID, err)
-			}
-		}
-		if err := bumpBundleSequence(ctx, t, trustDomain); err != nil {
-			return err
-		}
-		changed = true
-		return bumpRevision(ctx, t)
+	err = s.write(ctx, func(t *tx) error {
+		var err error
+		changed, err = replaceAuthorities(ctx, t, trustDomain, want, onlyIfNone)
+		return err
 	})
 	if err != nil {
-		return false, fmt.Errorf("set bundle of %s: %w", trustDomain, err)
+		return false, fmt.Errorf("%s bundle of %s: %w", verb, trustDomain, err)
 	}
 	return changed, nil
 }

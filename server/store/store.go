@@ -95,6 +95,23 @@ type Authority struct {
 	ExpiresAt time.Time
 }
 
+// FederationRelationship is a foreign trust domain whose bundle every server
+// sharing the store fetches from its bundle endpoint. The federation
+// package checks the fields' meaning; the store only their presence.
+type FederationRelationship struct {
+	TrustDomain       string
+	BundleEndpointURL string
+	// Profile is "https_spiffe" or "https_web".
+	Profile string
+	// EndpointSPIFFEID is the ID an https_spiffe endpoint presents.
+	EndpointSPIFFEID string
+	// Owner is "" for an operator's relationship, or the name of what
+	// manages it (the Kubernetes controller), which alone changes it.
+	Owner     string
+	Revision  int64
+	CreatedAt time.Time
+}
+
 // Store is Signet's persistent state. Every write is one transaction: when a
 // method returns nil, the change is durable.
 type Store interface {
@@ -160,6 +177,9 @@ type Store interface {
 	// reports changed, only if the set differs from the stored one. auths
 	// must not be empty (DeleteBundle removes a bundle).
 	SetBundle(ctx context.Context, trustDomain string, auths []Authority) (changed bool, err error)
+	// InitBundle is SetBundle only while trustDomain holds no authority: a
+	// bootstrap bundle never replaces one fetched or set since.
+	InitBundle(ctx context.Context, trustDomain string, auths []Authority) (set bool, err error)
 	// DeleteBundle deletes every authority of trustDomain: ErrNotFound if it
 	// has none. Its sequence is bumped and kept, so a bundle set later
 	// continues it and agents never see a sequence go back. mode says what
@@ -170,7 +190,22 @@ type Store interface {
 	// authorities, sorted.
 	ListBundleTrustDomains(ctx context.Context) ([]string, error)
 
-	// Revision increases with every change to entries, nodes or authorities.
+	// PutFederationRelationship creates or replaces the relationship with
+	// r.TrustDomain, in one transaction with check, which sees the stored
+	// one (nil if none) and may refuse the write with an error, returned as
+	// is. It assigns Revision and, for a new one, CreatedAt, and reports
+	// changed (and bumps the store revision) only if anything differs.
+	PutFederationRelationship(ctx context.Context, r FederationRelationship, check func(cur *FederationRelationship) error) (changed bool, err error)
+	// DeleteFederationRelationship deletes the relationship with
+	// trustDomain, if check (given it) allows: ErrNotFound if none. The
+	// bundle stays; `bundle delete` removes it.
+	DeleteFederationRelationship(ctx context.Context, trustDomain string, check func(cur FederationRelationship) error) error
+	GetFederationRelationship(ctx context.Context, trustDomain string) (FederationRelationship, error)
+	// ListFederationRelationships returns them sorted by trust domain.
+	ListFederationRelationships(ctx context.Context) ([]FederationRelationship, error)
+
+	// Revision increases with every change to entries, nodes, authorities
+	// or federation relationships.
 	Revision(ctx context.Context) (int64, error)
 	// Changes delivers a signal after every committed change by this or (for
 	// PostgreSQL) any other server sharing the store. Signals coalesce: one

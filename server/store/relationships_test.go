@@ -1,0 +1,159 @@
+package store
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func TestFederationRelationships(t *testing.T) {
+	spiffe := FederationRelationship{TrustDomain: "b.org", BundleEndpointURL: "https://b.org:8443", Profile: "https_spiffe", EndpointSPIFFEID: "spiffe://b.org/signet/server"}
+	web := FederationRelationship{TrustDomain: "a.org", BundleEndpointURL: "https://a.org/bundle", Profile: "https_web", Owner: "k8s/prod"}
+	errNo := errors.New("refused by check")
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		if _, err := s.GetFederationRelationship(ctx, "b.org"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("get unknown: %v, want ErrNotFound", err)
+		}
+
+		// A new one: the check sees none; the revision moves.
+		rev := revision(t, s)
+		var seen *FederationRelationship
+		changed, err := s.PutFederationRelationship(ctx, spiffe, func(cur *FederationRelationship) error { seen = cur; return nil })
+		if err != nil || !changed || seen != nil {
+			t.Fatalf("create: changed %v, err %v, check saw %+v", changed, err, seen)
+		}
+		got, err := s.GetFederationRelationship(ctx, "b.org")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Revision != rev+1 || revision(t, s) != rev+1 || got.CreatedAt.IsZero() || time.Since(got.CreatedAt) > time.Minute {
+			t.Fatalf("created %+v at store revision %d (was %d)", got, revision(t, s), rev)
+		}
+		created := got
+
+		// The same again: nothing written.
+		if changed, err := s.PutFederationRelationship(ctx, spiffe, nil); err != nil || changed {
+			t.Fatalf("same again: changed %v, err %v", changed, err)
+		}
+		if revision(t, s) != rev+1 {
+			t.Fatal("an unchanged put bumped the revision")
+		}
+
+		// A refused check writes nothing and returns its error.
+		moved := spiffe
+		moved.BundleEndpointURL = "https://b.org:9443"
+		if _, err := s.PutFederationRelationship(ctx, moved, func(cur *FederationRelationship) error {
+			seen = cur
+			return errNo
+		}); !errors.Is(err, errNo) {
+			t.Fatalf("refused put: %v", err)
+		}
+		if seen == nil || !reflect.DeepEqual(*seen, created) {
+			t.Fatalf("check saw %+v, want %+v", seen, created)
+		}
+		if got, _ := s.GetFederationRelationship(ctx, "b.org"); !reflect.DeepEqual(got, created) {
+			t.Fatalf("after a refused put: %+v", got)
+		}
+
+		// An update keeps CreatedAt and takes a new revision.
+		if changed, err := s.PutFederationRelationship(ctx, moved, nil); err != nil || !changed {
+			t.Fatalf("update: changed %v, err %v", changed, err)
+		}
+		got, _ = s.GetFederationRelationship(ctx, "b.org")
+		if got.BundleEndpointURL != moved.BundleEndpointURL || !got.CreatedAt.Equal(created.CreatedAt) || got.Revision != revision(t, s) || got.Revision <= created.Revision {
+			t.Fatalf("updated %+v (created %+v)", got, created)
+		}
+
+		if _, err := s.PutFederationRelationship(ctx, web, nil); err != nil {
+			t.Fatal(err)
+		}
+		list, err := s.ListFederationRelationships(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) != 2 || list[0].TrustDomain != "a.org" || list[1].TrustDomain != "b.org" || list[0].Owner != "k8s/prod" {
+			t.Fatalf("list: %+v", list)
+		}
+
+		// Delete: refused by the check, then done, then not found.
+		if err := s.DeleteFederationRelationship(ctx, "a.org", func(cur FederationRelationship) error {
+			if cur.Owner != "k8s/prod" {
+				t.Errorf("delete check saw %+v", cur)
+			}
+			return errNo
+		}); !errors.Is(err, errNo) {
+			t.Fatalf("refused delete: %v", err)
+		}
+		rev = revision(t, s)
+		if err := s.DeleteFederationRelationship(ctx, "a.org", nil); err != nil {
+			t.Fatal(err)
+		}
+		if revision(t, s) != rev+1 {
+			t.Fatal("delete did not bump the revision")
+		}
+		if err := s.DeleteFederationRelationship(ctx, "a.org", nil); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("delete again: %v, want ErrNotFound", err)
+		}
+		if list, _ := s.ListFederationRelationships(ctx); len(list) != 1 {
+			t.Fatalf("after delete: %+v", list)
+		}
+	})
+}
+
+func TestFederationRelationshipIncomplete(t *testing.T) {
+	ok := FederationRelationship{TrustDomain: "b.org", BundleEndpointURL: "https://b.org", Profile: "https_spiffe", EndpointSPIFFEID: "spiffe://b.org/s"}
+	tests := []struct {
+		name string
+		edit func(*FederationRelationship)
+	}{
+		{"no trust domain", func(r *FederationRelationship) { r.TrustDomain = "" }},
+		{"no URL", func(r *FederationRelationship) { r.BundleEndpointURL = "" }},
+		{"unknown profile", func(r *FederationRelationship) { r.Profile = "http" }},
+		{"https_spiffe without endpoint ID", func(r *FederationRelationship) { r.EndpointSPIFFEID = "" }},
+		{"https_web with endpoint ID", func(r *FederationRelationship) { r.Profile = "https_web" }},
+	}
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		for _, tt := range tests {
+			r := ok
+			tt.edit(&r)
+			if _, err := s.PutFederationRelationship(ctx, r, nil); err == nil {
+				t.Errorf("%s: stored", tt.name)
+			}
+		}
+		if list, _ := s.ListFederationRelationships(ctx); len(list) != 0 {
+			t.Fatalf("stored: %+v", list)
+		}
+	})
+}
+
+func TestInitBundle(t *testing.T) {
+	exp := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	boot := []Authority{{TrustDomain: "b.org", Kind: X509Authority, KeyID: "boot", Data: []byte{1}, ExpiresAt: exp}}
+	fetched := []Authority{{TrustDomain: "b.org", Kind: X509Authority, KeyID: "fetched", Data: []byte{2}, ExpiresAt: exp}}
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		if set, err := s.InitBundle(ctx, "b.org", boot); err != nil || !set {
+			t.Fatalf("first init: set %v, err %v", set, err)
+		}
+		if _, err := s.SetBundle(ctx, "b.org", fetched); err != nil {
+			t.Fatal(err)
+		}
+		rev := revision(t, s)
+		if set, err := s.InitBundle(ctx, "b.org", boot); err != nil || set {
+			t.Fatalf("init over a held bundle: set %v, err %v", set, err)
+		}
+		got, _, err := s.ListAuthorities(ctx, "b.org")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, fetched) || revision(t, s) != rev {
+			t.Fatalf("init replaced the held bundle: %+v", got)
+		}
+		if _, err := s.InitBundle(ctx, "c.org", boot); err == nil {
+			t.Fatal("init with another trust domain's authority accepted")
+		}
+	})
+}

@@ -22,6 +22,9 @@ type Snapshot struct {
 	// Bundles holds the authorities of the own trust domain and of every
 	// trust domain an entry federates with, by trust domain name.
 	Bundles map[string]Bundle
+	// Relationships are the federation relationships kept in the store,
+	// sorted by trust domain.
+	Relationships []store.FederationRelationship
 	// LoadedAt is when the snapshot was read.
 	LoadedAt time.Time
 
@@ -156,13 +159,18 @@ func (c *Catalog) load(ctx context.Context, rev int64) (*Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
+	rels, err := c.store.ListFederationRelationships(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list federation relationships: %w", err)
+	}
 	snap := &Snapshot{
-		Revision: rev,
-		entries:  entries,
-		Entries:  registry.NewIndex(entries),
-		Nodes:    make(map[string]store.Node, len(nodes)),
-		Bundles:  make(map[string]Bundle),
-		LoadedAt: time.Now(),
+		Revision:      rev,
+		entries:       entries,
+		Entries:       registry.NewIndex(entries),
+		Nodes:         make(map[string]store.Node, len(nodes)),
+		Bundles:       make(map[string]Bundle),
+		Relationships: rels,
+		LoadedAt:      time.Now(),
 	}
 	for _, n := range nodes {
 		snap.Nodes[n.SPIFFEID] = n

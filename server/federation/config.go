@@ -17,6 +17,7 @@ import (
 	"github.com/signetid/signet/internal/hclsafe"
 	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/server/ca"
+	"github.com/signetid/signet/server/store"
 )
 
 // Profile is how a bundle endpoint authenticates itself (SPIFFE
@@ -75,8 +76,12 @@ type Relationship struct {
 	// EndpointID is the SPIFFE ID the https_spiffe endpoint must present.
 	EndpointID spiffeid.ID
 	// CAFile, if set, holds the PEM roots that authenticate an https_web
-	// endpoint instead of the system's.
+	// endpoint instead of the system's (server configuration only).
 	CAFile string
+	// Stored: the relationship comes from the store, not the server's
+	// configuration; Owner is what manages it there ("" for an operator).
+	Stored bool
+	Owner  string
 }
 
 // FileConfig is the `federation` block of the server's HCL configuration,
@@ -296,68 +301,147 @@ func (f *BundleEndpointFile) resolve() (EndpointConfig, error) {
 }
 
 func (f FederatesWithFile) resolve(name string, own spiffeid.TrustDomain) (Relationship, error) {
-	var rel Relationship
-	td, err := ids.ParseTrustDomain(name)
-	if err != nil {
-		return rel, err
-	}
-	if td == own {
-		return rel, errors.New("is this server's own trust domain")
-	}
-	rel.TrustDomain = td
+	spec := RelationshipSpec{TrustDomain: name, BundleEndpointURL: f.BundleEndpointURL}
 	if err := unknownKeys("federates_with", f.UnusedKeyPositions); err != nil {
-		return rel, err
+		return Relationship{}, err
 	}
 	if f.BundleEndpointURL == "" {
-		return rel, errors.New(`bundle_endpoint_url is required, e.g. "https://signet.` + td.Name() + `:8443"`)
+		return Relationship{}, errors.New(`bundle_endpoint_url is required, e.g. "https://signet.` + name + `:8443"`)
 	}
-	u, err := url.Parse(f.BundleEndpointURL)
-	if err != nil {
-		return rel, fmt.Errorf("bundle_endpoint_url: %w", err)
-	}
-	if u.Scheme != "https" || u.Host == "" || u.User != nil {
-		return rel, fmt.Errorf("bundle_endpoint_url %q: want https://host[:port][/path], without user info", f.BundleEndpointURL)
-	}
-	rel.URL = u.String()
 	p := f.BundleEndpointProfile
 	if p == nil {
-		return rel, errors.New(`bundle_endpoint_profile is required: "https_spiffe" { endpoint_spiffe_id = "..." } or "https_web" {}`)
+		return Relationship{}, errors.New(`bundle_endpoint_profile is required: "https_spiffe" { endpoint_spiffe_id = "..." } or "https_web" {}`)
 	}
 	if err := unknownKeys("federates_with.bundle_endpoint_profile", p.UnusedKeyPositions); err != nil {
-		return rel, err
+		return Relationship{}, err
 	}
+	var caFile string
 	switch {
 	case p.HTTPSSPIFFE != nil && p.HTTPSWeb != nil:
-		return rel, errors.New(`give one bundle_endpoint_profile: "https_spiffe" or "https_web"`)
+		return Relationship{}, errors.New(`give one bundle_endpoint_profile: "https_spiffe" or "https_web"`)
 	case p.HTTPSSPIFFE != nil:
 		if err := unknownKeys("federates_with.bundle_endpoint_profile.https_spiffe", p.HTTPSSPIFFE.UnusedKeyPositions); err != nil {
-			return rel, err
+			return Relationship{}, err
 		}
-		rel.Profile = ProfileSPIFFE
-		// Signet servers present spiffe://TD/signet/server; SPIRE's name
-		// theirs spiffe://TD/spire/server and must be given.
-		rel.EndpointID, err = spiffeid.FromPath(td, ca.ServerPath)
-		if err != nil {
-			return rel, err
-		}
-		if s := p.HTTPSSPIFFE.EndpointSPIFFEID; s != "" {
-			if rel.EndpointID, err = ids.ParseWorkloadID(s); err != nil {
-				return rel, fmt.Errorf("endpoint_spiffe_id: %w", err)
-			}
-		}
+		spec.Profile, spec.EndpointSPIFFEID = ProfileSPIFFE, p.HTTPSSPIFFE.EndpointSPIFFEID
 	case p.HTTPSWeb != nil:
 		if err := unknownKeys("federates_with.bundle_endpoint_profile.https_web", p.HTTPSWeb.UnusedKeyPositions); err != nil {
+			return Relationship{}, err
+		}
+		spec.Profile, caFile = ProfileWeb, p.HTTPSWeb.CAFile
+	default:
+		return Relationship{}, errors.New(`bundle_endpoint_profile must be "https_spiffe" or "https_web"`)
+	}
+	rel, err := spec.Resolve(own, ConfigFields)
+	if err != nil {
+		return Relationship{}, err
+	}
+	if caFile != "" {
+		if rel.CAFile, err = filepath.Abs(caFile); err != nil {
+			return Relationship{}, fmt.Errorf("ca_file: %w", err)
+		}
+	}
+	return rel, nil
+}
+
+// RelationshipSpec is a relationship as an operator or a resource states
+// it: `signet server federation create`, a ClusterFederatedTrustDomain, or
+// (through FileConfig) a federates_with block.
+type RelationshipSpec struct {
+	TrustDomain       string
+	BundleEndpointURL string
+	Profile           Profile
+	// EndpointSPIFFEID is the ID an https_spiffe endpoint presents; empty
+	// means a Signet server's, spiffe://TD/signet/server (a SPIRE server's
+	// is spiffe://TD/spire/server and must be given).
+	EndpointSPIFFEID string
+}
+
+// FieldNames are what a surface calls the spec's fields, for errors to name
+// the one at fault as its user wrote it.
+type FieldNames struct {
+	TrustDomain, BundleEndpointURL, Profile, EndpointSPIFFEID string
+}
+
+// Field names of the surfaces.
+var (
+	// ConfigFields: server.conf's federates_with block.
+	ConfigFields = FieldNames{"trust domain name", "bundle_endpoint_url", "bundle_endpoint_profile", "endpoint_spiffe_id"}
+	// FlagFields: `signet server federation create|update`.
+	FlagFields = FieldNames{"--trust-domain", "--bundle-endpoint-url", "--bundle-endpoint-profile", "--endpoint-spiffe-id"}
+	// ResourceFields: a ClusterFederatedTrustDomain's spec.
+	ResourceFields = FieldNames{"trustDomain", "bundleEndpointURL", "bundleEndpointProfile.type", "bundleEndpointProfile.endpointSPIFFEID"}
+)
+
+// Resolve checks the spec for a server of trust domain own; errors name
+// fields as names says.
+func (s RelationshipSpec) Resolve(own spiffeid.TrustDomain, names FieldNames) (Relationship, error) {
+	var rel Relationship
+	td, err := ids.ParseTrustDomain(s.TrustDomain)
+	if err != nil {
+		return rel, fmt.Errorf("%s: %w", names.TrustDomain, err)
+	}
+	if td == own {
+		return rel, fmt.Errorf("%s is this server's own trust domain", td.Name())
+	}
+	rel.TrustDomain = td
+	if s.BundleEndpointURL == "" {
+		return rel, fmt.Errorf("%s is required, e.g. https://signet.%s:8443", names.BundleEndpointURL, td.Name())
+	}
+	u, err := url.Parse(s.BundleEndpointURL)
+	if err != nil {
+		return rel, fmt.Errorf("%s: %w", names.BundleEndpointURL, err)
+	}
+	if u.Scheme != "https" || u.Host == "" || u.User != nil {
+		return rel, fmt.Errorf("%s %q: want https://host[:port][/path], without user info", names.BundleEndpointURL, s.BundleEndpointURL)
+	}
+	rel.URL = u.String()
+	rel.Profile = s.Profile
+	switch s.Profile {
+	case ProfileSPIFFE:
+		if rel.EndpointID, err = spiffeid.FromPath(td, ca.ServerPath); err != nil {
 			return rel, err
 		}
-		rel.Profile = ProfileWeb
-		if p.HTTPSWeb.CAFile != "" {
-			if rel.CAFile, err = filepath.Abs(p.HTTPSWeb.CAFile); err != nil {
-				return rel, fmt.Errorf("ca_file: %w", err)
+		if s.EndpointSPIFFEID != "" {
+			if rel.EndpointID, err = ids.ParseWorkloadID(s.EndpointSPIFFEID); err != nil {
+				return rel, fmt.Errorf("%s: %w", names.EndpointSPIFFEID, err)
 			}
 		}
+	case ProfileWeb:
+		if s.EndpointSPIFFEID != "" {
+			return rel, fmt.Errorf("%s goes with the https_spiffe profile only", names.EndpointSPIFFEID)
+		}
 	default:
-		return rel, errors.New(`bundle_endpoint_profile must be "https_spiffe" or "https_web"`)
+		return rel, fmt.Errorf("%s %q: want %q or %q", names.Profile, s.Profile, ProfileSPIFFE, ProfileWeb)
 	}
+	return rel, nil
+}
+
+// Spec is the relationship as a RelationshipSpec.
+func (r Relationship) Spec() RelationshipSpec {
+	s := RelationshipSpec{TrustDomain: r.TrustDomain.Name(), BundleEndpointURL: r.URL, Profile: r.Profile}
+	if r.Profile == ProfileSPIFFE {
+		s.EndpointSPIFFEID = r.EndpointID.String()
+	}
+	return s
+}
+
+// StoreForm is the relationship as the store keeps it, managed by owner (""
+// for an operator).
+func (r Relationship) StoreForm(owner string) store.FederationRelationship {
+	s := r.Spec()
+	return store.FederationRelationship{TrustDomain: s.TrustDomain, BundleEndpointURL: s.BundleEndpointURL,
+		Profile: string(s.Profile), EndpointSPIFFEID: s.EndpointSPIFFEID, Owner: owner}
+}
+
+// FromStore checks a stored relationship as Resolve does.
+func FromStore(r store.FederationRelationship, own spiffeid.TrustDomain) (Relationship, error) {
+	rel, err := RelationshipSpec{TrustDomain: r.TrustDomain, BundleEndpointURL: r.BundleEndpointURL,
+		Profile: Profile(r.Profile), EndpointSPIFFEID: r.EndpointSPIFFEID}.Resolve(own, FieldNames{"trust domain", "bundle endpoint URL", "profile", "endpoint SPIFFE ID"})
+	if err != nil {
+		return Relationship{}, err
+	}
+	rel.Owner, rel.Stored = r.Owner, true
 	return rel, nil
 }
 

@@ -644,3 +644,70 @@ func TestConfiguredBundleNotDeleted(t *testing.T) {
 		t.Fatal("the refused delete removed the bundle")
 	}
 }
+
+// TestStoredRelationships: relationships kept in the store are followed as
+// they are created, changed and deleted, and the configuration's win.
+func TestStoredRelationships(t *testing.T) {
+	b := startServer(t, tdB, time.Hour, "127.0.0.1:0")
+	tdC := spiffeid.RequireTrustDomainFromString("c.org")
+	c := startServer(t, tdC, time.Hour, "127.0.0.1:0")
+	deadC := spiffeRel(tdC, freeAddr(t))
+	f := startFetcher(t, deadC)
+	ctx := context.Background()
+	put := func(rel federation.Relationship) {
+		t.Helper()
+		if _, err := f.store.PutFederationRelationship(ctx, rel.StoreForm("test"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Created: fetched (the JWT keys come only from a fetch).
+	f.set(t, tdB, b.BundlePEM())
+	put(spiffeRel(tdB, b.FederationAddr()))
+	waitFor(t, 30*time.Second, "the stored relationship's bundle fetched", func() bool {
+		_, j := f.kinds(t, tdB)
+		return j > 0
+	})
+	if !f.logs.has("relationship in force", "trust_domain=b.org", "owner=test") {
+		t.Error("no log of the stored relationship taking effect")
+	}
+
+	// Changed: the next fetch goes to the new URL.
+	dead := freeAddr(t)
+	put(spiffeRel(tdB, dead))
+	waitFor(t, 30*time.Second, "a fetch from the changed URL", func() bool {
+		return f.logs.has("bundle refresh failed", "trust_domain=b.org", "url=https://"+dead)
+	})
+
+	// Deleted: no more fetches; the bundle stays.
+	if err := f.store.DeleteFederationRelationship(ctx, tdB.Name(), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the refresher stopped", func() bool {
+		return f.logs.has("relationship removed", "trust_domain=b.org")
+	})
+	f.logs.mu.Lock()
+	f.logs.msgs = nil
+	f.logs.mu.Unlock()
+	time.Sleep(time.Second) // several retry intervals (100 ms at first)
+	if f.logs.has("trust_domain=b.org") {
+		t.Error("b.org is still fetched after its relationship was deleted")
+	}
+	if x, _ := f.kinds(t, tdB); x == 0 {
+		t.Error("deleting the relationship deleted the bundle")
+	}
+
+	// The configuration's c.org (a dead endpoint) wins over a stored one
+	// that would work.
+	f.set(t, tdC, c.BundlePEM())
+	put(spiffeRel(tdC, c.FederationAddr()))
+	waitFor(t, 30*time.Second, "the override logged", func() bool {
+		return f.logs.has("configuration overrides stored relationships", "c.org")
+	})
+	waitFor(t, 30*time.Second, "the configured URL still used", func() bool {
+		return f.logs.has("bundle refresh failed", "trust_domain=c.org", "url="+deadC.URL)
+	})
+	if _, j := f.kinds(t, tdC); j != 0 {
+		t.Error("c.org was fetched through the stored relationship the configuration overrides")
+	}
+}

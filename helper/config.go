@@ -3,7 +3,6 @@ package helper
 import (
 	"errors"
 	"fmt"
-	"github.com/signetid/signet/internal/hclsafe"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -11,6 +10,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mattn/go-shellwords"
+	"github.com/signetid/signet/internal/hclsafe"
+	"golang.org/x/sys/unix"
 
 	"github.com/hashicorp/hcl"
 	"github.com/hashicorp/hcl/hcl/ast"
@@ -473,87 +476,32 @@ func addrURL(addr string) (string, error) {
 	return "unix://" + abs, nil
 }
 
-// ParseSignal accepts "SIGHUP", "HUP" or "hup".
+// ParseSignal accepts "SIGHUP", "HUP" or "hup": any signal of the system.
 func ParseSignal(name string) (syscall.Signal, error) {
 	n := strings.ToUpper(strings.TrimSpace(name))
 	if !strings.HasPrefix(n, "SIG") {
 		n = "SIG" + n
 	}
-	switch n {
-	case "SIGHUP":
-		return syscall.SIGHUP, nil
-	case "SIGINT":
-		return syscall.SIGINT, nil
-	case "SIGQUIT":
-		return syscall.SIGQUIT, nil
-	case "SIGKILL":
-		return syscall.SIGKILL, nil
-	case "SIGUSR1":
-		return syscall.SIGUSR1, nil
-	case "SIGUSR2":
-		return syscall.SIGUSR2, nil
-	case "SIGTERM":
-		return syscall.SIGTERM, nil
-	case "SIGWINCH":
-		return syscall.SIGWINCH, nil
-	case "SIGCONT":
-		return syscall.SIGCONT, nil
-	case "SIGALRM":
-		return syscall.SIGALRM, nil
+	if sig := unix.SignalNum(n); sig != 0 {
+		return sig, nil
 	}
 	return 0, fmt.Errorf("unknown signal %q", name)
 }
 
 // SplitArgs splits a command line the way a POSIX shell splits words, with
-// single quotes, double quotes and backslashes, but no expansion.
+// single quotes, double quotes and backslashes, but no expansion of
+// variables or commands. spiffe-helper's cmd_args (double quotes only) split
+// the same; a backslash meant literally must be doubled here.
 func SplitArgs(s string) ([]string, error) {
-	var (
-		args  []string
-		cur   strings.Builder
-		inArg bool
-		quote rune
-		esc   bool
-	)
-	for _, r := range s {
-		switch {
-		case esc:
-			cur.WriteRune(r)
-			esc = false
-		case quote == '\'':
-			if r == '\'' {
-				quote = 0
-			} else {
-				cur.WriteRune(r)
-			}
-		case quote == '"':
-			switch r {
-			case '"':
-				quote = 0
-			case '\\':
-				esc = true
-			default:
-				cur.WriteRune(r)
-			}
-		case r == '\\':
-			esc, inArg = true, true
-		case r == '\'' || r == '"':
-			quote, inArg = r, true
-		case r == ' ' || r == '\t' || r == '\n':
-			if inArg {
-				args = append(args, cur.String())
-				cur.Reset()
-				inArg = false
-			}
-		default:
-			cur.WriteRune(r)
-			inArg = true
-		}
+	p := shellwords.NewParser() // expands nothing unless told to
+	args, err := p.Parse(s)
+	if err != nil {
+		return nil, err
 	}
-	if quote != 0 || esc {
-		return nil, errors.New("unterminated quote or escape")
-	}
-	if inArg {
-		args = append(args, cur.String())
+	if p.Position >= 0 {
+		// The parser stops at a shell operator (; | & < >) and would
+		// drop the rest.
+		return nil, fmt.Errorf("%q at byte %d: quote it to pass it on", s[p.Position:p.Position+1], p.Position)
 	}
 	return args, nil
 }

@@ -4,6 +4,7 @@ import (
 	"io/fs"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -166,12 +167,48 @@ func TestSocketPath(t *testing.T) {
 }
 
 func TestSplitArgs(t *testing.T) {
-	got, err := SplitArgs(`-g 'daemon off;' "a b" c\ d`)
-	if err != nil || !slices.Equal(got, []string{"-g", "daemon off;", "a b", "c d"}) {
-		t.Errorf("SplitArgs = %q, %v", got, err)
+	tests := []struct {
+		in      string
+		want    []string
+		wantErr string
+	}{
+		{in: `-g 'daemon off;' "a b" c\ d`, want: []string{"-g", "daemon off;", "a b", "c d"}},
+		// spiffe-helper's form: double quotes.
+		{in: `-c "listen_addresses='127.0.0.1'"  -k  /run`, want: []string{"-c", "listen_addresses='127.0.0.1'", "-k", "/run"}},
+		{in: `"a\"b" 'c\d'`, want: []string{`a"b`, `c\d`}},
+		{in: `$HOME $(id) x=1`, want: []string{"$HOME", "$(id)", "x=1"}}, // nothing is expanded
+		{in: ``, want: nil},
+		{in: `'open`, wantErr: "invalid"},
+		{in: `trailing\`, wantErr: "invalid"},
+		{in: `-g daemon off; x`, wantErr: `";" at byte 13`},
+		{in: `a | b`, wantErr: `"|"`},
+		{in: `a > /tmp/f`, wantErr: `">"`},
 	}
-	if _, err := SplitArgs(`'open`); err == nil {
-		t.Error("unterminated quote accepted")
+	for _, tt := range tests {
+		got, err := SplitArgs(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("SplitArgs(%q) = %q, %v; want error containing %q", tt.in, got, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("SplitArgs(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func TestParseSignal(t *testing.T) {
+	for in, want := range map[string]syscall.Signal{"SIGHUP": syscall.SIGHUP, "hup": syscall.SIGHUP, " usr1 ": syscall.SIGUSR1,
+		"SIGWINCH": syscall.SIGWINCH, "pwr": syscall.SIGPWR, "SIGQUIT": syscall.SIGQUIT} {
+		if got, err := ParseSignal(in); err != nil || got != want {
+			t.Errorf("ParseSignal(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "SIG", "SIGNOPE", "1", "HUP2"} {
+		if got, err := ParseSignal(in); err == nil {
+			t.Errorf("ParseSignal(%q) = %v, want an error", in, got)
+		}
 	}
 }
 

@@ -88,7 +88,12 @@ type Client struct {
 	conn     *grpc.ClientConn
 	notReady error
 	used     string // hash of the last join token presented
-	closed   bool
+	// pending is the key presented with a single-use token whose answer
+	// never came (a deadline, a dropped connection). The server may have
+	// spent the token for that key; the retry presents the same key, which
+	// the server then answers again, and no other key could.
+	pending *pendingAttestation
+	closed  bool
 
 	kick chan struct{}
 }
@@ -402,7 +407,7 @@ func (c *Client) attest(ctx context.Context) error {
 			return errors.New("the join token was already used; join tokens are single-use: give a fresh --join-token")
 		}
 	}
-	key, csr, err := newCSR()
+	key, csr, err := c.attestKey(ev, hash)
 	if err != nil {
 		return err
 	}
@@ -458,9 +463,36 @@ func (c *Client) attest(ctx context.Context) error {
 	return c.setIdentity(svid, true)
 }
 
+// pendingAttestation is a key and CSR presented with the token of hash.
+type pendingAttestation struct {
+	hash string
+	key  *ecdsa.PrivateKey
+	csr  []byte
+}
+
+// attestKey returns the key and CSR to present with evidence ev of token
+// hash hash: those of an unanswered attestation with the same token, else
+// new ones, remembered for a single-use token until it is answered.
+func (c *Client) attestKey(ev Evidence, hash string) (*ecdsa.PrivateKey, []byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ev.SingleUse && c.pending != nil && c.pending.hash == hash {
+		return c.pending.key, c.pending.csr, nil
+	}
+	key, csr, err := newCSR()
+	if err != nil {
+		return nil, nil, err
+	}
+	if ev.SingleUse {
+		c.pending = &pendingAttestation{hash: hash, key: key, csr: csr}
+	}
+	return key, csr, nil
+}
+
 func (c *Client) markTokenUsed(hash string) {
 	c.mu.Lock()
 	c.used = hash
+	c.pending = nil
 	c.mu.Unlock()
 	if err := c.store.saveUsedToken(hash); err != nil {
 		c.cfg.Logger.Error("record used join token", "error", err)

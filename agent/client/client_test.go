@@ -8,10 +8,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/internal/logtest"
 	"github.com/signetid/signet/server/api"
@@ -221,5 +225,47 @@ func TestRenewAndReattest(t *testing.T) {
 	}
 	if err := syncWorks(ctx, c); err != nil {
 		t.Fatalf("sync after re-attestation: %v", err)
+	}
+}
+
+// loseFirstAnswer is a client interceptor that lets the first Attest reach
+// the server, which commits it, and then loses the answer, as a deadline or
+// a dropped connection would.
+func loseFirstAnswer(lost *atomic.Int32) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if method == api.AgentService_Attest_FullMethodName && err == nil && lost.Add(1) == 1 {
+			return status.Error(codes.DeadlineExceeded, "answer lost")
+		}
+		return err
+	}
+}
+
+// An agent whose attestation committed on the server but whose answer was
+// lost retries with the same token and key, and the server answers again;
+// with a fresh key the spent token would be refused for good.
+func TestAttestRetryAfterLostAnswer(t *testing.T) {
+	s := startServer(t)
+	ctx := context.Background()
+	const agentID = "spiffe://example.org/agent/lost-answer"
+	var lost atomic.Int32
+	c := newClient(t, s, t.TempDir(), static(s.token(t, agentID)), func(cfg *Config) {
+		cfg.DialOptions = append(cfg.DialOptions, grpc.WithUnaryInterceptor(loseFirstAnswer(&lost)))
+	})
+	if err := c.Start(ctx); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("first attestation: %v, want the lost answer's DeadlineExceeded", err)
+	}
+	if err := c.Start(ctx); err != nil {
+		t.Fatalf("retry after the lost answer: %v", err)
+	}
+	if got := c.AgentID().String(); got != agentID {
+		t.Fatalf("attested as %s", got)
+	}
+	if err := syncWorks(ctx, c); err != nil {
+		t.Fatalf("sync after the retry: %v", err)
+	}
+	// Answered, the token is used up on this side too.
+	if err := c.attest(ctx); err == nil || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("attesting again with the answered token: %v", err)
 	}
 }

@@ -18,14 +18,20 @@ import (
 // Attest proves a node (join token or Kubernetes projected service account
 // token) and signs its agent SVID. A join token is spent in the transaction
 // that records the node, so when anything fails before, the agent's retry
-// can use the same token; once that transaction commits, nothing fails.
+// can use the same token; once that transaction commits, nothing fails, and
+// an agent that never got the answer may ask again with the same key.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
-	if _, err := ca.CheckCSR(req.Csr); err != nil {
+	csr, err := ca.CheckCSR(req.Csr)
+	if err != nil {
 		return nil, signError("agent CSR", err)
 	}
-	res, err := s.attestNode(ctx, req)
+	keyHash := nodeattest.KeyHash(csr.RawSubjectPublicKeyInfo)
+	res, err := s.attestNode(ctx, req, keyHash)
 	if err != nil {
 		return nil, err
+	}
+	if res.JoinTokenRetry {
+		return s.attestAgain(ctx, req.Csr, res.AgentID)
 	}
 	// Asked before signing, for a clear refusal; UpsertNode checks again
 	// in its transaction, so a ban racing this attestation still holds.
@@ -48,7 +54,7 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		AttestedAt:      s.cfg.Now(),
 	}
 	if res.JoinTokenHash != "" {
-		err = s.cfg.Store.UpsertNodeSpendingToken(ctx, node, res.JoinTokenHash, s.cfg.Now())
+		err = s.cfg.Store.UpsertNodeSpendingToken(ctx, node, res.JoinTokenHash, keyHash, s.cfg.Now())
 	} else {
 		err = s.cfg.Store.UpsertNode(ctx, node)
 	}
@@ -63,14 +69,57 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		// Nothing was written: the agent retries with the same evidence.
 		return nil, status.Errorf(codes.Unavailable, "record agent %s: %v", res.AgentID, err)
 	}
-	// Publish the node before answering so the agent's next call finds it.
-	// Failing that, its next call reloads the catalog (authenticate) when
-	// the node is missing: answer anyway, as the token is spent.
-	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
-		s.cfg.Logger.Warn("refresh catalog after attestation", "agent_id", res.AgentID.String(), "error", err)
-	}
+	s.publishNode(ctx, res.AgentID)
 	s.cfg.Logger.Info("agent attested", "agent_id", res.AgentID.String(), "type", res.Type, "serial", node.SerialNumber, "expires_at", node.ExpiresAt)
 	return s.attestResponse(res.AgentID, chain), nil
+}
+
+// attestAgain answers an agent whose join-token attestation committed but
+// whose answer it never got (a deadline, a dropped connection): it presents
+// the spent token again with the key it spent it for, and only that key
+// can. It gets a new SVID for the node recorded then, which must still be
+// there (not evicted since) and not banned; the write is RenewNode's
+// conditional one, so an eviction racing it wins.
+func (s *Service) attestAgain(ctx context.Context, csr []byte, id spiffeid.ID) (*api.AttestResponse, error) {
+	n, err := s.cfg.Store.GetNode(ctx, id.String())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, s.spentError(id)
+	case err != nil:
+		return nil, status.Errorf(codes.Unavailable, "look up agent %s: %v", id, err)
+	case n.Banned:
+		return nil, s.bannedError(id)
+	}
+	chain, err := s.signAgent(ctx, csr, id)
+	if err != nil {
+		return nil, err
+	}
+	serial := serialHex(chain[0].SerialNumber)
+	switch err := s.cfg.Store.RenewNode(ctx, id.String(), n.SerialNumber, serial, chain[0].NotAfter); {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, s.spentError(id)
+	case err != nil:
+		return nil, status.Errorf(codes.Unavailable, "record agent %s: %v", id, err)
+	}
+	s.publishNode(ctx, id)
+	s.cfg.Logger.Info("agent attestation answered again: the agent retried with the join token and key it attested with", "agent_id", id.String(),
+		"serial", serial, "expires_at", chain[0].NotAfter)
+	return s.attestResponse(id, chain), nil
+}
+
+func (s *Service) spentError(id spiffeid.ID) error {
+	s.cfg.Logger.Warn("agent attestation refused", "agent_id", id.String(), "reason", "join token spent and its agent evicted since")
+	return status.Errorf(codes.PermissionDenied, "%v (agent %s was evicted after attesting with it)", nodeattest.ErrTokenInvalid, id)
+}
+
+// publishNode refreshes the catalog before answering so the agent's next
+// call finds its node. Failing that, its next call reloads the catalog
+// (authenticate) when the node is missing: answer anyway, as the token is
+// spent.
+func (s *Service) publishNode(ctx context.Context, id spiffeid.ID) {
+	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
+		s.cfg.Logger.Warn("refresh catalog after attestation", "agent_id", id.String(), "error", err)
+	}
 }
 
 func (s *Service) bannedError(id spiffeid.ID) error {
@@ -82,12 +131,12 @@ func (s *Service) bannedError(id spiffeid.ID) error {
 // token is read, not spent (Attest spends it with the node's record).
 // Refusals are logged: they are what an operator looks at when an agent
 // will not start.
-func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest) (nodeattest.Result, error) {
+func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, keyHash string) (nodeattest.Result, error) {
 	var res nodeattest.Result
 	var err error
 	switch {
 	case req.AttestationType == nodeattest.JoinTokenType:
-		res, err = nodeattest.AttestJoinToken(ctx, s.cfg.Store, s.cfg.TrustDomain, string(req.Payload), s.cfg.Now())
+		res, err = nodeattest.AttestJoinToken(ctx, s.cfg.Store, s.cfg.TrustDomain, string(req.Payload), keyHash, s.cfg.Now())
 	case req.AttestationType == nodeattest.K8sPSATType && s.cfg.PSAT != nil:
 		res, err = s.cfg.PSAT.Attest(ctx, req.Payload)
 	case req.AttestationType == nodeattest.K8sPSATType:

@@ -2,10 +2,14 @@ package agentapi
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/x509"
 	"database/sql"
+	"strings"
 	"sync"
 	"testing"
 
+	"github.com/signetid/signet/server/api"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -81,5 +85,73 @@ func TestAttestConcurrentUsesOfOneToken(t *testing.T) {
 	}
 	if ok != 1 {
 		t.Fatalf("%d of %d concurrent attestations with one token succeeded, want 1 (%v)", ok, n, codesSeen)
+	}
+}
+
+// An agent whose attestation committed but whose answer was lost asks
+// again with the same token and key, and gets an SVID for the node
+// recorded then; another key cannot, nor can the same key once the node is
+// banned or evicted.
+func TestAttestAgainAfterLostAnswer(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	anon := h.dial(t, tlsconfig.TLSClientConfig(h.bundle, tlsconfig.AuthorizeID(ServerID(td))))
+	const id = "spiffe://example.org/agent/lost"
+	token := h.token(t, id)
+	key, req := attestRequest(t, token)
+	first, err := anon.Attest(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serialOf := func(resp *api.AttestResponse) string {
+		t.Helper()
+		c, err := x509.ParseCertificate(resp.SvidChain[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return serialHex(c.SerialNumber)
+	}
+
+	// The same key, in a new CSR: answered again, as the same node.
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := anon.Attest(ctx, &api.AttestRequest{AttestationType: req.AttestationType, Payload: req.Payload, Csr: csr})
+	if err != nil {
+		t.Fatalf("retry with the spending key: %v", err)
+	}
+	if again.SpiffeId != id || serialOf(again) == serialOf(first) {
+		t.Fatalf("retry attested %s with serial %s (first %s)", again.SpiffeId, serialOf(again), serialOf(first))
+	}
+	n, err := h.store.GetNode(ctx, id)
+	if err != nil || n.SerialNumber != serialOf(again) || n.PrevSerialNumber != serialOf(first) {
+		t.Fatalf("node after the retry: %+v, %v", n, err)
+	}
+
+	// Another key: the token is spent.
+	_, other := attestRequest(t, token)
+	if _, err := anon.Attest(ctx, other); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("another key: %v, want PermissionDenied", err)
+	}
+	if got, _ := h.store.GetNode(ctx, id); got.SerialNumber != n.SerialNumber {
+		t.Fatal("a refused attestation rewrote the node")
+	}
+
+	// Banned, then evicted: the spending key is refused too.
+	if err := h.store.BanNode(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := anon.Attest(ctx, req); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "banned") {
+		t.Fatalf("retry of a banned node: %v, want PermissionDenied (banned)", err)
+	}
+	if err := h.store.DeleteNode(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := anon.Attest(ctx, req); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "evicted") {
+		t.Fatalf("retry of an evicted node: %v, want PermissionDenied (evicted)", err)
+	}
+	if _, err := h.store.GetNode(ctx, id); err == nil {
+		t.Fatal("a retry brought an evicted node back")
 	}
 }

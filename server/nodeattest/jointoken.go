@@ -35,10 +35,22 @@ type Result struct {
 	Type      string
 	Selectors []selector.Selector
 	// JoinTokenHash is the join token that proved it, still unspent: the
-	// caller spends it in the transaction that records the node
-	// (store.UpsertNodeSpendingToken), so a failure before leaves it for a
-	// retry.
+	// caller spends it for the agent's key in the transaction that records
+	// the node (store.UpsertNodeSpendingToken), so a failure before leaves
+	// it for a retry.
 	JoinTokenHash string
+	// JoinTokenRetry: the token was already spent by this very key. The
+	// agent's earlier attestation committed but its answer was lost (a
+	// deadline, a dropped connection), and it asks again with the same key:
+	// the caller re-signs for the node recorded then, if it is still there.
+	JoinTokenRetry bool
+}
+
+// KeyHash is the hex SHA-256 of a public key's PKIX DER, the form in which
+// a spent join token remembers the agent key it attested.
+func KeyHash(spki []byte) string {
+	sum := sha256.Sum256(spki)
+	return hex.EncodeToString(sum[:])
 }
 
 // NewJoinToken creates a random token and the record to store. The token is
@@ -86,9 +98,12 @@ type JoinTokens interface {
 	GetJoinToken(ctx context.Context, hash string, now time.Time) (store.JoinToken, error)
 }
 
-// AttestJoinToken checks token and names the agent. It does not spend the
-// token: the caller does, with the node's record (Result.JoinTokenHash).
-func AttestJoinToken(ctx context.Context, tokens JoinTokens, td spiffeid.TrustDomain, token string, now time.Time) (Result, error) {
+// AttestJoinToken checks token, presented with the agent key keyHash
+// (KeyHash of its CSR's key), and names the agent. It does not spend the
+// token: the caller does, with the node's record (Result.JoinTokenHash). A
+// token already spent is refused, except to the key that spent it, until
+// it expires (Result.JoinTokenRetry).
+func AttestJoinToken(ctx context.Context, tokens JoinTokens, td spiffeid.TrustDomain, token, keyHash string, now time.Time) (Result, error) {
 	if token == "" {
 		return Result{}, ErrTokenInvalid
 	}
@@ -102,15 +117,19 @@ func AttestJoinToken(ctx context.Context, tokens JoinTokens, td spiffeid.TrustDo
 	case err != nil:
 		return Result{}, fmt.Errorf("read join token: %w", err)
 	}
+	if rec.SpentKey != "" && (keyHash == "" || rec.SpentKey != keyHash) {
+		return Result{}, ErrTokenInvalid
+	}
 	id, err := agentID(td, rec)
 	if err != nil {
 		return Result{}, err
 	}
 	return Result{
-		AgentID:       id,
-		Type:          JoinTokenType,
-		Selectors:     []selector.Selector{{Type: JoinTokenType, Value: rec.ID}},
-		JoinTokenHash: hash,
+		AgentID:        id,
+		Type:           JoinTokenType,
+		Selectors:      []selector.Selector{{Type: JoinTokenType, Value: rec.ID}},
+		JoinTokenHash:  hash,
+		JoinTokenRetry: rec.SpentKey != "",
 	}, nil
 }
 

@@ -40,30 +40,41 @@ func TestJoinTokens(t *testing.T) {
 	}
 
 	tok := issue("", 0)
-	res, err := AttestJoinToken(ctx, st, td, tok, now)
-	if err != nil {
-		t.Fatal(err)
+	res, err := AttestJoinToken(ctx, st, td, tok, "key1", now)
+	if err != nil || res.JoinTokenRetry {
+		t.Fatalf("first use: %+v, %v", res, err)
 	}
 	if !strings.HasPrefix(res.AgentID.String(), "spiffe://example.org/agent/join_token/") || strings.Contains(res.AgentID.String(), tok) ||
 		res.JoinTokenHash != HashToken(tok) {
 		t.Fatalf("agent ID %s, token hash %q", res.AgentID, res.JoinTokenHash)
 	}
-	// Checking does not spend the token; recording the node does.
-	if _, err := AttestJoinToken(ctx, st, td, tok, now); err != nil {
-		t.Fatalf("checked again before it was spent: %v", err)
+	// Checking does not spend the token, whatever the key; recording the
+	// node does, for its key.
+	if res, err := AttestJoinToken(ctx, st, td, tok, "key2", now); err != nil || res.JoinTokenRetry {
+		t.Fatalf("checked again before it was spent: %+v, %v", res, err)
 	}
-	if err := st.UpsertNodeSpendingToken(ctx, store.Node{SPIFFEID: res.AgentID.String(), AttestationType: JoinTokenType}, res.JoinTokenHash, now); err != nil {
+	if err := st.UpsertNodeSpendingToken(ctx, store.Node{SPIFFEID: res.AgentID.String(), AttestationType: JoinTokenType}, res.JoinTokenHash, "key1", now); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := AttestJoinToken(ctx, st, td, tok, now); !errors.Is(err, ErrTokenInvalid) {
-		t.Fatalf("second use: %v, want ErrTokenInvalid", err)
+	for _, key := range []string{"key2", ""} {
+		if _, err := AttestJoinToken(ctx, st, td, tok, key, now); !errors.Is(err, ErrTokenInvalid) {
+			t.Fatalf("second use with key %q: %v, want ErrTokenInvalid", key, err)
+		}
+	}
+	// The key that spent it may ask again (its answer was lost), as the
+	// same agent, until the token expires.
+	if again, err := AttestJoinToken(ctx, st, td, tok, "key1", now); err != nil || !again.JoinTokenRetry || again.AgentID != res.AgentID {
+		t.Fatalf("retry by the spending key: %+v, %v", again, err)
+	}
+	if _, err := AttestJoinToken(ctx, st, td, tok, "key1", now.Add(DefaultJoinTokenTTL)); !errors.Is(err, ErrTokenExpired) {
+		t.Fatalf("retry after expiry: %v, want ErrTokenExpired", err)
 	}
 	expiring := issue("spiffe://example.org/agent/x", time.Minute)
-	if _, err := AttestJoinToken(ctx, st, td, expiring, now.Add(2*time.Minute)); !errors.Is(err, ErrTokenExpired) {
+	if _, err := AttestJoinToken(ctx, st, td, expiring, "k", now.Add(2*time.Minute)); !errors.Is(err, ErrTokenExpired) {
 		t.Fatalf("expired: %v, want ErrTokenExpired", err)
 	}
 	named := issue("spiffe://example.org/agent/x", time.Minute)
-	if res, err := AttestJoinToken(ctx, st, td, named, now); err != nil || res.AgentID.String() != "spiffe://example.org/agent/x" {
+	if res, err := AttestJoinToken(ctx, st, td, named, "k", now); err != nil || res.AgentID.String() != "spiffe://example.org/agent/x" {
 		t.Fatalf("named token: %v %v", res.AgentID, err)
 	}
 	for _, bad := range []struct {
@@ -74,7 +85,7 @@ func TestJoinTokens(t *testing.T) {
 			t.Errorf("NewJoinToken(%q, %s) succeeded", bad.id, bad.ttl)
 		}
 	}
-	if _, err := AttestJoinToken(ctx, st, td, "", now); !errors.Is(err, ErrTokenInvalid) {
+	if _, err := AttestJoinToken(ctx, st, td, "", "k", now); !errors.Is(err, ErrTokenInvalid) {
 		t.Fatalf("empty token: %v", err)
 	}
 }

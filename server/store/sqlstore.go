@@ -561,16 +561,17 @@ func (s *sqlStore) GetJoinToken(ctx context.Context, hash string, now time.Time)
 }
 
 const (
-	joinTokenColumns = `hash, id, spiffe_id, expires_at, created_at`
-	deleteJoinToken  = `DELETE FROM join_tokens WHERE hash = $1 RETURNING ` + joinTokenColumns
+	joinTokenColumns = `hash, id, spiffe_id, expires_at, created_at, spent_key`
+	// spendJoinToken marks the unspent token with hash $1 spent by key $2.
+	spendJoinToken = `UPDATE join_tokens SET spent_key = $2 WHERE hash = $1 AND spent_key = '' RETURNING ` + joinTokenColumns
 )
 
-// joinTokenRow runs query, which selects or deletes the token with hash $1
+// joinTokenRow runs query, which selects or spends the token with hash $1
 // returning joinTokenColumns, and scans its row: ErrNotFound if none.
-func joinTokenRow(ctx context.Context, q querier, query, hash string) (JoinToken, error) {
+func joinTokenRow(ctx context.Context, q querier, query, hash string, args ...any) (JoinToken, error) {
 	var jt JoinToken
 	var exp, created int64
-	err := q.queryRow(ctx, query, hash).Scan(&jt.Hash, &jt.ID, &jt.SPIFFEID, &exp, &created)
+	err := q.queryRow(ctx, query, append([]any{hash}, args...)...).Scan(&jt.Hash, &jt.ID, &jt.SPIFFEID, &exp, &created, &jt.SpentKey)
 	if errors.Is(err, errNoRows) {
 		return JoinToken{}, ErrNotFound
 	}
@@ -656,15 +657,18 @@ func (s *sqlStore) UpsertNode(ctx context.Context, n Node) error {
 	return nil
 }
 
-func (s *sqlStore) UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHash string, now time.Time) error {
+func (s *sqlStore) UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHash, keyHash string, now time.Time) error {
 	if n.SPIFFEID == "" {
 		return errors.New("upsert node: SPIFFE ID is required")
 	}
+	if keyHash == "" {
+		return fmt.Errorf("upsert node %s: the spending key is required", n.SPIFFEID)
+	}
 	n = normalizeNode(n)
 	err := s.write(ctx, func(t *tx) error {
-		jt, err := joinTokenRow(ctx, t, deleteJoinToken, tokenHash)
+		jt, err := joinTokenRow(ctx, t, spendJoinToken, tokenHash, keyHash)
 		if errors.Is(err, ErrNotFound) {
-			return fmt.Errorf("join token: %w", err)
+			return fmt.Errorf("join token unknown or already spent: %w", err)
 		}
 		if err == nil {
 			err = unexpired(jt, now)

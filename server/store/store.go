@@ -42,6 +42,9 @@ type JoinToken struct {
 	SPIFFEID  string
 	ExpiresAt time.Time
 	CreatedAt time.Time
+	// SpentKey is the hex SHA-256 of the public key (PKIX DER) of the
+	// agent that spent the token; "" while unspent.
+	SpentKey string
 }
 
 // Node is an attested agent.
@@ -136,9 +139,8 @@ type Store interface {
 	ListEntries(ctx context.Context) ([]registry.Entry, error)
 
 	CreateJoinToken(ctx context.Context, t JoinToken) error
-	// GetJoinToken returns the token with this hash without spending it:
-	// ErrNotFound if unknown or already used, ErrExpired if past ExpiresAt
-	// at now.
+	// GetJoinToken returns the token with this hash, spent (SpentKey set)
+	// or not: ErrNotFound if unknown, ErrExpired if past ExpiresAt at now.
 	GetJoinToken(ctx context.Context, hash string, now time.Time) (JoinToken, error)
 	// PruneJoinTokens deletes tokens expired before now.
 	PruneJoinTokens(ctx context.Context, now time.Time) error
@@ -146,10 +148,11 @@ type Store interface {
 	// UpsertNode creates or replaces the node with n.SPIFFEID.
 	UpsertNode(ctx context.Context, n Node) error
 	// UpsertNodeSpendingToken is UpsertNode that also spends the join token
-	// with tokenHash, in the same transaction: ErrNotFound if the token is
-	// unknown or already used, ErrExpired if past ExpiresAt at now. When it
-	// fails nothing is written, so the token can still attest.
-	UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHash string, now time.Time) error
+	// with tokenHash for the agent key keyHash (JoinToken.SpentKey), in the
+	// same transaction: ErrNotFound if the token is unknown or already
+	// spent, ErrExpired if past ExpiresAt at now. When it fails nothing is
+	// written, so the token can still attest.
+	UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHash, keyHash string, now time.Time) error
 	GetNode(ctx context.Context, spiffeID string) (Node, error)
 	ListNodes(ctx context.Context) ([]Node, error)
 	// RenewNode records a renewed agent SVID in one conditional write: the

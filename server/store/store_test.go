@@ -446,7 +446,7 @@ func consumeRace(t *testing.T, stores []Store, n int) {
 		wg.Go(func() {
 			<-start
 			node := Node{SPIFFEID: fmt.Sprintf("spiffe://example.org/agent/join_token/%d", i), AttestationType: "join_token"}
-			results <- stores[i%len(stores)].UpsertNodeSpendingToken(ctx, node, hash, now)
+			results <- stores[i%len(stores)].UpsertNodeSpendingToken(ctx, node, hash, fmt.Sprintf("key%d", i), now)
 		})
 	}
 	close(start)
@@ -512,19 +512,22 @@ func TestUpsertNodeSpendingToken(t *testing.T) {
 			{"expired token", node, "h2", now.Add(time.Minute), ErrExpired},
 			{"banned node", banned, "h1", now, ErrBanned},
 		} {
-			if err := s.UpsertNodeSpendingToken(ctx, tc.node, tc.hash, tc.now); !errors.Is(err, tc.want) {
+			if err := s.UpsertNodeSpendingToken(ctx, tc.node, tc.hash, "k1", tc.now); !errors.Is(err, tc.want) {
 				t.Fatalf("%s: %v, want %v", tc.name, err, tc.want)
 			}
 			if _, err := s.GetNode(ctx, node.SPIFFEID); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("%s: the node was written anyway (%v)", tc.name, err)
 			}
-			if _, err := s.GetJoinToken(ctx, "h1", now); err != nil {
-				t.Fatalf("%s: token h1 no longer usable: %v", tc.name, err)
+			if got, err := s.GetJoinToken(ctx, "h1", now); err != nil || got.SpentKey != "" {
+				t.Fatalf("%s: token h1 no longer usable: %+v, %v", tc.name, got, err)
 			}
 		}
 
+		if err := s.UpsertNodeSpendingToken(ctx, node, "h1", "", now); err == nil {
+			t.Fatal("spent without naming the key")
+		}
 		rev := revision(t, s)
-		if err := s.UpsertNodeSpendingToken(ctx, node, "h1", now); err != nil {
+		if err := s.UpsertNodeSpendingToken(ctx, node, "h1", "k1", now); err != nil {
 			t.Fatalf("UpsertNodeSpendingToken: %v", err)
 		}
 		if got, err := s.GetNode(ctx, node.SPIFFEID); err != nil || got.SerialNumber != "0a" {
@@ -533,12 +536,22 @@ func TestUpsertNodeSpendingToken(t *testing.T) {
 		if revision(t, s) <= rev {
 			t.Error("recording the node did not bump the revision")
 		}
-		if _, err := s.GetJoinToken(ctx, "h1", now); !errors.Is(err, ErrNotFound) {
-			t.Fatalf("token after it attested: %v, want ErrNotFound", err)
+		// Spent: still readable, with the key it was spent for, until it
+		// expires (the attested agent's retry), but never spent again.
+		if got, err := s.GetJoinToken(ctx, "h1", now); err != nil || got.SpentKey != "k1" {
+			t.Fatalf("token after it attested: %+v, %v; want it spent by k1", got, err)
+		}
+		if _, err := s.GetJoinToken(ctx, "h1", tok.ExpiresAt); !errors.Is(err, ErrExpired) {
+			t.Fatalf("spent token at expiry: %v, want ErrExpired", err)
 		}
 		node.SerialNumber = "0b"
-		if err := s.UpsertNodeSpendingToken(ctx, node, "h1", now); !errors.Is(err, ErrNotFound) {
-			t.Fatalf("second use: %v, want ErrNotFound", err)
+		for _, key := range []string{"k1", "k2"} {
+			if err := s.UpsertNodeSpendingToken(ctx, node, "h1", key, now); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("second use with key %s: %v, want ErrNotFound", key, err)
+			}
+		}
+		if got, _ := s.GetJoinToken(ctx, "h1", now); got.SpentKey != "k1" {
+			t.Fatalf("second use changed the spending key to %q", got.SpentKey)
 		}
 		if got, _ := s.GetNode(ctx, node.SPIFFEID); got.SerialNumber != "0a" {
 			t.Fatalf("second use rewrote the node: serial %s", got.SerialNumber)

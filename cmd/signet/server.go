@@ -24,7 +24,7 @@ import (
 
 func newServerCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "server", Short: "Identity server and CA of one trust domain"}
-	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newServerAgentCmd())
+	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newFederationCmd(), newServerAgentCmd())
 	return cmd
 }
 
@@ -539,7 +539,7 @@ func newBundleDeleteCmd() *cobra.Command {
 	}
 	cmd := &cobra.Command{
 		Use:   "delete",
-		Short: "Delete a federated trust domain's bundle (a configured relationship fetches it again)",
+		Short: "Delete a federated trust domain's bundle (refused while a federation relationship fetches it)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			td, err := federatedTrustDomain(trustDomain)

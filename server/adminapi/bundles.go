@@ -92,7 +92,8 @@ func (s *Service) ListFederatedBundles(ctx context.Context, _ *api.ListFederated
 
 // DeleteFederatedBundle forgets a foreign trust domain's bundle: workloads
 // whose entries federate with it stop receiving it. By default it is
-// refused while entries federate with it; the other modes dissociate or
+// refused while entries federate with it, and always while a relationship
+// (configured or stored) fetches it; the other modes dissociate or
 // delete those entries in the same transaction.
 func (s *Service) DeleteFederatedBundle(ctx context.Context, req *api.DeleteFederatedBundleRequest) (*api.DeleteFederatedBundleResponse, error) {
 	td, err := s.foreignTrustDomain("delete federated bundle", req.TrustDomain)
@@ -102,10 +103,8 @@ func (s *Service) DeleteFederatedBundle(ctx context.Context, req *api.DeleteFede
 	// The fetcher would write it back (https_web), or could no longer
 	// authenticate the endpoint at all (https_spiffe, which trusts the
 	// bundle it holds): either way the delete would not do what was asked.
-	for _, r := range s.cfg.FederatesWith {
-		if r.TrustDomain == td {
-			return nil, status.Errorf(codes.FailedPrecondition, "delete federated bundle of %s: the server fetches it from %s (federates_with %q in its config); remove that block and restart first, or replace the bundle with `bundle set`", td.Name(), r.URL, td.Name())
-		}
+	if err := s.bundleFetcherRefusal(ctx, "delete federated bundle", td); err != nil {
+		return nil, err
 	}
 	mode, ok := map[api.BundleDeleteMode]store.BundleDeleteMode{
 		api.BundleDeleteMode_BUNDLE_DELETE_MODE_RESTRICT:   store.BundleRestrict,

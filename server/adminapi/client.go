@@ -69,6 +69,33 @@ func PrintEntry(w io.Writer, e *api.Entry) {
 	fmt.Fprintln(w)
 }
 
+// PrintFederationRelationship writes a federation relationship in the
+// CLI's human-readable form, one `Name: value` line per field.
+func PrintFederationRelationship(w io.Writer, r *api.FederationRelationship) {
+	fmt.Fprintf(w, "Trust domain: %s\n", r.TrustDomain)
+	fmt.Fprintf(w, "Bundle endpoint URL: %s\n", r.BundleEndpointUrl)
+	fmt.Fprintf(w, "Bundle endpoint profile: %s\n", r.BundleEndpointProfile)
+	if r.EndpointSpiffeId != "" {
+		fmt.Fprintf(w, "Endpoint SPIFFE ID: %s\n", r.EndpointSpiffeId)
+	}
+	if r.Origin == api.RelationshipOrigin_RELATIONSHIP_ORIGIN_CONFIG {
+		fmt.Fprintf(w, "Source: server.conf\n")
+	} else {
+		fmt.Fprintf(w, "Source: store\n")
+		owner := r.Owner
+		if owner == "" {
+			owner = "operator"
+		}
+		fmt.Fprintf(w, "Owner: %s\n", owner)
+		fmt.Fprintf(w, "Revision: %d\n", r.Revision)
+		fmt.Fprintf(w, "Created at: %s\n", time.Unix(r.CreatedAt, 0).UTC().Format(time.RFC3339))
+	}
+	if r.Overridden {
+		fmt.Fprintf(w, "Overridden by server.conf: true (not in force)\n")
+	}
+	fmt.Fprintln(w)
+}
+
 func ttl(sec int32) string {
 	if sec == 0 {
 		return "default"

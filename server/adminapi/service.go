@@ -27,8 +27,9 @@ type Config struct {
 	Catalog     *catalog.Catalog
 	// RefreshHint is put in bundles served here.
 	RefreshHint time.Duration
-	// FederatesWith are the configured federation relationships, whose
-	// bundles the server fetches itself: deleting one is refused.
+	// FederatesWith are the configured federation relationships (server.conf),
+	// listed beside the stored ones: storing one of their trust domains,
+	// and deleting their bundles, is refused.
 	FederatesWith []federation.Relationship
 	Logger        *slog.Logger
 	// AllowedUIDs may call the API; nil means root and the process's own uid.

@@ -75,6 +75,59 @@ func (BundleDeleteMode) EnumDescriptor() ([]byte, []int) {
 	return file_server_api_admin_proto_rawDescGZIP(), []int{0}
 }
 
+// Where a federation relationship comes from.
+type RelationshipOrigin int32
+
+const (
+	RelationshipOrigin_RELATIONSHIP_ORIGIN_UNSPECIFIED RelationshipOrigin = 0
+	// A federates_with block of server.conf: changed by editing it.
+	RelationshipOrigin_RELATIONSHIP_ORIGIN_CONFIG RelationshipOrigin = 1
+	// The store, shared by every server of the trust domain: changed with
+	// the admin API, or by its owner.
+	RelationshipOrigin_RELATIONSHIP_ORIGIN_STORE RelationshipOrigin = 2
+)
+
+// Enum value maps for RelationshipOrigin.
+var (
+	RelationshipOrigin_name = map[int32]string{
+		0: "RELATIONSHIP_ORIGIN_UNSPECIFIED",
+		1: "RELATIONSHIP_ORIGIN_CONFIG",
+		2: "RELATIONSHIP_ORIGIN_STORE",
+	}
+	RelationshipOrigin_value = map[string]int32{
+		"RELATIONSHIP_ORIGIN_UNSPECIFIED": 0,
+		"RELATIONSHIP_ORIGIN_CONFIG":      1,
+		"RELATIONSHIP_ORIGIN_STORE":       2,
+	}
+)
+
+func (x RelationshipOrigin) Enum() *RelationshipOrigin {
+	p := new(RelationshipOrigin)
+	*p = x
+	return p
+}
+
+func (x RelationshipOrigin) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RelationshipOrigin) Descriptor() protoreflect.EnumDescriptor {
+	return file_server_api_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (RelationshipOrigin) Type() protoreflect.EnumType {
+	return &file_server_api_admin_proto_enumTypes[1]
+}
+
+func (x RelationshipOrigin) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RelationshipOrigin.Descriptor instead.
+func (RelationshipOrigin) EnumDescriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{1}
+}
+
 type CreateEntryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entry         *Entry                 `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
@@ -1105,6 +1158,494 @@ func (x *DeleteFederatedBundleResponse) GetEntries() int32 {
 	return 0
 }
 
+// FederationRelationship is a foreign trust domain whose bundle the server
+// fetches from its bundle endpoint. In requests only the first four fields
+// count; owner must be empty, and the rest is ignored.
+type FederationRelationship struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// bundle_endpoint_url is https://host[:port][/path].
+	BundleEndpointUrl string `protobuf:"bytes,2,opt,name=bundle_endpoint_url,json=bundleEndpointUrl,proto3" json:"bundle_endpoint_url,omitempty"`
+	// bundle_endpoint_profile is "https_spiffe" or "https_web".
+	BundleEndpointProfile string `protobuf:"bytes,3,opt,name=bundle_endpoint_profile,json=bundleEndpointProfile,proto3" json:"bundle_endpoint_profile,omitempty"`
+	// endpoint_spiffe_id is the ID an https_spiffe endpoint presents; empty
+	// in a request means a Signet server's, spiffe://TD/signet/server.
+	EndpointSpiffeId string `protobuf:"bytes,4,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
+	// owner is "" for an operator's relationship, else what manages it
+	// (the Kubernetes controller), which alone may change it.
+	Owner string `protobuf:"bytes,5,opt,name=owner,proto3" json:"owner,omitempty"`
+	// revision is the store revision of the last change (0 if configured).
+	Revision int64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	// created_at is a Unix time in seconds (0 if configured).
+	CreatedAt int64              `protobuf:"varint,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Origin    RelationshipOrigin `protobuf:"varint,8,opt,name=origin,proto3,enum=signet.api.RelationshipOrigin" json:"origin,omitempty"`
+	// overridden marks a stored relationship that is not in force because
+	// server.conf configures the same trust domain.
+	Overridden    bool `protobuf:"varint,9,opt,name=overridden,proto3" json:"overridden,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FederationRelationship) Reset() {
+	*x = FederationRelationship{}
+	mi := &file_server_api_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederationRelationship) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederationRelationship) ProtoMessage() {}
+
+func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
+func (*FederationRelationship) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FederationRelationship) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetBundleEndpointUrl() string {
+	if x != nil {
+		return x.BundleEndpointUrl
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetBundleEndpointProfile() string {
+	if x != nil {
+		return x.BundleEndpointProfile
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetEndpointSpiffeId() string {
+	if x != nil {
+		return x.EndpointSpiffeId
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *FederationRelationship) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+func (x *FederationRelationship) GetOrigin() RelationshipOrigin {
+	if x != nil {
+		return x.Origin
+	}
+	return RelationshipOrigin_RELATIONSHIP_ORIGIN_UNSPECIFIED
+}
+
+func (x *FederationRelationship) GetOverridden() bool {
+	if x != nil {
+		return x.Overridden
+	}
+	return false
+}
+
+type CreateFederationRelationshipRequest struct {
+	state        protoimpl.MessageState  `protogen:"open.v1"`
+	Relationship *FederationRelationship `protobuf:"bytes,1,opt,name=relationship,proto3" json:"relationship,omitempty"`
+	// trust_domain_bundle, if set, is the trust domain's bundle, set after
+	// the relationship is stored (an https_spiffe endpoint is authenticated
+	// with it). Its trust_domain, if set, must be the relationship's.
+	TrustDomainBundle *Bundle `protobuf:"bytes,2,opt,name=trust_domain_bundle,json=trustDomainBundle,proto3" json:"trust_domain_bundle,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *CreateFederationRelationshipRequest) Reset() {
+	*x = CreateFederationRelationshipRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateFederationRelationshipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateFederationRelationshipRequest) ProtoMessage() {}
+
+func (x *CreateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
+func (*CreateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CreateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
+	if x != nil {
+		return x.Relationship
+	}
+	return nil
+}
+
+func (x *CreateFederationRelationshipRequest) GetTrustDomainBundle() *Bundle {
+	if x != nil {
+		return x.TrustDomainBundle
+	}
+	return nil
+}
+
+type UpdateFederationRelationshipRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// relationship replaces the stored one with its trust domain.
+	Relationship      *FederationRelationship `protobuf:"bytes,1,opt,name=relationship,proto3" json:"relationship,omitempty"`
+	TrustDomainBundle *Bundle                 `protobuf:"bytes,2,opt,name=trust_domain_bundle,json=trustDomainBundle,proto3" json:"trust_domain_bundle,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *UpdateFederationRelationshipRequest) Reset() {
+	*x = UpdateFederationRelationshipRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateFederationRelationshipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateFederationRelationshipRequest) ProtoMessage() {}
+
+func (x *UpdateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
+func (*UpdateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *UpdateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
+	if x != nil {
+		return x.Relationship
+	}
+	return nil
+}
+
+func (x *UpdateFederationRelationshipRequest) GetTrustDomainBundle() *Bundle {
+	if x != nil {
+		return x.TrustDomainBundle
+	}
+	return nil
+}
+
+type FederationRelationshipResult struct {
+	state        protoimpl.MessageState  `protogen:"open.v1"`
+	Relationship *FederationRelationship `protobuf:"bytes,1,opt,name=relationship,proto3" json:"relationship,omitempty"`
+	// trust_domain_bundle is the bundle held after the write, if one was given.
+	TrustDomainBundle *Bundle `protobuf:"bytes,2,opt,name=trust_domain_bundle,json=trustDomainBundle,proto3" json:"trust_domain_bundle,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *FederationRelationshipResult) Reset() {
+	*x = FederationRelationshipResult{}
+	mi := &file_server_api_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederationRelationshipResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederationRelationshipResult) ProtoMessage() {}
+
+func (x *FederationRelationshipResult) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederationRelationshipResult.ProtoReflect.Descriptor instead.
+func (*FederationRelationshipResult) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *FederationRelationshipResult) GetRelationship() *FederationRelationship {
+	if x != nil {
+		return x.Relationship
+	}
+	return nil
+}
+
+func (x *FederationRelationshipResult) GetTrustDomainBundle() *Bundle {
+	if x != nil {
+		return x.TrustDomainBundle
+	}
+	return nil
+}
+
+type DeleteFederationRelationshipRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederationRelationshipRequest) Reset() {
+	*x = DeleteFederationRelationshipRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederationRelationshipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederationRelationshipRequest) ProtoMessage() {}
+
+func (x *DeleteFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederationRelationshipRequest.ProtoReflect.Descriptor instead.
+func (*DeleteFederationRelationshipRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *DeleteFederationRelationshipRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type DeleteFederationRelationshipResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederationRelationshipResponse) Reset() {
+	*x = DeleteFederationRelationshipResponse{}
+	mi := &file_server_api_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederationRelationshipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederationRelationshipResponse) ProtoMessage() {}
+
+func (x *DeleteFederationRelationshipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederationRelationshipResponse.ProtoReflect.Descriptor instead.
+func (*DeleteFederationRelationshipResponse) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{28}
+}
+
+type GetFederationRelationshipRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFederationRelationshipRequest) Reset() {
+	*x = GetFederationRelationshipRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFederationRelationshipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFederationRelationshipRequest) ProtoMessage() {}
+
+func (x *GetFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFederationRelationshipRequest.ProtoReflect.Descriptor instead.
+func (*GetFederationRelationshipRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *GetFederationRelationshipRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type ListFederationRelationshipsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationRelationshipsRequest) Reset() {
+	*x = ListFederationRelationshipsRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationRelationshipsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationRelationshipsRequest) ProtoMessage() {}
+
+func (x *ListFederationRelationshipsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationRelationshipsRequest.ProtoReflect.Descriptor instead.
+func (*ListFederationRelationshipsRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{30}
+}
+
+type ListFederationRelationshipsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by trust domain, a configured one before a stored one it
+	// overrides.
+	Relationships []*FederationRelationship `protobuf:"bytes,1,rep,name=relationships,proto3" json:"relationships,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationRelationshipsResponse) Reset() {
+	*x = ListFederationRelationshipsResponse{}
+	mi := &file_server_api_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationRelationshipsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationRelationshipsResponse) ProtoMessage() {}
+
+func (x *ListFederationRelationshipsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationRelationshipsResponse.ProtoReflect.Descriptor instead.
+func (*ListFederationRelationshipsResponse) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListFederationRelationshipsResponse) GetRelationships() []*FederationRelationship {
+	if x != nil {
+		return x.Relationships
+	}
+	return nil
+}
+
 var File_server_api_admin_proto protoreflect.FileDescriptor
 
 const file_server_api_admin_proto_rawDesc = "" +
@@ -1160,11 +1701,45 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x120\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x1c.signet.api.BundleDeleteModeR\x04mode\"9\n" +
 	"\x1dDeleteFederatedBundleResponse\x12\x18\n" +
-	"\aentries\x18\x01 \x01(\x05R\aentries*u\n" +
+	"\aentries\x18\x01 \x01(\x05R\aentries\"\xfa\x02\n" +
+	"\x16FederationRelationship\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12.\n" +
+	"\x13bundle_endpoint_url\x18\x02 \x01(\tR\x11bundleEndpointUrl\x126\n" +
+	"\x17bundle_endpoint_profile\x18\x03 \x01(\tR\x15bundleEndpointProfile\x12,\n" +
+	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12\x14\n" +
+	"\x05owner\x18\x05 \x01(\tR\x05owner\x12\x1a\n" +
+	"\brevision\x18\x06 \x01(\x03R\brevision\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\a \x01(\x03R\tcreatedAt\x126\n" +
+	"\x06origin\x18\b \x01(\x0e2\x1e.signet.api.RelationshipOriginR\x06origin\x12\x1e\n" +
+	"\n" +
+	"overridden\x18\t \x01(\bR\n" +
+	"overridden\"\xb1\x01\n" +
+	"#CreateFederationRelationshipRequest\x12F\n" +
+	"\frelationship\x18\x01 \x01(\v2\".signet.api.FederationRelationshipR\frelationship\x12B\n" +
+	"\x13trust_domain_bundle\x18\x02 \x01(\v2\x12.signet.api.BundleR\x11trustDomainBundle\"\xb1\x01\n" +
+	"#UpdateFederationRelationshipRequest\x12F\n" +
+	"\frelationship\x18\x01 \x01(\v2\".signet.api.FederationRelationshipR\frelationship\x12B\n" +
+	"\x13trust_domain_bundle\x18\x02 \x01(\v2\x12.signet.api.BundleR\x11trustDomainBundle\"\xaa\x01\n" +
+	"\x1cFederationRelationshipResult\x12F\n" +
+	"\frelationship\x18\x01 \x01(\v2\".signet.api.FederationRelationshipR\frelationship\x12B\n" +
+	"\x13trust_domain_bundle\x18\x02 \x01(\v2\x12.signet.api.BundleR\x11trustDomainBundle\"H\n" +
+	"#DeleteFederationRelationshipRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"&\n" +
+	"$DeleteFederationRelationshipResponse\"E\n" +
+	" GetFederationRelationshipRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"$\n" +
+	"\"ListFederationRelationshipsRequest\"o\n" +
+	"#ListFederationRelationshipsResponse\x12H\n" +
+	"\rrelationships\x18\x01 \x03(\v2\".signet.api.FederationRelationshipR\rrelationships*u\n" +
 	"\x10BundleDeleteMode\x12\x1f\n" +
 	"\x1bBUNDLE_DELETE_MODE_RESTRICT\x10\x00\x12!\n" +
 	"\x1dBUNDLE_DELETE_MODE_DISSOCIATE\x10\x01\x12\x1d\n" +
-	"\x19BUNDLE_DELETE_MODE_DELETE\x10\x022\xf9\b\n" +
+	"\x19BUNDLE_DELETE_MODE_DELETE\x10\x02*x\n" +
+	"\x12RelationshipOrigin\x12#\n" +
+	"\x1fRELATIONSHIP_ORIGIN_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aRELATIONSHIP_ORIGIN_CONFIG\x10\x01\x12\x1d\n" +
+	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\xe2\r\n" +
 	"\fAdminService\x12@\n" +
 	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12c\n" +
 	"\x12BatchCreateEntries\x12%.signet.api.BatchCreateEntriesRequest\x1a&.signet.api.BatchCreateEntriesResponse\x12@\n" +
@@ -1181,7 +1756,12 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\bBanAgent\x12\x1b.signet.api.BanAgentRequest\x1a\x1c.signet.api.BanAgentResponse\x12O\n" +
 	"\x12SetFederatedBundle\x12%.signet.api.SetFederatedBundleRequest\x1a\x12.signet.api.Bundle\x12i\n" +
 	"\x14ListFederatedBundles\x12'.signet.api.ListFederatedBundlesRequest\x1a(.signet.api.ListFederatedBundlesResponse\x12l\n" +
-	"\x15DeleteFederatedBundle\x12(.signet.api.DeleteFederatedBundleRequest\x1a).signet.api.DeleteFederatedBundleResponseB'Z%github.com/signetid/signet/server/apib\x06proto3"
+	"\x15DeleteFederatedBundle\x12(.signet.api.DeleteFederatedBundleRequest\x1a).signet.api.DeleteFederatedBundleResponse\x12y\n" +
+	"\x1cCreateFederationRelationship\x12/.signet.api.CreateFederationRelationshipRequest\x1a(.signet.api.FederationRelationshipResult\x12y\n" +
+	"\x1cUpdateFederationRelationship\x12/.signet.api.UpdateFederationRelationshipRequest\x1a(.signet.api.FederationRelationshipResult\x12\x81\x01\n" +
+	"\x1cDeleteFederationRelationship\x12/.signet.api.DeleteFederationRelationshipRequest\x1a0.signet.api.DeleteFederationRelationshipResponse\x12m\n" +
+	"\x19GetFederationRelationship\x12,.signet.api.GetFederationRelationshipRequest\x1a\".signet.api.FederationRelationship\x12~\n" +
+	"\x1bListFederationRelationships\x12..signet.api.ListFederationRelationshipsRequest\x1a/.signet.api.ListFederationRelationshipsResponseB'Z%github.com/signetid/signet/server/apib\x06proto3"
 
 var (
 	file_server_api_admin_proto_rawDescOnce sync.Once
@@ -1195,82 +1775,110 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 	return file_server_api_admin_proto_rawDescData
 }
 
-var file_server_api_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_server_api_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_server_api_admin_proto_goTypes = []any{
-	(BundleDeleteMode)(0),                 // 0: signet.api.BundleDeleteMode
-	(*CreateEntryRequest)(nil),            // 1: signet.api.CreateEntryRequest
-	(*BatchCreateEntriesRequest)(nil),     // 2: signet.api.BatchCreateEntriesRequest
-	(*BatchCreateEntriesResponse)(nil),    // 3: signet.api.BatchCreateEntriesResponse
-	(*UpdateEntryRequest)(nil),            // 4: signet.api.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),            // 5: signet.api.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),           // 6: signet.api.DeleteEntryResponse
-	(*GetEntryRequest)(nil),               // 7: signet.api.GetEntryRequest
-	(*ListEntriesRequest)(nil),            // 8: signet.api.ListEntriesRequest
-	(*ListEntriesResponse)(nil),           // 9: signet.api.ListEntriesResponse
-	(*CreateJoinTokenRequest)(nil),        // 10: signet.api.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),       // 11: signet.api.CreateJoinTokenResponse
-	(*GetBundleRequest)(nil),              // 12: signet.api.GetBundleRequest
-	(*ListAgentsRequest)(nil),             // 13: signet.api.ListAgentsRequest
-	(*ListAgentsResponse)(nil),            // 14: signet.api.ListAgentsResponse
-	(*EvictAgentRequest)(nil),             // 15: signet.api.EvictAgentRequest
-	(*EvictAgentResponse)(nil),            // 16: signet.api.EvictAgentResponse
-	(*BanAgentRequest)(nil),               // 17: signet.api.BanAgentRequest
-	(*BanAgentResponse)(nil),              // 18: signet.api.BanAgentResponse
-	(*SetFederatedBundleRequest)(nil),     // 19: signet.api.SetFederatedBundleRequest
-	(*ListFederatedBundlesRequest)(nil),   // 20: signet.api.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),  // 21: signet.api.ListFederatedBundlesResponse
-	(*DeleteFederatedBundleRequest)(nil),  // 22: signet.api.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 23: signet.api.DeleteFederatedBundleResponse
-	(*Entry)(nil),                         // 24: signet.api.Entry
-	(*Selector)(nil),                      // 25: signet.api.Selector
-	(*Agent)(nil),                         // 26: signet.api.Agent
-	(*Bundle)(nil),                        // 27: signet.api.Bundle
+	(BundleDeleteMode)(0),                        // 0: signet.api.BundleDeleteMode
+	(RelationshipOrigin)(0),                      // 1: signet.api.RelationshipOrigin
+	(*CreateEntryRequest)(nil),                   // 2: signet.api.CreateEntryRequest
+	(*BatchCreateEntriesRequest)(nil),            // 3: signet.api.BatchCreateEntriesRequest
+	(*BatchCreateEntriesResponse)(nil),           // 4: signet.api.BatchCreateEntriesResponse
+	(*UpdateEntryRequest)(nil),                   // 5: signet.api.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),                   // 6: signet.api.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),                  // 7: signet.api.DeleteEntryResponse
+	(*GetEntryRequest)(nil),                      // 8: signet.api.GetEntryRequest
+	(*ListEntriesRequest)(nil),                   // 9: signet.api.ListEntriesRequest
+	(*ListEntriesResponse)(nil),                  // 10: signet.api.ListEntriesResponse
+	(*CreateJoinTokenRequest)(nil),               // 11: signet.api.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),              // 12: signet.api.CreateJoinTokenResponse
+	(*GetBundleRequest)(nil),                     // 13: signet.api.GetBundleRequest
+	(*ListAgentsRequest)(nil),                    // 14: signet.api.ListAgentsRequest
+	(*ListAgentsResponse)(nil),                   // 15: signet.api.ListAgentsResponse
+	(*EvictAgentRequest)(nil),                    // 16: signet.api.EvictAgentRequest
+	(*EvictAgentResponse)(nil),                   // 17: signet.api.EvictAgentResponse
+	(*BanAgentRequest)(nil),                      // 18: signet.api.BanAgentRequest
+	(*BanAgentResponse)(nil),                     // 19: signet.api.BanAgentResponse
+	(*SetFederatedBundleRequest)(nil),            // 20: signet.api.SetFederatedBundleRequest
+	(*ListFederatedBundlesRequest)(nil),          // 21: signet.api.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),         // 22: signet.api.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),         // 23: signet.api.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil),        // 24: signet.api.DeleteFederatedBundleResponse
+	(*FederationRelationship)(nil),               // 25: signet.api.FederationRelationship
+	(*CreateFederationRelationshipRequest)(nil),  // 26: signet.api.CreateFederationRelationshipRequest
+	(*UpdateFederationRelationshipRequest)(nil),  // 27: signet.api.UpdateFederationRelationshipRequest
+	(*FederationRelationshipResult)(nil),         // 28: signet.api.FederationRelationshipResult
+	(*DeleteFederationRelationshipRequest)(nil),  // 29: signet.api.DeleteFederationRelationshipRequest
+	(*DeleteFederationRelationshipResponse)(nil), // 30: signet.api.DeleteFederationRelationshipResponse
+	(*GetFederationRelationshipRequest)(nil),     // 31: signet.api.GetFederationRelationshipRequest
+	(*ListFederationRelationshipsRequest)(nil),   // 32: signet.api.ListFederationRelationshipsRequest
+	(*ListFederationRelationshipsResponse)(nil),  // 33: signet.api.ListFederationRelationshipsResponse
+	(*Entry)(nil),                                // 34: signet.api.Entry
+	(*Selector)(nil),                             // 35: signet.api.Selector
+	(*Agent)(nil),                                // 36: signet.api.Agent
+	(*Bundle)(nil),                               // 37: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	24, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	24, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
-	24, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
-	24, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	25, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
-	24, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	26, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	27, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
-	27, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
+	34, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	34, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	34, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	34, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	35, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	34, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	36, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	37, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
+	37, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
 	0,  // 9: signet.api.DeleteFederatedBundleRequest.mode:type_name -> signet.api.BundleDeleteMode
-	1,  // 10: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
-	2,  // 11: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
-	4,  // 12: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
-	5,  // 13: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
-	7,  // 14: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
-	8,  // 15: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
-	10, // 16: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
-	12, // 17: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
-	13, // 18: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
-	15, // 19: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
-	17, // 20: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
-	19, // 21: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
-	20, // 22: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
-	22, // 23: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
-	24, // 24: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	3,  // 25: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
-	24, // 26: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	6,  // 27: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	24, // 28: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	9,  // 29: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	11, // 30: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	27, // 31: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	14, // 32: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	16, // 33: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	18, // 34: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
-	27, // 35: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
-	21, // 36: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
-	23, // 37: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
-	24, // [24:38] is the sub-list for method output_type
-	10, // [10:24] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	1,  // 10: signet.api.FederationRelationship.origin:type_name -> signet.api.RelationshipOrigin
+	25, // 11: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	37, // 12: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	25, // 13: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	37, // 14: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	25, // 15: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
+	37, // 16: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
+	25, // 17: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
+	2,  // 18: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
+	3,  // 19: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
+	5,  // 20: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
+	6,  // 21: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
+	8,  // 22: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
+	9,  // 23: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
+	11, // 24: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
+	13, // 25: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
+	14, // 26: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
+	16, // 27: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
+	18, // 28: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
+	20, // 29: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
+	21, // 30: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
+	23, // 31: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
+	26, // 32: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
+	27, // 33: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
+	29, // 34: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
+	31, // 35: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
+	32, // 36: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
+	34, // 37: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	4,  // 38: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	34, // 39: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	7,  // 40: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	34, // 41: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	10, // 42: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	12, // 43: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	37, // 44: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	15, // 45: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	17, // 46: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	19, // 47: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
+	37, // 48: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
+	22, // 49: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
+	24, // 50: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
+	28, // 51: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	28, // 52: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	30, // 53: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
+	25, // 54: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
+	33, // 55: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
+	37, // [37:56] is the sub-list for method output_type
+	18, // [18:37] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_server_api_admin_proto_init() }
@@ -1284,8 +1892,8 @@ func file_server_api_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   23,
+			NumEnums:      2,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

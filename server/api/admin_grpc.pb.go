@@ -19,20 +19,25 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_CreateEntry_FullMethodName           = "/signet.api.AdminService/CreateEntry"
-	AdminService_BatchCreateEntries_FullMethodName    = "/signet.api.AdminService/BatchCreateEntries"
-	AdminService_UpdateEntry_FullMethodName           = "/signet.api.AdminService/UpdateEntry"
-	AdminService_DeleteEntry_FullMethodName           = "/signet.api.AdminService/DeleteEntry"
-	AdminService_GetEntry_FullMethodName              = "/signet.api.AdminService/GetEntry"
-	AdminService_ListEntries_FullMethodName           = "/signet.api.AdminService/ListEntries"
-	AdminService_CreateJoinToken_FullMethodName       = "/signet.api.AdminService/CreateJoinToken"
-	AdminService_GetBundle_FullMethodName             = "/signet.api.AdminService/GetBundle"
-	AdminService_ListAgents_FullMethodName            = "/signet.api.AdminService/ListAgents"
-	AdminService_EvictAgent_FullMethodName            = "/signet.api.AdminService/EvictAgent"
-	AdminService_BanAgent_FullMethodName              = "/signet.api.AdminService/BanAgent"
-	AdminService_SetFederatedBundle_FullMethodName    = "/signet.api.AdminService/SetFederatedBundle"
-	AdminService_ListFederatedBundles_FullMethodName  = "/signet.api.AdminService/ListFederatedBundles"
-	AdminService_DeleteFederatedBundle_FullMethodName = "/signet.api.AdminService/DeleteFederatedBundle"
+	AdminService_CreateEntry_FullMethodName                  = "/signet.api.AdminService/CreateEntry"
+	AdminService_BatchCreateEntries_FullMethodName           = "/signet.api.AdminService/BatchCreateEntries"
+	AdminService_UpdateEntry_FullMethodName                  = "/signet.api.AdminService/UpdateEntry"
+	AdminService_DeleteEntry_FullMethodName                  = "/signet.api.AdminService/DeleteEntry"
+	AdminService_GetEntry_FullMethodName                     = "/signet.api.AdminService/GetEntry"
+	AdminService_ListEntries_FullMethodName                  = "/signet.api.AdminService/ListEntries"
+	AdminService_CreateJoinToken_FullMethodName              = "/signet.api.AdminService/CreateJoinToken"
+	AdminService_GetBundle_FullMethodName                    = "/signet.api.AdminService/GetBundle"
+	AdminService_ListAgents_FullMethodName                   = "/signet.api.AdminService/ListAgents"
+	AdminService_EvictAgent_FullMethodName                   = "/signet.api.AdminService/EvictAgent"
+	AdminService_BanAgent_FullMethodName                     = "/signet.api.AdminService/BanAgent"
+	AdminService_SetFederatedBundle_FullMethodName           = "/signet.api.AdminService/SetFederatedBundle"
+	AdminService_ListFederatedBundles_FullMethodName         = "/signet.api.AdminService/ListFederatedBundles"
+	AdminService_DeleteFederatedBundle_FullMethodName        = "/signet.api.AdminService/DeleteFederatedBundle"
+	AdminService_CreateFederationRelationship_FullMethodName = "/signet.api.AdminService/CreateFederationRelationship"
+	AdminService_UpdateFederationRelationship_FullMethodName = "/signet.api.AdminService/UpdateFederationRelationship"
+	AdminService_DeleteFederationRelationship_FullMethodName = "/signet.api.AdminService/DeleteFederationRelationship"
+	AdminService_GetFederationRelationship_FullMethodName    = "/signet.api.AdminService/GetFederationRelationship"
+	AdminService_ListFederationRelationships_FullMethodName  = "/signet.api.AdminService/ListFederationRelationships"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -63,7 +68,26 @@ type AdminServiceClient interface {
 	SetFederatedBundle(ctx context.Context, in *SetFederatedBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
 	// ListFederatedBundles returns every foreign trust domain's bundle.
 	ListFederatedBundles(ctx context.Context, in *ListFederatedBundlesRequest, opts ...grpc.CallOption) (*ListFederatedBundlesResponse, error)
+	// DeleteFederatedBundle is refused while a relationship (configured or
+	// stored) fetches the bundle: the refresher would fetch it back.
 	DeleteFederatedBundle(ctx context.Context, in *DeleteFederatedBundleRequest, opts ...grpc.CallOption) (*DeleteFederatedBundleResponse, error)
+	// CreateFederationRelationship stores a relationship (the operator's,
+	// owner ""), then sets its bootstrap bundle if one is given. A trust
+	// domain configured in server.conf, or already stored, is refused.
+	CreateFederationRelationship(ctx context.Context, in *CreateFederationRelationshipRequest, opts ...grpc.CallOption) (*FederationRelationshipResult, error)
+	// UpdateFederationRelationship replaces a stored relationship of the
+	// operator's (one managed elsewhere is refused), then sets its bootstrap
+	// bundle if one is given.
+	UpdateFederationRelationship(ctx context.Context, in *UpdateFederationRelationshipRequest, opts ...grpc.CallOption) (*FederationRelationshipResult, error)
+	// DeleteFederationRelationship deletes a stored relationship of the
+	// operator's; the bundle fetched so far is kept.
+	DeleteFederationRelationship(ctx context.Context, in *DeleteFederationRelationshipRequest, opts ...grpc.CallOption) (*DeleteFederationRelationshipResponse, error)
+	// GetFederationRelationship returns the relationship with a trust domain
+	// in force: the configured one, else the stored one.
+	GetFederationRelationship(ctx context.Context, in *GetFederationRelationshipRequest, opts ...grpc.CallOption) (*FederationRelationship, error)
+	// ListFederationRelationships returns the configured relationships and
+	// the stored ones, each marked with its origin.
+	ListFederationRelationships(ctx context.Context, in *ListFederationRelationshipsRequest, opts ...grpc.CallOption) (*ListFederationRelationshipsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -214,6 +238,56 @@ func (c *adminServiceClient) DeleteFederatedBundle(ctx context.Context, in *Dele
 	return out, nil
 }
 
+func (c *adminServiceClient) CreateFederationRelationship(ctx context.Context, in *CreateFederationRelationshipRequest, opts ...grpc.CallOption) (*FederationRelationshipResult, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FederationRelationshipResult)
+	err := c.cc.Invoke(ctx, AdminService_CreateFederationRelationship_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) UpdateFederationRelationship(ctx context.Context, in *UpdateFederationRelationshipRequest, opts ...grpc.CallOption) (*FederationRelationshipResult, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FederationRelationshipResult)
+	err := c.cc.Invoke(ctx, AdminService_UpdateFederationRelationship_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteFederationRelationship(ctx context.Context, in *DeleteFederationRelationshipRequest, opts ...grpc.CallOption) (*DeleteFederationRelationshipResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteFederationRelationshipResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteFederationRelationship_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetFederationRelationship(ctx context.Context, in *GetFederationRelationshipRequest, opts ...grpc.CallOption) (*FederationRelationship, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FederationRelationship)
+	err := c.cc.Invoke(ctx, AdminService_GetFederationRelationship_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListFederationRelationships(ctx context.Context, in *ListFederationRelationshipsRequest, opts ...grpc.CallOption) (*ListFederationRelationshipsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFederationRelationshipsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListFederationRelationships_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -242,7 +316,26 @@ type AdminServiceServer interface {
 	SetFederatedBundle(context.Context, *SetFederatedBundleRequest) (*Bundle, error)
 	// ListFederatedBundles returns every foreign trust domain's bundle.
 	ListFederatedBundles(context.Context, *ListFederatedBundlesRequest) (*ListFederatedBundlesResponse, error)
+	// DeleteFederatedBundle is refused while a relationship (configured or
+	// stored) fetches the bundle: the refresher would fetch it back.
 	DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error)
+	// CreateFederationRelationship stores a relationship (the operator's,
+	// owner ""), then sets its bootstrap bundle if one is given. A trust
+	// domain configured in server.conf, or already stored, is refused.
+	CreateFederationRelationship(context.Context, *CreateFederationRelationshipRequest) (*FederationRelationshipResult, error)
+	// UpdateFederationRelationship replaces a stored relationship of the
+	// operator's (one managed elsewhere is refused), then sets its bootstrap
+	// bundle if one is given.
+	UpdateFederationRelationship(context.Context, *UpdateFederationRelationshipRequest) (*FederationRelationshipResult, error)
+	// DeleteFederationRelationship deletes a stored relationship of the
+	// operator's; the bundle fetched so far is kept.
+	DeleteFederationRelationship(context.Context, *DeleteFederationRelationshipRequest) (*DeleteFederationRelationshipResponse, error)
+	// GetFederationRelationship returns the relationship with a trust domain
+	// in force: the configured one, else the stored one.
+	GetFederationRelationship(context.Context, *GetFederationRelationshipRequest) (*FederationRelationship, error)
+	// ListFederationRelationships returns the configured relationships and
+	// the stored ones, each marked with its origin.
+	ListFederationRelationships(context.Context, *ListFederationRelationshipsRequest) (*ListFederationRelationshipsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -294,6 +387,21 @@ func (UnimplementedAdminServiceServer) ListFederatedBundles(context.Context, *Li
 }
 func (UnimplementedAdminServiceServer) DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteFederatedBundle not implemented")
+}
+func (UnimplementedAdminServiceServer) CreateFederationRelationship(context.Context, *CreateFederationRelationshipRequest) (*FederationRelationshipResult, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateFederationRelationship not implemented")
+}
+func (UnimplementedAdminServiceServer) UpdateFederationRelationship(context.Context, *UpdateFederationRelationshipRequest) (*FederationRelationshipResult, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateFederationRelationship not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteFederationRelationship(context.Context, *DeleteFederationRelationshipRequest) (*DeleteFederationRelationshipResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteFederationRelationship not implemented")
+}
+func (UnimplementedAdminServiceServer) GetFederationRelationship(context.Context, *GetFederationRelationshipRequest) (*FederationRelationship, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetFederationRelationship not implemented")
+}
+func (UnimplementedAdminServiceServer) ListFederationRelationships(context.Context, *ListFederationRelationshipsRequest) (*ListFederationRelationshipsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFederationRelationships not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -568,6 +676,96 @@ func _AdminService_DeleteFederatedBundle_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_CreateFederationRelationship_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateFederationRelationshipRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CreateFederationRelationship(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_CreateFederationRelationship_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CreateFederationRelationship(ctx, req.(*CreateFederationRelationshipRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_UpdateFederationRelationship_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateFederationRelationshipRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).UpdateFederationRelationship(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_UpdateFederationRelationship_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).UpdateFederationRelationship(ctx, req.(*UpdateFederationRelationshipRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteFederationRelationship_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteFederationRelationshipRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteFederationRelationship(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteFederationRelationship_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteFederationRelationship(ctx, req.(*DeleteFederationRelationshipRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetFederationRelationship_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFederationRelationshipRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetFederationRelationship(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetFederationRelationship_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetFederationRelationship(ctx, req.(*GetFederationRelationshipRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListFederationRelationships_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFederationRelationshipsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListFederationRelationships(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListFederationRelationships_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListFederationRelationships(ctx, req.(*ListFederationRelationshipsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -630,6 +828,26 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteFederatedBundle",
 			Handler:    _AdminService_DeleteFederatedBundle_Handler,
+		},
+		{
+			MethodName: "CreateFederationRelationship",
+			Handler:    _AdminService_CreateFederationRelationship_Handler,
+		},
+		{
+			MethodName: "UpdateFederationRelationship",
+			Handler:    _AdminService_UpdateFederationRelationship_Handler,
+		},
+		{
+			MethodName: "DeleteFederationRelationship",
+			Handler:    _AdminService_DeleteFederationRelationship_Handler,
+		},
+		{
+			MethodName: "GetFederationRelationship",
+			Handler:    _AdminService_GetFederationRelationship_Handler,
+		},
+		{
+			MethodName: "ListFederationRelationships",
+			Handler:    _AdminService_ListFederationRelationships_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -709,5 +710,346 @@ func TestStoredRelationships(t *testing.T) {
 	})
 	if _, j := f.kinds(t, tdC); j != 0 {
 		t.Error("c.org was fetched through the stored relationship the configuration overrides")
+	}
+}
+
+// storeView reads a server's store through a second handle on its SQLite
+// file, as another server sharing the store (or the Kubernetes controller)
+// would: for writes the admin API refuses, and to see that a refusal
+// wrote nothing.
+type storeView struct{ store.Store }
+
+func openStoreOf(t *testing.T, s *servertest.Server) storeView {
+	t.Helper()
+	st, err := store.Open(context.Background(), s.Config.Datastore, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return storeView{st}
+}
+
+// state is everything a relationship write may change: the store's
+// revision, its relationships and every bundle.
+func (v storeView) state(t *testing.T) string {
+	t.Helper()
+	ctx := context.Background()
+	rev, err := v.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rels, err := v.ListFederationRelationships(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tds, err := v.ListBundleTrustDomains(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := fmt.Sprintf("revision %d\nrelationships %+v\n", rev, rels)
+	for _, td := range tds {
+		auths, seq, err := v.ListAuthorities(ctx, td)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out += fmt.Sprintf("bundle %s sequence %d: %d authorities\n", td, seq, len(auths))
+	}
+	return out
+}
+
+// dialAdmin is a client of s's admin API over its real Unix socket.
+func dialAdmin(t *testing.T, s *servertest.Server) api.AdminServiceClient {
+	t.Helper()
+	c, closer, err := adminapi.Dial(s.Config.AdminSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closer.Close() })
+	return c
+}
+
+// rootsOnly is s's bundle without its JWT keys: a bootstrap bundle whose
+// keys arrive only with a fetch.
+func rootsOnly(t *testing.T, s *servertest.Server) *api.Bundle {
+	t.Helper()
+	b, err := s.Admin().GetBundle(context.Background(), &api.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &api.Bundle{TrustDomain: b.TrustDomain, X509Authorities: b.X509Authorities}
+}
+
+func keyIDs(b *api.Bundle) []string {
+	var out []string
+	for _, k := range b.JwtAuthorities {
+		out = append(out, k.KeyId)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestRelationshipAdminAPIRefusals: every refused create, update, delete
+// and get answers its code and a message naming the cause, and leaves the
+// store as it was.
+func TestRelationshipAdminAPIRefusals(t *testing.T) {
+	tdD := spiffeid.RequireTrustDomainFromString("d.org")
+	a := startServer(t, tdA, time.Hour, "127.0.0.1:0", spiffeRel(tdD, freeAddr(t)))
+	c := dialAdmin(t, a)
+	v := openStoreOf(t, a)
+	ctx := context.Background()
+	// An operator's relationship, and one the Kubernetes controller manages
+	// (dead endpoints: nothing is fetched, so nothing changes the store).
+	web := func(td string) *api.FederationRelationship {
+		return &api.FederationRelationship{TrustDomain: td, BundleEndpointUrl: "https://" + freeAddr(t), BundleEndpointProfile: "https_web"}
+	}
+	if _, err := c.CreateFederationRelationship(ctx, &api.CreateFederationRelationshipRequest{Relationship: web("c.org")}); err != nil {
+		t.Fatal(err)
+	}
+	managed := store.FederationRelationship{TrustDomain: "e.org", BundleEndpointURL: "https://" + freeAddr(t), Profile: "https_web", Owner: "k8s-cluster-1"}
+	if _, err := v.PutFederationRelationship(ctx, managed, nil); err != nil {
+		t.Fatal(err)
+	}
+	type rel = api.FederationRelationship
+	// roots is a bundle of one root naming no trust domain, good for any.
+	roots := func() *api.Bundle { return &api.Bundle{X509Authorities: [][]byte{newTestCA(t).cert.Raw}} }
+	create := func(r *rel, b *api.Bundle) func() error {
+		return func() error {
+			_, err := c.CreateFederationRelationship(ctx, &api.CreateFederationRelationshipRequest{Relationship: r, TrustDomainBundle: b})
+			return err
+		}
+	}
+	update := func(r *rel, b *api.Bundle) func() error {
+		return func() error {
+			_, err := c.UpdateFederationRelationship(ctx, &api.UpdateFederationRelationshipRequest{Relationship: r, TrustDomainBundle: b})
+			return err
+		}
+	}
+	del := func(td string) func() error {
+		return func() error {
+			_, err := c.DeleteFederationRelationship(ctx, &api.DeleteFederationRelationshipRequest{TrustDomain: td})
+			return err
+		}
+	}
+	get := func(td string) func() error {
+		return func() error {
+			_, err := c.GetFederationRelationship(ctx, &api.GetFederationRelationshipRequest{TrustDomain: td})
+			return err
+		}
+	}
+	// spiffeB is a valid https_spiffe relationship with b.org, changed by f.
+	spiffeB := func(f func(r *rel)) *rel {
+		r := &rel{TrustDomain: "b.org", BundleEndpointUrl: "https://127.0.0.1:1", BundleEndpointProfile: "https_spiffe"}
+		f(r)
+		return r
+	}
+	valid := func(*rel) {}
+	tests := []struct {
+		name string
+		call func() error
+		code codes.Code
+		want string
+	}{
+		{"no relationship", create(nil, nil), codes.InvalidArgument, "relationship is required"},
+		{"bad trust domain", create(spiffeB(func(r *rel) { r.TrustDomain = "B.org" }), nil), codes.InvalidArgument, "--trust-domain"},
+		{"own trust domain", create(spiffeB(func(r *rel) { r.TrustDomain = "spiffe://a.org" }), nil), codes.InvalidArgument, "a.org is this server's own trust domain"},
+		{"http URL", create(spiffeB(func(r *rel) { r.BundleEndpointUrl = "http://127.0.0.1:1" }), nil), codes.InvalidArgument, `--bundle-endpoint-url "http://127.0.0.1:1": want https://`},
+		{"no URL", create(spiffeB(func(r *rel) { r.BundleEndpointUrl = "" }), nil), codes.InvalidArgument, "--bundle-endpoint-url is required"},
+		{"unknown profile", create(spiffeB(func(r *rel) { r.BundleEndpointProfile = "https" }), nil), codes.InvalidArgument, `--bundle-endpoint-profile "https"`},
+		{"bad endpoint ID", create(spiffeB(func(r *rel) { r.EndpointSpiffeId = "spiffe://b.org/../x" }), nil), codes.InvalidArgument, "--endpoint-spiffe-id"},
+		{"endpoint ID with https_web", create(spiffeB(func(r *rel) { r.BundleEndpointProfile, r.EndpointSpiffeId = "https_web", "spiffe://b.org/x" }), nil),
+			codes.InvalidArgument, "--endpoint-spiffe-id goes with the https_spiffe profile only"},
+		{"owner given", create(spiffeB(func(r *rel) { r.Owner = "k8s-cluster-1" }), nil), codes.InvalidArgument, `owner "k8s-cluster-1"`},
+		{"malformed bootstrap root", create(spiffeB(valid), &api.Bundle{X509Authorities: [][]byte{{0x30, 1, 2}}}), codes.InvalidArgument, "trust domain bundle"},
+		{"empty bootstrap bundle", create(spiffeB(valid), &api.Bundle{}), codes.InvalidArgument, "no X.509 or JWT authorities"},
+		{"bootstrap bundle of another trust domain", create(spiffeB(valid), &api.Bundle{TrustDomain: "x.org", X509Authorities: roots().X509Authorities}),
+			codes.InvalidArgument, "the trust domain bundle is of x.org, not b.org"},
+		{"bootstrap root naming another trust domain", create(spiffeB(valid), &api.Bundle{X509Authorities: ownRoots(t, a)}), codes.InvalidArgument, "names trust domain a.org"},
+		{"create a configured one", create(web("d.org"), roots()), codes.FailedPrecondition, `d.org is configured in server.conf (federates_with "d.org"`},
+		{"update a configured one", update(web("d.org"), nil), codes.FailedPrecondition, "edit that block and restart the server instead"},
+		{"delete a configured one", del("d.org"), codes.FailedPrecondition, "d.org is configured in server.conf"},
+		{"create an existing one", create(web("c.org"), roots()), codes.AlreadyExists, "a relationship with c.org already exists"},
+		{"create a managed one", create(web("e.org"), nil), codes.AlreadyExists, "managed by k8s-cluster-1"},
+		{"update a managed one", update(web("e.org"), nil), codes.FailedPrecondition,
+			"the relationship with e.org is managed by k8s-cluster-1; change or delete its ClusterFederatedTrustDomain resource instead"},
+		{"delete a managed one", del("e.org"), codes.FailedPrecondition, "managed by k8s-cluster-1; change or delete its ClusterFederatedTrustDomain"},
+		{"update a missing one", update(web("b.org"), roots()), codes.NotFound, "no relationship with b.org is stored"},
+		{"delete a missing one", del("b.org"), codes.NotFound, "no relationship with b.org is stored"},
+		{"get a missing one", get("b.org"), codes.NotFound, "no relationship with b.org"},
+		{"delete the own trust domain", del("a.org"), codes.InvalidArgument, "own trust domain"},
+		{"get a bad trust domain", get("B.org"), codes.InvalidArgument, "trust domain"},
+	}
+	before := v.state(t)
+	for _, tt := range tests {
+		err := tt.call()
+		if status.Code(err) != tt.code || !strings.Contains(status.Convert(err).Message(), tt.want) {
+			t.Errorf("%s: %v, want %s containing %q", tt.name, err, tt.code, tt.want)
+		}
+		if after := v.state(t); after != before {
+			t.Fatalf("%s: the refusal changed the store:\nbefore %s\nafter %s", tt.name, before, after)
+		}
+	}
+	// Another owner than the Kubernetes controller is named, without the
+	// resource.
+	other := managed
+	other.TrustDomain, other.Owner = "f.org", "terraform"
+	if _, err := v.PutFederationRelationship(ctx, other, nil); err != nil {
+		t.Fatal(err)
+	}
+	before = v.state(t)
+	if err := del("f.org")(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "managed by terraform; only its owner may change or delete it") {
+		t.Errorf("delete of a terraform-managed relationship: %v", err)
+	}
+	if after := v.state(t); after != before {
+		t.Fatalf("the refused delete changed the store:\nbefore %s\nafter %s", before, after)
+	}
+}
+
+// TestRelationshipAdminAPI drives a stored relationship through the admin
+// API of a real server and watches its federation service follow it: a
+// create makes it fetch from a real peer's bundle endpoint, an update moves
+// it to another deployment of the same trust domain, a delete stops it.
+// List shows the configured relationships beside the stored ones.
+func TestRelationshipAdminAPI(t *testing.T) {
+	tdD := spiffeid.RequireTrustDomainFromString("d.org")
+	b1 := startServer(t, tdB, time.Hour, "127.0.0.1:0")
+	b2 := startServer(t, tdB, time.Hour, "127.0.0.1:0") // b.org moved: new CA, new endpoint
+	deadD := spiffeRel(tdD, freeAddr(t))
+	a := startServer(t, tdA, time.Hour, "127.0.0.1:0", deadD)
+	c := dialAdmin(t, a)
+	v := openStoreOf(t, a)
+	ctx := context.Background()
+	rel := func(s *servertest.Server) *api.FederationRelationship {
+		return &api.FederationRelationship{TrustDomain: "b.org", BundleEndpointUrl: "https://" + s.FederationAddr(), BundleEndpointProfile: "https_spiffe"}
+	}
+	// followed: A holds s's roots and the JWT keys only a fetch brings.
+	followed := func(s *servertest.Server) func() bool {
+		want, err := s.Admin().GetBundle(ctx, &api.GetBundleRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return func() bool {
+			h := held(t, a, tdB)
+			return h != nil && sameSet(h.X509Authorities, want.X509Authorities) && slices.Equal(keyIDs(h), keyIDs(want))
+		}
+	}
+
+	// Create, bootstrapped with B1's roots: fetched from B1.
+	got, err := c.CreateFederationRelationship(ctx, &api.CreateFederationRelationshipRequest{Relationship: rel(b1), TrustDomainBundle: rootsOnly(t, b1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := got.Relationship
+	if r.Origin != api.RelationshipOrigin_RELATIONSHIP_ORIGIN_STORE || r.Owner != "" || r.Revision == 0 || r.CreatedAt == 0 ||
+		r.EndpointSpiffeId != "spiffe://b.org/signet/server" || r.BundleEndpointUrl != "https://"+b1.FederationAddr() {
+		t.Fatalf("created %+v", r)
+	}
+	if got.TrustDomainBundle == nil || !sameSet(got.TrustDomainBundle.X509Authorities, ownRoots(t, b1)) {
+		t.Fatalf("the bootstrap bundle returned is %+v", got.TrustDomainBundle)
+	}
+	waitFor(t, 30*time.Second, "A fetches B1's bundle", followed(b1))
+	shown, err := c.GetFederationRelationship(ctx, &api.GetFederationRelationshipRequest{TrustDomain: "spiffe://b.org"})
+	if err != nil || shown.Revision != r.Revision || shown.BundleEndpointUrl != r.BundleEndpointUrl {
+		t.Fatalf("get: %+v, %v; want %+v", shown, err, r)
+	}
+
+	// The bundle cannot be deleted while the relationship fetches it.
+	_, err = c.DeleteFederatedBundle(ctx, &api.DeleteFederatedBundleRequest{TrustDomain: "b.org", Mode: api.BundleDeleteMode_BUNDLE_DELETE_MODE_DELETE})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "delete the relationship first (`signet server federation delete --trust-domain b.org`)") {
+		t.Fatalf("bundle delete under a stored relationship: %v", err)
+	}
+	if !followed(b1)() {
+		t.Fatal("the refused bundle delete removed the bundle")
+	}
+
+	// Update to B2, with B2's roots: A now follows B2.
+	upd, err := c.UpdateFederationRelationship(ctx, &api.UpdateFederationRelationshipRequest{Relationship: rel(b2), TrustDomainBundle: rootsOnly(t, b2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if upd.Relationship.Revision <= r.Revision || upd.Relationship.CreatedAt != r.CreatedAt || upd.Relationship.BundleEndpointUrl != "https://"+b2.FederationAddr() {
+		t.Fatalf("updated %+v, created %+v", upd.Relationship, r)
+	}
+	waitFor(t, 30*time.Second, "A fetches B2's bundle", followed(b2))
+
+	// List: the configured d.org and the stored b.org; a stored d.org (an
+	// older server's, say) is listed as overridden.
+	if _, err := v.PutFederationRelationship(ctx, spiffeRel(tdD, freeAddr(t)).StoreForm(""), nil); err != nil {
+		t.Fatal(err)
+	}
+	list, err := c.ListFederationRelationships(ctx, &api.ListFederationRelationshipsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	for _, r := range list.Relationships {
+		listed = append(listed, fmt.Sprintf("%s %s %s overridden=%v", r.TrustDomain, r.Origin, r.BundleEndpointUrl, r.Overridden))
+	}
+	want := []string{
+		"b.org RELATIONSHIP_ORIGIN_STORE https://" + b2.FederationAddr() + " overridden=false",
+		"d.org RELATIONSHIP_ORIGIN_CONFIG " + deadD.URL + " overridden=false",
+		"d.org RELATIONSHIP_ORIGIN_STORE",
+	}
+	if len(listed) != 3 || listed[0] != want[0] || listed[1] != want[1] || !strings.HasPrefix(listed[2], want[2]) || !strings.HasSuffix(listed[2], "overridden=true") {
+		t.Fatalf("list:\n%s\nwant:\n%s", strings.Join(listed, "\n"), strings.Join(want, "\n"))
+	}
+	// Get answers the one in force: the configured one.
+	if g, err := c.GetFederationRelationship(ctx, &api.GetFederationRelationshipRequest{TrustDomain: "d.org"}); err != nil ||
+		g.Origin != api.RelationshipOrigin_RELATIONSHIP_ORIGIN_CONFIG || g.BundleEndpointUrl != deadD.URL {
+		t.Fatalf("get d.org: %+v, %v", g, err)
+	}
+	// The overridden stored one may be deleted (the configured one stays).
+	if _, err := c.DeleteFederationRelationship(ctx, &api.DeleteFederationRelationshipRequest{TrustDomain: "d.org"}); err != nil {
+		t.Fatalf("delete the overridden d.org: %v", err)
+	}
+	if _, err := v.GetFederationRelationship(ctx, "d.org"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the stored d.org after its delete: %v", err)
+	}
+
+	// Delete b.org: no more fetches. Bootstrap roots set by hand afterwards
+	// stay without JWT keys, which a refresher (every second: B2's hint)
+	// would fetch at once.
+	if _, err := c.DeleteFederationRelationship(ctx, &api.DeleteFederationRelationshipRequest{TrustDomain: "b.org"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetFederationRelationship(ctx, &api.GetFederationRelationshipRequest{TrustDomain: "b.org"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("get after delete: %v", err)
+	}
+	if _, err := c.SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{Bundle: rootsOnly(t, b2)}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	if h := held(t, a, tdB); h == nil || len(h.JwtAuthorities) != 0 {
+		t.Fatalf("b.org was fetched after its relationship was deleted: %+v", h)
+	}
+	// And its bundle may now be deleted.
+	if _, err := c.DeleteFederatedBundle(ctx, &api.DeleteFederatedBundleRequest{TrustDomain: "b.org"}); err != nil {
+		t.Fatalf("bundle delete after the relationship's: %v", err)
+	}
+}
+
+// TestBundleDeleteNamesTheManager: the bundle of a trust domain whose
+// stored relationship another owner manages cannot be deleted either, and
+// the refusal says where it is managed.
+func TestBundleDeleteNamesTheManager(t *testing.T) {
+	a := startServer(t, tdA, time.Hour, "127.0.0.1:0")
+	c := dialAdmin(t, a)
+	v := openStoreOf(t, a)
+	ctx := context.Background()
+	if _, err := c.SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{Bundle: &api.Bundle{TrustDomain: "b.org", X509Authorities: [][]byte{newTestCA(t).cert.Raw}}}); err != nil {
+		t.Fatal(err)
+	}
+	managed := store.FederationRelationship{TrustDomain: "b.org", BundleEndpointURL: "https://" + freeAddr(t), Profile: "https_spiffe",
+		EndpointSPIFFEID: "spiffe://b.org/signet/server", Owner: "k8s-cluster-1"}
+	if _, err := v.PutFederationRelationship(ctx, managed, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := v.state(t)
+	_, err := c.DeleteFederatedBundle(ctx, &api.DeleteFederatedBundleRequest{TrustDomain: "b.org"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "the server fetches it from "+managed.BundleEndpointURL) ||
+		!strings.Contains(err.Error(), "managed by k8s-cluster-1: change or delete its ClusterFederatedTrustDomain resource instead") {
+		t.Fatalf("bundle delete under a managed relationship: %v", err)
+	}
+	if after := v.state(t); after != before {
+		t.Fatalf("the refused delete changed the store:\nbefore %s\nafter %s", before, after)
 	}
 }

@@ -195,12 +195,13 @@ type Store interface {
 
 	// PutFederationRelationship creates or replaces the relationship with
 	// r.TrustDomain, in one transaction with check, which sees the stored
-	// one (nil if none) and may refuse the write with an error, returned as
-	// is. It assigns Revision and, for a new one, CreatedAt, and reports
+	// one (nil if none) and may refuse the write with an error, returned
+	// wrapped (errors.Is and errors.As find it). It assigns Revision and, for a new one, CreatedAt, and reports
 	// changed (and bumps the store revision) only if anything differs.
 	PutFederationRelationship(ctx context.Context, r FederationRelationship, check func(cur *FederationRelationship) error) (changed bool, err error)
 	// DeleteFederationRelationship deletes the relationship with
-	// trustDomain, if check (given it) allows: ErrNotFound if none. The
+	// trustDomain, if check (given it) allows; its error is returned wrapped.
+	// ErrNotFound if none. The
 	// bundle stays; `bundle delete` removes it.
 	DeleteFederationRelationship(ctx context.Context, trustDomain string, check func(cur FederationRelationship) error) error
 	GetFederationRelationship(ctx context.Context, trustDomain string) (FederationRelationship, error)

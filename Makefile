@@ -23,7 +23,8 @@ FUZZ_TARGETS ?= \
 	./server/adminapi:FuzzParseBundleFile \
 	./server/federation:FuzzResolveConfig \
 	./server/k8sreg:FuzzRender \
-	./server/k8sreg:FuzzStaticEntry
+	./server/k8sreg:FuzzStaticEntry \
+	./server/k8sreg:FuzzFederatedTrustDomain
 
 .PHONY: all build test test-race-core test-kube-e2e fuzz bench demo lint deps proto clean kube-bins
 

@@ -86,6 +86,7 @@ func TestDeployControllerFits(t *testing.T) {
 	}{
 		{k8sreg.Resource, k8sreg.Kind, reflect.TypeFor[k8sreg.ClusterSPIFFEIDSpec](), reflect.TypeFor[k8sreg.ClusterSPIFFEIDStatus]()},
 		{k8sreg.StaticEntryResource, k8sreg.StaticEntryKind, reflect.TypeFor[k8sreg.ClusterStaticEntrySpec](), reflect.TypeFor[k8sreg.ClusterStaticEntryStatus]()},
+		{k8sreg.FederatedTrustDomainResource, k8sreg.FederatedTrustDomainKind, reflect.TypeFor[k8sreg.ClusterFederatedTrustDomainSpec](), reflect.TypeFor[k8sreg.ClusterFederatedTrustDomainStatus]()},
 	} {
 		crd := object[*apiextensionsv1.CustomResourceDefinition](t, objs, want.resource+"."+k8sreg.Group)
 		if crd.Spec.Group != k8sreg.Group || crd.Spec.Names.Kind != want.kind || crd.Spec.Names.Plural != want.resource ||
@@ -139,6 +140,11 @@ func TestDeployControllerFits(t *testing.T) {
 				if err = yaml.UnmarshalStrict(doc, &cr); err == nil {
 					_, err = cr.Spec.Entry(cfg.TrustDomain, cfg.K8sController.Cluster)
 				}
+			case k8sreg.FederatedTrustDomainKind:
+				var cr k8sreg.ClusterFederatedTrustDomain
+				if err = yaml.UnmarshalStrict(doc, &cr); err == nil {
+					_, _, err = cr.Spec.Relationship(cfg.TrustDomain)
+				}
 			default:
 				err = fmt.Errorf("unknown kind %s", tm.Kind)
 			}
@@ -147,7 +153,7 @@ func TestDeployControllerFits(t *testing.T) {
 			}
 		}
 	}
-	if kinds[k8sreg.Kind] == 0 || kinds[k8sreg.StaticEntryKind] == 0 {
+	if kinds[k8sreg.Kind] == 0 || kinds[k8sreg.StaticEntryKind] == 0 || kinds[k8sreg.FederatedTrustDomainKind] == 0 {
 		t.Errorf("examples/k8s-controller has %v; want an example of each kind", kinds)
 	}
 }

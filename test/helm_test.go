@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"maps"
+	"os"
 	"path"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -334,5 +336,35 @@ func TestHelmConfigChangeRollsServer(t *testing.T) {
 	}
 	if sum("agent: {kubeletSkipVerify: true}") != def {
 		t.Error("an agent change changes the server pods' checksum")
+	}
+}
+
+// TestHelmCRDsAreBase: the chart's crds/ holds deploy/base's CRD files,
+// byte for byte (comments included), and nothing else.
+func TestHelmCRDsAreBase(t *testing.T) {
+	base, _ := filepath.Glob("../deploy/base/crd-*.yaml")
+	chart, _ := filepath.Glob(chartDir + "/crds/*.yaml")
+	names := func(paths []string) []string {
+		var out []string
+		for _, p := range paths {
+			out = append(out, filepath.Base(p))
+		}
+		return out
+	}
+	if len(base) == 0 || !slices.Equal(names(base), names(chart)) {
+		t.Fatalf("CRD files: base %v, chart %v", names(base), names(chart))
+	}
+	for i := range base {
+		b, err := os.ReadFile(base[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := os.ReadFile(chart[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(b, c) {
+			t.Errorf("%s differs from %s: copy it", chart[i], base[i])
+		}
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/signetid/signet/server/k8sreg"
 )
@@ -20,15 +22,18 @@ import (
 // deploy/base's CRDs and validates examples/k8s-controller's resources
 // against them (and refuses ones that break the schema); the server's
 // controller, holding only deploy/base's RBAC, turns the ClusterSPIFFEID
-// into an entry for a selected pod, writes the resource's status, and
-// stores the ClusterStaticEntries' entries.
+// into an entry for a selected pod, writes the resource's status, stores
+// the ClusterStaticEntries' entries, and the ClusterFederatedTrustDomains'
+// relationships (with the example's bootstrap bundle).
 func TestKubernetesControllerRealAPIServer(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	c := startRealCluster(t)
 	kube := c.kube
 	for _, path := range []string{"../deploy/base/crd-clusterspiffeid.yaml", "../deploy/base/crd-clusterstaticentry.yaml",
-		"../examples/k8s-controller/clusterspiffeid.yaml", "../examples/k8s-controller/clusterstaticentry.yaml"} {
+		"../deploy/base/crd-clusterfederatedtrustdomain.yaml",
+		"../examples/k8s-controller/clusterspiffeid.yaml", "../examples/k8s-controller/clusterstaticentry.yaml",
+		"../examples/k8s-controller/clusterfederatedtrustdomain.yaml"} {
 		manifest, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
@@ -55,6 +60,22 @@ func TestKubernetesControllerRealAPIServer(t *testing.T) {
 		err := kube.Apply(ctx, "default", []byte("apiVersion: signetid.io/v1alpha1\nkind: ClusterStaticEntry\nmetadata: {name: bad}\n"+bad+"\n"))
 		if err == nil || !strings.Contains(err.Error(), "Invalid value") && !strings.Contains(err.Error(), "Required value") {
 			t.Errorf("ClusterStaticEntry %s: %v, want the API server's validation error", bad, err)
+		}
+	}
+	for _, bad := range []struct{ spec, want string }{
+		{"{trustDomain: Partner.org, bundleEndpointURL: 'https://p.org', bundleEndpointProfile: {type: https_web}}", "spec.trustDomain: Invalid value"},
+		{"{trustDomain: partner.org, bundleEndpointURL: 'http://p.org', bundleEndpointProfile: {type: https_web}}", "spec.bundleEndpointURL: Invalid value"},
+		{"{trustDomain: partner.org, bundleEndpointURL: 'https://u@p.org', bundleEndpointProfile: {type: https_web}}", "spec.bundleEndpointURL: Invalid value"},
+		{"{trustDomain: partner.org, bundleEndpointURL: 'https://p.org', bundleEndpointProfile: {type: https}}", "spec.bundleEndpointProfile.type: Unsupported value"},
+		{"{trustDomain: partner.org, bundleEndpointURL: 'https://p.org', bundleEndpointProfile: {type: https_web, endpointSPIFFEID: 'spiffe://partner.org/x'}}",
+			"endpointSPIFFEID goes with type https_spiffe only"},
+		{"{trustDomain: partner.org, bundleEndpointURL: 'https://p.org', bundleEndpointProfile: {type: https_spiffe, endpointSPIFFEID: 'partner.org/x'}}",
+			"spec.bundleEndpointProfile.endpointSPIFFEID: Invalid value"},
+		{"{trustDomain: partner.org, bundleEndpointURL: 'https://p.org'}", "spec.bundleEndpointProfile: Required value"},
+	} {
+		err := kube.Apply(ctx, "default", []byte("apiVersion: signetid.io/v1alpha1\nkind: ClusterFederatedTrustDomain\nmetadata: {name: bad}\nspec: "+bad.spec+"\n"))
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("ClusterFederatedTrustDomain %s: %v, want the API server's validation error %q", bad.spec, err, bad.want)
 		}
 	}
 
@@ -127,6 +148,25 @@ k8s_controller {
 		entries, _, _ := unstructured.NestedInt64(u.Object, "status", "stats", "entriesToSet")
 		return pods == 1 && entries == 1
 	})
+	// examples/k8s-controller's ClusterFederatedTrustDomains are in force,
+	// and partner.org's bootstrap bundle is held.
+	for name, td := range map[string]string{"partner-org": "partner.org", "vendor-example": "vendor.example"} {
+		waitUntil(t, 20*time.Second, name+"'s status", func() bool {
+			u, err := dyn.Resource(k8sreg.FederatedTrustDomainGVR).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			var cr k8sreg.ClusterFederatedTrustDomain
+			if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &cr) != nil {
+				return false
+			}
+			cond := meta.FindStatusCondition(cr.Status.Conditions, k8sreg.ConditionReady)
+			return cond != nil && cond.Status == metav1.ConditionTrue && cond.Message == "federation relationship with "+td+" set"
+		})
+	}
+	if out, err := srv.cli(t, "server", "bundle", "list"); err != nil || !strings.Contains(out, "partner.org") || strings.Contains(out, "vendor.example") {
+		t.Errorf("bundle list: %v\n%s\nwant partner.org's bootstrap bundle alone", err, out)
+	}
 	// It reconciled as the holder of deploy/base's Lease (the Role there
 	// grants it), and says so on its metrics.
 	lease, err := kube.Client().CoordinationV1().Leases("signet-system").Get(ctx, "signet-controller", metav1.GetOptions{})

@@ -33,8 +33,8 @@ func checkServerRBAC(t *testing.T, objs []runtime.Object, s signetSystem) {
 		need[""] = append(need[""],
 			rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods", "nodes", "namespaces"}, Verbs: []string{"list", "watch"}},
 			rbacv1.PolicyRule{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
-			rbacv1.PolicyRule{APIGroups: []string{"signetid.io"}, Resources: []string{"clusterspiffeids", "clusterstaticentries"}, Verbs: []string{"list", "watch"}},
-			rbacv1.PolicyRule{APIGroups: []string{"signetid.io"}, Resources: []string{"clusterspiffeids/status", "clusterstaticentries/status"}, Verbs: []string{"update"}})
+			rbacv1.PolicyRule{APIGroups: []string{"signetid.io"}, Resources: []string{"clusterspiffeids", "clusterstaticentries", "clusterfederatedtrustdomains"}, Verbs: []string{"list", "watch"}},
+			rbacv1.PolicyRule{APIGroups: []string{"signetid.io"}, Resources: []string{"clusterspiffeids/status", "clusterstaticentries/status", "clusterfederatedtrustdomains/status"}, Verbs: []string{"update"}})
 		if c.LeaderElection {
 			ns := c.LeaderElectionNamespace
 			if ns == "" {

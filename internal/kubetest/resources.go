@@ -41,9 +41,9 @@ type resource struct {
 	status bool
 }
 
-// The resources served. ClusterSPIFFEID and ClusterStaticEntry are Signet's
-// CRDs (server/k8sreg); the stand-in serves them as if deploy/base's CRDs
-// were installed.
+// The resources served. ClusterSPIFFEID, ClusterStaticEntry and
+// ClusterFederatedTrustDomain are Signet's CRDs (server/k8sreg); the
+// stand-in serves them as if deploy/base's CRDs were installed.
 var (
 	podsResource       = &resource{gv: corev1.SchemeGroupVersion, plural: "pods", kind: "Pod", namespaced: true, builtin: true, status: true}
 	nodesResource      = &resource{gv: corev1.SchemeGroupVersion, plural: "nodes", kind: "Node", builtin: true, status: true}
@@ -54,7 +54,8 @@ var (
 	leases             = &resource{gv: coordinationv1.SchemeGroupVersion, plural: "leases", kind: "Lease", namespaced: true, builtin: true}
 	clusterSPIFFEIDs   = &resource{gv: schema.GroupVersion{Group: "signetid.io", Version: "v1alpha1"}, plural: "clusterspiffeids", kind: "ClusterSPIFFEID", status: true}
 	clusterStatics     = &resource{gv: schema.GroupVersion{Group: "signetid.io", Version: "v1alpha1"}, plural: "clusterstaticentries", kind: "ClusterStaticEntry", status: true}
-	resources          = []*resource{podsResource, nodesResource, namespacesResource, configMapsResource, serviceAccounts, endpointSlices, leases, clusterSPIFFEIDs, clusterStatics}
+	clusterFederations = &resource{gv: schema.GroupVersion{Group: "signetid.io", Version: "v1alpha1"}, plural: "clusterfederatedtrustdomains", kind: "ClusterFederatedTrustDomain", status: true}
+	resources          = []*resource{podsResource, nodesResource, namespacesResource, configMapsResource, serviceAccounts, endpointSlices, leases, clusterSPIFFEIDs, clusterStatics, clusterFederations}
 )
 
 // event is one change, as a watch reports it.

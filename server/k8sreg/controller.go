@@ -72,7 +72,9 @@ type Options struct {
 }
 
 // Controller keeps the store's controller-owned entries equal to what the
-// ClusterSPIFFEIDs render for the cluster's pods.
+// ClusterSPIFFEIDs render for the cluster's pods and the
+// ClusterStaticEntries state, and its federation relationships equal to
+// the ClusterFederatedTrustDomains.
 type Controller struct {
 	opts    Options
 	trigger chan struct{}
@@ -121,7 +123,7 @@ func New(opts Options) (*Controller, error) {
 
 // listers read the informers' caches.
 type listers struct {
-	pods, namespaces, nodes, slices, crs, statics cache.Indexer
+	pods, namespaces, nodes, slices, crs, statics, feds cache.Indexer
 }
 
 func (c *Controller) site() site {
@@ -176,6 +178,7 @@ func (c *Controller) run(ctx context.Context) error {
 		{"endpointslices", factory.Discovery().V1().EndpointSlices().Informer(), poke, &l.slices},
 		{Resource, dfactory.ForResource(GVR).Informer(), crPoke, &l.crs},
 		{StaticEntryResource, dfactory.ForResource(StaticEntryGVR).Informer(), crPoke, &l.statics},
+		{FederatedTrustDomainResource, dfactory.ForResource(FederatedTrustDomainGVR).Informer(), crPoke, &l.feds},
 	} {
 		if _, err := inf.informer.AddEventHandler(inf.handler); err != nil {
 			return fmt.Errorf("kubernetes controller: %w", err)
@@ -187,7 +190,7 @@ func (c *Controller) run(ctx context.Context) error {
 	}
 	factory.Start(ctx.Done())
 	dfactory.Start(ctx.Done())
-	c.opts.Logger.Info("kubernetes controller: waiting for the API server's pods, namespaces, nodes, EndpointSlices, ClusterSPIFFEIDs and ClusterStaticEntries", "cluster", c.opts.Cluster)
+	c.opts.Logger.Info("kubernetes controller: waiting for the API server's pods, namespaces, nodes, EndpointSlices, ClusterSPIFFEIDs, ClusterStaticEntries and ClusterFederatedTrustDomains", "cluster", c.opts.Cluster)
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return ctxDoneOr(ctx, fmt.Errorf("kubernetes controller: %v cache did not sync", typ))
@@ -257,22 +260,33 @@ func (c *Controller) poke() {
 	}
 }
 
-// reconcile renders the desired entries from the caches, brings the store
-// in line, and records each ClusterSPIFFEID's status.
+// reconcile brings the store's entries and federation relationships in
+// line with the caches; a failure of one does not hold up the other.
 func (c *Controller) reconcile(ctx context.Context, l listers) error {
+	fedErr := c.reconcileFederations(ctx, resources(l.feds))
+	return errors.Join(c.reconcileEntries(ctx, l), fedErr)
+}
+
+// resources are the custom resources in a dynamic informer's cache.
+func resources(idx cache.Indexer) []*unstructured.Unstructured {
+	var out []*unstructured.Unstructured
+	for _, o := range idx.List() {
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// reconcileEntries renders the desired entries from the caches, brings the
+// store in line, and records each ClusterSPIFFEID's and
+// ClusterStaticEntry's status.
+func (c *Controller) reconcileEntries(ctx context.Context, l listers) error {
 	w := world{
+		crs:        resources(l.crs),
+		statics:    resources(l.statics),
 		namespaces: map[string]*corev1.Namespace{},
 		nodes:      map[string]*corev1.Node{},
-	}
-	for _, o := range l.crs.List() {
-		if u, ok := o.(*unstructured.Unstructured); ok {
-			w.crs = append(w.crs, u)
-		}
-	}
-	for _, o := range l.statics.List() {
-		if u, ok := o.(*unstructured.Unstructured); ok {
-			w.statics = append(w.statics, u)
-		}
 	}
 	for _, o := range l.pods.List() {
 		if p, ok := o.(*corev1.Pod); ok {

@@ -50,7 +50,7 @@ func newCluster(t *testing.T) *cluster {
 	if os.Getenv(kubetest.EnvKubeAPIServer) != "" {
 		// A real kube-apiserver (make kube-bins), with deploy/base's CRDs.
 		api := kubetest.StartRealAPIServer(t)
-		for _, f := range []string{"crd-clusterspiffeid.yaml", "crd-clusterstaticentry.yaml"} {
+		for _, f := range crdFiles {
 			crd, err := os.ReadFile("../../deploy/base/" + f)
 			if err != nil {
 				t.Fatal(err)
@@ -70,6 +70,9 @@ func newCluster(t *testing.T) *cluster {
 	}
 	return c
 }
+
+// crdFiles are deploy/base's CRDs, which a real API server needs.
+var crdFiles = []string{"crd-clusterspiffeid.yaml", "crd-clusterstaticentry.yaml", "crd-clusterfederatedtrustdomain.yaml"}
 
 func (c *cluster) namespace(t *testing.T, name string, labels map[string]string) {
 	t.Helper()
@@ -200,15 +203,23 @@ func (c *cluster) deleteCR(t *testing.T, name string) {
 
 func (c *cluster) status(t *testing.T, name string) (ClusterSPIFFEIDStatus, string) {
 	t.Helper()
-	u, err := c.dyn.Resource(GVR).Get(context.Background(), name, metav1.GetOptions{})
+	cr, rv := getResource[ClusterSPIFFEID](t, c, GVR, name)
+	return cr.Status, rv
+}
+
+// getResource reads a custom resource as its Go type, with its
+// resourceVersion.
+func getResource[T any](t *testing.T, c *cluster, gvr schema.GroupVersionResource, name string) (T, string) {
+	t.Helper()
+	var cr T
+	u, err := c.dyn.Resource(gvr).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cr ClusterSPIFFEID
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &cr); err != nil {
 		t.Fatal(err)
 	}
-	return cr.Status, u.GetResourceVersion()
+	return cr, u.GetResourceVersion()
 }
 
 func sqliteStore(t testing.TB) store.Store {
@@ -298,10 +309,18 @@ func describe(e registry.Entry) string {
 
 func wantEntries(t *testing.T, st store.Store, want ...string) {
 	t.Helper()
+	wantSorted(t, "entries", func() []string { return entries(t, st) }, want)
+}
+
+// wantSorted waits until list returns want, in any order.
+func wantSorted(t *testing.T, what string, list func() []string, want []string) {
+	t.Helper()
 	slices.Sort(want)
-	waitFor(t, "entries", func() error {
-		if got := entries(t, st); !slices.Equal(got, want) {
-			return fmt.Errorf("entries\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	waitFor(t, what, func() error {
+		got := list()
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("%s\n  %s\nwant\n  %s", what, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 		}
 		return nil
 	})

@@ -9,4 +9,12 @@
 // (OwnedIDPrefix, the cluster and a hash of SPIFFE ID, parent and
 // selectors), so servers sharing a store converge on one set instead of
 // duplicating it, and entries written by anyone else are never touched.
+// ClusterStaticEntries add one entry each, under the same rules.
+//
+// ClusterFederatedTrustDomains become the store's federation relationships,
+// which every server's federation service follows. The controller's carry
+// Owner RelationshipOwner(cluster, className); it never changes one with
+// another owner (an operator's, made with `signet server federation
+// create`, or another controller's), and deletes its own once no resource
+// asks for them.
 package k8sreg

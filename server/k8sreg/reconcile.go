@@ -86,10 +86,6 @@ type desiredState struct {
 // server alike, and the other counts it as masked. Fallback ClusterSPIFFEIDs
 // come last and skip every pod another one selected.
 func (c *Controller) desired(w world) desiredState {
-	oldestFirst := func(a, b *unstructured.Unstructured) int {
-		ta, tb := a.GetCreationTimestamp(), b.GetCreationTimestamp()
-		return cmp.Or(ta.Time.Compare(tb.Time), strings.Compare(a.GetName(), b.GetName()))
-	}
 	slices.SortFunc(w.crs, oldestFirst)
 	slices.SortFunc(w.statics, oldestFirst)
 	slices.SortFunc(w.pods, func(a, b *corev1.Pod) int {
@@ -143,6 +139,13 @@ func (c *Controller) desired(w world) desiredState {
 		c.renderCR(w, p.s, p.r, d.entries, func(pod *corev1.Pod) bool { return !selected[pod.UID] })
 	}
 	return d
+}
+
+// oldestFirst orders resources by age, then name: the order in which they
+// claim what two of them state, the same on every server.
+func oldestFirst(a, b *unstructured.Unstructured) int {
+	ta, tb := a.GetCreationTimestamp(), b.GetCreationTimestamp()
+	return cmp.Or(ta.Time.Compare(tb.Time), strings.Compare(a.GetName(), b.GetName()))
 }
 
 // renderStatic adds a ClusterStaticEntry's entry to entries, unless an

@@ -9,7 +9,6 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 )
 
 func TestStaticEntrySpec(t *testing.T) {
@@ -63,14 +62,7 @@ func TestStaticEntrySpec(t *testing.T) {
 
 func (c *cluster) staticStatus(t *testing.T, name string) ClusterStaticEntryStatus {
 	t.Helper()
-	u, err := c.dyn.Resource(StaticEntryGVR).Get(context.Background(), name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cr ClusterStaticEntry
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &cr); err != nil {
-		t.Fatal(err)
-	}
+	cr, _ := getResource[ClusterStaticEntry](t, c, StaticEntryGVR, name)
 	return cr.Status
 }
 

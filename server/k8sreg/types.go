@@ -151,3 +151,73 @@ type ClusterStaticEntryStatus struct {
 	Set        bool               `json:"set"`
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
+
+// The ClusterFederatedTrustDomain custom resource
+// (deploy/base/crd-clusterfederatedtrustdomain.yaml).
+const (
+	FederatedTrustDomainKind     = "ClusterFederatedTrustDomain"
+	FederatedTrustDomainResource = "clusterfederatedtrustdomains"
+)
+
+// FederatedTrustDomainGVR names ClusterFederatedTrustDomains for the
+// dynamic client.
+var FederatedTrustDomainGVR = schema.GroupVersionResource{Group: Group, Version: Version, Resource: FederatedTrustDomainResource}
+
+// ClusterFederatedTrustDomain is a federation relationship with a foreign
+// trust domain, written as a cluster resource: the controller keeps it in
+// the store, where every server's federation service fetches its bundle.
+type ClusterFederatedTrustDomain struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   ClusterFederatedTrustDomainSpec   `json:"spec"`
+	Status ClusterFederatedTrustDomainStatus `json:"status,omitempty"`
+}
+
+// ClusterFederatedTrustDomainSpec is SPIRE's ClusterFederatedTrustDomain
+// spec, under its names.
+type ClusterFederatedTrustDomainSpec struct {
+	// TrustDomain is the foreign trust domain (example.org; spiffe://example.org
+	// is taken too).
+	TrustDomain string `json:"trustDomain"`
+	// BundleEndpointURL is its bundle endpoint: https://host[:port][/path].
+	BundleEndpointURL     string                `json:"bundleEndpointURL"`
+	BundleEndpointProfile BundleEndpointProfile `json:"bundleEndpointProfile"`
+	// TrustDomainBundle is a SPIFFE bundle document of the trust domain,
+	// stored only while the store holds no bundle for it: what an
+	// https_spiffe endpoint is first authenticated with. Fetched bundles
+	// replace it and it never replaces them.
+	TrustDomainBundle string `json:"trustDomainBundle,omitempty"`
+	// ClassName picks the controller, as a ClusterSPIFFEID's does.
+	ClassName string `json:"className,omitempty"`
+}
+
+// BundleEndpointProfile is how the bundle endpoint authenticates itself.
+type BundleEndpointProfile struct {
+	// Type is https_spiffe or https_web.
+	Type string `json:"type"`
+	// EndpointSPIFFEID is the ID an https_spiffe endpoint presents; unset
+	// is a Signet server's, spiffe://<trustDomain>/signet/server (a SPIRE
+	// server's, spiffe://<trustDomain>/spire/server, must be given).
+	EndpointSPIFFEID string `json:"endpointSPIFFEID,omitempty"`
+}
+
+// ClusterFederatedTrustDomainStatus is what the controller made of the
+// resource: a Ready condition, False with why the relationship is not in
+// force (an invalid spec, an older resource for the same trust domain, a
+// relationship someone else manages, a store write that failed).
+type ClusterFederatedTrustDomainStatus struct {
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Reasons of a ClusterFederatedTrustDomain's ConditionReady, beside
+// ReasonReconciled and ReasonInvalidSpec.
+const (
+	// ReasonMasked: an older resource states the same trust domain.
+	ReasonMasked = "Masked"
+	// ReasonNotOwned: the store's relationship with the trust domain is an
+	// operator's or another controller's, and is left to them.
+	ReasonNotOwned = "NotOwned"
+	// ReasonStoreFailed: the store refused a write.
+	ReasonStoreFailed = "StoreFailed"
+)

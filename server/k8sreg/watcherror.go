@@ -27,14 +27,28 @@ func watchErrorHandler(logger *slog.Logger, resource string) cache.WatchErrorHan
 	}
 }
 
+// crdKind is the kind of resource if it is one of the custom resources the
+// controller watches, else "".
+func crdKind(resource string) string {
+	switch resource {
+	case Resource:
+		return Kind
+	case StaticEntryResource:
+		return StaticEntryKind
+	case FederatedTrustDomainResource:
+		return FederatedTrustDomainKind
+	}
+	return ""
+}
+
 // watchErrorHint names the likely cause of an informer's failure to list or
 // watch resource, and the level to log it at.
 func watchErrorHint(resource string, err error) (string, slog.Level) {
 	switch {
 	case apierrors.IsResourceExpired(err) || apierrors.IsGone(err) || errors.Is(err, io.ErrUnexpectedEOF):
 		return "kubernetes controller: watch restarted", slog.LevelDebug
-	case apierrors.IsNotFound(err) && (resource == Resource || resource == StaticEntryResource):
-		kind := map[string]string{Resource: Kind, StaticEntryResource: StaticEntryKind}[resource]
+	case apierrors.IsNotFound(err) && crdKind(resource) != "":
+		kind := crdKind(resource)
 		return fmt.Sprintf("kubernetes controller: the API server has no %s.%s/%s: install the %s CRD (deploy/base/crd-%s.yaml, or the Helm chart's crds/); the controller starts once it exists",
 			resource, Group, Version, kind, strings.ToLower(kind)), slog.LevelError
 	case apierrors.IsForbidden(err):

@@ -32,6 +32,8 @@ func TestWatchErrorHint(t *testing.T) {
 			"install the ClusterSPIFFEID CRD (deploy/base/crd-clusterspiffeid.yaml", slog.LevelError},
 		{"static CRD missing", StaticEntryResource, apierrors.NewNotFound(StaticEntryGVR.GroupResource(), ""),
 			"install the ClusterStaticEntry CRD (deploy/base/crd-clusterstaticentry.yaml", slog.LevelError},
+		{"federation CRD missing", FederatedTrustDomainResource, apierrors.NewNotFound(FederatedTrustDomainGVR.GroupResource(), ""),
+			"install the ClusterFederatedTrustDomain CRD (deploy/base/crd-clusterfederatedtrustdomain.yaml", slog.LevelError},
 		{"RBAC short", "pods", apierrors.NewForbidden(pods, "", errors.New("no")),
 			"may not list and watch pods", slog.LevelError},
 		{"bad credentials", "nodes", apierrors.NewUnauthorized("who"), "does not accept the server's credentials", slog.LevelError},
@@ -84,10 +86,11 @@ func TestStartupProblemsNamed(t *testing.T) {
 		logs := run(t, api.Kubeconfig(t, t.TempDir()))
 		logs.WaitFor(t, "install the ClusterSPIFFEID CRD", time.Minute)
 		logs.WaitFor(t, "install the ClusterStaticEntry CRD", time.Minute)
+		logs.WaitFor(t, "install the ClusterFederatedTrustDomain CRD", time.Minute)
 		if strings.Contains(logs.String(), "kubernetes controller started") {
 			t.Fatal("the controller started without its CRDs")
 		}
-		for _, f := range []string{"crd-clusterspiffeid.yaml", "crd-clusterstaticentry.yaml"} {
+		for _, f := range crdFiles {
 			crd, err := os.ReadFile("../../deploy/base/" + f)
 			if err != nil {
 				t.Fatal(err)
@@ -109,7 +112,7 @@ func TestStartupProblemsNamed(t *testing.T) {
 			t.Fatal(err)
 		}
 		logs := run(t, api.KubeconfigFor(t, t.TempDir(), "no-rights", tok))
-		for _, r := range []string{"pods", "namespaces", "nodes", "endpointslices", Resource, StaticEntryResource} {
+		for _, r := range []string{"pods", "namespaces", "nodes", "endpointslices", Resource, StaticEntryResource, FederatedTrustDomainResource} {
 			logs.WaitFor(t, "may not list and watch "+r, time.Minute)
 		}
 	})

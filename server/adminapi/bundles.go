@@ -118,6 +118,9 @@ func (s *Service) DeleteFederatedBundle(ctx context.Context, req *api.DeleteFede
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return nil, status.Errorf(codes.NotFound, "delete federated bundle: no bundle of %s is held (see `signet server bundle list`)", td.Name())
+	case errors.Is(err, store.ErrFetched):
+		// A relationship stored since the check above.
+		return nil, status.Errorf(codes.FailedPrecondition, "delete federated bundle of %s: a federation relationship fetches it; delete that first (signet server federation delete --trust-domain %s)", td.Name(), td.Name())
 	case errors.Is(err, store.ErrInUse):
 		return nil, status.Errorf(codes.FailedPrecondition, "delete federated bundle of %s: %d entries federate with it; choose --mode dissociate (drop %s from them) or --mode delete (delete them)", td.Name(), n, td.Name())
 	case err != nil:

@@ -14,6 +14,7 @@ import (
 	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/federation"
+	"github.com/signetid/signet/server/k8sreg"
 	"github.com/signetid/signet/server/store"
 )
 
@@ -45,7 +46,7 @@ func managedRefusal(what string, cur store.FederationRelationship) error {
 
 // ownerAdvice says where a managed relationship is changed.
 func ownerAdvice(owner string) string {
-	if strings.HasPrefix(owner, "k8s") {
+	if strings.HasPrefix(owner, k8sreg.RelationshipOwnerPrefix) {
 		return "change or delete its ClusterFederatedTrustDomain resource instead"
 	}
 	return "only its owner may change or delete it"

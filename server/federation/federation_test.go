@@ -805,7 +805,7 @@ func TestRelationshipAdminAPIRefusals(t *testing.T) {
 	if _, err := c.CreateFederationRelationship(ctx, &api.CreateFederationRelationshipRequest{Relationship: web("c.org")}); err != nil {
 		t.Fatal(err)
 	}
-	managed := store.FederationRelationship{TrustDomain: "e.org", BundleEndpointURL: "https://" + freeAddr(t), Profile: "https_web", Owner: "k8s-cluster-1"}
+	managed := store.FederationRelationship{TrustDomain: "e.org", BundleEndpointURL: "https://" + freeAddr(t), Profile: "https_web", Owner: "k8s_controller/cluster-1"}
 	if _, err := v.PutFederationRelationship(ctx, managed, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -858,7 +858,7 @@ func TestRelationshipAdminAPIRefusals(t *testing.T) {
 		{"bad endpoint ID", create(spiffeB(func(r *rel) { r.EndpointSpiffeId = "spiffe://b.org/../x" }), nil), codes.InvalidArgument, "--endpoint-spiffe-id"},
 		{"endpoint ID with https_web", create(spiffeB(func(r *rel) { r.BundleEndpointProfile, r.EndpointSpiffeId = "https_web", "spiffe://b.org/x" }), nil),
 			codes.InvalidArgument, "--endpoint-spiffe-id goes with the https_spiffe profile only"},
-		{"owner given", create(spiffeB(func(r *rel) { r.Owner = "k8s-cluster-1" }), nil), codes.InvalidArgument, `owner "k8s-cluster-1"`},
+		{"owner given", create(spiffeB(func(r *rel) { r.Owner = "k8s_controller/cluster-1" }), nil), codes.InvalidArgument, `owner "k8s_controller/cluster-1"`},
 		{"malformed bootstrap root", create(spiffeB(valid), &api.Bundle{X509Authorities: [][]byte{{0x30, 1, 2}}}), codes.InvalidArgument, "trust domain bundle"},
 		{"empty bootstrap bundle", create(spiffeB(valid), &api.Bundle{}), codes.InvalidArgument, "no X.509 or JWT authorities"},
 		{"bootstrap bundle of another trust domain", create(spiffeB(valid), &api.Bundle{TrustDomain: "x.org", X509Authorities: roots().X509Authorities}),
@@ -868,10 +868,10 @@ func TestRelationshipAdminAPIRefusals(t *testing.T) {
 		{"update a configured one", update(web("d.org"), nil), codes.FailedPrecondition, "edit that block and restart the server instead"},
 		{"delete a configured one", del("d.org"), codes.FailedPrecondition, "d.org is configured in server.conf"},
 		{"create an existing one", create(web("c.org"), roots()), codes.AlreadyExists, "a relationship with c.org already exists"},
-		{"create a managed one", create(web("e.org"), nil), codes.AlreadyExists, "managed by k8s-cluster-1"},
+		{"create a managed one", create(web("e.org"), nil), codes.AlreadyExists, "managed by k8s_controller/cluster-1"},
 		{"update a managed one", update(web("e.org"), nil), codes.FailedPrecondition,
-			"the relationship with e.org is managed by k8s-cluster-1; change or delete its ClusterFederatedTrustDomain resource instead"},
-		{"delete a managed one", del("e.org"), codes.FailedPrecondition, "managed by k8s-cluster-1; change or delete its ClusterFederatedTrustDomain"},
+			"the relationship with e.org is managed by k8s_controller/cluster-1; change or delete its ClusterFederatedTrustDomain resource instead"},
+		{"delete a managed one", del("e.org"), codes.FailedPrecondition, "managed by k8s_controller/cluster-1; change or delete its ClusterFederatedTrustDomain"},
 		{"update a missing one", update(web("b.org"), roots()), codes.NotFound, "no relationship with b.org is stored"},
 		{"delete a missing one", del("b.org"), codes.NotFound, "no relationship with b.org is stored"},
 		{"get a missing one", get("b.org"), codes.NotFound, "no relationship with b.org"},
@@ -1039,14 +1039,14 @@ func TestBundleDeleteNamesTheManager(t *testing.T) {
 		t.Fatal(err)
 	}
 	managed := store.FederationRelationship{TrustDomain: "b.org", BundleEndpointURL: "https://" + freeAddr(t), Profile: "https_spiffe",
-		EndpointSPIFFEID: "spiffe://b.org/signet/server", Owner: "k8s-cluster-1"}
+		EndpointSPIFFEID: "spiffe://b.org/signet/server", Owner: "k8s_controller/cluster-1"}
 	if _, err := v.PutFederationRelationship(ctx, managed, nil); err != nil {
 		t.Fatal(err)
 	}
 	before := v.state(t)
 	_, err := c.DeleteFederatedBundle(ctx, &api.DeleteFederatedBundleRequest{TrustDomain: "b.org"})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "the server fetches it from "+managed.BundleEndpointURL) ||
-		!strings.Contains(err.Error(), "managed by k8s-cluster-1: change or delete its ClusterFederatedTrustDomain resource instead") {
+		!strings.Contains(err.Error(), "managed by k8s_controller/cluster-1: change or delete its ClusterFederatedTrustDomain resource instead") {
 		t.Fatalf("bundle delete under a managed relationship: %v", err)
 	}
 	if after := v.state(t); after != before {

@@ -157,3 +157,31 @@ func TestInitBundle(t *testing.T) {
 		}
 	})
 }
+
+// A bundle a stored relationship fetches is not deleted: the check is in
+// the delete's transaction, so a relationship stored just before wins.
+func TestDeleteBundleFetched(t *testing.T) {
+	exp := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		if _, err := s.SetBundle(ctx, "b.org", []Authority{{TrustDomain: "b.org", Kind: X509Authority, KeyID: "r", Data: []byte{1}, ExpiresAt: exp}}); err != nil {
+			t.Fatal(err)
+		}
+		rel := FederationRelationship{TrustDomain: "b.org", BundleEndpointURL: "https://b.org", Profile: "https_web"}
+		if _, err := s.PutFederationRelationship(ctx, rel, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.DeleteBundle(ctx, "b.org", BundleDeleteEntries); !errors.Is(err, ErrFetched) {
+			t.Fatalf("delete of a fetched bundle: %v, want ErrFetched", err)
+		}
+		if auths, _, _ := s.ListAuthorities(ctx, "b.org"); len(auths) != 1 {
+			t.Fatalf("the fetched bundle was deleted: %+v", auths)
+		}
+		if err := s.DeleteFederationRelationship(ctx, "b.org", nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.DeleteBundle(ctx, "b.org", BundleRestrict); err != nil {
+			t.Fatalf("delete once the relationship is gone: %v", err)
+		}
+	})
+}

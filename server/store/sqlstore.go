@@ -1027,6 +1027,12 @@ func (s *sqlStore) setBundle(ctx context.Context, verb, trustDomain string, auth
 func (s *sqlStore) DeleteBundle(ctx context.Context, trustDomain string, mode BundleDeleteMode) (int, error) {
 	var affected []registry.Entry
 	err := s.write(ctx, func(t *tx) error {
+		switch _, err := getRelationship(ctx, t, trustDomain); {
+		case err == nil:
+			return ErrFetched
+		case !errors.Is(err, ErrNotFound):
+			return err
+		}
 		var err error
 		if affected, err = federatingEntries(ctx, t, trustDomain); err != nil {
 			return err

@@ -16,6 +16,9 @@ var (
 	ErrAlreadyExists = errors.New("already exists")
 	// ErrInUse: entries federate with the bundle a restricted delete was for.
 	ErrInUse = errors.New("in use")
+	// ErrFetched: a stored federation relationship fetches the bundle a
+	// delete was for (its refresher would write it back).
+	ErrFetched = errors.New("fetched by a federation relationship")
 	// ErrBanned: the node is banned; only deleting it lifts the ban.
 	ErrBanned  = errors.New("banned")
 	ErrExpired = errors.New("expired")
@@ -187,7 +190,9 @@ type Store interface {
 	// has none. Its sequence is bumped and kept, so a bundle set later
 	// continues it and agents never see a sequence go back. mode says what
 	// happens to entries that federate with trustDomain, in the same
-	// transaction; it returns how many there were (also with ErrInUse).
+	// transaction; it returns how many there were (also with ErrInUse). A
+	// bundle a stored federation relationship fetches is ErrFetched,
+	// checked in the same transaction.
 	DeleteBundle(ctx context.Context, trustDomain string, mode BundleDeleteMode) (entries int, err error)
 	// ListBundleTrustDomains returns the trust domains that have
 	// authorities, sorted.

@@ -2,6 +2,8 @@ package ca
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +40,10 @@ type Config struct {
 	// CATTL is the root CA lifetime; 0 derives it as 6 x SVIDTTL. A value
 	// below 6 x SVIDTTL is refused.
 	CATTL time.Duration
+	// Upstream, when set, signs every new CA certificate: the CA becomes an
+	// intermediate and the upstream's roots the trust domain's X.509
+	// authorities. Nil means a self-signed root.
+	Upstream UpstreamAuthority
 	// Clock returns the current time (time.Now when nil); tests inject one.
 	Clock func() time.Time
 	// Logger receives rotation events (slog.Default when nil). Key material
@@ -60,7 +66,8 @@ type Authority struct {
 	Kind AuthorityKind
 	// KeyID is the JWT kid, or the hex SHA-256 of the root's DER.
 	KeyID string
-	// Data is the root DER (x509) or PKIX DER public key (jwt).
+	// Data is the root DER (x509: the CA itself, or an upstream authority's
+	// root) or PKIX DER public key (jwt).
 	Data []byte
 	// ExpiresAt is when the authority may be dropped from the bundle: nothing
 	// it signed is valid after it.
@@ -78,6 +85,7 @@ type Manager struct {
 	jwtLife time.Duration
 	now     func() time.Time
 	log     *slog.Logger
+	up      UpstreamAuthority
 
 	// Signers read the active authorities without taking mu.
 	activeCA  atomic.Pointer[caKey]
@@ -112,6 +120,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		caTTL:   cfg.CATTL,
 		now:     cfg.Clock,
 		log:     cfg.Logger,
+		up:      cfg.Upstream,
 		changed: make(chan struct{}, 1),
 	}
 	if m.svidTTL == 0 {
@@ -147,6 +156,13 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.load(); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
+	if m.up != nil {
+		// A CA signed now proves the upstream works before the server
+		// depends on it, not hours later at the next rotation.
+		if _, err := newUpstreamCA(ctx, m.up, m.td, m.now(), m.caTTL); err != nil {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
+	}
 	if err := m.Rotate(ctx); err != nil {
 		return nil, err
 	}
@@ -179,8 +195,23 @@ func (m *Manager) Authorities() []Authority {
 // refreshLocked rebuilds the published set and swaps the active signers.
 func (m *Manager) refreshLocked() {
 	var auths []Authority
+	roots := map[string]int{} // key ID -> index in auths
 	for _, k := range m.x509.all() {
-		auths = append(auths, Authority{Kind: KindX509, KeyID: k.id, Data: k.cert.Raw, ExpiresAt: k.cert.NotAfter})
+		// A root stays published while a CA under it may sign (CAs of one
+		// upstream share it), and never past its own expiry.
+		for _, r := range k.roots {
+			sum := sha256.Sum256(r.Raw)
+			id := hex.EncodeToString(sum[:])
+			exp := minTime(r.NotAfter, k.cert.NotAfter)
+			if i, ok := roots[id]; ok {
+				if exp.After(auths[i].ExpiresAt) {
+					auths[i].ExpiresAt = exp
+				}
+				continue
+			}
+			roots[id] = len(auths)
+			auths = append(auths, Authority{Kind: KindX509, KeyID: id, Data: r.Raw, ExpiresAt: exp})
+		}
 	}
 	for _, k := range m.jwt.all() {
 		auths = append(auths, Authority{Kind: KindJWT, KeyID: k.kid, Data: k.pubDER, ExpiresAt: k.notAfter})

@@ -1,12 +1,12 @@
 package ca
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io/fs"
 	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,19 +33,31 @@ const (
 	jwtPrefix = "jwt-"
 	certExt   = ".crt"
 	keyExt    = ".key"
+	// rootsExt holds the upstream roots of a CA an upstream authority
+	// signed; a self-signed CA has no such file.
+	rootsExt = ".roots.crt"
 )
 
 // rootBackdate lets agents with a slightly slow clock accept a fresh root,
 // and covers the backdated NotBefore of the first SVIDs it signs.
 const rootBackdate = time.Minute
 
-// caKey is one root CA with what leaf signing needs precomputed.
+// caKey is one CA, self-signed or signed by an upstream authority, with
+// what leaf signing needs precomputed.
 type caKey struct {
 	id        string // hex SHA-256 of cert.Raw
 	cert      *x509.Certificate
 	key       *ecdsa.PrivateKey
 	published time.Time
 	akidExt   []byte // the AuthorityKeyIdentifier extension of its leaves, DER
+	// chain is the CA certificate, then any upstream intermediates.
+	chain []*x509.Certificate
+	// roots are the trust anchors it chains to: itself when self-signed,
+	// else the upstream authority's.
+	roots []*x509.Certificate
+	// tail follows the leaf in every SVID it signs: nil when self-signed
+	// (roots travel only in the bundle), else chain as DER.
+	tail [][]byte
 }
 
 // jwtKey is one ES256 JWT signing key.
@@ -59,30 +70,11 @@ type jwtKey struct {
 	signer    jose.Signer
 }
 
+// newCA creates a self-signed root CA.
 func newCA(td spiffeid.TrustDomain, now time.Time, ttl time.Duration) (*caKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate CA key: %w", err)
-	}
-	serial, err := randomSerial()
+	key, tmpl, err := caTemplate(td, now, ttl)
 	if err != nil {
 		return nil, err
-	}
-	skid, err := subjectKeyID(&key.PublicKey)
-	if err != nil {
-		return nil, err
-	}
-	tdURL := &url.URL{Scheme: "spiffe", Host: td.Name()}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{"Signet"}, CommonName: "Signet CA"},
-		NotBefore:             now.Add(-rootBackdate),
-		NotAfter:              now.Add(ttl),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		URIs:                  []*url.URL{tdURL},
-		SubjectKeyId:          skid,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -107,8 +99,25 @@ func newCAKey(cert *x509.Certificate, key *ecdsa.PrivateKey, published time.Time
 	keyID := appendTLV(nil, 0x80, cert.SubjectKeyId)
 	akid := appendExtension(nil, oid, false, appendTLV(nil, tagSequence, keyID))
 	sum := sha256.Sum256(cert.Raw)
-	return &caKey{id: hex.EncodeToString(sum[:]), cert: cert, key: key, published: published, akidExt: akid}, nil
+	self := []*x509.Certificate{cert}
+	return &caKey{id: hex.EncodeToString(sum[:]), cert: cert, key: key, published: published, akidExt: akid, chain: self, roots: self}, nil
 }
+
+// setUpstream records that the CA is an intermediate: chain is its
+// certificate and the upstream intermediates, roots what they chain to.
+func (k *caKey) setUpstream(chain, roots []*x509.Certificate) {
+	k.chain, k.roots = chain, roots
+	k.tail = make([][]byte, len(chain))
+	for i, c := range chain {
+		k.tail[i] = c.Raw
+	}
+}
+
+// upstream reports whether an upstream authority signed the CA.
+func (k *caKey) upstream() bool { return k.tail != nil }
+
+// intermediates are the certificates between an SVID and the roots.
+func (k *caKey) intermediates() []*x509.Certificate { return k.chain }
 
 func newJWTKey(now time.Time, life time.Duration) (*jwtKey, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -222,24 +231,27 @@ func (m *Manager) path(name string) string { return filepath.Join(m.dir, name) }
 func (m *Manager) persist(oldX slots[caKey], oldJ slots[jwtKey], x slots[caKey], j slots[jwtKey]) error {
 	oldFiles := map[string]bool{}
 	for _, k := range oldX.all() {
-		oldFiles[caPrefix+k.id+certExt] = true
-		oldFiles[caPrefix+k.id+keyExt] = true
+		for _, f := range caFiles(k) {
+			oldFiles[f.name] = true
+		}
 	}
 	for _, k := range oldJ.all() {
 		oldFiles[jwtPrefix+k.kid+keyExt] = true
 	}
 	keep := map[string]bool{}
 	for _, k := range x.all() {
-		cn, kn := caPrefix+k.id+certExt, caPrefix+k.id+keyExt
-		keep[cn], keep[kn] = true, true
-		if oldFiles[cn] {
-			continue
-		}
-		if err := m.writeFile(cn, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: k.cert.Raw})); err != nil {
-			return err
-		}
-		if err := m.writeKey(kn, k.key); err != nil {
-			return err
+		for _, f := range caFiles(k) {
+			keep[f.name] = true
+			if oldFiles[f.name] {
+				continue
+			}
+			write := func() error { return m.writeFile(f.name, f.data) }
+			if f.data == nil {
+				write = func() error { return m.writeKey(f.name, k.key) }
+			}
+			if err := write(); err != nil {
+				return err
+			}
 		}
 	}
 	for _, k := range j.all() {
@@ -271,6 +283,30 @@ func (m *Manager) persist(oldX slots[caKey], oldJ slots[jwtKey], x slots[caKey],
 		}
 	}
 	return nil
+}
+
+// caFile is one file of a CA under DataDir; data nil means the key.
+type caFile struct {
+	name string
+	data []byte
+}
+
+// caFiles are the files that hold k: its certificate with any upstream
+// intermediates after it, its key, and its upstream roots.
+func caFiles(k *caKey) []caFile {
+	files := []caFile{{name: caPrefix + k.id + certExt, data: pemCerts(k.chain)}, {name: caPrefix + k.id + keyExt}}
+	if k.upstream() {
+		files = append(files, caFile{name: caPrefix + k.id + rootsExt, data: pemCerts(k.roots)})
+	}
+	return files
+}
+
+func pemCerts(certs []*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
 }
 
 func (m *Manager) writeKey(name string, key *ecdsa.PrivateKey) error {
@@ -394,14 +430,11 @@ func isHexID(id string) bool {
 
 func (m *Manager) loadCA(e stateEntry) (*caKey, error) {
 	cp := m.path(caPrefix + e.ID + certExt)
-	der, err := readPEM(cp, "CERTIFICATE")
+	chain, err := readCerts(cp)
 	if err != nil {
 		return nil, err
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("parse CA certificate %s: %w", cp, err)
-	}
+	cert := chain[0]
 	if !cert.IsCA {
 		return nil, fmt.Errorf("CA certificate %s is not a CA", cp)
 	}
@@ -423,7 +456,23 @@ func (m *Manager) loadCA(e stateEntry) (*caKey, error) {
 	if k.id != e.ID {
 		return nil, fmt.Errorf("CA certificate %s does not match its ID in the state file", cp)
 	}
+	rp := m.path(caPrefix + e.ID + rootsExt)
+	roots, err := readCerts(rp)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if len(chain) > 1 || !isSelfSigned(cert) {
+			return nil, fmt.Errorf("CA certificate %s was signed by an upstream authority but its roots file %s is missing", cp, rp)
+		}
+	case err != nil:
+		return nil, err
+	default:
+		k.setUpstream(chain, roots)
+	}
 	return k, nil
+}
+
+func isSelfSigned(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }
 
 func (m *Manager) loadJWT(e stateEntry) (*jwtKey, error) {
@@ -449,6 +498,33 @@ func readPEM(path, typ string) ([]byte, error) {
 		return nil, fmt.Errorf("read %s: no %s PEM block", path, typ)
 	}
 	return b.Bytes, nil
+}
+
+// readCerts reads every certificate of a PEM file, in order.
+func readCerts(path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	var certs []*x509.Certificate
+	for n := 1; ; n++ {
+		var b *pem.Block
+		if b, data = pem.Decode(data); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("read %s: PEM block %d is a %s, want CERTIFICATE", path, n, b.Type)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: certificate %d: %w", path, n, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("read %s: no CERTIFICATE PEM block", path)
+	}
+	return certs, nil
 }
 
 func readECKey(path string) (*ecdsa.PrivateKey, error) {

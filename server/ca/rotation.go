@@ -158,7 +158,7 @@ func (m *Manager) Rotate(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	x, xev, err := rotateSlots(m.x509, now, caWindow, func() (*caKey, error) { return newCA(m.td, now, m.caTTL) })
+	x, xev, err := rotateSlots(m.x509, now, caWindow, func() (*caKey, error) { return m.newCA(ctx, now) })
 	if err != nil {
 		return fmt.Errorf("ca: rotate CA: %w", err)
 	}
@@ -179,7 +179,11 @@ func (m *Manager) Rotate(ctx context.Context) error {
 		if first && e.what == "activated without notice" {
 			e.what = "created"
 		}
-		m.log.Info("X.509 CA "+e.what, "key_id", e.key.id, "not_after", e.key.cert.NotAfter)
+		attrs := []any{"key_id", e.key.id, "not_after", e.key.cert.NotAfter}
+		if e.key.upstream() {
+			attrs = append(attrs, "upstream_issuer", e.key.cert.Issuer.String())
+		}
+		m.log.Info("X.509 CA "+e.what, attrs...)
 	}
 	for _, e := range jev {
 		if first && e.what == "activated without notice" {
@@ -189,6 +193,22 @@ func (m *Manager) Rotate(ctx context.Context) error {
 	}
 	m.notify()
 	return nil
+}
+
+// newCA creates the next X.509 CA: self-signed, or signed by the upstream.
+func (m *Manager) newCA(ctx context.Context, now time.Time) (*caKey, error) {
+	if m.up == nil {
+		return newCA(m.td, now, m.caTTL)
+	}
+	k, err := newUpstreamCA(ctx, m.up, m.td, now, m.caTTL)
+	if err != nil {
+		return nil, err
+	}
+	if want := now.Add(m.caTTL); k.cert.NotAfter.Before(want) {
+		m.log.Warn("the upstream authority's certificate expires before the CA TTL, so the new CA expires with it; replace the upstream certificate",
+			"ca_not_after", k.cert.NotAfter, "ca_ttl", m.caTTL)
+	}
+	return k, nil
 }
 
 // nextDue is when Rotate next has work to do.

@@ -103,7 +103,8 @@ func newLeafParts() (leafParts, error) {
 // subject and SANs are ignored: the SVID's only URI SAN is id, dnsNames
 // become DNS SANs (the first also the CN, when it fits its 64 characters). ttl 0 means the default SVID
 // TTL; NotAfter never passes the signing CA's. It returns the chain, leaf
-// first (no intermediates).
+// first, then the CA and upstream intermediates when an upstream authority
+// signed the CA (never a root).
 func (m *Manager) SignX509SVID(ctx context.Context, csrDER []byte, id spiffeid.ID, ttl time.Duration, dnsNames []string) ([]*x509.Certificate, error) {
 	s, err := m.SignX509SVIDDER(ctx, csrDER, id, ttl, dnsNames)
 	if err != nil {
@@ -304,7 +305,9 @@ func (m *Manager) signLeaf(ctx context.Context, spki []byte, id spiffeid.ID, ttl
 	der = appendHeader(der, tagBitString, len(sig)+1)
 	der = append(der, 0) // no unused bits
 	der = append(der, sig...)
-	return SignedX509{Chain: [][]byte{der}, NotAfter: notAfter}, nil
+	chain := make([][]byte, 1, 1+len(issuer.tail))
+	chain[0] = der
+	return SignedX509{Chain: append(chain, issuer.tail...), NotAfter: notAfter}, nil
 }
 
 // encodeSAN encodes GeneralNames: the SPIFFE ID as the one URI, then the

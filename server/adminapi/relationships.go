@@ -106,8 +106,8 @@ func (s *Service) requestedRelationship(what string, in *api.FederationRelations
 	return rel, auths, nil
 }
 
-// CreateFederationRelationship stores a new operator's relationship, then
-// its bootstrap bundle, if given.
+// CreateFederationRelationship stores a new operator's relationship and
+// its bootstrap bundle, if given, in one transaction.
 func (s *Service) CreateFederationRelationship(ctx context.Context, req *api.CreateFederationRelationshipRequest) (*api.FederationRelationshipResult, error) {
 	const what = "create federation relationship"
 	rel, auths, err := s.requestedRelationship(what, req.Relationship, req.TrustDomainBundle)
@@ -122,7 +122,7 @@ func (s *Service) CreateFederationRelationship(ctx context.Context, req *api.Cre
 			return status.Errorf(codes.AlreadyExists, "%s: a relationship with %s already exists, managed by %s; %s", what, cur.TrustDomain, cur.Owner, ownerAdvice(cur.Owner))
 		}
 		return status.Errorf(codes.AlreadyExists, "%s: a relationship with %s already exists (fetching from %s); change it with `signet server federation update`", what, cur.TrustDomain, cur.BundleEndpointURL)
-	})
+	}, store.WithBundle(auths))
 	if err != nil {
 		return nil, refusedOr(what+" with "+rel.TrustDomain.Name(), err)
 	}
@@ -130,8 +130,8 @@ func (s *Service) CreateFederationRelationship(ctx context.Context, req *api.Cre
 	return s.afterRelationshipWrite(ctx, what, rel, auths)
 }
 
-// UpdateFederationRelationship replaces a stored operator's relationship,
-// then sets its bootstrap bundle, if given.
+// UpdateFederationRelationship replaces a stored operator's relationship
+// and its bundle, if one is given, in one transaction.
 func (s *Service) UpdateFederationRelationship(ctx context.Context, req *api.UpdateFederationRelationshipRequest) (*api.FederationRelationshipResult, error) {
 	const what = "update federation relationship"
 	rel, auths, err := s.requestedRelationship(what, req.Relationship, req.TrustDomainBundle)
@@ -146,7 +146,7 @@ func (s *Service) UpdateFederationRelationship(ctx context.Context, req *api.Upd
 			return managedRefusal(what, *cur)
 		}
 		return nil
-	})
+	}, store.WithBundle(auths))
 	if err != nil {
 		return nil, refusedOr(what+" with "+rel.TrustDomain.Name(), err)
 	}
@@ -163,19 +163,13 @@ func relationshipAttrs(rel federation.Relationship, auths []store.Authority) []a
 		"endpoint_spiffe_id", spec.EndpointSPIFFEID, "bootstrap_bundle", auths != nil}
 }
 
-// afterRelationshipWrite sets the bootstrap bundle, if any, makes both
-// writes visible to the federation service, and returns what is stored.
+// afterRelationshipWrite makes a stored relationship (and its bundle)
+// visible to the federation service, and returns what is stored.
 func (s *Service) afterRelationshipWrite(ctx context.Context, what string, rel federation.Relationship, auths []store.Authority) (*api.FederationRelationshipResult, error) {
 	td := rel.TrustDomain.Name()
 	out := &api.FederationRelationshipResult{}
 	if auths != nil {
-		changed, err := s.cfg.Store.SetBundle(ctx, td, auths)
-		if err != nil {
-			return nil, storeError(what+": the relationship is stored, but setting the bundle of "+td+" failed (retry, or use `signet server bundle set`)", err)
-		}
-		if changed {
-			s.cfg.Logger.Info("federated bundle set", "trust_domain", td, "authorities", len(auths))
-		}
+		var err error
 		if out.TrustDomainBundle, err = s.storedBundle(ctx, td); err != nil {
 			return nil, err
 		}

@@ -49,9 +49,20 @@ func sameRelationship(a, b FederationRelationship) bool {
 		a.EndpointSPIFFEID == b.EndpointSPIFFEID && a.Owner == b.Owner
 }
 
-func (s *sqlStore) PutFederationRelationship(ctx context.Context, r FederationRelationship, check func(cur *FederationRelationship) error) (bool, error) {
+func (s *sqlStore) PutFederationRelationship(ctx context.Context, r FederationRelationship, check func(cur *FederationRelationship) error, opts ...RelationshipOption) (bool, error) {
 	if err := checkRelationship(r); err != nil {
 		return false, fmt.Errorf("put federation relationship %s: %w", r.TrustDomain, err)
+	}
+	var w relationshipWrite
+	for _, o := range opts {
+		o(&w)
+	}
+	var want map[authorityKey]Authority
+	if len(w.bundle) > 0 {
+		var err error
+		if want, err = wantedAuthorities(r.TrustDomain, w.bundle); err != nil {
+			return false, fmt.Errorf("put federation relationship %s: bundle: %w", r.TrustDomain, err)
+		}
 	}
 	var changed bool
 	err := s.write(ctx, func(t *tx) error {
@@ -68,27 +79,45 @@ func (s *sqlStore) PutFederationRelationship(ctx context.Context, r FederationRe
 				return err
 			}
 		}
-		if curp != nil && sameRelationship(cur, r) {
+		if curp == nil || !sameRelationship(cur, r) {
+			if err := writeRelationship(ctx, t, r, curp == nil); err != nil {
+				return err
+			}
+			changed = true
+		}
+		if want == nil {
 			return nil
 		}
-		rev, err := nextRevision(ctx, t)
+		// After the relationship, so that a failing bundle write undoes a
+		// staged relationship; the revision moves once for both.
+		set, err := replaceAuthorities(ctx, t, r.TrustDomain, want, w.onlyIfNone)
 		if err != nil {
-			return err
+			return fmt.Errorf("bundle: %w", err)
 		}
-		changed = true
-		if curp == nil {
-			_, err = t.exec(ctx, `INSERT INTO federation_relationships (`+relationshipColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-				r.TrustDomain, r.BundleEndpointURL, r.Profile, r.EndpointSPIFFEID, r.Owner, rev, toNanos(time.Now()))
-		} else {
-			_, err = t.exec(ctx, `UPDATE federation_relationships SET bundle_endpoint_url = $2, profile = $3, endpoint_spiffe_id = $4, owner = $5, revision = $6 WHERE trust_domain = $1`,
-				r.TrustDomain, r.BundleEndpointURL, r.Profile, r.EndpointSPIFFEID, r.Owner, rev)
-		}
-		return err
+		changed = changed || set
+		return nil
 	})
 	if err != nil {
 		return false, fmt.Errorf("put federation relationship %s: %w", r.TrustDomain, err)
 	}
 	return changed, nil
+}
+
+// writeRelationship inserts r, or replaces the stored one, at the
+// transaction's store revision.
+func writeRelationship(ctx context.Context, t *tx, r FederationRelationship, insert bool) error {
+	rev, err := nextRevision(ctx, t)
+	if err != nil {
+		return err
+	}
+	if insert {
+		_, err = t.exec(ctx, `INSERT INTO federation_relationships (`+relationshipColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			r.TrustDomain, r.BundleEndpointURL, r.Profile, r.EndpointSPIFFEID, r.Owner, rev, toNanos(time.Now()))
+	} else {
+		_, err = t.exec(ctx, `UPDATE federation_relationships SET bundle_endpoint_url = $2, profile = $3, endpoint_spiffe_id = $4, owner = $5, revision = $6 WHERE trust_domain = $1`,
+			r.TrustDomain, r.BundleEndpointURL, r.Profile, r.EndpointSPIFFEID, r.Owner, rev)
+	}
+	return err
 }
 
 func (s *sqlStore) DeleteFederationRelationship(ctx context.Context, trustDomain string, check func(cur FederationRelationship) error) error {

@@ -69,6 +69,10 @@ func queryAll[T any](ctx context.Context, q querier, scan func(scanner) (T, erro
 type tx struct {
 	querier
 	changed bool
+	// rev is the store revision this transaction commits, once bumped: a
+	// transaction that writes several things (a relationship and its
+	// bundle) moves the revision once.
+	rev int64
 }
 
 // backend is one engine's connection handling.
@@ -113,6 +117,9 @@ func bumpRevision(ctx context.Context, t *tx) error {
 // nextRevision is bumpRevision returning the store revision this
 // transaction commits.
 func nextRevision(ctx context.Context, t *tx) (int64, error) {
+	if t.rev != 0 {
+		return t.rev, nil
+	}
 	t.changed = true
 	var rev int64
 	if err := t.queryRow(ctx, `UPDATE store_revision SET value = value + 1 WHERE id = 1 RETURNING value`).Scan(&rev); err != nil {
@@ -121,6 +128,7 @@ func nextRevision(ctx context.Context, t *tx) (int64, error) {
 	if out, ok := ctx.Value(commitRevisionKey{}).(*int64); ok {
 		*out = rev
 	}
+	t.rev = rev
 	return rev, nil
 }
 
@@ -940,8 +948,8 @@ func listAuthorities(ctx context.Context, q querier, trustDomain string) (map[au
 	return out, nil
 }
 
-// wantedAuthorities checks a bundle's authorities for SetBundle and
-// InitBundle and keys them.
+// wantedAuthorities checks a bundle's authorities for SetBundle,
+// InitBundle and PutFederationRelationship and keys them.
 func wantedAuthorities(trustDomain string, auths []Authority) (map[authorityKey]Authority, error) {
 	if len(auths) == 0 {
 		return nil, errors.New("no authorities (delete the bundle instead)")

@@ -118,6 +118,29 @@ type FederationRelationship struct {
 	CreatedAt time.Time
 }
 
+// RelationshipOption adds to what PutFederationRelationship writes.
+type RelationshipOption func(*relationshipWrite)
+
+// relationshipWrite is what the options of PutFederationRelationship ask.
+type relationshipWrite struct {
+	bundle     []Authority
+	onlyIfNone bool
+}
+
+// WithBundle writes auths as the relationship's trust domain's bundle in
+// the relationship's transaction, replacing a held one as SetBundle does.
+// No authorities: no bundle is written.
+func WithBundle(auths []Authority) RelationshipOption {
+	return func(w *relationshipWrite) { w.bundle, w.onlyIfNone = auths, false }
+}
+
+// WithBootstrapBundle is WithBundle with InitBundle's rule: the bundle is
+// written only while the trust domain holds none, so it never replaces one
+// fetched or set since.
+func WithBootstrapBundle(auths []Authority) RelationshipOption {
+	return func(w *relationshipWrite) { w.bundle, w.onlyIfNone = auths, true }
+}
+
 // Store is Signet's persistent state. Every write is one transaction: when a
 // method returns nil, the change is durable.
 type Store interface {
@@ -201,9 +224,12 @@ type Store interface {
 	// PutFederationRelationship creates or replaces the relationship with
 	// r.TrustDomain, in one transaction with check, which sees the stored
 	// one (nil if none) and may refuse the write with an error, returned
-	// wrapped (errors.Is and errors.As find it). It assigns Revision and, for a new one, CreatedAt, and reports
-	// changed (and bumps the store revision) only if anything differs.
-	PutFederationRelationship(ctx context.Context, r FederationRelationship, check func(cur *FederationRelationship) error) (changed bool, err error)
+	// wrapped (errors.Is and errors.As find it), and with the bundle of a
+	// WithBundle or WithBootstrapBundle option: the relationship and its
+	// bundle are written together or not at all. It assigns Revision and,
+	// for a new one, CreatedAt, and reports changed (and bumps the store
+	// revision, once) only if the relationship or the bundle differs.
+	PutFederationRelationship(ctx context.Context, r FederationRelationship, check func(cur *FederationRelationship) error, opts ...RelationshipOption) (changed bool, err error)
 	// DeleteFederationRelationship deletes the relationship with
 	// trustDomain, if check (given it) allows; its error is returned wrapped.
 	// ErrNotFound if none. The

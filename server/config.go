@@ -20,6 +20,7 @@ import (
 
 	"github.com/signetid/signet/internal/hclsafe"
 	"github.com/signetid/signet/internal/ids"
+	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/federation"
 	"github.com/signetid/signet/server/k8sreg"
 	"github.com/signetid/signet/server/nodeattest"
@@ -57,6 +58,19 @@ type Config struct {
 	// (ClusterSPIFFEIDs to entries); Kubeconfig and IgnoreNamespaces are
 	// resolved.
 	K8sController *K8sControllerConfig
+	// UpstreamAuthority, when set, signs the server's CA certificates, so
+	// the trust domain chains to an existing PKI. Nil: a self-signed root.
+	UpstreamAuthority *ca.DiskUpstream
+}
+
+// UpstreamDiskFileConfig is the `upstream_authority "disk" { ... }` block,
+// with the keys of SPIRE's disk UpstreamAuthority.
+type UpstreamDiskFileConfig struct {
+	CertFilePath   string `hcl:"cert_file_path"`
+	KeyFilePath    string `hcl:"key_file_path"`
+	BundleFilePath string `hcl:"bundle_file_path"`
+
+	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
 
 // K8sControllerConfig is the `k8s_controller { ... }` block: the Kubernetes
@@ -146,6 +160,9 @@ type FileConfig struct {
 	K8sBundle *K8sBundleConfig `hcl:"k8s_bundle"`
 	// K8sController registers the cluster's pods from ClusterSPIFFEIDs.
 	K8sController *K8sControllerConfig `hcl:"k8s_controller"`
+	// UpstreamAuthority holds at most one block, labelled by its kind;
+	// "disk" is the only kind.
+	UpstreamAuthority map[string]UpstreamDiskFileConfig `hcl:"upstream_authority"`
 
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
@@ -178,6 +195,14 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 	if fc.K8sBundle != nil {
 		for k, pos := range fc.K8sBundle.UnusedKeyPositions {
 			unused["k8s_bundle: "+k] = pos
+		}
+	}
+	for kind, u := range fc.UpstreamAuthority {
+		if pos, ok := u.UnusedKeyPositions["plugin_data"]; ok && len(pos) > 0 {
+			return FileConfig{}, fmt.Errorf(`parse server config: line %d: upstream_authority %q takes cert_file_path, key_file_path and bundle_file_path directly, without SPIRE's plugin_data block`, pos[0].Line, kind)
+		}
+		for k, pos := range u.UnusedKeyPositions {
+			unused[fmt.Sprintf("upstream_authority %q: %s", kind, k)] = pos
 		}
 	}
 	if fc.K8sController != nil {
@@ -227,6 +252,18 @@ func checkBlocks(file *ast.File) (map[string]int, error) {
 				return nil, fmt.Errorf("line %d: k8s_bundle is already configured at line %d", line, first)
 			}
 			seen["k8s_bundle"] = line
+		case "upstream_authority":
+			kind := ""
+			if len(item.Keys) == 2 {
+				kind, _ = item.Keys[1].Token.Value().(string)
+			}
+			if !isBlock || kind != "disk" {
+				return nil, fmt.Errorf(`line %d: want upstream_authority "disk" { cert_file_path = "..." key_file_path = "..." bundle_file_path = "..." } ("disk" is the only kind)`, line)
+			}
+			if first, dup := seen["upstream_authority"]; dup {
+				return nil, fmt.Errorf("line %d: upstream_authority is already configured at line %d", line, first)
+			}
+			seen["upstream_authority"] = line
 		case "k8s_controller":
 			if !isBlock || len(item.Keys) != 1 {
 				return nil, fmt.Errorf("line %d: want k8s_controller { cluster = \"<k8s_psat cluster name>\" } (no label)", line)
@@ -335,6 +372,11 @@ func (fc FileConfig) Resolve() (Config, error) {
 		}
 		cfg.K8sBundle = b
 	}
+	if u, ok := fc.UpstreamAuthority["disk"]; ok {
+		if cfg.UpstreamAuthority, err = u.resolve(); err != nil {
+			return Config{}, err
+		}
+	}
 	if cfg.K8sController, err = fc.K8sController.resolve(cfg.K8sPSAT); err != nil {
 		return Config{}, err
 	}
@@ -402,6 +444,34 @@ func (c *K8sControllerConfig) resolve(clusters []K8sPSATCluster) (*K8sController
 		return nil, fmt.Errorf("%s: leader_election_lease %q is not an object name: %s", at, c.LeaderElectionLease, strings.Join(errs, "; "))
 	}
 	return &out, nil
+}
+
+// resolve checks the block's paths; the files are read when the CA starts,
+// so a bad certificate or key is reported with what is wrong with it.
+func (u UpstreamDiskFileConfig) resolve() (*ca.DiskUpstream, error) {
+	if u.CertFilePath == "" || u.KeyFilePath == "" {
+		return nil, errors.New(`upstream_authority "disk": cert_file_path and key_file_path are required`)
+	}
+	d := &ca.DiskUpstream{}
+	for _, p := range []struct {
+		name string
+		in   string
+		out  *string
+	}{
+		{"cert_file_path", u.CertFilePath, &d.CertFile},
+		{"key_file_path", u.KeyFilePath, &d.KeyFile},
+		{"bundle_file_path", u.BundleFilePath, &d.BundleFile},
+	} {
+		if p.in == "" {
+			continue
+		}
+		abs, err := filepath.Abs(p.in)
+		if err != nil {
+			return nil, fmt.Errorf(`upstream_authority "disk": %s %q: %w`, p.name, p.in, err)
+		}
+		*p.out = abs
+	}
+	return d, nil
 }
 
 func or(v, def string) string {

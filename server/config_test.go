@@ -1,6 +1,7 @@
 package server
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +146,33 @@ k8s_psat "dev" {
 		{name: "k8s_controller bad lease name", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n leader_election = true\n leader_election_lease = \"a_b\"\n}", wantErr: `leader_election_lease "a_b" is not an object name`},
 		{name: "k8s_controller default lease name invalid", in: "trust_domain = \"a.org\"\nk8s_psat \"Prod_1\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"Prod_1\"\n leader_election = true\n}", wantErr: `the default leader_election_lease "signet-controller-Prod_1" is not an object name`},
 		{name: "k8s_controller watch_classless alone", in: "trust_domain = \"a.org\"\nk8s_psat \"prod\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller {\n cluster = \"prod\"\n watch_classless = true\n}", wantErr: "watch_classless needs class_name"},
+		{
+			name: "upstream_authority disk",
+			in:   "trust_domain = \"a.org\"\nupstream_authority \"disk\" {\n cert_file_path = \"/etc/signet/upstream/tls.crt\"\n key_file_path = \"upstream/tls.key\"\n bundle_file_path = \"/etc/signet/upstream/ca.crt\"\n}",
+			check: func(t *testing.T, c Config) {
+				u := c.UpstreamAuthority
+				if u == nil || u.CertFile != "/etc/signet/upstream/tls.crt" || u.BundleFile != "/etc/signet/upstream/ca.crt" ||
+					!filepath.IsAbs(u.KeyFile) || !strings.HasSuffix(u.KeyFile, "/upstream/tls.key") {
+					t.Fatalf("upstream_authority %+v", u)
+				}
+			},
+		},
+		{name: "upstream_authority self-signed", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" {\n cert_file_path = \"/c\"\n key_file_path = \"/k\"\n}", check: func(t *testing.T, c Config) {
+			if u := c.UpstreamAuthority; u == nil || u.BundleFile != "" {
+				t.Fatalf("upstream_authority %+v", u)
+			}
+		}},
+		{name: "no upstream_authority", in: `trust_domain = "a.org"`, check: func(t *testing.T, c Config) {
+			if c.UpstreamAuthority != nil {
+				t.Fatalf("upstream_authority %+v without a block", c.UpstreamAuthority)
+			}
+		}},
+		{name: "upstream_authority without key", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" {\n cert_file_path = \"/c\"\n}", wantErr: "cert_file_path and key_file_path are required"},
+		{name: "upstream_authority other kind", in: "trust_domain = \"a.org\"\nupstream_authority \"vault\" {\n cert_file_path = \"/c\"\n}", wantErr: `line 2: want upstream_authority "disk"`},
+		{name: "upstream_authority without kind", in: "trust_domain = \"a.org\"\nupstream_authority {\n cert_file_path = \"/c\"\n}", wantErr: `line 2: want upstream_authority "disk"`},
+		{name: "upstream_authority twice", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" { cert_file_path = \"/c\"\n key_file_path = \"/k\" }\nupstream_authority \"disk\" { cert_file_path = \"/d\"\n key_file_path = \"/k\" }", wantErr: "line 4: upstream_authority is already configured at line 2"},
+		{name: "upstream_authority SPIRE plugin_data shape", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" {\n plugin_data {\n  cert_file_path = \"/c\"\n }\n}", wantErr: `line 3: upstream_authority "disk" takes cert_file_path, key_file_path and bundle_file_path directly, without SPIRE's plugin_data block`},
+		{name: "upstream_authority unknown key", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" {\n cert_file_path = \"/c\"\n key_file = \"/k\"\n}", wantErr: `upstream_authority "disk": key_file (line 4)`},
 		{name: "k8s_psat bad cluster name", in: "trust_domain = \"a.org\"\nk8s_psat \"prod/eu\" {\n service_account_allow_list = [\"a:b\"]\n}", wantErr: "one SPIFFE path segment"},
 	}
 	for _, tt := range tests {
@@ -172,6 +200,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`trust_domain = "example.org"` + "\nsvid_ttl = \"10s\""))
 	f.Add([]byte(`listen = "127.0.0.1:1"`))
 	f.Add([]byte(`x { y = 1 }`))
+	f.Add([]byte("trust_domain = \"a.org\"\nupstream_authority \"disk\" { cert_file_path = \"c\"\n key_file_path = \"/k\" }"))
 	f.Add([]byte("trust_domain = \"a.org\"\nk8s_psat \"p\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller { cluster = \"p\" }"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fc, err := ParseConfigFile(data)
@@ -188,6 +217,9 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if cfg.CATTL != 0 && cfg.CATTL < 6*cfg.SVIDTTL {
 			t.Fatalf("ca_ttl below 6 x svid_ttl accepted: %+v", cfg)
+		}
+		if u := cfg.UpstreamAuthority; u != nil && (!filepath.IsAbs(u.CertFile) || !filepath.IsAbs(u.KeyFile) || (u.BundleFile != "" && !filepath.IsAbs(u.BundleFile))) {
+			t.Fatalf("upstream_authority with a missing or relative path accepted: %+v", u)
 		}
 	})
 }

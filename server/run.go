@@ -91,14 +91,18 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if s.store, err = store.Open(ctx, cfg.Datastore, logger); err != nil {
 		return nil, fmt.Errorf("open datastore: %w", err)
 	}
-	if s.ca, err = ca.New(ctx, ca.Config{
+	caCfg := ca.Config{
 		TrustDomain: cfg.TrustDomain,
 		DataDir:     cfg.DataDir,
 		SVIDTTL:     cfg.SVIDTTL,
 		JWTTTL:      cfg.JWTTTL,
 		CATTL:       cfg.CATTL,
 		Logger:      logger,
-	}); err != nil {
+	}
+	if cfg.UpstreamAuthority != nil { // a nil *DiskUpstream is not a nil interface
+		caCfg.Upstream = cfg.UpstreamAuthority
+	}
+	if s.ca, err = ca.New(ctx, caCfg); err != nil {
 		return nil, fmt.Errorf("load CA: %w", err)
 	}
 	if err := s.publishAuthorities(ctx); err != nil {

@@ -260,6 +260,36 @@ csi: {enabled: false}
 			}
 		},
 	}, {
+		name: "upstream authority from a cert-manager Secret", ns: "signet-system",
+		values: "upstreamAuthority: {secretName: signet-upstream-ca}\n",
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			u := s.config.UpstreamAuthority
+			if u == nil || u.CertFile != "/etc/signet/upstream/tls.crt" || u.KeyFile != "/etc/signet/upstream/tls.key" || u.BundleFile != "/etc/signet/upstream/ca.crt" {
+				t.Fatalf("upstream_authority %+v", u)
+			}
+			i := slices.IndexFunc(s.server.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool {
+				return v.Secret != nil && v.Secret.SecretName == "signet-upstream-ca"
+			})
+			if i < 0 {
+				t.Fatal("the upstream Secret is not mounted")
+			}
+			if m := s.server.Spec.Template.Spec.Volumes[i].Secret.DefaultMode; m == nil || *m&0o007 != 0 {
+				t.Errorf("the upstream key is readable by others (mode %v)", m)
+			}
+		},
+	}, {
+		name: "self-signed upstream, own keys", ns: "signet-system",
+		values: "upstreamAuthority: {secretName: corp-ca, certKey: ca.pem, keyKey: ca-key.pem, bundleKey: \"\"}\n",
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			if u := s.config.UpstreamAuthority; u == nil || u.BundleFile != "" {
+				t.Fatalf("upstream_authority %+v: want no bundle_file_path", u)
+			}
+			i := slices.IndexFunc(s.server.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil && v.Secret.SecretName == "corp-ca" })
+			if i < 0 || len(s.server.Spec.Template.Spec.Volumes[i].Secret.Items) != 2 || s.server.Spec.Template.Spec.Volumes[i].Secret.Items[1].Key != "ca-key.pem" {
+				t.Errorf("upstream Secret volume: %+v", s.server.Spec.Template.Spec.Volumes)
+			}
+		},
+	}, {
 		name: "controller class, no cluster domain", ns: "signet-system",
 		values: "controller: {className: signet-eu, watchClassless: true, clusterDomain: \"\"}\n",
 		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
@@ -304,6 +334,8 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"password parameter in the ConfigMap", "datastore: {type: postgres, postgres: {url: 'postgres://s@db/s?password=hunter2', existingSecret: pg}}", "must not hold a password"},
 		{"unknown log level", "logLevel: verbose", "logLevel"},
 		{"two CAs for the database", "datastore: {type: postgres, postgres: {url: 'postgres://s@db/s?sslrootcert=/x', existingSecret: pg, caSecret: db-ca}}", "sets sslrootcert"},
+		{"upstream Secret without a key name", "upstreamAuthority: {secretName: corp-ca, keyKey: \"\"}", "keyKey"},
+		{"misspelt upstream value", "upstreamAuthority: {secret: corp-ca}", "secret"},
 		{"cluster domain with a leading dot", "controller: {clusterDomain: .cluster.local}", "clusterDomain"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

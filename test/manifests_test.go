@@ -232,6 +232,14 @@ func checkSignetSystem(t *testing.T, objs []runtime.Object) signetSystem {
 	}
 
 	checkDatastore(t, s)
+	if u := cfg.UpstreamAuthority; u != nil {
+		pod := s.server.Spec.Template.Spec
+		for _, f := range []string{u.CertFile, u.KeyFile, u.BundleFile} {
+			if f != "" && !mounted(pod, pod.Containers[0].Name, f) {
+				t.Errorf("upstream_authority file %s is on no volume of the server container", f)
+			}
+		}
+	}
 	checkServerRBAC(t, objs, s)
 
 	for _, p := range podSpecs(objs) {

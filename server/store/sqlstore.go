@@ -844,13 +844,14 @@ func (s *sqlStore) PutAuthorities(ctx context.Context, auths []Authority) error 
 			err := t.queryRow(ctx, `SELECT data, expires_at FROM authorities WHERE trust_domain = $1 AND kind = $2 AND key_id = $3`,
 				a.TrustDomain, string(a.Kind), a.KeyID).Scan(&data, &exp)
 			switch {
-			case err == nil && bytes.Equal(data, a.Data) && exp == toNanos(a.ExpiresAt):
+			case err == nil && bytes.Equal(data, a.Data) && exp >= toNanos(a.ExpiresAt):
 				continue
 			case err != nil && !errors.Is(err, errNoRows):
 				return fmt.Errorf("read authority %s: %w", a.KeyID, err)
 			}
 			if _, err := t.exec(ctx, `INSERT INTO authorities (trust_domain, kind, key_id, data, expires_at) VALUES ($1, $2, $3, $4, $5)
-				ON CONFLICT (trust_domain, kind, key_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at`,
+				ON CONFLICT (trust_domain, kind, key_id) DO UPDATE SET data = excluded.data,
+				expires_at = CASE WHEN excluded.expires_at > authorities.expires_at THEN excluded.expires_at ELSE authorities.expires_at END`,
 				a.TrustDomain, string(a.Kind), a.KeyID, a.Data, toNanos(a.ExpiresAt)); err != nil {
 				return fmt.Errorf("write authority %s: %w", a.KeyID, err)
 			}

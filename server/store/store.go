@@ -193,8 +193,11 @@ type Store interface {
 	// DeleteNode removes (evicts) a node, lifting a ban: ErrNotFound if unknown.
 	DeleteNode(ctx context.Context, spiffeID string) error
 
-	// PutAuthorities adds or replaces (by TrustDomain, Kind, KeyID) bundle
-	// authorities and bumps the trust domain's bundle sequence if anything changed.
+	// PutAuthorities adds or updates (by TrustDomain, Kind, KeyID) bundle
+	// authorities and bumps the trust domain's bundle sequence if anything
+	// changed. An authority's expiry only grows: servers under one upstream
+	// root each publish it until their own CAs expire, and the last writer
+	// must not cut the others short.
 	PutAuthorities(ctx context.Context, auths []Authority) error
 	// ListAuthorities returns a trust domain's authorities and its bundle sequence.
 	ListAuthorities(ctx context.Context, trustDomain string) ([]Authority, int64, error)

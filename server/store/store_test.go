@@ -720,6 +720,10 @@ func TestAuthorities(t *testing.T) {
 			{"new expiry", []Authority{{TrustDomain: td, Kind: JWTAuthority, KeyID: "j1", Data: j1.Data, ExpiresAt: exp.Add(time.Hour)}}, 3,
 				[]Authority{{TrustDomain: td, Kind: JWTAuthority, KeyID: "j1", Data: j1.Data, ExpiresAt: exp.Add(time.Hour)},
 					{TrustDomain: td, Kind: X509Authority, KeyID: "x1", Data: []byte{7}, ExpiresAt: exp}}},
+			// Another server under the same root, whose CA expires first.
+			{"earlier expiry kept later", []Authority{{TrustDomain: td, Kind: JWTAuthority, KeyID: "j1", Data: j1.Data, ExpiresAt: exp}}, 3,
+				[]Authority{{TrustDomain: td, Kind: JWTAuthority, KeyID: "j1", Data: j1.Data, ExpiresAt: exp.Add(time.Hour)},
+					{TrustDomain: td, Kind: X509Authority, KeyID: "x1", Data: []byte{7}, ExpiresAt: exp}}},
 		}
 		for _, st := range steps {
 			if err := s.PutAuthorities(ctx, st.put); err != nil {

@@ -93,7 +93,7 @@ func relationshipWriteCmd(use, short string, write func(context.Context, api.Adm
 	f.StringVar(&r.BundleEndpointUrl, "bundle-endpoint-url", "", "its bundle endpoint, https://host[:port][/path]")
 	f.StringVar(&r.BundleEndpointProfile, "bundle-endpoint-profile", "", "how the endpoint authenticates: https_spiffe (an X509-SVID, checked with the bundle held) or https_web (Web PKI)")
 	f.StringVar(&r.EndpointSpiffeId, "endpoint-spiffe-id", "", "SPIFFE ID an https_spiffe endpoint presents (default spiffe://TD/signet/server; a SPIRE server's is spiffe://TD/spire/server)")
-	f.StringVar(&bundlePath, "trust-domain-bundle-path", "", "the trust domain's bundle to start from, set after the relationship (- for stdin); https_spiffe needs one")
+	f.StringVar(&bundlePath, "trust-domain-bundle-path", "", "the trust domain's bundle to start from, stored with the relationship (- for stdin); https_spiffe needs one")
 	f.StringVar(&bundleFormat, "trust-domain-bundle-format", "pem", "pem (X.509 roots) or spiffe (the SPIFFE bundle document, with JWT keys)")
 	return cmd
 }

@@ -1282,9 +1282,10 @@ func (x *FederationRelationship) GetOverridden() bool {
 type CreateFederationRelationshipRequest struct {
 	state        protoimpl.MessageState  `protogen:"open.v1"`
 	Relationship *FederationRelationship `protobuf:"bytes,1,opt,name=relationship,proto3" json:"relationship,omitempty"`
-	// trust_domain_bundle, if set, is the trust domain's bundle, set after
-	// the relationship is stored (an https_spiffe endpoint is authenticated
-	// with it). Its trust_domain, if set, must be the relationship's.
+	// trust_domain_bundle, if set, is the trust domain's bundle, written in
+	// the relationship's transaction (an https_spiffe endpoint is
+	// authenticated with it). Its trust_domain, if set, must be the
+	// relationship's.
 	TrustDomainBundle *Bundle `protobuf:"bytes,2,opt,name=trust_domain_bundle,json=trustDomainBundle,proto3" json:"trust_domain_bundle,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache

@@ -19,6 +19,7 @@ FUZZ_TARGETS ?= \
 	./csidriver:FuzzValidateTargetPath \
 	./server:FuzzParseConfig \
 	./server/store:FuzzParseURL \
+	./server/nodeattest:FuzzX509PoPPayload \
 	./server/adminapi:FuzzParseEntryFile \
 	./server/adminapi:FuzzParseBundleFile \
 	./server/federation:FuzzResolveConfig \

@@ -48,6 +48,12 @@ type Config struct {
 	// K8sPSATTokenPath (default DefaultPSATTokenPath) at every attestation.
 	K8sPSATCluster   string `hcl:"k8s_psat_cluster"`
 	K8sPSATTokenPath string `hcl:"k8s_psat_token_path"`
+	// X509PoPCertPath and X509PoPKeyPath, when set, attest the agent with
+	// the host's machine certificate (PEM leaf then intermediates) and its
+	// private key, against the server's x509pop block. Both are read at
+	// every attestation, so renewed certificates are picked up.
+	X509PoPCertPath string `hcl:"x509pop_cert_path"`
+	X509PoPKeyPath  string `hcl:"x509pop_key_path"`
 	// K8sWorkloadAttestor adds Kubernetes selectors (k8s:ns, k8s:sa, ...) to
 	// callers that run in a pod, from their cgroup and the node's kubelet.
 	K8sWorkloadAttestor bool `hcl:"k8s_workload_attestor"`
@@ -96,7 +102,7 @@ type ReadyInfo struct {
 // configKeys are the keys a config file may hold.
 var configKeys = []string{
 	"server_address", "trust_domain", "data_dir", "join_token", "join_token_file",
-	"k8s_psat_cluster", "k8s_psat_token_path", "k8s_workload_attestor", "kubelet_url",
+	"k8s_psat_cluster", "k8s_psat_token_path", "x509pop_cert_path", "x509pop_key_path", "k8s_workload_attestor", "kubelet_url",
 	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name", "k8s_cgroup_root",
 	"trust_bundle_path", "insecure_bootstrap", "socket_path", "health_listen",
 }
@@ -189,8 +195,21 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 	if c.JoinToken != "" && c.JoinTokenFile != "" {
 		return spiffeid.TrustDomain{}, errors.New("agent: give join_token or join_token_file, not both")
 	}
-	if c.K8sPSATCluster != "" && (c.JoinToken != "" || c.JoinTokenFile != "") {
-		return spiffeid.TrustDomain{}, errors.New("agent: give a join token or k8s_psat_cluster, not both: an agent attests one way")
+	if (c.X509PoPCertPath == "") != (c.X509PoPKeyPath == "") {
+		return spiffeid.TrustDomain{}, errors.New("agent: x509pop needs both x509pop_cert_path and x509pop_key_path (--x509pop-cert, --x509pop-key)")
+	}
+	var ways []string
+	if c.JoinToken != "" || c.JoinTokenFile != "" {
+		ways = append(ways, "a join token")
+	}
+	if c.K8sPSATCluster != "" {
+		ways = append(ways, "k8s_psat_cluster")
+	}
+	if c.X509PoPCertPath != "" {
+		ways = append(ways, "x509pop_cert_path")
+	}
+	if len(ways) > 1 {
+		return spiffeid.TrustDomain{}, fmt.Errorf("agent: give one of a join token, k8s_psat_cluster or x509pop_cert_path, not %s: an agent attests one way", strings.Join(ways, " and "))
 	}
 	if c.K8sPSATCluster != "" && c.InsecureBootstrap {
 		// A projected token stays valid for hours: shown to an unverified
@@ -235,10 +254,14 @@ func (c *Config) workloadAttestor(logger *slog.Logger) (attestor.Attestor, error
 }
 
 // nodeAttestor is how the agent attests: a projected service account
-// token, or the join token (the file re-read at every attestation).
-func (c *Config) nodeAttestor() client.NodeAttestor {
+// token, a machine certificate, or the join token (the file re-read at
+// every attestation).
+func (c *Config) nodeAttestor(td spiffeid.TrustDomain) client.NodeAttestor {
 	if c.K8sPSATCluster != "" {
 		return client.PSAT(c.K8sPSATCluster, c.K8sPSATTokenPath)
+	}
+	if c.X509PoPCertPath != "" {
+		return client.X509PoP(td, c.X509PoPCertPath, c.X509PoPKeyPath)
 	}
 	if c.JoinTokenFile == "" {
 		tok := strings.TrimSpace(c.JoinToken)

@@ -36,6 +36,10 @@ k8s_psat_cluster = "prod"
 k8s_psat_token_path = "/var/run/secrets/tokens/agent"
 `, want: Config{ServerAddress: "signet-server.signet-system.svc:8081", TrustDomain: "example.org",
 			K8sPSATCluster: "prod", K8sPSATTokenPath: "/var/run/secrets/tokens/agent"}},
+		{name: "x509pop", in: `
+x509pop_cert_path = "/etc/pki/host.crt"
+x509pop_key_path = "/etc/pki/host.key"
+`, want: Config{X509PoPCertPath: "/etc/pki/host.crt", X509PoPKeyPath: "/etc/pki/host.key"}},
 		{name: "k8s workload attestor", in: `
 k8s_workload_attestor = true
 kubelet_url = "https://10.0.0.7:10250"
@@ -68,7 +72,8 @@ node_name = "node-1"
 				got.InsecureBootstrap != tc.want.InsecureBootstrap || got.SocketPath != tc.want.SocketPath ||
 				got.HealthListen != tc.want.HealthListen || got.K8sPSATCluster != tc.want.K8sPSATCluster ||
 				got.K8sPSATTokenPath != tc.want.K8sPSATTokenPath || got.K8sWorkloadAttestor != tc.want.K8sWorkloadAttestor ||
-				got.KubeletURL != tc.want.KubeletURL || got.KubeletCAPath != tc.want.KubeletCAPath || got.NodeName != tc.want.NodeName {
+				got.KubeletURL != tc.want.KubeletURL || got.KubeletCAPath != tc.want.KubeletCAPath || got.NodeName != tc.want.NodeName ||
+				got.X509PoPCertPath != tc.want.X509PoPCertPath || got.X509PoPKeyPath != tc.want.X509PoPKeyPath {
 				t.Fatalf("got %+v\nwant %+v", *got, tc.want)
 			}
 		})
@@ -90,6 +95,11 @@ func TestConfigValidate(t *testing.T) {
 		{"token and k8s_psat", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinTokenFile: "/f", K8sPSATCluster: "prod"}, "attests one way"},
 		{"k8s_psat token path without a cluster", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATTokenPath: "/t"}, "k8s_psat_cluster is not"},
 		{"k8s_psat", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod"}, ""},
+		{"x509pop", Config{ServerAddress: "s:1", TrustDomain: "example.org", X509PoPCertPath: "/c", X509PoPKeyPath: "/k"}, ""},
+		{"x509pop without a key", Config{ServerAddress: "s:1", TrustDomain: "example.org", X509PoPCertPath: "/c"}, "needs both"},
+		{"x509pop key without a certificate", Config{ServerAddress: "s:1", TrustDomain: "example.org", X509PoPKeyPath: "/k"}, "needs both"},
+		{"token and x509pop", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinToken: "a", X509PoPCertPath: "/c", X509PoPKeyPath: "/k"}, "not a join token and x509pop_cert_path"},
+		{"k8s_psat and x509pop", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod", X509PoPCertPath: "/c", X509PoPKeyPath: "/k"}, "not k8s_psat_cluster and x509pop_cert_path"},
 		{"k8s_psat with insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod", InsecureBootstrap: true}, "insecure_bootstrap cannot be used"},
 		{"kubelet settings without the attestor", Config{ServerAddress: "s:1", TrustDomain: "example.org", KubeletSkipVerify: true}, "workload attestor is off"},
 	}

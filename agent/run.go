@@ -70,7 +70,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		ServerAddr:        cfg.ServerAddress,
 		TrustDomain:       td,
 		DataDir:           cfg.DataDir,
-		NodeAttestor:      cfg.nodeAttestor(),
+		NodeAttestor:      cfg.nodeAttestor(td),
 		TrustBundle:       roots,
 		InsecureBootstrap: cfg.InsecureBootstrap,
 		AttestDuration:    attestLatency,

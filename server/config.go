@@ -50,6 +50,9 @@ type Config struct {
 	// K8sPSAT are the Kubernetes clusters whose agents attest with projected
 	// service account tokens.
 	K8sPSAT []K8sPSATCluster
+	// X509PoP, when set, attests agents with their host's machine
+	// certificate; CABundlePath is absolute.
+	X509PoP *nodeattest.X509PoPConfig
 	// Federation is the bundle endpoint and the federation relationships.
 	Federation federation.Config
 	// K8sBundle, when set, keeps the trust bundle in a Kubernetes ConfigMap.
@@ -136,6 +139,15 @@ type K8sPSATFileConfig struct {
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
 
+// X509PoPFileConfig is the `x509pop { ... }` block, with the keys of
+// SPIRE's x509pop server plugin.
+type X509PoPFileConfig struct {
+	CABundlePath      string `hcl:"ca_bundle_path"`
+	AgentPathTemplate string `hcl:"agent_path_template"`
+
+	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
+}
+
 // FileConfig is the HCL configuration file (every field optional; flags
 // override it). Durations use Go syntax ("90s", "1h").
 type FileConfig struct {
@@ -154,6 +166,8 @@ type FileConfig struct {
 	// K8sPSAT holds the clusters whose agents attest with projected service
 	// account tokens, by cluster name (the block's label).
 	K8sPSAT map[string]K8sPSATFileConfig `hcl:"k8s_psat"`
+	// X509PoP attests agents with machine certificates of an existing PKI.
+	X509PoP *X509PoPFileConfig `hcl:"x509pop"`
 	// Federation is the `federation { ... }` block, shaped like SPIRE's.
 	Federation *federation.FileConfig `hcl:"federation"`
 	// K8sBundle publishes the trust bundle to a ConfigMap.
@@ -190,6 +204,11 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 	for name, c := range fc.K8sPSAT {
 		for k, pos := range c.UnusedKeyPositions {
 			unused[fmt.Sprintf("k8s_psat %q: %s", name, k)] = pos
+		}
+	}
+	if fc.X509PoP != nil {
+		for k, pos := range fc.X509PoP.UnusedKeyPositions {
+			unused["x509pop: "+k] = pos
 		}
 	}
 	if fc.K8sBundle != nil {
@@ -244,6 +263,14 @@ func checkBlocks(file *ast.File) (map[string]int, error) {
 				return nil, fmt.Errorf("line %d: k8s_psat %q is already configured at line %d", line, name, first)
 			}
 			seen["k8s_psat "+name] = line
+		case "x509pop":
+			if !isBlock || len(item.Keys) != 1 {
+				return nil, fmt.Errorf("line %d: want x509pop { ca_bundle_path = \"...\" } (no label)", line)
+			}
+			if first, dup := seen["x509pop"]; dup {
+				return nil, fmt.Errorf("line %d: x509pop is already configured at line %d", line, first)
+			}
+			seen["x509pop"] = line
 		case "k8s_bundle":
 			if !isBlock || len(item.Keys) != 1 {
 				return nil, fmt.Errorf("line %d: want k8s_bundle { namespace = \"...\" config_map = \"...\" } (no label)", line)
@@ -366,6 +393,9 @@ func (fc FileConfig) Resolve() (Config, error) {
 		}
 		cfg.K8sPSAT = append(cfg.K8sPSAT, c)
 	}
+	if cfg.X509PoP, err = fc.X509PoP.resolve(); err != nil {
+		return Config{}, err
+	}
 	if b := fc.K8sBundle; b != nil {
 		if b.Namespace == "" || b.ConfigMap == "" {
 			return Config{}, errors.New(`k8s_bundle: namespace and config_map are required (e.g. namespace = "signet-system", config_map = "signet-trust-bundle")`)
@@ -444,6 +474,22 @@ func (c *K8sControllerConfig) resolve(clusters []K8sPSATCluster) (*K8sController
 		return nil, fmt.Errorf("%s: leader_election_lease %q is not an object name: %s", at, c.LeaderElectionLease, strings.Join(errs, "; "))
 	}
 	return &out, nil
+}
+
+// resolve checks the x509pop block; the bundle is read (and the template
+// parsed) when the server starts. nil stays nil.
+func (x *X509PoPFileConfig) resolve() (*nodeattest.X509PoPConfig, error) {
+	if x == nil {
+		return nil, nil
+	}
+	if x.CABundlePath == "" {
+		return nil, errors.New(`x509pop: ca_bundle_path is required (the PEM roots of your node certificates, e.g. ca_bundle_path = "/etc/signet/node-ca.pem")`)
+	}
+	abs, err := filepath.Abs(x.CABundlePath)
+	if err != nil {
+		return nil, fmt.Errorf("x509pop: ca_bundle_path %q: %w", x.CABundlePath, err)
+	}
+	return &nodeattest.X509PoPConfig{CABundlePath: abs, AgentPathTemplate: x.AgentPathTemplate}, nil
 }
 
 // resolve checks the block's paths; the files are read when the CA starts,

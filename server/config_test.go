@@ -80,6 +80,19 @@ k8s_psat "dev" {
 				}
 			},
 		},
+		{
+			name: "x509pop",
+			in:   "trust_domain = \"a.org\"\nx509pop {\n ca_bundle_path = \"/etc/signet/node-ca.pem\"\n agent_path_template = \"cn/{{ .Subject.CommonName }}\"\n}",
+			check: func(t *testing.T, c Config) {
+				if x := c.X509PoP; x == nil || x.CABundlePath != "/etc/signet/node-ca.pem" || x.AgentPathTemplate != "cn/{{ .Subject.CommonName }}" {
+					t.Fatalf("x509pop %+v", c.X509PoP)
+				}
+			},
+		},
+		{name: "x509pop without a bundle", in: "trust_domain = \"a.org\"\nx509pop {\n agent_path_template = \"x\"\n}", wantErr: "x509pop: ca_bundle_path is required"},
+		{name: "x509pop unknown key", in: "trust_domain = \"a.org\"\nx509pop {\n ca_bundle_path = \"/b\"\n ca_bundle_paths = [\"/c\"]\n}", wantErr: "x509pop: ca_bundle_paths (line 4)"},
+		{name: "x509pop with a label", in: "trust_domain = \"a.org\"\nx509pop \"x\" { ca_bundle_path = \"/b\" }", wantErr: "line 2: want x509pop { ca_bundle_path"},
+		{name: "x509pop twice", in: "trust_domain = \"a.org\"\nx509pop { ca_bundle_path = \"/b\" }\nx509pop { ca_bundle_path = \"/c\" }", wantErr: "line 3: x509pop is already configured at line 2"},
 		{name: "k8s_bundle without a name", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"signet-system\"\n}", wantErr: "namespace and config_map are required"},
 		{name: "k8s_bundle unknown key", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"n\"\n configmap = \"x\"\n}", wantErr: "k8s_bundle: configmap (line 4)"},
 		{name: "k8s_psat without a cluster name", in: "trust_domain = \"a.org\"\nk8s_psat { service_account_allow_list = [\"a:b\"] }", wantErr: `line 2: want k8s_psat "<cluster name>"`},
@@ -202,6 +215,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`x { y = 1 }`))
 	f.Add([]byte("trust_domain = \"a.org\"\nupstream_authority \"disk\" { cert_file_path = \"c\"\n key_file_path = \"/k\" }"))
 	f.Add([]byte("trust_domain = \"a.org\"\nk8s_psat \"p\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller { cluster = \"p\" }"))
+	f.Add([]byte("trust_domain = \"a.org\"\nx509pop { ca_bundle_path = \"/etc/signet/node-ca.pem\" }"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fc, err := ParseConfigFile(data)
 		if err != nil {

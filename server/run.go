@@ -118,6 +118,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if err != nil {
 		return nil, err
 	}
+	var x509PoP *nodeattest.X509PoP
+	if cfg.X509PoP != nil {
+		if x509PoP, err = nodeattest.NewX509PoP(cfg.TrustDomain, *cfg.X509PoP); err != nil {
+			return nil, err
+		}
+	}
 	if s.bundlePub, err = newBundlePublisher(cfg, logger); err != nil {
 		return nil, err
 	}
@@ -127,6 +133,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	refreshHint := min(5*time.Minute, cfg.SVIDTTL/2)
 	s.agents = agentapi.New(agentapi.Config{
 		PSAT:        psat,
+		X509PoP:     x509PoP,
 		TrustDomain: cfg.TrustDomain,
 		Store:       s.store,
 		Catalog:     s.catalog,

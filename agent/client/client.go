@@ -39,7 +39,8 @@ type Config struct {
 	// DataDir keeps the agent SVID, its key and the server's bundle.
 	DataDir string
 	// NodeAttestor gives the evidence of every (re-)attestation: a join
-	// token or a Kubernetes projected service account token. Nil: the agent
+	// token, a Kubernetes projected service account token or the host's
+	// machine certificate (x509pop). Nil: the agent
 	// can only use a persisted agent SVID.
 	NodeAttestor NodeAttestor
 	// TrustBundle are the roots that authenticate the server before the
@@ -393,21 +394,7 @@ func (c *Client) renew(ctx context.Context) error {
 // attest proves the node with the node attestor's evidence and adopts the
 // returned SVID and bundle.
 func (c *Client) attest(ctx context.Context) error {
-	ev, err := c.cfg.NodeAttestor.Evidence()
-	if err != nil {
-		return err
-	}
-	var hash string
-	if ev.SingleUse {
-		hash = tokenHash(string(ev.Payload))
-		c.mu.RLock()
-		used := c.used == hash
-		c.mu.RUnlock()
-		if used {
-			return errors.New("the join token was already used; join tokens are single-use: give a fresh --join-token")
-		}
-	}
-	key, csr, err := c.attestKey(ev, hash)
+	key, csr, ev, hash, err := c.attestKey()
 	if err != nil {
 		return err
 	}
@@ -470,23 +457,50 @@ type pendingAttestation struct {
 	csr  []byte
 }
 
-// attestKey returns the key and CSR to present with evidence ev of token
-// hash hash: those of an unanswered attestation with the same token, else
-// new ones, remembered for a single-use token until it is answered.
-func (c *Client) attestKey(ev Evidence, hash string) (*ecdsa.PrivateKey, []byte, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if ev.SingleUse && c.pending != nil && c.pending.hash == hash {
-		return c.pending.key, c.pending.csr, nil
+// attestKey returns the key, CSR and evidence of an attestation (and, for
+// a single-use token, the token's hash). The key and CSR are those of an
+// unanswered attestation with the same token, else new ones, remembered
+// for a single-use token until it is answered. The evidence is made for
+// the CSR's key, which it may be bound to (x509pop).
+func (c *Client) attestKey() (*ecdsa.PrivateKey, []byte, Evidence, string, error) {
+	c.mu.RLock()
+	pending, used := c.pending, c.used
+	c.mu.RUnlock()
+	var key *ecdsa.PrivateKey
+	var csr []byte
+	var err error
+	if pending != nil {
+		key, csr = pending.key, pending.csr
+	} else if key, csr, err = newCSR(); err != nil {
+		return nil, nil, Evidence{}, "", err
 	}
-	key, csr, err := newCSR()
+	spki, err := x509.MarshalPKIXPublicKey(&key.PublicKey) // the CSR's SubjectPublicKeyInfo
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, Evidence{}, "", fmt.Errorf("encode agent key: %w", err)
 	}
-	if ev.SingleUse {
+	ev, err := c.cfg.NodeAttestor.Evidence(spki)
+	if err != nil {
+		return nil, nil, Evidence{}, "", err
+	}
+	if !ev.SingleUse {
+		return key, csr, ev, "", nil
+	}
+	hash := tokenHash(string(ev.Payload))
+	if used == hash {
+		return nil, nil, Evidence{}, "", errors.New("the join token was already used; join tokens are single-use: give a fresh --join-token")
+	}
+	if pending == nil || pending.hash != hash {
+		// A new token gets a new key (a token's evidence is not bound to it).
+		if pending != nil {
+			if key, csr, err = newCSR(); err != nil {
+				return nil, nil, Evidence{}, "", err
+			}
+		}
+		c.mu.Lock()
 		c.pending = &pendingAttestation{hash: hash, key: key, csr: csr}
+		c.mu.Unlock()
 	}
-	return key, csr, nil
+	return key, csr, ev, hash, nil
 }
 
 func (c *Client) markTokenUsed(hash string) {

@@ -1,22 +1,30 @@
 package client
 
 import (
+	"crypto"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/internal/x509pop"
 )
 
 // Attestation types the server knows.
 const (
 	JoinTokenType = "join_token"
 	K8sPSATType   = "k8s_psat"
+	X509PoPType   = x509pop.Type
 )
 
 // Evidence is what the agent presents in one attestation.
 type Evidence struct {
-	// Type is the attestation type (JoinTokenType, K8sPSATType).
+	// Type is the attestation type (JoinTokenType, K8sPSATType, X509PoPType).
 	Type    string
 	Payload []byte
 	// SingleUse evidence is spent by being presented (join tokens): the
@@ -25,9 +33,11 @@ type Evidence struct {
 }
 
 // NodeAttestor produces the evidence for each (re-)attestation, so it may
-// re-read a file that changed since the last one.
+// re-read a file that changed since the last one. agentKey is the DER
+// SubjectPublicKeyInfo of the agent key the server is asked to certify,
+// which evidence may be bound to (x509pop signs it).
 type NodeAttestor interface {
-	Evidence() (Evidence, error)
+	Evidence(agentKey []byte) (Evidence, error)
 }
 
 // errNoEvidence means the agent has nothing to attest with.
@@ -39,7 +49,7 @@ func JoinToken(token func() string) NodeAttestor { return joinToken(token) }
 
 type joinToken func() string
 
-func (t joinToken) Evidence() (Evidence, error) {
+func (t joinToken) Evidence([]byte) (Evidence, error) {
 	tok := t()
 	if tok == "" {
 		return Evidence{}, errNoEvidence
@@ -54,7 +64,7 @@ func PSAT(cluster, tokenPath string) NodeAttestor { return psat{cluster: cluster
 
 type psat struct{ cluster, path string }
 
-func (p psat) Evidence() (Evidence, error) {
+func (p psat) Evidence([]byte) (Evidence, error) {
 	b, err := os.ReadFile(p.path)
 	if err != nil {
 		return Evidence{}, fmt.Errorf("read projected service account token (mount one with audience signet-server): %w", err)
@@ -71,4 +81,97 @@ func (p psat) Evidence() (Evidence, error) {
 		return Evidence{}, fmt.Errorf("encode k8s_psat attestation: %w", err)
 	}
 	return Evidence{Type: K8sPSATType, Payload: payload}, nil
+}
+
+// X509PoP attests with the host's machine certificate: certPath holds the
+// PEM leaf then its intermediates, keyPath its private key (PKCS #8, SEC 1
+// EC or PKCS #1 RSA). Both are read at every attestation, as certificates
+// get renewed; the agent may attest again with the same one at any time.
+func X509PoP(td spiffeid.TrustDomain, certPath, keyPath string) NodeAttestor {
+	return x509PoP{td: td, certPath: certPath, keyPath: keyPath}
+}
+
+type x509PoP struct {
+	td                spiffeid.TrustDomain
+	certPath, keyPath string
+}
+
+func (x x509PoP) Evidence(agentKey []byte) (Evidence, error) {
+	chain, err := readPEMChain(x.certPath)
+	if err != nil {
+		return Evidence{}, err
+	}
+	key, err := readPrivateKey(x.keyPath)
+	if err != nil {
+		return Evidence{}, err
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return Evidence{}, fmt.Errorf("x509pop certificate %s: %w", x.certPath, err)
+	}
+	if !publicKeysEqual(leaf.PublicKey, key.Public()) {
+		return Evidence{}, fmt.Errorf("x509pop key %s is not the key of the first certificate in %s", x.keyPath, x.certPath)
+	}
+	sig, err := x509pop.Sign(key, x509pop.Message(x.td, agentKey))
+	if err != nil {
+		return Evidence{}, fmt.Errorf("x509pop: sign with %s: %w", x.keyPath, err)
+	}
+	payload, err := json.Marshal(x509pop.Payload{Chain: chain, Signature: sig})
+	if err != nil {
+		return Evidence{}, fmt.Errorf("encode x509pop attestation: %w", err)
+	}
+	return Evidence{Type: X509PoPType, Payload: payload}, nil
+}
+
+// readPEMChain reads the DER of every CERTIFICATE block in path.
+func readPEMChain(path string) ([][]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read x509pop certificate: %w", err)
+	}
+	var chain [][]byte
+	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
+		if block.Type == "CERTIFICATE" {
+			chain = append(chain, block.Bytes)
+		}
+	}
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("x509pop certificate %s holds no PEM certificate", path)
+	}
+	return chain, nil
+}
+
+// readPrivateKey reads the first private key block of path.
+func readPrivateKey(path string) (crypto.Signer, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read x509pop key: %w", err)
+	}
+	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
+		var key any
+		switch block.Type {
+		case "PRIVATE KEY":
+			key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+		case "EC PRIVATE KEY":
+			key, err = x509.ParseECPrivateKey(block.Bytes)
+		case "RSA PRIVATE KEY":
+			key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+		default:
+			continue // EC PARAMETERS, certificates
+		}
+		if err != nil {
+			return nil, fmt.Errorf("x509pop key %s: %s: %w", path, block.Type, err)
+		}
+		signer, ok := key.(crypto.Signer)
+		if !ok {
+			return nil, fmt.Errorf("x509pop key %s: %T cannot sign", path, key)
+		}
+		return signer, nil
+	}
+	return nil, fmt.Errorf("x509pop key %s holds no PEM private key (want PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY; encrypted keys are not supported)", path)
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
 }

@@ -51,6 +51,12 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			if set("k8s-psat-token-path") {
 				cfg.K8sPSATTokenPath = flags.K8sPSATTokenPath
 			}
+			if set("x509pop-cert") {
+				cfg.X509PoPCertPath = flags.X509PoPCertPath
+			}
+			if set("x509pop-key") {
+				cfg.X509PoPKeyPath = flags.X509PoPKeyPath
+			}
 			if set("k8s-workload-attestor") {
 				cfg.K8sWorkloadAttestor = flags.K8sWorkloadAttestor
 			}
@@ -96,6 +102,8 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	f.StringVar(&flags.JoinTokenFile, "join-token-file", "", "file holding the join token, re-read at every (re-)attestation")
 	f.StringVar(&flags.K8sPSATCluster, "k8s-psat-cluster", "", "attest with the pod's projected service account token instead of a join token; the cluster's name in the server's k8s_psat config")
 	f.StringVar(&flags.K8sPSATTokenPath, "k8s-psat-token-path", "", "projected service account token file (audience signet-server; default "+agent.DefaultPSATTokenPath+")")
+	f.StringVar(&flags.X509PoPCertPath, "x509pop-cert", "", "attest with the host's machine certificate instead of a join token: PEM file, the certificate then its intermediates (re-read at every attestation)")
+	f.StringVar(&flags.X509PoPKeyPath, "x509pop-key", "", "private key of --x509pop-cert (PEM: PKCS #8, EC or RSA)")
 	f.BoolVar(&flags.K8sWorkloadAttestor, "k8s-workload-attestor", false, "add Kubernetes selectors (k8s:ns, k8s:sa, k8s:pod-label, ...) for callers in pods, from the node's kubelet")
 	f.StringVar(&flags.KubeletURL, "kubelet-url", "", "kubelet API for the Kubernetes workload attestor (default https://127.0.0.1:10250; http://...:10255 for the read-only port)")
 	f.StringVar(&flags.KubeletCAPath, "kubelet-ca", "", "PEM CA of the kubelet's serving certificate (default the service account's ca.crt)")

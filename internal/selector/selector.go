@@ -66,6 +66,14 @@ var knownKeys = map[string]map[string]func(string) error{
 		"agent_node_label": isLabel,
 		"agent_pod_label":  isLabel,
 	},
+	// Node selectors of agents attested with a machine certificate
+	// (SPIRE's x509pop names).
+	"x509pop": {
+		"subject":      prefixed("cn:"),
+		"ca":           isFingerprint,
+		"serialnumber": isHex,
+		"san":          isKeyValue,
+	},
 }
 
 // freeForm are the selector types with no fixed keys: the join token's node
@@ -241,6 +249,43 @@ func isLabel(v string) error {
 	k, _, ok := strings.Cut(v, ":")
 	if !ok || k == "" {
 		return fmt.Errorf("a label selector wants <label-key>:<value>, e.g. k8s:pod-label:app:web")
+	}
+	return nil
+}
+
+// prefixed wants the sub-key p before a non-empty value
+// (x509pop:subject:cn:<common name>).
+func prefixed(p string) func(string) error {
+	return func(v string) error {
+		if rest, ok := strings.CutPrefix(v, p); !ok || rest == "" {
+			return fmt.Errorf("want %s<value>", p)
+		}
+		return nil
+	}
+}
+
+var fingerprintRE = regexp.MustCompile(`^fingerprint:[0-9a-f]{40}$`)
+
+func isFingerprint(v string) error {
+	if !fingerprintRE.MatchString(v) {
+		return fmt.Errorf("want fingerprint:<lower-case hex SHA-1 of the CA certificate>")
+	}
+	return nil
+}
+
+var hexRE = regexp.MustCompile(`^([0-9a-f]{2})+$`)
+
+func isHex(v string) error {
+	if !hexRE.MatchString(v) {
+		return fmt.Errorf("%q is not lower-case hex with an even number of digits", v)
+	}
+	return nil
+}
+
+func isKeyValue(v string) error {
+	k, val, ok := strings.Cut(v, ":")
+	if !ok || k == "" || val == "" {
+		return fmt.Errorf("want <key>:<value>")
 	}
 	return nil
 }

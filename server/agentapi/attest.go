@@ -15,8 +15,8 @@ import (
 	"github.com/signetid/signet/server/store"
 )
 
-// Attest proves a node (join token or Kubernetes projected service account
-// token) and signs its agent SVID. A join token is spent in the transaction
+// Attest proves a node (join token, Kubernetes projected service account
+// token or x509pop machine certificate) and signs its agent SVID. A join token is spent in the transaction
 // that records the node, so when anything fails before, the agent's retry
 // can use the same token; once that transaction commits, nothing fails, and
 // an agent that never got the answer may ask again with the same key.
@@ -26,7 +26,7 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		return nil, signError("agent CSR", err)
 	}
 	keyHash := nodeattest.KeyHash(csr.RawSubjectPublicKeyInfo)
-	res, err := s.attestNode(ctx, req, keyHash)
+	res, err := s.attestNode(ctx, req, csr.RawSubjectPublicKeyInfo, keyHash)
 	if err != nil {
 		return nil, err
 	}
@@ -129,9 +129,10 @@ func (s *Service) bannedError(id spiffeid.ID) error {
 
 // attestNode checks the evidence with the attestor of its type; a join
 // token is read, not spent (Attest spends it with the node's record).
+// agentKey is the CSR's public key (DER): x509pop evidence must sign it.
 // Refusals are logged: they are what an operator looks at when an agent
 // will not start.
-func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, keyHash string) (nodeattest.Result, error) {
+func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, agentKey []byte, keyHash string) (nodeattest.Result, error) {
 	var res nodeattest.Result
 	var err error
 	switch {
@@ -141,21 +142,27 @@ func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, keyHas
 		res, err = s.cfg.PSAT.Attest(ctx, req.Payload)
 	case req.AttestationType == nodeattest.K8sPSATType:
 		return res, status.Error(codes.FailedPrecondition, "k8s_psat attestation is not configured on this server (add a k8s_psat block to its config)")
+	case req.AttestationType == nodeattest.X509PoPType && s.cfg.X509PoP != nil:
+		res, err = s.cfg.X509PoP.Attest(ctx, req.Payload, agentKey, s.cfg.Now())
+	case req.AttestationType == nodeattest.X509PoPType:
+		return res, status.Error(codes.FailedPrecondition, "x509pop attestation is not configured on this server (add an x509pop block to its config)")
 	default:
-		return res, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q or %q)", req.AttestationType, nodeattest.JoinTokenType, nodeattest.K8sPSATType)
+		return res, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q, %q or %q)", req.AttestationType,
+			nodeattest.JoinTokenType, nodeattest.K8sPSATType, nodeattest.X509PoPType)
 	}
 	if err == nil {
 		return res, nil
 	}
 	s.cfg.Logger.Warn("agent attestation refused", "type", req.AttestationType, "reason", err)
 	switch {
-	case errors.Is(err, nodeattest.ErrTokenInvalid), errors.Is(err, nodeattest.ErrTokenExpired), errors.Is(err, nodeattest.ErrNotAttested):
+	case errors.Is(err, nodeattest.ErrTokenInvalid), errors.Is(err, nodeattest.ErrTokenExpired), errors.Is(err, nodeattest.ErrNotAttested),
+		errors.Is(err, nodeattest.ErrX509PoPRefused):
 		return res, status.Error(codes.PermissionDenied, err.Error())
-	case errors.Is(err, nodeattest.ErrMalformed):
+	case errors.Is(err, nodeattest.ErrMalformed), errors.Is(err, nodeattest.ErrX509PoPMalformed):
 		return res, status.Error(codes.InvalidArgument, err.Error())
 	}
-	// The store or the cluster's API server could not answer, and nothing
-	// was spent: the agent retries.
+	// The store, the cluster's API server or the node CA bundle file could
+	// not answer, and nothing was spent: the agent retries.
 	return res, status.Errorf(codes.Unavailable, "attest: %v", err)
 }
 
@@ -192,8 +199,14 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 
 // recheckNode asks again, at renewal, whether what attested the agent still
 // holds. Join tokens are spent, so there is nothing to ask; a Kubernetes
-// agent's pod, node and service account are looked up again.
+// agent's pod, node and service account are looked up again. An x509pop
+// agent renews while the server accepts x509pop (its certificate is not
+// kept: as in SPIRE, an admin evicts or bans a node whose certificate
+// was revoked).
 func (s *Service) recheckNode(ctx context.Context, node store.Node) error {
+	if node.AttestationType == nodeattest.X509PoPType && s.cfg.X509PoP == nil {
+		return status.Errorf(codes.PermissionDenied, "agent %s attested with x509pop, which this server no longer accepts", node.SPIFFEID)
+	}
 	if node.AttestationType != nodeattest.K8sPSATType {
 		return nil
 	}

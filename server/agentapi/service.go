@@ -36,6 +36,9 @@ type Config struct {
 	// PSAT attests agents with Kubernetes projected service account tokens;
 	// nil when no cluster is configured.
 	PSAT *nodeattest.PSAT
+	// X509PoP attests agents with their host's machine certificate; nil
+	// when the server has no x509pop block.
+	X509PoP *nodeattest.X509PoP
 	// AgentTTL is the lifetime of agent SVIDs.
 	AgentTTL time.Duration
 	// RefreshHint is the bundle refresh hint sent to agents.

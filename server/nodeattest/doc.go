@@ -1,5 +1,7 @@
 // Package nodeattest proves a node agent's identity to the server and names
 // it. Join tokens are single-use, expiring secrets of which the store keeps
 // only a hash; the agent ID is derived from the token's public ID (or set by
-// whoever generated the token).
+// whoever generated the token). Kubernetes projected service account tokens
+// (k8s_psat) and machine certificates of an existing PKI (x509pop) are not
+// spent: the agent may attest with them again and takes the same ID.
 package nodeattest

@@ -87,7 +87,7 @@ func BenchmarkFirstReconcile(b *testing.B) {
 		c := &Controller{opts: Options{TrustDomain: td, Cluster: "prod", Store: sqliteStore(b), Logger: slog.New(slog.DiscardHandler)}}
 		want := c.desired(w).entries
 		b.StartTimer()
-		if failures, err := c.apply(context.Background(), want); err != nil || len(failures) > 0 {
+		if failures, err := c.apply(context.Background(), want, synced{specs: true, statics: true}); err != nil || len(failures) > 0 {
 			b.Fatal(err, failures)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -126,6 +127,66 @@ type listers struct {
 	pods, namespaces, nodes, slices, crs, statics, feds cache.Indexer
 }
 
+// The controller's products: what it keeps in the store, each from the
+// resources it reads. Each is reconciled once the informers of its own
+// resources have synced, so a CRD or a permission missing holds up only
+// the product that reads it.
+const (
+	specEntries   = "ClusterSPIFFEID entries"
+	staticEntries = "ClusterStaticEntry entries"
+	federations   = "federation relationships"
+)
+
+// product is one of the products and the informers it reads.
+type product struct {
+	name    string
+	watches []*watch
+	// ready is set once every informer has synced: from then on the
+	// caches hold the cluster's state, and an empty one means none.
+	ready atomic.Bool
+}
+
+// watch is one informer.
+type watch struct {
+	resource string
+	synced   cache.DoneChecker // the informer's first list is in the cache and handled
+	// missing: the API server's last answer was that it serves no such
+	// resource, because its CRD is not installed.
+	missing atomic.Bool
+}
+
+// missing reports whether the API server serves none of some resource p
+// reads.
+func (p *product) missing() bool {
+	return slices.ContainsFunc(p.watches, func(w *watch) bool { return w.missing.Load() })
+}
+
+// synced says which products a reconcile acts for: those whose informers
+// have synced. The others' entries and relationships are left as they are:
+// an empty cache that has not synced says nothing about the cluster.
+type synced struct {
+	specs, statics, feds bool
+	// noStatics: the API server serves no ClusterStaticEntries (their CRD
+	// is not installed), so none states an entry.
+	noStatics bool
+}
+
+// mayChange reports whether a reconcile may update or delete a stored
+// entry the controller owns, which is a pod's entry (podEntry) or not:
+// only when every product that may state it has synced, ClusterStaticEntries
+// counting as known too when the API server serves none. Every
+// ClusterSPIFFEID entry is a pod's entry; a ClusterStaticEntry may state
+// one too, and then wins; any other entry is a ClusterStaticEntry's. So
+// while ClusterStaticEntries cannot be read (no RBAC), ClusterSPIFFEIDs
+// only add entries; while they have no CRD, ClusterSPIFFEIDs are
+// reconciled in full.
+func (s synced) mayChange(podEntry bool) bool {
+	if podEntry {
+		return s.specs && (s.statics || s.noStatics)
+	}
+	return s.statics
+}
+
 func (c *Controller) site() site {
 	return site{td: c.opts.TrustDomain, cluster: c.opts.Cluster, clusterDomain: c.opts.ClusterDomain}
 }
@@ -146,11 +207,15 @@ func (c *Controller) Run(ctx context.Context) error {
 func (c *Controller) Leading() bool { return c.leading.Load() }
 
 func (c *Controller) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var waiting sync.WaitGroup
+	defer waiting.Wait()
 	factory := informers.NewSharedInformerFactoryWithOptions(c.opts.Client, 0,
 		informers.WithTransform(stripManagedFields))
 	dfactory := dynamicinformer.NewDynamicSharedInformerFactory(c.opts.Dynamic, 0)
 	defer factory.Shutdown()
 	defer dfactory.Shutdown()
+	defer cancel() // first: the informers and waits stop, then the factories are shut down
 	poke := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.poke() },
 		UpdateFunc: func(any, any) { c.poke() },
@@ -166,42 +231,40 @@ func (c *Controller) run(ctx context.Context) error {
 		}
 	}
 	var l listers
+	specs, statics, feds := &product{name: specEntries}, &product{name: staticEntries}, &product{name: federations}
 	for _, inf := range []struct {
 		resource string
 		informer cache.SharedIndexInformer
 		handler  cache.ResourceEventHandler
 		into     *cache.Indexer
+		of       *product
 	}{
-		{"pods", factory.Core().V1().Pods().Informer(), poke, &l.pods},
-		{"namespaces", factory.Core().V1().Namespaces().Informer(), poke, &l.namespaces},
-		{"nodes", factory.Core().V1().Nodes().Informer(), poke, &l.nodes},
-		{"endpointslices", factory.Discovery().V1().EndpointSlices().Informer(), poke, &l.slices},
-		{Resource, dfactory.ForResource(GVR).Informer(), crPoke, &l.crs},
-		{StaticEntryResource, dfactory.ForResource(StaticEntryGVR).Informer(), crPoke, &l.statics},
-		{FederatedTrustDomainResource, dfactory.ForResource(FederatedTrustDomainGVR).Informer(), crPoke, &l.feds},
+		{"pods", factory.Core().V1().Pods().Informer(), poke, &l.pods, specs},
+		{"namespaces", factory.Core().V1().Namespaces().Informer(), poke, &l.namespaces, specs},
+		{"nodes", factory.Core().V1().Nodes().Informer(), poke, &l.nodes, specs},
+		{"endpointslices", factory.Discovery().V1().EndpointSlices().Informer(), poke, &l.slices, specs},
+		{Resource, dfactory.ForResource(GVR).Informer(), crPoke, &l.crs, specs},
+		{StaticEntryResource, dfactory.ForResource(StaticEntryGVR).Informer(), crPoke, &l.statics, statics},
+		{FederatedTrustDomainResource, dfactory.ForResource(FederatedTrustDomainGVR).Informer(), crPoke, &l.feds, feds},
 	} {
-		if _, err := inf.informer.AddEventHandler(inf.handler); err != nil {
+		reg, err := inf.informer.AddEventHandler(inf.handler)
+		if err != nil {
 			return fmt.Errorf("kubernetes controller: %w", err)
 		}
-		if err := inf.informer.SetWatchErrorHandlerWithContext(watchErrorHandler(c.opts.Logger, inf.resource)); err != nil {
+		w := &watch{resource: inf.resource, synced: reg.HasSyncedChecker()}
+		if err := inf.informer.SetWatchErrorHandlerWithContext(c.watchErrors(w)); err != nil {
 			return fmt.Errorf("kubernetes controller: %w", err)
 		}
 		*inf.into = inf.informer.GetIndexer()
+		inf.of.watches = append(inf.of.watches, w)
 	}
+	products := []*product{specs, statics, feds}
 	factory.Start(ctx.Done())
 	dfactory.Start(ctx.Done())
-	c.opts.Logger.Info("kubernetes controller: waiting for the API server's pods, namespaces, nodes, EndpointSlices, ClusterSPIFFEIDs, ClusterStaticEntries and ClusterFederatedTrustDomains", "cluster", c.opts.Cluster)
-	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return ctxDoneOr(ctx, fmt.Errorf("kubernetes controller: %v cache did not sync", typ))
-		}
+	c.opts.Logger.Info("kubernetes controller: waiting for the API server", "cluster", c.opts.Cluster, "waiting", waitingFor(products))
+	for _, p := range products {
+		waiting.Go(func() { c.await(ctx, p) })
 	}
-	for gvr, ok := range dfactory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return ctxDoneOr(ctx, fmt.Errorf("kubernetes controller: %s cache did not sync", gvr.Resource))
-		}
-	}
-	c.opts.Logger.Info("kubernetes controller started", "cluster", c.opts.Cluster)
 
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(time.Second),
 		backoff.WithMaxInterval(time.Minute), backoff.WithMaxElapsedTime(0))
@@ -223,8 +286,10 @@ func (c *Controller) run(ctx context.Context) error {
 			default:
 			}
 		}
+		s := synced{specs: specs.ready.Load(), statics: statics.ready.Load(), feds: feds.ready.Load()}
+		s.noStatics = !s.statics && statics.missing()
 		wait := c.opts.Resync
-		if err := c.reconcile(ctx, l); err != nil {
+		if err := c.reconcile(ctx, l, s); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -237,11 +302,47 @@ func (c *Controller) run(ctx context.Context) error {
 	}
 }
 
-func ctxDoneOr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return nil
+// waitingFor names the resources each product waits for, for the log:
+// "ClusterSPIFFEID entries: pods, ...; ...".
+func waitingFor(products []*product) string {
+	var out []string
+	for _, p := range products {
+		var rs []string
+		for _, w := range p.watches {
+			rs = append(rs, w.resource)
+		}
+		out = append(out, p.name+": "+strings.Join(rs, ", "))
 	}
-	return err
+	return strings.Join(out, "; ")
+}
+
+// await marks p ready once its informers have synced, and has it
+// reconciled; the informers retry failed lists by themselves, so a CRD or
+// a permission granted later starts it without a restart.
+func (c *Controller) await(ctx context.Context, p *product) {
+	var synced []cache.DoneChecker
+	for _, w := range p.watches {
+		synced = append(synced, w.synced)
+	}
+	if !cache.WaitFor(ctx, "", synced...) {
+		return
+	}
+	p.ready.Store(true)
+	c.opts.Logger.Info("kubernetes controller started", "cluster", c.opts.Cluster, "product", p.name)
+	c.poke()
+}
+
+// watchErrors logs why w's informer cannot list or watch, and notes
+// whether the API server serves the resource at all.
+func (c *Controller) watchErrors(w *watch) cache.WatchErrorHandlerWithContext {
+	report := watchErrorHandler(c.opts.Logger, w.resource)
+	return func(ctx context.Context, r *cache.Reflector, err error) {
+		report(ctx, r, err)
+		missing := crdMissing(w.resource, err)
+		if w.missing.Swap(missing) != missing && missing {
+			c.poke() // may free another product's reconcile (synced.noStatics)
+		}
+	}
 }
 
 // stripManagedFields drops what the controller never reads and what takes
@@ -261,10 +362,17 @@ func (c *Controller) poke() {
 }
 
 // reconcile brings the store's entries and federation relationships in
-// line with the caches; a failure of one does not hold up the other.
-func (c *Controller) reconcile(ctx context.Context, l listers) error {
-	fedErr := c.reconcileFederations(ctx, resources(l.feds))
-	return errors.Join(c.reconcileEntries(ctx, l), fedErr)
+// line with the caches of the products that have synced; a failure of one
+// does not hold up the other.
+func (c *Controller) reconcile(ctx context.Context, l listers, s synced) error {
+	var fedErr, entriesErr error
+	if s.feds {
+		fedErr = c.reconcileFederations(ctx, resources(l.feds))
+	}
+	if s.specs || s.statics {
+		entriesErr = c.reconcileEntries(ctx, l, s)
+	}
+	return errors.Join(entriesErr, fedErr)
 }
 
 // resources are the custom resources in a dynamic informer's cache.
@@ -278,40 +386,19 @@ func resources(idx cache.Indexer) []*unstructured.Unstructured {
 	return out
 }
 
-// reconcileEntries renders the desired entries from the caches, brings the
-// store in line, and records each ClusterSPIFFEID's and
-// ClusterStaticEntry's status.
-func (c *Controller) reconcileEntries(ctx context.Context, l listers) error {
-	w := world{
-		crs:        resources(l.crs),
-		statics:    resources(l.statics),
-		namespaces: map[string]*corev1.Namespace{},
-		nodes:      map[string]*corev1.Node{},
+// reconcileEntries renders the desired entries from the caches of the
+// synced products, brings the store in line as far as s allows, and
+// records each ClusterSPIFFEID's and ClusterStaticEntry's status.
+func (c *Controller) reconcileEntries(ctx context.Context, l listers, s synced) error {
+	w := world{namespaces: map[string]*corev1.Namespace{}, nodes: map[string]*corev1.Node{}}
+	if s.statics {
+		w.statics = resources(l.statics)
 	}
-	for _, o := range l.pods.List() {
-		if p, ok := o.(*corev1.Pod); ok {
-			w.pods = append(w.pods, p)
-		}
+	if s.specs {
+		readCluster(l, &w)
 	}
-	for _, o := range l.namespaces.List() {
-		if ns, ok := o.(*corev1.Namespace); ok {
-			w.namespaces[ns.Name] = ns
-		}
-	}
-	for _, o := range l.nodes.List() {
-		if n, ok := o.(*corev1.Node); ok {
-			w.nodes[n.Name] = n
-		}
-	}
-	var eps []*discoveryv1.EndpointSlice
-	for _, o := range l.slices.List() {
-		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
-			eps = append(eps, s)
-		}
-	}
-	w.services = podServices(eps)
 	d := c.desired(w)
-	failures, err := c.apply(ctx, d.entries)
+	failures, err := c.apply(ctx, d.entries, s)
 	if err != nil {
 		return err
 	}
@@ -337,4 +424,33 @@ func (c *Controller) reconcileEntries(ctx context.Context, l listers) error {
 		return fmt.Errorf("%d entries could not be written", len(failures))
 	}
 	return nil
+}
+
+// readCluster puts what ClusterSPIFFEIDs render from into w: their
+// resources, the pods, namespaces, nodes and the Services that route to
+// each pod.
+func readCluster(l listers, w *world) {
+	w.crs = resources(l.crs)
+	for _, o := range l.pods.List() {
+		if p, ok := o.(*corev1.Pod); ok {
+			w.pods = append(w.pods, p)
+		}
+	}
+	for _, o := range l.namespaces.List() {
+		if ns, ok := o.(*corev1.Namespace); ok {
+			w.namespaces[ns.Name] = ns
+		}
+	}
+	for _, o := range l.nodes.List() {
+		if n, ok := o.(*corev1.Node); ok {
+			w.nodes[n.Name] = n
+		}
+	}
+	var eps []*discoveryv1.EndpointSlice
+	for _, o := range l.slices.List() {
+		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+			eps = append(eps, s)
+		}
+	}
+	w.services = podServices(eps)
 }

@@ -46,23 +46,18 @@ type cluster struct {
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	var kubeconfig string
 	if os.Getenv(kubetest.EnvKubeAPIServer) != "" {
 		// A real kube-apiserver (make kube-bins), with deploy/base's CRDs.
 		api := kubetest.StartRealAPIServer(t)
-		for _, f := range crdFiles {
-			crd, err := os.ReadFile("../../deploy/base/" + f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := api.Apply(context.Background(), "", crd); err != nil {
-				t.Fatal(err)
-			}
-		}
-		kubeconfig = api.Kubeconfig(t, t.TempDir())
-	} else {
-		kubeconfig = kubetest.NewAPIServer(t).Kubeconfig(t, t.TempDir())
+		applyCRDs(t, api, crdFiles...)
+		return clusterAt(t, api.Kubeconfig(t, t.TempDir()))
 	}
+	return clusterAt(t, kubetest.NewAPIServer(t).Kubeconfig(t, t.TempDir()))
+}
+
+// clusterAt is the cluster a kubeconfig reaches.
+func clusterAt(t *testing.T, kubeconfig string) *cluster {
+	t.Helper()
 	c := &cluster{kubeconfig: kubeconfig}
 	var err error
 	if c.client, c.dyn, err = Clients(c.kubeconfig); err != nil {
@@ -73,6 +68,20 @@ func newCluster(t *testing.T) *cluster {
 
 // crdFiles are deploy/base's CRDs, which a real API server needs.
 var crdFiles = []string{"crd-clusterspiffeid.yaml", "crd-clusterstaticentry.yaml", "crd-clusterfederatedtrustdomain.yaml"}
+
+// applyCRDs installs deploy/base's CRDs of files in a real API server.
+func applyCRDs(t *testing.T, api *kubetest.RealAPIServer, files ...string) {
+	t.Helper()
+	for _, f := range files {
+		crd, err := os.ReadFile("../../deploy/base/" + f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := api.Apply(context.Background(), "", crd); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
 
 func (c *cluster) namespace(t *testing.T, name string, labels map[string]string) {
 	t.Helper()

@@ -17,4 +17,12 @@
 // another owner (an operator's, made with `signet server federation
 // create`, or another controller's), and deletes its own once no resource
 // asks for them.
+//
+// Each of the three products (ClusterSPIFFEID entries, ClusterStaticEntry
+// entries, federation relationships) is reconciled as soon as the
+// informers it reads have synced, so a CRD or a permission missing holds
+// up only its own. What a product not yet synced keeps in the store is
+// left alone: relationships by their owner, entries by their form (every
+// ClusterSPIFFEID entry is a pod's entry, see podEntry; anything else the
+// controller owns is a ClusterStaticEntry's).
 package k8sreg

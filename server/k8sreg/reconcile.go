@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/registry"
 	"github.com/signetid/signet/server/store"
 )
@@ -231,10 +232,12 @@ func (c *Controller) renderCR(w world, s *spec, r *result, entries map[string]re
 }
 
 // apply makes the store's entries owned by this cluster's controller equal
-// to want: missing ones created, changed ones updated, stale ones deleted.
-// Entries of others are never touched. It returns the entries that could
-// not be written; an error means the store could not be read.
-func (c *Controller) apply(ctx context.Context, want map[string]registry.Entry) (map[string]error, error) {
+// to want: missing ones created, changed ones updated, stale ones deleted,
+// the last two only as far as s allows (synced.mayChange): an entry that a
+// product not yet synced may state is left as it is. Entries of others are
+// never touched. It returns the entries that could not be written; an
+// error means the store could not be read.
+func (c *Controller) apply(ctx context.Context, want map[string]registry.Entry, s synced) (map[string]error, error) {
 	all, err := c.opts.Store.ListEntries(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list entries: %w", err)
@@ -276,7 +279,7 @@ func (c *Controller) apply(ctx context.Context, want map[string]registry.Entry) 
 				continue
 			}
 			log.Info("kubernetes controller: entry created", "entry_id", id, "spiffe_id", e.SPIFFEID.String(), "parent_id", e.ParentID.String(), "selectors", selector.Strings(e.Selectors))
-		case !sameEntry(cur, e):
+		case !sameEntry(cur, e) && s.mayChange(c.podEntry(cur)):
 			_, err := c.opts.Store.ModifyEntry(ctx, id, func(cur registry.Entry) (registry.Entry, error) {
 				e.Revision, e.CreatedAt = cur.Revision, cur.CreatedAt
 				return e, nil
@@ -293,7 +296,7 @@ func (c *Controller) apply(ctx context.Context, want map[string]registry.Entry) 
 		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(have)) {
-		if _, keep := want[id]; keep {
+		if _, keep := want[id]; keep || !s.mayChange(c.podEntry(have[id])) {
 			continue
 		}
 		if err := c.opts.Store.DeleteEntry(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -304,6 +307,18 @@ func (c *Controller) apply(ctx context.Context, want map[string]registry.Entry) 
 		log.Info("kubernetes controller: entry deleted", "entry_id", id, "spiffe_id", have[id].SPIFFEID.String())
 	}
 	return failures, nil
+}
+
+// podEntry reports whether e has the form of every entry a ClusterSPIFFEID
+// renders, which tells them from the rest of the entries the controller
+// owns (their IDs are alike): a workload entry of one of this cluster's
+// k8s_psat agents, with a k8s:pod-uid selector.
+func (c *Controller) podEntry(e registry.Entry) bool {
+	node, underAgent := strings.CutPrefix(e.ParentID.Path(), "/agent/"+nodeattest.K8sPSATType+"/"+c.opts.Cluster+"/")
+	return !e.Node && e.ParentID.MemberOf(c.opts.TrustDomain) && underAgent && node != "" && !strings.Contains(node, "/") &&
+		slices.ContainsFunc(e.Selectors, func(s selector.Selector) bool {
+			return s.Type == "k8s" && strings.HasPrefix(s.Value, "pod-uid:")
+		})
 }
 
 // create stores e. ErrAlreadyExists is success when another server created

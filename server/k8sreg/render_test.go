@@ -108,6 +108,9 @@ func TestRender(t *testing.T) {
 					if !ownedBy(e.ID, "prod") || ownedBy(e.ID, "pro") {
 						t.Errorf("entry ID %q is not named for cluster prod", e.ID)
 					}
+					if ctrl := (&Controller{opts: Options{TrustDomain: td, Cluster: "prod"}}); !ctrl.podEntry(e) {
+						t.Errorf("rendered entry %+v is not told for a pod's", e)
+					}
 				}
 			}
 			if tc.wantErr == "" && err != nil {

@@ -13,8 +13,9 @@ import (
 )
 
 // watchErrorHandler reports why an informer cannot list or watch resource,
-// with what the operator can do about it. Without it the controller only
-// waits for its caches, and the cause is buried in client-go's own log.
+// with what the operator can do about it. Without it the product that
+// reads resource only waits for its cache, and the cause is buried in
+// client-go's own log.
 // The informer retries by itself (with backoff), so a fix applied later (the
 // CRD installed, RBAC granted) takes effect without a restart.
 func watchErrorHandler(logger *slog.Logger, resource string) cache.WatchErrorHandlerWithContext {
@@ -41,15 +42,21 @@ func crdKind(resource string) string {
 	return ""
 }
 
+// crdMissing reports whether err says that the API server serves no such
+// resource because its CRD is not installed.
+func crdMissing(resource string, err error) bool {
+	return apierrors.IsNotFound(err) && crdKind(resource) != ""
+}
+
 // watchErrorHint names the likely cause of an informer's failure to list or
 // watch resource, and the level to log it at.
 func watchErrorHint(resource string, err error) (string, slog.Level) {
 	switch {
 	case apierrors.IsResourceExpired(err) || apierrors.IsGone(err) || errors.Is(err, io.ErrUnexpectedEOF):
 		return "kubernetes controller: watch restarted", slog.LevelDebug
-	case apierrors.IsNotFound(err) && crdKind(resource) != "":
+	case crdMissing(resource, err):
 		kind := crdKind(resource)
-		return fmt.Sprintf("kubernetes controller: the API server has no %s.%s/%s: install the %s CRD (deploy/base/crd-%s.yaml, or the Helm chart's crds/); the controller starts once it exists",
+		return fmt.Sprintf("kubernetes controller: the API server has no %s.%s/%s: install the %s CRD (deploy/base/crd-%s.yaml, or the Helm chart's crds/); its resources are reconciled once it exists, and nothing else waits for it",
 			resource, Group, Version, kind, strings.ToLower(kind)), slog.LevelError
 	case apierrors.IsForbidden(err):
 		return fmt.Sprintf("kubernetes controller: the server's Kubernetes identity may not list and watch %s: grant list and watch on them (deploy/base/server-rbac.yaml)", resource), slog.LevelError

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -55,8 +54,9 @@ func TestWatchErrorHint(t *testing.T) {
 }
 
 // TestStartupProblemsNamed runs the controller against a real API server
-// that lacks the CRD, then as an identity without RBAC: each time the log
-// says what to fix, and the fix takes effect without a restart.
+// that lacks the CRDs, then as an identity without RBAC: each time the log
+// says what to fix, and the fix takes effect without a restart (each
+// product starts).
 func TestStartupProblemsNamed(t *testing.T) {
 	api := kubetest.StartRealAPIServer(t)
 	ctx := context.Background()
@@ -90,16 +90,10 @@ func TestStartupProblemsNamed(t *testing.T) {
 		if strings.Contains(logs.String(), "kubernetes controller started") {
 			t.Fatal("the controller started without its CRDs")
 		}
-		for _, f := range crdFiles {
-			crd, err := os.ReadFile("../../deploy/base/" + f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := api.Apply(ctx, "", crd); err != nil {
-				t.Fatal(err)
-			}
+		applyCRDs(t, api, crdFiles...)
+		for _, p := range []string{specEntries, staticEntries, federations} {
+			logs.WaitFor(t, `kubernetes controller started" cluster=prod product="`+p+`"`, time.Minute)
 		}
-		logs.WaitFor(t, "kubernetes controller started", time.Minute)
 	})
 
 	t.Run("RBAC short", func(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/signetid/signet/internal/x509pop"
+	"github.com/signetid/signet/server/api/x509pop"
 )
 
 // nodePKI makes, with the openssl CLI as an operator would, a node CA (an

@@ -1,7 +1,6 @@
 package client
 
 import (
-	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -12,7 +11,9 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/signetid/signet/internal/x509pop"
+	"github.com/signetid/signet/server/api/x509pop"
+
+	"github.com/signetid/signet/internal/pemkey"
 )
 
 // Attestation types the server knows.
@@ -101,15 +102,15 @@ func (x x509PoP) Evidence(agentKey []byte) (Evidence, error) {
 	if err != nil {
 		return Evidence{}, err
 	}
-	key, err := readPrivateKey(x.keyPath)
+	key, err := pemkey.Read(x.keyPath)
 	if err != nil {
-		return Evidence{}, err
+		return Evidence{}, fmt.Errorf("x509pop: %w", err)
 	}
 	leaf, err := x509.ParseCertificate(chain[0])
 	if err != nil {
 		return Evidence{}, fmt.Errorf("x509pop certificate %s: %w", x.certPath, err)
 	}
-	if !publicKeysEqual(leaf.PublicKey, key.Public()) {
+	if !pemkey.Matches(key, leaf.PublicKey) {
 		return Evidence{}, fmt.Errorf("x509pop key %s is not the key of the first certificate in %s", x.keyPath, x.certPath)
 	}
 	sig, err := x509pop.Sign(key, x509pop.Message(x.td, agentKey))
@@ -139,39 +140,4 @@ func readPEMChain(path string) ([][]byte, error) {
 		return nil, fmt.Errorf("x509pop certificate %s holds no PEM certificate", path)
 	}
 	return chain, nil
-}
-
-// readPrivateKey reads the first private key block of path.
-func readPrivateKey(path string) (crypto.Signer, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read x509pop key: %w", err)
-	}
-	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
-		var key any
-		switch block.Type {
-		case "PRIVATE KEY":
-			key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-		case "EC PRIVATE KEY":
-			key, err = x509.ParseECPrivateKey(block.Bytes)
-		case "RSA PRIVATE KEY":
-			key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-		default:
-			continue // EC PARAMETERS, certificates
-		}
-		if err != nil {
-			return nil, fmt.Errorf("x509pop key %s: %s: %w", path, block.Type, err)
-		}
-		signer, ok := key.(crypto.Signer)
-		if !ok {
-			return nil, fmt.Errorf("x509pop key %s: %T cannot sign", path, key)
-		}
-		return signer, nil
-	}
-	return nil, fmt.Errorf("x509pop key %s holds no PEM private key (want PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY; encrypted keys are not supported)", path)
-}
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && k.Equal(b)
 }

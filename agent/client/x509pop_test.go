@@ -10,10 +10,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/signetid/signet/internal/x509pop"
-	"github.com/signetid/signet/internal/x509pop/x509poptest"
 	"github.com/signetid/signet/server"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/api/x509pop"
+	"github.com/signetid/signet/server/api/x509pop/x509poptest"
 	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/servertest"
 )

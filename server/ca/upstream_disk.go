@@ -3,16 +3,13 @@ package ca
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"time"
+
+	"github.com/signetid/signet/internal/pemkey"
 )
 
 // DiskUpstream is an UpstreamAuthority whose CA certificate and key are
@@ -89,11 +86,11 @@ func (d *DiskUpstream) load() (*diskCA, error) {
 	if cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return nil, fmt.Errorf("upstream CA certificate %s may not sign certificates (its key usage lacks keyCertSign)", d.CertFile)
 	}
-	key, err := readSigner(d.KeyFile)
+	key, err := pemkey.Read(d.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("upstream CA key: %w", err)
 	}
-	if !publicKeysEqual(key.Public(), cert.PublicKey) {
+	if !pemkey.Matches(key, cert.PublicKey) {
 		return nil, fmt.Errorf("upstream CA key %s does not match certificate %s", d.KeyFile, d.CertFile)
 	}
 	roots := certs[:1]
@@ -132,42 +129,4 @@ func or(s, def string) string {
 		return def
 	}
 	return s
-}
-
-// readSigner reads a PEM private key in any of the encodings CAs are
-// commonly kept in.
-func readSigner(path string) (crypto.Signer, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	b, _ := pem.Decode(data)
-	if b == nil {
-		return nil, fmt.Errorf("read %s: no PEM block", path)
-	}
-	var key any
-	switch b.Type {
-	case "PRIVATE KEY":
-		key, err = x509.ParsePKCS8PrivateKey(b.Bytes)
-	case "EC PRIVATE KEY":
-		key, err = x509.ParseECPrivateKey(b.Bytes)
-	case "RSA PRIVATE KEY":
-		key, err = x509.ParsePKCS1PrivateKey(b.Bytes)
-	default:
-		return nil, fmt.Errorf("read %s: PEM block is a %s, want PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY", path, b.Type)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("parse key %s: %w", path, err)
-	}
-	switch k := key.(type) {
-	case *ecdsa.PrivateKey, *rsa.PrivateKey, ed25519.PrivateKey:
-		return k.(crypto.Signer), nil
-	default:
-		return nil, fmt.Errorf("key %s: unsupported key type %T", path, key)
-	}
-}
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && k.Equal(b)
 }

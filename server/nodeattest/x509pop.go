@@ -19,7 +19,7 @@ import (
 
 	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/internal/selector"
-	"github.com/signetid/signet/internal/x509pop"
+	"github.com/signetid/signet/server/api/x509pop"
 )
 
 // X509PoPType is the attestation type of machine certificates an existing

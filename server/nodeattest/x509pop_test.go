@@ -20,8 +20,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signetid/signet/internal/selector"
-	"github.com/signetid/signet/internal/x509pop"
-	"github.com/signetid/signet/internal/x509pop/x509poptest"
+	"github.com/signetid/signet/server/api/x509pop"
+	"github.com/signetid/signet/server/api/x509pop/x509poptest"
 )
 
 // x509popPKI is a node CA (root -> intermediate) whose bundle (the root

@@ -170,20 +170,17 @@ func (c *Controller) applyFederations(ctx context.Context, results []*fedResult)
 		}
 		// Also when the relationship is stored: a bundle deleted since
 		// (`bundle delete`) leaves an https_spiffe endpoint unverifiable.
-		if r.bootstrap != nil && !slices.Contains(held, td) {
-			set, err := c.opts.Store.InitBundle(ctx, td, r.bootstrap)
-			if err != nil {
-				fail(r, "write bootstrap bundle", err)
-				continue
-			}
-			if set {
-				log.Info("kubernetes controller: bootstrap bundle stored", "name", r.obj.GetName(), "trust_domain", td)
-			}
-		}
-		if exists && sameRelationship(cur, r.rel) {
+		// The bundle goes in the relationship's transaction, so a refused
+		// write (another owner meanwhile) leaves no bundle behind either.
+		needBundle := r.bootstrap != nil && !slices.Contains(held, td)
+		if exists && sameRelationship(cur, r.rel) && !needBundle {
 			continue // no write transaction for what is already so
 		}
-		changed, err := c.opts.Store.PutFederationRelationship(ctx, r.rel, ours)
+		var opts []store.RelationshipOption
+		if needBundle {
+			opts = append(opts, store.WithBootstrapBundle(r.bootstrap))
+		}
+		changed, err := c.opts.Store.PutFederationRelationship(ctx, r.rel, ours, opts...)
 		var notOurs *notOwnedError
 		switch {
 		case errors.As(err, &notOurs): // created by someone else meanwhile
@@ -192,7 +189,7 @@ func (c *Controller) applyFederations(ctx context.Context, results []*fedResult)
 			fail(r, "put federation relationship", err)
 		case changed:
 			log.Info("kubernetes controller: federation relationship set", "name", r.obj.GetName(), "trust_domain", td,
-				"bundle_endpoint_url", r.rel.BundleEndpointURL, "profile", r.rel.Profile)
+				"bundle_endpoint_url", r.rel.BundleEndpointURL, "profile", r.rel.Profile, "bootstrap_bundle", needBundle)
 		}
 	}
 	for _, cur := range stored {

@@ -131,35 +131,6 @@ func TestFederationRelationshipIncomplete(t *testing.T) {
 	})
 }
 
-func TestInitBundle(t *testing.T) {
-	exp := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	boot := []Authority{{TrustDomain: "b.org", Kind: X509Authority, KeyID: "boot", Data: []byte{1}, ExpiresAt: exp}}
-	fetched := []Authority{{TrustDomain: "b.org", Kind: X509Authority, KeyID: "fetched", Data: []byte{2}, ExpiresAt: exp}}
-	forEachBackend(t, func(t *testing.T, url string) {
-		ctx, s := testCtx(t), openStore(t, url)
-		if set, err := s.InitBundle(ctx, "b.org", boot); err != nil || !set {
-			t.Fatalf("first init: set %v, err %v", set, err)
-		}
-		if _, err := s.SetBundle(ctx, "b.org", fetched); err != nil {
-			t.Fatal(err)
-		}
-		rev := revision(t, s)
-		if set, err := s.InitBundle(ctx, "b.org", boot); err != nil || set {
-			t.Fatalf("init over a held bundle: set %v, err %v", set, err)
-		}
-		got, _, err := s.ListAuthorities(ctx, "b.org")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !reflect.DeepEqual(got, fetched) || revision(t, s) != rev {
-			t.Fatalf("init replaced the held bundle: %+v", got)
-		}
-		if _, err := s.InitBundle(ctx, "c.org", boot); err == nil {
-			t.Fatal("init with another trust domain's authority accepted")
-		}
-	})
-}
-
 // A bundle a stored relationship fetches is not deleted: the check is in
 // the delete's transaction, so a relationship stored just before wins.
 func TestDeleteBundleFetched(t *testing.T) {

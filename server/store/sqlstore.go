@@ -949,8 +949,8 @@ func listAuthorities(ctx context.Context, q querier, trustDomain string) (map[au
 	return out, nil
 }
 
-// wantedAuthorities checks a bundle's authorities for SetBundle,
-// InitBundle and PutFederationRelationship and keys them.
+// wantedAuthorities checks a bundle's authorities for SetBundle and
+// PutFederationRelationship and keys them.
 func wantedAuthorities(trustDomain string, auths []Authority) (map[authorityKey]Authority, error) {
 	if len(auths) == 0 {
 		return nil, errors.New("no authorities (delete the bundle instead)")
@@ -1009,26 +1009,18 @@ func replaceAuthorities(ctx context.Context, t *tx, trustDomain string, want map
 }
 
 func (s *sqlStore) SetBundle(ctx context.Context, trustDomain string, auths []Authority) (bool, error) {
-	return s.setBundle(ctx, "set", trustDomain, auths, false)
-}
-
-func (s *sqlStore) InitBundle(ctx context.Context, trustDomain string, auths []Authority) (bool, error) {
-	return s.setBundle(ctx, "init", trustDomain, auths, true)
-}
-
-func (s *sqlStore) setBundle(ctx context.Context, verb, trustDomain string, auths []Authority, onlyIfNone bool) (bool, error) {
 	want, err := wantedAuthorities(trustDomain, auths)
 	if err != nil {
-		return false, fmt.Errorf("%s bundle of %s: %w", verb, trustDomain, err)
+		return false, fmt.Errorf("set bundle of %s: %w", trustDomain, err)
 	}
 	var changed bool
 	err = s.write(ctx, func(t *tx) error {
 		var err error
-		changed, err = replaceAuthorities(ctx, t, trustDomain, want, onlyIfNone)
+		changed, err = replaceAuthorities(ctx, t, trustDomain, want, false)
 		return err
 	})
 	if err != nil {
-		return false, fmt.Errorf("%s bundle of %s: %w", verb, trustDomain, err)
+		return false, fmt.Errorf("set bundle of %s: %w", trustDomain, err)
 	}
 	return changed, nil
 }

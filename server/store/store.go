@@ -134,7 +134,7 @@ func WithBundle(auths []Authority) RelationshipOption {
 	return func(w *relationshipWrite) { w.bundle, w.onlyIfNone = auths, false }
 }
 
-// WithBootstrapBundle is WithBundle with InitBundle's rule: the bundle is
+// WithBootstrapBundle is WithBundle for a bootstrap bundle: it is
 // written only while the trust domain holds none, so it never replaces one
 // fetched or set since.
 func WithBootstrapBundle(auths []Authority) RelationshipOption {
@@ -209,9 +209,6 @@ type Store interface {
 	// reports changed, only if the set differs from the stored one. auths
 	// must not be empty (DeleteBundle removes a bundle).
 	SetBundle(ctx context.Context, trustDomain string, auths []Authority) (changed bool, err error)
-	// InitBundle is SetBundle only while trustDomain holds no authority: a
-	// bootstrap bundle never replaces one fetched or set since.
-	InitBundle(ctx context.Context, trustDomain string, auths []Authority) (set bool, err error)
 	// DeleteBundle deletes every authority of trustDomain: ErrNotFound if it
 	// has none. Its sequence is bumped and kept, so a bundle set later
 	// continues it and agents never see a sequence go back. mode says what

@@ -1647,6 +1647,395 @@ func (x *ListFederationRelationshipsResponse) GetRelationships() []*FederationRe
 	return nil
 }
 
+// LocalAuthority is one of this server's own X.509 CAs or JWT keys.
+type LocalAuthority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind is "x509" or "jwt".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// authority_id is the hex SHA-256 of the CA certificate (x509; for a
+	// self-signed CA also its key ID in the bundle) or the JWT key ID.
+	AuthorityId string `protobuf:"bytes,2,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	// status is "active" (signs), "prepared" (published, signs after
+	// activation), "old" (published until it expires) or "revoked".
+	Status  string `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	Tainted bool   `protobuf:"varint,4,opt,name=tainted,proto3" json:"tainted,omitempty"`
+	// published_at and expires_at are Unix times in seconds.
+	PublishedAt int64 `protobuf:"varint,5,opt,name=published_at,json=publishedAt,proto3" json:"published_at,omitempty"`
+	ExpiresAt   int64 `protobuf:"varint,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// upstream_issuer is the subject of the upstream authority certificate
+	// that signed an X.509 CA; empty when the CA is self-signed.
+	UpstreamIssuer string `protobuf:"bytes,7,opt,name=upstream_issuer,json=upstreamIssuer,proto3" json:"upstream_issuer,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *LocalAuthority) Reset() {
+	*x = LocalAuthority{}
+	mi := &file_server_api_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalAuthority) ProtoMessage() {}
+
+func (x *LocalAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalAuthority.ProtoReflect.Descriptor instead.
+func (*LocalAuthority) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *LocalAuthority) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *LocalAuthority) GetAuthorityId() string {
+	if x != nil {
+		return x.AuthorityId
+	}
+	return ""
+}
+
+func (x *LocalAuthority) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *LocalAuthority) GetTainted() bool {
+	if x != nil {
+		return x.Tainted
+	}
+	return false
+}
+
+func (x *LocalAuthority) GetPublishedAt() int64 {
+	if x != nil {
+		return x.PublishedAt
+	}
+	return 0
+}
+
+func (x *LocalAuthority) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *LocalAuthority) GetUpstreamIssuer() string {
+	if x != nil {
+		return x.UpstreamIssuer
+	}
+	return ""
+}
+
+type GetLocalAuthoritiesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLocalAuthoritiesRequest) Reset() {
+	*x = GetLocalAuthoritiesRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLocalAuthoritiesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLocalAuthoritiesRequest) ProtoMessage() {}
+
+func (x *GetLocalAuthoritiesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLocalAuthoritiesRequest.ProtoReflect.Descriptor instead.
+func (*GetLocalAuthoritiesRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GetLocalAuthoritiesRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+type GetLocalAuthoritiesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Authorities   []*LocalAuthority      `protobuf:"bytes,1,rep,name=authorities,proto3" json:"authorities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLocalAuthoritiesResponse) Reset() {
+	*x = GetLocalAuthoritiesResponse{}
+	mi := &file_server_api_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLocalAuthoritiesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLocalAuthoritiesResponse) ProtoMessage() {}
+
+func (x *GetLocalAuthoritiesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLocalAuthoritiesResponse.ProtoReflect.Descriptor instead.
+func (*GetLocalAuthoritiesResponse) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GetLocalAuthoritiesResponse) GetAuthorities() []*LocalAuthority {
+	if x != nil {
+		return x.Authorities
+	}
+	return nil
+}
+
+type PrepareLocalAuthorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareLocalAuthorityRequest) Reset() {
+	*x = PrepareLocalAuthorityRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareLocalAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareLocalAuthorityRequest) ProtoMessage() {}
+
+func (x *PrepareLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareLocalAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*PrepareLocalAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *PrepareLocalAuthorityRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+type ActivateLocalAuthorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	AuthorityId   string                 `protobuf:"bytes,2,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateLocalAuthorityRequest) Reset() {
+	*x = ActivateLocalAuthorityRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateLocalAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateLocalAuthorityRequest) ProtoMessage() {}
+
+func (x *ActivateLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateLocalAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*ActivateLocalAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ActivateLocalAuthorityRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ActivateLocalAuthorityRequest) GetAuthorityId() string {
+	if x != nil {
+		return x.AuthorityId
+	}
+	return ""
+}
+
+type TaintLocalAuthorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	AuthorityId   string                 `protobuf:"bytes,2,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaintLocalAuthorityRequest) Reset() {
+	*x = TaintLocalAuthorityRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaintLocalAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaintLocalAuthorityRequest) ProtoMessage() {}
+
+func (x *TaintLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaintLocalAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*TaintLocalAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *TaintLocalAuthorityRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *TaintLocalAuthorityRequest) GetAuthorityId() string {
+	if x != nil {
+		return x.AuthorityId
+	}
+	return ""
+}
+
+type RevokeLocalAuthorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	AuthorityId   string                 `protobuf:"bytes,2,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeLocalAuthorityRequest) Reset() {
+	*x = RevokeLocalAuthorityRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeLocalAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeLocalAuthorityRequest) ProtoMessage() {}
+
+func (x *RevokeLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeLocalAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*RevokeLocalAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *RevokeLocalAuthorityRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RevokeLocalAuthorityRequest) GetAuthorityId() string {
+	if x != nil {
+		return x.AuthorityId
+	}
+	return ""
+}
+
 var File_server_api_admin_proto protoreflect.FileDescriptor
 
 const file_server_api_admin_proto_rawDesc = "" +
@@ -1732,7 +2121,31 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"$\n" +
 	"\"ListFederationRelationshipsRequest\"o\n" +
 	"#ListFederationRelationshipsResponse\x12H\n" +
-	"\rrelationships\x18\x01 \x03(\v2\".signet.api.FederationRelationshipR\rrelationships*u\n" +
+	"\rrelationships\x18\x01 \x03(\v2\".signet.api.FederationRelationshipR\rrelationships\"\xe4\x01\n" +
+	"\x0eLocalAuthority\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12!\n" +
+	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\x12\x18\n" +
+	"\atainted\x18\x04 \x01(\bR\atainted\x12!\n" +
+	"\fpublished_at\x18\x05 \x01(\x03R\vpublishedAt\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x06 \x01(\x03R\texpiresAt\x12'\n" +
+	"\x0fupstream_issuer\x18\a \x01(\tR\x0eupstreamIssuer\"0\n" +
+	"\x1aGetLocalAuthoritiesRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\"[\n" +
+	"\x1bGetLocalAuthoritiesResponse\x12<\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1a.signet.api.LocalAuthorityR\vauthorities\"2\n" +
+	"\x1cPrepareLocalAuthorityRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\"V\n" +
+	"\x1dActivateLocalAuthorityRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12!\n" +
+	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\"S\n" +
+	"\x1aTaintLocalAuthorityRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12!\n" +
+	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\"T\n" +
+	"\x1bRevokeLocalAuthorityRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12!\n" +
+	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId*u\n" +
 	"\x10BundleDeleteMode\x12\x1f\n" +
 	"\x1bBUNDLE_DELETE_MODE_RESTRICT\x10\x00\x12!\n" +
 	"\x1dBUNDLE_DELETE_MODE_DISSOCIATE\x10\x01\x12\x1d\n" +
@@ -1740,7 +2153,7 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x12RelationshipOrigin\x12#\n" +
 	"\x1fRELATIONSHIP_ORIGIN_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aRELATIONSHIP_ORIGIN_CONFIG\x10\x01\x12\x1d\n" +
-	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\xe2\r\n" +
+	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\xc2\x11\n" +
 	"\fAdminService\x12@\n" +
 	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12c\n" +
 	"\x12BatchCreateEntries\x12%.signet.api.BatchCreateEntriesRequest\x1a&.signet.api.BatchCreateEntriesResponse\x12@\n" +
@@ -1762,7 +2175,12 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x1cUpdateFederationRelationship\x12/.signet.api.UpdateFederationRelationshipRequest\x1a(.signet.api.FederationRelationshipResult\x12\x81\x01\n" +
 	"\x1cDeleteFederationRelationship\x12/.signet.api.DeleteFederationRelationshipRequest\x1a0.signet.api.DeleteFederationRelationshipResponse\x12m\n" +
 	"\x19GetFederationRelationship\x12,.signet.api.GetFederationRelationshipRequest\x1a\".signet.api.FederationRelationship\x12~\n" +
-	"\x1bListFederationRelationships\x12..signet.api.ListFederationRelationshipsRequest\x1a/.signet.api.ListFederationRelationshipsResponseB'Z%github.com/signetid/signet/server/apib\x06proto3"
+	"\x1bListFederationRelationships\x12..signet.api.ListFederationRelationshipsRequest\x1a/.signet.api.ListFederationRelationshipsResponse\x12f\n" +
+	"\x13GetLocalAuthorities\x12&.signet.api.GetLocalAuthoritiesRequest\x1a'.signet.api.GetLocalAuthoritiesResponse\x12]\n" +
+	"\x15PrepareLocalAuthority\x12(.signet.api.PrepareLocalAuthorityRequest\x1a\x1a.signet.api.LocalAuthority\x12_\n" +
+	"\x16ActivateLocalAuthority\x12).signet.api.ActivateLocalAuthorityRequest\x1a\x1a.signet.api.LocalAuthority\x12Y\n" +
+	"\x13TaintLocalAuthority\x12&.signet.api.TaintLocalAuthorityRequest\x1a\x1a.signet.api.LocalAuthority\x12[\n" +
+	"\x14RevokeLocalAuthority\x12'.signet.api.RevokeLocalAuthorityRequest\x1a\x1a.signet.api.LocalAuthorityB'Z%github.com/signetid/signet/server/apib\x06proto3"
 
 var (
 	file_server_api_admin_proto_rawDescOnce sync.Once
@@ -1777,7 +2195,7 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_server_api_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_server_api_admin_proto_goTypes = []any{
 	(BundleDeleteMode)(0),                        // 0: signet.api.BundleDeleteMode
 	(RelationshipOrigin)(0),                      // 1: signet.api.RelationshipOrigin
@@ -1813,73 +2231,91 @@ var file_server_api_admin_proto_goTypes = []any{
 	(*GetFederationRelationshipRequest)(nil),     // 31: signet.api.GetFederationRelationshipRequest
 	(*ListFederationRelationshipsRequest)(nil),   // 32: signet.api.ListFederationRelationshipsRequest
 	(*ListFederationRelationshipsResponse)(nil),  // 33: signet.api.ListFederationRelationshipsResponse
-	(*Entry)(nil),                                // 34: signet.api.Entry
-	(*Selector)(nil),                             // 35: signet.api.Selector
-	(*Agent)(nil),                                // 36: signet.api.Agent
-	(*Bundle)(nil),                               // 37: signet.api.Bundle
+	(*LocalAuthority)(nil),                       // 34: signet.api.LocalAuthority
+	(*GetLocalAuthoritiesRequest)(nil),           // 35: signet.api.GetLocalAuthoritiesRequest
+	(*GetLocalAuthoritiesResponse)(nil),          // 36: signet.api.GetLocalAuthoritiesResponse
+	(*PrepareLocalAuthorityRequest)(nil),         // 37: signet.api.PrepareLocalAuthorityRequest
+	(*ActivateLocalAuthorityRequest)(nil),        // 38: signet.api.ActivateLocalAuthorityRequest
+	(*TaintLocalAuthorityRequest)(nil),           // 39: signet.api.TaintLocalAuthorityRequest
+	(*RevokeLocalAuthorityRequest)(nil),          // 40: signet.api.RevokeLocalAuthorityRequest
+	(*Entry)(nil),                                // 41: signet.api.Entry
+	(*Selector)(nil),                             // 42: signet.api.Selector
+	(*Agent)(nil),                                // 43: signet.api.Agent
+	(*Bundle)(nil),                               // 44: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	34, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	34, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
-	34, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
-	34, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	35, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
-	34, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	36, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	37, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
-	37, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
+	41, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	41, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	41, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	41, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	42, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	41, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	43, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	44, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
+	44, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
 	0,  // 9: signet.api.DeleteFederatedBundleRequest.mode:type_name -> signet.api.BundleDeleteMode
 	1,  // 10: signet.api.FederationRelationship.origin:type_name -> signet.api.RelationshipOrigin
 	25, // 11: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	37, // 12: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	44, // 12: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
 	25, // 13: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	37, // 14: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	44, // 14: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
 	25, // 15: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
-	37, // 16: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
+	44, // 16: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
 	25, // 17: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
-	2,  // 18: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
-	3,  // 19: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
-	5,  // 20: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
-	6,  // 21: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
-	8,  // 22: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
-	9,  // 23: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
-	11, // 24: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
-	13, // 25: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
-	14, // 26: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
-	16, // 27: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
-	18, // 28: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
-	20, // 29: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
-	21, // 30: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
-	23, // 31: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
-	26, // 32: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
-	27, // 33: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
-	29, // 34: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
-	31, // 35: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
-	32, // 36: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
-	34, // 37: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	4,  // 38: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
-	34, // 39: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	7,  // 40: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	34, // 41: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	10, // 42: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	12, // 43: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	37, // 44: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	15, // 45: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	17, // 46: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	19, // 47: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
-	37, // 48: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
-	22, // 49: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
-	24, // 50: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
-	28, // 51: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	28, // 52: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	30, // 53: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
-	25, // 54: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
-	33, // 55: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
-	37, // [37:56] is the sub-list for method output_type
-	18, // [18:37] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	34, // 18: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
+	2,  // 19: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
+	3,  // 20: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
+	5,  // 21: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
+	6,  // 22: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
+	8,  // 23: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
+	9,  // 24: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
+	11, // 25: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
+	13, // 26: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
+	14, // 27: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
+	16, // 28: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
+	18, // 29: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
+	20, // 30: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
+	21, // 31: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
+	23, // 32: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
+	26, // 33: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
+	27, // 34: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
+	29, // 35: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
+	31, // 36: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
+	32, // 37: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
+	35, // 38: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
+	37, // 39: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
+	38, // 40: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
+	39, // 41: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
+	40, // 42: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
+	41, // 43: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	4,  // 44: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	41, // 45: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	7,  // 46: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	41, // 47: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	10, // 48: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	12, // 49: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	44, // 50: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	15, // 51: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	17, // 52: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	19, // 53: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
+	44, // 54: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
+	22, // 55: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
+	24, // 56: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
+	28, // 57: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	28, // 58: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	30, // 59: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
+	25, // 60: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
+	33, // 61: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
+	36, // 62: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
+	34, // 63: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
+	34, // 64: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
+	34, // 65: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
+	34, // 66: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
+	43, // [43:67] is the sub-list for method output_type
+	19, // [19:43] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_server_api_admin_proto_init() }
@@ -1894,7 +2330,7 @@ func file_server_api_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   32,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,11 @@ const (
 	AdminService_DeleteFederationRelationship_FullMethodName = "/signet.api.AdminService/DeleteFederationRelationship"
 	AdminService_GetFederationRelationship_FullMethodName    = "/signet.api.AdminService/GetFederationRelationship"
 	AdminService_ListFederationRelationships_FullMethodName  = "/signet.api.AdminService/ListFederationRelationships"
+	AdminService_GetLocalAuthorities_FullMethodName          = "/signet.api.AdminService/GetLocalAuthorities"
+	AdminService_PrepareLocalAuthority_FullMethodName        = "/signet.api.AdminService/PrepareLocalAuthority"
+	AdminService_ActivateLocalAuthority_FullMethodName       = "/signet.api.AdminService/ActivateLocalAuthority"
+	AdminService_TaintLocalAuthority_FullMethodName          = "/signet.api.AdminService/TaintLocalAuthority"
+	AdminService_RevokeLocalAuthority_FullMethodName         = "/signet.api.AdminService/RevokeLocalAuthority"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -88,6 +93,23 @@ type AdminServiceClient interface {
 	// ListFederationRelationships returns the configured relationships and
 	// the stored ones, each marked with its origin.
 	ListFederationRelationships(ctx context.Context, in *ListFederationRelationshipsRequest, opts ...grpc.CallOption) (*ListFederationRelationshipsResponse, error)
+	// Local authorities: this server's own X.509 CAs and JWT signing keys,
+	// for a rotation forced by an operator (a suspected key compromise).
+	// GetLocalAuthorities lists those of one kind with their state.
+	GetLocalAuthorities(ctx context.Context, in *GetLocalAuthoritiesRequest, opts ...grpc.CallOption) (*GetLocalAuthoritiesResponse, error)
+	// PrepareLocalAuthority creates and publishes a new authority, to be
+	// activated once agents hold it. Refused while one is prepared.
+	PrepareLocalAuthority(ctx context.Context, in *PrepareLocalAuthorityRequest, opts ...grpc.CallOption) (*LocalAuthority, error)
+	// ActivateLocalAuthority makes the prepared authority (named by its ID)
+	// the one that signs; the active one becomes old and stays published.
+	ActivateLocalAuthority(ctx context.Context, in *ActivateLocalAuthorityRequest, opts ...grpc.CallOption) (*LocalAuthority, error)
+	// TaintLocalAuthority marks an old authority tainted: it still verifies,
+	// but every agent re-signs the SVIDs issued under it at once (and drops
+	// JWT-SVIDs signed with it). Idempotent.
+	TaintLocalAuthority(ctx context.Context, in *TaintLocalAuthorityRequest, opts ...grpc.CallOption) (*LocalAuthority, error)
+	// RevokeLocalAuthority removes a tainted authority from the bundle and
+	// deletes its key: whatever it signed stops verifying. Idempotent.
+	RevokeLocalAuthority(ctx context.Context, in *RevokeLocalAuthorityRequest, opts ...grpc.CallOption) (*LocalAuthority, error)
 }
 
 type adminServiceClient struct {
@@ -288,6 +310,56 @@ func (c *adminServiceClient) ListFederationRelationships(ctx context.Context, in
 	return out, nil
 }
 
+func (c *adminServiceClient) GetLocalAuthorities(ctx context.Context, in *GetLocalAuthoritiesRequest, opts ...grpc.CallOption) (*GetLocalAuthoritiesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetLocalAuthoritiesResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetLocalAuthorities_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) PrepareLocalAuthority(ctx context.Context, in *PrepareLocalAuthorityRequest, opts ...grpc.CallOption) (*LocalAuthority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LocalAuthority)
+	err := c.cc.Invoke(ctx, AdminService_PrepareLocalAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ActivateLocalAuthority(ctx context.Context, in *ActivateLocalAuthorityRequest, opts ...grpc.CallOption) (*LocalAuthority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LocalAuthority)
+	err := c.cc.Invoke(ctx, AdminService_ActivateLocalAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) TaintLocalAuthority(ctx context.Context, in *TaintLocalAuthorityRequest, opts ...grpc.CallOption) (*LocalAuthority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LocalAuthority)
+	err := c.cc.Invoke(ctx, AdminService_TaintLocalAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeLocalAuthority(ctx context.Context, in *RevokeLocalAuthorityRequest, opts ...grpc.CallOption) (*LocalAuthority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LocalAuthority)
+	err := c.cc.Invoke(ctx, AdminService_RevokeLocalAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -336,6 +408,23 @@ type AdminServiceServer interface {
 	// ListFederationRelationships returns the configured relationships and
 	// the stored ones, each marked with its origin.
 	ListFederationRelationships(context.Context, *ListFederationRelationshipsRequest) (*ListFederationRelationshipsResponse, error)
+	// Local authorities: this server's own X.509 CAs and JWT signing keys,
+	// for a rotation forced by an operator (a suspected key compromise).
+	// GetLocalAuthorities lists those of one kind with their state.
+	GetLocalAuthorities(context.Context, *GetLocalAuthoritiesRequest) (*GetLocalAuthoritiesResponse, error)
+	// PrepareLocalAuthority creates and publishes a new authority, to be
+	// activated once agents hold it. Refused while one is prepared.
+	PrepareLocalAuthority(context.Context, *PrepareLocalAuthorityRequest) (*LocalAuthority, error)
+	// ActivateLocalAuthority makes the prepared authority (named by its ID)
+	// the one that signs; the active one becomes old and stays published.
+	ActivateLocalAuthority(context.Context, *ActivateLocalAuthorityRequest) (*LocalAuthority, error)
+	// TaintLocalAuthority marks an old authority tainted: it still verifies,
+	// but every agent re-signs the SVIDs issued under it at once (and drops
+	// JWT-SVIDs signed with it). Idempotent.
+	TaintLocalAuthority(context.Context, *TaintLocalAuthorityRequest) (*LocalAuthority, error)
+	// RevokeLocalAuthority removes a tainted authority from the bundle and
+	// deletes its key: whatever it signed stops verifying. Idempotent.
+	RevokeLocalAuthority(context.Context, *RevokeLocalAuthorityRequest) (*LocalAuthority, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -402,6 +491,21 @@ func (UnimplementedAdminServiceServer) GetFederationRelationship(context.Context
 }
 func (UnimplementedAdminServiceServer) ListFederationRelationships(context.Context, *ListFederationRelationshipsRequest) (*ListFederationRelationshipsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListFederationRelationships not implemented")
+}
+func (UnimplementedAdminServiceServer) GetLocalAuthorities(context.Context, *GetLocalAuthoritiesRequest) (*GetLocalAuthoritiesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetLocalAuthorities not implemented")
+}
+func (UnimplementedAdminServiceServer) PrepareLocalAuthority(context.Context, *PrepareLocalAuthorityRequest) (*LocalAuthority, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareLocalAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) ActivateLocalAuthority(context.Context, *ActivateLocalAuthorityRequest) (*LocalAuthority, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateLocalAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) TaintLocalAuthority(context.Context, *TaintLocalAuthorityRequest) (*LocalAuthority, error) {
+	return nil, status.Error(codes.Unimplemented, "method TaintLocalAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeLocalAuthority(context.Context, *RevokeLocalAuthorityRequest) (*LocalAuthority, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeLocalAuthority not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -766,6 +870,96 @@ func _AdminService_ListFederationRelationships_Handler(srv interface{}, ctx cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetLocalAuthorities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetLocalAuthoritiesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetLocalAuthorities(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetLocalAuthorities_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetLocalAuthorities(ctx, req.(*GetLocalAuthoritiesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_PrepareLocalAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareLocalAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PrepareLocalAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PrepareLocalAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PrepareLocalAuthority(ctx, req.(*PrepareLocalAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ActivateLocalAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ActivateLocalAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ActivateLocalAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ActivateLocalAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ActivateLocalAuthority(ctx, req.(*ActivateLocalAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_TaintLocalAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TaintLocalAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).TaintLocalAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_TaintLocalAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).TaintLocalAuthority(ctx, req.(*TaintLocalAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeLocalAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeLocalAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeLocalAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeLocalAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeLocalAuthority(ctx, req.(*RevokeLocalAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -848,6 +1042,26 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListFederationRelationships",
 			Handler:    _AdminService_ListFederationRelationships_Handler,
+		},
+		{
+			MethodName: "GetLocalAuthorities",
+			Handler:    _AdminService_GetLocalAuthorities_Handler,
+		},
+		{
+			MethodName: "PrepareLocalAuthority",
+			Handler:    _AdminService_PrepareLocalAuthority_Handler,
+		},
+		{
+			MethodName: "ActivateLocalAuthority",
+			Handler:    _AdminService_ActivateLocalAuthority_Handler,
+		},
+		{
+			MethodName: "TaintLocalAuthority",
+			Handler:    _AdminService_TaintLocalAuthority_Handler,
+		},
+		{
+			MethodName: "RevokeLocalAuthority",
+			Handler:    _AdminService_RevokeLocalAuthority_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

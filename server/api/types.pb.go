@@ -238,8 +238,12 @@ type Bundle struct {
 	JwtAuthorities     []*JWTKey `protobuf:"bytes,3,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
 	Sequence           int64     `protobuf:"varint,4,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	RefreshHintSeconds int32     `protobuf:"varint,5,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// tainted_x509_authorities are roots, also in x509_authorities, that an
+	// operator tainted (signet server localauthority x509 taint): they still
+	// verify, but agents re-sign at once every SVID issued under them.
+	TaintedX509Authorities [][]byte `protobuf:"bytes,6,rep,name=tainted_x509_authorities,json=taintedX509Authorities,proto3" json:"tainted_x509_authorities,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
@@ -307,13 +311,23 @@ func (x *Bundle) GetRefreshHintSeconds() int32 {
 	return 0
 }
 
+func (x *Bundle) GetTaintedX509Authorities() [][]byte {
+	if x != nil {
+		return x.TaintedX509Authorities
+	}
+	return nil
+}
+
 type JWTKey struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	// public_key is PKIX DER.
 	PublicKey []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
 	// expires_at is a Unix time in seconds; 0 means never.
-	ExpiresAt     int64 `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ExpiresAt int64 `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// tainted keys still verify, but agents drop the JWT-SVIDs they cached
+	// that were signed with them.
+	Tainted       bool `protobuf:"varint,4,opt,name=tainted,proto3" json:"tainted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -367,6 +381,13 @@ func (x *JWTKey) GetExpiresAt() int64 {
 		return x.ExpiresAt
 	}
 	return 0
+}
+
+func (x *JWTKey) GetTainted() bool {
+	if x != nil {
+		return x.Tainted
+	}
+	return false
 }
 
 // Agent is an attested node agent.
@@ -489,19 +510,21 @@ const file_server_api_types_proto_rawDesc = "" +
 	"expires_at\x18\f \x01(\x03R\texpiresAt\x12\x1a\n" +
 	"\brevision\x18\r \x01(\x03R\brevision\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\x0e \x01(\x03R\tcreatedAt\"\xe1\x01\n" +
+	"created_at\x18\x0e \x01(\x03R\tcreatedAt\"\x9b\x02\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x12;\n" +
 	"\x0fjwt_authorities\x18\x03 \x03(\v2\x12.signet.api.JWTKeyR\x0ejwtAuthorities\x12\x1a\n" +
 	"\bsequence\x18\x04 \x01(\x03R\bsequence\x120\n" +
-	"\x14refresh_hint_seconds\x18\x05 \x01(\x05R\x12refreshHintSeconds\"]\n" +
+	"\x14refresh_hint_seconds\x18\x05 \x01(\x05R\x12refreshHintSeconds\x128\n" +
+	"\x18tainted_x509_authorities\x18\x06 \x03(\fR\x16taintedX509Authorities\"w\n" +
 	"\x06JWTKey\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"\x80\x02\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x18\n" +
+	"\atainted\x18\x04 \x01(\bR\atainted\"\x80\x02\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12)\n" +
 	"\x10attestation_type\x18\x02 \x01(\tR\x0fattestationType\x122\n" +

@@ -72,6 +72,9 @@ type Authority struct {
 	// ExpiresAt is when the authority may be dropped from the bundle: nothing
 	// it signed is valid after it.
 	ExpiresAt time.Time
+	// Tainted is set by an operator (Taint): the authority still verifies,
+	// but agents re-sign what it issued at once.
+	Tainted bool
 }
 
 // Manager owns the CA and JWT keys, rotates them and signs SVIDs. It is safe
@@ -210,11 +213,12 @@ func (m *Manager) refreshLocked() {
 				continue
 			}
 			roots[id] = len(auths)
-			auths = append(auths, Authority{Kind: KindX509, KeyID: id, Data: r.Raw, ExpiresAt: exp})
+			// Only a self-signed CA can be tainted, so its root is its own.
+			auths = append(auths, Authority{Kind: KindX509, KeyID: id, Data: r.Raw, ExpiresAt: exp, Tainted: k.tainted})
 		}
 	}
 	for _, k := range m.jwt.all() {
-		auths = append(auths, Authority{Kind: KindJWT, KeyID: k.kid, Data: k.pubDER, ExpiresAt: k.notAfter})
+		auths = append(auths, Authority{Kind: KindJWT, KeyID: k.kid, Data: k.pubDER, ExpiresAt: k.notAfter, Tainted: k.tainted})
 	}
 	sort.SliceStable(auths, func(i, j int) bool {
 		if auths[i].Kind != auths[j].Kind {

@@ -58,6 +58,9 @@ type caKey struct {
 	// tail follows the leaf in every SVID it signs: nil when self-signed
 	// (roots travel only in the bundle), else chain as DER.
 	tail [][]byte
+	// tainted is set by an operator on a retired CA; keys are copied, not
+	// changed, when tainted (signers read them without a lock).
+	tainted bool
 }
 
 // jwtKey is one ES256 JWT signing key.
@@ -68,6 +71,7 @@ type jwtKey struct {
 	published time.Time
 	notAfter  time.Time
 	signer    jose.Signer
+	tainted   bool
 }
 
 // newCA creates a self-signed root CA.
@@ -188,12 +192,15 @@ type stateEntry struct {
 	Slot        string    `json:"slot"` // active, next or retired
 	PublishedAt time.Time `json:"published_at"`
 	NotAfter    time.Time `json:"not_after"`
+	Tainted     bool      `json:"tainted,omitempty"`
 }
 
 const (
 	slotActive  = "active"
 	slotNext    = "next"
 	slotRetired = "retired"
+	// slotRevoked entries have no key files.
+	slotRevoked = "revoked"
 )
 
 func slotEntries[K any](s slots[K], entry func(*K) stateEntry) []stateEntry {
@@ -212,15 +219,18 @@ func slotEntries[K any](s slots[K], entry func(*K) stateEntry) []stateEntry {
 	for _, r := range s.retired {
 		add(r, slotRetired)
 	}
+	for _, t := range s.revoked {
+		out = append(out, stateEntry{ID: t.id, Slot: slotRevoked, NotAfter: t.notAfter})
+	}
 	return out
 }
 
 func caEntry(k *caKey) stateEntry {
-	return stateEntry{ID: k.id, PublishedAt: k.published, NotAfter: k.cert.NotAfter}
+	return stateEntry{ID: k.id, PublishedAt: k.published, NotAfter: k.cert.NotAfter, Tainted: k.tainted}
 }
 
 func jwtEntry(k *jwtKey) stateEntry {
-	return stateEntry{ID: k.kid, PublishedAt: k.published, NotAfter: k.notAfter}
+	return stateEntry{ID: k.kid, PublishedAt: k.published, NotAfter: k.notAfter, Tainted: k.tainted}
 }
 
 func (m *Manager) path(name string) string { return filepath.Join(m.dir, name) }
@@ -393,6 +403,10 @@ func loadSlots[K any](statePath, kind string, entries []stateEntry, load func(st
 		if !isHexID(e.ID) {
 			return s, fmt.Errorf("state file %s: bad %s key ID %q", statePath, kind, e.ID)
 		}
+		if e.Slot == slotRevoked {
+			s.revoked = append(s.revoked, tombstone{id: e.ID, notAfter: e.NotAfter})
+			continue
+		}
 		k, err := load(e)
 		if err != nil {
 			return s, err
@@ -456,6 +470,7 @@ func (m *Manager) loadCA(e stateEntry) (*caKey, error) {
 	if k.id != e.ID {
 		return nil, fmt.Errorf("CA certificate %s does not match its ID in the state file", cp)
 	}
+	k.tainted = e.Tainted
 	rp := m.path(caPrefix + e.ID + rootsExt)
 	roots, err := readCerts(rp)
 	switch {
@@ -485,6 +500,7 @@ func (m *Manager) loadJWT(e stateEntry) (*jwtKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load JWT key %s: %w", kp, err)
 	}
+	k.tainted = e.Tainted
 	return k, nil
 }
 

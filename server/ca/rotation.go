@@ -43,11 +43,20 @@ func activateAt(active, next window) time.Time {
 }
 
 // slots are the authorities of one kind: the one that signs, the published
-// successor, and retired ones kept until they expire.
+// successor, retired ones kept until they expire, and those an operator
+// revoked, remembered until they would have expired.
 type slots[K any] struct {
 	active  *K
 	next    *K
 	retired []*K
+	revoked []tombstone
+}
+
+// tombstone is a revoked authority: its key is deleted, and the server
+// keeps removing it from the store until it would have expired anyway.
+type tombstone struct {
+	id       string
+	notAfter time.Time
 }
 
 func (s slots[K]) all() []*K {
@@ -72,6 +81,11 @@ type event[K any] struct {
 func rotateSlots[K any](s slots[K], now time.Time, win func(*K) window, create func() (*K, error)) (slots[K], []event[K], error) {
 	var events []event[K]
 	out := slots[K]{active: s.active, next: s.next}
+	for _, t := range s.revoked {
+		if t.notAfter.After(now) {
+			out.revoked = append(out.revoked, t)
+		}
+	}
 	for _, r := range s.retired {
 		if win(r).notAfter.After(now) {
 			out.retired = append(out.retired, r)
@@ -166,7 +180,8 @@ func (m *Manager) Rotate(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ca: rotate JWT key: %w", err)
 	}
-	if len(xev) == 0 && len(jev) == 0 {
+	forgot := len(x.revoked) != len(m.x509.revoked) || len(j.revoked) != len(m.jwt.revoked)
+	if len(xev) == 0 && len(jev) == 0 && !forgot {
 		return nil
 	}
 	if err := m.persist(m.x509, m.jwt, x, j); err != nil {

@@ -840,19 +840,21 @@ func (s *sqlStore) PutAuthorities(ctx context.Context, auths []Authority) error 
 		var changed []string // trust domains
 		for _, a := range auths {
 			var data []byte
-			var exp int64
-			err := t.queryRow(ctx, `SELECT data, expires_at FROM authorities WHERE trust_domain = $1 AND kind = $2 AND key_id = $3`,
-				a.TrustDomain, string(a.Kind), a.KeyID).Scan(&data, &exp)
+			var exp, tainted int64
+			err := t.queryRow(ctx, `SELECT data, expires_at, tainted FROM authorities WHERE trust_domain = $1 AND kind = $2 AND key_id = $3`,
+				a.TrustDomain, string(a.Kind), a.KeyID).Scan(&data, &exp, &tainted)
 			switch {
-			case err == nil && bytes.Equal(data, a.Data) && exp >= toNanos(a.ExpiresAt):
+			case err == nil && bytes.Equal(data, a.Data) && exp >= toNanos(a.ExpiresAt) && tainted >= boolInt(a.Tainted):
 				continue
 			case err != nil && !errors.Is(err, errNoRows):
 				return fmt.Errorf("read authority %s: %w", a.KeyID, err)
 			}
-			if _, err := t.exec(ctx, `INSERT INTO authorities (trust_domain, kind, key_id, data, expires_at) VALUES ($1, $2, $3, $4, $5)
+			// Expiry and taint only grow: the larger of stored and given.
+			if _, err := t.exec(ctx, `INSERT INTO authorities (trust_domain, kind, key_id, data, expires_at, tainted) VALUES ($1, $2, $3, $4, $5, $6)
 				ON CONFLICT (trust_domain, kind, key_id) DO UPDATE SET data = excluded.data,
-				expires_at = CASE WHEN excluded.expires_at > authorities.expires_at THEN excluded.expires_at ELSE authorities.expires_at END`,
-				a.TrustDomain, string(a.Kind), a.KeyID, a.Data, toNanos(a.ExpiresAt)); err != nil {
+				expires_at = CASE WHEN excluded.expires_at > authorities.expires_at THEN excluded.expires_at ELSE authorities.expires_at END,
+				tainted = CASE WHEN excluded.tainted > authorities.tainted THEN excluded.tainted ELSE authorities.tainted END`,
+				a.TrustDomain, string(a.Kind), a.KeyID, a.Data, toNanos(a.ExpiresAt), boolInt(a.Tainted)); err != nil {
 				return fmt.Errorf("write authority %s: %w", a.KeyID, err)
 			}
 			if !slices.Contains(changed, a.TrustDomain) {
@@ -903,6 +905,34 @@ func (s *sqlStore) ListAuthorities(ctx context.Context, trustDomain string) ([]A
 	return out, seq, nil
 }
 
+func (s *sqlStore) DeleteAuthorities(ctx context.Context, trustDomain string, kind AuthorityKind, keyIDs []string) (int, error) {
+	if trustDomain == "" || (kind != X509Authority && kind != JWTAuthority) {
+		return 0, fmt.Errorf("delete authorities of %q kind %q: trust domain and kind x509 or jwt are required", trustDomain, kind)
+	}
+	var deleted int64
+	err := s.write(ctx, func(t *tx) error {
+		for _, keyID := range keyIDs {
+			n, err := t.exec(ctx, `DELETE FROM authorities WHERE trust_domain = $1 AND kind = $2 AND key_id = $3`,
+				trustDomain, string(kind), keyID)
+			if err != nil {
+				return fmt.Errorf("delete %s authority %s: %w", kind, keyID, err)
+			}
+			deleted += n
+		}
+		if deleted == 0 {
+			return nil
+		}
+		if err := bumpBundleSequence(ctx, t, trustDomain); err != nil {
+			return err
+		}
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("delete %s authorities of %s: %w", kind, trustDomain, err)
+	}
+	return int(deleted), nil
+}
+
 // PruneAuthorities deletes authorities whose ExpiresAt is before now (an
 // authority is valid through its expiry instant, like a certificate).
 func (s *sqlStore) PruneAuthorities(ctx context.Context, trustDomain string, now time.Time) error {
@@ -934,11 +964,11 @@ func listAuthorities(ctx context.Context, q querier, trustDomain string) (map[au
 	auths, err := queryAll(ctx, q, func(sc scanner) (Authority, error) {
 		a := Authority{TrustDomain: trustDomain}
 		var kind string
-		var exp int64
-		err := sc.Scan(&kind, &a.KeyID, &a.Data, &exp)
-		a.Kind, a.ExpiresAt = AuthorityKind(kind), fromNanos(exp)
+		var exp, tainted int64
+		err := sc.Scan(&kind, &a.KeyID, &a.Data, &exp, &tainted)
+		a.Kind, a.ExpiresAt, a.Tainted = AuthorityKind(kind), fromNanos(exp), tainted != 0
 		return a, err
-	}, `SELECT kind, key_id, data, expires_at FROM authorities WHERE trust_domain = $1`, trustDomain)
+	}, `SELECT kind, key_id, data, expires_at, tainted FROM authorities WHERE trust_domain = $1`, trustDomain)
 	if err != nil {
 		return nil, err
 	}
@@ -962,6 +992,9 @@ func wantedAuthorities(trustDomain string, auths []Authority) (map[authorityKey]
 		}
 		if a.TrustDomain != trustDomain {
 			return nil, fmt.Errorf("authority %s belongs to %s", a.KeyID, a.TrustDomain)
+		}
+		if a.Tainted {
+			return nil, fmt.Errorf("%s authority %s is tainted: only a server's own authorities are (PutAuthorities)", a.Kind, a.KeyID)
 		}
 		k := authorityKey{a.Kind, a.KeyID}
 		if _, dup := want[k]; dup {
@@ -987,7 +1020,9 @@ func replaceAuthorities(ctx context.Context, t *tx, trustDomain string, want map
 		same := true
 		for k, a := range want {
 			h, ok := have[k]
-			same = same && ok && bytes.Equal(h.Data, a.Data) && h.ExpiresAt.Equal(a.ExpiresAt)
+			// A tainted row here (written by PutAuthorities) is rewritten
+			// untainted: a federated bundle carries no taint.
+			same = same && ok && bytes.Equal(h.Data, a.Data) && h.ExpiresAt.Equal(a.ExpiresAt) && !h.Tainted
 		}
 		if same {
 			return false, nil

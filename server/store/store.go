@@ -99,6 +99,9 @@ type Authority struct {
 	KeyID     string
 	Data      []byte
 	ExpiresAt time.Time
+	// Tainted: an operator tainted it (forced rotation). It still verifies,
+	// but agents re-sign at once what it issued, before it is revoked.
+	Tainted bool
 }
 
 // FederationRelationship is a foreign trust domain whose bundle every server
@@ -197,8 +200,18 @@ type Store interface {
 	// authorities and bumps the trust domain's bundle sequence if anything
 	// changed. An authority's expiry only grows: servers under one upstream
 	// root each publish it until their own CAs expire, and the last writer
-	// must not cut the others short.
+	// must not cut the others short. Likewise the taint mark only goes
+	// from false to true: Tainted set on a stored untainted authority is a
+	// change; Tainted unset on a tainted one keeps the mark and is no
+	// change (a server that has not yet heard of the taint republishing).
 	PutAuthorities(ctx context.Context, auths []Authority) error
+	// DeleteAuthorities deletes, in one transaction, the authorities of
+	// trustDomain of this kind with these key IDs, ignoring IDs not stored
+	// (a revocation is retried until it sticks), and returns how many it
+	// deleted. It bumps the bundle sequence and the revision only if it
+	// deleted any. It revokes this server's own authorities; a federated
+	// bundle is replaced with SetBundle.
+	DeleteAuthorities(ctx context.Context, trustDomain string, kind AuthorityKind, keyIDs []string) (deleted int, err error)
 	// ListAuthorities returns a trust domain's authorities and its bundle sequence.
 	ListAuthorities(ctx context.Context, trustDomain string) ([]Authority, int64, error)
 	// PruneAuthorities deletes authorities that expired before now.
@@ -207,7 +220,8 @@ type Store interface {
 	// federated bundle, fetched or set by an operator): authorities not in
 	// auths are deleted. It bumps the bundle sequence and the revision, and
 	// reports changed, only if the set differs from the stored one. auths
-	// must not be empty (DeleteBundle removes a bundle).
+	// must not be empty (DeleteBundle removes a bundle) nor tainted (only a
+	// server's own authorities are).
 	SetBundle(ctx context.Context, trustDomain string, auths []Authority) (changed bool, err error)
 	// DeleteBundle deletes every authority of trustDomain: ErrNotFound if it
 	// has none. Its sequence is bumped and kept, so a bundle set later

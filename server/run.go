@@ -58,7 +58,9 @@ type Server struct {
 	healthLn net.Listener
 
 	serverCert atomic.Pointer[tls.Certificate]
-	dirLock    *os.File // flock on the data dir: one server per data dir
+	// serverCertCA is the ID of the CA that signed serverCert.
+	serverCertCA atomic.Pointer[string]
+	dirLock      *os.File // flock on the data dir: one server per data dir
 }
 
 // Run starts a server with cfg and serves until ctx ends.
@@ -144,9 +146,16 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Metrics:     agentapi.NewMetrics(s.metrics),
 	})
 	s.admin = adminapi.New(adminapi.Config{
-		TrustDomain:   cfg.TrustDomain,
-		Store:         s.store,
-		Catalog:       s.catalog,
+		TrustDomain: cfg.TrustDomain,
+		Store:       s.store,
+		Catalog:     s.catalog,
+		CA:          s.ca,
+		PublishAuthorities: func(ctx context.Context) error {
+			if err := s.publishAuthorities(ctx); err != nil {
+				return err
+			}
+			return s.catalog.Refresh(ctx)
+		},
 		RefreshHint:   refreshHint,
 		FederatesWith: cfg.Federation.Relationships,
 		Logger:        logger,
@@ -390,6 +399,13 @@ func (s *Server) publishLoop(ctx context.Context) error {
 		case <-expiry.C:
 		}
 		expiry.Stop()
+		// A newly active CA (on schedule or by an operator) also signs the
+		// agent API's certificate at once: the old CA may be revoked next.
+		if id := s.serverCertCA.Load(); id == nil || *id != s.ca.ActiveCAID() {
+			if err := s.renewServerCert(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Error("renew server certificate under the new CA", "error", err)
+			}
+		}
 		// Until a new root is published, agents cannot verify what it
 		// signs: retry a failed write (store briefly down) until it lands.
 		op := func() error { return s.publishAuthorities(ctx) }
@@ -431,10 +447,26 @@ func (s *Server) publishAuthorities(ctx context.Context) error {
 			KeyID:       a.KeyID,
 			Data:        a.Data,
 			ExpiresAt:   a.ExpiresAt,
+			Tainted:     a.Tainted,
 		})
 	}
 	if err := s.store.PutAuthorities(ctx, auths); err != nil {
 		return fmt.Errorf("publish CA authorities: %w", err)
+	}
+	// Revoked authorities leave the bundle; this runs until they expire, so
+	// a delete that failed once, or a restore from backup, is undone.
+	revoked := map[store.AuthorityKind][]string{}
+	for _, a := range s.ca.Revoked() {
+		revoked[store.AuthorityKind(a.Kind)] = append(revoked[store.AuthorityKind(a.Kind)], a.KeyID)
+	}
+	for kind, ids := range revoked {
+		n, err := s.store.DeleteAuthorities(ctx, s.cfg.TrustDomain.Name(), kind, ids)
+		if err != nil {
+			return fmt.Errorf("remove revoked %s authorities from the bundle: %w", kind, err)
+		}
+		if n > 0 {
+			s.logger.Warn("revoked authorities removed from the bundle", "kind", kind, "count", n)
+		}
 	}
 	if err := s.store.PruneAuthorities(ctx, s.cfg.TrustDomain.Name(), time.Now()); err != nil {
 		return fmt.Errorf("prune expired authorities: %w", err)
@@ -445,6 +477,8 @@ func (s *Server) publishAuthorities(ctx context.Context) error {
 // renewServerCert has the CA sign a fresh TLS certificate (new key) for the
 // agent API.
 func (s *Server) renewServerCert(ctx context.Context) error {
+	// Read before signing: a rotation in between only costs one more renewal.
+	caID := s.ca.ActiveCAID()
 	svid, err := s.ca.SignServerSVID(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sign server certificate: %w", err)
@@ -454,6 +488,7 @@ func (s *Server) renewServerCert(ctx context.Context) error {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
 	s.serverCert.Store(cert)
+	s.serverCertCA.Store(&caID)
 	return nil
 }
 

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,7 +26,7 @@ import (
 
 func newServerCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "server", Short: "Identity server and CA of one trust domain"}
-	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newFederationCmd(), newServerAgentCmd())
+	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newFederationCmd(), newServerAgentCmd(), newLocalAuthorityCmd())
 	return cmd
 }
 
@@ -584,13 +586,21 @@ func printBundleSummary(w io.Writer, b *api.Bundle) {
 			fmt.Fprintf(w, "X.509 root: unreadable: %v\n", err)
 			continue
 		}
-		fmt.Fprintf(w, "X.509 root: %s, expires at %s\n", c.Subject, c.NotAfter.UTC().Format(time.RFC3339))
+		fmt.Fprintf(w, "X.509 root: %s, expires at %s%s\n", c.Subject, c.NotAfter.UTC().Format(time.RFC3339),
+			taintedMark(slices.ContainsFunc(b.TaintedX509Authorities, func(t []byte) bool { return bytes.Equal(t, der) })))
 	}
 	fmt.Fprintf(w, "JWT keys: %d\n", len(b.JwtAuthorities))
 	for _, k := range b.JwtAuthorities {
-		fmt.Fprintf(w, "JWT key: %s\n", k.KeyId)
+		fmt.Fprintf(w, "JWT key: %s%s\n", k.KeyId, taintedMark(k.Tainted))
 	}
 	fmt.Fprintln(w)
+}
+
+func taintedMark(tainted bool) string {
+	if tainted {
+		return " (tainted)"
+	}
+	return ""
 }
 
 func newServerAgentCmd() *cobra.Command {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/signetid/signet/internal/peercred"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
 	"github.com/signetid/signet/server/federation"
 	"github.com/signetid/signet/server/registry"
@@ -25,6 +26,12 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	Store       store.Store
 	Catalog     *catalog.Catalog
+	// CA is this server's CA, for the local-authority RPCs.
+	CA *ca.Manager
+	// PublishAuthorities writes the CA's authorities (and removes revoked
+	// ones) to the store and refreshes the catalog, so a local-authority
+	// step is in the bundle when its RPC returns.
+	PublishAuthorities func(context.Context) error
 	// RefreshHint is put in bundles served here.
 	RefreshHint time.Duration
 	// FederatesWith are the configured federation relationships (server.conf),

@@ -35,8 +35,11 @@ func BundleToProto(b catalog.Bundle, refreshHintSeconds int32) *api.Bundle {
 		switch a.Kind {
 		case store.X509Authority:
 			out.X509Authorities = append(out.X509Authorities, a.Data)
+			if a.Tainted {
+				out.TaintedX509Authorities = append(out.TaintedX509Authorities, a.Data)
+			}
 		case store.JWTAuthority:
-			k := &api.JWTKey{KeyId: a.KeyID, PublicKey: a.Data}
+			k := &api.JWTKey{KeyId: a.KeyID, PublicKey: a.Data, Tainted: a.Tainted}
 			if !a.ExpiresAt.IsZero() {
 				k.ExpiresAt = a.ExpiresAt.Unix()
 			}

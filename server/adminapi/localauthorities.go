@@ -1,0 +1,126 @@
+package adminapi
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/ca"
+)
+
+// GetLocalAuthorities lists this server's authorities of one kind.
+func (s *Service) GetLocalAuthorities(_ context.Context, req *api.GetLocalAuthoritiesRequest) (*api.GetLocalAuthoritiesResponse, error) {
+	kind, err := authorityKind(req.GetKind())
+	if err != nil {
+		return nil, err
+	}
+	list, err := s.cfg.CA.LocalAuthorities(kind)
+	if err != nil {
+		return nil, authorityError(err)
+	}
+	out := &api.GetLocalAuthoritiesResponse{}
+	for _, a := range list {
+		out.Authorities = append(out.Authorities, localAuthorityToProto(a))
+	}
+	return out, nil
+}
+
+// PrepareLocalAuthority creates and publishes a new authority.
+func (s *Service) PrepareLocalAuthority(ctx context.Context, req *api.PrepareLocalAuthorityRequest) (*api.LocalAuthority, error) {
+	kind, err := authorityKind(req.GetKind())
+	if err != nil {
+		return nil, err
+	}
+	return s.authorityStep(ctx, "prepare", func() (ca.LocalAuthority, error) { return s.cfg.CA.Prepare(ctx, kind) })
+}
+
+// ActivateLocalAuthority makes the prepared authority sign.
+func (s *Service) ActivateLocalAuthority(ctx context.Context, req *api.ActivateLocalAuthorityRequest) (*api.LocalAuthority, error) {
+	kind, id, err := authorityRef(req.GetKind(), req.GetAuthorityId())
+	if err != nil {
+		return nil, err
+	}
+	return s.authorityStep(ctx, "activate", func() (ca.LocalAuthority, error) { return s.cfg.CA.Activate(ctx, kind, id) })
+}
+
+// TaintLocalAuthority marks an old authority tainted.
+func (s *Service) TaintLocalAuthority(ctx context.Context, req *api.TaintLocalAuthorityRequest) (*api.LocalAuthority, error) {
+	kind, id, err := authorityRef(req.GetKind(), req.GetAuthorityId())
+	if err != nil {
+		return nil, err
+	}
+	return s.authorityStep(ctx, "taint", func() (ca.LocalAuthority, error) { return s.cfg.CA.Taint(ctx, kind, id) })
+}
+
+// RevokeLocalAuthority removes a tainted authority from the bundle.
+func (s *Service) RevokeLocalAuthority(ctx context.Context, req *api.RevokeLocalAuthorityRequest) (*api.LocalAuthority, error) {
+	kind, id, err := authorityRef(req.GetKind(), req.GetAuthorityId())
+	if err != nil {
+		return nil, err
+	}
+	return s.authorityStep(ctx, "revoke", func() (ca.LocalAuthority, error) { return s.cfg.CA.Revoke(ctx, kind, id) })
+}
+
+// authorityStep runs one CA step, then publishes the result so the bundle
+// in the store (and agents) reflect it when the call returns. Every step
+// is idempotent, so a caller told to retry loses nothing.
+func (s *Service) authorityStep(ctx context.Context, what string, step func() (ca.LocalAuthority, error)) (*api.LocalAuthority, error) {
+	a, err := step()
+	if err != nil {
+		return nil, authorityError(err)
+	}
+	if err := s.cfg.PublishAuthorities(ctx); err != nil {
+		return nil, status.Errorf(codes.Aborted, "%s %s authority %s: done in the CA, but the store's bundle could not be updated yet (the server keeps retrying; running the command again is safe): %v",
+			what, a.Kind, a.ID, err)
+	}
+	return localAuthorityToProto(a), nil
+}
+
+func authorityKind(kind string) (ca.AuthorityKind, error) {
+	switch k := ca.AuthorityKind(kind); k {
+	case ca.KindX509, ca.KindJWT:
+		return k, nil
+	}
+	return "", status.Errorf(codes.InvalidArgument, "authority kind %q: want %q or %q", kind, ca.KindX509, ca.KindJWT)
+}
+
+func authorityRef(kind, id string) (ca.AuthorityKind, string, error) {
+	k, err := authorityKind(kind)
+	if err != nil {
+		return "", "", err
+	}
+	if id == "" {
+		return "", "", status.Error(codes.InvalidArgument, "authority ID is required (signet server localauthority "+kind+" show lists them)")
+	}
+	return k, id, nil
+}
+
+func authorityError(err error) error {
+	switch {
+	case errors.Is(err, ca.ErrUnknownAuthority):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, ca.ErrAuthorityState):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+func localAuthorityToProto(a ca.LocalAuthority) *api.LocalAuthority {
+	out := &api.LocalAuthority{
+		Kind:           string(a.Kind),
+		AuthorityId:    a.ID,
+		Status:         string(a.Status),
+		Tainted:        a.Tainted,
+		ExpiresAt:      a.ExpiresAt.Unix(),
+		UpstreamIssuer: a.UpstreamIssuer,
+	}
+	if !a.PublishedAt.IsZero() {
+		out.PublishedAt = a.PublishedAt.Unix()
+	}
+	return out
+}

@@ -247,6 +247,15 @@ func (c *Cache) SetBundles(own *spiffebundle.Bundle, federated []*spiffebundle.B
 	c.dirtyLocked()
 }
 
+// SetTaintedJWTKeys sets the key IDs of the own trust domain's tainted JWT
+// keys (forced rotation): cached JWT-SVIDs they signed are dropped, so the
+// next fetch mints a new one, and none they sign is cached again.
+func (c *Cache) SetTaintedJWTKeys(keyIDs []string) {
+	if n := c.jwts.setTainted(keyIDs); n > 0 {
+		c.opts.Logger.Info("dropped cached JWT-SVIDs signed with a tainted key", "count", n)
+	}
+}
+
 func bundleEqual(a, b *spiffebundle.Bundle) bool {
 	if a == nil || b == nil {
 		return a == b

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 )
 
@@ -19,6 +21,9 @@ type jwtCache struct {
 	// gen counts dropEntry calls: a token minted while an entry was being
 	// dropped may carry the entry's old identity, so it is not kept.
 	gen uint64
+	// tainted holds the key IDs of tainted JWT keys: tokens they signed
+	// are neither kept nor served again.
+	tainted map[string]bool
 }
 
 type jwtKey struct {
@@ -28,6 +33,7 @@ type jwtKey struct {
 
 type jwtToken struct {
 	svid      *jwtsvid.SVID
+	kid       string // of the key that signed it
 	refreshAt time.Time
 }
 
@@ -52,6 +58,7 @@ func (j *jwtCache) get(ctx context.Context, entryID string, audience []string, n
 	if err != nil {
 		return nil, err
 	}
+	kid := keyID(svid)
 	// Half of the remaining lifetime as seen from here: the token was
 	// minted just now, so this is half its lifetime, free of clock skew.
 	refresh := t.Add(svid.Expiry.Sub(t) / 2)
@@ -60,7 +67,10 @@ func (j *jwtCache) get(ctx context.Context, entryID string, audience []string, n
 	if j.gen != gen {
 		return svid, nil // an entry changed meanwhile; serve, but do not cache
 	}
-	j.tokens[key] = jwtToken{svid: svid, refreshAt: refresh}
+	if j.tainted[kid] {
+		return svid, nil // the server still signs with a tainted key: do not keep it
+	}
+	j.tokens[key] = jwtToken{svid: svid, kid: kid, refreshAt: refresh}
 	if len(j.tokens) > j.sweepAt {
 		for k, v := range j.tokens {
 			if !t.Before(v.svid.Expiry) {
@@ -83,4 +93,44 @@ func (j *jwtCache) dropEntry(entryID string) {
 			delete(j.tokens, k)
 		}
 	}
+}
+
+// setTainted replaces the tainted key IDs and drops the tokens they signed,
+// returning how many.
+func (j *jwtCache) setTainted(keyIDs []string) int {
+	tainted := make(map[string]bool, len(keyIDs))
+	for _, k := range keyIDs {
+		if k != "" { // "" is a token whose kid could not be read
+			tainted[k] = true
+		}
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.tainted = tainted
+	dropped := 0
+	for k, v := range j.tokens {
+		if tainted[v.kid] {
+			delete(j.tokens, k)
+			dropped++
+		}
+	}
+	return dropped
+}
+
+// jwtAlgorithms are those go-spiffe accepts in a JWT-SVID.
+var jwtAlgorithms = []jose.SignatureAlgorithm{
+	jose.RS256, jose.RS384, jose.RS512,
+	jose.ES256, jose.ES384, jose.ES512,
+	jose.PS256, jose.PS384, jose.PS512,
+}
+
+// keyID is the kid in the header of svid's token. The minter parsed the
+// token with go-spiffe, so it reads; one that does not (or has no kid)
+// yields "", which no tainted key matches.
+func keyID(svid *jwtsvid.SVID) string {
+	tok, err := jwt.ParseSigned(svid.Marshal(), jwtAlgorithms)
+	if err != nil || len(tok.Headers) == 0 {
+		return ""
+	}
+	return tok.Headers[0].KeyID
 }

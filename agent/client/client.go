@@ -95,6 +95,11 @@ type Client struct {
 	// the server then answers again, and no other key could.
 	pending *pendingAttestation
 	closed  bool
+	// taintRenewed holds the tainted roots (by DER) the agent SVID was
+	// already renewed away from: a server still signing under one (it
+	// should not) is asked once, not at every bundle. A taint is never
+	// lifted (the root is revoked next), so the set is never pruned.
+	taintRenewed map[string]bool
 
 	kick chan struct{}
 }
@@ -227,11 +232,43 @@ func (c *Client) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bund
 }
 
 // UpdateBundle adopts the own trust domain's bundle the server pushed, so
-// the server stays verifiable across CA rotations, and persists it.
-func (c *Client) UpdateBundle(b *spiffebundle.Bundle) {
+// the server stays verifiable across CA rotations, and persists it. When
+// taint marks the root that issued the agent SVID, the SVID is renewed at
+// once rather than at half its lifetime.
+func (c *Client) UpdateBundle(b *spiffebundle.Bundle, taint Taint) {
 	if b == nil || b.TrustDomain() != c.cfg.TrustDomain || len(b.X509Authorities()) == 0 {
 		return
 	}
+	c.adoptBundle(b)
+	c.renewIfTainted(taint)
+}
+
+// renewIfTainted kicks a renewal when the agent SVID was issued under a
+// tainted root it was not already renewed away from.
+func (c *Client) renewIfTainted(taint Taint) {
+	c.mu.Lock()
+	var root *x509.Certificate
+	if c.svid != nil {
+		root = taint.IssuerOf(c.svid.Certificates)
+	}
+	kick := root != nil && !c.taintRenewed[string(root.Raw)]
+	if kick {
+		if c.taintRenewed == nil {
+			c.taintRenewed = make(map[string]bool)
+		}
+		c.taintRenewed[string(root.Raw)] = true
+	}
+	svid := c.svid
+	c.mu.Unlock()
+	if !kick {
+		return
+	}
+	c.cfg.Logger.Info("agent SVID was issued under a tainted authority; renewing it now", "agent_id", svid.ID.String())
+	c.renewNow()
+}
+
+// adoptBundle makes b's X.509 authorities the roots that verify the server.
+func (c *Client) adoptBundle(b *spiffebundle.Bundle) {
 	xb := b.X509Bundle()
 	c.mu.Lock()
 	same := c.bundle != nil && c.bundle.Equal(xb)
@@ -252,6 +289,12 @@ func (c *Client) UpdateBundle(b *spiffebundle.Bundle) {
 // another call; the client renews (or re-attests) at once.
 func (c *Client) ReportAuthFailure(err error) {
 	c.cfg.Logger.Warn("server refused the agent; renewing its SVID now", "error", err)
+	c.renewNow()
+}
+
+// renewNow has Run renew the agent SVID without waiting for half its
+// lifetime (a pending request already covers this one).
+func (c *Client) renewNow() {
 	select {
 	case c.kick <- struct{}{}:
 	default:
@@ -286,7 +329,8 @@ func (c *Client) MintJWTSVID(ctx context.Context, entryID string, audience []str
 	return svid, nil
 }
 
-// Run renews the agent SVID at half its lifetime until ctx ends.
+// Run renews the agent SVID at half its lifetime until ctx ends, and at
+// once when the server refused it or its issuing root was tainted.
 func (c *Client) Run(ctx context.Context) error {
 	bo := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(time.Second),
@@ -382,13 +426,17 @@ func (c *Client) renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("renew agent SVID: %w", err)
 	}
-	svid, bundle, err := c.parseResponse(resp, key)
+	svid, bundle, taint, err := c.parseResponse(resp, key)
 	if err != nil {
 		return fmt.Errorf("renew agent SVID: %w", err)
 	}
-	c.UpdateBundle(bundle)
 	c.cfg.Logger.Info("agent SVID renewed", "agent_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
-	return c.setIdentity(svid, true)
+	if err := c.setIdentity(svid, true); err != nil {
+		return err
+	}
+	// After setIdentity, so a taint is checked against the new SVID.
+	c.UpdateBundle(bundle, taint)
+	return nil
 }
 
 // attest proves the node with the node attestor's evidence and adopts the
@@ -427,7 +475,7 @@ func (c *Client) attest(ctx context.Context) error {
 	if ev.SingleUse {
 		c.markTokenUsed(hash)
 	}
-	svid, bundle, err := c.parseResponse(resp, key)
+	svid, bundle, taint, err := c.parseResponse(resp, key)
 	if err != nil {
 		return fmt.Errorf("attest to %s: %w", c.cfg.ServerAddr, err)
 	}
@@ -447,7 +495,11 @@ func (c *Client) attest(ctx context.Context) error {
 		return err
 	}
 	c.cfg.Logger.Info("agent attested", "agent_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter, "took", time.Since(start).Round(time.Millisecond))
-	return c.setIdentity(svid, true)
+	if err := c.setIdentity(svid, true); err != nil {
+		return err
+	}
+	c.renewIfTainted(taint)
+	return nil
 }
 
 // pendingAttestation is a key and CSR presented with the token of hash.
@@ -536,39 +588,41 @@ func (c *Client) bootstrapTLS() (*tls.Config, error) {
 }
 
 // parseResponse checks an attest or renew response: the leaf carries key's
-// public key and an ID in the agent's trust domain.
-func (c *Client) parseResponse(resp *api.AttestResponse, key *ecdsa.PrivateKey) (*x509svid.SVID, *spiffebundle.Bundle, error) {
+// public key and an ID in the agent's trust domain. The bundle, with its
+// taint marks, is nil when the server sent none.
+func (c *Client) parseResponse(resp *api.AttestResponse, key *ecdsa.PrivateKey) (*x509svid.SVID, *spiffebundle.Bundle, Taint, error) {
 	if len(resp.SvidChain) == 0 {
-		return nil, nil, errors.New("the server sent no agent SVID")
+		return nil, nil, Taint{}, errors.New("the server sent no agent SVID")
 	}
 	certs := make([]*x509.Certificate, 0, len(resp.SvidChain))
 	for _, der := range resp.SvidChain {
 		cert, err := x509.ParseCertificate(der)
 		if err != nil {
-			return nil, nil, fmt.Errorf("parse agent SVID: %w", err)
+			return nil, nil, Taint{}, fmt.Errorf("parse agent SVID: %w", err)
 		}
 		certs = append(certs, cert)
 	}
 	if !key.PublicKey.Equal(certs[0].PublicKey) {
-		return nil, nil, errors.New("agent SVID is not for the requested key")
+		return nil, nil, Taint{}, errors.New("agent SVID is not for the requested key")
 	}
 	id, err := x509svid.IDFromCert(certs[0])
 	if err != nil {
-		return nil, nil, fmt.Errorf("agent SVID: %w", err)
+		return nil, nil, Taint{}, fmt.Errorf("agent SVID: %w", err)
 	}
 	if !id.MemberOf(c.cfg.TrustDomain) {
-		return nil, nil, fmt.Errorf("agent SVID %s is not in trust domain %s", id, c.cfg.TrustDomain)
+		return nil, nil, Taint{}, fmt.Errorf("agent SVID %s is not in trust domain %s", id, c.cfg.TrustDomain)
 	}
 	var bundle *spiffebundle.Bundle
+	var taint Taint
 	if resp.Bundle != nil {
-		if bundle, err = BundleFromProto(resp.Bundle); err != nil {
-			return nil, nil, err
+		if bundle, taint, err = OwnBundleFromProto(resp.Bundle); err != nil {
+			return nil, nil, Taint{}, err
 		}
 		if bundle.TrustDomain() != c.cfg.TrustDomain {
-			return nil, nil, fmt.Errorf("server bundle is for %s, not %s", bundle.TrustDomain(), c.cfg.TrustDomain)
+			return nil, nil, Taint{}, fmt.Errorf("server bundle is for %s, not %s", bundle.TrustDomain(), c.cfg.TrustDomain)
 		}
 	}
-	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, bundle, nil
+	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, bundle, taint, nil
 }
 
 // setIdentity adopts svid, persists it when asked, and moves to a new

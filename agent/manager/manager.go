@@ -33,9 +33,10 @@ type Config struct {
 	Cache  *cache.Cache
 	// TrustDomain is the agent's own trust domain.
 	TrustDomain spiffeid.TrustDomain
-	// OnBundle receives every own-trust-domain bundle the server pushes
-	// (the client verifies the server with it across CA rotations).
-	OnBundle func(*spiffebundle.Bundle)
+	// OnBundle receives every own-trust-domain bundle the server pushes,
+	// with its taint marks (the client verifies the server with it across
+	// CA rotations, and renews its SVID when its issuer is tainted).
+	OnBundle func(*spiffebundle.Bundle, client.Taint)
 	// OnAuthFailure is told when the server refuses the agent on Sync
 	// (evicted, or a superseded SVID), so the client can renew or re-attest.
 	OnAuthFailure func(error)
@@ -67,7 +68,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Signed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "signet_agent_svid_signings_total",
-			Help: "Workload X509-SVIDs signed, by reason: new, rotation (half lifetime passed), expired, spiffe_id_changed, dns_names_changed, issuer_untrusted.",
+			Help: "Workload X509-SVIDs signed, by reason: new, rotation (half lifetime passed), expired, spiffe_id_changed, dns_names_changed, issuer_untrusted, authority_tainted (issued under a root an operator tainted).",
 		}, []string{"reason"}),
 		SyncUpdates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "signet_agent_sync_updates_total",
@@ -92,6 +93,12 @@ type Manager struct {
 	lastSync time.Time
 	synced   chan struct{} // closed at the first applied sync
 	once     sync.Once
+
+	// taint is the latest own bundle's; taintChanged asks the next
+	// reconcile to log how many SVIDs it found tainted. Both belong to
+	// Run's goroutine (apply and reconcile).
+	taint        client.Taint
+	taintChanged bool
 }
 
 // New returns a Manager.
@@ -231,14 +238,14 @@ func (m *Manager) syncOnce(ctx context.Context, updates chan *api.SyncResponse, 
 // apply puts a Sync message's entries and bundles into the cache.
 func (m *Manager) apply(u *api.SyncResponse) error {
 	var errs []error
-	own, err := client.BundleFromProto(u.Bundle)
+	own, taint, err := client.OwnBundleFromProto(u.Bundle)
 	if err == nil && own.TrustDomain() != m.cfg.TrustDomain {
 		err = fmt.Errorf("bundle is for %s, not %s", own.TrustDomain(), m.cfg.TrustDomain)
 	}
 	if err != nil {
 		// Keep the bundle we have rather than serve none.
 		errs = append(errs, fmt.Errorf("own bundle: %w", err))
-		own = m.cfg.Cache.Bundle()
+		own, taint = m.cfg.Cache.Bundle(), m.taint
 	}
 	var feds []*spiffebundle.Bundle
 	for _, fb := range u.FederatedBundles {
@@ -263,9 +270,13 @@ func (m *Manager) apply(u *api.SyncResponse) error {
 	}
 	if own != nil {
 		m.cfg.Cache.SetBundles(own, feds)
+		m.cfg.Cache.SetTaintedJWTKeys(taint.JWTKeyIDs)
 		if m.cfg.OnBundle != nil {
-			m.cfg.OnBundle(own)
+			m.cfg.OnBundle(own, taint)
 		}
+	}
+	if !taint.Equal(m.taint) {
+		m.taint, m.taintChanged = taint, true
 	}
 	m.cfg.Cache.SetEntries(entries)
 	now := m.cfg.Now()
@@ -295,16 +306,27 @@ func (m *Manager) reconcile(ctx context.Context) (time.Time, error) {
 	trusted := issuersOf(m.cfg.Cache.Bundle())
 	var todo []*pending
 	var next time.Time
+	tainted := 0
 	for _, es := range m.cfg.Cache.Entries() {
 		if es.Entry.Expired(now) {
 			continue // the server would refuse it, failing the whole batch
 		}
-		if r := due(&es.Entry, es.SVID, trusted, now); r != none {
+		if r := due(&es.Entry, es.SVID, trusted, m.taint, now); r != none {
 			todo = append(todo, &pending{entry: es.Entry, reason: r})
+			if r == reasonTainted {
+				tainted++
+			}
 			continue
 		}
 		if at := RotateAt(es.SVID.Certificates[0]); next.IsZero() || at.Before(next) {
 			next = at
+		}
+	}
+	if m.taintChanged {
+		m.taintChanged = false
+		if len(m.taint.X509Authorities) > 0 {
+			m.cfg.Logger.Info("the bundle has a tainted authority; re-signing the workload SVIDs issued under it now",
+				"count", tainted, "tainted_x509_authorities", len(m.taint.X509Authorities))
 		}
 	}
 	if len(todo) == 0 {

@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/signetid/signet/agent/cache"
+	"github.com/signetid/signet/agent/client"
 )
 
 // RotateAt is when an SVID is renewed: half its lifetime plus a jitter of
@@ -39,6 +40,7 @@ const (
 	reasonDNS     reason = "dns_names_changed"
 	reasonTTL     reason = "x509_ttl_shortened" // the SVID outlives the entry's new TTL
 	reasonIssuer  reason = "issuer_untrusted"   // CA no longer in the bundle
+	reasonTainted reason = "authority_tainted"  // issued under a tainted root
 )
 
 // trustedIssuers identifies the bundle's X.509 authorities by subject key
@@ -74,8 +76,10 @@ func (t *trustedIssuers) trusts(chain []*x509.Certificate) bool {
 	return t.subjects[string(top.RawIssuer)]
 }
 
-// due decides whether e needs a new SVID at now.
-func due(e *cache.Entry, svid *x509svid.SVID, trusted *trustedIssuers, now time.Time) reason {
+// due decides whether e needs a new SVID at now. An SVID issued under a
+// tainted root is re-signed at once; its successor, signed by the active
+// CA, is not tainted.
+func due(e *cache.Entry, svid *x509svid.SVID, trusted *trustedIssuers, taint client.Taint, now time.Time) reason {
 	if svid == nil || len(svid.Certificates) == 0 {
 		return reasonNew
 	}
@@ -91,6 +95,8 @@ func due(e *cache.Entry, svid *x509svid.SVID, trusted *trustedIssuers, now time.
 		return reasonTTL
 	case !trusted.trusts(svid.Certificates):
 		return reasonIssuer
+	case taint.IssuerOf(svid.Certificates) != nil:
+		return reasonTainted
 	case !now.Before(RotateAt(leaf)):
 		return reasonRotate
 	}

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -16,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/signetid/signet/agent/cache"
+	"github.com/signetid/signet/agent/client"
 )
 
 var (
@@ -44,13 +46,29 @@ func newCA(t *testing.T) *testCA {
 }
 
 func (ca *testCA) svid(t *testing.T, path string, serial int64, ttl time.Duration, dns ...string) *x509svid.SVID {
+	return ca.svidFrom(t, ca.cert, path, serial, ttl, dns...)
+}
+
+// svidWithoutAKI signs an SVID that carries no authority key ID, as a CA
+// without a subject key ID issues them.
+func (ca *testCA) svidWithoutAKI(t *testing.T, path string, serial int64, ttl time.Duration) *x509svid.SVID {
+	parent := *ca.cert
+	parent.SubjectKeyId = nil
+	svid := ca.svidFrom(t, &parent, path, serial, ttl)
+	if len(svid.Certificates[0].AuthorityKeyId) > 0 {
+		t.Fatal("test setup: the SVID has an authority key ID")
+	}
+	return svid
+}
+
+func (ca *testCA) svidFrom(t *testing.T, parent *x509.Certificate, path string, serial int64, ttl time.Duration, dns ...string) *x509svid.SVID {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	id := spiffeid.RequireFromPath(td, path)
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(serial), NotBefore: t0, NotAfter: t0.Add(ttl),
 		URIs: []*url.URL{id.URL()}, DNSNames: dns,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), ca.key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,27 +98,45 @@ func TestDue(t *testing.T) {
 	rot := RotateAt(good.Certificates[0])
 	trusted := issuersOf(spiffebundle.FromX509Authorities(td, []*x509.Certificate{ca.cert}))
 	rotated := issuersOf(spiffebundle.FromX509Authorities(td, []*x509.Certificate{otherCA.cert}))
+	// During a forced rotation the bundle holds the tainted root and its
+	// replacement, which has the same subject and another key.
+	both := issuersOf(spiffebundle.FromX509Authorities(td, []*x509.Certificate{ca.cert, otherCA.cert}))
+	if !bytes.Equal(ca.cert.RawSubject, otherCA.cert.RawSubject) {
+		t.Fatal("test setup: the replacement root must share the tainted root's subject")
+	}
+	taintCA := client.Taint{X509Authorities: []*x509.Certificate{ca.cert}}
+	taintOther := client.Taint{X509Authorities: []*x509.Certificate{otherCA.cert}}
+	noAKI := ca.svidWithoutAKI(t, "/w", 10, time.Hour)
+	e2 := e
+	e2.DNSNames = nil // for noAKI
 
 	tests := []struct {
 		name    string
+		entry   *cache.Entry
 		svid    *x509svid.SVID
 		trusted *trustedIssuers
+		taint   client.Taint
 		now     time.Time
 		want    reason
 	}{
-		{"no SVID yet", nil, trusted, t0, reasonNew},
-		{"fresh SVID", good, trusted, t0.Add(time.Minute), none},
-		{"just before rotation time", good, trusted, rot.Add(-time.Second), none},
-		{"at rotation time", good, trusted, rot, reasonRotate},
-		{"expired", good, trusted, t0.Add(time.Hour), reasonExpired},
-		{"entry SPIFFE ID changed", ca.svid(t, "/old", 8, time.Hour, "a.example", "b.example"), trusted, t0, reasonID},
-		{"entry DNS names changed", ca.svid(t, "/w", 9, time.Hour, "a.example"), trusted, t0, reasonDNS},
-		{"signing CA left the bundle", good, rotated, t0, reasonIssuer},
-		{"bundle not known yet: keep", good, nil, t0, none},
+		{"no SVID yet", &e, nil, trusted, client.Taint{}, t0, reasonNew},
+		{"fresh SVID", &e, good, trusted, client.Taint{}, t0.Add(time.Minute), none},
+		{"just before rotation time", &e, good, trusted, client.Taint{}, rot.Add(-time.Second), none},
+		{"at rotation time", &e, good, trusted, client.Taint{}, rot, reasonRotate},
+		{"expired", &e, good, trusted, client.Taint{}, t0.Add(time.Hour), reasonExpired},
+		{"entry SPIFFE ID changed", &e, ca.svid(t, "/old", 8, time.Hour, "a.example", "b.example"), trusted, client.Taint{}, t0, reasonID},
+		{"entry DNS names changed", &e, ca.svid(t, "/w", 9, time.Hour, "a.example"), trusted, client.Taint{}, t0, reasonDNS},
+		{"signing CA left the bundle", &e, good, rotated, client.Taint{}, t0, reasonIssuer},
+		{"bundle not known yet: keep", &e, good, nil, client.Taint{}, t0, none},
+		{"issuing root tainted (key ID match)", &e, good, both, taintCA, t0.Add(time.Minute), reasonTainted},
+		{"replacement root with the same subject tainted", &e, good, both, taintOther, t0.Add(time.Minute), none},
+		{"no authority key ID, signed by the tainted root", &e2, noAKI, both, taintCA, t0.Add(time.Minute), reasonTainted},
+		{"no authority key ID, replacement root tainted", &e2, noAKI, both, taintOther, t0.Add(time.Minute), none},
+		{"tainted and expired: expired", &e, good, both, taintCA, t0.Add(time.Hour), reasonExpired},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := due(&e, tc.svid, tc.trusted, tc.now); got != tc.want {
+			if got := due(tc.entry, tc.svid, tc.trusted, tc.taint, tc.now); got != tc.want {
 				t.Fatalf("due = %q, want %q", got, tc.want)
 			}
 		})
@@ -123,7 +159,7 @@ func TestDueOnShortenedTTL(t *testing.T) {
 		{2 * time.Hour, none},         // lengthened: at the next rotation
 	} {
 		e := cache.Entry{ID: "e", SPIFFEID: spiffeid.RequireFromPath(td, "/w"), X509TTL: tc.ttl}
-		if got := due(&e, svid, trusted, t0.Add(time.Minute)); got != tc.want {
+		if got := due(&e, svid, trusted, client.Taint{}, t0.Add(time.Minute)); got != tc.want {
 			t.Errorf("x509_ttl %v: due = %q, want %q", tc.ttl, got, tc.want)
 		}
 	}

@@ -32,12 +32,14 @@ func (s *silentServer) BatchSignX509SVID(ctx context.Context, _ *api.BatchSignX5
 	return nil, ctx.Err()
 }
 
-func TestSigningCallToSilentServerTimesOutAndIsRetried(t *testing.T) {
+// serveAgentAPI serves srv on 127.0.0.1 until the test ends and returns a
+// client of it.
+func serveAgentAPI(t *testing.T, srv api.AgentServiceServer) api.AgentServiceClient {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &silentServer{signCalls: make(chan struct{}, 16)}
 	gs := grpc.NewServer()
 	api.RegisterAgentServiceServer(gs, srv)
 	go gs.Serve(lis)
@@ -47,7 +49,22 @@ func TestSigningCallToSilentServerTimesOutAndIsRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	return api.NewAgentServiceClient(conn)
+}
 
+// runInBackground runs m until the test ends.
+func runInBackground(t *testing.T, m *Manager) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
+func TestSigningCallToSilentServerTimesOutAndIsRetried(t *testing.T) {
+	srv := &silentServer{signCalls: make(chan struct{}, 16)}
 	c, err := cache.New(cache.Options{TrustDomain: td})
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +72,7 @@ func TestSigningCallToSilentServerTimesOutAndIsRetried(t *testing.T) {
 	t.Cleanup(func() { c.Close() })
 	c.SetEntries([]cache.Entry{{ID: "e", SPIFFEID: spiffeid.RequireFromPath(td, "/w"), CreatedAt: t0}})
 	m, err := New(Config{
-		Server:      api.NewAgentServiceClient(conn),
+		Server:      serveAgentAPI(t, srv),
 		Cache:       c,
 		TrustDomain: td,
 		CallTimeout: 100 * time.Millisecond,
@@ -64,13 +81,7 @@ func TestSigningCallToSilentServerTimesOutAndIsRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runInBackground(t, m)
 
 	// Two calls that ended server-side: the first gave up at its timeout,
 	// and the manager tried again.

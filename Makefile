@@ -25,7 +25,8 @@ FUZZ_TARGETS ?= \
 	./server/federation:FuzzResolveConfig \
 	./server/k8sreg:FuzzRender \
 	./server/k8sreg:FuzzStaticEntry \
-	./server/k8sreg:FuzzFederatedTrustDomain
+	./server/k8sreg:FuzzFederatedTrustDomain \
+	./agent/client:FuzzOwnBundleFromProto
 
 .PHONY: all build test test-race-core test-kube-e2e fuzz bench demo lint deps proto clean kube-bins
 

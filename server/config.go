@@ -142,8 +142,9 @@ type K8sPSATFileConfig struct {
 // X509PoPFileConfig is the `x509pop { ... }` block, with the keys of
 // SPIRE's x509pop server plugin.
 type X509PoPFileConfig struct {
-	CABundlePath      string `hcl:"ca_bundle_path"`
-	AgentPathTemplate string `hcl:"agent_path_template"`
+	CABundlePath      string   `hcl:"ca_bundle_path"`
+	CABundlePaths     []string `hcl:"ca_bundle_paths"`
+	AgentPathTemplate string   `hcl:"agent_path_template"`
 
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
@@ -482,14 +483,27 @@ func (x *X509PoPFileConfig) resolve() (*nodeattest.X509PoPConfig, error) {
 	if x == nil {
 		return nil, nil
 	}
-	if x.CABundlePath == "" {
-		return nil, errors.New(`x509pop: ca_bundle_path is required (the PEM roots of your node certificates, e.g. ca_bundle_path = "/etc/signet/node-ca.pem")`)
+	paths := x.CABundlePaths
+	switch {
+	case x.CABundlePath != "" && len(paths) > 0:
+		return nil, errors.New("x509pop: ca_bundle_path and ca_bundle_paths are both set; use ca_bundle_paths alone (it takes a list)")
+	case x.CABundlePath != "":
+		paths = []string{x.CABundlePath}
+	case len(paths) == 0:
+		return nil, errors.New(`x509pop: ca_bundle_path or ca_bundle_paths is required (the PEM roots of your node certificates, e.g. ca_bundle_path = "/etc/signet/node-ca.pem")`)
 	}
-	abs, err := filepath.Abs(x.CABundlePath)
-	if err != nil {
-		return nil, fmt.Errorf("x509pop: ca_bundle_path %q: %w", x.CABundlePath, err)
+	out := &nodeattest.X509PoPConfig{AgentPathTemplate: x.AgentPathTemplate}
+	for _, p := range paths {
+		if p == "" {
+			return nil, errors.New("x509pop: ca_bundle_paths holds an empty path")
+		}
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return nil, fmt.Errorf("x509pop: CA bundle path %q: %w", p, err)
+		}
+		out.CABundlePaths = append(out.CABundlePaths, abs)
 	}
-	return &nodeattest.X509PoPConfig{CABundlePath: abs, AgentPathTemplate: x.AgentPathTemplate}, nil
+	return out, nil
 }
 
 // resolve checks the block's paths; the files are read when the CA starts,

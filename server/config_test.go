@@ -2,6 +2,7 @@ package server
 
 import (
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -84,13 +85,24 @@ k8s_psat "dev" {
 			name: "x509pop",
 			in:   "trust_domain = \"a.org\"\nx509pop {\n ca_bundle_path = \"/etc/signet/node-ca.pem\"\n agent_path_template = \"cn/{{ .Subject.CommonName }}\"\n}",
 			check: func(t *testing.T, c Config) {
-				if x := c.X509PoP; x == nil || x.CABundlePath != "/etc/signet/node-ca.pem" || x.AgentPathTemplate != "cn/{{ .Subject.CommonName }}" {
+				if x := c.X509PoP; x == nil || !slices.Equal(x.CABundlePaths, []string{"/etc/signet/node-ca.pem"}) || x.AgentPathTemplate != "cn/{{ .Subject.CommonName }}" {
 					t.Fatalf("x509pop %+v", c.X509PoP)
 				}
 			},
 		},
-		{name: "x509pop without a bundle", in: "trust_domain = \"a.org\"\nx509pop {\n agent_path_template = \"x\"\n}", wantErr: "x509pop: ca_bundle_path is required"},
-		{name: "x509pop unknown key", in: "trust_domain = \"a.org\"\nx509pop {\n ca_bundle_path = \"/b\"\n ca_bundle_paths = [\"/c\"]\n}", wantErr: "x509pop: ca_bundle_paths (line 4)"},
+		{
+			name: "x509pop with several bundles (SPIRE's ca_bundle_paths)",
+			in:   "trust_domain = \"a.org\"\nx509pop {\n ca_bundle_paths = [\"/etc/signet/dc1.pem\", \"/etc/signet/dc2.pem\"]\n}",
+			check: func(t *testing.T, c Config) {
+				if x := c.X509PoP; x == nil || !slices.Equal(x.CABundlePaths, []string{"/etc/signet/dc1.pem", "/etc/signet/dc2.pem"}) {
+					t.Fatalf("x509pop %+v", c.X509PoP)
+				}
+			},
+		},
+		{name: "x509pop without a bundle", in: "trust_domain = \"a.org\"\nx509pop {\n agent_path_template = \"x\"\n}", wantErr: "x509pop: ca_bundle_path or ca_bundle_paths is required"},
+		{name: "x509pop with both bundle keys", in: "trust_domain = \"a.org\"\nx509pop {\n ca_bundle_path = \"/b\"\n ca_bundle_paths = [\"/c\"]\n}", wantErr: "x509pop: ca_bundle_path and ca_bundle_paths are both set"},
+		{name: "x509pop with an empty bundle path", in: "trust_domain = \"a.org\"\nx509pop {\n ca_bundle_paths = [\"/c\", \"\"]\n}", wantErr: "x509pop: ca_bundle_paths holds an empty path"},
+		{name: "x509pop unknown key", in: "trust_domain = \"a.org\"\nx509pop {\n ca_bundle_path = \"/b\"\n ca_bundles = [\"/c\"]\n}", wantErr: "x509pop: ca_bundles (line 4)"},
 		{name: "x509pop with a label", in: "trust_domain = \"a.org\"\nx509pop \"x\" { ca_bundle_path = \"/b\" }", wantErr: "line 2: want x509pop { ca_bundle_path"},
 		{name: "x509pop twice", in: "trust_domain = \"a.org\"\nx509pop { ca_bundle_path = \"/b\" }\nx509pop { ca_bundle_path = \"/c\" }", wantErr: "line 3: x509pop is already configured at line 2"},
 		{name: "k8s_bundle without a name", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"signet-system\"\n}", wantErr: "namespace and config_map are required"},

@@ -26,7 +26,7 @@ func x509popServer(t *testing.T) (*realServer, *x509poptest.CA) {
 	bundle := filepath.Join(t.TempDir(), "node-ca.pem")
 	x509poptest.WritePEM(t, bundle, root.Cert)
 	s := servertest.Start(t, td, func(c *server.Config) {
-		c.X509PoP = &nodeattest.X509PoPConfig{CABundlePath: bundle}
+		c.X509PoP = &nodeattest.X509PoPConfig{CABundlePaths: []string{bundle}}
 	})
 	return &realServer{s}, root.Intermediate(t, "Example Node Issuing")
 }

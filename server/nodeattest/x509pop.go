@@ -49,9 +49,10 @@ var (
 
 // X509PoPConfig is the server's `x509pop { ... }` block.
 type X509PoPConfig struct {
-	// CABundlePath holds the PEM roots node certificates must chain to. It
-	// is read at every attestation, so a renewed node CA needs no restart.
-	CABundlePath string
+	// CABundlePaths hold the PEM roots node certificates must chain to
+	// (SPIRE's ca_bundle_paths; ca_bundle_path is one of them). They are
+	// read at every attestation, so a renewed node CA needs no restart.
+	CABundlePaths []string
 	// AgentPathTemplate renders the agent ID's path under
 	// spiffe://TD/agent/ (text/template over X509PoPTemplateData); default
 	// DefaultX509PoPPathTemplate.
@@ -74,16 +75,16 @@ type X509PoPTemplateData struct {
 // may attest again with the same certificate at any time (after an
 // eviction, or with its data dir lost) and takes the same ID.
 type X509PoP struct {
-	td         spiffeid.TrustDomain
-	bundlePath string
-	tmpl       *template.Template
+	td          spiffeid.TrustDomain
+	bundlePaths []string
+	tmpl        *template.Template
 }
 
 // NewX509PoP checks cfg: the template parses and the bundle can be read now
 // (a typo is reported at start, not at the first agent's attestation).
 func NewX509PoP(td spiffeid.TrustDomain, cfg X509PoPConfig) (*X509PoP, error) {
-	if cfg.CABundlePath == "" {
-		return nil, errors.New(`x509pop: ca_bundle_path is required (the PEM roots of your node certificates, e.g. ca_bundle_path = "/etc/signet/node-ca.pem")`)
+	if len(cfg.CABundlePaths) == 0 {
+		return nil, errNoBundle
 	}
 	text := cfg.AgentPathTemplate
 	if text == "" {
@@ -93,34 +94,39 @@ func NewX509PoP(td spiffeid.TrustDomain, cfg X509PoPConfig) (*X509PoP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("x509pop: agent_path_template: %w", err)
 	}
-	p := &X509PoP{td: td, bundlePath: cfg.CABundlePath, tmpl: tmpl}
+	p := &X509PoP{td: td, bundlePaths: cfg.CABundlePaths, tmpl: tmpl}
 	if _, err := p.roots(); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
-// roots reads the node CA bundle.
+// errNoBundle is the message for a block without roots.
+var errNoBundle = errors.New(`x509pop: ca_bundle_path or ca_bundle_paths is required (the PEM roots of your node certificates, e.g. ca_bundle_path = "/etc/signet/node-ca.pem")`)
+
+// roots reads the node CA bundles; every file must hold a certificate.
 func (p *X509PoP) roots() (*x509.CertPool, error) {
-	data, err := os.ReadFile(p.bundlePath)
-	if err != nil {
-		return nil, fmt.Errorf("x509pop: read ca_bundle_path: %w", err)
-	}
 	pool := x509.NewCertPool()
-	n := 0
-	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
+	for _, path := range p.bundlePaths {
+		data, err := os.ReadFile(path)
 		if err != nil {
-			return nil, fmt.Errorf("x509pop: ca_bundle_path %s: certificate %d: %w", p.bundlePath, n+1, err)
+			return nil, fmt.Errorf("x509pop: read CA bundle: %w", err)
 		}
-		pool.AddCert(cert)
-		n++
-	}
-	if n == 0 {
-		return nil, fmt.Errorf("x509pop: ca_bundle_path %s holds no PEM certificate", p.bundlePath)
+		n := 0
+		for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
+			if block.Type != "CERTIFICATE" {
+				continue
+			}
+			cert, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("x509pop: CA bundle %s: certificate %d: %w", path, n+1, err)
+			}
+			pool.AddCert(cert)
+			n++
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("x509pop: CA bundle %s holds no PEM certificate", path)
+		}
 	}
 	return pool, nil
 }

@@ -145,7 +145,7 @@ func TestX509PoPAttest(t *testing.T) {
 			return a
 		}(), wantErr: ErrX509PoPRefused, reason: "signature does not verify"},
 	}
-	p, err := NewX509PoP(td, X509PoPConfig{CABundlePath: pki.bundlePath})
+	p, err := NewX509PoP(td, X509PoPConfig{CABundlePaths: []string{pki.bundlePath}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +178,7 @@ func TestX509PoPSelectors(t *testing.T) {
 	pki := newX509PoPPKI(t)
 	cert, key := pki.issuing.Issue(t, x509poptest.Leaf{CommonName: "web-1.example.org", Serial: 0x0a1b2c,
 		URIs: []string{"x509pop://example.org/datacenter/us-east-1", "x509pop://other.org/zone/a", "spiffe://example.org/x", "x509pop://example.org/novalue"}})
-	p, err := NewX509PoP(td, X509PoPConfig{CABundlePath: pki.bundlePath})
+	p, err := NewX509PoP(td, X509PoPConfig{CABundlePaths: []string{pki.bundlePath}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestX509PoPAgentPathTemplate(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := NewX509PoP(td, X509PoPConfig{CABundlePath: pki.bundlePath, AgentPathTemplate: tc.template})
+			p, err := NewX509PoP(td, X509PoPConfig{CABundlePaths: []string{pki.bundlePath}, AgentPathTemplate: tc.template})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -251,7 +251,7 @@ func TestX509PoPAgentPathTemplate(t *testing.T) {
 			}
 		})
 	}
-	if _, err := NewX509PoP(td, X509PoPConfig{CABundlePath: pki.bundlePath, AgentPathTemplate: "{{ .Fingerprint"}); err == nil || !strings.Contains(err.Error(), "agent_path_template") {
+	if _, err := NewX509PoP(td, X509PoPConfig{CABundlePaths: []string{pki.bundlePath}, AgentPathTemplate: "{{ .Fingerprint"}); err == nil || !strings.Contains(err.Error(), "agent_path_template") {
 		t.Fatalf("unparsable template: %v", err)
 	}
 }
@@ -260,7 +260,7 @@ func TestX509PoPAgentPathTemplate(t *testing.T) {
 // and the old one no longer, without a restart.
 func TestX509PoPBundleReread(t *testing.T) {
 	pki := newX509PoPPKI(t)
-	p, err := NewX509PoP(td, X509PoPConfig{CABundlePath: pki.bundlePath})
+	p, err := NewX509PoP(td, X509PoPConfig{CABundlePaths: []string{pki.bundlePath}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +285,7 @@ func TestX509PoPBundleReread(t *testing.T) {
 	if err := attest(pki.other); err == nil || errors.Is(err, ErrX509PoPRefused) || !strings.Contains(err.Error(), "holds no PEM certificate") {
 		t.Fatalf("empty bundle: %v, want an error about the bundle (not a refusal of the node)", err)
 	}
-	if _, err := NewX509PoP(td, X509PoPConfig{CABundlePath: filepath.Join(t.TempDir(), "missing.pem")}); err == nil || !strings.Contains(err.Error(), "ca_bundle_path") {
+	if _, err := NewX509PoP(td, X509PoPConfig{CABundlePaths: []string{filepath.Join(t.TempDir(), "missing.pem")}}); err == nil || !strings.Contains(err.Error(), "missing.pem") {
 		t.Fatalf("missing bundle at start: %v", err)
 	}
 }
@@ -336,4 +336,30 @@ func FuzzX509PoPPayload(f *testing.F) {
 			t.Fatalf("accepted %q: leaf %v, %d intermediates, %d-byte signature", payload, leaf, len(intermediates), len(sig))
 		}
 	})
+}
+
+// TestX509PoPSeveralBundles: with ca_bundle_paths, a node certificate
+// under any of the bundles attests, and each file must hold a root.
+func TestX509PoPSeveralBundles(t *testing.T) {
+	pki := newX509PoPPKI(t)
+	second := filepath.Join(t.TempDir(), "dc2.pem")
+	x509poptest.WritePEM(t, second, pki.other.Cert)
+	p, err := NewX509PoP(td, X509PoPConfig{CABundlePaths: []string{pki.bundlePath, second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ca := range []*x509poptest.CA{pki.issuing, pki.other} {
+		cert, key := ca.Issue(t, x509poptest.Leaf{CommonName: "node-1"})
+		spki := agentKey(t)
+		if _, err := p.Attest(context.Background(), x509popPayload(t, append([]*x509.Certificate{cert}, ca.Chain...), key, td, spki), spki, time.Now()); err != nil {
+			t.Errorf("node under %s: %v", ca.Cert.Subject.CommonName, err)
+		}
+	}
+	x509poptest.WritePEM(t, second)
+	if _, err := NewX509PoP(td, X509PoPConfig{CABundlePaths: []string{pki.bundlePath, second}}); err == nil || !strings.Contains(err.Error(), second+" holds no PEM certificate") {
+		t.Fatalf("an empty second bundle: %v, want an error naming it", err)
+	}
+	if _, err := NewX509PoP(td, X509PoPConfig{}); err == nil || !strings.Contains(err.Error(), "ca_bundle_paths is required") {
+		t.Fatalf("no bundle: %v", err)
+	}
 }

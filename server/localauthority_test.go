@@ -3,12 +3,15 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"io"
 	"log/slog"
+	"math/big"
 	"slices"
 	"testing"
 	"time"
@@ -17,8 +20,10 @@ import (
 
 	"github.com/signetid/signet/internal/pgtest"
 	"github.com/signetid/signet/server"
+	"github.com/signetid/signet/server/agentapi"
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/store"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
 
 func adminBundle(t testing.TB, ts *testServer) *api.Bundle {
@@ -95,6 +100,18 @@ func TestLocalAuthorityAcrossServers(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	// An agent of A that will miss the taint: its SVID stays under A's
+	// old CA, and its stream stays open across the revocation.
+	stale := mustAttest(t, a, a.token(t, "spiffe://example.org/agent/stale", 0))
+	staleCtx, cancelStale := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelStale()
+	staleStream, err := stale.Client.Sync(staleCtx, &api.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := staleStream.Recv(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -181,6 +198,19 @@ func TestLocalAuthorityAcrossServers(t *testing.T) {
 		return len(roots) == 2 && hasDER(roots, bRoot) && hasDER(roots, newRoot)
 	})
 
+	// The agent still under the revoked CA is cut off: its open stream
+	// ends, and a new connection is refused with PermissionDenied (so the
+	// agent attests again) rather than failing its TLS handshake.
+	for {
+		if _, err := staleStream.Recv(); err != nil {
+			wantCode(t, err, codes.PermissionDenied, "the open stream of an agent under the revoked CA")
+			break
+		}
+	}
+	conn := dialTLS(t, a.Addr(), tlsconfig.MTLSClientConfig(stale.SVID, a.bundle(t), tlsconfig.AuthorizeID(agentapi.ServerID(td))))
+	_, err = api.NewAgentServiceClient(conn).RenewAgent(ctx, &api.RenewAgentRequest{Csr: func() []byte { _, csr := newCSR(t); return csr }()})
+	wantCode(t, err, codes.PermissionDenied, "a new connection of an agent under the revoked CA")
+
 	// The revoked root written back (a restored backup, a lagging writer)
 	// is removed again when A starts.
 	a.stop(t)
@@ -197,4 +227,42 @@ func TestLocalAuthorityAcrossServers(t *testing.T) {
 	if hasDER(adminBundle(t, a).X509Authorities, oldRoot) {
 		t.Fatal("the revoked root is back in the bundle after A's restart")
 	}
+}
+
+// TestForgedAgentSVIDRefused: the handshake no longer checks the client
+// chain, so authenticate must: an SVID from a CA outside the bundle that
+// copies an attested agent's ID and serial gets nowhere.
+func TestForgedAgentSVIDRefused(t *testing.T) {
+	ts := startServer(t, nil)
+	real := mustAttest(t, ts, ts.token(t, "spiffe://example.org/agent/real", 0))
+	caKey, _ := newCSR(t)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "forger"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	leafKey, _ := newCSR(t)
+	victim := real.SVID.Certificates[0]
+	leafTmpl := &x509.Certificate{SerialNumber: victim.SerialNumber, URIs: victim.URIs, NotBefore: victim.NotBefore, NotAfter: victim.NotAfter,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: leafKey}
+	tlsCfg := tlsconfig.TLSClientConfig(ts.bundle(t), tlsconfig.AuthorizeID(agentapi.ServerID(td)))
+	tlsCfg.Certificates = []tls.Certificate{cert}
+	conn := dialTLS(t, ts.Addr(), tlsCfg)
+	client := api.NewAgentServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = client.RenewAgent(ctx, &api.RenewAgentRequest{Csr: func() []byte { _, csr := newCSR(t); return csr }()})
+	wantCode(t, err, codes.PermissionDenied, "RenewAgent with a forged SVID")
+	stream, err := client.Sync(ctx, &api.SyncRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	wantCode(t, err, codes.PermissionDenied, "Sync with a forged SVID")
 }

@@ -29,36 +29,37 @@ func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
 
 // TLSConfig returns the server's TLS 1.3 configuration: it presents the
 // certificate getCert returns, and asks for (but, because Attest comes
-// before any agent SVID exists, does not require) a client certificate,
-// which is verified against the current bundle when given.
+// before any agent SVID exists, does not require) a client certificate.
+// The handshake only checks that the certificates parse (TLS itself proves
+// the leaf's key); authenticate verifies the chain against the bundle at
+// every call, so an agent whose CA was revoked gets PermissionDenied, and
+// attests again, instead of a TLS failure it cannot tell from an outage.
 func (s *Service) TLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
 	return &tls.Config{
 		MinVersion:            tls.VersionTLS13,
 		GetCertificate:        getCert,
 		ClientAuth:            tls.RequestClientCert,
-		VerifyPeerCertificate: s.verifyClient,
+		VerifyPeerCertificate: parseClientChain,
 	}
 }
 
-func (s *Service) verifyClient(raw [][]byte, _ [][]*x509.Certificate) error {
-	if len(raw) == 0 {
-		return nil
-	}
-	certs := make([]*x509.Certificate, 0, len(raw))
+func parseClientChain(raw [][]byte, _ [][]*x509.Certificate) error {
 	for _, der := range raw {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
+		if _, err := x509.ParseCertificate(der); err != nil {
 			return fmt.Errorf("parse client certificate: %w", err)
 		}
-		certs = append(certs, c)
 	}
-	snap, _ := s.cfg.Catalog.Current()
+	return nil
+}
+
+// verifyChain checks the agent's chain against snap's own bundle.
+func (s *Service) verifyChain(snap *catalog.Snapshot, chain []*x509.Certificate, id spiffeid.ID) error {
 	bundle, err := x509BundleOf(s.cfg.TrustDomain, snap.OwnBundle(s.cfg.TrustDomain))
 	if err != nil {
-		return err
+		return status.Errorf(codes.Internal, "trust bundle: %v", err)
 	}
-	if _, _, err := x509svid.Verify(certs, bundle); err != nil {
-		return fmt.Errorf("verify agent SVID: %w", err)
+	if _, _, err := x509svid.Verify(chain, bundle); err != nil {
+		return status.Errorf(codes.PermissionDenied, "agent %s presents an SVID that does not verify against the trust bundle (was its CA revoked?): %v; the agent must attest again", id, err)
 	}
 	return nil
 }
@@ -75,8 +76,9 @@ type caller struct {
 // client certificate.
 var errNoClientCert = errors.New("no client certificate")
 
-// peerSVID returns the verified client certificate of the connection.
-func peerSVID(ctx context.Context) (*x509.Certificate, spiffeid.ID, error) {
+// peerSVID returns the client certificate chain of the connection, not
+// yet verified, and the ID its leaf names.
+func peerSVID(ctx context.Context) ([]*x509.Certificate, spiffeid.ID, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return nil, spiffeid.ID{}, errNoClientCert
@@ -85,31 +87,40 @@ func peerSVID(ctx context.Context) (*x509.Certificate, spiffeid.ID, error) {
 	if !ok || len(info.State.PeerCertificates) == 0 {
 		return nil, spiffeid.ID{}, errNoClientCert
 	}
-	leaf := info.State.PeerCertificates[0]
-	id, err := x509svid.IDFromCert(leaf)
+	chain := info.State.PeerCertificates
+	id, err := x509svid.IDFromCert(chain[0])
 	if err != nil {
 		return nil, spiffeid.ID{}, fmt.Errorf("client certificate: %w", err)
 	}
-	return leaf, id, nil
+	return chain, id, nil
 }
 
-// authenticate names the calling agent and checks that it is still attested
-// and presents its current (or just-replaced) SVID. It checks against snap
-// and, when snap refuses, against the store's newest state: with several
-// servers on one store, an agent that attested or renewed on another server
-// may call here before this server has heard of it. It returns the snapshot
-// it decided on, for the caller to authorize against.
+// authenticate names the calling agent: its chain verifies against the
+// bundle, it is still attested, and it presents its current (or
+// just-replaced) SVID. It checks against snap and, when snap refuses,
+// against the store's newest state: with several servers on one store, an
+// agent that attested or renewed on another server (perhaps under a CA
+// just published there) may call here before this server has heard of it.
+// It returns the snapshot it decided on, for the caller to authorize
+// against.
 func (s *Service) authenticate(ctx context.Context, snap *catalog.Snapshot) (caller, *catalog.Snapshot, error) {
-	leaf, id, err := peerSVID(ctx)
+	chain, id, err := peerSVID(ctx)
 	if err != nil {
 		return caller{}, snap, status.Errorf(codes.Unauthenticated, "agent SVID required: %v", err)
 	}
-	// TLS checked validity at the handshake; a long-lived connection (a Sync
-	// stream) must not outlive the SVID it was opened with.
+	leaf := chain[0]
+	// A long-lived connection (a Sync stream) must not outlive the SVID it
+	// was opened with.
 	if now := s.cfg.Now(); now.After(leaf.NotAfter) {
 		return caller{}, snap, status.Errorf(codes.Unauthenticated, "agent %s presents an expired SVID (not after %s); renew or re-attest", id, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
-	c, err := checkNode(snap, leaf, id)
+	check := func(snap *catalog.Snapshot) (caller, error) {
+		if err := s.verifyChain(snap, chain, id); err != nil {
+			return caller{}, err
+		}
+		return checkNode(snap, leaf, id)
+	}
+	c, err := check(snap)
 	if err == nil {
 		return c, snap, nil
 	}
@@ -117,7 +128,7 @@ func (s *Service) authenticate(ctx context.Context, snap *catalog.Snapshot) (cal
 		return caller{}, snap, err
 	}
 	if fresh, _ := s.cfg.Catalog.Current(); fresh.Revision != snap.Revision {
-		c, err = checkNode(fresh, leaf, id)
+		c, err = check(fresh)
 		return c, fresh, err
 	}
 	return caller{}, snap, err

@@ -150,6 +150,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Store:       s.store,
 		Catalog:     s.catalog,
 		CA:          s.ca,
+		ServingCA: func() string {
+			if id := s.serverCertCA.Load(); id != nil {
+				return *id
+			}
+			return ""
+		},
 		PublishAuthorities: func(ctx context.Context) error {
 			if err := s.publishAuthorities(ctx); err != nil {
 				return err
@@ -402,9 +408,10 @@ func (s *Server) publishLoop(ctx context.Context) error {
 		// A newly active CA (on schedule or by an operator) also signs the
 		// agent API's certificate at once: the old CA may be revoked next.
 		if id := s.serverCertCA.Load(); id == nil || *id != s.ca.ActiveCAID() {
-			if err := s.renewServerCert(ctx); err != nil && ctx.Err() == nil {
-				s.logger.Error("renew server certificate under the new CA", "error", err)
-			}
+			b := backoff.NewExponentialBackOff(backoff.WithMaxInterval(30*time.Second), backoff.WithMaxElapsedTime(0))
+			_ = backoff.RetryNotify(func() error { return s.renewServerCert(ctx) }, backoff.WithContext(b, ctx), func(err error, d time.Duration) {
+				s.logger.Error("renew server certificate under the new CA; retrying", "error", err, "retry_in", d.Round(time.Millisecond))
+			})
 		}
 		// Until a new root is published, agents cannot verify what it
 		// signs: retry a failed write (store briefly down) until it lands.

@@ -31,8 +31,9 @@ import (
 )
 
 // rotatingServer is an agent API whose operator can switch the active CA
-// and push Sync messages that taint the old one. (The real server does not
-// send taint marks yet.) It signs every CSR with the active CA, for the
+// and push Sync messages that taint the old one, so the test controls each
+// message (the real server path is covered end to end by
+// test/TestForcedRotation). It signs every CSR with the active CA, for the
 // SPIFFE ID /<entry ID>.
 type rotatingServer struct {
 	api.UnimplementedAgentServiceServer

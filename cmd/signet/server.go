@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
 	"io"
@@ -586,7 +587,8 @@ func printBundleSummary(w io.Writer, b *api.Bundle) {
 			fmt.Fprintf(w, "X.509 root: unreadable: %v\n", err)
 			continue
 		}
-		fmt.Fprintf(w, "X.509 root: %s, expires at %s%s\n", c.Subject, c.NotAfter.UTC().Format(time.RFC3339),
+		sum := sha256.Sum256(der)
+		fmt.Fprintf(w, "X.509 root: %s, key ID %x, expires at %s%s\n", c.Subject, sum, c.NotAfter.UTC().Format(time.RFC3339),
 			taintedMark(slices.ContainsFunc(b.TaintedX509Authorities, func(t []byte) bool { return bytes.Equal(t, der) })))
 	}
 	fmt.Fprintf(w, "JWT keys: %d\n", len(b.JwtAuthorities))

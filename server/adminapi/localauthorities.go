@@ -61,20 +61,24 @@ func (s *Service) RevokeLocalAuthority(ctx context.Context, req *api.RevokeLocal
 	if err != nil {
 		return nil, err
 	}
+	if kind == ca.KindX509 && s.cfg.ServingCA != nil && s.cfg.ServingCA() == id {
+		// Revoked, it would strand every agent that connects.
+		return nil, status.Errorf(codes.FailedPrecondition, "X.509 CA %s still signs the agent API's certificate: its renewal under the active CA has not succeeded yet (see the server log); try again shortly", id)
+	}
 	return s.authorityStep(ctx, "revoke", func() (ca.LocalAuthority, error) { return s.cfg.CA.Revoke(ctx, kind, id) })
 }
 
 // authorityStep runs one CA step, then publishes the result so the bundle
-// in the store (and agents) reflect it when the call returns. Every step
-// is idempotent, so a caller told to retry loses nothing.
+// in the store (and agents) reflect it when the call returns. Activate,
+// taint and revoke are idempotent; a repeated prepare says one is prepared.
 func (s *Service) authorityStep(ctx context.Context, what string, step func() (ca.LocalAuthority, error)) (*api.LocalAuthority, error) {
 	a, err := step()
 	if err != nil {
 		return nil, authorityError(err)
 	}
 	if err := s.cfg.PublishAuthorities(ctx); err != nil {
-		return nil, status.Errorf(codes.Aborted, "%s %s authority %s: done in the CA, but the store's bundle could not be updated yet (the server keeps retrying; running the command again is safe): %v",
-			what, a.Kind, a.ID, err)
+		return nil, status.Errorf(codes.Aborted, "%s %s authority %s: done in the CA, but the store's bundle could not be updated yet (the server keeps retrying; `signet server localauthority %s show` says where it stands): %v",
+			what, a.Kind, a.ID, a.Kind, err)
 	}
 	return localAuthorityToProto(a), nil
 }

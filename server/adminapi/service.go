@@ -28,6 +28,9 @@ type Config struct {
 	Catalog     *catalog.Catalog
 	// CA is this server's CA, for the local-authority RPCs.
 	CA *ca.Manager
+	// ServingCA is the ID of the CA that signed the agent API's current
+	// certificate: it cannot be revoked.
+	ServingCA func() string
 	// PublishAuthorities writes the CA's authorities (and removes revoked
 	// ones) to the store and refreshes the catalog, so a local-authority
 	// step is in the bundle when its RPC returns.

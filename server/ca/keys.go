@@ -239,15 +239,7 @@ func (m *Manager) path(name string) string { return filepath.Join(m.dir, name) }
 // crash at any point leaves the previous state (plus unused key files) or
 // the new one. Files no longer referenced are removed last.
 func (m *Manager) persist(oldX slots[caKey], oldJ slots[jwtKey], x slots[caKey], j slots[jwtKey]) error {
-	oldFiles := map[string]bool{}
-	for _, k := range oldX.all() {
-		for _, f := range caFiles(k) {
-			oldFiles[f.name] = true
-		}
-	}
-	for _, k := range oldJ.all() {
-		oldFiles[jwtPrefix+k.kid+keyExt] = true
-	}
+	oldFiles := fileNames(oldX, oldJ)
 	keep := map[string]bool{}
 	for _, k := range x.all() {
 		for _, f := range caFiles(k) {
@@ -394,7 +386,48 @@ func (m *Manager) load() error {
 	}
 	m.x509, m.jwt = x, j
 	m.refreshLocked()
+	m.sweep()
 	return nil
+}
+
+// fileNames are the files under DataDir that hold the keys of x and j.
+func fileNames(x slots[caKey], j slots[jwtKey]) map[string]bool {
+	names := map[string]bool{}
+	for _, k := range x.all() {
+		for _, f := range caFiles(k) {
+			names[f.name] = true
+		}
+	}
+	for _, k := range j.all() {
+		names[jwtPrefix+k.kid+keyExt] = true
+	}
+	return names
+}
+
+// sweep removes key and certificate files the state does not name: those
+// of a revoked or expired authority whose removal a crash interrupted, or
+// of one created by a step whose state write never happened. A revoked key
+// must not linger on disk.
+func (m *Manager) sweep() {
+	entries, err := os.ReadDir(m.dir)
+	if err != nil {
+		m.log.Warn("could not list the data dir for stale key files", "dir", m.dir, "error", err)
+		return
+	}
+	named := fileNames(m.x509, m.jwt)
+	for _, e := range entries {
+		n := e.Name()
+		ours := strings.HasPrefix(n, caPrefix) && (strings.HasSuffix(n, keyExt) || strings.HasSuffix(n, certExt)) ||
+			strings.HasPrefix(n, jwtPrefix) && strings.HasSuffix(n, keyExt)
+		if !ours || named[n] || e.IsDir() {
+			continue
+		}
+		if err := os.Remove(m.path(n)); err != nil {
+			m.log.Warn("could not remove a key file the state does not name", "file", m.path(n), "error", err)
+			continue
+		}
+		m.log.Warn("removed a key file the state does not name", "file", m.path(n))
+	}
 }
 
 func loadSlots[K any](statePath, kind string, entries []stateEntry, load func(stateEntry) (*K, error)) (slots[K], error) {

@@ -73,8 +73,8 @@ var caOps = kindOps[caKey]{
 	},
 	taintable: func(k *caKey) error {
 		if k.upstream() {
-			return fmt.Errorf("%w: X.509 CA %s was signed by the upstream authority (%s), and the bundle holds the upstream's roots, so removing it from the bundle is impossible and tainting it would protect no one; revoke its certificate at the upstream, or move to a new upstream root",
-				ErrAuthorityState, k.id, k.cert.Issuer)
+			return fmt.Errorf("%w: X.509 CA %s was signed by the upstream authority (%s) and the bundle holds the upstream's roots, so it cannot be taken out of the bundle: what it signed verifies until it expires at %s (the CA lifetime) or the upstream root is replaced; being old, it signs nothing more",
+				ErrAuthorityState, k.id, k.cert.Issuer, k.cert.NotAfter.UTC().Format(time.RFC3339))
 		}
 		return nil
 	},

@@ -52,15 +52,34 @@ func parseClientChain(raw [][]byte, _ [][]*x509.Certificate) error {
 	return nil
 }
 
-// verifyChain checks the agent's chain against snap's own bundle.
+// maxVerified bounds the verified-chain memory; past it, it starts over.
+const maxVerified = 1 << 14
+
+// verifyChain checks the agent's chain against snap's own bundle, once per
+// SVID and bundle sequence (a verification costs two signatures' worth of
+// CPU, which a one-CSR call would otherwise pay every time).
 func (s *Service) verifyChain(snap *catalog.Snapshot, chain []*x509.Certificate, id spiffeid.ID) error {
-	bundle, err := x509BundleOf(s.cfg.TrustDomain, snap.OwnBundle(s.cfg.TrustDomain))
+	own := snap.OwnBundle(s.cfg.TrustDomain)
+	key := string(chain[0].Raw)
+	s.verifiedMu.Lock()
+	seq, ok := s.verified[key]
+	s.verifiedMu.Unlock()
+	if ok && seq == own.Sequence {
+		return nil
+	}
+	bundle, err := x509BundleOf(s.cfg.TrustDomain, own)
 	if err != nil {
 		return status.Errorf(codes.Internal, "trust bundle: %v", err)
 	}
 	if _, _, err := x509svid.Verify(chain, bundle); err != nil {
 		return status.Errorf(codes.PermissionDenied, "agent %s presents an SVID that does not verify against the trust bundle (was its CA revoked?): %v; the agent must attest again", id, err)
 	}
+	s.verifiedMu.Lock()
+	if len(s.verified) >= maxVerified {
+		clear(s.verified)
+	}
+	s.verified[key] = own.Sequence
+	s.verifiedMu.Unlock()
 	return nil
 }
 

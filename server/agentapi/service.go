@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,6 +57,11 @@ type Service struct {
 	// refreshes coalesces the catalog reloads that refused callers trigger:
 	// many calls from evicted agents must not each reload the store.
 	refreshes singleflight.Group
+	// verified remembers agent SVIDs whose chain verified, by leaf DER, with
+	// the own bundle's sequence then: a call re-verifies only after the
+	// bundle changed (a rotation step, a taint, a revocation).
+	verifiedMu sync.Mutex
+	verified   map[string]int64
 }
 
 // New returns the service.
@@ -66,7 +72,7 @@ func New(cfg Config) *Service {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(prometheus.NewRegistry())
 	}
-	return &Service{cfg: cfg}
+	return &Service{cfg: cfg, verified: map[string]int64{}}
 }
 
 // Register adds the service to a gRPC server.

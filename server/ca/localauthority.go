@@ -273,55 +273,44 @@ func (m *Manager) LocalAuthorities(kind AuthorityKind) ([]LocalAuthority, error)
 	return nil, badKind(kind)
 }
 
+// run applies the step of kind's slots: x for X.509 CAs, j for JWT keys.
+func (m *Manager) run(ctx context.Context, kind AuthorityKind, what string, x step[caKey], j step[jwtKey]) (LocalAuthority, error) {
+	switch kind {
+	case KindX509:
+		return apply(ctx, m, &m.x509, caOps, what, x)
+	case KindJWT:
+		return apply(ctx, m, &m.jwt, jwtOps, what, j)
+	}
+	return LocalAuthority{}, badKind(kind)
+}
+
 // Prepare creates and publishes a new authority of kind ahead of its
 // schedule; Activate makes it sign. Refused while one is prepared.
 func (m *Manager) Prepare(ctx context.Context, kind AuthorityKind) (LocalAuthority, error) {
-	switch kind {
-	case KindX509:
-		return apply(ctx, m, &m.x509, caOps, "prepared", prepareStep(caOps, func() (*caKey, error) { return m.newCA(ctx, m.now()) }))
-	case KindJWT:
-		return apply(ctx, m, &m.jwt, jwtOps, "prepared", prepareStep(jwtOps, func() (*jwtKey, error) { return newJWTKey(m.now(), m.jwtLife) }))
-	}
-	return LocalAuthority{}, badKind(kind)
+	return m.run(ctx, kind, "prepared",
+		prepareStep(caOps, func() (*caKey, error) { return m.newCA(ctx, m.now()) }),
+		prepareStep(jwtOps, func() (*jwtKey, error) { return newJWTKey(m.now(), m.jwtLife) }))
 }
 
 // Activate makes the prepared authority id the one that signs; the active
 // one becomes old and stays published until it expires. Activating the
 // active one again changes nothing.
 func (m *Manager) Activate(ctx context.Context, kind AuthorityKind, id string) (LocalAuthority, error) {
-	switch kind {
-	case KindX509:
-		return apply(ctx, m, &m.x509, caOps, "activated", activateStep(caOps, id))
-	case KindJWT:
-		return apply(ctx, m, &m.jwt, jwtOps, "activated", activateStep(jwtOps, id))
-	}
-	return LocalAuthority{}, badKind(kind)
+	return m.run(ctx, kind, "activated", activateStep(caOps, id), activateStep(jwtOps, id))
 }
 
 // Taint marks the old authority id tainted: it stays in the bundle, but
 // the bundle tells agents to re-sign what it issued. An X.509 CA signed by
 // an upstream authority cannot be tainted.
 func (m *Manager) Taint(ctx context.Context, kind AuthorityKind, id string) (LocalAuthority, error) {
-	switch kind {
-	case KindX509:
-		return apply(ctx, m, &m.x509, caOps, "tainted", taintStep(caOps, id))
-	case KindJWT:
-		return apply(ctx, m, &m.jwt, jwtOps, "tainted", taintStep(jwtOps, id))
-	}
-	return LocalAuthority{}, badKind(kind)
+	return m.run(ctx, kind, "tainted", taintStep(caOps, id), taintStep(jwtOps, id))
 }
 
 // Revoke removes the tainted old authority id from this server's published
 // set and deletes its key; Revoked lists it until it would have expired, so
 // the server removes it from the store.
 func (m *Manager) Revoke(ctx context.Context, kind AuthorityKind, id string) (LocalAuthority, error) {
-	switch kind {
-	case KindX509:
-		return apply(ctx, m, &m.x509, caOps, "revoked", revokeStep(caOps, id))
-	case KindJWT:
-		return apply(ctx, m, &m.jwt, jwtOps, "revoked", revokeStep(jwtOps, id))
-	}
-	return LocalAuthority{}, badKind(kind)
+	return m.run(ctx, kind, "revoked", revokeStep(caOps, id), revokeStep(jwtOps, id))
 }
 
 // Revoked returns the revoked authorities not yet expired (Kind and KeyID

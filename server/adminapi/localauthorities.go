@@ -61,7 +61,7 @@ func (s *Service) RevokeLocalAuthority(ctx context.Context, req *api.RevokeLocal
 	if err != nil {
 		return nil, err
 	}
-	if kind == ca.KindX509 && s.cfg.ServingCA != nil && s.cfg.ServingCA() == id {
+	if kind == ca.KindX509 && s.cfg.ServingCA != nil && s.cfg.ServingCA() == id && s.isOld(kind, id) {
 		// Revoked, it would strand every agent that connects.
 		return nil, status.Errorf(codes.FailedPrecondition, "X.509 CA %s still signs the agent API's certificate: its renewal under the active CA has not succeeded yet (see the server log); try again shortly", id)
 	}
@@ -81,6 +81,21 @@ func (s *Service) authorityStep(ctx context.Context, what string, step func() (c
 			what, a.Kind, a.ID, a.Kind, err)
 	}
 	return localAuthorityToProto(a), nil
+}
+
+// isOld reports whether id is an old authority of kind (one the CA would
+// let an operator revoke once tainted); other states get the CA's refusal.
+func (s *Service) isOld(kind ca.AuthorityKind, id string) bool {
+	list, err := s.cfg.CA.LocalAuthorities(kind)
+	if err != nil {
+		return false
+	}
+	for _, a := range list {
+		if a.ID == id {
+			return a.Status == ca.StatusOld
+		}
+	}
+	return false
 }
 
 func authorityKind(kind string) (ca.AuthorityKind, error) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -43,6 +44,12 @@ func TestLocalAuthoritySteps(t *testing.T) {
 	}
 	if _, err := s.TaintLocalAuthority(ctx, &api.TaintLocalAuthorityRequest{Kind: "x509", AuthorityId: old}); code(err) != codes.FailedPrecondition {
 		t.Errorf("taint the active CA: %v", err)
+	}
+	// The active CA also signs the agent API's certificate; the refusal
+	// names what is wrong first: it is active.
+	if _, err := s.RevokeLocalAuthority(ctx, &api.RevokeLocalAuthorityRequest{Kind: "x509", AuthorityId: old}); code(err) != codes.FailedPrecondition ||
+		!strings.Contains(err.Error(), "only an old, tainted one can be revoked") {
+		t.Errorf("revoke the active CA: %v", err)
 	}
 
 	p, err := s.PrepareLocalAuthority(ctx, &api.PrepareLocalAuthorityRequest{Kind: "x509"})

@@ -140,8 +140,12 @@ func StartRealAPIServer(t testing.TB) *RealAPIServer {
 				return false, err
 			}
 		}
-		// verbose names the checks that fail, for the error below.
-		body, err := probe.Discovery().RESTClient().Get().AbsPath("/readyz").Param("verbose", "1").DoRaw(ctx)
+		// verbose names the checks that fail, for the error below. Each
+		// probe has its own deadline: one request the starting server
+		// accepted but never answered once held the whole wait.
+		reqCtx, cancelReq := context.WithTimeout(ctx, 5*time.Second)
+		defer cancelReq()
+		body, err := probe.Discovery().RESTClient().Get().AbsPath("/readyz").Param("verbose", "1").DoRaw(reqCtx)
 		if err != nil {
 			lastErr = fmt.Errorf("%w\n%s", err, body)
 			return false, nil

@@ -16,6 +16,7 @@ import (
 
 	"github.com/signetid/signet/agent/attestor"
 	"github.com/signetid/signet/agent/client"
+	"github.com/signetid/signet/agent/workloadapi"
 	"github.com/signetid/signet/internal/hclsafe"
 	"github.com/signetid/signet/internal/ids"
 )
@@ -79,6 +80,9 @@ type Config struct {
 	SocketPath string `hcl:"socket_path"`
 	// HealthListen is the /live, /ready and /metrics address; empty: none.
 	HealthListen string `hcl:"health_listen"`
+	// SDS names the secrets of the Envoy SDS service on the Workload API
+	// socket: an `sds { ... }` block with SPIRE's keys.
+	SDS SDSConfig `hcl:"sds"`
 
 	// OnReady is called once, when the agent is attested, has applied the
 	// server's first sync and serves the Workload API (in-process use).
@@ -89,6 +93,51 @@ type Config struct {
 	Registry *prometheus.Registry `hcl:"-"`
 	// HealthListener, when set, is used instead of listening on HealthListen.
 	HealthListener net.Listener `hcl:"-"`
+}
+
+// SDSConfig is the `sds` block. Empty names take SPIRE's defaults
+// ("default", "ROOTCA", "ALL"), so Envoy configs written for SPIRE work.
+type SDSConfig struct {
+	DefaultSVIDName             string `hcl:"default_svid_name"`
+	DefaultBundleName           string `hcl:"default_bundle_name"`
+	DefaultAllBundlesName       string `hcl:"default_all_bundles_name"`
+	DisableSPIFFECertValidation bool   `hcl:"disable_spiffe_cert_validation"`
+}
+
+var sdsKeys = []string{"default_svid_name", "default_bundle_name", "default_all_bundles_name", "disable_spiffe_cert_validation"}
+
+func (c SDSConfig) options() workloadapi.SDSOptions {
+	return workloadapi.SDSOptions{
+		DefaultSVIDName:             c.DefaultSVIDName,
+		DefaultBundleName:           c.DefaultBundleName,
+		DefaultAllBundlesName:       c.DefaultAllBundlesName,
+		DisableSPIFFECertValidation: c.DisableSPIFFECertValidation,
+	}
+}
+
+// validate refuses names that would shadow each other: one name could then
+// mean an SVID or a bundle.
+func (c SDSConfig) validate() error {
+	o := c.options()
+	names := map[string]string{}
+	for _, n := range []struct{ key, name, def string }{
+		{"default_svid_name", o.DefaultSVIDName, workloadapi.DefaultSDSSVIDName},
+		{"default_bundle_name", o.DefaultBundleName, workloadapi.DefaultSDSBundleName},
+		{"default_all_bundles_name", o.DefaultAllBundlesName, workloadapi.DefaultSDSAllBundlesName},
+	} {
+		name := n.name
+		if name == "" {
+			name = n.def
+		}
+		if strings.HasPrefix(name, "spiffe://") {
+			return fmt.Errorf("agent: sds %s %q: SPIFFE IDs already name SVIDs and bundles; choose a plain name", n.key, name)
+		}
+		if other, ok := names[name]; ok {
+			return fmt.Errorf("agent: sds %s and %s are both %q; each must be distinct", other, n.key, name)
+		}
+		names[name] = n.key
+	}
+	return nil
 }
 
 // ReadyInfo describes a ready agent.
@@ -104,7 +153,7 @@ var configKeys = []string{
 	"server_address", "trust_domain", "data_dir", "join_token", "join_token_file",
 	"k8s_psat_cluster", "k8s_psat_token_path", "x509pop_cert_path", "x509pop_key_path", "k8s_workload_attestor", "kubelet_url",
 	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name", "k8s_cgroup_root",
-	"trust_bundle_path", "insecure_bootstrap", "socket_path", "health_listen",
+	"trust_bundle_path", "insecure_bootstrap", "socket_path", "health_listen", "sds",
 }
 
 // ParseConfig parses an agent config file (HCL). The keys may be at the top
@@ -150,12 +199,36 @@ func parseConfig(data []byte) (*Config, error) {
 			return nil, fmt.Errorf("agent config: key %q is set twice (%s)", key, item.Pos())
 		}
 		seen[key] = true
+		if key == "sds" {
+			if err := checkSDSBlock(item); err != nil {
+				return nil, err
+			}
+		}
 	}
 	var cfg Config
 	if err := hcl.DecodeObject(&cfg, list); err != nil {
 		return nil, fmt.Errorf("agent config: %w", err)
 	}
 	return &cfg, nil
+}
+
+// checkSDSBlock refuses an `sds` that is not a block, and unknown keys
+// inside it (the HCL parser refuses repeated ones).
+func checkSDSBlock(item *ast.ObjectItem) error {
+	obj, ok := item.Val.(*ast.ObjectType)
+	if !ok {
+		return fmt.Errorf("agent config: `sds` at %s must be a block: sds { default_svid_name = \"...\" }", item.Pos())
+	}
+	for _, it := range obj.List.Items {
+		if len(it.Keys) == 0 {
+			continue
+		}
+		key, _ := it.Keys[0].Token.Value().(string)
+		if len(it.Keys) > 1 || !slices.Contains(sdsKeys, key) {
+			return fmt.Errorf("agent config: unknown key %q in sds at %s (known: %s)", key, it.Pos(), strings.Join(sdsKeys, ", "))
+		}
+	}
+	return nil
 }
 
 // LoadConfig reads and parses the config file at path.
@@ -221,6 +294,9 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 	}
 	if c.K8sPSATCluster != "" && c.K8sPSATTokenPath == "" {
 		c.K8sPSATTokenPath = DefaultPSATTokenPath
+	}
+	if err := c.SDS.validate(); err != nil {
+		return spiffeid.TrustDomain{}, err
 	}
 	if !c.K8sWorkloadAttestor && (c.KubeletURL != "" || c.KubeletCAPath != "" || c.KubeletSkipVerify || c.KubeletTokenPath != "" || c.K8sCgroupRoot != "") {
 		return spiffeid.TrustDomain{}, errors.New("agent: kubelet settings are given but the Kubernetes workload attestor is off (--k8s-workload-attestor)")

@@ -46,6 +46,18 @@ kubelet_url = "https://10.0.0.7:10250"
 kubelet_ca_path = "/etc/kubelet-ca.pem"
 node_name = "node-1"
 `, want: Config{K8sWorkloadAttestor: true, KubeletURL: "https://10.0.0.7:10250", KubeletCAPath: "/etc/kubelet-ca.pem", NodeName: "node-1"}},
+		{name: "sds block", in: `agent {
+  sds {
+    default_svid_name = "my-svid"
+    default_bundle_name = "my-bundle"
+    default_all_bundles_name = "every-bundle"
+    disable_spiffe_cert_validation = true
+  }
+}`, want: Config{SDS: SDSConfig{DefaultSVIDName: "my-svid", DefaultBundleName: "my-bundle", DefaultAllBundlesName: "every-bundle", DisableSPIFFECertValidation: true}}},
+		{name: "sds unknown key", in: `sds { default_name = "x" }`, wantErr: `unknown key "default_name" in sds`},
+		{name: "sds key twice", in: "sds {\n default_svid_name = \"a\"\n default_svid_name = \"b\"\n}", wantErr: `"default_svid_name" at 3:2 was already set`},
+		{name: "sds not a block", in: `sds = "ROOTCA"`, wantErr: "must be a block"},
+		{name: "sds wrong type", in: `sds { disable_spiffe_cert_validation = "perhaps" }`, wantErr: "disable_spiffe_cert_validation"},
 		{name: "empty file", in: "", want: Config{}},
 		{name: "unknown key is named", in: `trust_domian = "x"`, wantErr: `unknown key "trust_domian"`},
 		{name: "unknown key inside the block", in: `agent { sever = "x" }`, wantErr: `unknown key "sever"`},
@@ -73,7 +85,8 @@ node_name = "node-1"
 				got.HealthListen != tc.want.HealthListen || got.K8sPSATCluster != tc.want.K8sPSATCluster ||
 				got.K8sPSATTokenPath != tc.want.K8sPSATTokenPath || got.K8sWorkloadAttestor != tc.want.K8sWorkloadAttestor ||
 				got.KubeletURL != tc.want.KubeletURL || got.KubeletCAPath != tc.want.KubeletCAPath || got.NodeName != tc.want.NodeName ||
-				got.X509PoPCertPath != tc.want.X509PoPCertPath || got.X509PoPKeyPath != tc.want.X509PoPKeyPath {
+				got.X509PoPCertPath != tc.want.X509PoPCertPath || got.X509PoPKeyPath != tc.want.X509PoPKeyPath ||
+				got.SDS != tc.want.SDS {
 				t.Fatalf("got %+v\nwant %+v", *got, tc.want)
 			}
 		})
@@ -101,6 +114,10 @@ func TestConfigValidate(t *testing.T) {
 		{"token and x509pop", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinToken: "a", X509PoPCertPath: "/c", X509PoPKeyPath: "/k"}, "not a join token and x509pop_cert_path"},
 		{"k8s_psat and x509pop", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod", X509PoPCertPath: "/c", X509PoPKeyPath: "/k"}, "not k8s_psat_cluster and x509pop_cert_path"},
 		{"k8s_psat with insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod", InsecureBootstrap: true}, "insecure_bootstrap cannot be used"},
+		{"sds names", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultSVIDName: "svid", DefaultBundleName: "bundle"}}, ""},
+		{"sds bundle name shadows the default SVID name", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultBundleName: "default"}}, "default_svid_name and default_bundle_name are both \"default\""},
+		{"sds all-bundles name shadows the bundle name", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultAllBundlesName: "ROOTCA"}}, "default_bundle_name and default_all_bundles_name"},
+		{"sds name is a SPIFFE ID", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultBundleName: "spiffe://example.org"}}, "choose a plain name"},
 		{"kubelet settings without the attestor", Config{ServerAddress: "s:1", TrustDomain: "example.org", KubeletSkipVerify: true}, "workload attestor is off"},
 	}
 	for _, tc := range tests {
@@ -128,6 +145,8 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`agent { join_token = "x" insecure_bootstrap = true }`))
 	f.Add([]byte(`agent { agent { x = 1 } }`))
 	f.Add([]byte(`"data_dir" = ["a", "b"]`))
+	f.Add([]byte(`sds { default_svid_name = "x" disable_spiffe_cert_validation = true }`))
+	f.Add([]byte(`sds = [{}, {}]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := ParseConfig(data)
 		if err == nil && cfg == nil {

@@ -123,6 +123,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		Attestor: wlAttestor,
 		Logger:   logger.With("component", "workloadapi"),
 		Metrics:  reg,
+		SDS:      cfg.SDS.options(),
 	})
 	if err != nil {
 		return err

@@ -28,7 +28,7 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	m := &metrics{
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: MetricCalls,
-			Help: "Workload API calls by method and final gRPC code (streams count when they end).",
+			Help: "Workload API and Envoy SDS calls by method and final gRPC code (streams count when they end).",
 		}, []string{"method", "code"}),
 		attestation: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    MetricAttestation,
@@ -56,9 +56,14 @@ func (m *metrics) observeAttestation(start time.Time, err error) {
 
 // securityHeader is the metadata every Workload API request must carry, so
 // that a browser or proxy tricked into reaching the socket (SSRF) is refused.
+// SDS calls are exempt: Envoy does not send it, and an SSRF cannot speak
+// gRPC streams over a Unix socket.
 const securityHeader = "workload.spiffe.io"
 
-func checkHeader(ctx context.Context) error {
+func checkHeader(ctx context.Context, fullMethod string) error {
+	if isSDSMethod(fullMethod) {
+		return nil
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get(securityHeader); len(v) != 1 || v[0] != "true" {
 		return status.Error(codes.InvalidArgument, "security header missing from request")
@@ -68,7 +73,7 @@ func checkHeader(ctx context.Context) error {
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	resp, err := func() (any, error) {
-		if err := checkHeader(ctx); err != nil {
+		if err := checkHeader(ctx, info.FullMethod); err != nil {
 			return nil, err
 		}
 		return h(ctx, req)
@@ -79,7 +84,7 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	err := func() error {
-		if err := checkHeader(ss.Context()); err != nil {
+		if err := checkHeader(ss.Context(), info.FullMethod); err != nil {
 			return err
 		}
 		return h(srv, ss)

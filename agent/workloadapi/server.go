@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc"
@@ -35,6 +36,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics, when set, receives the Workload API metrics.
 	Metrics *prometheus.Registry
+	// SDS configures the Envoy SDS v3 service served beside the Workload
+	// API on the same socket.
+	SDS SDSOptions
 	// ShutdownGrace bounds how long Serve waits for calls in flight when
 	// its context ends. Default 5s.
 	ShutdownGrace time.Duration
@@ -50,6 +54,7 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *metrics
 	grace    time.Duration
+	sds      SDSOptions
 	served   atomic.Bool
 	// stopping is closed when Serve's context ends, so open streams end with
 	// Unavailable (which clients retry) instead of holding up shutdown.
@@ -80,6 +85,7 @@ func New(opts Options) (*Server, error) {
 		log:      opts.Logger,
 		metrics:  m,
 		grace:    opts.ShutdownGrace,
+		sds:      opts.SDS.withDefaults(),
 		stopping: make(chan struct{}),
 	}, nil
 }
@@ -108,6 +114,7 @@ func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, s)
+	secretv3.RegisterSecretDiscoveryServiceServer(gs, &sdsService{s: s})
 
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()

@@ -70,6 +70,11 @@ func state(t testing.TB, ca, fed *workloadapitest.CA, svids ...*x509svid.SVID) *
 
 func start(t testing.TB, match ...selector.Selector) *env {
 	t.Helper()
+	return startWithSDS(t, workloadapi.SDSOptions{}, match...)
+}
+
+func startWithSDS(t testing.TB, sds workloadapi.SDSOptions, match ...selector.Selector) *env {
+	t.Helper()
 	ca := workloadapitest.NewCA(t, "example.org")
 	fed := workloadapitest.NewCA(t, "partner.test")
 	if match == nil {
@@ -89,6 +94,7 @@ func start(t testing.TB, match ...selector.Selector) *env {
 		Attestor: counting,
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Metrics:  reg,
+		SDS:      sds,
 	})
 	if err != nil {
 		t.Fatal(err)

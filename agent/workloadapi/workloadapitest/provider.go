@@ -41,6 +41,25 @@ func (p *Provider) SetState(st *cache.WorkloadState) {
 	}
 }
 
+// State returns the current state.
+func (p *Provider) State() *cache.WorkloadState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state
+}
+
+// Pending returns how many subscriptions hold a state their reader has not
+// taken yet.
+func (p *Provider) Pending() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for s := range p.subs {
+		n += len(s.ch)
+	}
+	return n
+}
+
 // Subscribers returns how many subscriptions are open.
 func (p *Provider) Subscribers() int {
 	p.mu.Lock()

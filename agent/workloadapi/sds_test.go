@@ -63,7 +63,7 @@ func envoyNode(major, minor uint32, metadata map[string]any) *corev3.Node {
 
 // secrets unpacks a response, checking each secret against Envoy's own
 // proto constraints (protoc-gen-validate) and that names are unique.
-func secrets(t *testing.T, resp *discoveryv3.DiscoveryResponse) map[string]*tlsv3.Secret {
+func secrets(t testing.TB, resp *discoveryv3.DiscoveryResponse) map[string]*tlsv3.Secret {
 	t.Helper()
 	if resp.TypeUrl != secretType {
 		t.Errorf("type_url %q, want %q", resp.TypeUrl, secretType)
@@ -109,7 +109,7 @@ func sortStrings(s []string) []string {
 
 // svidOf parses a tls_certificate secret with go-spiffe, which enforces the
 // X509-SVID rules and that the key matches the leaf.
-func svidOf(t *testing.T, s *tlsv3.Secret) *x509svid.SVID {
+func svidOf(t testing.TB, s *tlsv3.Secret) *x509svid.SVID {
 	t.Helper()
 	tc := s.GetTlsCertificate()
 	if tc == nil {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/pem"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -88,24 +90,7 @@ func secrets(t testing.TB, resp *discoveryv3.DiscoveryResponse) map[string]*tlsv
 	return out
 }
 
-func names(m map[string]*tlsv3.Secret) []string {
-	var out []string
-	for n := range m {
-		out = append(out, n)
-	}
-	return sortStrings(out)
-}
-
-func sortStrings(s []string) []string {
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
-	}
-	return s
-}
+func names(m map[string]*tlsv3.Secret) []string { return slices.Sorted(maps.Keys(m)) }
 
 // svidOf parses a tls_certificate secret with go-spiffe, which enforces the
 // X509-SVID rules and that the key matches the leaf.

@@ -157,4 +157,3 @@ func walkTree(t *testing.T, m protoreflect.Message, sds *[]*tlsv3.SdsSecretConfi
 		return true
 	})
 }
-

@@ -24,6 +24,7 @@ import (
 	"github.com/signetid/signet/server/federation"
 	"github.com/signetid/signet/server/k8sreg"
 	"github.com/signetid/signet/server/nodeattest"
+	"github.com/signetid/signet/server/oidcdiscovery"
 )
 
 // Defaults of `signet server run`.
@@ -64,6 +65,12 @@ type Config struct {
 	// UpstreamAuthority, when set, signs the server's CA certificates, so
 	// the trust domain chains to an existing PKI. Nil: a self-signed root.
 	UpstreamAuthority *ca.DiskUpstream
+	// JWTIssuer, when set, is the iss claim of every JWT-SVID (an OIDC
+	// issuer URL; oidcdiscovery.CheckIssuer holds). Empty: no iss.
+	JWTIssuer string
+	// OIDCDiscovery, when set, serves the JWT keys as an OIDC provider
+	// whose issuer is JWTIssuer.
+	OIDCDiscovery *oidcdiscovery.Config
 }
 
 // UpstreamDiskFileConfig is the `upstream_authority "disk" { ... }` block,
@@ -162,6 +169,7 @@ type FileConfig struct {
 	JWTTTL       string `hcl:"jwt_ttl"`
 	CATTL        string `hcl:"ca_ttl"`
 	AgentTTL     string `hcl:"agent_ttl"`
+	JWTIssuer    string `hcl:"jwt_issuer"`
 	LogLevel     string `hcl:"log_level"`
 	LogFormat    string `hcl:"log_format"`
 	// K8sPSAT holds the clusters whose agents attest with projected service
@@ -178,6 +186,8 @@ type FileConfig struct {
 	// UpstreamAuthority holds at most one block, labelled by its kind;
 	// "disk" is the only kind.
 	UpstreamAuthority map[string]UpstreamDiskFileConfig `hcl:"upstream_authority"`
+	// OIDCDiscovery serves the JWT keys to OIDC relying parties.
+	OIDCDiscovery *oidcdiscovery.FileConfig `hcl:"oidc_discovery"`
 
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
@@ -237,6 +247,22 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 	return fc, nil
 }
 
+// unlabelledBlock reports whether name is a block given at most once and
+// without a label, with the example its shape error shows.
+func unlabelledBlock(name string) (example string, ok bool) {
+	switch name {
+	case "x509pop":
+		return `{ ca_bundle_path = "..." }`, true
+	case "k8s_bundle":
+		return `{ namespace = "..." config_map = "..." }`, true
+	case "k8s_controller":
+		return `{ cluster = "<k8s_psat cluster name>" }`, true
+	case "oidc_discovery":
+		return `{ listen = "0.0.0.0:8443" }`, true
+	}
+	return "", false
+}
+
 // checkBlocks catches labelled blocks written in another shape, which the
 // HCL decoder would misread or reject with a message naming Go types. It
 // returns the line of each block.
@@ -264,22 +290,6 @@ func checkBlocks(file *ast.File) (map[string]int, error) {
 				return nil, fmt.Errorf("line %d: k8s_psat %q is already configured at line %d", line, name, first)
 			}
 			seen["k8s_psat "+name] = line
-		case "x509pop":
-			if !isBlock || len(item.Keys) != 1 {
-				return nil, fmt.Errorf("line %d: want x509pop { ca_bundle_path = \"...\" } (no label)", line)
-			}
-			if first, dup := seen["x509pop"]; dup {
-				return nil, fmt.Errorf("line %d: x509pop is already configured at line %d", line, first)
-			}
-			seen["x509pop"] = line
-		case "k8s_bundle":
-			if !isBlock || len(item.Keys) != 1 {
-				return nil, fmt.Errorf("line %d: want k8s_bundle { namespace = \"...\" config_map = \"...\" } (no label)", line)
-			}
-			if first, dup := seen["k8s_bundle"]; dup {
-				return nil, fmt.Errorf("line %d: k8s_bundle is already configured at line %d", line, first)
-			}
-			seen["k8s_bundle"] = line
 		case "upstream_authority":
 			kind := ""
 			if len(item.Keys) == 2 {
@@ -292,14 +302,19 @@ func checkBlocks(file *ast.File) (map[string]int, error) {
 				return nil, fmt.Errorf("line %d: upstream_authority is already configured at line %d", line, first)
 			}
 			seen["upstream_authority"] = line
-		case "k8s_controller":
+		default:
+			name, _ := item.Keys[0].Token.Value().(string)
+			example, ok := unlabelledBlock(name)
+			if !ok {
+				continue
+			}
 			if !isBlock || len(item.Keys) != 1 {
-				return nil, fmt.Errorf("line %d: want k8s_controller { cluster = \"<k8s_psat cluster name>\" } (no label)", line)
+				return nil, fmt.Errorf("line %d: want %s %s (no label)", line, name, example)
 			}
-			if first, dup := seen["k8s_controller"]; dup {
-				return nil, fmt.Errorf("line %d: k8s_controller is already configured at line %d", line, first)
+			if first, dup := seen[name]; dup {
+				return nil, fmt.Errorf("line %d: %s is already configured at line %d", line, name, first)
 			}
-			seen["k8s_controller"] = line
+			seen[name] = line
 		}
 	}
 	return seen, nil
@@ -412,6 +427,15 @@ func (fc FileConfig) Resolve() (Config, error) {
 		return Config{}, err
 	}
 	if cfg.Federation, err = fc.Federation.Resolve(td); err != nil {
+		return Config{}, err
+	}
+	if fc.JWTIssuer != "" {
+		if err := oidcdiscovery.CheckIssuer(fc.JWTIssuer); err != nil {
+			return Config{}, fmt.Errorf("jwt_issuer %q: %w", fc.JWTIssuer, err)
+		}
+		cfg.JWTIssuer = fc.JWTIssuer
+	}
+	if cfg.OIDCDiscovery, err = fc.OIDCDiscovery.Resolve(cfg.JWTIssuer); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil

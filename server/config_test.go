@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/signetid/signet/server/oidcdiscovery"
 )
 
 func TestParseConfigFile(t *testing.T) {
@@ -198,6 +200,71 @@ k8s_psat "dev" {
 		{name: "upstream_authority twice", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" { cert_file_path = \"/c\"\n key_file_path = \"/k\" }\nupstream_authority \"disk\" { cert_file_path = \"/d\"\n key_file_path = \"/k\" }", wantErr: "line 4: upstream_authority is already configured at line 2"},
 		{name: "upstream_authority SPIRE plugin_data shape", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" {\n plugin_data {\n  cert_file_path = \"/c\"\n }\n}", wantErr: `line 3: upstream_authority "disk" takes cert_file_path, key_file_path and bundle_file_path directly, without SPIRE's plugin_data block`},
 		{name: "upstream_authority unknown key", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" {\n cert_file_path = \"/c\"\n key_file = \"/k\"\n}", wantErr: `upstream_authority "disk": key_file (line 4)`},
+		{name: "jwt_issuer", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org/tenant-1\"", check: func(t *testing.T, c Config) {
+			if c.JWTIssuer != "https://oidc.example.org/tenant-1" || c.OIDCDiscovery != nil {
+				t.Fatalf("jwt_issuer %q, oidc_discovery %+v", c.JWTIssuer, c.OIDCDiscovery)
+			}
+		}},
+		{name: "no jwt_issuer", in: `trust_domain = "a.org"`, check: func(t *testing.T, c Config) {
+			if c.JWTIssuer != "" || c.OIDCDiscovery != nil {
+				t.Fatalf("jwt_issuer %q, oidc_discovery %+v without either", c.JWTIssuer, c.OIDCDiscovery)
+			}
+		}},
+		{name: "jwt_issuer http on loopback (tests)", in: "trust_domain = \"a.org\"\njwt_issuer = \"http://127.0.0.1:8443\"", check: func(t *testing.T, c Config) {
+			if c.JWTIssuer != "http://127.0.0.1:8443" {
+				t.Fatalf("jwt_issuer %q", c.JWTIssuer)
+			}
+		}},
+		{name: "jwt_issuer http on localhost", in: "trust_domain = \"a.org\"\njwt_issuer = \"http://localhost\"", check: func(t *testing.T, c Config) {}},
+		{name: "jwt_issuer http on ::1", in: "trust_domain = \"a.org\"\njwt_issuer = \"http://[::1]:80\"", check: func(t *testing.T, c Config) {}},
+		{name: "jwt_issuer http elsewhere", in: "trust_domain = \"a.org\"\njwt_issuer = \"http://oidc.example.org\"", wantErr: `jwt_issuer "http://oidc.example.org": want https`},
+		{name: "jwt_issuer without scheme", in: "trust_domain = \"a.org\"\njwt_issuer = \"oidc.example.org\"", wantErr: `jwt_issuer "oidc.example.org": want an https URL`},
+		{name: "jwt_issuer other scheme", in: "trust_domain = \"a.org\"\njwt_issuer = \"spiffe://a.org\"", wantErr: `jwt_issuer "spiffe://a.org": want an https URL`},
+		{name: "jwt_issuer without host", in: "trust_domain = \"a.org\"\njwt_issuer = \"https:///keys\"", wantErr: `jwt_issuer "https:///keys": want a host`},
+		{name: "jwt_issuer with only a port", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://:443\"", wantErr: `jwt_issuer "https://:443": want a host`},
+		{name: "jwt_issuer trailing slash", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org/\"", wantErr: `jwt_issuer "https://oidc.example.org/": drop the trailing /`},
+		{name: "jwt_issuer query", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org?a=b\"", wantErr: "no query or fragment"},
+		{name: "jwt_issuer empty query", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org?\"", wantErr: "no query or fragment"},
+		{name: "jwt_issuer fragment", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org#x\"", wantErr: "no query or fragment"},
+		{name: "jwt_issuer user info", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://u:p@oidc.example.org\"", wantErr: "user info"},
+		{name: "jwt_issuer not a URL", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org/%zz\"", wantErr: "not a URL"},
+		{
+			name: "oidc_discovery",
+			in: `trust_domain = "a.org"
+jwt_issuer = "https://oidc.example.org"
+oidc_discovery {
+  listen = "0.0.0.0:8443"
+  set_key_use = true
+  serving_cert_file {
+    cert_file_path = "oidc/tls.crt"
+    key_file_path = "/etc/signet/oidc/tls.key"
+    file_sync_interval = "1m"
+  }
+}`,
+			check: func(t *testing.T, c Config) {
+				o := c.OIDCDiscovery
+				if o == nil || o.Listen != "0.0.0.0:8443" || o.Issuer != "https://oidc.example.org" || !o.SetKeyUse ||
+					o.KeyFile != "/etc/signet/oidc/tls.key" || !filepath.IsAbs(o.CertFile) || !strings.HasSuffix(o.CertFile, "/oidc/tls.crt") {
+					t.Fatalf("oidc_discovery %+v", o)
+				}
+			},
+		},
+		{name: "oidc_discovery plain HTTP, issuer repeated", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery {\n listen = \"127.0.0.1:8080\"\n jwt_issuer = \"https://oidc.example.org\"\n}", check: func(t *testing.T, c Config) {
+			if o := c.OIDCDiscovery; o == nil || o.Issuer != "https://oidc.example.org" || o.CertFile != "" || o.KeyFile != "" || o.SetKeyUse {
+				t.Fatalf("oidc_discovery %+v", o)
+			}
+		}},
+		{name: "oidc_discovery without any jwt_issuer", in: "trust_domain = \"a.org\"\noidc_discovery { listen = \"0.0.0.0:8443\" }", wantErr: "oidc_discovery needs jwt_issuer"},
+		{name: "oidc_discovery issuer without jwt_issuer", in: "trust_domain = \"a.org\"\noidc_discovery {\n listen = \"0.0.0.0:8443\"\n jwt_issuer = \"https://oidc.example.org\"\n}", wantErr: `oidc_discovery.jwt_issuer "https://oidc.example.org" is set but the server's jwt_issuer is not`},
+		{name: "oidc_discovery issuer differs", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery {\n listen = \"0.0.0.0:8443\"\n jwt_issuer = \"https://oidc.example.org:8443\"\n}", wantErr: `oidc_discovery.jwt_issuer "https://oidc.example.org:8443" differs from jwt_issuer "https://oidc.example.org"`},
+		{name: "oidc_discovery without listen", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery { set_key_use = true }", wantErr: `oidc_discovery: listen "": want host:port`},
+		{name: "oidc_discovery listen without port", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery { listen = \"0.0.0.0\" }", wantErr: `oidc_discovery: listen "0.0.0.0": want host:port`},
+		{name: "oidc_discovery cert without key", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery {\n listen = \":8443\"\n serving_cert_file { cert_file_path = \"/c\" }\n}", wantErr: "oidc_discovery.serving_cert_file: cert_file_path and key_file_path are both required"},
+		{name: "oidc_discovery bad file_sync_interval", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery {\n listen = \":8443\"\n serving_cert_file {\n  cert_file_path = \"/c\"\n  key_file_path = \"/k\"\n  file_sync_interval = \"-1m\"\n }\n}", wantErr: `oidc_discovery.serving_cert_file.file_sync_interval "-1m"`},
+		{name: "oidc_discovery unknown key", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery {\n listen = \":8443\"\n issuer = \"https://oidc.example.org\"\n}", wantErr: "unknown key(s): oidc_discovery.issuer (line 5)"},
+		{name: "oidc_discovery serving_cert_file unknown key", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery {\n listen = \":8443\"\n serving_cert_file {\n  cert_file_path = \"/c\"\n  key_file_path = \"/k\"\n  addr = \":443\"\n }\n}", wantErr: "unknown key(s): oidc_discovery.serving_cert_file.addr (line 8)"},
+		{name: "oidc_discovery twice", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery { listen = \":1\" }\noidc_discovery { listen = \":2\" }", wantErr: "line 4: oidc_discovery is already configured at line 3"},
+		{name: "oidc_discovery with a label", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery \"x\" { listen = \":1\" }", wantErr: "line 3: want oidc_discovery { listen"},
 		{name: "k8s_psat bad cluster name", in: "trust_domain = \"a.org\"\nk8s_psat \"prod/eu\" {\n service_account_allow_list = [\"a:b\"]\n}", wantErr: "one SPIFFE path segment"},
 	}
 	for _, tt := range tests {
@@ -228,6 +295,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("trust_domain = \"a.org\"\nupstream_authority \"disk\" { cert_file_path = \"c\"\n key_file_path = \"/k\" }"))
 	f.Add([]byte("trust_domain = \"a.org\"\nk8s_psat \"p\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller { cluster = \"p\" }"))
 	f.Add([]byte("trust_domain = \"a.org\"\nx509pop { ca_bundle_path = \"/etc/signet/node-ca.pem\" }"))
+	f.Add([]byte("trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org/t\"\noidc_discovery {\n listen = \":8443\"\n serving_cert_file {\n  cert_file_path = \"c\"\n  key_file_path = \"k\"\n }\n}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fc, err := ParseConfigFile(data)
 		if err != nil {
@@ -243,6 +311,12 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if cfg.CATTL != 0 && cfg.CATTL < 6*cfg.SVIDTTL {
 			t.Fatalf("ca_ttl below 6 x svid_ttl accepted: %+v", cfg)
+		}
+		if cfg.JWTIssuer != "" && oidcdiscovery.CheckIssuer(cfg.JWTIssuer) != nil {
+			t.Fatalf("invalid jwt_issuer %q accepted", cfg.JWTIssuer)
+		}
+		if o := cfg.OIDCDiscovery; o != nil && (o.Issuer != cfg.JWTIssuer || o.Issuer == "" || (o.CertFile == "") != (o.KeyFile == "")) {
+			t.Fatalf("oidc_discovery inconsistent with jwt_issuer %q: %+v", cfg.JWTIssuer, o)
 		}
 		if u := cfg.UpstreamAuthority; u != nil && (!filepath.IsAbs(u.CertFile) || !filepath.IsAbs(u.KeyFile) || (u.BundleFile != "" && !filepath.IsAbs(u.BundleFile))) {
 			t.Fatalf("upstream_authority with a missing or relative path accepted: %+v", u)

@@ -32,6 +32,7 @@ import (
 	"github.com/signetid/signet/server/k8sbundle"
 	"github.com/signetid/signet/server/k8sreg"
 	"github.com/signetid/signet/server/nodeattest"
+	"github.com/signetid/signet/server/oidcdiscovery"
 	"github.com/signetid/signet/server/store"
 )
 
@@ -52,6 +53,8 @@ type Server struct {
 	federation *federation.Service
 	// k8sReg registers pods from ClusterSPIFFEIDs (nil: off).
 	k8sReg *k8sreg.Controller
+	// oidc serves the JWT keys to OIDC relying parties (nil: off).
+	oidc *oidcdiscovery.Server
 
 	agentLn  net.Listener
 	adminLn  net.Listener
@@ -98,6 +101,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		DataDir:     cfg.DataDir,
 		SVIDTTL:     cfg.SVIDTTL,
 		JWTTTL:      cfg.JWTTTL,
+		JWTIssuer:   cfg.JWTIssuer,
 		CATTL:       cfg.CATTL,
 		Logger:      logger,
 	}
@@ -179,6 +183,19 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			return nil, fmt.Errorf("health listener %s: %w", cfg.HealthListen, err)
 		}
 	}
+	if cfg.OIDCDiscovery != nil {
+		if cfg.OIDCDiscovery.Issuer != cfg.JWTIssuer {
+			return nil, fmt.Errorf("oidc_discovery issuer %q differs from jwt_issuer %q: relying parties would refuse every JWT-SVID", cfg.OIDCDiscovery.Issuer, cfg.JWTIssuer)
+		}
+		// The bundle agents get: in HA, every server's keys.
+		bundle := func() catalog.Bundle {
+			snap, _ := s.catalog.Current()
+			return snap.OwnBundle(cfg.TrustDomain)
+		}
+		if s.oidc, err = oidcdiscovery.NewServer(oidcdiscovery.Options{Config: *cfg.OIDCDiscovery, Bundle: bundle, Logger: logger}); err != nil {
+			return nil, err
+		}
+	}
 	if s.federation, err = federation.New(federation.Options{
 		Config: cfg.Federation, TrustDomain: cfg.TrustDomain, Store: s.store, Catalog: s.catalog,
 		ServerCert: s.getServerCert, Logger: logger,
@@ -258,6 +275,15 @@ func (s *Server) HealthAddr() string {
 	return s.healthLn.Addr().String()
 }
 
+// OIDCDiscoveryAddr is the OIDC discovery provider's bound address ("" if
+// none).
+func (s *Server) OIDCDiscoveryAddr() string {
+	if s.oidc == nil {
+		return ""
+	}
+	return s.oidc.Addr()
+}
+
 // FederationAddr is the bundle endpoint's bound address ("" if none).
 func (s *Server) FederationAddr() string { return s.federation.Addr() }
 
@@ -321,11 +347,15 @@ func (s *Server) Run(ctx context.Context) error {
 		hs := &health.Server{Live: s.live, Ready: s.ready, Registry: s.metrics, Logger: s.logger}
 		g.Go(func() error { return hs.Serve(ctx, s.healthLn) })
 	}
+	if s.oidc != nil {
+		g.Go(func() error { return s.oidc.Serve(ctx) })
+	}
 	s.logger.Info("server started",
 		"trust_domain", s.cfg.TrustDomain.Name(),
 		"agent_api", s.Addr(),
 		"admin_socket", s.cfg.AdminSocket,
 		"health", s.HealthAddr(),
+		"oidc_discovery", s.OIDCDiscoveryAddr(),
 		"svid_ttl", s.cfg.SVIDTTL)
 	err := g.Wait()
 	s.logger.Info("server stopped")
@@ -366,6 +396,9 @@ func (s *Server) close() {
 	}
 	if s.federation != nil {
 		s.federation.Close()
+	}
+	if s.oidc != nil {
+		s.oidc.Close()
 	}
 	if s.dirLock != nil {
 		s.dirLock.Close() // releases the flock

@@ -52,6 +52,7 @@ func newServerRunCmd(g *globals) *cobra.Command {
 				"trust-domain": &file.TrustDomain, "data-dir": &file.DataDir, "listen": &file.Listen,
 				"admin-socket": &file.AdminSocket, "datastore": &file.Datastore, "svid-ttl": &file.SVIDTTL,
 				"jwt-ttl": &file.JWTTTL, "ca-ttl": &file.CATTL, "health-listen": &file.HealthListen,
+				"jwt-issuer": &file.JWTIssuer,
 			} {
 				if f.Changed(name) {
 					*dst, _ = f.GetString(name)
@@ -87,6 +88,7 @@ func newServerRunCmd(g *globals) *cobra.Command {
 	f.StringVar(&fc.JWTTTL, "jwt-ttl", server.DefaultJWTTTL.String(), "default JWT-SVID lifetime")
 	f.StringVar(&fc.CATTL, "ca-ttl", "", "CA lifetime (default 6 x svid-ttl)")
 	f.StringVar(&fc.HealthListen, "health-listen", "", "address for /live, /ready and /metrics (off when empty)")
+	f.StringVar(&fc.JWTIssuer, "jwt-issuer", "", "iss claim of JWT-SVIDs, an https URL such as https://oidc.example.org (OIDC relying parties; empty: no iss)")
 	return cmd
 }
 

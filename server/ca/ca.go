@@ -37,6 +37,9 @@ type Config struct {
 	SVIDTTL time.Duration
 	// JWTTTL is the default JWT-SVID lifetime (DefaultJWTTTL when 0).
 	JWTTTL time.Duration
+	// JWTIssuer, when set, is the iss claim of every JWT-SVID, so that OIDC
+	// relying parties accept them; empty leaves iss out.
+	JWTIssuer string
 	// CATTL is the root CA lifetime; 0 derives it as 6 x SVIDTTL. A value
 	// below 6 x SVIDTTL is refused.
 	CATTL time.Duration
@@ -84,6 +87,7 @@ type Manager struct {
 	dir     string
 	svidTTL time.Duration
 	jwtTTL  time.Duration
+	jwtIss  string
 	caTTL   time.Duration
 	jwtLife time.Duration
 	now     func() time.Time
@@ -120,6 +124,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		dir:     cfg.DataDir,
 		svidTTL: cfg.SVIDTTL,
 		jwtTTL:  cfg.JWTTTL,
+		jwtIss:  cfg.JWTIssuer,
 		caTTL:   cfg.CATTL,
 		now:     cfg.Clock,
 		log:     cfg.Logger,

@@ -11,8 +11,10 @@ import (
 )
 
 // jwtClaims is the JWT-SVID payload. aud is always a list and exp/iat are
-// integers, whatever the number of audiences.
+// integers, whatever the number of audiences. iss is there only with a
+// configured issuer (OIDC relying parties require it; SPIFFE does not).
 type jwtClaims struct {
+	Iss string   `json:"iss,omitempty"`
 	Sub string   `json:"sub"`
 	Aud []string `json:"aud"`
 	Exp int64    `json:"exp"`
@@ -54,7 +56,7 @@ func (m *Manager) MintJWTSVID(ctx context.Context, id spiffeid.ID, audience []st
 	if !exp.After(now) {
 		return "", time.Time{}, errors.New("ca: the active JWT key has expired")
 	}
-	payload, err := json.Marshal(jwtClaims{Sub: id.String(), Aud: audience, Exp: exp.Unix(), Iat: now.Unix()})
+	payload, err := json.Marshal(jwtClaims{Iss: m.jwtIss, Sub: id.String(), Aud: audience, Exp: exp.Unix(), Iat: now.Unix()})
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("ca: encode JWT claims: %w", err)
 	}

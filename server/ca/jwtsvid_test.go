@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -117,6 +119,41 @@ func TestMintJWTSVIDRefuses(t *testing.T) {
 			_, _, err := m.MintJWTSVID(context.Background(), tt.id, tt.audience, tt.ttl)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestMintJWTSVIDIssuer: a configured issuer is the iss claim (what OIDC
+// relying parties match against the discovery document); without one the
+// claims are exactly the SPIFFE ones, as before.
+func TestMintJWTSVIDIssuer(t *testing.T) {
+	id := spiffeid.RequireFromPath(td, "/w")
+	tests := []struct {
+		name     string
+		issuer   string
+		wantKeys []string
+	}{
+		{"no issuer", "", []string{"aud", "exp", "iat", "sub"}},
+		{"issuer", "https://oidc.example.org", []string{"aud", "exp", "iat", "iss", "sub"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newManager(t, ca.Config{JWTIssuer: tt.issuer})
+			token, _, err := m.MintJWTSVID(context.Background(), id, []string{"sts.amazonaws.com"}, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := jwtsvid.ParseAndValidate(token, bundleOf(t, m), []string{"sts.amazonaws.com"}); err != nil {
+				t.Fatalf("jwtsvid.ParseAndValidate: %v", err)
+			}
+			c := jwtPart(t, token, 1)
+			keys := slices.Sorted(maps.Keys(c))
+			if !slices.Equal(keys, tt.wantKeys) {
+				t.Errorf("claims %v, want %v", keys, tt.wantKeys)
+			}
+			if tt.issuer != "" && c["iss"] != tt.issuer {
+				t.Errorf("iss = %v, want %s", c["iss"], tt.issuer)
 			}
 		})
 	}

@@ -15,7 +15,7 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -58,6 +58,13 @@ func TestEnvoyExampleConfig(t *testing.T) {
 	}
 	if agentCluster == nil {
 		t.Fatal("no signet_agent cluster")
+	}
+	// gRPC needs HTTP/2 to the agent; without it Envoy speaks HTTP/1.1 and
+	// every SDS call fails at run time.
+	var opts upstreamhttpv3.HttpProtocolOptions
+	if err := agentCluster.TypedExtensionProtocolOptions["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&opts); err != nil ||
+		opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() == nil {
+		t.Errorf("signet_agent does not use HTTP/2 (explicit_http_config.http2_protocol_options): %v", err)
 	}
 	pipe := agentCluster.LoadAssignment.Endpoints[0].LbEndpoints[0].GetEndpoint().Address.GetPipe().GetPath()
 	if pipe != workloadapi.DefaultSocketPath {

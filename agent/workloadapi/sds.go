@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"google.golang.org/grpc"
@@ -22,6 +23,9 @@ import (
 // sdsService is Envoy's Secret Discovery Service (v3, state of the world)
 // over the same socket, attestation and cache as the Workload API, so an
 // Envoy sidecar gets its SVID and bundles the way SPIRE's agent gives them.
+// As in SPIRE, and unlike the Workload API, an attested caller with no SVID
+// still gets the bundles it names (public roots, for an Envoy that only
+// verifies peers); asking for an SVID it does not have is PermissionDenied.
 type sdsService struct {
 	secretv3.UnimplementedSecretDiscoveryServiceServer
 	s *Server
@@ -62,10 +66,13 @@ func (d *sdsService) FetchSecrets(ctx context.Context, req *discoveryv3.Discover
 	select {
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
-	case st = <-sub.Updates():
-	}
-	if st == nil || len(st.SVIDs) == 0 {
-		return nil, d.s.noIdentity(ctx, method, c)
+	case <-d.s.stopping:
+		return nil, status.Error(codes.Unavailable, "agent is shutting down")
+	case next, ok := <-sub.Updates():
+		if !ok || next == nil {
+			return nil, status.Error(codes.Unavailable, "identity cache closed the subscription")
+		}
+		st = next
 	}
 	res, err := sdsSecrets(st, req.ResourceNames, d.s.sds, d.s.sds.useSPIFFEValidator(req.Node))
 	if err != nil {
@@ -111,6 +118,7 @@ func (d *sdsService) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.D
 	var (
 		st      *cache.WorkloadState
 		req     *discoveryv3.DiscoveryRequest // the last accepted request
+		node    *corev3.Node                  // from the first request that had one: Envoy may send it only once
 		sent    []*anypb.Any
 		version uint64
 		nonce   string
@@ -131,19 +139,22 @@ func (d *sdsService) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.D
 			if !ok {
 				return status.Error(codes.Unavailable, "identity cache closed the subscription")
 			}
-			if next == nil || len(next.SVIDs) == 0 {
-				return d.s.noIdentity(ctx, method, c)
+			if next == nil {
+				return status.Error(codes.Unavailable, "identity cache sent no state")
 			}
 			st = next
 		case r := <-reqs:
 			if err := checkSecretType(r); err != nil {
 				return err
 			}
+			if node == nil {
+				node = r.Node
+			}
 			if nonce != "" && r.ResponseNonce != nonce {
 				continue // answers an older response; a newer one is on its way
 			}
 			if r.ErrorDetail != nil {
-				d.s.log.WarnContext(ctx, "Envoy rejected the secrets it was sent", "pid", c.pid, "node", r.Node.GetId(), "names", r.ResourceNames, "version", r.VersionInfo, "error", r.ErrorDetail.GetMessage())
+				d.s.log.WarnContext(ctx, "Envoy rejected the secrets it was sent", "pid", c.pid, "node", node.GetId(), "names", r.ResourceNames, "version", r.VersionInfo, "error", r.ErrorDetail.GetMessage())
 			}
 			if req != nil && sameNames(req.ResourceNames, r.ResourceNames) {
 				continue // ACK or NACK of what was sent
@@ -153,9 +164,9 @@ func (d *sdsService) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.D
 		if st == nil || req == nil {
 			continue
 		}
-		res, err := sdsSecrets(st, req.ResourceNames, d.s.sds, d.s.sds.useSPIFFEValidator(req.Node))
+		res, err := sdsSecrets(st, req.ResourceNames, d.s.sds, d.s.sds.useSPIFFEValidator(node))
 		if err != nil {
-			d.s.log.InfoContext(ctx, "SDS request refused", "method", method, "pid", c.pid, "node", req.Node.GetId(), "names", req.ResourceNames, "error", err)
+			d.s.log.InfoContext(ctx, "SDS request refused", "method", method, "pid", c.pid, "node", node.GetId(), "names", req.ResourceNames, "error", err)
 			return err
 		}
 		if !force && slices.EqualFunc(res, sent, func(a, b *anypb.Any) bool { return proto.Equal(a, b) }) {
@@ -173,7 +184,7 @@ func (d *sdsService) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.D
 			return err
 		}
 		sent = res
-		d.s.log.DebugContext(ctx, "SDS secrets sent", "pid", c.pid, "node", req.Node.GetId(), "names", req.ResourceNames, "version", resp.VersionInfo, "count", len(res))
+		d.s.log.DebugContext(ctx, "SDS secrets sent", "pid", c.pid, "node", node.GetId(), "names", req.ResourceNames, "version", resp.VersionInfo, "count", len(res))
 	}
 }
 

@@ -105,7 +105,9 @@ func metadataBool(v *structpb.Value) (bool, bool) {
 // misspelt name or a missing registration shows in Envoy's log and ours
 // instead of as a listener that never warms.
 func sdsSecrets(st *cache.WorkloadState, names []string, o SDSOptions, spiffeValidator bool) ([]*anypb.Any, error) {
-	if st.Bundle == nil {
+	if st.Bundle == nil || len(st.Bundle.X509Authorities()) == 0 {
+		// Before the agent's first sync: an empty ROOTCA would make Envoy
+		// refuse every peer until the next push.
 		return nil, status.Error(codes.Unavailable, "no trust bundle for the agent's trust domain yet")
 	}
 	want := map[string]bool{}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/pem"
+	"fmt"
 	"maps"
 	"net"
 	"slices"
@@ -27,7 +28,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/signetid/signet/agent/cache"
 	"github.com/signetid/signet/agent/workloadapi"
+	"github.com/signetid/signet/agent/workloadapi/workloadapitest"
 	"github.com/signetid/signet/internal/selector"
 )
 
@@ -187,6 +190,32 @@ func TestSDSFetchAll(t *testing.T) {
 	}
 }
 
+// Two entries may give a caller the same SPIFFE ID; the first (the one the
+// Workload API serves first) is the secret.
+func TestSDSDuplicateID(t *testing.T) {
+	e := start(t)
+	first, second := e.ca.X509SVID(t, "/app", "a"), e.ca.X509SVID(t, "/app", "b")
+	e.provider.SetState(state(t, e.ca, e.fed, first, second))
+	resp, err := e.sds(t).FetchSecrets(t.Context(), &discoveryv3.DiscoveryRequest{ResourceNames: []string{"spiffe://example.org/app"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := secrets(t, resp) // fails on a name sent twice
+	if svidOf(t, got["spiffe://example.org/app"]).Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0 {
+		t.Error("the secret holds the second SVID")
+	}
+	if len(resp.Resources) != 1 {
+		t.Errorf("%d resources", len(resp.Resources))
+	}
+	resp, err = e.sds(t).FetchSecrets(t.Context(), &discoveryv3.DiscoveryRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svidOf(t, secrets(t, resp)["spiffe://example.org/app"]).Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0 {
+		t.Error("asked for everything, the secret holds the second SVID")
+	}
+}
+
 func TestSDSNamedSecrets(t *testing.T) {
 	e := start(t)
 	c := e.sds(t)
@@ -311,20 +340,47 @@ func TestSDSConfiguredNames(t *testing.T) {
 	}
 }
 
+// As from SPIRE, a caller with no SVID still gets the bundles it names (an
+// Envoy that only verifies peers), but no SVID.
 func TestSDSNoIdentity(t *testing.T) {
 	e := start(t, selector.Selector{Type: "unix", Value: "uid:4294967294"})
 	c := e.sds(t)
-	_, err := c.FetchSecrets(t.Context(), &discoveryv3.DiscoveryRequest{ResourceNames: []string{"ROOTCA"}})
-	wantCode(t, "FetchSecrets", err, codes.PermissionDenied)
-	stream, err := c.StreamSecrets(t.Context())
+	resp, err := c.FetchSecrets(t.Context(), &discoveryv3.DiscoveryRequest{ResourceNames: []string{"ROOTCA"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&discoveryv3.DiscoveryRequest{ResourceNames: []string{"ROOTCA"}}); err != nil {
+	if !sameRoots(trustedCA(t, spiffeid.RequireTrustDomainFromString("example.org"), secrets(t, resp)["ROOTCA"]), e.ca.X509Bundle()) {
+		t.Error("ROOTCA does not hold the own roots")
+	}
+	for _, names := range [][]string{{"default"}, {"ROOTCA", "spiffe://example.org/app"}, {"spiffe://partner.test"}} {
+		_, err = c.FetchSecrets(t.Context(), &discoveryv3.DiscoveryRequest{ResourceNames: names})
+		wantCode(t, fmt.Sprint("FetchSecrets ", names), err, codes.PermissionDenied)
+	}
+	resp, err = c.FetchSecrets(t.Context(), &discoveryv3.DiscoveryRequest{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = stream.Recv()
-	wantCode(t, "StreamSecrets", err, codes.PermissionDenied)
+	if g := names(secrets(t, resp)); len(g) != 1 || g[0] != "spiffe://example.org" {
+		t.Errorf("all secrets of a caller with no SVID: %v, want only the own bundle", g)
+	}
+	s := e.stream(t, "default")
+	select {
+	case err := <-s.errs:
+		wantCode(t, "StreamSecrets default", err, codes.PermissionDenied)
+	case r := <-s.resps:
+		t.Fatalf("got %v", names(secrets(t, r)))
+	case <-time.After(10 * time.Second):
+		t.Fatal("no answer in 10s")
+	}
+}
+
+// Before the agent's first sync the own bundle is empty: nothing is served
+// (an empty ROOTCA would make Envoy refuse every peer).
+func TestSDSNoBundleYet(t *testing.T) {
+	e := start(t)
+	e.provider.SetState(&cache.WorkloadState{Bundle: x509bundle.New(spiffeid.RequireTrustDomainFromString("example.org"))})
+	_, err := e.sds(t).FetchSecrets(t.Context(), &discoveryv3.DiscoveryRequest{ResourceNames: []string{"ROOTCA"}})
+	wantCode(t, "FetchSecrets", err, codes.Unavailable)
 }
 
 // Envoy's default is state of the world; SPIRE does not serve Delta either.
@@ -439,6 +495,14 @@ func TestSDSStream(t *testing.T) {
 		t.Errorf("version %q, want 3", third.VersionInfo)
 	}
 
+	// A request that omits the node (Envoy may send it only once) keeps the
+	// first one's: ROOTCA stays a SPIFFE validator config.
+	s.send(&discoveryv3.DiscoveryRequest{VersionInfo: third.VersionInfo, ResponseNonce: third.Nonce, ResourceNames: []string{"ROOTCA", "spiffe://example.org/app-ext"}})
+	fourth := s.next()
+	if tds, _ := spiffeValidator(t, secrets(t, fourth)["ROOTCA"]); len(tds) != 1 {
+		t.Errorf("ROOTCA trust domains %v", tds)
+	}
+
 	// The entry behind the requested name goes away: the stream ends with
 	// PermissionDenied naming it, and Envoy retries.
 	e.provider.SetState(state(t, e.ca, e.fed, e.ca.X509SVID(t, "/app", "internal")))
@@ -449,6 +513,20 @@ func TestSDSStream(t *testing.T) {
 		t.Fatalf("got %v after the entry went", names(secrets(t, r)))
 	case <-time.After(10 * time.Second):
 		t.Fatal("stream still open after its entry went")
+	}
+}
+
+// A stream asking only for bundles stays open when the caller's SVIDs go,
+// and gets the new roots.
+func TestSDSBundleStreamOutlivesSVIDs(t *testing.T) {
+	e := start(t)
+	s := e.stream(t, "ROOTCA")
+	s.ack(s.next(), "ROOTCA")
+	other := workloadapitest.NewCA(t, "example.org")
+	e.provider.SetState(&cache.WorkloadState{Bundle: other.X509Bundle()})
+	_, roots := spiffeValidator(t, secrets(t, s.next())["ROOTCA"])
+	if !sameRoots(roots["example.org"], other.X509Bundle()) {
+		t.Error("ROOTCA does not hold the new roots")
 	}
 }
 
@@ -471,7 +549,7 @@ func waitDelivered(t *testing.T, e *env) {
 func TestSDSSecretsMakeMTLS(t *testing.T) {
 	e := start(t)
 	resp, err := e.sds(t).FetchSecrets(t.Context(), &discoveryv3.DiscoveryRequest{
-		Node: envoyNode(1, 30, nil), ResourceNames: []string{"spiffe://example.org/app", "spiffe://example.org/app-ext", "ROOTCA"}})
+		Node: envoyNode(1, 30, nil), ResourceNames: []string{"spiffe://example.org/app", "spiffe://example.org/app-ext", "ROOTCA", "spiffe://partner.test"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -502,8 +580,9 @@ func TestSDSSecretsMakeMTLS(t *testing.T) {
 	if err := <-accepted; err != nil {
 		t.Fatalf("server handshake: %v", err)
 	}
-	// The federated bundle must not verify our SVIDs.
-	wrong := tlsconfig.MTLSClientConfig(client, e.fed.X509Bundle(), tlsconfig.AuthorizeAny())
+	// The federated trust domain's secret must not verify our SVIDs.
+	_, fedRoots := spiffeValidator(t, got["spiffe://partner.test"])
+	wrong := tlsconfig.MTLSClientConfig(client, fedRoots["partner.test"], tlsconfig.AuthorizeAny())
 	go func() {
 		if c, err := lis.Accept(); err == nil {
 			_ = c.(*tls.Conn).Handshake()

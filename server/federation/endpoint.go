@@ -8,15 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/signetid/signet/internal/certfile"
 	"github.com/signetid/signet/server/catalog"
 )
 
@@ -33,11 +31,11 @@ type endpoint struct {
 func newEndpoint(cfg EndpointConfig, td spiffeid.TrustDomain, cat *catalog.Catalog, serverCert func(*tls.ClientHelloInfo) (*tls.Certificate, error), logger *slog.Logger) (*endpoint, error) {
 	getCert := serverCert
 	if cfg.Profile == ProfileWeb {
-		fc := &fileCert{certFile: cfg.CertFile, keyFile: cfg.KeyFile, logger: logger}
-		if _, err := fc.load(); err != nil {
+		fc, err := certfile.New(cfg.CertFile, cfg.KeyFile, "bundle endpoint certificate", logger)
+		if err != nil {
 			return nil, err
 		}
-		getCert = fc.get
+		getCert = fc.GetCertificate
 	}
 	src := &ownBundle{td: td, catalog: cat, refreshHint: cfg.RefreshHint}
 	h, err := federation.NewHandler(td, src)
@@ -94,74 +92,4 @@ func (o *ownBundle) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebun
 	snap, _ := o.catalog.Current()
 	b := snap.OwnBundle(o.td)
 	return storedBundle(o.td, b.Authorities, b.Sequence, o.refreshHint)
-}
-
-// fileCert is the https_web certificate, read from its files again when
-// either changes (a renewal by cert-manager or certbot). Checking at each
-// handshake costs two stats; bundle endpoints see few handshakes.
-type fileCert struct {
-	certFile, keyFile string
-	logger            *slog.Logger
-
-	mu     sync.Mutex
-	cert   *tls.Certificate
-	stamp  [2]fileStamp // of the files cert was read from
-	failed [2]fileStamp // of the files that last failed to load, to log once
-}
-
-type fileStamp struct {
-	ino     uint64
-	size    int64
-	modTime time.Time
-}
-
-func stampOf(path string) (fileStamp, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fileStamp{}, err
-	}
-	st := fileStamp{size: fi.Size(), modTime: fi.ModTime()}
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.ino = sys.Ino
-	}
-	return st, nil
-}
-
-// load reads the pair if it changed since the last load, and returns the
-// current certificate.
-func (f *fileCert) load() (*tls.Certificate, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var now [2]fileStamp
-	var err error
-	for i, p := range []string{f.certFile, f.keyFile} {
-		if now[i], err = stampOf(p); err != nil {
-			return f.cert, fmt.Errorf("bundle endpoint certificate: %w", err)
-		}
-	}
-	if f.cert != nil && now == f.stamp {
-		return f.cert, nil
-	}
-	cert, err := tls.LoadX509KeyPair(f.certFile, f.keyFile)
-	if err != nil {
-		if now != f.failed && f.cert != nil {
-			f.failed = now
-			f.logger.Warn("bundle endpoint: cannot load the changed certificate files; serving the previous certificate",
-				"cert_file", f.certFile, "key_file", f.keyFile, "error", err)
-		}
-		return f.cert, fmt.Errorf("bundle endpoint certificate %s, key %s: %w", f.certFile, f.keyFile, err)
-	}
-	if f.cert != nil {
-		f.logger.Info("bundle endpoint: certificate reloaded", "cert_file", f.certFile, "not_after", cert.Leaf.NotAfter)
-	}
-	f.cert, f.stamp = &cert, now
-	return f.cert, nil
-}
-
-func (f *fileCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	cert, err := f.load()
-	if cert != nil {
-		return cert, nil // the previous pair, while the new one is unreadable
-	}
-	return nil, err
 }

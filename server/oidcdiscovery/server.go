@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/signetid/signet/internal/certfile"
 	"github.com/signetid/signet/server/catalog"
 )
 
@@ -51,12 +52,12 @@ func NewServer(opts Options) (*Server, error) {
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
 	if opts.Config.CertFile != "" {
-		sc := &servingCert{certFile: opts.Config.CertFile, keyFile: opts.Config.KeyFile, logger: logger}
-		if _, err := sc.load(); err != nil {
+		sc, err := certfile.New(opts.Config.CertFile, opts.Config.KeyFile, "OIDC discovery serving certificate", logger)
+		if err != nil {
 			return nil, fmt.Errorf("oidc_discovery: %w", err)
 		}
 		// TLS 1.2 too: cloud providers' fetchers are not all on 1.3.
-		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: sc.get}
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: sc.GetCertificate}
 	}
 	ln, err := net.Listen("tcp", opts.Config.Listen)
 	if err != nil {

@@ -102,7 +102,7 @@ func TestServeHTTPS(t *testing.T) {
 			t.Fatalf("presented serial %s with unreadable files, want the previous %s", got.SerialNumber, second.SerialNumber)
 		}
 	}
-	if n := strings.Count(log.String(), "serving the previous one"); n != 1 {
+	if n := strings.Count(log.String(), "serving the previous certificate"); n != 1 {
 		t.Errorf("%d warnings about the unreadable certificate, want 1:\n%s", n, log.String())
 	}
 }

@@ -22,12 +22,14 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/agent"
 	"github.com/signetid/signet/agent/cache"
+	"github.com/signetid/signet/internal/logtest"
 	"github.com/signetid/signet/internal/selector"
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/servertest"
@@ -68,6 +70,11 @@ type runningAgent struct {
 
 func startAgent(t *testing.T, cfg agent.Config) *runningAgent {
 	t.Helper()
+	return startAgentLogging(t, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+func startAgentLogging(t *testing.T, cfg agent.Config, logger *slog.Logger) *runningAgent {
+	t.Helper()
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +84,7 @@ func startAgent(t *testing.T, cfg agent.Config) *runningAgent {
 	cfg.OnReady = func(info agent.ReadyInfo) { a.ready <- info }
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	go func() { a.done <- agent.Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() { a.done <- agent.Run(ctx, cfg, logger) }()
 	t.Cleanup(a.stop(t))
 	return a
 }
@@ -291,4 +298,63 @@ func selfSignedRootPEM(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// When the agent renews its own SVID (here because its CA is tainted), its
+// Sync stream moves to the new connection at once: revoking the old CA
+// then cuts nothing, entries keep arriving, and no WARN is logged. (Before,
+// the stream stayed on the old connection until it closed or was refused.)
+func TestAgentSyncMovesWithItsSVID(t *testing.T) {
+	s := startServer(t)
+	ctx := context.Background()
+	tok, err := s.Admin().CreateJoinToken(ctx, &api.CreateJoinTokenRequest{SpiffeId: agentID, TtlSeconds: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uidSel := fmt.Sprintf("unix:uid:%d", os.Getuid())
+	s.entry(t, "/first", uidSel)
+	dir := t.TempDir()
+	logs := &logtest.Buffer{}
+	a := startAgentLogging(t, agent.Config{ServerAddress: s.Addr(), TrustDomain: td.Name(), DataDir: filepath.Join(dir, "data"),
+		JoinToken: tok.Token, TrustBundlePEM: s.BundlePEM(), SocketPath: filepath.Join(dir, "agent.sock")}, logs.Logger())
+	info := a.waitReady(t)
+	addr := workloadapi.WithAddr("unix://" + info.SocketPath)
+
+	admin := s.Admin()
+	list, err := admin.GetLocalAuthorities(ctx, &api.GetLocalAuthoritiesRequest{Kind: "x509"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := list.Authorities[0].AuthorityId
+	prepared, err := admin.PrepareLocalAuthority(ctx, &api.PrepareLocalAuthorityRequest{Kind: "x509"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.ActivateLocalAuthority(ctx, &api.ActivateLocalAuthorityRequest{Kind: "x509", AuthorityId: prepared.AuthorityId}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.TaintLocalAuthority(ctx, &api.TaintLocalAuthorityRequest{Kind: "x509", AuthorityId: old}); err != nil {
+		t.Fatal(err)
+	}
+	logs.WaitFor(t, "sync stream moving to the agent's new connection", 30*time.Second)
+	if _, err := admin.RevokeLocalAuthority(ctx, &api.RevokeLocalAuthorityRequest{Kind: "x509", AuthorityId: old}); err != nil {
+		t.Fatal(err)
+	}
+	s.entry(t, "/after-revoke", uidSel)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		svids, err := workloadapi.FetchX509SVIDs(fctx, addr)
+		cancel()
+		if err == nil && slices.ContainsFunc(svids, func(s *x509svid.SVID) bool { return s.ID.Path() == "/after-revoke" }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the entry created after the revocation did not reach the workload (%v)", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := strings.Count(logs.String(), "sync stream to server ended"); n != 0 {
+		t.Errorf("%d sync stream failures logged, want 0:\n%s", n, logs.String())
+	}
 }

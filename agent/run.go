@@ -102,13 +102,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 
 	mgrMetrics := manager.NewMetrics(reg)
 	mgr, err := manager.New(manager.Config{
-		Server:        cl.Service(),
-		Cache:         svids,
-		TrustDomain:   td,
-		OnBundle:      cl.UpdateBundle,
-		OnAuthFailure: cl.ReportAuthFailure,
-		Metrics:       mgrMetrics,
-		Logger:        logger.With("component", "manager"),
+		Server:          cl.Service(),
+		Cache:           svids,
+		TrustDomain:     td,
+		OnBundle:        cl.UpdateBundle,
+		OnAuthFailure:   cl.ReportAuthFailure,
+		ConnectionMoved: cl.ConnectionMoved,
+		Metrics:         mgrMetrics,
+		Logger:          logger.With("component", "manager"),
 	})
 	if err != nil {
 		return err

@@ -102,6 +102,9 @@ type Client struct {
 	taintRenewed map[string]bool
 
 	kick chan struct{}
+	// moved is closed when the client moves to a new connection (a new
+	// SVID), and replaced by a fresh channel for the next move.
+	moved chan struct{}
 }
 
 // New returns a Client; Start attests or loads the persisted identity.
@@ -130,7 +133,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, store: store{dir: cfg.DataDir}, kick: make(chan struct{}, 1)}, nil
+	return &Client{cfg: cfg, store: store{dir: cfg.DataDir}, kick: make(chan struct{}, 1), moved: make(chan struct{})}, nil
 }
 
 // Start establishes the agent's identity: the persisted agent SVID when it
@@ -651,11 +654,23 @@ func (c *Client) setIdentity(svid *x509svid.SVID, persist bool) error {
 	c.svid = svid
 	c.conn = conn
 	c.notReady = nil
+	close(c.moved)
+	c.moved = make(chan struct{})
 	c.mu.Unlock()
 	if old != nil {
 		time.AfterFunc(5*time.Second, func() { old.Close() })
 	}
 	return nil
+}
+
+// ConnectionMoved returns a channel closed when the client next moves to a
+// new connection. A long-lived stream (Sync) takes it before it opens and
+// reopens when it closes: the stream's connection closes after a grace
+// period, and the server would otherwise see the old SVID on it until then.
+func (c *Client) ConnectionMoved() <-chan struct{} {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.moved
 }
 
 // dial returns a connection to the server with tlsConf and keepalive.

@@ -40,6 +40,11 @@ type Config struct {
 	// OnAuthFailure is told when the server refuses the agent on Sync
 	// (evicted, or a superseded SVID), so the client can renew or re-attest.
 	OnAuthFailure func(error)
+	// ConnectionMoved, when set, gives a channel closed when the agent API
+	// client moves to a new connection (client.Client.ConnectionMoved):
+	// the Sync stream then reopens on it at once, quietly, instead of
+	// failing when the old connection closes.
+	ConnectionMoved func() <-chan struct{}
 	// BatchSize caps the CSRs per BatchSignX509SVID call (default 500).
 	BatchSize int
 	// Workers bounds the goroutines generating keys (default GOMAXPROCS).
@@ -196,6 +201,10 @@ func (m *Manager) syncLoop(ctx context.Context, updates chan *api.SyncResponse) 
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errConnectionMoved) {
+			m.cfg.Logger.Debug("sync stream moving to the agent's new connection")
+			continue
+		}
 		if c := status.Code(err); c == codes.PermissionDenied || c == codes.Unauthenticated {
 			if m.cfg.OnAuthFailure != nil {
 				m.cfg.OnAuthFailure(err)
@@ -211,17 +220,40 @@ func (m *Manager) syncLoop(ctx context.Context, updates chan *api.SyncResponse) 
 	}
 }
 
+// errConnectionMoved ends a Sync stream whose connection the client has
+// replaced.
+var errConnectionMoved = errors.New("agent API connection moved")
+
 func (m *Manager) syncOnce(ctx context.Context, updates chan *api.SyncResponse, bo backoff.BackOff) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var moved <-chan struct{} // nil: never
+	if m.cfg.ConnectionMoved != nil {
+		moved = m.cfg.ConnectionMoved() // before the stream opens, so no move is missed
+	}
+	go func() {
+		select {
+		case <-moved:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	ended := func(err error) error {
+		select {
+		case <-moved:
+			return errConnectionMoved
+		default:
+			return err
+		}
+	}
 	stream, err := m.cfg.Server.Sync(ctx, &api.SyncRequest{})
 	if err != nil {
-		return fmt.Errorf("open sync stream: %w", err)
+		return ended(fmt.Errorf("open sync stream: %w", err))
 	}
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
-			return fmt.Errorf("sync stream: %w", err)
+			return ended(fmt.Errorf("sync stream: %w", err))
 		}
 		bo.Reset()
 		if m.cfg.Metrics != nil {

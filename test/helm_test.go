@@ -19,6 +19,7 @@ import (
 	"helm.sh/helm/v4/pkg/engine"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -310,11 +311,124 @@ csi: {enabled: false}
 				}
 			}
 		},
+	}, {
+		name: "no JWT issuer, no OIDC discovery by default", ns: "signet-system",
+		values: "",
+		check:  func(t *testing.T, objs []runtime.Object, s signetSystem) { noOIDCDiscovery(t, objs, s, "") },
+	}, {
+		name: "JWT issuer without OIDC discovery", ns: "signet-system",
+		values: "jwtIssuer: https://oidc.example.org\n",
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			noOIDCDiscovery(t, objs, s, "https://oidc.example.org")
+		},
+	}, {
+		name: "OIDC discovery in plain HTTP behind a TLS-terminating load balancer", ns: "signet-system",
+		values: `
+jwtIssuer: https://oidc.example.org
+oidcDiscovery:
+  enabled: true
+  port: 9443
+  service: {type: LoadBalancer, port: 443, annotations: {service.beta.kubernetes.io/aws-load-balancer-ssl-ports: "443"}}
+`,
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			o := s.config.OIDCDiscovery
+			if o == nil || o.Issuer != "https://oidc.example.org" || o.Listen != ":9443" || o.SetKeyUse || o.CertFile != "" || o.KeyFile != "" {
+				t.Fatalf("oidc_discovery %+v", o)
+			}
+			svc := object[*corev1.Service](t, objs, "signet-oidc-discovery")
+			if p := svc.Spec.Ports; svc.Spec.Type != corev1.ServiceTypeLoadBalancer || len(p) != 1 || p[0].Port != 443 || p[0].Name != "http" ||
+				p[0].AppProtocol == nil || *p[0].AppProtocol != "http" || svc.Annotations["service.beta.kubernetes.io/aws-load-balancer-ssl-ports"] != "443" {
+				t.Errorf("Service %+v %v: want a LoadBalancer with plain HTTP on 443", svc.Spec, svc.Annotations)
+			}
+			if slices.ContainsFunc(s.server.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == "oidc-tls" }) {
+				t.Error("a certificate volume without oidcDiscovery.tls.secretName")
+			}
+			if slices.ContainsFunc(objs, func(o runtime.Object) bool { _, ok := o.(*networkingv1.Ingress); return ok }) {
+				t.Error("an Ingress without oidcDiscovery.ingress.enabled")
+			}
+		},
+	}, {
+		name: "OIDC discovery over HTTPS from a Secret, with an Ingress", ns: "identity",
+		values: `
+jwtIssuer: https://oidc.example.org/prod
+oidcDiscovery:
+  enabled: true
+  setKeyUse: true
+  tls: {secretName: oidc-serving}
+  ingress:
+    enabled: true
+    className: nginx
+    annotations: {nginx.ingress.kubernetes.io/backend-protocol: HTTPS}
+    tlsSecret: oidc-public
+`,
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			o := s.config.OIDCDiscovery
+			if o == nil || o.Issuer != "https://oidc.example.org/prod" || o.Listen != ":8443" || !o.SetKeyUse ||
+				o.CertFile != "/etc/signet/oidc/tls.crt" || o.KeyFile != "/etc/signet/oidc/tls.key" {
+				t.Fatalf("oidc_discovery %+v", o)
+			}
+			pod := s.server.Spec.Template.Spec
+			i := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Secret != nil && v.Secret.SecretName == "oidc-serving" })
+			if i < 0 {
+				t.Fatalf("Secret oidc-serving is not mounted: %+v", pod.Volumes)
+			}
+			if m := pod.Volumes[i].Secret.DefaultMode; m == nil {
+				t.Error("Secret oidc-serving has no defaultMode: its key would be readable by others (0644)")
+			} else if *m&0o007 != 0 {
+				t.Errorf("Secret oidc-serving defaultMode %#o: its key is readable by others", *m)
+			}
+			m := slices.IndexFunc(pod.Containers[0].VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == pod.Volumes[i].Name })
+			if m < 0 || !pod.Containers[0].VolumeMounts[m].ReadOnly {
+				t.Errorf("Secret oidc-serving is not mounted read-only: %+v", pod.Containers[0].VolumeMounts)
+			}
+			svc := object[*corev1.Service](t, objs, "signet-oidc-discovery")
+			if p := svc.Spec.Ports; svc.Spec.Type != corev1.ServiceTypeClusterIP || len(p) != 1 || p[0].Port != 443 || p[0].Name != "https" {
+				t.Errorf("Service %+v: want HTTPS on 443", svc.Spec)
+			}
+			ing := object[*networkingv1.Ingress](t, objs, "signet-oidc-discovery")
+			if c := ing.Spec.IngressClassName; c == nil || *c != "nginx" || ing.Annotations["nginx.ingress.kubernetes.io/backend-protocol"] != "HTTPS" ||
+				len(ing.Spec.TLS) != 1 || ing.Spec.TLS[0].SecretName != "oidc-public" || !slices.Equal(ing.Spec.TLS[0].Hosts, []string{"oidc.example.org"}) {
+				t.Errorf("Ingress %+v %v", ing.Spec, ing.Annotations)
+			}
+			if r := ing.Spec.Rules; len(r) != 1 || r[0].Host != "oidc.example.org" || len(r[0].HTTP.Paths) != 1 || r[0].HTTP.Paths[0].Path != "/prod" {
+				t.Errorf("Ingress rules %+v: want oidc.example.org/prod", r)
+			}
+		},
+	}, {
+		name: "OIDC discovery in plain HTTP behind an Ingress with the default certificate", ns: "signet-system",
+		values: "jwtIssuer: https://oidc.example.org\noidcDiscovery: {enabled: true, ingress: {enabled: true}}\n",
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			svc := object[*corev1.Service](t, objs, "signet-oidc-discovery")
+			if p := svc.Spec.Ports; len(p) != 1 || p[0].Port != 80 || p[0].Name != "http" {
+				t.Errorf("Service ports %+v: want plain HTTP on 80", p)
+			}
+			ing := object[*networkingv1.Ingress](t, objs, "signet-oidc-discovery")
+			if ing.Spec.IngressClassName != nil || len(ing.Spec.TLS) != 1 || ing.Spec.TLS[0].SecretName != "" || ing.Spec.Rules[0].HTTP.Paths[0].Path != "/" {
+				t.Errorf("Ingress %+v: want TLS for the host with the controller's certificate, path /", ing.Spec)
+			}
+		},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			objs := helmObjects(t, tc.ns, tc.values)
 			tc.check(t, objs, checkSignetSystem(t, objs))
 		})
+	}
+}
+
+// noOIDCDiscovery checks that server.conf has jwt_issuer iss (empty: none)
+// and that nothing serves OIDC discovery.
+func noOIDCDiscovery(t *testing.T, objs []runtime.Object, s signetSystem, iss string) {
+	t.Helper()
+	if s.config.JWTIssuer != iss || s.config.OIDCDiscovery != nil {
+		t.Errorf("jwt_issuer %q, oidc_discovery %+v: want jwt_issuer %q and no oidc_discovery", s.config.JWTIssuer, s.config.OIDCDiscovery, iss)
+	}
+	for _, o := range objs {
+		if k := keyOf(t, o); strings.Contains(k.Name, "oidc") {
+			t.Errorf("OIDC discovery is off but %v is rendered", k)
+		}
+	}
+	if len(s.server.Spec.Template.Spec.Containers[0].Ports) != 2 {
+		t.Errorf("server ports %+v: want agent-api and health alone", s.server.Spec.Template.Spec.Containers[0].Ports)
 	}
 }
 
@@ -337,6 +451,17 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"upstream Secret without a key name", "upstreamAuthority: {secretName: corp-ca, keyKey: \"\"}", "keyKey"},
 		{"misspelt upstream value", "upstreamAuthority: {secret: corp-ca}", "secret"},
 		{"cluster domain with a leading dot", "controller: {clusterDomain: .cluster.local}", "clusterDomain"},
+		{"OIDC discovery without an issuer", "oidcDiscovery: {enabled: true}", "oidcDiscovery.enabled needs jwtIssuer"},
+		{"http issuer", "jwtIssuer: http://oidc.example.org\noidcDiscovery: {enabled: true}", "must be an https URL"},
+		{"issuer without a scheme", "jwtIssuer: oidc.example.org", "must be an https URL"},
+		{"issuer with a trailing slash", "jwtIssuer: https://oidc.example.org/prod/", "trailing /"},
+		{"issuer with a query", "jwtIssuer: https://oidc.example.org/?td=prod", "no user info, query"},
+		{"issuer with user info", "jwtIssuer: https://me@oidc.example.org", "no user info"},
+		{"Ingress for an issuer with a port", "jwtIssuer: https://oidc.example.org:8443\noidcDiscovery: {enabled: true, ingress: {enabled: true}}", "drop the port"},
+		{"Ingress for an IP issuer", "jwtIssuer: https://192.0.2.7\noidcDiscovery: {enabled: true, ingress: {enabled: true}}", "DNS host"},
+		{"OIDC port taken by the agent API", "jwtIssuer: https://oidc.example.org\noidcDiscovery: {enabled: true, port: 8081}", "oidcDiscovery.port 8081 is taken"},
+		{"misspelt OIDC value", "oidcDiscovery: {issuer: https://oidc.example.org}", "issuer"},
+		{"unknown OIDC Service type", "oidcDiscovery: {service: {type: External}}", "type"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := helmTemplate(t, "signet-system", tc.values)
@@ -363,7 +488,7 @@ func TestHelmConfigChangeRollsServer(t *testing.T) {
 		return v
 	}
 	def := sum("")
-	if sum("clusterName: other") == def || sum("logLevel: warn") == def {
+	if sum("clusterName: other") == def || sum("logLevel: warn") == def || sum("jwtIssuer: https://oidc.example.org") == def {
 		t.Error("a server.conf change leaves the server pods' checksum")
 	}
 	if sum("agent: {kubeletSkipVerify: true}") != def {

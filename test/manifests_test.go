@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -17,8 +18,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -232,12 +235,17 @@ func checkSignetSystem(t *testing.T, objs []runtime.Object) signetSystem {
 	}
 
 	checkDatastore(t, s)
+	var files []string // every file server.conf names
 	if u := cfg.UpstreamAuthority; u != nil {
-		pod := s.server.Spec.Template.Spec
-		for _, f := range []string{u.CertFile, u.KeyFile, u.BundleFile} {
-			if f != "" && !mounted(pod, pod.Containers[0].Name, f) {
-				t.Errorf("upstream_authority file %s is on no volume of the server container", f)
-			}
+		files = append(files, u.CertFile, u.KeyFile, u.BundleFile)
+	}
+	if o := cfg.OIDCDiscovery; o != nil {
+		files = append(files, o.CertFile, o.KeyFile)
+		checkOIDCDiscoveryServed(t, objs, s)
+	}
+	for _, f := range files {
+		if f != "" && !mounted(srvPod, srv.Name, f) {
+			t.Errorf("server.conf file %s is on no volume of the server container", f)
 		}
 	}
 	checkServerRBAC(t, objs, s)
@@ -300,6 +308,71 @@ func checkAgentReachesServer(t *testing.T, objs []runtime.Object, s signetSystem
 		}
 	}
 	t.Errorf("agent --server=%s: Service %s has no port %s leading to a server port", addr, name, port)
+}
+
+// checkOIDCDiscoveryServed checks that the OIDC discovery provider is
+// reachable: a container port of the server is its listen port, a Service
+// selecting the server pods leads to it, and every Ingress to that Service
+// serves the issuer's host and path.
+func checkOIDCDiscoveryServed(t *testing.T, objs []runtime.Object, s signetSystem) {
+	t.Helper()
+	_, port, err := net.SplitHostPort(s.config.OIDCDiscovery.Listen)
+	if err != nil {
+		t.Fatalf("oidc_discovery listen %s: %v", s.config.OIDCDiscovery.Listen, err)
+	}
+	i := slices.IndexFunc(s.server.Spec.Template.Spec.Containers[0].Ports, func(p corev1.ContainerPort) bool {
+		return strconv.Itoa(int(p.ContainerPort)) == port
+	})
+	if i < 0 {
+		t.Fatalf("oidc_discovery listens on %s, not a port of the server container", port)
+	}
+	cp := s.server.Spec.Template.Spec.Containers[0].Ports[i]
+	services := map[string]map[string]bool{} // Service name -> its port names and numbers leading to cp
+	for _, o := range objs {
+		svc, ok := o.(*corev1.Service)
+		if !ok || len(svc.Spec.Selector) == 0 || !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(s.server.Spec.Template.Labels)) {
+			continue
+		}
+		for _, p := range svc.Spec.Ports {
+			if p.TargetPort.String() == cp.Name || p.TargetPort.IntValue() == int(cp.ContainerPort) {
+				if services[svc.Name] == nil {
+					services[svc.Name] = map[string]bool{}
+				}
+				services[svc.Name][p.Name] = true
+				services[svc.Name][strconv.Itoa(int(p.Port))] = true
+			}
+		}
+	}
+	if len(services) == 0 {
+		t.Errorf("no Service leads to the OIDC discovery port %s", port)
+	}
+	iss, err := url.Parse(s.config.JWTIssuer)
+	if err != nil {
+		t.Fatalf("jwt_issuer: %v", err)
+	}
+	for _, o := range objs {
+		ing, ok := o.(*networkingv1.Ingress)
+		if !ok {
+			continue
+		}
+		for _, r := range ing.Spec.Rules {
+			if r.HTTP == nil {
+				continue
+			}
+			for _, p := range r.HTTP.Paths {
+				b := p.Backend.Service
+				if b == nil || services[b.Name] == nil {
+					continue
+				}
+				if !services[b.Name][b.Port.Name] && !services[b.Name][strconv.Itoa(int(b.Port.Number))] {
+					t.Errorf("Ingress %s: Service %s port %+v does not lead to the OIDC discovery port", ing.Name, b.Name, b.Port)
+				}
+				if want := cmp.Or(iss.Path, "/"); r.Host != iss.Hostname() || p.Path != want {
+					t.Errorf("Ingress %s routes %s%s to the OIDC discovery provider; jwt_issuer is %s", ing.Name, r.Host, p.Path, s.config.JWTIssuer)
+				}
+			}
+		}
+	}
 }
 
 // checkDatastore checks the server's store: SQLite is one server with its

@@ -70,3 +70,30 @@ The PostgreSQL URL goes into a ConfigMap: refuse one carrying a password
 {{- end -}}
 {{- $url -}}
 {{- end -}}
+
+{{/*
+jwtIssuer, or nothing when unset, refused unless the server would take it
+as jwt_issuer (no query, fragment, user info or trailing /: relying parties
+compare iss byte for byte) and it is https: in a cluster there is no
+loopback issuer, and relying parties fetch the keys from it.
+*/}}
+{{- define "signet.jwtIssuer" -}}
+{{- $iss := .Values.jwtIssuer -}}
+{{- if and .Values.oidcDiscovery.enabled (not $iss) -}}
+{{- fail "oidcDiscovery.enabled needs jwtIssuer: the https URL relying parties know this issuer by, e.g. --set jwtIssuer=https://oidc.example.org" -}}
+{{- end -}}
+{{- if $iss -}}
+{{- if not (hasPrefix "https://" $iss) -}}
+{{- fail (printf "jwtIssuer %q must be an https URL such as https://oidc.example.org: relying parties fetch the keys from it" $iss) -}}
+{{- end -}}
+{{- if not (regexMatch `^https://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]+)?(/[^?#\s]*[^/?#\s])?$` $iss) -}}
+{{- fail (printf "jwtIssuer %q: want https://host[:port][/path] with no user info, query, fragment or trailing / (relying parties compare it byte for byte)" $iss) -}}
+{{- end -}}
+{{- $iss -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The OIDC discovery Service's port: service.port, else by scheme. */}}
+{{- define "signet.oidcServicePort" -}}
+{{- .Values.oidcDiscovery.service.port | default (ternary 443 80 (ne .Values.oidcDiscovery.tls.secretName "")) -}}
+{{- end -}}

@@ -26,7 +26,8 @@ FUZZ_TARGETS ?= \
 	./server/k8sreg:FuzzRender \
 	./server/k8sreg:FuzzStaticEntry \
 	./server/k8sreg:FuzzFederatedTrustDomain \
-	./agent/client:FuzzOwnBundleFromProto
+	./agent/client:FuzzOwnBundleFromProto \
+	./server/oidcdiscovery:FuzzCheckIssuer
 
 .PHONY: all build test test-race-core test-kube-e2e fuzz bench demo lint deps proto clean kube-bins
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -113,7 +114,9 @@ func (fc *FileConfig) Resolve(jwtIssuer string) (*Config, error) {
 // 1.0, section 2): an absolute https URL with a host and no query, fragment
 // or user info. http is allowed for loopback hosts only, for tests. A
 // trailing "/" is refused: relying parties compare iss byte for byte, and
-// one written with and one without would never match.
+// one written with and one without would never match. For the same reason
+// only one spelling of a URL is accepted: lower-case scheme and host, ASCII
+// (punycode) host, no default or empty port, a clean, escaped path.
 func CheckIssuer(s string) error {
 	u, err := url.Parse(s)
 	switch {
@@ -132,7 +135,36 @@ func CheckIssuer(s string) error {
 	case strings.HasSuffix(u.Path, "/"):
 		return fmt.Errorf("drop the trailing /: relying parties compare the issuer byte for byte (%q)", strings.TrimRight(s, "/"))
 	}
+	// One spelling only: a relying party compares iss with the URL it was
+	// configured with byte for byte, and fetches keys from what the
+	// discovery document says.
+	host := u.Hostname()
+	switch {
+	case strings.ContainsRune(host, '*'):
+		return errors.New("a wildcard host cannot be an issuer")
+	case !isASCII(host):
+		return errors.New("write the host in its ASCII (punycode, xn--...) form: relying parties compare the issuer byte for byte")
+	case host != strings.ToLower(host):
+		return fmt.Errorf("write the host in lower case (%q): relying parties compare the issuer byte for byte", strings.Replace(s, host, strings.ToLower(host), 1))
+	case strings.HasSuffix(u.Host, ":"):
+		return errors.New("an empty port: drop the \":\"")
+	case (u.Scheme == "https" && u.Port() == "443") || (u.Scheme == "http" && u.Port() == "80"):
+		return fmt.Errorf("drop the default port (%q): relying parties compare the issuer byte for byte", strings.Replace(s, ":"+u.Port(), "", 1))
+	case u.Path != "" && path.Clean(u.Path) != u.Path:
+		return fmt.Errorf("the path %q has empty, . or .. segments; write it as %q", u.Path, path.Clean(u.Path))
+	case u.String() != s:
+		return fmt.Errorf("write it as %q (scheme in lower case, path escaped): relying parties compare the issuer byte for byte", u.String())
+	}
 	return nil
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 func isLoopback(host string) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,19 +40,53 @@ const (
 // HTTPS, trusting roots, from addr (where the issuer's name resolves).
 func relyingParty(t *testing.T, addr string, roots *x509.CertPool) (context.Context, *oidc.Provider) {
 	t.Helper()
-	var d net.Dialer
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, network, addr)
-		},
-		TLSClientConfig: &tls.Config{RootCAs: roots},
-	}}
-	ctx := oidc.ClientContext(context.Background(), client)
+	ctx := oidc.ClientContext(context.Background(), httpClient(addr, roots))
 	p, err := oidc.NewProvider(ctx, oidcIssuer)
 	if err != nil {
 		t.Fatalf("oidc.NewProvider(%s): %v", oidcIssuer, err)
 	}
 	return ctx, p
+}
+
+// httpClient reaches the issuer's host at addr, trusting roots.
+func httpClient(addr string, roots *x509.CertPool) *http.Client {
+	var d net.Dialer
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, network, addr)
+		},
+		TLSClientConfig: &tls.Config{RootCAs: roots},
+	}}
+}
+
+// publishedKids fetches the provider's jwks_uri, as a relying party that
+// caches keys does, and returns the key IDs.
+func publishedKids(t *testing.T, client *http.Client, p *oidc.Provider) []string {
+	t.Helper()
+	var doc struct {
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := p.Claims(&doc); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := client.Get(doc.JWKSURI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var jwks struct {
+		Keys []struct {
+			Kid string `json:"kid"`
+		} `json:"keys"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&jwks); err != nil {
+		t.Fatal(err)
+	}
+	var kids []string
+	for _, k := range jwks.Keys {
+		kids = append(kids, k.Kid)
+	}
+	return kids
 }
 
 // mintJWT has an attested agent of ts mint a JWT-SVID for a new entry
@@ -146,6 +182,9 @@ func TestOIDCRelyingParty(t *testing.T) {
 				t.Fatal(err)
 			}
 			oldKid := kidOf(t, token)
+			if kids := publishedKids(t, httpClient(addr, roots), provider); !slices.Contains(kids, p.AuthorityId) {
+				t.Fatalf("prepared key %s not in /keys %v: a relying party that caches keys would refuse its tokens after activation", p.AuthorityId, kids)
+			}
 			if _, err := ts.admin.ActivateLocalAuthority(admin, &api.ActivateLocalAuthorityRequest{Kind: "jwt", AuthorityId: p.AuthorityId}); err != nil {
 				t.Fatal(err)
 			}

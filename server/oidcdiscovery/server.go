@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/signetid/signet/internal/certfile"
@@ -56,6 +57,7 @@ func NewServer(opts Options) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("oidc_discovery: %w", err)
 		}
+		warnCertificate(sc, opts.Config.Issuer, logger)
 		// TLS 1.2 too: cloud providers' fetchers are not all on 1.3.
 		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: sc.GetCertificate}
 	}
@@ -64,6 +66,26 @@ func NewServer(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("oidc_discovery listener %s: %w", opts.Config.Listen, err)
 	}
 	return &Server{cfg: opts.Config, ln: ln, srv: srv, logger: logger}, nil
+}
+
+// warnCertificate says at start what relying parties will refuse: a
+// certificate that does not name the issuer's host, or one that expired.
+// Only a warning: a proxy in front may serve another certificate.
+func warnCertificate(sc *certfile.Reloader, issuer string, logger *slog.Logger) {
+	cert, err := sc.GetCertificate(nil)
+	if err != nil || cert.Leaf == nil {
+		return
+	}
+	u, err := url.Parse(issuer)
+	if err != nil {
+		return
+	}
+	if err := cert.Leaf.VerifyHostname(u.Hostname()); err != nil {
+		logger.Warn("the serving certificate does not name the issuer's host: relying parties that connect to it will refuse it", "issuer", issuer, "error", err)
+	}
+	if time.Now().After(cert.Leaf.NotAfter) {
+		logger.Warn("the serving certificate has expired: relying parties will refuse it", "not_after", cert.Leaf.NotAfter)
+	}
 }
 
 // Addr is the bound address.

@@ -73,6 +73,10 @@ func TestServeHTTPS(t *testing.T) {
 	var log logtest.Buffer
 	s := serve(t, Config{Listen: "127.0.0.1:0", Issuer: "https://oidc.example.org", CertFile: certFile, KeyFile: keyFile}, src, &log)
 	log.WaitFor(t, "address="+s.Addr(), 5*time.Second)
+	// The certificate names 127.0.0.1, not oidc.example.org: said at start.
+	if n := strings.Count(log.String(), "does not name the issuer's host"); n != 1 {
+		t.Errorf("%d warnings about the certificate's host, want 1:\n%s", n, log.String())
+	}
 
 	roots := x509.NewCertPool()
 	roots.AddCert(first)
@@ -152,5 +156,18 @@ func TestNewServerRefuses(t *testing.T) {
 				t.Fatalf("error %q, want it to contain %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// A certificate for the issuer's host, in date: no warning.
+func TestServeHTTPSCertificateForIssuer(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	oidctest.WriteCert(t, certFile, keyFile, "oidc.example.org")
+	var log logtest.Buffer
+	s := serve(t, Config{Listen: "127.0.0.1:0", Issuer: "https://oidc.example.org/tenant", CertFile: certFile, KeyFile: keyFile}, newBundleSource(t), &log)
+	log.WaitFor(t, "address="+s.Addr(), 5*time.Second)
+	if strings.Contains(log.String(), "level=WARN") {
+		t.Errorf("warnings for a certificate that names the issuer's host:\n%s", log.String())
 	}
 }

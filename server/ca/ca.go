@@ -2,8 +2,6 @@ package ca
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -102,6 +100,7 @@ type Manager struct {
 	x509    slots[caKey]
 	jwt     slots[jwtKey]
 	auths   []Authority
+	upMarks []upstreamMark // guarded by mu; replaced, never changed in place
 	changed chan struct{}
 	leaf    leafParts
 }
@@ -167,7 +166,11 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if m.up != nil {
 		// A CA signed now proves the upstream works before the server
 		// depends on it, not hours later at the next rotation.
-		if _, err := newUpstreamCA(ctx, m.up, m.td, m.now(), m.caTTL); err != nil {
+		k, err := newUpstreamCA(ctx, m.up, m.td, m.now(), m.caTTL)
+		if err != nil {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
+		if err := m.checkUpstreamRoot(k); err != nil {
 			return nil, fmt.Errorf("ca: %w", err)
 		}
 	}
@@ -208,8 +211,12 @@ func (m *Manager) refreshLocked() {
 		// A root stays published while a CA under it may sign (CAs of one
 		// upstream share it), and never past its own expiry.
 		for _, r := range k.roots {
-			sum := sha256.Sum256(r.Raw)
-			id := hex.EncodeToString(sum[:])
+			id := rootID(r)
+			mark := m.markOf(id)
+			if mark != nil && mark.revoked {
+				continue
+			}
+			tainted := k.tainted || mark != nil
 			exp := minTime(r.NotAfter, k.cert.NotAfter)
 			if i, ok := roots[id]; ok {
 				if exp.After(auths[i].ExpiresAt) {
@@ -218,8 +225,9 @@ func (m *Manager) refreshLocked() {
 				continue
 			}
 			roots[id] = len(auths)
-			// Only a self-signed CA can be tainted, so its root is its own.
-			auths = append(auths, Authority{Kind: KindX509, KeyID: id, Data: r.Raw, ExpiresAt: exp, Tainted: k.tainted})
+			// A self-signed CA's taint is its own root's; an upstream root's
+			// is the operator's mark on it.
+			auths = append(auths, Authority{Kind: KindX509, KeyID: id, Data: r.Raw, ExpiresAt: exp, Tainted: tainted})
 		}
 	}
 	for _, k := range m.jwt.all() {

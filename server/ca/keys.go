@@ -185,11 +185,14 @@ type stateDoc struct {
 	Version int          `json:"version"`
 	X509    []stateEntry `json:"x509"`
 	JWT     []stateEntry `json:"jwt"`
+	// Upstream holds the operator's marks on upstream roots (slot tainted
+	// or revoked).
+	Upstream []stateEntry `json:"upstream,omitempty"`
 }
 
 type stateEntry struct {
-	ID          string    `json:"id"`   // CA key ID or JWT kid
-	Slot        string    `json:"slot"` // active, next or retired
+	ID          string    `json:"id"`   // CA key ID, JWT kid or upstream root ID
+	Slot        string    `json:"slot"` // active, next, retired or revoked; tainted or revoked for an upstream root
 	PublishedAt time.Time `json:"published_at"`
 	NotAfter    time.Time `json:"not_after"`
 	Tainted     bool      `json:"tainted,omitempty"`
@@ -235,7 +238,8 @@ func jwtEntry(k *jwtKey) stateEntry {
 
 func (m *Manager) path(name string) string { return filepath.Join(m.dir, name) }
 
-// persist writes the key files new in (x, j) and then the state file, so a
+// persist writes the key files new in (x, j) and then the state file (with
+// m.upMarks), so a
 // crash at any point leaves the previous state (plus unused key files) or
 // the new one. Files no longer referenced are removed last.
 func (m *Manager) persist(oldX slots[caKey], oldJ slots[jwtKey], x slots[caKey], j slots[jwtKey]) error {
@@ -267,6 +271,13 @@ func (m *Manager) persist(oldX slots[caKey], oldJ slots[jwtKey], x slots[caKey],
 		}
 	}
 	doc := stateDoc{Version: 1, X509: slotEntries(x, caEntry), JWT: slotEntries(j, jwtEntry)}
+	for _, mk := range m.upMarks {
+		slot := markTainted
+		if mk.revoked {
+			slot = markRevoked
+		}
+		doc.Upstream = append(doc.Upstream, stateEntry{ID: mk.id, Slot: slot, NotAfter: mk.notAfter})
+	}
 	data, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
@@ -383,6 +394,12 @@ func (m *Manager) load() error {
 	j, err := loadSlots(sp, "jwt", doc.JWT, m.loadJWT)
 	if err != nil {
 		return err
+	}
+	for _, e := range doc.Upstream {
+		if !isHexID(e.ID) || e.Slot != markTainted && e.Slot != markRevoked {
+			return fmt.Errorf("state file %s: bad upstream root mark %q (slot %q)", sp, e.ID, e.Slot)
+		}
+		m.upMarks = append(m.upMarks, upstreamMark{id: e.ID, notAfter: e.NotAfter, revoked: e.Slot == markRevoked})
 	}
 	m.x509, m.jwt = x, j
 	m.refreshLocked()

@@ -43,6 +43,9 @@ type LocalAuthority struct {
 	// UpstreamIssuer is the subject of the upstream certificate that signed
 	// an X.509 CA; empty when self-signed.
 	UpstreamIssuer string
+	// UpstreamRootID is the ID of the upstream root an X.509 CA chains to
+	// (what upstreamauthority taint takes); empty when self-signed.
+	UpstreamRootID string
 }
 
 // kindOps is what the operator steps need to know of one kind of key.
@@ -73,8 +76,8 @@ var caOps = kindOps[caKey]{
 	},
 	taintable: func(k *caKey) error {
 		if k.upstream() {
-			return fmt.Errorf("%w: X.509 CA %s was signed by the upstream authority (%s) and the bundle holds the upstream's roots, so it cannot be taken out of the bundle: what it signed verifies until it expires at %s (the CA lifetime) or the upstream root is replaced; being old, it signs nothing more",
-				ErrAuthorityState, k.id, k.cert.Issuer, k.cert.NotAfter.UTC().Format(time.RFC3339))
+			return fmt.Errorf("%w: X.509 CA %s was signed by the upstream authority (%s) and the bundle holds the upstream's roots, not this CA, so it cannot be taken out of the bundle by itself: what it signed verifies until it expires at %s (the CA lifetime); being old, it signs nothing more. To take its root out, replace the upstream root, then signet server upstreamauthority taint --authority-id %s",
+				ErrAuthorityState, k.id, k.cert.Issuer, k.cert.NotAfter.UTC().Format(time.RFC3339), upstreamRootRef(k))
 		}
 		return nil
 	},
@@ -82,9 +85,19 @@ var caOps = kindOps[caKey]{
 		a := LocalAuthority{Kind: KindX509, ID: k.id, Status: st, Tainted: k.tainted, PublishedAt: k.published, ExpiresAt: k.cert.NotAfter}
 		if k.upstream() {
 			a.UpstreamIssuer = k.cert.Issuer.String()
+			a.UpstreamRootID = upstreamRootRef(k)
 		}
 		return a
 	},
+}
+
+// upstreamRootRef is the ID of the root k chains to, or "UPSTREAM_ROOT_ID"
+// when none of its roots issued its chain.
+func upstreamRootRef(k *caKey) string {
+	if r := k.rootOf(); r != nil {
+		return rootID(r)
+	}
+	return "UPSTREAM_ROOT_ID"
 }
 
 var jwtOps = kindOps[jwtKey]{
@@ -313,8 +326,9 @@ func (m *Manager) Revoke(ctx context.Context, kind AuthorityKind, id string) (Lo
 	return m.run(ctx, kind, "revoked", revokeStep(caOps, id), revokeStep(jwtOps, id))
 }
 
-// Revoked returns the revoked authorities not yet expired (Kind and KeyID
-// only): they must not be in the store's bundle.
+// Revoked returns the revoked authorities not yet expired, this server's
+// and upstream roots (Kind and KeyID only): they must not be in the
+// store's bundle.
 func (m *Manager) Revoked() []Authority {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -324,6 +338,11 @@ func (m *Manager) Revoked() []Authority {
 	}
 	for _, t := range m.jwt.revoked {
 		out = append(out, Authority{Kind: KindJWT, KeyID: t.id, ExpiresAt: t.notAfter})
+	}
+	for _, mk := range m.upMarks {
+		if mk.revoked {
+			out = append(out, Authority{Kind: KindX509, KeyID: mk.id, ExpiresAt: mk.notAfter})
+		}
 	}
 	return out
 }

@@ -180,11 +180,15 @@ func (m *Manager) Rotate(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ca: rotate JWT key: %w", err)
 	}
-	forgot := len(x.revoked) != len(m.x509.revoked) || len(j.revoked) != len(m.jwt.revoked)
+	marks := pruneMarks(m.upMarks, now)
+	forgot := len(x.revoked) != len(m.x509.revoked) || len(j.revoked) != len(m.jwt.revoked) || len(marks) != len(m.upMarks)
 	if len(xev) == 0 && len(jev) == 0 && !forgot {
 		return nil
 	}
+	prevMarks := m.upMarks
+	m.upMarks = marks
 	if err := m.persist(m.x509, m.jwt, x, j); err != nil {
+		m.upMarks = prevMarks
 		return fmt.Errorf("ca: %w", err)
 	}
 	first := m.x509.active == nil
@@ -217,6 +221,9 @@ func (m *Manager) newCA(ctx context.Context, now time.Time) (*caKey, error) {
 	}
 	k, err := newUpstreamCA(ctx, m.up, m.td, now, m.caTTL)
 	if err != nil {
+		return nil, err
+	}
+	if err := m.checkUpstreamRoot(k); err != nil {
 		return nil, err
 	}
 	if want := now.Add(m.caTTL); k.cert.NotAfter.Before(want) {

@@ -2,7 +2,10 @@ package test
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -157,4 +160,169 @@ func samePEMCerts(t *testing.T, a, b string) bool {
 	}
 	x, y := parse(a), parse(b)
 	return len(x) == len(y) && len(x) > 0 && strings.Join(x, "") == strings.Join(y, "")
+}
+
+// upstreamRoot is one root as `upstreamauthority ... --output json` prints it.
+type upstreamRoot struct {
+	AuthorityID      string           `json:"authority_id"`
+	SubjectKeyID     string           `json:"subject_key_id"`
+	Tainted          bool             `json:"tainted"`
+	Revoked          bool             `json:"revoked"`
+	LocalAuthorities []localAuthority `json:"local_authorities"`
+}
+
+func upstreamCLI(t *testing.T, n *node, args ...string) (upstreamRoot, error) {
+	t.Helper()
+	out, err := n.server.cli(t, append([]string{"server", "upstreamauthority"}, append(args, "--output", "json")...)...)
+	if err != nil {
+		return upstreamRoot{}, fmt.Errorf("%w\n%s", err, out)
+	}
+	var u upstreamRoot
+	if err := json.Unmarshal([]byte(out), &u); err != nil {
+		t.Fatalf("upstreamauthority %v output: %v\n%s", args, err, out)
+	}
+	return u, nil
+}
+
+// issuedUnder reports whether the workload's SVID chains to root.
+func issuedUnder(t *testing.T, n *node, root *x509.Certificate) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+n.socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid.Certificates[len(svid.Certificates)-1].CheckSignatureFrom(root) == nil
+}
+
+func readCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(data)
+	if blk == nil {
+		t.Fatalf("%s: no PEM", path)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The organisation's root is compromised and replaced by one with the same
+// name: the operator points the upstream files at the new PKI, rotates the
+// CA onto it, taints the old root (the agent re-signs the workload's SVID
+// and its own under the new root at once) and revokes it (it leaves the
+// bundle), with the CLI an operator uses.
+func TestUpstreamRootReplaced(t *testing.T) {
+	oldPKI, newPKI := newOrgPKI(t), newOrgPKI(t)
+	oldRoot, newRoot := readCert(t, oldPKI.rootCert), readCert(t, newPKI.rootCert)
+	files := t.TempDir()
+	cert, key, bundle := filepath.Join(files, "tls.crt"), filepath.Join(files, "tls.key"), filepath.Join(files, "ca.crt")
+	use := func(p *orgPKI) {
+		copyFile(t, p.caCert, cert)
+		copyFile(t, p.caKey, key)
+		copyFile(t, p.rootCert, bundle)
+	}
+	use(oldPKI)
+	conf := filepath.Join(t.TempDir(), "server.conf")
+	body := fmt.Sprintf("upstream_authority \"disk\" {\n  cert_file_path = %q\n  key_file_path = %q\n  bundle_file_path = %q\n}\n", cert, key, bundle)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, "--config", conf)
+	want := callerID(t)
+	if _, err := n.server.cli(t, "server", "entry", "create", "--parent-id", nodeAgentID,
+		"--spiffe-id", want.String(), "--selector", "unix:uid:0"); err != nil {
+		t.Fatal(err)
+	}
+	waitForID(t, n, want)
+	if !issuedUnder(t, n, oldRoot) {
+		t.Fatal("the workload's SVID is not issued under the organisation's root")
+	}
+	oldID := hex.EncodeToString(sha256Sum(oldRoot.Raw))
+	oldCA := activeAuthority(t, n, "x509")
+	oldAgentSerial := agentSerial(t, n)
+
+	if _, err := upstreamCLI(t, n, "taint", "--authority-id", oldID); err == nil || !strings.Contains(err.Error(), "chains to upstream root") {
+		t.Fatalf("taint the root the active CA chains to: %v", err)
+	}
+	if _, err := upstreamCLI(t, n, "revoke", "--authority-id", oldID); err == nil || !strings.Contains(err.Error(), "is not tainted") {
+		t.Fatalf("revoke an untainted root: %v", err)
+	}
+
+	use(newPKI)
+	newCA := authorityCLI(t, n, "x509", "prepare")
+	eventually(t, "the workload's bundle holds both roots", func() bool { return len(rootKeyIDs(t, n)) == 2 })
+	authorityCLI(t, n, "x509", "activate", "--authority-id", newCA.AuthorityID)
+	if !issuedUnder(t, n, oldRoot) {
+		t.Fatal("activation alone re-signed the workload's SVID; only a taint should")
+	}
+	// By subject key ID, as SPIRE names upstream authorities.
+	u, err := upstreamCLI(t, n, "taint", "--authority-id", hex.EncodeToString(oldRoot.SubjectKeyId))
+	if err != nil || u.AuthorityID != oldID || !u.Tainted || len(u.LocalAuthorities) != 1 || u.LocalAuthorities[0].AuthorityID != oldCA {
+		t.Fatalf("taint answered %+v, %v", u, err)
+	}
+	eventually(t, "the workload's SVID is re-signed under the new root", func() bool { return issuedUnder(t, n, newRoot) })
+	eventually(t, "the agent's own SVID is renewed", func() bool { return agentSerial(t, n) != oldAgentSerial })
+
+	if u, err := upstreamCLI(t, n, "revoke", "--authority-id", oldID); err != nil || !u.Revoked {
+		t.Fatalf("revoke answered %+v, %v", u, err)
+	}
+	shown, err := n.server.cli(t, "server", "bundle", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newPEM, err := os.ReadFile(newPKI.rootCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !samePEMCerts(t, shown, string(newPEM)) {
+		t.Fatalf("bundle after the revocation is not the new root alone:\n%s", shown)
+	}
+	eventually(t, "the workload's bundle holds the new root alone", func() bool {
+		ids := rootKeyIDs(t, n)
+		return len(ids) == 1 && ids[string(newRoot.SubjectKeyId)]
+	})
+	if a, _ := statusOfCA(t, n, oldCA); a != "revoked" {
+		t.Errorf("the old CA under the revoked root is %q, want revoked", a)
+	}
+}
+
+func sha256Sum(b []byte) []byte {
+	s := sha256.Sum256(b)
+	return s[:]
+}
+
+func statusOfCA(t *testing.T, n *node, id string) (string, bool) {
+	t.Helper()
+	out, err := n.server.cli(t, "server", "localauthority", "x509", "show", "--output", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp struct{ Authorities []localAuthority }
+	if err := json.Unmarshal([]byte(out), &resp); err != nil {
+		t.Fatalf("show output: %v\n%s", err, out)
+	}
+	for _, a := range resp.Authorities {
+		if a.AuthorityID == id {
+			return a.Status, true
+		}
+	}
+	return "", false
 }

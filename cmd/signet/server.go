@@ -27,7 +27,7 @@ import (
 
 func newServerCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "server", Short: "Identity server and CA of one trust domain"}
-	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newFederationCmd(), newServerAgentCmd(), newLocalAuthorityCmd())
+	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newFederationCmd(), newServerAgentCmd(), newLocalAuthorityCmd(), newUpstreamAuthorityCmd())
 	return cmd
 }
 

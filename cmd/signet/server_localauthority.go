@@ -123,6 +123,9 @@ func printLocalAuthority(w io.Writer, a *api.LocalAuthority) {
 	if a.UpstreamIssuer != "" {
 		fmt.Fprintf(w, "Upstream issuer: %s\n", a.UpstreamIssuer)
 	}
+	if a.UpstreamAuthorityId != "" {
+		fmt.Fprintf(w, "Upstream authority ID: %s\n", a.UpstreamAuthorityId)
+	}
 	fmt.Fprintln(w)
 }
 

@@ -3,6 +3,7 @@ package adminapi
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -68,6 +69,54 @@ func (s *Service) RevokeLocalAuthority(ctx context.Context, req *api.RevokeLocal
 	return s.authorityStep(ctx, "revoke", func() (ca.LocalAuthority, error) { return s.cfg.CA.Revoke(ctx, kind, id) })
 }
 
+// GetUpstreamAuthorities lists the upstream roots this server knows.
+func (s *Service) GetUpstreamAuthorities(context.Context, *api.GetUpstreamAuthoritiesRequest) (*api.GetUpstreamAuthoritiesResponse, error) {
+	out := &api.GetUpstreamAuthoritiesResponse{}
+	for _, u := range s.cfg.CA.UpstreamRoots() {
+		out.Authorities = append(out.Authorities, upstreamRootToProto(u))
+	}
+	return out, nil
+}
+
+// TaintUpstreamAuthority marks an upstream root tainted.
+func (s *Service) TaintUpstreamAuthority(ctx context.Context, req *api.TaintUpstreamAuthorityRequest) (*api.UpstreamAuthority, error) {
+	if req.GetAuthorityId() == "" {
+		return nil, errNoUpstreamID
+	}
+	return s.upstreamStep(ctx, "taint", func() (ca.UpstreamRoot, error) { return s.cfg.CA.TaintUpstream(ctx, req.GetAuthorityId()) })
+}
+
+// RevokeUpstreamAuthority removes a tainted upstream root from the bundle.
+func (s *Service) RevokeUpstreamAuthority(ctx context.Context, req *api.RevokeUpstreamAuthorityRequest) (*api.UpstreamAuthority, error) {
+	ref := req.GetAuthorityId()
+	if ref == "" {
+		return nil, errNoUpstreamID
+	}
+	if u, err := s.cfg.CA.FindUpstreamRoot(ref); err == nil && u.Tainted && s.cfg.ServingCA != nil {
+		serving := s.cfg.ServingCA()
+		if slices.ContainsFunc(u.CAs, func(a ca.LocalAuthority) bool { return a.ID == serving }) {
+			// Revoked, it would strand every agent that connects.
+			return nil, status.Errorf(codes.FailedPrecondition, "X.509 CA %s under upstream root %s still signs the agent API's certificate: its renewal under the active CA has not succeeded yet (see the server log); try again shortly", serving, u.ID)
+		}
+	}
+	return s.upstreamStep(ctx, "revoke", func() (ca.UpstreamRoot, error) { return s.cfg.CA.RevokeUpstream(ctx, ref) })
+}
+
+var errNoUpstreamID = status.Error(codes.InvalidArgument, "upstream authority ID is required (signet server upstreamauthority list shows them)")
+
+// upstreamStep is authorityStep for an upstream root.
+func (s *Service) upstreamStep(ctx context.Context, what string, step func() (ca.UpstreamRoot, error)) (*api.UpstreamAuthority, error) {
+	u, err := step()
+	if err != nil {
+		return nil, authorityError(err)
+	}
+	if err := s.cfg.PublishAuthorities(ctx); err != nil {
+		return nil, status.Errorf(codes.Aborted, "%s upstream root %s: done in the CA, but the store's bundle could not be updated yet (the server keeps retrying; `signet server upstreamauthority list` says where it stands): %v",
+			what, u.ID, err)
+	}
+	return upstreamRootToProto(u), nil
+}
+
 // authorityStep runs one CA step, then publishes the result so the bundle
 // in the store (and agents) reflect it when the call returns. Activate,
 // taint and revoke are idempotent; a repeated prepare says one is prepared.
@@ -131,15 +180,31 @@ func authorityError(err error) error {
 
 func localAuthorityToProto(a ca.LocalAuthority) *api.LocalAuthority {
 	out := &api.LocalAuthority{
-		Kind:           string(a.Kind),
-		AuthorityId:    a.ID,
-		Status:         string(a.Status),
-		Tainted:        a.Tainted,
-		ExpiresAt:      a.ExpiresAt.Unix(),
-		UpstreamIssuer: a.UpstreamIssuer,
+		Kind:                string(a.Kind),
+		AuthorityId:         a.ID,
+		Status:              string(a.Status),
+		Tainted:             a.Tainted,
+		ExpiresAt:           a.ExpiresAt.Unix(),
+		UpstreamIssuer:      a.UpstreamIssuer,
+		UpstreamAuthorityId: a.UpstreamRootID,
 	}
 	if !a.PublishedAt.IsZero() {
 		out.PublishedAt = a.PublishedAt.Unix()
+	}
+	return out
+}
+
+func upstreamRootToProto(u ca.UpstreamRoot) *api.UpstreamAuthority {
+	out := &api.UpstreamAuthority{
+		AuthorityId:  u.ID,
+		SubjectKeyId: u.SubjectKeyID,
+		Subject:      u.Subject,
+		ExpiresAt:    u.ExpiresAt.Unix(),
+		Tainted:      u.Tainted,
+		Revoked:      u.Revoked,
+	}
+	for _, a := range u.CAs {
+		out.LocalAuthorities = append(out.LocalAuthorities, localAuthorityToProto(a))
 	}
 	return out
 }

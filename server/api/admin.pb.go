@@ -1665,8 +1665,11 @@ type LocalAuthority struct {
 	// upstream_issuer is the subject of the upstream authority certificate
 	// that signed an X.509 CA; empty when the CA is self-signed.
 	UpstreamIssuer string `protobuf:"bytes,7,opt,name=upstream_issuer,json=upstreamIssuer,proto3" json:"upstream_issuer,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// upstream_authority_id is the ID of the upstream root the CA chains to
+	// (what TaintUpstreamAuthority takes); empty when self-signed.
+	UpstreamAuthorityId string `protobuf:"bytes,8,opt,name=upstream_authority_id,json=upstreamAuthorityId,proto3" json:"upstream_authority_id,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *LocalAuthority) Reset() {
@@ -1744,6 +1747,13 @@ func (x *LocalAuthority) GetExpiresAt() int64 {
 func (x *LocalAuthority) GetUpstreamIssuer() string {
 	if x != nil {
 		return x.UpstreamIssuer
+	}
+	return ""
+}
+
+func (x *LocalAuthority) GetUpstreamAuthorityId() string {
+	if x != nil {
+		return x.UpstreamAuthorityId
 	}
 	return ""
 }
@@ -2036,6 +2046,278 @@ func (x *RevokeLocalAuthorityRequest) GetAuthorityId() string {
 	return ""
 }
 
+// UpstreamAuthority is one root of the upstream authority.
+type UpstreamAuthority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// authority_id is the hex SHA-256 of the root certificate: its key ID in
+	// the bundle.
+	AuthorityId string `protobuf:"bytes,1,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	// subject_key_id is the root's subject key identifier in hex (SPIRE's
+	// name for an upstream authority); empty when it has none.
+	SubjectKeyId string `protobuf:"bytes,2,opt,name=subject_key_id,json=subjectKeyId,proto3" json:"subject_key_id,omitempty"`
+	// subject is empty for a revoked root.
+	Subject string `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
+	// expires_at is a Unix time in seconds.
+	ExpiresAt int64 `protobuf:"varint,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	Tainted   bool  `protobuf:"varint,5,opt,name=tainted,proto3" json:"tainted,omitempty"`
+	Revoked   bool  `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// local_authorities are this server's X.509 CAs that chain to the root.
+	LocalAuthorities []*LocalAuthority `protobuf:"bytes,7,rep,name=local_authorities,json=localAuthorities,proto3" json:"local_authorities,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *UpstreamAuthority) Reset() {
+	*x = UpstreamAuthority{}
+	mi := &file_server_api_admin_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamAuthority) ProtoMessage() {}
+
+func (x *UpstreamAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamAuthority.ProtoReflect.Descriptor instead.
+func (*UpstreamAuthority) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *UpstreamAuthority) GetAuthorityId() string {
+	if x != nil {
+		return x.AuthorityId
+	}
+	return ""
+}
+
+func (x *UpstreamAuthority) GetSubjectKeyId() string {
+	if x != nil {
+		return x.SubjectKeyId
+	}
+	return ""
+}
+
+func (x *UpstreamAuthority) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *UpstreamAuthority) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *UpstreamAuthority) GetTainted() bool {
+	if x != nil {
+		return x.Tainted
+	}
+	return false
+}
+
+func (x *UpstreamAuthority) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *UpstreamAuthority) GetLocalAuthorities() []*LocalAuthority {
+	if x != nil {
+		return x.LocalAuthorities
+	}
+	return nil
+}
+
+type GetUpstreamAuthoritiesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUpstreamAuthoritiesRequest) Reset() {
+	*x = GetUpstreamAuthoritiesRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUpstreamAuthoritiesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUpstreamAuthoritiesRequest) ProtoMessage() {}
+
+func (x *GetUpstreamAuthoritiesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUpstreamAuthoritiesRequest.ProtoReflect.Descriptor instead.
+func (*GetUpstreamAuthoritiesRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{40}
+}
+
+type GetUpstreamAuthoritiesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Authorities   []*UpstreamAuthority   `protobuf:"bytes,1,rep,name=authorities,proto3" json:"authorities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUpstreamAuthoritiesResponse) Reset() {
+	*x = GetUpstreamAuthoritiesResponse{}
+	mi := &file_server_api_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUpstreamAuthoritiesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUpstreamAuthoritiesResponse) ProtoMessage() {}
+
+func (x *GetUpstreamAuthoritiesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUpstreamAuthoritiesResponse.ProtoReflect.Descriptor instead.
+func (*GetUpstreamAuthoritiesResponse) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GetUpstreamAuthoritiesResponse) GetAuthorities() []*UpstreamAuthority {
+	if x != nil {
+		return x.Authorities
+	}
+	return nil
+}
+
+type TaintUpstreamAuthorityRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// authority_id is the root's ID or its subject key ID (hex, colons
+	// allowed).
+	AuthorityId   string `protobuf:"bytes,1,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaintUpstreamAuthorityRequest) Reset() {
+	*x = TaintUpstreamAuthorityRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaintUpstreamAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaintUpstreamAuthorityRequest) ProtoMessage() {}
+
+func (x *TaintUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaintUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*TaintUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *TaintUpstreamAuthorityRequest) GetAuthorityId() string {
+	if x != nil {
+		return x.AuthorityId
+	}
+	return ""
+}
+
+type RevokeUpstreamAuthorityRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// authority_id is the root's ID or its subject key ID (hex, colons
+	// allowed).
+	AuthorityId   string `protobuf:"bytes,1,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeUpstreamAuthorityRequest) Reset() {
+	*x = RevokeUpstreamAuthorityRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeUpstreamAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeUpstreamAuthorityRequest) ProtoMessage() {}
+
+func (x *RevokeUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*RevokeUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *RevokeUpstreamAuthorityRequest) GetAuthorityId() string {
+	if x != nil {
+		return x.AuthorityId
+	}
+	return ""
+}
+
 var File_server_api_admin_proto protoreflect.FileDescriptor
 
 const file_server_api_admin_proto_rawDesc = "" +
@@ -2121,7 +2403,7 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"$\n" +
 	"\"ListFederationRelationshipsRequest\"o\n" +
 	"#ListFederationRelationshipsResponse\x12H\n" +
-	"\rrelationships\x18\x01 \x03(\v2\".signet.api.FederationRelationshipR\rrelationships\"\xe4\x01\n" +
+	"\rrelationships\x18\x01 \x03(\v2\".signet.api.FederationRelationshipR\rrelationships\"\x98\x02\n" +
 	"\x0eLocalAuthority\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12!\n" +
 	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\x12\x16\n" +
@@ -2130,7 +2412,8 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\fpublished_at\x18\x05 \x01(\x03R\vpublishedAt\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x06 \x01(\x03R\texpiresAt\x12'\n" +
-	"\x0fupstream_issuer\x18\a \x01(\tR\x0eupstreamIssuer\"0\n" +
+	"\x0fupstream_issuer\x18\a \x01(\tR\x0eupstreamIssuer\x122\n" +
+	"\x15upstream_authority_id\x18\b \x01(\tR\x13upstreamAuthorityId\"0\n" +
 	"\x1aGetLocalAuthoritiesRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\"[\n" +
 	"\x1bGetLocalAuthoritiesResponse\x12<\n" +
@@ -2145,7 +2428,23 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\"T\n" +
 	"\x1bRevokeLocalAuthorityRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12!\n" +
-	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId*u\n" +
+	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\"\x92\x02\n" +
+	"\x11UpstreamAuthority\x12!\n" +
+	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\x12$\n" +
+	"\x0esubject_key_id\x18\x02 \x01(\tR\fsubjectKeyId\x12\x18\n" +
+	"\asubject\x18\x03 \x01(\tR\asubject\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\x03R\texpiresAt\x12\x18\n" +
+	"\atainted\x18\x05 \x01(\bR\atainted\x12\x18\n" +
+	"\arevoked\x18\x06 \x01(\bR\arevoked\x12G\n" +
+	"\x11local_authorities\x18\a \x03(\v2\x1a.signet.api.LocalAuthorityR\x10localAuthorities\"\x1f\n" +
+	"\x1dGetUpstreamAuthoritiesRequest\"a\n" +
+	"\x1eGetUpstreamAuthoritiesResponse\x12?\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1d.signet.api.UpstreamAuthorityR\vauthorities\"B\n" +
+	"\x1dTaintUpstreamAuthorityRequest\x12!\n" +
+	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\"C\n" +
+	"\x1eRevokeUpstreamAuthorityRequest\x12!\n" +
+	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId*u\n" +
 	"\x10BundleDeleteMode\x12\x1f\n" +
 	"\x1bBUNDLE_DELETE_MODE_RESTRICT\x10\x00\x12!\n" +
 	"\x1dBUNDLE_DELETE_MODE_DISSOCIATE\x10\x01\x12\x1d\n" +
@@ -2153,7 +2452,7 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x12RelationshipOrigin\x12#\n" +
 	"\x1fRELATIONSHIP_ORIGIN_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aRELATIONSHIP_ORIGIN_CONFIG\x10\x01\x12\x1d\n" +
-	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\xc2\x11\n" +
+	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\xfd\x13\n" +
 	"\fAdminService\x12@\n" +
 	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12c\n" +
 	"\x12BatchCreateEntries\x12%.signet.api.BatchCreateEntriesRequest\x1a&.signet.api.BatchCreateEntriesResponse\x12@\n" +
@@ -2180,7 +2479,10 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x15PrepareLocalAuthority\x12(.signet.api.PrepareLocalAuthorityRequest\x1a\x1a.signet.api.LocalAuthority\x12_\n" +
 	"\x16ActivateLocalAuthority\x12).signet.api.ActivateLocalAuthorityRequest\x1a\x1a.signet.api.LocalAuthority\x12Y\n" +
 	"\x13TaintLocalAuthority\x12&.signet.api.TaintLocalAuthorityRequest\x1a\x1a.signet.api.LocalAuthority\x12[\n" +
-	"\x14RevokeLocalAuthority\x12'.signet.api.RevokeLocalAuthorityRequest\x1a\x1a.signet.api.LocalAuthorityB'Z%github.com/signetid/signet/server/apib\x06proto3"
+	"\x14RevokeLocalAuthority\x12'.signet.api.RevokeLocalAuthorityRequest\x1a\x1a.signet.api.LocalAuthority\x12o\n" +
+	"\x16GetUpstreamAuthorities\x12).signet.api.GetUpstreamAuthoritiesRequest\x1a*.signet.api.GetUpstreamAuthoritiesResponse\x12b\n" +
+	"\x16TaintUpstreamAuthority\x12).signet.api.TaintUpstreamAuthorityRequest\x1a\x1d.signet.api.UpstreamAuthority\x12d\n" +
+	"\x17RevokeUpstreamAuthority\x12*.signet.api.RevokeUpstreamAuthorityRequest\x1a\x1d.signet.api.UpstreamAuthorityB'Z%github.com/signetid/signet/server/apib\x06proto3"
 
 var (
 	file_server_api_admin_proto_rawDescOnce sync.Once
@@ -2195,7 +2497,7 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_server_api_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_server_api_admin_proto_goTypes = []any{
 	(BundleDeleteMode)(0),                        // 0: signet.api.BundleDeleteMode
 	(RelationshipOrigin)(0),                      // 1: signet.api.RelationshipOrigin
@@ -2238,84 +2540,97 @@ var file_server_api_admin_proto_goTypes = []any{
 	(*ActivateLocalAuthorityRequest)(nil),        // 38: signet.api.ActivateLocalAuthorityRequest
 	(*TaintLocalAuthorityRequest)(nil),           // 39: signet.api.TaintLocalAuthorityRequest
 	(*RevokeLocalAuthorityRequest)(nil),          // 40: signet.api.RevokeLocalAuthorityRequest
-	(*Entry)(nil),                                // 41: signet.api.Entry
-	(*Selector)(nil),                             // 42: signet.api.Selector
-	(*Agent)(nil),                                // 43: signet.api.Agent
-	(*Bundle)(nil),                               // 44: signet.api.Bundle
+	(*UpstreamAuthority)(nil),                    // 41: signet.api.UpstreamAuthority
+	(*GetUpstreamAuthoritiesRequest)(nil),        // 42: signet.api.GetUpstreamAuthoritiesRequest
+	(*GetUpstreamAuthoritiesResponse)(nil),       // 43: signet.api.GetUpstreamAuthoritiesResponse
+	(*TaintUpstreamAuthorityRequest)(nil),        // 44: signet.api.TaintUpstreamAuthorityRequest
+	(*RevokeUpstreamAuthorityRequest)(nil),       // 45: signet.api.RevokeUpstreamAuthorityRequest
+	(*Entry)(nil),                                // 46: signet.api.Entry
+	(*Selector)(nil),                             // 47: signet.api.Selector
+	(*Agent)(nil),                                // 48: signet.api.Agent
+	(*Bundle)(nil),                               // 49: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	41, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	41, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
-	41, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
-	41, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	42, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
-	41, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	43, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	44, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
-	44, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
+	46, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	46, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	46, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	46, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	47, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	46, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	48, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	49, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
+	49, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
 	0,  // 9: signet.api.DeleteFederatedBundleRequest.mode:type_name -> signet.api.BundleDeleteMode
 	1,  // 10: signet.api.FederationRelationship.origin:type_name -> signet.api.RelationshipOrigin
 	25, // 11: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	44, // 12: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	49, // 12: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
 	25, // 13: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	44, // 14: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	49, // 14: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
 	25, // 15: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
-	44, // 16: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
+	49, // 16: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
 	25, // 17: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
 	34, // 18: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
-	2,  // 19: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
-	3,  // 20: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
-	5,  // 21: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
-	6,  // 22: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
-	8,  // 23: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
-	9,  // 24: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
-	11, // 25: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
-	13, // 26: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
-	14, // 27: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
-	16, // 28: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
-	18, // 29: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
-	20, // 30: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
-	21, // 31: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
-	23, // 32: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
-	26, // 33: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
-	27, // 34: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
-	29, // 35: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
-	31, // 36: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
-	32, // 37: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
-	35, // 38: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
-	37, // 39: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
-	38, // 40: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
-	39, // 41: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
-	40, // 42: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
-	41, // 43: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	4,  // 44: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
-	41, // 45: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	7,  // 46: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	41, // 47: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	10, // 48: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	12, // 49: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	44, // 50: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	15, // 51: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	17, // 52: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	19, // 53: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
-	44, // 54: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
-	22, // 55: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
-	24, // 56: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
-	28, // 57: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	28, // 58: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	30, // 59: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
-	25, // 60: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
-	33, // 61: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
-	36, // 62: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
-	34, // 63: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
-	34, // 64: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
-	34, // 65: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
-	34, // 66: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
-	43, // [43:67] is the sub-list for method output_type
-	19, // [19:43] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	34, // 19: signet.api.UpstreamAuthority.local_authorities:type_name -> signet.api.LocalAuthority
+	41, // 20: signet.api.GetUpstreamAuthoritiesResponse.authorities:type_name -> signet.api.UpstreamAuthority
+	2,  // 21: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
+	3,  // 22: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
+	5,  // 23: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
+	6,  // 24: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
+	8,  // 25: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
+	9,  // 26: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
+	11, // 27: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
+	13, // 28: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
+	14, // 29: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
+	16, // 30: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
+	18, // 31: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
+	20, // 32: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
+	21, // 33: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
+	23, // 34: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
+	26, // 35: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
+	27, // 36: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
+	29, // 37: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
+	31, // 38: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
+	32, // 39: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
+	35, // 40: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
+	37, // 41: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
+	38, // 42: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
+	39, // 43: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
+	40, // 44: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
+	42, // 45: signet.api.AdminService.GetUpstreamAuthorities:input_type -> signet.api.GetUpstreamAuthoritiesRequest
+	44, // 46: signet.api.AdminService.TaintUpstreamAuthority:input_type -> signet.api.TaintUpstreamAuthorityRequest
+	45, // 47: signet.api.AdminService.RevokeUpstreamAuthority:input_type -> signet.api.RevokeUpstreamAuthorityRequest
+	46, // 48: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	4,  // 49: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	46, // 50: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	7,  // 51: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	46, // 52: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	10, // 53: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	12, // 54: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	49, // 55: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	15, // 56: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	17, // 57: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	19, // 58: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
+	49, // 59: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
+	22, // 60: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
+	24, // 61: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
+	28, // 62: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	28, // 63: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	30, // 64: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
+	25, // 65: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
+	33, // 66: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
+	36, // 67: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
+	34, // 68: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
+	34, // 69: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
+	34, // 70: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
+	34, // 71: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
+	43, // 72: signet.api.AdminService.GetUpstreamAuthorities:output_type -> signet.api.GetUpstreamAuthoritiesResponse
+	41, // 73: signet.api.AdminService.TaintUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	41, // 74: signet.api.AdminService.RevokeUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	48, // [48:75] is the sub-list for method output_type
+	21, // [21:48] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_server_api_admin_proto_init() }
@@ -2330,7 +2645,7 @@ func file_server_api_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   39,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

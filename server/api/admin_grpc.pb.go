@@ -43,6 +43,9 @@ const (
 	AdminService_ActivateLocalAuthority_FullMethodName       = "/signet.api.AdminService/ActivateLocalAuthority"
 	AdminService_TaintLocalAuthority_FullMethodName          = "/signet.api.AdminService/TaintLocalAuthority"
 	AdminService_RevokeLocalAuthority_FullMethodName         = "/signet.api.AdminService/RevokeLocalAuthority"
+	AdminService_GetUpstreamAuthorities_FullMethodName       = "/signet.api.AdminService/GetUpstreamAuthorities"
+	AdminService_TaintUpstreamAuthority_FullMethodName       = "/signet.api.AdminService/TaintUpstreamAuthority"
+	AdminService_RevokeUpstreamAuthority_FullMethodName      = "/signet.api.AdminService/RevokeUpstreamAuthority"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -110,6 +113,19 @@ type AdminServiceClient interface {
 	// RevokeLocalAuthority removes a tainted authority from the bundle and
 	// deletes its key: whatever it signed stops verifying. Idempotent.
 	RevokeLocalAuthority(ctx context.Context, in *RevokeLocalAuthorityRequest, opts ...grpc.CallOption) (*LocalAuthority, error)
+	// Upstream authorities: the roots of the upstream authority that signs
+	// this server's CAs, for replacing a compromised upstream root once a CA
+	// under a new root is active.
+	// GetUpstreamAuthorities lists the roots with their marks and CAs.
+	GetUpstreamAuthorities(ctx context.Context, in *GetUpstreamAuthoritiesRequest, opts ...grpc.CallOption) (*GetUpstreamAuthoritiesResponse, error)
+	// TaintUpstreamAuthority marks a root tainted: it still verifies, but
+	// every agent re-signs the SVIDs issued under it at once. Refused while
+	// the active or prepared CA chains to it. Idempotent.
+	TaintUpstreamAuthority(ctx context.Context, in *TaintUpstreamAuthorityRequest, opts ...grpc.CallOption) (*UpstreamAuthority, error)
+	// RevokeUpstreamAuthority removes a tainted root from the bundle, and
+	// revokes this server's old CAs under it: whatever was issued under it
+	// stops verifying. Idempotent.
+	RevokeUpstreamAuthority(ctx context.Context, in *RevokeUpstreamAuthorityRequest, opts ...grpc.CallOption) (*UpstreamAuthority, error)
 }
 
 type adminServiceClient struct {
@@ -360,6 +376,36 @@ func (c *adminServiceClient) RevokeLocalAuthority(ctx context.Context, in *Revok
 	return out, nil
 }
 
+func (c *adminServiceClient) GetUpstreamAuthorities(ctx context.Context, in *GetUpstreamAuthoritiesRequest, opts ...grpc.CallOption) (*GetUpstreamAuthoritiesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUpstreamAuthoritiesResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetUpstreamAuthorities_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) TaintUpstreamAuthority(ctx context.Context, in *TaintUpstreamAuthorityRequest, opts ...grpc.CallOption) (*UpstreamAuthority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpstreamAuthority)
+	err := c.cc.Invoke(ctx, AdminService_TaintUpstreamAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeUpstreamAuthority(ctx context.Context, in *RevokeUpstreamAuthorityRequest, opts ...grpc.CallOption) (*UpstreamAuthority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpstreamAuthority)
+	err := c.cc.Invoke(ctx, AdminService_RevokeUpstreamAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -425,6 +471,19 @@ type AdminServiceServer interface {
 	// RevokeLocalAuthority removes a tainted authority from the bundle and
 	// deletes its key: whatever it signed stops verifying. Idempotent.
 	RevokeLocalAuthority(context.Context, *RevokeLocalAuthorityRequest) (*LocalAuthority, error)
+	// Upstream authorities: the roots of the upstream authority that signs
+	// this server's CAs, for replacing a compromised upstream root once a CA
+	// under a new root is active.
+	// GetUpstreamAuthorities lists the roots with their marks and CAs.
+	GetUpstreamAuthorities(context.Context, *GetUpstreamAuthoritiesRequest) (*GetUpstreamAuthoritiesResponse, error)
+	// TaintUpstreamAuthority marks a root tainted: it still verifies, but
+	// every agent re-signs the SVIDs issued under it at once. Refused while
+	// the active or prepared CA chains to it. Idempotent.
+	TaintUpstreamAuthority(context.Context, *TaintUpstreamAuthorityRequest) (*UpstreamAuthority, error)
+	// RevokeUpstreamAuthority removes a tainted root from the bundle, and
+	// revokes this server's old CAs under it: whatever was issued under it
+	// stops verifying. Idempotent.
+	RevokeUpstreamAuthority(context.Context, *RevokeUpstreamAuthorityRequest) (*UpstreamAuthority, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -506,6 +565,15 @@ func (UnimplementedAdminServiceServer) TaintLocalAuthority(context.Context, *Tai
 }
 func (UnimplementedAdminServiceServer) RevokeLocalAuthority(context.Context, *RevokeLocalAuthorityRequest) (*LocalAuthority, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeLocalAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) GetUpstreamAuthorities(context.Context, *GetUpstreamAuthoritiesRequest) (*GetUpstreamAuthoritiesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetUpstreamAuthorities not implemented")
+}
+func (UnimplementedAdminServiceServer) TaintUpstreamAuthority(context.Context, *TaintUpstreamAuthorityRequest) (*UpstreamAuthority, error) {
+	return nil, status.Error(codes.Unimplemented, "method TaintUpstreamAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeUpstreamAuthority(context.Context, *RevokeUpstreamAuthorityRequest) (*UpstreamAuthority, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeUpstreamAuthority not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -960,6 +1028,60 @@ func _AdminService_RevokeLocalAuthority_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetUpstreamAuthorities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUpstreamAuthoritiesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetUpstreamAuthorities(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetUpstreamAuthorities_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetUpstreamAuthorities(ctx, req.(*GetUpstreamAuthoritiesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_TaintUpstreamAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TaintUpstreamAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).TaintUpstreamAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_TaintUpstreamAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).TaintUpstreamAuthority(ctx, req.(*TaintUpstreamAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeUpstreamAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeUpstreamAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeUpstreamAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeUpstreamAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeUpstreamAuthority(ctx, req.(*RevokeUpstreamAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1062,6 +1184,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeLocalAuthority",
 			Handler:    _AdminService_RevokeLocalAuthority_Handler,
+		},
+		{
+			MethodName: "GetUpstreamAuthorities",
+			Handler:    _AdminService_GetUpstreamAuthorities_Handler,
+		},
+		{
+			MethodName: "TaintUpstreamAuthority",
+			Handler:    _AdminService_TaintUpstreamAuthority_Handler,
+		},
+		{
+			MethodName: "RevokeUpstreamAuthority",
+			Handler:    _AdminService_RevokeUpstreamAuthority_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

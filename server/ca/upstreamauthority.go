@@ -160,6 +160,13 @@ func (m *Manager) upstreamRootsLocked() []UpstreamRoot {
 	return out
 }
 
+// FindUpstreamRoot resolves ref, an upstream root's ID or subject key ID.
+func (m *Manager) FindUpstreamRoot(ref string) (UpstreamRoot, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.findUpstreamRoot(ref)
+}
+
 // findUpstreamRoot resolves ref, a root's ID or subject key ID, among the
 // upstream roots this server knows. A self-signed CA of this server is
 // refused with the command that handles it.

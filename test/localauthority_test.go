@@ -36,7 +36,8 @@ func authorityCLI(t *testing.T, n *node, kind, step string, args ...string) loca
 	return a
 }
 
-func activeAuthority(t *testing.T, n *node, kind string) string {
+// authorities are the server's authorities of kind, as `show` lists them.
+func authorities(t *testing.T, n *node, kind string) []localAuthority {
 	t.Helper()
 	out, err := n.server.cli(t, "server", "localauthority", kind, "show", "--output", "json")
 	if err != nil {
@@ -46,12 +47,18 @@ func activeAuthority(t *testing.T, n *node, kind string) string {
 	if err := json.Unmarshal([]byte(out), &resp); err != nil {
 		t.Fatalf("show output: %v\n%s", err, out)
 	}
-	for _, a := range resp.Authorities {
+	return resp.Authorities
+}
+
+func activeAuthority(t *testing.T, n *node, kind string) string {
+	t.Helper()
+	list := authorities(t, n, kind)
+	for _, a := range list {
 		if a.Status == "active" {
 			return a.AuthorityID
 		}
 	}
-	t.Fatalf("no active %s authority in\n%s", kind, out)
+	t.Fatalf("no active %s authority in %+v", kind, list)
 	return ""
 }
 

@@ -311,15 +311,7 @@ func sha256Sum(b []byte) []byte {
 
 func statusOfCA(t *testing.T, n *node, id string) (string, bool) {
 	t.Helper()
-	out, err := n.server.cli(t, "server", "localauthority", "x509", "show", "--output", "json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var resp struct{ Authorities []localAuthority }
-	if err := json.Unmarshal([]byte(out), &resp); err != nil {
-		t.Fatalf("show output: %v\n%s", err, out)
-	}
-	for _, a := range resp.Authorities {
+	for _, a := range authorities(t, n, "x509") {
 		if a.AuthorityID == id {
 			return a.Status, true
 		}

@@ -88,6 +88,12 @@ func authorityStepCmd(kind, use, short string, needID bool, step func(context.Co
 }
 
 func authorityCmd(kind, use, short string, needID bool, do func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer, json bool) error) *cobra.Command {
+	return adminIDCmd(use, short, needID, "signet server localauthority "+kind+" show lists them", "the authority's ID, as `show` lists it", do)
+}
+
+// adminIDCmd is an admin command with --output pretty|json and, when
+// needID, a required --authority-id (missing names where to find one).
+func adminIDCmd(use, short string, needID bool, missing, idUsage string, do func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer, json bool) error) *cobra.Command {
 	var a adminFlags
 	var id, output string
 	cmd := &cobra.Command{
@@ -99,7 +105,7 @@ func authorityCmd(kind, use, short string, needID bool, do func(ctx context.Cont
 				return fmt.Errorf("--output %q: want pretty or json", output)
 			}
 			if needID && id == "" {
-				return fmt.Errorf("--authority-id is required (signet server localauthority %s show lists them)", kind)
+				return fmt.Errorf("--authority-id is required (%s)", missing)
 			}
 			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
 				return do(ctx, c, id, cmd.OutOrStdout(), output == "json")
@@ -108,7 +114,7 @@ func authorityCmd(kind, use, short string, needID bool, do func(ctx context.Cont
 	}
 	a.add(cmd)
 	if needID {
-		cmd.Flags().StringVar(&id, "authority-id", "", "the authority's ID, as `show` lists it")
+		cmd.Flags().StringVar(&id, "authority-id", "", idUsage)
 	}
 	cmd.Flags().StringVar(&output, "output", "pretty", "pretty or json")
 	return cmd

@@ -61,30 +61,7 @@ has revoked it too.`,
 }
 
 func upstreamCmd(use, short string, needID bool, do func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer, json bool) error) *cobra.Command {
-	var a adminFlags
-	var id, output string
-	cmd := &cobra.Command{
-		Use:   use,
-		Short: short,
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "pretty" && output != "json" {
-				return fmt.Errorf("--output %q: want pretty or json", output)
-			}
-			if needID && id == "" {
-				return fmt.Errorf("--authority-id is required (signet server upstreamauthority list shows them)")
-			}
-			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
-				return do(ctx, c, id, cmd.OutOrStdout(), output == "json")
-			})
-		},
-	}
-	a.add(cmd)
-	if needID {
-		cmd.Flags().StringVar(&id, "authority-id", "", "the root's authority ID or subject key ID, as `list` shows them")
-	}
-	cmd.Flags().StringVar(&output, "output", "pretty", "pretty or json")
-	return cmd
+	return adminIDCmd(use, short, needID, "signet server upstreamauthority list shows them", "the root's authority ID or subject key ID, as `list` shows them", do)
 }
 
 func printUpstreamStep(w io.Writer, u *api.UpstreamAuthority, err error, json bool, next string) error {

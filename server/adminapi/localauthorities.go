@@ -92,14 +92,17 @@ func (s *Service) RevokeUpstreamAuthority(ctx context.Context, req *api.RevokeUp
 	if ref == "" {
 		return nil, errNoUpstreamID
 	}
-	if u, err := s.cfg.CA.FindUpstreamRoot(ref); err == nil && u.Tainted && s.cfg.ServingCA != nil {
-		serving := s.cfg.ServingCA()
-		if slices.ContainsFunc(u.CAs, func(a ca.LocalAuthority) bool { return a.ID == serving }) {
-			// Revoked, it would strand every agent that connects.
-			return nil, status.Errorf(codes.FailedPrecondition, "X.509 CA %s under upstream root %s still signs the agent API's certificate: its renewal under the active CA has not succeeded yet (see the server log); try again shortly", serving, u.ID)
+	refuse := func(u ca.UpstreamRoot) error {
+		if s.cfg.ServingCA == nil {
+			return nil
 		}
+		if serving := s.cfg.ServingCA(); slices.ContainsFunc(u.CAs, func(a ca.LocalAuthority) bool { return a.ID == serving }) {
+			// Revoked, it would strand every agent that connects.
+			return status.Errorf(codes.FailedPrecondition, "X.509 CA %s under upstream root %s still signs the agent API's certificate: its renewal under the active CA has not succeeded yet (see the server log); try again shortly", serving, u.ID)
+		}
+		return nil
 	}
-	return s.upstreamStep(ctx, "revoke", func() (ca.UpstreamRoot, error) { return s.cfg.CA.RevokeUpstream(ctx, ref) })
+	return s.upstreamStep(ctx, "revoke", func() (ca.UpstreamRoot, error) { return s.cfg.CA.RevokeUpstream(ctx, ref, refuse) })
 }
 
 var errNoUpstreamID = status.Error(codes.InvalidArgument, "upstream authority ID is required (signet server upstreamauthority list shows them)")
@@ -167,6 +170,9 @@ func authorityRef(kind, id string) (ca.AuthorityKind, string, error) {
 }
 
 func authorityError(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err // already says what the caller should do
+	}
 	switch {
 	case errors.Is(err, ca.ErrUnknownAuthority):
 		return status.Error(codes.NotFound, err.Error())

@@ -54,26 +54,29 @@ func rootID(r *x509.Certificate) string {
 }
 
 // rootOf returns the root among k's roots that issued the top of its
-// chain, nil when none did (or k is self-signed). Like the agents' taint
-// check it matches key identifiers, or checks the signature when either
-// lacks one; never the subject name, which a replacement root shares.
+// chain, nil when none did (or k is self-signed).
 func (k *caKey) rootOf() *x509.Certificate {
 	if !k.upstream() {
 		return nil
 	}
-	top := k.chain[len(k.chain)-1]
 	for _, r := range k.roots {
-		if len(top.AuthorityKeyId) > 0 && len(r.SubjectKeyId) > 0 {
-			if bytes.Equal(top.AuthorityKeyId, r.SubjectKeyId) {
-				return r
-			}
-			continue
-		}
-		if top.CheckSignatureFrom(r) == nil {
+		if k.issuedUnder(r) {
 			return r
 		}
 	}
 	return nil
+}
+
+// issuedUnder reports whether root issued the top of k's chain, by the
+// agents' rule (agent/client Taint.IssuerOf): key identifiers when both
+// have one, else the signature; never the subject name, which a
+// replacement root shares. A root re-issued with the same key counts.
+func (k *caKey) issuedUnder(root *x509.Certificate) bool {
+	top := k.chain[len(k.chain)-1]
+	if len(top.AuthorityKeyId) > 0 && len(root.SubjectKeyId) > 0 {
+		return bytes.Equal(top.AuthorityKeyId, root.SubjectKeyId)
+	}
+	return top.CheckSignatureFrom(root) == nil
 }
 
 // chainsTo reports whether k is an upstream CA under the root with id.
@@ -169,13 +172,30 @@ func (m *Manager) FindUpstreamRoot(ref string) (UpstreamRoot, error) {
 
 // findUpstreamRoot resolves ref, a root's ID or subject key ID, among the
 // upstream roots this server knows. A self-signed CA of this server is
-// refused with the command that handles it.
+// refused with the command that handles it, and a subject key ID two roots
+// share with the IDs to choose from.
 func (m *Manager) findUpstreamRoot(ref string) (UpstreamRoot, error) {
 	ref = strings.ToLower(strings.ReplaceAll(ref, ":", ""))
+	var found []UpstreamRoot
 	for _, u := range m.upstreamRootsLocked() {
-		if u.ID == ref || u.SubjectKeyID != "" && u.SubjectKeyID == ref {
+		if u.ID == ref {
 			return u, nil
 		}
+		if u.SubjectKeyID != "" && u.SubjectKeyID == ref {
+			found = append(found, u)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+	default:
+		var ids []string
+		for _, u := range found {
+			ids = append(ids, u.ID)
+		}
+		return UpstreamRoot{}, fmt.Errorf("%w: %d upstream roots have subject key ID %s (one key, several certificates); name one by its authority ID: %s",
+			ErrAuthorityState, len(found), ref, strings.Join(ids, ", "))
 	}
 	for _, k := range m.x509.all() {
 		if !k.upstream() && k.id == ref {
@@ -186,17 +206,33 @@ func (m *Manager) findUpstreamRoot(ref string) (UpstreamRoot, error) {
 	return UpstreamRoot{}, fmt.Errorf("%w: no upstream root has ID or subject key ID %q (signet server upstreamauthority list)", ErrUnknownAuthority, ref)
 }
 
+// rootCert returns the certificate of the upstream root id among this
+// server's CAs' roots, nil when none lists it.
+func (m *Manager) rootCert(id string) *x509.Certificate {
+	for _, k := range m.x509.all() {
+		for _, r := range k.roots {
+			if k.upstream() && rootID(r) == id {
+				return r
+			}
+		}
+	}
+	return nil
+}
+
 // refuseIfSigning refuses a step on the upstream root u while the active or
-// prepared CA chains to it: agents would re-sign under the same root.
+// prepared CA is under it, by the agents' rule: they would re-sign under the
+// root they are leaving, again and again.
 func (m *Manager) refuseIfSigning(u UpstreamRoot, what string) error {
+	r := m.rootCert(u.ID)
 	for _, s := range []struct {
 		k  *caKey
 		st Status
 	}{{m.x509.active, StatusActive}, {m.x509.next, StatusPrepared}} {
-		if s.k != nil && s.k.chainsTo(u.ID) {
-			return fmt.Errorf("%w: the %s X.509 CA %s chains to upstream root %s, so it cannot be %s yet: replace the upstream authority's certificate with one under another root, then signet server localauthority x509 prepare and activate, and %s the old root after",
-				ErrAuthorityState, s.st, s.k.id, u.ID, what, strings.TrimSuffix(what, "ed"))
+		if s.k == nil || !s.k.upstream() || r == nil || !s.k.issuedUnder(r) {
+			continue
 		}
+		return fmt.Errorf("%w: the %s X.509 CA %s chains to upstream root %s (or a certificate of the same key), so it cannot be %s yet: replace the upstream authority's certificate with one under another root, then signet server localauthority x509 prepare and activate, and %s the old root after",
+			ErrAuthorityState, s.st, s.k.id, u.ID, what, strings.TrimSuffix(what, "ed"))
 	}
 	return nil
 }
@@ -213,6 +249,12 @@ func (m *Manager) TaintUpstream(ctx context.Context, ref string) (UpstreamRoot, 
 		if u.Tainted {
 			return false, nil
 		}
+		if len(u.CAs) == 0 {
+			// Most likely the new root, listed next to the old one: a taint
+			// would refuse every CA under it, with no way back.
+			return false, fmt.Errorf("%w: none of this server's X.509 CAs chains to upstream root %s (%s), so it has issued nothing here to taint; signet server upstreamauthority list shows the roots the CAs chain to",
+				ErrAuthorityState, u.ID, u.Subject)
+		}
 		if err := m.refuseIfSigning(u, "tainted"); err != nil {
 			return false, err
 		}
@@ -224,8 +266,10 @@ func (m *Manager) TaintUpstream(ctx context.Context, ref string) (UpstreamRoot, 
 // RevokeUpstream removes the tainted upstream root ref from the bundle:
 // whatever was issued under it stops verifying. This server's old CAs
 // under it are revoked with it (their keys deleted). Revoking a revoked
-// root changes nothing.
-func (m *Manager) RevokeUpstream(ctx context.Context, ref string) (UpstreamRoot, error) {
+// root changes nothing. refuse, when not nil, may veto the step under the
+// lock (the admin API refuses while an old CA under the root still signs
+// the agent API's certificate).
+func (m *Manager) RevokeUpstream(ctx context.Context, ref string, refuse func(UpstreamRoot) error) (UpstreamRoot, error) {
 	return m.upstreamStep(ctx, ref, "revoked", func(u UpstreamRoot) (bool, error) {
 		switch {
 		case u.Revoked:
@@ -236,6 +280,11 @@ func (m *Manager) RevokeUpstream(ctx context.Context, ref string) (UpstreamRoot,
 		}
 		if err := m.refuseIfSigning(u, "revoked"); err != nil {
 			return false, err
+		}
+		if refuse != nil {
+			if err := refuse(u); err != nil {
+				return false, err
+			}
 		}
 		x := m.x509
 		x.retired = nil

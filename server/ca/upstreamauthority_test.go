@@ -47,7 +47,7 @@ func TestUpstreamRootReplaced(t *testing.T) {
 	opts.name, opts.notAfter = "Root B", t0.Add(90*24*time.Hour)
 	rootB := issue(t, nil, opts)
 	idA, idB := certID(rootA.cert), certID(rootB.cert)
-	u := diskUpstream(t, rootA, nil)
+	u := diskUpstream(t, rootA, nil, rootA, rootB)
 	u.Clock = clk.Now
 	dir := t.TempDir()
 	m := newManager(t, ca.Config{Clock: clk.Now, SVIDTTL: svidTTL, Upstream: u, DataDir: dir})
@@ -59,8 +59,14 @@ func TestUpstreamRootReplaced(t *testing.T) {
 	}
 	_, err := m.TaintUpstream(ctx, idA)
 	wantErr(t, "taint the root the active CA chains to", err, ca.ErrAuthorityState, "active X.509 CA "+oldCA+" chains to upstream root")
-	_, err = m.RevokeUpstream(ctx, idA)
+	_, err = m.RevokeUpstream(ctx, idA, nil)
 	wantErr(t, "revoke an untainted root", err, ca.ErrAuthorityState, "is not tainted; taint it first")
+
+	// Root B, distributed in advance, is in the bundle with no CA under it:
+	// a taint (the operator naming the wrong root) is refused, since it
+	// would refuse every CA under B.
+	_, err = m.TaintUpstream(ctx, idB)
+	wantErr(t, "taint a root no CA chains to", err, ca.ErrAuthorityState, "none of this server's X.509 CAs chains to upstream root "+idB)
 
 	// The organisation moves to root B; a CA under it is prepared.
 	writePEM(t, u.CertFile, certBlock(rootB))
@@ -123,15 +129,14 @@ func TestUpstreamRootReplaced(t *testing.T) {
 	if _, err := ca.New(ctx, ca.Config{TrustDomain: td, Clock: clk.Now, SVIDTTL: svidTTL, Upstream: u, DataDir: dir, Logger: quietLogger()}); err == nil {
 		t.Fatal("a server starts with its upstream signing under a tainted root")
 	}
-	// The upstream's bundle may still list root A next to B.
+	// The upstream's bundle still lists root A next to B.
 	writePEM(t, u.CertFile, certBlock(rootB))
 	writePEM(t, u.KeyFile, pkcs8Block(t, rootB.key))
-	u.BundleFile = writePEM(t, filepath.Join(t.TempDir(), "bundle.crt"), certBlock(rootA), certBlock(rootB))
 
 	if _, err := os.Stat(filepath.Join(dir, "ca-"+oldCA+".key")); err != nil {
 		t.Fatalf("the old CA's key before the revocation: %v", err)
 	}
-	got, err = m.RevokeUpstream(ctx, idA)
+	got, err = m.RevokeUpstream(ctx, idA, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +165,7 @@ func TestUpstreamRootReplaced(t *testing.T) {
 		t.Fatalf("prepare under root B with A still in the upstream's bundle: %v", err)
 	}
 	check("after a CA listing root A was prepared", false, false)
-	if again, err := m.RevokeUpstream(ctx, idA); err != nil || !again.Revoked {
+	if again, err := m.RevokeUpstream(ctx, idA, nil); err != nil || !again.Revoked {
 		t.Fatalf("revoke again: %+v, %v; want no change", again, err)
 	}
 	_, err = m.TaintUpstream(ctx, idA)
@@ -198,4 +203,33 @@ func mustHex(t *testing.T, s string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestUpstreamRootSameKey: a root re-issued with the same key is the same
+// root to agents (they match key identifiers), so while a CA under the
+// re-issued one signs, the old one cannot be tainted; and a subject key ID
+// both share names neither.
+func TestUpstreamRootSameKey(t *testing.T) {
+	ctx := context.Background()
+	opts := caOf("Root A")
+	rootA := issue(t, nil, opts)
+	opts.key = rootA.key
+	reissued := issue(t, nil, opts)
+	if !bytes.Equal(rootA.cert.SubjectKeyId, reissued.cert.SubjectKeyId) {
+		t.Fatal("test setup: the re-issued root has another subject key ID")
+	}
+	u := diskUpstream(t, rootA, nil)
+	m := newManager(t, ca.Config{Upstream: u})
+	writePEM(t, u.CertFile, certBlock(reissued))
+	p, err := m.Prepare(ctx, ca.KindX509)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Activate(ctx, ca.KindX509, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.TaintUpstream(ctx, certID(rootA.cert))
+	wantErr(t, "taint a root whose key the active CA's root shares", err, ca.ErrAuthorityState, "or a certificate of the same key")
+	_, err = m.TaintUpstream(ctx, hex.EncodeToString(rootA.cert.SubjectKeyId))
+	wantErr(t, "taint by a subject key ID two roots share", err, ca.ErrAuthorityState, "2 upstream roots have subject key ID")
 }

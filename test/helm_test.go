@@ -11,7 +11,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
+	"github.com/hashicorp/hcl"
+	"github.com/hashicorp/hcl/hcl/ast"
 	"helm.sh/helm/v4/pkg/chart/common"
 	chartutil "helm.sh/helm/v4/pkg/chart/common/util"
 	"helm.sh/helm/v4/pkg/chart/loader"
@@ -26,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
 
+	"github.com/signetid/signet/agent"
 	"github.com/signetid/signet/server"
 )
 
@@ -37,15 +41,22 @@ const chartDir = "../deploy/helm/signet"
 // the rendered manifests and NOTES.txt.
 func helmTemplate(t *testing.T, ns string, values string) ([]byte, string, error) {
 	t.Helper()
+	vals := map[string]any{}
+	if err := yaml.Unmarshal([]byte(values), &vals); err != nil {
+		t.Fatalf("values: %v", err)
+	}
+	return helmRender(t, ns, vals)
+}
+
+// helmRender is helmTemplate with the values already parsed (as --set
+// gives them, which may hold what YAML cannot).
+func helmRender(t *testing.T, ns string, vals map[string]any) ([]byte, string, error) {
+	t.Helper()
 	charter, err := loader.Load(chartDir)
 	if err != nil {
 		t.Fatalf("load chart: %v", err)
 	}
 	ch := charter.(*chartv2.Chart)
-	vals := map[string]any{}
-	if err := yaml.Unmarshal([]byte(values), &vals); err != nil {
-		t.Fatalf("values: %v", err)
-	}
 	opts := common.ReleaseOptions{Name: "signet", Namespace: ns, Revision: 1, IsInstall: true}
 	top, err := chartutil.ToRenderValuesWithSchemaValidation(ch, vals, opts, nil, false)
 	if err != nil {
@@ -91,8 +102,7 @@ func helmObjects(t *testing.T, ns, values string) []runtime.Object {
 // volumes, RBAC rules and server configuration.
 func TestHelmDefaultsAreBase(t *testing.T) {
 	base := kustomizeBuild(t, "../deploy/base")
-	chart := helmObjects(t, "signet-system", "")
-	checkSignetSystem(t, chart)
+	chart := withoutAgentConfig(t, helmObjects(t, "signet-system", ""))
 
 	baseByKey, chartByKey := map[objectKey]runtime.Object{}, map[objectKey]runtime.Object{}
 	for _, o := range base {
@@ -144,6 +154,47 @@ func TestHelmDefaultsAreBase(t *testing.T) {
 			same(t, key, "spec", b.Spec, c.(*apiextensionsv1.CustomResourceDefinition).Spec)
 		}
 	}
+}
+
+// withoutAgentConfig checks that the chart's agents, which read a config
+// file for the settings that have no flag (base's take flags alone), get
+// an empty one from the defaults, and returns the objects without it: the
+// ConfigMap, and the agent's --config, volume and mount.
+func withoutAgentConfig(t *testing.T, objs []runtime.Object) []runtime.Object {
+	t.Helper()
+	s := checkSignetSystem(t, objs)
+	if s.agentFile == nil {
+		t.Fatal("the chart's agents have no --config")
+	}
+	if !reflect.DeepEqual(*s.agentFile, agent.Config{}) {
+		t.Errorf("the default agent config file sets %+v, want nothing (the agent's defaults)", *s.agentFile)
+	}
+	ds := s.agent.DeepCopy()
+	pod := &ds.Spec.Template.Spec
+	ctr := &pod.Containers[0]
+	path := argValue(ctr.Args, "config")
+	cm := mountedConfigMap(t, *pod, *ctr, filepath.Dir(path))
+	ctr.Args = slices.DeleteFunc(ctr.Args, func(a string) bool { return a == "--config="+path })
+	var vol string
+	ctr.VolumeMounts = slices.DeleteFunc(ctr.VolumeMounts, func(m corev1.VolumeMount) bool {
+		if m.MountPath == filepath.Dir(path) {
+			vol = m.Name
+			return true
+		}
+		return false
+	})
+	pod.Volumes = slices.DeleteFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == vol })
+	var out []runtime.Object
+	for _, o := range objs {
+		switch k := keyOf(t, o); {
+		case k.Kind == "*v1.ConfigMap" && k.Name == cm:
+		case o == runtime.Object(s.agent):
+			out = append(out, ds)
+		default:
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // parseConf parses a ConfigMap's server.conf, for comparison.
@@ -432,6 +483,102 @@ func noOIDCDiscovery(t *testing.T, objs []runtime.Object, s signetSystem, iss st
 	}
 }
 
+// TestHelmAgentSDS checks that agent.sds reaches the agents: their
+// config file, read by the agent's own parser, has the values given, and
+// none but those (an empty value keeps the agent's default). Names with
+// characters HCL treats specially must read back unchanged.
+func TestHelmAgentSDS(t *testing.T) {
+	for _, tc := range []struct {
+		name, values string
+		want         agent.SDSConfig
+	}{
+		{"defaults", "", agent.SDSConfig{}},
+		{"empty names", "agent: {sds: {defaultSVIDName: '', defaultBundleName: '', defaultAllBundlesName: ''}}", agent.SDSConfig{}},
+		{"SVID name", "agent: {sds: {defaultSVIDName: svid}}", agent.SDSConfig{DefaultSVIDName: "svid"}},
+		{"bundle name", "agent: {sds: {defaultBundleName: own-ca}}", agent.SDSConfig{DefaultBundleName: "own-ca"}},
+		{"all bundles name", "agent: {sds: {defaultAllBundlesName: every.ca}}", agent.SDSConfig{DefaultAllBundlesName: "every.ca"}},
+		{"SPIFFE validator off", "agent: {sds: {disableSPIFFECertValidation: true}}", agent.SDSConfig{DisableSPIFFECertValidation: true}},
+		{"SPIFFE validator on", "agent: {sds: {disableSPIFFECertValidation: false}}", agent.SDSConfig{}},
+		{"all four", "agent: {sds: {defaultSVIDName: a, defaultBundleName: b, defaultAllBundlesName: c, disableSPIFFECertValidation: true}}",
+			agent.SDSConfig{DefaultSVIDName: "a", DefaultBundleName: "b", DefaultAllBundlesName: "c", DisableSPIFFECertValidation: true}},
+		{"quote and backslash", `agent: {sds: {defaultSVIDName: 'say "hi"', defaultBundleName: 'C:\ca\', defaultAllBundlesName: '\"'}}`,
+			agent.SDSConfig{DefaultSVIDName: `say "hi"`, DefaultBundleName: `C:\ca\`, DefaultAllBundlesName: `\"`}},
+		{"HCL interpolation", `agent: {sds: {defaultSVIDName: '${env.HOME}', defaultBundleName: '$${', defaultAllBundlesName: '${"}'}}`,
+			agent.SDSConfig{DefaultSVIDName: "${env.HOME}", DefaultBundleName: "$${", DefaultAllBundlesName: `${"}`}},
+		{"braces, dollar, comment signs", `agent: {sds: {defaultSVIDName: '}{', defaultBundleName: '$', defaultAllBundlesName: '# // /*'}}`,
+			agent.SDSConfig{DefaultSVIDName: "}{", DefaultBundleName: "$", DefaultAllBundlesName: "# // /*"}},
+		{"control and non-ASCII characters", `agent: {sds: {defaultSVIDName: "line\nbreak\ttab\a\x7f", defaultBundleName: "é☃ 😀", defaultAllBundlesName: "\u2028\u00a0\ufeff"}}`,
+			agent.SDSConfig{DefaultSVIDName: "line\nbreak\ttab\a\x7f", DefaultBundleName: "é☃ 😀", DefaultAllBundlesName: "\u2028\u00a0\ufeff"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := helmObjects(t, "signet-system", tc.values)
+			s := checkSignetSystem(t, objs)
+			if s.agentFile == nil {
+				t.Fatal("the agents have no --config")
+			}
+			if want := (agent.Config{SDS: tc.want}); !reflect.DeepEqual(*s.agentFile, want) {
+				t.Errorf("agent config file:\n got %+v\nwant %+v", *s.agentFile, want)
+			}
+			// An empty value leaves its key out, and no value the block.
+			conf := object[*corev1.ConfigMap](t, objs, "signet-agent").Data["agent.conf"]
+			keys, block := sdsBlockKeys(t, conf)
+			if want := setHCLKeys(reflect.ValueOf(tc.want)); !slices.Equal(keys, want) || block != (len(want) > 0) {
+				t.Errorf("sds block (present: %v) sets %v, want %v:\n%s", block, keys, want, conf)
+			}
+			pod := s.agent.Spec.Template.Spec
+			dir := filepath.Dir(argValue(pod.Containers[0].Args, "config"))
+			if !slices.ContainsFunc(pod.Containers[0].VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == dir && m.ReadOnly }) {
+				t.Errorf("the agent config is not mounted read-only at %s: %+v", dir, pod.Containers[0].VolumeMounts)
+			}
+		})
+	}
+}
+
+// sdsBlockKeys returns the keys an agent config file sets in its sds
+// block, in order, and whether it has one.
+func sdsBlockKeys(t *testing.T, conf string) ([]string, bool) {
+	t.Helper()
+	f, err := hcl.ParseString(conf)
+	if err != nil {
+		t.Fatalf("agent config: %v", err)
+	}
+	sds := f.Node.(*ast.ObjectList).Filter("sds")
+	if len(sds.Items) == 0 {
+		return nil, false
+	}
+	var keys []string
+	for _, it := range sds.Items[0].Val.(*ast.ObjectType).List.Items {
+		keys = append(keys, it.Keys[0].Token.Value().(string))
+	}
+	return keys, true
+}
+
+// FuzzHelmSDSName: whatever string agent.sds.defaultSVIDName holds, the
+// chart either refuses it or renders an agent config file that the agent's
+// parser reads back with that very name.
+func FuzzHelmSDSName(f *testing.F) {
+	for _, seed := range []string{"svid", `a"b`, `\`, `x\`, "${x}", `${"}`, "$${", "}{", "line\nbreak", "\x00", "\u2028", "é😀", "# c", "default", "ROOTCA", "spiffe://x"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		if !utf8.ValidString(name) {
+			t.Skip("Helm's values are UTF-8 (YAML files, --set on the command line)")
+		}
+		out, _, err := helmRender(t, "signet-system", map[string]any{"agent": map[string]any{"sds": map[string]any{"defaultSVIDName": name}}})
+		if err != nil {
+			if !strings.Contains(err.Error(), "agent.sds.defaultSVIDName") {
+				t.Fatalf("name %q: refused with %v, which does not name the value", name, err)
+			}
+			return
+		}
+		objs := decodeManifests(t, "helm template", out)
+		pod := object[*appsv1.DaemonSet](t, objs, "signet-agent").Spec.Template.Spec
+		if got := agentConfigFile(t, objs, pod, pod.Containers[0]).SDS.DefaultSVIDName; got != name {
+			t.Fatalf("name %q reads back as %q", name, got)
+		}
+	})
+}
+
 // TestHelmRefusesBadValues checks that `helm install` stops on values that
 // would install a broken or unsafe Signet, naming what is wrong.
 func TestHelmRefusesBadValues(t *testing.T) {
@@ -462,6 +609,13 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"OIDC port taken by the agent API", "jwtIssuer: https://oidc.example.org\noidcDiscovery: {enabled: true, port: 8081}", "oidcDiscovery.port 8081 is taken"},
 		{"misspelt OIDC value", "oidcDiscovery: {issuer: https://oidc.example.org}", "issuer"},
 		{"unknown OIDC Service type", "oidcDiscovery: {service: {type: External}}", "type"},
+		{"misspelt SDS value", "agent: {sds: {defaultSvidName: svid}}", "defaultSvidName"},
+		{"SPIRE's sds.enabled (Signet's agents always serve SDS)", "agent: {sds: {enabled: true}}", "enabled"},
+		{"SDS name not a string", "agent: {sds: {defaultBundleName: [a]}}", "defaultBundleName"},
+		{"SDS validator switch not a boolean", "agent: {sds: {disableSPIFFECertValidation: 'yes'}}", "disableSPIFFECertValidation"},
+		{"SDS name taken by a default", "agent: {sds: {defaultBundleName: default}}", "agent.sds.defaultBundleName and agent.sds.defaultSVIDName both name the SDS secret \"default\""},
+		{"two SDS names alike", "agent: {sds: {defaultBundleName: ca, defaultAllBundlesName: ca}}", "both name the SDS secret \"ca\""},
+		{"SDS name a SPIFFE ID", "agent: {sds: {defaultSVIDName: 'spiffe://example.org/app'}}", "agent.sds.defaultSVIDName \"spiffe://example.org/app\": SPIFFE IDs already name"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := helmTemplate(t, "signet-system", tc.values)
@@ -475,23 +629,86 @@ func TestHelmRefusesBadValues(t *testing.T) {
 	}
 }
 
+// TestHelmSDSRefusalsAreTheAgents checks that the SDS names the chart
+// refuses are the ones the agent refuses at start (which would crash-loop
+// every agent), so the chart's copy of the rule and of the default names
+// stays the agent's.
+func TestHelmSDSRefusalsAreTheAgents(t *testing.T) {
+	// The agent checks its config before it touches anything else; past
+	// that check, the missing trust bundle stops it.
+	runAgent := func(sds agent.SDSConfig) error {
+		return agent.Run(t.Context(), agent.Config{
+			ServerAddress: "127.0.0.1:1", TrustDomain: "example.org", JoinToken: "t", SDS: sds,
+			DataDir: t.TempDir(), SocketPath: filepath.Join(t.TempDir(), "s"), TrustBundleFile: filepath.Join(t.TempDir(), "none.pem"),
+		}, nil)
+	}
+	if err := runAgent(agent.SDSConfig{DefaultSVIDName: "svid"}); err == nil || !strings.Contains(err.Error(), "agent: trust bundle") {
+		t.Fatalf("agent with a valid sds block: %v, want the missing trust bundle's error", err)
+	}
+	for _, sds := range []agent.SDSConfig{
+		{DefaultBundleName: "default"},
+		{DefaultSVIDName: "ALL"},
+		{DefaultBundleName: "ca", DefaultAllBundlesName: "ca"},
+		{DefaultSVIDName: "spiffe://example.org/app"},
+		{DefaultAllBundlesName: "spiffe://example.org"},
+	} {
+		values, err := yaml.Marshal(map[string]any{"agent": map[string]any{"sds": map[string]any{
+			"defaultSVIDName": sds.DefaultSVIDName, "defaultBundleName": sds.DefaultBundleName, "defaultAllBundlesName": sds.DefaultAllBundlesName,
+		}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := helmTemplate(t, "signet-system", string(values)); err == nil || !strings.Contains(err.Error(), "agent.sds.") {
+			t.Errorf("chart with sds %+v: %v, want a refusal naming agent.sds", sds, err)
+		}
+		if err := runAgent(sds); err == nil || !strings.Contains(err.Error(), "agent: sds") {
+			t.Errorf("agent with sds %+v: %v, want a refusal naming sds", sds, err)
+		}
+	}
+}
+
+// configChecksum returns a pod template's checksum/config annotation.
+func configChecksum(t *testing.T, tmpl corev1.PodTemplateSpec) string {
+	t.Helper()
+	v := tmpl.Annotations["checksum/config"]
+	if len(v) != 64 {
+		t.Fatalf("%s pods: checksum/config %q, want a SHA-256", tmpl.Labels["app.kubernetes.io/name"], v)
+	}
+	return v
+}
+
+// TestHelmConfigChangeRollsAgents checks the agent pods' config checksum:
+// an agent config change changes it (so the DaemonSet rolls), anything
+// else leaves it.
+func TestHelmConfigChangeRollsAgents(t *testing.T) {
+	sum := func(values string) string {
+		return configChecksum(t, object[*appsv1.DaemonSet](t, helmObjects(t, "signet-system", values), "signet-agent").Spec.Template)
+	}
+	def := sum("")
+	for _, v := range []string{"agent: {sds: {defaultSVIDName: svid}}", "agent: {sds: {disableSPIFFECertValidation: true}}"} {
+		if sum(v) == def {
+			t.Errorf("%s leaves the agent pods' checksum", v)
+		}
+	}
+	for _, v := range []string{"clusterName: other", "logLevel: warn", "agent: {kubeletSkipVerify: true}"} {
+		if sum(v) != def {
+			t.Errorf("%s (no agent config change) changes the agent pods' checksum", v)
+		}
+	}
+}
+
 // TestHelmConfigChangeRollsServer checks the server pods' config checksum:
 // a server.conf change changes it (so the StatefulSet rolls), anything else
 // leaves it.
 func TestHelmConfigChangeRollsServer(t *testing.T) {
 	sum := func(values string) string {
-		ss := object[*appsv1.StatefulSet](t, helmObjects(t, "signet-system", values), "signet-server")
-		v := ss.Spec.Template.Annotations["checksum/config"]
-		if len(v) != 64 {
-			t.Fatalf("checksum/config %q", v)
-		}
-		return v
+		return configChecksum(t, object[*appsv1.StatefulSet](t, helmObjects(t, "signet-system", values), "signet-server").Spec.Template)
 	}
 	def := sum("")
 	if sum("clusterName: other") == def || sum("logLevel: warn") == def || sum("jwtIssuer: https://oidc.example.org") == def {
 		t.Error("a server.conf change leaves the server pods' checksum")
 	}
-	if sum("agent: {kubeletSkipVerify: true}") != def {
+	if sum("agent: {kubeletSkipVerify: true}") != def || sum("agent: {sds: {defaultSVIDName: svid}}") != def {
 		t.Error("an agent change changes the server pods' checksum")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -141,6 +142,9 @@ type signetSystem struct {
 	namespace string
 	server    *appsv1.StatefulSet
 	agent     *appsv1.DaemonSet
+	// agentFile is the agents' --config file as the agent parses it; nil
+	// when they take flags alone.
+	agentFile *agent.Config
 }
 
 // checkSignetSystem checks that a rendered Signet install fits together,
@@ -195,6 +199,7 @@ func checkSignetSystem(t *testing.T, objs []runtime.Object) signetSystem {
 		t.Errorf("agent --trust-domain=%s, server %s", td, cfg.TrustDomain.Name())
 	}
 	checkAgentReachesServer(t, objs, s, argValue(ctr.Args, "server"))
+	s.agentFile = agentConfigFile(t, objs, pod, ctr)
 
 	tokenPath := argValue(ctr.Args, "k8s-psat-token-path")
 	if tokenPath == "" {
@@ -258,6 +263,58 @@ func checkSignetSystem(t *testing.T, objs []runtime.Object) signetSystem {
 		}
 	}
 	return s
+}
+
+// agentConfigFile returns the agent's --config file, from the ConfigMap
+// mounted there, as the agent's own parser reads it (nil without
+// --config). A key that a flag also sets is an error: the flag wins, so the
+// file's value would be dead.
+func agentConfigFile(t *testing.T, objs []runtime.Object, pod corev1.PodSpec, ctr corev1.Container) *agent.Config {
+	t.Helper()
+	path := argValue(ctr.Args, "config")
+	if path == "" {
+		return nil
+	}
+	cm := mountedConfigMap(t, pod, ctr, filepath.Dir(path))
+	conf, ok := object[*corev1.ConfigMap](t, objs, cm).Data[filepath.Base(path)]
+	if !ok {
+		t.Fatalf("agent --config=%s: ConfigMap %s has no key %s", path, cm, filepath.Base(path))
+	}
+	cfg, err := agent.ParseConfig([]byte(conf))
+	if err != nil {
+		t.Fatalf("agent --config=%s (ConfigMap %s): %v\n%s", path, cm, err, conf)
+	}
+	inFile := setHCLKeys(reflect.ValueOf(*cfg))
+	for _, a := range ctr.Args {
+		flag, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		key, ok := agentFlagKeys[flag]
+		if !ok {
+			key = strings.ReplaceAll(flag, "-", "_")
+		}
+		if slices.Contains(inFile, key) {
+			t.Errorf("agent --%s and its config file's %s both set %s: the flag wins, the file's value is dead", flag, path, key)
+		}
+	}
+	return cfg
+}
+
+// agentFlagKeys names the config key of each `signet agent run` flag whose
+// key is not the flag's name with _ for -.
+var agentFlagKeys = map[string]string{
+	"server": "server_address", "trust-bundle": "trust_bundle_path", "socket": "socket_path",
+	"kubelet-ca": "kubelet_ca_path", "x509pop-cert": "x509pop_cert_path", "x509pop-key": "x509pop_key_path",
+}
+
+// setHCLKeys returns the hcl tags of the struct's fields that are not zero.
+func setHCLKeys(v reflect.Value) []string {
+	var keys []string
+	for i := range v.NumField() {
+		tag, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("hcl"), ",")
+		if tag != "" && tag != "-" && !v.Field(i).IsZero() {
+			keys = append(keys, tag)
+		}
+	}
+	return keys
 }
 
 // mountedConfigMap names the ConfigMap that c mounts at dir.

@@ -97,3 +97,14 @@ loopback issuer, and relying parties fetch the keys from it.
 {{- define "signet.oidcServicePort" -}}
 {{- .Values.oidcDiscovery.service.port | default (ternary 443 80 (ne .Values.oidcDiscovery.tls.secretName "")) -}}
 {{- end -}}
+
+{{/*
+A string as an HCL (v1) string literal that reads back as the same string,
+whatever it holds: `quote` escapes quotes, backslashes and control
+characters as Go does, which HCL reads alike; `$` is escaped too, since HCL
+would take "${" as the start of an interpolation and copy what follows
+unescaped.
+*/}}
+{{- define "signet.hclString" -}}
+{{ toString . | quote | replace "$" "\\u0024" }}
+{{- end -}}

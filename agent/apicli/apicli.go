@@ -3,6 +3,7 @@ package apicli
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -29,6 +30,8 @@ type Options struct {
 	// Out receives the command's output; Err receives watch errors.
 	// Defaults os.Stdout and os.Stderr.
 	Out, Err io.Writer
+	// In is read for a token given as "-". Default os.Stdin.
+	In io.Reader
 	// Timeout bounds one-shot calls (not Watch). Default 5s.
 	Timeout time.Duration
 }
@@ -40,6 +43,9 @@ func (o Options) withDefaults() Options {
 	if o.Err == nil {
 		o.Err = os.Stderr
 	}
+	if o.In == nil {
+		o.In = os.Stdin
+	}
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
 	}
@@ -49,9 +55,22 @@ func (o Options) withDefaults() Options {
 func newClient(ctx context.Context, o Options) (*workloadapi.Client, error) {
 	c, err := workloadapi.New(ctx, workloadapi.WithAddr(o.Addr))
 	if err != nil {
-		return nil, fmt.Errorf("workload API client for %s: %w", o.Addr, err)
+		return nil, fmt.Errorf("workload API client: %w", err)
 	}
 	return c, nil
+}
+
+// oneShot runs call with a Workload API client, the whole bounded by
+// o.Timeout.
+func oneShot(ctx context.Context, o Options, call func(context.Context, *workloadapi.Client) error) error {
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	c, err := newClient(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return call(ctx, c)
 }
 
 // FetchX509 prints every X509-SVID the caller holds and, if writeDir is
@@ -60,14 +79,11 @@ func newClient(ctx context.Context, o Options) (*workloadapi.Client, error) {
 // and federated_bundle.N.M.pem (other trust domains, by name).
 func FetchX509(ctx context.Context, o Options, writeDir string) error {
 	o = o.withDefaults()
-	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	defer cancel()
-	c, err := newClient(ctx, o)
-	if err != nil {
+	var x *workloadapi.X509Context
+	err := oneShot(ctx, o, func(ctx context.Context, c *workloadapi.Client) (err error) {
+		x, err = c.FetchX509Context(ctx)
 		return err
-	}
-	defer c.Close()
-	x, err := c.FetchX509Context(ctx)
+	})
 	if err != nil {
 		return fmt.Errorf("fetch X509-SVIDs from %s: %w", o.Addr, explain(err))
 	}
@@ -178,14 +194,11 @@ func FetchJWT(ctx context.Context, o Options, audiences []string, spiffeID strin
 		}
 		params.Subject = id
 	}
-	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	defer cancel()
-	c, err := newClient(ctx, o)
-	if err != nil {
+	var svids []*jwtsvid.SVID
+	err := oneShot(ctx, o, func(ctx context.Context, c *workloadapi.Client) (err error) {
+		svids, err = c.FetchJWTSVIDs(ctx, params)
 		return err
-	}
-	defer c.Close()
-	svids, err := c.FetchJWTSVIDs(ctx, params)
+	})
 	if err != nil {
 		return fmt.Errorf("fetch JWT-SVIDs from %s: %w", o.Addr, explain(err))
 	}
@@ -195,6 +208,65 @@ func FetchJWT(ctx context.Context, o Options, audiences []string, spiffeID strin
 	return nil
 }
 
+// ValidateJWT asks the Workload API whether token is a valid JWT-SVID for
+// audience (signed by a trust domain the caller trusts, not expired) and
+// prints its SPIFFE ID and claims (JSON, keys sorted), as SPIRE's
+// `api validate jwt` does. token "-" is read from o.In, so that it need not
+// appear on a command line. A token that is not valid is an error saying
+// why; the token itself is never repeated.
+func ValidateJWT(ctx context.Context, o Options, audience, token string) error {
+	o = o.withDefaults()
+	if audience == "" {
+		return errors.New("an audience is required (--audience)")
+	}
+	if token == "-" {
+		var err error
+		if token, err = readToken(o.In); err != nil {
+			return err
+		}
+	}
+	if token == "" {
+		return errors.New("a token is required (--svid TOKEN, or --svid - to read it from stdin)")
+	}
+	var svid *jwtsvid.SVID
+	err := oneShot(ctx, o, func(ctx context.Context, c *workloadapi.Client) (err error) {
+		svid, err = c.ValidateJWTSVID(ctx, token, audience)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("validate JWT-SVID with %s: %w", o.Addr, explain(err))
+	}
+	claims, err := json.Marshal(svid.Claims) // maps marshal with sorted keys
+	if err != nil {
+		return fmt.Errorf("encode the claims of %s: %w", svid.ID, err)
+	}
+	fmt.Fprintf(o.Out, "SVID is valid.\nSPIFFE ID : %s\nClaims    : %s\n", svid.ID, claims)
+	return nil
+}
+
+// maxTokenBytes bounds what readToken reads: JWT-SVIDs are well under 8 KiB.
+const maxTokenBytes = 64 << 10
+
+// readToken reads one token from r: its only line, surrounding white space
+// trimmed (what `fetch jwt` prints for one identity).
+func readToken(r io.Reader) (string, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxTokenBytes+1))
+	if err != nil {
+		return "", fmt.Errorf("read the token from stdin: %w", err)
+	}
+	if len(b) > maxTokenBytes {
+		return "", fmt.Errorf("stdin holds more than %d KiB: not a JWT-SVID", maxTokenBytes>>10)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", errors.New("no token on stdin (--svid -)")
+	}
+	if strings.ContainsAny(tok, " \t\r\n") {
+		return "", errors.New("stdin holds more than one word: give one token (fetch jwt prints one per identity; pick one, or use its --spiffe-id)")
+	}
+	return tok, nil
+}
+
 // Watch prints the caller's X509-SVIDs now and on every update until ctx
 // ends. Errors are printed and the watch retried (go-spiffe's backoff);
 // only a refused request (InvalidArgument) ends it with an error.
@@ -202,7 +274,7 @@ func Watch(ctx context.Context, o Options) error {
 	o = o.withDefaults()
 	c, err := newClient(ctx, o)
 	if err != nil {
-		return err
+		return fmt.Errorf("watch %s: %w", o.Addr, err)
 	}
 	defer c.Close()
 	err = c.WatchX509Context(ctx, &printer{o: o})
@@ -257,14 +329,11 @@ func (p *printer) OnX509ContextWatchError(err error) {
 // PermissionDenied (no identity for this caller) counts: the agent is up.
 func Healthcheck(ctx context.Context, o Options) error {
 	o = o.withDefaults()
-	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	defer cancel()
-	c, err := newClient(ctx, o)
-	if err != nil {
+	err := oneShot(ctx, o, func(ctx context.Context, c *workloadapi.Client) error {
+		_, err := c.FetchX509SVID(ctx)
 		return err
-	}
-	defer c.Close()
-	if _, err := c.FetchX509SVID(ctx); err != nil && status.Code(err) != codes.PermissionDenied {
+	})
+	if err != nil && status.Code(err) != codes.PermissionDenied {
 		return fmt.Errorf("workload API at %s is unhealthy: %w", o.Addr, explain(err))
 	}
 	fmt.Fprintln(o.Out, "Agent is healthy.")

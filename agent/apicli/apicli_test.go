@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -50,9 +54,16 @@ func start(t *testing.T, uid string) *env {
 	ca := workloadapitest.NewCA(t, "example.org")
 	fed := workloadapitest.NewCA(t, "partner.test")
 	p := workloadapitest.NewProvider(ca, st(ca, fed, ca.X509SVID(t, "/app", "")), selector.Selector{Type: "unix", Value: "uid:" + uid})
+	return &env{ca: ca, fed: fed, provider: p, addr: serve(t, p, attestor.NewUnix(attestor.UnixOptions{}))}
+}
+
+// serve serves the Workload API from p, its callers attested by att, and
+// returns its address.
+func serve(t *testing.T, p *workloadapitest.Provider, att attestor.Attestor) string {
+	t.Helper()
 	srv, err := workloadapi.New(workloadapi.Options{
 		Provider: p,
-		Attestor: attestor.NewUnix(attestor.UnixOptions{}),
+		Attestor: att,
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -71,7 +82,7 @@ func start(t *testing.T, uid string) *env {
 	done := make(chan struct{})
 	go func() { srv.ServeListener(ctx, lis); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; os.RemoveAll(dir) })
-	return &env{ca: ca, fed: fed, provider: p, addr: "unix://" + sock}
+	return "unix://" + sock
 }
 
 func me() string { return strconv.Itoa(os.Getuid()) }
@@ -181,5 +192,114 @@ func TestWatchPrintsEachUpdate(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Watch after cancel: %v", err)
+	}
+}
+
+// fetchToken fetches a JWT-SVID for audience with `fetch jwt`.
+func fetchToken(t *testing.T, addr, audience string) string {
+	t.Helper()
+	var out bytes.Buffer
+	if err := apicli.FetchJWT(t.Context(), apicli.Options{Addr: addr, Out: &out}, []string{audience}, ""); err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(out.String())
+}
+
+func TestValidateJWT(t *testing.T) {
+	e := start(t, me())
+	token := fetchToken(t, e.addr, "A")
+	stranger, err := workloadapitest.NewCA(t, "example.org").JWTSVID(spiffeid.RequireFromString("spiffe://example.org/app"), []string{"A"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, audience, token, stdin string
+		// wantErr is part of the one-line reason; empty: valid.
+		wantErr string
+	}{
+		{name: "valid", audience: "A", token: token},
+		{name: "valid, from stdin", audience: "A", token: "-", stdin: token + "\n"},
+		{name: "valid, from stdin without a newline", audience: "A", token: "-", stdin: token},
+		{name: "wrong audience", audience: "B", token: token, wantErr: `expected audience in ["B"]`},
+		{name: "wrong audience, from stdin", audience: "B", token: "-", stdin: token + "\n", wantErr: `expected audience in ["B"]`},
+		{name: "garbage", audience: "A", token: "not-a-jwt", wantErr: "unable to parse JWT token"},
+		{name: "signed by another key", audience: "A", token: stranger.Marshal(), wantErr: "invalid JWT-SVID: jwtsvid: unable to get claims from token"},
+		{name: "tampered signature", audience: "A", token: token[:len(token)-4] + "AAAA", wantErr: "invalid JWT-SVID: jwtsvid: unable to get claims from token"},
+		{name: "no audience", token: token, wantErr: "an audience is required"},
+		{name: "no token", audience: "A", wantErr: "a token is required"},
+		{name: "empty stdin", audience: "A", token: "-", stdin: "\n", wantErr: "no token on stdin"},
+		{name: "two tokens on stdin", audience: "A", token: "-", stdin: token + "\n" + token + "\n", wantErr: "give one token"},
+		{name: "too much on stdin", audience: "A", token: "-", stdin: strings.Repeat("x", 65<<10), wantErr: "more than 64 KiB"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			o := apicli.Options{Addr: e.addr, Out: &out, In: strings.NewReader(tc.stdin)}
+			err := apicli.ValidateJWT(t.Context(), o, tc.audience, tc.token)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one saying %q", err, tc.wantErr)
+				}
+				if strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), token) || strings.Contains(err.Error(), "rpc error") {
+					t.Errorf("the reason is not one plain line without the token: %q", err)
+				}
+				if out.Len() != 0 {
+					t.Errorf("printed %q for a refused token", out.String())
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkValidOutput(t, out.String(), "spiffe://example.org/app", "A")
+		})
+	}
+}
+
+// checkValidOutput checks what ValidateJWT prints for a valid token: the
+// SPIFFE ID, and the claims as JSON with sorted keys.
+func checkValidOutput(t *testing.T, out, id, audience string) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 3 || lines[0] != "SVID is valid." || lines[1] != "SPIFFE ID : "+id {
+		t.Fatalf("output:\n%s", out)
+	}
+	raw, ok := strings.CutPrefix(lines[2], "Claims    : ")
+	if !ok {
+		t.Fatalf("no claims line:\n%s", out)
+	}
+	var claims map[string]any
+	if err := json.Unmarshal([]byte(raw), &claims); err != nil {
+		t.Fatalf("claims %s: %v", raw, err)
+	}
+	// aud is a string or a list of them (RFC 7519 4.1.3).
+	if aud := claims["aud"]; claims["sub"] != id || (aud != audience && !reflect.DeepEqual(aud, []any{audience})) || claims["exp"] == nil || claims["iat"] == nil {
+		t.Errorf("claims %s: want sub %s, aud %s, exp and iat", raw, id, audience)
+	}
+	if sorted, _ := json.Marshal(claims); string(sorted) != raw {
+		t.Errorf("claims %s: keys not sorted (want %s)", raw, sorted)
+	}
+}
+
+// A caller the agent gives no SVID may still validate: a verifier only
+// needs the bundles (the own trust domain's).
+func TestValidateJWTWithoutIdentity(t *testing.T) {
+	e := start(t, me())
+	token := fetchToken(t, e.addr, "A")
+	other := workloadapitest.NewProvider(e.ca, e.provider.State(), selector.Selector{Type: "unix", Value: "uid:4294967294"})
+	var out bytes.Buffer
+	if err := apicli.ValidateJWT(t.Context(), apicli.Options{Addr: serve(t, other, attestor.NewUnix(attestor.UnixOptions{})), Out: &out}, "A", token); err != nil {
+		t.Fatalf("caller without an SVID: %v", err)
+	}
+	checkValidOutput(t, out.String(), "spiffe://example.org/app", "A")
+}
+
+// A caller the agent cannot attest gets PermissionDenied, told plainly.
+func TestValidateJWTUnattestedCaller(t *testing.T) {
+	e := start(t, me())
+	token := fetchToken(t, e.addr, "A")
+	refuse := attestor.Func(func(context.Context, int32) ([]selector.Selector, error) { return nil, errors.New("no such process") })
+	err := apicli.ValidateJWT(t.Context(), apicli.Options{Addr: serve(t, e.provider, refuse), Out: io.Discard}, "A", token)
+	if err == nil || !strings.Contains(err.Error(), "could not attest the caller (PermissionDenied") || strings.Contains(err.Error(), token) {
+		t.Errorf("unattested caller: %v", err)
 	}
 }

@@ -27,7 +27,7 @@ func (f *apiFlags) options(cmd *cobra.Command) (apicli.Options, error) {
 	if err != nil {
 		return apicli.Options{}, err
 	}
-	return apicli.Options{Addr: addr, Out: cmd.OutOrStdout(), Err: cmd.ErrOrStderr(), Timeout: f.timeout}, nil
+	return apicli.Options{Addr: addr, Out: cmd.OutOrStdout(), Err: cmd.ErrOrStderr(), In: cmd.InOrStdin(), Timeout: f.timeout}, nil
 }
 
 func newAgentAPICmd(*globals) *cobra.Command {
@@ -86,8 +86,30 @@ func newAgentAPICmd(*globals) *cobra.Command {
 	}
 	watchFlags.register(watchCmd, false)
 
+	validate := &cobra.Command{Use: "validate", Short: "Validate an SVID with the Workload API"}
+	var validateFlags apiFlags
+	var audience, token string
+	validateJWTCmd := &cobra.Command{
+		Use:   "jwt",
+		Short: "Check a JWT-SVID for an audience; print its SPIFFE ID and claims, or exit 1 saying why it is not valid",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o, err := validateFlags.options(cmd)
+			if err != nil {
+				return err
+			}
+			return apicli.ValidateJWT(cmd.Context(), o, audience, token)
+		},
+	}
+	validateFlags.register(validateJWTCmd, true)
+	validateJWTCmd.Flags().StringVar(&audience, "audience", "", "audience the token must be for (this validator's name); required")
+	validateJWTCmd.Flags().StringVar(&token, "svid", "", "the JWT-SVID, or - to read it from stdin (keeps it out of ps); required")
+	_ = validateJWTCmd.MarkFlagRequired("audience")
+	_ = validateJWTCmd.MarkFlagRequired("svid")
+	validate.AddCommand(validateJWTCmd)
+
 	fetch.AddCommand(x509Cmd, jwtCmd)
-	api.AddCommand(fetch, watchCmd)
+	api.AddCommand(fetch, watchCmd, validate)
 	return api
 }
 

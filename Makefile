@@ -14,6 +14,7 @@ FUZZ_TARGETS ?= \
 	./internal/ids:FuzzParseID \
 	./internal/selector:FuzzParse \
 	./agent:FuzzParseConfig \
+	./agent:FuzzParseTrustBundle \
 	./agent/attestor:FuzzParseCgroup \
 	./helper:FuzzParseConfig \
 	./csidriver:FuzzValidateTargetPath \

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -69,10 +70,20 @@ type Config struct {
 	// K8sCgroupRoot is the cgroup path above the kubelet's kubepods root
 	// ("/" for the top); default judged from the agent's own pod.
 	K8sCgroupRoot string `hcl:"k8s_cgroup_root"`
-	// TrustBundleFile holds the PEM roots that authenticate the server
-	// (`signet server bundle show`); TrustBundlePEM is the same in memory.
+	// TrustBundleFile holds the roots that authenticate the server
+	// (`signet server bundle show`), in TrustBundleFormat; TrustBundlePEM is
+	// the same in memory, always PEM.
 	TrustBundleFile string `hcl:"trust_bundle_path"`
 	TrustBundlePEM  []byte `hcl:"-"`
+	// TrustBundleURL, instead of TrustBundleFile, is where those roots are
+	// downloaded at every start: https verified against the system's roots
+	// (http only to a loopback host). Whoever holds a certificate for that
+	// host picks the server the agent trusts.
+	TrustBundleURL string `hcl:"trust_bundle_url"`
+	// TrustBundleFormat is the format of TrustBundleFile or of the download:
+	// "pem" (the default) or "spiffe" (a SPIFFE bundle document, as the
+	// server's federation bundle endpoint serves it).
+	TrustBundleFormat string `hcl:"trust_bundle_format"`
 	// InsecureBootstrap attests without verifying the server when no trust
 	// bundle is known. Labs only; logged as a warning.
 	InsecureBootstrap bool `hcl:"insecure_bootstrap"`
@@ -93,6 +104,11 @@ type Config struct {
 	Registry *prometheus.Registry `hcl:"-"`
 	// HealthListener, when set, is used instead of listening on HealthListen.
 	HealthListener net.Listener `hcl:"-"`
+
+	// trustBundleURLRoots, when set, replace the system's roots for the
+	// TrustBundleURL download (this package's tests: the system's roots are
+	// read once per process).
+	trustBundleURLRoots *x509.CertPool
 }
 
 // SDSConfig is the `sds` block. Empty names take SPIRE's defaults
@@ -153,7 +169,7 @@ var configKeys = []string{
 	"server_address", "trust_domain", "data_dir", "join_token", "join_token_file",
 	"k8s_psat_cluster", "k8s_psat_token_path", "x509pop_cert_path", "x509pop_key_path", "k8s_workload_attestor", "kubelet_url",
 	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name", "k8s_cgroup_root",
-	"trust_bundle_path", "insecure_bootstrap", "socket_path", "health_listen", "sds",
+	"trust_bundle_path", "trust_bundle_url", "trust_bundle_format", "insecure_bootstrap", "socket_path", "health_listen", "sds",
 }
 
 // ParseConfig parses an agent config file (HCL). The keys may be at the top
@@ -289,6 +305,9 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 		// server, it could be replayed to take this node's agent ID.
 		return spiffeid.TrustDomain{}, errors.New("agent: insecure_bootstrap cannot be used with k8s_psat_cluster; give --trust-bundle (the server's k8s_bundle ConfigMap)")
 	}
+	if err := c.validateTrustBundle(); err != nil {
+		return spiffeid.TrustDomain{}, err
+	}
 	if c.K8sPSATTokenPath != "" && c.K8sPSATCluster == "" {
 		return spiffeid.TrustDomain{}, errors.New("agent: k8s_psat_token_path is set but k8s_psat_cluster is not (--k8s-psat-cluster NAME)")
 	}
@@ -302,6 +321,33 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 		return spiffeid.TrustDomain{}, errors.New("agent: kubelet settings are given but the Kubernetes workload attestor is off (--k8s-workload-attestor)")
 	}
 	return td, nil
+}
+
+// validateTrustBundle checks where the server's roots come from: a file
+// (or TrustBundlePEM), a URL, or nothing (insecure_bootstrap, or a data dir
+// that already holds the server's bundle). As in SPIRE, a URL excludes the
+// other two; the format defaults to pem.
+func (c *Config) validateTrustBundle() error {
+	switch c.TrustBundleFormat {
+	case "":
+		c.TrustBundleFormat = TrustBundleFormatPEM
+	case TrustBundleFormatPEM, TrustBundleFormatSPIFFE:
+	default:
+		return fmt.Errorf("agent: trust_bundle_format %q: want %q or %q (--trust-bundle-format)", c.TrustBundleFormat, TrustBundleFormatPEM, TrustBundleFormatSPIFFE)
+	}
+	if c.TrustBundleURL == "" {
+		return nil
+	}
+	if c.TrustBundleFile != "" || len(c.TrustBundlePEM) > 0 {
+		return errors.New("agent: give trust_bundle_path or trust_bundle_url, not both (--trust-bundle, --trust-bundle-url)")
+	}
+	if c.InsecureBootstrap {
+		return errors.New("agent: insecure_bootstrap cannot be used with trust_bundle_url: the download is what the server is verified with")
+	}
+	if _, err := checkTrustBundleURL(c.TrustBundleURL); err != nil {
+		return fmt.Errorf("agent: trust_bundle_url: %w", err)
+	}
+	return nil
 }
 
 // workloadAttestor is how the Workload API names its callers: Unix

@@ -29,6 +29,12 @@ health_listen = "127.0.0.1:8088"
   trust_domain = "example.org"
   join_token_file = "/etc/token"
 }`, want: Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinTokenFile: "/etc/token"}},
+		{name: "trust bundle URL", in: `agent {
+  trust_bundle_url = "https://signet.example.org:8443/bundle"
+  trust_bundle_format = "spiffe"
+}`, want: Config{TrustBundleURL: "https://signet.example.org:8443/bundle", TrustBundleFormat: "spiffe"}},
+		{name: "trust bundle URL misspelt", in: `trust_bundle_uri = "https://x"`, wantErr: `unknown key "trust_bundle_uri"`},
+		{name: "trust bundle format not a string", in: `trust_bundle_format = ["pem"]`, wantErr: "trust_bundle_format"},
 		{name: "k8s_psat", in: `
 server_address = "signet-server.signet-system.svc:8081"
 trust_domain = "example.org"
@@ -86,7 +92,7 @@ node_name = "node-1"
 				got.K8sPSATTokenPath != tc.want.K8sPSATTokenPath || got.K8sWorkloadAttestor != tc.want.K8sWorkloadAttestor ||
 				got.KubeletURL != tc.want.KubeletURL || got.KubeletCAPath != tc.want.KubeletCAPath || got.NodeName != tc.want.NodeName ||
 				got.X509PoPCertPath != tc.want.X509PoPCertPath || got.X509PoPKeyPath != tc.want.X509PoPKeyPath ||
-				got.SDS != tc.want.SDS {
+				got.SDS != tc.want.SDS || got.TrustBundleURL != tc.want.TrustBundleURL || got.TrustBundleFormat != tc.want.TrustBundleFormat {
 				t.Fatalf("got %+v\nwant %+v", *got, tc.want)
 			}
 		})
@@ -118,6 +124,17 @@ func TestConfigValidate(t *testing.T) {
 		{"sds bundle name shadows the default SVID name", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultBundleName: "default"}}, "default_svid_name and default_bundle_name are both \"default\""},
 		{"sds all-bundles name shadows the bundle name", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultAllBundlesName: "ROOTCA"}}, "default_bundle_name and default_all_bundles_name"},
 		{"sds name is a SPIFFE ID", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultBundleName: "spiffe://example.org"}}, "choose a plain name"},
+		{"trust bundle URL", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "https://bundle.example.org/b.json", TrustBundleFormat: "spiffe"}, ""},
+		{"trust bundle URL over http to loopback", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "http://127.0.0.1:8080/bundle"}, ""},
+		{"trust bundle URL over http elsewhere", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "http://bundle.example.org/b.pem"}, "plain http is allowed only to a loopback host"},
+		{"trust bundle URL of another scheme", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "ftp://bundle.example.org/b.pem"}, "want an https URL"},
+		{"trust bundle URL without a host", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "https:///b.pem"}, "want https://host"},
+		{"trust bundle URL with user info", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "https://user:secret@bundle.example.org/"}, "user info in the URL is not allowed"},
+		{"trust bundle URL and path", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "https://b.example.org/", TrustBundleFile: "/b.pem"}, "trust_bundle_path or trust_bundle_url, not both"},
+		{"trust bundle URL and in-memory roots", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "https://b.example.org/", TrustBundlePEM: []byte("x")}, "not both"},
+		{"trust bundle URL and insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "https://b.example.org/", InsecureBootstrap: true}, "insecure_bootstrap cannot be used with trust_bundle_url"},
+		{"trust bundle path in spiffe format", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleFile: "/b.json", TrustBundleFormat: "spiffe"}, ""},
+		{"unknown trust bundle format", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleFile: "/b.der", TrustBundleFormat: "der"}, `trust_bundle_format "der": want "pem" or "spiffe"`},
 		{"kubelet settings without the attestor", Config{ServerAddress: "s:1", TrustDomain: "example.org", KubeletSkipVerify: true}, "workload attestor is off"},
 	}
 	for _, tc := range tests {
@@ -128,7 +145,7 @@ func TestConfigValidate(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if cfg.DataDir != DefaultDataDir || cfg.SocketPath != DefaultSocketPath {
+				if cfg.DataDir != DefaultDataDir || cfg.SocketPath != DefaultSocketPath || cfg.TrustBundleFormat == "" {
 					t.Fatalf("defaults not filled: %+v", cfg)
 				}
 				return
@@ -147,6 +164,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`"data_dir" = ["a", "b"]`))
 	f.Add([]byte(`sds { default_svid_name = "x" disable_spiffe_cert_validation = true }`))
 	f.Add([]byte(`sds = [{}, {}]`))
+	f.Add([]byte(`agent { trust_bundle_url = "https://b.example.org/" trust_bundle_format = "spiffe" }`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := ParseConfig(data)
 		if err == nil && cfg == nil {

@@ -12,11 +12,14 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -50,9 +53,15 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("agent: data dir %s: %w", cfg.DataDir, err)
 	}
-	roots, err := loadTrustBundle(cfg)
+	roots, err := loadTrustBundle(cfg, td)
 	if err != nil {
 		return err
+	}
+	var download *bundleDownload
+	if cfg.TrustBundleURL != "" {
+		if download, err = newBundleDownload(cfg.TrustBundleURL, cfg.TrustBundleFormat, td, cfg.trustBundleURLRoots); err != nil {
+			return fmt.Errorf("agent: trust_bundle_url: %w", err)
+		}
 	}
 	reg := cfg.Registry
 	if reg == nil {
@@ -65,55 +74,36 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 	})
 	reg.MustRegister(attestLatency)
+	mgrMetrics := manager.NewMetrics(reg)
 
-	cl, err := client.New(client.Config{
-		ServerAddr:        cfg.ServerAddress,
-		TrustDomain:       td,
-		DataDir:           cfg.DataDir,
-		NodeAttestor:      cfg.nodeAttestor(td),
-		TrustBundle:       roots,
-		InsecureBootstrap: cfg.InsecureBootstrap,
-		AttestDuration:    attestLatency,
-		Logger:            logger.With("component", "client"),
-	})
-	if err != nil {
-		return err
+	st := &readiness{notReady: errors.New("not attested")}
+	if download != nil {
+		st.notReady = fmt.Errorf("not attested: the server's trust bundle is not downloaded yet from %s", cfg.TrustBundleURL)
 	}
-	defer cl.Close()
-
 	svids, err := cache.New(cache.Options{
 		TrustDomain: td,
 		Dir:         cfg.DataDir,
-		MintJWT:     cl.MintJWTSVID,
+		MintJWT:     st.mintJWTSVID,
 		Logger:      logger.With("component", "cache"),
 	})
 	if err != nil {
 		return err
 	}
+	st.cache = svids
 	defer func() {
 		if err := svids.Close(); err != nil {
 			logger.Error("persist workload SVID cache", "error", err)
+		}
+	}()
+	defer func() {
+		if l := st.link.Load(); l != nil {
+			l.client.Close()
 		}
 	}()
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "signet_agent_svids_cached",
 		Help: "Unexpired workload X509-SVIDs in the agent's cache.",
 	}, func() float64 { return float64(svids.Stats().SVIDs) }))
-
-	mgrMetrics := manager.NewMetrics(reg)
-	mgr, err := manager.New(manager.Config{
-		Server:          cl.Service(),
-		Cache:           svids,
-		TrustDomain:     td,
-		OnBundle:        cl.UpdateBundle,
-		OnAuthFailure:   cl.ReportAuthFailure,
-		ConnectionMoved: cl.ConnectionMoved,
-		Metrics:         mgrMetrics,
-		Logger:          logger.With("component", "manager"),
-	})
-	if err != nil {
-		return err
-	}
 
 	wlAttestor, err := cfg.workloadAttestor(logger.With("component", "attestor"))
 	if err != nil {
@@ -157,7 +147,6 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	})
 	logger.Info("Workload API serving", "socket", cfg.SocketPath)
 
-	st := &readiness{client: cl, manager: mgr, cache: svids}
 	if cfg.HealthListen != "" || cfg.HealthListener != nil {
 		hl := cfg.HealthListener
 		if hl == nil {
@@ -176,9 +165,24 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		})
 	}
 
-	// Attest (or load the persisted agent SVID), retrying while the server
-	// is unreachable: the cache keeps serving meanwhile.
+	// Download the trust bundle if it comes from a URL, then attest (or
+	// load the persisted agent SVID), retrying while either is
+	// unreachable: the cache keeps serving meanwhile.
 	wg.Go(func() {
+		bootRoots := roots
+		if download != nil {
+			var err error
+			if bootRoots, err = download.retry(ctx, logger.With("component", "bootstrap")); err != nil {
+				return // ctx ended
+			}
+		}
+		l, err := newServerLink(cfg, td, bootRoots, svids, attestLatency, mgrMetrics, logger)
+		if err != nil {
+			fail(err)
+			return
+		}
+		st.link.Store(l)
+		cl, mgr := l.client, l.manager
 		if err := startClient(ctx, cl, cfg, func() bool { return svids.Stats().SVIDs > 0 }, logger); err != nil {
 			fail(err)
 			return
@@ -207,6 +211,56 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	return runErr
 }
 
+// serverLink is the agent's side of the server: the client that attests and
+// renews, and the manager that syncs the cache. It needs the trust bundle,
+// which a download can delay; until then the cache is served alone.
+type serverLink struct {
+	client  *client.Client
+	manager *manager.Manager
+}
+
+func newServerLink(cfg Config, td spiffeid.TrustDomain, roots []*x509.Certificate, svids *cache.Cache,
+	attestLatency prometheus.Observer, mgrMetrics *manager.Metrics, logger *slog.Logger) (*serverLink, error) {
+	cl, err := client.New(client.Config{
+		ServerAddr:        cfg.ServerAddress,
+		TrustDomain:       td,
+		DataDir:           cfg.DataDir,
+		NodeAttestor:      cfg.nodeAttestor(td),
+		TrustBundle:       roots,
+		InsecureBootstrap: cfg.InsecureBootstrap,
+		AttestDuration:    attestLatency,
+		Logger:            logger.With("component", "client"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	mgr, err := manager.New(manager.Config{
+		Server:          cl.Service(),
+		Cache:           svids,
+		TrustDomain:     td,
+		OnBundle:        cl.UpdateBundle,
+		OnAuthFailure:   cl.ReportAuthFailure,
+		ConnectionMoved: cl.ConnectionMoved,
+		Metrics:         mgrMetrics,
+		Logger:          logger.With("component", "manager"),
+	})
+	if err != nil {
+		cl.Close()
+		return nil, err
+	}
+	return &serverLink{client: cl, manager: mgr}, nil
+}
+
+// startupBackoff paces the retries of a start: the trust bundle download
+// and the first attestation.
+func startupBackoff() *backoff.ExponentialBackOff {
+	return backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(500*time.Millisecond),
+		backoff.WithMaxInterval(30*time.Second),
+		backoff.WithMaxElapsedTime(0),
+	)
+}
+
 // startClient attests (or loads the persisted agent SVID), retrying while
 // the server is unreachable. A server whose certificate the trust bundle does
 // not vouch for is a configuration error (wrong --trust-domain or
@@ -214,11 +268,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 // says so, instead of retrying forever as if the server were down. Refused
 // evidence (a used join token, a service account not allowed) is final too.
 func startClient(ctx context.Context, cl *client.Client, cfg Config, servingCached func() bool, logger *slog.Logger) error {
-	bo := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(500*time.Millisecond),
-		backoff.WithMaxInterval(30*time.Second),
-		backoff.WithMaxElapsedTime(0),
-	)
+	bo := startupBackoff()
 	for {
 		err := cl.Start(ctx)
 		if err == nil {
@@ -234,8 +284,8 @@ func startClient(ctx context.Context, cl *client.Client, cfg Config, servingCach
 		}
 		d := bo.NextBackOff()
 		if reason, ok := untrustedServer(err); ok {
-			msg := fmt.Sprintf("the server at %s is not trusted: %s; check --trust-domain (%s) and --trust-bundle, which must hold the roots of that server's trust domain",
-				cfg.ServerAddress, reason, cfg.TrustDomain)
+			msg := fmt.Sprintf("the server at %s is not trusted: %s; check --trust-domain (%s) and %s, which must hold the roots of that server's trust domain",
+				cfg.ServerAddress, reason, cfg.TrustDomain, cfg.trustBundleSource())
 			if !servingCached() {
 				return fmt.Errorf("agent: %s", msg)
 			}
@@ -282,37 +332,58 @@ func statusMessage(err error) string {
 	return rpcPrefix.ReplaceAllString(err.Error(), "")
 }
 
-func loadTrustBundle(cfg Config) ([]*x509.Certificate, error) {
-	data := cfg.TrustBundlePEM
-	if len(data) == 0 && cfg.TrustBundleFile != "" {
-		var err error
-		if data, err = os.ReadFile(cfg.TrustBundleFile); err != nil {
+// trustBundleSource names, for a message, where the server's roots came from.
+func (c *Config) trustBundleSource() string {
+	if c.TrustBundleURL != "" {
+		return "--trust-bundle-url (" + c.TrustBundleURL + ")"
+	}
+	return "--trust-bundle"
+}
+
+// loadTrustBundle reads the configured roots: TrustBundlePEM, else
+// TrustBundleFile in TrustBundleFormat (validated). It is read at every
+// start, and its roots are trusted alongside the persisted server bundle; a
+// TrustBundleURL is downloaded at every start likewise, by Run.
+func loadTrustBundle(cfg Config, td spiffeid.TrustDomain) ([]*x509.Certificate, error) {
+	if len(cfg.TrustBundlePEM) > 0 {
+		roots, err := parseTrustBundle(cfg.TrustBundlePEM, TrustBundleFormatPEM, td)
+		if err != nil {
 			return nil, fmt.Errorf("agent: trust bundle: %w", err)
 		}
+		return roots, nil
 	}
-	if len(data) == 0 {
+	if cfg.TrustBundleFile == "" {
 		return nil, nil
 	}
-	roots, err := client.ParsePEMCertificates(data)
+	data, err := os.ReadFile(cfg.TrustBundleFile)
 	if err != nil {
-		return nil, fmt.Errorf("agent: trust bundle %s: %w", cfg.TrustBundleFile, err)
+		return nil, fmt.Errorf("agent: trust bundle: %w", err)
+	}
+	roots, err := parseTrustBundle(data, cfg.TrustBundleFormat, td)
+	if err != nil {
+		return nil, fmt.Errorf("agent: trust bundle %s (format %s): %w", cfg.TrustBundleFile, cfg.TrustBundleFormat, err)
 	}
 	return roots, nil
 }
 
 // readiness answers /ready: attested, synced at least once, and serving.
 type readiness struct {
-	client     *client.Client
-	manager    *manager.Manager
+	// link is nil until the trust bundle is known; notReady says why then.
+	link       atomic.Pointer[serverLink]
+	notReady   error
 	cache      *cache.Cache
 	healthAddr string
 }
 
 func (r *readiness) check(context.Context) error {
-	if err := r.client.Ready(); err != nil {
+	l := r.link.Load()
+	if l == nil {
+		return r.notReady
+	}
+	if err := l.client.Ready(); err != nil {
 		return err
 	}
-	last := r.manager.LastSync()
+	last := l.manager.LastSync()
 	if last.IsZero() {
 		return errors.New("attested; waiting for the first sync from the server")
 	}
@@ -320,11 +391,24 @@ func (r *readiness) check(context.Context) error {
 }
 
 // describe is the /ready body: who the agent is and how fresh its state.
+// Called only after check passed.
 func (r *readiness) describe() string {
-	last := r.manager.LastSync()
+	l := r.link.Load()
+	last := l.manager.LastSync()
 	st := r.cache.Stats()
 	return fmt.Sprintf("ok: agent %s; last sync %s ago; %d workload SVIDs cached for %d entries\n",
-		r.client.AgentID(), time.Since(last).Round(time.Millisecond), st.SVIDs, st.Entries)
+		l.client.AgentID(), time.Since(last).Round(time.Millisecond), st.SVIDs, st.Entries)
+}
+
+// mintJWTSVID is the cache's JWT minter: the server's, once there is a
+// link; before, a retryable Unavailable, as the client answers before it
+// has attested.
+func (r *readiness) mintJWTSVID(ctx context.Context, entryID string, audience []string) (*jwtsvid.SVID, error) {
+	l := r.link.Load()
+	if l == nil {
+		return nil, status.Error(codes.Unavailable, "the agent has not attested to the server yet")
+	}
+	return l.client.MintJWTSVID(ctx, entryID, audience)
 }
 
 // serveHealth serves health.Server's handler, with /ready answering the

@@ -78,8 +78,23 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			if set("node-name") || cfg.NodeName == "" {
 				cfg.NodeName = flags.NodeName
 			}
+			// Either source flag replaces the file's source of the other
+			// kind (as --join-token does the file's join_token_file); both
+			// flags together are refused by the agent.
 			if set("trust-bundle") {
 				cfg.TrustBundleFile = flags.TrustBundleFile
+				if !set("trust-bundle-url") {
+					cfg.TrustBundleURL = ""
+				}
+			}
+			if set("trust-bundle-url") {
+				cfg.TrustBundleURL = flags.TrustBundleURL
+				if !set("trust-bundle") {
+					cfg.TrustBundleFile = ""
+				}
+			}
+			if set("trust-bundle-format") {
+				cfg.TrustBundleFormat = flags.TrustBundleFormat
 			}
 			if set("insecure-bootstrap") {
 				cfg.InsecureBootstrap = flags.InsecureBootstrap
@@ -111,7 +126,9 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	f.StringVar(&flags.KubeletTokenPath, "kubelet-token-path", "", "bearer token for the kubelet (default the pod's service account token)")
 	f.StringVar(&flags.K8sCgroupRoot, "k8s-cgroup-root", "", "cgroup path above the kubelet's kubepods root, / for the top (default: judged from the agent's own pod, else /)")
 	f.StringVar(&flags.NodeName, "node-name", os.Getenv("MY_NODE_NAME"), "this agent's Kubernetes node; pods the kubelet reports elsewhere are refused (default $MY_NODE_NAME)")
-	f.StringVar(&flags.TrustBundleFile, "trust-bundle", "", "PEM roots to verify the server (from signet server bundle show)")
+	f.StringVar(&flags.TrustBundleFile, "trust-bundle", "", "roots to verify the server (from signet server bundle show), in --trust-bundle-format")
+	f.StringVar(&flags.TrustBundleURL, "trust-bundle-url", "", "instead of --trust-bundle, download the roots at every start from this https URL, verified with the system's roots (SSL_CERT_FILE, SSL_CERT_DIR); plain http only to a loopback host")
+	f.StringVar(&flags.TrustBundleFormat, "trust-bundle-format", "", `format of --trust-bundle or --trust-bundle-url: "pem" (default) or "spiffe" (a SPIFFE bundle document, as a bundle endpoint serves)`)
 	f.BoolVar(&flags.InsecureBootstrap, "insecure-bootstrap", false, "labs only: attest without verifying the server when no trust bundle is known")
 	f.StringVar(&flags.SocketPath, "socket", agent.DefaultSocketPath, "Workload API Unix socket")
 	f.StringVar(&flags.HealthListen, "health-listen", "", "address for /live, /ready and /metrics, e.g. 127.0.0.1:8081")

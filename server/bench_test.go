@@ -8,9 +8,12 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
+	"io"
+	"log/slog"
 	"sync/atomic"
 	"testing"
 
+	"github.com/signetid/signet/server"
 	"github.com/signetid/signet/server/api"
 )
 
@@ -24,9 +27,21 @@ const benchAgents = 4
 // once. Compare with BenchmarkRawECDSASign (the bare ecdsa.Sign rate of the
 // same machine) and BenchmarkRawVerifyAndSign (the crypto every SVID needs).
 func BenchmarkBatchSignX509SVID(b *testing.B) {
+	benchBatchSign(b, func(b *testing.B) *testServer { return startServer(b, nil) })
+}
+
+// BenchmarkBatchSignX509SVIDAudited is BenchmarkBatchSignX509SVID with the
+// audit log on: one JSON record per SVID, written to io.Discard.
+func BenchmarkBatchSignX509SVIDAudited(b *testing.B) {
+	benchBatchSign(b, func(b *testing.B) *testServer {
+		return runServerLogging(b, testConfig(b, func(c *server.Config) { c.AuditLog = true }), slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	})
+}
+
+func benchBatchSign(b *testing.B, start func(*testing.B) *testServer) {
 	for _, batch := range []int{1, 100, 500} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
-			ts := startServer(b, nil)
+			ts := start(b)
 			_, csr := newCSR(b)
 			clients := make([]api.AgentServiceClient, benchAgents)
 			reqs := make([]*api.BatchSignX509SVIDRequest, benchAgents)

@@ -71,6 +71,9 @@ type Config struct {
 	// OIDCDiscovery, when set, serves the JWT keys as an OIDC provider
 	// whose issuer is JWTIssuer.
 	OIDCDiscovery *oidcdiscovery.Config
+	// AuditLog writes an audit record (type=audit, at INFO) for every admin
+	// API call and every attestation, renewal and signing on the agent API.
+	AuditLog bool
 }
 
 // UpstreamDiskFileConfig is the `upstream_authority "disk" { ... }` block,
@@ -172,6 +175,8 @@ type FileConfig struct {
 	JWTIssuer    string `hcl:"jwt_issuer"`
 	LogLevel     string `hcl:"log_level"`
 	LogFormat    string `hcl:"log_format"`
+	// AuditLogEnabled is SPIRE's audit_log_enabled.
+	AuditLogEnabled bool `hcl:"audit_log_enabled"`
 	// K8sPSAT holds the clusters whose agents attest with projected service
 	// account tokens, by cluster name (the block's label).
 	K8sPSAT map[string]K8sPSATFileConfig `hcl:"k8s_psat"`
@@ -302,6 +307,11 @@ func checkBlocks(file *ast.File) (map[string]int, error) {
 				return nil, fmt.Errorf("line %d: upstream_authority is already configured at line %d", line, first)
 			}
 			seen["upstream_authority"] = line
+		case "audit_log_enabled":
+			// The decoder's own refusal names Go types.
+			if lit, ok := item.Val.(*ast.LiteralType); !ok || lit.Token.Type != token.BOOL {
+				return nil, fmt.Errorf("line %d: audit_log_enabled takes true or false (no quotes)", line)
+			}
 		default:
 			name, _ := item.Keys[0].Token.Value().(string)
 			example, ok := unlabelledBlock(name)
@@ -341,6 +351,7 @@ func (fc FileConfig) Resolve() (Config, error) {
 		AdminSocket:  or(fc.AdminSocket, DefaultAdminSocket),
 		Datastore:    fc.Datastore,
 		HealthListen: fc.HealthListen,
+		AuditLog:     fc.AuditLogEnabled,
 	}
 	if fc.TrustDomain == "" {
 		return Config{}, errors.New("trust_domain is required (e.g. --trust-domain example.org)")

@@ -42,6 +42,26 @@ datastore = "postgres://u@127.0.0.1/db"`,
 				}
 			},
 		},
+		{
+			name: "audit log",
+			in:   "trust_domain = \"a.org\"\naudit_log_enabled = true",
+			check: func(t *testing.T, c Config) {
+				if !c.AuditLog {
+					t.Fatal("audit_log_enabled = true, AuditLog false")
+				}
+			},
+		},
+		{
+			name: "audit log off by default",
+			in:   "trust_domain = \"a.org\"",
+			check: func(t *testing.T, c Config) {
+				if c.AuditLog {
+					t.Fatal("AuditLog on by default")
+				}
+			},
+		},
+		{name: "audit log misspelt", in: "trust_domain = \"a.org\"\naudit_log = true", wantErr: "unknown key(s): audit_log (line 2)"},
+		{name: "audit log not a bool", in: "trust_domain = \"a.org\"\naudit_log_enabled = \"true\"", wantErr: "line 2: audit_log_enabled takes true or false (no quotes)"},
 		{name: "unknown key", in: "trust_domain = \"a.org\"\nsvid_tll = \"1h\"", wantErr: "unknown key(s): svid_tll (line 2)"},
 		{name: "no trust domain", in: `data_dir = "/x"`, wantErr: "trust_domain is required"},
 		{name: "bad trust domain", in: `trust_domain = "Example.org"`, wantErr: "trust_domain"},
@@ -302,6 +322,7 @@ oidc_discovery {
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`trust_domain = "example.org"` + "\nsvid_ttl = \"10s\""))
 	f.Add([]byte(`listen = "127.0.0.1:1"`))
+	f.Add([]byte("trust_domain = \"a.org\"\naudit_log_enabled = true"))
 	f.Add([]byte(`x { y = 1 }`))
 	f.Add([]byte("trust_domain = \"a.org\"\nupstream_authority \"disk\" { cert_file_path = \"c\"\n key_file_path = \"/k\" }"))
 	f.Add([]byte("trust_domain = \"a.org\"\nk8s_psat \"p\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller { cluster = \"p\" }"))

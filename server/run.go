@@ -26,6 +26,7 @@ import (
 	"github.com/signetid/signet/internal/health"
 	"github.com/signetid/signet/server/adminapi"
 	"github.com/signetid/signet/server/agentapi"
+	"github.com/signetid/signet/server/audit"
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
 	"github.com/signetid/signet/server/federation"
@@ -48,6 +49,8 @@ type Server struct {
 	bundlePub *k8sbundle.Publisher
 	admin     *adminapi.Service
 	metrics   *prometheus.Registry
+	// audit writes the audit log (nil: off).
+	audit *audit.Logger
 
 	// federation is the bundle endpoint and the foreign bundles' refreshers.
 	federation *federation.Service
@@ -84,6 +87,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			s.close()
 		}
 	}()
+	if cfg.AuditLog {
+		if !logger.Enabled(ctx, slog.LevelInfo) {
+			return nil, errors.New("audit_log_enabled: audit records are logged at INFO, which the log level drops; set log_level to info or debug")
+		}
+		s.audit = audit.New(logger)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
@@ -169,6 +178,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		RefreshHint:   refreshHint,
 		FederatesWith: cfg.Federation.Relationships,
 		Logger:        logger,
+		Audit:         s.audit,
+		Ready:         s.ready,
 	})
 	s.registerMetrics()
 
@@ -333,9 +344,16 @@ func (s *Server) Run(ctx context.Context) error {
 		g.Go(func() error { return s.k8sReg.Run(ctx) })
 	}
 
+	agentUnary := []grpc.UnaryServerInterceptor{s.agents.MetricsInterceptor()}
+	if s.audit != nil {
+		// Attest, RenewAgent and the signing calls; the handlers add
+		// their fields. Sync, a stream that delivers what was granted,
+		// is not audited.
+		agentUnary = append(agentUnary, s.audit.UnaryInterceptor(audit.Options{}))
+	}
 	agentSrv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.agents.TLSConfig(s.getServerCert))),
-		grpc.ChainUnaryInterceptor(s.agents.MetricsInterceptor()),
+		grpc.ChainUnaryInterceptor(agentUnary...),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
@@ -343,6 +361,7 @@ func (s *Server) Run(ctx context.Context) error {
 	adminSrv := s.admin.NewGRPCServer()
 	g.Go(func() error { return serveGRPC(ctx, agentSrv, s.agentLn, "agent API") })
 	g.Go(func() error { return serveGRPC(ctx, adminSrv, s.adminLn, "admin API") })
+	g.Go(func() error { return s.admin.RunHealth(ctx) })
 	if s.healthLn != nil {
 		hs := &health.Server{Live: s.live, Ready: s.ready, Registry: s.metrics, Logger: s.logger}
 		g.Go(func() error { return hs.Serve(ctx, s.healthLn) })
@@ -356,7 +375,8 @@ func (s *Server) Run(ctx context.Context) error {
 		"admin_socket", s.cfg.AdminSocket,
 		"health", s.HealthAddr(),
 		"oidc_discovery", s.OIDCDiscoveryAddr(),
-		"svid_ttl", s.cfg.SVIDTTL)
+		"svid_ttl", s.cfg.SVIDTTL,
+		"audit_log", s.audit != nil)
 	err := g.Wait()
 	s.logger.Info("server stopped")
 	return err

@@ -47,6 +47,12 @@ type testServer struct {
 
 func startServer(t testing.TB, mutate func(*server.Config)) *testServer {
 	t.Helper()
+	return runServer(t, testConfig(t, mutate))
+}
+
+// testConfig is the configuration startServer runs with.
+func testConfig(t testing.TB, mutate func(*server.Config)) server.Config {
+	t.Helper()
 	dir := t.TempDir()
 	cfg := server.Config{
 		TrustDomain: td,
@@ -61,12 +67,17 @@ func startServer(t testing.TB, mutate func(*server.Config)) *testServer {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	return runServer(t, cfg)
+	return cfg
 }
 
 func runServer(t testing.TB, cfg server.Config) *testServer {
 	t.Helper()
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	return runServerLogging(t, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+// runServerLogging is runServer with the server's log going to logger.
+func runServerLogging(t testing.TB, cfg server.Config, logger *slog.Logger) *testServer {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := server.New(ctx, cfg, logger)
 	if err != nil {

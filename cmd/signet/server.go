@@ -27,7 +27,7 @@ import (
 
 func newServerCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "server", Short: "Identity server and CA of one trust domain"}
-	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newFederationCmd(), newServerAgentCmd(), newLocalAuthorityCmd(), newUpstreamAuthorityCmd())
+	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newFederationCmd(), newServerAgentCmd(), newLocalAuthorityCmd(), newUpstreamAuthorityCmd(), newServerHealthcheckCmd())
 	return cmd
 }
 
@@ -39,29 +39,15 @@ func newServerRunCmd(g *globals) *cobra.Command {
 		Short: "Run the server",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			file := server.FileConfig{}
-			if configPath != "" {
-				var err error
-				if file, err = server.LoadConfigFile(configPath); err != nil {
-					return err
-				}
-			}
-			// Flags given on the command line override the file.
-			f := cmd.Flags()
-			for name, dst := range map[string]*string{
-				"trust-domain": &file.TrustDomain, "data-dir": &file.DataDir, "listen": &file.Listen,
-				"admin-socket": &file.AdminSocket, "datastore": &file.Datastore, "svid-ttl": &file.SVIDTTL,
-				"jwt-ttl": &file.JWTTTL, "ca-ttl": &file.CATTL, "health-listen": &file.HealthListen,
-				"jwt-issuer": &file.JWTIssuer,
-			} {
-				if f.Changed(name) {
-					*dst, _ = f.GetString(name)
-				}
+			file, err := serverFileConfig(cmd, configPath)
+			if err != nil {
+				return err
 			}
 			cfg, err := file.Resolve()
 			if err != nil {
 				return err
 			}
+			f := cmd.Flags()
 			// The file's log_level and log_format, unless the flags say
 			// otherwise.
 			if file.LogLevel != "" && !f.Changed("log-level") {
@@ -88,8 +74,36 @@ func newServerRunCmd(g *globals) *cobra.Command {
 	f.StringVar(&fc.JWTTTL, "jwt-ttl", server.DefaultJWTTTL.String(), "default JWT-SVID lifetime")
 	f.StringVar(&fc.CATTL, "ca-ttl", "", "CA lifetime (default 6 x svid-ttl)")
 	f.StringVar(&fc.HealthListen, "health-listen", "", "address for /live, /ready and /metrics (off when empty)")
+	f.BoolVar(&fc.AuditLogEnabled, "audit-log", false, "write an audit record (type=audit, at INFO) for every admin API call and every attestation, renewal and signing (audit_log_enabled)")
 	f.StringVar(&fc.JWTIssuer, "jwt-issuer", "", "iss claim of JWT-SVIDs, an https URL such as https://oidc.example.org (OIDC relying parties; empty: no iss)")
 	return cmd
+}
+
+// serverFileConfig reads the configuration file, if any, and lets the
+// flags given on the command line override it.
+func serverFileConfig(cmd *cobra.Command, configPath string) (server.FileConfig, error) {
+	file := server.FileConfig{}
+	if configPath != "" {
+		var err error
+		if file, err = server.LoadConfigFile(configPath); err != nil {
+			return file, err
+		}
+	}
+	f := cmd.Flags()
+	for name, dst := range map[string]*string{
+		"trust-domain": &file.TrustDomain, "data-dir": &file.DataDir, "listen": &file.Listen,
+		"admin-socket": &file.AdminSocket, "datastore": &file.Datastore, "svid-ttl": &file.SVIDTTL,
+		"jwt-ttl": &file.JWTTTL, "ca-ttl": &file.CATTL, "health-listen": &file.HealthListen,
+		"jwt-issuer": &file.JWTIssuer,
+	} {
+		if f.Changed(name) {
+			*dst, _ = f.GetString(name)
+		}
+	}
+	if f.Changed("audit-log") {
+		file.AuditLogEnabled, _ = f.GetBool("audit-log")
+	}
+	return file, nil
 }
 
 // adminFlags are the flags every admin CLI command shares.

@@ -23,6 +23,15 @@ const DefaultSocket = "/run/signet/server/admin.sock"
 // Dial connects to the admin socket. The connection is local and vouched
 // for by the kernel, so it carries no TLS.
 func Dial(path string) (api.AdminServiceClient, io.Closer, error) {
+	conn, err := dial(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return api.NewAdminServiceClient(conn), conn, nil
+}
+
+// dial returns a (lazy) connection to the admin socket.
+func dial(path string) (*grpc.ClientConn, error) {
 	conn, err := grpc.NewClient("passthrough:///admin",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
@@ -30,9 +39,9 @@ func Dial(path string) (api.AdminServiceClient, io.Closer, error) {
 			return d.DialContext(ctx, "unix", path)
 		}))
 	if err != nil {
-		return nil, nil, fmt.Errorf("admin socket %s: %w", path, err)
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
-	return api.NewAdminServiceClient(conn), conn, nil
+	return conn, nil
 }
 
 // PrintEntry writes an entry in the CLI's human-readable form, one

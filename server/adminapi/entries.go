@@ -12,6 +12,7 @@ import (
 	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/internal/selector"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/audit"
 	"github.com/signetid/signet/server/k8sreg"
 	"github.com/signetid/signet/server/registry"
 	"github.com/signetid/signet/server/store"
@@ -46,22 +47,39 @@ func (s *Service) BatchCreateEntries(ctx context.Context, req *api.BatchCreateEn
 	if len(req.Entries) > MaxBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "batch create: %d entries; the limit is %d", len(req.Entries), MaxBatch)
 	}
+	rec := audit.FromContext(ctx)
 	entries := make([]registry.Entry, len(req.Entries))
+	// Every entry is checked, so that each gets its own audit verdict; the
+	// call fails with the first refusal.
+	var verdicts []error
+	var refused error
 	for i, in := range req.Entries {
 		e, err := s.validNewEntry(in)
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "batch create: entry %d (%s): %s", i, in.GetSpiffeId(), status.Convert(err).Message())
+			err = status.Errorf(codes.InvalidArgument, "batch create: entry %d (%s): %s", i, in.GetSpiffeId(), status.Convert(err).Message())
+			if verdicts == nil {
+				verdicts = make([]error, len(req.Entries))
+				refused = err
+			}
+			verdicts[i] = err
+			continue
 		}
 		// The admin API names its entries itself: a caller's ID could
 		// pass for one the Kubernetes controller owns.
 		e.ID = ""
 		entries[i] = e
 	}
+	if refused != nil {
+		auditBatch(rec, req.Entries, verdicts, nil)
+		return nil, refused
+	}
 	var rev int64
 	created, err := s.cfg.Store.CreateEntries(store.WithCommitRevision(ctx, &rev), entries)
 	if err != nil {
+		auditBatch(rec, req.Entries, nil, nil)
 		return nil, storeError("batch create", err)
 	}
+	auditBatch(rec, req.Entries, nil, created)
 	s.publish(ctx, rev, created)
 	s.cfg.Logger.Info("entries created", "count", len(created))
 	resp := &api.BatchCreateEntriesResponse{Entries: make([]*api.Entry, len(created))}

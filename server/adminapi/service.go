@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/signetid/signet/internal/peercred"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/audit"
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
 	"github.com/signetid/signet/server/federation"
@@ -44,13 +46,21 @@ type Config struct {
 	Logger        *slog.Logger
 	// AllowedUIDs may call the API; nil means root and the process's own uid.
 	AllowedUIDs []uint32
-	Now         func() time.Time
+	// Audit, when set, writes an audit record for every call, refused
+	// ones included (the health service's excepted).
+	Audit *audit.Logger
+	// Ready reports whether the server can serve (its store answers, its
+	// CA can sign): the health service on the socket says SERVING exactly
+	// when it returns nil. Nil means always.
+	Ready func(context.Context) error
+	Now   func() time.Time
 }
 
 // Service implements api.AdminServiceServer.
 type Service struct {
 	api.UnimplementedAdminServiceServer
-	cfg Config
+	cfg    Config
+	health *health
 }
 
 // New returns the service.
@@ -61,37 +71,78 @@ func New(cfg Config) *Service {
 	if cfg.AllowedUIDs == nil {
 		cfg.AllowedUIDs = []uint32{0, uint32(os.Getuid())}
 	}
-	return &Service{cfg: cfg}
+	if cfg.Ready == nil {
+		cfg.Ready = func(context.Context) error { return nil }
+	}
+	return &Service{cfg: cfg, health: newHealth(cfg.Ready, cfg.Logger)}
 }
 
 // NewGRPCServer returns a gRPC server for the admin socket with the service
-// registered and every call checked by the caller's kernel credentials.
+// and the standard health service registered, and every admin call checked
+// by the caller's kernel credentials (and audited, when Config.Audit is
+// set).
 func (s *Service) NewGRPCServer() *grpc.Server {
-	g := grpc.NewServer(grpc.Creds(peercred.Credentials()), grpc.UnaryInterceptor(s.authorize))
+	unary := []grpc.UnaryServerInterceptor{s.authorize}
+	streams := []grpc.StreamServerInterceptor{s.authorizeStream}
+	if s.cfg.Audit != nil {
+		// First, so a refusal is audited too.
+		o := audit.Options{Fields: auditFields, Skip: isHealth}
+		unary = append([]grpc.UnaryServerInterceptor{s.cfg.Audit.UnaryInterceptor(o)}, unary...)
+		streams = append([]grpc.StreamServerInterceptor{s.cfg.Audit.StreamInterceptor(o)}, streams...)
+	}
+	g := grpc.NewServer(grpc.Creds(peercred.Credentials()),
+		grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(streams...))
 	api.RegisterAdminServiceServer(g, s)
+	s.health.register(g)
 	return g
 }
 
+// isHealth reports the health service's methods: anyone who can reach the
+// socket may ask whether the server is up (probes need not run as its
+// uid), and probes every few seconds do not belong in the audit log.
+func isHealth(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/")
+}
+
 func (s *Service) authorize(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	pc, err := peercred.FromContext(ctx)
+	if isHealth(info.FullMethod) {
+		return handler(ctx, req)
+	}
+	pc, err := s.checkCaller(ctx, info.FullMethod)
 	if err != nil {
-		return nil, status.Errorf(codes.Unauthenticated, "admin API: caller credentials unknown: %v", err)
-	}
-	allowed := false
-	for _, uid := range s.cfg.AllowedUIDs {
-		if pc.UID == uid {
-			allowed = true
-		}
-	}
-	if !allowed {
-		s.cfg.Logger.Warn("admin API call refused", "method", info.FullMethod, "uid", pc.UID, "pid", pc.PID)
-		return nil, status.Errorf(codes.PermissionDenied, "admin API: uid %d may not call it (only root and the server's uid)", pc.UID)
+		return nil, err
 	}
 	resp, err := handler(ctx, req)
 	if err != nil {
 		s.cfg.Logger.Debug("admin API call failed", "method", info.FullMethod, "uid", pc.UID, "error", err)
 	}
 	return resp, err
+}
+
+func (s *Service) authorizeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if isHealth(info.FullMethod) {
+		return handler(srv, ss)
+	}
+	if _, err := s.checkCaller(ss.Context(), info.FullMethod); err != nil {
+		return err
+	}
+	return handler(srv, ss)
+}
+
+// checkCaller lets root and the allowed uids through, by the caller's
+// kernel credentials.
+func (s *Service) checkCaller(ctx context.Context, method string) (peercred.Info, error) {
+	pc, err := peercred.FromContext(ctx)
+	if err != nil {
+		return pc, status.Errorf(codes.Unauthenticated, "admin API: caller credentials unknown: %v", err)
+	}
+	for _, uid := range s.cfg.AllowedUIDs {
+		if pc.UID == uid {
+			return pc, nil
+		}
+	}
+	s.cfg.Logger.Warn("admin API call refused", "method", method, "uid", pc.UID, "pid", pc.PID)
+	return pc, status.Errorf(codes.PermissionDenied, "admin API: uid %d may not call it (only root and the server's uid)", pc.UID)
 }
 
 // storeError maps store errors to gRPC codes.

@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"log/slog"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/audit"
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/store"
@@ -21,6 +24,9 @@ import (
 // can use the same token; once that transaction commits, nothing fails, and
 // an agent that never got the answer may ask again with the same key.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
+	// Never the payload: a join token, a service account token.
+	rec := audit.FromContext(ctx)
+	rec.Add(slog.String("attestation_type", req.AttestationType))
 	csr, err := ca.CheckCSR(req.Csr)
 	if err != nil {
 		return nil, signError("agent CSR", err)
@@ -30,6 +36,7 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	if err != nil {
 		return nil, err
 	}
+	rec.Add(slog.String("agent_id", res.AgentID.String()))
 	if res.JoinTokenRetry {
 		return s.attestAgain(ctx, req.Csr, res.AgentID)
 	}
@@ -70,6 +77,7 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		return nil, status.Errorf(codes.Unavailable, "record agent %s: %v", res.AgentID, err)
 	}
 	s.publishNode(ctx, res.AgentID)
+	auditSVID(rec, node.SerialNumber, node.ExpiresAt)
 	s.cfg.Logger.Info("agent attested", "agent_id", res.AgentID.String(), "type", res.Type, "serial", node.SerialNumber, "expires_at", node.ExpiresAt)
 	return s.attestResponse(res.AgentID, chain), nil
 }
@@ -102,6 +110,7 @@ func (s *Service) attestAgain(ctx context.Context, csr []byte, id spiffeid.ID) (
 		return nil, status.Errorf(codes.Unavailable, "record agent %s: %v", id, err)
 	}
 	s.publishNode(ctx, id)
+	auditSVID(audit.FromContext(ctx), serial, chain[0].NotAfter)
 	s.cfg.Logger.Info("agent attestation answered again: the agent retried with the join token and key it attested with", "agent_id", id.String(),
 		"serial", serial, "expires_at", chain[0].NotAfter)
 	return s.attestResponse(id, chain), nil
@@ -173,6 +182,8 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 	if err != nil {
 		return nil, err
 	}
+	rec := audit.FromContext(ctx)
+	auditCaller(rec, c)
 	if err := s.recheckNode(ctx, snap.Nodes[c.ID.String()]); err != nil {
 		return nil, err
 	}
@@ -193,6 +204,7 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "refresh catalog: %v", err)
 	}
+	auditSVID(rec, serial, chain[0].NotAfter)
 	s.cfg.Logger.Info("agent SVID renewed", "agent_id", c.ID.String(), "serial", serial, "expires_at", chain[0].NotAfter)
 	return s.attestResponse(c.ID, chain), nil
 }
@@ -232,6 +244,12 @@ func (s *Service) signAgent(ctx context.Context, csr []byte, id spiffeid.ID) ([]
 	}
 	s.cfg.Metrics.signings.WithLabelValues("agent").Inc()
 	return chain, nil
+}
+
+// auditSVID adds the agent SVID an attestation or renewal signed to its
+// audit record.
+func auditSVID(rec *audit.Record, serial string, expiresAt time.Time) {
+	rec.Add(slog.String("serial", serial), slog.Time("expires_at", expiresAt.UTC()))
 }
 
 func (s *Service) attestResponse(id spiffeid.ID, chain []*x509.Certificate) *api.AttestResponse {

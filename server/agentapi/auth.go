@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/signetid/signet/server/audit"
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
 	"github.com/signetid/signet/server/store"
@@ -170,3 +172,10 @@ func checkNode(snap *catalog.Snapshot, leaf *x509.Certificate, id spiffeid.ID) (
 }
 
 func serialHex(n *big.Int) string { return n.Text(16) }
+
+// auditCaller names the authenticated agent in the call's audit record.
+func auditCaller(rec *audit.Record, c caller) {
+	if rec != nil {
+		rec.Add(slog.String("caller_id", c.ID.String()))
+	}
+}

@@ -1,15 +1,19 @@
 package agentapi
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"log/slog"
 	"runtime"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/audit"
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
 	"github.com/signetid/signet/server/registry"
@@ -32,23 +36,36 @@ func (s *Service) BatchSignX509SVID(ctx context.Context, req *api.BatchSignX509S
 	if err != nil {
 		return nil, err
 	}
+	rec := audit.FromContext(ctx)
+	auditCaller(rec, c)
 	authorized := s.authorizedSet(c, snap)
 	entries := make([]*registry.Entry, len(req.Requests))
+	// errs holds each CSR's verdict: a refusal here, a signing failure
+	// below. Every CSR is checked, so each refusal is on record; the call
+	// fails with the first.
+	errs := make([]error, len(req.Requests))
+	var refused error
 	for i, r := range req.Requests {
 		e, ok := authorized[r.EntryId]
-		if !ok {
-			s.cfg.Logger.Warn("refused X509-SVID request for an entry the agent may not serve", "agent_id", c.ID.String(), "entry_id", r.EntryId)
-			return nil, status.Errorf(codes.PermissionDenied, "agent %s is not authorized for entry %q", c.ID, r.EntryId)
+		switch {
+		case !ok:
+			errs[i] = s.refuseEntry(rec, "X509-SVID", c, r.EntryId)
+		case len(r.Csr) == 0:
+			errs[i] = status.Errorf(codes.InvalidArgument, "entry %s: csr is empty", r.EntryId)
 		}
-		if len(r.Csr) == 0 {
-			return nil, status.Errorf(codes.InvalidArgument, "entry %s: csr is empty", r.EntryId)
+		if errs[i] != nil {
+			refused = cmp.Or(refused, errs[i])
+			continue
 		}
 		entries[i] = e
+	}
+	if refused != nil {
+		auditSigned(rec, snap, req.Requests, entries, errs, nil)
+		return nil, refused
 	}
 
 	// Signing is CPU-bound; spread a batch over the cores.
 	svids := make([]*api.X509SVID, len(req.Requests))
-	errs := make([]error, len(req.Requests))
 	workers := min(runtime.GOMAXPROCS(0), len(req.Requests))
 	var wg sync.WaitGroup
 	next := make(chan int)
@@ -72,11 +89,56 @@ func (s *Service) BatchSignX509SVID(ctx context.Context, req *api.BatchSignX509S
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			return nil, signError("entry "+req.Requests[i].EntryId, err)
+			errs[i] = signError("entry "+req.Requests[i].EntryId, err)
+			refused = cmp.Or(refused, errs[i])
 		}
+	}
+	auditSigned(rec, snap, req.Requests, entries, errs, svids)
+	if refused != nil {
+		return nil, refused
 	}
 	s.cfg.Metrics.signings.WithLabelValues("x509").Add(float64(len(svids)))
 	return &api.BatchSignX509SVIDResponse{Svids: svids}, nil
+}
+
+// refuseEntry is the refusal of an entry the agent may not serve. It is
+// logged as a warning, or, with the audit log on, in the audit record.
+func (s *Service) refuseEntry(rec *audit.Record, kind string, c caller, entryID string) error {
+	if rec == nil {
+		s.cfg.Logger.Warn("refused "+kind+" request for an entry the agent may not serve", "agent_id", c.ID.String(), "entry_id", entryID)
+	}
+	return status.Errorf(codes.PermissionDenied, "agent %s is not authorized for entry %q", c.ID, entryID)
+}
+
+// auditSigned records one audit item per CSR of a batch: the entry, the
+// SPIFFE ID it names (of an entry the agent was refused too, as stored),
+// the SVID's expiry when signed, and the CSR's own verdict.
+func auditSigned(rec *audit.Record, snap *catalog.Snapshot, reqs []*api.X509SVIDRequest, entries []*registry.Entry, errs []error, svids []*api.X509SVID) {
+	if rec == nil {
+		return
+	}
+	for i, r := range reqs {
+		attrs := []slog.Attr{slog.String("entry_id", r.EntryId)}
+		if id, ok := entrySPIFFEID(snap, entries[i], r.EntryId); ok {
+			attrs = append(attrs, slog.String("spiffe_id", id))
+		}
+		if svids != nil && svids[i] != nil {
+			attrs = append(attrs, slog.Time("expires_at", time.Unix(svids[i].ExpiresAt, 0).UTC()))
+		}
+		rec.AddItem(errs[i], attrs...)
+	}
+}
+
+// entrySPIFFEID is the SPIFFE ID of the entry authorized, or else of the
+// stored entry named id (what a refused agent asked for).
+func entrySPIFFEID(snap *catalog.Snapshot, authorized *registry.Entry, id string) (string, bool) {
+	if authorized != nil {
+		return authorized.SPIFFEID.String(), true
+	}
+	if e, ok := snap.Entries.Get(id); ok {
+		return e.SPIFFEID.String(), true
+	}
+	return "", false
 }
 
 func (s *Service) signOne(ctx context.Context, e *registry.Entry, csr []byte) (*api.X509SVID, error) {
@@ -97,16 +159,24 @@ func (s *Service) MintJWTSVID(ctx context.Context, req *api.MintJWTSVIDRequest) 
 	if err != nil {
 		return nil, err
 	}
+	rec := audit.FromContext(ctx)
+	auditCaller(rec, c)
 	e, ok := s.authorizedSet(c, snap)[req.EntryId]
+	if rec != nil {
+		rec.Add(slog.String("entry_id", req.EntryId), slog.Any("audience", req.Audience))
+		if id, known := entrySPIFFEID(snap, e, req.EntryId); known {
+			rec.Add(slog.String("spiffe_id", id))
+		}
+	}
 	if !ok {
-		s.cfg.Logger.Warn("refused JWT-SVID request for an entry the agent may not serve", "agent_id", c.ID.String(), "entry_id", req.EntryId)
-		return nil, status.Errorf(codes.PermissionDenied, "agent %s is not authorized for entry %q", c.ID, req.EntryId)
+		return nil, s.refuseEntry(rec, "JWT-SVID", c, req.EntryId)
 	}
 	now := s.cfg.Now()
 	token, exp, err := s.cfg.Signer.MintJWTSVID(ctx, e.SPIFFEID, req.Audience, e.JWTTTL)
 	if err != nil {
 		return nil, signError("mint JWT-SVID for "+e.SPIFFEID.String(), err)
 	}
+	rec.Add(slog.Time("expires_at", exp.UTC()))
 	s.cfg.Metrics.signings.WithLabelValues("jwt").Inc()
 	return &api.MintJWTSVIDResponse{SpiffeId: e.SPIFFEID.String(), Token: token, ExpiresAt: exp.Unix(), IssuedAt: now.Unix()}, nil
 }

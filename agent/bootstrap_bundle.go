@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -165,6 +167,24 @@ func (d *bundleDownload) fetch(ctx context.Context) ([]*x509.Certificate, error)
 	if err != nil {
 		return nil, fmt.Errorf("trust bundle from %s (format %s): %w", d.url, d.format, err)
 	}
+	return roots, nil
+}
+
+// roots returns the URL's roots. An agent with a persisted server bundle
+// (it reached the server before) tries once and goes on without them when
+// the URL is down: the bundle it holds verifies the server, and waiting
+// would keep it from syncing with a server that is up. A first start has
+// nothing else to trust, so it retries until the download succeeds.
+func (d *bundleDownload) roots(ctx context.Context, dataDir string, logger *slog.Logger) ([]*x509.Certificate, error) {
+	if _, err := os.Stat(filepath.Join(dataDir, client.BundleFile)); err != nil {
+		return d.retry(ctx, logger)
+	}
+	roots, err := d.fetch(ctx)
+	if err != nil {
+		logger.Warn("trust bundle download failed; going on with the server bundle persisted at the last run", "url", d.url, "format", d.format, "error", err)
+		return nil, nil
+	}
+	logger.Info("trust bundle downloaded", "url", d.url, "format", d.format, "roots", len(roots), "sha256", strings.Join(fingerprints(roots), ","))
 	return roots, nil
 }
 

@@ -352,10 +352,10 @@ func TestBundleDownloadRetries(t *testing.T) {
 }
 
 // TestRunDownloadsTrustBundle: an agent given only a trust_bundle_url (a
-// real server's roots served over HTTPS) attests with a join token and
-// serves an SVID to go-spiffe. Restarted while the URL is down, it serves
-// its persisted SVIDs meanwhile, /ready says what it waits for, and it
-// reconnects once the download succeeds.
+// real server's roots served over HTTPS) waits for the download on its
+// first start, serving nothing yet and saying so on /ready, then attests
+// with a join token and serves an SVID to go-spiffe. Restarted while the
+// URL is down, it goes on with the server bundle it persisted.
 func TestRunDownloadsTrustBundle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -371,6 +371,7 @@ func TestRunDownloadsTrustBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	var down atomic.Bool
+	down.Store(true)
 	srv, roots := tlsBundleServer(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		if down.Load() {
 			http.Error(w, "maintenance", http.StatusServiceUnavailable)
@@ -384,6 +385,17 @@ func TestRunDownloadsTrustBundle(t *testing.T) {
 		trustBundleURLRoots: roots}
 
 	a := runAgent(t, cfg)
+	a.logs.WaitFor(t, `msg="trust bundle download failed; retrying" component=bootstrap url=`+cfg.TrustBundleURL, 30*time.Second)
+	resp, err := http.Get(a.health + "/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := "not downloaded yet from " + cfg.TrustBundleURL; resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), want) {
+		t.Fatalf("/ready = %d %q, want 503 with %q", resp.StatusCode, body, want)
+	}
+	down.Store(false)
 	a.waitReady(t)
 	svid, err := spiffewl.FetchX509SVID(ctx, spiffewl.WithAddr("unix://"+cfg.SocketPath))
 	if err != nil {
@@ -398,22 +410,12 @@ func TestRunDownloadsTrustBundle(t *testing.T) {
 	down.Store(true)
 	cfg.JoinToken = ""
 	b := runAgent(t, cfg)
-	b.logs.WaitFor(t, `msg="trust bundle download failed; retrying" component=bootstrap url=`+cfg.TrustBundleURL, 30*time.Second)
+	b.logs.WaitFor(t, `msg="trust bundle download failed; going on with the server bundle persisted at the last run" component=bootstrap url=`+cfg.TrustBundleURL, 30*time.Second)
+	b.waitReady(t)
 	svid, err = spiffewl.FetchX509SVID(ctx, spiffewl.WithAddr("unix://"+cfg.SocketPath))
 	if err != nil || svid.ID.String() != entry.SpiffeId {
-		t.Fatalf("persisted SVID while the URL is down: %v, %v", svid, err)
+		t.Fatalf("SVID after a restart while the URL is down: %v, %v", svid, err)
 	}
-	resp, err := http.Get(b.health + "/ready")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if want := "not downloaded yet from " + cfg.TrustBundleURL; resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), want) {
-		t.Fatalf("/ready = %d %q, want 503 with %q", resp.StatusCode, body, want)
-	}
-	down.Store(false)
-	b.waitReady(t)
 }
 
 // testAgent is Run in a goroutine, logging to logs.

@@ -172,7 +172,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		bootRoots := roots
 		if download != nil {
 			var err error
-			if bootRoots, err = download.retry(ctx, logger.With("component", "bootstrap")); err != nil {
+			if bootRoots, err = download.roots(ctx, cfg.DataDir, logger.With("component", "bootstrap")); err != nil {
 				return // ctx ended
 			}
 		}

@@ -68,6 +68,8 @@ type Config struct {
 	// JWTIssuer, when set, is the iss claim of every JWT-SVID (an OIDC
 	// issuer URL; oidcdiscovery.CheckIssuer holds). Empty: no iss.
 	JWTIssuer string
+	// JWTKeyType is the type of the JWT keys created from now on.
+	JWTKeyType ca.JWTKeyType
 	// OIDCDiscovery, when set, serves the JWT keys as an OIDC provider
 	// whose issuer is JWTIssuer.
 	OIDCDiscovery *oidcdiscovery.Config
@@ -173,6 +175,7 @@ type FileConfig struct {
 	CATTL        string `hcl:"ca_ttl"`
 	AgentTTL     string `hcl:"agent_ttl"`
 	JWTIssuer    string `hcl:"jwt_issuer"`
+	JWTKeyType   string `hcl:"jwt_key_type"`
 	LogLevel     string `hcl:"log_level"`
 	LogFormat    string `hcl:"log_format"`
 	// AuditLogEnabled is SPIRE's audit_log_enabled.
@@ -445,6 +448,9 @@ func (fc FileConfig) Resolve() (Config, error) {
 			return Config{}, fmt.Errorf("jwt_issuer %q: %w", fc.JWTIssuer, err)
 		}
 		cfg.JWTIssuer = fc.JWTIssuer
+	}
+	if cfg.JWTKeyType, err = ca.ParseJWTKeyType(fc.JWTKeyType); err != nil {
+		return Config{}, fmt.Errorf("jwt_key_type: %w", err)
 	}
 	if cfg.OIDCDiscovery, err = fc.OIDCDiscovery.Resolve(cfg.JWTIssuer); err != nil {
 		return Config{}, err

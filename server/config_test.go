@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/oidcdiscovery"
 )
 
@@ -220,6 +221,17 @@ k8s_psat "dev" {
 		{name: "upstream_authority twice", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" { cert_file_path = \"/c\"\n key_file_path = \"/k\" }\nupstream_authority \"disk\" { cert_file_path = \"/d\"\n key_file_path = \"/k\" }", wantErr: "line 4: upstream_authority is already configured at line 2"},
 		{name: "upstream_authority SPIRE plugin_data shape", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" {\n plugin_data {\n  cert_file_path = \"/c\"\n }\n}", wantErr: `line 3: upstream_authority "disk" takes cert_file_path, key_file_path and bundle_file_path directly, without SPIRE's plugin_data block`},
 		{name: "upstream_authority unknown key", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" {\n cert_file_path = \"/c\"\n key_file = \"/k\"\n}", wantErr: `upstream_authority "disk": key_file (line 4)`},
+		{name: "jwt_key_type default", in: `trust_domain = "a.org"`, check: func(t *testing.T, c Config) {
+			if c.JWTKeyType != ca.JWTKeyECP256 {
+				t.Fatalf("jwt_key_type %q, want ec-p256", c.JWTKeyType)
+			}
+		}},
+		{name: "jwt_key_type rsa-2048", in: "trust_domain = \"a.org\"\njwt_key_type = \"rsa-2048\"", check: func(t *testing.T, c Config) {
+			if c.JWTKeyType != ca.JWTKeyRSA2048 {
+				t.Fatalf("jwt_key_type %q, want rsa-2048", c.JWTKeyType)
+			}
+		}},
+		{name: "jwt_key_type unknown", in: "trust_domain = \"a.org\"\njwt_key_type = \"rsa-1024\"", wantErr: `jwt_key_type: unknown JWT key type "rsa-1024": want one of ec-p256, ec-p384, rsa-2048, rsa-4096`},
 		{name: "jwt_issuer", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org/tenant-1\"", check: func(t *testing.T, c Config) {
 			if c.JWTIssuer != "https://oidc.example.org/tenant-1" || c.OIDCDiscovery != nil {
 				t.Fatalf("jwt_issuer %q, oidc_discovery %+v", c.JWTIssuer, c.OIDCDiscovery)

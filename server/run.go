@@ -111,6 +111,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		SVIDTTL:     cfg.SVIDTTL,
 		JWTTTL:      cfg.JWTTTL,
 		JWTIssuer:   cfg.JWTIssuer,
+		JWTKeyType:  cfg.JWTKeyType,
 		CATTL:       cfg.CATTL,
 		Logger:      logger,
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/signetid/signet/server"
 	"github.com/signetid/signet/server/adminapi"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/registry"
 )
 
@@ -76,6 +77,7 @@ func newServerRunCmd(g *globals) *cobra.Command {
 	f.StringVar(&fc.HealthListen, "health-listen", "", "address for /live, /ready and /metrics (off when empty)")
 	f.BoolVar(&fc.AuditLogEnabled, "audit-log", false, "write an audit record (type=audit, at INFO) for every admin API call and every attestation, renewal and signing (audit_log_enabled)")
 	f.StringVar(&fc.JWTIssuer, "jwt-issuer", "", "iss claim of JWT-SVIDs, an https URL such as https://oidc.example.org (OIDC relying parties; empty: no iss)")
+	f.StringVar(&fc.JWTKeyType, "jwt-key-type", string(ca.JWTKeyECP256), "type of new JWT signing keys: ec-p256 (ES256), ec-p384 (ES384), rsa-2048 or rsa-4096 (RS256, for relying parties such as Microsoft Entra ID that accept only RSA)")
 	return cmd
 }
 
@@ -94,7 +96,7 @@ func serverFileConfig(cmd *cobra.Command, configPath string) (server.FileConfig,
 		"trust-domain": &file.TrustDomain, "data-dir": &file.DataDir, "listen": &file.Listen,
 		"admin-socket": &file.AdminSocket, "datastore": &file.Datastore, "svid-ttl": &file.SVIDTTL,
 		"jwt-ttl": &file.JWTTTL, "ca-ttl": &file.CATTL, "health-listen": &file.HealthListen,
-		"jwt-issuer": &file.JWTIssuer,
+		"jwt-issuer": &file.JWTIssuer, "jwt-key-type": &file.JWTKeyType,
 	} {
 		if f.Changed(name) {
 			*dst, _ = f.GetString(name)

@@ -55,16 +55,21 @@ func BenchmarkRawECDSASign(b *testing.B) {
 	}
 }
 
-// BenchmarkMintJWTSVID is one ES256 JWT-SVID.
+// BenchmarkMintJWTSVID is one JWT-SVID per jwt_key_type: ES256 is the
+// default; RS256 is what some OIDC relying parties require.
 func BenchmarkMintJWTSVID(b *testing.B) {
-	m := newManager(b, ca.Config{})
-	id := spiffeid.RequireFromPath(td, "/w")
-	aud := []string{"db"}
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, _, err := m.MintJWTSVID(ctx, id, aud, 0); err != nil {
-			b.Fatal(err)
-		}
+	for _, typ := range ca.JWTKeyTypes {
+		b.Run(string(typ), func(b *testing.B) {
+			m := newManager(b, ca.Config{JWTKeyType: typ})
+			id := spiffeid.RequireFromPath(td, "/w")
+			aud := []string{"db"}
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := m.MintJWTSVID(ctx, id, aud, 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -38,6 +38,10 @@ type Config struct {
 	// JWTIssuer, when set, is the iss claim of every JWT-SVID, so that OIDC
 	// relying parties accept them; empty leaves iss out.
 	JWTIssuer string
+	// JWTKeyType is the type of every JWT key created from now on (the
+	// default, ec-p256, when empty). Keys that exist keep theirs until they
+	// retire, except a prepared one, which is replaced.
+	JWTKeyType JWTKeyType
 	// CATTL is the root CA lifetime; 0 derives it as 6 x SVIDTTL. A value
 	// below 6 x SVIDTTL is refused.
 	CATTL time.Duration
@@ -86,6 +90,7 @@ type Manager struct {
 	svidTTL time.Duration
 	jwtTTL  time.Duration
 	jwtIss  string
+	jwtType JWTKeyType
 	caTTL   time.Duration
 	jwtLife time.Duration
 	now     func() time.Time
@@ -124,6 +129,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		svidTTL: cfg.SVIDTTL,
 		jwtTTL:  cfg.JWTTTL,
 		jwtIss:  cfg.JWTIssuer,
+		jwtType: cfg.JWTKeyType,
 		caTTL:   cfg.CATTL,
 		now:     cfg.Clock,
 		log:     cfg.Logger,
@@ -135,6 +141,12 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	if m.jwtTTL == 0 {
 		m.jwtTTL = DefaultJWTTTL
+	}
+	if m.jwtType == "" {
+		m.jwtType = JWTKeyECP256
+	}
+	if _, err := ParseJWTKeyType(string(m.jwtType)); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
 	}
 	minCA := caLifeFactor * m.svidTTL
 	if m.caTTL == 0 {
@@ -161,6 +173,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("ca: create data dir %s: %w", m.dir, err)
 	}
 	if err := m.load(); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	if err := m.retypeJWT(); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
 	if m.up != nil {

@@ -22,9 +22,9 @@ type jwtClaims struct {
 }
 
 // MintJWTSVID signs a JWT-SVID for id and audience with the active JWT key
-// (ES256, kid and typ JWT in the header). ttl 0 means the default JWT TTL;
-// the expiry never passes the key's own. It returns the compact token and
-// its expiry.
+// (its key type's algorithm, kid and typ JWT in the header). ttl 0 means the
+// default JWT TTL; the expiry never passes the key's own. It returns the
+// compact token and its expiry.
 func (m *Manager) MintJWTSVID(ctx context.Context, id spiffeid.ID, audience []string, ttl time.Duration) (string, time.Time, error) {
 	if err := ctx.Err(); err != nil {
 		return "", time.Time{}, err

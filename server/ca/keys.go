@@ -2,6 +2,7 @@ package ca
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/google/renameio/v2"
+	"github.com/signetid/signet/internal/pemkey"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -63,10 +65,11 @@ type caKey struct {
 	tainted bool
 }
 
-// jwtKey is one ES256 JWT signing key.
+// jwtKey is one JWT signing key.
 type jwtKey struct {
 	kid       string
-	key       *ecdsa.PrivateKey
+	key       crypto.Signer
+	typ       JWTKeyType
 	pubDER    []byte // PKIX
 	published time.Time
 	notAfter  time.Time
@@ -123,10 +126,10 @@ func (k *caKey) upstream() bool { return k.tail != nil }
 // intermediates are the certificates between an SVID and the roots.
 func (k *caKey) intermediates() []*x509.Certificate { return k.chain }
 
-func newJWTKey(now time.Time, life time.Duration) (*jwtKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+func newJWTKey(typ JWTKeyType, now time.Time, life time.Duration) (*jwtKey, error) {
+	key, err := typ.generate()
 	if err != nil {
-		return nil, fmt.Errorf("generate JWT key: %w", err)
+		return nil, fmt.Errorf("generate %s JWT key: %w", typ, err)
 	}
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -135,18 +138,22 @@ func newJWTKey(now time.Time, life time.Duration) (*jwtKey, error) {
 	return newJWTKeyFrom(hex.EncodeToString(b[:]), key, now, now.Add(life))
 }
 
-func newJWTKeyFrom(kid string, key *ecdsa.PrivateKey, published, notAfter time.Time) (*jwtKey, error) {
-	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+func newJWTKeyFrom(kid string, key crypto.Signer, published, notAfter time.Time) (*jwtKey, error) {
+	typ, err := jwtKeyTypeOf(key)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(key.Public())
 	if err != nil {
 		return nil, fmt.Errorf("encode JWT public key: %w", err)
 	}
 	signer, err := jose.NewSigner(
-		jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: kid}},
+		jose.SigningKey{Algorithm: typ.Algorithm(), Key: jose.JSONWebKey{Key: key, KeyID: kid}},
 		(&jose.SignerOptions{}).WithType("JWT"))
 	if err != nil {
 		return nil, fmt.Errorf("JWT signer: %w", err)
 	}
-	return &jwtKey{kid: kid, key: key, pubDER: pub, published: published, notAfter: notAfter, signer: signer}, nil
+	return &jwtKey{kid: kid, key: key, typ: typ, pubDER: pub, published: published, notAfter: notAfter, signer: signer}, nil
 }
 
 func randomSerial() (*big.Int, error) {
@@ -322,7 +329,7 @@ func pemCerts(certs []*x509.Certificate) []byte {
 	return out
 }
 
-func (m *Manager) writeKey(name string, key *ecdsa.PrivateKey) error {
+func (m *Manager) writeKey(name string, key crypto.Signer) error {
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return fmt.Errorf("encode key %s: %w", m.path(name), err)
@@ -542,7 +549,7 @@ func isSelfSigned(c *x509.Certificate) bool {
 
 func (m *Manager) loadJWT(e stateEntry) (*jwtKey, error) {
 	kp := m.path(jwtPrefix + e.ID + keyExt)
-	key, err := readECKey(kp)
+	key, err := pemkey.Read(kp)
 	if err != nil {
 		return nil, err
 	}

@@ -46,6 +46,8 @@ type LocalAuthority struct {
 	// UpstreamRootID is the ID of the upstream root an X.509 CA chains to
 	// (what upstreamauthority taint takes); empty when self-signed.
 	UpstreamRootID string
+	// KeyType is a JWT key's type (its JWS algorithm is KeyType.Algorithm).
+	KeyType JWTKeyType
 }
 
 // kindOps is what the operator steps need to know of one kind of key.
@@ -113,7 +115,7 @@ var jwtOps = kindOps[jwtKey]{
 	},
 	taintable: func(*jwtKey) error { return nil },
 	describe: func(k *jwtKey, st Status) LocalAuthority {
-		return LocalAuthority{Kind: KindJWT, ID: k.kid, Status: st, Tainted: k.tainted, PublishedAt: k.published, ExpiresAt: k.notAfter}
+		return LocalAuthority{Kind: KindJWT, ID: k.kid, Status: st, Tainted: k.tainted, PublishedAt: k.published, ExpiresAt: k.notAfter, KeyType: k.typ}
 	},
 }
 
@@ -302,7 +304,7 @@ func (m *Manager) run(ctx context.Context, kind AuthorityKind, what string, x st
 func (m *Manager) Prepare(ctx context.Context, kind AuthorityKind) (LocalAuthority, error) {
 	return m.run(ctx, kind, "prepared",
 		prepareStep(caOps, func() (*caKey, error) { return m.newCA(ctx, m.now()) }),
-		prepareStep(jwtOps, func() (*jwtKey, error) { return newJWTKey(m.now(), m.jwtLife) }))
+		prepareStep(jwtOps, func() (*jwtKey, error) { return newJWTKey(m.jwtType, m.now(), m.jwtLife) }))
 }
 
 // Activate makes the prepared authority id the one that signs; the active

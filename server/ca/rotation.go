@@ -176,7 +176,7 @@ func (m *Manager) Rotate(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ca: rotate CA: %w", err)
 	}
-	j, jev, err := rotateSlots(m.jwt, now, jwtWindow, func() (*jwtKey, error) { return newJWTKey(now, m.jwtLife) })
+	j, jev, err := rotateSlots(m.jwt, now, jwtWindow, func() (*jwtKey, error) { return newJWTKey(m.jwtType, now, m.jwtLife) })
 	if err != nil {
 		return fmt.Errorf("ca: rotate JWT key: %w", err)
 	}

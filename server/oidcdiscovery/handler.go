@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
@@ -196,11 +197,20 @@ func (h *Handler) marshalKey(a store.Authority) (json.RawMessage, error) {
 	return json.Marshal(k)
 }
 
-// algorithm is the JWS algorithm a key signs with: ES256 for the P-256
-// keys Signet's CA makes; "" (no alg) for anything else.
+// algorithm is the JWS algorithm a key signs with, for the key types of
+// the server's jwt_key_type: ES256 (P-256), ES384 (P-384), RS256 (RSA);
+// "" (no alg) for anything else.
 func algorithm(pub any) string {
-	if k, ok := pub.(*ecdsa.PublicKey); ok && k.Curve == elliptic.P256() {
-		return string(jose.ES256)
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return string(jose.ES256)
+		case elliptic.P384():
+			return string(jose.ES384)
+		}
+	case *rsa.PublicKey:
+		return string(jose.RS256)
 	}
 	return ""
 }

@@ -2,9 +2,11 @@ package oidcdiscovery
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -280,6 +282,41 @@ func TestKeys(t *testing.T) {
 				t.Errorf("key %v: use present %v, want %v", raw.Keys[0], has, setKeyUse)
 			}
 		})
+	}
+}
+
+// TestKeysAlgorithm: each key type of jwt_key_type carries the alg it signs
+// with, so relying parties that require alg (or only RS256) pick the key.
+func TestKeysAlgorithm(t *testing.T) {
+	gen := map[string]func() (any, error){
+		"ES256": func() (any, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) },
+		"ES384": func() (any, error) { return ecdsa.GenerateKey(elliptic.P384(), rand.Reader) },
+		"RS256": func() (any, error) { return rsa.GenerateKey(rand.Reader, 2048) },
+		"":      func() (any, error) { return ecdsa.GenerateKey(elliptic.P521(), rand.Reader) },
+	}
+	src := newBundleSource(t)
+	want := map[string]string{}
+	for alg, g := range gen {
+		k, err := g()
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, err := x509.MarshalPKIXPublicKey(k.(interface{ Public() crypto.PublicKey }).Public())
+		if err != nil {
+			t.Fatal(err)
+		}
+		kid := "kid-" + alg
+		src.put(t, store.JWTAuthority, kid, der)
+		want[kid] = alg
+	}
+	set := jwks(t, request(newTestHandler(t, "https://oidc.example.org", src, false, nil), http.MethodGet, "/keys", nil))
+	if len(set.Keys) != len(want) {
+		t.Fatalf("%d keys, want %d", len(set.Keys), len(want))
+	}
+	for _, k := range set.Keys {
+		if k.Algorithm != want[k.KeyID] {
+			t.Errorf("key %s: alg %q, want %q", k.KeyID, k.Algorithm, want[k.KeyID])
+		}
 	}
 }
 

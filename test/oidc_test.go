@@ -1,0 +1,105 @@
+package test
+
+import (
+	"context"
+	"crypto/rsa"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+)
+
+// TestOIDCRelyingPartyRS256 is a workload federating to a cloud that takes
+// only RS256 (Microsoft Entra ID workload identity federation): the server
+// runs with jwt_key_type rsa-2048 and its OIDC discovery provider, and the
+// test, as that cloud, finds the key through the discovery document and
+// verifies the workload's JWT-SVID with RS256 alone.
+func TestOIDCRelyingPartyRS256(t *testing.T) {
+	oidcAddr := freeAddr(t)
+	issuer := "http://" + oidcAddr
+	cfg := filepath.Join(t.TempDir(), "server.hcl")
+	conf := fmt.Sprintf("jwt_issuer = %q\njwt_key_type = \"rsa-2048\"\noidc_discovery {\n  listen = %q\n}\n", issuer, oidcAddr)
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, "--config", cfg)
+	want := callerID(t)
+	if _, err := n.server.cli(t, "server", "entry", "create", "--parent-id", nodeAgentID,
+		"--spiffe-id", want.String(), "--selector", "unix:uid:0"); err != nil {
+		t.Fatal(err)
+	}
+	waitForID(t, n, want)
+
+	const audience = "api://AzureADTokenExchange"
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	addr := workloadapi.WithAddr("unix://" + n.socket)
+	svid, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience}, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := svid.Marshal()
+
+	// The relying party: discovery document, then its jwks_uri.
+	var disc struct {
+		Issuer  string   `json:"issuer"`
+		JWKSURI string   `json:"jwks_uri"`
+		Algs    []string `json:"id_token_signing_alg_values_supported"`
+	}
+	getJSON(t, issuer+"/.well-known/openid-configuration", &disc)
+	if disc.Issuer != issuer || !slices.Contains(disc.Algs, "RS256") {
+		t.Fatalf("discovery document %+v, want issuer %s and RS256 supported", disc, issuer)
+	}
+	var set jose.JSONWebKeySet
+	getJSON(t, disc.JWKSURI, &set)
+
+	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		t.Fatalf("the JWT-SVID is not RS256: %v", err)
+	}
+	kid := tok.Headers[0].KeyID
+	keys := set.Key(kid)
+	if len(keys) != 1 {
+		t.Fatalf("kid %s: %d keys in the JWKS, want 1", kid, len(keys))
+	}
+	k := keys[0]
+	if pub, ok := k.Key.(*rsa.PublicKey); !ok || pub.N.BitLen() != 2048 || k.Algorithm != "RS256" {
+		t.Fatalf("JWKS key %s: %T alg %q, want a 2048-bit RSA key with alg RS256", kid, k.Key, k.Algorithm)
+	}
+	var claims jwt.Claims
+	if err := tok.Claims(k.Key, &claims); err != nil {
+		t.Fatalf("signature does not verify with the published key: %v", err)
+	}
+	if err := claims.ValidateWithLeeway(jwt.Expected{Issuer: issuer, Subject: want.String(), AnyAudience: jwt.Audience{audience}, Time: time.Now()}, 0); err != nil {
+		t.Fatalf("claims %+v: %v", claims, err)
+	}
+
+	// The agent's own ValidateJWTSVID accepts it too.
+	if _, err := workloadapi.ValidateJWTSVID(ctx, token, audience, addr); err != nil {
+		t.Fatalf("Workload API ValidateJWTSVID: %v", err)
+	}
+}
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+}

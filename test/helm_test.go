@@ -31,6 +31,7 @@ import (
 
 	"github.com/signetid/signet/agent"
 	"github.com/signetid/signet/server"
+	"github.com/signetid/signet/server/ca"
 )
 
 const chartDir = "../deploy/helm/signet"
@@ -371,6 +372,17 @@ csi: {enabled: false}
 		values: "jwtIssuer: https://oidc.example.org\n",
 		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
 			noOIDCDiscovery(t, objs, s, "https://oidc.example.org")
+			if s.config.JWTKeyType != ca.JWTKeyECP256 {
+				t.Errorf("jwt_key_type %q without jwtKeyType, want the default ec-p256", s.config.JWTKeyType)
+			}
+		},
+	}, {
+		name: "RSA JWT keys for Entra ID", ns: "signet-system",
+		values: "jwtIssuer: https://oidc.example.org\njwtKeyType: rsa-2048\n",
+		check: func(t *testing.T, objs []runtime.Object, s signetSystem) {
+			if s.config.JWTKeyType != ca.JWTKeyRSA2048 {
+				t.Errorf("jwt_key_type %q, want rsa-2048", s.config.JWTKeyType)
+			}
 		},
 	}, {
 		name: "OIDC discovery in plain HTTP behind a TLS-terminating load balancer", ns: "signet-system",
@@ -594,6 +606,7 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"password in the ConfigMap", "datastore: {type: postgres, postgres: {url: 'postgres://s:hunter2@db/s', existingSecret: pg}}", "must not hold a password"},
 		{"password parameter in the ConfigMap", "datastore: {type: postgres, postgres: {url: 'postgres://s@db/s?password=hunter2', existingSecret: pg}}", "must not hold a password"},
 		{"unknown log level", "logLevel: verbose", "logLevel"},
+		{"unknown JWT key type", "jwtKeyType: rsa-1024", "jwtKeyType"},
 		{"two CAs for the database", "datastore: {type: postgres, postgres: {url: 'postgres://s@db/s?sslrootcert=/x', existingSecret: pg, caSecret: db-ca}}", "sets sslrootcert"},
 		{"upstream Secret without a key name", "upstreamAuthority: {secretName: corp-ca, keyKey: \"\"}", "keyKey"},
 		{"misspelt upstream value", "upstreamAuthority: {secret: corp-ca}", "secret"},

@@ -336,6 +336,11 @@ func (c *Config) validateTrustBundle() error {
 		return fmt.Errorf("agent: trust_bundle_format %q: want %q or %q (--trust-bundle-format)", c.TrustBundleFormat, TrustBundleFormatPEM, TrustBundleFormatSPIFFE)
 	}
 	if c.TrustBundleURL == "" {
+		if c.InsecureBootstrap && (c.TrustBundleFile != "" || len(c.TrustBundlePEM) > 0) {
+			// SPIRE refuses this too: the operator meant one of them, and
+			// which one wins would be a guess.
+			return errors.New("agent: give trust_bundle_path or insecure_bootstrap, not both (--trust-bundle, --insecure-bootstrap): with a trust bundle the server is verified, so insecure_bootstrap would do nothing")
+		}
 		return nil
 	}
 	if c.TrustBundleFile != "" || len(c.TrustBundlePEM) > 0 {

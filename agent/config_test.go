@@ -132,6 +132,8 @@ func TestConfigValidate(t *testing.T) {
 		{"trust bundle URL with user info", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "https://user:secret@bundle.example.org/"}, "user info in the URL is not allowed"},
 		{"trust bundle URL and path", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "https://b.example.org/", TrustBundleFile: "/b.pem"}, "trust_bundle_path or trust_bundle_url, not both"},
 		{"trust bundle URL and in-memory roots", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "https://b.example.org/", TrustBundlePEM: []byte("x")}, "not both"},
+		{"trust bundle file and insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleFile: "/b.pem", InsecureBootstrap: true}, "give trust_bundle_path or insecure_bootstrap, not both"},
+		{"trust bundle PEM and insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundlePEM: []byte("x"), InsecureBootstrap: true}, "give trust_bundle_path or insecure_bootstrap, not both"},
 		{"trust bundle URL and insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleURL: "https://b.example.org/", InsecureBootstrap: true}, "insecure_bootstrap cannot be used with trust_bundle_url"},
 		{"trust bundle path in spiffe format", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleFile: "/b.json", TrustBundleFormat: "spiffe"}, ""},
 		{"unknown trust bundle format", Config{ServerAddress: "s:1", TrustDomain: "example.org", TrustBundleFile: "/b.der", TrustBundleFormat: "der"}, `trust_bundle_format "der": want "pem" or "spiffe"`},

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -132,10 +133,11 @@ federation {
 		t.Fatal(err)
 	}
 
-	// The agent's config file names a bundle file that does not exist: the
-	// --trust-bundle-url flag replaces it, as flags replace the file's keys.
+	// The agent's config file names a bundle file that does not exist and
+	// asks for an insecure bootstrap: the --trust-bundle-url flag replaces
+	// both, as flags replace the file's keys.
 	agentConf := filepath.Join(dir, "agent.conf")
-	if err := os.WriteFile(agentConf, []byte("agent {\n  trust_bundle_path = \"/nonexistent/bundle.pem\"\n}\n"), 0o600); err != nil {
+	if err := os.WriteFile(agentConf, []byte("agent {\n  trust_bundle_path = \"/nonexistent/bundle.pem\"\n  insecure_bootstrap = true\n}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	bundleURL := "https://" + endpoint + "/"
@@ -166,6 +168,22 @@ federation {
 		_, err := runSignet(t, ctx, append(args, "--trust-bundle", caFile)...)
 		if err == nil || !strings.Contains(err.Error(), "signet: agent: give trust_bundle_path or trust_bundle_url, not both") {
 			t.Fatalf("both --trust-bundle and --trust-bundle-url: %v", err)
+		}
+	})
+
+	t.Run("bundle and insecure bootstrap flags", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, err := runSignet(t, ctx, append(args, "--insecure-bootstrap")...)
+		if err == nil || !strings.Contains(err.Error(), "insecure_bootstrap cannot be used with trust_bundle_url") {
+			t.Fatalf("--trust-bundle-url and --insecure-bootstrap: %v", err)
+		}
+		noURL := slices.Clone(args)
+		i := slices.Index(noURL, "--trust-bundle-url")
+		noURL = slices.Delete(noURL, i, i+4) // and --trust-bundle-format spiffe
+		_, err = runSignet(t, ctx, append(noURL, "--trust-bundle", caFile, "--insecure-bootstrap")...)
+		if err == nil || !strings.Contains(err.Error(), "give trust_bundle_path or insecure_bootstrap, not both") {
+			t.Fatalf("--trust-bundle and --insecure-bootstrap: %v", err)
 		}
 	})
 

@@ -98,6 +98,10 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			}
 			if set("insecure-bootstrap") {
 				cfg.InsecureBootstrap = flags.InsecureBootstrap
+			} else if set("trust-bundle") || set("trust-bundle-url") {
+				// A bundle on the command line replaces the file's
+				// insecure_bootstrap as it does the file's other source.
+				cfg.InsecureBootstrap = false
 			}
 			if set("socket") || cfg.SocketPath == "" {
 				cfg.SocketPath = flags.SocketPath

@@ -49,7 +49,27 @@ func TestOIDCRelyingPartyRS256(t *testing.T) {
 	}
 	token := svid.Marshal()
 
-	// The relying party: discovery document, then its jwks_uri.
+	claims := verifyAsRelyingParty(t, issuer, token, audience, jose.RS256)
+	if claims.Subject != want.String() {
+		t.Fatalf("sub %s, want %s", claims.Subject, want)
+	}
+	set := relyingPartyKeys(t, issuer)
+	tok, _ := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.RS256})
+	k := set.Key(tok.Headers[0].KeyID)[0].Key
+	if pub, ok := k.(*rsa.PublicKey); !ok || pub.N.BitLen() != 2048 {
+		t.Fatalf("signing key %T, want 2048-bit RSA", k)
+	}
+
+	// The agent's own ValidateJWTSVID accepts it too.
+	if _, err := workloadapi.ValidateJWTSVID(ctx, token, audience, addr); err != nil {
+		t.Fatalf("Workload API ValidateJWTSVID: %v", err)
+	}
+}
+
+// relyingPartyKeys fetches the issuer's keys as an OIDC relying party does:
+// the discovery document, then its jwks_uri.
+func relyingPartyKeys(t *testing.T, issuer string) jose.JSONWebKeySet {
+	t.Helper()
 	var disc struct {
 		Issuer  string   `json:"issuer"`
 		JWKSURI string   `json:"jwks_uri"`
@@ -61,32 +81,32 @@ func TestOIDCRelyingPartyRS256(t *testing.T) {
 	}
 	var set jose.JSONWebKeySet
 	getJSON(t, disc.JWKSURI, &set)
+	return set
+}
 
-	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{jose.RS256})
+// verifyAsRelyingParty checks token as a cloud that accepts only alg would:
+// the key named by its kid, in the issuer's JWKS with that alg, verifies
+// it; iss, aud and the validity window hold.
+func verifyAsRelyingParty(t *testing.T, issuer, token, audience string, alg jose.SignatureAlgorithm) jwt.Claims {
+	t.Helper()
+	tok, err := jwt.ParseSigned(token, []jose.SignatureAlgorithm{alg})
 	if err != nil {
-		t.Fatalf("the JWT-SVID is not RS256: %v", err)
+		t.Fatalf("the JWT-SVID is not %s: %v", alg, err)
 	}
 	kid := tok.Headers[0].KeyID
+	set := relyingPartyKeys(t, issuer)
 	keys := set.Key(kid)
-	if len(keys) != 1 {
-		t.Fatalf("kid %s: %d keys in the JWKS, want 1", kid, len(keys))
-	}
-	k := keys[0]
-	if pub, ok := k.Key.(*rsa.PublicKey); !ok || pub.N.BitLen() != 2048 || k.Algorithm != "RS256" {
-		t.Fatalf("JWKS key %s: %T alg %q, want a 2048-bit RSA key with alg RS256", kid, k.Key, k.Algorithm)
+	if len(keys) != 1 || keys[0].Algorithm != string(alg) {
+		t.Fatalf("kid %s: keys %+v in the JWKS, want one with alg %s", kid, keys, alg)
 	}
 	var claims jwt.Claims
-	if err := tok.Claims(k.Key, &claims); err != nil {
+	if err := tok.Claims(keys[0].Key, &claims); err != nil {
 		t.Fatalf("signature does not verify with the published key: %v", err)
 	}
-	if err := claims.ValidateWithLeeway(jwt.Expected{Issuer: issuer, Subject: want.String(), AnyAudience: jwt.Audience{audience}, Time: time.Now()}, 0); err != nil {
+	if err := claims.ValidateWithLeeway(jwt.Expected{Issuer: issuer, AnyAudience: jwt.Audience{audience}, Time: time.Now()}, 0); err != nil {
 		t.Fatalf("claims %+v: %v", claims, err)
 	}
-
-	// The agent's own ValidateJWTSVID accepts it too.
-	if _, err := workloadapi.ValidateJWTSVID(ctx, token, audience, addr); err != nil {
-		t.Fatalf("Workload API ValidateJWTSVID: %v", err)
-	}
+	return claims
 }
 
 func getJSON(t *testing.T, url string, v any) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,6 +59,12 @@ func TestOIDCRelyingPartyRS256(t *testing.T) {
 	k := set.Key(tok.Headers[0].KeyID)[0].Key
 	if pub, ok := k.(*rsa.PublicKey); !ok || pub.N.BitLen() != 2048 {
 		t.Fatalf("signing key %T, want 2048-bit RSA", k)
+	}
+
+	// The operator sees the key type.
+	out, err := n.server.cli(t, "server", "localauthority", "jwt", "show")
+	if err != nil || !strings.Contains(out, "Key type: rsa-2048 (RS256)") {
+		t.Fatalf("localauthority jwt show: %v\n%s", err, out)
 	}
 
 	// The agent's own ValidateJWTSVID accepts it too.

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/ca"
 )
 
 // newLocalAuthorityCmd is SPIRE's `localauthority`: a rotation of this
@@ -131,6 +132,9 @@ func printLocalAuthority(w io.Writer, a *api.LocalAuthority) {
 	}
 	if a.UpstreamAuthorityId != "" {
 		fmt.Fprintf(w, "Upstream authority ID: %s\n", a.UpstreamAuthorityId)
+	}
+	if a.KeyType != "" {
+		fmt.Fprintf(w, "Key type: %s (%s)\n", a.KeyType, ca.JWTKeyType(a.KeyType).Algorithm())
 	}
 	fmt.Fprintln(w)
 }

@@ -193,6 +193,7 @@ func localAuthorityToProto(a ca.LocalAuthority) *api.LocalAuthority {
 		ExpiresAt:           a.ExpiresAt.Unix(),
 		UpstreamIssuer:      a.UpstreamIssuer,
 		UpstreamAuthorityId: a.UpstreamRootID,
+		KeyType:             string(a.KeyType),
 	}
 	if !a.PublishedAt.IsZero() {
 		out.PublishedAt = a.PublishedAt.Unix()

@@ -46,6 +46,12 @@ func TestLocalAuthoritySteps(t *testing.T) {
 	s := New(Config{CA: m, ServingCA: func() string { return serving }, PublishAuthorities: func(context.Context) error { return publishErr }})
 
 	code := func(err error) codes.Code { return status.Code(err) }
+	for kind, want := range map[string]string{"x509": "", "jwt": "ec-p256"} {
+		got, err := s.GetLocalAuthorities(ctx, &api.GetLocalAuthoritiesRequest{Kind: kind})
+		if err != nil || len(got.Authorities) != 1 || got.Authorities[0].KeyType != want {
+			t.Errorf("%s authorities %v, %v: want one with key type %q", kind, got, err, want)
+		}
+	}
 	if _, err := s.GetLocalAuthorities(ctx, &api.GetLocalAuthoritiesRequest{Kind: "rsa"}); code(err) != codes.InvalidArgument {
 		t.Errorf("unknown kind: %v", err)
 	}

@@ -1668,8 +1668,11 @@ type LocalAuthority struct {
 	// upstream_authority_id is the ID of the upstream root the CA chains to
 	// (what TaintUpstreamAuthority takes); empty when self-signed.
 	UpstreamAuthorityId string `protobuf:"bytes,8,opt,name=upstream_authority_id,json=upstreamAuthorityId,proto3" json:"upstream_authority_id,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// key_type is a JWT key's type, as jwt_key_type names it (ec-p256,
+	// ec-p384, rsa-2048, rsa-4096); empty for X.509 CAs and revoked keys.
+	KeyType       string `protobuf:"bytes,9,opt,name=key_type,json=keyType,proto3" json:"key_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LocalAuthority) Reset() {
@@ -1754,6 +1757,13 @@ func (x *LocalAuthority) GetUpstreamIssuer() string {
 func (x *LocalAuthority) GetUpstreamAuthorityId() string {
 	if x != nil {
 		return x.UpstreamAuthorityId
+	}
+	return ""
+}
+
+func (x *LocalAuthority) GetKeyType() string {
+	if x != nil {
+		return x.KeyType
 	}
 	return ""
 }
@@ -2403,7 +2413,7 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"$\n" +
 	"\"ListFederationRelationshipsRequest\"o\n" +
 	"#ListFederationRelationshipsResponse\x12H\n" +
-	"\rrelationships\x18\x01 \x03(\v2\".signet.api.FederationRelationshipR\rrelationships\"\x98\x02\n" +
+	"\rrelationships\x18\x01 \x03(\v2\".signet.api.FederationRelationshipR\rrelationships\"\xb3\x02\n" +
 	"\x0eLocalAuthority\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12!\n" +
 	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\x12\x16\n" +
@@ -2413,7 +2423,8 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x06 \x01(\x03R\texpiresAt\x12'\n" +
 	"\x0fupstream_issuer\x18\a \x01(\tR\x0eupstreamIssuer\x122\n" +
-	"\x15upstream_authority_id\x18\b \x01(\tR\x13upstreamAuthorityId\"0\n" +
+	"\x15upstream_authority_id\x18\b \x01(\tR\x13upstreamAuthorityId\x12\x19\n" +
+	"\bkey_type\x18\t \x01(\tR\akeyType\"0\n" +
 	"\x1aGetLocalAuthoritiesRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\"[\n" +
 	"\x1bGetLocalAuthoritiesResponse\x12<\n" +

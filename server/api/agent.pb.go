@@ -23,9 +23,10 @@ const (
 
 type AttestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// attestation_type is "join_token" (or, later, "k8s_psat").
+	// attestation_type is "join_token", "k8s_psat" or "x509pop".
 	AttestationType string `protobuf:"bytes,1,opt,name=attestation_type,json=attestationType,proto3" json:"attestation_type,omitempty"`
-	// payload is the attestation data: the join token itself for join_token.
+	// payload is the attestation data: the join token itself for join_token,
+	// JSON for k8s_psat and x509pop.
 	Payload []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
 	// csr is a DER PKCS#10 request for the agent key; its subject is ignored.
 	Csr           []byte `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
@@ -88,8 +89,12 @@ type AttestResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	// svid_chain is DER certificates, leaf first.
-	SvidChain     [][]byte `protobuf:"bytes,2,rep,name=svid_chain,json=svidChain,proto3" json:"svid_chain,omitempty"`
-	Bundle        *Bundle  `protobuf:"bytes,3,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	SvidChain [][]byte `protobuf:"bytes,2,rep,name=svid_chain,json=svidChain,proto3" json:"svid_chain,omitempty"`
+	Bundle    *Bundle  `protobuf:"bytes,3,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// reattestable is true when the agent's node attestor can attest it
+	// again (k8s_psat, x509pop; not a single-use join token): the agent then
+	// renews by attesting again instead of calling RenewAgent.
+	Reattestable  bool `protobuf:"varint,4,opt,name=reattestable,proto3" json:"reattestable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -143,6 +148,13 @@ func (x *AttestResponse) GetBundle() *Bundle {
 		return x.Bundle
 	}
 	return nil
+}
+
+func (x *AttestResponse) GetReattestable() bool {
+	if x != nil {
+		return x.Reattestable
+	}
+	return false
 }
 
 type RenewAgentRequest struct {
@@ -637,12 +649,13 @@ const file_server_api_agent_proto_rawDesc = "" +
 	"\rAttestRequest\x12)\n" +
 	"\x10attestation_type\x18\x01 \x01(\tR\x0fattestationType\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x10\n" +
-	"\x03csr\x18\x03 \x01(\fR\x03csr\"x\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\"\x9c\x01\n" +
 	"\x0eAttestResponse\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
 	"\n" +
 	"svid_chain\x18\x02 \x03(\fR\tsvidChain\x12*\n" +
-	"\x06bundle\x18\x03 \x01(\v2\x12.signet.api.BundleR\x06bundle\"%\n" +
+	"\x06bundle\x18\x03 \x01(\v2\x12.signet.api.BundleR\x06bundle\x12\"\n" +
+	"\freattestable\x18\x04 \x01(\bR\freattestable\"%\n" +
 	"\x11RenewAgentRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"\r\n" +
 	"\vSyncRequest\"\xc4\x01\n" +

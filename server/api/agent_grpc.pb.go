@@ -34,10 +34,13 @@ const (
 // Attest is the only RPC allowed without a client certificate; every other
 // RPC authenticates the agent by its agent X509-SVID.
 type AgentServiceClient interface {
-	// Attest proves the node's identity (join token) and returns an agent SVID
-	// for the CSR.
+	// Attest proves the node's identity (join token, k8s_psat, x509pop) and
+	// returns an agent SVID for the CSR. An agent that is reattestable calls
+	// it again, with fresh evidence, to renew its SVID.
 	Attest(ctx context.Context, in *AttestRequest, opts ...grpc.CallOption) (*AttestResponse, error)
-	// RenewAgent returns a fresh agent SVID for the calling agent.
+	// RenewAgent returns a fresh agent SVID for the calling agent. A
+	// reattestable agent is refused with PermissionDenied: it must attest
+	// again, so the server checks its evidence anew.
 	RenewAgent(ctx context.Context, in *RenewAgentRequest, opts ...grpc.CallOption) (*AttestResponse, error)
 	// Sync pushes the entries this agent may serve and the bundles: the
 	// complete state at once, then again on every change. It never polls.
@@ -125,10 +128,13 @@ func (c *agentServiceClient) MintJWTSVID(ctx context.Context, in *MintJWTSVIDReq
 // Attest is the only RPC allowed without a client certificate; every other
 // RPC authenticates the agent by its agent X509-SVID.
 type AgentServiceServer interface {
-	// Attest proves the node's identity (join token) and returns an agent SVID
-	// for the CSR.
+	// Attest proves the node's identity (join token, k8s_psat, x509pop) and
+	// returns an agent SVID for the CSR. An agent that is reattestable calls
+	// it again, with fresh evidence, to renew its SVID.
 	Attest(context.Context, *AttestRequest) (*AttestResponse, error)
-	// RenewAgent returns a fresh agent SVID for the calling agent.
+	// RenewAgent returns a fresh agent SVID for the calling agent. A
+	// reattestable agent is refused with PermissionDenied: it must attest
+	// again, so the server checks its evidence anew.
 	RenewAgent(context.Context, *RenewAgentRequest) (*AttestResponse, error)
 	// Sync pushes the entries this agent may serve and the bundles: the
 	// complete state at once, then again on every change. It never polls.

@@ -400,7 +400,11 @@ type Agent struct {
 	ExpiresAt       int64                  `protobuf:"varint,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	AttestedAt      int64                  `protobuf:"varint,6,opt,name=attested_at,json=attestedAt,proto3" json:"attested_at,omitempty"`
 	// Banned agents cannot renew or attest again until evicted.
-	Banned        bool `protobuf:"varint,7,opt,name=banned,proto3" json:"banned,omitempty"`
+	Banned bool `protobuf:"varint,7,opt,name=banned,proto3" json:"banned,omitempty"`
+	// can_reattest: the agent renews by attesting again with fresh evidence
+	// (k8s_psat, x509pop), which the server checks anew each time; otherwise
+	// (join_token) it renews its SVID in place.
+	CanReattest   bool `protobuf:"varint,8,opt,name=can_reattest,json=canReattest,proto3" json:"can_reattest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -484,6 +488,13 @@ func (x *Agent) GetBanned() bool {
 	return false
 }
 
+func (x *Agent) GetCanReattest() bool {
+	if x != nil {
+		return x.CanReattest
+	}
+	return false
+}
+
 var File_server_api_types_proto protoreflect.FileDescriptor
 
 const file_server_api_types_proto_rawDesc = "" +
@@ -524,7 +535,7 @@ const file_server_api_types_proto_rawDesc = "" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x18\n" +
-	"\atainted\x18\x04 \x01(\bR\atainted\"\x80\x02\n" +
+	"\atainted\x18\x04 \x01(\bR\atainted\"\xa3\x02\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12)\n" +
 	"\x10attestation_type\x18\x02 \x01(\tR\x0fattestationType\x122\n" +
@@ -534,7 +545,8 @@ const file_server_api_types_proto_rawDesc = "" +
 	"expires_at\x18\x05 \x01(\x03R\texpiresAt\x12\x1f\n" +
 	"\vattested_at\x18\x06 \x01(\x03R\n" +
 	"attestedAt\x12\x16\n" +
-	"\x06banned\x18\a \x01(\bR\x06bannedB'Z%github.com/signetid/signet/server/apib\x06proto3"
+	"\x06banned\x18\a \x01(\bR\x06banned\x12!\n" +
+	"\fcan_reattest\x18\b \x01(\bR\vcanReattestB'Z%github.com/signetid/signet/server/apib\x06proto3"
 
 var (
 	file_server_api_types_proto_rawDescOnce sync.Once

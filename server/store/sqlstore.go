@@ -622,18 +622,18 @@ func nodesEqual(a, b Node) bool {
 	return a.SPIFFEID == b.SPIFFEID && a.AttestationType == b.AttestationType &&
 		slices.Equal(a.Selectors, b.Selectors) && a.SerialNumber == b.SerialNumber &&
 		a.PrevSerialNumber == b.PrevSerialNumber && a.ExpiresAt.Equal(b.ExpiresAt) && a.AttestedAt.Equal(b.AttestedAt) &&
-		a.Banned == b.Banned
+		a.Banned == b.Banned && a.CanReattest == b.CanReattest
 }
 
-const nodeColumns = `spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at, banned`
+const nodeColumns = `spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at, banned, can_reattest`
 
 func scanNode(sc scanner) (Node, error) {
 	var n Node
-	var exp, att, banned int64
-	if err := sc.Scan(&n.SPIFFEID, &n.AttestationType, &n.SerialNumber, &n.PrevSerialNumber, &exp, &att, &banned); err != nil {
+	var exp, att, banned, reattest int64
+	if err := sc.Scan(&n.SPIFFEID, &n.AttestationType, &n.SerialNumber, &n.PrevSerialNumber, &exp, &att, &banned, &reattest); err != nil {
 		return n, err
 	}
-	n.ExpiresAt, n.AttestedAt, n.Banned = fromNanos(exp), fromNanos(att), banned != 0
+	n.ExpiresAt, n.AttestedAt, n.Banned, n.CanReattest = fromNanos(exp), fromNanos(att), banned != 0, reattest != 0
 	return n, nil
 }
 
@@ -703,11 +703,13 @@ func upsertNode(ctx context.Context, t *tx, n Node) error {
 	case err != nil && !errors.Is(err, ErrNotFound):
 		return err
 	}
-	if _, err := t.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)
+	if _, err := t.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type,
 		serial_number = excluded.serial_number, prev_serial_number = excluded.prev_serial_number,
-		expires_at = excluded.expires_at, attested_at = excluded.attested_at, banned = excluded.banned`,
-		n.SPIFFEID, n.AttestationType, n.SerialNumber, n.PrevSerialNumber, toNanos(n.ExpiresAt), toNanos(n.AttestedAt), boolInt(n.Banned)); err != nil {
+		expires_at = excluded.expires_at, attested_at = excluded.attested_at, banned = excluded.banned,
+		can_reattest = excluded.can_reattest`,
+		n.SPIFFEID, n.AttestationType, n.SerialNumber, n.PrevSerialNumber, toNanos(n.ExpiresAt), toNanos(n.AttestedAt), boolInt(n.Banned),
+		boolInt(n.CanReattest)); err != nil {
 		return err
 	}
 	if _, err := t.exec(ctx, `DELETE FROM node_selectors WHERE spiffe_id = $1`, n.SPIFFEID); err != nil {

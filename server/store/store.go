@@ -64,6 +64,9 @@ type Node struct {
 	// Banned nodes cannot renew, and their ID cannot attest again until the
 	// node is deleted (evicted).
 	Banned bool
+	// CanReattest: the node attestor can attest the node again (x509pop,
+	// k8s_psat), so the agent renews by attesting again, never in place.
+	CanReattest bool
 }
 
 // BundleDeleteMode says what deleting a federated bundle does to the

@@ -625,6 +625,7 @@ func TestNodes(t *testing.T) {
 			SerialNumber:    "0a",
 			ExpiresAt:       time.Date(2030, 1, 1, 0, 0, 0, 5, time.UTC),
 			AttestedAt:      time.Date(2029, 1, 1, 0, 0, 0, 0, time.UTC),
+			CanReattest:     true,
 		}
 		if err := s.UpsertNode(ctx, n); err != nil {
 			t.Fatalf("UpsertNode: %v", err)
@@ -645,6 +646,20 @@ func TestNodes(t *testing.T) {
 		if r := revision(t, s); r != rev {
 			t.Errorf("upserting an unchanged node bumped the revision %d -> %d", rev, r)
 		}
+
+		// Whether the node re-attests to renew is part of the node: a
+		// re-attestation that changes only that is written.
+		n.CanReattest = false
+		if err := s.UpsertNode(ctx, n); err != nil {
+			t.Fatalf("UpsertNode can_reattest: %v", err)
+		}
+		if got, _ := s.GetNode(ctx, n.SPIFFEID); got.CanReattest {
+			t.Fatal("GetNode after clearing CanReattest still has it set")
+		}
+		if r := revision(t, s); r != rev+1 {
+			t.Errorf("revision %d after a can_reattest change, want %d", r, rev+1)
+		}
+		rev++
 
 		n.PrevSerialNumber, n.SerialNumber = "0a", "0b"
 		n.Selectors = sels(t, "k8s:node-name:n1")
@@ -683,6 +698,45 @@ func TestNodes(t *testing.T) {
 		}
 		if got, err := s.GetNode(ctx, n.SPIFFEID); err != nil || !reflect.DeepEqual(got.Selectors, n.Selectors) {
 			t.Fatalf("GetNode after re-attest = %+v, %v", got, err)
+		}
+	})
+}
+
+// A store written before can_reattest existed: on upgrade, its x509pop and
+// k8s_psat agents are marked reattestable (they could always attest again,
+// and would otherwise renew in place, their evidence never checked again);
+// join-token agents are not.
+func TestUpgradeMarksReattestableNodes(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		// Back to the schema before migration 6, with one agent of each kind.
+		err := s.(*sqlStore).write(ctx, func(t *tx) error {
+			for _, q := range []string{
+				`ALTER TABLE nodes DROP COLUMN can_reattest`,
+				`DELETE FROM schema_version WHERE version = 6`,
+				`INSERT INTO nodes (spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at) VALUES
+				 ('spiffe://example.org/agent/x509pop/f1', 'x509pop', '0a', '', 0, 0),
+				 ('spiffe://example.org/agent/k8s_psat/c/n1', 'k8s_psat', '0b', '', 0, 0),
+				 ('spiffe://example.org/agent/join_token/t1', 'join_token', '0c', '', 0, 0)`,
+			} {
+				if _, err := t.exec(ctx, q); err != nil {
+					return fmt.Errorf("%s: %w", q, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("build a schema-5 store: %v", err)
+		}
+		upgraded := openStore(t, url)
+		nodes, err := upgraded.ListNodes(ctx)
+		if err != nil || len(nodes) != 3 {
+			t.Fatalf("ListNodes after the upgrade = %+v, %v", nodes, err)
+		}
+		for _, n := range nodes {
+			if want := n.AttestationType != "join_token"; n.CanReattest != want {
+				t.Errorf("%s (%s) after the upgrade: CanReattest %v, want %v", n.SPIFFEID, n.AttestationType, n.CanReattest, want)
+			}
 		}
 	})
 }

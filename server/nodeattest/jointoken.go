@@ -44,6 +44,11 @@ type Result struct {
 	// deadline, a dropped connection), and it asks again with the same key:
 	// the caller re-signs for the node recorded then, if it is still there.
 	JoinTokenRetry bool
+	// CanReattest: the evidence can be presented again (a machine
+	// certificate, a projected service account token), so the agent renews
+	// by attesting again and the server checks the evidence anew each
+	// time. A join token is spent: its agent renews in place.
+	CanReattest bool
 }
 
 // KeyHash is the hex SHA-256 of a public key's PKIX DER, the form in which

@@ -41,8 +41,8 @@ func TestJoinTokens(t *testing.T) {
 
 	tok := issue("", 0)
 	res, err := AttestJoinToken(ctx, st, td, tok, "key1", now)
-	if err != nil || res.JoinTokenRetry {
-		t.Fatalf("first use: %+v, %v", res, err)
+	if err != nil || res.JoinTokenRetry || res.CanReattest {
+		t.Fatalf("first use: %+v, %v (a spent token cannot attest again)", res, err)
 	}
 	if !strings.HasPrefix(res.AgentID.String(), "spiffe://example.org/agent/join_token/") || strings.Contains(res.AgentID.String(), tok) ||
 		res.JoinTokenHash != HashToken(tok) {

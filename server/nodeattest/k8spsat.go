@@ -198,13 +198,13 @@ func (p *PSAT) Attest(ctx context.Context, payload []byte) (Result, error) {
 	}
 	pod, err := c.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return Result{}, fmt.Errorf("%w: cluster %q: pod %s/%s no longer exists", ErrNotAttested, c.Name, ns, podName)
+		return Result{}, fmt.Errorf("%w: cluster %q: agent pod %s/%s no longer exists", ErrNotAttested, c.Name, ns, podName)
 	}
 	if err != nil {
 		return Result{}, fmt.Errorf("cluster %q: get pod %s/%s: %w", c.Name, ns, podName, err)
 	}
 	if string(pod.UID) != podUID {
-		return Result{}, fmt.Errorf("%w: cluster %q: pod %s/%s was replaced (uid %s, token for %s)", ErrNotAttested, c.Name, ns, podName, pod.UID, podUID)
+		return Result{}, fmt.Errorf("%w: cluster %q: agent pod %s/%s was replaced (uid %s, token for %s)", ErrNotAttested, c.Name, ns, podName, pod.UID, podUID)
 	}
 	if pod.Spec.NodeName == "" {
 		return Result{}, fmt.Errorf("%w: cluster %q: pod %s/%s is not scheduled on a node", ErrNotAttested, c.Name, ns, podName)
@@ -224,9 +224,10 @@ func (p *PSAT) Attest(ctx context.Context, payload []byte) (Result, error) {
 		return Result{}, fmt.Errorf("cluster %q: node uid %q cannot name an agent: %w", c.Name, node.UID, err)
 	}
 	return Result{
-		AgentID:   id,
-		Type:      K8sPSATType,
-		Selectors: psatSelectors(c, ns, sa, pod, node),
+		AgentID:     id,
+		Type:        K8sPSATType,
+		Selectors:   psatSelectors(c, ns, sa, pod, node),
+		CanReattest: true,
 	}, nil
 }
 

@@ -91,6 +91,9 @@ func TestPSATAttest(t *testing.T) {
 	if got, want := res.AgentID.String(), "spiffe://example.org/agent/k8s_psat/prod/node-uid-1"; got != want {
 		t.Errorf("agent ID %s, want %s", got, want)
 	}
+	if !res.CanReattest {
+		t.Error("k8s_psat result is not reattestable; its agents would renew without the token being checked again")
+	}
 	want := []string{
 		"k8s_psat:agent_node_ip:10.0.0.7",
 		"k8s_psat:agent_node_label:topology.kubernetes.io/zone:eu-1a",

@@ -202,7 +202,7 @@ func (p *X509PoP) Attest(_ context.Context, payload, agentKey []byte, now time.T
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{AgentID: id, Type: X509PoPType, Selectors: x509popSelectors(data, chains)}, nil
+	return Result{AgentID: id, Type: X509PoPType, Selectors: x509popSelectors(data, chains), CanReattest: true}, nil
 }
 
 // agentID renders the template; the result must be a valid agent ID, or

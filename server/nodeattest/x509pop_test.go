@@ -167,8 +167,8 @@ func TestX509PoPAttest(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := "spiffe://example.org/agent/x509pop/" + x509pop.Fingerprint(tc.in.chain[0])
-			if res.AgentID.String() != want || res.Type != X509PoPType {
-				t.Fatalf("agent %s (%s), want %s", res.AgentID, res.Type, want)
+			if res.AgentID.String() != want || res.Type != X509PoPType || !res.CanReattest {
+				t.Fatalf("agent %s (%s, can reattest %v), want %s, reattestable", res.AgentID, res.Type, res.CanReattest, want)
 			}
 		})
 	}

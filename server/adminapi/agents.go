@@ -26,6 +26,7 @@ func (s *Service) ListAgents(ctx context.Context, _ *api.ListAgentsRequest) (*ap
 			ExpiresAt:       n.ExpiresAt.Unix(),
 			AttestedAt:      n.AttestedAt.Unix(),
 			Banned:          n.Banned,
+			CanReattest:     n.CanReattest,
 		})
 	}
 	return resp, nil

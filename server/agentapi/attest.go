@@ -19,10 +19,13 @@ import (
 )
 
 // Attest proves a node (join token, Kubernetes projected service account
-// token or x509pop machine certificate) and signs its agent SVID. A join token is spent in the transaction
-// that records the node, so when anything fails before, the agent's retry
-// can use the same token; once that transaction commits, nothing fails, and
-// an agent that never got the answer may ask again with the same key.
+// token or x509pop machine certificate) and signs its agent SVID. A join
+// token is spent in the transaction that records the node, so when anything
+// fails before, the agent's retry can use the same token; once that
+// transaction commits, nothing fails, and an agent that never got the
+// answer may ask again with the same key. An agent whose evidence can be
+// presented again (k8s_psat, x509pop) calls Attest again to renew
+// (re-attestation): the same ID, the selectors of the fresh evidence.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
 	// Never the payload: a join token, a service account token.
 	rec := audit.FromContext(ctx)
@@ -42,12 +45,14 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	}
 	// Asked before signing, for a clear refusal; UpsertNode checks again
 	// in its transaction, so a ban racing this attestation still holds.
-	switch n, err := s.cfg.Store.GetNode(ctx, res.AgentID.String()); {
-	case err == nil && n.Banned:
+	prev, err := s.cfg.Store.GetNode(ctx, res.AgentID.String())
+	switch {
+	case err == nil && prev.Banned:
 		return nil, s.bannedError(res.AgentID)
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return nil, status.Errorf(codes.Unavailable, "look up agent %s: %v", res.AgentID, err)
 	}
+	reattested := err == nil && prev.AttestationType == res.Type
 	chain, err := s.signAgent(ctx, req.Csr, res.AgentID)
 	if err != nil {
 		return nil, err
@@ -59,6 +64,13 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		SerialNumber:    serialHex(chain[0].SerialNumber),
 		ExpiresAt:       chain[0].NotAfter,
 		AttestedAt:      s.cfg.Now(),
+		CanReattest:     res.CanReattest,
+	}
+	if reattested {
+		// As after RenewAgent, the SVID the agent holds stays valid until
+		// it reconnects with the new one: calls in flight on its old
+		// connection are not refused as superseded.
+		node.PrevSerialNumber = prev.SerialNumber
 	}
 	if res.JoinTokenHash != "" {
 		err = s.cfg.Store.UpsertNodeSpendingToken(ctx, node, res.JoinTokenHash, keyHash, s.cfg.Now())
@@ -78,8 +90,14 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	}
 	s.publishNode(ctx, res.AgentID)
 	auditSVID(rec, node.SerialNumber, node.ExpiresAt)
-	s.cfg.Logger.Info("agent attested", "agent_id", res.AgentID.String(), "type", res.Type, "serial", node.SerialNumber, "expires_at", node.ExpiresAt)
-	return s.attestResponse(res.AgentID, chain), nil
+	rec.Add(slog.Bool("reattested", reattested), slog.Bool("can_reattest", res.CanReattest))
+	msg := "agent attested"
+	if reattested {
+		msg = "agent re-attested"
+	}
+	s.cfg.Logger.Info(msg, "agent_id", res.AgentID.String(), "type", res.Type, "serial", node.SerialNumber, "expires_at", node.ExpiresAt,
+		"can_reattest", res.CanReattest)
+	return s.attestResponse(res.AgentID, chain, res.CanReattest), nil
 }
 
 // attestAgain answers an agent whose join-token attestation committed but
@@ -113,7 +131,7 @@ func (s *Service) attestAgain(ctx context.Context, csr []byte, id spiffeid.ID) (
 	auditSVID(audit.FromContext(ctx), serial, chain[0].NotAfter)
 	s.cfg.Logger.Info("agent attestation answered again: the agent retried with the join token and key it attested with", "agent_id", id.String(),
 		"serial", serial, "expires_at", chain[0].NotAfter)
-	return s.attestResponse(id, chain), nil
+	return s.attestResponse(id, chain, n.CanReattest), nil
 }
 
 func (s *Service) spentError(id spiffeid.ID) error {
@@ -175,7 +193,11 @@ func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, agentK
 	return res, status.Errorf(codes.Unavailable, "attest: %v", err)
 }
 
-// RenewAgent signs a fresh agent SVID for the calling agent.
+// RenewAgent signs a fresh agent SVID for the calling agent. An agent that
+// can attest again is refused: it renews by attesting again, so that its
+// evidence is checked anew (a machine certificate that expired or whose CA
+// was dropped, a pod or node that is gone, ends its identity at its next
+// renewal).
 func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*api.AttestResponse, error) {
 	snap, _ := s.cfg.Catalog.Current()
 	c, snap, err := s.authenticate(ctx, snap)
@@ -184,6 +206,10 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 	}
 	rec := audit.FromContext(ctx)
 	auditCaller(rec, c)
+	if c.Node.CanReattest {
+		return nil, status.Errorf(codes.PermissionDenied, "agent %s must re-attest to renew its SVID: it attested with %s, whose evidence the server checks anew at every renewal",
+			c.ID, c.Node.AttestationType)
+	}
 	if err := s.recheckNode(ctx, snap.Nodes[c.ID.String()]); err != nil {
 		return nil, err
 	}
@@ -206,15 +232,16 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 	}
 	auditSVID(rec, serial, chain[0].NotAfter)
 	s.cfg.Logger.Info("agent SVID renewed", "agent_id", c.ID.String(), "serial", serial, "expires_at", chain[0].NotAfter)
-	return s.attestResponse(c.ID, chain), nil
+	return s.attestResponse(c.ID, chain, false), nil
 }
 
-// recheckNode asks again, at renewal, whether what attested the agent still
-// holds. Join tokens are spent, so there is nothing to ask; a Kubernetes
-// agent's pod, node and service account are looked up again. An x509pop
-// agent renews while the server accepts x509pop (its certificate is not
-// kept: as in SPIRE, an admin evicts or bans a node whose certificate
-// was revoked).
+// recheckNode asks again, at an in-place renewal, whether what attested the
+// agent still holds. Join tokens are spent, so there is nothing to ask.
+// k8s_psat and x509pop agents re-attest instead, unless their record lacks
+// can_reattest (written, during an upgrade, by an older server still
+// running on the same store): then a Kubernetes agent's pod, node and
+// service account are looked up again, and an x509pop agent renews while
+// the server accepts x509pop (its certificate is not kept).
 func (s *Service) recheckNode(ctx context.Context, node store.Node) error {
 	if node.AttestationType == nodeattest.X509PoPType && s.cfg.X509PoP == nil {
 		return status.Errorf(codes.PermissionDenied, "agent %s attested with x509pop, which this server no longer accepts", node.SPIFFEID)
@@ -252,11 +279,14 @@ func auditSVID(rec *audit.Record, serial string, expiresAt time.Time) {
 	rec.Add(slog.String("serial", serial), slog.Time("expires_at", expiresAt.UTC()))
 }
 
-func (s *Service) attestResponse(id spiffeid.ID, chain []*x509.Certificate) *api.AttestResponse {
+// attestResponse answers an attestation or renewal; reattestable tells the
+// agent how to renew next.
+func (s *Service) attestResponse(id spiffeid.ID, chain []*x509.Certificate, reattestable bool) *api.AttestResponse {
 	snap, _ := s.cfg.Catalog.Current()
 	resp := &api.AttestResponse{
-		SpiffeId: id.String(),
-		Bundle:   BundleToProto(snap.OwnBundle(s.cfg.TrustDomain), s.refreshHint()),
+		SpiffeId:     id.String(),
+		Bundle:       BundleToProto(snap.OwnBundle(s.cfg.TrustDomain), s.refreshHint()),
+		Reattestable: reattestable,
 	}
 	for _, c := range chain {
 		resp.SvidChain = append(resp.SvidChain, c.Raw)

@@ -2,11 +2,13 @@ package agentapi
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -20,7 +22,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/signetid/signet/internal/logtest"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/api/x509pop"
+	"github.com/signetid/signet/server/api/x509pop/x509poptest"
+	"github.com/signetid/signet/server/audit"
+	"github.com/signetid/signet/server/audit/audittest"
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/catalog"
 	"github.com/signetid/signet/server/nodeattest"
@@ -30,9 +37,9 @@ import (
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
 // harness is the agent API over real gRPC and mutual TLS on 127.0.0.1, with
-// a real CA and a SQLite store. The catalog is refreshed only when a test
-// (or the service itself) calls Refresh, so a test decides which store
-// writes one snapshot covers.
+// a real CA and a SQLite store, audited as the server audits it. The
+// catalog is refreshed only when a test (or the service itself) calls
+// Refresh, so a test decides which store writes one snapshot covers.
 type harness struct {
 	svc    *Service
 	store  store.Store
@@ -40,6 +47,13 @@ type harness struct {
 	dbPath string
 	addr   string
 	bundle *x509bundle.Bundle
+	// nodeCA issues x509pop machine certificates; nodeBundle is the file of
+	// its root the server trusts, read at every attestation. Agents are
+	// named by the certificate's common name.
+	nodeCA     *x509poptest.CA
+	nodeBundle string
+	// auditLog holds the audit records (JSON).
+	auditLog *logtest.Buffer
 }
 
 func newHarness(t *testing.T) *harness {
@@ -68,7 +82,14 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := New(Config{TrustDomain: td, Store: st, Catalog: cat, Signer: m, AgentTTL: time.Hour, Logger: logger})
+	nodeRoot := x509poptest.NewRoot(t, "Example Node Root")
+	nodeBundle := filepath.Join(dir, "node-ca.pem")
+	x509poptest.WritePEM(t, nodeBundle, nodeRoot.Cert)
+	pop, err := nodeattest.NewX509PoP(td, nodeattest.X509PoPConfig{CABundlePaths: []string{nodeBundle}, AgentPathTemplate: "x509pop/{{ .Subject.CommonName }}"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := New(Config{TrustDomain: td, Store: st, Catalog: cat, Signer: m, X509PoP: pop, AgentTTL: time.Hour, Logger: logger})
 	serverSVID, err := m.SignServerSVID(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +98,9 @@ func newHarness(t *testing.T) *harness {
 	for _, c := range serverSVID.Certificates {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(svc.TLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil }))))
+	auditLog := &logtest.Buffer{}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(svc.TLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil }))),
+		grpc.UnaryInterceptor(audit.New(audittest.Logger(auditLog)).UnaryInterceptor(audit.Options{})))
 	svc.Register(g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -95,7 +118,8 @@ func newHarness(t *testing.T) *harness {
 			bundle.AddX509Authority(root)
 		}
 	}
-	return &harness{svc: svc, store: st, cat: cat, dbPath: dbPath, addr: ln.Addr().String(), bundle: bundle}
+	return &harness{svc: svc, store: st, cat: cat, dbPath: dbPath, addr: ln.Addr().String(), bundle: bundle,
+		nodeCA: nodeRoot.Intermediate(t, "Example Node Issuing"), nodeBundle: nodeBundle, auditLog: auditLog}
 }
 
 // token stores a new join token for the agent ID agentID ("" for the
@@ -136,13 +160,50 @@ func attestRequest(t *testing.T, token string) (*ecdsa.PrivateKey, *api.AttestRe
 	return key, &api.AttestRequest{AttestationType: nodeattest.JoinTokenType, Payload: []byte(token), Csr: csr}
 }
 
+// x509popRequest is an x509pop Attest request with a fresh key's CSR,
+// proven with the machine certificate leaf (issued by h.nodeCA) and its key.
+func (h *harness) x509popRequest(t *testing.T, leaf *x509.Certificate, leafKey crypto.Signer) (*ecdsa.PrivateKey, *api.AttestRequest) {
+	t.Helper()
+	key, req := attestRequest(t, "")
+	csr, err := x509.ParseCertificateRequest(req.Csr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := x509pop.Sign(leafKey, x509pop.Message(td, csr.RawSubjectPublicKeyInfo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := x509pop.Payload{Chain: [][]byte{leaf.Raw}, Signature: sig}
+	for _, c := range h.nodeCA.Chain {
+		payload.Chain = append(payload.Chain, c.Raw)
+	}
+	if req.Payload, err = json.Marshal(payload); err != nil {
+		t.Fatal(err)
+	}
+	req.AttestationType = nodeattest.X509PoPType
+	return key, req
+}
+
+// anon is a client that authenticates the server only, as for Attest.
+func (h *harness) anon(t *testing.T) api.AgentServiceClient {
+	t.Helper()
+	return h.dial(t, tlsconfig.TLSClientConfig(h.bundle, tlsconfig.AuthorizeID(ServerID(td))))
+}
+
 // attest attests an agent with a join token over server-authenticated TLS
 // and returns a client that presents the agent SVID it got.
 func (h *harness) attest(t *testing.T, agentID string) (spiffeid.ID, api.AgentServiceClient) {
 	t.Helper()
-	anon := h.dial(t, tlsconfig.TLSClientConfig(h.bundle, tlsconfig.AuthorizeID(ServerID(td))))
 	key, req := attestRequest(t, h.token(t, agentID))
-	resp, err := anon.Attest(context.Background(), req)
+	id, client, _ := h.attestWith(t, key, req)
+	return id, client
+}
+
+// attestWith sends req (for key's CSR) and returns the agent's ID, a
+// client that presents the SVID it got, and the response.
+func (h *harness) attestWith(t *testing.T, key *ecdsa.PrivateKey, req *api.AttestRequest) (spiffeid.ID, api.AgentServiceClient, *api.AttestResponse) {
+	t.Helper()
+	resp, err := h.anon(t).Attest(context.Background(), req)
 	if err != nil {
 		t.Fatalf("attest: %v", err)
 	}
@@ -159,5 +220,5 @@ func (h *harness) attest(t *testing.T, agentID string) (spiffeid.ID, api.AgentSe
 		t.Fatal(err)
 	}
 	svid := &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}
-	return id, h.dial(t, tlsconfig.MTLSClientConfig(svid, h.bundle, tlsconfig.AuthorizeID(ServerID(td))))
+	return id, h.dial(t, tlsconfig.MTLSClientConfig(svid, h.bundle, tlsconfig.AuthorizeID(ServerID(td)))), resp
 }

@@ -1,0 +1,165 @@
+package agentapi
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/hex"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/api/x509pop/x509poptest"
+	"github.com/signetid/signet/server/audit/audittest"
+)
+
+// syncOnce opens a Sync stream as client and reads its first message: the
+// server authenticated the SVID client presents.
+func syncOnce(t *testing.T, client api.AgentServiceClient) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := client.Sync(ctx, &api.SyncRequest{})
+	if err != nil {
+		return err
+	}
+	_, err = stream.Recv()
+	return err
+}
+
+func hasSelector(sels []selector.Selector, s string) bool {
+	return slices.Contains(selector.Strings(sels), s)
+}
+
+// serialSelector is the x509pop selector of leaf's serial number (hex of
+// its bytes, as SPIRE's).
+func serialSelector(leaf *x509.Certificate) string {
+	return "x509pop:serialnumber:" + hex.EncodeToString(leaf.SerialNumber.Bytes())
+}
+
+// An x509pop agent is reattestable: the server says so, records it, and
+// refuses its RenewAgent. It renews by attesting again, which keeps its ID,
+// takes the fresh evidence's selectors and leaves the SVID it holds valid
+// until it uses the new one; evidence the server no longer accepts (an
+// expired certificate, a CA dropped from the bundle) is refused and
+// changes nothing. Every step is audited.
+func TestReattestToRenew(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	leaf1, leafKey1 := h.nodeCA.Issue(t, x509poptest.Leaf{CommonName: "node-1"})
+	key, req := h.x509popRequest(t, leaf1, leafKey1)
+	id, first, resp := h.attestWith(t, key, req)
+	if id.String() != "spiffe://example.org/agent/x509pop/node-1" || !resp.Reattestable {
+		t.Fatalf("attested %s, reattestable %v; want agent/x509pop/node-1, reattestable", id, resp.Reattestable)
+	}
+	n1, err := h.store.GetNode(ctx, id.String())
+	if err != nil || !n1.CanReattest || !hasSelector(n1.Selectors, serialSelector(leaf1)) {
+		t.Fatalf("node after attestation: %+v, %v; want reattestable, with the certificate's serial selector", n1, err)
+	}
+
+	if _, err := first.RenewAgent(ctx, &api.RenewAgentRequest{Csr: req.Csr}); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "must re-attest") {
+		t.Fatalf("RenewAgent from a reattestable agent: %v, want PermissionDenied saying it must re-attest", err)
+	}
+	if n, _ := h.store.GetNode(ctx, id.String()); n.SerialNumber != n1.SerialNumber {
+		t.Fatal("a refused RenewAgent changed the node")
+	}
+
+	// The node's certificate was renewed (same name, new serial): the same
+	// agent, the new certificate's selectors.
+	leaf2, leafKey2 := h.nodeCA.Issue(t, x509poptest.Leaf{CommonName: "node-1"})
+	key, req = h.x509popRequest(t, leaf2, leafKey2)
+	id2, second, resp := h.attestWith(t, key, req)
+	if id2 != id || !resp.Reattestable {
+		t.Fatalf("re-attested as %s, reattestable %v; want %s, reattestable", id2, resp.Reattestable, id)
+	}
+	n2, err := h.store.GetNode(ctx, id.String())
+	switch {
+	case err != nil:
+		t.Fatal(err)
+	case n2.SerialNumber == n1.SerialNumber || n2.PrevSerialNumber != n1.SerialNumber:
+		t.Fatalf("node serials %s (prev %s) after re-attestation; want a new one, the previous %s kept", n2.SerialNumber, n2.PrevSerialNumber, n1.SerialNumber)
+	case !hasSelector(n2.Selectors, serialSelector(leaf2)) || hasSelector(n2.Selectors, serialSelector(leaf1)):
+		t.Fatalf("selectors after re-attestation %v; want the new certificate's only", selector.Strings(n2.Selectors))
+	case !n2.CanReattest:
+		t.Fatal("node no longer reattestable after re-attestation")
+	}
+	// Until the agent reconnects with the new SVID, the one it holds is
+	// still accepted (calls in flight are not refused as superseded).
+	if err := syncOnce(t, first); err != nil {
+		t.Fatalf("sync with the SVID held before the re-attestation: %v", err)
+	}
+
+	// Each case spoils the evidence and returns the certificate to present.
+	refusals := []struct {
+		name     string
+		evidence func(t *testing.T) (*x509.Certificate, crypto.Signer)
+		msg      string
+	}{
+		{"expired certificate", func(t *testing.T) (*x509.Certificate, crypto.Signer) {
+			return h.nodeCA.Issue(t, x509poptest.Leaf{CommonName: "node-1", NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+		}, "expired"},
+		{"node CA dropped from the bundle", func(t *testing.T) (*x509.Certificate, crypto.Signer) {
+			x509poptest.WritePEM(t, h.nodeBundle, x509poptest.NewRoot(t, "Another Root").Cert)
+			return leaf2, leafKey2
+		}, "unknown authority"},
+	}
+	for _, tc := range refusals {
+		t.Run(tc.name, func(t *testing.T) {
+			leaf, leafKey := tc.evidence(t)
+			_, req := h.x509popRequest(t, leaf, leafKey)
+			if _, err := h.anon(t).Attest(ctx, req); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("re-attestation: %v, want PermissionDenied containing %q", err, tc.msg)
+			}
+			if n, _ := h.store.GetNode(ctx, id.String()); n.SerialNumber != n2.SerialNumber || !slices.Equal(n.Selectors, n2.Selectors) {
+				t.Fatalf("a refused re-attestation changed the node: %+v", n)
+			}
+			// The agent keeps its identity until its SVID expires.
+			if err := syncOnce(t, second); err != nil {
+				t.Fatalf("sync with the current SVID after the refusal: %v", err)
+			}
+		})
+	}
+
+	records := audittest.Records(t, h.auditLog.String())
+	attests := audittest.Filter(records, map[string]string{"method": api.AgentService_Attest_FullMethodName, "attestation_type": "x509pop", "agent_id": id.String()})
+	var got []string
+	for _, r := range attests {
+		got = append(got, r.Get("status_code")+" reattested="+r.Get("reattested")+" can_reattest="+r.Get("can_reattest"))
+	}
+	want := []string{"OK reattested=false can_reattest=true", "OK reattested=true can_reattest=true"}
+	if !slices.Equal(got, want) {
+		t.Errorf("audited attestations %q, want %q", got, want)
+	}
+	if refused := audittest.Filter(records, map[string]string{"method": api.AgentService_Attest_FullMethodName, "attestation_type": "x509pop", "status_code": "PermissionDenied"}); len(refused) != 2 {
+		t.Errorf("%d refused re-attestations audited, want 2: %v", len(refused), refused)
+	}
+	renew := audittest.Filter(records, map[string]string{"method": api.AgentService_RenewAgent_FullMethodName, "caller_id": id.String(), "status_code": "PermissionDenied"})
+	if len(renew) != 1 || !strings.Contains(renew[0].Get("status_message"), "must re-attest") {
+		t.Errorf("audited refused RenewAgent: %v, want one naming the agent and saying it must re-attest", renew)
+	}
+}
+
+// A join-token agent cannot attest again (its token is spent): the server
+// says so, and renews it in place.
+func TestJoinTokenAgentIsNotReattestable(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	key, req := attestRequest(t, h.token(t, ""))
+	id, client, resp := h.attestWith(t, key, req)
+	if resp.Reattestable {
+		t.Fatal("a join-token attestation answered reattestable")
+	}
+	if n, err := h.store.GetNode(ctx, id.String()); err != nil || n.CanReattest {
+		t.Fatalf("node %+v, %v; want not reattestable", n, err)
+	}
+	renewed, err := client.RenewAgent(ctx, &api.RenewAgentRequest{Csr: req.Csr})
+	if err != nil || renewed.Reattestable {
+		t.Fatalf("RenewAgent of a join-token agent: reattestable %v, %v; want renewed in place", renewed.GetReattestable(), err)
+	}
+}

@@ -83,12 +83,15 @@ type Client struct {
 	cfg   Config
 	store store
 
-	mu       sync.RWMutex
-	svid     *x509svid.SVID
-	bundle   *x509bundle.Bundle
-	conn     *grpc.ClientConn
-	notReady error
-	used     string // hash of the last join token presented
+	mu   sync.RWMutex
+	svid *x509svid.SVID
+	// reattestable: the agent renews by attesting again with fresh
+	// evidence (the server said so), not with RenewAgent.
+	reattestable bool
+	bundle       *x509bundle.Bundle
+	conn         *grpc.ClientConn
+	notReady     error
+	used         string // hash of the last join token presented
 	// pending is the key presented with a single-use token whose answer
 	// never came (a deadline, a dropped connection). The server may have
 	// spent the token for that key; the retry presents the same key, which
@@ -154,10 +157,11 @@ func (c *Client) Start(ctx context.Context) error {
 	}
 	c.used = c.store.loadUsedToken()
 
-	svid, err := c.store.loadSVID()
+	id, err := c.store.loadSVID()
 	if err != nil {
 		c.cfg.Logger.Warn("ignoring persisted agent SVID", "error", err)
 	}
+	svid := id.svid
 	now := c.cfg.Now()
 	switch {
 	case svid == nil:
@@ -168,10 +172,11 @@ func (c *Client) Start(ctx context.Context) error {
 	case c.bundle == nil:
 		c.cfg.Logger.Warn("persisted agent SVID found but no server bundle to verify the server; attesting again")
 	default:
-		c.cfg.Logger.Info("using persisted agent SVID", "agent_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
-		return c.setIdentity(svid, false)
+		c.cfg.Logger.Info("using persisted agent SVID", "agent_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter,
+			"reattestable", id.reattestable)
+		return c.setIdentity(id, false)
 	}
-	return c.attest(ctx)
+	return c.attest(ctx, false)
 }
 
 // Close closes the server connection.
@@ -373,14 +378,31 @@ func renewAt(leaf *x509.Certificate) time.Time {
 	return leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
 }
 
-// renewOrReattest renews the agent SVID; when the server no longer knows
-// the agent (evicted) or the SVID has expired, it attests again with a
-// fresh join token, or reports not ready when there is none.
+// renewOrReattest renews the agent SVID: a reattestable agent by attesting
+// again with fresh evidence, any other with RenewAgent. When the server
+// refuses the renewal (evicted, or it says the agent must re-attest) or the
+// SVID has expired, it attests again: with a fresh join token, or reports
+// not ready when there is none. A refused re-attestation keeps the current
+// SVID, which serves until it expires, and reports not ready.
 func (c *Client) renewOrReattest(ctx context.Context) error {
-	svid, _ := c.GetX509SVID()
-	expired := !c.cfg.Now().Before(svid.Certificates[0].NotAfter)
+	c.mu.RLock()
+	svid, reattestable := c.svid, c.reattestable
+	c.mu.RUnlock()
+	notAfter := svid.Certificates[0].NotAfter
 	var err error
-	if !expired {
+	switch {
+	case !c.cfg.Now().Before(notAfter):
+		err = fmt.Errorf("agent SVID expired at %s", notAfter.Format(time.RFC3339))
+	case reattestable:
+		err = c.attest(ctx, true)
+		if err != nil && !transient(err) {
+			c.cfg.Logger.Warn("agent SVID cannot be renewed: re-attestation refused; serving the current SVID until it expires",
+				"reason", err, "expires_at", notAfter)
+			c.setNotReady(fmt.Errorf("re-attestation to renew the agent SVID refused (serving the current one until it expires at %s): %w",
+				notAfter.Format(time.RFC3339), err))
+		}
+		return err
+	default:
 		if err = c.renew(ctx); err == nil {
 			return nil
 		}
@@ -388,15 +410,23 @@ func (c *Client) renewOrReattest(ctx context.Context) error {
 			// The server is unreachable or busy: keep the SVID, retry.
 			return err
 		}
-	} else {
-		err = fmt.Errorf("agent SVID expired at %s", svid.Certificates[0].NotAfter.Format(time.RFC3339))
 	}
 	c.cfg.Logger.Warn("agent SVID cannot be renewed; attesting again", "reason", err)
-	if aerr := c.attest(ctx); aerr != nil {
+	if aerr := c.attest(ctx, false); aerr != nil {
 		c.setNotReady(fmt.Errorf("%v; re-attestation: %w", err, aerr))
 		return aerr
 	}
 	return nil
+}
+
+// transient reports whether err is the server being unreachable or busy,
+// worth retrying as it is; anything else refused the agent or its evidence.
+func transient(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Canceled:
+		return true
+	}
+	return false
 }
 
 func (c *Client) setNotReady(err error) {
@@ -429,12 +459,12 @@ func (c *Client) renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("renew agent SVID: %w", err)
 	}
-	svid, bundle, taint, err := c.parseResponse(resp, key)
+	id, bundle, taint, err := c.parseResponse(resp, key)
 	if err != nil {
 		return fmt.Errorf("renew agent SVID: %w", err)
 	}
-	c.cfg.Logger.Info("agent SVID renewed", "agent_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter)
-	if err := c.setIdentity(svid, true); err != nil {
+	c.cfg.Logger.Info("agent SVID renewed", "agent_id", id.svid.ID.String(), "expires_at", id.svid.Certificates[0].NotAfter)
+	if err := c.setIdentity(id, true); err != nil {
 		return err
 	}
 	// After setIdentity, so a taint is checked against the new SVID.
@@ -443,8 +473,9 @@ func (c *Client) renew(ctx context.Context) error {
 }
 
 // attest proves the node with the node attestor's evidence and adopts the
-// returned SVID and bundle.
-func (c *Client) attest(ctx context.Context) error {
+// returned SVID and bundle; renewal says the attestation renews a
+// reattestable agent's SVID (for the log).
+func (c *Client) attest(ctx context.Context, renewal bool) error {
 	key, csr, ev, hash, err := c.attestKey()
 	if err != nil {
 		return err
@@ -478,10 +509,11 @@ func (c *Client) attest(ctx context.Context) error {
 	if ev.SingleUse {
 		c.markTokenUsed(hash)
 	}
-	svid, bundle, taint, err := c.parseResponse(resp, key)
+	id, bundle, taint, err := c.parseResponse(resp, key)
 	if err != nil {
 		return fmt.Errorf("attest to %s: %w", c.cfg.ServerAddr, err)
 	}
+	svid := id.svid
 	if bundle == nil || len(bundle.X509Authorities()) == 0 {
 		return fmt.Errorf("attest to %s: the server sent no bundle", c.cfg.ServerAddr)
 	}
@@ -497,8 +529,13 @@ func (c *Client) attest(ctx context.Context) error {
 	if err := c.store.saveBundle(xb.X509Authorities()); err != nil {
 		return err
 	}
-	c.cfg.Logger.Info("agent attested", "agent_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter, "took", time.Since(start).Round(time.Millisecond))
-	if err := c.setIdentity(svid, true); err != nil {
+	msg := "agent attested"
+	if renewal {
+		msg = "agent SVID renewed by re-attestation"
+	}
+	c.cfg.Logger.Info(msg, "agent_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter, "reattestable", id.reattestable,
+		"took", time.Since(start).Round(time.Millisecond))
+	if err := c.setIdentity(id, true); err != nil {
 		return err
 	}
 	c.renewIfTainted(taint)
@@ -593,48 +630,48 @@ func (c *Client) bootstrapTLS() (*tls.Config, error) {
 // parseResponse checks an attest or renew response: the leaf carries key's
 // public key and an ID in the agent's trust domain. The bundle, with its
 // taint marks, is nil when the server sent none.
-func (c *Client) parseResponse(resp *api.AttestResponse, key *ecdsa.PrivateKey) (*x509svid.SVID, *spiffebundle.Bundle, Taint, error) {
+func (c *Client) parseResponse(resp *api.AttestResponse, key *ecdsa.PrivateKey) (identity, *spiffebundle.Bundle, Taint, error) {
 	if len(resp.SvidChain) == 0 {
-		return nil, nil, Taint{}, errors.New("the server sent no agent SVID")
+		return identity{}, nil, Taint{}, errors.New("the server sent no agent SVID")
 	}
 	certs := make([]*x509.Certificate, 0, len(resp.SvidChain))
 	for _, der := range resp.SvidChain {
 		cert, err := x509.ParseCertificate(der)
 		if err != nil {
-			return nil, nil, Taint{}, fmt.Errorf("parse agent SVID: %w", err)
+			return identity{}, nil, Taint{}, fmt.Errorf("parse agent SVID: %w", err)
 		}
 		certs = append(certs, cert)
 	}
 	if !key.PublicKey.Equal(certs[0].PublicKey) {
-		return nil, nil, Taint{}, errors.New("agent SVID is not for the requested key")
+		return identity{}, nil, Taint{}, errors.New("agent SVID is not for the requested key")
 	}
 	id, err := x509svid.IDFromCert(certs[0])
 	if err != nil {
-		return nil, nil, Taint{}, fmt.Errorf("agent SVID: %w", err)
+		return identity{}, nil, Taint{}, fmt.Errorf("agent SVID: %w", err)
 	}
 	if !id.MemberOf(c.cfg.TrustDomain) {
-		return nil, nil, Taint{}, fmt.Errorf("agent SVID %s is not in trust domain %s", id, c.cfg.TrustDomain)
+		return identity{}, nil, Taint{}, fmt.Errorf("agent SVID %s is not in trust domain %s", id, c.cfg.TrustDomain)
 	}
 	var bundle *spiffebundle.Bundle
 	var taint Taint
 	if resp.Bundle != nil {
 		if bundle, taint, err = OwnBundleFromProto(resp.Bundle); err != nil {
-			return nil, nil, Taint{}, err
+			return identity{}, nil, Taint{}, err
 		}
 		if bundle.TrustDomain() != c.cfg.TrustDomain {
-			return nil, nil, Taint{}, fmt.Errorf("server bundle is for %s, not %s", bundle.TrustDomain(), c.cfg.TrustDomain)
+			return identity{}, nil, Taint{}, fmt.Errorf("server bundle is for %s, not %s", bundle.TrustDomain(), c.cfg.TrustDomain)
 		}
 	}
-	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, bundle, taint, nil
+	return identity{svid: &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, reattestable: resp.Reattestable}, bundle, taint, nil
 }
 
-// setIdentity adopts svid, persists it when asked, and moves to a new
-// connection that presents it. The old connection is closed after a grace
-// period so in-flight calls finish; the server accepts the previous SVID
-// until the agent reconnects with the new one.
-func (c *Client) setIdentity(svid *x509svid.SVID, persist bool) error {
+// setIdentity adopts id, persists it when asked, and moves to a new
+// connection that presents its SVID. The old connection is closed after a
+// grace period so in-flight calls finish; the server accepts the previous
+// SVID until the agent reconnects with the new one.
+func (c *Client) setIdentity(id identity, persist bool) error {
 	if persist {
-		if err := c.store.saveSVID(svid); err != nil {
+		if err := c.store.saveSVID(id); err != nil {
 			return err
 		}
 	}
@@ -651,7 +688,7 @@ func (c *Client) setIdentity(svid *x509svid.SVID, persist bool) error {
 		return errors.New("client is closed")
 	}
 	old := c.conn
-	c.svid = svid
+	c.svid, c.reattestable = id.svid, id.reattestable
 	c.conn = conn
 	c.notReady = nil
 	close(c.moved)

@@ -198,7 +198,7 @@ func TestRenewAndReattest(t *testing.T) {
 		t.Fatalf("sync with the renewed SVID: %v", err)
 	}
 	onDisk, err := store{dir: dir}.loadSVID()
-	if err != nil || !onDisk.Certificates[0].Equal(renewed.Certificates[0]) {
+	if err != nil || !onDisk.svid.Certificates[0].Equal(renewed.Certificates[0]) || onDisk.reattestable {
 		t.Fatalf("renewed SVID not persisted (err %v)", err)
 	}
 
@@ -265,7 +265,7 @@ func TestAttestRetryAfterLostAnswer(t *testing.T) {
 		t.Fatalf("sync after the retry: %v", err)
 	}
 	// Answered, the token is used up on this side too.
-	if err := c.attest(ctx); err == nil || !strings.Contains(err.Error(), "already used") {
+	if err := c.attest(ctx, false); err == nil || !strings.Contains(err.Error(), "already used") {
 		t.Fatalf("attesting again with the answered token: %v", err)
 	}
 }

@@ -94,15 +94,32 @@ func TestPSATAttestation(t *testing.T) {
 		}
 	}
 
-	// The agent pod is gone: the next renewal is refused (the server looks
-	// the pod up again), and so is attesting again.
-	kube.DeletePod("signet-system", "signet-agent-x7k2p")
-	if err := c.renew(ctx); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no longer exists") {
-		t.Fatalf("renew without the pod: %v, want PermissionDenied naming the pod", err)
+	// A k8s_psat agent renews by attesting again with the token file's
+	// current token: RenewAgent is refused.
+	if err := c.renew(ctx); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "must re-attest") {
+		t.Fatalf("RenewAgent from a k8s_psat agent: %v, want PermissionDenied saying it must re-attest", err)
 	}
+	reviews := kube.Calls("POST /apis/authentication.k8s.io/v1/tokenreviews")
+	if err := c.renewOrReattest(ctx); err != nil {
+		t.Fatalf("renew by re-attestation: %v", err)
+	}
+	if kube.Calls("POST /apis/authentication.k8s.io/v1/tokenreviews") != reviews+1 {
+		t.Fatal("renewal did not present the token to the API server again")
+	}
+
+	// The agent pod is gone: the next renewal (a re-attestation) is
+	// refused; the agent keeps its SVID and reports not ready.
+	kube.DeletePod("signet-system", "signet-agent-x7k2p")
+	held, _ := c.GetX509SVID()
 	err = c.renewOrReattest(ctx)
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no longer exists") {
 		t.Fatalf("re-attest without the pod: %v, want PermissionDenied naming the pod", err)
+	}
+	if err := c.Ready(); err == nil || !strings.Contains(err.Error(), "no longer exists") {
+		t.Fatalf("Ready after the refused re-attestation = %v, want not ready naming the pod", err)
+	}
+	if now, _ := c.GetX509SVID(); now != held {
+		t.Fatal("a refused re-attestation dropped the agent SVID")
 	}
 }
 

@@ -22,13 +22,25 @@ import (
 // of nodeCA (an intermediate), which it returns.
 func x509popServer(t *testing.T) (*realServer, *x509poptest.CA) {
 	t.Helper()
+	s, ca, _ := x509popServerWith(t, nil)
+	return s, ca
+}
+
+// x509popServerWith is x509popServer with mutate applied to the server's
+// configuration; it also returns the path of the server's node CA bundle,
+// which the server reads at every attestation.
+func x509popServerWith(t *testing.T, mutate func(*server.Config)) (*realServer, *x509poptest.CA, string) {
+	t.Helper()
 	root := x509poptest.NewRoot(t, "Example Node Root")
 	bundle := filepath.Join(t.TempDir(), "node-ca.pem")
 	x509poptest.WritePEM(t, bundle, root.Cert)
 	s := servertest.Start(t, td, func(c *server.Config) {
 		c.X509PoP = &nodeattest.X509PoPConfig{CABundlePaths: []string{bundle}}
+		if mutate != nil {
+			mutate(c)
+		}
 	})
-	return &realServer{s}, root.Intermediate(t, "Example Node Issuing")
+	return &realServer{s}, root.Intermediate(t, "Example Node Issuing"), bundle
 }
 
 // syncEntries reads the first Sync message's entries' SPIFFE IDs.
@@ -82,8 +94,8 @@ func TestX509PoPAttestation(t *testing.T) {
 		t.Fatalf("entries reaching the agent %q, want the one under the node alias (%s)", got, workload)
 	}
 	agents, err := s.Admin().ListAgents(ctx, &api.ListAgentsRequest{})
-	if err != nil || len(agents.Agents) != 1 || agents.Agents[0].AttestationType != "x509pop" {
-		t.Fatalf("agents %v, err %v", agents, err)
+	if err != nil || len(agents.Agents) != 1 || agents.Agents[0].AttestationType != "x509pop" || !agents.Agents[0].CanReattest {
+		t.Fatalf("agents %v, err %v; want the x509pop agent, which can re-attest", agents, err)
 	}
 
 	// Not single-use: the same certificate attests again, from a lost data

@@ -26,6 +26,15 @@ var (
 	binErr  error
 )
 
+// TestMain removes the binary the run built (tens of MB per run).
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
 // signetBinary builds cmd/signet once per test run.
 func signetBinary(t *testing.T) string {
 	t.Helper()

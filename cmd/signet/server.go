@@ -638,7 +638,7 @@ func newServerAgentCmd() *cobra.Command {
 				w := cmd.OutOrStdout()
 				fmt.Fprintf(w, "Found %d agents\n\n", len(resp.Agents))
 				for _, a := range resp.Agents {
-					fmt.Fprintf(w, "SPIFFE ID: %s\nAttestation type: %s\n", a.SpiffeId, a.AttestationType)
+					fmt.Fprintf(w, "SPIFFE ID: %s\nAttestation type: %s\nCan re-attest: %t\n", a.SpiffeId, a.AttestationType, a.CanReattest)
 					if a.Banned {
 						fmt.Fprintf(w, "Banned: true\n\n")
 						continue

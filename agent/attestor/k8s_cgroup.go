@@ -39,17 +39,11 @@ var (
 func parseCgroup(data []byte, root string) (podContainer, error) {
 	var found podContainer
 	var foundIn string
-	for line := range strings.Lines(string(data)) {
-		line = strings.TrimSuffix(line, "\n")
-		if line == "" {
-			continue
+	for line, err := range cgroupLines(data) {
+		if err != nil {
+			return podContainer{}, err
 		}
-		// hierarchy-ID:controller-list:path; the path may hold colons.
-		fields := strings.SplitN(line, ":", 3)
-		if len(fields) != 3 || !strings.HasPrefix(fields[2], "/") {
-			return podContainer{}, fmt.Errorf("malformed cgroup line %q: want hierarchy-ID:controllers:/path", line)
-		}
-		path := fields[2]
+		path := line.path
 		pc, err := parseCgroupPath(path, root)
 		if err != nil {
 			return podContainer{}, err
@@ -191,12 +185,11 @@ func qosClass(seg, parent string) (name string, systemd, ok bool) {
 // node that is itself a container). ok is false when the process is in no
 // pod.
 func cgroupRoot(data []byte) (root string, ok bool) {
-	for line := range strings.Lines(string(data)) {
-		fields := strings.SplitN(strings.TrimSuffix(line, "\n"), ":", 3)
-		if len(fields) != 3 || !strings.HasPrefix(fields[2], "/") || strings.HasPrefix(fields[2], "/..") {
+	for line, err := range cgroupLines(data) {
+		if err != nil || strings.HasPrefix(line.path, "/..") {
 			continue
 		}
-		segs := strings.Split(strings.TrimPrefix(fields[2], "/"), "/")
+		segs := strings.Split(strings.TrimPrefix(line.path, "/"), "/")
 		if i := slices.IndexFunc(segs, func(s string) bool { _, _, ok := kubepodsRoot(s); return ok }); i >= 0 {
 			return "/" + strings.Join(segs[:i], "/"), true
 		}

@@ -16,27 +16,44 @@ import (
 	"github.com/signetid/signet/internal/selector"
 )
 
-// cgroupMounts finds a cgroup v1 hierarchy (pids, else any) and the cgroup
-// v2 hierarchy in /proc/self/mountinfo; "" where there is none.
-func cgroupMounts(t *testing.T) (v1, v2 string) {
+// cgroupMount is a cgroup hierarchy's mount: where, cgroup or cgroup2, and
+// its super options (for v1, its controllers or name=...).
+type cgroupMount struct {
+	dir, fsType string
+	options     []string
+}
+
+// cgroupMountList lists the cgroup mounts in /proc/self/mountinfo.
+func cgroupMountList(t *testing.T) []cgroupMount {
 	t.Helper()
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Skip(err)
 	}
+	var mounts []cgroupMount
 	for line := range strings.Lines(string(b)) {
 		// ID parent major:minor root mount-point options ... - fstype source super-options
 		pre, post, ok := strings.Cut(strings.TrimSpace(line), " - ")
 		fields, after := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(fields) < 5 || len(after) < 3 {
+		if !ok || len(fields) < 5 || len(after) < 3 || (after[0] != "cgroup" && after[0] != "cgroup2") {
 			continue
 		}
-		switch mnt := fields[4]; after[0] {
+		mounts = append(mounts, cgroupMount{dir: fields[4], fsType: after[0], options: strings.Split(after[2], ",")})
+	}
+	return mounts
+}
+
+// cgroupMounts finds a cgroup v1 hierarchy (pids, else any) and the cgroup
+// v2 hierarchy in /proc/self/mountinfo; "" where there is none.
+func cgroupMounts(t *testing.T) (v1, v2 string) {
+	t.Helper()
+	for _, m := range cgroupMountList(t) {
+		switch m.fsType {
 		case "cgroup2":
-			v2 = mnt
+			v2 = m.dir
 		case "cgroup":
-			if v1 == "" || slices.Contains(strings.Split(after[2], ","), "pids") {
-				v1 = mnt
+			if v1 == "" || slices.Contains(m.options, "pids") {
+				v1 = m.dir
 			}
 		}
 	}

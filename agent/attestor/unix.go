@@ -79,24 +79,11 @@ func NewUnix(opts UnixOptions) *Unix {
 // reused while it is being observed: the start time read before and after
 // must agree, so selectors of two different processes are never mixed.
 func (u *Unix) Attest(ctx context.Context, pid int32) ([]selector.Selector, error) {
-	if pid <= 0 {
-		return nil, fmt.Errorf("unix attestor: invalid pid %d (is the caller in another PID namespace?)", pid)
-	}
-	dir := filepath.Join(u.procRoot, strconv.Itoa(int(pid)))
-	before, err := startTime(dir)
+	sels, err := observeProcess(u.procRoot, pid, func(dir string) ([]selector.Selector, error) {
+		return u.observe(ctx, dir)
+	})
 	if err != nil {
-		return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, err)
-	}
-	sels, err := u.observe(ctx, dir)
-	if err != nil {
-		return nil, fmt.Errorf("unix attestor: pid %d: %w", pid, err)
-	}
-	after, err := startTime(dir)
-	if err != nil {
-		return nil, fmt.Errorf("unix attestor: pid %d exited during attestation: %w", pid, err)
-	}
-	if after != before {
-		return nil, fmt.Errorf("unix attestor: pid %d was reused during attestation (start time %d, then %d)", pid, before, after)
+		return nil, fmt.Errorf("unix attestor: %w", err)
 	}
 	return selector.Sort(sels), nil
 }
@@ -235,6 +222,34 @@ func (c *hashCache) put(k fileKey, v string) {
 		}
 	}
 	c.m[k] = v
+}
+
+// observeProcess calls observe with process pid's directory under procRoot
+// and fails when the process exits or its PID is reused meanwhile: the start
+// time read before and after must agree, so what observe read belongs to one
+// process, the one that held the PID when the attestation began.
+func observeProcess[T any](procRoot string, pid int32, observe func(dir string) (T, error)) (T, error) {
+	var none T
+	if pid <= 0 {
+		return none, fmt.Errorf("invalid pid %d (is the caller in another PID namespace?)", pid)
+	}
+	dir := filepath.Join(procRoot, strconv.Itoa(int(pid)))
+	before, err := startTime(dir)
+	if err != nil {
+		return none, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	v, err := observe(dir)
+	if err != nil {
+		return none, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	after, err := startTime(dir)
+	if err != nil {
+		return none, fmt.Errorf("pid %d exited during attestation: %w", pid, err)
+	}
+	if after != before {
+		return none, fmt.Errorf("pid %d was reused during attestation (start time %d, then %d)", pid, before, after)
+	}
+	return v, nil
 }
 
 // startTime returns field 22 of /proc/PID/stat: the process start time in

@@ -249,31 +249,41 @@ func TestUnixMaxHashSizeOmitsSHA256(t *testing.T) {
 	}
 }
 
-// TestUnixDetectsPIDReuse swaps the process (a new start time) while the
-// attestor is blocked reading its status, through a FIFO.
-func TestUnixDetectsPIDReuse(t *testing.T) {
-	root, _ := fakeProc(t, 777)
+// attestWhileReused runs a.Attest for pid 42 of the fakeProc tree at root
+// and, while the attestor is blocked reading name (made a FIFO), gives the
+// PID to a new process (a new start time), then lets the read end with
+// content. It returns Attest's error.
+func attestWhileReused(t *testing.T, a attestor.Attestor, root, name, content string) error {
+	t.Helper()
 	dir := filepath.Join(root, "42")
-	status := filepath.Join(dir, "status")
-	os.Remove(status)
-	if err := syscall.Mkfifo(status, 0o644); err != nil {
+	file := filepath.Join(dir, name)
+	os.Remove(file)
+	if err := syscall.Mkfifo(file, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
 	go func() {
-		_, err := attestor.NewUnix(attestor.UnixOptions{ProcRoot: root}).Attest(context.Background(), 42)
+		_, err := a.Attest(context.Background(), 42)
 		errc <- err
 	}()
 	// Opening the FIFO for writing blocks until the attestor opens it to
 	// read, i.e. after it has read the first start time.
-	w, err := os.OpenFile(status, os.O_WRONLY, 0)
+	w, err := os.OpenFile(file, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	writeStat(t, dir, 778)
-	w.WriteString("Uid:\t1\t1\t1\t1\nGid:\t1\t1\t1\t1\n")
+	w.WriteString(content)
 	w.Close()
-	if err := <-errc; err == nil {
+	return <-errc
+}
+
+// TestUnixDetectsPIDReuse swaps the process while the attestor is blocked
+// reading its status.
+func TestUnixDetectsPIDReuse(t *testing.T) {
+	root, _ := fakeProc(t, 777)
+	u := attestor.NewUnix(attestor.UnixOptions{ProcRoot: root})
+	if err := attestWhileReused(t, u, root, "status", "Uid:\t1\t1\t1\t1\nGid:\t1\t1\t1\t1\n"); err == nil {
 		t.Fatal("Attest succeeded although the process changed during attestation")
 	}
 }

@@ -9,7 +9,7 @@ import (
 )
 
 // Selector is one observed property: Type names the attestor ("unix",
-// "k8s", "join_token"), Value what it saw ("uid:1000"). Value may hold colons.
+// "k8s", "systemd", "join_token"), Value what it saw ("uid:1000"). Value may hold colons.
 type Selector struct {
 	Type  string
 	Value string
@@ -51,6 +51,12 @@ var knownKeys = map[string]map[string]func(string) error{
 		"pod-image-count":      isUint,
 		"pod-init-image":       nonEmpty,
 		"pod-init-image-count": isUint,
+	},
+	// The systemd unit a process runs in (SPIRE's systemd:id), read from
+	// its cgroup. SPIRE's systemd:fragment_path needs systemd's D-Bus API,
+	// which Signet does not use, so it is no key here.
+	"systemd": {
+		"id": isSystemdUnitID,
 	},
 	// Node selectors of agents attested with Kubernetes projected service
 	// account tokens (SPIRE's names); node-alias entries match them.
@@ -143,7 +149,7 @@ func (s Selector) Validate() error {
 	if !known {
 		// A selector no attestor produces can never match: refuse it, and
 		// catch the common slip of leaving the type out (uid:1000).
-		for _, t := range []string{"unix", "k8s"} {
+		for _, t := range []string{"unix", "k8s", "systemd"} {
 			if _, ok := knownKeys[t][s.Type]; ok {
 				return fmt.Errorf("invalid selector %q: unknown type %q; did you mean %s:%s?", clip(full), s.Type, t, clip(full))
 			}

@@ -1,6 +1,7 @@
 package selector
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -23,7 +24,31 @@ func TestParse(t *testing.T) {
 		{in: "join_token:abc", wantType: "join_token", wantVal: "abc"},
 		{in: "k8s_psat:cluster:c1", wantType: "k8s_psat", wantVal: "cluster:c1"},
 		{in: "join_token:0123abcd", wantType: "join_token", wantVal: "0123abcd"},
-		{in: "custom:anything:goes", wantErr: "unknown type \"custom\" (known: join_token, k8s, k8s_psat, unix, x509pop)"},
+		{in: "custom:anything:goes", wantErr: "unknown type \"custom\" (known: join_token, k8s, k8s_psat, systemd, unix, x509pop)"},
+		{in: "systemd:id:nginx.service", wantType: "systemd", wantVal: "id:nginx.service"},
+		{in: "systemd:id:getty@tty1.service", wantType: "systemd", wantVal: "id:getty@tty1.service"},
+		{in: "systemd:id:user@1000.service", wantType: "systemd", wantVal: "id:user@1000.service"},
+		{in: "systemd:id:session-3.scope", wantType: "systemd", wantVal: "id:session-3.scope"},
+		{in: "systemd:id:a@b@c.service", wantType: "systemd", wantVal: "id:a@b@c.service"},
+		{in: `systemd:id:systemd-fsck@dev-disk-by\x2duuid-0a1b.service`, wantType: "systemd", wantVal: `id:systemd-fsck@dev-disk-by\x2duuid-0a1b.service`},
+		{in: "systemd:id:dev-mapper-a:b.swap", wantType: "systemd", wantVal: "id:dev-mapper-a:b.swap"},
+		{in: "systemd:id:" + strings.Repeat("a", 247) + ".service", wantType: "systemd", wantVal: "id:" + strings.Repeat("a", 247) + ".service"},
+		{in: "systemd:id:" + strings.Repeat("a", 248) + ".service", wantErr: "256 bytes; the limit is 255"},
+		{in: "systemd:id:nginx", wantErr: `"nginx" has no type suffix; want e.g. nginx.service`},
+		{in: "systemd:id:.service", wantErr: "no type suffix"},
+		{in: "systemd:id:nginx.daemon", wantErr: `unknown unit type "daemon" (known: automount, device, mount, path, scope, service, slice, socket, swap, target, timer)`},
+		{in: "systemd:id:nginx.Service", wantErr: `unknown unit type "Service"`},
+		{in: "systemd:id:my app.service", wantErr: `holds ' ': unit names hold ASCII letters`},
+		{in: "systemd:id:café.service", wantErr: `holds 'é'`},
+		{in: "systemd:id:a/b.service", wantErr: `holds '/'`},
+		{in: "systemd:id:@foo.service", wantErr: "starts with '@'"},
+		{in: "systemd:id:getty@.service", wantErr: "is a template, which no process runs in; name an instance, e.g. getty@foo.service"},
+		{in: "systemd:id:system.slice", wantErr: `"system.slice" is a slice: slices hold units, not processes`},
+		{in: "systemd:id:", wantErr: "systemd unit name is empty"},
+		{in: "systemd:id", wantErr: "want systemd:id:<value>"},
+		{in: "systemd:fragment_path:/etc/systemd/system/nginx.service", wantErr: `unknown systemd key "fragment_path" (known: id)`},
+		{in: "systemd:Id:nginx.service", wantErr: `unknown systemd key "Id"`},
+		{in: "id:nginx.service", wantErr: "did you mean systemd:id:nginx.service?"},
 		{in: "x509pop:subject:cn:web-1.example.org", wantType: "x509pop", wantVal: "subject:cn:web-1.example.org"},
 		{in: "x509pop:ca:fingerprint:0beec7b5ea3f0fdbc95d0dd47f3c5bc275da8a33", wantType: "x509pop", wantVal: "ca:fingerprint:0beec7b5ea3f0fdbc95d0dd47f3c5bc275da8a33"},
 		{in: "x509pop:serialnumber:0a1b2c", wantType: "x509pop", wantVal: "serialnumber:0a1b2c"},
@@ -114,7 +139,8 @@ func TestParseAllSortsAndDedups(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	for _, s := range []string{"unix:uid:1000", "k8s:pod-label:a:b", "x:y", ":", "unix:sha256:00"} {
+	for _, s := range []string{"unix:uid:1000", "k8s:pod-label:a:b", "x:y", ":", "unix:sha256:00",
+		"systemd:id:nginx.service", "systemd:id:getty@tty1.service", "systemd:id:getty@.service", "systemd:id:system.slice", `systemd:id:a\x2d:b.mount`} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -131,6 +157,14 @@ func FuzzParse(f *testing.F) {
 		}
 		if err := sel.Validate(); err != nil {
 			t.Fatalf("accepted %q fails Validate: %v", s, err)
+		}
+		if unit, ok := strings.CutPrefix(s, "systemd:id:"); ok {
+			// systemd's unit_name_is_valid: a name, a dot, a known type.
+			typ := unit[strings.LastIndex(unit, ".")+1:]
+			if len(unit) > 255 || strings.LastIndex(unit, ".") < 1 || unit[0] == '@' || typ == "slice" ||
+				strings.ContainsAny(unit, "/ \t") || !slices.Contains(strings.Fields("automount device mount path scope service socket swap target timer"), typ) {
+				t.Fatalf("accepted %q, which is no unit a process can be in", s)
+			}
 		}
 	})
 }

@@ -16,6 +16,7 @@ FUZZ_TARGETS ?= \
 	./agent:FuzzParseConfig \
 	./agent:FuzzParseTrustBundle \
 	./agent/attestor:FuzzParseCgroup \
+	./agent/attestor:FuzzSystemdUnit \
 	./helper:FuzzParseConfig \
 	./csidriver:FuzzValidateTargetPath \
 	./server:FuzzParseConfig \

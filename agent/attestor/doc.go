@@ -3,5 +3,6 @@
 // reported for a Workload API caller (SO_PEERCRED) and never trusts anything
 // the caller says about itself. Unix reads /proc; K8s reads the pod and
 // container from the process's cgroups and asks the node's kubelet about
-// them; Multi runs several attestors as one.
+// them; Systemd reads the systemd unit from the process's cgroup; Multi runs
+// several attestors as one.
 package attestor

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -70,6 +71,10 @@ type Config struct {
 	// K8sCgroupRoot is the cgroup path above the kubelet's kubepods root
 	// ("/" for the top); default judged from the agent's own pod.
 	K8sCgroupRoot string `hcl:"k8s_cgroup_root"`
+	// SystemdWorkloadAttestor adds systemd:id:<unit> to callers that run in
+	// a systemd unit, read from their cgroup. Unset (nil): on when the host
+	// booted with systemd, off otherwise.
+	SystemdWorkloadAttestor *bool `hcl:"systemd_workload_attestor"`
 	// TrustBundleFile holds the roots that authenticate the server
 	// (`signet server bundle show`), in TrustBundleFormat; TrustBundlePEM is
 	// the same in memory, always PEM.
@@ -109,6 +114,9 @@ type Config struct {
 	// TrustBundleURL download (this package's tests: the system's roots are
 	// read once per process).
 	trustBundleURLRoots *x509.CertPool
+	// systemdRunDir, when set, replaces /run/systemd/system in the check
+	// whether the host booted with systemd (this package's tests).
+	systemdRunDir string
 }
 
 // SDSConfig is the `sds` block. Empty names take SPIRE's defaults
@@ -168,7 +176,7 @@ type ReadyInfo struct {
 var configKeys = []string{
 	"server_address", "trust_domain", "data_dir", "join_token", "join_token_file",
 	"k8s_psat_cluster", "k8s_psat_token_path", "x509pop_cert_path", "x509pop_key_path", "k8s_workload_attestor", "kubelet_url",
-	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name", "k8s_cgroup_root",
+	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name", "k8s_cgroup_root", "systemd_workload_attestor",
 	"trust_bundle_path", "trust_bundle_url", "trust_bundle_format", "insecure_bootstrap", "socket_path", "health_listen", "sds",
 }
 
@@ -356,28 +364,50 @@ func (c *Config) validateTrustBundle() error {
 }
 
 // workloadAttestor is how the Workload API names its callers: Unix
-// attributes always, and Kubernetes pod attributes when enabled.
+// attributes always, systemd units and Kubernetes pod attributes when
+// enabled.
 func (c *Config) workloadAttestor(logger *slog.Logger) (attestor.Attestor, error) {
 	if c.Attestor != nil {
 		return c.Attestor, nil
 	}
-	unix := attestor.NewUnix(attestor.UnixOptions{Logger: logger})
-	if !c.K8sWorkloadAttestor {
-		return unix, nil
+	attestors := []attestor.Attestor{attestor.NewUnix(attestor.UnixOptions{Logger: logger})}
+	if c.systemdAttestorOn() {
+		systemd, err := attestor.NewSystemd(attestor.SystemdOptions{Logger: logger})
+		if err != nil {
+			return nil, fmt.Errorf("agent: systemd workload attestor (systemd_workload_attestor, --systemd-workload-attestor): %w", err)
+		}
+		attestors = append(attestors, systemd)
 	}
-	k8s, err := attestor.NewK8s(attestor.K8sOptions{
-		KubeletURL:        c.KubeletURL,
-		TokenPath:         c.KubeletTokenPath,
-		KubeletCAPath:     c.KubeletCAPath,
-		SkipKubeletVerify: c.KubeletSkipVerify,
-		NodeName:          c.NodeName,
-		CgroupRoot:        c.K8sCgroupRoot,
-		Logger:            logger,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("agent: Kubernetes workload attestor: %w", err)
+	if c.K8sWorkloadAttestor {
+		k8s, err := attestor.NewK8s(attestor.K8sOptions{
+			KubeletURL:        c.KubeletURL,
+			TokenPath:         c.KubeletTokenPath,
+			KubeletCAPath:     c.KubeletCAPath,
+			SkipKubeletVerify: c.KubeletSkipVerify,
+			NodeName:          c.NodeName,
+			CgroupRoot:        c.K8sCgroupRoot,
+			Logger:            logger,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("agent: Kubernetes workload attestor: %w", err)
+		}
+		attestors = append(attestors, k8s)
 	}
-	return attestor.Multi(unix, k8s), nil
+	if len(attestors) == 1 {
+		return attestors[0], nil
+	}
+	return attestor.Multi(attestors...), nil
+}
+
+// systemdAttestorOn reports whether the systemd attestor runs: as
+// configured, else when the host booted with systemd (sd_booted: systemd
+// creates /run/systemd/system early at boot).
+func (c *Config) systemdAttestorOn() bool {
+	if c.SystemdWorkloadAttestor != nil {
+		return *c.SystemdWorkloadAttestor
+	}
+	fi, err := os.Lstat(cmp.Or(c.systemdRunDir, "/run/systemd/system"))
+	return err == nil && fi.IsDir()
 }
 
 // nodeAttestor is how the agent attests: a projected service account

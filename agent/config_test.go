@@ -1,8 +1,13 @@
 package agent
 
 import (
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/signetid/signet/agent/attestor"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -167,10 +172,55 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`sds { default_svid_name = "x" disable_spiffe_cert_validation = true }`))
 	f.Add([]byte(`sds = [{}, {}]`))
 	f.Add([]byte(`agent { trust_bundle_url = "https://b.example.org/" trust_bundle_format = "spiffe" }`))
+	f.Add([]byte(`agent { systemd_workload_attestor = false }`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := ParseConfig(data)
 		if err == nil && cfg == nil {
 			t.Fatal("nil config without error")
 		}
 	})
+}
+
+// systemd_workload_attestor: as set, else on when the host booted with
+// systemd (a /run/systemd/system directory).
+func TestSystemdWorkloadAttestor(t *testing.T) {
+	booted := t.TempDir()
+	notADir := filepath.Join(booted, "file")
+	if err := os.WriteFile(notADir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		file   string
+		runDir string
+		want   bool
+	}{
+		{"unset on a host booted with systemd", "", booted, true},
+		{"unset on a host without systemd", "", filepath.Join(booted, "missing"), false},
+		{"unset, /run/systemd/system not a directory", "", notADir, false},
+		{"forced on", "systemd_workload_attestor = true", filepath.Join(booted, "missing"), true},
+		{"forced off", "agent {\n systemd_workload_attestor = false\n}", booted, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := ParseConfig([]byte(tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.systemdRunDir = tc.runDir
+			if got := cfg.systemdAttestorOn(); got != tc.want {
+				t.Fatalf("systemd attestor on = %v, want %v", got, tc.want)
+			}
+			a, err := cfg.workloadAttestor(slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Skipf("no systemd attestor on this machine: %v", err)
+			}
+			// Unix alone, or Unix and systemd under Multi.
+			if _, unixOnly := a.(*attestor.Unix); unixOnly == tc.want {
+				t.Fatalf("workload attestor %T with the systemd attestor on = %v", a, tc.want)
+			}
+		})
+	}
+	if _, err := ParseConfig([]byte(`systemd_workload_attestor = "yes"`)); err == nil || !strings.Contains(err.Error(), "systemd_workload_attestor") {
+		t.Fatalf("a string for systemd_workload_attestor: %v, want an error naming the key", err)
+	}
 }

@@ -11,8 +11,9 @@ import (
 // newAgentRunCmd is `signet agent run`: flags override the config file.
 func newAgentRunCmd(g *globals) *cobra.Command {
 	var (
-		configPath string
-		flags      agent.Config
+		configPath      string
+		flags           agent.Config
+		systemdAttestor bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -75,6 +76,9 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			if set("k8s-cgroup-root") {
 				cfg.K8sCgroupRoot = flags.K8sCgroupRoot
 			}
+			if set("systemd-workload-attestor") {
+				cfg.SystemdWorkloadAttestor = &systemdAttestor
+			}
 			if set("node-name") || cfg.NodeName == "" {
 				cfg.NodeName = flags.NodeName
 			}
@@ -129,6 +133,7 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	f.BoolVar(&flags.KubeletSkipVerify, "kubelet-skip-verify", false, "accept any kubelet certificate (for self-signed kubelet certificates; whoever answers on the kubelet's address then picks the selectors)")
 	f.StringVar(&flags.KubeletTokenPath, "kubelet-token-path", "", "bearer token for the kubelet (default the pod's service account token)")
 	f.StringVar(&flags.K8sCgroupRoot, "k8s-cgroup-root", "", "cgroup path above the kubelet's kubepods root, / for the top (default: judged from the agent's own pod, else /)")
+	f.BoolVar(&systemdAttestor, "systemd-workload-attestor", false, "add systemd:id:<unit> for callers in a systemd unit, from their cgroup (default: on when the host booted with systemd; =false turns it off)")
 	f.StringVar(&flags.NodeName, "node-name", os.Getenv("MY_NODE_NAME"), "this agent's Kubernetes node; pods the kubelet reports elsewhere are refused (default $MY_NODE_NAME)")
 	f.StringVar(&flags.TrustBundleFile, "trust-bundle", "", "roots to verify the server (from signet server bundle show), in --trust-bundle-format")
 	f.StringVar(&flags.TrustBundleURL, "trust-bundle-url", "", "instead of --trust-bundle, download the roots at every start from this https URL, verified with the system's roots (SSL_CERT_FILE, SSL_CERT_DIR); plain http only to a loopback host")

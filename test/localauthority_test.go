@@ -21,6 +21,19 @@ type localAuthority struct {
 	AuthorityID string `json:"authority_id"`
 	Status      string `json:"status"`
 	Tainted     bool   `json:"tainted"`
+	Agents      string `json:"agents"` // protojson writes int64 as a string
+}
+
+// agentsUnder is how many agents `show` says hold an SVID the X.509 CA id signed.
+func agentsUnder(t *testing.T, n *node, id string) string {
+	t.Helper()
+	for _, a := range authorities(t, n, "x509") {
+		if a.AuthorityID == id {
+			return a.Agents
+		}
+	}
+	t.Fatalf("no X.509 CA %s", id)
+	return ""
 }
 
 func authorityCLI(t *testing.T, n *node, kind, step string, args ...string) localAuthority {
@@ -190,6 +203,9 @@ func TestForcedRotation(t *testing.T) {
 	if issuer, _ := issuerKey(t, n); issuer != oldIssuer {
 		t.Fatal("activation alone re-signed the workload's SVID; only a taint should")
 	}
+	if got := agentsUnder(t, n, oldCA); got != "1" {
+		t.Fatalf("show: %s agents under the old CA before the taint, want 1 (ours)", got)
+	}
 	if a := authorityCLI(t, n, "x509", "taint", "--authority-id", oldCA); !a.Tainted || a.Status != "old" {
 		t.Fatalf("taint answered %+v", a)
 	}
@@ -200,6 +216,9 @@ func TestForcedRotation(t *testing.T) {
 	})
 	eventually(t, "the JWT-SVID is signed with the new key", func() bool { return jwtKeyID(t, n) == newKid.AuthorityID })
 	eventually(t, "the agent's own SVID is renewed", func() bool { return agentSerial(t, n) != oldAgentSerial })
+	if got := agentsUnder(t, n, oldCA); got != "0" {
+		t.Fatalf("show: %s agents under the old CA after the agent re-signed, want 0", got)
+	}
 
 	// Revoke: the old root leaves the bundle, for the CLI and the workload.
 	if a := authorityCLI(t, n, "x509", "revoke", "--authority-id", oldCA); a.Status != "revoked" {

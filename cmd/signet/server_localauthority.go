@@ -41,7 +41,7 @@ Each step acts on the server whose admin socket is used; in HA, on each server i
 						return printJSON(w, resp)
 					}
 					for _, a := range resp.Authorities {
-						printLocalAuthority(w, a)
+						printLocalAuthority(w, a, kind == "x509")
 					}
 					return nil
 				}),
@@ -60,12 +60,17 @@ Each step acts on the server whose admin socket is used; in HA, on each server i
 					return c.TaintLocalAuthority(ctx, &api.TaintLocalAuthorityRequest{Kind: kind, AuthorityId: id})
 				},
 				"Tainted. Agents are re-signing what it issued (metric signet_agent_svid_signings_total{reason=\"authority_tainted\"}); once they have: signet server localauthority "+kind+" revoke --authority-id %[1]s\n"),
-			authorityStepCmd(kind, "revoke", "Remove a tainted "+noun+" from the bundle and delete its key: whatever it signed stops verifying", true,
-				func(ctx context.Context, c api.AdminServiceClient, id string) (*api.LocalAuthority, error) {
-					return c.RevokeLocalAuthority(ctx, &api.RevokeLocalAuthorityRequest{Kind: kind, AuthorityId: id})
-				},
-				"Revoked: %[1]s is no longer in the bundle.\n"),
 		)
+		var force bool
+		revoke := authorityStepCmd(kind, "revoke", "Remove a tainted "+noun+" from the bundle and delete its key: whatever it signed stops verifying", true,
+			func(ctx context.Context, c api.AdminServiceClient, id string) (*api.LocalAuthority, error) {
+				return c.RevokeLocalAuthority(ctx, &api.RevokeLocalAuthorityRequest{Kind: kind, AuthorityId: id, Force: force})
+			},
+			"Revoked: %[1]s is no longer in the bundle.\n")
+		if kind == "x509" {
+			revoke.Flags().BoolVar(&force, "force", false, "revoke even while agents still hold agent SVIDs it signed (`show` counts them): they are cut off until they attest again")
+		}
+		k.AddCommand(revoke)
 		cmd.AddCommand(k)
 	}
 	return cmd
@@ -82,7 +87,7 @@ func authorityStepCmd(kind, use, short string, needID bool, step func(context.Co
 		if json {
 			return printJSON(w, a)
 		}
-		printLocalAuthority(w, a)
+		printLocalAuthority(w, a, false)
 		fmt.Fprintf(w, next, a.AuthorityId)
 		return nil
 	})
@@ -121,7 +126,9 @@ func adminIDCmd(use, short string, needID bool, missing, idUsage string, do func
 	return cmd
 }
 
-func printLocalAuthority(w io.Writer, a *api.LocalAuthority) {
+// printLocalAuthority prints a; withAgents adds the count of agents under
+// an X.509 CA (only GetLocalAuthorities sets it).
+func printLocalAuthority(w io.Writer, a *api.LocalAuthority, withAgents bool) {
 	fmt.Fprintf(w, "Authority ID: %s\nStatus: %s\nTainted: %v\n", a.AuthorityId, a.Status, a.Tainted)
 	if a.PublishedAt != 0 {
 		fmt.Fprintf(w, "Published at: %s\n", time.Unix(a.PublishedAt, 0).UTC().Format(time.RFC3339))
@@ -132,6 +139,12 @@ func printLocalAuthority(w io.Writer, a *api.LocalAuthority) {
 	}
 	if a.UpstreamAuthorityId != "" {
 		fmt.Fprintf(w, "Upstream authority ID: %s\n", a.UpstreamAuthorityId)
+	}
+	if a.SubjectKeyId != "" {
+		fmt.Fprintf(w, "Subject key ID: %s\n", a.SubjectKeyId)
+	}
+	if withAgents && a.SubjectKeyId != "" {
+		fmt.Fprintf(w, "Agents holding an SVID it signed: %d\n", a.Agents)
 	}
 	if a.KeyType != "" {
 		fmt.Fprintf(w, "Key type: %s (%s)\n", a.KeyType, ca.JWTKeyType(a.KeyType).Algorithm())

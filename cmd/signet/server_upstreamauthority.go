@@ -51,12 +51,15 @@ has revoked it too.`,
 				u, err := c.TaintUpstreamAuthority(ctx, &api.TaintUpstreamAuthorityRequest{AuthorityId: id})
 				return printUpstreamStep(w, u, err, json, "Tainted. Agents are re-signing what was issued under it (metric signet_agent_svid_signings_total{reason=\"authority_tainted\"}); once they have: signet server upstreamauthority revoke --authority-id %s\n")
 			}),
-		upstreamCmd("revoke", "Remove a tainted upstream root from the bundle: whatever was issued under it stops verifying", true,
-			func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer, json bool) error {
-				u, err := c.RevokeUpstreamAuthority(ctx, &api.RevokeUpstreamAuthorityRequest{AuthorityId: id})
-				return printUpstreamStep(w, u, err, json, "Revoked: %s is no longer in the bundle.\n")
-			}),
 	)
+	var force bool
+	revoke := upstreamCmd("revoke", "Remove a tainted upstream root from the bundle: whatever was issued under it stops verifying", true,
+		func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer, json bool) error {
+			u, err := c.RevokeUpstreamAuthority(ctx, &api.RevokeUpstreamAuthorityRequest{AuthorityId: id, Force: force})
+			return printUpstreamStep(w, u, err, json, "Revoked: %s is no longer in the bundle.\n")
+		})
+	revoke.Flags().BoolVar(&force, "force", false, "revoke even while agents still hold agent SVIDs signed by this server's CAs under the root: they are cut off until they attest again")
+	cmd.AddCommand(revoke)
 	return cmd
 }
 

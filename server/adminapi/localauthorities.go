@@ -3,7 +3,9 @@ package adminapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -12,8 +14,9 @@ import (
 	"github.com/signetid/signet/server/ca"
 )
 
-// GetLocalAuthorities lists this server's authorities of one kind.
-func (s *Service) GetLocalAuthorities(_ context.Context, req *api.GetLocalAuthoritiesRequest) (*api.GetLocalAuthoritiesResponse, error) {
+// GetLocalAuthorities lists this server's authorities of one kind; each
+// X.509 CA with the number of agents that still hold an SVID it signed.
+func (s *Service) GetLocalAuthorities(ctx context.Context, req *api.GetLocalAuthoritiesRequest) (*api.GetLocalAuthoritiesResponse, error) {
 	kind, err := authorityKind(req.GetKind())
 	if err != nil {
 		return nil, err
@@ -22,11 +25,69 @@ func (s *Service) GetLocalAuthorities(_ context.Context, req *api.GetLocalAuthor
 	if err != nil {
 		return nil, authorityError(err)
 	}
+	var agents map[string][]string
+	if kind == ca.KindX509 {
+		if agents, err = s.agentsByIssuer(ctx); err != nil {
+			return nil, err
+		}
+	}
 	out := &api.GetLocalAuthoritiesResponse{}
 	for _, a := range list {
-		out.Authorities = append(out.Authorities, localAuthorityToProto(a))
+		p := localAuthorityToProto(a)
+		if a.SubjectKeyID != "" {
+			p.Agents = int64(len(agents[a.SubjectKeyID]))
+		}
+		out.Authorities = append(out.Authorities, p)
 	}
 	return out, nil
+}
+
+// agentsByIssuer maps a CA's subject key ID (hex) to the agents, not banned,
+// whose current agent SVID it signed and which has not expired.
+func (s *Service) agentsByIssuer(ctx context.Context) (map[string][]string, error) {
+	nodes, err := s.cfg.Store.ListNodes(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "list agents: %v", err)
+	}
+	now := s.cfg.Now()
+	out := map[string][]string{}
+	for _, n := range nodes {
+		if n.SVIDIssuer != "" && !n.Banned && n.ExpiresAt.After(now) {
+			out[n.SVIDIssuer] = append(out[n.SVIDIssuer], n.SPIFFEID)
+		}
+	}
+	return out, nil
+}
+
+// refuseDependents refuses to revoke what signed the agent SVIDs agents
+// still hold (the CAs with subject key IDs skids), unless forced: revoked,
+// it cuts those agents off, and a join-token agent among them can only
+// come back with a new token.
+func (s *Service) refuseDependents(ctx context.Context, what string, skids []string, force bool) error {
+	if force {
+		return nil
+	}
+	byIssuer, err := s.agentsByIssuer(ctx)
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for _, k := range skids {
+		ids = append(ids, byIssuer[k]...)
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	slices.Sort(ids)
+	shown := ids[:min(len(ids), 5)]
+	more := ""
+	if len(ids) > len(shown) {
+		more = fmt.Sprintf(" and %d more", len(ids)-len(shown))
+	}
+	return status.Errorf(codes.FailedPrecondition,
+		"%d agent(s) still hold an agent SVID %s signed: %s%s. Revoked, it cuts them off until they attest again, and join-token agents need a new token. "+
+			"An agent moves to the new CA as soon as it reaches the server after the taint: wait for them (signet server localauthority x509 show counts them), evict the ones that are gone, or revoke anyway with --force",
+		len(ids), what, strings.Join(shown, ", "), more)
 }
 
 // PrepareLocalAuthority creates and publishes a new authority.
@@ -62,9 +123,16 @@ func (s *Service) RevokeLocalAuthority(ctx context.Context, req *api.RevokeLocal
 	if err != nil {
 		return nil, err
 	}
-	if kind == ca.KindX509 && s.cfg.ServingCA != nil && s.cfg.ServingCA() == id && s.isOld(kind, id) {
-		// Revoked, it would strand every agent that connects.
-		return nil, status.Errorf(codes.FailedPrecondition, "X.509 CA %s still signs the agent API's certificate: its renewal under the active CA has not succeeded yet (see the server log); try again shortly", id)
+	if kind == ca.KindX509 {
+		if a, ok := s.oldAuthority(kind, id); ok {
+			if s.cfg.ServingCA != nil && s.cfg.ServingCA() == id {
+				// Revoked, it would strand every agent that connects.
+				return nil, status.Errorf(codes.FailedPrecondition, "X.509 CA %s still signs the agent API's certificate: its renewal under the active CA has not succeeded yet (see the server log); try again shortly", id)
+			}
+			if err := s.refuseDependents(ctx, "X.509 CA "+id, []string{a.SubjectKeyID}, req.GetForce()); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return s.authorityStep(ctx, "revoke", func() (ca.LocalAuthority, error) { return s.cfg.CA.Revoke(ctx, kind, id) })
 }
@@ -92,15 +160,34 @@ func (s *Service) RevokeUpstreamAuthority(ctx context.Context, req *api.RevokeUp
 	if ref == "" {
 		return nil, errNoUpstreamID
 	}
-	refuse := func(u ca.UpstreamRoot) error {
+	servingUnder := func(u ca.UpstreamRoot) (string, bool) {
 		if s.cfg.ServingCA == nil {
-			return nil
+			return "", false
 		}
-		if serving := s.cfg.ServingCA(); slices.ContainsFunc(u.CAs, func(a ca.LocalAuthority) bool { return a.ID == serving }) {
+		serving := s.cfg.ServingCA()
+		return serving, slices.ContainsFunc(u.CAs, func(a ca.LocalAuthority) bool { return a.ID == serving })
+	}
+	refuse := func(u ca.UpstreamRoot) error {
+		if serving, ok := servingUnder(u); ok {
 			// Revoked, it would strand every agent that connects.
 			return status.Errorf(codes.FailedPrecondition, "X.509 CA %s under upstream root %s still signs the agent API's certificate: its renewal under the active CA has not succeeded yet (see the server log); try again shortly", serving, u.ID)
 		}
 		return nil
+	}
+	// Asked before the step, outside the CA's lock (it reads the store):
+	// no CA joins a tainted root, so the list cannot grow meanwhile. The
+	// serving certificate's refusal, which clears by itself, comes first.
+	if u, err := s.cfg.CA.FindUpstreamRoot(ref); err == nil && u.Tainted && !u.Revoked {
+		if _, serving := servingUnder(u); serving {
+			return nil, refuse(u)
+		}
+		var skids []string
+		for _, a := range u.CAs {
+			skids = append(skids, a.SubjectKeyID)
+		}
+		if err := s.refuseDependents(ctx, "this server's CAs under upstream root "+u.ID, skids, req.GetForce()); err != nil {
+			return nil, err
+		}
 	}
 	return s.upstreamStep(ctx, "revoke", func() (ca.UpstreamRoot, error) { return s.cfg.CA.RevokeUpstream(ctx, ref, refuse) })
 }
@@ -135,19 +222,20 @@ func (s *Service) authorityStep(ctx context.Context, what string, step func() (c
 	return localAuthorityToProto(a), nil
 }
 
-// isOld reports whether id is an old authority of kind (one the CA would
-// let an operator revoke once tainted); other states get the CA's refusal.
-func (s *Service) isOld(kind ca.AuthorityKind, id string) bool {
+// oldAuthority returns id when it is an old authority of kind (one the CA
+// would let an operator revoke once tainted); other states get the CA's
+// refusal.
+func (s *Service) oldAuthority(kind ca.AuthorityKind, id string) (ca.LocalAuthority, bool) {
 	list, err := s.cfg.CA.LocalAuthorities(kind)
 	if err != nil {
-		return false
+		return ca.LocalAuthority{}, false
 	}
 	for _, a := range list {
 		if a.ID == id {
-			return a.Status == ca.StatusOld
+			return a, a.Status == ca.StatusOld
 		}
 	}
-	return false
+	return ca.LocalAuthority{}, false
 }
 
 func authorityKind(kind string) (ca.AuthorityKind, error) {
@@ -194,6 +282,7 @@ func localAuthorityToProto(a ca.LocalAuthority) *api.LocalAuthority {
 		UpstreamIssuer:      a.UpstreamIssuer,
 		UpstreamAuthorityId: a.UpstreamRootID,
 		KeyType:             string(a.KeyType),
+		SubjectKeyId:        a.SubjectKeyID,
 	}
 	if !a.PublishedAt.IsZero() {
 		out.PublishedAt = a.PublishedAt.Unix()

@@ -27,6 +27,7 @@ import (
 
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/ca"
+	"github.com/signetid/signet/server/store"
 )
 
 // TestLocalAuthoritySteps drives the RPCs over a real CA: the codes a
@@ -43,7 +44,11 @@ func TestLocalAuthoritySteps(t *testing.T) {
 	old := list[0].ID
 	serving := old
 	var publishErr error
-	s := New(Config{CA: m, ServingCA: func() string { return serving }, PublishAuthorities: func(context.Context) error { return publishErr }})
+	st := openStore(t)
+	s := New(Config{CA: m, Store: st, ServingCA: func() string { return serving }, PublishAuthorities: func(context.Context) error { return publishErr }})
+	// One agent under the first CA; a banned one and one whose SVID
+	// expired do not count.
+	putAgents(t, st, list[0].SubjectKeyID, "spiffe://example.org/agent/a")
 
 	code := func(err error) codes.Code { return status.Code(err) }
 	for kind, want := range map[string]string{"x509": "", "jwt": "ec-p256"} {
@@ -94,9 +99,63 @@ func TestLocalAuthoritySteps(t *testing.T) {
 		t.Fatal("a refused revoke changed the CA")
 	}
 	serving = p.AuthorityId
-	if a, err := s.RevokeLocalAuthority(ctx, &api.RevokeLocalAuthorityRequest{Kind: "x509", AuthorityId: old}); err != nil || a.Status != "revoked" {
-		t.Fatalf("revoke once the certificate moved: %+v, %v", a, err)
+	if n := agentsOf(t, s, old); n != 1 {
+		t.Fatalf("show counts %d agents under the old CA, want 1", n)
 	}
+	_, err = s.RevokeLocalAuthority(ctx, &api.RevokeLocalAuthorityRequest{Kind: "x509", AuthorityId: old})
+	if code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "spiffe://example.org/agent/a") || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("revoke while an agent holds an SVID the CA signed: %v, want FailedPrecondition naming it and --force", err)
+	}
+	if a, err := s.RevokeLocalAuthority(ctx, &api.RevokeLocalAuthorityRequest{Kind: "x509", AuthorityId: old, Force: true}); err != nil || a.Status != "revoked" {
+		t.Fatalf("revoke --force once the certificate moved: %+v, %v", a, err)
+	}
+}
+
+func openStore(t *testing.T) store.Store {
+	t.Helper()
+	st, err := store.Open(context.Background(), "sqlite://"+filepath.Join(t.TempDir(), "signet.db"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// putAgents records agent id with an SVID the CA with subject key ID skid
+// signed, and beside it a banned agent and one whose SVID expired, both
+// under that CA too: only id counts as depending on it.
+func putAgents(t *testing.T, st store.Store, skid, id string) {
+	t.Helper()
+	ctx := context.Background()
+	now := time.Now()
+	for _, n := range []store.Node{
+		{SPIFFEID: id, AttestationType: "join_token", SerialNumber: "01", ExpiresAt: now.Add(time.Hour), SVIDIssuer: skid},
+		{SPIFFEID: id + "-banned", AttestationType: "join_token", SerialNumber: "02", ExpiresAt: now.Add(time.Hour), SVIDIssuer: skid},
+		{SPIFFEID: id + "-expired", AttestationType: "join_token", SerialNumber: "03", ExpiresAt: now.Add(-time.Minute), SVIDIssuer: skid},
+	} {
+		if err := st.UpsertNode(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.BanNode(ctx, id+"-banned"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// agentsOf is the count GetLocalAuthorities gives the X.509 CA id.
+func agentsOf(t *testing.T, s *Service, id string) int64 {
+	t.Helper()
+	resp, err := s.GetLocalAuthorities(context.Background(), &api.GetLocalAuthoritiesRequest{Kind: "x509"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range resp.Authorities {
+		if a.AuthorityId == id {
+			return a.Agents
+		}
+	}
+	t.Fatalf("no X.509 CA %s", id)
+	return 0
 }
 
 // TestUpstreamAuthoritySteps drives the upstream-root RPCs over a real CA
@@ -116,7 +175,10 @@ func TestUpstreamAuthoritySteps(t *testing.T) {
 	oldCA := m.ActiveCAID()
 	serving := oldCA
 	var publishErr error
-	s := New(Config{CA: m, ServingCA: func() string { return serving }, PublishAuthorities: func(context.Context) error { return publishErr }})
+	st := openStore(t)
+	s := New(Config{CA: m, Store: st, ServingCA: func() string { return serving }, PublishAuthorities: func(context.Context) error { return publishErr }})
+	cas, _ := m.LocalAuthorities(ca.KindX509)
+	putAgents(t, st, cas[0].SubjectKeyID, "spiffe://example.org/agent/under-root-a")
 	code := func(err error) codes.Code { return status.Code(err) }
 
 	list, err := s.GetUpstreamAuthorities(ctx, &api.GetUpstreamAuthoritiesRequest{})
@@ -161,7 +223,14 @@ func TestUpstreamAuthoritySteps(t *testing.T) {
 		t.Fatal("a refused revoke changed the CA")
 	}
 	serving = p.AuthorityId
-	u, err := s.RevokeUpstreamAuthority(ctx, &api.RevokeUpstreamAuthorityRequest{AuthorityId: rootA})
+	_, err = s.RevokeUpstreamAuthority(ctx, &api.RevokeUpstreamAuthorityRequest{AuthorityId: rootA})
+	if code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "spiffe://example.org/agent/under-root-a") {
+		t.Fatalf("revoke while an agent holds an SVID of a CA under the root: %v, want FailedPrecondition naming it", err)
+	}
+	if u, _ := m.FindUpstreamRoot(rootA); u.Revoked {
+		t.Fatal("a revoke refused for the agents changed the CA")
+	}
+	u, err := s.RevokeUpstreamAuthority(ctx, &api.RevokeUpstreamAuthorityRequest{AuthorityId: rootA, Force: true})
 	if err != nil || !u.Revoked || len(u.LocalAuthorities) != 0 {
 		t.Fatalf("revoke once the certificate moved: %+v, %v", u, err)
 	}

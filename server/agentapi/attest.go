@@ -3,6 +3,7 @@ package agentapi
 import (
 	"context"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"time"
@@ -65,6 +66,7 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		ExpiresAt:       chain[0].NotAfter,
 		AttestedAt:      s.cfg.Now(),
 		CanReattest:     res.CanReattest,
+		SVIDIssuer:      hex.EncodeToString(chain[0].AuthorityKeyId),
 	}
 	if reattested {
 		// As after RenewAgent, the SVID the agent holds stays valid until
@@ -121,7 +123,7 @@ func (s *Service) attestAgain(ctx context.Context, csr []byte, id spiffeid.ID) (
 		return nil, err
 	}
 	serial := serialHex(chain[0].SerialNumber)
-	switch err := s.cfg.Store.RenewNode(ctx, id.String(), n.SerialNumber, serial, chain[0].NotAfter); {
+	switch err := s.cfg.Store.RenewNode(ctx, id.String(), n.SerialNumber, serial, chain[0].NotAfter, hex.EncodeToString(chain[0].AuthorityKeyId)); {
 	case errors.Is(err, store.ErrNotFound):
 		return nil, s.spentError(id)
 	case err != nil:
@@ -221,7 +223,7 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 	// an eviction committed since our snapshot wins. The old serial stays
 	// valid until the agent reconnects with the new SVID.
 	serial := serialHex(chain[0].SerialNumber)
-	if err := s.cfg.Store.RenewNode(ctx, c.ID.String(), c.Serial, serial, chain[0].NotAfter); err != nil {
+	if err := s.cfg.Store.RenewNode(ctx, c.ID.String(), c.Serial, serial, chain[0].NotAfter, hex.EncodeToString(chain[0].AuthorityKeyId)); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, status.Errorf(codes.PermissionDenied, "agent %s is not attested (evicted?)", c.ID)
 		}

@@ -42,6 +42,7 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 // Refresh, so a test decides which store writes one snapshot covers.
 type harness struct {
 	svc    *Service
+	ca     *ca.Manager
 	store  store.Store
 	cat    *catalog.Catalog
 	dbPath string
@@ -118,7 +119,7 @@ func newHarness(t *testing.T) *harness {
 			bundle.AddX509Authority(root)
 		}
 	}
-	return &harness{svc: svc, store: st, cat: cat, dbPath: dbPath, addr: ln.Addr().String(), bundle: bundle,
+	return &harness{svc: svc, ca: m, store: st, cat: cat, dbPath: dbPath, addr: ln.Addr().String(), bundle: bundle,
 		nodeCA: nodeRoot.Intermediate(t, "Example Node Issuing"), nodeBundle: nodeBundle, auditLog: auditLog}
 }
 

@@ -1670,7 +1670,14 @@ type LocalAuthority struct {
 	UpstreamAuthorityId string `protobuf:"bytes,8,opt,name=upstream_authority_id,json=upstreamAuthorityId,proto3" json:"upstream_authority_id,omitempty"`
 	// key_type is a JWT key's type, as jwt_key_type names it (ec-p256,
 	// ec-p384, rsa-2048, rsa-4096); empty for X.509 CAs and revoked keys.
-	KeyType       string `protobuf:"bytes,9,opt,name=key_type,json=keyType,proto3" json:"key_type,omitempty"`
+	KeyType string `protobuf:"bytes,9,opt,name=key_type,json=keyType,proto3" json:"key_type,omitempty"`
+	// subject_key_id is an X.509 CA's subject key ID in hex (the
+	// AuthorityKeyId of what it signs); empty for JWT keys and revoked CAs.
+	SubjectKeyId string `protobuf:"bytes,10,opt,name=subject_key_id,json=subjectKeyId,proto3" json:"subject_key_id,omitempty"`
+	// agents counts the agents (not banned) whose current, unexpired agent
+	// SVID this X.509 CA signed: they lose the server if it is revoked. Set
+	// by GetLocalAuthorities for X.509 CAs.
+	Agents        int64 `protobuf:"varint,11,opt,name=agents,proto3" json:"agents,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1766,6 +1773,20 @@ func (x *LocalAuthority) GetKeyType() string {
 		return x.KeyType
 	}
 	return ""
+}
+
+func (x *LocalAuthority) GetSubjectKeyId() string {
+	if x != nil {
+		return x.SubjectKeyId
+	}
+	return ""
+}
+
+func (x *LocalAuthority) GetAgents() int64 {
+	if x != nil {
+		return x.Agents
+	}
+	return 0
 }
 
 type GetLocalAuthoritiesRequest struct {
@@ -2005,9 +2026,12 @@ func (x *TaintLocalAuthorityRequest) GetAuthorityId() string {
 }
 
 type RevokeLocalAuthorityRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
-	AuthorityId   string                 `protobuf:"bytes,2,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Kind        string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	AuthorityId string                 `protobuf:"bytes,2,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	// force revokes an X.509 CA even while agents still hold agent SVIDs it
+	// signed (they are cut off and must attest again).
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2054,6 +2078,13 @@ func (x *RevokeLocalAuthorityRequest) GetAuthorityId() string {
 		return x.AuthorityId
 	}
 	return ""
+}
+
+func (x *RevokeLocalAuthorityRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 // UpstreamAuthority is one root of the upstream authority.
@@ -2286,7 +2317,10 @@ type RevokeUpstreamAuthorityRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// authority_id is the root's ID or its subject key ID (hex, colons
 	// allowed).
-	AuthorityId   string `protobuf:"bytes,1,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	AuthorityId string `protobuf:"bytes,1,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	// force revokes the root even while agents still hold agent SVIDs
+	// signed by this server's CAs under it.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2326,6 +2360,13 @@ func (x *RevokeUpstreamAuthorityRequest) GetAuthorityId() string {
 		return x.AuthorityId
 	}
 	return ""
+}
+
+func (x *RevokeUpstreamAuthorityRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 var File_server_api_admin_proto protoreflect.FileDescriptor
@@ -2413,7 +2454,7 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"$\n" +
 	"\"ListFederationRelationshipsRequest\"o\n" +
 	"#ListFederationRelationshipsResponse\x12H\n" +
-	"\rrelationships\x18\x01 \x03(\v2\".signet.api.FederationRelationshipR\rrelationships\"\xb3\x02\n" +
+	"\rrelationships\x18\x01 \x03(\v2\".signet.api.FederationRelationshipR\rrelationships\"\xf1\x02\n" +
 	"\x0eLocalAuthority\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12!\n" +
 	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\x12\x16\n" +
@@ -2424,7 +2465,10 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"expires_at\x18\x06 \x01(\x03R\texpiresAt\x12'\n" +
 	"\x0fupstream_issuer\x18\a \x01(\tR\x0eupstreamIssuer\x122\n" +
 	"\x15upstream_authority_id\x18\b \x01(\tR\x13upstreamAuthorityId\x12\x19\n" +
-	"\bkey_type\x18\t \x01(\tR\akeyType\"0\n" +
+	"\bkey_type\x18\t \x01(\tR\akeyType\x12$\n" +
+	"\x0esubject_key_id\x18\n" +
+	" \x01(\tR\fsubjectKeyId\x12\x16\n" +
+	"\x06agents\x18\v \x01(\x03R\x06agents\"0\n" +
 	"\x1aGetLocalAuthoritiesRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\"[\n" +
 	"\x1bGetLocalAuthoritiesResponse\x12<\n" +
@@ -2436,10 +2480,11 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\"S\n" +
 	"\x1aTaintLocalAuthorityRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12!\n" +
-	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\"T\n" +
+	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\"j\n" +
 	"\x1bRevokeLocalAuthorityRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12!\n" +
-	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\"\x92\x02\n" +
+	"\fauthority_id\x18\x02 \x01(\tR\vauthorityId\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"\x92\x02\n" +
 	"\x11UpstreamAuthority\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\x12$\n" +
 	"\x0esubject_key_id\x18\x02 \x01(\tR\fsubjectKeyId\x12\x18\n" +
@@ -2453,9 +2498,10 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x1eGetUpstreamAuthoritiesResponse\x12?\n" +
 	"\vauthorities\x18\x01 \x03(\v2\x1d.signet.api.UpstreamAuthorityR\vauthorities\"B\n" +
 	"\x1dTaintUpstreamAuthorityRequest\x12!\n" +
-	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\"C\n" +
+	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\"Y\n" +
 	"\x1eRevokeUpstreamAuthorityRequest\x12!\n" +
-	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId*u\n" +
+	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force*u\n" +
 	"\x10BundleDeleteMode\x12\x1f\n" +
 	"\x1bBUNDLE_DELETE_MODE_RESTRICT\x10\x00\x12!\n" +
 	"\x1dBUNDLE_DELETE_MODE_DISSOCIATE\x10\x01\x12\x1d\n" +

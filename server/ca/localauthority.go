@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -48,6 +49,9 @@ type LocalAuthority struct {
 	UpstreamRootID string
 	// KeyType is a JWT key's type (its JWS algorithm is KeyType.Algorithm).
 	KeyType JWTKeyType
+	// SubjectKeyID is an X.509 CA's subject key ID in hex: the
+	// AuthorityKeyId of what it signs. Empty for JWT keys and revoked CAs.
+	SubjectKeyID string
 }
 
 // kindOps is what the operator steps need to know of one kind of key.
@@ -84,7 +88,8 @@ var caOps = kindOps[caKey]{
 		return nil
 	},
 	describe: func(k *caKey, st Status) LocalAuthority {
-		a := LocalAuthority{Kind: KindX509, ID: k.id, Status: st, Tainted: k.tainted, PublishedAt: k.published, ExpiresAt: k.cert.NotAfter}
+		a := LocalAuthority{Kind: KindX509, ID: k.id, Status: st, Tainted: k.tainted, PublishedAt: k.published, ExpiresAt: k.cert.NotAfter,
+			SubjectKeyID: hex.EncodeToString(k.cert.SubjectKeyId)}
 		if k.upstream() {
 			a.UpstreamIssuer = k.cert.Issuer.String()
 			a.UpstreamRootID = upstreamRootRef(k)

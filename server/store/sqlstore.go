@@ -622,15 +622,15 @@ func nodesEqual(a, b Node) bool {
 	return a.SPIFFEID == b.SPIFFEID && a.AttestationType == b.AttestationType &&
 		slices.Equal(a.Selectors, b.Selectors) && a.SerialNumber == b.SerialNumber &&
 		a.PrevSerialNumber == b.PrevSerialNumber && a.ExpiresAt.Equal(b.ExpiresAt) && a.AttestedAt.Equal(b.AttestedAt) &&
-		a.Banned == b.Banned && a.CanReattest == b.CanReattest
+		a.Banned == b.Banned && a.CanReattest == b.CanReattest && a.SVIDIssuer == b.SVIDIssuer
 }
 
-const nodeColumns = `spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at, banned, can_reattest`
+const nodeColumns = `spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at, banned, can_reattest, svid_issuer`
 
 func scanNode(sc scanner) (Node, error) {
 	var n Node
 	var exp, att, banned, reattest int64
-	if err := sc.Scan(&n.SPIFFEID, &n.AttestationType, &n.SerialNumber, &n.PrevSerialNumber, &exp, &att, &banned, &reattest); err != nil {
+	if err := sc.Scan(&n.SPIFFEID, &n.AttestationType, &n.SerialNumber, &n.PrevSerialNumber, &exp, &att, &banned, &reattest, &n.SVIDIssuer); err != nil {
 		return n, err
 	}
 	n.ExpiresAt, n.AttestedAt, n.Banned, n.CanReattest = fromNanos(exp), fromNanos(att), banned != 0, reattest != 0
@@ -703,13 +703,13 @@ func upsertNode(ctx context.Context, t *tx, n Node) error {
 	case err != nil && !errors.Is(err, ErrNotFound):
 		return err
 	}
-	if _, err := t.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+	if _, err := t.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 		ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type,
 		serial_number = excluded.serial_number, prev_serial_number = excluded.prev_serial_number,
 		expires_at = excluded.expires_at, attested_at = excluded.attested_at, banned = excluded.banned,
-		can_reattest = excluded.can_reattest`,
+		can_reattest = excluded.can_reattest, svid_issuer = excluded.svid_issuer`,
 		n.SPIFFEID, n.AttestationType, n.SerialNumber, n.PrevSerialNumber, toNanos(n.ExpiresAt), toNanos(n.AttestedAt), boolInt(n.Banned),
-		boolInt(n.CanReattest)); err != nil {
+		boolInt(n.CanReattest), n.SVIDIssuer); err != nil {
 		return err
 	}
 	if _, err := t.exec(ctx, `DELETE FROM node_selectors WHERE spiffe_id = $1`, n.SPIFFEID); err != nil {
@@ -757,11 +757,11 @@ func (s *sqlStore) ListNodes(ctx context.Context) ([]Node, error) {
 	return out, nil
 }
 
-func (s *sqlStore) RenewNode(ctx context.Context, spiffeID, presentedSerial, newSerial string, expiresAt time.Time) error {
+func (s *sqlStore) RenewNode(ctx context.Context, spiffeID, presentedSerial, newSerial string, expiresAt time.Time, issuer string) error {
 	err := s.write(ctx, func(t *tx) error {
-		n, err := t.exec(ctx, `UPDATE nodes SET prev_serial_number = $2, serial_number = $3, expires_at = $4
+		n, err := t.exec(ctx, `UPDATE nodes SET prev_serial_number = $2, serial_number = $3, expires_at = $4, svid_issuer = $5
 			WHERE spiffe_id = $1 AND banned = 0 AND (serial_number = $2 OR prev_serial_number = $2)`,
-			spiffeID, presentedSerial, newSerial, toNanos(expiresAt))
+			spiffeID, presentedSerial, newSerial, toNanos(expiresAt), issuer)
 		if err != nil {
 			return err
 		}

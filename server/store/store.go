@@ -67,6 +67,10 @@ type Node struct {
 	// CanReattest: the node attestor can attest the node again (x509pop,
 	// k8s_psat), so the agent renews by attesting again, never in place.
 	CanReattest bool
+	// SVIDIssuer is the hex subject key ID of the CA that signed the
+	// current SVID (its AuthorityKeyId); empty when recorded by a server
+	// before this field existed.
+	SVIDIssuer string
 }
 
 // BundleDeleteMode says what deleting a federated bundle does to the
@@ -190,8 +194,9 @@ type Store interface {
 	// RenewNode records a renewed agent SVID in one conditional write: the
 	// node must still exist and presentedSerial be its current or previous
 	// serial (else ErrNotFound), so a renewal racing an eviction cannot
-	// bring the node back. presentedSerial becomes the previous serial.
-	RenewNode(ctx context.Context, spiffeID, presentedSerial, newSerial string, expiresAt time.Time) error
+	// bring the node back. presentedSerial becomes the previous serial;
+	// issuer is the new SVID's issuing CA (Node.SVIDIssuer).
+	RenewNode(ctx context.Context, spiffeID, presentedSerial, newSerial string, expiresAt time.Time, issuer string) error
 	// BanNode clears a node's serials and marks it banned, so it can neither
 	// renew nor attest again (UpsertNode answers ErrBanned) until DeleteNode:
 	// ErrNotFound if unknown.

@@ -586,7 +586,7 @@ func TestBanNode(t *testing.T) {
 		}
 		// Neither serial renews, and attesting again cannot overwrite it.
 		for _, serial := range []string{"0a", "0b", ""} {
-			if err := s.RenewNode(ctx, n.SPIFFEID, serial, "0c", n.ExpiresAt); !errors.Is(err, ErrNotFound) {
+			if err := s.RenewNode(ctx, n.SPIFFEID, serial, "0c", n.ExpiresAt, ""); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("RenewNode(%q) of a banned node: %v, want ErrNotFound", serial, err)
 			}
 		}
@@ -626,6 +626,7 @@ func TestNodes(t *testing.T) {
 			ExpiresAt:       time.Date(2030, 1, 1, 0, 0, 0, 5, time.UTC),
 			AttestedAt:      time.Date(2029, 1, 1, 0, 0, 0, 0, time.UTC),
 			CanReattest:     true,
+			SVIDIssuer:      "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b",
 		}
 		if err := s.UpsertNode(ctx, n); err != nil {
 			t.Fatalf("UpsertNode: %v", err)
@@ -712,8 +713,9 @@ func TestUpgradeMarksReattestableNodes(t *testing.T) {
 		// Back to the schema before migration 6, with one agent of each kind.
 		err := s.(*sqlStore).write(ctx, func(t *tx) error {
 			for _, q := range []string{
+				`ALTER TABLE nodes DROP COLUMN svid_issuer`,
 				`ALTER TABLE nodes DROP COLUMN can_reattest`,
-				`DELETE FROM schema_version WHERE version = 6`,
+				`DELETE FROM schema_version WHERE version >= 6`,
 				`INSERT INTO nodes (spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at) VALUES
 				 ('spiffe://example.org/agent/x509pop/f1', 'x509pop', '0a', '', 0, 0),
 				 ('spiffe://example.org/agent/k8s_psat/c/n1', 'k8s_psat', '0b', '', 0, 0),
@@ -736,6 +738,9 @@ func TestUpgradeMarksReattestableNodes(t *testing.T) {
 		for _, n := range nodes {
 			if want := n.AttestationType != "join_token"; n.CanReattest != want {
 				t.Errorf("%s (%s) after the upgrade: CanReattest %v, want %v", n.SPIFFEID, n.AttestationType, n.CanReattest, want)
+			}
+			if n.SVIDIssuer != "" {
+				t.Errorf("%s after the upgrade: SVIDIssuer %q, want unknown (empty)", n.SPIFFEID, n.SVIDIssuer)
 			}
 		}
 	})
@@ -1064,24 +1069,24 @@ func TestRenewNodeNeverResurrects(t *testing.T) {
 		if err := s.UpsertNode(ctx, Node{SPIFFEID: id, AttestationType: "join_token", SerialNumber: "s1", ExpiresAt: exp}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.RenewNode(ctx, id, "s1", "s2", exp.Add(time.Hour)); err != nil {
+		if err := s.RenewNode(ctx, id, "s1", "s2", exp.Add(time.Hour), "aa01"); err != nil {
 			t.Fatalf("renew with the current serial: %v", err)
 		}
 		n, err := s.GetNode(ctx, id)
-		if err != nil || n.SerialNumber != "s2" || n.PrevSerialNumber != "s1" || !n.ExpiresAt.Equal(exp.Add(time.Hour)) {
+		if err != nil || n.SerialNumber != "s2" || n.PrevSerialNumber != "s1" || !n.ExpiresAt.Equal(exp.Add(time.Hour)) || n.SVIDIssuer != "aa01" {
 			t.Fatalf("after renewal: %+v %v", n, err)
 		}
 		// The previous serial may still renew (the agent had not reconnected yet).
-		if err := s.RenewNode(ctx, id, "s1", "s3", exp); err != nil {
+		if err := s.RenewNode(ctx, id, "s1", "s3", exp, "aa01"); err != nil {
 			t.Fatalf("renew with the previous serial: %v", err)
 		}
-		if err := s.RenewNode(ctx, id, "stale", "s4", exp); !errors.Is(err, ErrNotFound) {
+		if err := s.RenewNode(ctx, id, "stale", "s4", exp, "aa01"); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("renew with an unknown serial: %v, want ErrNotFound", err)
 		}
 		if err := s.DeleteNode(ctx, id); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.RenewNode(ctx, id, "s3", "s5", exp); !errors.Is(err, ErrNotFound) {
+		if err := s.RenewNode(ctx, id, "s3", "s5", exp, "aa01"); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("renew after eviction: %v, want ErrNotFound", err)
 		}
 		if _, err := s.GetNode(ctx, id); !errors.Is(err, ErrNotFound) {

@@ -66,6 +66,18 @@ func TestCloudFederationExample(t *testing.T) {
 	if helperC.RestartPolicy == nil || *helperC.RestartPolicy != corev1.ContainerRestartPolicyAlways {
 		t.Error("signet-helper is not a native sidecar (restartPolicy: Always): it would block the app")
 	}
+	// Pod Security "restricted", which many namespaces enforce.
+	if sc := pod.Spec.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot ||
+		sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Error("pod.yaml: want runAsNonRoot and the RuntimeDefault seccomp profile (Pod Security restricted)")
+	}
+	for _, c := range []*corev1.Container{helperC, app} {
+		sc := c.SecurityContext
+		if sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.Capabilities == nil ||
+			!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+			t.Errorf("container %s: want allowPrivilegeEscalation false and all capabilities dropped (Pod Security restricted)", c.Name)
+		}
+	}
 	mountOf := func(c *corev1.Container, volume string) string {
 		for _, m := range c.VolumeMounts {
 			if m.Name == volume {
@@ -187,7 +199,12 @@ func TestCloudFederationExample(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		claims := verifyAsRelyingParty(t, issuer, strings.TrimSpace(string(token)), audience, jose.RS256)
+		// The SDKs send the file's bytes as they are: a trailing newline
+		// would make the token invalid at the cloud.
+		if strings.TrimSpace(string(token)) != string(token) {
+			t.Errorf("%s: the token has surrounding whitespace: %q", path, token)
+		}
+		claims := verifyAsRelyingParty(t, issuer, string(token), audience, jose.RS256)
 		if claims.Subject != want.String() {
 			t.Errorf("%s: sub %s, want %s", path, claims.Subject, want)
 		}

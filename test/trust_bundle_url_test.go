@@ -185,6 +185,23 @@ federation {
 		if err == nil || !strings.Contains(err.Error(), "give trust_bundle_path or insecure_bootstrap, not both") {
 			t.Fatalf("--trust-bundle and --insecure-bootstrap: %v", err)
 		}
+		// --insecure-bootstrap alone replaces the file's trust_bundle_path
+		// (and insecure_bootstrap is what the file says too): the agent
+		// bootstraps without a bundle. Its own token, so the next agent's
+		// is unspent.
+		tok2, err := srv.cli(t, "server", "token", "generate", "--spiffe-id", nodeAgentID+"-insecure")
+		if err != nil {
+			t.Fatal(err)
+		}
+		insecure := slices.Clone(noURL)
+		insecure[len(insecure)-1] = strings.TrimSpace(tok2)
+		i = slices.Index(insecure, "--data-dir")
+		insecure[i+1] = filepath.Join(dir, "agent-insecure")
+		i = slices.Index(insecure, "--socket")
+		insecure[i+1] = filepath.Join(dir, "sockets-insecure", "agent.sock")
+		p := startSignet(t, nil, append(insecure, "--insecure-bootstrap")...)
+		p.waitLine(t, "INSECURE BOOTSTRAP", 30*time.Second)
+		p.Stop()
 	})
 
 	agent := startSignet(t, []string{"SSL_CERT_FILE=" + caFile, "SSL_CERT_DIR=" + noDir}, args...)

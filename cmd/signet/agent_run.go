@@ -100,11 +100,15 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			if set("trust-bundle-format") {
 				cfg.TrustBundleFormat = flags.TrustBundleFormat
 			}
+			// A source of trust on the command line replaces the file's
+			// other sources; two on the command line are refused.
+			bundleFlag := set("trust-bundle") || set("trust-bundle-url")
 			if set("insecure-bootstrap") {
 				cfg.InsecureBootstrap = flags.InsecureBootstrap
-			} else if set("trust-bundle") || set("trust-bundle-url") {
-				// A bundle on the command line replaces the file's
-				// insecure_bootstrap as it does the file's other source.
+				if cfg.InsecureBootstrap && !bundleFlag {
+					cfg.TrustBundleFile, cfg.TrustBundleURL = "", ""
+				}
+			} else if bundleFlag {
 				cfg.InsecureBootstrap = false
 			}
 			if set("socket") || cfg.SocketPath == "" {

@@ -147,7 +147,11 @@ func printLocalAuthority(w io.Writer, a *api.LocalAuthority, withAgents bool) {
 		fmt.Fprintf(w, "Agents holding an SVID it signed: %d\n", a.Agents)
 	}
 	if a.KeyType != "" {
-		fmt.Fprintf(w, "Key type: %s (%s)\n", a.KeyType, ca.JWTKeyType(a.KeyType).Algorithm())
+		if alg := ca.JWTKeyType(a.KeyType).Algorithm(); alg != "" {
+			fmt.Fprintf(w, "Key type: %s (%s)\n", a.KeyType, alg)
+		} else {
+			fmt.Fprintf(w, "Key type: %s\n", a.KeyType)
+		}
 	}
 	fmt.Fprintln(w)
 }

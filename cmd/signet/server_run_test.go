@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/signetid/signet/server/ca"
 )
 
 // --audit-log overrides the file's audit_log_enabled either way.
@@ -41,6 +43,40 @@ func TestServerRunAuditLogSetting(t *testing.T) {
 		}
 		if cfg.AuditLog != tt.want {
 			t.Errorf("%s %v: audit log %v, want %v", filepath.Base(tt.conf), tt.args, cfg.AuditLog, tt.want)
+		}
+	}
+}
+
+// --jwt-key-type overrides the file's jwt_key_type; unset, the file's or
+// the default holds.
+func TestServerRunJWTKeyType(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "server.conf")
+	if err := os.WriteFile(path, []byte("trust_domain = \"example.org\"\njwt_key_type = \"ec-p384\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		conf string
+		args []string
+		want ca.JWTKeyType
+	}{
+		{"", []string{"--trust-domain", "example.org"}, ca.JWTKeyECP256},
+		{path, nil, ca.JWTKeyECP384},
+		{path, []string{"--jwt-key-type", "rsa-2048"}, ca.JWTKeyRSA2048},
+	} {
+		cmd := newServerRunCmd(&globals{})
+		if err := cmd.ParseFlags(tt.args); err != nil {
+			t.Fatal(err)
+		}
+		fc, err := serverFileConfig(cmd, tt.conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := fc.Resolve()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.JWTKeyType != tt.want {
+			t.Errorf("config %q, args %v: jwt_key_type %q, want %q", tt.conf, tt.args, cfg.JWTKeyType, tt.want)
 		}
 	}
 }

@@ -106,6 +106,7 @@ type Manager struct {
 	jwt     slots[jwtKey]
 	auths   []Authority
 	upMarks []upstreamMark // guarded by mu; replaced, never changed in place
+	retype  bool           // guarded by mu: the next Rotate applies jwtType to a prepared key
 	changed chan struct{}
 	leaf    leafParts
 }
@@ -175,9 +176,6 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.load(); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
-	if err := m.retypeJWT(); err != nil {
-		return nil, fmt.Errorf("ca: %w", err)
-	}
 	if m.up != nil {
 		// A CA signed now proves the upstream works before the server
 		// depends on it, not hours later at the next rotation.
@@ -189,9 +187,12 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("ca: %w", err)
 		}
 	}
+	// The first rotation applies a changed jwt_key_type, in its one write.
+	m.retype = true
 	if err := m.Rotate(ctx); err != nil {
 		return nil, err
 	}
+	m.warnJWTType()
 	return m, nil
 }
 

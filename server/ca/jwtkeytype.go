@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 )
@@ -16,7 +17,7 @@ import (
 // JWTKeyType is the kind of key JWT-SVIDs are signed with, by SPIRE's
 // jwt_key_type names. ES256 (ec-p256) is the default; RSA exists because
 // some OIDC relying parties (Microsoft Entra ID workload identity
-// federation, some AWS endpoints) accept only RS256.
+// federation) accept only RSA signatures.
 type JWTKeyType string
 
 const (
@@ -46,15 +47,18 @@ func ParseJWTKeyType(s string) (JWTKeyType, error) {
 	return "", fmt.Errorf("unknown JWT key type %q: want one of %s", s, strings.Join(names, ", "))
 }
 
-// Algorithm is the JWS algorithm keys of type t sign with.
+// Algorithm is the JWS algorithm keys of type t sign with; "" for a type
+// this version does not know.
 func (t JWTKeyType) Algorithm() jose.SignatureAlgorithm {
 	switch t {
+	case JWTKeyECP256:
+		return jose.ES256
 	case JWTKeyECP384:
 		return jose.ES384
 	case JWTKeyRSA2048, JWTKeyRSA4096:
 		return jose.RS256
 	}
-	return jose.ES256
+	return ""
 }
 
 func (t JWTKeyType) generate() (crypto.Signer, error) {
@@ -96,31 +100,49 @@ func jwtKeyTypeOf(key crypto.Signer) (JWTKeyType, error) {
 	return "", fmt.Errorf("%T: want an ECDSA or RSA key", key)
 }
 
-// retypeJWT applies a changed jwt_key_type at start. A prepared key of
-// another type has signed nothing yet: it retires (published until it
-// expires, like any old key) so that Rotate, or an operator's prepare,
-// makes one of the new type without waiting a whole key lifetime. The
-// active key keeps signing until its successor is activated: tokens it
-// signed are in use, and relying parties may not have fetched a new key.
-func (m *Manager) retypeJWT() error {
-	if m.jwt.active == nil {
-		return nil // first start: Rotate creates the configured type
+// retypeJWT is the first Rotate's part in a change of jwt_key_type. A
+// prepared key of another type has signed nothing: when a key of the new
+// type prepared now still gets its full notice before the active key's
+// scheduled end, the prepared one is dropped (a tombstone takes it out of
+// the bundle, as a revoked key) and Rotate prepares one of the new type.
+// Any later, its successor would sign with a key relying parties have not
+// fetched yet: it is kept, and the type changes with the key after it. The
+// active key signs until its successor is activated on schedule: tokens it
+// signed are in use.
+func retypeJWT(s slots[jwtKey], typ JWTKeyType, now time.Time) (slots[jwtKey], *jwtKey) {
+	n := s.next
+	if s.active == nil || n == nil || n.typ == typ {
+		return s, nil
 	}
-	if n := m.jwt.next; n != nil && n.typ != m.jwtType {
-		j := m.jwt
-		j.retired = append(slices.Clone(j.retired), n)
-		j.next = nil
-		if err := m.persist(m.x509, m.jwt, m.x509, j); err != nil {
-			return fmt.Errorf("retire the prepared %s JWT key: %w", n.typ, err)
-		}
-		m.jwt = j
-		m.refreshLocked()
-		m.log.Warn("the prepared JWT key is not of jwt_key_type: it is now old (published until it expires, never used) and its successor is of the configured type",
-			"kid", n.kid, "key_type", n.typ, "jwt_key_type", m.jwtType)
+	a := jwtWindow(s.active)
+	if now.Add(a.life() / 12).After(a.notAfter.Add(-a.life() / 6)) {
+		return s, nil
 	}
-	if a := m.jwt.active; a.typ != m.jwtType {
-		m.log.Warn("the active JWT key is not of jwt_key_type: it signs until its successor, of the configured type, is activated on schedule; to switch now run signet server localauthority jwt prepare, then activate",
-			"kid", a.kid, "key_type", a.typ, "jwt_key_type", m.jwtType, "successor_prepared_at", jwtWindow(a).prepareAt())
+	out := s
+	out.next = nil
+	out.revoked = append(slices.Clone(s.revoked), tombstone{id: n.kid, notAfter: n.notAfter})
+	return out, n
+}
+
+// warnJWTType says when the configured jwt_key_type takes over, if the
+// active key is of another type.
+func (m *Manager) warnJWTType() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, n := m.jwt.active, m.jwt.next
+	if a == nil || a.typ == m.jwtType {
+		return
 	}
-	return nil
+	attrs := []any{"kid", a.kid, "key_type", a.typ, "jwt_key_type", m.jwtType}
+	switch {
+	case n == nil:
+		attrs = append(attrs, "successor_prepared_at", jwtWindow(a).prepareAt())
+	case n.typ == m.jwtType:
+		attrs = append(attrs, "successor_kid", n.kid, "successor_activated_at", activateAt(jwtWindow(a), jwtWindow(n)))
+	default:
+		attrs = append(attrs, "successor_kid", n.kid, "successor_key_type", n.typ, "successor_activated_at", activateAt(jwtWindow(a), jwtWindow(n)))
+		m.log.Warn("the active JWT key and its prepared successor, too close to activation to be replaced, are not of jwt_key_type: the configured type comes with the key after them", attrs...)
+		return
+	}
+	m.log.Warn("the active JWT key is not of jwt_key_type: it signs until its successor, of the configured type, is activated on schedule", attrs...)
 }

@@ -9,8 +9,10 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/signetid/signet/server/ca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -95,9 +97,10 @@ func TestJWTKeyTypes(t *testing.T) {
 }
 
 // TestJWTKeyTypeChange restarts a server with another jwt_key_type while a
-// key is prepared: the active key keeps signing, the prepared one (never
-// used) retires, a key of the new type is prepared and activated on
-// schedule, and tokens of the old key keep validating.
+// key is prepared, in time for a replacement: the active key keeps
+// signing, the prepared one (never used) is dropped from the bundle, a key
+// of the new type is prepared and activated on schedule, and tokens of the
+// old key keep validating.
 func TestJWTKeyTypeChange(t *testing.T) {
 	t0 := rotationStart()
 	clk := newFakeClock(t0)
@@ -119,8 +122,14 @@ func TestJWTKeyTypeChange(t *testing.T) {
 	if h := jwtHeader(t, tok); h["kid"] != k0 || h["alg"] != "ES256" {
 		t.Fatalf("after the change the signer is %v (%v), want the active key %s (ES256)", h["kid"], h["alg"], k0)
 	}
-	if a, _ := statusOf(t, m, ca.KindJWT, k1); a.Status != ca.StatusOld || a.KeyType != ca.JWTKeyECP256 {
-		t.Fatalf("prepared ec-p256 key after the change: %+v, want old", a)
+	if a, _ := statusOf(t, m, ca.KindJWT, k1); a.Status != ca.StatusRevoked {
+		t.Fatalf("prepared ec-p256 key after the change: %+v, want dropped (revoked)", a)
+	}
+	if contains(keyIDs(m, ca.KindJWT), k1) || !contains(revokedIDs(m), k1) {
+		t.Fatalf("the dropped key %s is still published, or not removed from the store", k1)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, "jwt-"+k1+".key")); !os.IsNotExist(err) {
+		t.Fatalf("the dropped key's file: %v, want it deleted", err)
 	}
 	list, err := m.LocalAuthorities(ca.KindJWT)
 	if err != nil {
@@ -138,8 +147,8 @@ func TestJWTKeyTypeChange(t *testing.T) {
 	if k2 == "" {
 		t.Fatalf("no key prepared after the change: %+v", list)
 	}
-	if got := keyIDs(m, ca.KindJWT); len(got) != 3 {
-		t.Fatalf("published JWT keys %v, want the active, the retired prepared one and the new one", got)
+	if got := keyIDs(m, ca.KindJWT); len(got) != 2 {
+		t.Fatalf("published JWT keys %v, want the active one and the new one", got)
 	}
 
 	// A second restart with the same type changes nothing.
@@ -158,6 +167,68 @@ func TestJWTKeyTypeChange(t *testing.T) {
 	}
 	if _, err := jwtsvid.ParseAndValidate(es256, bundleOf(t, m), []string{"sts.amazonaws.com"}); err != nil {
 		t.Fatalf("a token of the old ES256 key no longer validates: %v", err)
+	}
+}
+
+// TestJWTKeyTypeChangeLate: restarted with another type too close to the
+// activation for a new key to get its notice, the server keeps the prepared
+// key (relying parties have it) and the type changes with the key after.
+func TestJWTKeyTypeChangeLate(t *testing.T) {
+	t0 := rotationStart()
+	clk := newFakeClock(t0)
+	cfg := ca.Config{DataDir: t.TempDir(), Clock: clk.Now, SVIDTTL: svidTTL}
+	m := newManager(t, cfg)
+	k0 := jwtKID(t, m)
+	clk.Set(t0.Add(prepare))
+	rotate(t, m)
+	k1 := other(keyIDs(m, ca.KindJWT), k0)
+
+	// Activation is at +5h and a new key needs 30 minutes of notice.
+	clk.Set(t0.Add(activate - 29*time.Minute))
+	cfg.JWTKeyType = ca.JWTKeyRSA2048
+	m = newManager(t, cfg)
+	if a, _ := statusOf(t, m, ca.KindJWT, k1); a.Status != ca.StatusPrepared || a.KeyType != ca.JWTKeyECP256 {
+		t.Fatalf("prepared key after a late change: %+v, want kept", a)
+	}
+	clk.Set(t0.Add(activate))
+	rotate(t, m)
+	if kid := jwtKID(t, m); kid != k1 {
+		t.Fatalf("signer %s after activation, want the kept key %s", kid, k1)
+	}
+	// Its successor, prepared at half its life, is of the new type.
+	clk.Set(t0.Add(activate + prepare))
+	rotate(t, m)
+	list, err := m.LocalAuthorities(ca.KindJWT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(list, func(a ca.LocalAuthority) bool { return a.Status == ca.StatusPrepared }); i < 0 || list[i].KeyType != ca.JWTKeyRSA2048 {
+		t.Fatalf("authorities %+v: want an rsa-2048 key prepared after the kept one", list)
+	}
+}
+
+// A start with another type that fails (here: the upstream authority's
+// files are missing) changes nothing: the prepared key of the old type is
+// still there for the next start.
+func TestJWTKeyTypeChangeFailedStart(t *testing.T) {
+	t0 := rotationStart()
+	clk := newFakeClock(t0)
+	cfg := ca.Config{DataDir: t.TempDir(), Clock: clk.Now, SVIDTTL: svidTTL}
+	m := newManager(t, cfg)
+	k0 := jwtKID(t, m)
+	clk.Set(t0.Add(prepare))
+	rotate(t, m)
+	k1 := other(keyIDs(m, ca.KindJWT), k0)
+
+	bad := cfg
+	bad.TrustDomain, bad.Logger, bad.JWTKeyType = td, quietLogger(), ca.JWTKeyRSA2048
+	bad.Upstream = &ca.DiskUpstream{CertFile: filepath.Join(t.TempDir(), "missing.crt"), KeyFile: filepath.Join(t.TempDir(), "missing.key")}
+	if _, err := ca.New(context.Background(), bad); err == nil {
+		t.Fatal("New succeeded without the upstream's files")
+	}
+	m = newManager(t, cfg)
+	if a, _ := statusOf(t, m, ca.KindJWT, k1); a.Status != ca.StatusPrepared {
+		t.Fatalf("after a failed start with another type: %+v, want the key still prepared", a)
 	}
 }
 
@@ -182,4 +253,13 @@ func TestJWTKeyTypeUnsupportedOnDisk(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), kp) || !strings.Contains(err.Error(), "P-521") {
 		t.Fatalf("New with a P-521 JWT key: %v, want an error naming %s and the curve", err, kp)
 	}
+}
+
+// revokedIDs are the key IDs the server keeps removing from the store.
+func revokedIDs(m *ca.Manager) []string {
+	var out []string
+	for _, a := range m.Revoked() {
+		out = append(out, a.KeyID)
+	}
+	return out
 }

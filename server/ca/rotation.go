@@ -176,13 +176,18 @@ func (m *Manager) Rotate(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ca: rotate CA: %w", err)
 	}
-	j, jev, err := rotateSlots(m.jwt, now, jwtWindow, func() (*jwtKey, error) { return newJWTKey(m.jwtType, now, m.jwtLife) })
+	jwt, dropped := m.jwt, (*jwtKey)(nil)
+	if m.retype {
+		jwt, dropped = retypeJWT(m.jwt, m.jwtType, now)
+	}
+	j, jev, err := rotateSlots(jwt, now, jwtWindow, func() (*jwtKey, error) { return newJWTKey(m.jwtType, now, m.jwtLife) })
 	if err != nil {
 		return fmt.Errorf("ca: rotate JWT key: %w", err)
 	}
 	marks := pruneMarks(m.upMarks, now)
 	forgot := len(x.revoked) != len(m.x509.revoked) || len(j.revoked) != len(m.jwt.revoked) || len(marks) != len(m.upMarks)
-	if len(xev) == 0 && len(jev) == 0 && !forgot {
+	if len(xev) == 0 && len(jev) == 0 && !forgot && dropped == nil {
+		m.retype = false
 		return nil
 	}
 	prevMarks := m.upMarks
@@ -193,7 +198,12 @@ func (m *Manager) Rotate(ctx context.Context) error {
 	}
 	first := m.x509.active == nil
 	m.x509, m.jwt = x, j
+	m.retype = false
 	m.refreshLocked()
+	if dropped != nil {
+		m.log.Warn("prepared JWT key dropped, unused: it is not of jwt_key_type, and one of that type takes its place in time for the scheduled activation",
+			"kid", dropped.kid, "key_type", dropped.typ, "jwt_key_type", m.jwtType)
+	}
 	for _, e := range xev {
 		if first && e.what == "activated without notice" {
 			e.what = "created"

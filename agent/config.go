@@ -117,6 +117,9 @@ type Config struct {
 	// systemdRunDir, when set, replaces /run/systemd/system in the check
 	// whether the host booted with systemd (this package's tests).
 	systemdRunDir string
+	// systemdCgroupFS, when set, replaces /sys/fs/cgroup for the systemd
+	// attestor (tests).
+	systemdCgroupFS string
 }
 
 // SDSConfig is the `sds` block. Empty names take SPIRE's defaults
@@ -372,11 +375,18 @@ func (c *Config) workloadAttestor(logger *slog.Logger) (attestor.Attestor, error
 	}
 	attestors := []attestor.Attestor{attestor.NewUnix(attestor.UnixOptions{Logger: logger})}
 	if c.systemdAttestorOn() {
-		systemd, err := attestor.NewSystemd(attestor.SystemdOptions{Logger: logger})
-		if err != nil {
+		systemd, err := attestor.NewSystemd(attestor.SystemdOptions{CgroupFS: c.systemdCgroupFS, Logger: logger})
+		switch {
+		case err != nil && c.SystemdWorkloadAttestor == nil:
+			// On only by default: an agent that sees /run/systemd/system
+			// but not the host's cgroups (a container, a chroot) runs
+			// without it rather than not at all.
+			logger.Warn("systemd workload attestor off: /run/systemd/system exists but units cannot be read here; set systemd_workload_attestor = false to silence this, or true to make it an error", "error", err)
+		case err != nil:
 			return nil, fmt.Errorf("agent: systemd workload attestor (systemd_workload_attestor, --systemd-workload-attestor): %w", err)
+		default:
+			attestors = append(attestors, systemd)
 		}
-		attestors = append(attestors, systemd)
 	}
 	if c.K8sWorkloadAttestor {
 		k8s, err := attestor.NewK8s(attestor.K8sOptions{
@@ -406,7 +416,7 @@ func (c *Config) systemdAttestorOn() bool {
 	if c.SystemdWorkloadAttestor != nil {
 		return *c.SystemdWorkloadAttestor
 	}
-	fi, err := os.Lstat(cmp.Or(c.systemdRunDir, "/run/systemd/system"))
+	fi, err := os.Stat(cmp.Or(c.systemdRunDir, "/run/systemd/system")) // sd_booted follows a symlink
 	return err == nil && fi.IsDir()
 }
 

@@ -220,6 +220,31 @@ func TestSystemdWorkloadAttestor(t *testing.T) {
 			}
 		})
 	}
+	// /run/systemd/system seen, but no systemd cgroup hierarchy (a
+	// container that mounts the host's /run): on by default, the agent
+	// runs without it; forced on, it refuses to start.
+	noCgroups := t.TempDir()
+	for _, tc := range []struct {
+		file    string
+		wantErr bool
+	}{{"", false}, {"systemd_workload_attestor = true", true}} {
+		cfg, err := ParseConfig([]byte(tc.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.systemdRunDir, cfg.systemdCgroupFS = booted, noCgroups
+		a, err := cfg.workloadAttestor(slog.New(slog.DiscardHandler))
+		switch {
+		case tc.wantErr && (err == nil || !strings.Contains(err.Error(), "systemd_workload_attestor")):
+			t.Errorf("%q without a systemd hierarchy: %v, want an error naming the setting", tc.file, err)
+		case !tc.wantErr && err != nil:
+			t.Errorf("%q without a systemd hierarchy: %v, want the agent to run without the attestor", tc.file, err)
+		case !tc.wantErr:
+			if _, unixOnly := a.(*attestor.Unix); !unixOnly {
+				t.Errorf("%q without a systemd hierarchy: attestor %T, want Unix alone", tc.file, a)
+			}
+		}
+	}
 	if _, err := ParseConfig([]byte(`systemd_workload_attestor = "yes"`)); err == nil || !strings.Contains(err.Error(), "systemd_workload_attestor") {
 		t.Fatalf("a string for systemd_workload_attestor: %v, want an error naming the key", err)
 	}

@@ -83,7 +83,7 @@ func TestAgentSystemdWorkloadAttestor(t *testing.T) {
 		"systemd:id:nginx":                     `"nginx" has no type suffix`,
 		"systemd:id:system.slice":              "is a slice",
 		"systemd:id:getty@.service":            "is a template",
-		"systemd:fragment_path:/etc/x.service": `unknown systemd key "fragment_path"`,
+		"systemd:fragment_path:/etc/x.service": `systemd:fragment_path is not provided`,
 	} {
 		if _, err := n.server.cli(t, "server", "entry", "create", "--parent-id", nodeAgentID,
 			"--spiffe-id", "spiffe://example.org/refused", "--selector", sel); err == nil || !strings.Contains(err.Error(), wantErr) {

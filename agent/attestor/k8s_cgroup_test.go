@@ -183,6 +183,9 @@ func TestCgroupRoot(t *testing.T) {
 		{"0::/kubepods.slice/kubepods-pod" + tUID_ + ".slice/cri-containerd-" + tCID + ".scope\n", "/", true},
 		{"12:pids:/docker/" + tCID2 + "/kubepods/besteffort/pod" + tUID + "/" + tCID + "\n", "/docker/" + tCID2, true},
 		{"0::/\n", "", false},
+		// Seen from another cgroup namespace, the path climbs above the
+		// reader's root: no prefix can be judged from it.
+		{"0::/../../kubepods.slice/kubepods-pod" + tUID_ + ".slice/cri-containerd-" + tCID + ".scope\n", "", false},
 		{"0::/system.slice/signet-agent.service\n", "", false},
 	} {
 		root, inPod := cgroupRoot([]byte(tc.in))

@@ -62,12 +62,23 @@ func NewSystemd(opts SystemdOptions) (*Systemd, error) {
 		return nil, fmt.Errorf("systemd attestor: %w", err)
 	}
 	s := &Systemd{procRoot: opts.ProcRoot, legacy: layout == "legacy", log: opts.Logger}
+	// In a cgroup namespace of its own, the agent reads its callers' paths
+	// relative to its own cgroup: units outside it read as "/../x.service"
+	// and units below it as top-level ones.
+	self, errSelf := os.Readlink(filepath.Join(opts.ProcRoot, "self", "ns", "cgroup"))
+	host, errInit := os.Readlink(filepath.Join(opts.ProcRoot, "1", "ns", "cgroup"))
+	if errSelf == nil && errInit == nil && self != host {
+		return nil, fmt.Errorf("systemd attestor: the agent runs in a cgroup namespace of its own (%s, PID 1's is %s), where units cannot be read; run it in the host's (systemd ProtectControlGroups= off, or a pod without a private cgroup namespace)", self, host)
+	}
 	// PID 1 is the host's systemd (or whatever init the host has): a
 	// systemd in a container without a cgroup namespace sits below the
-	// host's units, and its units' paths are read relative to it.
-	if pid1, err := os.ReadFile(filepath.Join(opts.ProcRoot, "1", "cgroup")); err == nil {
-		s.root = managerRoot(pid1, s.legacy)
+	// host's units, and its units' paths are read relative to it
+	// (cg_shift_path, which fails too when it cannot read this).
+	pid1, err := os.ReadFile(filepath.Join(opts.ProcRoot, "1", "cgroup"))
+	if err != nil {
+		return nil, fmt.Errorf("systemd attestor: read PID 1's cgroup, which unit paths are relative to: %w", err)
 	}
+	s.root = managerRoot(pid1, s.legacy)
 	s.log.Debug("systemd attestor: reading units from cgroups", "layout", layout, "cgroup_fs", opts.CgroupFS, "manager_root", s.root)
 	return s, nil
 }
@@ -141,7 +152,8 @@ func systemdPath(data []byte, legacy bool) (path string, ok bool) {
 			continue
 		}
 		if legacy && slices.Contains(strings.Split(line.controllers, ","), "name=systemd") || !legacy && line.hierarchy == "0" {
-			// A process whose cgroup was removed (v1) reads " (deleted)".
+			// On the v2 hierarchy, a process whose cgroup was removed
+			// reads " (deleted)" (systemd strips it too).
 			return strings.TrimSuffix(line.path, " (deleted)"), true
 		}
 	}

@@ -233,6 +233,39 @@ func TestSystemdReadsUnitsBelowPID1sCgroup(t *testing.T) {
 	attestExactly(t, newSystemd(t, attestor.SystemdOptions{ProcRoot: root}), 42, "systemd:id:machine-web.scope")
 }
 
+// An agent in a cgroup namespace of its own would misread its callers'
+// units; one that cannot read PID 1's cgroup would misplace them: both are
+// refused, naming why.
+func TestNewSystemdRefuses(t *testing.T) {
+	root := fakeSystemdProc(t, "/init.scope", "/system.slice/nginx.service")
+	for pid, target := range map[string]string{"self": "cgroup:[4026531835]", "1": "cgroup:[4026532999]"} {
+		if err := os.MkdirAll(filepath.Join(root, pid, "ns"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, filepath.Join(root, pid, "ns", "cgroup")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := attestor.NewSystemd(attestor.SystemdOptions{ProcRoot: root}); err == nil || !strings.Contains(err.Error(), "cgroup namespace of its own") {
+		t.Fatalf("NewSystemd in its own cgroup namespace: %v, want a refusal naming it", err)
+	}
+	// The same namespace: accepted.
+	if err := os.Remove(filepath.Join(root, "1", "ns", "cgroup")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("cgroup:[4026531835]", filepath.Join(root, "1", "ns", "cgroup")); err != nil {
+		t.Fatal(err)
+	}
+	newSystemd(t, attestor.SystemdOptions{ProcRoot: root})
+
+	if err := os.Remove(filepath.Join(root, "1", "cgroup")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := attestor.NewSystemd(attestor.SystemdOptions{ProcRoot: root}); err == nil || !strings.Contains(err.Error(), "PID 1's cgroup") {
+		t.Fatalf("NewSystemd without PID 1's cgroup: %v, want a refusal naming it", err)
+	}
+}
+
 // TestSystemdDetectsPIDReuse swaps the process while the attestor is
 // blocked reading its cgroup.
 func TestSystemdDetectsPIDReuse(t *testing.T) {

@@ -41,10 +41,11 @@ var systemdCases = []struct {
 	{name: "a unit in the root slice", path: "/init.scope", want: "init.scope"},
 	{name: "a transient scope", path: "/machine.slice/machine-web.scope/payload", want: "machine-web.scope"},
 	{name: "an escaped name", path: "/system.slice/_cpu.service", want: "cpu.service"},
+	{name: "an escaped name starting with _", path: "/system.slice/__x.service", want: "_x.service"},
 	{name: "an escaped slice", path: "/_cpu.slice/x.service", want: "x.service"},
 	{name: "doubled slashes", path: "//system.slice//nginx.service", want: "nginx.service"},
 	{name: "colons and escapes", path: `/system.slice/system-systemd\x2dfsck.slice/systemd-fsck@dev-disk-by\x2duuid-0a1b.service`, want: `systemd-fsck@dev-disk-by\x2duuid-0a1b.service`},
-	{name: "a removed cgroup (v1)", path: "/system.slice/old.service (deleted)", want: "old.service"},
+	{name: "a removed cgroup (v2)", path: "/system.slice/old.service (deleted)", want: "old.service"},
 	{name: "255 bytes", path: "/system.slice/" + strings.Repeat("a", 247) + ".service", want: strings.Repeat("a", 247) + ".service"},
 	{
 		name: "below the manager's root (systemd in a container)",

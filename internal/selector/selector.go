@@ -159,6 +159,15 @@ func (s Selector) Validate() error {
 	key, arg, ok := strings.Cut(s.Value, ":")
 	check, keyKnown := keys[key]
 	if !keyKnown {
+		for k := range keys {
+			// Older SPIRE wrote systemd:Id: point at the spelling that matches.
+			if strings.EqualFold(k, key) {
+				return fmt.Errorf("invalid selector %q: unknown %s key %q; did you mean %s:%s:%s?", clip(full), s.Type, clip(key), s.Type, k, clip(arg))
+			}
+		}
+		if s.Type == "systemd" && strings.EqualFold(strings.ReplaceAll(key, "_", ""), "fragmentpath") {
+			return fmt.Errorf("invalid selector %q: systemd:fragment_path is not provided (it needs systemd's D-Bus API); use systemd:id:<unit>", clip(full))
+		}
 		return fmt.Errorf("invalid selector %q: unknown %s key %q (known: %s)", clip(full), s.Type, clip(key), strings.Join(sortedKeys(keys), ", "))
 	}
 	if !ok {

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -306,6 +307,35 @@ func (c *Cache) Bundle() *spiffebundle.Bundle {
 	return c.own
 }
 
+// Bundles returns every bundle the agent holds: the own trust domain's
+// first (when known), then the federated ones sorted by trust domain.
+func (c *Cache) Bundles() []*spiffebundle.Bundle {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*spiffebundle.Bundle, 0, 1+len(c.federated))
+	if c.own != nil {
+		out = append(out, c.own)
+	}
+	feds := slices.SortedFunc(maps.Values(c.federated), func(a, b *spiffebundle.Bundle) int {
+		return strings.Compare(a.TrustDomain().Name(), b.TrustDomain().Name())
+	})
+	return append(out, feds...)
+}
+
+// Identities returns the SPIFFE IDs of every live entry matching a workload
+// with these selectors, default first, whether or not its SVID is signed
+// yet: who the workload is, where a Subscription says what it is served.
+func (c *Cache) Identities(selectors []selector.Selector) []spiffeid.ID {
+	sels := selector.Sort(slices.Clone(selectors))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []spiffeid.ID
+	for _, r := range c.matchLocked(selector.NewSet(sels...), sels) {
+		out = append(out, r.entry.SPIFFEID)
+	}
+	return out
+}
+
 // Stats describes the cache for health and metrics.
 type Stats struct {
 	Entries int
@@ -558,6 +588,7 @@ func (c *Cache) stateLocked(s *subscription) *WorkloadState {
 			Hint:         r.entry.Hint,
 		})
 		st.KeysDER = append(st.KeysDER, r.keyDER)
+		st.Admin = append(st.Admin, r.entry.Admin)
 	}
 	for _, b := range c.federatedLocked(served) {
 		st.FederatedBundles = append(st.FederatedBundles, b.X509Bundle())

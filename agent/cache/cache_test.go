@@ -35,8 +35,11 @@ func TestMatching(t *testing.T) {
 	fed := entry(t, "e-fed", "/fed", t0, "unix:path:/bin/fed")
 	fed.FederatesWith = []spiffeid.TrustDomain{fedTD, otherTD}
 	unsigned := entry(t, "e-unsigned", "/unsigned", t0, "unix:user:nosvid")
+	admin := entry(t, "e-admin", "/admin", t0.Add(time.Second), "unix:user:ops")
+	admin.Admin = true
+	ops := entry(t, "e-ops", "/ops", t0, "unix:user:ops")
 
-	all := []Entry{web, webOld, webTie, root, hinted1, hinted2, hinted3, fed, unsigned}
+	all := []Entry{web, webOld, webTie, root, hinted1, hinted2, hinted3, fed, unsigned, admin, ops}
 	c, _ := newTestCache(t, "")
 	c.SetBundles(ca.bundle(), []*spiffebundle.Bundle{fedCA.bundle()})
 	c.SetEntries(all)
@@ -54,23 +57,37 @@ func TestMatching(t *testing.T) {
 		want      []string
 		wantFeds  []string
 		wantNoIDs bool
+		// identities are what Identities names: every live match, signed
+		// or not, hints not deduplicated.
+		identities []string
+		wantAdmin  []bool
 	}{
 		{name: "subset matches, oldest first, ties by entry ID",
-			workload: []string{"unix:uid:1000", "unix:gid:1000", "unix:user:web"},
-			want:     []string{"/web-old#", "/web-tie#", "/web#"}},
+			workload:   []string{"unix:uid:1000", "unix:gid:1000", "unix:user:web"},
+			want:       []string{"/web-old#", "/web-tie#", "/web#"},
+			identities: []string{"/web-old", "/web-tie", "/web"}},
 		{name: "entry needing more selectors than the workload has does not match",
-			workload: []string{"unix:uid:1000"},
-			want:     []string{"/web-tie#", "/web#"}},
+			workload:   []string{"unix:uid:1000"},
+			want:       []string{"/web-tie#", "/web#"},
+			identities: []string{"/web-tie", "/web"}},
 		{name: "no selectors in common",
 			workload: []string{"unix:uid:4242"}, wantNoIDs: true},
 		{name: "hints unique, first wins",
-			workload: []string{"unix:user:svc"},
-			want:     []string{"/h1#internal", "/h3#external"}},
+			workload:   []string{"unix:user:svc"},
+			want:       []string{"/h1#internal", "/h3#external"},
+			identities: []string{"/h1", "/h2", "/h3"}},
 		{name: "federated bundles of matched entries, only known ones",
 			workload: []string{"unix:path:/bin/fed"},
-			want:     []string{"/fed#"}, wantFeds: []string{fedTD.Name()}},
+			want:     []string{"/fed#"}, wantFeds: []string{fedTD.Name()},
+			identities: []string{"/fed"}},
 		{name: "entry without SVID yet is not served",
-			workload: []string{"unix:user:nosvid"}, wantNoIDs: true},
+			workload: []string{"unix:user:nosvid"}, wantNoIDs: true,
+			identities: []string{"/unsigned"}},
+		{name: "admin entries are marked",
+			workload:   []string{"unix:user:ops"},
+			want:       []string{"/ops#", "/admin#"},
+			identities: []string{"/ops", "/admin"},
+			wantAdmin:  []bool{false, true}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,6 +100,20 @@ func TestMatching(t *testing.T) {
 				}
 			} else if got := ids(st); !slices.Equal(got, tc.want) {
 				t.Fatalf("SVIDs = %v, want %v", got, tc.want)
+			}
+			var got []string
+			for _, id := range c.Identities(sels(t, tc.workload...)) {
+				got = append(got, id.Path())
+			}
+			if !slices.Equal(got, tc.identities) {
+				t.Fatalf("Identities = %v, want %v", got, tc.identities)
+			}
+			wantAdmin := tc.wantAdmin
+			if wantAdmin == nil {
+				wantAdmin = make([]bool, len(st.SVIDs))
+			}
+			if !slices.Equal(st.Admin, wantAdmin) {
+				t.Fatalf("Admin = %v, want %v", st.Admin, wantAdmin)
 			}
 			var feds []string
 			for _, b := range st.FederatedBundles {
@@ -435,5 +466,32 @@ func TestFetchJWTSVIDs(t *testing.T) {
 	}
 	if set := c.JWTBundles(sels(t, "unix:uid:99")); !set.Has(td) {
 		t.Fatal("JWTBundles lacks the own trust domain")
+	}
+}
+
+// Bundles is every bundle the agent holds, whoever federates with it: the
+// own first, then the federated ones by name, as SetBundles last set them.
+func TestBundles(t *testing.T) {
+	c, _ := newTestCache(t, "")
+	if got := c.Bundles(); len(got) != 0 {
+		t.Fatalf("Bundles before the first sync = %d, want none", len(got))
+	}
+	own := newTestCA(t, td).bundle()
+	zeta := newTestCA(t, spiffeid.RequireTrustDomainFromString("zeta.test")).bundle()
+	alpha := newTestCA(t, spiffeid.RequireTrustDomainFromString("alpha.test")).bundle()
+	names := func() []string {
+		var out []string
+		for _, b := range c.Bundles() {
+			out = append(out, b.TrustDomain().Name())
+		}
+		return out
+	}
+	c.SetBundles(own, []*spiffebundle.Bundle{zeta, alpha})
+	if got, want := names(), []string{"example.org", "alpha.test", "zeta.test"}; !slices.Equal(got, want) {
+		t.Fatalf("Bundles = %v, want %v", got, want)
+	}
+	c.SetBundles(own, []*spiffebundle.Bundle{zeta})
+	if got, want := names(), []string{"example.org", "zeta.test"}; !slices.Equal(got, want) {
+		t.Fatalf("Bundles after alpha.test went = %v, want %v", got, want)
 	}
 }

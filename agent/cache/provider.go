@@ -2,7 +2,9 @@ package cache
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -25,6 +27,9 @@ type WorkloadState struct {
 	// KeysDER holds, for each SVIDs[i], its private key as PKCS#8 DER,
 	// encoded once by the cache.
 	KeysDER [][]byte
+	// Admin holds, for each SVIDs[i], whether its entry is an admin entry
+	// (the Delegated Identity API withholds those, as SPIRE's does).
+	Admin []bool
 	// Bundle is the agent's own trust domain's X.509 bundle.
 	Bundle *x509bundle.Bundle
 	// FederatedBundles are the X.509 bundles of the trust domains the matching
@@ -32,6 +37,19 @@ type WorkloadState struct {
 	FederatedBundles []*x509bundle.Bundle
 	// JWTBundles are the own and federated JWT bundles, same rule.
 	JWTBundles []*jwtbundle.Bundle
+}
+
+// KeyDER returns the private key of SVIDs[i] as PKCS#8 DER: the one the
+// cache encoded, else encoded now.
+func (st *WorkloadState) KeyDER(i int) ([]byte, error) {
+	if i < len(st.KeysDER) && st.KeysDER[i] != nil {
+		return st.KeysDER[i], nil
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(st.SVIDs[i].PrivateKey)
+	if err != nil {
+		return nil, fmt.Errorf("marshal private key of %s: %w", st.SVIDs[i].ID, err)
+	}
+	return key, nil
 }
 
 // Subscription delivers a workload's state at once and after every change

@@ -3,6 +3,7 @@ package workloadapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -13,55 +14,78 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/signetid/signet/agent/attestor"
 	"github.com/signetid/signet/agent/cache"
 	"github.com/signetid/signet/internal/peercred"
 	"github.com/signetid/signet/internal/selector"
 )
 
-// caller is an attested Workload API client.
-type caller struct {
-	pid       int32
-	selectors []selector.Selector
+// ErrCallerReplaced means the process that connected is not the one the
+// attestors observed: it exited and its PID went to another process.
+var ErrCallerReplaced = errors.New("the process that connected is not the one attested")
+
+// Caller is a process attested from the kernel's view of its connection.
+type Caller struct {
+	PID       int32
+	UID       uint32
+	Selectors []selector.Selector
 }
 
-// attest identifies the caller from the kernel's view of the connection. A
-// caller that cannot be attested has no identity: PermissionDenied.
-func (s *Server) attest(ctx context.Context, method string) (caller, error) {
+// AttestCaller identifies the peer of the connection ctx belongs to (a
+// server with peercred.Credentials): its PID from SO_PEERCRED, turned into
+// selectors by a. An error wrapping ErrCallerReplaced means the PID changed
+// hands during attestation; any error means the caller has no identity.
+func AttestCaller(ctx context.Context, a attestor.Attestor) (Caller, error) {
 	info, err := peercred.FromContext(ctx)
 	if err != nil {
-		s.log.InfoContext(ctx, "workload attestation failed", "method", method, "error", err)
-		return caller{}, status.Error(codes.PermissionDenied, "could not identify the caller")
+		return Caller{}, err
 	}
-	start := time.Now()
-	sels, err := s.attestor.Attest(ctx, info.PID)
-	if err != nil {
-		s.metrics.observeAttestation(start, err)
-		s.log.InfoContext(ctx, "workload attestation failed", "method", method, "pid", info.PID, "uid", info.UID, "error", err)
-		return caller{}, status.Error(codes.PermissionDenied, "could not attest the caller")
+	c := Caller{PID: info.PID, UID: info.UID}
+	if c.Selectors, err = a.Attest(ctx, info.PID); err != nil {
+		return c, err
 	}
 	// The kernel recorded the PID at connect; the attestor observed whoever
 	// holds it now. A caller that connected, passed the connection on and
 	// exited would otherwise get the identity of the PID's next owner.
-	err = info.SameProcess()
-	s.metrics.observeAttestation(start, err)
-	if err != nil {
-		s.log.WarnContext(ctx, "workload attestation refused: the process that connected is not the one attested", "method", method, "pid", info.PID, "uid", info.UID, "error", err)
-		return caller{}, status.Error(codes.PermissionDenied, "could not attest the caller")
+	if err := info.SameProcess(); err != nil {
+		return c, fmt.Errorf("%w: %w", ErrCallerReplaced, err)
 	}
-	s.log.DebugContext(ctx, "workload attested", "method", method, "pid", info.PID, "selectors", selector.Strings(sels))
-	return caller{pid: info.PID, selectors: sels}, nil
+	return c, nil
 }
 
-func (s *Server) noIdentity(ctx context.Context, method string, c caller) error {
-	s.log.InfoContext(ctx, "no identity issued", "method", method, "pid", c.pid, "selectors", selector.Strings(c.selectors))
+// attest identifies the caller from the kernel's view of the connection. A
+// caller that cannot be attested has no identity: PermissionDenied.
+func (s *Server) attest(ctx context.Context, method string) (Caller, error) {
+	start := time.Now()
+	c, err := AttestCaller(ctx, s.attestor)
+	switch {
+	case errors.Is(err, peercred.ErrNoPeerCred):
+		s.log.InfoContext(ctx, "workload attestation failed", "method", method, "error", err)
+		return Caller{}, status.Error(codes.PermissionDenied, "could not identify the caller")
+	case errors.Is(err, ErrCallerReplaced):
+		s.metrics.observeAttestation(start, err)
+		s.log.WarnContext(ctx, "workload attestation refused: the process that connected is not the one attested", "method", method, "pid", c.PID, "uid", c.UID, "error", err)
+		return Caller{}, status.Error(codes.PermissionDenied, "could not attest the caller")
+	case err != nil:
+		s.metrics.observeAttestation(start, err)
+		s.log.InfoContext(ctx, "workload attestation failed", "method", method, "pid", c.PID, "uid", c.UID, "error", err)
+		return Caller{}, status.Error(codes.PermissionDenied, "could not attest the caller")
+	}
+	s.metrics.observeAttestation(start, nil)
+	s.log.DebugContext(ctx, "workload attested", "method", method, "pid", c.PID, "selectors", selector.Strings(c.Selectors))
+	return c, nil
+}
+
+func (s *Server) noIdentity(ctx context.Context, method string, c Caller) error {
+	s.log.InfoContext(ctx, "no identity issued", "method", method, "pid", c.PID, "selectors", selector.Strings(c.Selectors))
 	return status.Error(codes.PermissionDenied, "no identity issued")
 }
 
 // watch subscribes to the caller's state and sends a response built from
 // every update until the client leaves, the server stops, or the caller has
 // no identity any more.
-func watch[T any](s *Server, ctx context.Context, method string, c caller, build func(*cache.WorkloadState) (*T, error), send func(*T) error) error {
-	sub := s.provider.Subscribe(c.selectors)
+func watch[T any](s *Server, ctx context.Context, method string, c Caller, build func(*cache.WorkloadState) (*T, error), send func(*T) error) error {
+	sub := s.provider.Subscribe(c.Selectors)
 	defer sub.Close()
 	for {
 		select {
@@ -78,7 +102,7 @@ func watch[T any](s *Server, ctx context.Context, method string, c caller, build
 			}
 			resp, err := build(st)
 			if err != nil {
-				s.log.ErrorContext(ctx, "could not build Workload API response", "method", method, "pid", c.pid, "error", err)
+				s.log.ErrorContext(ctx, "could not build Workload API response", "method", method, "pid", c.PID, "error", err)
 				return status.Error(codes.Unavailable, "could not build the response")
 			}
 			if err := send(resp); err != nil {
@@ -138,12 +162,12 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 	if err != nil {
 		return nil, err
 	}
-	svids, err := s.provider.FetchJWTSVIDs(ctx, c.selectors, id, req.Audience)
+	svids, err := s.provider.FetchJWTSVIDs(ctx, c.Selectors, id, req.Audience)
 	switch {
 	case errors.Is(err, cache.ErrNoIdentity) || (err == nil && len(svids) == 0):
 		return nil, s.noIdentity(ctx, method, c)
 	case err != nil:
-		s.log.ErrorContext(ctx, "could not mint JWT-SVID", "pid", c.pid, "error", err)
+		s.log.ErrorContext(ctx, "could not mint JWT-SVID", "pid", c.PID, "error", err)
 		return nil, status.Errorf(codes.Unavailable, "could not mint JWT-SVID: %v", err)
 	}
 	resp := &workload.JWTSVIDResponse{}
@@ -174,7 +198,7 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 	}
 	// The caller's own bundles, as FetchJWTBundles gives them (SPIRE does
 	// the same), not every bundle the agent holds for other workloads.
-	svid, err := jwtsvid.ParseAndValidate(req.Svid, s.provider.JWTBundles(c.selectors), []string{req.Audience})
+	svid, err := jwtsvid.ParseAndValidate(req.Svid, s.provider.JWTBundles(c.Selectors), []string{req.Audience})
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID: %v", err)
 	}

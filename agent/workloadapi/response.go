@@ -26,7 +26,7 @@ func x509SVIDResponse(st *cache.WorkloadState) (*workload.X509SVIDResponse, erro
 			}
 			hints[svid.Hint] = true
 		}
-		key, err := keyDER(st, i)
+		key, err := st.KeyDER(i)
 		if err != nil {
 			return nil, err
 		}
@@ -40,19 +40,6 @@ func x509SVIDResponse(st *cache.WorkloadState) (*workload.X509SVIDResponse, erro
 	}
 	resp.FederatedBundles = federated(st)
 	return resp, nil
-}
-
-// keyDER returns the PKCS#8 key of st.SVIDs[i], encoded once by the cache
-// when it provides it.
-func keyDER(st *cache.WorkloadState, i int) ([]byte, error) {
-	if i < len(st.KeysDER) && st.KeysDER[i] != nil {
-		return st.KeysDER[i], nil
-	}
-	key, err := x509.MarshalPKCS8PrivateKey(st.SVIDs[i].PrivateKey)
-	if err != nil {
-		return nil, fmt.Errorf("marshal private key of %s: %w", st.SVIDs[i].ID, err)
-	}
-	return key, nil
 }
 
 func federated(st *cache.WorkloadState) map[string][]byte {

@@ -60,7 +60,7 @@ func (d *sdsService) FetchSecrets(ctx context.Context, req *discoveryv3.Discover
 	if err != nil {
 		return nil, err
 	}
-	sub := d.s.provider.Subscribe(c.selectors)
+	sub := d.s.provider.Subscribe(c.Selectors)
 	defer sub.Close()
 	var st *cache.WorkloadState
 	select {
@@ -76,7 +76,7 @@ func (d *sdsService) FetchSecrets(ctx context.Context, req *discoveryv3.Discover
 	}
 	res, err := sdsSecrets(st, req.ResourceNames, d.s.sds, d.s.sds.useSPIFFEValidator(req.Node))
 	if err != nil {
-		d.s.log.InfoContext(ctx, "SDS request refused", "method", method, "pid", c.pid, "names", req.ResourceNames, "error", err)
+		d.s.log.InfoContext(ctx, "SDS request refused", "method", method, "pid", c.PID, "names", req.ResourceNames, "error", err)
 		return nil, err
 	}
 	return &discoveryv3.DiscoveryResponse{TypeUrl: secretTypeURL, Resources: res}, nil
@@ -112,7 +112,7 @@ func (d *sdsService) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.D
 			}
 		}
 	}()
-	sub := d.s.provider.Subscribe(c.selectors)
+	sub := d.s.provider.Subscribe(c.Selectors)
 	defer sub.Close()
 
 	var (
@@ -154,7 +154,7 @@ func (d *sdsService) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.D
 				continue // answers an older response; a newer one is on its way
 			}
 			if r.ErrorDetail != nil {
-				d.s.log.WarnContext(ctx, "Envoy rejected the secrets it was sent", "pid", c.pid, "node", node.GetId(), "names", r.ResourceNames, "version", r.VersionInfo, "error", r.ErrorDetail.GetMessage())
+				d.s.log.WarnContext(ctx, "Envoy rejected the secrets it was sent", "pid", c.PID, "node", node.GetId(), "names", r.ResourceNames, "version", r.VersionInfo, "error", r.ErrorDetail.GetMessage())
 			}
 			if req != nil && sameNames(req.ResourceNames, r.ResourceNames) {
 				continue // ACK or NACK of what was sent
@@ -166,7 +166,7 @@ func (d *sdsService) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.D
 		}
 		res, err := sdsSecrets(st, req.ResourceNames, d.s.sds, d.s.sds.useSPIFFEValidator(node))
 		if err != nil {
-			d.s.log.InfoContext(ctx, "SDS request refused", "method", method, "pid", c.pid, "node", node.GetId(), "names", req.ResourceNames, "error", err)
+			d.s.log.InfoContext(ctx, "SDS request refused", "method", method, "pid", c.PID, "node", node.GetId(), "names", req.ResourceNames, "error", err)
 			return err
 		}
 		if !force && slices.EqualFunc(res, sent, func(a, b *anypb.Any) bool { return proto.Equal(a, b) }) {
@@ -184,7 +184,7 @@ func (d *sdsService) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.D
 			return err
 		}
 		sent = res
-		d.s.log.DebugContext(ctx, "SDS secrets sent", "pid", c.pid, "node", node.GetId(), "names", req.ResourceNames, "version", resp.VersionInfo, "count", len(res))
+		d.s.log.DebugContext(ctx, "SDS secrets sent", "pid", c.PID, "node", node.GetId(), "names", req.ResourceNames, "version", resp.VersionInfo, "count", len(res))
 	}
 }
 

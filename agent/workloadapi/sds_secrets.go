@@ -184,7 +184,7 @@ func sdsSecrets(st *cache.WorkloadState, names []string, o SDSOptions, spiffeVal
 		if len(as) == 0 {
 			continue
 		}
-		key, err := keyDER(st, i)
+		key, err := st.KeyDER(i)
 		if err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}

@@ -115,22 +115,31 @@ func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, s)
 	secretv3.RegisterSecretDiscoveryServiceServer(gs, &sdsService{s: s})
+	s.log.Info("workload API serving", "address", lis.Addr().String())
+	if err := ServeGRPC(ctx, gs, lis, s.grace, func() { close(s.stopping) }); err != nil {
+		return fmt.Errorf("workload API: %w", err)
+	}
+	return nil
+}
 
+// ServeGRPC serves gs on lis until ctx ends or serving fails. When ctx ends
+// it calls stopping (which should end open streams with a status clients
+// retry), then stops gs gracefully, and forcibly after grace. It returns nil
+// after a shutdown caused by ctx.
+func ServeGRPC(ctx context.Context, gs *grpc.Server, lis net.Listener, grace time.Duration, stopping func()) error {
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
-	s.log.Info("workload API serving", "address", lis.Addr().String())
-
 	select {
 	case err := <-errc:
-		return fmt.Errorf("workload API: serve %s: %w", lis.Addr(), err)
+		return fmt.Errorf("serve %s: %w", lis.Addr(), err)
 	case <-ctx.Done():
 	}
-	close(s.stopping)
+	stopping()
 	done := make(chan struct{})
 	go func() { gs.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(s.grace):
+	case <-time.After(grace):
 		gs.Stop()
 		<-done
 	}
@@ -138,34 +147,44 @@ func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 	return nil
 }
 
-// Listen prepares socketPath and listens on it: it creates the parent
-// directory (0755) if missing, replaces a stale socket left by a dead
-// process, refuses to take over a socket another server is answering on or a
-// path that is not a socket, and makes the socket 0777 (who may use it is
-// decided per caller, by attestation).
+// Listen prepares socketPath and listens on it (ListenUnix) with the parent
+// directory 0755 and the socket 0777: who may use it is decided per caller,
+// by attestation.
 func Listen(socketPath string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(socketPath), 0o755); err != nil {
-		return nil, fmt.Errorf("workload API: create socket directory: %w", err)
+	lis, err := ListenUnix(socketPath, 0o755, 0o777)
+	if err != nil {
+		return nil, fmt.Errorf("workload API: %w", err)
+	}
+	return lis, nil
+}
+
+// ListenUnix prepares socketPath and listens on it: it creates the parent
+// directory (dirMode) if missing, replaces a stale socket left by a dead
+// process, refuses to take over a socket another server is answering on or a
+// path that is not a socket, and gives the socket sockMode.
+func ListenUnix(socketPath string, dirMode, sockMode fs.FileMode) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(socketPath), dirMode); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
 	if fi, err := os.Lstat(socketPath); err == nil {
 		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("workload API: %s exists and is not a socket", socketPath)
+			return nil, fmt.Errorf("%s exists and is not a socket", socketPath)
 		}
 		if c, err := net.DialTimeout("unix", socketPath, time.Second); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("workload API: %s is in use by another server", socketPath)
+			return nil, fmt.Errorf("%s is in use by another server", socketPath)
 		}
 		if err := os.Remove(socketPath); err != nil {
-			return nil, fmt.Errorf("workload API: remove stale socket: %w", err)
+			return nil, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
 	lis, err := net.Listen("unix", socketPath)
 	if err != nil {
-		return nil, fmt.Errorf("workload API: listen: %w", err)
+		return nil, fmt.Errorf("listen: %w", err)
 	}
-	if err := os.Chmod(socketPath, 0o777); err != nil {
+	if err := os.Chmod(socketPath, sockMode); err != nil {
 		lis.Close()
-		return nil, fmt.Errorf("workload API: chmod socket: %w", err)
+		return nil, fmt.Errorf("chmod socket: %w", err)
 	}
 	return lis, nil
 }

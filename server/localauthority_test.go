@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -187,7 +188,14 @@ func TestLocalAuthorityAcrossServers(t *testing.T) {
 		}
 	}
 
-	if _, err := a.admin.RevokeLocalAuthority(ctx, &api.RevokeLocalAuthorityRequest{Kind: "x509", AuthorityId: old.AuthorityId}); err != nil {
+	// The stale agent still holds an SVID of the old CA: revoking needs
+	// --force, and the refusal names it.
+	_, err = a.admin.RevokeLocalAuthority(ctx, &api.RevokeLocalAuthorityRequest{Kind: "x509", AuthorityId: old.AuthorityId})
+	wantCode(t, err, codes.FailedPrecondition, "revoke while an agent holds an SVID the CA signed")
+	if !strings.Contains(err.Error(), stale.ID.String()) {
+		t.Fatalf("the refusal does not name the agent %s: %v", stale.ID, err)
+	}
+	if _, err := a.admin.RevokeLocalAuthority(ctx, &api.RevokeLocalAuthorityRequest{Kind: "x509", AuthorityId: old.AuthorityId, Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if hasDER(adminBundle(t, a).X509Authorities, oldRoot) {

@@ -67,6 +67,8 @@ type Server struct {
 	// serverCertCA is the ID of the CA that signed serverCert.
 	serverCertCA atomic.Pointer[string]
 	dirLock      *os.File // flock on the data dir: one server per data dir
+	// warnedJWTKey is the other server's JWT key last warned about.
+	warnedJWTKey atomic.Pointer[string]
 }
 
 // Run starts a server with cfg and serves until ctx ends.
@@ -81,6 +83,9 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 // New opens the store, loads (or creates) the CA, and binds every listener,
 // so that configuration and address errors surface before Run.
 func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err error) {
+	if cfg.JWTKeyType == "" {
+		cfg.JWTKeyType = ca.JWTKeyECP256 // as ParseJWTKeyType("") and the CA
+	}
 	s := &Server{cfg: cfg, logger: logger, metrics: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
@@ -532,7 +537,47 @@ func (s *Server) publishAuthorities(ctx context.Context) error {
 	if err := s.store.PruneAuthorities(ctx, s.cfg.TrustDomain.Name(), time.Now()); err != nil {
 		return fmt.Errorf("prune expired authorities: %w", err)
 	}
+	s.checkJWTKeyTypes(ctx)
 	return nil
+}
+
+// checkJWTKeyTypes warns, once per key, when another server sharing the
+// store signs with JWT keys of another type: agents get tokens of either
+// type depending on the server they reach, and a relying party that takes
+// only one type refuses some of them.
+func (s *Server) checkJWTKeyTypes(ctx context.Context) {
+	auths, _, err := s.store.ListAuthorities(ctx, s.cfg.TrustDomain.Name())
+	if err != nil {
+		return // the publish itself reports a store that fails
+	}
+	own := map[string]bool{}
+	for _, a := range s.ca.Authorities() {
+		own[a.KeyID] = true
+	}
+	kid, typ := foreignJWTKeyType(auths, own)
+	if kid == "" || typ == s.cfg.JWTKeyType {
+		return
+	}
+	if prev := s.warnedJWTKey.Swap(&kid); prev != nil && *prev == kid {
+		return
+	}
+	s.logger.Warn("another server on this store signs JWT-SVIDs with keys of another type: give every server the same jwt_key_type, or relying parties that take only one type refuse some tokens",
+		"kid", kid, "key_type", typ, "jwt_key_type", s.cfg.JWTKeyType)
+}
+
+// foreignJWTKeyType is the newest JWT key in auths that is not one of own
+// (another server's), and its type ("" if Signet makes no such key).
+func foreignJWTKeyType(auths []store.Authority, own map[string]bool) (string, ca.JWTKeyType) {
+	var newest *store.Authority
+	for i, a := range auths {
+		if a.Kind == store.JWTAuthority && !own[a.KeyID] && (newest == nil || a.ExpiresAt.After(newest.ExpiresAt)) {
+			newest = &auths[i]
+		}
+	}
+	if newest == nil {
+		return "", ""
+	}
+	return newest.KeyID, ca.PublicJWTKeyType(newest.Data)
 }
 
 // renewServerCert has the CA sign a fresh TLS certificate (new key) for the

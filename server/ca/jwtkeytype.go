@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
 	"fmt"
 	"slices"
 	"strings"
@@ -73,6 +74,32 @@ func (t JWTKeyType) generate() (crypto.Signer, error) {
 		return rsa.GenerateKey(rand.Reader, 4096)
 	}
 	return nil, fmt.Errorf("unknown JWT key type %q", t)
+}
+
+// PublicJWTKeyType is the type of the JWT key whose PKIX DER public key is
+// der (as Authority.Data holds it); "" for none Signet makes.
+func PublicJWTKeyType(der []byte) JWTKeyType {
+	pub, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		return ""
+	}
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return JWTKeyECP256
+		case elliptic.P384():
+			return JWTKeyECP384
+		}
+	case *rsa.PublicKey:
+		switch k.N.BitLen() {
+		case 2048:
+			return JWTKeyRSA2048
+		case 4096:
+			return JWTKeyRSA4096
+		}
+	}
+	return ""
 }
 
 // jwtKeyTypeOf is the type of a loaded key; keys of any supported type load,

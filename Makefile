@@ -92,9 +92,13 @@ lint:
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
+# proto regenerates the Go code of every .proto: the server's API, and the
+# agent's Delegated Identity API (SPIRE's package names, for wire compatibility).
+PROTOS = server/api/*.proto agent/delegatedidentity/types/*.proto agent/delegatedidentity/v1/*.proto
+
 proto:
 	protoc -I . --go_out=. --go_opt=paths=source_relative \
-		--go-grpc_out=. --go-grpc_opt=paths=source_relative server/api/*.proto
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative $(PROTOS)
 
 clean:
 	rm -rf bin

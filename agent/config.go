@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -94,6 +95,15 @@ type Config struct {
 	InsecureBootstrap bool `hcl:"insecure_bootstrap"`
 	// SocketPath is the Workload API's Unix socket.
 	SocketPath string `hcl:"socket_path"`
+	// AdminSocketPath, when set, is the Unix socket of SPIRE's Delegated
+	// Identity API, served to AuthorizedDelegates alone. It may not lie in
+	// the Workload API socket's directory (which the CSI driver mounts into
+	// pods) or below it. Empty: off.
+	AdminSocketPath string `hcl:"admin_socket_path"`
+	// AuthorizedDelegates are the SPIFFE IDs whose holders may use the
+	// admin socket: each can obtain the identity of any workload the agent
+	// serves.
+	AuthorizedDelegates []string `hcl:"authorized_delegates"`
 	// HealthListen is the /live, /ready and /metrics address; empty: none.
 	HealthListen string `hcl:"health_listen"`
 	// SDS names the secrets of the Envoy SDS service on the Workload API
@@ -120,6 +130,8 @@ type Config struct {
 	// systemdCgroupFS, when set, replaces /sys/fs/cgroup for the systemd
 	// attestor (tests).
 	systemdCgroupFS string
+	// delegates are AuthorizedDelegates, parsed by validate.
+	delegates []spiffeid.ID
 }
 
 // SDSConfig is the `sds` block. Empty names take SPIRE's defaults
@@ -181,6 +193,7 @@ var configKeys = []string{
 	"k8s_psat_cluster", "k8s_psat_token_path", "x509pop_cert_path", "x509pop_key_path", "k8s_workload_attestor", "kubelet_url",
 	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name", "k8s_cgroup_root", "systemd_workload_attestor",
 	"trust_bundle_path", "trust_bundle_url", "trust_bundle_format", "insecure_bootstrap", "socket_path", "health_listen", "sds",
+	"admin_socket_path", "authorized_delegates",
 }
 
 // ParseConfig parses an agent config file (HCL). The keys may be at the top
@@ -328,10 +341,78 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 	if err := c.SDS.validate(); err != nil {
 		return spiffeid.TrustDomain{}, err
 	}
+	if err := c.validateAdminSocket(td); err != nil {
+		return spiffeid.TrustDomain{}, err
+	}
 	if !c.K8sWorkloadAttestor && (c.KubeletURL != "" || c.KubeletCAPath != "" || c.KubeletSkipVerify || c.KubeletTokenPath != "" || c.K8sCgroupRoot != "") {
 		return spiffeid.TrustDomain{}, errors.New("agent: kubelet settings are given but the Kubernetes workload attestor is off (--k8s-workload-attestor)")
 	}
 	return td, nil
+}
+
+// validateAdminSocket checks the Delegated Identity API's settings: a socket
+// apart from the Workload API's directory, which the CSI driver mounts into
+// every pod that asks (SPIRE refuses it there too), and delegates of the
+// agent's trust domain, the only ones its entries can name.
+func (c *Config) validateAdminSocket(td spiffeid.TrustDomain) error {
+	c.delegates = nil
+	if c.AdminSocketPath == "" {
+		if len(c.AuthorizedDelegates) > 0 {
+			return errors.New("agent: authorized_delegates is set but admin_socket_path is not (--admin-socket PATH): delegates are served only on the admin socket")
+		}
+		return nil
+	}
+	admin, err := filepath.Abs(c.AdminSocketPath)
+	if err != nil {
+		return fmt.Errorf("agent: admin_socket_path %q: %w", c.AdminSocketPath, err)
+	}
+	wl, err := filepath.Abs(c.SocketPath)
+	if err != nil {
+		return fmt.Errorf("agent: socket_path %q: %w", c.SocketPath, err)
+	}
+	for _, p := range [][2]string{{admin, wl}, {resolvePath(admin), resolvePath(wl)}} {
+		if p[0] == p[1] {
+			return fmt.Errorf("agent: admin_socket_path %s is the Workload API socket (socket_path); give the admin socket a path of its own", c.AdminSocketPath)
+		}
+		if dir := filepath.Dir(p[1]); isWithin(dir, p[0]) {
+			return fmt.Errorf("agent: admin_socket_path %s is inside %s, the Workload API socket's directory, which workloads (and pods, through the CSI driver) can reach; put it elsewhere, e.g. /run/signet/admin/admin.sock", c.AdminSocketPath, dir)
+		}
+	}
+	seen := map[spiffeid.ID]bool{}
+	for _, s := range c.AuthorizedDelegates {
+		id, err := ids.ParseWorkloadIDIn(s, td)
+		if err != nil {
+			return fmt.Errorf("agent: authorized_delegates: %w (the agent's entries are all in %s)", err, td.Name())
+		}
+		if !seen[id] {
+			seen[id] = true
+			c.delegates = append(c.delegates, id)
+		}
+	}
+	return nil
+}
+
+// isWithin reports whether path lies in dir or below it.
+func isWithin(dir, path string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
+}
+
+// resolvePath resolves the symbolic links of the longest part of the
+// absolute path p that exists (/var/run is often /run), keeping the rest.
+func resolvePath(p string) string {
+	dir, rest := p, ""
+	for {
+		if r, err := filepath.EvalSymlinks(dir); err == nil {
+			return filepath.Join(r, rest)
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(dir), rest)
+		dir = parent
+	}
 }
 
 // validateTrustBundle checks where the server's roots come from: a file

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -65,6 +66,11 @@ node_name = "node-1"
     disable_spiffe_cert_validation = true
   }
 }`, want: Config{SDS: SDSConfig{DefaultSVIDName: "my-svid", DefaultBundleName: "my-bundle", DefaultAllBundlesName: "every-bundle", DisableSPIFFECertValidation: true}}},
+		{name: "admin socket and delegates", in: `agent {
+  admin_socket_path = "/run/signet/admin/admin.sock"
+  authorized_delegates = ["spiffe://example.org/cilium", "spiffe://example.org/ztunnel"]
+}`, want: Config{AdminSocketPath: "/run/signet/admin/admin.sock", AuthorizedDelegates: []string{"spiffe://example.org/cilium", "spiffe://example.org/ztunnel"}}},
+		{name: "authorized_delegates not a list", in: `authorized_delegates = { id = "x" }`, wantErr: "authorized_delegates"},
 		{name: "sds unknown key", in: `sds { default_name = "x" }`, wantErr: `unknown key "default_name" in sds`},
 		{name: "sds key twice", in: "sds {\n default_svid_name = \"a\"\n default_svid_name = \"b\"\n}", wantErr: `"default_svid_name" at 3:2 was already set`},
 		{name: "sds not a block", in: `sds = "ROOTCA"`, wantErr: "must be a block"},
@@ -97,7 +103,8 @@ node_name = "node-1"
 				got.K8sPSATTokenPath != tc.want.K8sPSATTokenPath || got.K8sWorkloadAttestor != tc.want.K8sWorkloadAttestor ||
 				got.KubeletURL != tc.want.KubeletURL || got.KubeletCAPath != tc.want.KubeletCAPath || got.NodeName != tc.want.NodeName ||
 				got.X509PoPCertPath != tc.want.X509PoPCertPath || got.X509PoPKeyPath != tc.want.X509PoPKeyPath ||
-				got.SDS != tc.want.SDS || got.TrustBundleURL != tc.want.TrustBundleURL || got.TrustBundleFormat != tc.want.TrustBundleFormat {
+				got.SDS != tc.want.SDS || got.TrustBundleURL != tc.want.TrustBundleURL || got.TrustBundleFormat != tc.want.TrustBundleFormat ||
+				got.AdminSocketPath != tc.want.AdminSocketPath || !slices.Equal(got.AuthorizedDelegates, tc.want.AuthorizedDelegates) {
 				t.Fatalf("got %+v\nwant %+v", *got, tc.want)
 			}
 		})
@@ -173,6 +180,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`sds = [{}, {}]`))
 	f.Add([]byte(`agent { trust_bundle_url = "https://b.example.org/" trust_bundle_format = "spiffe" }`))
 	f.Add([]byte(`agent { systemd_workload_attestor = false }`))
+	f.Add([]byte(`agent { admin_socket_path = "/run/a.sock" authorized_delegates = ["spiffe://example.org/x"] }`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := ParseConfig(data)
 		if err == nil && cfg == nil {
@@ -247,5 +255,68 @@ func TestSystemdWorkloadAttestor(t *testing.T) {
 	}
 	if _, err := ParseConfig([]byte(`systemd_workload_attestor = "yes"`)); err == nil || !strings.Contains(err.Error(), "systemd_workload_attestor") {
 		t.Fatalf("a string for systemd_workload_attestor: %v, want an error naming the key", err)
+	}
+}
+
+// The admin socket: off unless set, never the Workload API socket nor in
+// its directory (which the CSI driver mounts into pods) or below, symbolic
+// links resolved; delegates are workload IDs of the agent's trust domain,
+// and need the socket.
+func TestConfigValidateAdminSocket(t *testing.T) {
+	realDir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(realDir, "sockets"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "run")
+	if err := os.Symlink(realDir, link); err != nil {
+		t.Fatal(err)
+	}
+	const cilium = "spiffe://example.org/cilium"
+	tests := []struct {
+		name      string
+		socket    string
+		admin     string
+		delegates []string
+		wantErr   string
+		want      []string // parsed delegates
+	}{
+		{name: "off", delegates: nil},
+		{name: "apart from the Workload API", admin: "/run/signet/admin/admin.sock", delegates: []string{cilium, "spiffe://example.org/ztunnel", cilium},
+			want: []string{cilium, "spiffe://example.org/ztunnel"}},
+		{name: "a sibling directory sharing a prefix", admin: "/run/signet/sockets-admin/admin.sock", delegates: []string{cilium}, want: []string{cilium}},
+		{name: "no delegates: allowed, everyone refused", admin: "/run/signet/admin.sock"},
+		{name: "delegates without the socket", delegates: []string{cilium}, wantErr: "authorized_delegates is set but admin_socket_path is not"},
+		{name: "the Workload API socket itself", admin: DefaultSocketPath, wantErr: "is the Workload API socket"},
+		{name: "in the Workload API socket's directory", admin: "/run/signet/sockets/admin.sock", wantErr: "inside /run/signet/sockets, the Workload API socket's directory"},
+		{name: "below the Workload API socket's directory", admin: "/run/signet/sockets/admin/admin.sock", wantErr: "the Workload API socket's directory"},
+		{name: "a name starting with two dots, in the directory", admin: "/run/signet/sockets/..admin.sock", wantErr: "the Workload API socket's directory"},
+		{name: "the directory itself", admin: "/run/signet/sockets", wantErr: "the Workload API socket's directory"},
+		{name: "relative paths", socket: "sockets/agent.sock", admin: "sockets/../sockets/admin.sock", wantErr: "the Workload API socket's directory"},
+		{name: "through a symbolic link", socket: filepath.Join(realDir, "sockets", "agent.sock"), admin: filepath.Join(link, "sockets", "admin.sock"), wantErr: "the Workload API socket's directory"},
+		{name: "a delegate of another trust domain", admin: "/run/signet/admin.sock", delegates: []string{"spiffe://other.org/cilium"}, wantErr: `authorized_delegates: SPIFFE ID "spiffe://other.org/cilium" is not in trust domain "example.org"`},
+		{name: "the bare trust domain", admin: "/run/signet/admin.sock", delegates: []string{"spiffe://example.org"}, wantErr: "needs a path"},
+		{name: "not a SPIFFE ID", admin: "/run/signet/admin.sock", delegates: []string{"cilium"}, wantErr: "authorized_delegates: invalid SPIFFE ID"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Config{ServerAddress: "s:1", TrustDomain: "example.org", SocketPath: tc.socket, AdminSocketPath: tc.admin, AuthorizedDelegates: tc.delegates}
+			_, err := cfg.validate()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, id := range cfg.delegates {
+				got = append(got, id.String())
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("delegates = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

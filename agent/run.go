@@ -23,8 +23,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/signetid/signet/agent/attestor"
 	"github.com/signetid/signet/agent/cache"
 	"github.com/signetid/signet/agent/client"
+	"github.com/signetid/signet/agent/delegatedidentity"
 	"github.com/signetid/signet/agent/manager"
 	"github.com/signetid/signet/agent/workloadapi"
 	"github.com/signetid/signet/internal/health"
@@ -34,6 +36,7 @@ import (
 //
 //	client (attest, renew) -> manager (Sync stream, batch signing)
 //	  -> cache (SVIDs, bundles; persisted) -> Workload API (Unix socket)
+//	                                       -> Delegated Identity API (admin socket, if set)
 //	health listener: /live, /ready (attested, synced, serving), /metrics
 //
 // The Workload API starts before the server is reached, so SVIDs persisted
@@ -123,6 +126,11 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("agent: Workload API socket: %w", err)
 	}
+	delegated, adminLis, err := delegatedIdentity(cfg, svids, wlAttestor, logger)
+	if err != nil {
+		lis.Close()
+		return err
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -146,6 +154,14 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 		}
 	})
 	logger.Info("Workload API serving", "socket", cfg.SocketPath)
+	if delegated != nil {
+		wg.Go(func() {
+			if err := delegated.ServeListener(ctx, adminLis); err != nil {
+				fail(fmt.Errorf("agent: admin socket: %w", err))
+			}
+		})
+		logger.Info("Delegated Identity API serving on the admin socket", "socket", cfg.AdminSocketPath, "authorized_delegates", cfg.AuthorizedDelegates)
+	}
 
 	if cfg.HealthListen != "" || cfg.HealthListener != nil {
 		hl := cfg.HealthListener
@@ -209,6 +225,33 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 	errMu.Lock()
 	defer errMu.Unlock()
 	return runErr
+}
+
+// delegatedIdentity prepares the Delegated Identity API on the admin socket,
+// when one is configured (nil otherwise). It serves from the same cache,
+// and attests callers and the PIDs delegates name with the same attestors,
+// as the Workload API.
+func delegatedIdentity(cfg Config, svids *cache.Cache, wlAttestor attestor.Attestor, logger *slog.Logger) (*delegatedidentity.Server, net.Listener, error) {
+	if cfg.AdminSocketPath == "" {
+		return nil, nil, nil
+	}
+	if len(cfg.delegates) == 0 {
+		logger.Warn("admin socket without authorized_delegates: every Delegated Identity API caller will be refused", "socket", cfg.AdminSocketPath)
+	}
+	srv, err := delegatedidentity.New(delegatedidentity.Options{
+		Source:              svids,
+		Attestor:            wlAttestor,
+		AuthorizedDelegates: cfg.delegates,
+		Logger:              logger.With("component", "delegatedidentity"),
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	lis, err := delegatedidentity.Listen(cfg.AdminSocketPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: admin socket: %w", err)
+	}
+	return srv, lis, nil
 }
 
 // serverLink is the agent's side of the server: the client that attests and

@@ -117,6 +117,12 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			if set("health-listen") {
 				cfg.HealthListen = flags.HealthListen
 			}
+			if set("admin-socket") {
+				cfg.AdminSocketPath = flags.AdminSocketPath
+			}
+			if set("authorized-delegate") {
+				cfg.AuthorizedDelegates = flags.AuthorizedDelegates
+			}
 			return agent.Run(cmd.Context(), *cfg, logger)
 		},
 	}
@@ -145,5 +151,7 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	f.BoolVar(&flags.InsecureBootstrap, "insecure-bootstrap", false, "labs only: attest without verifying the server when no trust bundle is known")
 	f.StringVar(&flags.SocketPath, "socket", agent.DefaultSocketPath, "Workload API Unix socket")
 	f.StringVar(&flags.HealthListen, "health-listen", "", "address for /live, /ready and /metrics, e.g. 127.0.0.1:8081")
+	f.StringVar(&flags.AdminSocketPath, "admin-socket", "", "Unix socket for SPIRE's Delegated Identity API (off when empty); not in the --socket directory")
+	f.StringArrayVar(&flags.AuthorizedDelegates, "authorized-delegate", nil, "SPIFFE ID allowed on --admin-socket to obtain any workload's SVIDs (Cilium, ztunnel); repeat for more; replaces the file's list")
 	return cmd
 }

@@ -45,15 +45,18 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		return s.attestAgain(ctx, req.Csr, res.AgentID)
 	}
 	// Asked before signing, for a clear refusal; UpsertNode checks again
-	// in its transaction, so a ban racing this attestation still holds.
+	// in its transaction, so a ban or another type's attestation racing
+	// this one still holds.
 	prev, err := s.cfg.Store.GetNode(ctx, res.AgentID.String())
 	switch {
 	case err == nil && prev.Banned:
 		return nil, s.bannedError(res.AgentID)
+	case err == nil && prev.AttestationType != res.Type:
+		return nil, s.takeoverError(res, prev.AttestationType)
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return nil, status.Errorf(codes.Unavailable, "look up agent %s: %v", res.AgentID, err)
 	}
-	reattested := err == nil && prev.AttestationType == res.Type
+	reattested := err == nil
 	chain, err := s.signAgent(ctx, req.Csr, res.AgentID)
 	if err != nil {
 		return nil, err
@@ -79,9 +82,12 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	} else {
 		err = s.cfg.Store.UpsertNode(ctx, node)
 	}
+	var typeErr *store.AttestationTypeError
 	switch {
 	case errors.Is(err, store.ErrBanned):
 		return nil, s.bannedError(res.AgentID)
+	case errors.As(err, &typeErr):
+		return nil, s.takeoverError(res, typeErr.Held)
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrExpired):
 		// Spent by a concurrent attestation, or expired, since it was read.
 		s.cfg.Logger.Warn("agent attestation refused", "type", res.Type, "reason", err)
@@ -149,6 +155,16 @@ func (s *Service) publishNode(ctx context.Context, id spiffeid.ID) {
 	if err := s.cfg.Catalog.Refresh(ctx); err != nil {
 		s.cfg.Logger.Warn("refresh catalog after attestation", "agent_id", id.String(), "error", err)
 	}
+}
+
+// takeoverError refuses an attestation of type res.Type for an agent ID a
+// node of type held holds: that node's agent proved the ID with other
+// evidence (a join token spent for it is left unspent).
+func (s *Service) takeoverError(res nodeattest.Result, held string) error {
+	s.cfg.Logger.Warn("agent attestation refused", "agent_id", res.AgentID.String(), "type", res.Type,
+		"reason", "the agent ID is held by a "+held+" agent")
+	return status.Errorf(codes.PermissionDenied, "agent %s is held by a %s agent; a %s attestation cannot take it over: evict it first (signet server agent evict --spiffe-id %s)",
+		res.AgentID, held, res.Type, res.AgentID)
 }
 
 func (s *Service) bannedError(id spiffeid.ID) error {

@@ -218,6 +218,14 @@ func (p *X509PoP) agentID(data X509PoPTemplateData) (spiffeid.ID, error) {
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("%w: agent_path_template rendered %q for node certificate %s, which is not a valid agent ID path: %v", ErrX509PoPRefused, clipText(path), describe(data.Certificate), err)
 	}
+	// The template joins certificate fields under /agent/: a certificate
+	// named "k8s_psat/<cluster>/<node-uid>" must not name a Kubernetes
+	// node's agent.
+	first, _, _ := strings.Cut(strings.TrimPrefix(id.Path(), "/agent/"), "/")
+	if first == JoinTokenType || first == K8sPSATType {
+		return spiffeid.ID{}, fmt.Errorf("%w: agent_path_template rendered %q for node certificate %s: agent IDs under %s/agent/%s/ belong to %s agents, never to x509pop ones (change the template, e.g. to start with x509pop/)",
+			ErrX509PoPRefused, clipText(path), describe(data.Certificate), p.td.IDString(), first, first)
+	}
 	return id, nil
 }
 

@@ -224,6 +224,12 @@ func TestX509PoPAgentPathTemplate(t *testing.T) {
 			wantErr: "not a valid agent ID path"},
 		{name: "empty path", template: "{{ .Subject.CommonName }}", cn: "",
 			wantErr: "not a valid agent ID path"},
+		{name: "k8s_psat's namespace", template: "{{ .Subject.CommonName }}", cn: "k8s_psat/prod/node-uid",
+			wantErr: "IDs under spiffe://example.org/agent/k8s_psat/ belong to k8s_psat agents"},
+		{name: "join_token's namespace", template: "/{{ .Subject.CommonName }}", cn: "join_token/0123456789abcdef",
+			wantErr: "IDs under spiffe://example.org/agent/join_token/ belong to join_token agents"},
+		{name: "a namespace's name deeper down", template: "cn/{{ .Subject.CommonName }}", cn: "k8s_psat",
+			want: "spiffe://example.org/agent/cn/k8s_psat"},
 		{name: "unknown field", template: "{{ .Foo }}", cn: "node-1", wantErr: "can't evaluate field Foo"},
 		{name: "missing SAN key", template: "{{ .URISanSelectors.rack }}", cn: "node-1", wantErr: `map has no entry for key "rack"`},
 	}

@@ -651,9 +651,10 @@ func getNode(ctx context.Context, q querier, id string) (Node, error) {
 }
 
 // UpsertNode writes the node; an identical node is left alone, so renewals
-// that change nothing do not wake every subscriber. A banned node is not
-// overwritten (ErrBanned), checked in the write transaction so an
-// attestation racing a ban cannot undo it.
+// that change nothing do not wake every subscriber. A banned node
+// (ErrBanned) or one of another attestation type (*AttestationTypeError)
+// is not overwritten, checked in the write transaction so an attestation
+// racing a ban or another type's attestation cannot undo it.
 func (s *sqlStore) UpsertNode(ctx context.Context, n Node) error {
 	if n.SPIFFEID == "" {
 		return errors.New("upsert node: SPIFFE ID is required")
@@ -692,12 +693,15 @@ func (s *sqlStore) UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHas
 	return nil
 }
 
-// upsertNode writes the normalized node n unless it is banned.
+// upsertNode writes the normalized node n unless it is banned or of
+// another attestation type.
 func upsertNode(ctx context.Context, t *tx, n Node) error {
 	old, err := getNode(ctx, t, n.SPIFFEID)
 	switch {
 	case err == nil && old.Banned:
 		return ErrBanned
+	case err == nil && old.AttestationType != n.AttestationType:
+		return &AttestationTypeError{SPIFFEID: n.SPIFFEID, Held: old.AttestationType, Wanted: n.AttestationType}
 	case err == nil && nodesEqual(old, n):
 		return nil
 	case err != nil && !errors.Is(err, ErrNotFound):

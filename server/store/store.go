@@ -24,6 +24,21 @@ var (
 	ErrExpired = errors.New("expired")
 )
 
+// AttestationTypeError: an upsert would replace a node recorded with
+// another attestation type. One attestor's evidence must not take over an
+// agent ID another attestor's evidence proved (an x509pop certificate
+// naming a k8s_psat agent, a join token for an x509pop agent's ID); the
+// node is evicted (deleted) first.
+type AttestationTypeError struct {
+	SPIFFEID string
+	// Held is the type the node is recorded with; Wanted the upsert's.
+	Held, Wanted string
+}
+
+func (e *AttestationTypeError) Error() string {
+	return "node " + e.SPIFFEID + " is held by a " + e.Held + " agent, not " + e.Wanted
+}
+
 type commitRevisionKey struct{}
 
 // WithCommitRevision returns a context in which a write records in *rev the
@@ -181,7 +196,10 @@ type Store interface {
 	// PruneJoinTokens deletes tokens expired before now.
 	PruneJoinTokens(ctx context.Context, now time.Time) error
 
-	// UpsertNode creates or replaces the node with n.SPIFFEID.
+	// UpsertNode creates or replaces the node with n.SPIFFEID. A node
+	// recorded with another attestation type is not replaced
+	// (*AttestationTypeError), nor a banned one (ErrBanned), checked in the
+	// write transaction.
 	UpsertNode(ctx context.Context, n Node) error
 	// UpsertNodeSpendingToken is UpsertNode that also spends the join token
 	// with tokenHash for the agent key keyHash (JoinToken.SpentKey), in the

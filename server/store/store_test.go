@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -605,6 +606,60 @@ func TestBanNode(t *testing.T) {
 		}
 		if got, _ := s.GetNode(ctx, n.SPIFFEID); got.Banned || got.SerialNumber != "0b" {
 			t.Fatalf("node after re-attestation = %+v", got)
+		}
+	})
+}
+
+// A node is never replaced by one of another attestation type, in either
+// write (plain, or spending a join token, which then stays unspent) and on
+// either store: one attestor's evidence cannot take over an agent ID
+// another's proved. Evicting it frees the ID.
+func TestUpsertNodeKeepsAttestationType(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		now := time.Now().Truncate(time.Second)
+		held := Node{SPIFFEID: "spiffe://example.org/agent/k8s_psat/prod/uid-1", AttestationType: "k8s_psat", Selectors: sels(t, "k8s_psat:cluster:prod"),
+			SerialNumber: "0a", ExpiresAt: now.Add(time.Hour), AttestedAt: now, CanReattest: true}
+		if err := s.UpsertNode(ctx, held); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.CreateJoinToken(ctx, JoinToken{Hash: "h1", ID: "t1", SPIFFEID: held.SPIFFEID, ExpiresAt: now.Add(time.Hour), CreatedAt: now}); err != nil {
+			t.Fatal(err)
+		}
+		rev := revision(t, s)
+		writes := []struct {
+			name  string
+			n     Node
+			write func(Node) error
+		}{
+			{"x509pop upsert", Node{AttestationType: "x509pop", CanReattest: true}, func(n Node) error { return s.UpsertNode(ctx, n) }},
+			{"join token spent", Node{AttestationType: "join_token"}, func(n Node) error { return s.UpsertNodeSpendingToken(ctx, n, "h1", "k1", now) }},
+		}
+		for _, w := range writes {
+			n := w.n
+			n.SPIFFEID, n.SerialNumber, n.ExpiresAt, n.AttestedAt = held.SPIFFEID, "0b", now.Add(2*time.Hour), now
+			err := w.write(n)
+			var typeErr *AttestationTypeError
+			if !errors.As(err, &typeErr) || typeErr.Held != "k8s_psat" || typeErr.Wanted != n.AttestationType || !strings.Contains(err.Error(), "held by a k8s_psat agent") {
+				t.Fatalf("%s over a k8s_psat node: %v, want an AttestationTypeError naming k8s_psat", w.name, err)
+			}
+		}
+		if got, err := s.GetNode(ctx, held.SPIFFEID); err != nil || got.AttestationType != "k8s_psat" || got.SerialNumber != "0a" {
+			t.Fatalf("node after refused takeovers: %+v, %v; want it unchanged", got, err)
+		}
+		if r := revision(t, s); r != rev {
+			t.Errorf("refused takeovers bumped the revision %d -> %d", rev, r)
+		}
+		if tok, err := s.GetJoinToken(ctx, "h1", now); err != nil || tok.SpentKey != "" {
+			t.Fatalf("join token after a refused takeover: %+v, %v; want it unspent", tok, err)
+		}
+		// Evicted, the ID is free; the same token attests.
+		if err := s.DeleteNode(ctx, held.SPIFFEID); err != nil {
+			t.Fatal(err)
+		}
+		n := Node{SPIFFEID: held.SPIFFEID, AttestationType: "join_token", SerialNumber: "0c", ExpiresAt: now.Add(time.Hour), AttestedAt: now}
+		if err := s.UpsertNodeSpendingToken(ctx, n, "h1", "k1", now); err != nil {
+			t.Fatalf("join token after the eviction: %v", err)
 		}
 	})
 }

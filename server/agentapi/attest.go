@@ -218,18 +218,15 @@ func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, agentK
 // renewal).
 func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*api.AttestResponse, error) {
 	snap, _ := s.cfg.Catalog.Current()
-	c, snap, err := s.authenticate(ctx, snap)
+	c, _, err := s.authenticate(ctx, snap)
 	if err != nil {
 		return nil, err
 	}
 	rec := audit.FromContext(ctx)
 	auditCaller(rec, c)
-	if c.Node.CanReattest {
+	if mustReattest(c.Node) {
 		return nil, status.Errorf(codes.PermissionDenied, "agent %s must re-attest to renew its SVID: it attested with %s, whose evidence the server checks anew at every renewal",
 			c.ID, c.Node.AttestationType)
-	}
-	if err := s.recheckNode(ctx, snap.Nodes[c.ID.String()]); err != nil {
-		return nil, err
 	}
 	chain, err := s.signAgent(ctx, req.Csr, c.ID)
 	if err != nil {
@@ -253,33 +250,17 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 	return s.attestResponse(c.ID, chain, false), nil
 }
 
-// recheckNode asks again, at an in-place renewal, whether what attested the
-// agent still holds. Join tokens are spent, so there is nothing to ask.
-// k8s_psat and x509pop agents re-attest instead, unless their record lacks
-// can_reattest (written, during an upgrade, by an older server still
-// running on the same store): then a Kubernetes agent's pod, node and
-// service account are looked up again, and an x509pop agent renews while
-// the server accepts x509pop (its certificate is not kept).
-func (s *Service) recheckNode(ctx context.Context, node store.Node) error {
-	if node.AttestationType == nodeattest.X509PoPType && s.cfg.X509PoP == nil {
-		return status.Errorf(codes.PermissionDenied, "agent %s attested with x509pop, which this server no longer accepts", node.SPIFFEID)
+// mustReattest: the node's agent renews by attesting again, never in
+// place. The attestation type decides: a node written during a rolling
+// upgrade by an older server lacks can_reattest, and would otherwise renew
+// in place for good, its evidence never checked again. Its agent, old or
+// new, attests again when RenewAgent refuses it.
+func mustReattest(n store.Node) bool {
+	switch n.AttestationType {
+	case nodeattest.X509PoPType, nodeattest.K8sPSATType:
+		return true
 	}
-	if node.AttestationType != nodeattest.K8sPSATType {
-		return nil
-	}
-	if s.cfg.PSAT == nil {
-		return status.Errorf(codes.PermissionDenied, "agent %s attested with k8s_psat, which this server no longer accepts", node.SPIFFEID)
-	}
-	err := s.cfg.PSAT.Recheck(ctx, node.Selectors)
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, nodeattest.ErrNotAttested):
-		s.cfg.Logger.Warn("agent renewal refused", "agent_id", node.SPIFFEID, "reason", err)
-		return status.Error(codes.PermissionDenied, err.Error())
-	default:
-		return status.Errorf(codes.Unavailable, "recheck agent %s: %v", node.SPIFFEID, err)
-	}
+	return n.CanReattest
 }
 
 func (s *Service) signAgent(ctx context.Context, csr []byte, id spiffeid.ID) ([]*x509.Certificate, error) {

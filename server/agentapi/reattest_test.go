@@ -163,3 +163,40 @@ func TestJoinTokenAgentIsNotReattestable(t *testing.T) {
 		t.Fatalf("RenewAgent of a join-token agent: reattestable %v, %v; want renewed in place", renewed.GetReattestable(), err)
 	}
 }
+
+// A node of a type that re-attests but recorded without can_reattest (by
+// an older server, during a rolling upgrade) is refused RenewAgent all the
+// same: its agent must re-attest, its evidence checked again, rather than
+// renew in place for good.
+func TestRenewAgentRefusesReattestableTypeWithoutFlag(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	for _, typ := range []string{"x509pop", "k8s_psat"} {
+		t.Run(typ, func(t *testing.T) {
+			// A join-token agent gives a client presenting a real SVID; its
+			// node is then rewritten as the older server would write it.
+			id, client := h.attest(t, "spiffe://example.org/agent/"+typ+"/upgraded")
+			n, err := h.store.GetNode(ctx, id.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := h.store.DeleteNode(ctx, id.String()); err != nil {
+				t.Fatal(err)
+			}
+			n.AttestationType, n.CanReattest = typ, false
+			if err := h.store.UpsertNode(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.cat.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+			_, req := attestRequest(t, "")
+			if _, err := client.RenewAgent(ctx, &api.RenewAgentRequest{Csr: req.Csr}); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "must re-attest") {
+				t.Fatalf("RenewAgent of a %s agent recorded without can_reattest: %v; want PermissionDenied saying it must re-attest", typ, err)
+			}
+			if got, _ := h.store.GetNode(ctx, id.String()); got.SerialNumber != n.SerialNumber {
+				t.Fatal("the refused RenewAgent renewed the node")
+			}
+		})
+	}
+}

@@ -79,8 +79,11 @@ type Node struct {
 	// Banned nodes cannot renew, and their ID cannot attest again until the
 	// node is deleted (evicted).
 	Banned bool
-	// CanReattest: the node attestor can attest the node again (x509pop,
-	// k8s_psat), so the agent renews by attesting again, never in place.
+	// CanReattest: the node attestor said it can attest the node again
+	// (x509pop, k8s_psat), so the agent renews by attesting again, never
+	// in place. Rows an older server writes during a rolling upgrade lack
+	// it, so the agent API decides by AttestationType, not by this flag;
+	// it stays for the admin API's listing.
 	CanReattest bool
 	// SVIDIssuer is the hex subject key ID of the CA that signed the
 	// current SVID (its AuthorityKeyId); empty when recorded by a server

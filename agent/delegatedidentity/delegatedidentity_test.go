@@ -1,6 +1,7 @@
 package delegatedidentity_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -353,6 +354,20 @@ func TestDelegatedIdentityAPI(t *testing.T) {
 	if !slices.Contains(jwtIDs, "spiffe://example.org/web") {
 		t.Fatalf("JWT-SVIDs for %v, want spiffe://example.org/web among them", jwtIDs)
 	}
+
+	// A bundle change reaches both open bundle streams.
+	renewed := federatedBundle(t)
+	renewed.JwtAuthorities[0].KeyId = "partner-2"
+	if _, err := n.server.Admin().SetFederatedBundle(ctx, &api.SetFederatedBundleRequest{Bundle: renewed}); err != nil {
+		t.Fatal(err)
+	}
+	recvUntil(t, "renewed X.509 bundle", xb.Recv, func(r *pb.SubscribeToX509BundlesResponse) bool {
+		return bytes.Equal(r.CaCertificates[partnerTD.IDString()], renewed.X509Authorities[0])
+	})
+	recvUntil(t, "renewed JWT bundle", jb.Recv, func(r *pb.SubscribeToJWTBundlesResponse) bool {
+		b, err := jwtbundle.Parse(partnerTD, r.Bundles[partnerTD.IDString()])
+		return err == nil && b.HasJWTAuthority("partner-2")
+	})
 
 	t.Run("by PID", func(t *testing.T) {
 		sleepPath, err := exec.LookPath("sleep")

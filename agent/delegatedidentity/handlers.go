@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -41,34 +42,30 @@ func (s *Server) SubscribeToX509SVIDs(req *pb.SubscribeToX509SVIDsRequest, strea
 
 // SubscribeToX509Bundles implements the Delegated Identity API.
 func (s *Server) SubscribeToX509Bundles(_ *pb.SubscribeToX509BundlesRequest, stream grpc.ServerStreamingServer[pb.SubscribeToX509BundlesResponse]) error {
-	const method = "SubscribeToX509Bundles"
-	ctx := stream.Context()
-	d, err := s.admit(ctx, method)
-	if err != nil {
-		return err
-	}
-	var last *pb.SubscribeToX509BundlesResponse
-	return s.watch(ctx, method, d, nil, func(*cache.WorkloadState) error {
-		resp := x509BundlesResponse(s.source.Bundles())
-		if proto.Equal(resp, last) {
-			return nil
-		}
-		last = resp
-		return stream.Send(resp)
+	return streamBundles(s, stream, "SubscribeToX509Bundles", func(b []*spiffebundle.Bundle) (*pb.SubscribeToX509BundlesResponse, error) {
+		return x509BundlesResponse(b), nil
 	})
 }
 
 // SubscribeToJWTBundles implements the Delegated Identity API.
 func (s *Server) SubscribeToJWTBundles(_ *pb.SubscribeToJWTBundlesRequest, stream grpc.ServerStreamingServer[pb.SubscribeToJWTBundlesResponse]) error {
-	const method = "SubscribeToJWTBundles"
+	return streamBundles(s, stream, "SubscribeToJWTBundles", jwtBundlesResponse)
+}
+
+// streamBundles sends every bundle the agent holds, rendered by build, at
+// once and again whenever the rendering changes.
+func streamBundles[T any, P interface {
+	*T
+	proto.Message
+}](s *Server, stream grpc.ServerStreamingServer[T], method string, build func([]*spiffebundle.Bundle) (P, error)) error {
 	ctx := stream.Context()
 	d, err := s.admit(ctx, method)
 	if err != nil {
 		return err
 	}
-	var last *pb.SubscribeToJWTBundlesResponse
+	var last P
 	return s.watch(ctx, method, d, nil, func(*cache.WorkloadState) error {
-		resp, err := jwtBundlesResponse(s.source.Bundles())
+		resp, err := build(s.source.Bundles())
 		if err != nil {
 			s.log.ErrorContext(ctx, "could not build a Delegated Identity API response", "method", method, "error", err)
 			return status.Error(codes.Internal, "could not serialize response")
@@ -77,7 +74,7 @@ func (s *Server) SubscribeToJWTBundles(_ *pb.SubscribeToJWTBundlesRequest, strea
 			return nil
 		}
 		last = resp
-		return stream.Send(resp)
+		return stream.Send((*T)(resp))
 	})
 }
 

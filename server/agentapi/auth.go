@@ -117,14 +117,47 @@ func peerSVID(ctx context.Context) ([]*x509.Certificate, spiffeid.ID, error) {
 }
 
 // authenticate names the calling agent: its chain verifies against the
-// bundle, it is still attested, and it presents its current (or
-// just-replaced) SVID. It checks against snap and, when snap refuses,
+// bundle, it is still attested, and it presents its current SVID or the
+// one an in-place renewal just replaced. An agent presenting its current
+// SVID has moved to it: the previous one stops working (retirePrev). It
+// returns the snapshot it decided on, for the caller to authorize against.
+func (s *Service) authenticate(ctx context.Context, snap *catalog.Snapshot) (caller, *catalog.Snapshot, error) {
+	c, snap, err := s.identify(ctx, snap)
+	if err == nil && c.Node.PrevSerialNumber != "" && c.Serial == c.Node.SerialNumber {
+		s.retirePrev(ctx, c)
+	}
+	return c, snap, err
+}
+
+// retirePrev clears the previous serial of c's node, c presenting the
+// current one, so the SVID it replaced (perhaps copied off the host) is
+// refused from now on, by this server at once and by others at their next
+// reload. The write is conditional on the serial, so a renewal or eviction
+// since is kept; concurrent calls of one agent share one write. A failure
+// is logged, not the caller's: the next call tries again.
+func (s *Service) retirePrev(ctx context.Context, c caller) {
+	_, err, _ := s.refreshes.Do("retire "+c.ID.String()+" "+c.Serial, func() (any, error) {
+		changed, err := s.cfg.Store.RetirePrevSerial(ctx, c.ID.String(), c.Serial)
+		if err != nil || !changed {
+			return nil, err
+		}
+		s.cfg.Logger.Debug("agent presents its current SVID; the previous one is no longer accepted", "agent_id", c.ID.String(),
+			"serial", c.Serial, "previous_serial", c.Node.PrevSerialNumber)
+		// The reload the change signal would bring anyway, now, so this
+		// server stops accepting the previous serial before the next call.
+		_, err, _ = s.refreshes.Do("catalog", func() (any, error) { return nil, s.cfg.Catalog.Refresh(ctx) })
+		return nil, err
+	})
+	if err != nil {
+		s.cfg.Logger.Warn("retire the agent's previous SVID (it stays accepted until the agent's next call)", "agent_id", c.ID.String(), "error", err)
+	}
+}
+
+// identify checks the caller's SVID against snap and, when snap refuses,
 // against the store's newest state: with several servers on one store, an
 // agent that attested or renewed on another server (perhaps under a CA
 // just published there) may call here before this server has heard of it.
-// It returns the snapshot it decided on, for the caller to authorize
-// against.
-func (s *Service) authenticate(ctx context.Context, snap *catalog.Snapshot) (caller, *catalog.Snapshot, error) {
+func (s *Service) identify(ctx context.Context, snap *catalog.Snapshot) (caller, *catalog.Snapshot, error) {
 	chain, id, err := peerSVID(ctx)
 	if err != nil {
 		return caller{}, snap, status.Errorf(codes.Unauthenticated, "agent SVID required: %v", err)

@@ -208,6 +208,14 @@ func (h *harness) attestWith(t *testing.T, key *ecdsa.PrivateKey, req *api.Attes
 	if err != nil {
 		t.Fatalf("attest: %v", err)
 	}
+	id, client := h.clientFor(t, key, resp)
+	return id, client, resp
+}
+
+// clientFor returns the agent ID of the SVID an attestation or renewal
+// answered (for key) and a client that presents it.
+func (h *harness) clientFor(t *testing.T, key *ecdsa.PrivateKey, resp *api.AttestResponse) (spiffeid.ID, api.AgentServiceClient) {
+	t.Helper()
 	var certs []*x509.Certificate
 	for _, der := range resp.SvidChain {
 		c, err := x509.ParseCertificate(der)
@@ -221,5 +229,5 @@ func (h *harness) attestWith(t *testing.T, key *ecdsa.PrivateKey, req *api.Attes
 		t.Fatal(err)
 	}
 	svid := &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}
-	return id, h.dial(t, tlsconfig.MTLSClientConfig(svid, h.bundle, tlsconfig.AuthorizeID(ServerID(td)))), resp
+	return id, h.dial(t, tlsconfig.MTLSClientConfig(svid, h.bundle, tlsconfig.AuthorizeID(ServerID(td))))
 }

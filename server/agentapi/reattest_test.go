@@ -200,3 +200,40 @@ func TestRenewAgentRefusesReattestableTypeWithoutFlag(t *testing.T) {
 		})
 	}
 }
+
+// After an in-place renewal the replaced SVID still works (calls in
+// flight on the agent's old connection), but only until the agent first
+// presents the new one: from then on the old SVID, perhaps copied off the
+// host, is refused as superseded, in the store too.
+func TestRenewedAgentRetiresPreviousSVID(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	id, old := h.attest(t, "")
+	key, req := attestRequest(t, "")
+	resp, err := old.RenewAgent(ctx, &api.RenewAgentRequest{Csr: req.Csr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syncOnce(t, old); err != nil {
+		t.Fatalf("sync with the replaced SVID before the agent used the new one: %v", err)
+	}
+	if n, _ := h.store.GetNode(ctx, id.String()); n.PrevSerialNumber == "" {
+		t.Fatal("the replaced SVID's serial was retired before the agent used the new SVID")
+	}
+	_, renewed := h.clientFor(t, key, resp)
+	if err := syncOnce(t, renewed); err != nil {
+		t.Fatalf("sync with the new SVID: %v", err)
+	}
+	if n, _ := h.store.GetNode(ctx, id.String()); n.PrevSerialNumber != "" {
+		t.Fatalf("previous serial %s still recorded after the agent presented its new SVID", n.PrevSerialNumber)
+	}
+	if err := syncOnce(t, old); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "superseded") {
+		t.Fatalf("sync with the replaced SVID after the agent moved to the new one: %v; want Unauthenticated (superseded)", err)
+	}
+	if _, err := old.RenewAgent(ctx, &api.RenewAgentRequest{Csr: req.Csr}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("RenewAgent with the replaced SVID: %v; want Unauthenticated", err)
+	}
+	if err := syncOnce(t, renewed); err != nil {
+		t.Fatalf("sync with the new SVID after the old one was refused: %v", err)
+	}
+}

@@ -780,6 +780,26 @@ func (s *sqlStore) RenewNode(ctx context.Context, spiffeID, presentedSerial, new
 	return nil
 }
 
+func (s *sqlStore) RetirePrevSerial(ctx context.Context, spiffeID, serial string) (bool, error) {
+	if serial == "" {
+		return false, fmt.Errorf("retire previous serial of node %s: the current serial is required", spiffeID)
+	}
+	var changed bool
+	err := s.write(ctx, func(t *tx) error {
+		n, err := t.exec(ctx, `UPDATE nodes SET prev_serial_number = '' WHERE spiffe_id = $1 AND serial_number = $2 AND prev_serial_number <> ''`,
+			spiffeID, serial)
+		if err != nil || n == 0 {
+			return err
+		}
+		changed = true
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return false, fmt.Errorf("retire previous serial of node %s: %w", spiffeID, err)
+	}
+	return changed, nil
+}
+
 func (s *sqlStore) BanNode(ctx context.Context, spiffeID string) error {
 	err := s.write(ctx, func(t *tx) error {
 		n, err := t.exec(ctx, `UPDATE nodes SET banned = 1, serial_number = '', prev_serial_number = '' WHERE spiffe_id = $1`, spiffeID)

@@ -70,8 +70,13 @@ type Node struct {
 	SPIFFEID        string
 	AttestationType string
 	Selectors       []selector.Selector
-	// SerialNumber is the hex serial of the agent's current SVID;
-	// PrevSerialNumber the one before, valid until the agent uses the new one.
+	// SerialNumber is the hex serial of the agent's current SVID.
+	// PrevSerialNumber is the serial of the SVID an in-place renewal
+	// (RenewNode) replaced: still accepted, so calls in flight on the
+	// agent's old connection finish, until the agent first presents the
+	// current one (RetirePrevSerial). An attestation leaves it empty:
+	// Attest has no client certificate, so nothing proves the attester
+	// holds the SVID the node had.
 	SerialNumber     string
 	PrevSerialNumber string
 	ExpiresAt        time.Time
@@ -218,6 +223,12 @@ type Store interface {
 	// bring the node back. presentedSerial becomes the previous serial;
 	// issuer is the new SVID's issuing CA (Node.SVIDIssuer).
 	RenewNode(ctx context.Context, spiffeID, presentedSerial, newSerial string, expiresAt time.Time, issuer string) error
+	// RetirePrevSerial clears the node's previous serial in one
+	// conditional write, only while serial is still its current one: the
+	// agent presented its current SVID, so the one before stops working.
+	// It reports whether it changed anything (not when the node is gone,
+	// renewed again since, or has no previous serial).
+	RetirePrevSerial(ctx context.Context, spiffeID, serial string) (bool, error)
 	// BanNode clears a node's serials and marks it banned, so it can neither
 	// renew nor attest again (UpsertNode answers ErrBanned) until DeleteNode:
 	// ErrNotFound if unknown.

@@ -1150,6 +1150,60 @@ func TestRenewNodeNeverResurrects(t *testing.T) {
 	})
 }
 
+// The previous serial is cleared only while the presented serial is still
+// the current one, and only a change bumps the revision: a retirement
+// racing a renewal or an eviction changes nothing.
+func TestRetirePrevSerial(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		id := "spiffe://example.org/agent/a"
+		exp := time.Now().Add(time.Hour).Truncate(time.Second)
+		if err := s.UpsertNode(ctx, Node{SPIFFEID: id, AttestationType: "join_token", SerialNumber: "s1", ExpiresAt: exp}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RenewNode(ctx, id, "s1", "s2", exp, ""); err != nil {
+			t.Fatal(err)
+		}
+		rev := revision(t, s)
+		for _, serial := range []string{"s1", "other"} {
+			if changed, err := s.RetirePrevSerial(ctx, id, serial); err != nil || changed {
+				t.Fatalf("retire with serial %s (not the current s2): changed %v, %v; want nothing", serial, changed, err)
+			}
+		}
+		if n, _ := s.GetNode(ctx, id); n.PrevSerialNumber != "s1" || revision(t, s) != rev {
+			t.Fatalf("node %+v at revision %d after retirements with other serials; want prev s1 kept at %d", n, revision(t, s), rev)
+		}
+		if changed, err := s.RetirePrevSerial(ctx, id, "s2"); err != nil || !changed {
+			t.Fatalf("retire with the current serial: changed %v, %v", changed, err)
+		}
+		if n, _ := s.GetNode(ctx, id); n.SerialNumber != "s2" || n.PrevSerialNumber != "" {
+			t.Fatalf("node after retirement: %+v; want s2, no previous serial", n)
+		}
+		if r := revision(t, s); r != rev+1 {
+			t.Errorf("revision %d after the retirement, want %d (servers must reload to stop accepting s1)", r, rev+1)
+		}
+		// Nothing left to retire, then no node: no change.
+		if changed, err := s.RetirePrevSerial(ctx, id, "s2"); err != nil || changed {
+			t.Fatalf("second retirement: changed %v, %v; want nothing", changed, err)
+		}
+		if err := s.RenewNode(ctx, id, "s1", "s3", exp, ""); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("renewal with the retired serial: %v, want ErrNotFound", err)
+		}
+		if err := s.DeleteNode(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if changed, err := s.RetirePrevSerial(ctx, id, "s2"); err != nil || changed {
+			t.Fatalf("retirement after eviction: changed %v, %v", changed, err)
+		}
+		if _, err := s.GetNode(ctx, id); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("a retirement brought an evicted node back: %v", err)
+		}
+		if _, err := s.RetirePrevSerial(ctx, id, ""); err == nil {
+			t.Fatal("retirement with an empty serial accepted")
+		}
+	})
+}
+
 // ModifyEntry reads and writes in one transaction: two partial updates that
 // overlap in time both keep their change. The first update's fn holds its
 // transaction open for a while; the second must not read the entry (its fn

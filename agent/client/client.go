@@ -105,6 +105,11 @@ type Client struct {
 	taintRenewed map[string]bool
 
 	kick chan struct{}
+	// kickFor is the agent SVID the pending kick asks to replace. Run drops
+	// a kick for an SVID replaced since: the refusal of a superseded SVID
+	// on the old connection (which can arrive before the answer that
+	// superseded it) must not start another renewal.
+	kickFor *x509svid.SVID
 	// moved is closed when the client moves to a new connection (a new
 	// SVID), and replaced by a fresh channel for the next move.
 	moved chan struct{}
@@ -272,7 +277,7 @@ func (c *Client) renewIfTainted(taint Taint) {
 		return
 	}
 	c.cfg.Logger.Info("agent SVID was issued under a tainted authority; renewing it now", "agent_id", svid.ID.String())
-	c.renewNow()
+	c.renewNow(svid)
 }
 
 // adoptBundle makes b's X.509 authorities the roots that verify the server.
@@ -294,19 +299,33 @@ func (c *Client) adoptBundle(b *spiffebundle.Bundle) {
 }
 
 // ReportAuthFailure tells the client that the server refused the agent on
-// another call; the client renews (or re-attests) at once.
+// another call; the client renews (or re-attests) at once, unless the SVID
+// it holds when Run takes the request is no longer the one it held now.
 func (c *Client) ReportAuthFailure(err error) {
+	c.mu.RLock()
+	svid := c.svid
+	c.mu.RUnlock()
 	c.cfg.Logger.Warn("server refused the agent; renewing its SVID now", "error", err)
-	c.renewNow()
+	c.renewNow(svid)
 }
 
-// renewNow has Run renew the agent SVID without waiting for half its
-// lifetime (a pending request already covers this one).
-func (c *Client) renewNow() {
+// renewNow has Run replace the agent SVID svid without waiting for its
+// renewal time (a pending request already covers this one).
+func (c *Client) renewNow(svid *x509svid.SVID) {
+	c.mu.Lock()
+	c.kickFor = svid
+	c.mu.Unlock()
 	select {
 	case c.kick <- struct{}{}:
 	default:
 	}
+}
+
+// kickCurrent reports whether the pending kick is for the SVID held now.
+func (c *Client) kickCurrent() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.kickFor == c.svid
 }
 
 // Service is the agent API over the current connection: every call uses
@@ -345,31 +364,37 @@ func (c *Client) Run(ctx context.Context) error {
 		backoff.WithMaxInterval(c.cfg.MaxBackoff),
 		backoff.WithMaxElapsedTime(0),
 	)
-	wait := time.Duration(-1)
+	var retryAt time.Time // after a failed renewal; zero: none pending
 	for {
-		if wait < 0 {
+		at := retryAt
+		if at.IsZero() {
 			svid, _ := c.GetX509SVID()
-			wait = max(renewAt(svid.Certificates[0]).Sub(c.cfg.Now()), 0)
+			at = renewAt(svid.Certificates[0])
 		}
-		timer := time.NewTimer(wait)
+		timer := time.NewTimer(max(at.Sub(c.cfg.Now()), 0))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			return nil
 		case <-c.kick:
 			timer.Stop()
+			if !c.kickCurrent() {
+				c.cfg.Logger.Debug("renewal request dropped: it was for an agent SVID replaced since")
+				continue
+			}
 		case <-timer.C:
 		}
 		if err := c.renewOrReattest(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			wait = bo.NextBackOff()
+			wait := bo.NextBackOff()
+			retryAt = c.cfg.Now().Add(wait)
 			c.cfg.Logger.Warn("agent SVID renewal failed; retrying", "error", err, "retry_in", wait.Round(time.Millisecond))
 			continue
 		}
 		bo.Reset()
-		wait = -1
+		retryAt = time.Time{}
 	}
 }
 
@@ -667,8 +692,10 @@ func (c *Client) parseResponse(resp *api.AttestResponse, key *ecdsa.PrivateKey) 
 
 // setIdentity adopts id, persists it when asked, and moves to a new
 // connection that presents its SVID. The old connection is closed after a
-// grace period so in-flight calls finish; the server accepts the previous
-// SVID until the agent reconnects with the new one.
+// grace period so in-flight calls finish. After an in-place renewal the
+// server accepts the previous SVID until the agent first presents the new
+// one; after a re-attestation, not at all: a call refused as superseded is
+// the caller's to retry, on the new connection.
 func (c *Client) setIdentity(id identity, persist bool) error {
 	if persist {
 		if err := c.store.saveSVID(id); err != nil {

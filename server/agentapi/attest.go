@@ -26,7 +26,8 @@ import (
 // transaction commits, nothing fails, and an agent that never got the
 // answer may ask again with the same key. An agent whose evidence can be
 // presented again (k8s_psat, x509pop) calls Attest again to renew
-// (re-attestation): the same ID, the selectors of the fresh evidence.
+// (re-attestation): the same ID, the selectors of the fresh evidence, and
+// the SVID the node had is no longer accepted.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
 	// Never the payload: a join token, a service account token.
 	rec := audit.FromContext(ctx)
@@ -71,12 +72,10 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		CanReattest:     res.CanReattest,
 		SVIDIssuer:      hex.EncodeToString(chain[0].AuthorityKeyId),
 	}
-	if reattested {
-		// As after RenewAgent, the SVID the agent holds stays valid until
-		// it reconnects with the new one: calls in flight on its old
-		// connection are not refused as superseded.
-		node.PrevSerialNumber = prev.SerialNumber
-	}
+	// No PrevSerialNumber: Attest has no client certificate, so nothing
+	// proves the attester holds the node's current SVID (a reinstalled
+	// host with a certificate of the same name, a replacement pod). That
+	// SVID stops working now; the agent moves to its new one.
 	if res.JoinTokenHash != "" {
 		err = s.cfg.Store.UpsertNodeSpendingToken(ctx, node, res.JoinTokenHash, keyHash, s.cfg.Now())
 	} else {

@@ -231,3 +231,18 @@ func (h *harness) clientFor(t *testing.T, key *ecdsa.PrivateKey, resp *api.Attes
 	svid := &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}
 	return id, h.dial(t, tlsconfig.MTLSClientConfig(svid, h.bundle, tlsconfig.AuthorizeID(ServerID(td))))
 }
+
+// staleNodeReads answers GetNode with node (nil: not found), as the store
+// was when Attest read it before signing; the writes go to the store,
+// changed since by another server (an attestation, an eviction).
+type staleNodeReads struct {
+	store.Store
+	node *store.Node
+}
+
+func (s staleNodeReads) GetNode(context.Context, string) (store.Node, error) {
+	if s.node == nil {
+		return store.Node{}, store.ErrNotFound
+	}
+	return *s.node, nil
+}

@@ -45,10 +45,11 @@ func serialSelector(leaf *x509.Certificate) string {
 
 // An x509pop agent is reattestable: the server says so, records it, and
 // refuses its RenewAgent. It renews by attesting again, which keeps its ID,
-// takes the fresh evidence's selectors and leaves the SVID it holds valid
-// until it uses the new one; evidence the server no longer accepts (an
-// expired certificate, a CA dropped from the bundle) is refused and
-// changes nothing. Every step is audited.
+// takes the fresh evidence's selectors and ends the SVID the node had (the
+// attester, with no client certificate, is not proven to hold it);
+// evidence the server no longer accepts (an expired certificate, a CA
+// dropped from the bundle) is refused and changes nothing. Every step is
+// audited.
 func TestReattestToRenew(t *testing.T) {
 	ctx := context.Background()
 	h := newHarness(t)
@@ -82,17 +83,21 @@ func TestReattestToRenew(t *testing.T) {
 	switch {
 	case err != nil:
 		t.Fatal(err)
-	case n2.SerialNumber == n1.SerialNumber || n2.PrevSerialNumber != n1.SerialNumber:
-		t.Fatalf("node serials %s (prev %s) after re-attestation; want a new one, the previous %s kept", n2.SerialNumber, n2.PrevSerialNumber, n1.SerialNumber)
+	case n2.SerialNumber == n1.SerialNumber || n2.PrevSerialNumber != "":
+		t.Fatalf("node serials %s (prev %s) after re-attestation; want a new one and no previous one (was %s)", n2.SerialNumber, n2.PrevSerialNumber, n1.SerialNumber)
 	case !hasSelector(n2.Selectors, serialSelector(leaf2)) || hasSelector(n2.Selectors, serialSelector(leaf1)):
 		t.Fatalf("selectors after re-attestation %v; want the new certificate's only", selector.Strings(n2.Selectors))
 	case !n2.CanReattest:
 		t.Fatal("node no longer reattestable after re-attestation")
 	}
-	// Until the agent reconnects with the new SVID, the one it holds is
-	// still accepted (calls in flight are not refused as superseded).
-	if err := syncOnce(t, first); err != nil {
-		t.Fatalf("sync with the SVID held before the re-attestation: %v", err)
+	// The SVID the node had is refused at once: a host reinstalled with a
+	// certificate of the same name must not leave its predecessor's SVID
+	// (perhaps stolen) valid until it expires.
+	if err := syncOnce(t, first); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "superseded") {
+		t.Fatalf("sync with the SVID held before the re-attestation: %v; want Unauthenticated (superseded)", err)
+	}
+	if err := syncOnce(t, second); err != nil {
+		t.Fatalf("sync with the re-attested SVID: %v", err)
 	}
 
 	// Each case spoils the evidence and returns the certificate to present.
@@ -235,5 +240,39 @@ func TestRenewedAgentRetiresPreviousSVID(t *testing.T) {
 	}
 	if err := syncOnce(t, renewed); err != nil {
 		t.Fatalf("sync with the new SVID after the old one was refused: %v", err)
+	}
+}
+
+// An eviction that commits between Attest's read of the node and its
+// write does not bring the evicted SVID back: the re-created node holds
+// the new serial only.
+func TestReattestRacingEvictionKeepsEvictedSVIDOut(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	leaf, leafKey := h.nodeCA.Issue(t, x509poptest.Leaf{CommonName: "node-1"})
+	key, req := h.x509popRequest(t, leaf, leafKey)
+	id, evicted, _ := h.attestWith(t, key, req)
+	before, err := h.store.GetNode(ctx, id.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.store.DeleteNode(ctx, id.String()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := h.svc.cfg
+	cfg.Store = staleNodeReads{Store: h.store, node: &before}
+	_, req = h.x509popRequest(t, leaf, leafKey)
+	if _, err := New(cfg).Attest(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	n, err := h.store.GetNode(ctx, id.String())
+	if err != nil || n.SerialNumber == before.SerialNumber || n.PrevSerialNumber != "" {
+		t.Fatalf("node after the attestation that raced the eviction: %+v, %v; want a new serial and no previous one (evicted %s)", n, err, before.SerialNumber)
+	}
+	if err := h.cat.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := syncOnce(t, evicted); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("sync with the evicted SVID: %v; want Unauthenticated", err)
 	}
 }

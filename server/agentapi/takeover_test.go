@@ -9,17 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/server/api/x509pop/x509poptest"
-	"github.com/signetid/signet/server/store"
 )
-
-// staleNodeReads answers GetNode as the store was before any node was
-// written: Attest's read before signing, overtaken by a write (another
-// server's attestation) before Attest writes.
-type staleNodeReads struct{ store.Store }
-
-func (staleNodeReads) GetNode(context.Context, string) (store.Node, error) {
-	return store.Node{}, store.ErrNotFound
-}
 
 // An agent ID proved by one attestor's evidence is not taken over by
 // another's: a join token issued for an x509pop agent's ID, or a machine
@@ -52,7 +42,7 @@ func TestAttestRefusesCrossTypeTakeover(t *testing.T) {
 		// The refusal holds when the holder's write overtook Attest's first
 		// read: the store refuses in the write transaction.
 		cfg := h.svc.cfg
-		cfg.Store = staleNodeReads{h.store}
+		cfg.Store = staleNodeReads{Store: h.store}
 		if _, err := New(cfg).Attest(ctx, req); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "held by a x509pop agent") {
 			t.Fatalf("join-token attestation as %s, the holder written after Attest's read: %v; want PermissionDenied naming the x509pop holder", id, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -51,7 +52,8 @@ type Config struct {
 	InsecureBootstrap bool
 	// AttestDuration observes how long each attestation takes (optional).
 	AttestDuration prometheus.Observer
-	// MaxBackoff caps the renewal retry interval (default 30s).
+	// MaxBackoff caps the renewal retry interval (default 30s) before its
+	// ±50% jitter: retries come at most 1.5 x MaxBackoff apart.
 	MaxBackoff time.Duration
 	// CallTimeout bounds each Attest, RenewAgent and MintJWTSVID call
 	// (default 30s), so a server that stopped answering cannot hang them.
@@ -104,6 +106,12 @@ type Client struct {
 	// lifted (the root is revoked next), so the set is never pruned.
 	taintRenewed map[string]bool
 
+	// renewAt is when Run renews the current SVID (renewalTime), drawn
+	// once per SVID.
+	renewAt time.Time
+	// randN draws uniformly from [0, n): rand.N, but tests replace it.
+	randN func(n time.Duration) time.Duration
+
 	kick chan struct{}
 	// kickFor is the agent SVID the pending kick asks to replace. Run drops
 	// a kick for an SVID replaced since: the refusal of a superseded SVID
@@ -141,7 +149,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Client{cfg: cfg, store: store{dir: cfg.DataDir}, kick: make(chan struct{}, 1), moved: make(chan struct{})}, nil
+	return &Client{cfg: cfg, store: store{dir: cfg.DataDir}, randN: mrand.N[time.Duration], kick: make(chan struct{}, 1), moved: make(chan struct{})}, nil
 }
 
 // Start establishes the agent's identity: the persisted agent SVID when it
@@ -356,8 +364,15 @@ func (c *Client) MintJWTSVID(ctx context.Context, entryID string, audience []str
 	return svid, nil
 }
 
-// Run renews the agent SVID at half its lifetime until ctx ends, and at
-// once when the server refused it or its issuing root was tainted.
+// maxKickDelay bounds the random wait before a renewal the server's refusal
+// or a taint asked for: a taint or an outage's end reaches every agent at
+// once, and their renewals should not all hit the server in the same
+// instant. Short, so a taint still takes effect within seconds.
+const maxKickDelay = 3 * time.Second
+
+// Run renews the agent SVID at a random point between 50% and 60% of its
+// lifetime until ctx ends, and within maxKickDelay when the server refused
+// it or its issuing root was tainted.
 func (c *Client) Run(ctx context.Context) error {
 	bo := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(time.Second),
@@ -368,8 +383,9 @@ func (c *Client) Run(ctx context.Context) error {
 	for {
 		at := retryAt
 		if at.IsZero() {
-			svid, _ := c.GetX509SVID()
-			at = renewAt(svid.Certificates[0])
+			c.mu.RLock()
+			at = c.renewAt
+			c.mu.RUnlock()
 		}
 		timer := time.NewTimer(max(at.Sub(c.cfg.Now()), 0))
 		select {
@@ -381,6 +397,13 @@ func (c *Client) Run(ctx context.Context) error {
 			if !c.kickCurrent() {
 				c.cfg.Logger.Debug("renewal request dropped: it was for an agent SVID replaced since")
 				continue
+			}
+			delay := c.randN(maxKickDelay)
+			c.cfg.Logger.Debug("renewing the agent SVID on request", "in", delay.Round(time.Millisecond))
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(delay):
 			}
 		case <-timer.C:
 		}
@@ -398,9 +421,17 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
-// renewAt is half of the agent SVID's lifetime.
-func renewAt(leaf *x509.Certificate) time.Time {
-	return leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+// renewalTime is a point drawn (with randN) uniformly between 50% and 60%
+// of leaf's lifetime: agents attested in the same moment (a fleet started
+// together, a server back from an outage) drift apart instead of renewing
+// together at every rotation after.
+func renewalTime(leaf *x509.Certificate, randN func(time.Duration) time.Duration) time.Time {
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	at := leaf.NotBefore.Add(life / 2)
+	if span := life / 10; span > 0 {
+		at = at.Add(randN(span))
+	}
+	return at
 }
 
 // renewOrReattest renews the agent SVID: a reattestable agent by attesting
@@ -716,6 +747,7 @@ func (c *Client) setIdentity(id identity, persist bool) error {
 	}
 	old := c.conn
 	c.svid, c.reattestable = id.svid, id.reattestable
+	c.renewAt = renewalTime(id.svid.Certificates[0], c.randN)
 	c.conn = conn
 	c.notReady = nil
 	close(c.moved)

@@ -238,48 +238,6 @@ func PSATAgentID(td spiffeid.TrustDomain, cluster, nodeUID string) (spiffeid.ID,
 	return spiffeid.FromSegments(td, "agent", K8sPSATType, cluster, nodeUID)
 }
 
-// Recheck confirms, at an agent's renewal, what its attestation proved and
-// may have stopped being true: its service account is still allowed (the
-// server's config may have changed), and its pod and node still exist as
-// the same objects. sels are the node selectors recorded at attestation.
-// Without it an agent would renew forever after its pod, its node or its
-// service account's permission is gone.
-func (p *PSAT) Recheck(ctx context.Context, sels []selector.Selector) error {
-	get := func(key string) string {
-		for _, s := range sels {
-			if v, ok := strings.CutPrefix(s.Value, key+":"); ok && s.Type == K8sPSATType {
-				return v
-			}
-		}
-		return ""
-	}
-	cluster, ns, sa := get("cluster"), get("agent_ns"), get("agent_sa")
-	podName, podUID := get("agent_pod_name"), get("agent_pod_uid")
-	nodeName, nodeUID := get("agent_node_name"), get("agent_node_uid")
-	c, ok := p.clusters[cluster]
-	if !ok {
-		return fmt.Errorf("%w: cluster %q is no longer configured on this server", ErrNotAttested, cluster)
-	}
-	if !slices.Contains(c.ServiceAccountAllowList, ns+":"+sa) {
-		return fmt.Errorf("%w: cluster %q: service account %s:%s is no longer in service_account_allow_list", ErrNotAttested, c.Name, ns, sa)
-	}
-	pod, err := c.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) || err == nil && string(pod.UID) != podUID {
-		return fmt.Errorf("%w: cluster %q: agent pod %s/%s (uid %s) no longer exists", ErrNotAttested, c.Name, ns, podName, podUID)
-	}
-	if err != nil {
-		return fmt.Errorf("cluster %q: get pod %s/%s: %w", c.Name, ns, podName, err)
-	}
-	node, err := c.Client.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) || err == nil && string(node.UID) != nodeUID {
-		return fmt.Errorf("%w: cluster %q: node %s (uid %s) no longer exists", ErrNotAttested, c.Name, nodeName, nodeUID)
-	}
-	if err != nil {
-		return fmt.Errorf("cluster %q: get node %s: %w", c.Name, nodeName, err)
-	}
-	return nil
-}
-
 // serviceAccount splits "system:serviceaccount:<ns>:<name>".
 func serviceAccount(user string) (ns, name string, ok bool) {
 	rest, ok := strings.CutPrefix(user, "system:serviceaccount:")

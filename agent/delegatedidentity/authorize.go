@@ -69,44 +69,58 @@ func (s *Server) check(ctx context.Context, method string, c workloadapi.Caller)
 }
 
 // target returns the selectors of the workload a delegate names: given, or
-// attested from a PID, never both.
-func (s *Server) target(ctx context.Context, method string, d delegate, sels []*types.Selector, pid int32) ([]selector.Selector, error) {
+// attested from a PID, never both. For a PID it also returns the process,
+// held by a pidfd, which the caller must close (or hand to watchExit).
+func (s *Server) target(ctx context.Context, method string, d delegate, sels []*types.Selector, pid int32) ([]selector.Selector, *workloadProcess, error) {
 	var out []selector.Selector
+	var proc *workloadProcess
 	switch {
 	case len(sels) > 0 && pid != 0:
-		return nil, status.Error(codes.InvalidArgument, "give selectors or a pid, not both")
+		return nil, nil, status.Error(codes.InvalidArgument, "give selectors or a pid, not both")
 	case pid != 0:
 		var err error
-		if out, err = s.attestPID(ctx, pid); err != nil {
+		if out, proc, err = s.attestPID(ctx, pid); err != nil {
 			s.log.InfoContext(ctx, "delegated identity API: workload PID not attested", "method", method, "delegate", d.id.String(), "pid", pid, "error", err)
-			return nil, err
+			return nil, nil, err
 		}
 	case len(sels) == 0:
-		return nil, status.Error(codes.InvalidArgument, "name the workload by selectors or by pid")
+		return nil, nil, status.Error(codes.InvalidArgument, "name the workload by selectors or by pid")
 	default:
 		var err error
 		if out, err = selectorsFromProto(sels); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "could not parse provided selectors: %v", err)
+			return nil, nil, status.Errorf(codes.InvalidArgument, "could not parse provided selectors: %v", err)
 		}
 	}
 	s.log.InfoContext(ctx, "delegated identity API: serving a workload to a delegate", "method", method, "delegate", d.id.String(),
 		"delegate_pid", d.PID, "pid", pid, "selectors", selector.Strings(out))
-	return out, nil
+	return out, proc, nil
 }
 
-// attestPID runs the workload attestors on a PID a delegate named. The
-// delegate must keep the PID from being reused until it has the answer
-// (SPIRE asks the same); the agent sees the PID in its own PID namespace.
-func (s *Server) attestPID(ctx context.Context, pid int32) ([]selector.Selector, error) {
+// attestPID runs the workload attestors on a PID a delegate named, the
+// agent's PID namespace's. A pidfd taken first pins the process: if it has
+// exited by the end of the attestation, the PID may name another process
+// and nothing is served. The stream then ends when the process exits (SPIRE
+// asks delegates not to let the PID be reused while they subscribe).
+func (s *Server) attestPID(ctx context.Context, pid int32) ([]selector.Selector, *workloadProcess, error) {
 	if pid < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "pid %d: want a positive process ID", pid)
+		return nil, nil, status.Errorf(codes.InvalidArgument, "pid %d: want a positive process ID", pid)
+	}
+	gone := status.Errorf(codes.NotFound, "pid %d: no such process (it has exited, or is not in the agent's PID namespace)", pid)
+	proc, err := openProcess(pid)
+	if errors.Is(err, unix.ESRCH) {
+		return nil, nil, gone
+	}
+	if err != nil {
+		return nil, nil, status.Errorf(codes.Internal, "pid %d: pidfd_open: %v", pid, err)
 	}
 	sels, err := s.attestor.Attest(ctx, pid)
-	if err == nil {
-		return sels, nil
+	switch {
+	case !proc.alive():
+		proc.close()
+		return nil, nil, gone
+	case err != nil:
+		proc.close()
+		return nil, nil, status.Errorf(codes.Internal, "workload attestation of pid %d failed: %v", pid, err)
 	}
-	if errors.Is(unix.Kill(int(pid), 0), unix.ESRCH) {
-		return nil, status.Errorf(codes.NotFound, "pid %d: no such process (it has exited, or is not in the agent's PID namespace)", pid)
-	}
-	return nil, status.Errorf(codes.Internal, "workload attestation of pid %d failed: %v", pid, err)
+	return sels, proc, nil
 }

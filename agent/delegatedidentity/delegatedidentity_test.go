@@ -396,6 +396,18 @@ func TestDelegatedIdentityAPI(t *testing.T) {
 		if !slices.ContainsFunc(jwts.Svids, func(j *types.JWTSVID) bool { return j.Id.Path == "/sleeper" }) {
 			t.Fatalf("JWT-SVIDs by PID: %v, want /sleeper among them", jwts.Svids)
 		}
+		// The process exits: the stream ends, so a later process with the
+		// same PID never receives the sleeper's SVIDs.
+		child.Process.Kill()
+		child.Wait()
+		for {
+			if _, err := stream.Recv(); err != nil {
+				if err := wantStatus(err, codes.NotFound, "workload process exited"); err != nil {
+					t.Fatalf("the stream by PID after the process exited: %v", err)
+				}
+				break
+			}
+		}
 
 		// A process that has exited (and been reaped).
 		gone := exec.Command("true")

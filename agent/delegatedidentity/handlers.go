@@ -24,13 +24,17 @@ func (s *Server) SubscribeToX509SVIDs(req *pb.SubscribeToX509SVIDsRequest, strea
 	if err != nil {
 		return err
 	}
-	sels, err := s.target(ctx, method, d, req.Selectors, req.Pid)
+	sels, proc, err := s.target(ctx, method, d, req.Selectors, req.Pid)
 	if err != nil {
 		return err
 	}
+	var exited <-chan struct{}
+	if proc != nil {
+		exited = proc.watchExit(ctx)
+	}
 	workload := s.source.Subscribe(sels)
 	defer workload.Close()
-	return s.watch(ctx, method, d, workload.Updates(), func(st *cache.WorkloadState) error {
+	return s.watch(ctx, method, d, workload.Updates(), exited, func(st *cache.WorkloadState) error {
 		resp, err := x509SVIDsResponse(st)
 		if err != nil {
 			s.log.ErrorContext(ctx, "could not build a Delegated Identity API response", "method", method, "error", err)
@@ -64,7 +68,7 @@ func streamBundles[T any, P interface {
 		return err
 	}
 	var last P
-	return s.watch(ctx, method, d, nil, func(*cache.WorkloadState) error {
+	return s.watch(ctx, method, d, nil, nil, func(*cache.WorkloadState) error {
 		resp, err := build(s.source.Bundles())
 		if err != nil {
 			s.log.ErrorContext(ctx, "could not build a Delegated Identity API response", "method", method, "error", err)
@@ -88,11 +92,18 @@ func (s *Server) FetchJWTSVIDs(ctx context.Context, req *pb.FetchJWTSVIDsRequest
 	if err != nil {
 		return nil, err
 	}
-	sels, err := s.target(ctx, method, d, req.Selectors, req.Pid)
+	sels, proc, err := s.target(ctx, method, d, req.Selectors, req.Pid)
 	if err != nil {
 		return nil, err
 	}
 	svids, err := s.source.FetchJWTSVIDs(ctx, sels, spiffeid.ID{}, req.Audience)
+	if proc != nil {
+		alive := proc.alive()
+		proc.close()
+		if !alive {
+			return nil, status.Errorf(codes.NotFound, "pid %d: the process exited during the request", req.Pid)
+		}
+	}
 	switch {
 	case errors.Is(err, cache.ErrNoIdentity) || (err == nil && len(svids) == 0):
 		s.log.InfoContext(ctx, "delegated identity API: no identity issued", "method", method, "delegate", d.id.String(), "selectors", selector.Strings(sels))
@@ -105,12 +116,12 @@ func (s *Server) FetchJWTSVIDs(ctx context.Context, req *pb.FetchJWTSVIDsRequest
 }
 
 // watch calls send with the workload's state at once and after every
-// change, until the client leaves, the server stops, or the delegate is no
-// longer authorized: its own identities are watched too, so a removed
+// change, until the client leaves, the server stops, the workload process
+// named by PID exits (exited), or the delegate is no longer authorized: its own identities are watched too, so a removed
 // delegate entry ends the stream at once. With no workload (bundle
 // streams), send runs on each of the delegate's updates, which include
 // every bundle change.
-func (s *Server) watch(ctx context.Context, method string, d delegate, workload <-chan *cache.WorkloadState, send func(*cache.WorkloadState) error) error {
+func (s *Server) watch(ctx context.Context, method string, d delegate, workload <-chan *cache.WorkloadState, exited <-chan struct{}, send func(*cache.WorkloadState) error) error {
 	self := s.source.Subscribe(d.Selectors)
 	defer self.Close()
 	for {
@@ -121,6 +132,8 @@ func (s *Server) watch(ctx context.Context, method string, d delegate, workload 
 			return status.FromContextError(ctx.Err()).Err()
 		case <-s.stopping:
 			return status.Error(codes.Unavailable, "agent is shutting down")
+		case <-exited:
+			return status.Error(codes.NotFound, "the workload process exited; subscribe again by selectors or by a live PID")
 		case st, ok = <-self.Updates():
 			mine = true
 		case st, ok = <-workload:

@@ -272,4 +272,32 @@ func TestListen(t *testing.T) {
 	if _, err := Listen(sock); err == nil || !strings.Contains(err.Error(), "in use by another server") {
 		t.Fatalf("Listen on a socket in use: %v", err)
 	}
+
+	// An existing directory others may write to could get a socket of
+	// theirs in the admin socket's place: refused, and nothing listens.
+	loose := filepath.Join(t.TempDir(), "loose")
+	if err := os.Mkdir(loose, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(loose, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := Listen(filepath.Join(loose, "admin.sock")); err == nil || !strings.Contains(err.Error(), "writable by group or others") {
+		if l != nil {
+			l.Close()
+		}
+		t.Fatalf("Listen in a 0777 directory: %v, want a refusal", err)
+	}
+	if _, err := os.Lstat(filepath.Join(loose, "admin.sock")); !os.IsNotExist(err) {
+		t.Errorf("a refused Listen left its socket behind: %v", err)
+	}
+	// 0755, as SPIRE makes it: accepted.
+	if err := os.Chmod(loose, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Listen(filepath.Join(loose, "admin.sock"))
+	if err != nil {
+		t.Fatalf("Listen in a 0755 directory: %v", err)
+	}
+	l.Close()
 }

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -97,11 +100,42 @@ func New(opts Options) (*Server, error) {
 // directory can admit a delegate's group. Who is served is decided per
 // caller, by attestation.
 func Listen(socketPath string) (net.Listener, error) {
+	dir := filepath.Dir(socketPath)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("delegated identity API: create socket directory: %w", err)
+	}
+	if err := checkSocketDir(dir); err != nil {
+		return nil, fmt.Errorf("delegated identity API: %w", err)
+	}
 	lis, err := workloadapi.ListenUnix(socketPath, 0o700, 0o770)
 	if err != nil {
 		return nil, fmt.Errorf("delegated identity API: %w", err)
 	}
 	return lis, nil
+}
+
+// checkSocketDir refuses a socket directory that others could write to:
+// they could put their own socket in the admin socket's place and hand
+// delegates keys and bundles of their choosing. A directory the agent
+// created is 0700; an existing one must be the agent's (or root's) and
+// writable by nobody else.
+func checkSocketDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("admin socket directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("admin socket directory %s is not a directory (a symbolic link?)", dir)
+	case !ok:
+		return fmt.Errorf("admin socket directory %s: cannot read its owner", dir)
+	case st.Uid != uint32(os.Getuid()) && st.Uid != 0:
+		return fmt.Errorf("admin socket directory %s belongs to uid %d: want the agent's uid (%d) or root", dir, st.Uid, os.Getuid())
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("admin socket directory %s is writable by group or others (mode %04o): others could replace the socket; chmod go-w it", dir, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // ServeListener serves on lis until ctx ends, then closes it; it returns nil

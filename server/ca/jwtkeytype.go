@@ -83,31 +83,21 @@ func PublicJWTKeyType(der []byte) JWTKeyType {
 	if err != nil {
 		return ""
 	}
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		switch k.Curve {
-		case elliptic.P256():
-			return JWTKeyECP256
-		case elliptic.P384():
-			return JWTKeyECP384
-		}
-	case *rsa.PublicKey:
-		switch k.N.BitLen() {
-		case 2048:
-			return JWTKeyRSA2048
-		case 4096:
-			return JWTKeyRSA4096
-		}
-	}
-	return ""
+	typ, _ := publicKeyType(pub)
+	return typ
 }
 
 // jwtKeyTypeOf is the type of a loaded key; keys of any supported type load,
 // whatever is configured, so a change of jwt_key_type never strands a key
 // that signed tokens still in use.
 func jwtKeyTypeOf(key crypto.Signer) (JWTKeyType, error) {
-	switch k := key.(type) {
-	case *ecdsa.PrivateKey:
+	return publicKeyType(key.Public())
+}
+
+// publicKeyType is the JWTKeyType of pub, or an error naming what it is.
+func publicKeyType(pub crypto.PublicKey) (JWTKeyType, error) {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
 		switch k.Curve {
 		case elliptic.P256():
 			return JWTKeyECP256, nil
@@ -115,7 +105,7 @@ func jwtKeyTypeOf(key crypto.Signer) (JWTKeyType, error) {
 			return JWTKeyECP384, nil
 		}
 		return "", fmt.Errorf("ECDSA key on curve %s: want P-256 or P-384", k.Curve.Params().Name)
-	case *rsa.PrivateKey:
+	case *rsa.PublicKey:
 		switch k.N.BitLen() {
 		case 2048:
 			return JWTKeyRSA2048, nil
@@ -124,7 +114,7 @@ func jwtKeyTypeOf(key crypto.Signer) (JWTKeyType, error) {
 		}
 		return "", fmt.Errorf("RSA key of %d bits: want 2048 or 4096", k.N.BitLen())
 	}
-	return "", fmt.Errorf("%T: want an ECDSA or RSA key", key)
+	return "", fmt.Errorf("%T: want an ECDSA or RSA key", pub)
 }
 
 // retypeJWT is the first Rotate's part in a change of jwt_key_type. A

@@ -235,17 +235,24 @@ type node struct {
 
 const nodeAgentID = "spiffe://example.org/agent/node1"
 
+// agentJoin is what a join-token agent of srv needs, in dir: the server's
+// bundle file, a join token for nodeAgentID, and the agent API's address.
+func agentJoin(t testing.TB, srv *serverEnv, dir string) (bundle, token, addr string) {
+	t.Helper()
+	bundle = srv.writeBundle(t, dir)
+	token, err := srv.cli(t, "server", "token", "generate", "--spiffe-id", nodeAgentID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bundle, strings.TrimSpace(token), fieldValue(srv.proc.waitLine(t, "agent_api=", 10*time.Second), "agent_api")
+}
+
 func startNode(t testing.TB, serverArgs ...string) *node {
 	t.Helper()
 	srv := startServerProc(t, serverArgs...)
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
-	bundle := srv.writeBundle(t, dir)
-	tok, err := srv.cli(t, "server", "token", "generate", "--spiffe-id", nodeAgentID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fieldValue(srv.proc.waitLine(t, "agent_api=", 10*time.Second), "agent_api")
+	bundle, tok, addr := agentJoin(t, srv, dir)
 	n := &node{server: srv, socket: filepath.Join(dir, "sockets", "agent.sock")}
 	n.agentArgs = []string{"agent", "run", "--server", addr, "--trust-domain", "example.org", "--data-dir", filepath.Join(dir, "agent"),
 		"--trust-bundle", bundle, "--socket", n.socket}

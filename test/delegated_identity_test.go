@@ -29,12 +29,7 @@ import (
 func TestAgentDelegatedIdentityAPI(t *testing.T) {
 	srv := startServerProc(t)
 	dir := t.TempDir()
-	bundle := srv.writeBundle(t, dir)
-	tok, err := srv.cli(t, "server", "token", "generate", "--spiffe-id", nodeAgentID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fieldValue(srv.proc.waitLine(t, "agent_api=", 10*time.Second), "agent_api")
+	bundle, tok, addr := agentJoin(t, srv, dir)
 	socket := filepath.Join(dir, "sockets", "agent.sock")
 	adminDir := filepath.Join(dir, "admin")
 	admin := filepath.Join(adminDir, "admin.sock")

@@ -34,12 +34,7 @@ func TestEnvoySDS(t *testing.T) {
 	}
 	srv := startServerProc(t, "--svid-ttl", "10s")
 	dir := t.TempDir()
-	bundle := srv.writeBundle(t, dir)
-	tok, err := srv.cli(t, "server", "token", "generate", "--spiffe-id", nodeAgentID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fieldValue(srv.proc.waitLine(t, "agent_api=", 10*time.Second), "agent_api")
+	bundle, tok, addr := agentJoin(t, srv, dir)
 	socket := filepath.Join(dir, "sockets", "agent.sock")
 	conf := filepath.Join(dir, "agent.conf")
 	if err := os.WriteFile(conf, []byte(`agent {

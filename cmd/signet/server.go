@@ -142,7 +142,7 @@ func (a *adminFlags) call(ctx context.Context, fn func(context.Context, api.Admi
 // entryFlags are the fields of an entry on the command line.
 type entryFlags struct {
 	spiffeID, parentID, hint, expiresAt string
-	node, admin                         bool
+	node, admin, downstream             bool
 	selectors, dns, federatesWith       []string
 	x509TTL, jwtTTL                     time.Duration
 }
@@ -159,6 +159,7 @@ func (e *entryFlags) add(cmd *cobra.Command) {
 	f.StringVar(&e.hint, "hint", "", "hint telling the workload's SVIDs apart")
 	f.StringArrayVar(&e.federatesWith, "federates-with", nil, "trust domain whose bundle the workload gets (repeatable)")
 	f.BoolVar(&e.admin, "admin", false, "mark the entry admin")
+	f.BoolVar(&e.downstream, "downstream", false, "the workload is a downstream Signet server of this trust domain, which this server signs intermediate CAs for (not with --node)")
 	f.StringVar(&e.expiresAt, "expires-at", "", "RFC 3339 time after which the entry is ignored")
 }
 
@@ -175,6 +176,7 @@ func (e *entryFlags) toProto() (*api.Entry, error) {
 		Hint:           e.hint,
 		FederatesWith:  e.federatesWith,
 		Admin:          e.admin,
+		Downstream:     e.downstream,
 	}
 	if e.spiffeID != "" {
 		if _, err := ids.ParseWorkloadID(e.spiffeID); err != nil {
@@ -264,7 +266,7 @@ func newEntryCmd() *cobra.Command {
 			for flag, field := range map[string]string{
 				"spiffe-id": "spiffe_id", "parent-id": "parent_id", "node": "node", "selector": "selectors",
 				"x509-ttl": "x509_ttl", "jwt-ttl": "jwt_ttl", "dns": "dns_names", "hint": "hint",
-				"federates-with": "federates_with", "admin": "admin", "expires-at": "expires_at",
+				"federates-with": "federates_with", "admin": "admin", "downstream": "downstream", "expires-at": "expires_at",
 			} {
 				if cmd.Flags().Changed(flag) {
 					mask = append(mask, field)

@@ -101,6 +101,9 @@ func entryAttrs(e *api.Entry, withID bool) []slog.Attr {
 	if e.GetAdmin() {
 		attrs = append(attrs, slog.Bool("admin", true))
 	}
+	if e.GetDownstream() {
+		attrs = append(attrs, slog.Bool("downstream", true))
+	}
 	if len(e.GetDnsNames()) > 0 {
 		attrs = append(attrs, slog.Any("dns_names", e.GetDnsNames()))
 	}

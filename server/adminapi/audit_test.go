@@ -35,6 +35,7 @@ var auditTD = spiffeid.RequireTrustDomainFromString("example.org")
 // store, catalog and CA, logging JSON to log.
 type adminEnv struct {
 	admin  api.AdminServiceClient
+	cat    *catalog.Catalog
 	conn   *grpc.ClientConn
 	log    *logtest.Buffer
 	socket string
@@ -60,7 +61,7 @@ func startAdmin(t *testing.T, auditOn bool, allowed []uint32) *adminEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &adminEnv{log: &logtest.Buffer{}, socket: filepath.Join(dir, "admin.sock")}
+	env := &adminEnv{log: &logtest.Buffer{}, cat: cat, socket: filepath.Join(dir, "admin.sock")}
 	logger := audittest.Logger(env.log)
 	cfg := Config{TrustDomain: auditTD, Store: st, Catalog: cat, CA: m, Logger: logger, AllowedUIDs: allowed,
 		PublishAuthorities: func(context.Context) error { return nil }}

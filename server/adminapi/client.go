@@ -75,6 +75,9 @@ func PrintEntry(w io.Writer, e *api.Entry) {
 	if e.Admin {
 		fmt.Fprintf(w, "Admin: true\n")
 	}
+	if e.Downstream {
+		fmt.Fprintf(w, "Downstream: true\n")
+	}
 	fmt.Fprintln(w)
 }
 

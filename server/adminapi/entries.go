@@ -90,7 +90,7 @@ func (s *Service) BatchCreateEntries(ctx context.Context, req *api.BatchCreateEn
 }
 
 // updatable names the fields an update mask may list.
-var updatable = []string{"spiffe_id", "parent_id", "node", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "federates_with", "admin", "expires_at"}
+var updatable = []string{"spiffe_id", "parent_id", "node", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "federates_with", "admin", "downstream", "expires_at"}
 
 // UpdateEntry replaces the masked fields (all when the mask is empty). The
 // merge runs inside the store's write transaction, so two admins updating
@@ -155,6 +155,8 @@ func mergeEntry(cur, in *api.Entry, mask []string) *api.Entry {
 			cur.FederatesWith = in.FederatesWith
 		case "admin":
 			cur.Admin = in.Admin
+		case "downstream":
+			cur.Downstream = in.Downstream
 		case "expires_at":
 			cur.ExpiresAt = in.ExpiresAt
 		}

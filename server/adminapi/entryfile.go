@@ -28,6 +28,7 @@ type entryFile struct {
 		FederatesWith []string `json:"federates_with"`
 		Hint          string   `json:"hint"`
 		Admin         bool     `json:"admin"`
+		Downstream    bool     `json:"downstream"`
 		ExpiresAt     int64    `json:"expires_at"`
 	} `json:"entries"`
 }
@@ -90,6 +91,7 @@ func ParseEntryFile(r io.Reader) ([]*api.Entry, error) {
 			FederatesWith:  in.FederatesWith,
 			Hint:           in.Hint,
 			Admin:          in.Admin,
+			Downstream:     in.Downstream,
 			ExpiresAt:      in.ExpiresAt,
 		}
 	}

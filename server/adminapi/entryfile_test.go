@@ -10,14 +10,19 @@ func TestParseEntryFile(t *testing.T) {
 	  {"spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/agent/a",
 	   "selectors": [{"type": "unix", "value": "uid:1000"}, {"type": "k8s", "value": "ns:web"}],
 	   "x509_svid_ttl": 600, "dns_names": ["web.internal"], "hint": "web"},
-	  {"spiffe_id": "spiffe://example.org/nodes", "node": true, "selectors": [{"type": "k8s_psat", "value": "cluster:c1"}]}
+	  {"spiffe_id": "spiffe://example.org/nodes", "node": true, "selectors": [{"type": "k8s_psat", "value": "cluster:c1"}]},
+	  {"spiffe_id": "spiffe://example.org/signet-east", "parent_id": "spiffe://example.org/agent/a",
+	   "selectors": [{"type": "unix", "value": "uid:0"}], "admin": true, "downstream": true}
 	]}`
 	got, err := ParseEntryFile(strings.NewReader(good))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got[0].X509TtlSeconds != 600 || got[0].Selectors[0].Type != "k8s" || !got[1].Node || got[0].DnsNames[0] != "web.internal" {
+	if len(got) != 3 || got[0].X509TtlSeconds != 600 || got[0].Selectors[0].Type != "k8s" || !got[1].Node || got[0].DnsNames[0] != "web.internal" {
 		t.Fatalf("parsed %v", got)
+	}
+	if got[0].Downstream || got[1].Downstream || !got[2].Downstream || !got[2].Admin {
+		t.Fatalf("downstream parsed as %v %v %v, want only the third (SPIRE's \"downstream\": true)", got[0].Downstream, got[1].Downstream, got[2].Downstream)
 	}
 	bad := map[string]string{
 		`{"entries": []}`: "no entries",
@@ -39,6 +44,7 @@ func TestParseEntryFile(t *testing.T) {
 func FuzzParseEntryFile(f *testing.F) {
 	f.Add([]byte(`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`))
 	f.Add([]byte(`{"entries": [{"spiffe_id": "spiffe://example.org/n", "node": true, "selectors": [{"type":"x","value":"y"}]}]}`))
+	f.Add([]byte(`{"entries": [{"spiffe_id": "spiffe://example.org/d", "parent_id": "spiffe://example.org/a", "downstream": true, "selectors": [{"type":"unix","value":"uid:0"}]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		entries, err := ParseEntryFile(strings.NewReader(string(data)))
 		if err != nil {

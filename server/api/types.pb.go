@@ -94,9 +94,13 @@ type Entry struct {
 	// selectors, and entries parented to its ID are served by those agents.
 	Node bool `protobuf:"varint,11,opt,name=node,proto3" json:"node,omitempty"`
 	// expires_at is a Unix time in seconds; 0 means never.
-	ExpiresAt     int64 `protobuf:"varint,12,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	Revision      int64 `protobuf:"varint,13,opt,name=revision,proto3" json:"revision,omitempty"`
-	CreatedAt     int64 `protobuf:"varint,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt int64 `protobuf:"varint,12,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	Revision  int64 `protobuf:"varint,13,opt,name=revision,proto3" json:"revision,omitempty"`
+	CreatedAt int64 `protobuf:"varint,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// downstream: the workload holding this entry's SVID is another Signet
+	// server of the trust domain, which may ask this server to sign its
+	// intermediate CA (SPIRE's entry downstream). Never on a node alias.
+	Downstream    bool `protobuf:"varint,15,opt,name=downstream,proto3" json:"downstream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -227,6 +231,13 @@ func (x *Entry) GetCreatedAt() int64 {
 		return x.CreatedAt
 	}
 	return 0
+}
+
+func (x *Entry) GetDownstream() bool {
+	if x != nil {
+		return x.Downstream
+	}
+	return false
 }
 
 // Bundle is the trust material of one trust domain.
@@ -503,7 +514,7 @@ const file_server_api_types_proto_rawDesc = "" +
 	"signet.api\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xb3\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xd3\x03\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
@@ -521,7 +532,10 @@ const file_server_api_types_proto_rawDesc = "" +
 	"expires_at\x18\f \x01(\x03R\texpiresAt\x12\x1a\n" +
 	"\brevision\x18\r \x01(\x03R\brevision\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\x0e \x01(\x03R\tcreatedAt\"\x9b\x02\n" +
+	"created_at\x18\x0e \x01(\x03R\tcreatedAt\x12\x1e\n" +
+	"\n" +
+	"downstream\x18\x0f \x01(\bR\n" +
+	"downstream\"\x9b\x02\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x12;\n" +

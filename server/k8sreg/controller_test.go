@@ -313,6 +313,9 @@ func describe(e registry.Entry) string {
 	if e.X509TTL != 0 {
 		s += " ttl=" + e.X509TTL.String()
 	}
+	if e.Downstream {
+		s += " downstream"
+	}
 	return s
 }
 
@@ -421,6 +424,41 @@ func TestPodLifecycle(t *testing.T) {
 	// The ClusterSPIFFEID deleted: its entries go.
 	c.deleteCR(t, "workloads")
 	wantEntries(t, st)
+}
+
+// TestDownstream: a ClusterSPIFFEID's and a ClusterStaticEntry's
+// downstream reach their entries (through the CRDs' schemas, on a real API
+// server) and are set and cleared in place; a static node alias with
+// downstream is refused, naming why.
+func TestDownstream(t *testing.T) {
+	c := newCluster(t)
+	st := sqliteStore(t)
+	c.namespace(t, "signet", testNS)
+	agent := c.node(t, "node-1")
+	c.start(t, st)
+
+	spec := ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA, NamespaceSelector: testNSSelector, Downstream: true}
+	c.apply(t, "nested", spec)
+	pod := c.pod(t, "signet", "east", "node-1", nil)
+	podEntry := "spiffe://example.org/ns/signet/sa/sa-east " + agent + " k8s:pod-uid:" + string(pod.UID)
+	static := ClusterStaticEntrySpec{SPIFFEID: "spiffe://example.org/signet-west", ParentID: "spiffe://example.org/agent/join/n1",
+		Selectors: []string{"unix:uid:0"}, Downstream: true}
+	c.applyStatic(t, "west", static)
+	staticEntry := "spiffe://example.org/signet-west spiffe://example.org/agent/join/n1 unix:uid:0"
+	wantEntries(t, st, podEntry+" downstream", staticEntry+" downstream")
+
+	spec.Downstream, static.Downstream = false, false
+	c.apply(t, "nested", spec)
+	c.applyStatic(t, "west", static)
+	wantEntries(t, st, podEntry, staticEntry)
+	spec.Downstream = true
+	c.apply(t, "nested", spec)
+	wantEntries(t, st, podEntry+" downstream", staticEntry)
+
+	c.applyStatic(t, "alias", ClusterStaticEntrySpec{SPIFFEID: "spiffe://example.org/nodes/prod", Node: true,
+		Selectors: []string{"k8s_psat:cluster:prod"}, Downstream: true})
+	wantStaticStatus(t, c, "alias", false, false, false, metav1.ConditionFalse, "downstream cannot be set on a node-alias entry")
+	wantEntries(t, st, podEntry+" downstream", staticEntry)
 }
 
 // TestBadTemplates: a ClusterSPIFFEID whose template does not parse, or

@@ -340,7 +340,7 @@ func sameEntry(a, b registry.Entry) bool {
 	return a.SPIFFEID == b.SPIFFEID && a.ParentID == b.ParentID && a.Node == b.Node &&
 		slices.Equal(a.Selectors, b.Selectors) && a.X509TTL == b.X509TTL && a.JWTTTL == b.JWTTTL &&
 		slices.Equal(a.DNSNames, b.DNSNames) && a.Hint == b.Hint && slices.Equal(a.FederatesWith, b.FederatesWith) &&
-		a.Admin == b.Admin && a.ExpiresAt.IsZero() == b.ExpiresAt.IsZero()
+		a.Admin == b.Admin && a.Downstream == b.Downstream && a.ExpiresAt.IsZero() == b.ExpiresAt.IsZero()
 }
 
 // updateStatus writes a ClusterSPIFFEID's status when it changed.

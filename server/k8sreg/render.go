@@ -95,6 +95,7 @@ type spec struct {
 	x509TTL, jwtTTL metav1.Duration
 	hint            string
 	admin           bool
+	downstream      bool
 	fallback        bool
 	autoDNSNames    bool
 }
@@ -109,7 +110,7 @@ func (s ClusterSPIFFEIDSpec) Validate() error {
 // parseSpec checks everything about a spec that does not depend on a pod.
 // The error names the field.
 func parseSpec(s ClusterSPIFFEIDSpec) (*spec, error) {
-	out := &spec{x509TTL: s.TTL, jwtTTL: s.JWTTTL, hint: s.Hint, admin: s.Admin,
+	out := &spec{x509TTL: s.TTL, jwtTTL: s.JWTTTL, hint: s.Hint, admin: s.Admin, downstream: s.Downstream,
 		fallback: s.Fallback, autoDNSNames: s.AutoPopulateDNSNames}
 	var err error
 	if strings.TrimSpace(s.SPIFFEIDTemplate) == "" {
@@ -200,6 +201,7 @@ func (s *spec) render(at site, pod *corev1.Pod, node *corev1.Node, services []st
 		JWTTTL:        s.jwtTTL.Duration,
 		Hint:          s.hint,
 		Admin:         s.admin,
+		Downstream:    s.downstream,
 		FederatesWith: append([]spiffeid.TrustDomain(nil), s.federatesWith...),
 		Selectors:     []selector.Selector{{Type: "k8s", Value: "pod-uid:" + string(pod.UID)}},
 	}

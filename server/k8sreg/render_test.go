@@ -39,6 +39,8 @@ func TestRender(t *testing.T) {
 		wantSel       []string
 		wantDNS       []string
 		wantErr       string
+		// wantDownstream: the entry is a downstream server's.
+		wantDownstream bool
 	}{
 		{name: "namespace and service account", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA},
 			wantID: "spiffe://example.org/ns/payments/sa/checkout", wantSel: []string{"k8s:pod-uid:pod-uid-1"}},
@@ -68,6 +70,8 @@ func TestRender(t *testing.T) {
 		{name: "services ignored unless asked for", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA},
 			clusterDomain: "cluster.local", services: []string{"checkout"},
 			wantID: "spiffe://example.org/ns/payments/sa/checkout", wantSel: []string{"k8s:pod-uid:pod-uid-1"}},
+		{name: "downstream", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA, Downstream: true},
+			wantID: "spiffe://example.org/ns/payments/sa/checkout", wantSel: []string{"k8s:pod-uid:pod-uid-1"}, wantDownstream: true},
 		{name: "no cluster domain", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: nsSA, DNSNameTemplates: []string{"x.{{ .ClusterDomain }}"}},
 			wantErr: "dns name"},
 		{name: "empty template", spec: ClusterSPIFFEIDSpec{SPIFFEIDTemplate: " "}, wantErr: "spiffeIDTemplate is required"},
@@ -104,6 +108,9 @@ func TestRender(t *testing.T) {
 					}
 					if strings.Join(e.DNSNames, " ") != strings.Join(tc.wantDNS, " ") {
 						t.Errorf("DNS names %v, want %v", e.DNSNames, tc.wantDNS)
+					}
+					if e.Downstream != tc.wantDownstream {
+						t.Errorf("downstream %v, want %v", e.Downstream, tc.wantDownstream)
 					}
 					if !ownedBy(e.ID, "prod") || ownedBy(e.ID, "pro") {
 						t.Errorf("entry ID %q is not named for cluster prod", e.ID)

@@ -16,7 +16,7 @@ import (
 // as an `entry create` would be. The error names the field at fault.
 func (s ClusterStaticEntrySpec) Entry(td spiffeid.TrustDomain, cluster string) (registry.Entry, error) {
 	e := registry.Entry{Node: s.Node, X509TTL: s.X509SVIDTTL.Duration, JWTTTL: s.JWTSVIDTTL.Duration,
-		DNSNames: slices.Clone(s.DNSNames), Hint: s.Hint, Admin: s.Admin}
+		DNSNames: slices.Clone(s.DNSNames), Hint: s.Hint, Admin: s.Admin, Downstream: s.Downstream}
 	var err error
 	if s.SPIFFEID == "" {
 		return registry.Entry{}, errors.New("spiffeID is required")

@@ -38,6 +38,10 @@ func TestStaticEntrySpec(t *testing.T) {
 		{"bad federated trust domain", func(s *ClusterStaticEntrySpec) { s.FederatesWith = []string{"Partner.org"} }, "federatesWith[0]"},
 		{"TTL out of range", func(s *ClusterStaticEntrySpec) { s.X509SVIDTTL.Duration = time.Millisecond }, "x509_ttl"},
 		{"bad DNS name", func(s *ClusterStaticEntrySpec) { s.DNSNames = []string{"-db"} }, "dns"},
+		{"downstream", func(s *ClusterStaticEntrySpec) { s.Downstream = true }, ""},
+		{"downstream node alias", func(s *ClusterStaticEntrySpec) {
+			s.ParentID, s.Node, s.Selectors, s.Downstream = "", true, []string{"k8s_psat:cluster:prod"}, true
+		}, "downstream cannot be set on a node-alias entry"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -53,7 +57,7 @@ func TestStaticEntrySpec(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !ownedBy(e.ID, "prod") || e.SPIFFEID.String() != s.SPIFFEID || e.Node != s.Node {
+			if !ownedBy(e.ID, "prod") || e.SPIFFEID.String() != s.SPIFFEID || e.Node != s.Node || e.Downstream != s.Downstream || e.Hint != s.Hint {
 				t.Fatalf("entry %+v", e)
 			}
 		})

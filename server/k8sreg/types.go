@@ -26,9 +26,8 @@ type ClusterSPIFFEID struct {
 	Status ClusterSPIFFEIDStatus `json:"status,omitempty"`
 }
 
-// ClusterSPIFFEIDSpec is SPIRE's ClusterSPIFFEID spec, less downstream
-// (Signet has no nested servers). Templates are Go text/template over
-// TemplateData.
+// ClusterSPIFFEIDSpec is SPIRE's ClusterSPIFFEID spec. Templates are Go
+// text/template over TemplateData.
 type ClusterSPIFFEIDSpec struct {
 	// SPIFFEIDTemplate renders the workload's SPIFFE ID.
 	SPIFFEIDTemplate string `json:"spiffeIDTemplate"`
@@ -46,6 +45,9 @@ type ClusterSPIFFEIDSpec struct {
 	FederatesWith []string `json:"federatesWith,omitempty"`
 	Hint          string   `json:"hint,omitempty"`
 	Admin         bool     `json:"admin,omitempty"`
+	// Downstream marks the pods as downstream Signet servers of the trust
+	// domain, which the server signs intermediate CAs for.
+	Downstream bool `json:"downstream,omitempty"`
 	// AutoPopulateDNSNames adds the names of the Services whose
 	// EndpointSlices list the pod: svc, svc.ns, svc.ns.svc and, with the
 	// controller's cluster_domain, svc.ns.svc.<cluster domain>.
@@ -117,8 +119,8 @@ type ClusterStaticEntry struct {
 }
 
 // ClusterStaticEntrySpec is SPIRE's ClusterStaticEntry spec, less
-// downstream and storeSVID, plus Node: Signet names node-alias entries
-// with a flag where SPIRE uses the server's ID as parent.
+// storeSVID, plus Node: Signet names node-alias entries with a flag where
+// SPIRE uses the server's ID as parent.
 type ClusterStaticEntrySpec struct {
 	SPIFFEID string `json:"spiffeID"`
 	// ParentID is the agent (or node alias) that serves the entry; unset
@@ -135,6 +137,9 @@ type ClusterStaticEntrySpec struct {
 	DNSNames      []string        `json:"dnsNames,omitempty"`
 	Hint          string          `json:"hint,omitempty"`
 	Admin         bool            `json:"admin,omitempty"`
+	// Downstream marks the workload as a downstream Signet server of the
+	// trust domain; not with Node.
+	Downstream bool `json:"downstream,omitempty"`
 	// ClassName picks the controller, as a ClusterSPIFFEID's does.
 	ClassName string `json:"className,omitempty"`
 }

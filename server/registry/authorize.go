@@ -9,27 +9,39 @@ import (
 )
 
 // Index is an immutable view of all entries, indexed by parent for the
-// authorization walk. Build one per change of the entry set and share it.
+// authorization walk, and downstream entries by SPIFFE ID for the nested
+// servers' check. Build one per change of the entry set and share it.
 type Index struct {
 	byID     map[string]*Entry
 	byParent map[spiffeid.ID][]*Entry
 	aliases  []*Entry
+	// downstream holds only the entries with Downstream set: the check runs
+	// on every request of a downstream server.
+	downstream map[spiffeid.ID][]*Entry
 }
 
 // NewIndex indexes entries. The slice is not copied; do not modify it after.
 func NewIndex(entries []Entry) *Index {
 	ix := &Index{
-		byID:     make(map[string]*Entry, len(entries)),
-		byParent: make(map[spiffeid.ID][]*Entry),
+		byID:       make(map[string]*Entry, len(entries)),
+		byParent:   make(map[spiffeid.ID][]*Entry),
+		downstream: make(map[spiffeid.ID][]*Entry),
 	}
 	for i := range entries {
 		e := &entries[i]
 		ix.byID[e.ID] = e
+		// A node alias is skipped before its downstream flag is read:
+		// Validate refuses the pair, but a server of the previous version
+		// sharing the store (which knows no downstream) can make a
+		// downstream entry a node alias.
 		if e.Node {
 			ix.aliases = append(ix.aliases, e)
 			continue
 		}
 		ix.byParent[e.ParentID] = append(ix.byParent[e.ParentID], e)
+		if e.Downstream {
+			ix.downstream[e.SPIFFEID] = append(ix.downstream[e.SPIFFEID], e)
+		}
 	}
 	return ix
 }
@@ -42,6 +54,18 @@ func (ix *Index) Get(id string) (*Entry, bool) {
 
 // Len is the number of entries indexed.
 func (ix *Index) Len() int { return len(ix.byID) }
+
+// Downstream returns an entry for id with Downstream set that has not
+// expired at now: the caller holding id's SVID is a downstream server of
+// this trust domain. It looks only at the downstream entries of id.
+func (ix *Index) Downstream(id spiffeid.ID, now time.Time) (*Entry, bool) {
+	for _, e := range ix.downstream[id] {
+		if !e.Expired(now) {
+			return e, true
+		}
+	}
+	return nil, false
+}
 
 // Authorized returns the entries the agent may serve at now: those whose
 // parent is the agent's ID, or the ID of a node-alias entry whose selectors

@@ -31,9 +31,13 @@ type Entry struct {
 	Hint          string
 	FederatesWith []spiffeid.TrustDomain
 	Admin         bool
-	ExpiresAt     time.Time // zero: never
-	Revision      int64
-	CreatedAt     time.Time
+	// Downstream marks the holder of SPIFFEID's SVID as another Signet
+	// server of the trust domain, which this server signs intermediate CAs
+	// for (SPIRE's downstream). Agents serve the SVID as any other.
+	Downstream bool
+	ExpiresAt  time.Time // zero: never
+	Revision   int64
+	CreatedAt  time.Time
 }
 
 // Limits on TTLs: long enough for any real use, short enough that a typo
@@ -73,6 +77,11 @@ func (e *Entry) Validate(td spiffeid.TrustDomain) error {
 	if e.Node {
 		if !e.ParentID.IsZero() {
 			return errors.New("entry: a node-alias entry (--node) takes no parent_id")
+		}
+		// No workload ever holds a node alias's SVID to ask for an
+		// intermediate CA with: a downstream server is a workload.
+		if e.Downstream {
+			return errors.New("entry: downstream cannot be set on a node-alias entry (--node): a node alias names agents, not a workload that could be a downstream server")
 		}
 	} else {
 		if e.ParentID.IsZero() {

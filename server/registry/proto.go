@@ -22,6 +22,7 @@ func ToProto(e *Entry) *api.Entry {
 		DnsNames:       e.DNSNames,
 		Hint:           e.Hint,
 		Admin:          e.Admin,
+		Downstream:     e.Downstream,
 		Revision:       e.Revision,
 		Selectors:      SelectorsToProto(e.Selectors),
 	}
@@ -47,14 +48,15 @@ func FromProto(in *api.Entry) (Entry, error) {
 		return Entry{}, fmt.Errorf("entry is missing")
 	}
 	e := Entry{
-		ID:       in.Id,
-		Node:     in.Node,
-		X509TTL:  time.Duration(in.X509TtlSeconds) * time.Second,
-		JWTTTL:   time.Duration(in.JwtTtlSeconds) * time.Second,
-		DNSNames: append([]string(nil), in.DnsNames...),
-		Hint:     in.Hint,
-		Admin:    in.Admin,
-		Revision: in.Revision,
+		ID:         in.Id,
+		Node:       in.Node,
+		X509TTL:    time.Duration(in.X509TtlSeconds) * time.Second,
+		JWTTTL:     time.Duration(in.JwtTtlSeconds) * time.Second,
+		DNSNames:   append([]string(nil), in.DnsNames...),
+		Hint:       in.Hint,
+		Admin:      in.Admin,
+		Downstream: in.Downstream,
+		Revision:   in.Revision,
 	}
 	if in.X509TtlSeconds < 0 || in.JwtTtlSeconds < 0 {
 		return Entry{}, fmt.Errorf("entry: TTLs cannot be negative")

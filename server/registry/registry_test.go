@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +51,9 @@ func TestValidate(t *testing.T) {
 		{"under the reserved prefix", func(e *Entry) { e.SPIFFEID = id("/signet") }, "reserved"},
 		{"prefix lookalike is fine", func(e *Entry) { e.SPIFFEID = id("/signetx/a") }, ""},
 		{"federates with self", func(e *Entry) { e.FederatesWith = []spiffeid.TrustDomain{td} }, "own trust domain"},
+		{"downstream", func(e *Entry) { e.Downstream = true }, ""},
+		{"downstream admin", func(e *Entry) { e.Downstream, e.Admin = true, true }, ""},
+		{"downstream node alias", func(e *Entry) { e.ParentID, e.Node, e.Downstream = spiffeid.ID{}, true, true }, "downstream cannot be set on a node-alias entry"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -141,6 +146,100 @@ func TestAuthorizedUntil(t *testing.T) {
 			got, until := ix.AuthorizedUntil(agent, tt.nodeSel, tt.at)
 			if len(got) != tt.want || !until.Equal(tt.until) {
 				t.Fatalf("AuthorizedUntil = %d entries until %v, want %d until %v", len(got), until, tt.want, tt.until)
+			}
+		})
+	}
+}
+
+// Downstream answers the nested servers' check: is the caller's ID that of
+// an unexpired entry with downstream set?
+func TestDownstream(t *testing.T) {
+	now := time.Now()
+	agent := id("/agent/a")
+	ix := NewIndex([]Entry{
+		{ID: "ds", SPIFFEID: id("/signet-east"), ParentID: agent, Selectors: sel("unix:uid:1"), Downstream: true},
+		{ID: "plain", SPIFFEID: id("/web"), ParentID: agent, Selectors: sel("unix:uid:2")},
+		{ID: "ended", SPIFFEID: id("/old-ds"), ParentID: agent, Selectors: sel("unix:uid:3"), Downstream: true, ExpiresAt: now},
+		{ID: "ending", SPIFFEID: id("/later-ds"), ParentID: agent, Selectors: sel("unix:uid:4"), Downstream: true, ExpiresAt: now.Add(time.Minute)},
+		// Two entries for one ID, only the second downstream.
+		{ID: "shared-plain", SPIFFEID: id("/shared"), ParentID: agent, Selectors: sel("unix:uid:5")},
+		{ID: "shared-ds", SPIFFEID: id("/shared"), ParentID: id("/agent/b"), Selectors: sel("unix:uid:5"), Downstream: true},
+		// Two downstream entries for one ID, the first expired.
+		{ID: "twice-ended", SPIFFEID: id("/twice"), ParentID: agent, Selectors: sel("unix:uid:6"), Downstream: true, ExpiresAt: now.Add(-time.Hour)},
+		{ID: "twice-live", SPIFFEID: id("/twice"), ParentID: id("/agent/b"), Selectors: sel("unix:uid:6"), Downstream: true},
+		// Refused by Validate; one in the store regardless grants nothing.
+		{ID: "alias", SPIFFEID: id("/nodes/n"), Node: true, Selectors: sel("join_token:t1"), Downstream: true},
+	})
+	tests := []struct {
+		name   string
+		id     spiffeid.ID
+		at     time.Time
+		wantID string // "" for none
+	}{
+		{"downstream entry", id("/signet-east"), now, "ds"},
+		{"entry without the flag", id("/web"), now, ""},
+		{"no entry for the ID", id("/signet-west"), now, ""},
+		{"ID of another trust domain", spiffeid.RequireFromString("spiffe://other.org/signet-east"), now, ""},
+		{"expired at its ExpiresAt", id("/old-ds"), now, ""},
+		{"not yet expired", id("/later-ds"), now, "ending"},
+		{"expired later", id("/later-ds"), now.Add(time.Minute), ""},
+		{"same ID, only one downstream", id("/shared"), now, "shared-ds"},
+		{"same ID, one expired", id("/twice"), now, "twice-live"},
+		{"node alias", id("/nodes/n"), now, ""},
+		{"the parent agent", agent, now, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, ok := ix.Downstream(tt.id, tt.at)
+			if tt.wantID == "" {
+				if ok || e != nil {
+					t.Fatalf("Downstream(%s) = %+v, %v; want none", tt.id, e, ok)
+				}
+				return
+			}
+			if !ok || e == nil || e.ID != tt.wantID {
+				t.Fatalf("Downstream(%s) = %+v, %v; want entry %s", tt.id, e, ok, tt.wantID)
+			}
+		})
+	}
+}
+
+// The API conversion carries every field both ways, downstream and admin
+// included.
+func TestProtoRoundTrip(t *testing.T) {
+	for _, in := range []Entry{
+		{ID: "e1", SPIFFEID: id("/signet-east"), ParentID: id("/agent/a"), Selectors: sel("unix:uid:1,unix:gid:2"),
+			X509TTL: time.Hour, JWTTTL: 5 * time.Minute, DNSNames: []string{"east.internal"}, Hint: "east", Admin: true, Downstream: true,
+			FederatesWith: []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("partner.org")}, Revision: 7,
+			ExpiresAt: time.Unix(1900000000, 0), CreatedAt: time.Unix(1700000000, 0)},
+		{ID: "e2", SPIFFEID: id("/web"), ParentID: id("/agent/a"), Selectors: sel("unix:uid:1"), Downstream: true},
+		{ID: "e3", SPIFFEID: id("/nodes/n"), Node: true, Selectors: sel("join_token:t1")},
+	} {
+		got, err := FromProto(ToProto(&in))
+		if err != nil {
+			t.Fatalf("%s: FromProto: %v", in.ID, err)
+		}
+		if !reflect.DeepEqual(got, in) {
+			t.Fatalf("%s: round trip\n%+v\nwant\n%+v", in.ID, got, in)
+		}
+	}
+}
+
+// BenchmarkDownstream: the nested servers' check on every request costs
+// the same whatever the number of entries.
+func BenchmarkDownstream(b *testing.B) {
+	for _, n := range []int{1000, 100000} {
+		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
+			entries := make([]Entry, n)
+			for i := range entries {
+				entries[i] = Entry{ID: fmt.Sprint(i), SPIFFEID: id(fmt.Sprintf("/w/%d", i)), ParentID: id("/agent/a"),
+					Selectors: sel("unix:uid:1"), Downstream: i%10 == 0}
+			}
+			ix, want, now := NewIndex(entries), id(fmt.Sprintf("/w/%d", n/2)), time.Now()
+			for b.Loop() {
+				if _, ok := ix.Downstream(want, now); !ok {
+					b.Fatal("downstream entry not found")
+				}
 			}
 		})
 	}

@@ -240,19 +240,19 @@ func entryArgs(e registry.Entry) ([]any, error) {
 	return []any{
 		idString(e.SPIFFEID), idString(e.ParentID), boolInt(e.Node), selectorsHash(e.Selectors),
 		int64(e.X509TTL), int64(e.JWTTTL), dns, e.Hint, feds, boolInt(e.Admin),
-		toNanos(e.ExpiresAt), e.Revision, toNanos(e.CreatedAt),
+		toNanos(e.ExpiresAt), e.Revision, toNanos(e.CreatedAt), boolInt(e.Downstream),
 	}, nil
 }
 
-const entryColumns = `id, spiffe_id, parent_id, node, selectors_hash, x509_ttl, jwt_ttl, dns_names, hint, federates_with, admin, expires_at, revision, created_at`
+const entryColumns = `id, spiffe_id, parent_id, node, selectors_hash, x509_ttl, jwt_ttl, dns_names, hint, federates_with, admin, expires_at, revision, created_at, downstream`
 
 func scanEntry(sc scanner) (registry.Entry, error) {
 	var (
-		e                                  registry.Entry
-		spiffeID, parentID, hash, dns, fed string
-		node, admin, x509, jwt, exp, crt   int64
+		e                                            registry.Entry
+		spiffeID, parentID, hash, dns, fed           string
+		node, admin, downstream, x509, jwt, exp, crt int64
 	)
-	if err := sc.Scan(&e.ID, &spiffeID, &parentID, &node, &hash, &x509, &jwt, &dns, &e.Hint, &fed, &admin, &exp, &e.Revision, &crt); err != nil {
+	if err := sc.Scan(&e.ID, &spiffeID, &parentID, &node, &hash, &x509, &jwt, &dns, &e.Hint, &fed, &admin, &exp, &e.Revision, &crt, &downstream); err != nil {
 		return e, err
 	}
 	var err error
@@ -278,7 +278,7 @@ func scanEntry(sc scanner) (registry.Entry, error) {
 		}
 		e.FederatesWith = append(e.FederatesWith, td)
 	}
-	e.Node, e.Admin = node != 0, admin != 0
+	e.Node, e.Admin, e.Downstream = node != 0, admin != 0, downstream != 0
 	e.X509TTL, e.JWTTTL = time.Duration(x509), time.Duration(jwt)
 	e.ExpiresAt, e.CreatedAt = fromNanos(exp), fromNanos(crt)
 	return e, nil
@@ -342,7 +342,7 @@ func insertEntry(ctx context.Context, q querier, e registry.Entry) error {
 	if err != nil {
 		return err
 	}
-	if _, err := q.exec(ctx, `INSERT INTO entries (`+entryColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+	if _, err := q.exec(ctx, `INSERT INTO entries (`+entryColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
 		append([]any{e.ID}, args...)...); err != nil {
 		return err
 	}
@@ -427,7 +427,7 @@ func (s *sqlStore) ModifyEntry(ctx context.Context, id string, fn func(registry.
 		}
 		if _, err := t.exec(ctx, `UPDATE entries SET spiffe_id = $2, parent_id = $3, node = $4, selectors_hash = $5,
 			x509_ttl = $6, jwt_ttl = $7, dns_names = $8, hint = $9, federates_with = $10, admin = $11,
-			expires_at = $12, revision = $13, created_at = $14 WHERE id = $1`, append([]any{e.ID}, args...)...); err != nil {
+			expires_at = $12, revision = $13, created_at = $14, downstream = $15 WHERE id = $1`, append([]any{e.ID}, args...)...); err != nil {
 			return err
 		}
 		if _, err := t.exec(ctx, `DELETE FROM entry_selectors WHERE entry_id = $1`, e.ID); err != nil {

@@ -166,6 +166,7 @@ func TestEntryCRUD(t *testing.T) {
 			Hint:          "primary",
 			FederatesWith: []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("z.org"), spiffeid.RequireTrustDomainFromString("a.org")},
 			Admin:         true,
+			Downstream:    true,
 			ExpiresAt:     time.Date(2030, 1, 2, 3, 4, 5, 6, time.FixedZone("X", 3600)),
 		}
 		inSels := append([]selector.Selector(nil), in.Selectors...)
@@ -194,7 +195,7 @@ func TestEntryCRUD(t *testing.T) {
 		if err != nil {
 			t.Fatalf("GetEntry: %v", err)
 		}
-		if !reflect.DeepEqual(got, created) {
+		if !reflect.DeepEqual(got, created) || !got.Downstream || !got.Admin {
 			t.Fatalf("GetEntry =\n%+v\nwant\n%+v", got, created)
 		}
 
@@ -221,6 +222,7 @@ func TestEntryCRUD(t *testing.T) {
 		upd.DNSNames = nil
 		upd.FederatesWith = nil
 		upd.Admin = false
+		upd.Downstream = false
 		upd.ExpiresAt = time.Time{}
 		upd.CreatedAt = time.Time{} // not the caller's to change
 		upd.Revision = 99           // nor this
@@ -235,11 +237,18 @@ func TestEntryCRUD(t *testing.T) {
 		if err != nil {
 			t.Fatalf("GetEntry after update: %v", err)
 		}
-		if !reflect.DeepEqual(got, updated) || got.DNSNames != nil || got.Admin || !got.ExpiresAt.IsZero() {
+		if !reflect.DeepEqual(got, updated) || got.DNSNames != nil || got.Admin || got.Downstream || !got.ExpiresAt.IsZero() {
 			t.Fatalf("GetEntry after update =\n%+v\nwant\n%+v", got, updated)
 		}
 		if again, err := s.UpdateEntry(ctx, got); err != nil || again.Revision != created.Revision+2 {
 			t.Fatalf("second UpdateEntry: revision %d, %v; want 3", again.Revision, err)
+		}
+		// Set again, alone: the flag is written, not only cleared.
+		if _, err := s.ModifyEntry(ctx, created.ID, func(e registry.Entry) (registry.Entry, error) { e.Downstream = true; return e, nil }); err != nil {
+			t.Fatalf("ModifyEntry setting downstream: %v", err)
+		}
+		if got, err = s.GetEntry(ctx, created.ID); err != nil || !got.Downstream || got.Admin {
+			t.Fatalf("GetEntry after setting downstream = %+v, %v; want downstream, not admin", got, err)
 		}
 
 		if err := s.DeleteEntry(ctx, created.ID); err != nil {
@@ -758,6 +767,75 @@ func TestNodes(t *testing.T) {
 	})
 }
 
+// undo lists, for each migration that later tests roll back, the statements
+// that take the schema back to before it.
+var undo = map[int][]string{
+	8: {`ALTER TABLE entries DROP COLUMN downstream`},
+	7: {`ALTER TABLE nodes DROP COLUMN svid_issuer`},
+	6: {`ALTER TABLE nodes DROP COLUMN can_reattest`},
+}
+
+// rollBack takes s's schema back to version to, as a signet of that version
+// left it: an older store to upgrade.
+func rollBack(ctx context.Context, t *testing.T, s Store, to int) {
+	t.Helper()
+	ms, err := loadMigrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.(*sqlStore).write(ctx, func(w *tx) error {
+		for v := len(ms); v > to; v-- {
+			stmts, ok := undo[v]
+			if !ok {
+				return fmt.Errorf("no undo for migration %d: add it to undo", v)
+			}
+			for _, q := range stmts {
+				if _, err := w.exec(ctx, q); err != nil {
+					return fmt.Errorf("undo migration %d: %s: %w", v, q, err)
+				}
+			}
+		}
+		_, err := w.exec(ctx, `DELETE FROM schema_version WHERE version > $1`, to)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("roll back to schema %d: %v", to, err)
+	}
+}
+
+// A store written before entries had downstream: on upgrade, its entries
+// keep every field and are not downstream; the flag then sets and clears.
+func TestUpgradeAddsEntryDownstream(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		old := workload(t, "/db", "unix:uid:70", "unix:gid:70")
+		old.Admin, old.Hint, old.DNSNames = true, "primary", []string{"db.internal"}
+		created, err := s.CreateEntry(ctx, old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rollBack(ctx, t, s, 7)
+		if _, err := s.GetEntry(ctx, created.ID); err == nil {
+			t.Fatal("GetEntry on the schema-7 store read a downstream column: the roll-back did nothing")
+		}
+
+		upgraded := openStore(t, url)
+		got, err := upgraded.GetEntry(ctx, created.ID)
+		if err != nil || !reflect.DeepEqual(got, created) || got.Downstream {
+			t.Fatalf("entry after the upgrade =\n%+v, %v\nwant\n%+v, not downstream", got, err, created)
+		}
+		for _, want := range []bool{true, false} {
+			got, err := upgraded.ModifyEntry(ctx, created.ID, func(e registry.Entry) (registry.Entry, error) { e.Downstream = want; return e, nil })
+			if err != nil {
+				t.Fatalf("set downstream %v after the upgrade: %v", want, err)
+			}
+			if again, err := upgraded.GetEntry(ctx, created.ID); err != nil || again.Downstream != want || !reflect.DeepEqual(again, got) {
+				t.Fatalf("after setting downstream %v: %+v, %v", want, again, err)
+			}
+		}
+	})
+}
+
 // A store written before can_reattest existed: on upgrade, its x509pop and
 // k8s_psat agents are marked reattestable (they could always attest again,
 // and would otherwise renew in place, their evidence never checked again);
@@ -766,11 +844,9 @@ func TestUpgradeMarksReattestableNodes(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx, s := testCtx(t), openStore(t, url)
 		// Back to the schema before migration 6, with one agent of each kind.
+		rollBack(ctx, t, s, 5)
 		err := s.(*sqlStore).write(ctx, func(t *tx) error {
 			for _, q := range []string{
-				`ALTER TABLE nodes DROP COLUMN svid_issuer`,
-				`ALTER TABLE nodes DROP COLUMN can_reattest`,
-				`DELETE FROM schema_version WHERE version >= 6`,
 				`INSERT INTO nodes (spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at) VALUES
 				 ('spiffe://example.org/agent/x509pop/f1', 'x509pop', '0a', '', 0, 0),
 				 ('spiffe://example.org/agent/k8s_psat/c/n1', 'k8s_psat', '0b', '', 0, 0),

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/federation"
 	"github.com/signetid/signet/server/k8sreg"
+	"github.com/signetid/signet/server/nested"
 	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/oidcdiscovery"
 )
@@ -32,8 +35,11 @@ const (
 	DefaultDataDir     = "/var/lib/signet/server"
 	DefaultListen      = "0.0.0.0:8081"
 	DefaultAdminSocket = "/run/signet/server/admin.sock"
-	DefaultSVIDTTL     = time.Hour
-	DefaultJWTTTL      = 5 * time.Minute
+	// DefaultWorkloadAPISocket is the agent's default socket, where a
+	// downstream server gets its SVID (upstream_authority "signet").
+	DefaultWorkloadAPISocket = "/run/signet/sockets/agent.sock"
+	DefaultSVIDTTL           = time.Hour
+	DefaultJWTTTL            = 5 * time.Minute
 )
 
 // Config is the validated configuration of a server.
@@ -65,6 +71,10 @@ type Config struct {
 	// UpstreamAuthority, when set, signs the server's CA certificates, so
 	// the trust domain chains to an existing PKI. Nil: a self-signed root.
 	UpstreamAuthority *ca.DiskUpstream
+	// UpstreamSignet, when set, has another Signet server of the trust
+	// domain sign the server's CA certificates (nested servers): this
+	// server is a downstream one. At most one of it and UpstreamAuthority.
+	UpstreamSignet *nested.UpstreamConfig
 	// JWTIssuer, when set, is the iss claim of every JWT-SVID (an OIDC
 	// issuer URL; oidcdiscovery.CheckIssuer holds). Empty: no iss.
 	JWTIssuer string
@@ -78,12 +88,18 @@ type Config struct {
 	AuditLog bool
 }
 
-// UpstreamDiskFileConfig is the `upstream_authority "disk" { ... }` block,
-// with the keys of SPIRE's disk UpstreamAuthority.
-type UpstreamDiskFileConfig struct {
+// UpstreamAuthorityFileConfig is an `upstream_authority "<kind>" { ... }`
+// block, with the keys of SPIRE's plugin of that kind: "disk" (files of an
+// existing PKI) or "signet" (another Signet server, SPIRE's "spire").
+type UpstreamAuthorityFileConfig struct {
+	// disk
 	CertFilePath   string `hcl:"cert_file_path"`
 	KeyFilePath    string `hcl:"key_file_path"`
 	BundleFilePath string `hcl:"bundle_file_path"`
+	// signet
+	ServerAddress     string `hcl:"server_address"`
+	ServerPort        string `hcl:"server_port"`
+	WorkloadAPISocket string `hcl:"workload_api_socket"`
 
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
@@ -191,9 +207,9 @@ type FileConfig struct {
 	K8sBundle *K8sBundleConfig `hcl:"k8s_bundle"`
 	// K8sController registers the cluster's pods from ClusterSPIFFEIDs.
 	K8sController *K8sControllerConfig `hcl:"k8s_controller"`
-	// UpstreamAuthority holds at most one block, labelled by its kind;
-	// "disk" is the only kind.
-	UpstreamAuthority map[string]UpstreamDiskFileConfig `hcl:"upstream_authority"`
+	// UpstreamAuthority holds at most one block, labelled by its kind:
+	// "disk" or "signet".
+	UpstreamAuthority map[string]UpstreamAuthorityFileConfig `hcl:"upstream_authority"`
 	// OIDCDiscovery serves the JWT keys to OIDC relying parties.
 	OIDCDiscovery *oidcdiscovery.FileConfig `hcl:"oidc_discovery"`
 
@@ -237,10 +253,13 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 	}
 	for kind, u := range fc.UpstreamAuthority {
 		if pos, ok := u.UnusedKeyPositions["plugin_data"]; ok && len(pos) > 0 {
-			return FileConfig{}, fmt.Errorf(`parse server config: line %d: upstream_authority %q takes cert_file_path, key_file_path and bundle_file_path directly, without SPIRE's plugin_data block`, pos[0].Line, kind)
+			return FileConfig{}, fmt.Errorf(`parse server config: line %d: upstream_authority %q takes %s directly, without SPIRE's plugin_data block`, pos[0].Line, kind, upstreamKeys[kind])
 		}
 		for k, pos := range u.UnusedKeyPositions {
 			unused[fmt.Sprintf("upstream_authority %q: %s", kind, k)] = pos
+		}
+		if other := u.otherKindKey(kind); other != "" {
+			return FileConfig{}, fmt.Errorf(`parse server config: upstream_authority %q takes %s, not %s`, kind, upstreamKeys[kind], other)
 		}
 	}
 	if fc.K8sController != nil {
@@ -303,8 +322,8 @@ func checkBlocks(file *ast.File) (map[string]int, error) {
 			if len(item.Keys) == 2 {
 				kind, _ = item.Keys[1].Token.Value().(string)
 			}
-			if !isBlock || kind != "disk" {
-				return nil, fmt.Errorf(`line %d: want upstream_authority "disk" { cert_file_path = "..." key_file_path = "..." bundle_file_path = "..." } ("disk" is the only kind)`, line)
+			if _, known := upstreamKeys[kind]; !isBlock || !known {
+				return nil, fmt.Errorf(`line %d: want upstream_authority "disk" { cert_file_path = "..." key_file_path = "..." bundle_file_path = "..." } or upstream_authority "signet" { server_address = "host:port" workload_api_socket = "..." }`, line)
 			}
 			if first, dup := seen["upstream_authority"]; dup {
 				return nil, fmt.Errorf("line %d: upstream_authority is already configured at line %d", line, first)
@@ -437,6 +456,11 @@ func (fc FileConfig) Resolve() (Config, error) {
 			return Config{}, err
 		}
 	}
+	if u, ok := fc.UpstreamAuthority["signet"]; ok {
+		if cfg.UpstreamSignet, err = u.resolveSignet(td); err != nil {
+			return Config{}, err
+		}
+	}
 	if cfg.K8sController, err = fc.K8sController.resolve(cfg.K8sPSAT); err != nil {
 		return Config{}, err
 	}
@@ -547,9 +571,78 @@ func (x *X509PoPFileConfig) resolve() (*nodeattest.X509PoPConfig, error) {
 	return out, nil
 }
 
+// upstreamKeys are the keys of each kind of upstream_authority block.
+var upstreamKeys = map[string]string{
+	"disk":   "cert_file_path, key_file_path and bundle_file_path",
+	"signet": "server_address, server_port and workload_api_socket",
+}
+
+// otherKindKey names a key the block sets that belongs to the other kind
+// ("" when none).
+func (u UpstreamAuthorityFileConfig) otherKindKey(kind string) string {
+	keys := map[string]string{
+		"cert_file_path": u.CertFilePath, "key_file_path": u.KeyFilePath, "bundle_file_path": u.BundleFilePath,
+		"server_address": u.ServerAddress, "server_port": u.ServerPort, "workload_api_socket": u.WorkloadAPISocket,
+	}
+	for _, k := range []string{"cert_file_path", "key_file_path", "bundle_file_path", "server_address", "server_port", "workload_api_socket"} {
+		if keys[k] != "" && !strings.Contains(upstreamKeys[kind], k) {
+			return k
+		}
+	}
+	return ""
+}
+
+// resolveSignet checks the "signet" block: the upstream's address (SPIRE's
+// separate server_port is accepted too; 8081 when neither names a port)
+// and the local agent's socket (Signet's default when empty).
+func (u UpstreamAuthorityFileConfig) resolveSignet(td spiffeid.TrustDomain) (*nested.UpstreamConfig, error) {
+	if u.ServerAddress == "" {
+		return nil, errors.New(`upstream_authority "signet": server_address is required (the upstream server's agent API, host:port)`)
+	}
+	addr := u.ServerAddress
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		// A bare host ("[::1]" too): SPIRE's server_address, with
+		// server_port beside it.
+		host, port = strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]"), or(u.ServerPort, "8081")
+	} else if u.ServerPort != "" && u.ServerPort != port {
+		return nil, fmt.Errorf(`upstream_authority "signet": server_address %q names port %s and server_port says %s`, addr, port, u.ServerPort)
+	}
+	if host == "" {
+		return nil, fmt.Errorf(`upstream_authority "signet": server_address %q has no host`, addr)
+	}
+	// A URL ("dns:///up:8081", "https://up") or a stray colon would be
+	// joined into an address that fails only when dialled.
+	if strings.ContainsAny(host, "/[]@ ") || strings.Contains(host, ":") && net.ParseIP(host) == nil {
+		return nil, fmt.Errorf(`upstream_authority "signet": server_address %q: want host:port, or a host name or IP address`, addr)
+	}
+	if !validPort(port) {
+		return nil, fmt.Errorf(`upstream_authority "signet": port %q is not a TCP port number`, port)
+	}
+	addr = net.JoinHostPort(host, port)
+	sock := or(u.WorkloadAPISocket, DefaultWorkloadAPISocket)
+	if strings.Contains(sock, "://") || strings.HasPrefix(sock, "unix:") {
+		p, ok := strings.CutPrefix(sock, "unix://")
+		if !ok || !filepath.IsAbs(p) {
+			return nil, fmt.Errorf(`upstream_authority "signet": workload_api_socket %q: want unix:///abs/path or a path`, sock)
+		}
+		sock = p
+	}
+	abs, err := filepath.Abs(sock)
+	if err != nil {
+		return nil, fmt.Errorf(`upstream_authority "signet": workload_api_socket %q: %w`, sock, err)
+	}
+	return &nested.UpstreamConfig{TrustDomain: td, ServerAddress: addr, WorkloadAPISocket: "unix://" + abs}, nil
+}
+
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n > 0 && n < 65536
+}
+
 // resolve checks the block's paths; the files are read when the CA starts,
 // so a bad certificate or key is reported with what is wrong with it.
-func (u UpstreamDiskFileConfig) resolve() (*ca.DiskUpstream, error) {
+func (u UpstreamAuthorityFileConfig) resolve() (*ca.DiskUpstream, error) {
 	if u.CertFilePath == "" || u.KeyFilePath == "" {
 		return nil, errors.New(`upstream_authority "disk": cert_file_path and key_file_path are required`)
 	}

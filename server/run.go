@@ -32,6 +32,8 @@ import (
 	"github.com/signetid/signet/server/federation"
 	"github.com/signetid/signet/server/k8sbundle"
 	"github.com/signetid/signet/server/k8sreg"
+	"github.com/signetid/signet/server/nested"
+	"github.com/signetid/signet/server/nested/bundlev1"
 	"github.com/signetid/signet/server/nodeattest"
 	"github.com/signetid/signet/server/oidcdiscovery"
 	"github.com/signetid/signet/server/store"
@@ -58,6 +60,10 @@ type Server struct {
 	k8sReg *k8sreg.Controller
 	// oidc serves the JWT keys to OIDC relying parties (nil: off).
 	oidc *oidcdiscovery.Server
+	// nested serves downstream servers; upstream, when this server is a
+	// downstream one, is the server that signs its CAs (nil: not nested).
+	nested   *nested.Service
+	upstream *nested.Upstream
 
 	agentLn  net.Listener
 	adminLn  net.Listener
@@ -123,6 +129,14 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	if cfg.UpstreamAuthority != nil { // a nil *DiskUpstream is not a nil interface
 		caCfg.Upstream = cfg.UpstreamAuthority
 	}
+	if cfg.UpstreamSignet != nil {
+		up := *cfg.UpstreamSignet
+		up.Logger = logger
+		if s.upstream, err = nested.Dial(ctx, up); err != nil {
+			return nil, err
+		}
+		caCfg.Upstream = s.upstream
+	}
 	if s.ca, err = ca.New(ctx, caCfg); err != nil {
 		return nil, fmt.Errorf("load CA: %w", err)
 	}
@@ -164,6 +178,14 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		Logger:      logger,
 		Metrics:     agentapi.NewMetrics(s.metrics),
 	})
+	nestedCfg := nested.ServiceConfig{
+		TrustDomain: cfg.TrustDomain, Catalog: s.catalog, Store: s.store, CA: s.ca,
+		Authenticate: s.agents.AuthenticateSVID, RefreshHint: refreshHint, Logger: logger,
+	}
+	if s.upstream != nil {
+		nestedCfg.Forward = s.upstream.Publish
+	}
+	s.nested = nested.NewService(nestedCfg)
 	s.admin = adminapi.New(adminapi.Config{
 		TrustDomain: cfg.TrustDomain,
 		Store:       s.store,
@@ -349,13 +371,19 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.k8sReg != nil {
 		g.Go(func() error { return s.k8sReg.Run(ctx) })
 	}
+	if s.upstream != nil {
+		g.Go(func() error { return s.upstream.Run(ctx, s.ca.Authorities, s.applyUpstreamBundle) })
+	}
 
 	agentUnary := []grpc.UnaryServerInterceptor{s.agents.MetricsInterceptor()}
 	if s.audit != nil {
-		// Attest, RenewAgent and the signing calls; the handlers add
-		// their fields. Sync, a stream that delivers what was granted,
-		// is not audited.
-		agentUnary = append(agentUnary, s.audit.UnaryInterceptor(audit.Options{}))
+		// Attest, RenewAgent, the signing calls and downstream servers'
+		// calls; the handlers add their fields. Sync, a stream that
+		// delivers what was granted, and GetBundle, which downstream
+		// servers poll for the public bundle, are not audited.
+		agentUnary = append(agentUnary, s.audit.UnaryInterceptor(audit.Options{
+			Skip: func(method string) bool { return method == bundlev1.Bundle_GetBundle_FullMethodName },
+		}))
 	}
 	agentSrv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.agents.TLSConfig(s.getServerCert))),
@@ -364,6 +392,7 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
 	s.agents.Register(agentSrv)
+	s.nested.Register(agentSrv)
 	adminSrv := s.admin.NewGRPCServer()
 	g.Go(func() error { return serveGRPC(ctx, agentSrv, s.agentLn, "agent API") })
 	g.Go(func() error { return serveGRPC(ctx, adminSrv, s.adminLn, "admin API") })
@@ -425,6 +454,9 @@ func (s *Server) close() {
 	}
 	if s.oidc != nil {
 		s.oidc.Close()
+	}
+	if s.upstream != nil {
+		s.upstream.Close()
 	}
 	if s.dirLock != nil {
 		s.dirLock.Close() // releases the flock
@@ -531,7 +563,7 @@ func (s *Server) publishAuthorities(ctx context.Context) error {
 			return fmt.Errorf("remove revoked %s authorities from the bundle: %w", kind, err)
 		}
 		if n > 0 {
-			s.logger.Warn("revoked authorities removed from the bundle", "kind", kind, "count", n)
+			s.logger.Warn("revoked or withdrawn authorities removed from the bundle", "kind", kind, "count", n)
 		}
 	}
 	if err := s.store.PruneAuthorities(ctx, s.cfg.TrustDomain.Name(), time.Now()); err != nil {
@@ -578,6 +610,19 @@ func foreignJWTKeyType(auths []store.Authority, own map[string]bool) (string, ca
 		return "", ""
 	}
 	return newest.KeyID, ca.PublicJWTKeyType(newest.Data)
+}
+
+// applyUpstreamBundle takes in the upstream server's bundle (nested) and,
+// when the upstream tainted the root this server's CA chains to, has it
+// sign a new CA at once.
+func (s *Server) applyUpstreamBundle(ctx context.Context, b ca.UpstreamBundle) error {
+	if err := s.ca.SetUpstreamBundle(b); err != nil {
+		return err
+	}
+	if _, err := s.ca.ReplaceTaintedCA(ctx); err != nil {
+		return fmt.Errorf("replace the CA under the root the upstream server tainted: %w", err)
+	}
+	return nil
 }
 
 // renewServerCert has the CA sign a fresh TLS certificate (new key) for the

@@ -107,8 +107,14 @@ type Manager struct {
 	auths   []Authority
 	upMarks []upstreamMark // guarded by mu; replaced, never changed in place
 	retype  bool           // guarded by mu: the next Rotate applies jwtType to a prepared key
-	changed chan struct{}
-	leaf    leafParts
+	// upBundle is the upstream server's bundle (nested; nil until it is
+	// known), upWithdrawn the roots and JWT keys it listed before and no
+	// longer does (by withdrawnKey).
+	upBundle    *UpstreamBundle      // guarded by mu
+	upWithdrawn map[string]Authority // guarded by mu
+	upSaved     []byte               // guarded by mu: what upstreamBundleFile holds
+	changed     chan struct{}
+	leaf        leafParts
 }
 
 // New loads the CA and JWT keys from cfg.DataDir, creating them on first
@@ -136,6 +142,8 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		log:     cfg.Logger,
 		up:      cfg.Upstream,
 		changed: make(chan struct{}, 1),
+
+		upWithdrawn: map[string]Authority{},
 	}
 	if m.svidTTL == 0 {
 		m.svidTTL = DefaultSVIDTTL
@@ -176,20 +184,33 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.load(); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
+	_, remote := m.up.(UpstreamServer)
+	if err := m.loadUpstreamBundle(remote); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	// An upstream server that is down leaves a server with a stored CA
+	// running on it; Run retries what is due.
+	tolerate := func(err error) error {
+		if a := m.x509.active; remote && a != nil && m.now().Before(a.cert.NotAfter) {
+			m.log.Warn("the upstream server cannot sign now; starting with the stored CA and retrying", "upstream", m.up.(UpstreamServer).ServerAddress(), "error", err)
+			return nil
+		}
+		return err
+	}
 	if m.up != nil {
 		// A CA signed now proves the upstream works before the server
 		// depends on it, not hours later at the next rotation.
 		k, err := newUpstreamCA(ctx, m.up, m.td, m.now(), m.caTTL)
-		if err != nil {
-			return nil, fmt.Errorf("ca: %w", err)
+		if err == nil {
+			err = m.checkUpstreamRoot(k)
 		}
-		if err := m.checkUpstreamRoot(k); err != nil {
+		if err := tolerate(err); err != nil {
 			return nil, fmt.Errorf("ca: %w", err)
 		}
 	}
 	// The first rotation applies a changed jwt_key_type, in its one write.
 	m.retype = true
-	if err := m.Rotate(ctx); err != nil {
+	if err := m.Rotate(ctx); tolerate(err) != nil {
 		return nil, err
 	}
 	m.warnJWTType()
@@ -222,6 +243,30 @@ func (m *Manager) Authorities() []Authority {
 // refreshLocked rebuilds the published set and swaps the active signers.
 func (m *Manager) refreshLocked() {
 	var auths []Authority
+	own := map[string]bool{}
+	for _, k := range m.jwt.all() {
+		auths = append(auths, Authority{Kind: KindJWT, KeyID: k.kid, Data: k.pubDER, ExpiresAt: k.notAfter, Tainted: k.tainted})
+		own[k.kid] = true
+	}
+	if m.upBundle != nil {
+		auths = append(auths, m.upstreamAuthoritiesLocked(own)...)
+	} else {
+		auths = append(auths, m.caRootsLocked()...)
+	}
+	sort.SliceStable(auths, func(i, j int) bool {
+		if auths[i].Kind != auths[j].Kind {
+			return auths[i].Kind > auths[j].Kind // x509 first
+		}
+		return auths[i].ExpiresAt.Before(auths[j].ExpiresAt)
+	})
+	m.auths = auths
+	m.activeCA.Store(m.x509.active)
+	m.activeJWT.Store(m.jwt.active)
+}
+
+// caRootsLocked are the roots of this server's CAs.
+func (m *Manager) caRootsLocked() []Authority {
+	var auths []Authority
 	roots := map[string]int{} // key ID -> index in auths
 	for _, k := range m.x509.all() {
 		// A root stays published while a CA under it may sign (CAs of one
@@ -246,18 +291,7 @@ func (m *Manager) refreshLocked() {
 			auths = append(auths, Authority{Kind: KindX509, KeyID: id, Data: r.Raw, ExpiresAt: exp, Tainted: tainted})
 		}
 	}
-	for _, k := range m.jwt.all() {
-		auths = append(auths, Authority{Kind: KindJWT, KeyID: k.kid, Data: k.pubDER, ExpiresAt: k.notAfter, Tainted: k.tainted})
-	}
-	sort.SliceStable(auths, func(i, j int) bool {
-		if auths[i].Kind != auths[j].Kind {
-			return auths[i].Kind > auths[j].Kind // x509 first
-		}
-		return auths[i].ExpiresAt.Before(auths[j].ExpiresAt)
-	})
-	m.auths = auths
-	m.activeCA.Store(m.x509.active)
-	m.activeJWT.Store(m.jwt.active)
+	return auths
 }
 
 func (m *Manager) notify() {

@@ -274,7 +274,7 @@ func apply[K any](ctx context.Context, m *Manager, s *slots[K], o kindOps[K], wh
 		return LocalAuthority{}, fmt.Errorf("ca: %s %s %s: %w", what, o.noun, a.ID, err)
 	}
 	m.refreshLocked()
-	m.log.Warn(o.noun+" "+what+" by an operator", "key_id", a.ID, "status", a.Status, "expires_at", a.ExpiresAt)
+	m.log.Warn(o.noun+" "+what, "key_id", a.ID, "status", a.Status, "expires_at", a.ExpiresAt)
 	m.notify()
 	return a, nil
 }
@@ -297,9 +297,9 @@ func (m *Manager) LocalAuthorities(kind AuthorityKind) ([]LocalAuthority, error)
 func (m *Manager) run(ctx context.Context, kind AuthorityKind, what string, x step[caKey], j step[jwtKey]) (LocalAuthority, error) {
 	switch kind {
 	case KindX509:
-		return apply(ctx, m, &m.x509, caOps, what, x)
+		return apply(ctx, m, &m.x509, caOps, what+" by an operator", x)
 	case KindJWT:
-		return apply(ctx, m, &m.jwt, jwtOps, what, j)
+		return apply(ctx, m, &m.jwt, jwtOps, what+" by an operator", j)
 	}
 	return LocalAuthority{}, badKind(kind)
 }
@@ -334,8 +334,8 @@ func (m *Manager) Revoke(ctx context.Context, kind AuthorityKind, id string) (Lo
 }
 
 // Revoked returns the revoked authorities not yet expired, this server's
-// and upstream roots (Kind and KeyID only): they must not be in the
-// store's bundle.
+// and upstream roots, and (nested) those the upstream server withdrew
+// (Kind and KeyID only): they must not be in the store's bundle.
 func (m *Manager) Revoked() []Authority {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -351,7 +351,7 @@ func (m *Manager) Revoked() []Authority {
 			out = append(out, Authority{Kind: KindX509, KeyID: mk.id, ExpiresAt: mk.notAfter})
 		}
 	}
-	return out
+	return append(out, m.withdrawnLocked()...)
 }
 
 // ActiveCAID is the ID of the X.509 CA that signs now.

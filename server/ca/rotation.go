@@ -236,7 +236,7 @@ func (m *Manager) newCA(ctx context.Context, now time.Time) (*caKey, error) {
 	if err := m.checkUpstreamRoot(k); err != nil {
 		return nil, err
 	}
-	if want := now.Add(m.caTTL); k.cert.NotAfter.Before(want) {
+	if _, remote := m.up.(UpstreamServer); !remote && k.cert.NotAfter.Before(now.Add(m.caTTL)) {
 		m.log.Warn("the upstream authority's certificate expires before the CA TTL, so the new CA expires with it; replace the upstream certificate",
 			"ca_not_after", k.cert.NotAfter, "ca_ttl", m.caTTL)
 	}

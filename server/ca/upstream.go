@@ -23,10 +23,23 @@ import (
 // intermediates, in every SVID's chain.
 type UpstreamAuthority interface {
 	// MintX509CA signs tmpl, a CA certificate for the trust domain, for
-	// pub. It may shorten tmpl's validity to fit its own. It returns the
-	// new certificate followed by the upstream intermediates a verifier
-	// needs (never a root), and the roots they chain to.
-	MintX509CA(ctx context.Context, tmpl *x509.Certificate, pub crypto.PublicKey) (chain, roots []*x509.Certificate, err error)
+	// key's public key; key is there to prove possession (a CSR) to an
+	// upstream that asks. It may shorten tmpl's validity to fit its own.
+	// It returns the new certificate followed by the upstream
+	// intermediates a verifier needs (never a root), and the roots they
+	// chain to.
+	MintX509CA(ctx context.Context, tmpl *x509.Certificate, key crypto.Signer) (chain, roots []*x509.Certificate, err error)
+}
+
+// UpstreamServer is implemented by an UpstreamAuthority that is another
+// server of the trust domain (nested servers). Such an upstream may be
+// down when this server starts, which then runs on its stored CA and
+// retries; and the CAs it signs end with its own rotating CA, which is no
+// misconfiguration.
+type UpstreamServer interface {
+	UpstreamAuthority
+	// ServerAddress names the upstream server for logs.
+	ServerAddress() string
 }
 
 // newUpstreamCA creates a CA key and has up sign its certificate, then
@@ -36,7 +49,7 @@ func newUpstreamCA(ctx context.Context, up UpstreamAuthority, td spiffeid.TrustD
 	if err != nil {
 		return nil, err
 	}
-	chain, roots, err := up.MintX509CA(ctx, tmpl, &key.PublicKey)
+	chain, roots, err := up.MintX509CA(ctx, tmpl, key)
 	if err != nil {
 		return nil, fmt.Errorf("upstream authority: %w", err)
 	}

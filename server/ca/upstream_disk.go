@@ -40,7 +40,7 @@ type diskCA struct {
 
 // MintX509CA signs tmpl with the upstream key, within the upstream chain's
 // validity.
-func (d *DiskUpstream) MintX509CA(ctx context.Context, tmpl *x509.Certificate, pub crypto.PublicKey) ([]*x509.Certificate, []*x509.Certificate, error) {
+func (d *DiskUpstream) MintX509CA(ctx context.Context, tmpl *x509.Certificate, key crypto.Signer) ([]*x509.Certificate, []*x509.Certificate, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
@@ -57,7 +57,7 @@ func (d *DiskUpstream) MintX509CA(ctx context.Context, tmpl *x509.Certificate, p
 			t.NotAfter = c.NotAfter
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, &t, up.chain[0], pub, up.key)
+	der, err := x509.CreateCertificate(rand.Reader, &t, up.chain[0], key.Public(), up.key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("sign CA certificate with %s: %w", d.KeyFile, err)
 	}

@@ -1,0 +1,78 @@
+package ca
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+)
+
+// SignDownstreamCA signs an intermediate CA certificate for a downstream
+// server of this trust domain (nested servers), for the public key of the
+// PKCS#10 csrDER after checking the CSR's signature: the downstream then
+// signs SVIDs of this trust domain that chain to this server's roots. The
+// CSR's subject and extensions are ignored. ttl 0 means this server's own
+// CA lifetime; NotAfter never passes the active CA's. It returns the new
+// certificate followed by the intermediates up to, not including, the root.
+func (m *Manager) SignDownstreamCA(ctx context.Context, csrDER []byte, ttl time.Duration) ([]*x509.Certificate, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	csr, err := CheckCSR(csrDER)
+	if err != nil {
+		return nil, err
+	}
+	if ttl < 0 {
+		return nil, invalid("ca: negative downstream CA TTL %v", ttl)
+	}
+	if ttl == 0 {
+		ttl = m.caTTL
+	}
+	issuer := m.activeCA.Load()
+	now := m.now()
+	notAfter := now.Add(ttl).Truncate(time.Second)
+	if notAfter.After(issuer.cert.NotAfter) {
+		notAfter = issuer.cert.NotAfter
+	}
+	if !notAfter.After(now) {
+		return nil, errors.New("ca: the active CA has expired")
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	skid, err := subjectKeyID(csr.PublicKey)
+	if err != nil {
+		return nil, invalid("ca: CSR: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{Organization: []string{"Signet"}, CommonName: "Signet downstream CA"},
+		// Backdated like a root, so SVIDs the downstream backdates at once
+		// still fall inside it.
+		NotBefore:             now.Add(-rootBackdate).Truncate(time.Second),
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		URIs:                  []*url.URL{{Scheme: "spiffe", Host: m.td.Name()}},
+		SubjectKeyId:          skid,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer.cert, csr.PublicKey, issuer.key)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign downstream CA certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("ca: parse downstream CA certificate: %w", err)
+	}
+	chain := []*x509.Certificate{cert}
+	if issuer.upstream() {
+		chain = append(chain, issuer.chain...)
+	}
+	return chain, nil
+}

@@ -30,6 +30,7 @@ FUZZ_TARGETS ?= \
 	./server/k8sreg:FuzzFederatedTrustDomain \
 	./agent/client:FuzzOwnBundleFromProto \
 	./agent/client:FuzzParseSVIDFile \
+	./server/nested:FuzzBundleFromProto \
 	./server/oidcdiscovery:FuzzCheckIssuer
 
 .PHONY: all build test test-race-core test-kube-e2e fuzz bench demo lint deps proto clean kube-bins

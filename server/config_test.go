@@ -1,6 +1,7 @@
 package server
 
 import (
+	"net"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -309,6 +310,68 @@ oidc_discovery {
 		{name: "oidc_discovery twice", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery { listen = \":1\" }\noidc_discovery { listen = \":2\" }", wantErr: "line 4: oidc_discovery is already configured at line 3"},
 		{name: "oidc_discovery with a label", in: "trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org\"\noidc_discovery \"x\" { listen = \":1\" }", wantErr: "line 3: want oidc_discovery { listen"},
 		{name: "k8s_psat bad cluster name", in: "trust_domain = \"a.org\"\nk8s_psat \"prod/eu\" {\n service_account_allow_list = [\"a:b\"]\n}", wantErr: "one SPIFFE path segment"},
+		{name: "upstream_authority signet", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"upstream.example.org:8443\"\n workload_api_socket = \"/run/spire/agent.sock\"\n}", check: func(t *testing.T, c Config) {
+			u := c.UpstreamSignet
+			if u == nil || u.TrustDomain.Name() != "a.org" || u.ServerAddress != "upstream.example.org:8443" || u.WorkloadAPISocket != "unix:///run/spire/agent.sock" || c.UpstreamAuthority != nil {
+				t.Fatalf("upstream_authority signet %+v, disk %+v", u, c.UpstreamAuthority)
+			}
+		}},
+		{name: "upstream_authority signet SPIRE's server_port", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"10.0.0.5\"\n server_port = \"8443\"\n}", check: func(t *testing.T, c Config) {
+			if u := c.UpstreamSignet; u == nil || u.ServerAddress != "10.0.0.5:8443" {
+				t.Fatalf("upstream_authority signet %+v", u)
+			}
+		}},
+		{name: "upstream_authority signet server_port as a number, same as the address's", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up:8443\"\n server_port = 8443\n}", check: func(t *testing.T, c Config) {
+			if u := c.UpstreamSignet; u == nil || u.ServerAddress != "up:8443" {
+				t.Fatalf("upstream_authority signet %+v", u)
+			}
+		}},
+		{name: "upstream_authority signet bare host: port 8081, default socket", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"upstream.example.org\"\n}", check: func(t *testing.T, c Config) {
+			if u := c.UpstreamSignet; u == nil || u.ServerAddress != "upstream.example.org:8081" || u.WorkloadAPISocket != "unix://"+DefaultWorkloadAPISocket || DefaultWorkloadAPISocket != "/run/signet/sockets/agent.sock" {
+				t.Fatalf("upstream_authority signet %+v", u)
+			}
+		}},
+		{name: "upstream_authority signet bare IPv6 host", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"fd00::5\"\n}", check: func(t *testing.T, c Config) {
+			if u := c.UpstreamSignet; u == nil || u.ServerAddress != "[fd00::5]:8081" {
+				t.Fatalf("upstream_authority signet %+v", u)
+			}
+		}},
+		{name: "upstream_authority signet socket as a unix URL", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up:8081\"\n workload_api_socket = \"unix:///var/run/signet/agent.sock\"\n}", check: func(t *testing.T, c Config) {
+			if u := c.UpstreamSignet; u == nil || u.WorkloadAPISocket != "unix:///var/run/signet/agent.sock" {
+				t.Fatalf("upstream_authority signet %+v", u)
+			}
+		}},
+		{name: "upstream_authority signet relative socket path made absolute", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up:8081\"\n workload_api_socket = \"sockets/agent.sock\"\n}", check: func(t *testing.T, c Config) {
+			u := c.UpstreamSignet
+			if u == nil || !strings.HasPrefix(u.WorkloadAPISocket, "unix:///") || !strings.HasSuffix(u.WorkloadAPISocket, "/sockets/agent.sock") {
+				t.Fatalf("upstream_authority signet %+v", u)
+			}
+		}},
+		{name: "upstream_authority signet without server_address", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n workload_api_socket = \"/run/a.sock\"\n}", wantErr: `upstream_authority "signet": server_address is required`},
+		{name: "upstream_authority signet conflicting ports", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up:8443\"\n server_port = \"8081\"\n}", wantErr: `server_address "up:8443" names port 8443 and server_port says 8081`},
+		{name: "upstream_authority signet port not a number", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up\"\n server_port = \"https\"\n}", wantErr: `port "https" is not a TCP port number`},
+		{name: "upstream_authority signet port 0", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up:0\"\n}", wantErr: `port "0" is not a TCP port number`},
+		{name: "upstream_authority signet port too large", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up:65536\"\n}", wantErr: `port "65536" is not a TCP port number`},
+		{name: "upstream_authority signet empty port", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up:\"\n}", wantErr: `port "" is not a TCP port number`},
+		{name: "upstream_authority signet bracketed bare IPv6 host", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"[fd00::5]\"\n server_port = \"8443\"\n}", check: func(t *testing.T, c Config) {
+			if u := c.UpstreamSignet; u == nil || u.ServerAddress != "[fd00::5]:8443" {
+				t.Fatalf("upstream_authority signet %+v", u)
+			}
+		}},
+		{name: "upstream_authority signet gRPC target URL", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"dns:///up:8081\"\n}", wantErr: `server_address "dns:///up:8081": want host:port, or a host name or IP address`},
+		{name: "upstream_authority signet https URL", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"https://up:8443\"\n}", wantErr: `server_address "https://up:8443": want host:port`},
+		{name: "upstream_authority signet stray colon", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up:8443:1\"\n}", wantErr: `server_address "up:8443:1": want host:port`},
+		{name: "upstream_authority signet path in the host", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up/api:8443\"\n}", wantErr: `server_address "up/api:8443": want host:port`},
+		{name: "upstream_authority signet no host", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \":8081\"\n}", wantErr: `server_address ":8081" has no host`},
+		{name: "upstream_authority signet relative unix URL", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up\"\n workload_api_socket = \"unix://agent.sock\"\n}", wantErr: `workload_api_socket "unix://agent.sock": want unix:///abs/path or a path`},
+		{name: "upstream_authority signet unix: without slashes", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up\"\n workload_api_socket = \"unix:/run/agent.sock\"\n}", wantErr: `workload_api_socket "unix:/run/agent.sock": want unix:///abs/path or a path`},
+		{name: "upstream_authority signet TCP socket", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up\"\n workload_api_socket = \"tcp://127.0.0.1:9000\"\n}", wantErr: `workload_api_socket "tcp://127.0.0.1:9000": want unix:///abs/path or a path`},
+		{name: "upstream_authority signet with a disk key", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up\"\n cert_file_path = \"/c\"\n}", wantErr: `upstream_authority "signet" takes server_address, server_port and workload_api_socket, not cert_file_path`},
+		{name: "upstream_authority disk with a signet key", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" {\n cert_file_path = \"/c\"\n key_file_path = \"/k\"\n server_address = \"up\"\n}", wantErr: `upstream_authority "disk" takes cert_file_path, key_file_path and bundle_file_path, not server_address`},
+		{name: "upstream_authority signet SPIRE plugin_data shape", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n plugin_data {\n  server_address = \"up\"\n }\n}", wantErr: `line 3: upstream_authority "signet" takes server_address, server_port and workload_api_socket directly, without SPIRE's plugin_data block`},
+		{name: "upstream_authority signet unknown key", in: "trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up\"\n trust_bundle_path = \"/b\"\n}", wantErr: `upstream_authority "signet": trust_bundle_path (line 4)`},
+		{name: "upstream_authority disk and signet", in: "trust_domain = \"a.org\"\nupstream_authority \"disk\" { cert_file_path = \"/c\"\n key_file_path = \"/k\" }\nupstream_authority \"signet\" { server_address = \"up\" }", wantErr: "line 4: upstream_authority is already configured at line 2"},
+		{name: "upstream_authority SPIRE's spire kind", in: "trust_domain = \"a.org\"\nupstream_authority \"spire\" {\n server_address = \"up\"\n}", wantErr: `line 2: want upstream_authority "disk" { cert_file_path = "..." key_file_path = "..." bundle_file_path = "..." } or upstream_authority "signet" { server_address = "host:port"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -340,6 +403,10 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("trust_domain = \"a.org\"\nk8s_psat \"p\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller { cluster = \"p\" }"))
 	f.Add([]byte("trust_domain = \"a.org\"\nx509pop { ca_bundle_path = \"/etc/signet/node-ca.pem\" }"))
 	f.Add([]byte("trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org/t\"\noidc_discovery {\n listen = \":8443\"\n serving_cert_file {\n  cert_file_path = \"c\"\n  key_file_path = \"k\"\n }\n}"))
+	f.Add([]byte("trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up.example.org\"\n server_port = \"8443\"\n workload_api_socket = \"unix:///run/a.sock\"\n}"))
+	f.Add([]byte("trust_domain = \"a.org\"\nupstream_authority \"signet\" { server_address = \"[::1]:8081\" workload_api_socket = \"a.sock\" }"))
+	f.Add([]byte("trust_domain = \"a.org\"\nupstream_authority \"signet\" { server_address = \":0\" cert_file_path = \"/c\" }"))
+	f.Add([]byte("trust_domain = \"a.org\"\nupstream_authority \"signet\" { server_address = \"dns:///up:8081\" }"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fc, err := ParseConfigFile(data)
 		if err != nil {
@@ -364,6 +431,13 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if u := cfg.UpstreamAuthority; u != nil && (!filepath.IsAbs(u.CertFile) || !filepath.IsAbs(u.KeyFile) || (u.BundleFile != "" && !filepath.IsAbs(u.BundleFile))) {
 			t.Fatalf("upstream_authority with a missing or relative path accepted: %+v", u)
+		}
+		if u := cfg.UpstreamSignet; u != nil {
+			host, port, err := net.SplitHostPort(u.ServerAddress)
+			if err != nil || host == "" || strings.ContainsAny(host, "/[]") || port == "" || port == "0" || cfg.UpstreamAuthority != nil ||
+				!strings.HasPrefix(u.WorkloadAPISocket, "unix:///") || filepath.Clean(strings.TrimPrefix(u.WorkloadAPISocket, "unix://")) != strings.TrimPrefix(u.WorkloadAPISocket, "unix://") {
+				t.Fatalf("upstream_authority signet accepted as %+v (disk %+v)", u, cfg.UpstreamAuthority)
+			}
 		}
 	})
 }

@@ -94,8 +94,10 @@ lint:
 	$(GO) vet $(PKGS)
 
 # proto regenerates the Go code of every .proto: the server's API, and the
-# agent's Delegated Identity API (SPIRE's package names, for wire compatibility).
-PROTOS = server/api/*.proto agent/delegatedidentity/types/*.proto agent/delegatedidentity/v1/*.proto
+# agent's Delegated Identity API and the nested servers' API (SPIRE's package
+# names, for wire compatibility).
+PROTOS = server/api/*.proto server/nested/types/*.proto server/nested/svidv1/*.proto server/nested/bundlev1/*.proto \
+	agent/delegatedidentity/types/*.proto agent/delegatedidentity/v1/*.proto
 
 proto:
 	protoc -I . --go_out=. --go_opt=paths=source_relative \

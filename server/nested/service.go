@@ -67,6 +67,9 @@ func NewService(cfg ServiceConfig) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
 	return &Service{cfg: cfg}
 }
 
@@ -162,15 +165,23 @@ func (s *Service) PublishJWTAuthority(ctx context.Context, req *bundlev1.Publish
 		if jwtKeys >= maxJWTKeys {
 			return nil, status.Errorf(codes.ResourceExhausted, "JWT authority %q from %s: the bundle already holds %d JWT keys", key.KeyID, id, jwtKeys)
 		}
-		if err := s.cfg.Store.PutAuthorities(ctx, []store.Authority{{
+		// Added only if absent: the snapshot may not hold a key another
+		// server stored a moment ago.
+		stored, added, err := s.cfg.Store.AddAuthority(ctx, store.Authority{
 			TrustDomain: s.cfg.TrustDomain.Name(), Kind: store.JWTAuthority, KeyID: key.KeyID, Data: key.Data, ExpiresAt: key.ExpiresAt,
-		}}); err != nil {
+		})
+		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "store JWT authority %q: %v", key.KeyID, err)
+		}
+		if !added && string(stored.Data) != string(key.Data) {
+			return nil, status.Errorf(codes.AlreadyExists, "JWT authority %q from %s: the bundle already holds another key under that kid", key.KeyID, id)
 		}
 		if err := s.cfg.Catalog.Refresh(ctx); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "reload the bundle: %v", err)
 		}
-		s.cfg.Logger.Info("a downstream server published a JWT authority", "caller_id", id.String(), "kid", key.KeyID, "expires_at", key.ExpiresAt)
+		if added {
+			s.cfg.Logger.Info("a downstream server published a JWT authority", "caller_id", id.String(), "kid", key.KeyID, "expires_at", key.ExpiresAt)
+		}
 	}
 	if s.cfg.Forward != nil {
 		if err := s.cfg.Forward(ctx, key); err != nil {

@@ -556,3 +556,27 @@ func TestCheckJWTKey(t *testing.T) {
 		})
 	}
 }
+
+// A key another server stored after this one's last catalog load is not
+// replaced: the store adds a kid only while it is free.
+func TestPublishJWTAuthorityKidTakenSinceSnapshot(t *testing.T) {
+	h := newHarness(t)
+	h.entry(t, "/server/east", true, time.Time{})
+	exp := h.now.Add(time.Hour)
+	first := pkix(t, newKey(t, elliptic.P256()).Public())
+	ctx := context.Background()
+	// Another upstream server on the store, unseen by this one's catalog.
+	if err := h.store.PutAuthorities(ctx, []store.Authority{{TrustDomain: td.Name(), Kind: store.JWTAuthority, KeyID: "west-2", Data: first, ExpiresAt: exp}}); err != nil {
+		t.Fatal(err)
+	}
+	other := pkix(t, newKey(t, elliptic.P256()).Public())
+	_, err := h.svc.PublishJWTAuthority(as(id("/server/east")), &bundlev1.PublishJWTAuthorityRequest{JwtAuthority: &types.JWTKey{KeyId: "west-2", PublicKey: other, ExpiresAt: exp.Unix()}})
+	wantCode(t, "another key under a kid stored since the snapshot", err, codes.AlreadyExists)
+	if stored, _ := h.storedJWT(t); !slices.Equal(stored["west-2"].Data, first) {
+		t.Error("the stored key was replaced")
+	}
+	// The same key under it is no conflict.
+	if _, err := h.svc.PublishJWTAuthority(as(id("/server/east")), &bundlev1.PublishJWTAuthorityRequest{JwtAuthority: &types.JWTKey{KeyId: "west-2", PublicKey: first, ExpiresAt: exp.Unix()}}); err != nil {
+		t.Errorf("the stored key published again: %v", err)
+	}
+}

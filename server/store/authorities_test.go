@@ -249,3 +249,32 @@ func TestUpgradeFromSchema4KeepsAuthorities(t *testing.T) {
 		})
 	}
 }
+
+// AddAuthority stores a key ID once: a second key under it is not stored,
+// and the first is returned; neither the sequence nor the revision moves.
+func TestAddAuthority(t *testing.T) {
+	exp := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	k1 := Authority{TrustDomain: td, Kind: JWTAuthority, KeyID: "east-1", Data: []byte{1}, ExpiresAt: exp}
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		stored, added, err := s.AddAuthority(ctx, k1)
+		if err != nil || !added || !reflect.DeepEqual(stored, k1) {
+			t.Fatalf("first add: %+v %v %v", stored, added, err)
+		}
+		_, seq := listAll(t, s, td)
+		rev := revision(t, s)
+		k2 := k1
+		k2.Data, k2.ExpiresAt = []byte{2}, exp.Add(time.Hour)
+		stored, added, err = s.AddAuthority(ctx, k2)
+		if err != nil || added || !reflect.DeepEqual(stored, k1) {
+			t.Fatalf("another key under the ID: %+v %v %v; want the first returned, not added", stored, added, err)
+		}
+		got, seq2 := listAll(t, s, td)
+		if len(got) != 1 || !reflect.DeepEqual(got[0], k1) || seq2 != seq || revision(t, s) != rev {
+			t.Fatalf("after the refused add: %+v seq %d->%d", got, seq, seq2)
+		}
+		if _, _, err := s.AddAuthority(ctx, Authority{TrustDomain: td, Kind: JWTAuthority, Data: []byte{1}}); err == nil {
+			t.Error("an authority without a key ID was added")
+		}
+	})
+}

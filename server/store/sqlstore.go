@@ -856,6 +856,42 @@ func checkAuthority(a Authority) error {
 	return nil
 }
 
+func (s *sqlStore) AddAuthority(ctx context.Context, a Authority) (Authority, bool, error) {
+	if err := checkAuthority(a); err != nil {
+		return Authority{}, false, fmt.Errorf("add authority: %w", err)
+	}
+	stored, added := a, false
+	err := s.write(ctx, func(t *tx) error {
+		stored, added = a, false
+		// DO NOTHING, not a read first: two publishers racing (servers on
+		// one PostgreSQL) cannot both see the ID free.
+		n, err := t.exec(ctx, `INSERT INTO authorities (trust_domain, kind, key_id, data, expires_at, tainted) VALUES ($1, $2, $3, $4, $5, $6)
+			ON CONFLICT (trust_domain, kind, key_id) DO NOTHING`,
+			a.TrustDomain, string(a.Kind), a.KeyID, a.Data, toNanos(a.ExpiresAt), boolInt(a.Tainted))
+		if err != nil {
+			return fmt.Errorf("write authority %s: %w", a.KeyID, err)
+		}
+		if n == 1 {
+			added = true
+			if err := bumpBundleSequence(ctx, t, a.TrustDomain); err != nil {
+				return err
+			}
+			return bumpRevision(ctx, t)
+		}
+		var exp, tainted int64
+		if err := t.queryRow(ctx, `SELECT data, expires_at, tainted FROM authorities WHERE trust_domain = $1 AND kind = $2 AND key_id = $3`,
+			a.TrustDomain, string(a.Kind), a.KeyID).Scan(&stored.Data, &exp, &tainted); err != nil {
+			return fmt.Errorf("read authority %s: %w", a.KeyID, err)
+		}
+		stored.ExpiresAt, stored.Tainted = fromNanos(exp), tainted != 0
+		return nil
+	})
+	if err != nil {
+		return Authority{}, false, err
+	}
+	return stored, added, nil
+}
+
 func (s *sqlStore) PutAuthorities(ctx context.Context, auths []Authority) error {
 	for _, a := range auths {
 		if err := checkAuthority(a); err != nil {

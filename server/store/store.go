@@ -245,6 +245,12 @@ type Store interface {
 	// change; Tainted unset on a tainted one keeps the mark and is no
 	// change (a server that has not yet heard of the taint republishing).
 	PutAuthorities(ctx context.Context, auths []Authority) error
+	// AddAuthority stores a when no authority of its trust domain, kind and
+	// key ID is stored, bumping the bundle sequence, and reports true;
+	// otherwise it changes nothing and returns the stored one. Keys others
+	// publish (downstream servers) go through it: one key ID names one key,
+	// and no publisher may replace another's.
+	AddAuthority(ctx context.Context, a Authority) (Authority, bool, error)
 	// DeleteAuthorities deletes, in one transaction, the authorities of
 	// trustDomain of this kind with these key IDs, ignoring IDs not stored
 	// (a revocation is retried until it sticks), and returns how many it

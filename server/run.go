@@ -372,7 +372,7 @@ func (s *Server) Run(ctx context.Context) error {
 		g.Go(func() error { return s.k8sReg.Run(ctx) })
 	}
 	if s.upstream != nil {
-		g.Go(func() error { return s.upstream.Run(ctx, s.ca.Authorities, s.applyUpstreamBundle) })
+		g.Go(func() error { return s.upstream.Run(ctx, s.ca.OwnJWTAuthorities, s.applyUpstreamBundle) })
 	}
 
 	agentUnary := []grpc.UnaryServerInterceptor{s.agents.MetricsInterceptor()}

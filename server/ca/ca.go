@@ -20,6 +20,10 @@ const (
 	DefaultJWTTTL  = 5 * time.Minute
 )
 
+// upstreamStartWait bounds a due rotation step at start that needs an
+// upstream server, when a stored CA can sign meanwhile.
+const upstreamStartWait = 10 * time.Second
+
 // caLifeFactor is how many SVID lifetimes a CA lives: the active CA is
 // replaced at 1/6 of its life left, so every SVID it signs still gets its
 // full TTL.
@@ -113,6 +117,7 @@ type Manager struct {
 	upBundle    *UpstreamBundle      // guarded by mu
 	upWithdrawn map[string]Authority // guarded by mu
 	upSaved     []byte               // guarded by mu: what upstreamBundleFile holds
+	upBundleAt  time.Time            // guarded by mu: when upBundle was set
 	changed     chan struct{}
 	leaf        leafParts
 }
@@ -188,30 +193,36 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := m.loadUpstreamBundle(remote); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
-	// An upstream server that is down leaves a server with a stored CA
-	// running on it; Run retries what is due.
-	tolerate := func(err error) error {
-		if a := m.x509.active; remote && a != nil && m.now().Before(a.cert.NotAfter) {
-			m.log.Warn("the upstream server cannot sign now; starting with the stored CA and retrying", "upstream", m.up.(UpstreamServer).ServerAddress(), "error", err)
-			return nil
-		}
-		return err
-	}
-	if m.up != nil {
+	// A server whose upstream is another server (nested) and that holds a
+	// valid CA starts on it: the upstream may be down, or this server's
+	// own SVID not served yet. What is due and fails is retried by Run.
+	active := m.x509.active
+	stored := remote && active != nil && m.now().Before(active.cert.NotAfter)
+	if m.up != nil && !stored {
 		// A CA signed now proves the upstream works before the server
 		// depends on it, not hours later at the next rotation.
 		k, err := newUpstreamCA(ctx, m.up, m.td, m.now(), m.caTTL)
 		if err == nil {
 			err = m.checkUpstreamRoot(k)
 		}
-		if err := tolerate(err); err != nil {
+		if err != nil {
 			return nil, fmt.Errorf("ca: %w", err)
 		}
 	}
 	// The first rotation applies a changed jwt_key_type, in its one write.
 	m.retype = true
-	if err := m.Rotate(ctx); tolerate(err) != nil {
-		return nil, err
+	rotateCtx := ctx
+	if stored {
+		var cancel context.CancelFunc
+		rotateCtx, cancel = context.WithTimeout(ctx, upstreamStartWait)
+		defer cancel()
+	}
+	if err := m.Rotate(rotateCtx); err != nil {
+		if !stored || ctx.Err() != nil {
+			return nil, err
+		}
+		m.log.Warn("the upstream server cannot sign now; starting with the stored CA and retrying",
+			"upstream", m.up.(UpstreamServer).ServerAddress(), "error", err, "ca_not_after", active.cert.NotAfter)
 	}
 	m.warnJWTType()
 	return m, nil
@@ -247,6 +258,10 @@ func (m *Manager) refreshLocked() {
 	for _, k := range m.jwt.all() {
 		auths = append(auths, Authority{Kind: KindJWT, KeyID: k.kid, Data: k.pubDER, ExpiresAt: k.notAfter, Tainted: k.tainted})
 		own[k.kid] = true
+	}
+	// Revoked here stays out, whoever else still lists it.
+	for _, t := range m.jwt.revoked {
+		own[t.id] = true
 	}
 	if m.upBundle != nil {
 		auths = append(auths, m.upstreamAuthoritiesLocked(own)...)

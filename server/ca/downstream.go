@@ -11,12 +11,31 @@ import (
 	"time"
 )
 
+// downstreamIssuer is the CA that signs downstream CAs: the active one,
+// or the prepared one once it has been published as long as activation
+// requires (so every agent holds its root) and outlives the active one. A
+// downstream CA signed by the active CA late in its life would end with
+// it, and the downstream would need the upstream again within the hour.
+func (m *Manager) downstreamIssuer(now time.Time) *caKey {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	active, next := m.x509.active, m.x509.next
+	if next == nil || next.tainted || !next.cert.NotAfter.After(active.cert.NotAfter) {
+		return active
+	}
+	if now.Before(next.published.Add(caWindow(active).life() / 12)) {
+		return active
+	}
+	return next
+}
+
 // SignDownstreamCA signs an intermediate CA certificate for a downstream
 // server of this trust domain (nested servers), for the public key of the
 // PKCS#10 csrDER after checking the CSR's signature: the downstream then
 // signs SVIDs of this trust domain that chain to this server's roots. The
 // CSR's subject and extensions are ignored. ttl 0 means this server's own
-// CA lifetime; NotAfter never passes the active CA's. It returns the new
+// CA lifetime; NotAfter never passes the signing CA's (the active one, or
+// the prepared one once agents hold its root). It returns the new
 // certificate followed by the intermediates up to, not including, the root.
 func (m *Manager) SignDownstreamCA(ctx context.Context, csrDER []byte, ttl time.Duration) ([]*x509.Certificate, error) {
 	if err := ctx.Err(); err != nil {
@@ -32,8 +51,8 @@ func (m *Manager) SignDownstreamCA(ctx context.Context, csrDER []byte, ttl time.
 	if ttl == 0 {
 		ttl = m.caTTL
 	}
-	issuer := m.activeCA.Load()
 	now := m.now()
+	issuer := m.downstreamIssuer(now)
 	notAfter := now.Add(ttl).Truncate(time.Second)
 	if notAfter.After(issuer.cert.NotAfter) {
 		notAfter = issuer.cert.NotAfter

@@ -224,3 +224,50 @@ func TestSignDownstreamCARefuses(t *testing.T) {
 		t.Errorf("cancelled context: %v", err)
 	}
 }
+
+// Late in the active CA's life, downstream CAs are signed by the prepared
+// one once it has been published as long as activation requires: signed
+// by the active one, they would end with it, within the hour.
+func TestSignDownstreamCAByPreparedCA(t *testing.T) {
+	t0 := rotationStart()
+	clk := newFakeClock(t0)
+	m := newManager(t, ca.Config{Clock: clk.Now, SVIDTTL: svidTTL})
+	active := m.ActiveCAID()
+	clk.Set(t0.Add(prepare))
+	rotate(t, m)
+	next := preparedID(t, m)
+	issuerOf := func() string {
+		chain, _ := signDownstream(t, m, 0)
+		for _, a := range m.Authorities() {
+			if a.Kind == ca.KindX509 && chain[0].CheckSignatureFrom(mustParse(t, a.Data)) == nil {
+				return a.KeyID
+			}
+		}
+		t.Fatal("the downstream CA verifies under no published root")
+		return ""
+	}
+	// 1/12 of the CA's 6h life after publication: 30 min.
+	for _, tc := range []struct {
+		at   time.Duration
+		want string
+	}{
+		{prepare, active},
+		{prepare + 29*time.Minute, active},
+		{prepare + 30*time.Minute, next},
+		{activate - time.Minute, next},
+	} {
+		clk.Set(t0.Add(tc.at))
+		if got := issuerOf(); got != tc.want {
+			t.Errorf("at +%v the downstream CA is signed by %s, want %s (active %s, prepared %s)", tc.at, got, tc.want, active, next)
+		}
+	}
+}
+
+func mustParse(t *testing.T, der []byte) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

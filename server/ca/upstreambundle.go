@@ -40,6 +40,9 @@ func (m *Manager) SetUpstreamBundle(b UpstreamBundle) error {
 	for _, k := range m.jwt.all() {
 		own[withdrawnKey(KindJWT, k.kid)] = true
 	}
+	for _, t := range m.jwt.revoked {
+		own[withdrawnKey(KindJWT, t.id)] = true
+	}
 	for _, k := range m.x509.all() {
 		if !k.upstream() {
 			own[withdrawnKey(KindX509, k.id)] = true
@@ -74,7 +77,7 @@ func (m *Manager) SetUpstreamBundle(b UpstreamBundle) error {
 			delete(m.upWithdrawn, k)
 		}
 	}
-	m.upBundle = &b
+	m.upBundle, m.upBundleAt = &b, now
 	before := m.auths
 	m.refreshLocked()
 	if !sameAuthorities(before, m.auths) {
@@ -129,7 +132,9 @@ func (m *Manager) withdrawnLocked() []Authority {
 	}
 	var out []Authority
 	for _, k := range m.x509.all() {
-		if !k.upstream() {
+		// A CA signed since the last bundle may name a root that bundle
+		// predates (an HA peer's fresh one): the next bundle decides.
+		if !k.upstream() || k.published.After(m.upBundleAt) {
 			continue // its own root, published until it expires
 		}
 		for _, r := range k.roots {
@@ -155,6 +160,18 @@ func sameAuthorities(a, b []Authority) bool {
 	return slices.EqualFunc(a, b, func(x, y Authority) bool {
 		return x.Kind == y.Kind && x.KeyID == y.KeyID && x.Tainted == y.Tainted && x.ExpiresAt.Equal(y.ExpiresAt)
 	})
+}
+
+// OwnJWTAuthorities are this server's JWT keys (not those an upstream
+// server lists): what a downstream server publishes upstream.
+func (m *Manager) OwnJWTAuthorities() []Authority {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Authority
+	for _, k := range m.jwt.all() {
+		out = append(out, Authority{Kind: KindJWT, KeyID: k.kid, Data: k.pubDER, ExpiresAt: k.notAfter, Tainted: k.tainted})
+	}
+	return out
 }
 
 // ReplaceTaintedCA replaces the active CA when the upstream server tainted

@@ -118,6 +118,8 @@ func (m *Manager) loadUpstreamBundle(nested bool) error {
 	for _, a := range doc.Withdrawn {
 		m.upWithdrawn[withdrawnKey(a.Kind, a.KeyID)] = a.authority()
 	}
+	// upBundleAt stays zero: until the next fetch, roots of this server's
+	// CAs count as withdrawn only when the file says so.
 	m.upBundle, m.upSaved = b, data
 	m.refreshLocked()
 	return nil

@@ -516,3 +516,43 @@ func TestSetUpstreamBundleAdoptedLater(t *testing.T) {
 		t.Errorf("roots %v after the self-signed CA expired, want the upstream's alone", got)
 	}
 }
+
+// A JWT key this server revoked stays out of its bundle and out of what it
+// publishes upstream, though the upstream (which got it earlier) still
+// lists it.
+func TestSetUpstreamBundleOwnRevokedKeyStaysOut(t *testing.T) {
+	ctx := context.Background()
+	t0 := rotationStart()
+	clk := newFakeClock(t0)
+	root := nestedRoots(t, t0, "Root")[0]
+	u := diskUpstream(t, root, nil)
+	u.Clock = clk.Now
+	m := newManager(t, ca.Config{Clock: clk.Now, SVIDTTL: svidTTL, Upstream: u})
+	old := keyIDs(m, ca.KindJWT)[0]
+	oldKey, _ := published(m, ca.KindJWT, old)
+	next, err := m.Prepare(ctx, ca.KindJWT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []func() error{
+		func() error { _, err := m.Activate(ctx, ca.KindJWT, next.ID); return err },
+		func() error { _, err := m.Taint(ctx, ca.KindJWT, old); return err },
+		func() error { _, err := m.Revoke(ctx, ca.KindJWT, old); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setBundle(t, m, ca.UpstreamBundle{X509: upstreamX509([]*testCA{root}), JWT: []ca.Authority{oldKey}})
+	if slices.Contains(keyIDs(m, ca.KindJWT), old) {
+		t.Errorf("the revoked key %s is back in the bundle from the upstream's list", old)
+	}
+	for _, a := range m.OwnJWTAuthorities() {
+		if a.KeyID == old {
+			t.Errorf("the revoked key %s is among the keys to publish upstream", old)
+		}
+	}
+	if !slices.Contains(withdrawnIDs(m, ca.KindJWT), old) {
+		t.Errorf("the revoked key %s is not removed from the store", old)
+	}
+}

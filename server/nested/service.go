@@ -31,9 +31,11 @@ const (
 	maxJWTKeys    = 256
 )
 
-// Signer is the CA: it signs downstream servers' CA certificates.
+// Signer is the CA: it signs downstream servers' CA certificates, and
+// knows the authorities revoked here.
 type Signer interface {
 	SignDownstreamCA(ctx context.Context, csrDER []byte, ttl time.Duration) ([]*x509.Certificate, error)
+	Revoked() []ca.Authority
 }
 
 // ServiceConfig is what the upstream side needs.
@@ -145,6 +147,12 @@ func (s *Service) PublishJWTAuthority(ctx context.Context, req *bundlev1.Publish
 		return nil, status.Errorf(codes.InvalidArgument, "JWT authority from %s: %v", id, err)
 	}
 	audit.FromContext(ctx).Add(slog.String("kid", key.KeyID), slog.Time("expires_at", key.ExpiresAt))
+	for _, r := range s.cfg.CA.Revoked() {
+		// A downstream that was down during the revocation still lists it.
+		if r.Kind == ca.KindJWT && r.KeyID == key.KeyID {
+			return nil, status.Errorf(codes.FailedPrecondition, "JWT authority %q from %s was revoked here; it cannot return to the bundle", key.KeyID, id)
+		}
+	}
 	bundle := snap.OwnBundle(s.cfg.TrustDomain)
 	known, jwtKeys := false, 0
 	for _, a := range bundle.Authorities {

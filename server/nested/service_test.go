@@ -580,3 +580,36 @@ func TestPublishJWTAuthorityKidTakenSinceSnapshot(t *testing.T) {
 		t.Errorf("the stored key published again: %v", err)
 	}
 }
+
+// A JWT key this server revoked cannot come back through a downstream that
+// still lists it (it was down during the revocation, say).
+func TestPublishJWTAuthorityRevokedHere(t *testing.T) {
+	h := newHarness(t)
+	h.entry(t, "/server/east", true, time.Time{})
+	ctx := context.Background()
+	old := h.ownJWTKey(t)
+	next, err := h.ca.Prepare(ctx, ca.KindJWT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.ca.Activate(ctx, ca.KindJWT, next.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.ca.Taint(ctx, ca.KindJWT, old.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.ca.Revoke(ctx, ca.KindJWT, old.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.store.DeleteAuthorities(ctx, td.Name(), store.JWTAuthority, []string{old.KeyID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.cat.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.svc.PublishJWTAuthority(as(id("/server/east")), &bundlev1.PublishJWTAuthorityRequest{JwtAuthority: &types.JWTKey{KeyId: old.KeyID, PublicKey: old.Data, ExpiresAt: old.ExpiresAt.Unix()}})
+	wantCode(t, "a key revoked here", err, codes.FailedPrecondition)
+	if stored, _ := h.storedJWT(t); stored[old.KeyID].KeyID != "" {
+		t.Error("the revoked key is back in the store")
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/signetid/signet/server/ca"
 	"github.com/signetid/signet/server/nested/bundlev1"
@@ -28,7 +29,8 @@ const (
 	// DefaultPollInterval is SPIRE's: a root the upstream prepares is
 	// published half a CA life before it signs, so seconds do not matter.
 	DefaultPollInterval = 5 * time.Second
-	// DefaultStartTimeout bounds the wait for this server's own SVID.
+	// DefaultStartTimeout bounds how long a CA mint waits for this
+	// server's first SVID.
 	DefaultStartTimeout = 2 * time.Minute
 )
 
@@ -45,7 +47,7 @@ type UpstreamConfig struct {
 	ServerID spiffeid.ID
 	// PollInterval is how often the upstream's bundle is fetched.
 	PollInterval time.Duration
-	// StartTimeout bounds the wait for the first SVID at Dial.
+	// StartTimeout bounds how long a CA mint waits for the first SVID.
 	StartTimeout time.Duration
 	Logger       *slog.Logger
 }
@@ -53,24 +55,38 @@ type UpstreamConfig struct {
 // Upstream is a downstream server's UpstreamAuthority: another Signet
 // server of the trust domain signs its CAs.
 type Upstream struct {
-	cfg    UpstreamConfig
-	source *workloadapi.X509Source
-	conn   *grpc.ClientConn
-	svid   svidv1.SVIDClient
-	bundle bundlev1.BundleClient
+	cfg UpstreamConfig
 
-	mu        sync.Mutex
-	published map[string]bool // kids the upstream holds: acknowledged, or listed in its bundle
+	// ready closes once source holds this server's first SVID (or the
+	// source failed: srcErr); stop ends the source's stream.
+	ready  chan struct{}
+	source *workloadapi.X509Source
+	srcErr error
+	stop   context.CancelFunc
+
+	mu         sync.Mutex
+	conn       *grpc.ClientConn // nil until the first call
+	connSerial string           // of the SVID conn's handshake presented
+	published  map[string]bool  // kids the upstream holds: acknowledged, or listed in its bundle
+	lastSeq    uint64           // of the last bundle applied
+	skippedOld bool             // the last fetch was older than lastSeq, and skipped
 }
 
 var _ ca.UpstreamServer = (*Upstream)(nil)
 
+// callTimeout bounds each call to the upstream: a black-holed connection
+// must not hold the CA's lock for long.
+const callTimeout = 30 * time.Second
+
 // ServerAddress is the upstream server's address.
 func (u *Upstream) ServerAddress() string { return u.cfg.ServerAddress }
 
-// Dial waits for this server's X509-SVID from the local agent, then
-// connects to the upstream server over mTLS, authorizing only its server
-// ID. It fails with a reason when no SVID comes within StartTimeout.
+// Dial starts following this server's X509-SVID on the local agent's
+// Workload API and returns at once: a server with a stored CA starts
+// without the upstream. Calls that need the upstream wait for the first
+// SVID (MintX509CA at most StartTimeout) and connect over mTLS, authorizing
+// only the upstream's server ID, with the SVID current at the time: the
+// connection is made again whenever the SVID rotates.
 func Dial(ctx context.Context, cfg UpstreamConfig) (*Upstream, error) {
 	if cfg.ServerAddress == "" || cfg.WorkloadAPISocket == "" {
 		return nil, errors.New(`upstream_authority "signet": server_address and workload_api_socket are required`)
@@ -88,37 +104,88 @@ func Dial(ctx context.Context, cfg UpstreamConfig) (*Upstream, error) {
 		cfg.Logger = slog.Default()
 	}
 	cfg.Logger = cfg.Logger.With("component", "upstream_authority", "upstream", cfg.ServerAddress)
-	wait, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
-	defer cancel()
-	source, err := workloadapi.NewX509Source(wait, workloadapi.WithClientOptions(workloadapi.WithAddr(cfg.WorkloadAPISocket)))
+	// The source outlives ctx (the server's start): Close ends it.
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	u := &Upstream{cfg: cfg, ready: make(chan struct{}), stop: stop, published: map[string]bool{}}
+	go u.follow(bg)
+	return u, nil
+}
+
+// follow opens the Workload API stream and waits for the first SVID.
+func (u *Upstream) follow(ctx context.Context) {
+	defer close(u.ready)
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(u.cfg.WorkloadAPISocket)))
 	if err != nil {
-		return nil, fmt.Errorf(`upstream_authority "signet": no X509-SVID from the Workload API at %s within %v (is an agent of the upstream server running there, and an entry with downstream set registered for this server?): %w`,
-			cfg.WorkloadAPISocket, cfg.StartTimeout, err)
+		u.srcErr = err
+		return
 	}
-	svid, err := source.GetX509SVID()
+	svid, err := src.GetX509SVID()
+	if err == nil && !svid.ID.MemberOf(u.cfg.TrustDomain) {
+		err = fmt.Errorf("the Workload API at %s gives %s, not an ID of trust domain %q: nested servers share one trust domain",
+			u.cfg.WorkloadAPISocket, svid.ID, u.cfg.TrustDomain.Name())
+	}
 	if err != nil {
-		source.Close()
-		return nil, fmt.Errorf(`upstream_authority "signet": %w`, err)
+		src.Close()
+		u.srcErr = err
+		u.cfg.Logger.Error("upstream_authority \"signet\": cannot use the Workload API", "error", err)
+		return
 	}
-	if !svid.ID.MemberOf(cfg.TrustDomain) {
-		source.Close()
-		return nil, fmt.Errorf(`upstream_authority "signet": the Workload API at %s gives %s, not an ID of trust domain %q: nested servers share one trust domain`,
-			cfg.WorkloadAPISocket, svid.ID, cfg.TrustDomain.Name())
-	}
-	creds := grpccredentials.MTLSClientCredentials(source, source, tlsconfig.AuthorizeID(cfg.ServerID))
-	conn, err := grpc.NewClient(cfg.ServerAddress, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		source.Close()
-		return nil, fmt.Errorf(`upstream_authority "signet": server_address %q: %w`, cfg.ServerAddress, err)
-	}
-	cfg.Logger.Info("connected to the upstream server", "spiffe_id", svid.ID.String())
-	return &Upstream{cfg: cfg, source: source, conn: conn, svid: svidv1.NewSVIDClient(conn),
-		bundle: bundlev1.NewBundleClient(conn), published: map[string]bool{}}, nil
+	u.source = src
+	u.cfg.Logger.Info("got this server's SVID from the Workload API", "spiffe_id", svid.ID.String())
 }
 
 // Close releases the connection and the Workload API stream.
 func (u *Upstream) Close() error {
-	return errors.Join(u.conn.Close(), u.source.Close())
+	u.stop()
+	<-u.ready
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var errs []error
+	if u.conn != nil {
+		errs = append(errs, u.conn.Close())
+	}
+	if u.source != nil {
+		errs = append(errs, u.source.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// connect returns a connection made with the current SVID, after waiting
+// (as long as ctx allows) for the first one.
+func (u *Upstream) connect(ctx context.Context) (*grpc.ClientConn, error) {
+	select {
+	case <-u.ready:
+	case <-ctx.Done():
+		return nil, fmt.Errorf(`upstream_authority "signet": no X509-SVID from the Workload API at %s yet (is an agent of the upstream server running there, and an entry with downstream set registered for this server?): %w`,
+			u.cfg.WorkloadAPISocket, ctx.Err())
+	}
+	if u.source == nil {
+		return nil, fmt.Errorf(`upstream_authority "signet": Workload API at %s: %w`, u.cfg.WorkloadAPISocket, u.srcErr)
+	}
+	svid, err := u.source.GetX509SVID()
+	if err != nil {
+		return nil, fmt.Errorf(`upstream_authority "signet": %w`, err)
+	}
+	serial := svid.Certificates[0].SerialNumber.String()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.conn != nil && u.connSerial == serial {
+		return u.conn, nil
+	}
+	// The upstream checks the SVID a connection's handshake presented at
+	// every call: a rotated SVID needs a new connection.
+	creds := grpccredentials.MTLSClientCredentials(u.source, u.source, tlsconfig.AuthorizeID(u.cfg.ServerID))
+	conn, err := grpc.NewClient(u.cfg.ServerAddress, grpc.WithTransportCredentials(creds),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}))
+	if err != nil {
+		return nil, fmt.Errorf(`upstream_authority "signet": server_address %q: %w`, u.cfg.ServerAddress, err)
+	}
+	if old := u.conn; old != nil {
+		// Calls in flight on it finish first.
+		time.AfterFunc(callTimeout, func() { old.Close() })
+	}
+	u.conn, u.connSerial = conn, serial
+	return conn, nil
 }
 
 // MintX509CA has the upstream server sign the CA: the CSR proves
@@ -130,7 +197,15 @@ func (u *Upstream) MintX509CA(ctx context.Context, tmpl *x509.Certificate, key c
 		return nil, nil, fmt.Errorf("create CA CSR: %w", err)
 	}
 	ttl := time.Until(tmpl.NotAfter).Round(time.Second)
-	resp, err := u.svid.NewDownstreamX509CA(ctx, &svidv1.NewDownstreamX509CARequest{Csr: csr, PreferredTtl: int32(min(ttl/time.Second, 1<<31-1))})
+	wait, cancel := context.WithTimeout(ctx, u.cfg.StartTimeout)
+	defer cancel()
+	conn, err := u.connect(wait)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel = context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	resp, err := svidv1.NewSVIDClient(conn).NewDownstreamX509CA(ctx, &svidv1.NewDownstreamX509CARequest{Csr: csr, PreferredTtl: int32(min(ttl/time.Second, 1<<31-1))})
 	if err != nil {
 		return nil, nil, fmt.Errorf("upstream server %s: NewDownstreamX509CA: %w", u.cfg.ServerAddress, err)
 	}
@@ -185,6 +260,21 @@ func (u *Upstream) sync(ctx context.Context, ownKeys func() []ca.Authority, appl
 	if err != nil {
 		return err
 	}
+	// Upstream servers sharing a store answer from their own catalogs: one
+	// that has not loaded the newest bundle yet would make authorities
+	// just added look withdrawn. An older bundle is skipped once; twice in
+	// a row, it is the upstream's (a restored store) and taken.
+	u.mu.Lock()
+	seq := b.GetSequenceNumber()
+	older := seq < u.lastSeq && !u.skippedOld
+	u.skippedOld = older
+	if !older {
+		u.lastSeq = seq
+	}
+	u.mu.Unlock()
+	if older {
+		return nil
+	}
 	u.markPublished(converted.JWT)
 	return apply(ctx, converted)
 }
@@ -192,7 +282,11 @@ func (u *Upstream) sync(ctx context.Context, ownKeys func() []ca.Authority, appl
 func (u *Upstream) fetchBundle(ctx context.Context) (*types.Bundle, error) {
 	ctx, cancel := context.WithTimeout(ctx, max(u.cfg.PollInterval, 10*time.Second))
 	defer cancel()
-	b, err := u.bundle.GetBundle(ctx, &bundlev1.GetBundleRequest{})
+	conn, err := u.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b, err := bundlev1.NewBundleClient(conn).GetBundle(ctx, &bundlev1.GetBundleRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("GetBundle: %w", err)
 	}
@@ -233,7 +327,13 @@ func (u *Upstream) Publish(ctx context.Context, k ca.Authority) error {
 	if !k.ExpiresAt.IsZero() {
 		req.JwtAuthority.ExpiresAt = k.ExpiresAt.Unix()
 	}
-	if _, err := u.bundle.PublishJWTAuthority(ctx, req); err != nil {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	conn, err := u.connect(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := bundlev1.NewBundleClient(conn).PublishJWTAuthority(ctx, req); err != nil {
 		return fmt.Errorf("publish JWT key %s to the upstream server %s: %w", k.KeyID, u.cfg.ServerAddress, err)
 	}
 	u.markPublished([]ca.Authority{k})

@@ -14,6 +14,11 @@ import (
 	"github.com/signetid/signet/server/store"
 )
 
+// maxBundleAuthorities bounds what a downstream takes from its upstream's
+// bundle (every root and JWT key of the trust domain, the published cap
+// included, fits many times over).
+const maxBundleAuthorities = 4096
+
 // BundleToProto converts the catalog's bundle to SPIRE's message.
 func BundleToProto(b catalog.Bundle, refreshHint time.Duration) *types.Bundle {
 	out := &types.Bundle{TrustDomain: b.TrustDomain, RefreshHint: int64(refreshHint / time.Second), SequenceNumber: uint64(max(b.Sequence, 0))}
@@ -40,6 +45,9 @@ func bundleFromProto(td spiffeid.TrustDomain, b *types.Bundle) (ca.UpstreamBundl
 	}
 	if len(b.GetX509Authorities()) == 0 {
 		return ca.UpstreamBundle{}, errors.New("upstream bundle has no X.509 authorities")
+	}
+	if n := len(b.GetX509Authorities()) + len(b.GetJwtAuthorities()); n > maxBundleAuthorities {
+		return ca.UpstreamBundle{}, fmt.Errorf("upstream bundle holds %d authorities; at most %d are taken", n, maxBundleAuthorities)
 	}
 	var out ca.UpstreamBundle
 	for i, a := range b.GetX509Authorities() {

@@ -189,3 +189,15 @@ func FuzzBundleFromProto(f *testing.F) {
 		}
 	})
 }
+
+// An upstream bundle past the bound is refused whole, not truncated.
+func TestBundleFromProtoBound(t *testing.T) {
+	root := rootOf(t, newCA(t, t.TempDir()))
+	b := &types.Bundle{TrustDomain: td.Name(), X509Authorities: []*types.X509Certificate{{Asn1: root}}}
+	for range maxBundleAuthorities {
+		b.JwtAuthorities = append(b.JwtAuthorities, &types.JWTKey{KeyId: "k", PublicKey: []byte{1}})
+	}
+	if _, err := bundleFromProto(td, b); err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Fatalf("a bundle of %d authorities: %v", maxBundleAuthorities+1, err)
+	}
+}

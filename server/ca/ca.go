@@ -199,6 +199,11 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	active := m.x509.active
 	stored := remote && active != nil && m.now().Before(active.cert.NotAfter)
 	if m.up != nil && !stored {
+		if remote {
+			if err := m.up.(UpstreamServer).Ready(ctx); err != nil {
+				return nil, fmt.Errorf("ca: %w", err)
+			}
+		}
 		// A CA signed now proves the upstream works before the server
 		// depends on it, not hours later at the next rotation.
 		k, err := newUpstreamCA(ctx, m.up, m.td, m.now(), m.caTTL)
@@ -221,7 +226,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		if !stored || ctx.Err() != nil {
 			return nil, err
 		}
-		m.log.Warn("the upstream server cannot sign now; starting with the stored CA and retrying",
+		m.log.Warn("a rotation step failed at start (the upstream server cannot sign now?); starting with the stored CA and retrying",
 			"upstream", m.up.(UpstreamServer).ServerAddress(), "error", err, "ca_not_after", active.cert.NotAfter)
 	}
 	m.warnJWTType()

@@ -11,23 +11,26 @@ import (
 	"time"
 )
 
-// downstreamIssuer is the CA that signs downstream CAs: the active one,
-// or the prepared one once it has been published as long as activation
-// requires (so every agent holds its root) and outlives the active one. A
-// downstream CA signed by the active CA late in its life would end with
-// it, and the downstream would need the upstream again within the hour.
+// downstreamIssuer is the CA that signs downstream CAs: the prepared one
+// once it has been published for preparedSettle and outlives the active
+// one, else the active one. Signed by the active CA late in its life, a
+// downstream's next CA would end with its current one. The prepared root
+// is in every bundle of the nest well before a downstream activates a CA
+// under it: the downstream waits 1/12 of its CA's life first.
 func (m *Manager) downstreamIssuer(now time.Time) *caKey {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	active, next := m.x509.active, m.x509.next
-	if next == nil || next.tainted || !next.cert.NotAfter.After(active.cert.NotAfter) {
-		return active
-	}
-	if now.Before(next.published.Add(caWindow(active).life() / 12)) {
+	if next == nil || next.tainted || !next.cert.NotAfter.After(active.cert.NotAfter) || now.Before(next.published.Add(preparedSettle)) {
 		return active
 	}
 	return next
 }
+
+// preparedSettle is how long a prepared CA is published before it signs
+// downstream CAs: a few of the downstreams' bundle polls, so the servers
+// sharing this one's store publish its root too.
+const preparedSettle = 30 * time.Second
 
 // SignDownstreamCA signs an intermediate CA certificate for a downstream
 // server of this trust domain (nested servers), for the public key of the

@@ -225,9 +225,9 @@ func TestSignDownstreamCARefuses(t *testing.T) {
 	}
 }
 
-// Late in the active CA's life, downstream CAs are signed by the prepared
-// one once it has been published as long as activation requires: signed
-// by the active one, they would end with it, within the hour.
+// Once a CA is prepared (and has settled for 30 s), downstream CAs are
+// signed by it: signed by the active one, they would end with it, late in
+// its life within the hour.
 func TestSignDownstreamCAByPreparedCA(t *testing.T) {
 	t0 := rotationStart()
 	clk := newFakeClock(t0)
@@ -246,14 +246,13 @@ func TestSignDownstreamCAByPreparedCA(t *testing.T) {
 		t.Fatal("the downstream CA verifies under no published root")
 		return ""
 	}
-	// 1/12 of the CA's 6h life after publication: 30 min.
 	for _, tc := range []struct {
 		at   time.Duration
 		want string
 	}{
 		{prepare, active},
-		{prepare + 29*time.Minute, active},
-		{prepare + 30*time.Minute, next},
+		{prepare + 29*time.Second, active},
+		{prepare + 30*time.Second, next},
 		{activate - time.Minute, next},
 	} {
 		clk.Set(t0.Add(tc.at))

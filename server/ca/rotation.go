@@ -172,9 +172,14 @@ func (m *Manager) Rotate(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	x, xev, err := rotateSlots(m.x509, now, caWindow, func() (*caKey, error) { return m.newCA(ctx, now) })
-	if err != nil {
-		return fmt.Errorf("ca: rotate CA: %w", err)
+	// JWT keys need no upstream: a CA step that fails (an upstream
+	// server down) must not hold up theirs. It is reported after them.
+	x, xev, caErr := rotateSlots(m.x509, now, caWindow, func() (*caKey, error) { return m.successorCA(ctx, now) })
+	if caErr != nil {
+		if m.x509.active == nil {
+			return fmt.Errorf("ca: rotate CA: %w", caErr)
+		}
+		x, xev, caErr = m.x509, nil, fmt.Errorf("ca: rotate CA: %w", caErr)
 	}
 	jwt, dropped := m.jwt, (*jwtKey)(nil)
 	if m.retype {
@@ -188,7 +193,7 @@ func (m *Manager) Rotate(ctx context.Context) error {
 	forgot := len(x.revoked) != len(m.x509.revoked) || len(j.revoked) != len(m.jwt.revoked) || len(marks) != len(m.upMarks)
 	if len(xev) == 0 && len(jev) == 0 && !forgot && dropped == nil {
 		m.retype = false
-		return nil
+		return caErr
 	}
 	prevMarks := m.upMarks
 	m.upMarks = marks
@@ -221,7 +226,26 @@ func (m *Manager) Rotate(ctx context.Context) error {
 		m.log.Info("JWT key "+e.what, "kid", e.key.kid, "not_after", e.key.notAfter)
 	}
 	m.notify()
-	return nil
+	return caErr
+}
+
+// successorCA is newCA for the rotation schedule. An upstream server may
+// sign a CA that ends with (or barely after) the active one, its own CA
+// signing both; that one would extend nothing, so it is refused and asked
+// for again at the next retry, by when the upstream signs with its next
+// CA. A successor must outlive the active CA by its activation window.
+func (m *Manager) successorCA(ctx context.Context, now time.Time) (*caKey, error) {
+	k, err := m.newCA(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	if _, remote := m.up.(UpstreamServer); remote {
+		if a := m.x509.active; a != nil && k.cert.NotAfter.Before(a.cert.NotAfter.Add(caWindow(a).life()/caLifeFactor)) {
+			return nil, fmt.Errorf("the upstream server signed a CA that ends at %s, hardly after the active one (%s); asking again shortly",
+				k.cert.NotAfter.UTC().Format(time.RFC3339), a.cert.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	return k, nil
 }
 
 // newCA creates the next X.509 CA: self-signed, or signed by the upstream.

@@ -40,6 +40,10 @@ type UpstreamServer interface {
 	UpstreamAuthority
 	// ServerAddress names the upstream server for logs.
 	ServerAddress() string
+	// Ready waits, for a bounded time, until the upstream can be called.
+	// The first start waits for it; a rotation step, under the CA's
+	// lock, does not, and fails soon to be retried.
+	Ready(ctx context.Context) error
 }
 
 // newUpstreamCA creates a CA key and has up sign its certificate, then

@@ -180,8 +180,9 @@ func (m *Manager) OwnJWTAuthorities() []Authority {
 // they would re-sign in a loop. The upstream signs a new CA now, which
 // becomes active at once; no agent has to learn a new root first, since
 // the roots are the upstream's and its new one is published already. A
-// prepared CA under the tainted root is dropped (it signed nothing); one
-// under another root is activated instead of signing a new one. It reports
+// prepared CA under the tainted root is dropped (it signed no SVID, and
+// the downstream CAs it signed carry it in their chains); one under
+// another root is activated instead of signing a new one. It reports
 // whether it replaced the CA.
 func (m *Manager) ReplaceTaintedCA(ctx context.Context) (bool, error) {
 	m.mu.Lock()

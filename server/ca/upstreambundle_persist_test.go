@@ -23,6 +23,13 @@ type upstreamServer struct {
 
 func (u *upstreamServer) ServerAddress() string { return "upstream.test:8081" }
 
+func (u *upstreamServer) Ready(context.Context) error {
+	if u.down {
+		return errors.New("upstream server unreachable")
+	}
+	return nil
+}
+
 func (u *upstreamServer) MintX509CA(ctx context.Context, tmpl *x509.Certificate, key crypto.Signer) (chain, roots []*x509.Certificate, err error) {
 	if u.down {
 		return nil, nil, errors.New("upstream server unreachable")
@@ -93,5 +100,27 @@ func TestUpstreamBundleKeptAcrossRestart(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "upstream-bundle.json")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("upstream bundle file of a server that is no longer nested: %v", err)
+	}
+}
+
+// JWT keys need no upstream: with the upstream server down, they still
+// rotate on schedule while the CA step fails and is reported.
+func TestJWTKeysRotateWhileUpstreamDown(t *testing.T) {
+	t0 := rotationStart()
+	clk := newFakeClock(t0)
+	r := nestedRoots(t, t0, "Root A")
+	u := &upstreamServer{DiskUpstream: diskUpstream(t, r[0], nil, r...)}
+	u.Clock = clk.Now
+	m := newManager(t, ca.Config{Clock: clk.Now, SVIDTTL: svidTTL, Upstream: u})
+	first := jwtKID(t, m)
+	u.down = true
+	for _, at := range []time.Duration{prepare, activate} {
+		clk.Set(t0.Add(at))
+		if err := m.Rotate(context.Background()); err == nil {
+			t.Fatalf("at +%v: the CA step needs the upstream server, which is down, yet Rotate reported nothing", at)
+		}
+	}
+	if got := jwtKID(t, m); got == first {
+		t.Errorf("the JWT key %s still signs at +%v: its successor was not activated while the upstream was down", got, activate)
 	}
 }

@@ -29,7 +29,7 @@ const (
 	// DefaultPollInterval is SPIRE's: a root the upstream prepares is
 	// published half a CA life before it signs, so seconds do not matter.
 	DefaultPollInterval = 5 * time.Second
-	// DefaultStartTimeout bounds how long a CA mint waits for this
+	// DefaultStartTimeout bounds how long a first start waits for this
 	// server's first SVID.
 	DefaultStartTimeout = 2 * time.Minute
 )
@@ -47,7 +47,7 @@ type UpstreamConfig struct {
 	ServerID spiffeid.ID
 	// PollInterval is how often the upstream's bundle is fetched.
 	PollInterval time.Duration
-	// StartTimeout bounds how long a CA mint waits for the first SVID.
+	// StartTimeout bounds how long Ready waits for the first SVID.
 	StartTimeout time.Duration
 	Logger       *slog.Logger
 }
@@ -69,10 +69,15 @@ type Upstream struct {
 	connSerial string           // of the SVID conn's handshake presented
 	published  map[string]bool  // kids the upstream holds: acknowledged, or listed in its bundle
 	lastSeq    uint64           // of the last bundle applied
-	skippedOld bool             // the last fetch was older than lastSeq, and skipped
+	olderSince time.Time        // since when fetches are older than lastSeq (zero: they are not)
+	closed     bool
 }
 
 var _ ca.UpstreamServer = (*Upstream)(nil)
+
+// staleBundleWait is how long bundles older than the last applied are
+// skipped: well past the catalog poll (5 s) of a lagging upstream peer.
+const staleBundleWait = 30 * time.Second
 
 // callTimeout bounds each call to the upstream: a black-holed connection
 // must not hold the CA's lock for long.
@@ -84,7 +89,8 @@ func (u *Upstream) ServerAddress() string { return u.cfg.ServerAddress }
 // Dial starts following this server's X509-SVID on the local agent's
 // Workload API and returns at once: a server with a stored CA starts
 // without the upstream. Calls that need the upstream wait for the first
-// SVID (MintX509CA at most StartTimeout) and connect over mTLS, authorizing
+// SVID (Ready at most StartTimeout, the others at most callTimeout) and
+// connect over mTLS, authorizing
 // only the upstream's server ID, with the SVID current at the time: the
 // connection is made again whenever the SVID rotates.
 func Dial(ctx context.Context, cfg UpstreamConfig) (*Upstream, error) {
@@ -134,12 +140,21 @@ func (u *Upstream) follow(ctx context.Context) {
 	u.cfg.Logger.Info("got this server's SVID from the Workload API", "spiffe_id", svid.ID.String())
 }
 
+// Ready waits, at most StartTimeout, for this server's first SVID.
+func (u *Upstream) Ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, u.cfg.StartTimeout)
+	defer cancel()
+	_, err := u.connect(ctx)
+	return err
+}
+
 // Close releases the connection and the Workload API stream.
 func (u *Upstream) Close() error {
 	u.stop()
 	<-u.ready
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	u.closed = true
 	var errs []error
 	if u.conn != nil {
 		errs = append(errs, u.conn.Close())
@@ -169,6 +184,9 @@ func (u *Upstream) connect(ctx context.Context) (*grpc.ClientConn, error) {
 	serial := svid.Certificates[0].SerialNumber.String()
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.closed {
+		return nil, errors.New(`upstream_authority "signet": closed`)
+	}
 	if u.conn != nil && u.connSerial == serial {
 		return u.conn, nil
 	}
@@ -197,14 +215,13 @@ func (u *Upstream) MintX509CA(ctx context.Context, tmpl *x509.Certificate, key c
 		return nil, nil, fmt.Errorf("create CA CSR: %w", err)
 	}
 	ttl := time.Until(tmpl.NotAfter).Round(time.Second)
-	wait, cancel := context.WithTimeout(ctx, u.cfg.StartTimeout)
+	// Under the CA's lock: no long wait for a first SVID here (Ready).
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	conn, err := u.connect(wait)
+	conn, err := u.connect(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	ctx, cancel = context.WithTimeout(ctx, callTimeout)
-	defer cancel()
 	resp, err := svidv1.NewSVIDClient(conn).NewDownstreamX509CA(ctx, &svidv1.NewDownstreamX509CARequest{Csr: csr, PreferredTtl: int32(min(ttl/time.Second, 1<<31-1))})
 	if err != nil {
 		return nil, nil, fmt.Errorf("upstream server %s: NewDownstreamX509CA: %w", u.cfg.ServerAddress, err)
@@ -262,14 +279,18 @@ func (u *Upstream) sync(ctx context.Context, ownKeys func() []ca.Authority, appl
 	}
 	// Upstream servers sharing a store answer from their own catalogs: one
 	// that has not loaded the newest bundle yet would make authorities
-	// just added look withdrawn. An older bundle is skipped once; twice in
-	// a row, it is the upstream's (a restored store) and taken.
+	// just added look withdrawn. Older bundles are skipped for a while;
+	// answered for longer, they are the upstream's (a restored store).
 	u.mu.Lock()
-	seq := b.GetSequenceNumber()
-	older := seq < u.lastSeq && !u.skippedOld
-	u.skippedOld = older
+	seq, now := b.GetSequenceNumber(), time.Now()
+	if seq >= u.lastSeq {
+		u.olderSince = time.Time{}
+	} else if u.olderSince.IsZero() {
+		u.olderSince = now
+	}
+	older := !u.olderSince.IsZero() && now.Sub(u.olderSince) < staleBundleWait
 	if !older {
-		u.lastSeq = seq
+		u.lastSeq, u.olderSince = seq, time.Time{}
 	}
 	u.mu.Unlock()
 	if older {

@@ -277,27 +277,34 @@ func (u *Upstream) sync(ctx context.Context, ownKeys func() []ca.Authority, appl
 	if err != nil {
 		return err
 	}
-	// Upstream servers sharing a store answer from their own catalogs: one
-	// that has not loaded the newest bundle yet would make authorities
-	// just added look withdrawn. Older bundles are skipped for a while;
-	// answered for longer, they are the upstream's (a restored store).
-	u.mu.Lock()
-	seq, now := b.GetSequenceNumber(), time.Now()
-	if seq >= u.lastSeq {
-		u.olderSince = time.Time{}
-	} else if u.olderSince.IsZero() {
-		u.olderSince = now
-	}
-	older := !u.olderSince.IsZero() && now.Sub(u.olderSince) < staleBundleWait
-	if !older {
-		u.lastSeq, u.olderSince = seq, time.Time{}
-	}
-	u.mu.Unlock()
-	if older {
+	if u.stale(b.GetSequenceNumber(), time.Now()) {
 		return nil
 	}
 	u.markPublished(converted.JWT)
 	return apply(ctx, converted)
+}
+
+// stale reports whether a bundle of sequence seq, fetched at now, is to be
+// skipped. Upstream servers sharing a store answer from their own
+// catalogs: one that has not loaded the newest bundle yet would make
+// authorities just added look withdrawn. Older bundles are skipped for
+// staleBundleWait; answered for longer, they are the upstream's (a
+// restored store) and taken.
+func (u *Upstream) stale(seq uint64, now time.Time) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if seq >= u.lastSeq {
+		u.lastSeq, u.olderSince = seq, time.Time{}
+		return false
+	}
+	if u.olderSince.IsZero() {
+		u.olderSince = now
+	}
+	if now.Sub(u.olderSince) < staleBundleWait {
+		return true
+	}
+	u.lastSeq, u.olderSince = seq, time.Time{}
+	return false
 }
 
 func (u *Upstream) fetchBundle(ctx context.Context) (*types.Bundle, error) {

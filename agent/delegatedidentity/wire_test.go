@@ -1,14 +1,11 @@
 package delegatedidentity
 
 import (
-	"fmt"
 	"slices"
 	"testing"
 
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
-
 	_ "github.com/signetid/signet/agent/delegatedidentity/v1"
+	"github.com/signetid/signet/internal/protowire"
 )
 
 // The protobuf must stay wire-compatible with SPIRE's (spiffe/spire-api-sdk
@@ -35,25 +32,19 @@ func TestWireCompatibleWithSPIRE(t *testing.T) {
 		"spire.api.agent.delegatedidentity.v1.SubscribeToJWTBundlesResponse": {"bundles=1 map<string,bytes>"},
 	}
 	for name, fields := range want {
-		d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
+		got, err := protowire.Fields(name)
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue
 		}
-		if got := describeFields(d.(protoreflect.MessageDescriptor)); !slices.Equal(got, fields) {
+		if !slices.Equal(got, fields) {
 			t.Errorf("%s fields:\n got %q\nwant %q", name, got, fields)
 		}
 	}
 
-	d, err := protoregistry.GlobalFiles.FindDescriptorByName("spire.api.agent.delegatedidentity.v1.DelegatedIdentity")
+	rpcs, err := protowire.RPCs("spire.api.agent.delegatedidentity.v1.DelegatedIdentity")
 	if err != nil {
 		t.Fatal(err)
-	}
-	var rpcs []string
-	methods := d.(protoreflect.ServiceDescriptor).Methods()
-	for i := range methods.Len() {
-		m := methods.Get(i)
-		rpcs = append(rpcs, fmt.Sprintf("%s(%s) stream=%v %s", m.Name(), m.Input().Name(), m.IsStreamingServer(), m.Output().Name()))
 	}
 	wantRPCs := []string{
 		"SubscribeToX509SVIDs(SubscribeToX509SVIDsRequest) stream=true SubscribeToX509SVIDsResponse",
@@ -64,24 +55,4 @@ func TestWireCompatibleWithSPIRE(t *testing.T) {
 	if !slices.Equal(rpcs, wantRPCs) {
 		t.Errorf("RPCs:\n got %q\nwant %q", rpcs, wantRPCs)
 	}
-}
-
-func describeFields(m protoreflect.MessageDescriptor) []string {
-	out := []string{}
-	fields := m.Fields()
-	for i := range fields.Len() {
-		f := fields.Get(i)
-		kind := f.Kind().String()
-		switch {
-		case f.IsMap():
-			kind = fmt.Sprintf("map<%s,%s>", f.MapKey().Kind(), f.MapValue().Kind())
-		case f.Message() != nil:
-			kind = "message " + string(f.Message().FullName())
-		}
-		if f.IsList() {
-			kind = "repeated " + kind
-		}
-		out = append(out, fmt.Sprintf("%s=%d %s", f.Name(), f.Number(), kind))
-	}
-	return out
 }

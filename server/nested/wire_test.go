@@ -1,12 +1,10 @@
 package nested
 
 import (
-	"fmt"
 	"slices"
 	"testing"
 
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
+	"github.com/signetid/signet/internal/protowire"
 )
 
 // The protobufs must stay wire-compatible with SPIRE's (spiffe/spire-api-sdk
@@ -29,51 +27,26 @@ func TestWireCompatibleWithSPIRE(t *testing.T) {
 		"spire.api.server.bundle.v1.PublishJWTAuthorityResponse": {"jwt_authorities=1 repeated message spire.api.types.JWTKey"},
 	}
 	for name, fields := range want {
-		d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
+		got, err := protowire.Fields(name)
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue
 		}
-		if got := describeFields(d.(protoreflect.MessageDescriptor)); !slices.Equal(got, fields) {
+		if !slices.Equal(got, fields) {
 			t.Errorf("%s fields:\n got %q\nwant %q", name, got, fields)
 		}
 	}
 	for service, want := range map[string][]string{
-		"spire.api.server.svid.v1.SVID":     {"NewDownstreamX509CA(NewDownstreamX509CARequest) NewDownstreamX509CAResponse"},
-		"spire.api.server.bundle.v1.Bundle": {"GetBundle(GetBundleRequest) Bundle", "PublishJWTAuthority(PublishJWTAuthorityRequest) PublishJWTAuthorityResponse"},
+		"spire.api.server.svid.v1.SVID": {"NewDownstreamX509CA(NewDownstreamX509CARequest) stream=false NewDownstreamX509CAResponse"},
+		"spire.api.server.bundle.v1.Bundle": {"GetBundle(GetBundleRequest) stream=false Bundle",
+			"PublishJWTAuthority(PublishJWTAuthorityRequest) stream=false PublishJWTAuthorityResponse"},
 	} {
-		d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
+		rpcs, err := protowire.RPCs(service)
 		if err != nil {
 			t.Fatal(err)
-		}
-		var rpcs []string
-		methods := d.(protoreflect.ServiceDescriptor).Methods()
-		for i := range methods.Len() {
-			m := methods.Get(i)
-			if m.IsStreamingClient() || m.IsStreamingServer() {
-				t.Errorf("%s.%s streams; SPIRE's is unary", service, m.Name())
-			}
-			rpcs = append(rpcs, fmt.Sprintf("%s(%s) %s", m.Name(), m.Input().Name(), m.Output().Name()))
 		}
 		if !slices.Equal(rpcs, want) {
 			t.Errorf("%s RPCs:\n got %q\nwant %q", service, rpcs, want)
 		}
 	}
-}
-
-func describeFields(m protoreflect.MessageDescriptor) []string {
-	out := []string{}
-	fields := m.Fields()
-	for i := range fields.Len() {
-		f := fields.Get(i)
-		kind := f.Kind().String()
-		if f.Message() != nil {
-			kind = "message " + string(f.Message().FullName())
-		}
-		if f.IsList() {
-			kind = "repeated " + kind
-		}
-		out = append(out, fmt.Sprintf("%s=%d %s", f.Name(), f.Number(), kind))
-	}
-	return out
 }

@@ -629,6 +629,22 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"SDS name taken by a default", "agent: {sds: {defaultBundleName: default}}", "agent.sds.defaultBundleName and agent.sds.defaultSVIDName both name the SDS secret \"default\""},
 		{"two SDS names alike", "agent: {sds: {defaultBundleName: ca, defaultAllBundlesName: ca}}", "both name the SDS secret \"ca\""},
 		{"SDS name a SPIFFE ID", "agent: {sds: {defaultSVIDName: 'spiffe://example.org/app'}}", "agent.sds.defaultSVIDName \"spiffe://example.org/app\": SPIFFE IDs already name"},
+		{"downstream without an upstream address", "upstream: {enabled: true}", "/upstream/serverAddress"},
+		{"upstream address without a port (the upstream agents need one)", "upstream: {enabled: true, serverAddress: up.example.org}", "/upstream/serverAddress"},
+		{"upstream address a URL", "upstream: {enabled: true, serverAddress: 'https://up.example.org:8081'}", "/upstream/serverAddress"},
+		{"upstream port out of range", "upstream: {enabled: true, serverAddress: 'up:65536'}", "/upstream/serverAddress"},
+		{"two upstreams: a Signet server and a PKI", "upstream: {enabled: true, serverAddress: 'up:8081'}\nupstreamAuthority: {secretName: corp-ca}", "/upstreamAuthority/secretName"},
+		{"misspelt upstream value", "upstream: {enabled: true, server: 'up:8081'}", "server"},
+		{"upstream cluster name not a path segment", "upstream: {enabled: true, serverAddress: 'up:8081', clusterName: a/b}", "/upstream/clusterName"},
+		{"upstream bundle without a ConfigMap", "upstream: {enabled: true, serverAddress: 'up:8081', trustBundle: {configMap: ''}}", "configMap"},
+		{"upstream agents' unknown value", "upstream: {agent: {kubeletSkipVerify: true}}", "kubeletSkipVerify"},
+		{"downstream cluster without a kubeconfig", "downstreamClusters: [{name: east}]", "kubeconfigSecret"},
+		{"downstream cluster name not a DNS label", "downstreamClusters: [{name: East_1, kubeconfigSecret: kc}]", "/downstreamClusters/0/name"},
+		{"downstream cluster twice", "downstreamClusters: [{name: east, kubeconfigSecret: a}, {name: east, kubeconfigSecret: b}]", `downstreamClusters[1].name "east" is already another downstream cluster's`},
+		{"downstream cluster named as this one", "clusterName: west\ndownstreamClusters: [{name: west, kubeconfigSecret: a}]", `downstreamClusters[0].name "west" is already this cluster's clusterName`},
+		{"downstream SPIFFE ID not a URI", "downstreamClusters: [{name: east, kubeconfigSecret: a, spiffeID: /server/east}]", "spiffeID"},
+		{"misspelt downstream value", "downstreamClusters: [{name: east, kubeconfig: a}]", "kubeconfig"},
+		{"unknown server Service type", "server: {service: {type: ExternalName}}", "/server/service/type"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := helmTemplate(t, "signet-system", tc.values)

@@ -108,3 +108,58 @@ unescaped.
 {{- define "signet.hclString" -}}
 {{ toString . | quote | replace "$" "\\u0024" }}
 {{- end -}}
+
+{{/*
+Where the servers' pods mount the upstream agents' socket directory
+(upstream.enabled): upstream_authority "signet"'s workload_api_socket is
+agent.sock in it.
+*/}}
+{{- define "signet.upstreamSocketDir" -}}
+/run/signet/upstream
+{{- end -}}
+
+{{/*
+downstreamClusters with defaults filled in and refused when two share a
+name or one takes this cluster's own k8s_psat name (server.conf would hold
+two k8s_psat blocks of that name): a JSON list of {name, kubeconfigSecret,
+kubeconfigKey, kubeconfigDir, namespace, spiffeID, volume}.
+*/}}
+{{- define "signet.downstreamClusters" -}}
+{{- $out := list }}
+{{- $seen := dict .Values.clusterName "clusterName" }}
+{{- range $i, $d := .Values.downstreamClusters }}
+{{- with get $seen $d.name }}
+{{- fail (printf "downstreamClusters[%d].name %q is already %s: each k8s_psat cluster needs its own name" $i $d.name (ternary "this cluster's clusterName" "another downstream cluster's" (eq . "clusterName"))) }}
+{{- end }}
+{{- $_ := set $seen $d.name "downstream" }}
+{{- $out = append $out (dict
+    "name" $d.name
+    "kubeconfigSecret" $d.kubeconfigSecret
+    "kubeconfigKey" ($d.kubeconfigKey | default "kubeconfig")
+    "kubeconfigDir" (printf "/etc/signet/clusters/%s" $d.name)
+    "namespace" ($d.namespace | default "signet-system")
+    "spiffeID" ($d.spiffeID | default (printf "spiffe://%s/server/%s" $.Values.trustDomain $d.name))
+    "volume" (printf "downstream-kubeconfig-%d" $i)) }}
+{{- end }}
+{{- toJson $out }}
+{{- end -}}
+
+{{/* The upstream agents' socket directory on the host. */}}
+{{- define "signet.upstreamHostSocketDir" -}}
+/run/signet/upstream-sockets
+{{- end -}}
+
+{{/* The node alias of a downstream cluster's upstream agents: (list $ item). */}}
+{{- define "signet.downstreamAgentsID" -}}
+{{- $ := index . 0 -}}
+{{ printf "spiffe://%s/k8s/%s/upstream-agents" $.Values.trustDomain (index . 1).name }}
+{{- end -}}
+
+{{/*
+The selectors of a downstream cluster's servers, as its upstream agents'
+Kubernetes workload attestor sees them: the server container of the
+signet-server pods in the downstream release's namespace. A JSON list.
+*/}}
+{{- define "signet.downstreamSelectors" -}}
+{{- list (printf "k8s:ns:%s" .namespace) "k8s:sa:signet-server" "k8s:container-name:signet-server" | toJson }}
+{{- end -}}

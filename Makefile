@@ -22,6 +22,7 @@ FUZZ_TARGETS ?= \
 	./server:FuzzParseConfig \
 	./server/store:FuzzParseURL \
 	./server/nodeattest:FuzzX509PoPPayload \
+	./server/nodeattest:FuzzSSHPoPPayload \
 	./server/adminapi:FuzzParseEntryFile \
 	./server/adminapi:FuzzParseBundleFile \
 	./server/federation:FuzzResolveConfig \

@@ -60,6 +60,9 @@ type Config struct {
 	// X509PoP, when set, attests agents with their host's machine
 	// certificate; CABundlePath is absolute.
 	X509PoP *nodeattest.X509PoPConfig
+	// SSHPoP, when set, attests agents with their host's OpenSSH host
+	// certificate; CertAuthoritiesPath is absolute.
+	SSHPoP *nodeattest.SSHPoPConfig
 	// Federation is the bundle endpoint and the federation relationships.
 	Federation federation.Config
 	// K8sBundle, when set, keeps the trust bundle in a Kubernetes ConfigMap.
@@ -177,6 +180,17 @@ type X509PoPFileConfig struct {
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
 
+// SSHPoPFileConfig is the `sshpop { ... }` block, with the keys of SPIRE's
+// sshpop server plugin.
+type SSHPoPFileConfig struct {
+	CertAuthorities     []string `hcl:"cert_authorities"`
+	CertAuthoritiesPath string   `hcl:"cert_authorities_path"`
+	CanonicalDomain     string   `hcl:"canonical_domain"`
+	AgentPathTemplate   string   `hcl:"agent_path_template"`
+
+	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
+}
+
 // FileConfig is the HCL configuration file (every field optional; flags
 // override it). Durations use Go syntax ("90s", "1h").
 type FileConfig struct {
@@ -201,6 +215,8 @@ type FileConfig struct {
 	K8sPSAT map[string]K8sPSATFileConfig `hcl:"k8s_psat"`
 	// X509PoP attests agents with machine certificates of an existing PKI.
 	X509PoP *X509PoPFileConfig `hcl:"x509pop"`
+	// SSHPoP attests agents with OpenSSH host certificates.
+	SSHPoP *SSHPoPFileConfig `hcl:"sshpop"`
 	// Federation is the `federation { ... }` block, shaped like SPIRE's.
 	Federation *federation.FileConfig `hcl:"federation"`
 	// K8sBundle publishes the trust bundle to a ConfigMap.
@@ -246,6 +262,11 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 			unused["x509pop: "+k] = pos
 		}
 	}
+	if fc.SSHPoP != nil {
+		for k, pos := range fc.SSHPoP.UnusedKeyPositions {
+			unused["sshpop: "+k] = pos
+		}
+	}
 	if fc.K8sBundle != nil {
 		for k, pos := range fc.K8sBundle.UnusedKeyPositions {
 			unused["k8s_bundle: "+k] = pos
@@ -280,6 +301,8 @@ func unlabelledBlock(name string) (example string, ok bool) {
 	switch name {
 	case "x509pop":
 		return `{ ca_bundle_path = "..." }`, true
+	case "sshpop":
+		return `{ cert_authorities_path = "..." }`, true
 	case "k8s_bundle":
 		return `{ namespace = "..." config_map = "..." }`, true
 	case "k8s_controller":
@@ -445,6 +468,9 @@ func (fc FileConfig) Resolve() (Config, error) {
 	if cfg.X509PoP, err = fc.X509PoP.resolve(); err != nil {
 		return Config{}, err
 	}
+	if cfg.SSHPoP, err = fc.SSHPoP.resolve(); err != nil {
+		return Config{}, err
+	}
 	if b := fc.K8sBundle; b != nil {
 		if b.Namespace == "" || b.ConfigMap == "" {
 			return Config{}, errors.New(`k8s_bundle: namespace and config_map are required (e.g. namespace = "signet-system", config_map = "signet-trust-bundle")`)
@@ -567,6 +593,26 @@ func (x *X509PoPFileConfig) resolve() (*nodeattest.X509PoPConfig, error) {
 			return nil, fmt.Errorf("x509pop: CA bundle path %q: %w", p, err)
 		}
 		out.CABundlePaths = append(out.CABundlePaths, abs)
+	}
+	return out, nil
+}
+
+// resolve checks the sshpop block; the CA file is read when the server
+// starts. nil stays nil.
+func (x *SSHPoPFileConfig) resolve() (*nodeattest.SSHPoPConfig, error) {
+	if x == nil {
+		return nil, nil
+	}
+	out := &nodeattest.SSHPoPConfig{CertAuthorities: x.CertAuthorities, CanonicalDomain: x.CanonicalDomain, AgentPathTemplate: x.AgentPathTemplate}
+	if x.CertAuthoritiesPath != "" {
+		abs, err := filepath.Abs(x.CertAuthoritiesPath)
+		if err != nil {
+			return nil, fmt.Errorf("sshpop: cert_authorities_path %q: %w", x.CertAuthoritiesPath, err)
+		}
+		out.CertAuthoritiesPath = abs
+	}
+	if err := out.Check(); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

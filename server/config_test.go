@@ -12,6 +12,9 @@ import (
 	"github.com/signetid/signet/server/oidcdiscovery"
 )
 
+// sshCAKey is an SSH CA's public key in authorized_keys format.
+const sshCAKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAID7yPnhzqlqamdfhAg3I8sakcDCkDtAcl/EmoK7D8MIk ca@example.org"
+
 func TestParseConfigFile(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -128,6 +131,33 @@ k8s_psat "dev" {
 		{name: "x509pop with an empty bundle path", in: "trust_domain = \"a.org\"\nx509pop {\n ca_bundle_paths = [\"/c\", \"\"]\n}", wantErr: "x509pop: ca_bundle_paths holds an empty path"},
 		{name: "x509pop unknown key", in: "trust_domain = \"a.org\"\nx509pop {\n ca_bundle_path = \"/b\"\n ca_bundles = [\"/c\"]\n}", wantErr: "x509pop: ca_bundles (line 4)"},
 		{name: "x509pop with a label", in: "trust_domain = \"a.org\"\nx509pop \"x\" { ca_bundle_path = \"/b\" }", wantErr: "line 2: want x509pop { ca_bundle_path"},
+		{
+			name: "sshpop (SPIRE's keys)",
+			in: "trust_domain = \"a.org\"\nsshpop {\n cert_authorities = [\"" + sshCAKey + "\"]\n cert_authorities_path = \"/etc/signet/ssh-ca.pub\"\n" +
+				" canonical_domain = \"example.org\"\n agent_path_template = \"sshpop/{{ .Hostname }}\"\n}",
+			check: func(t *testing.T, c Config) {
+				if x := c.SSHPoP; x == nil || !slices.Equal(x.CertAuthorities, []string{sshCAKey}) || x.CertAuthoritiesPath != "/etc/signet/ssh-ca.pub" ||
+					x.CanonicalDomain != "example.org" || x.AgentPathTemplate != "sshpop/{{ .Hostname }}" {
+					t.Fatalf("sshpop %+v", c.SSHPoP)
+				}
+			},
+		},
+		{
+			name: "sshpop with a relative CA file",
+			in:   "trust_domain = \"a.org\"\nsshpop { cert_authorities_path = \"ssh-ca.pub\" }",
+			check: func(t *testing.T, c Config) {
+				if x := c.SSHPoP; x == nil || !filepath.IsAbs(x.CertAuthoritiesPath) || filepath.Base(x.CertAuthoritiesPath) != "ssh-ca.pub" {
+					t.Fatalf("sshpop %+v", c.SSHPoP)
+				}
+			},
+		},
+		{name: "sshpop without a CA", in: "trust_domain = \"a.org\"\nsshpop {\n canonical_domain = \"example.org\"\n}", wantErr: "sshpop: cert_authorities or cert_authorities_path is required"},
+		{name: "sshpop with a bad CA", in: "trust_domain = \"a.org\"\nsshpop {\n cert_authorities = [\"" + sshCAKey + "\", \"ssh-rsa AAAA\"]\n}", wantErr: "sshpop: cert_authorities[1]: not an authorized_keys line"},
+		{name: "sshpop with a bad canonical domain", in: "trust_domain = \"a.org\"\nsshpop {\n cert_authorities_path = \"/c\"\n canonical_domain = \"*.example.org\"\n}", wantErr: `sshpop: canonical_domain "*.example.org"`},
+		{name: "sshpop with a bad template", in: "trust_domain = \"a.org\"\nsshpop {\n cert_authorities_path = \"/c\"\n agent_path_template = \"{{ .Hostname\"\n}", wantErr: "sshpop: agent_path_template"},
+		{name: "sshpop unknown key (SPIRE's agent key)", in: "trust_domain = \"a.org\"\nsshpop {\n cert_authorities_path = \"/c\"\n host_key_path = \"/k\"\n}", wantErr: "sshpop: host_key_path (line 4)"},
+		{name: "sshpop with a label", in: "trust_domain = \"a.org\"\nsshpop \"x\" { cert_authorities_path = \"/c\" }", wantErr: "line 2: want sshpop { cert_authorities_path"},
+		{name: "sshpop twice", in: "trust_domain = \"a.org\"\nsshpop { cert_authorities_path = \"/b\" }\nsshpop { cert_authorities_path = \"/c\" }", wantErr: "line 3: sshpop is already configured at line 2"},
 		{name: "x509pop twice", in: "trust_domain = \"a.org\"\nx509pop { ca_bundle_path = \"/b\" }\nx509pop { ca_bundle_path = \"/c\" }", wantErr: "line 3: x509pop is already configured at line 2"},
 		{name: "k8s_bundle without a name", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"signet-system\"\n}", wantErr: "namespace and config_map are required"},
 		{name: "k8s_bundle unknown key", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"n\"\n configmap = \"x\"\n}", wantErr: "k8s_bundle: configmap (line 4)"},
@@ -402,6 +432,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("trust_domain = \"a.org\"\nupstream_authority \"disk\" { cert_file_path = \"c\"\n key_file_path = \"/k\" }"))
 	f.Add([]byte("trust_domain = \"a.org\"\nk8s_psat \"p\" { service_account_allow_list = [\"a:b\"] }\nk8s_controller { cluster = \"p\" }"))
 	f.Add([]byte("trust_domain = \"a.org\"\nx509pop { ca_bundle_path = \"/etc/signet/node-ca.pem\" }"))
+	f.Add([]byte("trust_domain = \"a.org\"\nsshpop {\n cert_authorities = [\"" + sshCAKey + "\"]\n canonical_domain = \"example.org\"\n}"))
 	f.Add([]byte("trust_domain = \"a.org\"\njwt_issuer = \"https://oidc.example.org/t\"\noidc_discovery {\n listen = \":8443\"\n serving_cert_file {\n  cert_file_path = \"c\"\n  key_file_path = \"k\"\n }\n}"))
 	f.Add([]byte("trust_domain = \"a.org\"\nupstream_authority \"signet\" {\n server_address = \"up.example.org\"\n server_port = \"8443\"\n workload_api_socket = \"unix:///run/a.sock\"\n}"))
 	f.Add([]byte("trust_domain = \"a.org\"\nupstream_authority \"signet\" { server_address = \"[::1]:8081\" workload_api_socket = \"a.sock\" }"))

@@ -159,6 +159,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			return nil, err
 		}
 	}
+	var sshPoP *nodeattest.SSHPoP
+	if cfg.SSHPoP != nil {
+		if sshPoP, err = nodeattest.NewSSHPoP(cfg.TrustDomain, *cfg.SSHPoP); err != nil {
+			return nil, err
+		}
+	}
 	if s.bundlePub, err = newBundlePublisher(cfg, logger); err != nil {
 		return nil, err
 	}
@@ -169,6 +175,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 	s.agents = agentapi.New(agentapi.Config{
 		PSAT:        psat,
 		X509PoP:     x509PoP,
+		SSHPoP:      sshPoP,
 		TrustDomain: cfg.TrustDomain,
 		Store:       s.store,
 		Catalog:     s.catalog,

@@ -80,6 +80,13 @@ var knownKeys = map[string]map[string]func(string) error{
 		"serialnumber": isHex,
 		"san":          isKeyValue,
 	},
+	// Node selectors of agents attested with an OpenSSH host certificate
+	// (Signet's; SPIRE's sshpop has none): each principal, and the CA's
+	// key fingerprint as `ssh-keygen -l` prints it.
+	"sshpop": {
+		"principal": nonEmpty,
+		"ca":        isSSHFingerprint,
+	},
 }
 
 // freeForm are the selector types with no fixed keys: the join token's node
@@ -284,6 +291,15 @@ var fingerprintRE = regexp.MustCompile(`^fingerprint:[0-9a-f]{40}$`)
 func isFingerprint(v string) error {
 	if !fingerprintRE.MatchString(v) {
 		return fmt.Errorf("want fingerprint:<lower-case hex SHA-1 of the CA certificate>")
+	}
+	return nil
+}
+
+var sshFingerprintRE = regexp.MustCompile(`^fingerprint:SHA256:[A-Za-z0-9+/]{43}$`)
+
+func isSSHFingerprint(v string) error {
+	if !sshFingerprintRE.MatchString(v) {
+		return fmt.Errorf("want fingerprint:SHA256:<the CA key's fingerprint, as ssh-keygen -lf ca.pub prints it>")
 	}
 	return nil
 }

@@ -20,12 +20,12 @@ import (
 )
 
 // Attest proves a node (join token, Kubernetes projected service account
-// token or x509pop machine certificate) and signs its agent SVID. A join
+// token, x509pop machine certificate or sshpop host certificate) and signs its agent SVID. A join
 // token is spent in the transaction that records the node, so when anything
 // fails before, the agent's retry can use the same token; once that
 // transaction commits, nothing fails, and an agent that never got the
 // answer may ask again with the same key. An agent whose evidence can be
-// presented again (k8s_psat, x509pop) calls Attest again to renew
+// presented again (k8s_psat, x509pop, sshpop) calls Attest again to renew
 // (re-attestation): the same ID, the selectors of the fresh evidence, and
 // the SVID the node had is no longer accepted.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
@@ -173,7 +173,8 @@ func (s *Service) bannedError(id spiffeid.ID) error {
 
 // attestNode checks the evidence with the attestor of its type; a join
 // token is read, not spent (Attest spends it with the node's record).
-// agentKey is the CSR's public key (DER): x509pop evidence must sign it.
+// agentKey is the CSR's public key (DER): x509pop and sshpop evidence must
+// sign it.
 // Refusals are logged: they are what an operator looks at when an agent
 // will not start.
 func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, agentKey []byte, keyHash string) (nodeattest.Result, error) {
@@ -190,9 +191,13 @@ func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, agentK
 		res, err = s.cfg.X509PoP.Attest(ctx, req.Payload, agentKey, s.cfg.Now())
 	case req.AttestationType == nodeattest.X509PoPType:
 		return res, status.Error(codes.FailedPrecondition, "x509pop attestation is not configured on this server (add an x509pop block to its config)")
+	case req.AttestationType == nodeattest.SSHPoPType && s.cfg.SSHPoP != nil:
+		res, err = s.cfg.SSHPoP.Attest(ctx, req.Payload, agentKey, s.cfg.Now())
+	case req.AttestationType == nodeattest.SSHPoPType:
+		return res, status.Error(codes.FailedPrecondition, "sshpop attestation is not configured on this server (add an sshpop block to its config)")
 	default:
-		return res, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q, %q or %q)", req.AttestationType,
-			nodeattest.JoinTokenType, nodeattest.K8sPSATType, nodeattest.X509PoPType)
+		return res, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q, %q, %q or %q)", req.AttestationType,
+			nodeattest.JoinTokenType, nodeattest.K8sPSATType, nodeattest.X509PoPType, nodeattest.SSHPoPType)
 	}
 	if err == nil {
 		return res, nil
@@ -200,12 +205,12 @@ func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, agentK
 	s.cfg.Logger.Warn("agent attestation refused", "type", req.AttestationType, "reason", err)
 	switch {
 	case errors.Is(err, nodeattest.ErrTokenInvalid), errors.Is(err, nodeattest.ErrTokenExpired), errors.Is(err, nodeattest.ErrNotAttested),
-		errors.Is(err, nodeattest.ErrX509PoPRefused):
+		errors.Is(err, nodeattest.ErrX509PoPRefused), errors.Is(err, nodeattest.ErrSSHPoPRefused):
 		return res, status.Error(codes.PermissionDenied, err.Error())
-	case errors.Is(err, nodeattest.ErrMalformed), errors.Is(err, nodeattest.ErrX509PoPMalformed):
+	case errors.Is(err, nodeattest.ErrMalformed), errors.Is(err, nodeattest.ErrX509PoPMalformed), errors.Is(err, nodeattest.ErrSSHPoPMalformed):
 		return res, status.Error(codes.InvalidArgument, err.Error())
 	}
-	// The store, the cluster's API server or the node CA bundle file could
+	// The store, the cluster's API server or the node CA file could
 	// not answer, and nothing was spent: the agent retries.
 	return res, status.Errorf(codes.Unavailable, "attest: %v", err)
 }
@@ -256,7 +261,7 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 // new, attests again when RenewAgent refuses it.
 func mustReattest(n store.Node) bool {
 	switch n.AttestationType {
-	case nodeattest.X509PoPType, nodeattest.K8sPSATType:
+	case nodeattest.X509PoPType, nodeattest.SSHPoPType, nodeattest.K8sPSATType:
 		return true
 	}
 	return n.CanReattest

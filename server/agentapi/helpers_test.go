@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -19,11 +20,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/signetid/signet/internal/logtest"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/api/sshpop"
+	"github.com/signetid/signet/server/api/sshpop/sshpoptest"
 	"github.com/signetid/signet/server/api/x509pop"
 	"github.com/signetid/signet/server/api/x509pop/x509poptest"
 	"github.com/signetid/signet/server/audit"
@@ -53,6 +57,11 @@ type harness struct {
 	// named by the certificate's common name.
 	nodeCA     *x509poptest.CA
 	nodeBundle string
+	// sshCA signs sshpop host certificates; sshCAFile is the
+	// cert_authorities_path the server reads at every attestation. Agents
+	// are named sshpop/<first principal>.
+	sshCA     *sshpoptest.CA
+	sshCAFile string
 	// auditLog holds the audit records (JSON).
 	auditLog *logtest.Buffer
 }
@@ -90,7 +99,16 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := New(Config{TrustDomain: td, Store: st, Catalog: cat, Signer: m, X509PoP: pop, AgentTTL: time.Hour, Logger: logger})
+	sshCA := sshpoptest.NewCA(t)
+	sshCAFile := filepath.Join(dir, "ssh-ca.pub")
+	if err := os.WriteFile(sshCAFile, []byte(sshCA.AuthorizedKey()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sshPoP, err := nodeattest.NewSSHPoP(td, nodeattest.SSHPoPConfig{CertAuthoritiesPath: sshCAFile, AgentPathTemplate: "sshpop/{{ .Hostname }}"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := New(Config{TrustDomain: td, Store: st, Catalog: cat, Signer: m, X509PoP: pop, SSHPoP: sshPoP, AgentTTL: time.Hour, Logger: logger})
 	serverSVID, err := m.SignServerSVID(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +138,7 @@ func newHarness(t *testing.T) *harness {
 		}
 	}
 	return &harness{svc: svc, ca: m, store: st, cat: cat, dbPath: dbPath, addr: ln.Addr().String(), bundle: bundle,
-		nodeCA: nodeRoot.Intermediate(t, "Example Node Issuing"), nodeBundle: nodeBundle, auditLog: auditLog}
+		nodeCA: nodeRoot.Intermediate(t, "Example Node Issuing"), nodeBundle: nodeBundle, sshCA: sshCA, sshCAFile: sshCAFile, auditLog: auditLog}
 }
 
 // token stores a new join token for the agent ID agentID ("" for the
@@ -182,6 +200,26 @@ func (h *harness) x509popRequest(t *testing.T, leaf *x509.Certificate, leafKey c
 		t.Fatal(err)
 	}
 	req.AttestationType = nodeattest.X509PoPType
+	return key, req
+}
+
+// sshpopRequest is an sshpop Attest request with a fresh key's CSR,
+// proven with the host certificate cert (issued by h.sshCA) and its key.
+func (h *harness) sshpopRequest(t *testing.T, cert *ssh.Certificate, hostKey ssh.Signer) (*ecdsa.PrivateKey, *api.AttestRequest) {
+	t.Helper()
+	key, req := attestRequest(t, "")
+	csr, err := x509.ParseCertificateRequest(req.Csr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := sshpop.Sign(hostKey, sshpop.Message(td, csr.RawSubjectPublicKeyInfo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.Payload, err = json.Marshal(sshpop.Payload{Certificate: cert.Marshal(), Signature: sshpop.MarshalSignature(sig)}); err != nil {
+		t.Fatal(err)
+	}
+	req.AttestationType = nodeattest.SSHPoPType
 	return key, req
 }
 

@@ -40,6 +40,9 @@ type Config struct {
 	// X509PoP attests agents with their host's machine certificate; nil
 	// when the server has no x509pop block.
 	X509PoP *nodeattest.X509PoP
+	// SSHPoP attests agents with their host's OpenSSH host certificate;
+	// nil when the server has no sshpop block.
+	SSHPoP *nodeattest.SSHPoP
 	// AgentTTL is the lifetime of agent SVIDs.
 	AgentTTL time.Duration
 	// RefreshHint is the bundle refresh hint sent to agents.

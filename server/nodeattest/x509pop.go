@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/big"
 	"os"
+	"slices"
 	"strings"
 	"text/template"
 	"time"
@@ -86,13 +87,9 @@ func NewX509PoP(td spiffeid.TrustDomain, cfg X509PoPConfig) (*X509PoP, error) {
 	if len(cfg.CABundlePaths) == 0 {
 		return nil, errNoBundle
 	}
-	text := cfg.AgentPathTemplate
-	if text == "" {
-		text = DefaultX509PoPPathTemplate
-	}
-	tmpl, err := template.New("agent_path_template").Option("missingkey=error").Parse(text)
+	tmpl, err := parseAgentPathTemplate(X509PoPType, cfg.AgentPathTemplate)
 	if err != nil {
-		return nil, fmt.Errorf("x509pop: agent_path_template: %w", err)
+		return nil, err
 	}
 	p := &X509PoP{td: td, bundlePaths: cfg.CABundlePaths, tmpl: tmpl}
 	if _, err := p.roots(); err != nil {
@@ -208,26 +205,52 @@ func (p *X509PoP) Attest(_ context.Context, payload, agentKey []byte, now time.T
 // agentID renders the template; the result must be a valid agent ID, or
 // the attestation fails saying what was rendered.
 func (p *X509PoP) agentID(data X509PoPTemplateData) (spiffeid.ID, error) {
+	return renderAgentID(p.tmpl, p.td, X509PoPType, data, ErrX509PoPRefused, "node certificate "+describe(data.Certificate))
+}
+
+// parseAgentPathTemplate parses an attestor's agent_path_template (""
+// gives the default, "{{ .PluginName }}/{{ .Fingerprint }}"); a field
+// the data lacks fails the attestation rather than rendering "<no value>".
+func parseAgentPathTemplate(attestor, text string) (*template.Template, error) {
+	if text == "" {
+		text = DefaultX509PoPPathTemplate
+	}
+	tmpl, err := template.New("agent_path_template").Option("missingkey=error").Parse(text)
+	if err != nil {
+		return nil, fmt.Errorf("%s: agent_path_template: %w", attestor, err)
+	}
+	return tmpl, nil
+}
+
+// renderAgentID renders an attestor's agent_path_template over data into an
+// agent ID under spiffe://TD/agent/; the result must be a valid agent ID,
+// or the attestation fails with refused, saying what was rendered for
+// subject (the evidence, described).
+func renderAgentID(tmpl *template.Template, td spiffeid.TrustDomain, attestor string, data any, refused error, subject string) (spiffeid.ID, error) {
 	var b bytes.Buffer
-	if err := p.tmpl.Execute(&b, data); err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: agent_path_template: %v", ErrX509PoPRefused, err)
+	if err := tmpl.Execute(&b, data); err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%w: agent_path_template: %v", refused, err)
 	}
 	// SPIRE's templates may start with a slash ("/cn/{{ ... }}").
 	path := strings.TrimPrefix(b.String(), "/")
-	id, err := ids.ParseWorkloadIDIn("spiffe://"+p.td.Name()+"/agent/"+path, p.td)
+	id, err := ids.ParseWorkloadIDIn("spiffe://"+td.Name()+"/agent/"+path, td)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: agent_path_template rendered %q for node certificate %s, which is not a valid agent ID path: %v", ErrX509PoPRefused, clipText(path), describe(data.Certificate), err)
+		return spiffeid.ID{}, fmt.Errorf("%w: agent_path_template rendered %q for %s, which is not a valid agent ID path: %v", refused, clipText(path), subject, err)
 	}
-	// The template joins certificate fields under /agent/: a certificate
+	// The template joins evidence fields under /agent/: a certificate
 	// named "k8s_psat/<cluster>/<node-uid>" must not name a Kubernetes
-	// node's agent.
+	// node's agent, nor one of another attestor's.
 	first, _, _ := strings.Cut(strings.TrimPrefix(id.Path(), "/agent/"), "/")
-	if first == JoinTokenType || first == K8sPSATType {
-		return spiffeid.ID{}, fmt.Errorf("%w: agent_path_template rendered %q for node certificate %s: agent IDs under %s/agent/%s/ belong to %s agents, never to x509pop ones (change the template, e.g. to start with x509pop/)",
-			ErrX509PoPRefused, clipText(path), describe(data.Certificate), p.td.IDString(), first, first)
+	if first != attestor && slices.Contains(attestationTypes, first) {
+		return spiffeid.ID{}, fmt.Errorf("%w: agent_path_template rendered %q for %s: agent IDs under %s/agent/%s/ belong to %s agents, never to %s ones (change the template, e.g. to start with %s/)",
+			refused, clipText(path), subject, td.IDString(), first, first, attestor, attestor)
 	}
 	return id, nil
 }
+
+// attestationTypes are the attestors whose agent IDs live under
+// spiffe://TD/agent/<type>/.
+var attestationTypes = []string{JoinTokenType, K8sPSATType, X509PoPType, SSHPoPType}
 
 // uriSANs are SPIRE's san selectors: URI SANs x509pop://TD/<key>/<value>.
 func (p *X509PoP) uriSANs(leaf *x509.Certificate) map[string]string {

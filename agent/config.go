@@ -58,6 +58,13 @@ type Config struct {
 	// every attestation, so renewed certificates are picked up.
 	X509PoPCertPath string `hcl:"x509pop_cert_path"`
 	X509PoPKeyPath  string `hcl:"x509pop_key_path"`
+	// SSHPoPHostKeyPath and SSHPoPHostCertPath, when either is set, attest
+	// the agent with the host's OpenSSH host certificate and its private
+	// key, against the server's sshpop block (SPIRE's host_key_path and
+	// host_cert_path). The one not set follows OpenSSH's naming, the
+	// certificate being <key>-cert.pub. Both are read at every attestation.
+	SSHPoPHostKeyPath  string `hcl:"sshpop_host_key_path"`
+	SSHPoPHostCertPath string `hcl:"sshpop_host_cert_path"`
 	// K8sWorkloadAttestor adds Kubernetes selectors (k8s:ns, k8s:sa, ...) to
 	// callers that run in a pod, from their cgroup and the node's kubelet.
 	K8sWorkloadAttestor bool `hcl:"k8s_workload_attestor"`
@@ -190,7 +197,8 @@ type ReadyInfo struct {
 // configKeys are the keys a config file may hold.
 var configKeys = []string{
 	"server_address", "trust_domain", "data_dir", "join_token", "join_token_file",
-	"k8s_psat_cluster", "k8s_psat_token_path", "x509pop_cert_path", "x509pop_key_path", "k8s_workload_attestor", "kubelet_url",
+	"k8s_psat_cluster", "k8s_psat_token_path", "x509pop_cert_path", "x509pop_key_path",
+	"sshpop_host_key_path", "sshpop_host_cert_path", "k8s_workload_attestor", "kubelet_url",
 	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name", "k8s_cgroup_root", "systemd_workload_attestor",
 	"trust_bundle_path", "trust_bundle_url", "trust_bundle_format", "insecure_bootstrap", "socket_path", "health_listen", "sds",
 	"admin_socket_path", "authorized_delegates",
@@ -321,8 +329,14 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 	if c.X509PoPCertPath != "" {
 		ways = append(ways, "x509pop_cert_path")
 	}
+	if c.SSHPoPHostKeyPath != "" || c.SSHPoPHostCertPath != "" {
+		ways = append(ways, "sshpop_host_key_path")
+		if _, _, err := c.sshpopPaths(); err != nil {
+			return spiffeid.TrustDomain{}, err
+		}
+	}
 	if len(ways) > 1 {
-		return spiffeid.TrustDomain{}, fmt.Errorf("agent: give one of a join token, k8s_psat_cluster or x509pop_cert_path, not %s: an agent attests one way", strings.Join(ways, " and "))
+		return spiffeid.TrustDomain{}, fmt.Errorf("agent: give one of a join token, k8s_psat_cluster, x509pop_cert_path or sshpop_host_key_path, not %s: an agent attests one way", strings.Join(ways, " and "))
 	}
 	if c.K8sPSATCluster != "" && c.InsecureBootstrap {
 		// A projected token stays valid for hours: shown to an unverified
@@ -501,8 +515,27 @@ func (c *Config) systemdAttestorOn() bool {
 	return err == nil && fi.IsDir()
 }
 
+// sshpopPaths are the sshpop host key and certificate, the one not given
+// named as OpenSSH names them (the certificate of key K is K-cert.pub);
+// an error when neither is given or the key cannot be named.
+func (c *Config) sshpopPaths() (key, cert string, err error) {
+	key, cert = c.SSHPoPHostKeyPath, c.SSHPoPHostCertPath
+	switch {
+	case key == "" && cert == "":
+		return "", "", errors.New("agent: sshpop is not configured")
+	case cert == "":
+		cert = key + "-cert.pub"
+	case key == "":
+		var ok bool
+		if key, ok = strings.CutSuffix(cert, "-cert.pub"); !ok || key == "" {
+			return "", "", fmt.Errorf("agent: sshpop_host_cert_path %q does not end in -cert.pub, so its key cannot be named: give sshpop_host_key_path too (--sshpop-host-key)", cert)
+		}
+	}
+	return key, cert, nil
+}
+
 // nodeAttestor is how the agent attests: a projected service account
-// token, a machine certificate, or the join token (the file re-read at
+// token, a machine certificate, an SSH host certificate, or the join token (the file re-read at
 // every attestation).
 func (c *Config) nodeAttestor(td spiffeid.TrustDomain) client.NodeAttestor {
 	if c.K8sPSATCluster != "" {
@@ -510,6 +543,9 @@ func (c *Config) nodeAttestor(td spiffeid.TrustDomain) client.NodeAttestor {
 	}
 	if c.X509PoPCertPath != "" {
 		return client.X509PoP(td, c.X509PoPCertPath, c.X509PoPKeyPath)
+	}
+	if key, cert, err := c.sshpopPaths(); err == nil {
+		return client.SSHPoP(td, key, cert)
 	}
 	if c.JoinTokenFile == "" {
 		tok := strings.TrimSpace(c.JoinToken)

@@ -52,6 +52,10 @@ k8s_psat_token_path = "/var/run/secrets/tokens/agent"
 x509pop_cert_path = "/etc/pki/host.crt"
 x509pop_key_path = "/etc/pki/host.key"
 `, want: Config{X509PoPCertPath: "/etc/pki/host.crt", X509PoPKeyPath: "/etc/pki/host.key"}},
+		{name: "sshpop", in: `
+sshpop_host_key_path = "/etc/ssh/ssh_host_ed25519_key"
+sshpop_host_cert_path = "/etc/ssh/ssh_host_ed25519_key-cert.pub"
+`, want: Config{SSHPoPHostKeyPath: "/etc/ssh/ssh_host_ed25519_key", SSHPoPHostCertPath: "/etc/ssh/ssh_host_ed25519_key-cert.pub"}},
 		{name: "k8s workload attestor", in: `
 k8s_workload_attestor = true
 kubelet_url = "https://10.0.0.7:10250"
@@ -103,11 +107,31 @@ node_name = "node-1"
 				got.K8sPSATTokenPath != tc.want.K8sPSATTokenPath || got.K8sWorkloadAttestor != tc.want.K8sWorkloadAttestor ||
 				got.KubeletURL != tc.want.KubeletURL || got.KubeletCAPath != tc.want.KubeletCAPath || got.NodeName != tc.want.NodeName ||
 				got.X509PoPCertPath != tc.want.X509PoPCertPath || got.X509PoPKeyPath != tc.want.X509PoPKeyPath ||
+				got.SSHPoPHostKeyPath != tc.want.SSHPoPHostKeyPath || got.SSHPoPHostCertPath != tc.want.SSHPoPHostCertPath ||
 				got.SDS != tc.want.SDS || got.TrustBundleURL != tc.want.TrustBundleURL || got.TrustBundleFormat != tc.want.TrustBundleFormat ||
 				got.AdminSocketPath != tc.want.AdminSocketPath || !slices.Equal(got.AuthorizedDelegates, tc.want.AuthorizedDelegates) {
 				t.Fatalf("got %+v\nwant %+v", *got, tc.want)
 			}
 		})
+	}
+}
+
+// The sshpop file not given is named as OpenSSH names it; with no file,
+// no sshpop attestor.
+func TestSSHPoPPaths(t *testing.T) {
+	tests := []struct{ key, cert, wantKey, wantCert, wantErr string }{
+		{key: "/etc/ssh/ssh_host_rsa_key", wantKey: "/etc/ssh/ssh_host_rsa_key", wantCert: "/etc/ssh/ssh_host_rsa_key-cert.pub"},
+		{cert: "/etc/ssh/ssh_host_ed25519_key-cert.pub", wantKey: "/etc/ssh/ssh_host_ed25519_key", wantCert: "/etc/ssh/ssh_host_ed25519_key-cert.pub"},
+		{key: "/k", cert: "/c.pub", wantKey: "/k", wantCert: "/c.pub"},
+		{cert: "-cert.pub", wantErr: "cannot be named"},
+		{wantErr: "not configured"},
+	}
+	for _, tc := range tests {
+		c := Config{SSHPoPHostKeyPath: tc.key, SSHPoPHostCertPath: tc.cert}
+		key, cert, err := c.sshpopPaths()
+		if key != tc.wantKey || cert != tc.wantCert || (err == nil) != (tc.wantErr == "") || err != nil && !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("sshpopPaths(%q, %q) = %q, %q, %v; want %q, %q, %q", tc.key, tc.cert, key, cert, err, tc.wantKey, tc.wantCert, tc.wantErr)
+		}
 	}
 }
 
@@ -131,6 +155,15 @@ func TestConfigValidate(t *testing.T) {
 		{"x509pop key without a certificate", Config{ServerAddress: "s:1", TrustDomain: "example.org", X509PoPKeyPath: "/k"}, "needs both"},
 		{"token and x509pop", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinToken: "a", X509PoPCertPath: "/c", X509PoPKeyPath: "/k"}, "not a join token and x509pop_cert_path"},
 		{"k8s_psat and x509pop", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod", X509PoPCertPath: "/c", X509PoPKeyPath: "/k"}, "not k8s_psat_cluster and x509pop_cert_path"},
+		{"sshpop key", Config{ServerAddress: "s:1", TrustDomain: "example.org", SSHPoPHostKeyPath: "/etc/ssh/ssh_host_rsa_key"}, ""},
+		{"sshpop certificate", Config{ServerAddress: "s:1", TrustDomain: "example.org", SSHPoPHostCertPath: "/etc/ssh/ssh_host_rsa_key-cert.pub"}, ""},
+		{"sshpop certificate not named -cert.pub", Config{ServerAddress: "s:1", TrustDomain: "example.org", SSHPoPHostCertPath: "/etc/ssh/host.crt"},
+			`sshpop_host_cert_path "/etc/ssh/host.crt" does not end in -cert.pub`},
+		{"sshpop with insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", SSHPoPHostKeyPath: "/k", InsecureBootstrap: true}, ""},
+		{"x509pop and sshpop", Config{ServerAddress: "s:1", TrustDomain: "example.org", X509PoPCertPath: "/c", X509PoPKeyPath: "/k", SSHPoPHostKeyPath: "/k"},
+			"not x509pop_cert_path and sshpop_host_key_path"},
+		{"token file and sshpop", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinTokenFile: "/f", SSHPoPHostCertPath: "/k-cert.pub"},
+			"not a join token and sshpop_host_key_path"},
 		{"k8s_psat with insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod", InsecureBootstrap: true}, "insecure_bootstrap cannot be used"},
 		{"sds names", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultSVIDName: "svid", DefaultBundleName: "bundle"}}, ""},
 		{"sds bundle name shadows the default SVID name", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultBundleName: "default"}}, "default_svid_name and default_bundle_name are both \"default\""},

@@ -2,7 +2,8 @@
 # Installs what `make test` needs on a fresh Debian machine: PostgreSQL (the
 # store suite runs against a real server), nginx (the helper's reload tests),
 # openssl (the PKIs of the upstream-authority and x509pop tests, made as an
-# operator would).
+# operator would), openssh-client (ssh-keygen: the SSH CA and host
+# certificates of the sshpop tests).
 # Idempotent and quiet when everything is present.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -10,7 +11,9 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/crypto/ssh"
 
+	"github.com/signetid/signet/server/api/sshpop"
 	"github.com/signetid/signet/server/api/x509pop"
 
 	"github.com/signetid/signet/internal/pemkey"
@@ -21,11 +24,13 @@ const (
 	JoinTokenType = "join_token"
 	K8sPSATType   = "k8s_psat"
 	X509PoPType   = x509pop.Type
+	SSHPoPType    = sshpop.Type
 )
 
 // Evidence is what the agent presents in one attestation.
 type Evidence struct {
-	// Type is the attestation type (JoinTokenType, K8sPSATType, X509PoPType).
+	// Type is the attestation type (JoinTokenType, K8sPSATType, X509PoPType,
+	// SSHPoPType).
 	Type    string
 	Payload []byte
 	// SingleUse evidence is spent by being presented (join tokens): the
@@ -36,7 +41,7 @@ type Evidence struct {
 // NodeAttestor produces the evidence for each (re-)attestation, so it may
 // re-read a file that changed since the last one. agentKey is the DER
 // SubjectPublicKeyInfo of the agent key the server is asked to certify,
-// which evidence may be bound to (x509pop signs it).
+// which evidence may be bound to (x509pop and sshpop sign it).
 type NodeAttestor interface {
 	Evidence(agentKey []byte) (Evidence, error)
 }
@@ -122,6 +127,59 @@ func (x x509PoP) Evidence(agentKey []byte) (Evidence, error) {
 		return Evidence{}, fmt.Errorf("encode x509pop attestation: %w", err)
 	}
 	return Evidence{Type: X509PoPType, Payload: payload}, nil
+}
+
+// SSHPoP attests with the host's OpenSSH host certificate: keyPath holds
+// the host's private key as sshd keeps it (OpenSSH or PEM format,
+// unencrypted), certPath its certificate (a -cert.pub file). Both are read
+// at every attestation, as host certificates get renewed; the agent may
+// attest again with the same one at any time.
+func SSHPoP(td spiffeid.TrustDomain, keyPath, certPath string) NodeAttestor {
+	return sshPoP{td: td, keyPath: keyPath, certPath: certPath}
+}
+
+type sshPoP struct {
+	td                spiffeid.TrustDomain
+	keyPath, certPath string
+}
+
+func (s sshPoP) Evidence(agentKey []byte) (Evidence, error) {
+	text, err := os.ReadFile(s.certPath)
+	if err != nil {
+		return Evidence{}, fmt.Errorf("read sshpop host certificate: %w", err)
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(text)
+	if err != nil {
+		return Evidence{}, fmt.Errorf("sshpop host certificate %s: %w", s.certPath, err)
+	}
+	cert, ok := pub.(*ssh.Certificate)
+	if !ok {
+		return Evidence{}, fmt.Errorf("sshpop host certificate %s holds a plain %s public key, not a certificate (sign it with ssh-keygen -s ca -h)", s.certPath, pub.Type())
+	}
+	keyData, err := os.ReadFile(s.keyPath)
+	if err != nil {
+		return Evidence{}, fmt.Errorf("read sshpop host key: %w", err)
+	}
+	key, err := ssh.ParsePrivateKey(keyData)
+	var encrypted *ssh.PassphraseMissingError
+	switch {
+	case errors.As(err, &encrypted):
+		return Evidence{}, fmt.Errorf("sshpop host key %s is encrypted; give an unencrypted host key, as sshd reads it", s.keyPath)
+	case err != nil:
+		return Evidence{}, fmt.Errorf("sshpop host key %s: %w", s.keyPath, err)
+	}
+	if !bytes.Equal(key.PublicKey().Marshal(), cert.Key.Marshal()) {
+		return Evidence{}, fmt.Errorf("sshpop host key %s is not the key of the certificate in %s", s.keyPath, s.certPath)
+	}
+	sig, err := sshpop.Sign(key, sshpop.Message(s.td, agentKey))
+	if err != nil {
+		return Evidence{}, fmt.Errorf("sshpop: sign with %s: %w", s.keyPath, err)
+	}
+	payload, err := json.Marshal(sshpop.Payload{Certificate: cert.Marshal(), Signature: sshpop.MarshalSignature(sig)})
+	if err != nil {
+		return Evidence{}, fmt.Errorf("encode sshpop attestation: %w", err)
+	}
+	return Evidence{Type: SSHPoPType, Payload: payload}, nil
 }
 
 // readPEMChain reads the DER of every CERTIFICATE block in path.

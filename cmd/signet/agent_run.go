@@ -58,6 +58,12 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			if set("x509pop-key") {
 				cfg.X509PoPKeyPath = flags.X509PoPKeyPath
 			}
+			if set("sshpop-host-key") {
+				cfg.SSHPoPHostKeyPath = flags.SSHPoPHostKeyPath
+			}
+			if set("sshpop-host-cert") {
+				cfg.SSHPoPHostCertPath = flags.SSHPoPHostCertPath
+			}
 			if set("k8s-workload-attestor") {
 				cfg.K8sWorkloadAttestor = flags.K8sWorkloadAttestor
 			}
@@ -137,6 +143,8 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	f.StringVar(&flags.K8sPSATTokenPath, "k8s-psat-token-path", "", "projected service account token file (audience signet-server; default "+agent.DefaultPSATTokenPath+")")
 	f.StringVar(&flags.X509PoPCertPath, "x509pop-cert", "", "attest with the host's machine certificate instead of a join token: PEM file, the certificate then its intermediates (re-read at every attestation)")
 	f.StringVar(&flags.X509PoPKeyPath, "x509pop-key", "", "private key of --x509pop-cert (PEM: PKCS #8, EC or RSA)")
+	f.StringVar(&flags.SSHPoPHostKeyPath, "sshpop-host-key", "", "attest with the host's OpenSSH host certificate instead of a join token: the host's private key, e.g. /etc/ssh/ssh_host_rsa_key (re-read at every attestation)")
+	f.StringVar(&flags.SSHPoPHostCertPath, "sshpop-host-cert", "", "OpenSSH host certificate of --sshpop-host-key (default: the key's path with -cert.pub)")
 	f.BoolVar(&flags.K8sWorkloadAttestor, "k8s-workload-attestor", false, "add Kubernetes selectors (k8s:ns, k8s:sa, k8s:pod-label, ...) for callers in pods, from the node's kubelet")
 	f.StringVar(&flags.KubeletURL, "kubelet-url", "", "kubelet API for the Kubernetes workload attestor (default https://127.0.0.1:10250; http://...:10255 for the read-only port)")
 	f.StringVar(&flags.KubeletCAPath, "kubelet-ca", "", "PEM CA of the kubelet's serving certificate (default the service account's ca.crt)")

@@ -10,7 +10,9 @@ import (
 	"crypto/rand"
 	"encoding/pem"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -137,4 +139,38 @@ func Signer(t testing.TB, key crypto.Signer) ssh.Signer {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// Keygen runs the real ssh-keygen in dir, as an operator would; the test
+// is skipped when it is not installed (test/setup.sh installs
+// openssh-client).
+func Keygen(t testing.TB, dir string, args ...string) {
+	t.Helper()
+	if _, err := exec.LookPath("ssh-keygen"); err != nil {
+		t.Skip("ssh-keygen is not installed (apt-get install openssh-client)")
+	}
+	cmd := exec.Command("ssh-keygen", args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// KeygenCA makes an Ed25519 CA key named name in dir with ssh-keygen; it
+// returns the path of its public key (name.pub).
+func KeygenCA(t testing.TB, dir, name string) string {
+	t.Helper()
+	Keygen(t, dir, "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", name)
+	return filepath.Join(dir, name+".pub")
+}
+
+// KeygenHost makes a host key of keyType (rsa, ecdsa, ed25519) named
+// name in dir and has the CA ca (a key file in dir) sign a host
+// certificate for principals, valid for validity (ssh-keygen -V), as
+// `ssh-keygen -s ca -h` does; it returns the key and certificate paths.
+func KeygenHost(t testing.TB, dir, ca, name, keyType, principals, validity string) (keyPath, certPath string) {
+	t.Helper()
+	Keygen(t, dir, "-q", "-t", keyType, "-N", "", "-C", "root@"+name, "-f", name)
+	Keygen(t, dir, "-q", "-s", ca, "-I", name+"-host-key", "-h", "-n", principals, "-V", validity, name+".pub")
+	return filepath.Join(dir, name), filepath.Join(dir, name+"-cert.pub")
 }

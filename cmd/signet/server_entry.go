@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/signetid/signet/internal/ids"
@@ -85,15 +86,22 @@ func newEntryCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "entry", Short: "Manage registration entries"}
 
 	var createAdmin adminFlags
+	var createOut outputFlag
 	var create entryFlags
-	var dataFile string
+	var dataFile, entryID string
 	createCmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a registration entry (or many with --data); prints each with an \"Entry ID: <id>\" line",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := createOut.check(); err != nil {
+				return err
+			}
 			if dataFile != "" {
-				return createFromFile(cmd, &createAdmin, dataFile)
+				if entryID != "" {
+					return fmt.Errorf("--data and --entry-id cannot be combined (give each entry's \"id\" in the file)")
+				}
+				return createFromFile(cmd, &createAdmin, &createOut, dataFile)
 			}
 			if create.spiffeID == "" {
 				return fmt.Errorf("--spiffe-id is required")
@@ -108,21 +116,29 @@ func newEntryCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if entryID != "" {
+				if err := registry.CheckEntryID(entryID); err != nil {
+					return fmt.Errorf("--entry-id: %w", err)
+				}
+				e.Id = entryID
+			}
 			return createAdmin.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
 				got, err := c.CreateEntry(ctx, &api.CreateEntryRequest{Entry: e})
 				if err != nil {
 					return err
 				}
-				adminapi.PrintEntry(cmd.OutOrStdout(), got)
-				return nil
+				return printEntries(cmd.OutOrStdout(), &createOut, false, got)
 			})
 		},
 	}
 	createAdmin.add(createCmd)
+	createOut.add(createCmd)
 	create.add(createCmd)
-	createCmd.Flags().StringVar(&dataFile, "data", "", `JSON file ({"entries": [...]}, SPIRE's -data shape; - for stdin) created in one transaction`)
+	createCmd.Flags().StringVar(&dataFile, "data", "", `JSON file ({"entries": [...]}: what entry list --output json prints, or SPIRE's -data and -output json shapes; - for stdin) created in one transaction`)
+	createCmd.Flags().StringVar(&entryID, "entry-id", "", "the entry's ID (default: a new UUID); letters, digits, . _ ~ -")
 
 	var updAdmin adminFlags
+	var updOut outputFlag
 	var upd entryFlags
 	var updID string
 	updateCmd := &cobra.Command{
@@ -130,6 +146,9 @@ func newEntryCmd() *cobra.Command {
 		Short: "Update the given fields of an entry",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := updOut.check(); err != nil {
+				return err
+			}
 			if updID == "" {
 				return fmt.Errorf("--id is required")
 			}
@@ -156,62 +175,43 @@ func newEntryCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				adminapi.PrintEntry(cmd.OutOrStdout(), got)
-				return nil
+				return printEntries(cmd.OutOrStdout(), &updOut, false, got)
 			})
 		},
 	}
 	updAdmin.add(updateCmd)
+	updOut.add(updateCmd)
 	upd.add(updateCmd)
 	updateCmd.Flags().StringVar(&updID, "id", "", "entry ID")
 
-	var listAdmin adminFlags
-	var listSPIFFEID, listParentID string
-	var listSelectors []string
-	listCmd := &cobra.Command{
-		Use:   "list",
-		Short: "List entries (filters combine)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			req := &api.ListEntriesRequest{SpiffeId: listSPIFFEID, ParentId: listParentID}
-			if len(listSelectors) > 0 {
-				sels, err := selector.ParseAll(listSelectors)
-				if err != nil {
-					return fmt.Errorf("--selector: %w", err)
-				}
-				req.Selectors = registry.SelectorsToProto(sels)
+	cmd.AddCommand(createCmd, updateCmd,
+		entryQueryCmd("list", "List entries (filters combine)", func(w io.Writer, out *outputFlag, entries []*api.Entry) error {
+			return printEntries(w, out, true, entries...)
+		}),
+		entryQueryCmd("count", "Count entries (filters combine)", func(w io.Writer, out *outputFlag, entries []*api.Entry) error {
+			if out.json() {
+				return writeJSON(w, struct {
+					Count int `json:"count"`
+				}{len(entries)})
 			}
-			return listAdmin.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
-				resp, err := c.ListEntries(ctx, req)
-				if err != nil {
-					return err
-				}
-				w := cmd.OutOrStdout()
-				fmt.Fprintf(w, "Found %d entries\n\n", len(resp.Entries))
-				for _, e := range resp.Entries {
-					adminapi.PrintEntry(w, e)
-				}
-				return nil
-			})
-		},
-	}
-	listAdmin.add(listCmd)
-	listCmd.Flags().StringVar(&listSPIFFEID, "spiffe-id", "", "only entries with this SPIFFE ID")
-	listCmd.Flags().StringVar(&listParentID, "parent-id", "", "only entries with this parent")
-	listCmd.Flags().StringArrayVar(&listSelectors, "selector", nil, "only entries with these selectors (repeatable)")
-
-	cmd.AddCommand(createCmd, updateCmd, listCmd,
-		entryByIDCmd("show", "Show one entry", func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer) error {
+			_, err := fmt.Fprintf(w, "%d registration entries\n", len(entries))
+			return err
+		}),
+		entryByIDCmd("show", "Show one entry", func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer, out *outputFlag) error {
 			e, err := c.GetEntry(ctx, &api.GetEntryRequest{Id: id})
 			if err != nil {
 				return err
 			}
-			adminapi.PrintEntry(w, e)
-			return nil
+			return printEntries(w, out, false, e)
 		}),
-		entryByIDCmd("delete", "Delete an entry", func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer) error {
+		entryByIDCmd("delete", "Delete an entry", func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer, out *outputFlag) error {
 			if _, err := c.DeleteEntry(ctx, &api.DeleteEntryRequest{Id: id}); err != nil {
 				return err
+			}
+			if out.json() {
+				return writeJSON(w, struct {
+					Deleted []string `json:"deleted"`
+				}{[]string{id}})
 			}
 			fmt.Fprintf(w, "Deleted entry %s\n", id)
 			return nil
@@ -219,8 +219,112 @@ func newEntryCmd() *cobra.Command {
 	return cmd
 }
 
+// printEntries prints entries as `Name: value` blocks (list adds a "Found
+// N entries" line) or, with --output json, as one {"entries": [...]}
+// document, which `entry create --data` reads back.
+func printEntries(w io.Writer, out *outputFlag, list bool, entries ...*api.Entry) error {
+	if out.json() {
+		f := adminapi.EntryFile{Entries: make([]adminapi.EntryJSON, len(entries))}
+		for i, e := range entries {
+			f.Entries[i] = adminapi.EntryToJSON(e)
+		}
+		return writeJSON(w, f)
+	}
+	if list {
+		fmt.Fprintf(w, "Found %d entries\n\n", len(entries))
+	}
+	for _, e := range entries {
+		adminapi.PrintEntry(w, e)
+	}
+	return nil
+}
+
+// entryFilterFlags are the filters of entry list and count (SPIRE's).
+type entryFilterFlags struct {
+	spiffeID, parentID, hint           string
+	selectors, federatesWith           []string
+	matchSelectors, matchFederatesWith string
+	downstream                         bool
+}
+
+func (f *entryFilterFlags) add(cmd *cobra.Command) {
+	fs := cmd.Flags()
+	fs.StringVar(&f.spiffeID, "spiffe-id", "", "only entries with this SPIFFE ID")
+	fs.StringVar(&f.parentID, "parent-id", "", "only entries with this parent")
+	fs.StringArrayVar(&f.selectors, "selector", nil, "only entries with these selectors (repeatable; see --match-selectors-on)")
+	fs.StringVar(&f.matchSelectors, "match-selectors-on", "superset", "how --selector matches: superset (the entry has all given, and maybe more), exact, subset (only ones given) or any (at least one)")
+	fs.StringArrayVar(&f.federatesWith, "federates-with", nil, "only entries federating with these trust domains (repeatable; see --match-federates-with-on)")
+	fs.StringVar(&f.matchFederatesWith, "match-federates-with-on", "superset", "how --federates-with matches: superset, exact, subset or any")
+	fs.StringVar(&f.hint, "hint", "", "only entries with this hint")
+	fs.BoolVar(&f.downstream, "downstream", false, "only downstream entries (--downstream=false: only the others)")
+}
+
+// request checks the filters locally and builds the API request.
+func (f *entryFilterFlags) request(cmd *cobra.Command) (*api.ListEntriesRequest, error) {
+	req := &api.ListEntriesRequest{SpiffeId: f.spiffeID, ParentId: f.parentID, Hint: f.hint, FederatesWith: f.federatesWith}
+	for flag, id := range map[string]string{"--spiffe-id": f.spiffeID, "--parent-id": f.parentID} {
+		if id != "" {
+			if _, err := ids.ParseID(id); err != nil {
+				return nil, fmt.Errorf("%s: %w", flag, err)
+			}
+		}
+	}
+	if len(f.selectors) > 0 {
+		sels, err := selector.ParseAll(f.selectors)
+		if err != nil {
+			return nil, fmt.Errorf("--selector: %w", err)
+		}
+		req.Selectors = registry.SelectorsToProto(sels)
+	}
+	for _, td := range f.federatesWith {
+		if _, err := ids.ParseTrustDomain(td); err != nil {
+			return nil, fmt.Errorf("--federates-with: %w", err)
+		}
+	}
+	var err error
+	if req.MatchSelectorsOn, err = matchMode("--match-selectors-on", f.matchSelectors); err != nil {
+		return nil, err
+	}
+	if req.MatchFederatesWithOn, err = matchMode("--match-federates-with-on", f.matchFederatesWith); err != nil {
+		return nil, err
+	}
+	if cmd.Flags().Changed("downstream") {
+		req.Downstream = &f.downstream
+	}
+	return req, nil
+}
+
+// matchMode parses SPIRE's match mode names.
+func matchMode(flag, name string) (api.MatchMode, error) {
+	m, ok := api.MatchMode_value["MATCH_"+strings.ToUpper(name)]
+	if !ok || name != strings.ToLower(name) {
+		return 0, fmt.Errorf("%s %q: want superset, exact, subset or any", flag, name)
+	}
+	return api.MatchMode(m), nil
+}
+
+// entryQueryCmd is entry list or count: the filters, then show the result.
+func entryQueryCmd(use, short string, show func(io.Writer, *outputFlag, []*api.Entry) error) *cobra.Command {
+	var filters entryFilterFlags
+	var req *api.ListEntriesRequest
+	cmd := newAdminCmd(use, short,
+		func(cmd *cobra.Command) (err error) {
+			req, err = filters.request(cmd)
+			return err
+		},
+		func(ctx context.Context, c api.AdminServiceClient, w io.Writer, out *outputFlag) error {
+			resp, err := c.ListEntries(ctx, req)
+			if err != nil {
+				return err
+			}
+			return show(w, out, resp.Entries)
+		})
+	filters.add(cmd)
+	return cmd
+}
+
 // createFromFile creates every entry of a JSON file in one transaction.
-func createFromFile(cmd *cobra.Command, a *adminFlags, path string) error {
+func createFromFile(cmd *cobra.Command, a *adminFlags, out *outputFlag, path string) error {
 	for _, f := range []string{"spiffe-id", "parent-id", "node", "selector"} {
 		if cmd.Flags().Changed(f) {
 			return fmt.Errorf("--data and --%s cannot be combined", f)
@@ -240,10 +344,7 @@ func createFromFile(cmd *cobra.Command, a *adminFlags, path string) error {
 		if err != nil {
 			return err
 		}
-		for _, e := range resp.Entries {
-			adminapi.PrintEntry(cmd.OutOrStdout(), e)
-		}
-		return nil
+		return printEntries(cmd.OutOrStdout(), out, false, resp.Entries...)
 	})
 }
 
@@ -259,23 +360,18 @@ func input(cmd *cobra.Command, path string) (r io.Reader, done func(), err error
 	return f, func() { f.Close() }, nil
 }
 
-func entryByIDCmd(use, short string, fn func(context.Context, api.AdminServiceClient, string, io.Writer) error) *cobra.Command {
-	var a adminFlags
+func entryByIDCmd(use, short string, fn func(context.Context, api.AdminServiceClient, string, io.Writer, *outputFlag) error) *cobra.Command {
 	var id string
-	cmd := &cobra.Command{
-		Use:   use,
-		Short: short,
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+	cmd := newAdminCmd(use, short,
+		func(*cobra.Command) error {
 			if id == "" {
 				return fmt.Errorf("--id is required")
 			}
-			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
-				return fn(ctx, c, id, cmd.OutOrStdout())
-			})
+			return nil
 		},
-	}
-	a.add(cmd)
+		func(ctx context.Context, c api.AdminServiceClient, w io.Writer, out *outputFlag) error {
+			return fn(ctx, c, id, w, out)
+		})
 	cmd.Flags().StringVar(&id, "id", "", "entry ID")
 	return cmd
 }

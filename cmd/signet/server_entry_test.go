@@ -1,14 +1,20 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/signetid/signet/server/adminapi"
 	"github.com/signetid/signet/server/servertest"
 )
 
@@ -66,5 +72,142 @@ func TestEntryDownstream(t *testing.T) {
 		"--node", "--selector", "join_token:t1", "--downstream")
 	if err == nil || !strings.Contains(err.Error(), "downstream cannot be set on a node-alias entry (--node)") || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("create --node --downstream: %v\n%s; want a one-line refusal naming both", err, out)
+	}
+}
+
+// TestEntryJSONExportImport: `entry list --output json` prints every field
+// of every entry; `entry create --data` of that output on another server
+// recreates them as they were, IDs included (a backup, a migration); the
+// filters, count, show and delete speak JSON too; bad flags are refused
+// before anything is sent.
+func TestEntryJSONExportImport(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	a := servertest.Start(t, td, nil)
+	b := servertest.Start(t, td, nil)
+	run := func(s *servertest.Server, args ...string) string {
+		t.Helper()
+		out, err := signet(t, append([]string{"server", "entry"}, append(args, "--admin-socket", s.Config.AdminSocket)...)...)
+		if err != nil {
+			t.Fatalf("signet server entry %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	list := func(s *servertest.Server, args ...string) []adminapi.EntryJSON {
+		t.Helper()
+		var f adminapi.EntryFile
+		out := run(s, append([]string{"list", "--output", "json"}, args...)...)
+		if err := json.Unmarshal([]byte(out), &f); err != nil {
+			t.Fatalf("list --output json %v printed %q: %v", args, out, err)
+		}
+		return f.Entries
+	}
+	ids := func(es []adminapi.EntryJSON) []string {
+		var out []string
+		for _, e := range es {
+			out = append(out, e.ID)
+		}
+		slices.Sort(out)
+		return out
+	}
+
+	run(a, "create", "--entry-id", "web", "--spiffe-id", "spiffe://example.org/web", "--parent-id", "spiffe://example.org/nodes",
+		"--selector", "unix:uid:1000", "--selector", "unix:gid:1000", "--hint", "blue", "--dns", "web.internal",
+		"--federates-with", "partner.org", "--x509-ttl", "10m", "--jwt-ttl", "1m", "--expires-at", "2099-01-02T03:04:05Z")
+	run(a, "create", "--entry-id", "nodes", "--spiffe-id", "spiffe://example.org/nodes", "--node", "--selector", "join_token:t1")
+	out := run(a, "create", "--spiffe-id", "spiffe://example.org/east", "--parent-id", "spiffe://example.org/agent/a",
+		"--selector", "unix:uid:0", "--downstream", "--admin", "--output", "json")
+	var created adminapi.EntryFile
+	if err := json.Unmarshal([]byte(out), &created); err != nil || len(created.Entries) != 1 || len(created.Entries[0].ID) != 36 || !created.Entries[0].Downstream {
+		t.Fatalf("create --output json printed %q (%v); want one downstream entry with a generated ID", out, err)
+	}
+	east := created.Entries[0].ID
+
+	exported := list(a)
+	if got := ids(exported); !slices.Equal(got, ids([]adminapi.EntryJSON{{ID: "web"}, {ID: "nodes"}, {ID: east}})) {
+		t.Fatalf("list --output json: IDs %v", got)
+	}
+	web := exported[slices.IndexFunc(exported, func(e adminapi.EntryJSON) bool { return e.ID == "web" })]
+	if web.Hint != "blue" || web.X509SVIDTTL != 600 || web.JWTSVIDTTL != 60 || int64(web.ExpiresAt) != time.Date(2099, 1, 2, 3, 4, 5, 0, time.UTC).Unix() ||
+		!slices.Equal(web.DNSNames, []string{"web.internal"}) || !slices.Equal(web.FederatesWith, []string{"partner.org"}) ||
+		len(web.Selectors) != 2 || web.RevisionNumber == 0 || web.CreatedAt == 0 {
+		t.Fatalf("exported web entry: %+v", web)
+	}
+
+	// Filters and count.
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--hint", "blue"}, []string{"web"}},
+		{[]string{"--downstream"}, []string{east}},
+		{[]string{"--downstream=false"}, []string{"nodes", "web"}},
+		{[]string{"--selector", "unix:uid:1000"}, []string{"web"}},
+		{[]string{"--selector", "unix:uid:1000", "--match-selectors-on", "exact"}, nil},
+		{[]string{"--selector", "unix:uid:1000", "--selector", "unix:uid:0", "--match-selectors-on", "any"}, []string{east, "web"}},
+		{[]string{"--federates-with", "spiffe://partner.org"}, []string{"web"}},
+		{[]string{"--parent-id", "spiffe://example.org/nodes"}, []string{"web"}},
+	} {
+		want := slices.Clone(tc.want)
+		slices.Sort(want)
+		if got := ids(list(a, tc.args...)); !slices.Equal(got, want) {
+			t.Errorf("list %v: %v, want %v", tc.args, got, want)
+		}
+		if out := run(a, append([]string{"count", "--output", "json"}, tc.args...)...); out != fmt.Sprintf("{\n  \"count\": %d\n}\n", len(want)) {
+			t.Errorf("count %v --output json: %q, want %d", tc.args, out, len(want))
+		}
+	}
+	if out := run(a, "count"); out != "3 registration entries\n" {
+		t.Errorf("count: %q", out)
+	}
+
+	// Import on b: the same entries, with their IDs.
+	file := filepath.Join(t.TempDir(), "entries.json")
+	if err := os.WriteFile(file, []byte(run(a, "list", "--output", "json")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(b, "create", "--data", file)
+	imported := list(b)
+	strip := func(es []adminapi.EntryJSON) []adminapi.EntryJSON {
+		out := slices.Clone(es)
+		for i := range out {
+			out[i].RevisionNumber, out[i].CreatedAt = 0, 0
+		}
+		slices.SortFunc(out, func(x, y adminapi.EntryJSON) int { return strings.Compare(x.ID, y.ID) })
+		return out
+	}
+	if got, want := strip(imported), strip(exported); !reflect.DeepEqual(got, want) {
+		t.Fatalf("imported on b:\n%+v\nwant\n%+v", got, want)
+	}
+	// Importing again is refused whole: the IDs are taken.
+	if out, err := signet(t, "server", "entry", "create", "--data", file, "--admin-socket", b.Config.AdminSocket); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("second import: %v\n%s", err, out)
+	}
+
+	var shown adminapi.EntryFile
+	if err := json.Unmarshal([]byte(run(b, "show", "--id", "web", "--output", "json")), &shown); err != nil || len(shown.Entries) != 1 || shown.Entries[0].Hint != "blue" {
+		t.Fatalf("show --output json: %+v, %v", shown, err)
+	}
+	if out := run(b, "delete", "--id", "web", "--output", "json"); out != "{\n  \"deleted\": [\n    \"web\"\n  ]\n}\n" {
+		t.Fatalf("delete --output json: %q", out)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"list", "--output", "yaml"}, `--output "yaml": want pretty or json`},
+		{[]string{"list", "--selector", "unix:uid:1", "--match-selectors-on", "most"}, `--match-selectors-on "most"`},
+		{[]string{"list", "--federates-with", "not a domain"}, "--federates-with"},
+		{[]string{"create", "--entry-id", "a b", "--spiffe-id", "spiffe://example.org/x", "--parent-id", "spiffe://example.org/p", "--selector", "unix:uid:1"}, "--entry-id: entry ID"},
+		{[]string{"create", "--entry-id", "k8s.c.1", "--spiffe-id", "spiffe://example.org/x", "--parent-id", "spiffe://example.org/p", "--selector", "unix:uid:1"}, "Kubernetes controller"},
+		{[]string{"create", "--entry-id", "x", "--data", file}, "--data and --entry-id cannot be combined"},
+	} {
+		out, err := signet(t, append(append([]string{"server", "entry"}, tc.args...), "--admin-socket", b.Config.AdminSocket)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v\n%s; want an error naming %q", tc.args, err, out, tc.want)
+		}
+	}
+	if got := len(list(b)); got != 2 {
+		t.Fatalf("after the refusals b has %d entries, want 2", got)
 	}
 }

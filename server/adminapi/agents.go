@@ -8,28 +8,51 @@ import (
 
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/registry"
+	"github.com/signetid/signet/server/store"
 )
 
-// ListAgents returns the attested agents.
-func (s *Service) ListAgents(ctx context.Context, _ *api.ListAgentsRequest) (*api.ListAgentsResponse, error) {
+// ListAgents returns the attested agents matching every given filter.
+func (s *Service) ListAgents(ctx context.Context, req *api.ListAgentsRequest) (*api.ListAgentsResponse, error) {
+	f, err := newAgentFilter(req)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "list agents: %v", err)
+	}
 	nodes, err := s.cfg.Store.ListNodes(ctx)
 	if err != nil {
 		return nil, storeError("list agents", err)
 	}
 	resp := &api.ListAgentsResponse{}
-	for _, n := range nodes {
-		resp.Agents = append(resp.Agents, &api.Agent{
-			SpiffeId:        n.SPIFFEID,
-			AttestationType: n.AttestationType,
-			Selectors:       registry.SelectorsToProto(n.Selectors),
-			SerialNumber:    n.SerialNumber,
-			ExpiresAt:       n.ExpiresAt.Unix(),
-			AttestedAt:      n.AttestedAt.Unix(),
-			Banned:          n.Banned,
-			CanReattest:     n.CanReattest,
-		})
+	for i := range nodes {
+		if f.keep(&nodes[i]) {
+			resp.Agents = append(resp.Agents, agentToProto(&nodes[i]))
+		}
 	}
 	return resp, nil
+}
+
+// GetAgent returns one attested agent.
+func (s *Service) GetAgent(ctx context.Context, req *api.GetAgentRequest) (*api.Agent, error) {
+	if req.SpiffeId == "" {
+		return nil, status.Error(codes.InvalidArgument, "show agent: spiffe_id is required")
+	}
+	n, err := s.cfg.Store.GetNode(ctx, req.SpiffeId)
+	if err != nil {
+		return nil, storeError("agent "+req.SpiffeId, err)
+	}
+	return agentToProto(&n), nil
+}
+
+func agentToProto(n *store.Node) *api.Agent {
+	return &api.Agent{
+		SpiffeId:        n.SPIFFEID,
+		AttestationType: n.AttestationType,
+		Selectors:       registry.SelectorsToProto(n.Selectors),
+		SerialNumber:    n.SerialNumber,
+		ExpiresAt:       n.ExpiresAt.Unix(),
+		AttestedAt:      n.AttestedAt.Unix(),
+		Banned:          n.Banned,
+		CanReattest:     n.CanReattest,
+	}
 }
 
 // EvictAgent forgets an agent: its streams end and it can no longer renew

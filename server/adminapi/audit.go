@@ -17,7 +17,6 @@ import (
 func auditFields(req, resp any) []slog.Attr {
 	switch r := req.(type) {
 	case *api.CreateEntryRequest:
-		// The caller's id is ignored: the server names new entries.
 		attrs := entryAttrs(r.GetEntry(), false)
 		if e, ok := resp.(*api.Entry); ok {
 			attrs = append(attrs, slog.String("entry_id", e.GetId()))
@@ -51,7 +50,7 @@ func auditFields(req, resp any) []slog.Attr {
 			}
 		}
 		return attrs
-	case *api.EvictAgentRequest, *api.BanAgentRequest:
+	case *api.EvictAgentRequest, *api.BanAgentRequest, *api.GetAgentRequest:
 		return []slog.Attr{slog.String("agent_id", r.(interface{ GetSpiffeId() string }).GetSpiffeId())}
 	case *api.SetFederatedBundleRequest:
 		return []slog.Attr{slog.String("trust_domain", r.GetBundle().GetTrustDomain())}

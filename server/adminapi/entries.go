@@ -9,7 +9,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/internal/selector"
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/audit"
@@ -24,7 +23,7 @@ func (s *Service) CreateEntry(ctx context.Context, req *api.CreateEntryRequest) 
 	if err != nil {
 		return nil, err
 	}
-	e.ID, e.Revision, e.CreatedAt = "", 0, s.cfg.Now()
+	e.Revision, e.CreatedAt = 0, s.cfg.Now()
 	var rev int64
 	created, err := s.cfg.Store.CreateEntry(store.WithCommitRevision(ctx, &rev), e)
 	if err != nil {
@@ -64,9 +63,6 @@ func (s *Service) BatchCreateEntries(ctx context.Context, req *api.BatchCreateEn
 			verdicts[i] = err
 			continue
 		}
-		// The admin API names its entries itself: a caller's ID could
-		// pass for one the Kubernetes controller owns.
-		e.ID = ""
 		entries[i] = e
 	}
 	if refused != nil {
@@ -204,14 +200,7 @@ func (s *Service) GetEntry(ctx context.Context, req *api.GetEntryRequest) (*api.
 
 // ListEntries returns the entries matching every given filter, by SPIFFE ID.
 func (s *Service) ListEntries(ctx context.Context, req *api.ListEntriesRequest) (*api.ListEntriesResponse, error) {
-	for name, id := range map[string]string{"spiffe_id": req.SpiffeId, "parent_id": req.ParentId} {
-		if id != "" {
-			if _, err := ids.ParseID(id); err != nil {
-				return nil, status.Errorf(codes.InvalidArgument, "list entries: %s filter: %v", name, err)
-			}
-		}
-	}
-	want, err := registry.SelectorsFromProto(req.Selectors)
+	f, err := newEntryFilter(req)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "list entries: %v", err)
 	}
@@ -221,17 +210,9 @@ func (s *Service) ListEntries(ctx context.Context, req *api.ListEntriesRequest) 
 	}
 	resp := &api.ListEntriesResponse{}
 	for i := range entries {
-		e := &entries[i]
-		if req.SpiffeId != "" && e.SPIFFEID.String() != req.SpiffeId {
-			continue
+		if f.keep(&entries[i]) {
+			resp.Entries = append(resp.Entries, registry.ToProto(&entries[i]))
 		}
-		if req.ParentId != "" && e.ParentID.String() != req.ParentId {
-			continue
-		}
-		if len(want) > 0 && !selector.NewSet(e.Selectors...).Includes(want) {
-			continue
-		}
-		resp.Entries = append(resp.Entries, registry.ToProto(e))
 	}
 	slices.SortFunc(resp.Entries, func(a, b *api.Entry) int {
 		if c := strings.Compare(a.SpiffeId, b.SpiffeId); c != 0 {
@@ -243,11 +224,21 @@ func (s *Service) ListEntries(ctx context.Context, req *api.ListEntriesRequest) 
 }
 
 // validNewEntry is validEntry for an entry being created: it must not have
-// expired already.
+// expired already, and an ID the caller chose (SPIRE's custom entry IDs:
+// a restored entry keeps its ID) must be well formed and not one of the
+// Kubernetes controller's, which it would take for its own.
 func (s *Service) validNewEntry(in *api.Entry) (registry.Entry, error) {
 	e, err := s.validEntry(in)
 	if err != nil {
 		return e, err
+	}
+	if e.ID != "" {
+		if err := registry.CheckEntryID(e.ID); err != nil {
+			return e, status.Error(codes.InvalidArgument, err.Error())
+		}
+		if k8sreg.Owned(e.ID) {
+			return e, status.Errorf(codes.InvalidArgument, "entry ID %s: IDs starting %q belong to the Kubernetes controller, which creates its entries itself; leave such entries out (or the ID, for a new one)", e.ID, k8sreg.OwnedIDPrefix)
+		}
 	}
 	return e, s.notExpired(e)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/signetid/signet/internal/ids"
@@ -14,23 +15,148 @@ import (
 	"github.com/signetid/signet/server/registry"
 )
 
-// entryFile is the JSON read by `signet server entry create --data FILE`,
-// the shape of SPIRE's `entry create -data` so existing files carry over.
-type entryFile struct {
-	Entries []struct {
-		SPIFFEID      string `json:"spiffe_id"`
-		ParentID      string `json:"parent_id"`
-		Node          bool   `json:"node"`
-		Selectors     []struct{ Type, Value string }
-		X509SVIDTTL   int32    `json:"x509_svid_ttl"`
-		JWTSVIDTTL    int32    `json:"jwt_svid_ttl"`
-		DNSNames      []string `json:"dns_names"`
-		FederatesWith []string `json:"federates_with"`
-		Hint          string   `json:"hint"`
-		Admin         bool     `json:"admin"`
-		Downstream    bool     `json:"downstream"`
-		ExpiresAt     int64    `json:"expires_at"`
-	} `json:"entries"`
+// EntryFile is the JSON of entries: what `signet server entry list|show
+// --output json` print and what `entry create --data FILE` reads, so a
+// listing restores as it was (IDs included) on this or another server.
+// Field names are SPIRE's (its `entry create -data` and `entry show
+// -output json`); reading also takes SPIRE's printed form, see EntryJSON.
+type EntryFile struct {
+	Entries []EntryJSON `json:"entries"`
+	// NextPageToken is in SPIRE's listings; always empty, ignored.
+	NextPageToken string `json:"next_page_token,omitempty"`
+}
+
+// EntryJSON is one entry. Reading, SPIFFE IDs may be SPIRE's objects
+// ({"trust_domain": ..., "path": ...}) and integers strings (as SPIRE's
+// JSON prints int64s); a parent_id of spiffe://TD/spire/server is SPIRE's
+// mark of a node alias. revision_number and created_at are the server's
+// and ignored on create.
+type EntryJSON struct {
+	ID             string         `json:"id"`
+	SPIFFEID       jsonID         `json:"spiffe_id"`
+	ParentID       jsonID         `json:"parent_id"`
+	Node           bool           `json:"node"`
+	Selectors      []SelectorJSON `json:"selectors"`
+	X509SVIDTTL    jsonInt        `json:"x509_svid_ttl"`
+	JWTSVIDTTL     jsonInt        `json:"jwt_svid_ttl"`
+	DNSNames       []string       `json:"dns_names"`
+	FederatesWith  []string       `json:"federates_with"`
+	Hint           string         `json:"hint"`
+	Admin          bool           `json:"admin"`
+	Downstream     bool           `json:"downstream"`
+	ExpiresAt      jsonInt        `json:"expires_at"`
+	RevisionNumber jsonInt        `json:"revision_number"`
+	CreatedAt      jsonInt        `json:"created_at"`
+	// StoreSVID is SPIRE's (SVIDStore plugins): read so that SPIRE's
+	// listings load, refused when true, never printed.
+	StoreSVID bool `json:"store_svid,omitempty"`
+}
+
+// SelectorJSON is a selector in the CLI's JSON (SPIRE's shape).
+type SelectorJSON struct {
+	Type  string `json:"type"`
+	Value string `json:"value"`
+}
+
+// AgentJSON is one attested agent as the CLI's --output json prints it;
+// times are Unix seconds, as in entries.
+type AgentJSON struct {
+	SPIFFEID        string         `json:"spiffe_id"`
+	AttestationType string         `json:"attestation_type"`
+	Selectors       []SelectorJSON `json:"selectors"`
+	SerialNumber    string         `json:"serial_number"`
+	ExpiresAt       int64          `json:"expires_at"`
+	AttestedAt      int64          `json:"attested_at"`
+	Banned          bool           `json:"banned"`
+	CanReattest     bool           `json:"can_reattest"`
+}
+
+// AgentToJSON is a in the JSON the CLI prints.
+func AgentToJSON(a *api.Agent) AgentJSON {
+	return AgentJSON{SPIFFEID: a.SpiffeId, AttestationType: a.AttestationType, Selectors: selectorsToJSON(a.Selectors),
+		SerialNumber: a.SerialNumber, ExpiresAt: a.ExpiresAt, AttestedAt: a.AttestedAt, Banned: a.Banned, CanReattest: a.CanReattest}
+}
+
+func selectorsToJSON(sels []*api.Selector) []SelectorJSON {
+	out := make([]SelectorJSON, len(sels))
+	for i, s := range sels {
+		out[i] = SelectorJSON{Type: s.Type, Value: s.Value}
+	}
+	return out
+}
+
+// jsonID is a SPIFFE ID: a string, or SPIRE's {"trust_domain", "path"}.
+type jsonID string
+
+func (id *jsonID) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*id = jsonID(s)
+		return nil
+	}
+	var o struct {
+		TrustDomain string `json:"trust_domain"`
+		Path        string `json:"path"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&o); err != nil || o.TrustDomain == "" {
+		return fmt.Errorf("want a SPIFFE ID, as a string or {\"trust_domain\": ..., \"path\": ...}, not %.60s", b)
+	}
+	*id = jsonID("spiffe://" + o.TrustDomain + o.Path)
+	return nil
+}
+
+// jsonInt is an integer: a JSON number, or a string holding one (SPIRE
+// prints int64 fields as strings).
+type jsonInt int64
+
+func (n *jsonInt) UnmarshalJSON(b []byte) error {
+	var v int64
+	if err := json.Unmarshal(b, &v); err == nil {
+		*n = jsonInt(v)
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		if v, err := strconv.ParseInt(s, 10, 64); err == nil {
+			*n = jsonInt(v)
+			return nil
+		}
+	}
+	return fmt.Errorf("want an integer, not %.40s", b)
+}
+
+// spireServerPath is the parent path of SPIRE's node-alias entries.
+const spireServerPath = "/spire/server"
+
+// EntryToJSON is e in the JSON the CLI prints.
+func EntryToJSON(e *api.Entry) EntryJSON {
+	out := EntryJSON{
+		ID:             e.Id,
+		SPIFFEID:       jsonID(e.SpiffeId),
+		ParentID:       jsonID(e.ParentId),
+		Node:           e.Node,
+		Selectors:      selectorsToJSON(e.Selectors),
+		X509SVIDTTL:    jsonInt(e.X509TtlSeconds),
+		JWTSVIDTTL:     jsonInt(e.JwtTtlSeconds),
+		DNSNames:       nonNil(e.DnsNames),
+		FederatesWith:  nonNil(e.FederatesWith),
+		Hint:           e.Hint,
+		Admin:          e.Admin,
+		Downstream:     e.Downstream,
+		ExpiresAt:      jsonInt(e.ExpiresAt),
+		RevisionNumber: jsonInt(e.Revision),
+		CreatedAt:      jsonInt(e.CreatedAt),
+	}
+	return out
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 // ParseEntryFile reads entries from JSON ({"entries": [...]}) and checks
@@ -42,7 +168,7 @@ func ParseEntryFile(r io.Reader) ([]*api.Entry, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	var f entryFile
+	var f EntryFile
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("parse entries JSON: %w", err)
 	}
@@ -53,47 +179,74 @@ func ParseEntryFile(r io.Reader) ([]*api.Entry, error) {
 		return nil, errors.New("parse entries JSON: no entries (want {\"entries\": [...]})")
 	}
 	out := make([]*api.Entry, len(f.Entries))
-	for i, in := range f.Entries {
-		bad := func(err error) error { return fmt.Errorf("entry %d (%s): %w", i, in.SPIFFEID, err) }
-		if _, err := ids.ParseWorkloadID(in.SPIFFEID); err != nil {
-			return nil, bad(fmt.Errorf("spiffe_id: %w", err))
-		}
-		if in.ParentID == "" && !in.Node {
-			return nil, bad(errors.New("parent_id is required (or \"node\": true)"))
-		}
-		if in.ParentID != "" {
-			if _, err := ids.ParseWorkloadID(in.ParentID); err != nil {
-				return nil, bad(fmt.Errorf("parent_id: %w", err))
-			}
-		}
-		if in.X509SVIDTTL < 0 || in.JWTSVIDTTL < 0 || in.ExpiresAt < 0 {
-			return nil, bad(errors.New("TTLs and expires_at cannot be negative"))
-		}
-		var sels []selector.Selector
-		for _, s := range in.Selectors {
-			sel := selector.Selector{Type: strings.TrimSpace(s.Type), Value: s.Value}
-			if err := sel.Validate(); err != nil {
-				return nil, bad(err)
-			}
-			sels = append(sels, sel)
-		}
-		if len(sels) == 0 {
-			return nil, bad(errors.New("at least one selector is required"))
-		}
-		out[i] = &api.Entry{
-			SpiffeId:       in.SPIFFEID,
-			ParentId:       in.ParentID,
-			Node:           in.Node,
-			Selectors:      registry.SelectorsToProto(selector.Sort(sels)),
-			X509TtlSeconds: in.X509SVIDTTL,
-			JwtTtlSeconds:  in.JWTSVIDTTL,
-			DnsNames:       in.DNSNames,
-			FederatesWith:  in.FederatesWith,
-			Hint:           in.Hint,
-			Admin:          in.Admin,
-			Downstream:     in.Downstream,
-			ExpiresAt:      in.ExpiresAt,
+	for i := range f.Entries {
+		in := &f.Entries[i]
+		if out[i], err = in.toProto(); err != nil {
+			return nil, fmt.Errorf("entry %d (%s): %w", i, in.SPIFFEID, err)
 		}
 	}
 	return out, nil
+}
+
+func (in *EntryJSON) toProto() (*api.Entry, error) {
+	if in.ID != "" {
+		if err := registry.CheckEntryID(in.ID); err != nil {
+			return nil, fmt.Errorf("id: %w", err)
+		}
+	}
+	spiffeID, err := ids.ParseWorkloadID(string(in.SPIFFEID))
+	if err != nil {
+		return nil, fmt.Errorf("spiffe_id: %w", err)
+	}
+	parent, node := string(in.ParentID), in.Node
+	if parent != "" {
+		p, err := ids.ParseWorkloadID(parent)
+		if err != nil {
+			return nil, fmt.Errorf("parent_id: %w", err)
+		}
+		if p.Path() == spireServerPath && p.MemberOf(spiffeID.TrustDomain()) {
+			parent, node = "", true
+		}
+	}
+	if parent == "" && !node {
+		return nil, errors.New("parent_id is required (or \"node\": true)")
+	}
+	if parent != "" && node {
+		return nil, errors.New("a node alias (\"node\": true) has no parent_id")
+	}
+	if in.StoreSVID {
+		return nil, errors.New("store_svid: Signet has no SVIDStore; the agent serves SVIDs over the Workload API, or signet helper writes them to files")
+	}
+	if in.X509SVIDTTL < 0 || in.JWTSVIDTTL < 0 || in.ExpiresAt < 0 {
+		return nil, errors.New("TTLs and expires_at cannot be negative")
+	}
+	if in.X509SVIDTTL > 1<<31-1 || in.JWTSVIDTTL > 1<<31-1 {
+		return nil, errors.New("TTL too large (seconds)")
+	}
+	var sels []selector.Selector
+	for _, s := range in.Selectors {
+		sel := selector.Selector{Type: strings.TrimSpace(s.Type), Value: s.Value}
+		if err := sel.Validate(); err != nil {
+			return nil, err
+		}
+		sels = append(sels, sel)
+	}
+	if len(sels) == 0 {
+		return nil, errors.New("at least one selector is required")
+	}
+	return &api.Entry{
+		Id:             in.ID,
+		SpiffeId:       spiffeID.String(),
+		ParentId:       parent,
+		Node:           node,
+		Selectors:      registry.SelectorsToProto(selector.Sort(sels)),
+		X509TtlSeconds: int32(in.X509SVIDTTL),
+		JwtTtlSeconds:  int32(in.JWTSVIDTTL),
+		DnsNames:       in.DNSNames,
+		FederatesWith:  in.FederatesWith,
+		Hint:           in.Hint,
+		Admin:          in.Admin,
+		Downstream:     in.Downstream,
+		ExpiresAt:      int64(in.ExpiresAt),
+	}, nil
 }

@@ -1,8 +1,13 @@
 package adminapi
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/signetid/signet/server/api"
 )
 
 func TestParseEntryFile(t *testing.T) {
@@ -32,7 +37,13 @@ func TestParseEntryFile(t *testing.T) {
 		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:x"}]}]}`:  "numeric",
 		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "ttl": 5}]}`:                                        "unknown field",
 		`{"entries": [}`: "parse entries JSON",
-		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]} {}`: "trailing",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]} {}`:                           "trailing",
+		`{"entries": [{"id": "a b", "spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`:                 "id: entry ID",
+		`{"entries": [{"spiffe_id": {"trust_domain": "example.org", "path": "/w", "x": 1}, "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`: "want a SPIFFE ID",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "x509_svid_ttl": "ten", "selectors": [{"type":"unix","value":"uid:1"}]}]}`:      "want an integer",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "x509_svid_ttl": 4294967296, "selectors": [{"type":"unix","value":"uid:1"}]}]}`: "too large",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "store_svid": true, "selectors": [{"type":"unix","value":"uid:1"}]}]}`:          "SVIDStore",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "node": true, "selectors": [{"type":"unix","value":"uid:1"}]}]}`:                "has no parent_id",
 	}
 	for in, want := range bad {
 		if _, err := ParseEntryFile(strings.NewReader(in)); err == nil || !strings.Contains(err.Error(), want) {
@@ -41,7 +52,75 @@ func TestParseEntryFile(t *testing.T) {
 	}
 }
 
+// TestParseSPIREListing: what `spire-server entry show -output json`
+// prints loads: SPIFFE IDs as objects, int64s as strings, a node alias as
+// an entry parented to spiffe://TD/spire/server, the entry ID kept.
+func TestParseSPIREListing(t *testing.T) {
+	spire := `{"entries": [
+	  {"id": "5d2b3c1e-0000-4000-8000-000000000001",
+	   "spiffe_id": {"trust_domain": "example.org", "path": "/web"},
+	   "parent_id": {"trust_domain": "example.org", "path": "/k8s-nodes"},
+	   "selectors": [{"type": "k8s", "value": "ns:web"}], "x509_svid_ttl": 3600, "federates_with": ["partner.org"],
+	   "admin": false, "downstream": false, "expires_at": "1999999999", "dns_names": ["web"], "revision_number": "3",
+	   "store_svid": false, "jwt_svid_ttl": 300, "hint": "h", "created_at": "1700000000"},
+	  {"id": "5d2b3c1e-0000-4000-8000-000000000002",
+	   "spiffe_id": {"trust_domain": "example.org", "path": "/k8s-nodes"},
+	   "parent_id": {"trust_domain": "example.org", "path": "/spire/server"},
+	   "selectors": [{"type": "k8s_psat", "value": "cluster:c1"}], "x509_svid_ttl": 0, "jwt_svid_ttl": 0,
+	   "expires_at": "0", "revision_number": "0", "created_at": "1700000000"}
+	], "next_page_token": ""}`
+	got, err := ParseEntryFile(strings.NewReader(spire))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []*api.Entry{
+		{Id: "5d2b3c1e-0000-4000-8000-000000000001", SpiffeId: "spiffe://example.org/web", ParentId: "spiffe://example.org/k8s-nodes",
+			Selectors: []*api.Selector{{Type: "k8s", Value: "ns:web"}}, X509TtlSeconds: 3600, JwtTtlSeconds: 300, FederatesWith: []string{"partner.org"},
+			ExpiresAt: 1999999999, DnsNames: []string{"web"}, Hint: "h"},
+		{Id: "5d2b3c1e-0000-4000-8000-000000000002", SpiffeId: "spiffe://example.org/k8s-nodes", Node: true,
+			Selectors: []*api.Selector{{Type: "k8s_psat", Value: "cluster:c1"}}},
+	}
+	for i := range want {
+		if !proto.Equal(got[i], want[i]) {
+			t.Errorf("entry %d:\n got %v\nwant %v", i, got[i], want[i])
+		}
+	}
+}
+
+// TestEntryJSONRoundTrip: an entry printed by the CLI (EntryToJSON) reads
+// back as the same entry, but for what the server sets itself.
+func TestEntryJSONRoundTrip(t *testing.T) {
+	for _, e := range []*api.Entry{
+		{Id: "web", SpiffeId: "spiffe://example.org/web", ParentId: "spiffe://example.org/agent/a",
+			Selectors: []*api.Selector{{Type: "k8s", Value: "ns:web"}, {Type: "unix", Value: "uid:1000"}}, X509TtlSeconds: 600, JwtTtlSeconds: 60,
+			DnsNames: []string{"web.internal"}, Hint: "blue", FederatesWith: []string{"partner.org"}, Admin: true, Downstream: true,
+			ExpiresAt: 2000000000, Revision: 7, CreatedAt: 1700000000},
+		{Id: "nodes", SpiffeId: "spiffe://example.org/nodes", Node: true, Selectors: []*api.Selector{{Type: "k8s_psat", Value: "cluster:c1"}}},
+	} {
+		b, err := json.Marshal(EntryFile{Entries: []EntryJSON{EntryToJSON(e)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ParseEntryFile(strings.NewReader(string(b)))
+		if err != nil {
+			t.Fatalf("read back %s: %v", b, err)
+		}
+		want := proto.Clone(e).(*api.Entry)
+		want.Revision, want.CreatedAt = 0, 0
+		if len(want.DnsNames) == 0 {
+			want.DnsNames = []string{}
+		}
+		if len(want.FederatesWith) == 0 {
+			want.FederatesWith = []string{}
+		}
+		if !proto.Equal(got[0], want) {
+			t.Errorf("round trip of %v via %s gave %v", e, b, got[0])
+		}
+	}
+}
+
 func FuzzParseEntryFile(f *testing.F) {
+	f.Add([]byte(`{"entries": [{"id": "x", "spiffe_id": {"trust_domain": "example.org", "path": "/w"}, "parent_id": {"trust_domain": "example.org", "path": "/spire/server"}, "expires_at": "12", "selectors": [{"type":"unix","value":"uid:1"}]}]}`))
 	f.Add([]byte(`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`))
 	f.Add([]byte(`{"entries": [{"spiffe_id": "spiffe://example.org/n", "node": true, "selectors": [{"type":"x","value":"y"}]}]}`))
 	f.Add([]byte(`{"entries": [{"spiffe_id": "spiffe://example.org/d", "parent_id": "spiffe://example.org/a", "downstream": true, "selectors": [{"type":"unix","value":"uid:0"}]}]}`))

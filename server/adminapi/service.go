@@ -151,7 +151,7 @@ func storeError(what string, err error) error {
 	case errors.Is(err, store.ErrNotFound):
 		return status.Errorf(codes.NotFound, "%s: not found", what)
 	case errors.Is(err, store.ErrAlreadyExists):
-		return status.Errorf(codes.AlreadyExists, "%s: an identical entry (same SPIFFE ID, parent and selectors) already exists", what)
+		return status.Errorf(codes.AlreadyExists, "%s: already exists (an entry with the same ID, or with the same SPIFFE ID, parent and selectors)", what)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	}

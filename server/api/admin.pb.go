@@ -21,6 +21,64 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// MatchMode says how a list of selectors (or trust domains) in a filter
+// compares with an entry's or agent's (SPIRE's match modes).
+type MatchMode int32
+
+const (
+	// MATCH_SUPERSET: the entry has every one given, and maybe more (default).
+	MatchMode_MATCH_SUPERSET MatchMode = 0
+	// MATCH_EXACT: the entry has exactly those given.
+	MatchMode_MATCH_EXACT MatchMode = 1
+	// MATCH_SUBSET: the entry has only ones given (not necessarily all).
+	MatchMode_MATCH_SUBSET MatchMode = 2
+	// MATCH_ANY: the entry has at least one of those given.
+	MatchMode_MATCH_ANY MatchMode = 3
+)
+
+// Enum value maps for MatchMode.
+var (
+	MatchMode_name = map[int32]string{
+		0: "MATCH_SUPERSET",
+		1: "MATCH_EXACT",
+		2: "MATCH_SUBSET",
+		3: "MATCH_ANY",
+	}
+	MatchMode_value = map[string]int32{
+		"MATCH_SUPERSET": 0,
+		"MATCH_EXACT":    1,
+		"MATCH_SUBSET":   2,
+		"MATCH_ANY":      3,
+	}
+)
+
+func (x MatchMode) Enum() *MatchMode {
+	p := new(MatchMode)
+	*p = x
+	return p
+}
+
+func (x MatchMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MatchMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_server_api_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (MatchMode) Type() protoreflect.EnumType {
+	return &file_server_api_admin_proto_enumTypes[0]
+}
+
+func (x MatchMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MatchMode.Descriptor instead.
+func (MatchMode) EnumDescriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{0}
+}
+
 // What deleting a federated bundle does to the entries that federate with
 // its trust domain (SPIRE's modes).
 type BundleDeleteMode int32
@@ -59,11 +117,11 @@ func (x BundleDeleteMode) String() string {
 }
 
 func (BundleDeleteMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_server_api_admin_proto_enumTypes[0].Descriptor()
+	return file_server_api_admin_proto_enumTypes[1].Descriptor()
 }
 
 func (BundleDeleteMode) Type() protoreflect.EnumType {
-	return &file_server_api_admin_proto_enumTypes[0]
+	return &file_server_api_admin_proto_enumTypes[1]
 }
 
 func (x BundleDeleteMode) Number() protoreflect.EnumNumber {
@@ -72,7 +130,7 @@ func (x BundleDeleteMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BundleDeleteMode.Descriptor instead.
 func (BundleDeleteMode) EnumDescriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{0}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{1}
 }
 
 // Where a federation relationship comes from.
@@ -112,11 +170,11 @@ func (x RelationshipOrigin) String() string {
 }
 
 func (RelationshipOrigin) Descriptor() protoreflect.EnumDescriptor {
-	return file_server_api_admin_proto_enumTypes[1].Descriptor()
+	return file_server_api_admin_proto_enumTypes[2].Descriptor()
 }
 
 func (RelationshipOrigin) Type() protoreflect.EnumType {
-	return &file_server_api_admin_proto_enumTypes[1]
+	return &file_server_api_admin_proto_enumTypes[2]
 }
 
 func (x RelationshipOrigin) Number() protoreflect.EnumNumber {
@@ -125,7 +183,7 @@ func (x RelationshipOrigin) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RelationshipOrigin.Descriptor instead.
 func (RelationshipOrigin) EnumDescriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{1}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{2}
 }
 
 type CreateEntryRequest struct {
@@ -440,10 +498,17 @@ func (x *GetEntryRequest) GetId() string {
 
 type ListEntriesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Filters; empty means all.
-	SpiffeId      string      `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	ParentId      string      `protobuf:"bytes,2,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
-	Selectors     []*Selector `protobuf:"bytes,3,rep,name=selectors,proto3" json:"selectors,omitempty"`
+	// Filters; empty means all. Every filter given must match.
+	SpiffeId         string      `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	ParentId         string      `protobuf:"bytes,2,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	Selectors        []*Selector `protobuf:"bytes,3,rep,name=selectors,proto3" json:"selectors,omitempty"`
+	MatchSelectorsOn MatchMode   `protobuf:"varint,4,opt,name=match_selectors_on,json=matchSelectorsOn,proto3,enum=signet.api.MatchMode" json:"match_selectors_on,omitempty"`
+	// federates_with: trust domain names (example.org) or spiffe://example.org.
+	FederatesWith        []string  `protobuf:"bytes,5,rep,name=federates_with,json=federatesWith,proto3" json:"federates_with,omitempty"`
+	MatchFederatesWithOn MatchMode `protobuf:"varint,6,opt,name=match_federates_with_on,json=matchFederatesWithOn,proto3,enum=signet.api.MatchMode" json:"match_federates_with_on,omitempty"`
+	Hint                 string    `protobuf:"bytes,7,opt,name=hint,proto3" json:"hint,omitempty"`
+	// downstream, when set, keeps only entries whose downstream flag equals it.
+	Downstream    *bool `protobuf:"varint,8,opt,name=downstream,proto3,oneof" json:"downstream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -497,6 +562,41 @@ func (x *ListEntriesRequest) GetSelectors() []*Selector {
 		return x.Selectors
 	}
 	return nil
+}
+
+func (x *ListEntriesRequest) GetMatchSelectorsOn() MatchMode {
+	if x != nil {
+		return x.MatchSelectorsOn
+	}
+	return MatchMode_MATCH_SUPERSET
+}
+
+func (x *ListEntriesRequest) GetFederatesWith() []string {
+	if x != nil {
+		return x.FederatesWith
+	}
+	return nil
+}
+
+func (x *ListEntriesRequest) GetMatchFederatesWithOn() MatchMode {
+	if x != nil {
+		return x.MatchFederatesWithOn
+	}
+	return MatchMode_MATCH_SUPERSET
+}
+
+func (x *ListEntriesRequest) GetHint() string {
+	if x != nil {
+		return x.Hint
+	}
+	return ""
+}
+
+func (x *ListEntriesRequest) GetDownstream() bool {
+	if x != nil && x.Downstream != nil {
+		return *x.Downstream
+	}
+	return false
 }
 
 type ListEntriesResponse struct {
@@ -695,7 +795,16 @@ func (*GetBundleRequest) Descriptor() ([]byte, []int) {
 }
 
 type ListAgentsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Filters; empty means all. Every filter given must match.
+	AttestationType  string      `protobuf:"bytes,1,opt,name=attestation_type,json=attestationType,proto3" json:"attestation_type,omitempty"`
+	Selectors        []*Selector `protobuf:"bytes,2,rep,name=selectors,proto3" json:"selectors,omitempty"`
+	MatchSelectorsOn MatchMode   `protobuf:"varint,3,opt,name=match_selectors_on,json=matchSelectorsOn,proto3,enum=signet.api.MatchMode" json:"match_selectors_on,omitempty"`
+	Banned           *bool       `protobuf:"varint,4,opt,name=banned,proto3,oneof" json:"banned,omitempty"`
+	CanReattest      *bool       `protobuf:"varint,5,opt,name=can_reattest,json=canReattest,proto3,oneof" json:"can_reattest,omitempty"`
+	// expires_before, a Unix time in seconds, keeps agents whose SVID expires
+	// before it.
+	ExpiresBefore int64 `protobuf:"varint,6,opt,name=expires_before,json=expiresBefore,proto3" json:"expires_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -730,6 +839,92 @@ func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
 	return file_server_api_admin_proto_rawDescGZIP(), []int{12}
 }
 
+func (x *ListAgentsRequest) GetAttestationType() string {
+	if x != nil {
+		return x.AttestationType
+	}
+	return ""
+}
+
+func (x *ListAgentsRequest) GetSelectors() []*Selector {
+	if x != nil {
+		return x.Selectors
+	}
+	return nil
+}
+
+func (x *ListAgentsRequest) GetMatchSelectorsOn() MatchMode {
+	if x != nil {
+		return x.MatchSelectorsOn
+	}
+	return MatchMode_MATCH_SUPERSET
+}
+
+func (x *ListAgentsRequest) GetBanned() bool {
+	if x != nil && x.Banned != nil {
+		return *x.Banned
+	}
+	return false
+}
+
+func (x *ListAgentsRequest) GetCanReattest() bool {
+	if x != nil && x.CanReattest != nil {
+		return *x.CanReattest
+	}
+	return false
+}
+
+func (x *ListAgentsRequest) GetExpiresBefore() int64 {
+	if x != nil {
+		return x.ExpiresBefore
+	}
+	return 0
+}
+
+type GetAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAgentRequest) Reset() {
+	*x = GetAgentRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAgentRequest) ProtoMessage() {}
+
+func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
+func (*GetAgentRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetAgentRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
 type ListAgentsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Agents        []*Agent               `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
@@ -739,7 +934,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[13]
+	mi := &file_server_api_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +946,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[13]
+	mi := &file_server_api_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +959,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{13}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -783,7 +978,7 @@ type EvictAgentRequest struct {
 
 func (x *EvictAgentRequest) Reset() {
 	*x = EvictAgentRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[14]
+	mi := &file_server_api_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +990,7 @@ func (x *EvictAgentRequest) String() string {
 func (*EvictAgentRequest) ProtoMessage() {}
 
 func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[14]
+	mi := &file_server_api_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +1003,7 @@ func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentRequest.ProtoReflect.Descriptor instead.
 func (*EvictAgentRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{14}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *EvictAgentRequest) GetSpiffeId() string {
@@ -826,7 +1021,7 @@ type EvictAgentResponse struct {
 
 func (x *EvictAgentResponse) Reset() {
 	*x = EvictAgentResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[15]
+	mi := &file_server_api_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1033,7 @@ func (x *EvictAgentResponse) String() string {
 func (*EvictAgentResponse) ProtoMessage() {}
 
 func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[15]
+	mi := &file_server_api_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1046,7 @@ func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentResponse.ProtoReflect.Descriptor instead.
 func (*EvictAgentResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{15}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{16}
 }
 
 type BanAgentRequest struct {
@@ -863,7 +1058,7 @@ type BanAgentRequest struct {
 
 func (x *BanAgentRequest) Reset() {
 	*x = BanAgentRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[16]
+	mi := &file_server_api_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +1070,7 @@ func (x *BanAgentRequest) String() string {
 func (*BanAgentRequest) ProtoMessage() {}
 
 func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[16]
+	mi := &file_server_api_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +1083,7 @@ func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanAgentRequest.ProtoReflect.Descriptor instead.
 func (*BanAgentRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{16}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BanAgentRequest) GetSpiffeId() string {
@@ -906,7 +1101,7 @@ type BanAgentResponse struct {
 
 func (x *BanAgentResponse) Reset() {
 	*x = BanAgentResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[17]
+	mi := &file_server_api_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1113,7 @@ func (x *BanAgentResponse) String() string {
 func (*BanAgentResponse) ProtoMessage() {}
 
 func (x *BanAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[17]
+	mi := &file_server_api_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1126,7 @@ func (x *BanAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanAgentResponse.ProtoReflect.Descriptor instead.
 func (*BanAgentResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{17}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{18}
 }
 
 type SetFederatedBundleRequest struct {
@@ -945,7 +1140,7 @@ type SetFederatedBundleRequest struct {
 
 func (x *SetFederatedBundleRequest) Reset() {
 	*x = SetFederatedBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[18]
+	mi := &file_server_api_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1152,7 @@ func (x *SetFederatedBundleRequest) String() string {
 func (*SetFederatedBundleRequest) ProtoMessage() {}
 
 func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[18]
+	mi := &file_server_api_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1165,7 @@ func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{18}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetFederatedBundleRequest) GetBundle() *Bundle {
@@ -988,7 +1183,7 @@ type ListFederatedBundlesRequest struct {
 
 func (x *ListFederatedBundlesRequest) Reset() {
 	*x = ListFederatedBundlesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[19]
+	mi := &file_server_api_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1195,7 @@ func (x *ListFederatedBundlesRequest) String() string {
 func (*ListFederatedBundlesRequest) ProtoMessage() {}
 
 func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[19]
+	mi := &file_server_api_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1208,7 @@ func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{19}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{20}
 }
 
 type ListFederatedBundlesResponse struct {
@@ -1026,7 +1221,7 @@ type ListFederatedBundlesResponse struct {
 
 func (x *ListFederatedBundlesResponse) Reset() {
 	*x = ListFederatedBundlesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[20]
+	mi := &file_server_api_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1233,7 @@ func (x *ListFederatedBundlesResponse) String() string {
 func (*ListFederatedBundlesResponse) ProtoMessage() {}
 
 func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[20]
+	mi := &file_server_api_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1246,7 @@ func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{20}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
@@ -1071,7 +1266,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[21]
+	mi := &file_server_api_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1278,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[21]
+	mi := &file_server_api_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1291,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{21}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -1123,7 +1318,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[22]
+	mi := &file_server_api_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1330,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[22]
+	mi := &file_server_api_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1343,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{22}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteFederatedBundleResponse) GetEntries() int32 {
@@ -1188,7 +1383,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_server_api_admin_proto_msgTypes[23]
+	mi := &file_server_api_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1395,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[23]
+	mi := &file_server_api_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1408,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{23}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -1293,7 +1488,7 @@ type CreateFederationRelationshipRequest struct {
 
 func (x *CreateFederationRelationshipRequest) Reset() {
 	*x = CreateFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[24]
+	mi := &file_server_api_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1500,7 @@ func (x *CreateFederationRelationshipRequest) String() string {
 func (*CreateFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *CreateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[24]
+	mi := &file_server_api_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1513,7 @@ func (x *CreateFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use CreateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*CreateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{24}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
@@ -1346,7 +1541,7 @@ type UpdateFederationRelationshipRequest struct {
 
 func (x *UpdateFederationRelationshipRequest) Reset() {
 	*x = UpdateFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[25]
+	mi := &file_server_api_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1358,7 +1553,7 @@ func (x *UpdateFederationRelationshipRequest) String() string {
 func (*UpdateFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *UpdateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[25]
+	mi := &file_server_api_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1371,7 +1566,7 @@ func (x *UpdateFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use UpdateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{25}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UpdateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
@@ -1399,7 +1594,7 @@ type FederationRelationshipResult struct {
 
 func (x *FederationRelationshipResult) Reset() {
 	*x = FederationRelationshipResult{}
-	mi := &file_server_api_admin_proto_msgTypes[26]
+	mi := &file_server_api_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1606,7 @@ func (x *FederationRelationshipResult) String() string {
 func (*FederationRelationshipResult) ProtoMessage() {}
 
 func (x *FederationRelationshipResult) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[26]
+	mi := &file_server_api_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1619,7 @@ func (x *FederationRelationshipResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationshipResult.ProtoReflect.Descriptor instead.
 func (*FederationRelationshipResult) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{26}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FederationRelationshipResult) GetRelationship() *FederationRelationship {
@@ -1450,7 +1645,7 @@ type DeleteFederationRelationshipRequest struct {
 
 func (x *DeleteFederationRelationshipRequest) Reset() {
 	*x = DeleteFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[27]
+	mi := &file_server_api_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1657,7 @@ func (x *DeleteFederationRelationshipRequest) String() string {
 func (*DeleteFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[27]
+	mi := &file_server_api_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1670,7 @@ func (x *DeleteFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use DeleteFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{27}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteFederationRelationshipRequest) GetTrustDomain() string {
@@ -1493,7 +1688,7 @@ type DeleteFederationRelationshipResponse struct {
 
 func (x *DeleteFederationRelationshipResponse) Reset() {
 	*x = DeleteFederationRelationshipResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[28]
+	mi := &file_server_api_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1700,7 @@ func (x *DeleteFederationRelationshipResponse) String() string {
 func (*DeleteFederationRelationshipResponse) ProtoMessage() {}
 
 func (x *DeleteFederationRelationshipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[28]
+	mi := &file_server_api_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1713,7 @@ func (x *DeleteFederationRelationshipResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use DeleteFederationRelationshipResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRelationshipResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{28}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{29}
 }
 
 type GetFederationRelationshipRequest struct {
@@ -1530,7 +1725,7 @@ type GetFederationRelationshipRequest struct {
 
 func (x *GetFederationRelationshipRequest) Reset() {
 	*x = GetFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[29]
+	mi := &file_server_api_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +1737,7 @@ func (x *GetFederationRelationshipRequest) String() string {
 func (*GetFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *GetFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[29]
+	mi := &file_server_api_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +1750,7 @@ func (x *GetFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*GetFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{29}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetFederationRelationshipRequest) GetTrustDomain() string {
@@ -1573,7 +1768,7 @@ type ListFederationRelationshipsRequest struct {
 
 func (x *ListFederationRelationshipsRequest) Reset() {
 	*x = ListFederationRelationshipsRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[30]
+	mi := &file_server_api_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1780,7 @@ func (x *ListFederationRelationshipsRequest) String() string {
 func (*ListFederationRelationshipsRequest) ProtoMessage() {}
 
 func (x *ListFederationRelationshipsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[30]
+	mi := &file_server_api_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1793,7 @@ func (x *ListFederationRelationshipsRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use ListFederationRelationshipsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationRelationshipsRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{30}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{31}
 }
 
 type ListFederationRelationshipsResponse struct {
@@ -1612,7 +1807,7 @@ type ListFederationRelationshipsResponse struct {
 
 func (x *ListFederationRelationshipsResponse) Reset() {
 	*x = ListFederationRelationshipsResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[31]
+	mi := &file_server_api_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1819,7 @@ func (x *ListFederationRelationshipsResponse) String() string {
 func (*ListFederationRelationshipsResponse) ProtoMessage() {}
 
 func (x *ListFederationRelationshipsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[31]
+	mi := &file_server_api_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1832,7 @@ func (x *ListFederationRelationshipsResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use ListFederationRelationshipsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationRelationshipsResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{31}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListFederationRelationshipsResponse) GetRelationships() []*FederationRelationship {
@@ -1684,7 +1879,7 @@ type LocalAuthority struct {
 
 func (x *LocalAuthority) Reset() {
 	*x = LocalAuthority{}
-	mi := &file_server_api_admin_proto_msgTypes[32]
+	mi := &file_server_api_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1891,7 @@ func (x *LocalAuthority) String() string {
 func (*LocalAuthority) ProtoMessage() {}
 
 func (x *LocalAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[32]
+	mi := &file_server_api_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1904,7 @@ func (x *LocalAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalAuthority.ProtoReflect.Descriptor instead.
 func (*LocalAuthority) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{32}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LocalAuthority) GetKind() string {
@@ -1798,7 +1993,7 @@ type GetLocalAuthoritiesRequest struct {
 
 func (x *GetLocalAuthoritiesRequest) Reset() {
 	*x = GetLocalAuthoritiesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[33]
+	mi := &file_server_api_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1810,7 +2005,7 @@ func (x *GetLocalAuthoritiesRequest) String() string {
 func (*GetLocalAuthoritiesRequest) ProtoMessage() {}
 
 func (x *GetLocalAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[33]
+	mi := &file_server_api_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1823,7 +2018,7 @@ func (x *GetLocalAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLocalAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*GetLocalAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{33}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetLocalAuthoritiesRequest) GetKind() string {
@@ -1842,7 +2037,7 @@ type GetLocalAuthoritiesResponse struct {
 
 func (x *GetLocalAuthoritiesResponse) Reset() {
 	*x = GetLocalAuthoritiesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[34]
+	mi := &file_server_api_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +2049,7 @@ func (x *GetLocalAuthoritiesResponse) String() string {
 func (*GetLocalAuthoritiesResponse) ProtoMessage() {}
 
 func (x *GetLocalAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[34]
+	mi := &file_server_api_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +2062,7 @@ func (x *GetLocalAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLocalAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*GetLocalAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{34}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetLocalAuthoritiesResponse) GetAuthorities() []*LocalAuthority {
@@ -1886,7 +2081,7 @@ type PrepareLocalAuthorityRequest struct {
 
 func (x *PrepareLocalAuthorityRequest) Reset() {
 	*x = PrepareLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[35]
+	mi := &file_server_api_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1898,7 +2093,7 @@ func (x *PrepareLocalAuthorityRequest) String() string {
 func (*PrepareLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[35]
+	mi := &file_server_api_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1911,7 +2106,7 @@ func (x *PrepareLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{35}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PrepareLocalAuthorityRequest) GetKind() string {
@@ -1931,7 +2126,7 @@ type ActivateLocalAuthorityRequest struct {
 
 func (x *ActivateLocalAuthorityRequest) Reset() {
 	*x = ActivateLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[36]
+	mi := &file_server_api_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1943,7 +2138,7 @@ func (x *ActivateLocalAuthorityRequest) String() string {
 func (*ActivateLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[36]
+	mi := &file_server_api_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1956,7 +2151,7 @@ func (x *ActivateLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{36}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ActivateLocalAuthorityRequest) GetKind() string {
@@ -1983,7 +2178,7 @@ type TaintLocalAuthorityRequest struct {
 
 func (x *TaintLocalAuthorityRequest) Reset() {
 	*x = TaintLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[37]
+	mi := &file_server_api_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +2190,7 @@ func (x *TaintLocalAuthorityRequest) String() string {
 func (*TaintLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[37]
+	mi := &file_server_api_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2203,7 @@ func (x *TaintLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{37}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TaintLocalAuthorityRequest) GetKind() string {
@@ -2038,7 +2233,7 @@ type RevokeLocalAuthorityRequest struct {
 
 func (x *RevokeLocalAuthorityRequest) Reset() {
 	*x = RevokeLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[38]
+	mi := &file_server_api_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2050,7 +2245,7 @@ func (x *RevokeLocalAuthorityRequest) String() string {
 func (*RevokeLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[38]
+	mi := &file_server_api_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2063,7 +2258,7 @@ func (x *RevokeLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{38}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RevokeLocalAuthorityRequest) GetKind() string {
@@ -2110,7 +2305,7 @@ type UpstreamAuthority struct {
 
 func (x *UpstreamAuthority) Reset() {
 	*x = UpstreamAuthority{}
-	mi := &file_server_api_admin_proto_msgTypes[39]
+	mi := &file_server_api_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2122,7 +2317,7 @@ func (x *UpstreamAuthority) String() string {
 func (*UpstreamAuthority) ProtoMessage() {}
 
 func (x *UpstreamAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[39]
+	mi := &file_server_api_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2135,7 +2330,7 @@ func (x *UpstreamAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAuthority.ProtoReflect.Descriptor instead.
 func (*UpstreamAuthority) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{39}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *UpstreamAuthority) GetAuthorityId() string {
@@ -2195,7 +2390,7 @@ type GetUpstreamAuthoritiesRequest struct {
 
 func (x *GetUpstreamAuthoritiesRequest) Reset() {
 	*x = GetUpstreamAuthoritiesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[40]
+	mi := &file_server_api_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2207,7 +2402,7 @@ func (x *GetUpstreamAuthoritiesRequest) String() string {
 func (*GetUpstreamAuthoritiesRequest) ProtoMessage() {}
 
 func (x *GetUpstreamAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[40]
+	mi := &file_server_api_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2220,7 +2415,7 @@ func (x *GetUpstreamAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUpstreamAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*GetUpstreamAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{40}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{41}
 }
 
 type GetUpstreamAuthoritiesResponse struct {
@@ -2232,7 +2427,7 @@ type GetUpstreamAuthoritiesResponse struct {
 
 func (x *GetUpstreamAuthoritiesResponse) Reset() {
 	*x = GetUpstreamAuthoritiesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[41]
+	mi := &file_server_api_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2244,7 +2439,7 @@ func (x *GetUpstreamAuthoritiesResponse) String() string {
 func (*GetUpstreamAuthoritiesResponse) ProtoMessage() {}
 
 func (x *GetUpstreamAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[41]
+	mi := &file_server_api_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2257,7 +2452,7 @@ func (x *GetUpstreamAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUpstreamAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*GetUpstreamAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{41}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetUpstreamAuthoritiesResponse) GetAuthorities() []*UpstreamAuthority {
@@ -2278,7 +2473,7 @@ type TaintUpstreamAuthorityRequest struct {
 
 func (x *TaintUpstreamAuthorityRequest) Reset() {
 	*x = TaintUpstreamAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[42]
+	mi := &file_server_api_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2290,7 +2485,7 @@ func (x *TaintUpstreamAuthorityRequest) String() string {
 func (*TaintUpstreamAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[42]
+	mi := &file_server_api_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2303,7 +2498,7 @@ func (x *TaintUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{42}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *TaintUpstreamAuthorityRequest) GetAuthorityId() string {
@@ -2327,7 +2522,7 @@ type RevokeUpstreamAuthorityRequest struct {
 
 func (x *RevokeUpstreamAuthorityRequest) Reset() {
 	*x = RevokeUpstreamAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[43]
+	mi := &file_server_api_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2339,7 +2534,7 @@ func (x *RevokeUpstreamAuthorityRequest) String() string {
 func (*RevokeUpstreamAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[43]
+	mi := &file_server_api_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2352,7 +2547,7 @@ func (x *RevokeUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{43}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RevokeUpstreamAuthorityRequest) GetAuthorityId() string {
@@ -2389,11 +2584,19 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
 	"\x13DeleteEntryResponse\"!\n" +
 	"\x0fGetEntryRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x82\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x84\x03\n" +
 	"\x12ListEntriesRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1b\n" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x122\n" +
-	"\tselectors\x18\x03 \x03(\v2\x14.signet.api.SelectorR\tselectors\"B\n" +
+	"\tselectors\x18\x03 \x03(\v2\x14.signet.api.SelectorR\tselectors\x12C\n" +
+	"\x12match_selectors_on\x18\x04 \x01(\x0e2\x15.signet.api.MatchModeR\x10matchSelectorsOn\x12%\n" +
+	"\x0efederates_with\x18\x05 \x03(\tR\rfederatesWith\x12L\n" +
+	"\x17match_federates_with_on\x18\x06 \x01(\x0e2\x15.signet.api.MatchModeR\x14matchFederatesWithOn\x12\x12\n" +
+	"\x04hint\x18\a \x01(\tR\x04hint\x12#\n" +
+	"\n" +
+	"downstream\x18\b \x01(\bH\x00R\n" +
+	"downstream\x88\x01\x01B\r\n" +
+	"\v_downstream\"B\n" +
 	"\x13ListEntriesResponse\x12+\n" +
 	"\aentries\x18\x01 \x03(\v2\x11.signet.api.EntryR\aentries\"V\n" +
 	"\x16CreateJoinTokenRequest\x12\x1b\n" +
@@ -2405,8 +2608,18 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\x03R\texpiresAt\x12\x19\n" +
 	"\bagent_id\x18\x03 \x01(\tR\aagentId\"\x12\n" +
-	"\x10GetBundleRequest\"\x13\n" +
-	"\x11ListAgentsRequest\"?\n" +
+	"\x10GetBundleRequest\"\xbf\x02\n" +
+	"\x11ListAgentsRequest\x12)\n" +
+	"\x10attestation_type\x18\x01 \x01(\tR\x0fattestationType\x122\n" +
+	"\tselectors\x18\x02 \x03(\v2\x14.signet.api.SelectorR\tselectors\x12C\n" +
+	"\x12match_selectors_on\x18\x03 \x01(\x0e2\x15.signet.api.MatchModeR\x10matchSelectorsOn\x12\x1b\n" +
+	"\x06banned\x18\x04 \x01(\bH\x00R\x06banned\x88\x01\x01\x12&\n" +
+	"\fcan_reattest\x18\x05 \x01(\bH\x01R\vcanReattest\x88\x01\x01\x12%\n" +
+	"\x0eexpires_before\x18\x06 \x01(\x03R\rexpiresBeforeB\t\n" +
+	"\a_bannedB\x0f\n" +
+	"\r_can_reattest\".\n" +
+	"\x0fGetAgentRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"?\n" +
 	"\x12ListAgentsResponse\x12)\n" +
 	"\x06agents\x18\x01 \x03(\v2\x11.signet.api.AgentR\x06agents\"0\n" +
 	"\x11EvictAgentRequest\x12\x1b\n" +
@@ -2501,7 +2714,12 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\"Y\n" +
 	"\x1eRevokeUpstreamAuthorityRequest\x12!\n" +
 	"\fauthority_id\x18\x01 \x01(\tR\vauthorityId\x12\x14\n" +
-	"\x05force\x18\x02 \x01(\bR\x05force*u\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force*Q\n" +
+	"\tMatchMode\x12\x12\n" +
+	"\x0eMATCH_SUPERSET\x10\x00\x12\x0f\n" +
+	"\vMATCH_EXACT\x10\x01\x12\x10\n" +
+	"\fMATCH_SUBSET\x10\x02\x12\r\n" +
+	"\tMATCH_ANY\x10\x03*u\n" +
 	"\x10BundleDeleteMode\x12\x1f\n" +
 	"\x1bBUNDLE_DELETE_MODE_RESTRICT\x10\x00\x12!\n" +
 	"\x1dBUNDLE_DELETE_MODE_DISSOCIATE\x10\x01\x12\x1d\n" +
@@ -2509,7 +2727,7 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x12RelationshipOrigin\x12#\n" +
 	"\x1fRELATIONSHIP_ORIGIN_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aRELATIONSHIP_ORIGIN_CONFIG\x10\x01\x12\x1d\n" +
-	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\xfd\x13\n" +
+	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\xb9\x14\n" +
 	"\fAdminService\x12@\n" +
 	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12c\n" +
 	"\x12BatchCreateEntries\x12%.signet.api.BatchCreateEntriesRequest\x1a&.signet.api.BatchCreateEntriesResponse\x12@\n" +
@@ -2520,7 +2738,8 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x0fCreateJoinToken\x12\".signet.api.CreateJoinTokenRequest\x1a#.signet.api.CreateJoinTokenResponse\x12=\n" +
 	"\tGetBundle\x12\x1c.signet.api.GetBundleRequest\x1a\x12.signet.api.Bundle\x12K\n" +
 	"\n" +
-	"ListAgents\x12\x1d.signet.api.ListAgentsRequest\x1a\x1e.signet.api.ListAgentsResponse\x12K\n" +
+	"ListAgents\x12\x1d.signet.api.ListAgentsRequest\x1a\x1e.signet.api.ListAgentsResponse\x12:\n" +
+	"\bGetAgent\x12\x1b.signet.api.GetAgentRequest\x1a\x11.signet.api.Agent\x12K\n" +
 	"\n" +
 	"EvictAgent\x12\x1d.signet.api.EvictAgentRequest\x1a\x1e.signet.api.EvictAgentResponse\x12E\n" +
 	"\bBanAgent\x12\x1b.signet.api.BanAgentRequest\x1a\x1c.signet.api.BanAgentResponse\x12O\n" +
@@ -2553,141 +2772,149 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 	return file_server_api_admin_proto_rawDescData
 }
 
-var file_server_api_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_server_api_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_server_api_admin_proto_goTypes = []any{
-	(BundleDeleteMode)(0),                        // 0: signet.api.BundleDeleteMode
-	(RelationshipOrigin)(0),                      // 1: signet.api.RelationshipOrigin
-	(*CreateEntryRequest)(nil),                   // 2: signet.api.CreateEntryRequest
-	(*BatchCreateEntriesRequest)(nil),            // 3: signet.api.BatchCreateEntriesRequest
-	(*BatchCreateEntriesResponse)(nil),           // 4: signet.api.BatchCreateEntriesResponse
-	(*UpdateEntryRequest)(nil),                   // 5: signet.api.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),                   // 6: signet.api.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),                  // 7: signet.api.DeleteEntryResponse
-	(*GetEntryRequest)(nil),                      // 8: signet.api.GetEntryRequest
-	(*ListEntriesRequest)(nil),                   // 9: signet.api.ListEntriesRequest
-	(*ListEntriesResponse)(nil),                  // 10: signet.api.ListEntriesResponse
-	(*CreateJoinTokenRequest)(nil),               // 11: signet.api.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),              // 12: signet.api.CreateJoinTokenResponse
-	(*GetBundleRequest)(nil),                     // 13: signet.api.GetBundleRequest
-	(*ListAgentsRequest)(nil),                    // 14: signet.api.ListAgentsRequest
-	(*ListAgentsResponse)(nil),                   // 15: signet.api.ListAgentsResponse
-	(*EvictAgentRequest)(nil),                    // 16: signet.api.EvictAgentRequest
-	(*EvictAgentResponse)(nil),                   // 17: signet.api.EvictAgentResponse
-	(*BanAgentRequest)(nil),                      // 18: signet.api.BanAgentRequest
-	(*BanAgentResponse)(nil),                     // 19: signet.api.BanAgentResponse
-	(*SetFederatedBundleRequest)(nil),            // 20: signet.api.SetFederatedBundleRequest
-	(*ListFederatedBundlesRequest)(nil),          // 21: signet.api.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),         // 22: signet.api.ListFederatedBundlesResponse
-	(*DeleteFederatedBundleRequest)(nil),         // 23: signet.api.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil),        // 24: signet.api.DeleteFederatedBundleResponse
-	(*FederationRelationship)(nil),               // 25: signet.api.FederationRelationship
-	(*CreateFederationRelationshipRequest)(nil),  // 26: signet.api.CreateFederationRelationshipRequest
-	(*UpdateFederationRelationshipRequest)(nil),  // 27: signet.api.UpdateFederationRelationshipRequest
-	(*FederationRelationshipResult)(nil),         // 28: signet.api.FederationRelationshipResult
-	(*DeleteFederationRelationshipRequest)(nil),  // 29: signet.api.DeleteFederationRelationshipRequest
-	(*DeleteFederationRelationshipResponse)(nil), // 30: signet.api.DeleteFederationRelationshipResponse
-	(*GetFederationRelationshipRequest)(nil),     // 31: signet.api.GetFederationRelationshipRequest
-	(*ListFederationRelationshipsRequest)(nil),   // 32: signet.api.ListFederationRelationshipsRequest
-	(*ListFederationRelationshipsResponse)(nil),  // 33: signet.api.ListFederationRelationshipsResponse
-	(*LocalAuthority)(nil),                       // 34: signet.api.LocalAuthority
-	(*GetLocalAuthoritiesRequest)(nil),           // 35: signet.api.GetLocalAuthoritiesRequest
-	(*GetLocalAuthoritiesResponse)(nil),          // 36: signet.api.GetLocalAuthoritiesResponse
-	(*PrepareLocalAuthorityRequest)(nil),         // 37: signet.api.PrepareLocalAuthorityRequest
-	(*ActivateLocalAuthorityRequest)(nil),        // 38: signet.api.ActivateLocalAuthorityRequest
-	(*TaintLocalAuthorityRequest)(nil),           // 39: signet.api.TaintLocalAuthorityRequest
-	(*RevokeLocalAuthorityRequest)(nil),          // 40: signet.api.RevokeLocalAuthorityRequest
-	(*UpstreamAuthority)(nil),                    // 41: signet.api.UpstreamAuthority
-	(*GetUpstreamAuthoritiesRequest)(nil),        // 42: signet.api.GetUpstreamAuthoritiesRequest
-	(*GetUpstreamAuthoritiesResponse)(nil),       // 43: signet.api.GetUpstreamAuthoritiesResponse
-	(*TaintUpstreamAuthorityRequest)(nil),        // 44: signet.api.TaintUpstreamAuthorityRequest
-	(*RevokeUpstreamAuthorityRequest)(nil),       // 45: signet.api.RevokeUpstreamAuthorityRequest
-	(*Entry)(nil),                                // 46: signet.api.Entry
-	(*Selector)(nil),                             // 47: signet.api.Selector
-	(*Agent)(nil),                                // 48: signet.api.Agent
-	(*Bundle)(nil),                               // 49: signet.api.Bundle
+	(MatchMode)(0),                               // 0: signet.api.MatchMode
+	(BundleDeleteMode)(0),                        // 1: signet.api.BundleDeleteMode
+	(RelationshipOrigin)(0),                      // 2: signet.api.RelationshipOrigin
+	(*CreateEntryRequest)(nil),                   // 3: signet.api.CreateEntryRequest
+	(*BatchCreateEntriesRequest)(nil),            // 4: signet.api.BatchCreateEntriesRequest
+	(*BatchCreateEntriesResponse)(nil),           // 5: signet.api.BatchCreateEntriesResponse
+	(*UpdateEntryRequest)(nil),                   // 6: signet.api.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),                   // 7: signet.api.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),                  // 8: signet.api.DeleteEntryResponse
+	(*GetEntryRequest)(nil),                      // 9: signet.api.GetEntryRequest
+	(*ListEntriesRequest)(nil),                   // 10: signet.api.ListEntriesRequest
+	(*ListEntriesResponse)(nil),                  // 11: signet.api.ListEntriesResponse
+	(*CreateJoinTokenRequest)(nil),               // 12: signet.api.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),              // 13: signet.api.CreateJoinTokenResponse
+	(*GetBundleRequest)(nil),                     // 14: signet.api.GetBundleRequest
+	(*ListAgentsRequest)(nil),                    // 15: signet.api.ListAgentsRequest
+	(*GetAgentRequest)(nil),                      // 16: signet.api.GetAgentRequest
+	(*ListAgentsResponse)(nil),                   // 17: signet.api.ListAgentsResponse
+	(*EvictAgentRequest)(nil),                    // 18: signet.api.EvictAgentRequest
+	(*EvictAgentResponse)(nil),                   // 19: signet.api.EvictAgentResponse
+	(*BanAgentRequest)(nil),                      // 20: signet.api.BanAgentRequest
+	(*BanAgentResponse)(nil),                     // 21: signet.api.BanAgentResponse
+	(*SetFederatedBundleRequest)(nil),            // 22: signet.api.SetFederatedBundleRequest
+	(*ListFederatedBundlesRequest)(nil),          // 23: signet.api.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),         // 24: signet.api.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),         // 25: signet.api.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil),        // 26: signet.api.DeleteFederatedBundleResponse
+	(*FederationRelationship)(nil),               // 27: signet.api.FederationRelationship
+	(*CreateFederationRelationshipRequest)(nil),  // 28: signet.api.CreateFederationRelationshipRequest
+	(*UpdateFederationRelationshipRequest)(nil),  // 29: signet.api.UpdateFederationRelationshipRequest
+	(*FederationRelationshipResult)(nil),         // 30: signet.api.FederationRelationshipResult
+	(*DeleteFederationRelationshipRequest)(nil),  // 31: signet.api.DeleteFederationRelationshipRequest
+	(*DeleteFederationRelationshipResponse)(nil), // 32: signet.api.DeleteFederationRelationshipResponse
+	(*GetFederationRelationshipRequest)(nil),     // 33: signet.api.GetFederationRelationshipRequest
+	(*ListFederationRelationshipsRequest)(nil),   // 34: signet.api.ListFederationRelationshipsRequest
+	(*ListFederationRelationshipsResponse)(nil),  // 35: signet.api.ListFederationRelationshipsResponse
+	(*LocalAuthority)(nil),                       // 36: signet.api.LocalAuthority
+	(*GetLocalAuthoritiesRequest)(nil),           // 37: signet.api.GetLocalAuthoritiesRequest
+	(*GetLocalAuthoritiesResponse)(nil),          // 38: signet.api.GetLocalAuthoritiesResponse
+	(*PrepareLocalAuthorityRequest)(nil),         // 39: signet.api.PrepareLocalAuthorityRequest
+	(*ActivateLocalAuthorityRequest)(nil),        // 40: signet.api.ActivateLocalAuthorityRequest
+	(*TaintLocalAuthorityRequest)(nil),           // 41: signet.api.TaintLocalAuthorityRequest
+	(*RevokeLocalAuthorityRequest)(nil),          // 42: signet.api.RevokeLocalAuthorityRequest
+	(*UpstreamAuthority)(nil),                    // 43: signet.api.UpstreamAuthority
+	(*GetUpstreamAuthoritiesRequest)(nil),        // 44: signet.api.GetUpstreamAuthoritiesRequest
+	(*GetUpstreamAuthoritiesResponse)(nil),       // 45: signet.api.GetUpstreamAuthoritiesResponse
+	(*TaintUpstreamAuthorityRequest)(nil),        // 46: signet.api.TaintUpstreamAuthorityRequest
+	(*RevokeUpstreamAuthorityRequest)(nil),       // 47: signet.api.RevokeUpstreamAuthorityRequest
+	(*Entry)(nil),                                // 48: signet.api.Entry
+	(*Selector)(nil),                             // 49: signet.api.Selector
+	(*Agent)(nil),                                // 50: signet.api.Agent
+	(*Bundle)(nil),                               // 51: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	46, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	46, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
-	46, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
-	46, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	47, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
-	46, // 5: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	48, // 6: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	49, // 7: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
-	49, // 8: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
-	0,  // 9: signet.api.DeleteFederatedBundleRequest.mode:type_name -> signet.api.BundleDeleteMode
-	1,  // 10: signet.api.FederationRelationship.origin:type_name -> signet.api.RelationshipOrigin
-	25, // 11: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	49, // 12: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
-	25, // 13: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	49, // 14: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
-	25, // 15: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
-	49, // 16: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
-	25, // 17: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
-	34, // 18: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
-	34, // 19: signet.api.UpstreamAuthority.local_authorities:type_name -> signet.api.LocalAuthority
-	41, // 20: signet.api.GetUpstreamAuthoritiesResponse.authorities:type_name -> signet.api.UpstreamAuthority
-	2,  // 21: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
-	3,  // 22: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
-	5,  // 23: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
-	6,  // 24: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
-	8,  // 25: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
-	9,  // 26: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
-	11, // 27: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
-	13, // 28: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
-	14, // 29: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
-	16, // 30: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
-	18, // 31: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
-	20, // 32: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
-	21, // 33: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
-	23, // 34: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
-	26, // 35: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
-	27, // 36: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
-	29, // 37: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
-	31, // 38: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
-	32, // 39: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
-	35, // 40: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
-	37, // 41: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
-	38, // 42: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
-	39, // 43: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
-	40, // 44: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
-	42, // 45: signet.api.AdminService.GetUpstreamAuthorities:input_type -> signet.api.GetUpstreamAuthoritiesRequest
-	44, // 46: signet.api.AdminService.TaintUpstreamAuthority:input_type -> signet.api.TaintUpstreamAuthorityRequest
-	45, // 47: signet.api.AdminService.RevokeUpstreamAuthority:input_type -> signet.api.RevokeUpstreamAuthorityRequest
-	46, // 48: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	4,  // 49: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
-	46, // 50: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	7,  // 51: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	46, // 52: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	10, // 53: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	12, // 54: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	49, // 55: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	15, // 56: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	17, // 57: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	19, // 58: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
-	49, // 59: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
-	22, // 60: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
-	24, // 61: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
-	28, // 62: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	28, // 63: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	30, // 64: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
-	25, // 65: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
-	33, // 66: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
-	36, // 67: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
-	34, // 68: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
-	34, // 69: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
-	34, // 70: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
-	34, // 71: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
-	43, // 72: signet.api.AdminService.GetUpstreamAuthorities:output_type -> signet.api.GetUpstreamAuthoritiesResponse
-	41, // 73: signet.api.AdminService.TaintUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
-	41, // 74: signet.api.AdminService.RevokeUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
-	48, // [48:75] is the sub-list for method output_type
-	21, // [21:48] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	48, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	48, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	48, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	48, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	49, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	0,  // 5: signet.api.ListEntriesRequest.match_selectors_on:type_name -> signet.api.MatchMode
+	0,  // 6: signet.api.ListEntriesRequest.match_federates_with_on:type_name -> signet.api.MatchMode
+	48, // 7: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	49, // 8: signet.api.ListAgentsRequest.selectors:type_name -> signet.api.Selector
+	0,  // 9: signet.api.ListAgentsRequest.match_selectors_on:type_name -> signet.api.MatchMode
+	50, // 10: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	51, // 11: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
+	51, // 12: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
+	1,  // 13: signet.api.DeleteFederatedBundleRequest.mode:type_name -> signet.api.BundleDeleteMode
+	2,  // 14: signet.api.FederationRelationship.origin:type_name -> signet.api.RelationshipOrigin
+	27, // 15: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	51, // 16: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	27, // 17: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	51, // 18: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	27, // 19: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
+	51, // 20: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
+	27, // 21: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
+	36, // 22: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
+	36, // 23: signet.api.UpstreamAuthority.local_authorities:type_name -> signet.api.LocalAuthority
+	43, // 24: signet.api.GetUpstreamAuthoritiesResponse.authorities:type_name -> signet.api.UpstreamAuthority
+	3,  // 25: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
+	4,  // 26: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
+	6,  // 27: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
+	7,  // 28: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
+	9,  // 29: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
+	10, // 30: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
+	12, // 31: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
+	14, // 32: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
+	15, // 33: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
+	16, // 34: signet.api.AdminService.GetAgent:input_type -> signet.api.GetAgentRequest
+	18, // 35: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
+	20, // 36: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
+	22, // 37: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
+	23, // 38: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
+	25, // 39: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
+	28, // 40: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
+	29, // 41: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
+	31, // 42: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
+	33, // 43: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
+	34, // 44: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
+	37, // 45: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
+	39, // 46: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
+	40, // 47: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
+	41, // 48: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
+	42, // 49: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
+	44, // 50: signet.api.AdminService.GetUpstreamAuthorities:input_type -> signet.api.GetUpstreamAuthoritiesRequest
+	46, // 51: signet.api.AdminService.TaintUpstreamAuthority:input_type -> signet.api.TaintUpstreamAuthorityRequest
+	47, // 52: signet.api.AdminService.RevokeUpstreamAuthority:input_type -> signet.api.RevokeUpstreamAuthorityRequest
+	48, // 53: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	5,  // 54: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	48, // 55: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	8,  // 56: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	48, // 57: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	11, // 58: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	13, // 59: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	51, // 60: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	17, // 61: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	50, // 62: signet.api.AdminService.GetAgent:output_type -> signet.api.Agent
+	19, // 63: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	21, // 64: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
+	51, // 65: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
+	24, // 66: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
+	26, // 67: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
+	30, // 68: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	30, // 69: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	32, // 70: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
+	27, // 71: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
+	35, // 72: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
+	38, // 73: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
+	36, // 74: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
+	36, // 75: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
+	36, // 76: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
+	36, // 77: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
+	45, // 78: signet.api.AdminService.GetUpstreamAuthorities:output_type -> signet.api.GetUpstreamAuthoritiesResponse
+	43, // 79: signet.api.AdminService.TaintUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	43, // 80: signet.api.AdminService.RevokeUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	53, // [53:81] is the sub-list for method output_type
+	25, // [25:53] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_server_api_admin_proto_init() }
@@ -2696,13 +2923,15 @@ func file_server_api_admin_proto_init() {
 		return
 	}
 	file_server_api_types_proto_init()
+	file_server_api_admin_proto_msgTypes[7].OneofWrappers = []any{}
+	file_server_api_admin_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   44,
+			NumEnums:      3,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

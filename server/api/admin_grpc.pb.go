@@ -28,6 +28,7 @@ const (
 	AdminService_CreateJoinToken_FullMethodName              = "/signet.api.AdminService/CreateJoinToken"
 	AdminService_GetBundle_FullMethodName                    = "/signet.api.AdminService/GetBundle"
 	AdminService_ListAgents_FullMethodName                   = "/signet.api.AdminService/ListAgents"
+	AdminService_GetAgent_FullMethodName                     = "/signet.api.AdminService/GetAgent"
 	AdminService_EvictAgent_FullMethodName                   = "/signet.api.AdminService/EvictAgent"
 	AdminService_BanAgent_FullMethodName                     = "/signet.api.AdminService/BanAgent"
 	AdminService_SetFederatedBundle_FullMethodName           = "/signet.api.AdminService/SetFederatedBundle"
@@ -55,6 +56,8 @@ const (
 // AdminService is served only on the server's local admin socket; callers
 // are checked by SO_PEERCRED (root or the server's own uid).
 type AdminServiceClient interface {
+	// CreateEntry stores a new entry under entry.id when given (SPIRE's
+	// custom entry IDs, so a restored entry keeps its ID), else a new UUID.
 	CreateEntry(ctx context.Context, in *CreateEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	// BatchCreateEntries validates every entry, then stores them in one
 	// transaction: all or none.
@@ -66,6 +69,7 @@ type AdminServiceClient interface {
 	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
+	GetAgent(ctx context.Context, in *GetAgentRequest, opts ...grpc.CallOption) (*Agent, error)
 	EvictAgent(ctx context.Context, in *EvictAgentRequest, opts ...grpc.CallOption) (*EvictAgentResponse, error)
 	// BanAgent cuts an agent off like EvictAgent and also refuses its ID at
 	// attestation (a k8s_psat node attests again by itself) until evicted.
@@ -220,6 +224,16 @@ func (c *adminServiceClient) ListAgents(ctx context.Context, in *ListAgentsReque
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListAgentsResponse)
 	err := c.cc.Invoke(ctx, AdminService_ListAgents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetAgent(ctx context.Context, in *GetAgentRequest, opts ...grpc.CallOption) (*Agent, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Agent)
+	err := c.cc.Invoke(ctx, AdminService_GetAgent_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -413,6 +427,8 @@ func (c *adminServiceClient) RevokeUpstreamAuthority(ctx context.Context, in *Re
 // AdminService is served only on the server's local admin socket; callers
 // are checked by SO_PEERCRED (root or the server's own uid).
 type AdminServiceServer interface {
+	// CreateEntry stores a new entry under entry.id when given (SPIRE's
+	// custom entry IDs, so a restored entry keeps its ID), else a new UUID.
 	CreateEntry(context.Context, *CreateEntryRequest) (*Entry, error)
 	// BatchCreateEntries validates every entry, then stores them in one
 	// transaction: all or none.
@@ -424,6 +440,7 @@ type AdminServiceServer interface {
 	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
 	GetBundle(context.Context, *GetBundleRequest) (*Bundle, error)
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
+	GetAgent(context.Context, *GetAgentRequest) (*Agent, error)
 	EvictAgent(context.Context, *EvictAgentRequest) (*EvictAgentResponse, error)
 	// BanAgent cuts an agent off like EvictAgent and also refuses its ID at
 	// attestation (a k8s_psat node attests again by itself) until evicted.
@@ -520,6 +537,9 @@ func (UnimplementedAdminServiceServer) GetBundle(context.Context, *GetBundleRequ
 }
 func (UnimplementedAdminServiceServer) ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAgents not implemented")
+}
+func (UnimplementedAdminServiceServer) GetAgent(context.Context, *GetAgentRequest) (*Agent, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAgent not implemented")
 }
 func (UnimplementedAdminServiceServer) EvictAgent(context.Context, *EvictAgentRequest) (*EvictAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EvictAgent not implemented")
@@ -754,6 +774,24 @@ func _AdminService_ListAgents_Handler(srv interface{}, ctx context.Context, dec 
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).ListAgents(ctx, req.(*ListAgentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetAgent(ctx, req.(*GetAgentRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1124,6 +1162,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAgents",
 			Handler:    _AdminService_ListAgents_Handler,
+		},
+		{
+			MethodName: "GetAgent",
+			Handler:    _AdminService_GetAgent_Handler,
 		},
 		{
 			MethodName: "EvictAgent",

@@ -50,7 +50,25 @@ const (
 var (
 	dnsLabelRE = regexp.MustCompile(`^(\*|[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)$`)
 	hintRE     = regexp.MustCompile(`^[A-Za-z0-9._:/@-]{1,128}$`)
+	entryIDRE  = regexp.MustCompile(`^[A-Za-z0-9._~-]{1,255}$`)
 )
+
+// CheckEntryID checks an entry ID a caller chose (SPIRE's custom entry
+// IDs): 1 to 255 letters, digits and . _ ~ -, so that it is safe in a
+// command line, a log line and a URL. Generated IDs are UUIDs.
+func CheckEntryID(id string) error {
+	if !entryIDRE.MatchString(id) {
+		return fmt.Errorf("entry ID %q: want 1 to 255 letters, digits, '.', '_', '~' or '-'", clip(id))
+	}
+	return nil
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
 
 // ReservedPrefix starts the paths of Signet's own components
 // (spiffe://TD/signet/server is the server's TLS identity, which agents

@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/signetid/signet/agent"
+	"github.com/signetid/signet/internal/kubetest"
 	"github.com/signetid/signet/server"
 	"github.com/signetid/signet/server/k8sreg"
 	"github.com/signetid/signet/server/nested"
@@ -536,4 +538,109 @@ func FuzzHelmUpstreamServerAddress(f *testing.F) {
 			t.Fatalf("address %q: the upstream agents refuse what the chart took: %v", addr, err)
 		}
 	})
+}
+
+// TestHelmNestedRealAPIServer applies a rendered downstream install to a
+// real kube-apiserver (which validates every object), then has the
+// upstream's rendered k8s_psat block for that cluster, with a kubeconfig
+// of the downstream's rendered reviewer account and nothing else, attest
+// an upstream agent pod's token as the DaemonSet would get it: the agent
+// is named after its node and matches the upstream's node alias. The
+// cluster's own agents are refused by that block.
+func TestHelmNestedRealAPIServer(t *testing.T) {
+	kube := kubetest.StartRealAPIServer(t)
+	ctx := t.Context()
+	const ns = "signet-system"
+	// The CSI driver is privileged, which this API server does not allow.
+	downValues := "clusterName: east\ncsi: {enabled: false}\nupstream: {enabled: true, serverAddress: 'signet.west.example.org:8081'}\n"
+	manifest, _, err := helmTemplate(t, ns, downValues)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.Apply(ctx, ns, []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: signet-system}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.Apply(ctx, ns, manifest); err != nil {
+		t.Fatalf("apply the rendered downstream install: %v", err)
+	}
+	down := helmNested(t, ns, downValues)
+	ua := down.upstreamAgent(t)
+
+	up := helmNested(t, ns, "clusterName: west\ndownstreamClusters: [{name: east, kubeconfigSecret: east-kc}]\n")
+	i := slices.IndexFunc(up.system.config.K8sPSAT, func(c server.K8sPSATCluster) bool { return c.Name == ua.conf.K8sPSATCluster })
+	if i < 0 {
+		t.Fatalf("the upstream has no k8s_psat block %q", ua.conf.K8sPSATCluster)
+	}
+	cluster := up.system.config.K8sPSAT[i].PSATCluster
+	// The Secret's kubeconfig: the reviewer's token (the token controller
+	// that fills the rendered Secret is not running here).
+	tok, err := kube.TokenRequest(ctx, ns, "signet-upstream-reviewer", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cluster.Client, err = nodeattest.KubeClient(kube.KubeconfigFor(t, t.TempDir(), "signet-upstream-reviewer", tok)); err != nil {
+		t.Fatal(err)
+	}
+	psat, err := nodeattest.NewPSAT(up.system.config.TrustDomain, []nodeattest.PSATCluster{cluster})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	node, err := kube.Client().CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var audience string
+	for _, v := range ua.pod.Volumes {
+		if v.Projected != nil && v.Projected.Sources[0].ServiceAccountToken != nil {
+			audience = v.Projected.Sources[0].ServiceAccountToken.Audience
+		}
+	}
+	attest := func(sa string) (nodeattest.Result, error) {
+		pod, err := kube.Client().CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: sa + "-"},
+			Spec: corev1.PodSpec{ServiceAccountName: sa, NodeName: node.Name,
+				Containers: []corev1.Container{{Name: "agent", Image: "ghcr.io/signetid/signet:test"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := kube.TokenRequest(ctx, ns, sa, pod.Name, audience)
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload, err := json.Marshal(nodeattest.PSATPayload{Cluster: ua.conf.K8sPSATCluster, Token: tok})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return psat.Attest(ctx, payload)
+	}
+	res, err := attest(ua.pod.ServiceAccountName)
+	if err != nil {
+		t.Fatalf("the upstream refuses the upstream agent: %v", err)
+	}
+	if want := "spiffe://example.org/agent/k8s_psat/east/" + string(node.UID); res.AgentID.String() != want {
+		t.Errorf("upstream agent attested as %s, want %s", res.AgentID, want)
+	}
+	var sels []string
+	for _, s := range res.Selectors {
+		sels = append(sels, s.Type+":"+s.Value)
+	}
+	for _, e := range up.statics {
+		if e.Spec.Node && !isSubset(e.Spec.Selectors, sels) {
+			t.Errorf("node alias %s selects %v; the upstream agent has %v", e.Name, e.Spec.Selectors, sels)
+		}
+	}
+	if _, err := attest("signet-agent"); err == nil || !errors.Is(err, nodeattest.ErrNotAttested) {
+		t.Errorf("the downstream's own agent attested to the upstream (%v)", err)
+	}
+}
+
+func isSubset(sub, of []string) bool {
+	for _, s := range sub {
+		if !slices.Contains(of, s) {
+			return false
+		}
+	}
+	return true
 }

@@ -29,13 +29,15 @@ type EntryFile struct {
 // EntryJSON is one entry. Reading, SPIFFE IDs may be SPIRE's objects
 // ({"trust_domain": ..., "path": ...}) and integers strings (as SPIRE's
 // JSON prints int64s); a parent_id of spiffe://TD/spire/server is SPIRE's
-// mark of a node alias. revision_number and created_at are the server's
-// and ignored on create.
+// mark of a node alias when "node" is absent (SPIRE has no such field;
+// Signet always prints it, so its own node alias named spire/server keeps
+// its children as they were). revision_number and created_at are the
+// server's and ignored on create.
 type EntryJSON struct {
 	ID             string         `json:"id"`
 	SPIFFEID       jsonID         `json:"spiffe_id"`
 	ParentID       jsonID         `json:"parent_id"`
-	Node           bool           `json:"node"`
+	Node           *bool          `json:"node"`
 	Selectors      []SelectorJSON `json:"selectors"`
 	X509SVIDTTL    jsonInt        `json:"x509_svid_ttl"`
 	JWTSVIDTTL     jsonInt        `json:"jwt_svid_ttl"`
@@ -132,11 +134,12 @@ const spireServerPath = "/spire/server"
 
 // EntryToJSON is e in the JSON the CLI prints.
 func EntryToJSON(e *api.Entry) EntryJSON {
+	node := e.Node
 	out := EntryJSON{
 		ID:             e.Id,
 		SPIFFEID:       jsonID(e.SpiffeId),
 		ParentID:       jsonID(e.ParentId),
-		Node:           e.Node,
+		Node:           &node,
 		Selectors:      selectorsToJSON(e.Selectors),
 		X509SVIDTTL:    jsonInt(e.X509TtlSeconds),
 		JWTSVIDTTL:     jsonInt(e.JwtTtlSeconds),
@@ -198,13 +201,13 @@ func (in *EntryJSON) toProto() (*api.Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spiffe_id: %w", err)
 	}
-	parent, node := string(in.ParentID), in.Node
+	parent, node := string(in.ParentID), in.Node != nil && *in.Node
 	if parent != "" {
 		p, err := ids.ParseWorkloadID(parent)
 		if err != nil {
 			return nil, fmt.Errorf("parent_id: %w", err)
 		}
-		if p.Path() == spireServerPath && p.MemberOf(spiffeID.TrustDomain()) {
+		if in.Node == nil && p.Path() == spireServerPath && p.MemberOf(spiffeID.TrustDomain()) {
 			parent, node = "", true
 		}
 	}

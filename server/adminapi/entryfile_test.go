@@ -96,6 +96,11 @@ func TestEntryJSONRoundTrip(t *testing.T) {
 			DnsNames: []string{"web.internal"}, Hint: "blue", FederatesWith: []string{"partner.org"}, Admin: true, Downstream: true,
 			ExpiresAt: 2000000000, Revision: 7, CreatedAt: 1700000000},
 		{Id: "nodes", SpiffeId: "spiffe://example.org/nodes", Node: true, Selectors: []*api.Selector{{Type: "k8s_psat", Value: "cluster:c1"}}},
+		// Parented to a Signet node alias that happens to be named
+		// spire/server (as after a move from SPIRE): still a workload
+		// entry, not SPIRE's mark of a node alias.
+		{Id: "under-spire-server", SpiffeId: "spiffe://example.org/wl", ParentId: "spiffe://example.org/spire/server",
+			Selectors: []*api.Selector{{Type: "unix", Value: "uid:9"}}},
 	} {
 		b, err := json.Marshal(EntryFile{Entries: []EntryJSON{EntryToJSON(e)}})
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"golang.org/x/crypto/ssh"
 
@@ -63,25 +64,8 @@ sshpop {
 		t.Fatalf("agent attested as %q, want %s", got, agentID)
 	}
 
-	const alias = "spiffe://example.org/nodes/web"
-	if _, err := srv.cli(t, "server", "entry", "create", "--node", "--spiffe-id", alias,
-		"--selector", "sshpop:principal:web-1.example.org"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := srv.cli(t, "server", "entry", "create", "--parent-id", alias,
-		"--spiffe-id", want.String(), "--selector", "unix:uid:0"); err != nil {
-		t.Fatal(err)
-	}
-	waitForID(t, n, want)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+n.socket)); err != nil || svid.ID != want {
-		t.Fatalf("FetchX509SVID: %v, %v", svid, err)
-	}
-	agents, err := srv.cli(t, "server", "agent", "list")
-	if err != nil || !strings.Contains(agents, agentID) || !strings.Contains(agents, "sshpop") {
-		t.Fatalf("agent list: %v\n%s", err, agents)
-	}
+	ctx := serveThroughNodeAlias(t, n, "sshpop:principal:web-1.example.org", want)
+	checkAgentListed(t, srv, agentID, "sshpop")
 
 	// Renewal is a re-attestation with the host certificate.
 	n.agent.waitLine(t, "agent SVID renewed by re-attestation", 15*time.Second)
@@ -96,5 +80,37 @@ sshpop {
 	}
 	if svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+n.socket)); err != nil || svid.ID != want {
 		t.Fatalf("FetchX509SVID after the refusal: %v, %v", svid, err)
+	}
+}
+
+// serveThroughNodeAlias registers want (unix:uid:0) under a node alias
+// selecting n's agent by nodeSelector, waits for n to serve it and fetches
+// it with go-spiffe; the context returned lasts for the rest of the test.
+func serveThroughNodeAlias(t *testing.T, n *node, nodeSelector string, want spiffeid.ID) context.Context {
+	t.Helper()
+	const alias = "spiffe://example.org/nodes/web"
+	if _, err := n.server.cli(t, "server", "entry", "create", "--node", "--spiffe-id", alias, "--selector", nodeSelector); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.server.cli(t, "server", "entry", "create", "--parent-id", alias,
+		"--spiffe-id", want.String(), "--selector", "unix:uid:0"); err != nil {
+		t.Fatal(err)
+	}
+	waitForID(t, n, want)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	if svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+n.socket)); err != nil || svid.ID != want {
+		t.Fatalf("FetchX509SVID: %v, %v", svid, err)
+	}
+	return ctx
+}
+
+// checkAgentListed checks `agent list` shows agentID, of attestation type
+// typ.
+func checkAgentListed(t *testing.T, srv *serverEnv, agentID, typ string) {
+	t.Helper()
+	agents, err := srv.cli(t, "server", "agent", "list")
+	if err != nil || !strings.Contains(agents, agentID) || !strings.Contains(agents, typ) {
+		t.Fatalf("agent list: %v\n%s", err, agents)
 	}
 }

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
-
 	"github.com/signetid/signet/server/api/x509pop"
 )
 
@@ -92,25 +90,8 @@ func TestX509PoPAgentEndToEnd(t *testing.T) {
 	}
 	n.agent.waitLine(t, "agent ready", 30*time.Second)
 
-	const alias = "spiffe://example.org/nodes/web"
-	if _, err := srv.cli(t, "server", "entry", "create", "--node", "--spiffe-id", alias,
-		"--selector", "x509pop:subject:cn:web-1.example.org"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := srv.cli(t, "server", "entry", "create", "--parent-id", alias,
-		"--spiffe-id", want.String(), "--selector", "unix:uid:0"); err != nil {
-		t.Fatal(err)
-	}
-	waitForID(t, n, want)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+n.socket)); err != nil || svid.ID != want {
-		t.Fatalf("FetchX509SVID: %v, %v", svid, err)
-	}
-	agents, err := srv.cli(t, "server", "agent", "list")
-	if err != nil || !strings.Contains(agents, agentID) || !strings.Contains(agents, "x509pop") {
-		t.Fatalf("agent list: %v\n%s", err, agents)
-	}
+	serveThroughNodeAlias(t, n, "x509pop:subject:cn:web-1.example.org", want)
+	checkAgentListed(t, srv, agentID, "x509pop")
 
 	// The data dir is lost: the agent attests again with the same
 	// certificate, to the same ID, and serves the same workload.

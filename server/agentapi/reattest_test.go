@@ -176,7 +176,7 @@ func TestJoinTokenAgentIsNotReattestable(t *testing.T) {
 func TestRenewAgentRefusesReattestableTypeWithoutFlag(t *testing.T) {
 	ctx := context.Background()
 	h := newHarness(t)
-	for _, typ := range []string{"x509pop", "k8s_psat"} {
+	for _, typ := range []string{"x509pop", "sshpop", "k8s_psat"} {
 		t.Run(typ, func(t *testing.T) {
 			// A join-token agent gives a client presenting a real SVID; its
 			// node is then rewritten as the older server would write it.

@@ -34,9 +34,9 @@ const (
 // Attest is the only RPC allowed without a client certificate; every other
 // RPC authenticates the agent by its agent X509-SVID.
 type AgentServiceClient interface {
-	// Attest proves the node's identity (join token, k8s_psat, x509pop) and
-	// returns an agent SVID for the CSR. An agent that is reattestable calls
-	// it again, with fresh evidence, to renew its SVID.
+	// Attest proves the node's identity (join token, k8s_psat, x509pop,
+	// sshpop) and returns an agent SVID for the CSR. An agent that is
+	// reattestable calls it again, with fresh evidence, to renew its SVID.
 	Attest(ctx context.Context, in *AttestRequest, opts ...grpc.CallOption) (*AttestResponse, error)
 	// RenewAgent returns a fresh agent SVID for the calling agent. A
 	// reattestable agent is refused with PermissionDenied: it must attest
@@ -128,9 +128,9 @@ func (c *agentServiceClient) MintJWTSVID(ctx context.Context, in *MintJWTSVIDReq
 // Attest is the only RPC allowed without a client certificate; every other
 // RPC authenticates the agent by its agent X509-SVID.
 type AgentServiceServer interface {
-	// Attest proves the node's identity (join token, k8s_psat, x509pop) and
-	// returns an agent SVID for the CSR. An agent that is reattestable calls
-	// it again, with fresh evidence, to renew its SVID.
+	// Attest proves the node's identity (join token, k8s_psat, x509pop,
+	// sshpop) and returns an agent SVID for the CSR. An agent that is
+	// reattestable calls it again, with fresh evidence, to renew its SVID.
 	Attest(context.Context, *AttestRequest) (*AttestResponse, error)
 	// RenewAgent returns a fresh agent SVID for the calling agent. A
 	// reattestable agent is refused with PermissionDenied: it must attest

@@ -24,6 +24,7 @@ import (
 	"github.com/signetid/signet/internal/selector"
 	"github.com/signetid/signet/server/api/sshpop"
 	"github.com/signetid/signet/server/api/sshpop/sshpoptest"
+	"github.com/signetid/signet/server/api/x509pop"
 )
 
 // sshpopPKI is an SSH CA whose public key is in a cert_authorities_path
@@ -96,12 +97,13 @@ func TestSSHPoPAttest(t *testing.T) {
 	rsaCA := &sshpoptest.CA{Signer: sha256CASigner}
 	writeCAs(t, pki.caPath, pki.ca, rsaCA)
 	now := time.Now()
+	presentedKey := agentKey(t)
 	type attempt struct {
 		cert      *ssh.Certificate
 		key       ssh.Signer
 		signTD    spiffeid.TrustDomain
-		signedKey []byte                               // nil: the presented agent key
-		sign      func([]byte) (*ssh.Signature, error) // nil: sshpop.Sign with key
+		signedKey []byte                                   // nil: the presented agent key
+		sign      func(msg []byte) (*ssh.Signature, error) // nil: sshpop.Sign with key
 	}
 	issue := func(ca *sshpoptest.CA, h sshpoptest.Host) attempt {
 		cert, key := ca.Issue(t, h)
@@ -178,11 +180,12 @@ func TestSSHPoPAttest(t *testing.T) {
 			_, a.key = pki.ca.Issue(t, sshpoptest.Host{})
 			return a
 		}(), reason: "signature does not verify"},
-		{name: "an x509pop signature", in: func() attempt {
+		{name: "an x509pop signature by the same key", in: func() attempt {
 			a := issue(pki.ca, sshpoptest.Host{Key: edKey})
-			a.sign = func(m []byte) (*ssh.Signature, error) {
-				blob := ed25519.Sign(edKey, append([]byte("signet x509pop v1\x00"), m[len("signet sshpop v1\x00"):]...))
-				return &ssh.Signature{Format: ssh.KeyAlgoED25519, Blob: blob}, nil
+			a.sign = func([]byte) (*ssh.Signature, error) {
+				// x509pop's message for the same trust domain and agent key.
+				blob, err := x509pop.Sign(edKey, x509pop.Message(td, presentedKey))
+				return &ssh.Signature{Format: ssh.KeyAlgoED25519, Blob: blob}, err
 			}
 			return a
 		}(), reason: "signature does not verify"},
@@ -193,7 +196,7 @@ func TestSSHPoPAttest(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			presented := agentKey(t)
+			presented := presentedKey
 			signed := tc.in.signedKey
 			if signed == nil {
 				signed = presented
@@ -234,16 +237,21 @@ func TestSSHPoPSelectors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{
+	checkNodeSelectors(t, res.Selectors, []string{
 		"sshpop:ca:fingerprint:" + ssh.FingerprintSHA256(pki.ca.Signer.PublicKey()),
 		"sshpop:principal:web-1",
 		"sshpop:principal:web-1.example.org",
-	}
-	slices.Sort(want)
-	if got := selector.Strings(res.Selectors); !slices.Equal(got, want) {
+	})
+}
+
+// checkNodeSelectors checks an attestor's node selectors are want (in any
+// order), each one a selector a node-alias entry can be written with.
+func checkNodeSelectors(t *testing.T, got []selector.Selector, want []string) {
+	t.Helper()
+	want = slices.Sorted(slices.Values(want))
+	if got := selector.Strings(got); !slices.Equal(got, want) {
 		t.Fatalf("selectors\n%q\nwant\n%q", got, want)
 	}
-	// Every selector can be written in a node-alias entry.
 	for _, s := range want {
 		if _, err := selector.Parse(s); err != nil {
 			t.Errorf("entry selector %s: %v", s, err)

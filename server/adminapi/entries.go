@@ -2,6 +2,8 @@ package adminapi
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -27,7 +29,7 @@ func (s *Service) CreateEntry(ctx context.Context, req *api.CreateEntryRequest) 
 	var rev int64
 	created, err := s.cfg.Store.CreateEntry(store.WithCommitRevision(ctx, &rev), e)
 	if err != nil {
-		return nil, storeError("create entry "+e.SPIFFEID.String(), err)
+		return nil, s.createError(ctx, "create entry", []registry.Entry{e}, err)
 	}
 	s.publish(ctx, rev, []registry.Entry{created})
 	s.cfg.Logger.Info("entry created", "entry_id", created.ID, "spiffe_id", created.SPIFFEID.String(), "parent_id", created.ParentID.String(), "selectors", selector.Strings(created.Selectors))
@@ -73,7 +75,7 @@ func (s *Service) BatchCreateEntries(ctx context.Context, req *api.BatchCreateEn
 	created, err := s.cfg.Store.CreateEntries(store.WithCommitRevision(ctx, &rev), entries)
 	if err != nil {
 		auditBatch(rec, req.Entries, nil, nil)
-		return nil, storeError("batch create", err)
+		return nil, s.createError(ctx, "batch create", entries, err)
 	}
 	auditBatch(rec, req.Entries, nil, created)
 	s.publish(ctx, rev, created)
@@ -83,6 +85,52 @@ func (s *Service) BatchCreateEntries(ctx context.Context, req *api.BatchCreateEn
 		resp.Entries[i] = registry.ToProto(&created[i])
 	}
 	return resp, nil
+}
+
+// createError is storeError for a create of entries, naming, when the
+// store refused a duplicate, the entry at fault and what it collides with
+// (another entry of the call, or a stored one): a restore of hundreds of
+// entries otherwise says only that one of them exists.
+func (s *Service) createError(ctx context.Context, what string, entries []registry.Entry, err error) error {
+	if !errors.Is(err, store.ErrAlreadyExists) {
+		return storeError(what, err)
+	}
+	name := func(i int) string {
+		if len(entries) == 1 {
+			return fmt.Sprintf("%s %s", what, entries[i].SPIFFEID)
+		}
+		return fmt.Sprintf("%s: entry %d (%s)", what, i, entries[i].SPIFFEID)
+	}
+	byID, byIdentity := map[string]int{}, map[string]int{}
+	for i, e := range entries {
+		if j, ok := byID[e.ID]; ok && e.ID != "" {
+			return status.Errorf(codes.AlreadyExists, "%s: entry %d has the same ID %s", name(i), j, e.ID)
+		}
+		if j, ok := byIdentity[entryIdentity(&e)]; ok {
+			return status.Errorf(codes.AlreadyExists, "%s: entry %d has the same SPIFFE ID, parent and selectors", name(i), j)
+		}
+		byID[e.ID], byIdentity[entryIdentity(&e)] = i, i
+	}
+	stored, lerr := s.cfg.Store.ListEntries(ctx)
+	if lerr != nil {
+		return storeError(what, err)
+	}
+	for k := range stored {
+		o := &stored[k]
+		if i, ok := byID[o.ID]; ok {
+			return status.Errorf(codes.AlreadyExists, "%s: ID %s is taken (by the entry for %s)", name(i), o.ID, o.SPIFFEID)
+		}
+		if i, ok := byIdentity[entryIdentity(o)]; ok {
+			return status.Errorf(codes.AlreadyExists, "%s: entry %s already has this SPIFFE ID, parent and selectors", name(i), o.ID)
+		}
+	}
+	return storeError(what, err) // gone since: the caller may retry
+}
+
+// entryIdentity is what the store keeps unique besides the ID: SPIFFE ID,
+// parent (or node alias) and selectors (sorted: entries here are normalized).
+func entryIdentity(e *registry.Entry) string {
+	return fmt.Sprintf("%s\x00%s\x00%t\x00%q", e.SPIFFEID, e.ParentID, e.Node, selector.Strings(e.Selectors))
 }
 
 // updatable names the fields an update mask may list.

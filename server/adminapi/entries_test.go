@@ -93,3 +93,51 @@ func TestEntryDownstream(t *testing.T) {
 		t.Fatalf("after the refused update: %v, %v; want it unchanged", got, err)
 	}
 }
+
+// TestCreateDuplicateNamed: a create the store refuses as a duplicate says
+// which entry of the call is at fault and what it collides with, another
+// entry of the same call or a stored one, so that a restore of many
+// entries can be fixed; nothing is stored.
+func TestCreateDuplicateNamed(t *testing.T) {
+	env := startAdmin(t, false, nil)
+	ctx := context.Background()
+	stored := entry("spiffe://example.org/stored", "spiffe://example.org/agent/a", "unix:uid:1")
+	stored.Id = "stored-id"
+	if _, err := env.admin.CreateEntry(ctx, &api.CreateEntryRequest{Entry: stored}); err != nil {
+		t.Fatal(err)
+	}
+	withID := func(e *api.Entry, id string) *api.Entry { e.Id = id; return e }
+	fresh := func(n string) *api.Entry {
+		return entry("spiffe://example.org/fresh-"+n, "spiffe://example.org/agent/a", "unix:uid:2")
+	}
+	for name, tc := range map[string]struct {
+		batch []*api.Entry
+		want  []string
+	}{
+		"same ID in the call": {[]*api.Entry{withID(fresh("a"), "x"), withID(fresh("b"), "x")},
+			[]string{"entry 1 (spiffe://example.org/fresh-b)", "entry 0 has the same ID x"}},
+		"same entry in the call": {[]*api.Entry{fresh("a"), fresh("b"), fresh("a")},
+			[]string{"entry 2 (spiffe://example.org/fresh-a)", "entry 0 has the same SPIFFE ID, parent and selectors"}},
+		"ID taken": {[]*api.Entry{fresh("a"), withID(fresh("b"), "stored-id")},
+			[]string{"entry 1 (spiffe://example.org/fresh-b)", "ID stored-id is taken (by the entry for spiffe://example.org/stored)"}},
+		"entry stored": {[]*api.Entry{fresh("a"), entry("spiffe://example.org/stored", "spiffe://example.org/agent/a", "unix:uid:1")},
+			[]string{"entry 1 (spiffe://example.org/stored)", "entry stored-id already has this SPIFFE ID"}},
+	} {
+		_, err := env.admin.BatchCreateEntries(ctx, &api.BatchCreateEntriesRequest{Entries: tc.batch})
+		if status.Code(err) != codes.AlreadyExists {
+			t.Fatalf("%s: %v, want AlreadyExists", name, err)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %v, want it to say %q", name, err, w)
+			}
+		}
+	}
+	_, err := env.admin.CreateEntry(ctx, &api.CreateEntryRequest{Entry: entry("spiffe://example.org/stored", "spiffe://example.org/agent/a", "unix:uid:1")})
+	if status.Code(err) != codes.AlreadyExists || !strings.Contains(err.Error(), "create entry spiffe://example.org/stored: entry stored-id already has") {
+		t.Errorf("single create of a stored entry: %v", err)
+	}
+	if resp, err := env.admin.ListEntries(ctx, &api.ListEntriesRequest{}); err != nil || len(resp.Entries) != 1 {
+		t.Errorf("after the refusals: %v, %v; want only the stored entry", resp, err)
+	}
+}

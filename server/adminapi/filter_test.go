@@ -138,7 +138,7 @@ func TestEntryCustomID(t *testing.T) {
 		code codes.Code
 		msg  string
 	}{
-		"taken":        {"web-entry_1.v2~x", codes.AlreadyExists, "same ID"},
+		"taken":        {"web-entry_1.v2~x", codes.AlreadyExists, "ID web-entry_1.v2~x is taken"},
 		"space":        {"web entry", codes.InvalidArgument, "letters, digits"},
 		"slash":        {"a/b", codes.InvalidArgument, "letters, digits"},
 		"too long":     {strings.Repeat("a", 256), codes.InvalidArgument, "255"},

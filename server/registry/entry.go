@@ -55,10 +55,14 @@ var (
 
 // CheckEntryID checks an entry ID a caller chose (SPIRE's custom entry
 // IDs): 1 to 255 letters, digits and . _ ~ -, so that it is safe in a
-// command line, a log line and a URL. Generated IDs are UUIDs.
+// command line, a log line and a URL; not "." or "..", which a URL path
+// resolves away. Generated IDs are UUIDs.
 func CheckEntryID(id string) error {
 	if !entryIDRE.MatchString(id) {
 		return fmt.Errorf("entry ID %q: want 1 to 255 letters, digits, '.', '_', '~' or '-'", clip(id))
+	}
+	if id == "." || id == ".." {
+		return fmt.Errorf("entry ID %q: a URL path would read it as a directory; use letters or digits too", id)
 	}
 	return nil
 }

@@ -244,3 +244,27 @@ func BenchmarkDownstream(b *testing.B) {
 		})
 	}
 }
+
+// TestCheckEntryID: caller-chosen IDs are kept to characters safe in a
+// command line, a log line and a URL path segment.
+func TestCheckEntryID(t *testing.T) {
+	for id, ok := range map[string]bool{
+		"web":                                  true,
+		"5d2b3c1e-0000-4000-8000-000000000001": true,
+		"a.b_c~d-e":                            true,
+		"...":                                  true,
+		strings.Repeat("a", 255):               true,
+		"":                                     false,
+		".":                                    false,
+		"..":                                   false,
+		"a/b":                                  false,
+		"a b":                                  false,
+		"a:b":                                  false,
+		"entrée":                               false,
+		strings.Repeat("a", 256):               false,
+	} {
+		if err := CheckEntryID(id); (err == nil) != ok {
+			t.Errorf("CheckEntryID(%.20q) = %v, want ok %t", id, err, ok)
+		}
+	}
+}

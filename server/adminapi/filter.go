@@ -25,7 +25,9 @@ func match[T comparable](have, want []T, mode api.MatchMode) bool {
 	case api.MatchMode_MATCH_EXACT:
 		return len(dedupe(want)) == len(dedupe(have)) && all(have, in(want))
 	case api.MatchMode_MATCH_SUBSET:
-		return all(have, in(want))
+		// Non-empty, as SPIRE's: an entry that federates with no one (an
+		// agent without selectors) is not one of those filtered for.
+		return len(have) > 0 && all(have, in(want))
 	case api.MatchMode_MATCH_ANY:
 		return slices.ContainsFunc(have, in(want))
 	default: // MATCH_SUPERSET

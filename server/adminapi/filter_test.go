@@ -40,6 +40,13 @@ func TestMatch(t *testing.T) {
 			t.Errorf("match(%v, %v, %s) = %v, want %v", have, tc.want, tc.mode, got, tc.ok)
 		}
 	}
+	// Nothing (an entry federating with no one) matches no filter that is
+	// on: SPIRE's subset needs one in common, as its any does.
+	for mode := range api.MatchMode_name {
+		if match(nil, []string{"a"}, api.MatchMode(mode)) {
+			t.Errorf("match(nil, [a], %s) = true, want false", api.MatchMode(mode))
+		}
+	}
 }
 
 // TestListEntriesFilters: each filter of ListEntries, SPIRE's, alone and

@@ -179,7 +179,7 @@ func TestEntryJSONExportImport(t *testing.T) {
 		t.Fatalf("imported on b:\n%+v\nwant\n%+v", got, want)
 	}
 	// Importing again is refused whole: the IDs are taken.
-	if out, err := signet(t, "server", "entry", "create", "--data", file, "--admin-socket", b.Config.AdminSocket); err == nil || !strings.Contains(err.Error(), "already exists") {
+	if out, err := signet(t, "server", "entry", "create", "--data", file, "--admin-socket", b.Config.AdminSocket); err == nil || !strings.Contains(err.Error(), "is taken") {
 		t.Fatalf("second import: %v\n%s", err, out)
 	}
 

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -338,6 +340,20 @@ func createFromFile(cmd *cobra.Command, a *adminFlags, out *outputFlag, path str
 	entries, err := adminapi.ParseEntryFile(in)
 	if err != nil {
 		return fmt.Errorf("--data %s: %w", path, err)
+	}
+	// An entry that expired since the listing was taken would be pruned at
+	// once; it is left out, said on stderr, rather than failing a restore.
+	now := time.Now()
+	entries = slices.DeleteFunc(entries, func(e *api.Entry) bool {
+		if e.ExpiresAt == 0 || e.ExpiresAt > now.Unix() {
+			return false
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "# skipped entry %s (%s): it expired at %s\n", cmp.Or(e.Id, "without ID"), e.SpiffeId,
+			time.Unix(e.ExpiresAt, 0).UTC().Format(time.RFC3339))
+		return true
+	})
+	if len(entries) == 0 {
+		return fmt.Errorf("--data %s: every entry has expired; nothing to create", path)
 	}
 	return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
 		resp, err := c.BatchCreateEntries(ctx, &api.BatchCreateEntriesRequest{Entries: entries})

@@ -210,4 +210,26 @@ func TestEntryJSONExportImport(t *testing.T) {
 	if got := len(list(b)); got != 2 {
 		t.Fatalf("after the refusals b has %d entries, want 2", got)
 	}
+
+	// An entry that expired since the listing is left out of a restore,
+	// said on stderr; a file of expired entries only creates nothing.
+	old := filepath.Join(t.TempDir(), "old.json")
+	past := time.Now().Add(-time.Minute).Unix()
+	if err := os.WriteFile(old, []byte(fmt.Sprintf(`{"entries": [
+	  {"id": "gone", "spiffe_id": "spiffe://example.org/gone", "parent_id": "spiffe://example.org/p", "selectors": [{"type": "unix", "value": "uid:7"}], "expires_at": %d},
+	  {"id": "kept", "spiffe_id": "spiffe://example.org/kept", "parent_id": "spiffe://example.org/p", "selectors": [{"type": "unix", "value": "uid:8"}]}]}`, past)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := run(b, "create", "--data", old); !strings.Contains(out, "# skipped entry gone (spiffe://example.org/gone): it expired at ") || !strings.Contains(out, "Entry ID: kept") {
+		t.Fatalf("restore with an expired entry:\n%s", out)
+	}
+	if got := ids(list(b)); !slices.Equal(got, []string{east, "kept", "nodes"}) {
+		t.Fatalf("after the restore with an expired entry: %v", got)
+	}
+	if err := os.WriteFile(old, []byte(fmt.Sprintf(`{"entries": [{"spiffe_id": "spiffe://example.org/gone", "parent_id": "spiffe://example.org/p", "selectors": [{"type": "unix", "value": "uid:7"}], "expires_at": %d}]}`, past)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := signet(t, "server", "entry", "create", "--data", old, "--admin-socket", b.Config.AdminSocket); err == nil || !strings.Contains(err.Error(), "every entry has expired") {
+		t.Fatalf("restore of expired entries only: %v\n%s", err, out)
+	}
 }

@@ -52,6 +52,35 @@ type EntryJSON struct {
 	// StoreSVID is SPIRE's (SVIDStore plugins): read so that SPIRE's
 	// listings load, refused when true, never printed.
 	StoreSVID bool `json:"store_svid,omitempty"`
+	// The names of SPIRE's `entry create -data` files (its older
+	// RegistrationEntry JSON), read only: entry_id is id, entryExpiry is
+	// expires_at, and ttl is x509_svid_ttl when that is not given.
+	EntryID     string  `json:"entry_id,omitempty"`
+	EntryExpiry jsonInt `json:"entryExpiry,omitempty"`
+	TTL         jsonInt `json:"ttl,omitempty"`
+}
+
+// resolveAliases folds SPIRE's -data names into the fields they mean; two
+// names for one field must agree.
+func (in *EntryJSON) resolveAliases() error {
+	switch {
+	case in.EntryID == "":
+	case in.ID == "" || in.ID == in.EntryID:
+		in.ID = in.EntryID
+	default:
+		return fmt.Errorf("id %q and entry_id %q differ", in.ID, in.EntryID)
+	}
+	switch {
+	case in.EntryExpiry == 0:
+	case in.ExpiresAt == 0 || in.ExpiresAt == in.EntryExpiry:
+		in.ExpiresAt = in.EntryExpiry
+	default:
+		return fmt.Errorf("expires_at %d and entryExpiry %d differ", in.ExpiresAt, in.EntryExpiry)
+	}
+	if in.X509SVIDTTL == 0 {
+		in.X509SVIDTTL = in.TTL
+	}
+	return nil
 }
 
 // SelectorJSON is a selector in the CLI's JSON (SPIRE's shape).
@@ -192,6 +221,9 @@ func ParseEntryFile(r io.Reader) ([]*api.Entry, error) {
 }
 
 func (in *EntryJSON) toProto() (*api.Entry, error) {
+	if err := in.resolveAliases(); err != nil {
+		return nil, err
+	}
 	if in.ID != "" {
 		if err := registry.CheckEntryID(in.ID); err != nil {
 			return nil, fmt.Errorf("id: %w", err)
@@ -220,7 +252,7 @@ func (in *EntryJSON) toProto() (*api.Entry, error) {
 	if in.StoreSVID {
 		return nil, errors.New("store_svid: Signet has no SVIDStore; the agent serves SVIDs over the Workload API, or signet helper writes them to files")
 	}
-	if in.X509SVIDTTL < 0 || in.JWTSVIDTTL < 0 || in.ExpiresAt < 0 {
+	if in.X509SVIDTTL < 0 || in.JWTSVIDTTL < 0 || in.ExpiresAt < 0 || in.TTL < 0 {
 		return nil, errors.New("TTLs and expires_at cannot be negative")
 	}
 	if in.X509SVIDTTL > 1<<31-1 || in.JWTSVIDTTL > 1<<31-1 {

@@ -35,7 +35,7 @@ func TestParseEntryFile(t *testing.T) {
 		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "selectors": [{"type":"unix","value":"uid:1"}]}]}`:                                         "parent_id is required",
 		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": []}]}`:                                 "selector",
 		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:x"}]}]}`:  "numeric",
-		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "ttl": 5}]}`:                                        "unknown field",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "x509_ttl": 5}]}`:                                   "unknown field",
 		`{"entries": [}`: "parse entries JSON",
 		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]} {}`:                           "trailing",
 		`{"entries": [{"id": "a b", "spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`:                 "id: entry ID",
@@ -124,7 +124,42 @@ func TestEntryJSONRoundTrip(t *testing.T) {
 	}
 }
 
+// TestParseSPIREDataFile: a SPIRE `entry create -data` file loads, with
+// its own names for the entry ID, the expiry and the TTL.
+func TestParseSPIREDataFile(t *testing.T) {
+	got, err := ParseEntryFile(strings.NewReader(`{"entries": [
+	  {"entry_id": "blog", "spiffe_id": "spiffe://example.org/blog", "parent_id": "spiffe://example.org/host",
+	   "selectors": [{"type": "unix", "value": "uid:501"}], "ttl": 200, "entryExpiry": 2000000000, "admin": true},
+	  {"spiffe_id": "spiffe://example.org/db", "parent_id": "spiffe://example.org/host",
+	   "selectors": [{"type": "unix", "value": "uid:502"}], "ttl": 200, "x509_svid_ttl": 300}
+	]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []*api.Entry{
+		{Id: "blog", SpiffeId: "spiffe://example.org/blog", ParentId: "spiffe://example.org/host", Selectors: []*api.Selector{{Type: "unix", Value: "uid:501"}},
+			X509TtlSeconds: 200, ExpiresAt: 2000000000, Admin: true},
+		{SpiffeId: "spiffe://example.org/db", ParentId: "spiffe://example.org/host", Selectors: []*api.Selector{{Type: "unix", Value: "uid:502"}},
+			X509TtlSeconds: 300},
+	}
+	for i := range want {
+		if !proto.Equal(got[i], want[i]) {
+			t.Errorf("entry %d:\n got %v\nwant %v", i, got[i], want[i])
+		}
+	}
+	for in, msg := range map[string]string{
+		`{"entries": [{"id": "a", "entry_id": "b", "spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`:        "differ",
+		`{"entries": [{"expires_at": 5, "entryExpiry": 6, "spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`: "differ",
+		`{"entries": [{"ttl": -1, "spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`:                         "negative",
+	} {
+		if _, err := ParseEntryFile(strings.NewReader(in)); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("ParseEntryFile(%.70q) = %v, want %q", in, err, msg)
+		}
+	}
+}
+
 func FuzzParseEntryFile(f *testing.F) {
+	f.Add([]byte(`{"entries": [{"entry_id": "x", "entryExpiry": 9, "ttl": 60, "spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`))
 	f.Add([]byte(`{"entries": [{"id": "x", "spiffe_id": {"trust_domain": "example.org", "path": "/w"}, "parent_id": {"trust_domain": "example.org", "path": "/spire/server"}, "expires_at": "12", "selectors": [{"type":"unix","value":"uid:1"}]}]}`))
 	f.Add([]byte(`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`))
 	f.Add([]byte(`{"entries": [{"spiffe_id": "spiffe://example.org/n", "node": true, "selectors": [{"type":"x","value":"y"}]}]}`))

@@ -164,15 +164,38 @@ func (p *SSHPoP) authorities() (map[string]bool, error) {
 	return out, nil
 }
 
-// parseCAKey reads one authorized_keys line (options such as
-// cert-authority allowed) holding a plain public key.
-func parseCAKey(line []byte) (ssh.PublicKey, error) {
-	key, _, _, rest, err := ssh.ParseAuthorizedKey(line)
+// parseCAKey reads one CA: an authorized_keys line holding a plain public
+// key, with comment lines around it. The only option taken is
+// cert-authority: the others (principals=, from=, expiry-time=, ...)
+// narrow the CA's trust in OpenSSH, and dropping them would widen it.
+func parseCAKey(entry []byte) (ssh.PublicKey, error) {
+	var line []byte
+	for l := range bytes.Lines(entry) {
+		l = bytes.TrimSpace(l)
+		if len(l) == 0 || l[0] == '#' {
+			continue
+		}
+		if line != nil {
+			return nil, errors.New("holds more than one key (give one CA per entry, one line each)")
+		}
+		line = l
+	}
+	// ParseAuthorizedKey would take a known_hosts marker for an option:
+	// "@revoked KEY" would make a revoked key a CA.
+	if f := bytes.Fields(line); len(f) > 0 && f[0][0] == '@' {
+		return nil, fmt.Errorf("is a known_hosts %s line; give the CA key alone, in authorized_keys format (\"ssh-ed25519 AAAA... ca\"); known_hosts host patterns are not honoured here (canonical_domain restricts the hosts)", clipText(string(f[0])))
+	}
+	key, _, options, _, err := ssh.ParseAuthorizedKey(line)
 	if err != nil {
 		return nil, fmt.Errorf("not an authorized_keys line with a public key: %w", err)
 	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		return nil, errors.New("holds more than one key (give one per entry)")
+	for _, o := range options {
+		if !strings.EqualFold(o, "cert-authority") {
+			return nil, fmt.Errorf("option %s is not supported (only cert-authority is; give the CA key without options)", clipText(o))
+		}
+	}
+	if key.Type() == ssh.KeyAlgoDSA {
+		return nil, errors.New("ssh-dss CA keys sign with SHA-1, which is not accepted (as OpenSSH no longer does): use an Ed25519, ECDSA or RSA CA")
 	}
 	if _, ok := key.(*ssh.Certificate); ok {
 		return nil, errors.New("is a certificate, not a CA's public key")

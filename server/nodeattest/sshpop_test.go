@@ -3,6 +3,7 @@ package nodeattest
 import (
 	"context"
 	"crypto"
+	"crypto/dsa"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -364,6 +365,7 @@ func TestSSHPoPCAFileReread(t *testing.T) {
 	for content, want := range map[string]string{
 		"# all CAs removed\n": "holds no CA public key",
 		pki.other.AuthorizedKey() + "ssh-ed25519 AAAA-truncated\n": "ssh-ca.pub line 2: not an authorized_keys line",
+		"# revoked\n@revoked " + pki.other.AuthorizedKey():         "ssh-ca.pub line 2: is a known_hosts @revoked line",
 	} {
 		if err := os.WriteFile(pki.caPath, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
@@ -391,6 +393,23 @@ func TestNewSSHPoP(t *testing.T) {
 			wantErr: "sshpop: cert_authorities[0]: holds more than one key"},
 		{name: "a certificate as CA", cfg: SSHPoPConfig{CertAuthorities: []string{string(ssh.MarshalAuthorizedKey(cert))}},
 			wantErr: "sshpop: cert_authorities[0]: is a certificate, not a CA's public key"},
+		// An option would narrow the CA's trust in OpenSSH (principals=,
+		// from=, expiry-time=); ignoring it would widen it, so only
+		// cert-authority is taken. known_hosts markers are not options:
+		// @revoked names a key never to trust.
+		{name: "principals option", cfg: SSHPoPConfig{CertAuthorities: []string{`cert-authority,principals="web-1" ` + pki.ca.AuthorizedKey()}},
+			wantErr: `sshpop: cert_authorities[0]: option principals="web-1" is not supported`},
+		{name: "from option", cfg: SSHPoPConfig{CertAuthorities: []string{`from="10.0.0.0/8" ` + pki.ca.AuthorizedKey()}},
+			wantErr: `option from="10.0.0.0/8" is not supported`},
+		{name: "known_hosts @revoked", cfg: SSHPoPConfig{CertAuthorities: []string{"@revoked " + pki.ca.AuthorizedKey()}},
+			wantErr: "a known_hosts @revoked line"},
+		{name: "known_hosts @cert-authority with a pattern", cfg: SSHPoPConfig{CertAuthorities: []string{"@cert-authority *.example.org " + pki.ca.AuthorizedKey()}},
+			wantErr: "a known_hosts @cert-authority line"},
+		{name: "a line that is no key before the key", cfg: SSHPoPConfig{CertAuthorities: []string{"not a key\n" + pki.ca.AuthorizedKey()}},
+			wantErr: "holds more than one key"},
+		{name: "DSA CA (SHA-1)", cfg: SSHPoPConfig{CertAuthorities: []string{dsaAuthorizedKey(t)}},
+			wantErr: "ssh-dss CA keys sign with SHA-1"},
+		{name: "cert-authority in capitals, a comment line", cfg: SSHPoPConfig{CertAuthorities: []string{"# the fleet CA\nCERT-AUTHORITY " + pki.ca.AuthorizedKey()}}},
 		{name: "missing file", cfg: SSHPoPConfig{CertAuthoritiesPath: filepath.Join(t.TempDir(), "missing.pub")}, wantErr: "missing.pub"},
 		{name: "canonical domain with a dot", cfg: SSHPoPConfig{CertAuthoritiesPath: pki.caPath, CanonicalDomain: ".example.org"},
 			wantErr: `sshpop: canonical_domain ".example.org"`},
@@ -453,4 +472,21 @@ func FuzzSSHPoPPayload(f *testing.F) {
 			t.Fatalf("accepted %q: certificate %v, signature %v", payload, cert, sig)
 		}
 	})
+}
+
+// dsaAuthorizedKey is a DSA public key in authorized_keys format.
+func dsaAuthorizedKey(t *testing.T) string {
+	t.Helper()
+	var k dsa.PrivateKey
+	if err := dsa.GenerateParameters(&k.Parameters, rand.Reader, dsa.L1024N160); err != nil {
+		t.Fatal(err)
+	}
+	if err := dsa.GenerateKey(&k, rand.Reader); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := ssh.NewPublicKey(&k.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(ssh.MarshalAuthorizedKey(pub))
 }

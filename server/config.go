@@ -89,6 +89,13 @@ type Config struct {
 	// AuditLog writes an audit record (type=audit, at INFO) for every admin
 	// API call and every attestation, renewal and signing on the agent API.
 	AuditLog bool
+	// PruneAgentsExpiredFor, when not zero, removes hourly the agents whose
+	// SVID expired longer ago than this (SPIRE's
+	// prune_attested_nodes_expired_for): only those that attest again by
+	// themselves, unless PruneNonReattestable (SPIRE's prune_tofu_nodes).
+	// Banned agents stay.
+	PruneAgentsExpiredFor time.Duration
+	PruneNonReattestable  bool
 }
 
 // UpstreamAuthorityFileConfig is an `upstream_authority "<kind>" { ... }`
@@ -210,6 +217,10 @@ type FileConfig struct {
 	LogFormat    string `hcl:"log_format"`
 	// AuditLogEnabled is SPIRE's audit_log_enabled.
 	AuditLogEnabled bool `hcl:"audit_log_enabled"`
+	// PruneAttestedNodesExpiredFor and PruneTOFUNodes are SPIRE's keys
+	// for removing long-expired agents.
+	PruneAttestedNodesExpiredFor string `hcl:"prune_attested_nodes_expired_for"`
+	PruneTOFUNodes               bool   `hcl:"prune_tofu_nodes"`
 	// K8sPSAT holds the clusters whose agents attest with projected service
 	// account tokens, by cluster name (the block's label).
 	K8sPSAT map[string]K8sPSATFileConfig `hcl:"k8s_psat"`
@@ -430,6 +441,17 @@ func (fc FileConfig) Resolve() (Config, error) {
 		}
 		*d.out = v
 	}
+	if fc.PruneAttestedNodesExpiredFor != "" {
+		v, err := time.ParseDuration(fc.PruneAttestedNodesExpiredFor)
+		if err != nil || v < time.Minute {
+			return Config{}, fmt.Errorf("prune_attested_nodes_expired_for %q: want a Go duration of at least 1m, like 720h (how long after an agent's SVID expired it is removed)", fc.PruneAttestedNodesExpiredFor)
+		}
+		cfg.PruneAgentsExpiredFor = v
+	}
+	if fc.PruneTOFUNodes && cfg.PruneAgentsExpiredFor == 0 {
+		return Config{}, errors.New("prune_tofu_nodes needs prune_attested_nodes_expired_for (how long after their SVID expired join-token agents are removed)")
+	}
+	cfg.PruneNonReattestable = fc.PruneTOFUNodes
 	if cfg.CATTL != 0 && cfg.CATTL < 6*cfg.SVIDTTL {
 		return Config{}, fmt.Errorf("ca_ttl %s must be at least 6 x svid_ttl (%s)", cfg.CATTL, 6*cfg.SVIDTTL)
 	}

@@ -65,6 +65,27 @@ datastore = "postgres://u@127.0.0.1/db"`,
 				}
 			},
 		},
+		{
+			name: "agent pruning",
+			in:   "trust_domain = \"a.org\"\nprune_attested_nodes_expired_for = \"720h\"\nprune_tofu_nodes = true",
+			check: func(t *testing.T, c Config) {
+				if c.PruneAgentsExpiredFor != 720*time.Hour || !c.PruneNonReattestable {
+					t.Fatalf("pruning %s %v", c.PruneAgentsExpiredFor, c.PruneNonReattestable)
+				}
+			},
+		},
+		{
+			name: "agent pruning off by default",
+			in:   "trust_domain = \"a.org\"",
+			check: func(t *testing.T, c Config) {
+				if c.PruneAgentsExpiredFor != 0 || c.PruneNonReattestable {
+					t.Fatalf("pruning on by default: %s %v", c.PruneAgentsExpiredFor, c.PruneNonReattestable)
+				}
+			},
+		},
+		{name: "agent pruning too soon", in: "trust_domain = \"a.org\"\nprune_attested_nodes_expired_for = \"30s\"", wantErr: "at least 1m"},
+		{name: "agent pruning not a duration", in: "trust_domain = \"a.org\"\nprune_attested_nodes_expired_for = \"30 days\"", wantErr: "prune_attested_nodes_expired_for \"30 days\""},
+		{name: "tofu pruning alone", in: "trust_domain = \"a.org\"\nprune_tofu_nodes = true", wantErr: "prune_tofu_nodes needs prune_attested_nodes_expired_for"},
 		{name: "audit log misspelt", in: "trust_domain = \"a.org\"\naudit_log = true", wantErr: "unknown key(s): audit_log (line 2)"},
 		{name: "audit log not a bool", in: "trust_domain = \"a.org\"\naudit_log_enabled = \"true\"", wantErr: "line 2: audit_log_enabled takes true or false (no quotes)"},
 		{name: "unknown key", in: "trust_domain = \"a.org\"\nsvid_tll = \"1h\"", wantErr: "unknown key(s): svid_tll (line 2)"},

@@ -364,7 +364,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// Store changes (ours and other servers') -> catalog -> agent streams.
 	g.Go(func() error { return s.catalog.Run(ctx) })
 	g.Go(func() error { return s.serverCertLoop(ctx) })
-	g.Go(func() error { return s.pruneTokensLoop(ctx) })
+	g.Go(func() error { return s.housekeepingLoop(ctx) })
 	g.Go(func() error { return s.federation.Run(ctx) })
 	if s.bundlePub != nil {
 		g.Go(func() error {
@@ -666,23 +666,6 @@ func (s *Server) serverCertLoop(ctx context.Context) error {
 		}
 		if err := s.renewServerCert(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Error("renew server certificate", "error", err)
-		}
-	}
-}
-
-// pruneTokensLoop deletes expired join tokens (they are useless, but
-// would otherwise pile up) at start and then hourly.
-func (s *Server) pruneTokensLoop(ctx context.Context) error {
-	t := time.NewTicker(time.Hour)
-	defer t.Stop()
-	for {
-		if err := s.store.PruneJoinTokens(ctx, time.Now()); err != nil && ctx.Err() == nil {
-			s.logger.Warn("prune expired join tokens", "error", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
 		}
 	}
 }

@@ -53,8 +53,29 @@ func newServerAgentCmd() *cobra.Command {
 			_, err := c.BanAgent(ctx, &api.BanAgentRequest{SpiffeId: id})
 			return err
 		})
+	var expiredFor time.Duration
+	var dryRun, includeTOFU bool
+	purge := newAdminCmd("purge", "Remove agents whose SVID expired long ago (SPIRE's agent purge): those that attest again by themselves; banned agents stay",
+		func(*cobra.Command) error {
+			if expiredFor <= 0 {
+				return fmt.Errorf("--expired-for %s: want a positive duration, e.g. 720h", expiredFor)
+			}
+			return nil
+		},
+		func(ctx context.Context, c api.AdminServiceClient, w io.Writer, out *outputFlag) error {
+			resp, err := c.PurgeAgents(ctx, &api.PurgeAgentsRequest{ExpiredBefore: time.Now().Add(-expiredFor).Unix(),
+				IncludeNonReattestable: includeTOFU, DryRun: dryRun})
+			if err != nil {
+				return err
+			}
+			return printPurged(w, out, resp.Agents, dryRun)
+		})
+	pf := purge.Flags()
+	pf.DurationVar(&expiredFor, "expired-for", 24*time.Hour, "how long ago the agent's SVID must have expired")
+	pf.BoolVar(&dryRun, "dry-run", false, "list the agents that would be removed, remove none")
+	pf.BoolVar(&includeTOFU, "include-non-reattestable", false, "join-token agents too (they cannot attest again: a new token is needed)")
 	cmd := &cobra.Command{Use: "agent", Short: "Attested agents"}
-	cmd.AddCommand(list, show, count, evict, ban)
+	cmd.AddCommand(list, show, count, evict, ban, purge)
 	return cmd
 }
 
@@ -164,4 +185,34 @@ func agentQueryCmd(use, short string, show func(io.Writer, *outputFlag, []*api.A
 	f.BoolVar(&canReattest, "can-reattest", false, "only agents that renew by attesting again (--can-reattest=false: only the others)")
 	f.StringVar(&expiresBefore, "expires-before", "", "only agents whose SVID expires before this RFC 3339 time (stale agents to evict)")
 	return cmd
+}
+
+// printPurged prints the agents purge removed (or, dry, would remove); its
+// JSON is SPIRE's ({"expired_agents": [{"agent_id", "deleted"}]}).
+func printPurged(w io.Writer, out *outputFlag, ids []string, dry bool) error {
+	if out.json() {
+		type purged struct {
+			AgentID string `json:"agent_id"`
+			Deleted bool   `json:"deleted"`
+		}
+		doc := struct {
+			Agents []purged `json:"expired_agents"`
+		}{[]purged{}}
+		for _, id := range ids {
+			doc.Agents = append(doc.Agents, purged{id, !dry})
+		}
+		return writeJSON(w, doc)
+	}
+	switch {
+	case len(ids) == 0:
+		fmt.Fprintln(w, "No agents to purge.")
+	case dry:
+		fmt.Fprintf(w, "%d agents would be purged:\n", len(ids))
+	default:
+		fmt.Fprintf(w, "Purged %d agents:\n", len(ids))
+	}
+	for _, id := range ids {
+		fmt.Fprintf(w, "SPIFFE ID: %s\n", id)
+	}
+	return nil
 }

@@ -130,3 +130,76 @@ func TestTokenGenerateJSON(t *testing.T) {
 		t.Fatalf("token generate --output json: %+v", tok)
 	}
 }
+
+// TestAgentPurge runs `signet server agent purge` (SPIRE's) against a real
+// server: a dry run removes nothing; re-attesting agents expired longer ago
+// than --expired-for go; join-token ones only with
+// --include-non-reattestable; banned ones and recent ones stay.
+func TestAgentPurge(t *testing.T) {
+	s := servertest.Start(t, spiffeid.RequireTrustDomainFromString("example.org"), nil)
+	ctx := context.Background()
+	st, err := store.Open(ctx, s.Config.Datastore, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	long, recent := time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour)
+	for _, n := range []store.Node{
+		{SPIFFEID: "spiffe://example.org/agent/x509pop/old", AttestationType: "x509pop", ExpiresAt: long, CanReattest: true},
+		{SPIFFEID: "spiffe://example.org/agent/x509pop/recent", AttestationType: "x509pop", ExpiresAt: recent, CanReattest: true},
+		{SPIFFEID: "spiffe://example.org/agent/join_token/old", AttestationType: "join_token", ExpiresAt: long},
+		{SPIFFEID: "spiffe://example.org/agent/k8s_psat/c/banned", AttestationType: "k8s_psat", ExpiresAt: long},
+	} {
+		if err := st.UpsertNode(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.BanNode(ctx, "spiffe://example.org/agent/k8s_psat/c/banned"); err != nil {
+		t.Fatal(err)
+	}
+	purge := func(args ...string) string {
+		t.Helper()
+		out, err := signet(t, append(append([]string{"server", "agent", "purge"}, args...), "--admin-socket", s.Config.AdminSocket)...)
+		if err != nil {
+			t.Fatalf("agent purge %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	left := func() []string {
+		ns, _ := st.ListNodes(ctx)
+		var ids []string
+		for _, n := range ns {
+			ids = append(ids, n.SPIFFEID[strings.LastIndex(n.SPIFFEID, "agent/")+6:])
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	all := []string{"join_token/old", "k8s_psat/c/banned", "x509pop/old", "x509pop/recent"}
+
+	if out := purge("--dry-run"); out != "1 agents would be purged:\nSPIFFE ID: spiffe://example.org/agent/x509pop/old\n" {
+		t.Fatalf("dry run: %q", out)
+	}
+	if out := purge("--dry-run", "--include-non-reattestable", "--output", "json"); !strings.Contains(out, `"agent_id": "spiffe://example.org/agent/join_token/old",`+"\n      \"deleted\": false") ||
+		strings.Contains(out, "banned") || strings.Contains(out, "recent") {
+		t.Fatalf("dry run, JSON: %s", out)
+	}
+	if got := left(); !slices.Equal(got, all) {
+		t.Fatalf("a dry run removed agents: %v", got)
+	}
+	if out := purge("--expired-for", "72h"); out != "No agents to purge.\n" {
+		t.Fatalf("--expired-for 72h: %q", out)
+	}
+	if out := purge(); out != "Purged 1 agents:\nSPIFFE ID: spiffe://example.org/agent/x509pop/old\n" {
+		t.Fatalf("purge: %q", out)
+	}
+	if got := left(); !slices.Equal(got, []string{"join_token/old", "k8s_psat/c/banned", "x509pop/recent"}) {
+		t.Fatalf("after purge: %v", got)
+	}
+	purge("--include-non-reattestable", "--expired-for", "30m")
+	if got := left(); !slices.Equal(got, []string{"k8s_psat/c/banned"}) {
+		t.Fatalf("after purge --include-non-reattestable --expired-for 30m: %v; want only the banned agent", got)
+	}
+	if out, err := signet(t, "server", "agent", "purge", "--expired-for", "-1h", "--admin-socket", s.Config.AdminSocket); err == nil || !strings.Contains(err.Error(), "--expired-for") {
+		t.Fatalf("--expired-for -1h: %v\n%s", err, out)
+	}
+}

@@ -52,6 +52,13 @@ func auditFields(req, resp any) []slog.Attr {
 		return attrs
 	case *api.EvictAgentRequest, *api.BanAgentRequest, *api.GetAgentRequest:
 		return []slog.Attr{slog.String("agent_id", r.(interface{ GetSpiffeId() string }).GetSpiffeId())}
+	case *api.PurgeAgentsRequest:
+		attrs := []slog.Attr{slog.Time("expired_before", time.Unix(r.GetExpiredBefore(), 0).UTC()),
+			slog.Bool("include_non_reattestable", r.GetIncludeNonReattestable()), slog.Bool("dry_run", r.GetDryRun())}
+		if p, ok := resp.(*api.PurgeAgentsResponse); ok {
+			attrs = append(attrs, slog.Any("agent_ids", p.GetAgents()))
+		}
+		return attrs
 	case *api.SetFederatedBundleRequest:
 		return []slog.Attr{slog.String("trust_domain", r.GetBundle().GetTrustDomain())}
 	case *api.DeleteFederatedBundleRequest:

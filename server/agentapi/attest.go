@@ -211,8 +211,10 @@ func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, agentK
 		return res, status.Error(codes.InvalidArgument, err.Error())
 	}
 	// The store, the cluster's API server or the node CA file could
-	// not answer, and nothing was spent: the agent retries.
-	return res, status.Errorf(codes.Unavailable, "attest: %v", err)
+	// not answer, and nothing was spent: the agent retries. The caller is
+	// not yet authenticated: the detail (paths, store errors) is in the
+	// server's log only.
+	return res, status.Error(codes.Unavailable, "attest: the server cannot check this evidence now (its store, the cluster's API server or its node CA file did not answer; the server's log says which); retry")
 }
 
 // RenewAgent signs a fresh agent SVID for the calling agent. An agent that
@@ -260,11 +262,7 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 // in place for good, its evidence never checked again. Its agent, old or
 // new, attests again when RenewAgent refuses it.
 func mustReattest(n store.Node) bool {
-	switch n.AttestationType {
-	case nodeattest.X509PoPType, nodeattest.SSHPoPType, nodeattest.K8sPSATType:
-		return true
-	}
-	return n.CanReattest
+	return nodeattest.Reattests(n.AttestationType) || n.CanReattest
 }
 
 func (s *Service) signAgent(ctx context.Context, csr []byte, id spiffeid.ID) ([]*x509.Certificate, error) {

@@ -1129,6 +1129,115 @@ func (*BanAgentResponse) Descriptor() ([]byte, []int) {
 	return file_server_api_admin_proto_rawDescGZIP(), []int{18}
 }
 
+type PurgeAgentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// expired_before is a Unix time in seconds, in the past.
+	ExpiredBefore int64 `protobuf:"varint,1,opt,name=expired_before,json=expiredBefore,proto3" json:"expired_before,omitempty"`
+	// include_non_reattestable also purges join-token agents (SPIRE's
+	// prune_tofu_nodes).
+	IncludeNonReattestable bool `protobuf:"varint,2,opt,name=include_non_reattestable,json=includeNonReattestable,proto3" json:"include_non_reattestable,omitempty"`
+	// dry_run lists the agents that would go and removes none.
+	DryRun        bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeAgentsRequest) Reset() {
+	*x = PurgeAgentsRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeAgentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeAgentsRequest) ProtoMessage() {}
+
+func (x *PurgeAgentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeAgentsRequest.ProtoReflect.Descriptor instead.
+func (*PurgeAgentsRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *PurgeAgentsRequest) GetExpiredBefore() int64 {
+	if x != nil {
+		return x.ExpiredBefore
+	}
+	return 0
+}
+
+func (x *PurgeAgentsRequest) GetIncludeNonReattestable() bool {
+	if x != nil {
+		return x.IncludeNonReattestable
+	}
+	return false
+}
+
+func (x *PurgeAgentsRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type PurgeAgentsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// agents are the SPIFFE IDs removed (with dry_run: that would be).
+	Agents        []string `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeAgentsResponse) Reset() {
+	*x = PurgeAgentsResponse{}
+	mi := &file_server_api_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeAgentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeAgentsResponse) ProtoMessage() {}
+
+func (x *PurgeAgentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeAgentsResponse.ProtoReflect.Descriptor instead.
+func (*PurgeAgentsResponse) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PurgeAgentsResponse) GetAgents() []string {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
 type SetFederatedBundleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// bundle.trust_domain names the foreign trust domain; sequence and
@@ -1140,7 +1249,7 @@ type SetFederatedBundleRequest struct {
 
 func (x *SetFederatedBundleRequest) Reset() {
 	*x = SetFederatedBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[19]
+	mi := &file_server_api_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1261,7 @@ func (x *SetFederatedBundleRequest) String() string {
 func (*SetFederatedBundleRequest) ProtoMessage() {}
 
 func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[19]
+	mi := &file_server_api_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1274,7 @@ func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{19}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SetFederatedBundleRequest) GetBundle() *Bundle {
@@ -1183,7 +1292,7 @@ type ListFederatedBundlesRequest struct {
 
 func (x *ListFederatedBundlesRequest) Reset() {
 	*x = ListFederatedBundlesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[20]
+	mi := &file_server_api_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1304,7 @@ func (x *ListFederatedBundlesRequest) String() string {
 func (*ListFederatedBundlesRequest) ProtoMessage() {}
 
 func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[20]
+	mi := &file_server_api_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1317,7 @@ func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{20}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{22}
 }
 
 type ListFederatedBundlesResponse struct {
@@ -1221,7 +1330,7 @@ type ListFederatedBundlesResponse struct {
 
 func (x *ListFederatedBundlesResponse) Reset() {
 	*x = ListFederatedBundlesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[21]
+	mi := &file_server_api_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1342,7 @@ func (x *ListFederatedBundlesResponse) String() string {
 func (*ListFederatedBundlesResponse) ProtoMessage() {}
 
 func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[21]
+	mi := &file_server_api_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1355,7 @@ func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{21}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
@@ -1266,7 +1375,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[22]
+	mi := &file_server_api_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1278,7 +1387,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[22]
+	mi := &file_server_api_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1291,7 +1400,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{22}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -1318,7 +1427,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[23]
+	mi := &file_server_api_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1439,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[23]
+	mi := &file_server_api_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1452,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{23}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteFederatedBundleResponse) GetEntries() int32 {
@@ -1383,7 +1492,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_server_api_admin_proto_msgTypes[24]
+	mi := &file_server_api_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1504,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[24]
+	mi := &file_server_api_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1517,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{24}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -1488,7 +1597,7 @@ type CreateFederationRelationshipRequest struct {
 
 func (x *CreateFederationRelationshipRequest) Reset() {
 	*x = CreateFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[25]
+	mi := &file_server_api_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1609,7 @@ func (x *CreateFederationRelationshipRequest) String() string {
 func (*CreateFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *CreateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[25]
+	mi := &file_server_api_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1622,7 @@ func (x *CreateFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use CreateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*CreateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{25}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
@@ -1541,7 +1650,7 @@ type UpdateFederationRelationshipRequest struct {
 
 func (x *UpdateFederationRelationshipRequest) Reset() {
 	*x = UpdateFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[26]
+	mi := &file_server_api_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1662,7 @@ func (x *UpdateFederationRelationshipRequest) String() string {
 func (*UpdateFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *UpdateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[26]
+	mi := &file_server_api_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1675,7 @@ func (x *UpdateFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use UpdateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{26}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
@@ -1594,7 +1703,7 @@ type FederationRelationshipResult struct {
 
 func (x *FederationRelationshipResult) Reset() {
 	*x = FederationRelationshipResult{}
-	mi := &file_server_api_admin_proto_msgTypes[27]
+	mi := &file_server_api_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1715,7 @@ func (x *FederationRelationshipResult) String() string {
 func (*FederationRelationshipResult) ProtoMessage() {}
 
 func (x *FederationRelationshipResult) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[27]
+	mi := &file_server_api_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1728,7 @@ func (x *FederationRelationshipResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationshipResult.ProtoReflect.Descriptor instead.
 func (*FederationRelationshipResult) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{27}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *FederationRelationshipResult) GetRelationship() *FederationRelationship {
@@ -1645,7 +1754,7 @@ type DeleteFederationRelationshipRequest struct {
 
 func (x *DeleteFederationRelationshipRequest) Reset() {
 	*x = DeleteFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[28]
+	mi := &file_server_api_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1766,7 @@ func (x *DeleteFederationRelationshipRequest) String() string {
 func (*DeleteFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[28]
+	mi := &file_server_api_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1779,7 @@ func (x *DeleteFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use DeleteFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{28}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteFederationRelationshipRequest) GetTrustDomain() string {
@@ -1688,7 +1797,7 @@ type DeleteFederationRelationshipResponse struct {
 
 func (x *DeleteFederationRelationshipResponse) Reset() {
 	*x = DeleteFederationRelationshipResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[29]
+	mi := &file_server_api_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1809,7 @@ func (x *DeleteFederationRelationshipResponse) String() string {
 func (*DeleteFederationRelationshipResponse) ProtoMessage() {}
 
 func (x *DeleteFederationRelationshipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[29]
+	mi := &file_server_api_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +1822,7 @@ func (x *DeleteFederationRelationshipResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use DeleteFederationRelationshipResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRelationshipResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{29}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{31}
 }
 
 type GetFederationRelationshipRequest struct {
@@ -1725,7 +1834,7 @@ type GetFederationRelationshipRequest struct {
 
 func (x *GetFederationRelationshipRequest) Reset() {
 	*x = GetFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[30]
+	mi := &file_server_api_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1846,7 @@ func (x *GetFederationRelationshipRequest) String() string {
 func (*GetFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *GetFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[30]
+	mi := &file_server_api_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +1859,7 @@ func (x *GetFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*GetFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{30}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetFederationRelationshipRequest) GetTrustDomain() string {
@@ -1768,7 +1877,7 @@ type ListFederationRelationshipsRequest struct {
 
 func (x *ListFederationRelationshipsRequest) Reset() {
 	*x = ListFederationRelationshipsRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[31]
+	mi := &file_server_api_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1780,7 +1889,7 @@ func (x *ListFederationRelationshipsRequest) String() string {
 func (*ListFederationRelationshipsRequest) ProtoMessage() {}
 
 func (x *ListFederationRelationshipsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[31]
+	mi := &file_server_api_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1793,7 +1902,7 @@ func (x *ListFederationRelationshipsRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use ListFederationRelationshipsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationRelationshipsRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{31}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{33}
 }
 
 type ListFederationRelationshipsResponse struct {
@@ -1807,7 +1916,7 @@ type ListFederationRelationshipsResponse struct {
 
 func (x *ListFederationRelationshipsResponse) Reset() {
 	*x = ListFederationRelationshipsResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[32]
+	mi := &file_server_api_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +1928,7 @@ func (x *ListFederationRelationshipsResponse) String() string {
 func (*ListFederationRelationshipsResponse) ProtoMessage() {}
 
 func (x *ListFederationRelationshipsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[32]
+	mi := &file_server_api_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +1941,7 @@ func (x *ListFederationRelationshipsResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use ListFederationRelationshipsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationRelationshipsResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{32}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListFederationRelationshipsResponse) GetRelationships() []*FederationRelationship {
@@ -1879,7 +1988,7 @@ type LocalAuthority struct {
 
 func (x *LocalAuthority) Reset() {
 	*x = LocalAuthority{}
-	mi := &file_server_api_admin_proto_msgTypes[33]
+	mi := &file_server_api_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1891,7 +2000,7 @@ func (x *LocalAuthority) String() string {
 func (*LocalAuthority) ProtoMessage() {}
 
 func (x *LocalAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[33]
+	mi := &file_server_api_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1904,7 +2013,7 @@ func (x *LocalAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalAuthority.ProtoReflect.Descriptor instead.
 func (*LocalAuthority) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{33}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LocalAuthority) GetKind() string {
@@ -1993,7 +2102,7 @@ type GetLocalAuthoritiesRequest struct {
 
 func (x *GetLocalAuthoritiesRequest) Reset() {
 	*x = GetLocalAuthoritiesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[34]
+	mi := &file_server_api_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2005,7 +2114,7 @@ func (x *GetLocalAuthoritiesRequest) String() string {
 func (*GetLocalAuthoritiesRequest) ProtoMessage() {}
 
 func (x *GetLocalAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[34]
+	mi := &file_server_api_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2018,7 +2127,7 @@ func (x *GetLocalAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLocalAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*GetLocalAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{34}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetLocalAuthoritiesRequest) GetKind() string {
@@ -2037,7 +2146,7 @@ type GetLocalAuthoritiesResponse struct {
 
 func (x *GetLocalAuthoritiesResponse) Reset() {
 	*x = GetLocalAuthoritiesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[35]
+	mi := &file_server_api_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2049,7 +2158,7 @@ func (x *GetLocalAuthoritiesResponse) String() string {
 func (*GetLocalAuthoritiesResponse) ProtoMessage() {}
 
 func (x *GetLocalAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[35]
+	mi := &file_server_api_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2062,7 +2171,7 @@ func (x *GetLocalAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLocalAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*GetLocalAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{35}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetLocalAuthoritiesResponse) GetAuthorities() []*LocalAuthority {
@@ -2081,7 +2190,7 @@ type PrepareLocalAuthorityRequest struct {
 
 func (x *PrepareLocalAuthorityRequest) Reset() {
 	*x = PrepareLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[36]
+	mi := &file_server_api_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2202,7 @@ func (x *PrepareLocalAuthorityRequest) String() string {
 func (*PrepareLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[36]
+	mi := &file_server_api_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2215,7 @@ func (x *PrepareLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{36}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PrepareLocalAuthorityRequest) GetKind() string {
@@ -2126,7 +2235,7 @@ type ActivateLocalAuthorityRequest struct {
 
 func (x *ActivateLocalAuthorityRequest) Reset() {
 	*x = ActivateLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[37]
+	mi := &file_server_api_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2247,7 @@ func (x *ActivateLocalAuthorityRequest) String() string {
 func (*ActivateLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[37]
+	mi := &file_server_api_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2260,7 @@ func (x *ActivateLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{37}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ActivateLocalAuthorityRequest) GetKind() string {
@@ -2178,7 +2287,7 @@ type TaintLocalAuthorityRequest struct {
 
 func (x *TaintLocalAuthorityRequest) Reset() {
 	*x = TaintLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[38]
+	mi := &file_server_api_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2190,7 +2299,7 @@ func (x *TaintLocalAuthorityRequest) String() string {
 func (*TaintLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[38]
+	mi := &file_server_api_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2203,7 +2312,7 @@ func (x *TaintLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{38}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *TaintLocalAuthorityRequest) GetKind() string {
@@ -2233,7 +2342,7 @@ type RevokeLocalAuthorityRequest struct {
 
 func (x *RevokeLocalAuthorityRequest) Reset() {
 	*x = RevokeLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[39]
+	mi := &file_server_api_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2354,7 @@ func (x *RevokeLocalAuthorityRequest) String() string {
 func (*RevokeLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[39]
+	mi := &file_server_api_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2367,7 @@ func (x *RevokeLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{39}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RevokeLocalAuthorityRequest) GetKind() string {
@@ -2305,7 +2414,7 @@ type UpstreamAuthority struct {
 
 func (x *UpstreamAuthority) Reset() {
 	*x = UpstreamAuthority{}
-	mi := &file_server_api_admin_proto_msgTypes[40]
+	mi := &file_server_api_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2426,7 @@ func (x *UpstreamAuthority) String() string {
 func (*UpstreamAuthority) ProtoMessage() {}
 
 func (x *UpstreamAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[40]
+	mi := &file_server_api_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2439,7 @@ func (x *UpstreamAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAuthority.ProtoReflect.Descriptor instead.
 func (*UpstreamAuthority) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{40}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *UpstreamAuthority) GetAuthorityId() string {
@@ -2390,7 +2499,7 @@ type GetUpstreamAuthoritiesRequest struct {
 
 func (x *GetUpstreamAuthoritiesRequest) Reset() {
 	*x = GetUpstreamAuthoritiesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[41]
+	mi := &file_server_api_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2402,7 +2511,7 @@ func (x *GetUpstreamAuthoritiesRequest) String() string {
 func (*GetUpstreamAuthoritiesRequest) ProtoMessage() {}
 
 func (x *GetUpstreamAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[41]
+	mi := &file_server_api_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2415,7 +2524,7 @@ func (x *GetUpstreamAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUpstreamAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*GetUpstreamAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{41}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{43}
 }
 
 type GetUpstreamAuthoritiesResponse struct {
@@ -2427,7 +2536,7 @@ type GetUpstreamAuthoritiesResponse struct {
 
 func (x *GetUpstreamAuthoritiesResponse) Reset() {
 	*x = GetUpstreamAuthoritiesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[42]
+	mi := &file_server_api_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2439,7 +2548,7 @@ func (x *GetUpstreamAuthoritiesResponse) String() string {
 func (*GetUpstreamAuthoritiesResponse) ProtoMessage() {}
 
 func (x *GetUpstreamAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[42]
+	mi := &file_server_api_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2452,7 +2561,7 @@ func (x *GetUpstreamAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUpstreamAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*GetUpstreamAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{42}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetUpstreamAuthoritiesResponse) GetAuthorities() []*UpstreamAuthority {
@@ -2473,7 +2582,7 @@ type TaintUpstreamAuthorityRequest struct {
 
 func (x *TaintUpstreamAuthorityRequest) Reset() {
 	*x = TaintUpstreamAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[43]
+	mi := &file_server_api_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2485,7 +2594,7 @@ func (x *TaintUpstreamAuthorityRequest) String() string {
 func (*TaintUpstreamAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[43]
+	mi := &file_server_api_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2498,7 +2607,7 @@ func (x *TaintUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{43}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TaintUpstreamAuthorityRequest) GetAuthorityId() string {
@@ -2522,7 +2631,7 @@ type RevokeUpstreamAuthorityRequest struct {
 
 func (x *RevokeUpstreamAuthorityRequest) Reset() {
 	*x = RevokeUpstreamAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[44]
+	mi := &file_server_api_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2534,7 +2643,7 @@ func (x *RevokeUpstreamAuthorityRequest) String() string {
 func (*RevokeUpstreamAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[44]
+	mi := &file_server_api_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2547,7 +2656,7 @@ func (x *RevokeUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{44}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RevokeUpstreamAuthorityRequest) GetAuthorityId() string {
@@ -2627,7 +2736,13 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x12EvictAgentResponse\".\n" +
 	"\x0fBanAgentRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x12\n" +
-	"\x10BanAgentResponse\"G\n" +
+	"\x10BanAgentResponse\"\x8e\x01\n" +
+	"\x12PurgeAgentsRequest\x12%\n" +
+	"\x0eexpired_before\x18\x01 \x01(\x03R\rexpiredBefore\x128\n" +
+	"\x18include_non_reattestable\x18\x02 \x01(\bR\x16includeNonReattestable\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"-\n" +
+	"\x13PurgeAgentsResponse\x12\x16\n" +
+	"\x06agents\x18\x01 \x03(\tR\x06agents\"G\n" +
 	"\x19SetFederatedBundleRequest\x12*\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x12.signet.api.BundleR\x06bundle\"\x1d\n" +
 	"\x1bListFederatedBundlesRequest\"L\n" +
@@ -2727,7 +2842,7 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x12RelationshipOrigin\x12#\n" +
 	"\x1fRELATIONSHIP_ORIGIN_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aRELATIONSHIP_ORIGIN_CONFIG\x10\x01\x12\x1d\n" +
-	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\xb9\x14\n" +
+	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\x89\x15\n" +
 	"\fAdminService\x12@\n" +
 	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12c\n" +
 	"\x12BatchCreateEntries\x12%.signet.api.BatchCreateEntriesRequest\x1a&.signet.api.BatchCreateEntriesResponse\x12@\n" +
@@ -2742,7 +2857,8 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\bGetAgent\x12\x1b.signet.api.GetAgentRequest\x1a\x11.signet.api.Agent\x12K\n" +
 	"\n" +
 	"EvictAgent\x12\x1d.signet.api.EvictAgentRequest\x1a\x1e.signet.api.EvictAgentResponse\x12E\n" +
-	"\bBanAgent\x12\x1b.signet.api.BanAgentRequest\x1a\x1c.signet.api.BanAgentResponse\x12O\n" +
+	"\bBanAgent\x12\x1b.signet.api.BanAgentRequest\x1a\x1c.signet.api.BanAgentResponse\x12N\n" +
+	"\vPurgeAgents\x12\x1e.signet.api.PurgeAgentsRequest\x1a\x1f.signet.api.PurgeAgentsResponse\x12O\n" +
 	"\x12SetFederatedBundle\x12%.signet.api.SetFederatedBundleRequest\x1a\x12.signet.api.Bundle\x12i\n" +
 	"\x14ListFederatedBundles\x12'.signet.api.ListFederatedBundlesRequest\x1a(.signet.api.ListFederatedBundlesResponse\x12l\n" +
 	"\x15DeleteFederatedBundle\x12(.signet.api.DeleteFederatedBundleRequest\x1a).signet.api.DeleteFederatedBundleResponse\x12y\n" +
@@ -2773,7 +2889,7 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_server_api_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_server_api_admin_proto_goTypes = []any{
 	(MatchMode)(0),                               // 0: signet.api.MatchMode
 	(BundleDeleteMode)(0),                        // 1: signet.api.BundleDeleteMode
@@ -2797,63 +2913,65 @@ var file_server_api_admin_proto_goTypes = []any{
 	(*EvictAgentResponse)(nil),                   // 19: signet.api.EvictAgentResponse
 	(*BanAgentRequest)(nil),                      // 20: signet.api.BanAgentRequest
 	(*BanAgentResponse)(nil),                     // 21: signet.api.BanAgentResponse
-	(*SetFederatedBundleRequest)(nil),            // 22: signet.api.SetFederatedBundleRequest
-	(*ListFederatedBundlesRequest)(nil),          // 23: signet.api.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),         // 24: signet.api.ListFederatedBundlesResponse
-	(*DeleteFederatedBundleRequest)(nil),         // 25: signet.api.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil),        // 26: signet.api.DeleteFederatedBundleResponse
-	(*FederationRelationship)(nil),               // 27: signet.api.FederationRelationship
-	(*CreateFederationRelationshipRequest)(nil),  // 28: signet.api.CreateFederationRelationshipRequest
-	(*UpdateFederationRelationshipRequest)(nil),  // 29: signet.api.UpdateFederationRelationshipRequest
-	(*FederationRelationshipResult)(nil),         // 30: signet.api.FederationRelationshipResult
-	(*DeleteFederationRelationshipRequest)(nil),  // 31: signet.api.DeleteFederationRelationshipRequest
-	(*DeleteFederationRelationshipResponse)(nil), // 32: signet.api.DeleteFederationRelationshipResponse
-	(*GetFederationRelationshipRequest)(nil),     // 33: signet.api.GetFederationRelationshipRequest
-	(*ListFederationRelationshipsRequest)(nil),   // 34: signet.api.ListFederationRelationshipsRequest
-	(*ListFederationRelationshipsResponse)(nil),  // 35: signet.api.ListFederationRelationshipsResponse
-	(*LocalAuthority)(nil),                       // 36: signet.api.LocalAuthority
-	(*GetLocalAuthoritiesRequest)(nil),           // 37: signet.api.GetLocalAuthoritiesRequest
-	(*GetLocalAuthoritiesResponse)(nil),          // 38: signet.api.GetLocalAuthoritiesResponse
-	(*PrepareLocalAuthorityRequest)(nil),         // 39: signet.api.PrepareLocalAuthorityRequest
-	(*ActivateLocalAuthorityRequest)(nil),        // 40: signet.api.ActivateLocalAuthorityRequest
-	(*TaintLocalAuthorityRequest)(nil),           // 41: signet.api.TaintLocalAuthorityRequest
-	(*RevokeLocalAuthorityRequest)(nil),          // 42: signet.api.RevokeLocalAuthorityRequest
-	(*UpstreamAuthority)(nil),                    // 43: signet.api.UpstreamAuthority
-	(*GetUpstreamAuthoritiesRequest)(nil),        // 44: signet.api.GetUpstreamAuthoritiesRequest
-	(*GetUpstreamAuthoritiesResponse)(nil),       // 45: signet.api.GetUpstreamAuthoritiesResponse
-	(*TaintUpstreamAuthorityRequest)(nil),        // 46: signet.api.TaintUpstreamAuthorityRequest
-	(*RevokeUpstreamAuthorityRequest)(nil),       // 47: signet.api.RevokeUpstreamAuthorityRequest
-	(*Entry)(nil),                                // 48: signet.api.Entry
-	(*Selector)(nil),                             // 49: signet.api.Selector
-	(*Agent)(nil),                                // 50: signet.api.Agent
-	(*Bundle)(nil),                               // 51: signet.api.Bundle
+	(*PurgeAgentsRequest)(nil),                   // 22: signet.api.PurgeAgentsRequest
+	(*PurgeAgentsResponse)(nil),                  // 23: signet.api.PurgeAgentsResponse
+	(*SetFederatedBundleRequest)(nil),            // 24: signet.api.SetFederatedBundleRequest
+	(*ListFederatedBundlesRequest)(nil),          // 25: signet.api.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),         // 26: signet.api.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),         // 27: signet.api.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil),        // 28: signet.api.DeleteFederatedBundleResponse
+	(*FederationRelationship)(nil),               // 29: signet.api.FederationRelationship
+	(*CreateFederationRelationshipRequest)(nil),  // 30: signet.api.CreateFederationRelationshipRequest
+	(*UpdateFederationRelationshipRequest)(nil),  // 31: signet.api.UpdateFederationRelationshipRequest
+	(*FederationRelationshipResult)(nil),         // 32: signet.api.FederationRelationshipResult
+	(*DeleteFederationRelationshipRequest)(nil),  // 33: signet.api.DeleteFederationRelationshipRequest
+	(*DeleteFederationRelationshipResponse)(nil), // 34: signet.api.DeleteFederationRelationshipResponse
+	(*GetFederationRelationshipRequest)(nil),     // 35: signet.api.GetFederationRelationshipRequest
+	(*ListFederationRelationshipsRequest)(nil),   // 36: signet.api.ListFederationRelationshipsRequest
+	(*ListFederationRelationshipsResponse)(nil),  // 37: signet.api.ListFederationRelationshipsResponse
+	(*LocalAuthority)(nil),                       // 38: signet.api.LocalAuthority
+	(*GetLocalAuthoritiesRequest)(nil),           // 39: signet.api.GetLocalAuthoritiesRequest
+	(*GetLocalAuthoritiesResponse)(nil),          // 40: signet.api.GetLocalAuthoritiesResponse
+	(*PrepareLocalAuthorityRequest)(nil),         // 41: signet.api.PrepareLocalAuthorityRequest
+	(*ActivateLocalAuthorityRequest)(nil),        // 42: signet.api.ActivateLocalAuthorityRequest
+	(*TaintLocalAuthorityRequest)(nil),           // 43: signet.api.TaintLocalAuthorityRequest
+	(*RevokeLocalAuthorityRequest)(nil),          // 44: signet.api.RevokeLocalAuthorityRequest
+	(*UpstreamAuthority)(nil),                    // 45: signet.api.UpstreamAuthority
+	(*GetUpstreamAuthoritiesRequest)(nil),        // 46: signet.api.GetUpstreamAuthoritiesRequest
+	(*GetUpstreamAuthoritiesResponse)(nil),       // 47: signet.api.GetUpstreamAuthoritiesResponse
+	(*TaintUpstreamAuthorityRequest)(nil),        // 48: signet.api.TaintUpstreamAuthorityRequest
+	(*RevokeUpstreamAuthorityRequest)(nil),       // 49: signet.api.RevokeUpstreamAuthorityRequest
+	(*Entry)(nil),                                // 50: signet.api.Entry
+	(*Selector)(nil),                             // 51: signet.api.Selector
+	(*Agent)(nil),                                // 52: signet.api.Agent
+	(*Bundle)(nil),                               // 53: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	48, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	48, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
-	48, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
-	48, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	49, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	50, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	50, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	50, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	50, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	51, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
 	0,  // 5: signet.api.ListEntriesRequest.match_selectors_on:type_name -> signet.api.MatchMode
 	0,  // 6: signet.api.ListEntriesRequest.match_federates_with_on:type_name -> signet.api.MatchMode
-	48, // 7: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	49, // 8: signet.api.ListAgentsRequest.selectors:type_name -> signet.api.Selector
+	50, // 7: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	51, // 8: signet.api.ListAgentsRequest.selectors:type_name -> signet.api.Selector
 	0,  // 9: signet.api.ListAgentsRequest.match_selectors_on:type_name -> signet.api.MatchMode
-	50, // 10: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	51, // 11: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
-	51, // 12: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
+	52, // 10: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	53, // 11: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
+	53, // 12: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
 	1,  // 13: signet.api.DeleteFederatedBundleRequest.mode:type_name -> signet.api.BundleDeleteMode
 	2,  // 14: signet.api.FederationRelationship.origin:type_name -> signet.api.RelationshipOrigin
-	27, // 15: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	51, // 16: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
-	27, // 17: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	51, // 18: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
-	27, // 19: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
-	51, // 20: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
-	27, // 21: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
-	36, // 22: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
-	36, // 23: signet.api.UpstreamAuthority.local_authorities:type_name -> signet.api.LocalAuthority
-	43, // 24: signet.api.GetUpstreamAuthoritiesResponse.authorities:type_name -> signet.api.UpstreamAuthority
+	29, // 15: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	53, // 16: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	29, // 17: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	53, // 18: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	29, // 19: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
+	53, // 20: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
+	29, // 21: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
+	38, // 22: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
+	38, // 23: signet.api.UpstreamAuthority.local_authorities:type_name -> signet.api.LocalAuthority
+	45, // 24: signet.api.GetUpstreamAuthoritiesResponse.authorities:type_name -> signet.api.UpstreamAuthority
 	3,  // 25: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
 	4,  // 26: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
 	6,  // 27: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
@@ -2866,52 +2984,54 @@ var file_server_api_admin_proto_depIdxs = []int32{
 	16, // 34: signet.api.AdminService.GetAgent:input_type -> signet.api.GetAgentRequest
 	18, // 35: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
 	20, // 36: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
-	22, // 37: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
-	23, // 38: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
-	25, // 39: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
-	28, // 40: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
-	29, // 41: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
-	31, // 42: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
-	33, // 43: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
-	34, // 44: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
-	37, // 45: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
-	39, // 46: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
-	40, // 47: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
-	41, // 48: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
-	42, // 49: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
-	44, // 50: signet.api.AdminService.GetUpstreamAuthorities:input_type -> signet.api.GetUpstreamAuthoritiesRequest
-	46, // 51: signet.api.AdminService.TaintUpstreamAuthority:input_type -> signet.api.TaintUpstreamAuthorityRequest
-	47, // 52: signet.api.AdminService.RevokeUpstreamAuthority:input_type -> signet.api.RevokeUpstreamAuthorityRequest
-	48, // 53: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	5,  // 54: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
-	48, // 55: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	8,  // 56: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	48, // 57: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	11, // 58: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	13, // 59: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	51, // 60: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	17, // 61: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	50, // 62: signet.api.AdminService.GetAgent:output_type -> signet.api.Agent
-	19, // 63: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	21, // 64: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
-	51, // 65: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
-	24, // 66: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
-	26, // 67: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
-	30, // 68: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	30, // 69: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	32, // 70: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
-	27, // 71: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
-	35, // 72: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
-	38, // 73: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
-	36, // 74: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
-	36, // 75: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
-	36, // 76: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
-	36, // 77: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
-	45, // 78: signet.api.AdminService.GetUpstreamAuthorities:output_type -> signet.api.GetUpstreamAuthoritiesResponse
-	43, // 79: signet.api.AdminService.TaintUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
-	43, // 80: signet.api.AdminService.RevokeUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
-	53, // [53:81] is the sub-list for method output_type
-	25, // [25:53] is the sub-list for method input_type
+	22, // 37: signet.api.AdminService.PurgeAgents:input_type -> signet.api.PurgeAgentsRequest
+	24, // 38: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
+	25, // 39: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
+	27, // 40: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
+	30, // 41: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
+	31, // 42: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
+	33, // 43: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
+	35, // 44: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
+	36, // 45: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
+	39, // 46: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
+	41, // 47: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
+	42, // 48: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
+	43, // 49: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
+	44, // 50: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
+	46, // 51: signet.api.AdminService.GetUpstreamAuthorities:input_type -> signet.api.GetUpstreamAuthoritiesRequest
+	48, // 52: signet.api.AdminService.TaintUpstreamAuthority:input_type -> signet.api.TaintUpstreamAuthorityRequest
+	49, // 53: signet.api.AdminService.RevokeUpstreamAuthority:input_type -> signet.api.RevokeUpstreamAuthorityRequest
+	50, // 54: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	5,  // 55: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	50, // 56: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	8,  // 57: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	50, // 58: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	11, // 59: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	13, // 60: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	53, // 61: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	17, // 62: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	52, // 63: signet.api.AdminService.GetAgent:output_type -> signet.api.Agent
+	19, // 64: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	21, // 65: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
+	23, // 66: signet.api.AdminService.PurgeAgents:output_type -> signet.api.PurgeAgentsResponse
+	53, // 67: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
+	26, // 68: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
+	28, // 69: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
+	32, // 70: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	32, // 71: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	34, // 72: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
+	29, // 73: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
+	37, // 74: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
+	40, // 75: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
+	38, // 76: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
+	38, // 77: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
+	38, // 78: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
+	38, // 79: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
+	47, // 80: signet.api.AdminService.GetUpstreamAuthorities:output_type -> signet.api.GetUpstreamAuthoritiesResponse
+	45, // 81: signet.api.AdminService.TaintUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	45, // 82: signet.api.AdminService.RevokeUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	54, // [54:83] is the sub-list for method output_type
+	25, // [25:54] is the sub-list for method input_type
 	25, // [25:25] is the sub-list for extension type_name
 	25, // [25:25] is the sub-list for extension extendee
 	0,  // [0:25] is the sub-list for field type_name
@@ -2931,7 +3051,7 @@ func file_server_api_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

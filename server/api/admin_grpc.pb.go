@@ -31,6 +31,7 @@ const (
 	AdminService_GetAgent_FullMethodName                     = "/signet.api.AdminService/GetAgent"
 	AdminService_EvictAgent_FullMethodName                   = "/signet.api.AdminService/EvictAgent"
 	AdminService_BanAgent_FullMethodName                     = "/signet.api.AdminService/BanAgent"
+	AdminService_PurgeAgents_FullMethodName                  = "/signet.api.AdminService/PurgeAgents"
 	AdminService_SetFederatedBundle_FullMethodName           = "/signet.api.AdminService/SetFederatedBundle"
 	AdminService_ListFederatedBundles_FullMethodName         = "/signet.api.AdminService/ListFederatedBundles"
 	AdminService_DeleteFederatedBundle_FullMethodName        = "/signet.api.AdminService/DeleteFederatedBundle"
@@ -74,6 +75,11 @@ type AdminServiceClient interface {
 	// BanAgent cuts an agent off like EvictAgent and also refuses its ID at
 	// attestation (a k8s_psat node attests again by itself) until evicted.
 	BanAgent(ctx context.Context, in *BanAgentRequest, opts ...grpc.CallOption) (*BanAgentResponse, error)
+	// PurgeAgents removes agents whose SVID expired before expired_before
+	// (SPIRE's agent purge): only those that attest again by themselves
+	// unless include_non_reattestable; banned agents never (it would lift
+	// the ban).
+	PurgeAgents(ctx context.Context, in *PurgeAgentsRequest, opts ...grpc.CallOption) (*PurgeAgentsResponse, error)
 	// SetFederatedBundle stores (replaces) the bundle of a foreign trust
 	// domain: how an operator bootstraps an https_spiffe relationship, or
 	// federates without a bundle endpoint. The own trust domain is refused.
@@ -254,6 +260,16 @@ func (c *adminServiceClient) BanAgent(ctx context.Context, in *BanAgentRequest, 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(BanAgentResponse)
 	err := c.cc.Invoke(ctx, AdminService_BanAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) PurgeAgents(ctx context.Context, in *PurgeAgentsRequest, opts ...grpc.CallOption) (*PurgeAgentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PurgeAgentsResponse)
+	err := c.cc.Invoke(ctx, AdminService_PurgeAgents_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -445,6 +461,11 @@ type AdminServiceServer interface {
 	// BanAgent cuts an agent off like EvictAgent and also refuses its ID at
 	// attestation (a k8s_psat node attests again by itself) until evicted.
 	BanAgent(context.Context, *BanAgentRequest) (*BanAgentResponse, error)
+	// PurgeAgents removes agents whose SVID expired before expired_before
+	// (SPIRE's agent purge): only those that attest again by themselves
+	// unless include_non_reattestable; banned agents never (it would lift
+	// the ban).
+	PurgeAgents(context.Context, *PurgeAgentsRequest) (*PurgeAgentsResponse, error)
 	// SetFederatedBundle stores (replaces) the bundle of a foreign trust
 	// domain: how an operator bootstraps an https_spiffe relationship, or
 	// federates without a bundle endpoint. The own trust domain is refused.
@@ -546,6 +567,9 @@ func (UnimplementedAdminServiceServer) EvictAgent(context.Context, *EvictAgentRe
 }
 func (UnimplementedAdminServiceServer) BanAgent(context.Context, *BanAgentRequest) (*BanAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method BanAgent not implemented")
+}
+func (UnimplementedAdminServiceServer) PurgeAgents(context.Context, *PurgeAgentsRequest) (*PurgeAgentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PurgeAgents not implemented")
 }
 func (UnimplementedAdminServiceServer) SetFederatedBundle(context.Context, *SetFederatedBundleRequest) (*Bundle, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetFederatedBundle not implemented")
@@ -828,6 +852,24 @@ func _AdminService_BanAgent_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).BanAgent(ctx, req.(*BanAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_PurgeAgents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PurgeAgentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PurgeAgents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PurgeAgents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PurgeAgents(ctx, req.(*PurgeAgentsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1174,6 +1216,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "BanAgent",
 			Handler:    _AdminService_BanAgent_Handler,
+		},
+		{
+			MethodName: "PurgeAgents",
+			Handler:    _AdminService_PurgeAgents_Handler,
 		},
 		{
 			MethodName: "SetFederatedBundle",

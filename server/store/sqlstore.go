@@ -468,6 +468,28 @@ func (s *sqlStore) DeleteEntry(ctx context.Context, id string) error {
 	return nil
 }
 
+func (s *sqlStore) PruneEntries(ctx context.Context, expiredBefore time.Time) ([]string, error) {
+	var ids []string
+	err := s.write(ctx, func(t *tx) error {
+		ids = nil // a retried transaction starts again
+		rows, err := queryAll(ctx, t.querier, func(sc scanner) (id string, err error) { return id, sc.Scan(&id) }, `SELECT id FROM entries WHERE expires_at <> 0 AND expires_at < $1`, toNanos(expiredBefore))
+		if err != nil || len(rows) == 0 {
+			return err
+		}
+		for _, id := range rows {
+			if _, err := t.exec(ctx, `DELETE FROM entries WHERE id = $1`, id); err != nil {
+				return err
+			}
+		}
+		ids = rows
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("prune expired entries: %w", err)
+	}
+	return ids, nil
+}
+
 // getEntry reads one entry with its selectors through q.
 func getEntry(ctx context.Context, q querier, id string) (registry.Entry, error) {
 	e, err := scanEntry(q.queryRow(ctx, `SELECT `+entryColumns+` FROM entries WHERE id = $1`, id))
@@ -832,6 +854,24 @@ func (s *sqlStore) DeleteNode(ctx context.Context, spiffeID string) error {
 		return fmt.Errorf("delete node %s: %w", spiffeID, err)
 	}
 	return nil
+}
+
+func (s *sqlStore) DeleteExpiredNode(ctx context.Context, spiffeID string, expiredBefore time.Time) (bool, error) {
+	var deleted bool
+	err := s.write(ctx, func(t *tx) error {
+		n, err := t.exec(ctx, `DELETE FROM nodes WHERE spiffe_id = $1 AND expires_at < $2 AND banned = 0`, spiffeID, toNanos(expiredBefore))
+		if err != nil {
+			return err
+		}
+		if deleted = n > 0; !deleted {
+			return nil
+		}
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return false, fmt.Errorf("delete expired node %s: %w", spiffeID, err)
+	}
+	return deleted, nil
 }
 
 // --- authorities ---

@@ -196,6 +196,10 @@ type Store interface {
 	DeleteEntry(ctx context.Context, id string) error
 	GetEntry(ctx context.Context, id string) (registry.Entry, error)
 	ListEntries(ctx context.Context) ([]registry.Entry, error)
+	// PruneEntries deletes, in one write, the entries whose expiry is
+	// before the given time (never those without one), and returns their
+	// IDs; none is no write.
+	PruneEntries(ctx context.Context, expiredBefore time.Time) ([]string, error)
 
 	CreateJoinToken(ctx context.Context, t JoinToken) error
 	// GetJoinToken returns the token with this hash, spent (SpentKey set)
@@ -235,6 +239,11 @@ type Store interface {
 	BanNode(ctx context.Context, spiffeID string) error
 	// DeleteNode removes (evicts) a node, lifting a ban: ErrNotFound if unknown.
 	DeleteNode(ctx context.Context, spiffeID string) error
+	// DeleteExpiredNode removes a node in one conditional write, only
+	// while its SVID expired before the given time and it is not banned
+	// (a purge never lifts a ban, and never removes an agent that renewed
+	// or attested again meanwhile). It reports whether it removed it.
+	DeleteExpiredNode(ctx context.Context, spiffeID string, expiredBefore time.Time) (bool, error)
 
 	// PutAuthorities adds or updates (by TrustDomain, Kind, KeyID) bundle
 	// authorities and bumps the trust domain's bundle sequence if anything

@@ -206,18 +206,7 @@ func newEntryCmd() *cobra.Command {
 			}
 			return printEntries(w, out, false, e)
 		}),
-		entryByIDCmd("delete", "Delete an entry", func(ctx context.Context, c api.AdminServiceClient, id string, w io.Writer, out *outputFlag) error {
-			if _, err := c.DeleteEntry(ctx, &api.DeleteEntryRequest{Id: id}); err != nil {
-				return err
-			}
-			if out.json() {
-				return writeJSON(w, struct {
-					Deleted []string `json:"deleted"`
-				}{[]string{id}})
-			}
-			fmt.Fprintf(w, "Deleted entry %s\n", id)
-			return nil
-		}))
+		newEntryDeleteCmd())
 	return cmd
 }
 
@@ -389,5 +378,55 @@ func entryByIDCmd(use, short string, fn func(context.Context, api.AdminServiceCl
 			return fn(ctx, c, id, w, out)
 		})
 	cmd.Flags().StringVar(&id, "id", "", "entry ID")
+	return cmd
+}
+
+// newEntryDeleteCmd deletes one entry (--id) or, in one transaction, every
+// entry of a file (--file: SPIRE's {"ids": [...]}, or a listing such as
+// entry list --output json prints).
+func newEntryDeleteCmd() *cobra.Command {
+	var id, file string
+	var ids []string
+	cmd := newAdminCmd("delete", "Delete an entry, or every entry of a file in one transaction",
+		func(cmd *cobra.Command) error {
+			switch {
+			case (id == "") == (file == ""):
+				return fmt.Errorf("give --id or --file")
+			case id != "":
+				ids = []string{id}
+				return nil
+			}
+			in, done, err := input(cmd, file)
+			if err != nil {
+				return fmt.Errorf("--file: %w", err)
+			}
+			defer done()
+			if ids, err = adminapi.ParseEntryIDs(in); err != nil {
+				return fmt.Errorf("--file %s: %w", file, err)
+			}
+			return nil
+		},
+		func(ctx context.Context, c api.AdminServiceClient, w io.Writer, out *outputFlag) error {
+			var err error
+			if file == "" {
+				_, err = c.DeleteEntry(ctx, &api.DeleteEntryRequest{Id: id})
+			} else {
+				_, err = c.BatchDeleteEntries(ctx, &api.BatchDeleteEntriesRequest{Ids: ids})
+			}
+			if err != nil {
+				return err
+			}
+			if out.json() {
+				return writeJSON(w, struct {
+					Deleted []string `json:"deleted"`
+				}{ids})
+			}
+			for _, id := range ids {
+				fmt.Fprintf(w, "Deleted entry %s\n", id)
+			}
+			return nil
+		})
+	cmd.Flags().StringVar(&id, "id", "", "entry ID")
+	cmd.Flags().StringVar(&file, "file", "", `JSON file of the entries to delete ({"ids": [...]}, SPIRE's -file, or a listing {"entries": [...]}; - for stdin)`)
 	return cmd
 }

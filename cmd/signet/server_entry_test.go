@@ -233,3 +233,47 @@ func TestEntryJSONExportImport(t *testing.T) {
 		t.Fatalf("restore of expired entries only: %v\n%s", err, out)
 	}
 }
+
+// TestEntryDeleteFile: `entry delete --file` deletes every entry of a
+// listing (or SPIRE's {"ids": [...]}) in one transaction; one unknown ID
+// deletes nothing and names it.
+func TestEntryDeleteFile(t *testing.T) {
+	s := servertest.Start(t, spiffeid.RequireTrustDomainFromString("example.org"), nil)
+	run := func(args ...string) (string, error) {
+		return signet(t, append(append([]string{"server", "entry"}, args...), "--admin-socket", s.Config.AdminSocket)...)
+	}
+	for i, parent := range []string{"a", "a", "b"} {
+		if out, err := run("create", "--entry-id", fmt.Sprintf("e%d", i), "--spiffe-id", fmt.Sprintf("spiffe://example.org/w%d", i),
+			"--parent-id", "spiffe://example.org/agent/"+parent, "--selector", "unix:uid:1"); err != nil {
+			t.Fatalf("create: %v\n%s", err, out)
+		}
+	}
+	dir := t.TempDir()
+	listing, err := run("list", "--parent-id", "spiffe://example.org/agent/a", "--output", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	underA := filepath.Join(dir, "under-a.json")
+	unknown := filepath.Join(dir, "unknown.json")
+	if err := os.WriteFile(underA, []byte(listing), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(unknown, []byte(`{"ids": ["e2", "nosuch"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run("delete", "--file", unknown); err == nil || !strings.Contains(err.Error(), "nosuch") || !strings.Contains(err.Error(), "nothing deleted") {
+		t.Fatalf("delete of a file with an unknown ID: %v\n%s", err, out)
+	}
+	if out, err := run("count"); err != nil || out != "3 registration entries\n" {
+		t.Fatalf("after the refused delete: %q, %v", out, err)
+	}
+	if out, err := run("delete", "--file", underA); err != nil || out != "Deleted entry e0\nDeleted entry e1\n" {
+		t.Fatalf("delete --file of a listing: %v\n%s", err, out)
+	}
+	if out, err := run("list", "--output", "json"); err != nil || !strings.Contains(out, `"id": "e2"`) || strings.Contains(out, `"id": "e0"`) {
+		t.Fatalf("after delete --file: %v\n%s", err, out)
+	}
+	if out, err := run("delete", "--id", "e2", "--file", underA); err == nil || !strings.Contains(err.Error(), "give --id or --file") {
+		t.Fatalf("--id with --file: %v\n%s", err, out)
+	}
+}

@@ -52,6 +52,8 @@ func auditFields(req, resp any) []slog.Attr {
 		return attrs
 	case *api.EvictAgentRequest, *api.BanAgentRequest, *api.GetAgentRequest:
 		return []slog.Attr{slog.String("agent_id", r.(interface{ GetSpiffeId() string }).GetSpiffeId())}
+	case *api.BatchDeleteEntriesRequest:
+		return []slog.Attr{slog.Any("entry_ids", r.GetIds())}
 	case *api.PurgeAgentsRequest:
 		attrs := []slog.Attr{slog.Time("expired_before", time.Unix(r.GetExpiredBefore(), 0).UTC()),
 			slog.Bool("include_non_reattestable", r.GetIncludeNonReattestable()), slog.Bool("dry_run", r.GetDryRun())}

@@ -225,6 +225,37 @@ func (s *Service) DeleteEntry(ctx context.Context, req *api.DeleteEntryRequest) 
 	return &api.DeleteEntryResponse{}, nil
 }
 
+// BatchDeleteEntries deletes every entry named in one transaction; one
+// refused ID fails the call and nothing is deleted.
+func (s *Service) BatchDeleteEntries(ctx context.Context, req *api.BatchDeleteEntriesRequest) (*api.BatchDeleteEntriesResponse, error) {
+	if len(req.Ids) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "batch delete: no entry IDs")
+	}
+	if len(req.Ids) > MaxBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "batch delete: %d entries; the limit is %d", len(req.Ids), MaxBatch)
+	}
+	seen := make(map[string]bool, len(req.Ids))
+	for i, id := range req.Ids {
+		if id == "" || seen[id] {
+			return nil, status.Errorf(codes.InvalidArgument, "batch delete: ID %d %q is empty or repeated", i, id)
+		}
+		seen[id] = true
+		if err := notManaged("delete", id); err != nil {
+			return nil, err
+		}
+	}
+	var rev int64
+	if err := s.cfg.Store.DeleteEntries(store.WithCommitRevision(ctx, &rev), req.Ids); err != nil {
+		if errors.Is(err, store.ErrNotFound) { // the store's error names the ID
+			return nil, status.Errorf(codes.NotFound, "batch delete, nothing deleted: %v", err)
+		}
+		return nil, storeError("batch delete (nothing deleted)", err)
+	}
+	s.publish(ctx, rev, nil, req.Ids...)
+	s.cfg.Logger.Info("entries deleted", "count", len(req.Ids), "entry_ids", req.Ids)
+	return &api.BatchDeleteEntriesResponse{}, nil
+}
+
 // notManaged refuses to change an entry the Kubernetes controller owns: it
 // would put it back (or delete it) at its next reconcile.
 func notManaged(op, id string) error {

@@ -285,3 +285,46 @@ func (in *EntryJSON) toProto() (*api.Entry, error) {
 		ExpiresAt:      int64(in.ExpiresAt),
 	}, nil
 }
+
+// ParseEntryIDs reads the entries to delete from JSON: SPIRE's
+// `entry delete -file` shape ({"ids": [...]}) or a listing of entries
+// ({"entries": [{"id": ...}, ...]}, as `entry list --output json` prints,
+// other fields ignored), so a filtered listing can be deleted as a whole.
+func ParseEntryIDs(r io.Reader) ([]string, error) {
+	data, err := io.ReadAll(io.LimitReader(r, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read entry IDs: %w", err)
+	}
+	var f struct {
+		IDs     []string `json:"ids"`
+		Entries []struct {
+			ID string `json:"id"`
+		} `json:"entries"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("parse entry IDs JSON: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("parse entry IDs JSON: trailing data after the document")
+	}
+	if f.IDs != nil && f.Entries != nil {
+		return nil, errors.New(`parse entry IDs JSON: give "ids" or "entries", not both`)
+	}
+	ids := f.IDs
+	for i, e := range f.Entries {
+		if e.ID == "" {
+			return nil, fmt.Errorf("entry %d has no \"id\"", i)
+		}
+		ids = append(ids, e.ID)
+	}
+	if len(ids) == 0 {
+		return nil, errors.New(`parse entry IDs JSON: no entries (want {"ids": [...]} or {"entries": [{"id": ...}]})`)
+	}
+	for i, id := range ids {
+		if err := registry.CheckEntryID(id); err != nil {
+			return nil, fmt.Errorf("ID %d: %w", i, err)
+		}
+	}
+	return ids, nil
+}

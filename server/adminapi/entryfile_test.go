@@ -2,12 +2,14 @@ package adminapi
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/registry"
 )
 
 func TestParseEntryFile(t *testing.T) {
@@ -172,6 +174,50 @@ func FuzzParseEntryFile(f *testing.F) {
 		for _, e := range entries {
 			if e.SpiffeId == "" || len(e.Selectors) == 0 || (e.ParentId == "" && !e.Node) {
 				t.Fatalf("accepted an incomplete entry: %v", e)
+			}
+		}
+	})
+}
+
+func TestParseEntryIDs(t *testing.T) {
+	for in, want := range map[string][]string{
+		`{"ids": ["a", "b"]}`: {"a", "b"},
+		`{"entries": [{"id": "a", "spiffe_id": "spiffe://example.org/x", "selectors": []}, {"id": "c"}], "next_page_token": ""}`: {"a", "c"},
+	} {
+		got, err := ParseEntryIDs(strings.NewReader(in))
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("ParseEntryIDs(%s) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for in, msg := range map[string]string{
+		`{"ids": []}`: "no entries",
+		`{}`:          "no entries",
+		`{"ids": ["a"], "entries": [{"id": "b"}]}`:               "not both",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/x"}]}`: `entry 0 has no "id"`,
+		`{"ids": ["a b"]}`: "ID 0: entry ID",
+		`{"ids": ["a"]} x`: "trailing",
+		`{"ids": "a"}`:     "parse entry IDs JSON",
+	} {
+		if _, err := ParseEntryIDs(strings.NewReader(in)); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("ParseEntryIDs(%s) = %v, want an error naming %q", in, err, msg)
+		}
+	}
+}
+
+func FuzzParseEntryIDs(f *testing.F) {
+	f.Add([]byte(`{"ids": ["a", "b"]}`))
+	f.Add([]byte(`{"entries": [{"id": "a", "spiffe_id": "spiffe://example.org/x"}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ids, err := ParseEntryIDs(strings.NewReader(string(data)))
+		if err != nil {
+			return
+		}
+		if len(ids) == 0 {
+			t.Fatal("accepted no IDs")
+		}
+		for _, id := range ids {
+			if registry.CheckEntryID(id) != nil {
+				t.Fatalf("accepted a malformed ID %q", id)
 			}
 		}
 	})

@@ -23,6 +23,7 @@ const (
 	AdminService_BatchCreateEntries_FullMethodName           = "/signet.api.AdminService/BatchCreateEntries"
 	AdminService_UpdateEntry_FullMethodName                  = "/signet.api.AdminService/UpdateEntry"
 	AdminService_DeleteEntry_FullMethodName                  = "/signet.api.AdminService/DeleteEntry"
+	AdminService_BatchDeleteEntries_FullMethodName           = "/signet.api.AdminService/BatchDeleteEntries"
 	AdminService_GetEntry_FullMethodName                     = "/signet.api.AdminService/GetEntry"
 	AdminService_ListEntries_FullMethodName                  = "/signet.api.AdminService/ListEntries"
 	AdminService_CreateJoinToken_FullMethodName              = "/signet.api.AdminService/CreateJoinToken"
@@ -65,6 +66,10 @@ type AdminServiceClient interface {
 	BatchCreateEntries(ctx context.Context, in *BatchCreateEntriesRequest, opts ...grpc.CallOption) (*BatchCreateEntriesResponse, error)
 	UpdateEntry(ctx context.Context, in *UpdateEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*DeleteEntryResponse, error)
+	// BatchDeleteEntries deletes every entry named, in one transaction: all
+	// or none (an unknown ID, a repeated one or one of the Kubernetes
+	// controller's fails the call).
+	BatchDeleteEntries(ctx context.Context, in *BatchDeleteEntriesRequest, opts ...grpc.CallOption) (*BatchDeleteEntriesResponse, error)
 	GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
@@ -180,6 +185,16 @@ func (c *adminServiceClient) DeleteEntry(ctx context.Context, in *DeleteEntryReq
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteEntryResponse)
 	err := c.cc.Invoke(ctx, AdminService_DeleteEntry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) BatchDeleteEntries(ctx context.Context, in *BatchDeleteEntriesRequest, opts ...grpc.CallOption) (*BatchDeleteEntriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchDeleteEntriesResponse)
+	err := c.cc.Invoke(ctx, AdminService_BatchDeleteEntries_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -451,6 +466,10 @@ type AdminServiceServer interface {
 	BatchCreateEntries(context.Context, *BatchCreateEntriesRequest) (*BatchCreateEntriesResponse, error)
 	UpdateEntry(context.Context, *UpdateEntryRequest) (*Entry, error)
 	DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error)
+	// BatchDeleteEntries deletes every entry named, in one transaction: all
+	// or none (an unknown ID, a repeated one or one of the Kubernetes
+	// controller's fails the call).
+	BatchDeleteEntries(context.Context, *BatchDeleteEntriesRequest) (*BatchDeleteEntriesResponse, error)
 	GetEntry(context.Context, *GetEntryRequest) (*Entry, error)
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
@@ -543,6 +562,9 @@ func (UnimplementedAdminServiceServer) UpdateEntry(context.Context, *UpdateEntry
 }
 func (UnimplementedAdminServiceServer) DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteEntry not implemented")
+}
+func (UnimplementedAdminServiceServer) BatchDeleteEntries(context.Context, *BatchDeleteEntriesRequest) (*BatchDeleteEntriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchDeleteEntries not implemented")
 }
 func (UnimplementedAdminServiceServer) GetEntry(context.Context, *GetEntryRequest) (*Entry, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetEntry not implemented")
@@ -708,6 +730,24 @@ func _AdminService_DeleteEntry_Handler(srv interface{}, ctx context.Context, dec
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).DeleteEntry(ctx, req.(*DeleteEntryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_BatchDeleteEntries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchDeleteEntriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).BatchDeleteEntries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_BatchDeleteEntries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).BatchDeleteEntries(ctx, req.(*BatchDeleteEntriesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1184,6 +1224,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteEntry",
 			Handler:    _AdminService_DeleteEntry_Handler,
+		},
+		{
+			MethodName: "BatchDeleteEntries",
+			Handler:    _AdminService_BatchDeleteEntries_Handler,
 		},
 		{
 			MethodName: "GetEntry",

@@ -468,6 +468,28 @@ func (s *sqlStore) DeleteEntry(ctx context.Context, id string) error {
 	return nil
 }
 
+func (s *sqlStore) DeleteEntries(ctx context.Context, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	err := s.write(ctx, func(t *tx) error {
+		for _, id := range ids {
+			n, err := t.exec(ctx, `DELETE FROM entries WHERE id = $1`, id)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return fmt.Errorf("entry %s: %w", id, ErrNotFound)
+			}
+		}
+		return bumpRevision(ctx, t)
+	})
+	if err != nil {
+		return fmt.Errorf("delete %d entries: %w", len(ids), err)
+	}
+	return nil
+}
+
 func (s *sqlStore) PruneEntries(ctx context.Context, expiredBefore time.Time) ([]string, error) {
 	var ids []string
 	err := s.write(ctx, func(t *tx) error {

@@ -196,6 +196,9 @@ type Store interface {
 	DeleteEntry(ctx context.Context, id string) error
 	GetEntry(ctx context.Context, id string) (registry.Entry, error)
 	ListEntries(ctx context.Context) ([]registry.Entry, error)
+	// DeleteEntries deletes every entry of ids in one write, or none: an
+	// unknown ID is ErrNotFound, naming it.
+	DeleteEntries(ctx context.Context, ids []string) error
 	// PruneEntries deletes, in one write, the entries whose expiry is
 	// before the given time (never those without one), and returns their
 	// IDs; none is no write.

@@ -1,7 +1,9 @@
 package store
 
 import (
+	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -83,6 +85,37 @@ func TestDeleteExpiredNode(t *testing.T) {
 		nodes, _ := s.ListNodes(ctx)
 		if len(nodes) != 2 {
 			t.Fatalf("left %+v, want banned and fresh", nodes)
+		}
+	})
+}
+
+// TestDeleteEntriesAllOrNothing: a batch delete with an unknown ID deletes
+// nothing and names it; a good one deletes all in one revision.
+func TestDeleteEntriesAllOrNothing(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, url string) {
+		ctx, s := testCtx(t), openStore(t, url)
+		for _, id := range []string{"a", "b"} {
+			w := workload(t, "/"+id, "unix:uid:1")
+			w.ID = id
+			if _, err := s.CreateEntry(ctx, w); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.DeleteEntries(ctx, []string{"a", "nosuch"}); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "nosuch") {
+			t.Fatalf("DeleteEntries with an unknown ID: %v", err)
+		}
+		if es, _ := s.ListEntries(ctx); len(es) != 2 {
+			t.Fatalf("a failed batch deleted entries: %d left", len(es))
+		}
+		rev := revision(t, s)
+		if err := s.DeleteEntries(ctx, []string{"a", "b"}); err != nil {
+			t.Fatal(err)
+		}
+		if r := revision(t, s); r != rev+1 {
+			t.Errorf("revision %d -> %d, want one bump", rev, r)
+		}
+		if es, _ := s.ListEntries(ctx); len(es) != 0 {
+			t.Fatalf("%d entries left", len(es))
 		}
 	})
 }

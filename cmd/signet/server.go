@@ -327,28 +327,36 @@ func newBundleSetCmd() *cobra.Command {
 }
 
 func newBundleListCmd() *cobra.Command {
-	var a adminFlags
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List the federated trust domains' bundles",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
-				resp, err := c.ListFederatedBundles(ctx, &api.ListFederatedBundlesRequest{})
-				if err != nil {
-					return err
+	return newAdminCmd("list", "List the federated trust domains' bundles",
+		func(*cobra.Command) error { return nil },
+		func(ctx context.Context, c api.AdminServiceClient, w io.Writer, out *outputFlag) error {
+			resp, err := c.ListFederatedBundles(ctx, &api.ListFederatedBundlesRequest{})
+			if err != nil {
+				return err
+			}
+			if out.json() {
+				type bundleJSON struct {
+					TrustDomain string          `json:"trust_domain"`
+					Bundle      json.RawMessage `json:"bundle"`
 				}
-				w := cmd.OutOrStdout()
-				fmt.Fprintf(w, "Found %d federated bundles\n\n", len(resp.Bundles))
+				doc := struct {
+					Bundles []bundleJSON `json:"bundles"`
+				}{[]bundleJSON{}}
 				for _, b := range resp.Bundles {
-					printBundleSummary(w, b)
+					raw, err := adminapi.MarshalBundle(b, "spiffe")
+					if err != nil {
+						return fmt.Errorf("bundle of %s: %w", b.TrustDomain, err)
+					}
+					doc.Bundles = append(doc.Bundles, bundleJSON{b.TrustDomain, raw})
 				}
-				return nil
-			})
-		},
-	}
-	a.add(cmd)
-	return cmd
+				return writeJSON(w, doc)
+			}
+			fmt.Fprintf(w, "Found %d federated bundles\n\n", len(resp.Bundles))
+			for _, b := range resp.Bundles {
+				printBundleSummary(w, b)
+			}
+			return nil
+		})
 }
 
 func newBundleDeleteCmd() *cobra.Command {

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signetid/signet/server/adminapi"
 	"github.com/signetid/signet/server/api"
@@ -29,15 +31,7 @@ func newFederationCmd() *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "Deleted the federation relationship with %s\n", td)
 				return nil
 			}),
-		relationshipByTDCmd("show", "Show the federation relationship in force with a trust domain",
-			func(ctx context.Context, c api.AdminServiceClient, td string, cmd *cobra.Command) error {
-				r, err := c.GetFederationRelationship(ctx, &api.GetFederationRelationshipRequest{TrustDomain: td})
-				if err != nil {
-					return err
-				}
-				adminapi.PrintFederationRelationship(cmd.OutOrStdout(), r)
-				return nil
-			}),
+		newFederationShowCmd(),
 		newFederationListCmd())
 	return cmd
 }
@@ -123,26 +117,53 @@ func relationshipByTDCmd(use, short string, do func(context.Context, api.AdminSe
 }
 
 func newFederationListCmd() *cobra.Command {
-	var a adminFlags
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List the federation relationships: those of server.conf and those stored",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.call(cmd.Context(), func(ctx context.Context, c api.AdminServiceClient) error {
-				resp, err := c.ListFederationRelationships(ctx, &api.ListFederationRelationshipsRequest{})
-				if err != nil {
-					return err
-				}
-				w := cmd.OutOrStdout()
-				fmt.Fprintf(w, "Found %d federation relationships\n\n", len(resp.Relationships))
-				for _, r := range resp.Relationships {
-					adminapi.PrintFederationRelationship(w, r)
-				}
-				return nil
-			})
+	return newAdminCmd("list", "List the federation relationships: those of server.conf and those stored",
+		func(*cobra.Command) error { return nil },
+		func(ctx context.Context, c api.AdminServiceClient, w io.Writer, out *outputFlag) error {
+			resp, err := c.ListFederationRelationships(ctx, &api.ListFederationRelationshipsRequest{})
+			if err != nil {
+				return err
+			}
+			return printRelationships(w, out, true, resp.Relationships...)
+		})
+}
+
+func newFederationShowCmd() *cobra.Command {
+	var trustDomain string
+	var td spiffeid.TrustDomain
+	cmd := newAdminCmd("show", "Show the federation relationship in force with a trust domain",
+		func(*cobra.Command) (err error) {
+			td, err = federatedTrustDomain(trustDomain)
+			return err
 		},
-	}
-	a.add(cmd)
+		func(ctx context.Context, c api.AdminServiceClient, w io.Writer, out *outputFlag) error {
+			r, err := c.GetFederationRelationship(ctx, &api.GetFederationRelationshipRequest{TrustDomain: td.Name()})
+			if err != nil {
+				return err
+			}
+			return printRelationships(w, out, false, r)
+		})
+	cmd.Flags().StringVar(&trustDomain, "trust-domain", "", "the foreign trust domain, e.g. other.org")
 	return cmd
+}
+
+// printRelationships prints relationships as `Name: value` blocks (list
+// adds a "Found N" line) or as one {"relationships": [...]} document.
+func printRelationships(w io.Writer, out *outputFlag, list bool, rs ...*api.FederationRelationship) error {
+	if out.json() {
+		doc := struct {
+			Relationships []adminapi.RelationshipJSON `json:"relationships"`
+		}{make([]adminapi.RelationshipJSON, len(rs))}
+		for i, r := range rs {
+			doc.Relationships[i] = adminapi.RelationshipToJSON(r)
+		}
+		return writeJSON(w, doc)
+	}
+	if list {
+		fmt.Fprintf(w, "Found %d federation relationships\n\n", len(rs))
+	}
+	for _, r := range rs {
+		adminapi.PrintFederationRelationship(w, r)
+	}
+	return nil
 }

@@ -108,6 +108,30 @@ func PrintFederationRelationship(w io.Writer, r *api.FederationRelationship) {
 	fmt.Fprintln(w)
 }
 
+// RelationshipJSON is a federation relationship as the CLI's --output json
+// prints it; source is "server.conf" or "store", times Unix seconds.
+type RelationshipJSON struct {
+	TrustDomain           string `json:"trust_domain"`
+	BundleEndpointURL     string `json:"bundle_endpoint_url"`
+	BundleEndpointProfile string `json:"bundle_endpoint_profile"`
+	EndpointSPIFFEID      string `json:"endpoint_spiffe_id"`
+	Source                string `json:"source"`
+	Owner                 string `json:"owner"`
+	Revision              int64  `json:"revision"`
+	CreatedAt             int64  `json:"created_at"`
+	Overridden            bool   `json:"overridden"`
+}
+
+// RelationshipToJSON is r in the JSON the CLI prints.
+func RelationshipToJSON(r *api.FederationRelationship) RelationshipJSON {
+	source := "store"
+	if r.Origin == api.RelationshipOrigin_RELATIONSHIP_ORIGIN_CONFIG {
+		source = "server.conf"
+	}
+	return RelationshipJSON{TrustDomain: r.TrustDomain, BundleEndpointURL: r.BundleEndpointUrl, BundleEndpointProfile: r.BundleEndpointProfile,
+		EndpointSPIFFEID: r.EndpointSpiffeId, Source: source, Owner: r.Owner, Revision: r.Revision, CreatedAt: r.CreatedAt, Overridden: r.Overridden}
+}
+
 func ttl(sec int32) string {
 	if sec == 0 {
 		return "default"

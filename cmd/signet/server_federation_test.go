@@ -1,0 +1,74 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/server/adminapi"
+	"github.com/signetid/signet/server/servertest"
+)
+
+// TestFederationAndBundleJSON: federation list|show and bundle list print
+// one JSON document with --output json; each bundle is the SPIFFE bundle
+// document go-spiffe parses, holding the foreign roots as given.
+func TestFederationAndBundleJSON(t *testing.T) {
+	other := spiffeid.RequireTrustDomainFromString("other.org")
+	main := servertest.Start(t, spiffeid.RequireTrustDomainFromString("example.org"), nil)
+	foreign := servertest.Start(t, other, nil)
+	run := func(s *servertest.Server, args ...string) string {
+		t.Helper()
+		out, err := signet(t, append(append([]string{"server"}, args...), "--admin-socket", s.Config.AdminSocket)...)
+		if err != nil {
+			t.Fatalf("signet server %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	doc := run(foreign, "bundle", "show", "--format", "spiffe")
+	want, err := spiffebundle.Parse(other, []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "other.json")
+	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(main, "federation", "create", "--trust-domain", "other.org", "--bundle-endpoint-url", "https://127.0.0.1:1/bundle",
+		"--bundle-endpoint-profile", "https_spiffe", "--endpoint-spiffe-id", "spiffe://other.org/signet/server",
+		"--trust-domain-bundle-path", file, "--trust-domain-bundle-format", "spiffe")
+
+	for _, args := range [][]string{{"federation", "list"}, {"federation", "show", "--trust-domain", "other.org"}} {
+		var rels struct{ Relationships []adminapi.RelationshipJSON }
+		out := run(main, append(args, "--output", "json")...)
+		if err := json.Unmarshal([]byte(out), &rels); err != nil || len(rels.Relationships) != 1 {
+			t.Fatalf("%v --output json: %v\n%s", args, err, out)
+		}
+		if r := rels.Relationships[0]; r.TrustDomain != "other.org" || r.BundleEndpointURL != "https://127.0.0.1:1/bundle" ||
+			r.BundleEndpointProfile != "https_spiffe" || r.EndpointSPIFFEID != "spiffe://other.org/signet/server" || r.Source != "store" || r.Revision == 0 {
+			t.Errorf("%v --output json: %+v", args, r)
+		}
+	}
+
+	var bundles struct {
+		Bundles []struct {
+			TrustDomain string          `json:"trust_domain"`
+			Bundle      json.RawMessage `json:"bundle"`
+		}
+	}
+	out := run(main, "bundle", "list", "--output", "json")
+	if err := json.Unmarshal([]byte(out), &bundles); err != nil || len(bundles.Bundles) != 1 || bundles.Bundles[0].TrustDomain != "other.org" {
+		t.Fatalf("bundle list --output json: %v\n%s", err, out)
+	}
+	got, err := spiffebundle.Parse(other, bundles.Bundles[0].Bundle)
+	if err != nil {
+		t.Fatalf("bundle list's bundle: %v", err)
+	}
+	if !got.X509Bundle().Equal(want.X509Bundle()) {
+		t.Errorf("bundle list gives other roots than those set")
+	}
+}

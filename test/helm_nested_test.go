@@ -17,6 +17,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -332,7 +333,9 @@ upstream:
 
 // checkReviewer checks the upstream server's access to the downstream
 // cluster: a service account with a long-lived token Secret, allowed what
-// k8s_psat asks of the API server and nothing more.
+// k8s_psat asks of the API server and nothing more: TokenReviews, nodes,
+// and pods in the release's namespace alone (where the upstream agents
+// run), as the token sits in another cluster.
 func checkReviewer(t *testing.T, objs []runtime.Object, ns string) {
 	t.Helper()
 	sec := object[*corev1.Secret](t, objs, "signet-upstream-reviewer")
@@ -340,17 +343,28 @@ func checkReviewer(t *testing.T, objs []runtime.Object, ns string) {
 		t.Errorf("reviewer token Secret %+v", sec)
 	}
 	object[*corev1.ServiceAccount](t, objs, "signet-upstream-reviewer")
-	want := []rbacv1.PolicyRule{
+	cluster := []rbacv1.PolicyRule{
 		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
-		{APIGroups: []string{""}, Resources: []string{"pods", "nodes"}, Verbs: []string{"get"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
 	}
-	for _, rule := range want {
+	pods := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}
+	for _, rule := range cluster {
 		if !saMay(t, objs, ns, "signet-upstream-reviewer", rule) {
 			t.Errorf("the reviewer may not %v", rule)
 		}
 	}
-	if role := object[*rbacv1.ClusterRole](t, objs, "signet-upstream-reviewer"); !reflect.DeepEqual(role.Rules, want) {
-		t.Errorf("reviewer rules %+v, want exactly %+v", role.Rules, want)
+	if saMay(t, objs, ns, "signet-upstream-reviewer", pods) {
+		t.Error("the reviewer may read every namespace's pods")
+	}
+	if role := object[*rbacv1.ClusterRole](t, objs, "signet-upstream-reviewer"); !reflect.DeepEqual(role.Rules, cluster) {
+		t.Errorf("reviewer cluster rules %+v, want exactly %+v", role.Rules, cluster)
+	}
+	role := object[*rbacv1.Role](t, objs, "signet-upstream-reviewer")
+	b := object[*rbacv1.RoleBinding](t, objs, "signet-upstream-reviewer")
+	if role.Namespace != ns || !reflect.DeepEqual(role.Rules, []rbacv1.PolicyRule{pods}) ||
+		b.Namespace != ns || b.RoleRef.Kind != "Role" || b.RoleRef.Name != role.Name ||
+		!slices.Equal(b.Subjects, []rbacv1.Subject{{Kind: "ServiceAccount", Name: "signet-upstream-reviewer", Namespace: ns}}) {
+		t.Errorf("reviewer Role %+v, RoleBinding %+v: want pods get in %s for signet-upstream-reviewer", role, b, ns)
 	}
 }
 
@@ -386,7 +400,8 @@ func TestHelmDownstreamLeavesTheRest(t *testing.T) {
 	slices.Sort(added)
 	want := []string{
 		"*v1.ClusterRole/signet-upstream-reviewer", "*v1.ClusterRoleBinding/signet-agent-upstream", "*v1.ClusterRoleBinding/signet-upstream-reviewer",
-		"*v1.ConfigMap/signet-agent-upstream", "*v1.DaemonSet/signet-agent-upstream", "*v1.Secret/signet-upstream-reviewer",
+		"*v1.ConfigMap/signet-agent-upstream", "*v1.DaemonSet/signet-agent-upstream", "*v1.Role/signet-upstream-reviewer",
+		"*v1.RoleBinding/signet-upstream-reviewer", "*v1.Secret/signet-upstream-reviewer",
 		"*v1.ServiceAccount/signet-agent-upstream", "*v1.ServiceAccount/signet-upstream-reviewer",
 	}
 	if !slices.Equal(added, want) {
@@ -634,6 +649,25 @@ func TestHelmNestedRealAPIServer(t *testing.T) {
 	if _, err := attest("signet-agent"); err == nil || !errors.Is(err, nodeattest.ErrNotAttested) {
 		t.Errorf("the downstream's own agent attested to the upstream (%v)", err)
 	}
+
+	// The reviewer's long-lived token sits in another cluster: it reads the
+	// upstream agents' pods, in the release's namespace, and no others.
+	if _, err := kube.Client().CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.Client().CoreV1().ServiceAccounts("apps").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	other, err := kube.Client().CoreV1().Pods("apps").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "app"},
+		Spec:       corev1.PodSpec{NodeName: node.Name, Containers: []corev1.Container{{Name: "app", Image: "example.org/app:1"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.Client.CoreV1().Pods("apps").Get(ctx, other.Name, metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the reviewer reads pod apps/%s (%v): want forbidden outside %s", other.Name, err, ns)
+	}
 }
 
 func isSubset(sub, of []string) bool {
@@ -643,4 +677,23 @@ func isSubset(sub, of []string) bool {
 		}
 	}
 	return true
+}
+
+// TestHelmUpstreamConfigChangeRollsUpstreamAgents: a change of the upstream
+// agents' config file changes their pods' checksum (the DaemonSet rolls);
+// a change of the server's alone leaves it.
+func TestHelmUpstreamConfigChangeRollsUpstreamAgents(t *testing.T) {
+	const up = "upstream: {enabled: true, serverAddress: 'up:8081'"
+	sum := func(values string) string {
+		return configChecksum(t, object[*appsv1.DaemonSet](t, helmObjects(t, "signet-system", values), "signet-agent-upstream").Spec.Template)
+	}
+	def := sum(up + "}")
+	for _, v := range []string{up + ", clusterName: east}", "upstream: {enabled: true, serverAddress: 'up2:8081'}", up + "}\nagent: {kubeletSkipVerify: true}"} {
+		if sum(v) == def {
+			t.Errorf("%s leaves the upstream agent pods' checksum", v)
+		}
+	}
+	if sum(up+"}\nlogLevel: warn\njwtIssuer: https://oidc.example.org") != def {
+		t.Error("a server-only change changes the upstream agent pods' checksum")
+	}
 }

@@ -132,6 +132,16 @@ kubeconfigKey, kubeconfigDir, namespace, spiffeID, volume}.
 {{- fail (printf "downstreamClusters[%d].name %q is already %s: each k8s_psat cluster needs its own name" $i $d.name (ternary "this cluster's clusterName" "another downstream cluster's" (eq . "clusterName"))) }}
 {{- end }}
 {{- $_ := set $seen $d.name "downstream" }}
+{{- with $d.spiffeID }}
+{{- /* As the controller (k8sreg) and `entry create` would judge it. */}}
+{{- $path := trimPrefix (printf "spiffe://%s" $.Values.trustDomain) . }}
+{{- if or (not (hasPrefix (printf "spiffe://%s/" $.Values.trustDomain) .)) (not (regexMatch "^(/[A-Za-z0-9._-]+)+$" $path)) (regexMatch `/\.\.?(/|$)` $path) (gt (len .) 2048) }}
+{{- fail (printf "downstreamClusters[%d].spiffeID %q is not a workload ID of trust domain %s (spiffe://%[3]s/ then path segments of letters, digits, '.', '_' and '-', none . or ..)" $i . $.Values.trustDomain) }}
+{{- end }}
+{{- if or (eq $path "/signet") (hasPrefix "/signet/" $path) }}
+{{- fail (printf "downstreamClusters[%d].spiffeID %q: paths under /signet/ are reserved for Signet itself" $i .) }}
+{{- end }}
+{{- end }}
 {{- $out = append $out (dict
     "name" $d.name
     "kubeconfigSecret" $d.kubeconfigSecret
@@ -162,4 +172,17 @@ signet-server pods in the downstream release's namespace. A JSON list.
 */}}
 {{- define "signet.downstreamSelectors" -}}
 {{- list (printf "k8s:ns:%s" .namespace) "k8s:sa:signet-server" "k8s:container-name:signet-server" | toJson }}
+{{- end -}}
+
+{{/*
+The name of this cluster's k8s_psat block at the upstream (upstream.enabled):
+upstream.clusterName, else clusterName. The upstream's downstreamClusters[].name,
+which names objects there, so a DNS label.
+*/}}
+{{- define "signet.upstreamClusterName" -}}
+{{- $name := .Values.upstream.clusterName | default .Values.clusterName }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" $name) }}
+{{- fail (printf "clusterName %q (upstream.clusterName's default) cannot be the upstream's downstreamClusters[].name, a DNS label: set upstream.clusterName to one (lower-case letters, digits and '-')" $name) }}
+{{- end }}
+{{- $name }}
 {{- end -}}

@@ -52,6 +52,22 @@ func auditFields(req, resp any) []slog.Attr {
 		return attrs
 	case *api.EvictAgentRequest, *api.BanAgentRequest, *api.GetAgentRequest:
 		return []slog.Attr{slog.String("agent_id", r.(interface{ GetSpiffeId() string }).GetSpiffeId())}
+	case *api.MintX509SVIDRequest:
+		attrs := nonEmpty(slog.String("spiffe_id", r.GetSpiffeId()))
+		if len(r.GetDnsNames()) > 0 {
+			attrs = append(attrs, slog.Any("dns_names", r.GetDnsNames()))
+		}
+		if m, ok := resp.(*api.MintX509SVIDResponse); ok {
+			attrs = append(attrs, slog.Time("expires_at", time.Unix(m.GetExpiresAt(), 0).UTC()))
+		}
+		return attrs
+	case *api.MintJWTRequest:
+		// Never the token.
+		attrs := append(nonEmpty(slog.String("spiffe_id", r.GetSpiffeId())), slog.Any("audience", r.GetAudience()))
+		if m, ok := resp.(*api.MintJWTResponse); ok {
+			attrs = append(attrs, slog.Time("expires_at", time.Unix(m.GetExpiresAt(), 0).UTC()))
+		}
+		return attrs
 	case *api.BatchDeleteEntriesRequest:
 		return []slog.Attr{slog.Any("entry_ids", r.GetIds())}
 	case *api.PurgeAgentsRequest:

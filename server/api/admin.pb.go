@@ -838,6 +838,242 @@ func (x *CreateJoinTokenResponse) GetAgentId() string {
 	return ""
 }
 
+type MintX509SVIDRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// csr is DER; its subject and SANs are ignored.
+	Csr []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	// ttl_seconds 0 means the server's X509-SVID TTL.
+	TtlSeconds    int32    `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	DnsNames      []string `protobuf:"bytes,4,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintX509SVIDRequest) Reset() {
+	*x = MintX509SVIDRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintX509SVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintX509SVIDRequest) ProtoMessage() {}
+
+func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintX509SVIDRequest.ProtoReflect.Descriptor instead.
+func (*MintX509SVIDRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *MintX509SVIDRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *MintX509SVIDRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *MintX509SVIDRequest) GetTtlSeconds() int32 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *MintX509SVIDRequest) GetDnsNames() []string {
+	if x != nil {
+		return x.DnsNames
+	}
+	return nil
+}
+
+type MintX509SVIDResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// chain is DER, leaf first.
+	Chain         [][]byte `protobuf:"bytes,1,rep,name=chain,proto3" json:"chain,omitempty"`
+	ExpiresAt     int64    `protobuf:"varint,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintX509SVIDResponse) Reset() {
+	*x = MintX509SVIDResponse{}
+	mi := &file_server_api_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintX509SVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintX509SVIDResponse) ProtoMessage() {}
+
+func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintX509SVIDResponse.ProtoReflect.Descriptor instead.
+func (*MintX509SVIDResponse) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *MintX509SVIDResponse) GetChain() [][]byte {
+	if x != nil {
+		return x.Chain
+	}
+	return nil
+}
+
+func (x *MintX509SVIDResponse) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+type MintJWTRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Audience []string               `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	// ttl_seconds 0 means the server's JWT-SVID TTL.
+	TtlSeconds    int32 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintJWTRequest) Reset() {
+	*x = MintJWTRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintJWTRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintJWTRequest) ProtoMessage() {}
+
+func (x *MintJWTRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintJWTRequest.ProtoReflect.Descriptor instead.
+func (*MintJWTRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MintJWTRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *MintJWTRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+func (x *MintJWTRequest) GetTtlSeconds() int32 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type MintJWTResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAt     int64                  `protobuf:"varint,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintJWTResponse) Reset() {
+	*x = MintJWTResponse{}
+	mi := &file_server_api_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintJWTResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintJWTResponse) ProtoMessage() {}
+
+func (x *MintJWTResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintJWTResponse.ProtoReflect.Descriptor instead.
+func (*MintJWTResponse) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *MintJWTResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *MintJWTResponse) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
 type GetBundleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -846,7 +1082,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[13]
+	mi := &file_server_api_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -858,7 +1094,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[13]
+	mi := &file_server_api_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -871,7 +1107,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{13}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{17}
 }
 
 type ListAgentsRequest struct {
@@ -891,7 +1127,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[14]
+	mi := &file_server_api_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -903,7 +1139,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[14]
+	mi := &file_server_api_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -916,7 +1152,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{14}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListAgentsRequest) GetAttestationType() string {
@@ -970,7 +1206,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[15]
+	mi := &file_server_api_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1218,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[15]
+	mi := &file_server_api_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1231,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{15}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetAgentRequest) GetSpiffeId() string {
@@ -1014,7 +1250,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[16]
+	mi := &file_server_api_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1262,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[16]
+	mi := &file_server_api_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1275,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{16}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -1058,7 +1294,7 @@ type EvictAgentRequest struct {
 
 func (x *EvictAgentRequest) Reset() {
 	*x = EvictAgentRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[17]
+	mi := &file_server_api_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1306,7 @@ func (x *EvictAgentRequest) String() string {
 func (*EvictAgentRequest) ProtoMessage() {}
 
 func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[17]
+	mi := &file_server_api_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1319,7 @@ func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentRequest.ProtoReflect.Descriptor instead.
 func (*EvictAgentRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{17}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *EvictAgentRequest) GetSpiffeId() string {
@@ -1101,7 +1337,7 @@ type EvictAgentResponse struct {
 
 func (x *EvictAgentResponse) Reset() {
 	*x = EvictAgentResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[18]
+	mi := &file_server_api_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1349,7 @@ func (x *EvictAgentResponse) String() string {
 func (*EvictAgentResponse) ProtoMessage() {}
 
 func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[18]
+	mi := &file_server_api_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1362,7 @@ func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentResponse.ProtoReflect.Descriptor instead.
 func (*EvictAgentResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{18}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{22}
 }
 
 type BanAgentRequest struct {
@@ -1138,7 +1374,7 @@ type BanAgentRequest struct {
 
 func (x *BanAgentRequest) Reset() {
 	*x = BanAgentRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[19]
+	mi := &file_server_api_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1386,7 @@ func (x *BanAgentRequest) String() string {
 func (*BanAgentRequest) ProtoMessage() {}
 
 func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[19]
+	mi := &file_server_api_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1399,7 @@ func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanAgentRequest.ProtoReflect.Descriptor instead.
 func (*BanAgentRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{19}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BanAgentRequest) GetSpiffeId() string {
@@ -1181,7 +1417,7 @@ type BanAgentResponse struct {
 
 func (x *BanAgentResponse) Reset() {
 	*x = BanAgentResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[20]
+	mi := &file_server_api_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1429,7 @@ func (x *BanAgentResponse) String() string {
 func (*BanAgentResponse) ProtoMessage() {}
 
 func (x *BanAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[20]
+	mi := &file_server_api_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1442,7 @@ func (x *BanAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanAgentResponse.ProtoReflect.Descriptor instead.
 func (*BanAgentResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{20}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{24}
 }
 
 type PurgeAgentsRequest struct {
@@ -1224,7 +1460,7 @@ type PurgeAgentsRequest struct {
 
 func (x *PurgeAgentsRequest) Reset() {
 	*x = PurgeAgentsRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[21]
+	mi := &file_server_api_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1472,7 @@ func (x *PurgeAgentsRequest) String() string {
 func (*PurgeAgentsRequest) ProtoMessage() {}
 
 func (x *PurgeAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[21]
+	mi := &file_server_api_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1485,7 @@ func (x *PurgeAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeAgentsRequest.ProtoReflect.Descriptor instead.
 func (*PurgeAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{21}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PurgeAgentsRequest) GetExpiredBefore() int64 {
@@ -1283,7 +1519,7 @@ type PurgeAgentsResponse struct {
 
 func (x *PurgeAgentsResponse) Reset() {
 	*x = PurgeAgentsResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[22]
+	mi := &file_server_api_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1531,7 @@ func (x *PurgeAgentsResponse) String() string {
 func (*PurgeAgentsResponse) ProtoMessage() {}
 
 func (x *PurgeAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[22]
+	mi := &file_server_api_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1544,7 @@ func (x *PurgeAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeAgentsResponse.ProtoReflect.Descriptor instead.
 func (*PurgeAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{22}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PurgeAgentsResponse) GetAgents() []string {
@@ -1329,7 +1565,7 @@ type SetFederatedBundleRequest struct {
 
 func (x *SetFederatedBundleRequest) Reset() {
 	*x = SetFederatedBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[23]
+	mi := &file_server_api_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1341,7 +1577,7 @@ func (x *SetFederatedBundleRequest) String() string {
 func (*SetFederatedBundleRequest) ProtoMessage() {}
 
 func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[23]
+	mi := &file_server_api_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1354,7 +1590,7 @@ func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{23}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetFederatedBundleRequest) GetBundle() *Bundle {
@@ -1372,7 +1608,7 @@ type ListFederatedBundlesRequest struct {
 
 func (x *ListFederatedBundlesRequest) Reset() {
 	*x = ListFederatedBundlesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[24]
+	mi := &file_server_api_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +1620,7 @@ func (x *ListFederatedBundlesRequest) String() string {
 func (*ListFederatedBundlesRequest) ProtoMessage() {}
 
 func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[24]
+	mi := &file_server_api_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +1633,7 @@ func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{24}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{28}
 }
 
 type ListFederatedBundlesResponse struct {
@@ -1410,7 +1646,7 @@ type ListFederatedBundlesResponse struct {
 
 func (x *ListFederatedBundlesResponse) Reset() {
 	*x = ListFederatedBundlesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[25]
+	mi := &file_server_api_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1658,7 @@ func (x *ListFederatedBundlesResponse) String() string {
 func (*ListFederatedBundlesResponse) ProtoMessage() {}
 
 func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[25]
+	mi := &file_server_api_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1671,7 @@ func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{25}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
@@ -1455,7 +1691,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[26]
+	mi := &file_server_api_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1703,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[26]
+	mi := &file_server_api_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1716,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{26}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -1507,7 +1743,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[27]
+	mi := &file_server_api_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1755,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[27]
+	mi := &file_server_api_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1768,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{27}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteFederatedBundleResponse) GetEntries() int32 {
@@ -1572,7 +1808,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_server_api_admin_proto_msgTypes[28]
+	mi := &file_server_api_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1820,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[28]
+	mi := &file_server_api_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1833,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{28}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -1677,7 +1913,7 @@ type CreateFederationRelationshipRequest struct {
 
 func (x *CreateFederationRelationshipRequest) Reset() {
 	*x = CreateFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[29]
+	mi := &file_server_api_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1925,7 @@ func (x *CreateFederationRelationshipRequest) String() string {
 func (*CreateFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *CreateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[29]
+	mi := &file_server_api_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1938,7 @@ func (x *CreateFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use CreateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*CreateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{29}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
@@ -1730,7 +1966,7 @@ type UpdateFederationRelationshipRequest struct {
 
 func (x *UpdateFederationRelationshipRequest) Reset() {
 	*x = UpdateFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[30]
+	mi := &file_server_api_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +1978,7 @@ func (x *UpdateFederationRelationshipRequest) String() string {
 func (*UpdateFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *UpdateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[30]
+	mi := &file_server_api_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +1991,7 @@ func (x *UpdateFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use UpdateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{30}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpdateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
@@ -1783,7 +2019,7 @@ type FederationRelationshipResult struct {
 
 func (x *FederationRelationshipResult) Reset() {
 	*x = FederationRelationshipResult{}
-	mi := &file_server_api_admin_proto_msgTypes[31]
+	mi := &file_server_api_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +2031,7 @@ func (x *FederationRelationshipResult) String() string {
 func (*FederationRelationshipResult) ProtoMessage() {}
 
 func (x *FederationRelationshipResult) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[31]
+	mi := &file_server_api_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +2044,7 @@ func (x *FederationRelationshipResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationshipResult.ProtoReflect.Descriptor instead.
 func (*FederationRelationshipResult) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{31}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FederationRelationshipResult) GetRelationship() *FederationRelationship {
@@ -1834,7 +2070,7 @@ type DeleteFederationRelationshipRequest struct {
 
 func (x *DeleteFederationRelationshipRequest) Reset() {
 	*x = DeleteFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[32]
+	mi := &file_server_api_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2082,7 @@ func (x *DeleteFederationRelationshipRequest) String() string {
 func (*DeleteFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[32]
+	mi := &file_server_api_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2095,7 @@ func (x *DeleteFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use DeleteFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{32}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteFederationRelationshipRequest) GetTrustDomain() string {
@@ -1877,7 +2113,7 @@ type DeleteFederationRelationshipResponse struct {
 
 func (x *DeleteFederationRelationshipResponse) Reset() {
 	*x = DeleteFederationRelationshipResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[33]
+	mi := &file_server_api_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +2125,7 @@ func (x *DeleteFederationRelationshipResponse) String() string {
 func (*DeleteFederationRelationshipResponse) ProtoMessage() {}
 
 func (x *DeleteFederationRelationshipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[33]
+	mi := &file_server_api_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +2138,7 @@ func (x *DeleteFederationRelationshipResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use DeleteFederationRelationshipResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRelationshipResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{33}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{37}
 }
 
 type GetFederationRelationshipRequest struct {
@@ -1914,7 +2150,7 @@ type GetFederationRelationshipRequest struct {
 
 func (x *GetFederationRelationshipRequest) Reset() {
 	*x = GetFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[34]
+	mi := &file_server_api_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2162,7 @@ func (x *GetFederationRelationshipRequest) String() string {
 func (*GetFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *GetFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[34]
+	mi := &file_server_api_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2175,7 @@ func (x *GetFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*GetFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{34}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetFederationRelationshipRequest) GetTrustDomain() string {
@@ -1957,7 +2193,7 @@ type ListFederationRelationshipsRequest struct {
 
 func (x *ListFederationRelationshipsRequest) Reset() {
 	*x = ListFederationRelationshipsRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[35]
+	mi := &file_server_api_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +2205,7 @@ func (x *ListFederationRelationshipsRequest) String() string {
 func (*ListFederationRelationshipsRequest) ProtoMessage() {}
 
 func (x *ListFederationRelationshipsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[35]
+	mi := &file_server_api_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +2218,7 @@ func (x *ListFederationRelationshipsRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use ListFederationRelationshipsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationRelationshipsRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{35}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{39}
 }
 
 type ListFederationRelationshipsResponse struct {
@@ -1996,7 +2232,7 @@ type ListFederationRelationshipsResponse struct {
 
 func (x *ListFederationRelationshipsResponse) Reset() {
 	*x = ListFederationRelationshipsResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[36]
+	mi := &file_server_api_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2008,7 +2244,7 @@ func (x *ListFederationRelationshipsResponse) String() string {
 func (*ListFederationRelationshipsResponse) ProtoMessage() {}
 
 func (x *ListFederationRelationshipsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[36]
+	mi := &file_server_api_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2021,7 +2257,7 @@ func (x *ListFederationRelationshipsResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use ListFederationRelationshipsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationRelationshipsResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{36}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListFederationRelationshipsResponse) GetRelationships() []*FederationRelationship {
@@ -2068,7 +2304,7 @@ type LocalAuthority struct {
 
 func (x *LocalAuthority) Reset() {
 	*x = LocalAuthority{}
-	mi := &file_server_api_admin_proto_msgTypes[37]
+	mi := &file_server_api_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2316,7 @@ func (x *LocalAuthority) String() string {
 func (*LocalAuthority) ProtoMessage() {}
 
 func (x *LocalAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[37]
+	mi := &file_server_api_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2329,7 @@ func (x *LocalAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalAuthority.ProtoReflect.Descriptor instead.
 func (*LocalAuthority) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{37}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *LocalAuthority) GetKind() string {
@@ -2182,7 +2418,7 @@ type GetLocalAuthoritiesRequest struct {
 
 func (x *GetLocalAuthoritiesRequest) Reset() {
 	*x = GetLocalAuthoritiesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[38]
+	mi := &file_server_api_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2430,7 @@ func (x *GetLocalAuthoritiesRequest) String() string {
 func (*GetLocalAuthoritiesRequest) ProtoMessage() {}
 
 func (x *GetLocalAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[38]
+	mi := &file_server_api_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2443,7 @@ func (x *GetLocalAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLocalAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*GetLocalAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{38}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetLocalAuthoritiesRequest) GetKind() string {
@@ -2226,7 +2462,7 @@ type GetLocalAuthoritiesResponse struct {
 
 func (x *GetLocalAuthoritiesResponse) Reset() {
 	*x = GetLocalAuthoritiesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[39]
+	mi := &file_server_api_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2238,7 +2474,7 @@ func (x *GetLocalAuthoritiesResponse) String() string {
 func (*GetLocalAuthoritiesResponse) ProtoMessage() {}
 
 func (x *GetLocalAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[39]
+	mi := &file_server_api_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2251,7 +2487,7 @@ func (x *GetLocalAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLocalAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*GetLocalAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{39}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetLocalAuthoritiesResponse) GetAuthorities() []*LocalAuthority {
@@ -2270,7 +2506,7 @@ type PrepareLocalAuthorityRequest struct {
 
 func (x *PrepareLocalAuthorityRequest) Reset() {
 	*x = PrepareLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[40]
+	mi := &file_server_api_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2518,7 @@ func (x *PrepareLocalAuthorityRequest) String() string {
 func (*PrepareLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[40]
+	mi := &file_server_api_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2531,7 @@ func (x *PrepareLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{40}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PrepareLocalAuthorityRequest) GetKind() string {
@@ -2315,7 +2551,7 @@ type ActivateLocalAuthorityRequest struct {
 
 func (x *ActivateLocalAuthorityRequest) Reset() {
 	*x = ActivateLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[41]
+	mi := &file_server_api_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2563,7 @@ func (x *ActivateLocalAuthorityRequest) String() string {
 func (*ActivateLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[41]
+	mi := &file_server_api_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2576,7 @@ func (x *ActivateLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{41}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ActivateLocalAuthorityRequest) GetKind() string {
@@ -2367,7 +2603,7 @@ type TaintLocalAuthorityRequest struct {
 
 func (x *TaintLocalAuthorityRequest) Reset() {
 	*x = TaintLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[42]
+	mi := &file_server_api_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2379,7 +2615,7 @@ func (x *TaintLocalAuthorityRequest) String() string {
 func (*TaintLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[42]
+	mi := &file_server_api_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2392,7 +2628,7 @@ func (x *TaintLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{42}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TaintLocalAuthorityRequest) GetKind() string {
@@ -2422,7 +2658,7 @@ type RevokeLocalAuthorityRequest struct {
 
 func (x *RevokeLocalAuthorityRequest) Reset() {
 	*x = RevokeLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[43]
+	mi := &file_server_api_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2434,7 +2670,7 @@ func (x *RevokeLocalAuthorityRequest) String() string {
 func (*RevokeLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[43]
+	mi := &file_server_api_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2447,7 +2683,7 @@ func (x *RevokeLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{43}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RevokeLocalAuthorityRequest) GetKind() string {
@@ -2494,7 +2730,7 @@ type UpstreamAuthority struct {
 
 func (x *UpstreamAuthority) Reset() {
 	*x = UpstreamAuthority{}
-	mi := &file_server_api_admin_proto_msgTypes[44]
+	mi := &file_server_api_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2506,7 +2742,7 @@ func (x *UpstreamAuthority) String() string {
 func (*UpstreamAuthority) ProtoMessage() {}
 
 func (x *UpstreamAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[44]
+	mi := &file_server_api_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2519,7 +2755,7 @@ func (x *UpstreamAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAuthority.ProtoReflect.Descriptor instead.
 func (*UpstreamAuthority) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{44}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *UpstreamAuthority) GetAuthorityId() string {
@@ -2579,7 +2815,7 @@ type GetUpstreamAuthoritiesRequest struct {
 
 func (x *GetUpstreamAuthoritiesRequest) Reset() {
 	*x = GetUpstreamAuthoritiesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[45]
+	mi := &file_server_api_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2591,7 +2827,7 @@ func (x *GetUpstreamAuthoritiesRequest) String() string {
 func (*GetUpstreamAuthoritiesRequest) ProtoMessage() {}
 
 func (x *GetUpstreamAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[45]
+	mi := &file_server_api_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2604,7 +2840,7 @@ func (x *GetUpstreamAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUpstreamAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*GetUpstreamAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{45}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{49}
 }
 
 type GetUpstreamAuthoritiesResponse struct {
@@ -2616,7 +2852,7 @@ type GetUpstreamAuthoritiesResponse struct {
 
 func (x *GetUpstreamAuthoritiesResponse) Reset() {
 	*x = GetUpstreamAuthoritiesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[46]
+	mi := &file_server_api_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2628,7 +2864,7 @@ func (x *GetUpstreamAuthoritiesResponse) String() string {
 func (*GetUpstreamAuthoritiesResponse) ProtoMessage() {}
 
 func (x *GetUpstreamAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[46]
+	mi := &file_server_api_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2641,7 +2877,7 @@ func (x *GetUpstreamAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUpstreamAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*GetUpstreamAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{46}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GetUpstreamAuthoritiesResponse) GetAuthorities() []*UpstreamAuthority {
@@ -2662,7 +2898,7 @@ type TaintUpstreamAuthorityRequest struct {
 
 func (x *TaintUpstreamAuthorityRequest) Reset() {
 	*x = TaintUpstreamAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[47]
+	mi := &file_server_api_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2674,7 +2910,7 @@ func (x *TaintUpstreamAuthorityRequest) String() string {
 func (*TaintUpstreamAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[47]
+	mi := &file_server_api_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2687,7 +2923,7 @@ func (x *TaintUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{47}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *TaintUpstreamAuthorityRequest) GetAuthorityId() string {
@@ -2711,7 +2947,7 @@ type RevokeUpstreamAuthorityRequest struct {
 
 func (x *RevokeUpstreamAuthorityRequest) Reset() {
 	*x = RevokeUpstreamAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[48]
+	mi := &file_server_api_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2959,7 @@ func (x *RevokeUpstreamAuthorityRequest) String() string {
 func (*RevokeUpstreamAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[48]
+	mi := &file_server_api_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2972,7 @@ func (x *RevokeUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{48}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RevokeUpstreamAuthorityRequest) GetAuthorityId() string {
@@ -2799,7 +3035,26 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\x03R\texpiresAt\x12\x19\n" +
-	"\bagent_id\x18\x03 \x01(\tR\aagentId\"\x12\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId\"\x82\x01\n" +
+	"\x13MintX509SVIDRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x10\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x05R\n" +
+	"ttlSeconds\x12\x1b\n" +
+	"\tdns_names\x18\x04 \x03(\tR\bdnsNames\"K\n" +
+	"\x14MintX509SVIDResponse\x12\x14\n" +
+	"\x05chain\x18\x01 \x03(\fR\x05chain\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"j\n" +
+	"\x0eMintJWTRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1a\n" +
+	"\baudience\x18\x02 \x03(\tR\baudience\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x05R\n" +
+	"ttlSeconds\"F\n" +
+	"\x0fMintJWTResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"\x12\n" +
 	"\x10GetBundleRequest\"\xbf\x02\n" +
 	"\x11ListAgentsRequest\x12)\n" +
 	"\x10attestation_type\x18\x01 \x01(\tR\x0fattestationType\x122\n" +
@@ -2925,7 +3180,7 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x12RelationshipOrigin\x12#\n" +
 	"\x1fRELATIONSHIP_ORIGIN_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aRELATIONSHIP_ORIGIN_CONFIG\x10\x01\x12\x1d\n" +
-	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\xee\x15\n" +
+	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\x85\x17\n" +
 	"\fAdminService\x12@\n" +
 	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12c\n" +
 	"\x12BatchCreateEntries\x12%.signet.api.BatchCreateEntriesRequest\x1a&.signet.api.BatchCreateEntriesResponse\x12@\n" +
@@ -2934,7 +3189,9 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x12BatchDeleteEntries\x12%.signet.api.BatchDeleteEntriesRequest\x1a&.signet.api.BatchDeleteEntriesResponse\x12:\n" +
 	"\bGetEntry\x12\x1b.signet.api.GetEntryRequest\x1a\x11.signet.api.Entry\x12N\n" +
 	"\vListEntries\x12\x1e.signet.api.ListEntriesRequest\x1a\x1f.signet.api.ListEntriesResponse\x12Z\n" +
-	"\x0fCreateJoinToken\x12\".signet.api.CreateJoinTokenRequest\x1a#.signet.api.CreateJoinTokenResponse\x12=\n" +
+	"\x0fCreateJoinToken\x12\".signet.api.CreateJoinTokenRequest\x1a#.signet.api.CreateJoinTokenResponse\x12Q\n" +
+	"\fMintX509SVID\x12\x1f.signet.api.MintX509SVIDRequest\x1a .signet.api.MintX509SVIDResponse\x12B\n" +
+	"\aMintJWT\x12\x1a.signet.api.MintJWTRequest\x1a\x1b.signet.api.MintJWTResponse\x12=\n" +
 	"\tGetBundle\x12\x1c.signet.api.GetBundleRequest\x1a\x12.signet.api.Bundle\x12K\n" +
 	"\n" +
 	"ListAgents\x12\x1d.signet.api.ListAgentsRequest\x1a\x1e.signet.api.ListAgentsResponse\x12:\n" +
@@ -2973,7 +3230,7 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_server_api_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_server_api_admin_proto_goTypes = []any{
 	(MatchMode)(0),                               // 0: signet.api.MatchMode
 	(BundleDeleteMode)(0),                        // 1: signet.api.BundleDeleteMode
@@ -2991,73 +3248,77 @@ var file_server_api_admin_proto_goTypes = []any{
 	(*ListEntriesResponse)(nil),                  // 13: signet.api.ListEntriesResponse
 	(*CreateJoinTokenRequest)(nil),               // 14: signet.api.CreateJoinTokenRequest
 	(*CreateJoinTokenResponse)(nil),              // 15: signet.api.CreateJoinTokenResponse
-	(*GetBundleRequest)(nil),                     // 16: signet.api.GetBundleRequest
-	(*ListAgentsRequest)(nil),                    // 17: signet.api.ListAgentsRequest
-	(*GetAgentRequest)(nil),                      // 18: signet.api.GetAgentRequest
-	(*ListAgentsResponse)(nil),                   // 19: signet.api.ListAgentsResponse
-	(*EvictAgentRequest)(nil),                    // 20: signet.api.EvictAgentRequest
-	(*EvictAgentResponse)(nil),                   // 21: signet.api.EvictAgentResponse
-	(*BanAgentRequest)(nil),                      // 22: signet.api.BanAgentRequest
-	(*BanAgentResponse)(nil),                     // 23: signet.api.BanAgentResponse
-	(*PurgeAgentsRequest)(nil),                   // 24: signet.api.PurgeAgentsRequest
-	(*PurgeAgentsResponse)(nil),                  // 25: signet.api.PurgeAgentsResponse
-	(*SetFederatedBundleRequest)(nil),            // 26: signet.api.SetFederatedBundleRequest
-	(*ListFederatedBundlesRequest)(nil),          // 27: signet.api.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),         // 28: signet.api.ListFederatedBundlesResponse
-	(*DeleteFederatedBundleRequest)(nil),         // 29: signet.api.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil),        // 30: signet.api.DeleteFederatedBundleResponse
-	(*FederationRelationship)(nil),               // 31: signet.api.FederationRelationship
-	(*CreateFederationRelationshipRequest)(nil),  // 32: signet.api.CreateFederationRelationshipRequest
-	(*UpdateFederationRelationshipRequest)(nil),  // 33: signet.api.UpdateFederationRelationshipRequest
-	(*FederationRelationshipResult)(nil),         // 34: signet.api.FederationRelationshipResult
-	(*DeleteFederationRelationshipRequest)(nil),  // 35: signet.api.DeleteFederationRelationshipRequest
-	(*DeleteFederationRelationshipResponse)(nil), // 36: signet.api.DeleteFederationRelationshipResponse
-	(*GetFederationRelationshipRequest)(nil),     // 37: signet.api.GetFederationRelationshipRequest
-	(*ListFederationRelationshipsRequest)(nil),   // 38: signet.api.ListFederationRelationshipsRequest
-	(*ListFederationRelationshipsResponse)(nil),  // 39: signet.api.ListFederationRelationshipsResponse
-	(*LocalAuthority)(nil),                       // 40: signet.api.LocalAuthority
-	(*GetLocalAuthoritiesRequest)(nil),           // 41: signet.api.GetLocalAuthoritiesRequest
-	(*GetLocalAuthoritiesResponse)(nil),          // 42: signet.api.GetLocalAuthoritiesResponse
-	(*PrepareLocalAuthorityRequest)(nil),         // 43: signet.api.PrepareLocalAuthorityRequest
-	(*ActivateLocalAuthorityRequest)(nil),        // 44: signet.api.ActivateLocalAuthorityRequest
-	(*TaintLocalAuthorityRequest)(nil),           // 45: signet.api.TaintLocalAuthorityRequest
-	(*RevokeLocalAuthorityRequest)(nil),          // 46: signet.api.RevokeLocalAuthorityRequest
-	(*UpstreamAuthority)(nil),                    // 47: signet.api.UpstreamAuthority
-	(*GetUpstreamAuthoritiesRequest)(nil),        // 48: signet.api.GetUpstreamAuthoritiesRequest
-	(*GetUpstreamAuthoritiesResponse)(nil),       // 49: signet.api.GetUpstreamAuthoritiesResponse
-	(*TaintUpstreamAuthorityRequest)(nil),        // 50: signet.api.TaintUpstreamAuthorityRequest
-	(*RevokeUpstreamAuthorityRequest)(nil),       // 51: signet.api.RevokeUpstreamAuthorityRequest
-	(*Entry)(nil),                                // 52: signet.api.Entry
-	(*Selector)(nil),                             // 53: signet.api.Selector
-	(*Agent)(nil),                                // 54: signet.api.Agent
-	(*Bundle)(nil),                               // 55: signet.api.Bundle
+	(*MintX509SVIDRequest)(nil),                  // 16: signet.api.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),                 // 17: signet.api.MintX509SVIDResponse
+	(*MintJWTRequest)(nil),                       // 18: signet.api.MintJWTRequest
+	(*MintJWTResponse)(nil),                      // 19: signet.api.MintJWTResponse
+	(*GetBundleRequest)(nil),                     // 20: signet.api.GetBundleRequest
+	(*ListAgentsRequest)(nil),                    // 21: signet.api.ListAgentsRequest
+	(*GetAgentRequest)(nil),                      // 22: signet.api.GetAgentRequest
+	(*ListAgentsResponse)(nil),                   // 23: signet.api.ListAgentsResponse
+	(*EvictAgentRequest)(nil),                    // 24: signet.api.EvictAgentRequest
+	(*EvictAgentResponse)(nil),                   // 25: signet.api.EvictAgentResponse
+	(*BanAgentRequest)(nil),                      // 26: signet.api.BanAgentRequest
+	(*BanAgentResponse)(nil),                     // 27: signet.api.BanAgentResponse
+	(*PurgeAgentsRequest)(nil),                   // 28: signet.api.PurgeAgentsRequest
+	(*PurgeAgentsResponse)(nil),                  // 29: signet.api.PurgeAgentsResponse
+	(*SetFederatedBundleRequest)(nil),            // 30: signet.api.SetFederatedBundleRequest
+	(*ListFederatedBundlesRequest)(nil),          // 31: signet.api.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),         // 32: signet.api.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),         // 33: signet.api.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil),        // 34: signet.api.DeleteFederatedBundleResponse
+	(*FederationRelationship)(nil),               // 35: signet.api.FederationRelationship
+	(*CreateFederationRelationshipRequest)(nil),  // 36: signet.api.CreateFederationRelationshipRequest
+	(*UpdateFederationRelationshipRequest)(nil),  // 37: signet.api.UpdateFederationRelationshipRequest
+	(*FederationRelationshipResult)(nil),         // 38: signet.api.FederationRelationshipResult
+	(*DeleteFederationRelationshipRequest)(nil),  // 39: signet.api.DeleteFederationRelationshipRequest
+	(*DeleteFederationRelationshipResponse)(nil), // 40: signet.api.DeleteFederationRelationshipResponse
+	(*GetFederationRelationshipRequest)(nil),     // 41: signet.api.GetFederationRelationshipRequest
+	(*ListFederationRelationshipsRequest)(nil),   // 42: signet.api.ListFederationRelationshipsRequest
+	(*ListFederationRelationshipsResponse)(nil),  // 43: signet.api.ListFederationRelationshipsResponse
+	(*LocalAuthority)(nil),                       // 44: signet.api.LocalAuthority
+	(*GetLocalAuthoritiesRequest)(nil),           // 45: signet.api.GetLocalAuthoritiesRequest
+	(*GetLocalAuthoritiesResponse)(nil),          // 46: signet.api.GetLocalAuthoritiesResponse
+	(*PrepareLocalAuthorityRequest)(nil),         // 47: signet.api.PrepareLocalAuthorityRequest
+	(*ActivateLocalAuthorityRequest)(nil),        // 48: signet.api.ActivateLocalAuthorityRequest
+	(*TaintLocalAuthorityRequest)(nil),           // 49: signet.api.TaintLocalAuthorityRequest
+	(*RevokeLocalAuthorityRequest)(nil),          // 50: signet.api.RevokeLocalAuthorityRequest
+	(*UpstreamAuthority)(nil),                    // 51: signet.api.UpstreamAuthority
+	(*GetUpstreamAuthoritiesRequest)(nil),        // 52: signet.api.GetUpstreamAuthoritiesRequest
+	(*GetUpstreamAuthoritiesResponse)(nil),       // 53: signet.api.GetUpstreamAuthoritiesResponse
+	(*TaintUpstreamAuthorityRequest)(nil),        // 54: signet.api.TaintUpstreamAuthorityRequest
+	(*RevokeUpstreamAuthorityRequest)(nil),       // 55: signet.api.RevokeUpstreamAuthorityRequest
+	(*Entry)(nil),                                // 56: signet.api.Entry
+	(*Selector)(nil),                             // 57: signet.api.Selector
+	(*Agent)(nil),                                // 58: signet.api.Agent
+	(*Bundle)(nil),                               // 59: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	52, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	52, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
-	52, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
-	52, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	53, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	56, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	56, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	56, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	56, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	57, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
 	0,  // 5: signet.api.ListEntriesRequest.match_selectors_on:type_name -> signet.api.MatchMode
 	0,  // 6: signet.api.ListEntriesRequest.match_federates_with_on:type_name -> signet.api.MatchMode
-	52, // 7: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	53, // 8: signet.api.ListAgentsRequest.selectors:type_name -> signet.api.Selector
+	56, // 7: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	57, // 8: signet.api.ListAgentsRequest.selectors:type_name -> signet.api.Selector
 	0,  // 9: signet.api.ListAgentsRequest.match_selectors_on:type_name -> signet.api.MatchMode
-	54, // 10: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	55, // 11: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
-	55, // 12: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
+	58, // 10: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	59, // 11: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
+	59, // 12: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
 	1,  // 13: signet.api.DeleteFederatedBundleRequest.mode:type_name -> signet.api.BundleDeleteMode
 	2,  // 14: signet.api.FederationRelationship.origin:type_name -> signet.api.RelationshipOrigin
-	31, // 15: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	55, // 16: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
-	31, // 17: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	55, // 18: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
-	31, // 19: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
-	55, // 20: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
-	31, // 21: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
-	40, // 22: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
-	40, // 23: signet.api.UpstreamAuthority.local_authorities:type_name -> signet.api.LocalAuthority
-	47, // 24: signet.api.GetUpstreamAuthoritiesResponse.authorities:type_name -> signet.api.UpstreamAuthority
+	35, // 15: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	59, // 16: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	35, // 17: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	59, // 18: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	35, // 19: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
+	59, // 20: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
+	35, // 21: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
+	44, // 22: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
+	44, // 23: signet.api.UpstreamAuthority.local_authorities:type_name -> signet.api.LocalAuthority
+	51, // 24: signet.api.GetUpstreamAuthoritiesResponse.authorities:type_name -> signet.api.UpstreamAuthority
 	3,  // 25: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
 	4,  // 26: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
 	6,  // 27: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
@@ -3066,60 +3327,64 @@ var file_server_api_admin_proto_depIdxs = []int32{
 	11, // 30: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
 	12, // 31: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
 	14, // 32: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
-	16, // 33: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
-	17, // 34: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
-	18, // 35: signet.api.AdminService.GetAgent:input_type -> signet.api.GetAgentRequest
-	20, // 36: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
-	22, // 37: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
-	24, // 38: signet.api.AdminService.PurgeAgents:input_type -> signet.api.PurgeAgentsRequest
-	26, // 39: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
-	27, // 40: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
-	29, // 41: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
-	32, // 42: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
-	33, // 43: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
-	35, // 44: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
-	37, // 45: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
-	38, // 46: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
-	41, // 47: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
-	43, // 48: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
-	44, // 49: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
-	45, // 50: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
-	46, // 51: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
-	48, // 52: signet.api.AdminService.GetUpstreamAuthorities:input_type -> signet.api.GetUpstreamAuthoritiesRequest
-	50, // 53: signet.api.AdminService.TaintUpstreamAuthority:input_type -> signet.api.TaintUpstreamAuthorityRequest
-	51, // 54: signet.api.AdminService.RevokeUpstreamAuthority:input_type -> signet.api.RevokeUpstreamAuthorityRequest
-	52, // 55: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	5,  // 56: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
-	52, // 57: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	8,  // 58: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	10, // 59: signet.api.AdminService.BatchDeleteEntries:output_type -> signet.api.BatchDeleteEntriesResponse
-	52, // 60: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	13, // 61: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	15, // 62: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	55, // 63: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	19, // 64: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	54, // 65: signet.api.AdminService.GetAgent:output_type -> signet.api.Agent
-	21, // 66: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	23, // 67: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
-	25, // 68: signet.api.AdminService.PurgeAgents:output_type -> signet.api.PurgeAgentsResponse
-	55, // 69: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
-	28, // 70: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
-	30, // 71: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
-	34, // 72: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	34, // 73: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	36, // 74: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
-	31, // 75: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
-	39, // 76: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
-	42, // 77: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
-	40, // 78: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
-	40, // 79: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
-	40, // 80: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
-	40, // 81: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
-	49, // 82: signet.api.AdminService.GetUpstreamAuthorities:output_type -> signet.api.GetUpstreamAuthoritiesResponse
-	47, // 83: signet.api.AdminService.TaintUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
-	47, // 84: signet.api.AdminService.RevokeUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
-	55, // [55:85] is the sub-list for method output_type
-	25, // [25:55] is the sub-list for method input_type
+	16, // 33: signet.api.AdminService.MintX509SVID:input_type -> signet.api.MintX509SVIDRequest
+	18, // 34: signet.api.AdminService.MintJWT:input_type -> signet.api.MintJWTRequest
+	20, // 35: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
+	21, // 36: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
+	22, // 37: signet.api.AdminService.GetAgent:input_type -> signet.api.GetAgentRequest
+	24, // 38: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
+	26, // 39: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
+	28, // 40: signet.api.AdminService.PurgeAgents:input_type -> signet.api.PurgeAgentsRequest
+	30, // 41: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
+	31, // 42: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
+	33, // 43: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
+	36, // 44: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
+	37, // 45: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
+	39, // 46: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
+	41, // 47: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
+	42, // 48: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
+	45, // 49: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
+	47, // 50: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
+	48, // 51: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
+	49, // 52: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
+	50, // 53: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
+	52, // 54: signet.api.AdminService.GetUpstreamAuthorities:input_type -> signet.api.GetUpstreamAuthoritiesRequest
+	54, // 55: signet.api.AdminService.TaintUpstreamAuthority:input_type -> signet.api.TaintUpstreamAuthorityRequest
+	55, // 56: signet.api.AdminService.RevokeUpstreamAuthority:input_type -> signet.api.RevokeUpstreamAuthorityRequest
+	56, // 57: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	5,  // 58: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	56, // 59: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	8,  // 60: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	10, // 61: signet.api.AdminService.BatchDeleteEntries:output_type -> signet.api.BatchDeleteEntriesResponse
+	56, // 62: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	13, // 63: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	15, // 64: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	17, // 65: signet.api.AdminService.MintX509SVID:output_type -> signet.api.MintX509SVIDResponse
+	19, // 66: signet.api.AdminService.MintJWT:output_type -> signet.api.MintJWTResponse
+	59, // 67: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	23, // 68: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	58, // 69: signet.api.AdminService.GetAgent:output_type -> signet.api.Agent
+	25, // 70: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	27, // 71: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
+	29, // 72: signet.api.AdminService.PurgeAgents:output_type -> signet.api.PurgeAgentsResponse
+	59, // 73: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
+	32, // 74: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
+	34, // 75: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
+	38, // 76: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	38, // 77: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	40, // 78: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
+	35, // 79: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
+	43, // 80: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
+	46, // 81: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
+	44, // 82: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
+	44, // 83: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
+	44, // 84: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
+	44, // 85: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
+	53, // 86: signet.api.AdminService.GetUpstreamAuthorities:output_type -> signet.api.GetUpstreamAuthoritiesResponse
+	51, // 87: signet.api.AdminService.TaintUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	51, // 88: signet.api.AdminService.RevokeUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	57, // [57:89] is the sub-list for method output_type
+	25, // [25:57] is the sub-list for method input_type
 	25, // [25:25] is the sub-list for extension type_name
 	25, // [25:25] is the sub-list for extension extendee
 	0,  // [0:25] is the sub-list for field type_name
@@ -3132,14 +3397,14 @@ func file_server_api_admin_proto_init() {
 	}
 	file_server_api_types_proto_init()
 	file_server_api_admin_proto_msgTypes[9].OneofWrappers = []any{}
-	file_server_api_admin_proto_msgTypes[14].OneofWrappers = []any{}
+	file_server_api_admin_proto_msgTypes[18].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   49,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

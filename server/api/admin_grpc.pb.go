@@ -27,6 +27,8 @@ const (
 	AdminService_GetEntry_FullMethodName                     = "/signet.api.AdminService/GetEntry"
 	AdminService_ListEntries_FullMethodName                  = "/signet.api.AdminService/ListEntries"
 	AdminService_CreateJoinToken_FullMethodName              = "/signet.api.AdminService/CreateJoinToken"
+	AdminService_MintX509SVID_FullMethodName                 = "/signet.api.AdminService/MintX509SVID"
+	AdminService_MintJWT_FullMethodName                      = "/signet.api.AdminService/MintJWT"
 	AdminService_GetBundle_FullMethodName                    = "/signet.api.AdminService/GetBundle"
 	AdminService_ListAgents_FullMethodName                   = "/signet.api.AdminService/ListAgents"
 	AdminService_GetAgent_FullMethodName                     = "/signet.api.AdminService/GetAgent"
@@ -73,6 +75,13 @@ type AdminServiceClient interface {
 	GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
+	// MintX509SVID signs an X509-SVID for any workload ID of the trust
+	// domain (SPIRE's x509 mint), from a CSR whose key stays with the
+	// caller: for a workload no agent serves. Not Signet's own IDs.
+	MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error)
+	// MintJWT mints a JWT-SVID for any workload ID of the trust domain
+	// (SPIRE's jwt mint).
+	MintJWT(ctx context.Context, in *MintJWTRequest, opts ...grpc.CallOption) (*MintJWTResponse, error)
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	GetAgent(ctx context.Context, in *GetAgentRequest, opts ...grpc.CallOption) (*Agent, error)
@@ -225,6 +234,26 @@ func (c *adminServiceClient) CreateJoinToken(ctx context.Context, in *CreateJoin
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateJoinTokenResponse)
 	err := c.cc.Invoke(ctx, AdminService_CreateJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MintX509SVIDResponse)
+	err := c.cc.Invoke(ctx, AdminService_MintX509SVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) MintJWT(ctx context.Context, in *MintJWTRequest, opts ...grpc.CallOption) (*MintJWTResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MintJWTResponse)
+	err := c.cc.Invoke(ctx, AdminService_MintJWT_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -473,6 +502,13 @@ type AdminServiceServer interface {
 	GetEntry(context.Context, *GetEntryRequest) (*Entry, error)
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
+	// MintX509SVID signs an X509-SVID for any workload ID of the trust
+	// domain (SPIRE's x509 mint), from a CSR whose key stays with the
+	// caller: for a workload no agent serves. Not Signet's own IDs.
+	MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error)
+	// MintJWT mints a JWT-SVID for any workload ID of the trust domain
+	// (SPIRE's jwt mint).
+	MintJWT(context.Context, *MintJWTRequest) (*MintJWTResponse, error)
 	GetBundle(context.Context, *GetBundleRequest) (*Bundle, error)
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	GetAgent(context.Context, *GetAgentRequest) (*Agent, error)
@@ -574,6 +610,12 @@ func (UnimplementedAdminServiceServer) ListEntries(context.Context, *ListEntries
 }
 func (UnimplementedAdminServiceServer) CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateJoinToken not implemented")
+}
+func (UnimplementedAdminServiceServer) MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MintX509SVID not implemented")
+}
+func (UnimplementedAdminServiceServer) MintJWT(context.Context, *MintJWTRequest) (*MintJWTResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MintJWT not implemented")
 }
 func (UnimplementedAdminServiceServer) GetBundle(context.Context, *GetBundleRequest) (*Bundle, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetBundle not implemented")
@@ -802,6 +844,42 @@ func _AdminService_CreateJoinToken_Handler(srv interface{}, ctx context.Context,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).CreateJoinToken(ctx, req.(*CreateJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_MintX509SVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MintX509SVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).MintX509SVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_MintX509SVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).MintX509SVID(ctx, req.(*MintX509SVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_MintJWT_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MintJWTRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).MintJWT(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_MintJWT_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).MintJWT(ctx, req.(*MintJWTRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1240,6 +1318,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateJoinToken",
 			Handler:    _AdminService_CreateJoinToken_Handler,
+		},
+		{
+			MethodName: "MintX509SVID",
+			Handler:    _AdminService_MintX509SVID_Handler,
+		},
+		{
+			MethodName: "MintJWT",
+			Handler:    _AdminService_MintJWT_Handler,
 		},
 		{
 			MethodName: "GetBundle",

@@ -130,7 +130,7 @@ func (e *Entry) Validate(td spiffeid.TrustDomain) error {
 		}
 	}
 	for _, dns := range e.DNSNames {
-		if err := validateDNSName(dns); err != nil {
+		if err := ValidateDNSName(dns); err != nil {
 			return fmt.Errorf("entry: %w", err)
 		}
 	}
@@ -160,7 +160,9 @@ func (e *Entry) Expired(now time.Time) bool {
 	return !e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt)
 }
 
-func validateDNSName(name string) error {
+// ValidateDNSName checks a DNS SAN: valid labels, a wildcard only as the
+// leftmost label of a longer name.
+func ValidateDNSName(name string) error {
 	if name == "" || len(name) > 253 {
 		return fmt.Errorf("dns name %q: length must be 1-253", name)
 	}

@@ -292,6 +292,18 @@ func LoadConfig(path string) (*Config, error) {
 	return cfg, nil
 }
 
+// Check validates the configuration as Run would before starting, without
+// starting (SPIRE's spire-agent validate): the settings, and the trust
+// bundle file when one is named. It does not reach the server.
+func (c Config) Check() error {
+	td, err := c.validate()
+	if err != nil {
+		return err
+	}
+	_, err = loadTrustBundle(c, td)
+	return err
+}
+
 // validate fills defaults and checks what Run needs.
 func (c *Config) validate() (spiffeid.TrustDomain, error) {
 	if c.DataDir == "" {

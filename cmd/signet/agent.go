@@ -4,6 +4,6 @@ import "github.com/spf13/cobra"
 
 func newAgentCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "agent", Short: "Node agent: attests to the server and serves the SPIFFE Workload API"}
-	cmd.AddCommand(newAgentRunCmd(g), newAgentAPICmd(g), newAgentHealthcheckCmd(g))
+	cmd.AddCommand(newAgentRunCmd(g), newAgentAPICmd(g), newAgentHealthcheckCmd(g), newAgentValidateCmd())
 	return cmd
 }

@@ -26,7 +26,7 @@ import (
 
 func newServerCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "server", Short: "Identity server and CA of one trust domain"}
-	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newFederationCmd(), newServerAgentCmd(), newServerX509Cmd(), newServerJWTCmd(), newLocalAuthorityCmd(), newUpstreamAuthorityCmd(), newServerHealthcheckCmd())
+	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newFederationCmd(), newServerAgentCmd(), newServerX509Cmd(), newServerJWTCmd(), newLocalAuthorityCmd(), newUpstreamAuthorityCmd(), newServerHealthcheckCmd(), newServerValidateCmd())
 	return cmd
 }
 

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestValidate runs `signet server validate` and `signet agent validate`
+// (SPIRE's) on good and bad files: a good one is said valid, a bad one
+// fails with the file and the reason, as run would.
+func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		role, name, body, want string
+	}{
+		{"server", "ok.conf", "trust_domain = \"example.org\"\nsvid_ttl = \"1h\"\n", "is valid"},
+		{"server", "typo.conf", "trust_domain = \"example.org\"\nsvid_tll = \"1h\"\n", "unknown key(s): svid_tll"},
+		{"server", "ttl.conf", "trust_domain = \"example.org\"\nsvid_ttl = \"1h\"\nca_ttl = \"2h\"\n", "at least 6 x svid_ttl"},
+		{"server", "x509pop.conf", "trust_domain = \"example.org\"\nx509pop {\n  ca_bundle_path = \"" + filepath.Join(dir, "missing.pem") + "\"\n}\n", "missing.pem"},
+		{"agent", "ok.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ninsecure_bootstrap = true\njoin_token = \"t\"\n", "is valid"},
+		{"agent", "nobundle.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ntrust_bundle_path = \"" + filepath.Join(dir, "missing.pem") + "\"\njoin_token = \"t\"\n", "missing.pem"},
+		{"agent", "two.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ninsecure_bootstrap = true\njoin_token = \"t\"\nx509pop_cert_path = \"/c\"\nx509pop_key_path = \"/k\"\n", "attests one way"},
+	} {
+		path := write(tc.role+"-"+tc.name, tc.body)
+		out, err := signet(t, tc.role, "validate", "--config", path)
+		if tc.want == "is valid" {
+			if err != nil || out != path+" is valid.\n" {
+				t.Errorf("%s validate %s: %v\n%s", tc.role, tc.name, err, out)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.name) {
+			t.Errorf("%s validate %s: %v\n%s; want an error naming the file and %q", tc.role, tc.name, err, out, tc.want)
+		}
+	}
+	if out, err := signet(t, "server", "validate"); err == nil || !strings.Contains(err.Error(), "config") {
+		t.Errorf("server validate without --config: %v\n%s", err, out)
+	}
+}

@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"os"
@@ -96,6 +97,9 @@ type Config struct {
 	// Banned agents stay.
 	PruneAgentsExpiredFor time.Duration
 	PruneNonReattestable  bool
+	// LogLevel, when set, is the level of the logger Run is given, which
+	// the admin API's logger commands change while it runs.
+	LogLevel *slog.LevelVar
 }
 
 // UpstreamAuthorityFileConfig is an `upstream_authority "<kind>" { ... }`

@@ -213,6 +213,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		RefreshHint:   refreshHint,
 		FederatesWith: cfg.Federation.Relationships,
 		Logger:        logger,
+		LogLevel:      cfg.LogLevel,
 		Audit:         s.audit,
 		Ready:         s.ready,
 	})

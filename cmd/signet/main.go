@@ -22,6 +22,9 @@ import (
 type globals struct {
 	logFormat string
 	logLevel  string
+	// level is the built logger's level, which the server lets admins
+	// change while it runs.
+	level *slog.LevelVar
 }
 
 func (g *globals) logger() (*slog.Logger, error) {
@@ -31,10 +34,11 @@ func (g *globals) logger() (*slog.Logger, error) {
 // loggerTo also routes client-go's log (klog, process-wide) through the
 // logger, so that a JSON log stays JSON when the Kubernetes clients speak.
 func (g *globals) loggerTo(w io.Writer) (*slog.Logger, error) {
-	l, err := logging.New(w, g.logFormat, g.logLevel)
+	l, level, err := logging.New(w, g.logFormat, g.logLevel)
 	if err != nil {
 		return nil, err
 	}
+	g.level = level
 	klog.SetSlogLogger(l.With("component", "client-go"))
 	return l, nil
 }

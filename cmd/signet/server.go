@@ -26,7 +26,7 @@ import (
 
 func newServerCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "server", Short: "Identity server and CA of one trust domain"}
-	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newFederationCmd(), newServerAgentCmd(), newServerX509Cmd(), newServerJWTCmd(), newLocalAuthorityCmd(), newUpstreamAuthorityCmd(), newServerHealthcheckCmd(), newServerValidateCmd())
+	cmd.AddCommand(newServerRunCmd(g), newEntryCmd(), newTokenCmd(), newBundleCmd(), newFederationCmd(), newServerAgentCmd(), newServerX509Cmd(), newServerJWTCmd(), newLocalAuthorityCmd(), newUpstreamAuthorityCmd(), newServerHealthcheckCmd(), newServerValidateCmd(), newServerLoggerCmd())
 	return cmd
 }
 
@@ -59,6 +59,7 @@ func newServerRunCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			cfg.LogLevel = g.level
 			return server.Run(cmd.Context(), cfg, logger)
 		},
 	}

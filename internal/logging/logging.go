@@ -9,19 +9,31 @@ import (
 )
 
 // New returns a logger writing format ("text" or "json") at level ("debug",
-// "info", "warn", "error") to w.
-func New(w io.Writer, format, level string) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+// "info", "warn", "error") to w, and the level it logs at, which may be
+// changed while it runs (the server's logger admin commands).
+func New(w io.Writer, format, level string) (*slog.Logger, *slog.LevelVar, error) {
+	lvl, err := ParseLevel(level)
+	if err != nil {
+		return nil, nil, err
 	}
-	opts := &slog.HandlerOptions{Level: lvl}
+	v := new(slog.LevelVar)
+	v.Set(lvl)
+	opts := &slog.HandlerOptions{Level: v}
 	switch strings.ToLower(format) {
 	case "text", "":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(slog.NewTextHandler(w, opts)), v, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), v, nil
 	default:
-		return nil, fmt.Errorf("log format %q: want text or json", format)
+		return nil, nil, fmt.Errorf("log format %q: want text or json", format)
 	}
+}
+
+// ParseLevel parses debug, info, warn or error (any case).
+func ParseLevel(level string) (slog.Level, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil || strings.ContainsAny(level, "+-") {
+		return 0, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	return lvl, nil
 }

@@ -68,6 +68,8 @@ func auditFields(req, resp any) []slog.Attr {
 			attrs = append(attrs, slog.Time("expires_at", time.Unix(m.GetExpiresAt(), 0).UTC()))
 		}
 		return attrs
+	case *api.SetLogLevelRequest:
+		return []slog.Attr{slog.String("level", r.GetLevel())}
 	case *api.BatchDeleteEntriesRequest:
 		return []slog.Attr{slog.Any("entry_ids", r.GetIds())}
 	case *api.PurgeAgentsRequest:

@@ -44,6 +44,9 @@ type Config struct {
 	// and deleting their bundles, is refused.
 	FederatesWith []federation.Relationship
 	Logger        *slog.Logger
+	// LogLevel is the level Logger logs at, which the logger RPCs change
+	// (nil: they refuse, the level is fixed).
+	LogLevel *slog.LevelVar
 	// AllowedUIDs may call the API; nil means root and the process's own uid.
 	AllowedUIDs []uint32
 	// Audit, when set, writes an audit record for every call, refused
@@ -61,6 +64,8 @@ type Service struct {
 	api.UnimplementedAdminServiceServer
 	cfg    Config
 	health *health
+	// launchLevel is the log level the server started with.
+	launchLevel slog.Level
 }
 
 // New returns the service.
@@ -74,7 +79,11 @@ func New(cfg Config) *Service {
 	if cfg.Ready == nil {
 		cfg.Ready = func(context.Context) error { return nil }
 	}
-	return &Service{cfg: cfg, health: newHealth(cfg.Ready, cfg.Logger)}
+	s := &Service{cfg: cfg, health: newHealth(cfg.Ready, cfg.Logger)}
+	if cfg.LogLevel != nil {
+		s.launchLevel = cfg.LogLevel.Level()
+	}
+	return s
 }
 
 // NewGRPCServer returns a gRPC server for the admin socket with the service

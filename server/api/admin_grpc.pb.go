@@ -27,6 +27,9 @@ const (
 	AdminService_GetEntry_FullMethodName                     = "/signet.api.AdminService/GetEntry"
 	AdminService_ListEntries_FullMethodName                  = "/signet.api.AdminService/ListEntries"
 	AdminService_CreateJoinToken_FullMethodName              = "/signet.api.AdminService/CreateJoinToken"
+	AdminService_GetLogger_FullMethodName                    = "/signet.api.AdminService/GetLogger"
+	AdminService_SetLogLevel_FullMethodName                  = "/signet.api.AdminService/SetLogLevel"
+	AdminService_ResetLogLevel_FullMethodName                = "/signet.api.AdminService/ResetLogLevel"
 	AdminService_MintX509SVID_FullMethodName                 = "/signet.api.AdminService/MintX509SVID"
 	AdminService_MintJWT_FullMethodName                      = "/signet.api.AdminService/MintJWT"
 	AdminService_GetBundle_FullMethodName                    = "/signet.api.AdminService/GetBundle"
@@ -75,6 +78,12 @@ type AdminServiceClient interface {
 	GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
+	// GetLogger, SetLogLevel and ResetLogLevel read and change the server's
+	// log level while it runs (SPIRE's logger API); reset returns to the
+	// level it was started with.
+	GetLogger(ctx context.Context, in *GetLoggerRequest, opts ...grpc.CallOption) (*Logger, error)
+	SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*Logger, error)
+	ResetLogLevel(ctx context.Context, in *ResetLogLevelRequest, opts ...grpc.CallOption) (*Logger, error)
 	// MintX509SVID signs an X509-SVID for any workload ID of the trust
 	// domain (SPIRE's x509 mint), from a CSR whose key stays with the
 	// caller: for a workload no agent serves. Not Signet's own IDs.
@@ -234,6 +243,36 @@ func (c *adminServiceClient) CreateJoinToken(ctx context.Context, in *CreateJoin
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateJoinTokenResponse)
 	err := c.cc.Invoke(ctx, AdminService_CreateJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetLogger(ctx context.Context, in *GetLoggerRequest, opts ...grpc.CallOption) (*Logger, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Logger)
+	err := c.cc.Invoke(ctx, AdminService_GetLogger_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*Logger, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Logger)
+	err := c.cc.Invoke(ctx, AdminService_SetLogLevel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ResetLogLevel(ctx context.Context, in *ResetLogLevelRequest, opts ...grpc.CallOption) (*Logger, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Logger)
+	err := c.cc.Invoke(ctx, AdminService_ResetLogLevel_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -502,6 +541,12 @@ type AdminServiceServer interface {
 	GetEntry(context.Context, *GetEntryRequest) (*Entry, error)
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
+	// GetLogger, SetLogLevel and ResetLogLevel read and change the server's
+	// log level while it runs (SPIRE's logger API); reset returns to the
+	// level it was started with.
+	GetLogger(context.Context, *GetLoggerRequest) (*Logger, error)
+	SetLogLevel(context.Context, *SetLogLevelRequest) (*Logger, error)
+	ResetLogLevel(context.Context, *ResetLogLevelRequest) (*Logger, error)
 	// MintX509SVID signs an X509-SVID for any workload ID of the trust
 	// domain (SPIRE's x509 mint), from a CSR whose key stays with the
 	// caller: for a workload no agent serves. Not Signet's own IDs.
@@ -610,6 +655,15 @@ func (UnimplementedAdminServiceServer) ListEntries(context.Context, *ListEntries
 }
 func (UnimplementedAdminServiceServer) CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateJoinToken not implemented")
+}
+func (UnimplementedAdminServiceServer) GetLogger(context.Context, *GetLoggerRequest) (*Logger, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetLogger not implemented")
+}
+func (UnimplementedAdminServiceServer) SetLogLevel(context.Context, *SetLogLevelRequest) (*Logger, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetLogLevel not implemented")
+}
+func (UnimplementedAdminServiceServer) ResetLogLevel(context.Context, *ResetLogLevelRequest) (*Logger, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResetLogLevel not implemented")
 }
 func (UnimplementedAdminServiceServer) MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MintX509SVID not implemented")
@@ -844,6 +898,60 @@ func _AdminService_CreateJoinToken_Handler(srv interface{}, ctx context.Context,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).CreateJoinToken(ctx, req.(*CreateJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetLogger_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetLoggerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetLogger(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetLogger_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetLogger(ctx, req.(*GetLoggerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_SetLogLevel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetLogLevelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetLogLevel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SetLogLevel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetLogLevel(ctx, req.(*SetLogLevelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ResetLogLevel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResetLogLevelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ResetLogLevel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ResetLogLevel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ResetLogLevel(ctx, req.(*ResetLogLevelRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1318,6 +1426,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateJoinToken",
 			Handler:    _AdminService_CreateJoinToken_Handler,
+		},
+		{
+			MethodName: "GetLogger",
+			Handler:    _AdminService_GetLogger_Handler,
+		},
+		{
+			MethodName: "SetLogLevel",
+			Handler:    _AdminService_SetLogLevel_Handler,
+		},
+		{
+			MethodName: "ResetLogLevel",
+			Handler:    _AdminService_ResetLogLevel_Handler,
 		},
 		{
 			MethodName: "MintX509SVID",

@@ -28,16 +28,7 @@ type Server struct {
 // of 5m); mutate, if not nil, adjusts the configuration first.
 func Start(t testing.TB, td spiffeid.TrustDomain, mutate func(*server.Config)) *Server {
 	t.Helper()
-	dir := t.TempDir()
-	cfg := server.Config{
-		TrustDomain: td, DataDir: dir, Listen: "127.0.0.1:0",
-		AdminSocket: filepath.Join(dir, "admin.sock"),
-		Datastore:   "sqlite://" + filepath.Join(dir, "signet.db"),
-		SVIDTTL:     time.Hour, JWTTTL: 5 * time.Minute, AgentTTL: time.Hour,
-	}
-	if mutate != nil {
-		mutate(&cfg)
-	}
+	cfg := Config(t, td, mutate)
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := server.New(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -57,6 +48,23 @@ func Start(t testing.TB, td spiffeid.TrustDomain, mutate func(*server.Config)) *
 	}
 	t.Cleanup(stop)
 	return &Server{Server: s, Config: cfg, stop: stop}
+}
+
+// Config is the configuration Start runs with: a fresh data dir, SQLite,
+// loopback; mutate, if not nil, adjusts it.
+func Config(t testing.TB, td spiffeid.TrustDomain, mutate func(*server.Config)) server.Config {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := server.Config{
+		TrustDomain: td, DataDir: dir, Listen: "127.0.0.1:0",
+		AdminSocket: filepath.Join(dir, "admin.sock"),
+		Datastore:   "sqlite://" + filepath.Join(dir, "signet.db"),
+		SVIDTTL:     time.Hour, JWTTTL: 5 * time.Minute, AgentTTL: time.Hour,
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return cfg
 }
 
 // Stop stops the server now; later calls (and the cleanup) do nothing.

@@ -20,6 +20,7 @@ import (
 	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/server/adminapi"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/registry"
 )
 
 // newServerX509Cmd is `signet server x509 mint` (SPIRE's): an X509-SVID,
@@ -136,8 +137,10 @@ func checkMint(spiffeID string, ttl time.Duration) error {
 	if _, err := ids.ParseWorkloadID(spiffeID); err != nil {
 		return fmt.Errorf("--spiffe-id: %w", err)
 	}
-	if ttl < 0 || ttl%time.Second != 0 {
-		return fmt.Errorf("--ttl %s: want a positive whole number of seconds", ttl)
+	// Checked here too: the request carries seconds as an int32, which a
+	// longer TTL would wrap to a short one.
+	if ttl < 0 || ttl%time.Second != 0 || ttl > registry.MaxTTL {
+		return fmt.Errorf("--ttl %s: want a whole number of seconds up to %s (0: the server's default)", ttl, registry.MaxTTL)
 	}
 	return nil
 }
@@ -150,16 +153,31 @@ type mintedFile struct {
 
 // writeMinted writes each file atomically (a reader sees the old file or
 // the new, whole) and says where; the key is written first, so a crash
-// never leaves a certificate without its key.
+// never leaves a certificate without its key. Each file gets its own mode
+// (renameio.WriteFile would keep an existing file's, a world-readable
+// key.pem's too), and its temporary file is made 0600 beside it, not in
+// $TMPDIR.
 func writeMinted(w io.Writer, dir string, expires time.Time, files []mintedFile) error {
 	var names []string
 	for _, f := range files {
 		path := filepath.Join(dir, f.name)
-		if err := renameio.WriteFile(path, f.data, f.perm); err != nil {
+		if err := writeFileMode(path, f.data, f.perm); err != nil {
 			return fmt.Errorf("write %s: %w", path, err)
 		}
 		names = append(names, path)
 	}
 	fmt.Fprintf(w, "Wrote %s (expires %s)\n", strings.Join(names, ", "), expires.Format(time.RFC3339))
 	return nil
+}
+
+func writeFileMode(path string, data []byte, perm os.FileMode) error {
+	f, err := renameio.NewPendingFile(path, renameio.WithTempDir(filepath.Dir(path)), renameio.WithStaticPermissions(perm))
+	if err != nil {
+		return err
+	}
+	defer f.Cleanup()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	return f.CloseAtomicallyReplace()
 }

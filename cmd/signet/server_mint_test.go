@@ -109,3 +109,47 @@ func TestMint(t *testing.T) {
 		}
 	}
 }
+
+// TestMintWriteModes: --write replaces files already there with the modes
+// it promises (the key and the token 0600), whatever the old files had,
+// and refuses a TTL the request could not carry instead of wrapping it.
+func TestMintWriteModes(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	s := servertest.Start(t, td, nil)
+	run := func(args ...string) (string, error) {
+		return signet(t, append(append([]string{"server"}, args...), "--admin-socket", s.Config.AdminSocket)...)
+	}
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	for _, name := range []string{"key.pem", "svid.pem", "bundle.pem", "token"} {
+		// World-readable leftovers, e.g. copied in by hand.
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("old"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(dir, name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := run("x509", "mint", "--spiffe-id", "spiffe://example.org/legacy/db", "--write", dir); err != nil {
+		t.Fatalf("x509 mint --write: %v\n%s", err, out)
+	}
+	if out, err := run("jwt", "mint", "--spiffe-id", "spiffe://example.org/legacy/db", "--audience", "a", "--write", tokenFile); err != nil {
+		t.Fatalf("jwt mint --write: %v\n%s", err, out)
+	}
+	for name, want := range map[string]os.FileMode{"key.pem": 0o600, "token": 0o600, "svid.pem": 0o644, "bundle.pem": 0o644} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil || fi.Mode().Perm() != want || fi.Size() <= 3 {
+			t.Errorf("%s after mint over an old 0644 file: %v, %v; want mode %v and new content", name, fi.Mode(), err, want)
+		}
+	}
+
+	for _, args := range [][]string{
+		// 2^32 s + 1h: as int32 seconds it would be 1h.
+		{"x509", "mint", "--spiffe-id", "spiffe://example.org/db", "--ttl", "1193047h29m16s"},
+		{"jwt", "mint", "--spiffe-id", "spiffe://example.org/db", "--audience", "a", "--ttl", "1193047h29m16s"},
+	} {
+		if out, err := run(args...); err == nil || !strings.Contains(err.Error(), "--ttl") {
+			t.Errorf("%v: %v\n%s; want --ttl refused", args, err, out)
+		}
+	}
+}

@@ -23,6 +23,14 @@ func (s *Service) MintX509SVID(ctx context.Context, req *api.MintX509SVIDRequest
 	if err != nil {
 		return nil, err
 	}
+	// The nested servers' API signs an intermediate CA for any caller whose
+	// X509-SVID names a downstream entry: a minted one would be such a
+	// credential, on disk. A downstream server gets its SVID from its agent.
+	if snap, _ := s.cfg.Catalog.Current(); snap != nil {
+		if e, ok := snap.Entries.Downstream(id, s.cfg.Now()); ok {
+			return nil, status.Errorf(codes.InvalidArgument, "mint X509-SVID: %s is a downstream server's ID (entry %s): its SVID could have the nested servers' API sign a CA for the whole trust domain; the downstream server gets it from its agent", id, e.ID)
+		}
+	}
 	ttl, err := mintTTL(req.TtlSeconds)
 	if err != nil {
 		return nil, err

@@ -214,8 +214,11 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		FederatesWith: cfg.Federation.Relationships,
 		Logger:        logger,
 		LogLevel:      cfg.LogLevel,
-		Audit:         s.audit,
-		Ready:         s.ready,
+		RefreshFederatedBundle: func(ctx context.Context, td spiffeid.TrustDomain) error {
+			return s.federation.Refresh(ctx, td)
+		},
+		Audit: s.audit,
+		Ready: s.ready,
 	})
 	s.registerMetrics()
 

@@ -32,6 +32,7 @@ func newFederationCmd() *cobra.Command {
 				return nil
 			}),
 		newFederationShowCmd(),
+		newFederationRefreshCmd(),
 		newFederationListCmd())
 	return cmd
 }
@@ -166,4 +167,35 @@ func printRelationships(w io.Writer, out *outputFlag, list bool, rs ...*api.Fede
 		adminapi.PrintFederationRelationship(w, r)
 	}
 	return nil
+}
+
+// newFederationRefreshCmd is SPIRE's federation refresh: fetch a federated
+// trust domain's bundle now rather than at its next refresh.
+func newFederationRefreshCmd() *cobra.Command {
+	var trustDomain string
+	var td spiffeid.TrustDomain
+	cmd := newAdminCmd("refresh", "Fetch a federated trust domain's bundle from its bundle endpoint now",
+		func(*cobra.Command) (err error) {
+			td, err = federatedTrustDomain(trustDomain)
+			return err
+		},
+		func(ctx context.Context, c api.AdminServiceClient, w io.Writer, out *outputFlag) error {
+			b, err := c.RefreshFederatedBundle(ctx, &api.RefreshFederatedBundleRequest{TrustDomain: td.Name()})
+			if err != nil {
+				return err
+			}
+			if out.json() {
+				raw, err := adminapi.MarshalBundle(b, "spiffe")
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(w, "%s\n", raw)
+				return err
+			}
+			fmt.Fprintf(w, "Refreshed the bundle of %s\n", td.Name())
+			printBundleSummary(w, b)
+			return nil
+		})
+	cmd.Flags().StringVar(&trustDomain, "trust-domain", "", "the foreign trust domain, e.g. other.org")
+	return cmd
 }

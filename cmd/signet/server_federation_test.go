@@ -10,7 +10,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/signetid/signet/server"
 	"github.com/signetid/signet/server/adminapi"
+	"github.com/signetid/signet/server/federation"
 	"github.com/signetid/signet/server/servertest"
 )
 
@@ -20,7 +22,9 @@ import (
 func TestFederationAndBundleJSON(t *testing.T) {
 	other := spiffeid.RequireTrustDomainFromString("other.org")
 	main := servertest.Start(t, spiffeid.RequireTrustDomainFromString("example.org"), nil)
-	foreign := servertest.Start(t, other, nil)
+	foreign := servertest.Start(t, other, func(c *server.Config) {
+		c.Federation.Endpoint = &federation.EndpointConfig{Address: "127.0.0.1:0", Profile: federation.ProfileSPIFFE}
+	})
 	run := func(s *servertest.Server, args ...string) string {
 		t.Helper()
 		out, err := signet(t, append(append([]string{"server"}, args...), "--admin-socket", s.Config.AdminSocket)...)
@@ -38,7 +42,8 @@ func TestFederationAndBundleJSON(t *testing.T) {
 	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	run(main, "federation", "create", "--trust-domain", "other.org", "--bundle-endpoint-url", "https://127.0.0.1:1/bundle",
+	url := "https://" + foreign.FederationAddr()
+	run(main, "federation", "create", "--trust-domain", "other.org", "--bundle-endpoint-url", url,
 		"--bundle-endpoint-profile", "https_spiffe", "--endpoint-spiffe-id", "spiffe://other.org/signet/server",
 		"--trust-domain-bundle-path", file, "--trust-domain-bundle-format", "spiffe")
 
@@ -48,7 +53,7 @@ func TestFederationAndBundleJSON(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &rels); err != nil || len(rels.Relationships) != 1 {
 			t.Fatalf("%v --output json: %v\n%s", args, err, out)
 		}
-		if r := rels.Relationships[0]; r.TrustDomain != "other.org" || r.BundleEndpointURL != "https://127.0.0.1:1/bundle" ||
+		if r := rels.Relationships[0]; r.TrustDomain != "other.org" || r.BundleEndpointURL != url ||
 			r.BundleEndpointProfile != "https_spiffe" || r.EndpointSPIFFEID != "spiffe://other.org/signet/server" || r.Source != "store" || r.Revision == 0 {
 			t.Errorf("%v --output json: %+v", args, r)
 		}
@@ -70,5 +75,24 @@ func TestFederationAndBundleJSON(t *testing.T) {
 	}
 	if !got.X509Bundle().Equal(want.X509Bundle()) {
 		t.Errorf("bundle list gives other roots than those set")
+	}
+
+	// federation refresh fetches from the endpoint now; a trust domain
+	// with no relationship is refused, naming it.
+	if out := run(main, "federation", "refresh", "--trust-domain", "other.org"); !strings.HasPrefix(out, "Refreshed the bundle of other.org\n") {
+		t.Fatalf("federation refresh: %s", out)
+	}
+	refreshed, err := spiffebundle.Parse(other, []byte(run(main, "federation", "refresh", "--trust-domain", "other.org", "--output", "json")))
+	if err != nil || !refreshed.X509Bundle().Equal(want.X509Bundle()) {
+		t.Fatalf("federation refresh --output json: %v", err)
+	}
+	if out, err := signet(t, "server", "federation", "refresh", "--trust-domain", "third.org", "--admin-socket", main.Config.AdminSocket); err == nil ||
+		!strings.Contains(err.Error(), "third.org") || !strings.Contains(err.Error(), "NotFound") {
+		t.Fatalf("refresh without a relationship: %v\n%s", err, out)
+	}
+	foreign.Stop()
+	if out, err := signet(t, "server", "federation", "refresh", "--trust-domain", "other.org", "--admin-socket", main.Config.AdminSocket); err == nil ||
+		!strings.Contains(err.Error(), url) {
+		t.Fatalf("refresh with the endpoint down: %v\n%s", err, out)
 	}
 }

@@ -145,3 +145,23 @@ func (s *Service) GetBundle(ctx context.Context, _ *api.GetBundleRequest) (*api.
 	snap, _ := s.cfg.Catalog.Current()
 	return agentapi.BundleToProto(snap.OwnBundle(s.cfg.TrustDomain), int32(s.cfg.RefreshHint.Seconds())), nil
 }
+
+// RefreshFederatedBundle fetches a federated trust domain's bundle from its
+// bundle endpoint now and returns it as stored.
+func (s *Service) RefreshFederatedBundle(ctx context.Context, req *api.RefreshFederatedBundleRequest) (*api.Bundle, error) {
+	td, err := ids.ParseTrustDomain(req.TrustDomain)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "refresh bundle: trust_domain: %v", err)
+	}
+	if s.cfg.RefreshFederatedBundle == nil {
+		return nil, status.Error(codes.FailedPrecondition, "refresh bundle: this server does not fetch federated bundles")
+	}
+	if err := s.cfg.RefreshFederatedBundle(ctx, td); err != nil {
+		if errors.Is(err, federation.ErrNoRelationship) {
+			return nil, status.Errorf(codes.NotFound, "refresh bundle: %v (see signet server federation list)", err)
+		}
+		return nil, status.Errorf(codes.Unavailable, "refresh bundle: %v", err)
+	}
+	s.refreshCatalog(ctx, "bundle refresh")
+	return s.storedBundle(ctx, td.Name())
+}

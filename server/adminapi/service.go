@@ -43,6 +43,9 @@ type Config struct {
 	// listed beside the stored ones: storing one of their trust domains,
 	// and deleting their bundles, is refused.
 	FederatesWith []federation.Relationship
+	// RefreshFederatedBundle fetches a federated bundle now (the
+	// federation service's Refresh); nil: refreshing is refused.
+	RefreshFederatedBundle func(context.Context, spiffeid.TrustDomain) error
 	Logger        *slog.Logger
 	// LogLevel is the level Logger logs at, which the logger RPCs change
 	// (nil: they refuse, the level is fixed).

@@ -1243,6 +1243,50 @@ func (*ResetLogLevelRequest) Descriptor() ([]byte, []int) {
 	return file_server_api_admin_proto_rawDescGZIP(), []int{20}
 }
 
+type RefreshFederatedBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshFederatedBundleRequest) Reset() {
+	*x = RefreshFederatedBundleRequest{}
+	mi := &file_server_api_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshFederatedBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshFederatedBundleRequest) ProtoMessage() {}
+
+func (x *RefreshFederatedBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshFederatedBundleRequest.ProtoReflect.Descriptor instead.
+func (*RefreshFederatedBundleRequest) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RefreshFederatedBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
 type GetBundleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1251,7 +1295,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[21]
+	mi := &file_server_api_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1307,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[21]
+	mi := &file_server_api_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1320,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{21}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{22}
 }
 
 type ListAgentsRequest struct {
@@ -1296,7 +1340,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[22]
+	mi := &file_server_api_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1352,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[22]
+	mi := &file_server_api_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1365,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{22}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListAgentsRequest) GetAttestationType() string {
@@ -1375,7 +1419,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[23]
+	mi := &file_server_api_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1387,7 +1431,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[23]
+	mi := &file_server_api_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1400,7 +1444,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{23}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetAgentRequest) GetSpiffeId() string {
@@ -1419,7 +1463,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[24]
+	mi := &file_server_api_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1475,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[24]
+	mi := &file_server_api_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1488,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{24}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -1463,7 +1507,7 @@ type EvictAgentRequest struct {
 
 func (x *EvictAgentRequest) Reset() {
 	*x = EvictAgentRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[25]
+	mi := &file_server_api_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1519,7 @@ func (x *EvictAgentRequest) String() string {
 func (*EvictAgentRequest) ProtoMessage() {}
 
 func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[25]
+	mi := &file_server_api_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1532,7 @@ func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentRequest.ProtoReflect.Descriptor instead.
 func (*EvictAgentRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{25}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *EvictAgentRequest) GetSpiffeId() string {
@@ -1506,7 +1550,7 @@ type EvictAgentResponse struct {
 
 func (x *EvictAgentResponse) Reset() {
 	*x = EvictAgentResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[26]
+	mi := &file_server_api_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1562,7 @@ func (x *EvictAgentResponse) String() string {
 func (*EvictAgentResponse) ProtoMessage() {}
 
 func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[26]
+	mi := &file_server_api_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1575,7 @@ func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentResponse.ProtoReflect.Descriptor instead.
 func (*EvictAgentResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{26}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{27}
 }
 
 type BanAgentRequest struct {
@@ -1543,7 +1587,7 @@ type BanAgentRequest struct {
 
 func (x *BanAgentRequest) Reset() {
 	*x = BanAgentRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[27]
+	mi := &file_server_api_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1599,7 @@ func (x *BanAgentRequest) String() string {
 func (*BanAgentRequest) ProtoMessage() {}
 
 func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[27]
+	mi := &file_server_api_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1612,7 @@ func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanAgentRequest.ProtoReflect.Descriptor instead.
 func (*BanAgentRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{27}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BanAgentRequest) GetSpiffeId() string {
@@ -1586,7 +1630,7 @@ type BanAgentResponse struct {
 
 func (x *BanAgentResponse) Reset() {
 	*x = BanAgentResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[28]
+	mi := &file_server_api_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1642,7 @@ func (x *BanAgentResponse) String() string {
 func (*BanAgentResponse) ProtoMessage() {}
 
 func (x *BanAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[28]
+	mi := &file_server_api_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1655,7 @@ func (x *BanAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanAgentResponse.ProtoReflect.Descriptor instead.
 func (*BanAgentResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{28}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{29}
 }
 
 type PurgeAgentsRequest struct {
@@ -1629,7 +1673,7 @@ type PurgeAgentsRequest struct {
 
 func (x *PurgeAgentsRequest) Reset() {
 	*x = PurgeAgentsRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[29]
+	mi := &file_server_api_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1685,7 @@ func (x *PurgeAgentsRequest) String() string {
 func (*PurgeAgentsRequest) ProtoMessage() {}
 
 func (x *PurgeAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[29]
+	mi := &file_server_api_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1698,7 @@ func (x *PurgeAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeAgentsRequest.ProtoReflect.Descriptor instead.
 func (*PurgeAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{29}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PurgeAgentsRequest) GetExpiredBefore() int64 {
@@ -1688,7 +1732,7 @@ type PurgeAgentsResponse struct {
 
 func (x *PurgeAgentsResponse) Reset() {
 	*x = PurgeAgentsResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[30]
+	mi := &file_server_api_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1744,7 @@ func (x *PurgeAgentsResponse) String() string {
 func (*PurgeAgentsResponse) ProtoMessage() {}
 
 func (x *PurgeAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[30]
+	mi := &file_server_api_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +1757,7 @@ func (x *PurgeAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeAgentsResponse.ProtoReflect.Descriptor instead.
 func (*PurgeAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{30}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PurgeAgentsResponse) GetAgents() []string {
@@ -1734,7 +1778,7 @@ type SetFederatedBundleRequest struct {
 
 func (x *SetFederatedBundleRequest) Reset() {
 	*x = SetFederatedBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[31]
+	mi := &file_server_api_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1746,7 +1790,7 @@ func (x *SetFederatedBundleRequest) String() string {
 func (*SetFederatedBundleRequest) ProtoMessage() {}
 
 func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[31]
+	mi := &file_server_api_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1759,7 +1803,7 @@ func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{31}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SetFederatedBundleRequest) GetBundle() *Bundle {
@@ -1777,7 +1821,7 @@ type ListFederatedBundlesRequest struct {
 
 func (x *ListFederatedBundlesRequest) Reset() {
 	*x = ListFederatedBundlesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[32]
+	mi := &file_server_api_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +1833,7 @@ func (x *ListFederatedBundlesRequest) String() string {
 func (*ListFederatedBundlesRequest) ProtoMessage() {}
 
 func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[32]
+	mi := &file_server_api_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +1846,7 @@ func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{32}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{33}
 }
 
 type ListFederatedBundlesResponse struct {
@@ -1815,7 +1859,7 @@ type ListFederatedBundlesResponse struct {
 
 func (x *ListFederatedBundlesResponse) Reset() {
 	*x = ListFederatedBundlesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[33]
+	mi := &file_server_api_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1827,7 +1871,7 @@ func (x *ListFederatedBundlesResponse) String() string {
 func (*ListFederatedBundlesResponse) ProtoMessage() {}
 
 func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[33]
+	mi := &file_server_api_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1840,7 +1884,7 @@ func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{33}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
@@ -1860,7 +1904,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[34]
+	mi := &file_server_api_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +1916,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[34]
+	mi := &file_server_api_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +1929,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{34}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -1912,7 +1956,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[35]
+	mi := &file_server_api_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +1968,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[35]
+	mi := &file_server_api_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +1981,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{35}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteFederatedBundleResponse) GetEntries() int32 {
@@ -1977,7 +2021,7 @@ type FederationRelationship struct {
 
 func (x *FederationRelationship) Reset() {
 	*x = FederationRelationship{}
-	mi := &file_server_api_admin_proto_msgTypes[36]
+	mi := &file_server_api_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1989,7 +2033,7 @@ func (x *FederationRelationship) String() string {
 func (*FederationRelationship) ProtoMessage() {}
 
 func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[36]
+	mi := &file_server_api_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2002,7 +2046,7 @@ func (x *FederationRelationship) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationship.ProtoReflect.Descriptor instead.
 func (*FederationRelationship) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{36}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *FederationRelationship) GetTrustDomain() string {
@@ -2082,7 +2126,7 @@ type CreateFederationRelationshipRequest struct {
 
 func (x *CreateFederationRelationshipRequest) Reset() {
 	*x = CreateFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[37]
+	mi := &file_server_api_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2094,7 +2138,7 @@ func (x *CreateFederationRelationshipRequest) String() string {
 func (*CreateFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *CreateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[37]
+	mi := &file_server_api_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2107,7 +2151,7 @@ func (x *CreateFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use CreateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*CreateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{37}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CreateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
@@ -2135,7 +2179,7 @@ type UpdateFederationRelationshipRequest struct {
 
 func (x *UpdateFederationRelationshipRequest) Reset() {
 	*x = UpdateFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[38]
+	mi := &file_server_api_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2191,7 @@ func (x *UpdateFederationRelationshipRequest) String() string {
 func (*UpdateFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *UpdateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[38]
+	mi := &file_server_api_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2204,7 @@ func (x *UpdateFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use UpdateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{38}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *UpdateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
@@ -2188,7 +2232,7 @@ type FederationRelationshipResult struct {
 
 func (x *FederationRelationshipResult) Reset() {
 	*x = FederationRelationshipResult{}
-	mi := &file_server_api_admin_proto_msgTypes[39]
+	mi := &file_server_api_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2244,7 @@ func (x *FederationRelationshipResult) String() string {
 func (*FederationRelationshipResult) ProtoMessage() {}
 
 func (x *FederationRelationshipResult) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[39]
+	mi := &file_server_api_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2257,7 @@ func (x *FederationRelationshipResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationshipResult.ProtoReflect.Descriptor instead.
 func (*FederationRelationshipResult) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{39}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *FederationRelationshipResult) GetRelationship() *FederationRelationship {
@@ -2239,7 +2283,7 @@ type DeleteFederationRelationshipRequest struct {
 
 func (x *DeleteFederationRelationshipRequest) Reset() {
 	*x = DeleteFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[40]
+	mi := &file_server_api_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2251,7 +2295,7 @@ func (x *DeleteFederationRelationshipRequest) String() string {
 func (*DeleteFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[40]
+	mi := &file_server_api_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2264,7 +2308,7 @@ func (x *DeleteFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use DeleteFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{40}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteFederationRelationshipRequest) GetTrustDomain() string {
@@ -2282,7 +2326,7 @@ type DeleteFederationRelationshipResponse struct {
 
 func (x *DeleteFederationRelationshipResponse) Reset() {
 	*x = DeleteFederationRelationshipResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[41]
+	mi := &file_server_api_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2294,7 +2338,7 @@ func (x *DeleteFederationRelationshipResponse) String() string {
 func (*DeleteFederationRelationshipResponse) ProtoMessage() {}
 
 func (x *DeleteFederationRelationshipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[41]
+	mi := &file_server_api_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2307,7 +2351,7 @@ func (x *DeleteFederationRelationshipResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use DeleteFederationRelationshipResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRelationshipResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{41}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{42}
 }
 
 type GetFederationRelationshipRequest struct {
@@ -2319,7 +2363,7 @@ type GetFederationRelationshipRequest struct {
 
 func (x *GetFederationRelationshipRequest) Reset() {
 	*x = GetFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[42]
+	mi := &file_server_api_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +2375,7 @@ func (x *GetFederationRelationshipRequest) String() string {
 func (*GetFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *GetFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[42]
+	mi := &file_server_api_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2344,7 +2388,7 @@ func (x *GetFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*GetFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{42}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetFederationRelationshipRequest) GetTrustDomain() string {
@@ -2362,7 +2406,7 @@ type ListFederationRelationshipsRequest struct {
 
 func (x *ListFederationRelationshipsRequest) Reset() {
 	*x = ListFederationRelationshipsRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[43]
+	mi := &file_server_api_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2374,7 +2418,7 @@ func (x *ListFederationRelationshipsRequest) String() string {
 func (*ListFederationRelationshipsRequest) ProtoMessage() {}
 
 func (x *ListFederationRelationshipsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[43]
+	mi := &file_server_api_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2387,7 +2431,7 @@ func (x *ListFederationRelationshipsRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use ListFederationRelationshipsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationRelationshipsRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{43}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{44}
 }
 
 type ListFederationRelationshipsResponse struct {
@@ -2401,7 +2445,7 @@ type ListFederationRelationshipsResponse struct {
 
 func (x *ListFederationRelationshipsResponse) Reset() {
 	*x = ListFederationRelationshipsResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[44]
+	mi := &file_server_api_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2413,7 +2457,7 @@ func (x *ListFederationRelationshipsResponse) String() string {
 func (*ListFederationRelationshipsResponse) ProtoMessage() {}
 
 func (x *ListFederationRelationshipsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[44]
+	mi := &file_server_api_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2426,7 +2470,7 @@ func (x *ListFederationRelationshipsResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use ListFederationRelationshipsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationRelationshipsResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{44}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListFederationRelationshipsResponse) GetRelationships() []*FederationRelationship {
@@ -2473,7 +2517,7 @@ type LocalAuthority struct {
 
 func (x *LocalAuthority) Reset() {
 	*x = LocalAuthority{}
-	mi := &file_server_api_admin_proto_msgTypes[45]
+	mi := &file_server_api_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2485,7 +2529,7 @@ func (x *LocalAuthority) String() string {
 func (*LocalAuthority) ProtoMessage() {}
 
 func (x *LocalAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[45]
+	mi := &file_server_api_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2498,7 +2542,7 @@ func (x *LocalAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalAuthority.ProtoReflect.Descriptor instead.
 func (*LocalAuthority) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{45}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *LocalAuthority) GetKind() string {
@@ -2587,7 +2631,7 @@ type GetLocalAuthoritiesRequest struct {
 
 func (x *GetLocalAuthoritiesRequest) Reset() {
 	*x = GetLocalAuthoritiesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[46]
+	mi := &file_server_api_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +2643,7 @@ func (x *GetLocalAuthoritiesRequest) String() string {
 func (*GetLocalAuthoritiesRequest) ProtoMessage() {}
 
 func (x *GetLocalAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[46]
+	mi := &file_server_api_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2612,7 +2656,7 @@ func (x *GetLocalAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLocalAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*GetLocalAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{46}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetLocalAuthoritiesRequest) GetKind() string {
@@ -2631,7 +2675,7 @@ type GetLocalAuthoritiesResponse struct {
 
 func (x *GetLocalAuthoritiesResponse) Reset() {
 	*x = GetLocalAuthoritiesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[47]
+	mi := &file_server_api_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2643,7 +2687,7 @@ func (x *GetLocalAuthoritiesResponse) String() string {
 func (*GetLocalAuthoritiesResponse) ProtoMessage() {}
 
 func (x *GetLocalAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[47]
+	mi := &file_server_api_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2656,7 +2700,7 @@ func (x *GetLocalAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLocalAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*GetLocalAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{47}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetLocalAuthoritiesResponse) GetAuthorities() []*LocalAuthority {
@@ -2675,7 +2719,7 @@ type PrepareLocalAuthorityRequest struct {
 
 func (x *PrepareLocalAuthorityRequest) Reset() {
 	*x = PrepareLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[48]
+	mi := &file_server_api_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2687,7 +2731,7 @@ func (x *PrepareLocalAuthorityRequest) String() string {
 func (*PrepareLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[48]
+	mi := &file_server_api_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2700,7 +2744,7 @@ func (x *PrepareLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{48}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PrepareLocalAuthorityRequest) GetKind() string {
@@ -2720,7 +2764,7 @@ type ActivateLocalAuthorityRequest struct {
 
 func (x *ActivateLocalAuthorityRequest) Reset() {
 	*x = ActivateLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[49]
+	mi := &file_server_api_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2732,7 +2776,7 @@ func (x *ActivateLocalAuthorityRequest) String() string {
 func (*ActivateLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[49]
+	mi := &file_server_api_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2745,7 +2789,7 @@ func (x *ActivateLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{49}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ActivateLocalAuthorityRequest) GetKind() string {
@@ -2772,7 +2816,7 @@ type TaintLocalAuthorityRequest struct {
 
 func (x *TaintLocalAuthorityRequest) Reset() {
 	*x = TaintLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[50]
+	mi := &file_server_api_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2784,7 +2828,7 @@ func (x *TaintLocalAuthorityRequest) String() string {
 func (*TaintLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[50]
+	mi := &file_server_api_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2797,7 +2841,7 @@ func (x *TaintLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{50}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *TaintLocalAuthorityRequest) GetKind() string {
@@ -2827,7 +2871,7 @@ type RevokeLocalAuthorityRequest struct {
 
 func (x *RevokeLocalAuthorityRequest) Reset() {
 	*x = RevokeLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[51]
+	mi := &file_server_api_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2839,7 +2883,7 @@ func (x *RevokeLocalAuthorityRequest) String() string {
 func (*RevokeLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[51]
+	mi := &file_server_api_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2852,7 +2896,7 @@ func (x *RevokeLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{51}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RevokeLocalAuthorityRequest) GetKind() string {
@@ -2899,7 +2943,7 @@ type UpstreamAuthority struct {
 
 func (x *UpstreamAuthority) Reset() {
 	*x = UpstreamAuthority{}
-	mi := &file_server_api_admin_proto_msgTypes[52]
+	mi := &file_server_api_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +2955,7 @@ func (x *UpstreamAuthority) String() string {
 func (*UpstreamAuthority) ProtoMessage() {}
 
 func (x *UpstreamAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[52]
+	mi := &file_server_api_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +2968,7 @@ func (x *UpstreamAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAuthority.ProtoReflect.Descriptor instead.
 func (*UpstreamAuthority) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{52}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *UpstreamAuthority) GetAuthorityId() string {
@@ -2984,7 +3028,7 @@ type GetUpstreamAuthoritiesRequest struct {
 
 func (x *GetUpstreamAuthoritiesRequest) Reset() {
 	*x = GetUpstreamAuthoritiesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[53]
+	mi := &file_server_api_admin_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +3040,7 @@ func (x *GetUpstreamAuthoritiesRequest) String() string {
 func (*GetUpstreamAuthoritiesRequest) ProtoMessage() {}
 
 func (x *GetUpstreamAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[53]
+	mi := &file_server_api_admin_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +3053,7 @@ func (x *GetUpstreamAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUpstreamAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*GetUpstreamAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{53}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{54}
 }
 
 type GetUpstreamAuthoritiesResponse struct {
@@ -3021,7 +3065,7 @@ type GetUpstreamAuthoritiesResponse struct {
 
 func (x *GetUpstreamAuthoritiesResponse) Reset() {
 	*x = GetUpstreamAuthoritiesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[54]
+	mi := &file_server_api_admin_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3033,7 +3077,7 @@ func (x *GetUpstreamAuthoritiesResponse) String() string {
 func (*GetUpstreamAuthoritiesResponse) ProtoMessage() {}
 
 func (x *GetUpstreamAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[54]
+	mi := &file_server_api_admin_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3046,7 +3090,7 @@ func (x *GetUpstreamAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUpstreamAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*GetUpstreamAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{54}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GetUpstreamAuthoritiesResponse) GetAuthorities() []*UpstreamAuthority {
@@ -3067,7 +3111,7 @@ type TaintUpstreamAuthorityRequest struct {
 
 func (x *TaintUpstreamAuthorityRequest) Reset() {
 	*x = TaintUpstreamAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[55]
+	mi := &file_server_api_admin_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3079,7 +3123,7 @@ func (x *TaintUpstreamAuthorityRequest) String() string {
 func (*TaintUpstreamAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[55]
+	mi := &file_server_api_admin_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3092,7 +3136,7 @@ func (x *TaintUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{55}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *TaintUpstreamAuthorityRequest) GetAuthorityId() string {
@@ -3116,7 +3160,7 @@ type RevokeUpstreamAuthorityRequest struct {
 
 func (x *RevokeUpstreamAuthorityRequest) Reset() {
 	*x = RevokeUpstreamAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[56]
+	mi := &file_server_api_admin_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3128,7 +3172,7 @@ func (x *RevokeUpstreamAuthorityRequest) String() string {
 func (*RevokeUpstreamAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[56]
+	mi := &file_server_api_admin_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3141,7 +3185,7 @@ func (x *RevokeUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{56}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *RevokeUpstreamAuthorityRequest) GetAuthorityId() string {
@@ -3230,7 +3274,9 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x10GetLoggerRequest\"*\n" +
 	"\x12SetLogLevelRequest\x12\x14\n" +
 	"\x05level\x18\x01 \x01(\tR\x05level\"\x16\n" +
-	"\x14ResetLogLevelRequest\"\x12\n" +
+	"\x14ResetLogLevelRequest\"B\n" +
+	"\x1dRefreshFederatedBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x12\n" +
 	"\x10GetBundleRequest\"\xbf\x02\n" +
 	"\x11ListAgentsRequest\x12)\n" +
 	"\x10attestation_type\x18\x01 \x01(\tR\x0fattestationType\x122\n" +
@@ -3356,7 +3402,7 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x12RelationshipOrigin\x12#\n" +
 	"\x1fRELATIONSHIP_ORIGIN_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aRELATIONSHIP_ORIGIN_CONFIG\x10\x01\x12\x1d\n" +
-	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\xce\x18\n" +
+	"\x19RELATIONSHIP_ORIGIN_STORE\x10\x022\xa7\x19\n" +
 	"\fAdminService\x12@\n" +
 	"\vCreateEntry\x12\x1e.signet.api.CreateEntryRequest\x1a\x11.signet.api.Entry\x12c\n" +
 	"\x12BatchCreateEntries\x12%.signet.api.BatchCreateEntriesRequest\x1a&.signet.api.BatchCreateEntriesResponse\x12@\n" +
@@ -3385,7 +3431,8 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x1cCreateFederationRelationship\x12/.signet.api.CreateFederationRelationshipRequest\x1a(.signet.api.FederationRelationshipResult\x12y\n" +
 	"\x1cUpdateFederationRelationship\x12/.signet.api.UpdateFederationRelationshipRequest\x1a(.signet.api.FederationRelationshipResult\x12\x81\x01\n" +
 	"\x1cDeleteFederationRelationship\x12/.signet.api.DeleteFederationRelationshipRequest\x1a0.signet.api.DeleteFederationRelationshipResponse\x12m\n" +
-	"\x19GetFederationRelationship\x12,.signet.api.GetFederationRelationshipRequest\x1a\".signet.api.FederationRelationship\x12~\n" +
+	"\x19GetFederationRelationship\x12,.signet.api.GetFederationRelationshipRequest\x1a\".signet.api.FederationRelationship\x12W\n" +
+	"\x16RefreshFederatedBundle\x12).signet.api.RefreshFederatedBundleRequest\x1a\x12.signet.api.Bundle\x12~\n" +
 	"\x1bListFederationRelationships\x12..signet.api.ListFederationRelationshipsRequest\x1a/.signet.api.ListFederationRelationshipsResponse\x12f\n" +
 	"\x13GetLocalAuthorities\x12&.signet.api.GetLocalAuthoritiesRequest\x1a'.signet.api.GetLocalAuthoritiesResponse\x12]\n" +
 	"\x15PrepareLocalAuthority\x12(.signet.api.PrepareLocalAuthorityRequest\x1a\x1a.signet.api.LocalAuthority\x12_\n" +
@@ -3409,7 +3456,7 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_server_api_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_server_api_admin_proto_goTypes = []any{
 	(MatchMode)(0),                               // 0: signet.api.MatchMode
 	(BundleDeleteMode)(0),                        // 1: signet.api.BundleDeleteMode
@@ -3435,73 +3482,74 @@ var file_server_api_admin_proto_goTypes = []any{
 	(*GetLoggerRequest)(nil),                     // 21: signet.api.GetLoggerRequest
 	(*SetLogLevelRequest)(nil),                   // 22: signet.api.SetLogLevelRequest
 	(*ResetLogLevelRequest)(nil),                 // 23: signet.api.ResetLogLevelRequest
-	(*GetBundleRequest)(nil),                     // 24: signet.api.GetBundleRequest
-	(*ListAgentsRequest)(nil),                    // 25: signet.api.ListAgentsRequest
-	(*GetAgentRequest)(nil),                      // 26: signet.api.GetAgentRequest
-	(*ListAgentsResponse)(nil),                   // 27: signet.api.ListAgentsResponse
-	(*EvictAgentRequest)(nil),                    // 28: signet.api.EvictAgentRequest
-	(*EvictAgentResponse)(nil),                   // 29: signet.api.EvictAgentResponse
-	(*BanAgentRequest)(nil),                      // 30: signet.api.BanAgentRequest
-	(*BanAgentResponse)(nil),                     // 31: signet.api.BanAgentResponse
-	(*PurgeAgentsRequest)(nil),                   // 32: signet.api.PurgeAgentsRequest
-	(*PurgeAgentsResponse)(nil),                  // 33: signet.api.PurgeAgentsResponse
-	(*SetFederatedBundleRequest)(nil),            // 34: signet.api.SetFederatedBundleRequest
-	(*ListFederatedBundlesRequest)(nil),          // 35: signet.api.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),         // 36: signet.api.ListFederatedBundlesResponse
-	(*DeleteFederatedBundleRequest)(nil),         // 37: signet.api.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil),        // 38: signet.api.DeleteFederatedBundleResponse
-	(*FederationRelationship)(nil),               // 39: signet.api.FederationRelationship
-	(*CreateFederationRelationshipRequest)(nil),  // 40: signet.api.CreateFederationRelationshipRequest
-	(*UpdateFederationRelationshipRequest)(nil),  // 41: signet.api.UpdateFederationRelationshipRequest
-	(*FederationRelationshipResult)(nil),         // 42: signet.api.FederationRelationshipResult
-	(*DeleteFederationRelationshipRequest)(nil),  // 43: signet.api.DeleteFederationRelationshipRequest
-	(*DeleteFederationRelationshipResponse)(nil), // 44: signet.api.DeleteFederationRelationshipResponse
-	(*GetFederationRelationshipRequest)(nil),     // 45: signet.api.GetFederationRelationshipRequest
-	(*ListFederationRelationshipsRequest)(nil),   // 46: signet.api.ListFederationRelationshipsRequest
-	(*ListFederationRelationshipsResponse)(nil),  // 47: signet.api.ListFederationRelationshipsResponse
-	(*LocalAuthority)(nil),                       // 48: signet.api.LocalAuthority
-	(*GetLocalAuthoritiesRequest)(nil),           // 49: signet.api.GetLocalAuthoritiesRequest
-	(*GetLocalAuthoritiesResponse)(nil),          // 50: signet.api.GetLocalAuthoritiesResponse
-	(*PrepareLocalAuthorityRequest)(nil),         // 51: signet.api.PrepareLocalAuthorityRequest
-	(*ActivateLocalAuthorityRequest)(nil),        // 52: signet.api.ActivateLocalAuthorityRequest
-	(*TaintLocalAuthorityRequest)(nil),           // 53: signet.api.TaintLocalAuthorityRequest
-	(*RevokeLocalAuthorityRequest)(nil),          // 54: signet.api.RevokeLocalAuthorityRequest
-	(*UpstreamAuthority)(nil),                    // 55: signet.api.UpstreamAuthority
-	(*GetUpstreamAuthoritiesRequest)(nil),        // 56: signet.api.GetUpstreamAuthoritiesRequest
-	(*GetUpstreamAuthoritiesResponse)(nil),       // 57: signet.api.GetUpstreamAuthoritiesResponse
-	(*TaintUpstreamAuthorityRequest)(nil),        // 58: signet.api.TaintUpstreamAuthorityRequest
-	(*RevokeUpstreamAuthorityRequest)(nil),       // 59: signet.api.RevokeUpstreamAuthorityRequest
-	(*Entry)(nil),                                // 60: signet.api.Entry
-	(*Selector)(nil),                             // 61: signet.api.Selector
-	(*Agent)(nil),                                // 62: signet.api.Agent
-	(*Bundle)(nil),                               // 63: signet.api.Bundle
+	(*RefreshFederatedBundleRequest)(nil),        // 24: signet.api.RefreshFederatedBundleRequest
+	(*GetBundleRequest)(nil),                     // 25: signet.api.GetBundleRequest
+	(*ListAgentsRequest)(nil),                    // 26: signet.api.ListAgentsRequest
+	(*GetAgentRequest)(nil),                      // 27: signet.api.GetAgentRequest
+	(*ListAgentsResponse)(nil),                   // 28: signet.api.ListAgentsResponse
+	(*EvictAgentRequest)(nil),                    // 29: signet.api.EvictAgentRequest
+	(*EvictAgentResponse)(nil),                   // 30: signet.api.EvictAgentResponse
+	(*BanAgentRequest)(nil),                      // 31: signet.api.BanAgentRequest
+	(*BanAgentResponse)(nil),                     // 32: signet.api.BanAgentResponse
+	(*PurgeAgentsRequest)(nil),                   // 33: signet.api.PurgeAgentsRequest
+	(*PurgeAgentsResponse)(nil),                  // 34: signet.api.PurgeAgentsResponse
+	(*SetFederatedBundleRequest)(nil),            // 35: signet.api.SetFederatedBundleRequest
+	(*ListFederatedBundlesRequest)(nil),          // 36: signet.api.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),         // 37: signet.api.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),         // 38: signet.api.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil),        // 39: signet.api.DeleteFederatedBundleResponse
+	(*FederationRelationship)(nil),               // 40: signet.api.FederationRelationship
+	(*CreateFederationRelationshipRequest)(nil),  // 41: signet.api.CreateFederationRelationshipRequest
+	(*UpdateFederationRelationshipRequest)(nil),  // 42: signet.api.UpdateFederationRelationshipRequest
+	(*FederationRelationshipResult)(nil),         // 43: signet.api.FederationRelationshipResult
+	(*DeleteFederationRelationshipRequest)(nil),  // 44: signet.api.DeleteFederationRelationshipRequest
+	(*DeleteFederationRelationshipResponse)(nil), // 45: signet.api.DeleteFederationRelationshipResponse
+	(*GetFederationRelationshipRequest)(nil),     // 46: signet.api.GetFederationRelationshipRequest
+	(*ListFederationRelationshipsRequest)(nil),   // 47: signet.api.ListFederationRelationshipsRequest
+	(*ListFederationRelationshipsResponse)(nil),  // 48: signet.api.ListFederationRelationshipsResponse
+	(*LocalAuthority)(nil),                       // 49: signet.api.LocalAuthority
+	(*GetLocalAuthoritiesRequest)(nil),           // 50: signet.api.GetLocalAuthoritiesRequest
+	(*GetLocalAuthoritiesResponse)(nil),          // 51: signet.api.GetLocalAuthoritiesResponse
+	(*PrepareLocalAuthorityRequest)(nil),         // 52: signet.api.PrepareLocalAuthorityRequest
+	(*ActivateLocalAuthorityRequest)(nil),        // 53: signet.api.ActivateLocalAuthorityRequest
+	(*TaintLocalAuthorityRequest)(nil),           // 54: signet.api.TaintLocalAuthorityRequest
+	(*RevokeLocalAuthorityRequest)(nil),          // 55: signet.api.RevokeLocalAuthorityRequest
+	(*UpstreamAuthority)(nil),                    // 56: signet.api.UpstreamAuthority
+	(*GetUpstreamAuthoritiesRequest)(nil),        // 57: signet.api.GetUpstreamAuthoritiesRequest
+	(*GetUpstreamAuthoritiesResponse)(nil),       // 58: signet.api.GetUpstreamAuthoritiesResponse
+	(*TaintUpstreamAuthorityRequest)(nil),        // 59: signet.api.TaintUpstreamAuthorityRequest
+	(*RevokeUpstreamAuthorityRequest)(nil),       // 60: signet.api.RevokeUpstreamAuthorityRequest
+	(*Entry)(nil),                                // 61: signet.api.Entry
+	(*Selector)(nil),                             // 62: signet.api.Selector
+	(*Agent)(nil),                                // 63: signet.api.Agent
+	(*Bundle)(nil),                               // 64: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	60, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	60, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
-	60, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
-	60, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	61, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	61, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	61, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	61, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	61, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	62, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
 	0,  // 5: signet.api.ListEntriesRequest.match_selectors_on:type_name -> signet.api.MatchMode
 	0,  // 6: signet.api.ListEntriesRequest.match_federates_with_on:type_name -> signet.api.MatchMode
-	60, // 7: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	61, // 8: signet.api.ListAgentsRequest.selectors:type_name -> signet.api.Selector
+	61, // 7: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	62, // 8: signet.api.ListAgentsRequest.selectors:type_name -> signet.api.Selector
 	0,  // 9: signet.api.ListAgentsRequest.match_selectors_on:type_name -> signet.api.MatchMode
-	62, // 10: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	63, // 11: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
-	63, // 12: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
+	63, // 10: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	64, // 11: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
+	64, // 12: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
 	1,  // 13: signet.api.DeleteFederatedBundleRequest.mode:type_name -> signet.api.BundleDeleteMode
 	2,  // 14: signet.api.FederationRelationship.origin:type_name -> signet.api.RelationshipOrigin
-	39, // 15: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	63, // 16: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
-	39, // 17: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	63, // 18: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
-	39, // 19: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
-	63, // 20: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
-	39, // 21: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
-	48, // 22: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
-	48, // 23: signet.api.UpstreamAuthority.local_authorities:type_name -> signet.api.LocalAuthority
-	55, // 24: signet.api.GetUpstreamAuthoritiesResponse.authorities:type_name -> signet.api.UpstreamAuthority
+	40, // 15: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	64, // 16: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	40, // 17: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	64, // 18: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	40, // 19: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
+	64, // 20: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
+	40, // 21: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
+	49, // 22: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
+	49, // 23: signet.api.UpstreamAuthority.local_authorities:type_name -> signet.api.LocalAuthority
+	56, // 24: signet.api.GetUpstreamAuthoritiesResponse.authorities:type_name -> signet.api.UpstreamAuthority
 	3,  // 25: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
 	4,  // 26: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
 	6,  // 27: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
@@ -3515,65 +3563,67 @@ var file_server_api_admin_proto_depIdxs = []int32{
 	23, // 35: signet.api.AdminService.ResetLogLevel:input_type -> signet.api.ResetLogLevelRequest
 	16, // 36: signet.api.AdminService.MintX509SVID:input_type -> signet.api.MintX509SVIDRequest
 	18, // 37: signet.api.AdminService.MintJWT:input_type -> signet.api.MintJWTRequest
-	24, // 38: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
-	25, // 39: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
-	26, // 40: signet.api.AdminService.GetAgent:input_type -> signet.api.GetAgentRequest
-	28, // 41: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
-	30, // 42: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
-	32, // 43: signet.api.AdminService.PurgeAgents:input_type -> signet.api.PurgeAgentsRequest
-	34, // 44: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
-	35, // 45: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
-	37, // 46: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
-	40, // 47: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
-	41, // 48: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
-	43, // 49: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
-	45, // 50: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
-	46, // 51: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
-	49, // 52: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
-	51, // 53: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
-	52, // 54: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
-	53, // 55: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
-	54, // 56: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
-	56, // 57: signet.api.AdminService.GetUpstreamAuthorities:input_type -> signet.api.GetUpstreamAuthoritiesRequest
-	58, // 58: signet.api.AdminService.TaintUpstreamAuthority:input_type -> signet.api.TaintUpstreamAuthorityRequest
-	59, // 59: signet.api.AdminService.RevokeUpstreamAuthority:input_type -> signet.api.RevokeUpstreamAuthorityRequest
-	60, // 60: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	5,  // 61: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
-	60, // 62: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	8,  // 63: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	10, // 64: signet.api.AdminService.BatchDeleteEntries:output_type -> signet.api.BatchDeleteEntriesResponse
-	60, // 65: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	13, // 66: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	15, // 67: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	20, // 68: signet.api.AdminService.GetLogger:output_type -> signet.api.Logger
-	20, // 69: signet.api.AdminService.SetLogLevel:output_type -> signet.api.Logger
-	20, // 70: signet.api.AdminService.ResetLogLevel:output_type -> signet.api.Logger
-	17, // 71: signet.api.AdminService.MintX509SVID:output_type -> signet.api.MintX509SVIDResponse
-	19, // 72: signet.api.AdminService.MintJWT:output_type -> signet.api.MintJWTResponse
-	63, // 73: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	27, // 74: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	62, // 75: signet.api.AdminService.GetAgent:output_type -> signet.api.Agent
-	29, // 76: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	31, // 77: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
-	33, // 78: signet.api.AdminService.PurgeAgents:output_type -> signet.api.PurgeAgentsResponse
-	63, // 79: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
-	36, // 80: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
-	38, // 81: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
-	42, // 82: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	42, // 83: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	44, // 84: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
-	39, // 85: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
-	47, // 86: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
-	50, // 87: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
-	48, // 88: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
-	48, // 89: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
-	48, // 90: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
-	48, // 91: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
-	57, // 92: signet.api.AdminService.GetUpstreamAuthorities:output_type -> signet.api.GetUpstreamAuthoritiesResponse
-	55, // 93: signet.api.AdminService.TaintUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
-	55, // 94: signet.api.AdminService.RevokeUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
-	60, // [60:95] is the sub-list for method output_type
-	25, // [25:60] is the sub-list for method input_type
+	25, // 38: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
+	26, // 39: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
+	27, // 40: signet.api.AdminService.GetAgent:input_type -> signet.api.GetAgentRequest
+	29, // 41: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
+	31, // 42: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
+	33, // 43: signet.api.AdminService.PurgeAgents:input_type -> signet.api.PurgeAgentsRequest
+	35, // 44: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
+	36, // 45: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
+	38, // 46: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
+	41, // 47: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
+	42, // 48: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
+	44, // 49: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
+	46, // 50: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
+	24, // 51: signet.api.AdminService.RefreshFederatedBundle:input_type -> signet.api.RefreshFederatedBundleRequest
+	47, // 52: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
+	50, // 53: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
+	52, // 54: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
+	53, // 55: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
+	54, // 56: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
+	55, // 57: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
+	57, // 58: signet.api.AdminService.GetUpstreamAuthorities:input_type -> signet.api.GetUpstreamAuthoritiesRequest
+	59, // 59: signet.api.AdminService.TaintUpstreamAuthority:input_type -> signet.api.TaintUpstreamAuthorityRequest
+	60, // 60: signet.api.AdminService.RevokeUpstreamAuthority:input_type -> signet.api.RevokeUpstreamAuthorityRequest
+	61, // 61: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	5,  // 62: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	61, // 63: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	8,  // 64: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	10, // 65: signet.api.AdminService.BatchDeleteEntries:output_type -> signet.api.BatchDeleteEntriesResponse
+	61, // 66: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	13, // 67: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	15, // 68: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	20, // 69: signet.api.AdminService.GetLogger:output_type -> signet.api.Logger
+	20, // 70: signet.api.AdminService.SetLogLevel:output_type -> signet.api.Logger
+	20, // 71: signet.api.AdminService.ResetLogLevel:output_type -> signet.api.Logger
+	17, // 72: signet.api.AdminService.MintX509SVID:output_type -> signet.api.MintX509SVIDResponse
+	19, // 73: signet.api.AdminService.MintJWT:output_type -> signet.api.MintJWTResponse
+	64, // 74: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	28, // 75: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	63, // 76: signet.api.AdminService.GetAgent:output_type -> signet.api.Agent
+	30, // 77: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	32, // 78: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
+	34, // 79: signet.api.AdminService.PurgeAgents:output_type -> signet.api.PurgeAgentsResponse
+	64, // 80: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
+	37, // 81: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
+	39, // 82: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
+	43, // 83: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	43, // 84: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	45, // 85: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
+	40, // 86: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
+	64, // 87: signet.api.AdminService.RefreshFederatedBundle:output_type -> signet.api.Bundle
+	48, // 88: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
+	51, // 89: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
+	49, // 90: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
+	49, // 91: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
+	49, // 92: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
+	49, // 93: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
+	58, // 94: signet.api.AdminService.GetUpstreamAuthorities:output_type -> signet.api.GetUpstreamAuthoritiesResponse
+	56, // 95: signet.api.AdminService.TaintUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	56, // 96: signet.api.AdminService.RevokeUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	61, // [61:97] is the sub-list for method output_type
+	25, // [25:61] is the sub-list for method input_type
 	25, // [25:25] is the sub-list for extension type_name
 	25, // [25:25] is the sub-list for extension extendee
 	0,  // [0:25] is the sub-list for field type_name
@@ -3586,14 +3636,14 @@ func file_server_api_admin_proto_init() {
 	}
 	file_server_api_types_proto_init()
 	file_server_api_admin_proto_msgTypes[9].OneofWrappers = []any{}
-	file_server_api_admin_proto_msgTypes[22].OneofWrappers = []any{}
+	file_server_api_admin_proto_msgTypes[23].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   57,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -45,6 +45,7 @@ const (
 	AdminService_UpdateFederationRelationship_FullMethodName = "/signet.api.AdminService/UpdateFederationRelationship"
 	AdminService_DeleteFederationRelationship_FullMethodName = "/signet.api.AdminService/DeleteFederationRelationship"
 	AdminService_GetFederationRelationship_FullMethodName    = "/signet.api.AdminService/GetFederationRelationship"
+	AdminService_RefreshFederatedBundle_FullMethodName       = "/signet.api.AdminService/RefreshFederatedBundle"
 	AdminService_ListFederationRelationships_FullMethodName  = "/signet.api.AdminService/ListFederationRelationships"
 	AdminService_GetLocalAuthorities_FullMethodName          = "/signet.api.AdminService/GetLocalAuthorities"
 	AdminService_PrepareLocalAuthority_FullMethodName        = "/signet.api.AdminService/PrepareLocalAuthority"
@@ -128,6 +129,9 @@ type AdminServiceClient interface {
 	GetFederationRelationship(ctx context.Context, in *GetFederationRelationshipRequest, opts ...grpc.CallOption) (*FederationRelationship, error)
 	// ListFederationRelationships returns the configured relationships and
 	// the stored ones, each marked with its origin.
+	// RefreshFederatedBundle fetches a federated trust domain's bundle from
+	// its bundle endpoint now (SPIRE's federation refresh) and returns it.
+	RefreshFederatedBundle(ctx context.Context, in *RefreshFederatedBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
 	ListFederationRelationships(ctx context.Context, in *ListFederationRelationshipsRequest, opts ...grpc.CallOption) (*ListFederationRelationshipsResponse, error)
 	// Local authorities: this server's own X.509 CAs and JWT signing keys,
 	// for a rotation forced by an operator (a suspected key compromise).
@@ -429,6 +433,16 @@ func (c *adminServiceClient) GetFederationRelationship(ctx context.Context, in *
 	return out, nil
 }
 
+func (c *adminServiceClient) RefreshFederatedBundle(ctx context.Context, in *RefreshFederatedBundleRequest, opts ...grpc.CallOption) (*Bundle, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Bundle)
+	err := c.cc.Invoke(ctx, AdminService_RefreshFederatedBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) ListFederationRelationships(ctx context.Context, in *ListFederationRelationshipsRequest, opts ...grpc.CallOption) (*ListFederationRelationshipsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListFederationRelationshipsResponse)
@@ -591,6 +605,9 @@ type AdminServiceServer interface {
 	GetFederationRelationship(context.Context, *GetFederationRelationshipRequest) (*FederationRelationship, error)
 	// ListFederationRelationships returns the configured relationships and
 	// the stored ones, each marked with its origin.
+	// RefreshFederatedBundle fetches a federated trust domain's bundle from
+	// its bundle endpoint now (SPIRE's federation refresh) and returns it.
+	RefreshFederatedBundle(context.Context, *RefreshFederatedBundleRequest) (*Bundle, error)
 	ListFederationRelationships(context.Context, *ListFederationRelationshipsRequest) (*ListFederationRelationshipsResponse, error)
 	// Local authorities: this server's own X.509 CAs and JWT signing keys,
 	// for a rotation forced by an operator (a suspected key compromise).
@@ -709,6 +726,9 @@ func (UnimplementedAdminServiceServer) DeleteFederationRelationship(context.Cont
 }
 func (UnimplementedAdminServiceServer) GetFederationRelationship(context.Context, *GetFederationRelationshipRequest) (*FederationRelationship, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetFederationRelationship not implemented")
+}
+func (UnimplementedAdminServiceServer) RefreshFederatedBundle(context.Context, *RefreshFederatedBundleRequest) (*Bundle, error) {
+	return nil, status.Error(codes.Unimplemented, "method RefreshFederatedBundle not implemented")
 }
 func (UnimplementedAdminServiceServer) ListFederationRelationships(context.Context, *ListFederationRelationshipsRequest) (*ListFederationRelationshipsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListFederationRelationships not implemented")
@@ -1226,6 +1246,24 @@ func _AdminService_GetFederationRelationship_Handler(srv interface{}, ctx contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_RefreshFederatedBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RefreshFederatedBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RefreshFederatedBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RefreshFederatedBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RefreshFederatedBundle(ctx, req.(*RefreshFederatedBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_ListFederationRelationships_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListFederationRelationshipsRequest)
 	if err := dec(in); err != nil {
@@ -1498,6 +1536,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetFederationRelationship",
 			Handler:    _AdminService_GetFederationRelationship_Handler,
+		},
+		{
+			MethodName: "RefreshFederatedBundle",
+			Handler:    _AdminService_RefreshFederatedBundle_Handler,
 		},
 		{
 			MethodName: "ListFederationRelationships",

@@ -3,6 +3,7 @@ package federation
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -83,6 +84,27 @@ func (s *Service) Close() {
 	if s.endpoint != nil {
 		s.endpoint.ln.Close()
 	}
+}
+
+// ErrNoRelationship: no relationship is in force with the trust domain.
+var ErrNoRelationship = errors.New("no federation relationship is in force with this trust domain")
+
+// Refresh fetches the bundle of td from its relationship in force and
+// stores it now (SPIRE's federation refresh), as the refresher would at its
+// next turn; the refresher keeps its own schedule.
+func (s *Service) Refresh(ctx context.Context, td spiffeid.TrustDomain) error {
+	snap, _ := s.opts.Catalog.Current()
+	rels, _, _ := s.Relationships(snap)
+	i := slices.IndexFunc(rels, func(r Relationship) bool { return r.TrustDomain == td })
+	if i < 0 {
+		return fmt.Errorf("%s: %w", td.Name(), ErrNoRelationship)
+	}
+	ref := &refresher{rel: rels[i], store: s.opts.Store, catalog: s.opts.Catalog, logger: s.opts.Logger,
+		minRefresh: s.cfg.MinRefresh, maxRefresh: s.cfg.MaxRefresh}
+	if _, err := ref.refresh(ctx); err != nil {
+		return fmt.Errorf("refresh the bundle of %s from %s: %w", td.Name(), rels[i].URL, err)
+	}
+	return nil
 }
 
 // Relationships are the relationships in force with the snapshot's stored

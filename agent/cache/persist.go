@@ -14,11 +14,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/renameio/v2"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/signetid/signet/internal/atomicfile"
 	"github.com/signetid/signet/internal/selector"
 )
 
@@ -128,7 +128,7 @@ func (p *persister) flush() error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create cache dir %s: %w", dir, err)
 	}
-	if err := renameio.WriteFile(p.path, data, 0o600); err != nil {
+	if err := atomicfile.Write(p.path, data, 0o600); err != nil {
 		return fmt.Errorf("write cache %s: %w", p.path, err)
 	}
 	return nil

@@ -13,7 +13,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/google/renameio/v2"
+	"github.com/signetid/signet/internal/atomicfile"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -98,7 +98,7 @@ func (s store) writeFile(name string, data []byte, perm os.FileMode) error {
 	if err := s.ensureDir(); err != nil {
 		return err
 	}
-	if err := renameio.WriteFile(s.path(name), data, perm); err != nil {
+	if err := atomicfile.Write(s.path(name), data, perm); err != nil {
 		return fmt.Errorf("write %s: %w", s.path(name), err)
 	}
 	return nil

@@ -14,9 +14,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/renameio/v2"
 	"github.com/spf13/cobra"
 
+	"github.com/signetid/signet/internal/atomicfile"
 	"github.com/signetid/signet/internal/ids"
 	"github.com/signetid/signet/server/adminapi"
 	"github.com/signetid/signet/server/api"
@@ -151,33 +151,19 @@ type mintedFile struct {
 	perm os.FileMode
 }
 
-// writeMinted writes each file atomically (a reader sees the old file or
-// the new, whole) and says where; the key is written first, so a crash
-// never leaves a certificate without its key. Each file gets its own mode
-// (renameio.WriteFile would keep an existing file's, a world-readable
-// key.pem's too), and its temporary file is made 0600 beside it, not in
-// $TMPDIR.
+// writeMinted writes each file atomically, with its own mode whatever the
+// file it replaces had (atomicfile), and says where. Files are replaced
+// one by one: a crash between two leaves a new key beside an old
+// certificate, so mint again.
 func writeMinted(w io.Writer, dir string, expires time.Time, files []mintedFile) error {
 	var names []string
 	for _, f := range files {
 		path := filepath.Join(dir, f.name)
-		if err := writeFileMode(path, f.data, f.perm); err != nil {
+		if err := atomicfile.Write(path, f.data, f.perm); err != nil {
 			return fmt.Errorf("write %s: %w", path, err)
 		}
 		names = append(names, path)
 	}
 	fmt.Fprintf(w, "Wrote %s (expires %s)\n", strings.Join(names, ", "), expires.Format(time.RFC3339))
 	return nil
-}
-
-func writeFileMode(path string, data []byte, perm os.FileMode) error {
-	f, err := renameio.NewPendingFile(path, renameio.WithTempDir(filepath.Dir(path)), renameio.WithStaticPermissions(perm))
-	if err != nil {
-		return err
-	}
-	defer f.Cleanup()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	return f.CloseAtomicallyReplace()
 }

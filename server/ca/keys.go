@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
-	"github.com/google/renameio/v2"
+	"github.com/signetid/signet/internal/atomicfile"
 	"github.com/signetid/signet/internal/pemkey"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -339,15 +339,7 @@ func (m *Manager) writeKey(name string, key crypto.Signer) error {
 
 func (m *Manager) writeFile(name string, data []byte) error {
 	p := m.path(name)
-	f, err := renameio.NewPendingFile(p, renameio.WithStaticPermissions(0o600))
-	if err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	defer f.Cleanup()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	if err := f.CloseAtomicallyReplace(); err != nil {
+	if err := atomicfile.Write(p, data, 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
 	return nil

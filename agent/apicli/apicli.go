@@ -34,6 +34,9 @@ type Options struct {
 	In io.Reader
 	// Timeout bounds one-shot calls (not Watch). Default 5s.
 	Timeout time.Duration
+	// JSON prints fetch results as one JSON document (SPIRE's -output
+	// json), for scripts.
+	JSON bool
 }
 
 func (o Options) withDefaults() Options {
@@ -87,8 +90,14 @@ func FetchX509(ctx context.Context, o Options, writeDir string) error {
 	if err != nil {
 		return fmt.Errorf("fetch X509-SVIDs from %s: %w", o.Addr, explain(err))
 	}
-	fmt.Fprintf(o.Out, "Received %d SVID(s)\n", len(x.SVIDs))
-	printSVIDs(o.Out, x.SVIDs)
+	if o.JSON {
+		if err := printX509JSON(o.Out, x); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(o.Out, "Received %d SVID(s)\n", len(x.SVIDs))
+		printSVIDs(o.Out, x.SVIDs)
+	}
 	if writeDir == "" {
 		return nil
 	}
@@ -97,8 +106,50 @@ func FetchX509(ctx context.Context, o Options, writeDir string) error {
 			return err
 		}
 	}
-	fmt.Fprintf(o.Out, "Wrote %d SVID(s) to %s\n", len(x.SVIDs), writeDir)
+	if !o.JSON {
+		fmt.Fprintf(o.Out, "Wrote %d SVID(s) to %s\n", len(x.SVIDs), writeDir)
+	}
 	return nil
+}
+
+// printX509JSON prints what the caller holds, never a key: {"svids":
+// [{spiffe_id, hint, serial, not_before, not_after, dns_names}],
+// "bundles": [{trust_domain, x509_authorities}]}, times as Unix seconds.
+func printX509JSON(w io.Writer, x *workloadapi.X509Context) error {
+	type svidJSON struct {
+		SPIFFEID  string   `json:"spiffe_id"`
+		Hint      string   `json:"hint"`
+		Serial    string   `json:"serial"`
+		NotBefore int64    `json:"not_before"`
+		NotAfter  int64    `json:"not_after"`
+		DNSNames  []string `json:"dns_names"`
+	}
+	type bundleJSON struct {
+		TrustDomain     string `json:"trust_domain"`
+		X509Authorities int    `json:"x509_authorities"`
+	}
+	doc := struct {
+		SVIDs   []svidJSON   `json:"svids"`
+		Bundles []bundleJSON `json:"bundles"`
+	}{[]svidJSON{}, []bundleJSON{}}
+	for _, s := range x.SVIDs {
+		leaf := s.Certificates[0]
+		doc.SVIDs = append(doc.SVIDs, svidJSON{SPIFFEID: s.ID.String(), Hint: s.Hint, Serial: leaf.SerialNumber.Text(16),
+			NotBefore: leaf.NotBefore.Unix(), NotAfter: leaf.NotAfter.Unix(), DNSNames: append([]string{}, leaf.DNSNames...)})
+	}
+	for _, b := range x.Bundles.Bundles() {
+		doc.Bundles = append(doc.Bundles, bundleJSON{TrustDomain: b.TrustDomain().Name(), X509Authorities: len(b.X509Authorities())})
+	}
+	return writeJSON(w, doc)
+}
+
+func writeJSON(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
 }
 
 func printSVIDs(w io.Writer, svids []*x509svid.SVID) {
@@ -201,6 +252,22 @@ func FetchJWT(ctx context.Context, o Options, audiences []string, spiffeID strin
 	})
 	if err != nil {
 		return fmt.Errorf("fetch JWT-SVIDs from %s: %w", o.Addr, explain(err))
+	}
+	if o.JSON {
+		type tokenJSON struct {
+			SPIFFEID  string   `json:"spiffe_id"`
+			Hint      string   `json:"hint"`
+			Audience  []string `json:"audience"`
+			ExpiresAt int64    `json:"expires_at"`
+			Token     string   `json:"token"`
+		}
+		doc := struct {
+			SVIDs []tokenJSON `json:"svids"`
+		}{[]tokenJSON{}}
+		for _, s := range svids {
+			doc.SVIDs = append(doc.SVIDs, tokenJSON{SPIFFEID: s.ID.String(), Hint: s.Hint, Audience: s.Audience, ExpiresAt: s.Expiry.Unix(), Token: s.Marshal()})
+		}
+		return writeJSON(o.Out, doc)
 	}
 	for _, s := range svids {
 		fmt.Fprintln(o.Out, s.Marshal())

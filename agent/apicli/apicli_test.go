@@ -303,3 +303,49 @@ func TestValidateJWTUnattestedCaller(t *testing.T) {
 		t.Errorf("unattested caller: %v", err)
 	}
 }
+
+// TestFetchJSON: with JSON, fetch prints one document: the X509-SVIDs'
+// IDs, serials and validity (never a key) and the bundles, or the tokens
+// with their IDs, audiences and expiry.
+func TestFetchJSON(t *testing.T) {
+	e := start(t, me())
+	var out bytes.Buffer
+	if err := apicli.FetchX509(t.Context(), apicli.Options{Addr: e.addr, Out: &out, JSON: true}, ""); err != nil {
+		t.Fatal(err)
+	}
+	var x struct {
+		SVIDs []struct {
+			SPIFFEID string `json:"spiffe_id"`
+			Serial   string `json:"serial"`
+			NotAfter int64  `json:"not_after"`
+		}
+		Bundles []struct {
+			TrustDomain     string `json:"trust_domain"`
+			X509Authorities int    `json:"x509_authorities"`
+		}
+	}
+	if err := json.Unmarshal(out.Bytes(), &x); err != nil || len(x.SVIDs) != 1 || x.SVIDs[0].SPIFFEID != "spiffe://example.org/app" ||
+		x.SVIDs[0].Serial == "" || x.SVIDs[0].NotAfter <= time.Now().Unix() || len(x.Bundles) != 2 {
+		t.Fatalf("fetch x509 JSON %+v, %v:\n%s", x, err, out.String())
+	}
+	if strings.Contains(out.String(), "PRIVATE KEY") || strings.Contains(out.String(), "key") {
+		t.Fatalf("fetch x509 JSON holds a key:\n%s", out.String())
+	}
+	out.Reset()
+	if err := apicli.FetchJWT(t.Context(), apicli.Options{Addr: e.addr, Out: &out, JSON: true}, []string{"A", "B"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	var j struct {
+		SVIDs []struct {
+			SPIFFEID string   `json:"spiffe_id"`
+			Audience []string `json:"audience"`
+			Token    string   `json:"token"`
+		}
+	}
+	if err := json.Unmarshal(out.Bytes(), &j); err != nil || len(j.SVIDs) != 1 || len(j.SVIDs[0].Audience) != 2 {
+		t.Fatalf("fetch jwt JSON %+v, %v:\n%s", j, err, out.String())
+	}
+	if _, err := jwtsvid.ParseAndValidate(j.SVIDs[0].Token, jwtbundle.NewSet(e.ca.JWTBundle()), []string{"B"}); err != nil {
+		t.Fatalf("the JSON's token does not validate: %v", err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 type apiFlags struct {
 	socket  string
 	timeout time.Duration
+	output  outputFlag
 }
 
 func (f *apiFlags) register(cmd *cobra.Command, withTimeout bool) {
@@ -23,11 +24,17 @@ func (f *apiFlags) register(cmd *cobra.Command, withTimeout bool) {
 }
 
 func (f *apiFlags) options(cmd *cobra.Command) (apicli.Options, error) {
+	if f.output.format == "" {
+		f.output.format = "pretty"
+	}
+	if err := f.output.check(); err != nil {
+		return apicli.Options{}, err
+	}
 	addr, err := apicli.ResolveAddr(f.socket, os.Getenv(apicli.EnvSocket))
 	if err != nil {
 		return apicli.Options{}, err
 	}
-	return apicli.Options{Addr: addr, Out: cmd.OutOrStdout(), Err: cmd.ErrOrStderr(), In: cmd.InOrStdin(), Timeout: f.timeout}, nil
+	return apicli.Options{Addr: addr, Out: cmd.OutOrStdout(), Err: cmd.ErrOrStderr(), In: cmd.InOrStdin(), Timeout: f.timeout, JSON: f.output.json()}, nil
 }
 
 func newAgentAPICmd(*globals) *cobra.Command {
@@ -49,6 +56,7 @@ func newAgentAPICmd(*globals) *cobra.Command {
 		},
 	}
 	x509Flags.register(x509Cmd, true)
+	x509Flags.output.add(x509Cmd)
 	x509Cmd.Flags().StringVar(&writeDir, "write", "", "write svid.N.pem, svid.N.key (0600) and bundle.N.pem into this directory")
 
 	var jwtFlags apiFlags
@@ -67,6 +75,7 @@ func newAgentAPICmd(*globals) *cobra.Command {
 		},
 	}
 	jwtFlags.register(jwtCmd, true)
+	jwtFlags.output.add(jwtCmd)
 	jwtCmd.Flags().StringSliceVar(&audiences, "audience", nil, "audience of the token (repeat for more); required")
 	jwtCmd.Flags().StringVar(&spiffeID, "spiffe-id", "", "only the JWT-SVID for this SPIFFE ID")
 	_ = jwtCmd.MarkFlagRequired("audience")

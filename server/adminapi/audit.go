@@ -17,8 +17,9 @@ import (
 func auditFields(req, resp any) []slog.Attr {
 	switch r := req.(type) {
 	case *api.CreateEntryRequest:
-		attrs := entryAttrs(r.GetEntry(), false)
-		if e, ok := resp.(*api.Entry); ok {
+		// The ID the caller chose, refused or not; else the one given.
+		attrs := entryAttrs(r.GetEntry(), r.GetEntry().GetId() != "")
+		if e, ok := resp.(*api.Entry); ok && r.GetEntry().GetId() == "" {
 			attrs = append(attrs, slog.String("entry_id", e.GetId()))
 		}
 		return attrs
@@ -174,12 +175,12 @@ func auditBatch(rec *audit.Record, in []*api.Entry, verdicts []error, created []
 		return
 	}
 	for i, e := range in {
-		attrs := append([]slog.Attr{slog.Int("batch_index", i)}, entryAttrs(e, false)...)
+		attrs := append([]slog.Attr{slog.Int("batch_index", i)}, entryAttrs(e, e.GetId() != "")...)
 		var verdict error
 		if verdicts != nil {
 			verdict = verdicts[i]
 		}
-		if created != nil {
+		if created != nil && e.GetId() == "" {
 			attrs = append(attrs, slog.String("entry_id", created[i].ID))
 		}
 		rec.AddItem(verdict, attrs...)

@@ -333,3 +333,15 @@ func TestAuditOff(t *testing.T) {
 		t.Errorf("log without the entry's line, or with the token:\n%s", env.log)
 	}
 }
+
+// TestCreateAuditNamesChosenID: a create refused for the ID the caller
+// chose is audited with that ID.
+func TestCreateAuditNamesChosenID(t *testing.T) {
+	env := startAdmin(t, true, nil)
+	e := entry("spiffe://example.org/w", "spiffe://example.org/agent/a", "unix:uid:1")
+	e.Id = "k8s.c.forged"
+	if _, err := env.admin.CreateEntry(context.Background(), &api.CreateEntryRequest{Entry: e}); err == nil {
+		t.Fatal("create with the controller's ID succeeded")
+	}
+	audittest.One(t, env.log.String(), map[string]string{"method": api.AdminService_CreateEntry_FullMethodName, "entry_id": "k8s.c.forged"})
+}

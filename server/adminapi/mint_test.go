@@ -64,3 +64,4 @@ func TestMintRefusesDownstreamID(t *testing.T) {
 		t.Fatalf("mint for another ID: %v", err)
 	}
 }
+

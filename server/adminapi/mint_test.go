@@ -64,4 +64,3 @@ func TestMintRefusesDownstreamID(t *testing.T) {
 		t.Fatalf("mint for another ID: %v", err)
 	}
 }
-

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	"github.com/signetid/signet/internal/ids"
@@ -125,7 +126,10 @@ func (a *adminFlags) call(ctx context.Context, fn func(context.Context, api.Admi
 	defer cancel()
 	if err := fn(ctx, client); err != nil {
 		if st, ok := status.FromError(err); ok {
-			if st.Code() == codes.Unavailable {
+			// Unavailable is the server's own answer too (a federation
+			// endpoint down): only a connection that never came up is
+			// the socket's fault.
+			if st.Code() == codes.Unavailable && !connected(closer) {
 				if strings.Contains(st.Message(), "permission denied") {
 					return fmt.Errorf("permission denied on the server's admin socket %s: run this as root or as the user the server runs as", a.socket)
 				}
@@ -136,6 +140,13 @@ func (a *adminFlags) call(ctx context.Context, fn func(context.Context, api.Admi
 		return err
 	}
 	return nil
+}
+
+// connected says whether the admin connection is up, so an error came
+// from the server rather than from reaching it.
+func connected(conn io.Closer) bool {
+	c, ok := conn.(interface{ GetState() connectivity.State })
+	return ok && c.GetState() == connectivity.Ready
 }
 
 // outputFlag is --output pretty|json (SPIRE's -output): json prints one

@@ -92,7 +92,13 @@ func TestFederationAndBundleJSON(t *testing.T) {
 	}
 	foreign.Stop()
 	if out, err := signet(t, "server", "federation", "refresh", "--trust-domain", "other.org", "--admin-socket", main.Config.AdminSocket); err == nil ||
-		!strings.Contains(err.Error(), url) {
+		!strings.Contains(err.Error(), url) || !strings.Contains(err.Error(), "(Unavailable)") || strings.Contains(err.Error(), "admin socket") {
+		// The admin socket answered: the endpoint is what is down.
 		t.Fatalf("refresh with the endpoint down: %v\n%s", err, out)
+	}
+	main.Stop()
+	if out, err := signet(t, "server", "federation", "refresh", "--trust-domain", "other.org", "--admin-socket", main.Config.AdminSocket); err == nil ||
+		!strings.Contains(err.Error(), "cannot reach the server's admin socket "+main.Config.AdminSocket) {
+		t.Fatalf("refresh with the server down: %v\n%s", err, out)
 	}
 }

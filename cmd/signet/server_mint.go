@@ -30,7 +30,12 @@ func newServerX509Cmd() *cobra.Command {
 	var dns []string
 	var ttl time.Duration
 	mint := newAdminCmd("mint", "Mint an X509-SVID for any workload ID (the key is made here and never leaves this host); prints or writes SVID, key and bundle",
-		func(*cobra.Command) error { return checkMint(spiffeID, ttl) },
+		func(*cobra.Command) error {
+			if err := checkMint(spiffeID, ttl); err != nil {
+				return err
+			}
+			return makeWriteDir(writeDir, writeDir)
+		},
 		func(ctx context.Context, c api.AdminServiceClient, w io.Writer, out *outputFlag) error {
 			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 			if err != nil {
@@ -98,7 +103,10 @@ func newServerJWTCmd() *cobra.Command {
 			if len(audience) == 0 {
 				return fmt.Errorf("--audience is required (repeatable)")
 			}
-			return checkMint(spiffeID, ttl)
+			if err := checkMint(spiffeID, ttl); err != nil {
+				return err
+			}
+			return makeWriteDir(writeFile, filepath.Dir(writeFile))
 		},
 		func(ctx context.Context, c api.AdminServiceClient, w io.Writer, out *outputFlag) error {
 			resp, err := c.MintJWT(ctx, &api.MintJWTRequest{SpiffeId: spiffeID, Audience: audience, TtlSeconds: int32(ttl / time.Second)})
@@ -141,6 +149,19 @@ func checkMint(spiffeID string, ttl time.Duration) error {
 	// longer TTL would wrap to a short one.
 	if ttl < 0 || ttl%time.Second != 0 || ttl > registry.MaxTTL {
 		return fmt.Errorf("--ttl %s: want a whole number of seconds up to %s (0: the server's default)", ttl, registry.MaxTTL)
+	}
+	return nil
+}
+
+// makeWriteDir makes the --write directory, as agent api fetch x509
+// --write does, before anything is minted: a place that cannot take the
+// files is refused naming it, not after the mint naming a temporary file.
+func makeWriteDir(flag, dir string) error {
+	if flag == "" {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("--write %s: %w", flag, err)
 	}
 	return nil
 }

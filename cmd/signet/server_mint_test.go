@@ -152,4 +152,28 @@ func TestMintWriteModes(t *testing.T) {
 			t.Errorf("%v: %v\n%s; want --ttl refused", args, err, out)
 		}
 	}
+
+	// --write makes a missing directory (as agent api fetch x509 --write
+	// does); a place that cannot be one is refused before anything is
+	// minted, naming it (not a temporary file beside it).
+	missing := filepath.Join(dir, "new", "spiffe")
+	if out, err := run("x509", "mint", "--spiffe-id", "spiffe://example.org/db", "--write", missing); err != nil {
+		t.Fatalf("x509 mint --write to a new directory: %v\n%s", err, out)
+	}
+	if out, err := run("jwt", "mint", "--spiffe-id", "spiffe://example.org/db", "--audience", "a", "--write", filepath.Join(dir, "new", "jwt", "token")); err != nil {
+		t.Fatalf("jwt mint --write to a new directory: %v\n%s", err, out)
+	}
+	for _, name := range []string{"spiffe/key.pem", "spiffe/svid.pem", "spiffe/bundle.pem", "jwt/token"} {
+		if fi, err := os.Stat(filepath.Join(dir, "new", name)); err != nil || fi.Size() == 0 {
+			t.Errorf("%s after mint --write to a new directory: %v", name, err)
+		}
+	}
+	for _, args := range [][]string{
+		{"x509", "mint", "--spiffe-id", "spiffe://example.org/db", "--write", tokenFile},
+		{"jwt", "mint", "--spiffe-id", "spiffe://example.org/db", "--audience", "a", "--write", filepath.Join(tokenFile, "token")},
+	} {
+		if out, err := run(args...); err == nil || !strings.HasPrefix(err.Error(), "--write "+args[len(args)-1]+": ") || !strings.Contains(err.Error(), "not a directory") {
+			t.Errorf("%v: %v\n%s; want --write refused, naming it", args, err, out)
+		}
+	}
 }

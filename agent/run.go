@@ -153,7 +153,6 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 			fail(fmt.Errorf("agent: Workload API: %w", err))
 		}
 	})
-	logger.Info("Workload API serving", "socket", cfg.SocketPath)
 	if delegated != nil {
 		wg.Go(func() {
 			if err := delegated.ServeListener(ctx, adminLis); err != nil {

@@ -68,7 +68,7 @@ func newServerAgentCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printPurged(w, out, resp.Agents, dryRun)
+			return printPurged(w, out, resp.Agents, dryRun, includeTOFU)
 		})
 	pf := purge.Flags()
 	pf.DurationVar(&expiredFor, "expired-for", 24*time.Hour, "how long ago the agent's SVID must have expired")
@@ -189,7 +189,7 @@ func agentQueryCmd(use, short string, show func(io.Writer, *outputFlag, []*api.A
 
 // printPurged prints the agents purge removed (or, dry, would remove); its
 // JSON is SPIRE's ({"expired_agents": [{"agent_id", "deleted"}]}).
-func printPurged(w io.Writer, out *outputFlag, ids []string, dry bool) error {
+func printPurged(w io.Writer, out *outputFlag, ids []string, dry, includedTOFU bool) error {
 	if out.json() {
 		type purged struct {
 			AgentID string `json:"agent_id"`
@@ -204,6 +204,8 @@ func printPurged(w io.Writer, out *outputFlag, ids []string, dry bool) error {
 		return writeJSON(w, doc)
 	}
 	switch {
+	case len(ids) == 0 && !includedTOFU:
+		fmt.Fprintln(w, "No agents to purge (join-token agents are left out: --include-non-reattestable adds them).")
 	case len(ids) == 0:
 		fmt.Fprintln(w, "No agents to purge.")
 	case dry:

@@ -186,7 +186,7 @@ func TestAgentPurge(t *testing.T) {
 	if got := left(); !slices.Equal(got, all) {
 		t.Fatalf("a dry run removed agents: %v", got)
 	}
-	if out := purge("--expired-for", "72h"); out != "No agents to purge.\n" {
+	if out := purge("--expired-for", "72h"); out != "No agents to purge (join-token agents are left out: --include-non-reattestable adds them).\n" {
 		t.Fatalf("--expired-for 72h: %q", out)
 	}
 	if out := purge(); out != "Purged 1 agents:\nSPIFFE ID: spiffe://example.org/agent/x509pop/old\n" {

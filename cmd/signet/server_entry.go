@@ -390,8 +390,10 @@ func newEntryDeleteCmd() *cobra.Command {
 	cmd := newAdminCmd("delete", "Delete an entry, or every entry of a file in one transaction",
 		func(cmd *cobra.Command) error {
 			switch {
-			case (id == "") == (file == ""):
+			case id == "" && file == "":
 				return fmt.Errorf("give --id or --file")
+			case id != "" && file != "":
+				return fmt.Errorf("give --id or --file, not both")
 			case id != "":
 				ids = []string{id}
 				return nil

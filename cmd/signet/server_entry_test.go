@@ -273,7 +273,7 @@ func TestEntryDeleteFile(t *testing.T) {
 	if out, err := run("list", "--output", "json"); err != nil || !strings.Contains(out, `"id": "e2"`) || strings.Contains(out, `"id": "e0"`) {
 		t.Fatalf("after delete --file: %v\n%s", err, out)
 	}
-	if out, err := run("delete", "--id", "e2", "--file", underA); err == nil || !strings.Contains(err.Error(), "give --id or --file") {
+	if out, err := run("delete", "--id", "e2", "--file", underA); err == nil || !strings.Contains(err.Error(), "give --id or --file, not both") {
 		t.Fatalf("--id with --file: %v\n%s", err, out)
 	}
 }

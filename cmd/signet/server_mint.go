@@ -67,6 +67,9 @@ func newServerX509Cmd() *cobra.Command {
 			}
 			keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 			expires := time.Unix(resp.ExpiresAt, 0).UTC()
+			if !out.json() {
+				noteShortened(w, ttl, expires, "CA")
+			}
 			if writeDir != "" {
 				return writeMinted(w, writeDir, expires, []mintedFile{
 					{"key.pem", keyPEM, 0o600}, {"svid.pem", chainPEM, 0o644}, {"bundle.pem", bundlePEM, 0o644}})
@@ -114,6 +117,9 @@ func newServerJWTCmd() *cobra.Command {
 				return err
 			}
 			expires := time.Unix(resp.ExpiresAt, 0).UTC()
+			if !out.json() && writeFile != "" {
+				noteShortened(w, ttl, expires, "JWT signing key")
+			}
 			if writeFile != "" {
 				return writeMinted(w, filepath.Dir(writeFile), expires, []mintedFile{{filepath.Base(writeFile), []byte(resp.Token), 0o600}})
 			}
@@ -187,4 +193,11 @@ func writeMinted(w io.Writer, dir string, expires time.Time, files []mintedFile)
 	}
 	fmt.Fprintf(w, "Wrote %s (expires %s)\n", strings.Join(names, ", "), expires.Format(time.RFC3339))
 	return nil
+}
+
+// noteShortened says so when the signer's own expiry cut the --ttl asked.
+func noteShortened(w io.Writer, ttl time.Duration, expires time.Time, signer string) {
+	if ttl > 0 && time.Until(expires) < ttl-time.Minute {
+		fmt.Fprintf(w, "# the %s expires first: the SVID expires at %s, sooner than --ttl %s\n", signer, expires.Format(time.RFC3339), ttl)
+	}
 }

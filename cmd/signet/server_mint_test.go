@@ -54,6 +54,11 @@ func TestMint(t *testing.T) {
 		t.Errorf("key.pem mode %v, %v; want 0600", fi.Mode(), err)
 	}
 
+	// The CA (6h with a 1h SVID TTL) ends before a 24h TTL: said.
+	if out, err := run("x509", "mint", "--spiffe-id", "spiffe://example.org/legacy/db", "--ttl", "24h", "--write", dir); err != nil ||
+		!strings.HasPrefix(out, "# the CA expires first: the SVID expires at ") {
+		t.Fatalf("x509 mint --ttl 24h: %v\n%s", err, out)
+	}
 	out, err = run("x509", "mint", "--spiffe-id", "spiffe://example.org/legacy/db", "--output", "json")
 	var printed struct {
 		SVID string `json:"svid_pem"`

@@ -198,26 +198,46 @@ func ParseEntryFile(r io.Reader) ([]*api.Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read entries: %w", err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var f EntryFile
-	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("parse entries JSON: %w", err)
+	// The document, then each entry on its own: an error names the entry.
+	var f struct {
+		Entries       []json.RawMessage `json:"entries"`
+		NextPageToken string            `json:"next_page_token"`
 	}
-	if dec.More() {
-		return nil, errors.New("parse entries JSON: trailing data after the document")
+	if err := strictDecode(data, &f); err != nil {
+		var typ *json.UnmarshalTypeError
+		if errors.As(err, &typ) && typ.Field == "" {
+			return nil, fmt.Errorf("parse entries JSON: want an object {\"entries\": [...]}, not a JSON %s", typ.Value)
+		}
+		return nil, fmt.Errorf("parse entries JSON: %w", err)
 	}
 	if len(f.Entries) == 0 {
 		return nil, errors.New("parse entries JSON: no entries (want {\"entries\": [...]})")
 	}
 	out := make([]*api.Entry, len(f.Entries))
-	for i := range f.Entries {
-		in := &f.Entries[i]
+	for i, raw := range f.Entries {
+		var in EntryJSON
+		if err := strictDecode(raw, &in); err != nil {
+			return nil, fmt.Errorf("entry %d: %w", i, err)
+		}
 		if out[i], err = in.toProto(); err != nil {
 			return nil, fmt.Errorf("entry %d (%s): %w", i, in.SPIFFEID, err)
 		}
 	}
 	return out, nil
+}
+
+// strictDecode decodes one JSON document into v: unknown fields and
+// trailing data are errors.
+func strictDecode(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the document")
+	}
+	return nil
 }
 
 func (in *EntryJSON) toProto() (*api.Entry, error) {

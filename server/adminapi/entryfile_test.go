@@ -33,11 +33,13 @@ func TestParseEntryFile(t *testing.T) {
 	}
 	bad := map[string]string{
 		`{"entries": []}`: "no entries",
-		`{"entries": [{"spiffe_id": "spiffe://example.org/w/", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`: "entry 0",
-		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "selectors": [{"type":"unix","value":"uid:1"}]}]}`:                                         "parent_id is required",
-		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": []}]}`:                                 "selector",
-		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:x"}]}]}`:  "numeric",
-		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "x509_ttl": 5}]}`:                                   "unknown field",
+		`[{"spiffe_id": "spiffe://example.org/w"}]`: "want an object {\"entries\": [...]}, not a JSON array",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}, {"foo": 1}]}`: `entry 1: json: unknown field "foo"`,
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w/", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`:            "entry 0",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "selectors": [{"type":"unix","value":"uid:1"}]}]}`:                                                    "parent_id is required",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": []}]}`:                                            "selector",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:x"}]}]}`:             "numeric",
+		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "x509_ttl": 5}]}`:                                              "unknown field",
 		`{"entries": [}`: "parse entries JSON",
 		`{"entries": [{"spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]} {}`:                           "trailing",
 		`{"entries": [{"id": "a b", "spiffe_id": "spiffe://example.org/w", "parent_id": "spiffe://example.org/a", "selectors": [{"type":"unix","value":"uid:1"}]}]}`:                 "id: entry ID",

@@ -69,6 +69,13 @@ func (d *DiskUpstream) MintX509CA(ctx context.Context, tmpl *x509.Certificate, k
 	return append([]*x509.Certificate{cert}, up.chain[:len(up.chain)-1]...), up.roots, nil
 }
 
+// Check reads the files and checks them as the server does at start,
+// without minting anything.
+func (d *DiskUpstream) Check() error {
+	_, err := d.load()
+	return err
+}
+
 // load reads the files and checks that they make a CA that chains to the
 // roots now.
 func (d *DiskUpstream) load() (*diskCA, error) {

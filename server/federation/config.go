@@ -310,7 +310,7 @@ func (f FederatesWithFile) resolve(name string, own spiffeid.TrustDomain) (Relat
 	}
 	p := f.BundleEndpointProfile
 	if p == nil {
-		return Relationship{}, errors.New(`bundle_endpoint_profile is required: "https_spiffe" { endpoint_spiffe_id = "..." } or "https_web" {}`)
+		return Relationship{}, errors.New(`bundle_endpoint_profile is required: "https_spiffe" {} (endpoint_spiffe_id defaults to spiffe://TD/signet/server; a SPIRE server's is spiffe://TD/spire/server) or "https_web" {}`)
 	}
 	if err := unknownKeys("federates_with.bundle_endpoint_profile", p.UnusedKeyPositions); err != nil {
 		return Relationship{}, err

@@ -30,7 +30,7 @@ func newServerLoggerCmd() *cobra.Command {
 			l, err := c.SetLogLevel(ctx, &api.SetLogLevelRequest{Level: level})
 			return printLogger(w, out, l, err)
 		})
-	set.Flags().StringVar(&level, "level", "", "debug, info, warn or error; required")
+	set.Flags().StringVar(&level, "level", "", "debug (or SPIRE's trace), info, warn or error; required")
 	_ = set.MarkFlagRequired("level")
 	reset := newAdminCmd("reset", "Return the server's log level to the one it started with", none,
 		func(ctx context.Context, c api.AdminServiceClient, w io.Writer, out *outputFlag) error {

@@ -29,11 +29,16 @@ func New(w io.Writer, format, level string) (*slog.Logger, *slog.LevelVar, error
 	}
 }
 
-// ParseLevel parses debug, info, warn or error (any case).
+// ParseLevel parses debug, info, warn or error (any case). SPIRE's trace
+// is read as debug, Signet's finest level, so a SPIRE config or script
+// that asks for it works.
 func ParseLevel(level string) (slog.Level, error) {
+	if strings.EqualFold(level, "trace") {
+		return slog.LevelDebug, nil
+	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil || strings.ContainsAny(level, "+-") {
-		return 0, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+		return 0, fmt.Errorf("log level %q: want debug (or trace), info, warn or error", level)
 	}
 	return lvl, nil
 }

@@ -102,7 +102,8 @@ func (s *Service) Refresh(ctx context.Context, td spiffeid.TrustDomain) error {
 	ref := &refresher{rel: rels[i], store: s.opts.Store, catalog: s.opts.Catalog, logger: s.opts.Logger,
 		minRefresh: s.cfg.MinRefresh, maxRefresh: s.cfg.MaxRefresh}
 	if _, err := ref.refresh(ctx); err != nil {
-		return fmt.Errorf("refresh the bundle of %s from %s: %w", td.Name(), rels[i].URL, err)
+		// The fetch's errors name the URL.
+		return fmt.Errorf("refresh the bundle of %s: %w", td.Name(), err)
 	}
 	return nil
 }

@@ -153,7 +153,8 @@ func fetchBundle(ctx context.Context, td spiffeid.TrustDomain, url string, tlsCo
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("fetch bundle from %s: %w", url, err)
+		// The *url.Error names the method and URL already.
+		return nil, fmt.Errorf("fetch bundle: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

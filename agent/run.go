@@ -103,10 +103,7 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
 			l.client.Close()
 		}
 	}()
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "signet_agent_svids_cached",
-		Help: "Unexpired workload X509-SVIDs in the agent's cache.",
-	}, func() float64 { return float64(svids.Stats().SVIDs) }))
+	reg.MustRegister(newStateCollector(svids.Stats, st.agentSVIDExpiry))
 
 	wlAttestor, err := cfg.workloadAttestor(logger.With("component", "attestor"))
 	if err != nil {
@@ -415,6 +412,19 @@ type readiness struct {
 	notReady   error
 	cache      *cache.Cache
 	healthAddr string
+}
+
+// agentSVIDExpiry is when the agent's current SVID expires, if it has one.
+func (r *readiness) agentSVIDExpiry() (time.Time, bool) {
+	l := r.link.Load()
+	if l == nil {
+		return time.Time{}, false
+	}
+	svid, err := l.client.GetX509SVID()
+	if err != nil {
+		return time.Time{}, false
+	}
+	return svid.Certificates[0].NotAfter, true
 }
 
 func (r *readiness) check(context.Context) error {

@@ -343,6 +343,10 @@ type Stats struct {
 	SVIDs int
 	// LastChange is when entries, SVIDs or bundles last changed.
 	LastChange time.Time
+	// EarliestExpiry is the soonest NotAfter of those SVIDs (zero when
+	// none): renewal at half of each lifetime keeps it far ahead, so one
+	// close to now means renewals are failing.
+	EarliestExpiry time.Time
 }
 
 // Stats returns the cache's counts.
@@ -354,6 +358,9 @@ func (c *Cache) Stats() Stats {
 	for _, r := range c.records {
 		if usable(r.svid, now) {
 			st.SVIDs++
+			if exp := r.svid.Certificates[0].NotAfter; st.EarliestExpiry.IsZero() || exp.Before(st.EarliestExpiry) {
+				st.EarliestExpiry = exp
+			}
 		}
 	}
 	return st

@@ -240,13 +240,26 @@ func TestExpiredSVIDsStopBeingServed(t *testing.T) {
 	if got := ids(next(t, sub)); len(got) != 2 {
 		t.Fatalf("before expiry: %v", got)
 	}
+	svidExpiry := func(id string) time.Time {
+		for _, e := range c.Entries() {
+			if e.Entry.ID == id {
+				return e.SVID.Certificates[0].NotAfter
+			}
+		}
+		t.Fatalf("no SVID for %s", id)
+		return time.Time{}
+	}
+	short, long := svidExpiry("short"), svidExpiry("long")
+	if st := c.Stats(); st.SVIDs != 2 || !st.EarliestExpiry.Equal(short) {
+		t.Fatalf("stats = %+v, want 2 SVIDs, the earliest expiring at %s", st, short)
+	}
 	clk.Add(2 * time.Minute)
 	c.DropExpired()
 	if got, want := ids(next(t, sub)), []string{"/long#"}; !slices.Equal(got, want) {
 		t.Fatalf("after expiry: %v, want %v", got, want)
 	}
-	if st := c.Stats(); st.SVIDs != 1 || st.Entries != 2 {
-		t.Fatalf("stats = %+v, want 1 SVID for 2 entries", st)
+	if st := c.Stats(); st.SVIDs != 1 || st.Entries != 2 || !st.EarliestExpiry.Equal(long) {
+		t.Fatalf("stats = %+v, want 1 SVID for 2 entries, expiring at %s", st, long)
 	}
 }
 

@@ -15,7 +15,6 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -685,25 +684,4 @@ func (s *Server) ready(ctx context.Context) error {
 		return errors.New("server certificate expired: CA cannot sign")
 	}
 	return nil
-}
-
-func (s *Server) registerMetrics() {
-	s.metrics.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_server_entries", Help: "Registration entries."},
-			func() float64 { snap, _ := s.catalog.Current(); return float64(snap.Entries.Len()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_server_agents", Help: "Attested agents."},
-			func() float64 { snap, _ := s.catalog.Current(); return float64(len(snap.Nodes)) }),
-	)
-	if s.k8sReg != nil {
-		s.metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_server_k8s_controller_leading",
-			Help: "1 while this server runs the Kubernetes registration controller (it holds the lease, with leader_election)."},
-			func() float64 {
-				if s.k8sReg.Leading() {
-					return 1
-				}
-				return 0
-			}))
-	}
 }

@@ -35,6 +35,7 @@ type Service struct {
 	endpoint *endpoint
 	opts     Options
 	cfg      Config
+	statuses refreshStatuses
 }
 
 // New binds the bundle endpoint's listener and loads an https_web
@@ -100,7 +101,7 @@ func (s *Service) Refresh(ctx context.Context, td spiffeid.TrustDomain) error {
 		return fmt.Errorf("%s: %w", td.Name(), ErrNoRelationship)
 	}
 	ref := &refresher{rel: rels[i], store: s.opts.Store, catalog: s.opts.Catalog, logger: s.opts.Logger,
-		minRefresh: s.cfg.MinRefresh, maxRefresh: s.cfg.MaxRefresh}
+		minRefresh: s.cfg.MinRefresh, maxRefresh: s.cfg.MaxRefresh, statuses: &s.statuses}
 	if _, err := ref.refresh(ctx); err != nil {
 		// The fetch's errors name the URL.
 		return fmt.Errorf("refresh the bundle of %s: %w", td.Name(), err)
@@ -150,6 +151,7 @@ func (s *Service) runRefreshers(ctx context.Context) {
 		r.cancel()
 		<-r.done
 		delete(running, td)
+		s.statuses.forget(td)
 	}
 	defer func() {
 		for td := range running {
@@ -187,7 +189,7 @@ func (s *Service) runRefreshers(ctx context.Context) {
 			r := &runningRefresher{rel: rel, cancel: cancel, done: make(chan struct{})}
 			running[rel.TrustDomain] = r
 			ref := &refresher{rel: rel, store: s.opts.Store, catalog: s.opts.Catalog, logger: s.opts.Logger,
-				minRefresh: s.cfg.MinRefresh, maxRefresh: s.cfg.MaxRefresh}
+				minRefresh: s.cfg.MinRefresh, maxRefresh: s.cfg.MaxRefresh, statuses: &s.statuses}
 			if rel.Stored {
 				s.opts.Logger.Info("federation: relationship in force", "trust_domain", rel.TrustDomain.Name(), "url", rel.URL,
 					"profile", rel.Profile, "owner", rel.Owner)

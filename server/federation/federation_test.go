@@ -331,6 +331,7 @@ func (l *logRecords) has(parts ...string) bool {
 type fetcher struct {
 	store store.Store
 	logs  *logRecords
+	svc   *federation.Service
 }
 
 func startFetcher(t *testing.T, rels ...federation.Relationship) *fetcher {
@@ -352,6 +353,7 @@ func startFetcher(t *testing.T, rels ...federation.Relationship) *fetcher {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.svc = svc
 	done := make(chan struct{})
 	go func() { cat.Run(ctx); close(done) }()
 	go func() { svc.Run(ctx) }()
@@ -428,6 +430,48 @@ func TestRefresherRefusesAWrongEndpoint(t *testing.T) {
 	}
 	if x, j := f.kinds(t, tdC); x+j != 0 {
 		t.Fatalf("c.org holds %d authorities", x+j)
+	}
+}
+
+// RefreshStatuses (the server's federation metrics) tell a relationship
+// that fetches from one that fails, with the failure, and a failure after
+// successes keeps the last success.
+func TestRefreshStatuses(t *testing.T) {
+	b := startServer(t, tdB, time.Hour, "127.0.0.1:0")
+	tdC := spiffeid.RequireTrustDomainFromString("c.org")
+	wrongTD := spiffeRel(tdC, b.FederationAddr())
+	wrongTD.EndpointID = serverID(tdB)
+	f := startFetcher(t, spiffeRel(tdB, b.FederationAddr()), wrongTD)
+	f.set(t, tdB, b.BundlePEM())
+
+	status := func(td spiffeid.TrustDomain) federation.RefreshStatus {
+		for _, st := range f.svc.RefreshStatuses() {
+			if st.TrustDomain == td {
+				return st
+			}
+		}
+		return federation.RefreshStatus{}
+	}
+	waitFor(t, 30*time.Second, "b.org fetched and c.org refused", func() bool {
+		return !status(tdB).LastSuccess.IsZero() && status(tdC).Failures > 0
+	})
+	if st := status(tdB); st.ConsecutiveFailures != 0 || st.LastError != "" {
+		t.Errorf("b.org status %+v, want no failure since its success", st)
+	}
+	if st := status(tdC); !st.LastSuccess.IsZero() || st.ConsecutiveFailures == 0 || !strings.Contains(st.LastError, "names trust domain b.org") {
+		t.Errorf("c.org status %+v, want failures naming the wrong trust domain and no success", st)
+	}
+	if got := f.svc.RefreshStatuses(); len(got) != 2 || got[0].TrustDomain != tdB || got[1].TrustDomain != tdC {
+		t.Errorf("RefreshStatuses = %+v, want b.org then c.org", got)
+	}
+
+	// The endpoint goes away: b.org fails from now on, and its last
+	// success is kept for the staleness alert.
+	success := status(tdB).LastSuccess
+	b.Stop()
+	waitFor(t, 30*time.Second, "b.org failing", func() bool { return status(tdB).ConsecutiveFailures > 0 })
+	if st := status(tdB); !st.LastSuccess.Equal(success) || st.LastError == "" {
+		t.Errorf("b.org status %+v after its endpoint stopped, want the last success %s kept and the error", st, success)
 	}
 }
 

@@ -36,6 +36,8 @@ type refresher struct {
 	logger     *slog.Logger
 	minRefresh time.Duration
 	maxRefresh time.Duration
+	// statuses records each fetch's outcome (nil: not recorded).
+	statuses *refreshStatuses
 }
 
 // run fetches at once, then at each bundle's refresh hint (bounded), and
@@ -76,7 +78,13 @@ func (r *refresher) run(ctx context.Context) {
 }
 
 // refresh fetches and stores the bundle once, and returns when to refresh next.
-func (r *refresher) refresh(ctx context.Context) (time.Duration, error) {
+func (r *refresher) refresh(ctx context.Context) (wait time.Duration, err error) {
+	defer func() {
+		// A fetch cut short by the server stopping is no failure.
+		if r.statuses != nil && ctx.Err() == nil {
+			r.statuses.record(r.rel.TrustDomain, time.Now(), err)
+		}
+	}()
 	td := r.rel.TrustDomain
 	var tlsConf *tls.Config
 	switch r.rel.Profile {

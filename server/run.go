@@ -216,8 +216,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		RefreshFederatedBundle: func(ctx context.Context, td spiffeid.TrustDomain) error {
 			return s.federation.Refresh(ctx, td)
 		},
-		Audit: s.audit,
-		Ready: s.ready,
+		RefreshStatuses: func() []federation.RefreshStatus { return s.federation.RefreshStatuses() },
+		Audit:           s.audit,
+		Ready:           s.ready,
 	})
 	s.registerMetrics()
 

@@ -96,6 +96,23 @@ func TestFederationAndBundleJSON(t *testing.T) {
 		// The admin socket answered: the endpoint is what is down.
 		t.Fatalf("refresh with the endpoint down: %v\n%s", err, out)
 	}
+	// show tells the last success from the failures since.
+	show := run(main, "federation", "show", "--trust-domain", "other.org")
+	if !strings.Contains(show, "Last refresh: 20") || !strings.Contains(show, "Refresh failing: ") || !strings.Contains(show, url) {
+		t.Fatalf("federation show after the endpoint went down lacks the last refresh or the failure:\n%s", show)
+	}
+	var listed struct {
+		Relationships []adminapi.RelationshipJSON `json:"relationships"`
+	}
+	if err := json.Unmarshal([]byte(run(main, "federation", "list", "--output", "json")), &listed); err != nil {
+		t.Fatal(err)
+	}
+	if len(listed.Relationships) != 1 || listed.Relationships[0].Refresh == nil {
+		t.Fatalf("federation list --output json: %+v, want other.org with its refresh status", listed)
+	}
+	if f := listed.Relationships[0].Refresh; f.LastSuccess == 0 || f.ConsecutiveFailures == 0 || f.Failures < f.ConsecutiveFailures || !strings.Contains(f.LastError, url) {
+		t.Fatalf("refresh status %+v, want a success, then failures naming %s", f, url)
+	}
 	main.Stop()
 	if out, err := signet(t, "server", "federation", "refresh", "--trust-domain", "other.org", "--admin-socket", main.Config.AdminSocket); err == nil ||
 		!strings.Contains(err.Error(), "cannot reach the server's admin socket "+main.Config.AdminSocket) {

@@ -105,6 +105,16 @@ func PrintFederationRelationship(w io.Writer, r *api.FederationRelationship) {
 	if r.Overridden {
 		fmt.Fprintf(w, "Overridden by server.conf: true (not in force)\n")
 	}
+	if f := r.Refresh; f != nil {
+		if f.LastSuccess != 0 {
+			fmt.Fprintf(w, "Last refresh: %s\n", time.Unix(f.LastSuccess, 0).UTC().Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(w, "Last refresh: none since the server started\n")
+		}
+		if f.ConsecutiveFailures > 0 {
+			fmt.Fprintf(w, "Refresh failing: %d attempts in a row, last: %s\n", f.ConsecutiveFailures, f.LastError)
+		}
+	}
 	fmt.Fprintln(w)
 }
 
@@ -120,6 +130,17 @@ type RelationshipJSON struct {
 	Revision              int64  `json:"revision"`
 	CreatedAt             int64  `json:"created_at"`
 	Overridden            bool   `json:"overridden"`
+	// Refresh is how fetching the bundle goes on the server that answered;
+	// absent before its first fetch and when not in force.
+	Refresh *RefreshJSON `json:"refresh,omitempty"`
+}
+
+// RefreshJSON is a BundleRefreshStatus as the CLI prints it.
+type RefreshJSON struct {
+	LastSuccess         int64  `json:"last_success"`
+	Failures            uint64 `json:"failures"`
+	ConsecutiveFailures uint64 `json:"consecutive_failures"`
+	LastError           string `json:"last_error,omitempty"`
 }
 
 // RelationshipToJSON is r in the JSON the CLI prints.
@@ -128,8 +149,12 @@ func RelationshipToJSON(r *api.FederationRelationship) RelationshipJSON {
 	if r.Origin == api.RelationshipOrigin_RELATIONSHIP_ORIGIN_CONFIG {
 		source = "server.conf"
 	}
-	return RelationshipJSON{TrustDomain: r.TrustDomain, BundleEndpointURL: r.BundleEndpointUrl, BundleEndpointProfile: r.BundleEndpointProfile,
+	j := RelationshipJSON{TrustDomain: r.TrustDomain, BundleEndpointURL: r.BundleEndpointUrl, BundleEndpointProfile: r.BundleEndpointProfile,
 		EndpointSPIFFEID: r.EndpointSpiffeId, Source: source, Owner: r.Owner, Revision: r.Revision, CreatedAt: r.CreatedAt, Overridden: r.Overridden}
+	if f := r.Refresh; f != nil {
+		j.Refresh = &RefreshJSON{LastSuccess: f.LastSuccess, Failures: f.Failures, ConsecutiveFailures: f.ConsecutiveFailures, LastError: f.LastError}
+	}
+	return j
 }
 
 func ttl(sec int32) string {

@@ -222,7 +222,7 @@ func (s *Service) GetFederationRelationship(ctx context.Context, req *api.GetFed
 		return nil, err
 	}
 	if c, ok := s.configured(td); ok {
-		return configuredToProto(c), nil
+		return s.withRefresh(configuredToProto(c)), nil
 	}
 	cur, err := s.cfg.Store.GetFederationRelationship(ctx, td.Name())
 	switch {
@@ -231,7 +231,30 @@ func (s *Service) GetFederationRelationship(ctx context.Context, req *api.GetFed
 	case err != nil:
 		return nil, storeError(what+" with "+td.Name(), err)
 	}
-	return storedToProto(cur, false), nil
+	return s.withRefresh(storedToProto(cur, false)), nil
+}
+
+// withRefresh adds to rels, where in force, how fetching their bundles
+// goes on this server.
+func (s *Service) withRefresh(rels ...*api.FederationRelationship) *api.FederationRelationship {
+	if s.cfg.RefreshStatuses == nil || len(rels) == 0 {
+		return nil
+	}
+	byTD := make(map[string]federation.RefreshStatus)
+	for _, st := range s.cfg.RefreshStatuses() {
+		byTD[st.TrustDomain.Name()] = st
+	}
+	for _, r := range rels {
+		st, ok := byTD[r.TrustDomain]
+		if !ok || r.Overridden {
+			continue
+		}
+		r.Refresh = &api.BundleRefreshStatus{Failures: st.Failures, ConsecutiveFailures: st.ConsecutiveFailures, LastError: st.LastError}
+		if !st.LastSuccess.IsZero() {
+			r.Refresh.LastSuccess = st.LastSuccess.Unix()
+		}
+	}
+	return rels[0]
 }
 
 // ListFederationRelationships returns the configured relationships and the
@@ -253,6 +276,7 @@ func (s *Service) ListFederationRelationships(ctx context.Context, _ *api.ListFe
 	slices.SortStableFunc(resp.Relationships, func(a, b *api.FederationRelationship) int {
 		return strings.Compare(a.TrustDomain, b.TrustDomain)
 	})
+	s.withRefresh(resp.Relationships...)
 	return resp, nil
 }
 

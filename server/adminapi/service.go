@@ -46,7 +46,10 @@ type Config struct {
 	// RefreshFederatedBundle fetches a federated bundle now (the
 	// federation service's Refresh); nil: refreshing is refused.
 	RefreshFederatedBundle func(context.Context, spiffeid.TrustDomain) error
-	Logger                 *slog.Logger
+	// RefreshStatuses reports how fetching each federated bundle goes on
+	// this server (the federation service's); nil: not reported.
+	RefreshStatuses func() []federation.RefreshStatus
+	Logger          *slog.Logger
 	// LogLevel is the level Logger logs at, which the logger RPCs change
 	// (nil: they refuse, the level is fixed).
 	LogLevel *slog.LevelVar

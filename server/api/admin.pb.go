@@ -2014,7 +2014,11 @@ type FederationRelationship struct {
 	Origin    RelationshipOrigin `protobuf:"varint,8,opt,name=origin,proto3,enum=signet.api.RelationshipOrigin" json:"origin,omitempty"`
 	// overridden marks a stored relationship that is not in force because
 	// server.conf configures the same trust domain.
-	Overridden    bool `protobuf:"varint,9,opt,name=overridden,proto3" json:"overridden,omitempty"`
+	Overridden bool `protobuf:"varint,9,opt,name=overridden,proto3" json:"overridden,omitempty"`
+	// refresh is how fetching the bundle has gone on the server that
+	// answered, since it started; unset before its first fetch and for a
+	// relationship not in force.
+	Refresh       *BundleRefreshStatus `protobuf:"bytes,10,opt,name=refresh,proto3" json:"refresh,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2112,6 +2116,86 @@ func (x *FederationRelationship) GetOverridden() bool {
 	return false
 }
 
+func (x *FederationRelationship) GetRefresh() *BundleRefreshStatus {
+	if x != nil {
+		return x.Refresh
+	}
+	return nil
+}
+
+// BundleRefreshStatus is how fetching a federated bundle goes on one
+// server (each server of a trust domain fetches on its own).
+type BundleRefreshStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// last_success is a Unix time in seconds; 0 if no fetch succeeded yet.
+	LastSuccess int64  `protobuf:"varint,1,opt,name=last_success,json=lastSuccess,proto3" json:"last_success,omitempty"`
+	Failures    uint64 `protobuf:"varint,2,opt,name=failures,proto3" json:"failures,omitempty"`
+	// consecutive_failures counts the failures since the last success.
+	ConsecutiveFailures uint64 `protobuf:"varint,3,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
+	// last_error is the last failure's message while failures continue.
+	LastError     string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleRefreshStatus) Reset() {
+	*x = BundleRefreshStatus{}
+	mi := &file_server_api_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleRefreshStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleRefreshStatus) ProtoMessage() {}
+
+func (x *BundleRefreshStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_server_api_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleRefreshStatus.ProtoReflect.Descriptor instead.
+func (*BundleRefreshStatus) Descriptor() ([]byte, []int) {
+	return file_server_api_admin_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *BundleRefreshStatus) GetLastSuccess() int64 {
+	if x != nil {
+		return x.LastSuccess
+	}
+	return 0
+}
+
+func (x *BundleRefreshStatus) GetFailures() uint64 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *BundleRefreshStatus) GetConsecutiveFailures() uint64 {
+	if x != nil {
+		return x.ConsecutiveFailures
+	}
+	return 0
+}
+
+func (x *BundleRefreshStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 type CreateFederationRelationshipRequest struct {
 	state        protoimpl.MessageState  `protogen:"open.v1"`
 	Relationship *FederationRelationship `protobuf:"bytes,1,opt,name=relationship,proto3" json:"relationship,omitempty"`
@@ -2126,7 +2210,7 @@ type CreateFederationRelationshipRequest struct {
 
 func (x *CreateFederationRelationshipRequest) Reset() {
 	*x = CreateFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[38]
+	mi := &file_server_api_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2222,7 @@ func (x *CreateFederationRelationshipRequest) String() string {
 func (*CreateFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *CreateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[38]
+	mi := &file_server_api_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2235,7 @@ func (x *CreateFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use CreateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*CreateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{38}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CreateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
@@ -2179,7 +2263,7 @@ type UpdateFederationRelationshipRequest struct {
 
 func (x *UpdateFederationRelationshipRequest) Reset() {
 	*x = UpdateFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[39]
+	mi := &file_server_api_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2275,7 @@ func (x *UpdateFederationRelationshipRequest) String() string {
 func (*UpdateFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *UpdateFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[39]
+	mi := &file_server_api_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2288,7 @@ func (x *UpdateFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use UpdateFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*UpdateFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{39}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *UpdateFederationRelationshipRequest) GetRelationship() *FederationRelationship {
@@ -2232,7 +2316,7 @@ type FederationRelationshipResult struct {
 
 func (x *FederationRelationshipResult) Reset() {
 	*x = FederationRelationshipResult{}
-	mi := &file_server_api_admin_proto_msgTypes[40]
+	mi := &file_server_api_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2244,7 +2328,7 @@ func (x *FederationRelationshipResult) String() string {
 func (*FederationRelationshipResult) ProtoMessage() {}
 
 func (x *FederationRelationshipResult) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[40]
+	mi := &file_server_api_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2257,7 +2341,7 @@ func (x *FederationRelationshipResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationRelationshipResult.ProtoReflect.Descriptor instead.
 func (*FederationRelationshipResult) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{40}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *FederationRelationshipResult) GetRelationship() *FederationRelationship {
@@ -2283,7 +2367,7 @@ type DeleteFederationRelationshipRequest struct {
 
 func (x *DeleteFederationRelationshipRequest) Reset() {
 	*x = DeleteFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[41]
+	mi := &file_server_api_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2295,7 +2379,7 @@ func (x *DeleteFederationRelationshipRequest) String() string {
 func (*DeleteFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *DeleteFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[41]
+	mi := &file_server_api_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2308,7 +2392,7 @@ func (x *DeleteFederationRelationshipRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use DeleteFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{41}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DeleteFederationRelationshipRequest) GetTrustDomain() string {
@@ -2326,7 +2410,7 @@ type DeleteFederationRelationshipResponse struct {
 
 func (x *DeleteFederationRelationshipResponse) Reset() {
 	*x = DeleteFederationRelationshipResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[42]
+	mi := &file_server_api_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2338,7 +2422,7 @@ func (x *DeleteFederationRelationshipResponse) String() string {
 func (*DeleteFederationRelationshipResponse) ProtoMessage() {}
 
 func (x *DeleteFederationRelationshipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[42]
+	mi := &file_server_api_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2435,7 @@ func (x *DeleteFederationRelationshipResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use DeleteFederationRelationshipResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederationRelationshipResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{42}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{43}
 }
 
 type GetFederationRelationshipRequest struct {
@@ -2363,7 +2447,7 @@ type GetFederationRelationshipRequest struct {
 
 func (x *GetFederationRelationshipRequest) Reset() {
 	*x = GetFederationRelationshipRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[43]
+	mi := &file_server_api_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2375,7 +2459,7 @@ func (x *GetFederationRelationshipRequest) String() string {
 func (*GetFederationRelationshipRequest) ProtoMessage() {}
 
 func (x *GetFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[43]
+	mi := &file_server_api_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2388,7 +2472,7 @@ func (x *GetFederationRelationshipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFederationRelationshipRequest.ProtoReflect.Descriptor instead.
 func (*GetFederationRelationshipRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{43}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetFederationRelationshipRequest) GetTrustDomain() string {
@@ -2406,7 +2490,7 @@ type ListFederationRelationshipsRequest struct {
 
 func (x *ListFederationRelationshipsRequest) Reset() {
 	*x = ListFederationRelationshipsRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[44]
+	mi := &file_server_api_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2502,7 @@ func (x *ListFederationRelationshipsRequest) String() string {
 func (*ListFederationRelationshipsRequest) ProtoMessage() {}
 
 func (x *ListFederationRelationshipsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[44]
+	mi := &file_server_api_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2515,7 @@ func (x *ListFederationRelationshipsRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use ListFederationRelationshipsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationRelationshipsRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{44}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{45}
 }
 
 type ListFederationRelationshipsResponse struct {
@@ -2445,7 +2529,7 @@ type ListFederationRelationshipsResponse struct {
 
 func (x *ListFederationRelationshipsResponse) Reset() {
 	*x = ListFederationRelationshipsResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[45]
+	mi := &file_server_api_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2457,7 +2541,7 @@ func (x *ListFederationRelationshipsResponse) String() string {
 func (*ListFederationRelationshipsResponse) ProtoMessage() {}
 
 func (x *ListFederationRelationshipsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[45]
+	mi := &file_server_api_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2470,7 +2554,7 @@ func (x *ListFederationRelationshipsResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use ListFederationRelationshipsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationRelationshipsResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{45}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListFederationRelationshipsResponse) GetRelationships() []*FederationRelationship {
@@ -2517,7 +2601,7 @@ type LocalAuthority struct {
 
 func (x *LocalAuthority) Reset() {
 	*x = LocalAuthority{}
-	mi := &file_server_api_admin_proto_msgTypes[46]
+	mi := &file_server_api_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2529,7 +2613,7 @@ func (x *LocalAuthority) String() string {
 func (*LocalAuthority) ProtoMessage() {}
 
 func (x *LocalAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[46]
+	mi := &file_server_api_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2542,7 +2626,7 @@ func (x *LocalAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalAuthority.ProtoReflect.Descriptor instead.
 func (*LocalAuthority) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{46}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *LocalAuthority) GetKind() string {
@@ -2631,7 +2715,7 @@ type GetLocalAuthoritiesRequest struct {
 
 func (x *GetLocalAuthoritiesRequest) Reset() {
 	*x = GetLocalAuthoritiesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[47]
+	mi := &file_server_api_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2643,7 +2727,7 @@ func (x *GetLocalAuthoritiesRequest) String() string {
 func (*GetLocalAuthoritiesRequest) ProtoMessage() {}
 
 func (x *GetLocalAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[47]
+	mi := &file_server_api_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2656,7 +2740,7 @@ func (x *GetLocalAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLocalAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*GetLocalAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{47}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetLocalAuthoritiesRequest) GetKind() string {
@@ -2675,7 +2759,7 @@ type GetLocalAuthoritiesResponse struct {
 
 func (x *GetLocalAuthoritiesResponse) Reset() {
 	*x = GetLocalAuthoritiesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[48]
+	mi := &file_server_api_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2687,7 +2771,7 @@ func (x *GetLocalAuthoritiesResponse) String() string {
 func (*GetLocalAuthoritiesResponse) ProtoMessage() {}
 
 func (x *GetLocalAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[48]
+	mi := &file_server_api_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2700,7 +2784,7 @@ func (x *GetLocalAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetLocalAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*GetLocalAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{48}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetLocalAuthoritiesResponse) GetAuthorities() []*LocalAuthority {
@@ -2719,7 +2803,7 @@ type PrepareLocalAuthorityRequest struct {
 
 func (x *PrepareLocalAuthorityRequest) Reset() {
 	*x = PrepareLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[49]
+	mi := &file_server_api_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2731,7 +2815,7 @@ func (x *PrepareLocalAuthorityRequest) String() string {
 func (*PrepareLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[49]
+	mi := &file_server_api_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2744,7 +2828,7 @@ func (x *PrepareLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{49}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PrepareLocalAuthorityRequest) GetKind() string {
@@ -2764,7 +2848,7 @@ type ActivateLocalAuthorityRequest struct {
 
 func (x *ActivateLocalAuthorityRequest) Reset() {
 	*x = ActivateLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[50]
+	mi := &file_server_api_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +2860,7 @@ func (x *ActivateLocalAuthorityRequest) String() string {
 func (*ActivateLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[50]
+	mi := &file_server_api_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +2873,7 @@ func (x *ActivateLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{50}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ActivateLocalAuthorityRequest) GetKind() string {
@@ -2816,7 +2900,7 @@ type TaintLocalAuthorityRequest struct {
 
 func (x *TaintLocalAuthorityRequest) Reset() {
 	*x = TaintLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[51]
+	mi := &file_server_api_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2828,7 +2912,7 @@ func (x *TaintLocalAuthorityRequest) String() string {
 func (*TaintLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[51]
+	mi := &file_server_api_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2841,7 +2925,7 @@ func (x *TaintLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{51}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *TaintLocalAuthorityRequest) GetKind() string {
@@ -2871,7 +2955,7 @@ type RevokeLocalAuthorityRequest struct {
 
 func (x *RevokeLocalAuthorityRequest) Reset() {
 	*x = RevokeLocalAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[52]
+	mi := &file_server_api_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2883,7 +2967,7 @@ func (x *RevokeLocalAuthorityRequest) String() string {
 func (*RevokeLocalAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[52]
+	mi := &file_server_api_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2896,7 +2980,7 @@ func (x *RevokeLocalAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeLocalAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeLocalAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{52}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RevokeLocalAuthorityRequest) GetKind() string {
@@ -2943,7 +3027,7 @@ type UpstreamAuthority struct {
 
 func (x *UpstreamAuthority) Reset() {
 	*x = UpstreamAuthority{}
-	mi := &file_server_api_admin_proto_msgTypes[53]
+	mi := &file_server_api_admin_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2955,7 +3039,7 @@ func (x *UpstreamAuthority) String() string {
 func (*UpstreamAuthority) ProtoMessage() {}
 
 func (x *UpstreamAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[53]
+	mi := &file_server_api_admin_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2968,7 +3052,7 @@ func (x *UpstreamAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamAuthority.ProtoReflect.Descriptor instead.
 func (*UpstreamAuthority) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{53}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *UpstreamAuthority) GetAuthorityId() string {
@@ -3028,7 +3112,7 @@ type GetUpstreamAuthoritiesRequest struct {
 
 func (x *GetUpstreamAuthoritiesRequest) Reset() {
 	*x = GetUpstreamAuthoritiesRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[54]
+	mi := &file_server_api_admin_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3040,7 +3124,7 @@ func (x *GetUpstreamAuthoritiesRequest) String() string {
 func (*GetUpstreamAuthoritiesRequest) ProtoMessage() {}
 
 func (x *GetUpstreamAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[54]
+	mi := &file_server_api_admin_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3053,7 +3137,7 @@ func (x *GetUpstreamAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUpstreamAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*GetUpstreamAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{54}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{55}
 }
 
 type GetUpstreamAuthoritiesResponse struct {
@@ -3065,7 +3149,7 @@ type GetUpstreamAuthoritiesResponse struct {
 
 func (x *GetUpstreamAuthoritiesResponse) Reset() {
 	*x = GetUpstreamAuthoritiesResponse{}
-	mi := &file_server_api_admin_proto_msgTypes[55]
+	mi := &file_server_api_admin_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3077,7 +3161,7 @@ func (x *GetUpstreamAuthoritiesResponse) String() string {
 func (*GetUpstreamAuthoritiesResponse) ProtoMessage() {}
 
 func (x *GetUpstreamAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[55]
+	mi := &file_server_api_admin_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3090,7 +3174,7 @@ func (x *GetUpstreamAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUpstreamAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*GetUpstreamAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{55}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *GetUpstreamAuthoritiesResponse) GetAuthorities() []*UpstreamAuthority {
@@ -3111,7 +3195,7 @@ type TaintUpstreamAuthorityRequest struct {
 
 func (x *TaintUpstreamAuthorityRequest) Reset() {
 	*x = TaintUpstreamAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[56]
+	mi := &file_server_api_admin_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3123,7 +3207,7 @@ func (x *TaintUpstreamAuthorityRequest) String() string {
 func (*TaintUpstreamAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[56]
+	mi := &file_server_api_admin_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3136,7 +3220,7 @@ func (x *TaintUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{56}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *TaintUpstreamAuthorityRequest) GetAuthorityId() string {
@@ -3160,7 +3244,7 @@ type RevokeUpstreamAuthorityRequest struct {
 
 func (x *RevokeUpstreamAuthorityRequest) Reset() {
 	*x = RevokeUpstreamAuthorityRequest{}
-	mi := &file_server_api_admin_proto_msgTypes[57]
+	mi := &file_server_api_admin_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3172,7 +3256,7 @@ func (x *RevokeUpstreamAuthorityRequest) String() string {
 func (*RevokeUpstreamAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_server_api_admin_proto_msgTypes[57]
+	mi := &file_server_api_admin_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3185,7 +3269,7 @@ func (x *RevokeUpstreamAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeUpstreamAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeUpstreamAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_server_api_admin_proto_rawDescGZIP(), []int{57}
+	return file_server_api_admin_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RevokeUpstreamAuthorityRequest) GetAuthorityId() string {
@@ -3312,7 +3396,7 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x120\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x1c.signet.api.BundleDeleteModeR\x04mode\"9\n" +
 	"\x1dDeleteFederatedBundleResponse\x12\x18\n" +
-	"\aentries\x18\x01 \x01(\x05R\aentries\"\xfa\x02\n" +
+	"\aentries\x18\x01 \x01(\x05R\aentries\"\xb5\x03\n" +
 	"\x16FederationRelationship\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12.\n" +
 	"\x13bundle_endpoint_url\x18\x02 \x01(\tR\x11bundleEndpointUrl\x126\n" +
@@ -3325,7 +3409,15 @@ const file_server_api_admin_proto_rawDesc = "" +
 	"\x06origin\x18\b \x01(\x0e2\x1e.signet.api.RelationshipOriginR\x06origin\x12\x1e\n" +
 	"\n" +
 	"overridden\x18\t \x01(\bR\n" +
-	"overridden\"\xb1\x01\n" +
+	"overridden\x129\n" +
+	"\arefresh\x18\n" +
+	" \x01(\v2\x1f.signet.api.BundleRefreshStatusR\arefresh\"\xa6\x01\n" +
+	"\x13BundleRefreshStatus\x12!\n" +
+	"\flast_success\x18\x01 \x01(\x03R\vlastSuccess\x12\x1a\n" +
+	"\bfailures\x18\x02 \x01(\x04R\bfailures\x121\n" +
+	"\x14consecutive_failures\x18\x03 \x01(\x04R\x13consecutiveFailures\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\"\xb1\x01\n" +
 	"#CreateFederationRelationshipRequest\x12F\n" +
 	"\frelationship\x18\x01 \x01(\v2\".signet.api.FederationRelationshipR\frelationship\x12B\n" +
 	"\x13trust_domain_bundle\x18\x02 \x01(\v2\x12.signet.api.BundleR\x11trustDomainBundle\"\xb1\x01\n" +
@@ -3456,7 +3548,7 @@ func file_server_api_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_server_api_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_server_api_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_server_api_admin_proto_goTypes = []any{
 	(MatchMode)(0),                               // 0: signet.api.MatchMode
 	(BundleDeleteMode)(0),                        // 1: signet.api.BundleDeleteMode
@@ -3499,134 +3591,136 @@ var file_server_api_admin_proto_goTypes = []any{
 	(*DeleteFederatedBundleRequest)(nil),         // 38: signet.api.DeleteFederatedBundleRequest
 	(*DeleteFederatedBundleResponse)(nil),        // 39: signet.api.DeleteFederatedBundleResponse
 	(*FederationRelationship)(nil),               // 40: signet.api.FederationRelationship
-	(*CreateFederationRelationshipRequest)(nil),  // 41: signet.api.CreateFederationRelationshipRequest
-	(*UpdateFederationRelationshipRequest)(nil),  // 42: signet.api.UpdateFederationRelationshipRequest
-	(*FederationRelationshipResult)(nil),         // 43: signet.api.FederationRelationshipResult
-	(*DeleteFederationRelationshipRequest)(nil),  // 44: signet.api.DeleteFederationRelationshipRequest
-	(*DeleteFederationRelationshipResponse)(nil), // 45: signet.api.DeleteFederationRelationshipResponse
-	(*GetFederationRelationshipRequest)(nil),     // 46: signet.api.GetFederationRelationshipRequest
-	(*ListFederationRelationshipsRequest)(nil),   // 47: signet.api.ListFederationRelationshipsRequest
-	(*ListFederationRelationshipsResponse)(nil),  // 48: signet.api.ListFederationRelationshipsResponse
-	(*LocalAuthority)(nil),                       // 49: signet.api.LocalAuthority
-	(*GetLocalAuthoritiesRequest)(nil),           // 50: signet.api.GetLocalAuthoritiesRequest
-	(*GetLocalAuthoritiesResponse)(nil),          // 51: signet.api.GetLocalAuthoritiesResponse
-	(*PrepareLocalAuthorityRequest)(nil),         // 52: signet.api.PrepareLocalAuthorityRequest
-	(*ActivateLocalAuthorityRequest)(nil),        // 53: signet.api.ActivateLocalAuthorityRequest
-	(*TaintLocalAuthorityRequest)(nil),           // 54: signet.api.TaintLocalAuthorityRequest
-	(*RevokeLocalAuthorityRequest)(nil),          // 55: signet.api.RevokeLocalAuthorityRequest
-	(*UpstreamAuthority)(nil),                    // 56: signet.api.UpstreamAuthority
-	(*GetUpstreamAuthoritiesRequest)(nil),        // 57: signet.api.GetUpstreamAuthoritiesRequest
-	(*GetUpstreamAuthoritiesResponse)(nil),       // 58: signet.api.GetUpstreamAuthoritiesResponse
-	(*TaintUpstreamAuthorityRequest)(nil),        // 59: signet.api.TaintUpstreamAuthorityRequest
-	(*RevokeUpstreamAuthorityRequest)(nil),       // 60: signet.api.RevokeUpstreamAuthorityRequest
-	(*Entry)(nil),                                // 61: signet.api.Entry
-	(*Selector)(nil),                             // 62: signet.api.Selector
-	(*Agent)(nil),                                // 63: signet.api.Agent
-	(*Bundle)(nil),                               // 64: signet.api.Bundle
+	(*BundleRefreshStatus)(nil),                  // 41: signet.api.BundleRefreshStatus
+	(*CreateFederationRelationshipRequest)(nil),  // 42: signet.api.CreateFederationRelationshipRequest
+	(*UpdateFederationRelationshipRequest)(nil),  // 43: signet.api.UpdateFederationRelationshipRequest
+	(*FederationRelationshipResult)(nil),         // 44: signet.api.FederationRelationshipResult
+	(*DeleteFederationRelationshipRequest)(nil),  // 45: signet.api.DeleteFederationRelationshipRequest
+	(*DeleteFederationRelationshipResponse)(nil), // 46: signet.api.DeleteFederationRelationshipResponse
+	(*GetFederationRelationshipRequest)(nil),     // 47: signet.api.GetFederationRelationshipRequest
+	(*ListFederationRelationshipsRequest)(nil),   // 48: signet.api.ListFederationRelationshipsRequest
+	(*ListFederationRelationshipsResponse)(nil),  // 49: signet.api.ListFederationRelationshipsResponse
+	(*LocalAuthority)(nil),                       // 50: signet.api.LocalAuthority
+	(*GetLocalAuthoritiesRequest)(nil),           // 51: signet.api.GetLocalAuthoritiesRequest
+	(*GetLocalAuthoritiesResponse)(nil),          // 52: signet.api.GetLocalAuthoritiesResponse
+	(*PrepareLocalAuthorityRequest)(nil),         // 53: signet.api.PrepareLocalAuthorityRequest
+	(*ActivateLocalAuthorityRequest)(nil),        // 54: signet.api.ActivateLocalAuthorityRequest
+	(*TaintLocalAuthorityRequest)(nil),           // 55: signet.api.TaintLocalAuthorityRequest
+	(*RevokeLocalAuthorityRequest)(nil),          // 56: signet.api.RevokeLocalAuthorityRequest
+	(*UpstreamAuthority)(nil),                    // 57: signet.api.UpstreamAuthority
+	(*GetUpstreamAuthoritiesRequest)(nil),        // 58: signet.api.GetUpstreamAuthoritiesRequest
+	(*GetUpstreamAuthoritiesResponse)(nil),       // 59: signet.api.GetUpstreamAuthoritiesResponse
+	(*TaintUpstreamAuthorityRequest)(nil),        // 60: signet.api.TaintUpstreamAuthorityRequest
+	(*RevokeUpstreamAuthorityRequest)(nil),       // 61: signet.api.RevokeUpstreamAuthorityRequest
+	(*Entry)(nil),                                // 62: signet.api.Entry
+	(*Selector)(nil),                             // 63: signet.api.Selector
+	(*Agent)(nil),                                // 64: signet.api.Agent
+	(*Bundle)(nil),                               // 65: signet.api.Bundle
 }
 var file_server_api_admin_proto_depIdxs = []int32{
-	61, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
-	61, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
-	61, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
-	61, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
-	62, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
+	62, // 0: signet.api.CreateEntryRequest.entry:type_name -> signet.api.Entry
+	62, // 1: signet.api.BatchCreateEntriesRequest.entries:type_name -> signet.api.Entry
+	62, // 2: signet.api.BatchCreateEntriesResponse.entries:type_name -> signet.api.Entry
+	62, // 3: signet.api.UpdateEntryRequest.entry:type_name -> signet.api.Entry
+	63, // 4: signet.api.ListEntriesRequest.selectors:type_name -> signet.api.Selector
 	0,  // 5: signet.api.ListEntriesRequest.match_selectors_on:type_name -> signet.api.MatchMode
 	0,  // 6: signet.api.ListEntriesRequest.match_federates_with_on:type_name -> signet.api.MatchMode
-	61, // 7: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
-	62, // 8: signet.api.ListAgentsRequest.selectors:type_name -> signet.api.Selector
+	62, // 7: signet.api.ListEntriesResponse.entries:type_name -> signet.api.Entry
+	63, // 8: signet.api.ListAgentsRequest.selectors:type_name -> signet.api.Selector
 	0,  // 9: signet.api.ListAgentsRequest.match_selectors_on:type_name -> signet.api.MatchMode
-	63, // 10: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
-	64, // 11: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
-	64, // 12: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
+	64, // 10: signet.api.ListAgentsResponse.agents:type_name -> signet.api.Agent
+	65, // 11: signet.api.SetFederatedBundleRequest.bundle:type_name -> signet.api.Bundle
+	65, // 12: signet.api.ListFederatedBundlesResponse.bundles:type_name -> signet.api.Bundle
 	1,  // 13: signet.api.DeleteFederatedBundleRequest.mode:type_name -> signet.api.BundleDeleteMode
 	2,  // 14: signet.api.FederationRelationship.origin:type_name -> signet.api.RelationshipOrigin
-	40, // 15: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	64, // 16: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
-	40, // 17: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
-	64, // 18: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
-	40, // 19: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
-	64, // 20: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
-	40, // 21: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
-	49, // 22: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
-	49, // 23: signet.api.UpstreamAuthority.local_authorities:type_name -> signet.api.LocalAuthority
-	56, // 24: signet.api.GetUpstreamAuthoritiesResponse.authorities:type_name -> signet.api.UpstreamAuthority
-	3,  // 25: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
-	4,  // 26: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
-	6,  // 27: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
-	7,  // 28: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
-	9,  // 29: signet.api.AdminService.BatchDeleteEntries:input_type -> signet.api.BatchDeleteEntriesRequest
-	11, // 30: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
-	12, // 31: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
-	14, // 32: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
-	21, // 33: signet.api.AdminService.GetLogger:input_type -> signet.api.GetLoggerRequest
-	22, // 34: signet.api.AdminService.SetLogLevel:input_type -> signet.api.SetLogLevelRequest
-	23, // 35: signet.api.AdminService.ResetLogLevel:input_type -> signet.api.ResetLogLevelRequest
-	16, // 36: signet.api.AdminService.MintX509SVID:input_type -> signet.api.MintX509SVIDRequest
-	18, // 37: signet.api.AdminService.MintJWT:input_type -> signet.api.MintJWTRequest
-	25, // 38: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
-	26, // 39: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
-	27, // 40: signet.api.AdminService.GetAgent:input_type -> signet.api.GetAgentRequest
-	29, // 41: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
-	31, // 42: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
-	33, // 43: signet.api.AdminService.PurgeAgents:input_type -> signet.api.PurgeAgentsRequest
-	35, // 44: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
-	36, // 45: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
-	38, // 46: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
-	41, // 47: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
-	42, // 48: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
-	44, // 49: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
-	46, // 50: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
-	24, // 51: signet.api.AdminService.RefreshFederatedBundle:input_type -> signet.api.RefreshFederatedBundleRequest
-	47, // 52: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
-	50, // 53: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
-	52, // 54: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
-	53, // 55: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
-	54, // 56: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
-	55, // 57: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
-	57, // 58: signet.api.AdminService.GetUpstreamAuthorities:input_type -> signet.api.GetUpstreamAuthoritiesRequest
-	59, // 59: signet.api.AdminService.TaintUpstreamAuthority:input_type -> signet.api.TaintUpstreamAuthorityRequest
-	60, // 60: signet.api.AdminService.RevokeUpstreamAuthority:input_type -> signet.api.RevokeUpstreamAuthorityRequest
-	61, // 61: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
-	5,  // 62: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
-	61, // 63: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
-	8,  // 64: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
-	10, // 65: signet.api.AdminService.BatchDeleteEntries:output_type -> signet.api.BatchDeleteEntriesResponse
-	61, // 66: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
-	13, // 67: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
-	15, // 68: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
-	20, // 69: signet.api.AdminService.GetLogger:output_type -> signet.api.Logger
-	20, // 70: signet.api.AdminService.SetLogLevel:output_type -> signet.api.Logger
-	20, // 71: signet.api.AdminService.ResetLogLevel:output_type -> signet.api.Logger
-	17, // 72: signet.api.AdminService.MintX509SVID:output_type -> signet.api.MintX509SVIDResponse
-	19, // 73: signet.api.AdminService.MintJWT:output_type -> signet.api.MintJWTResponse
-	64, // 74: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
-	28, // 75: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
-	63, // 76: signet.api.AdminService.GetAgent:output_type -> signet.api.Agent
-	30, // 77: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
-	32, // 78: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
-	34, // 79: signet.api.AdminService.PurgeAgents:output_type -> signet.api.PurgeAgentsResponse
-	64, // 80: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
-	37, // 81: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
-	39, // 82: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
-	43, // 83: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	43, // 84: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
-	45, // 85: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
-	40, // 86: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
-	64, // 87: signet.api.AdminService.RefreshFederatedBundle:output_type -> signet.api.Bundle
-	48, // 88: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
-	51, // 89: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
-	49, // 90: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
-	49, // 91: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
-	49, // 92: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
-	49, // 93: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
-	58, // 94: signet.api.AdminService.GetUpstreamAuthorities:output_type -> signet.api.GetUpstreamAuthoritiesResponse
-	56, // 95: signet.api.AdminService.TaintUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
-	56, // 96: signet.api.AdminService.RevokeUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
-	61, // [61:97] is the sub-list for method output_type
-	25, // [25:61] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	41, // 15: signet.api.FederationRelationship.refresh:type_name -> signet.api.BundleRefreshStatus
+	40, // 16: signet.api.CreateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	65, // 17: signet.api.CreateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	40, // 18: signet.api.UpdateFederationRelationshipRequest.relationship:type_name -> signet.api.FederationRelationship
+	65, // 19: signet.api.UpdateFederationRelationshipRequest.trust_domain_bundle:type_name -> signet.api.Bundle
+	40, // 20: signet.api.FederationRelationshipResult.relationship:type_name -> signet.api.FederationRelationship
+	65, // 21: signet.api.FederationRelationshipResult.trust_domain_bundle:type_name -> signet.api.Bundle
+	40, // 22: signet.api.ListFederationRelationshipsResponse.relationships:type_name -> signet.api.FederationRelationship
+	50, // 23: signet.api.GetLocalAuthoritiesResponse.authorities:type_name -> signet.api.LocalAuthority
+	50, // 24: signet.api.UpstreamAuthority.local_authorities:type_name -> signet.api.LocalAuthority
+	57, // 25: signet.api.GetUpstreamAuthoritiesResponse.authorities:type_name -> signet.api.UpstreamAuthority
+	3,  // 26: signet.api.AdminService.CreateEntry:input_type -> signet.api.CreateEntryRequest
+	4,  // 27: signet.api.AdminService.BatchCreateEntries:input_type -> signet.api.BatchCreateEntriesRequest
+	6,  // 28: signet.api.AdminService.UpdateEntry:input_type -> signet.api.UpdateEntryRequest
+	7,  // 29: signet.api.AdminService.DeleteEntry:input_type -> signet.api.DeleteEntryRequest
+	9,  // 30: signet.api.AdminService.BatchDeleteEntries:input_type -> signet.api.BatchDeleteEntriesRequest
+	11, // 31: signet.api.AdminService.GetEntry:input_type -> signet.api.GetEntryRequest
+	12, // 32: signet.api.AdminService.ListEntries:input_type -> signet.api.ListEntriesRequest
+	14, // 33: signet.api.AdminService.CreateJoinToken:input_type -> signet.api.CreateJoinTokenRequest
+	21, // 34: signet.api.AdminService.GetLogger:input_type -> signet.api.GetLoggerRequest
+	22, // 35: signet.api.AdminService.SetLogLevel:input_type -> signet.api.SetLogLevelRequest
+	23, // 36: signet.api.AdminService.ResetLogLevel:input_type -> signet.api.ResetLogLevelRequest
+	16, // 37: signet.api.AdminService.MintX509SVID:input_type -> signet.api.MintX509SVIDRequest
+	18, // 38: signet.api.AdminService.MintJWT:input_type -> signet.api.MintJWTRequest
+	25, // 39: signet.api.AdminService.GetBundle:input_type -> signet.api.GetBundleRequest
+	26, // 40: signet.api.AdminService.ListAgents:input_type -> signet.api.ListAgentsRequest
+	27, // 41: signet.api.AdminService.GetAgent:input_type -> signet.api.GetAgentRequest
+	29, // 42: signet.api.AdminService.EvictAgent:input_type -> signet.api.EvictAgentRequest
+	31, // 43: signet.api.AdminService.BanAgent:input_type -> signet.api.BanAgentRequest
+	33, // 44: signet.api.AdminService.PurgeAgents:input_type -> signet.api.PurgeAgentsRequest
+	35, // 45: signet.api.AdminService.SetFederatedBundle:input_type -> signet.api.SetFederatedBundleRequest
+	36, // 46: signet.api.AdminService.ListFederatedBundles:input_type -> signet.api.ListFederatedBundlesRequest
+	38, // 47: signet.api.AdminService.DeleteFederatedBundle:input_type -> signet.api.DeleteFederatedBundleRequest
+	42, // 48: signet.api.AdminService.CreateFederationRelationship:input_type -> signet.api.CreateFederationRelationshipRequest
+	43, // 49: signet.api.AdminService.UpdateFederationRelationship:input_type -> signet.api.UpdateFederationRelationshipRequest
+	45, // 50: signet.api.AdminService.DeleteFederationRelationship:input_type -> signet.api.DeleteFederationRelationshipRequest
+	47, // 51: signet.api.AdminService.GetFederationRelationship:input_type -> signet.api.GetFederationRelationshipRequest
+	24, // 52: signet.api.AdminService.RefreshFederatedBundle:input_type -> signet.api.RefreshFederatedBundleRequest
+	48, // 53: signet.api.AdminService.ListFederationRelationships:input_type -> signet.api.ListFederationRelationshipsRequest
+	51, // 54: signet.api.AdminService.GetLocalAuthorities:input_type -> signet.api.GetLocalAuthoritiesRequest
+	53, // 55: signet.api.AdminService.PrepareLocalAuthority:input_type -> signet.api.PrepareLocalAuthorityRequest
+	54, // 56: signet.api.AdminService.ActivateLocalAuthority:input_type -> signet.api.ActivateLocalAuthorityRequest
+	55, // 57: signet.api.AdminService.TaintLocalAuthority:input_type -> signet.api.TaintLocalAuthorityRequest
+	56, // 58: signet.api.AdminService.RevokeLocalAuthority:input_type -> signet.api.RevokeLocalAuthorityRequest
+	58, // 59: signet.api.AdminService.GetUpstreamAuthorities:input_type -> signet.api.GetUpstreamAuthoritiesRequest
+	60, // 60: signet.api.AdminService.TaintUpstreamAuthority:input_type -> signet.api.TaintUpstreamAuthorityRequest
+	61, // 61: signet.api.AdminService.RevokeUpstreamAuthority:input_type -> signet.api.RevokeUpstreamAuthorityRequest
+	62, // 62: signet.api.AdminService.CreateEntry:output_type -> signet.api.Entry
+	5,  // 63: signet.api.AdminService.BatchCreateEntries:output_type -> signet.api.BatchCreateEntriesResponse
+	62, // 64: signet.api.AdminService.UpdateEntry:output_type -> signet.api.Entry
+	8,  // 65: signet.api.AdminService.DeleteEntry:output_type -> signet.api.DeleteEntryResponse
+	10, // 66: signet.api.AdminService.BatchDeleteEntries:output_type -> signet.api.BatchDeleteEntriesResponse
+	62, // 67: signet.api.AdminService.GetEntry:output_type -> signet.api.Entry
+	13, // 68: signet.api.AdminService.ListEntries:output_type -> signet.api.ListEntriesResponse
+	15, // 69: signet.api.AdminService.CreateJoinToken:output_type -> signet.api.CreateJoinTokenResponse
+	20, // 70: signet.api.AdminService.GetLogger:output_type -> signet.api.Logger
+	20, // 71: signet.api.AdminService.SetLogLevel:output_type -> signet.api.Logger
+	20, // 72: signet.api.AdminService.ResetLogLevel:output_type -> signet.api.Logger
+	17, // 73: signet.api.AdminService.MintX509SVID:output_type -> signet.api.MintX509SVIDResponse
+	19, // 74: signet.api.AdminService.MintJWT:output_type -> signet.api.MintJWTResponse
+	65, // 75: signet.api.AdminService.GetBundle:output_type -> signet.api.Bundle
+	28, // 76: signet.api.AdminService.ListAgents:output_type -> signet.api.ListAgentsResponse
+	64, // 77: signet.api.AdminService.GetAgent:output_type -> signet.api.Agent
+	30, // 78: signet.api.AdminService.EvictAgent:output_type -> signet.api.EvictAgentResponse
+	32, // 79: signet.api.AdminService.BanAgent:output_type -> signet.api.BanAgentResponse
+	34, // 80: signet.api.AdminService.PurgeAgents:output_type -> signet.api.PurgeAgentsResponse
+	65, // 81: signet.api.AdminService.SetFederatedBundle:output_type -> signet.api.Bundle
+	37, // 82: signet.api.AdminService.ListFederatedBundles:output_type -> signet.api.ListFederatedBundlesResponse
+	39, // 83: signet.api.AdminService.DeleteFederatedBundle:output_type -> signet.api.DeleteFederatedBundleResponse
+	44, // 84: signet.api.AdminService.CreateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	44, // 85: signet.api.AdminService.UpdateFederationRelationship:output_type -> signet.api.FederationRelationshipResult
+	46, // 86: signet.api.AdminService.DeleteFederationRelationship:output_type -> signet.api.DeleteFederationRelationshipResponse
+	40, // 87: signet.api.AdminService.GetFederationRelationship:output_type -> signet.api.FederationRelationship
+	65, // 88: signet.api.AdminService.RefreshFederatedBundle:output_type -> signet.api.Bundle
+	49, // 89: signet.api.AdminService.ListFederationRelationships:output_type -> signet.api.ListFederationRelationshipsResponse
+	52, // 90: signet.api.AdminService.GetLocalAuthorities:output_type -> signet.api.GetLocalAuthoritiesResponse
+	50, // 91: signet.api.AdminService.PrepareLocalAuthority:output_type -> signet.api.LocalAuthority
+	50, // 92: signet.api.AdminService.ActivateLocalAuthority:output_type -> signet.api.LocalAuthority
+	50, // 93: signet.api.AdminService.TaintLocalAuthority:output_type -> signet.api.LocalAuthority
+	50, // 94: signet.api.AdminService.RevokeLocalAuthority:output_type -> signet.api.LocalAuthority
+	59, // 95: signet.api.AdminService.GetUpstreamAuthorities:output_type -> signet.api.GetUpstreamAuthoritiesResponse
+	57, // 96: signet.api.AdminService.TaintUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	57, // 97: signet.api.AdminService.RevokeUpstreamAuthority:output_type -> signet.api.UpstreamAuthority
+	62, // [62:98] is the sub-list for method output_type
+	26, // [26:62] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_server_api_admin_proto_init() }
@@ -3643,7 +3737,7 @@ func file_server_api_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_server_api_admin_proto_rawDesc), len(file_server_api_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   58,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,11 @@ func (s *Service) CreateJoinToken(ctx context.Context, req *api.CreateJoinTokenR
 		case err == nil && s.cfg.Now().Before(n.ExpiresAt):
 			return nil, status.Errorf(codes.FailedPrecondition, "agent %s is attested (its SVID expires at %s); evict it first (signet server agent evict --spiffe-id %s) or choose another ID",
 				req.SpiffeId, n.ExpiresAt.UTC().Format(time.RFC3339), req.SpiffeId)
+		case err == nil && n.AttestationType != nodeattest.JoinTokenType:
+			// An ID keeps its attestation type: the token's attestation
+			// would be refused, so say so now rather than at the agent.
+			return nil, status.Errorf(codes.FailedPrecondition, "agent %s is recorded as a %s agent (its SVID expired at %s), and an ID keeps its attestation type; evict it first (signet server agent evict --spiffe-id %s) or choose another ID",
+				req.SpiffeId, n.AttestationType, n.ExpiresAt.UTC().Format(time.RFC3339), req.SpiffeId)
 		case err != nil && !errors.Is(err, store.ErrNotFound):
 			return nil, storeError("look up agent "+req.SpiffeId, err)
 		}

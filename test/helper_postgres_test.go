@@ -59,6 +59,13 @@ func TestHelperPostgresRotation(t *testing.T) {
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	d := startDev(t, "--svid-ttl", "20s")
+	// Three identities for this process: PostgreSQL's, the client's, whose
+	// first DNS name (its subject CN) pg_ident.conf maps to a role, and
+	// another workload's, which must not log in.
+	for _, e := range []struct{ name, dns string }{{"pg-server", "localhost"}, {"pg-client", "billing"}, {"other", "other"}} {
+		d.createEntry(t, "--parent-id", d.AgentID, "--spiffe-id", "spiffe://example.org/"+e.name, "--selector", "unix:uid:0",
+			"--hint", e.name, "--dns", e.dns)
+	}
 	base, err := os.MkdirTemp("", "signet-e2e-pg-")
 	if err != nil {
 		t.Fatal(err)
@@ -68,12 +75,15 @@ func TestHelperPostgresRotation(t *testing.T) {
 	_ = os.Chown(base, uid, gid) // postgres writes its log and socket here
 	certDir, data, clientDir := filepath.Join(base, "certs"), filepath.Join(base, "data"), filepath.Join(base, "client")
 	ctx := context.Background()
-	if out, err := runSignet(t, ctx, "helper", "--once", "--socket", d.Addr(), "--cert-dir", certDir, "--uid", "postgres", "--gid", "postgres"); err != nil {
+	otherDir := filepath.Join(base, "other")
+	if out, err := runSignet(t, ctx, "helper", "--once", "--socket", d.Addr(), "--cert-dir", certDir, "--uid", "postgres", "--gid", "postgres", "--hint", "pg-server"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	// The client SVID for psql (root's identity too), 0600 owned by root.
-	if out, err := runSignet(t, ctx, "helper", "--once", "--socket", d.Addr(), "--cert-dir", clientDir); err != nil {
-		t.Fatalf("%v\n%s", err, out)
+	// The client SVIDs for psql, 0600 owned by root.
+	for hint, dir := range map[string]string{"pg-client": clientDir, "other": otherDir} {
+		if out, err := runSignet(t, ctx, "helper", "--once", "--socket", d.Addr(), "--cert-dir", dir, "--hint", hint); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
 	}
 	st, err := os.Stat(filepath.Join(certDir, "svid_key.pem"))
 	if err != nil {
@@ -101,8 +111,10 @@ func TestHelperPostgresRotation(t *testing.T) {
 	f, _ := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	f.WriteString(conf)
 	f.Close()
-	os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte("local all all trust\nhostssl all all 127.0.0.1/32 cert clientname=DN map=svid\n"), 0o600)
-	os.WriteFile(filepath.Join(data, "pg_ident.conf"), []byte("svid /^.*$ postgres\n"), 0o600)
+	// As examples/postgres: the certificate's CN (the client entry's first
+	// DNS name) maps to one role.
+	os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte("local all all trust\nhostssl all all 127.0.0.1/32 cert map=svid\n"), 0o600)
+	os.WriteFile(filepath.Join(data, "pg_ident.conf"), []byte("svid billing postgres\n"), 0o600)
 	for _, n := range []string{"pg_hba.conf", "pg_ident.conf"} {
 		_ = os.Chown(filepath.Join(data, n), uid, gid)
 	}
@@ -117,21 +129,28 @@ func TestHelperPostgresRotation(t *testing.T) {
 			t.Logf("postgres log:\n%s", b)
 		}
 	})
+	psqlAs := func(dir string) (string, error) {
+		conn := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=verify-ca sslcert=%[2]s/svid.pem sslkey=%[2]s/svid_key.pem sslrootcert=%[2]s/bundle.pem connect_timeout=10", port, dir)
+		out, err := exec.Command("psql", conn, "-Atc", "select 'ssl=' || ssl from pg_stat_ssl where pid = pg_backend_pid()").CombinedOutput()
+		return string(out), err
+	}
 	psql := func() {
 		t.Helper()
-		conn := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=verify-ca sslcert=%[2]s/svid.pem sslkey=%[2]s/svid_key.pem sslrootcert=%[2]s/bundle.pem connect_timeout=10", port, clientDir)
-		out, err := exec.Command("psql", conn, "-Atc", "select 'ssl=' || ssl from pg_stat_ssl where pid = pg_backend_pid()").CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "ssl=t") {
+		if out, err := psqlAs(clientDir); err != nil || !strings.Contains(out, "ssl=t") {
 			t.Fatalf("psql: %v: %s", err, out)
 		}
 	}
 	psql()
+	// A valid SVID of the same trust domain, but not the mapped identity.
+	if out, err := psqlAs(otherDir); err == nil || !strings.Contains(out, "certificate authentication failed") {
+		t.Fatalf("psql with another workload's SVID: %v: %s; want certificate authentication refused", err, out)
+	}
 	before, err := pgServerSerial(port)
 	if err != nil {
 		t.Fatal(err)
 	}
 	reload := fmt.Sprintf("setpriv --reuid=%d --regid=%d --clear-groups %s -D %s reload", uid, gid, filepath.Join(pgBin, "pg_ctl"), data)
-	startSignet(t, nil, "helper", "--socket", d.Addr(), "--cert-dir", certDir, "--uid", "postgres", "--gid", "postgres", "--reload-cmd", reload)
+	startSignet(t, nil, "helper", "--socket", d.Addr(), "--cert-dir", certDir, "--uid", "postgres", "--gid", "postgres", "--hint", "pg-server", "--reload-cmd", reload)
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		s, err := pgServerSerial(port)

@@ -23,6 +23,7 @@ FUZZ_TARGETS ?= \
 	./server/store:FuzzParseURL \
 	./server/nodeattest:FuzzX509PoPPayload \
 	./server/nodeattest:FuzzSSHPoPPayload \
+	./server/nodeattest:FuzzAWSIIDPayload \
 	./server/adminapi:FuzzParseEntryFile \
 	./server/adminapi:FuzzParseEntryIDs \
 	./server/adminapi:FuzzParseBundleFile \

@@ -9,10 +9,10 @@ import (
 
 // Check runs the start-up checks of a resolved configuration that need no
 // store, CA or network (SPIRE's spire-server validate): the files the
-// server reads at start (node CA bundles, the disk upstream authority,
-// serving certificates) are read and parsed as New does. What only a
-// running server can see (the datastore, a kubeconfig's cluster, another
-// Signet server upstream) is not checked.
+// server reads at start (node CA bundles, aws_iid's certificates, the disk
+// upstream authority, serving certificates) are read and parsed as New
+// does. What only a running server can see (the datastore, a kubeconfig's
+// cluster, another Signet server upstream) is not checked.
 func (cfg Config) Check() error {
 	if cfg.X509PoP != nil {
 		if _, err := nodeattest.NewX509PoP(cfg.TrustDomain, *cfg.X509PoP); err != nil {
@@ -21,6 +21,11 @@ func (cfg Config) Check() error {
 	}
 	if cfg.SSHPoP != nil {
 		if _, err := nodeattest.NewSSHPoP(cfg.TrustDomain, *cfg.SSHPoP); err != nil {
+			return err
+		}
+	}
+	if cfg.AWSIID != nil {
+		if _, err := nodeattest.NewAWSIID(cfg.TrustDomain, *cfg.AWSIID); err != nil {
 			return err
 		}
 	}

@@ -64,6 +64,9 @@ type Config struct {
 	// SSHPoP, when set, attests agents with their host's OpenSSH host
 	// certificate; CertAuthoritiesPath is absolute.
 	SSHPoP *nodeattest.SSHPoPConfig
+	// AWSIID, when set, attests agents with their EC2 instance identity
+	// document; CertificatesPath is absolute.
+	AWSIID *nodeattest.AWSIIDConfig
 	// Federation is the bundle endpoint and the federation relationships.
 	Federation federation.Config
 	// K8sBundle, when set, keeps the trust bundle in a Kubernetes ConfigMap.
@@ -202,6 +205,23 @@ type SSHPoPFileConfig struct {
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }
 
+// AWSIIDFileConfig is the `aws_iid { ... }` block, with the keys of SPIRE's
+// aws_iid server plugin that need no EC2 API, and aws_certificates_path.
+type AWSIIDFileConfig struct {
+	// AccountIDsForLocalValidation: the accounts whose instances may
+	// attest; Signet validates every document locally (required).
+	AccountIDsForLocalValidation []string `hcl:"account_ids_for_local_validation"`
+	AWSCertificatesPath          string   `hcl:"aws_certificates_path"`
+	AgentPathTemplate            string   `hcl:"agent_path_template"`
+
+	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
+}
+
+// awsIIDAPIKeys are SPIRE's aws_iid keys for its EC2, IAM and Organizations
+// API calls, which Signet does not make: refused, saying so.
+var awsIIDAPIKeys = []string{"access_key_id", "secret_access_key", "assume_role", "skip_block_device", "skip_ec2_attest_calling",
+	"disable_instance_profile_selectors", "partition", "verify_organization", "validate_eks_cluster_membership", "endpoint"}
+
 // FileConfig is the HCL configuration file (every field optional; flags
 // override it). Durations use Go syntax ("90s", "1h").
 type FileConfig struct {
@@ -232,6 +252,8 @@ type FileConfig struct {
 	X509PoP *X509PoPFileConfig `hcl:"x509pop"`
 	// SSHPoP attests agents with OpenSSH host certificates.
 	SSHPoP *SSHPoPFileConfig `hcl:"sshpop"`
+	// AWSIID attests agents on EC2 with their instance identity document.
+	AWSIID *AWSIIDFileConfig `hcl:"aws_iid"`
 	// Federation is the `federation { ... }` block, shaped like SPIRE's.
 	Federation *federation.FileConfig `hcl:"federation"`
 	// K8sBundle publishes the trust bundle to a ConfigMap.
@@ -282,6 +304,18 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 			unused["sshpop: "+k] = pos
 		}
 	}
+	if fc.AWSIID != nil {
+		for k, pos := range fc.AWSIID.UnusedKeyPositions {
+			if slices.Contains(awsIIDAPIKeys, k) {
+				line := 0
+				if len(pos) > 0 {
+					line = pos[0].Line
+				}
+				return FileConfig{}, fmt.Errorf("parse server config: line %d: aws_iid: %s is a key of SPIRE's EC2 API calls, which Signet does not make: it checks the signed instance identity document alone (accounts in account_ids_for_local_validation); remove it", line, k)
+			}
+			unused["aws_iid: "+k] = pos
+		}
+	}
 	if fc.K8sBundle != nil {
 		for k, pos := range fc.K8sBundle.UnusedKeyPositions {
 			unused["k8s_bundle: "+k] = pos
@@ -318,6 +352,8 @@ func unlabelledBlock(name string) (example string, ok bool) {
 		return `{ ca_bundle_path = "..." }`, true
 	case "sshpop":
 		return `{ cert_authorities_path = "..." }`, true
+	case "aws_iid":
+		return `{ account_ids_for_local_validation = ["123456789012"] }`, true
 	case "k8s_bundle":
 		return `{ namespace = "..." config_map = "..." }`, true
 	case "k8s_controller":
@@ -453,7 +489,7 @@ func (fc FileConfig) Resolve() (Config, error) {
 		cfg.PruneAgentsExpiredFor = v
 	}
 	if fc.PruneTOFUNodes && cfg.PruneAgentsExpiredFor == 0 {
-		return Config{}, errors.New("prune_tofu_nodes needs prune_attested_nodes_expired_for (how long after their SVID expired join-token agents are removed)")
+		return Config{}, errors.New("prune_tofu_nodes needs prune_attested_nodes_expired_for (how long after their SVID expired join-token and aws_iid agents are removed)")
 	}
 	cfg.PruneNonReattestable = fc.PruneTOFUNodes
 	if cfg.CATTL != 0 && cfg.CATTL < 6*cfg.SVIDTTL {
@@ -495,6 +531,9 @@ func (fc FileConfig) Resolve() (Config, error) {
 		return Config{}, err
 	}
 	if cfg.SSHPoP, err = fc.SSHPoP.resolve(); err != nil {
+		return Config{}, err
+	}
+	if cfg.AWSIID, err = fc.AWSIID.resolve(); err != nil {
 		return Config{}, err
 	}
 	if b := fc.K8sBundle; b != nil {
@@ -636,6 +675,26 @@ func (x *SSHPoPFileConfig) resolve() (*nodeattest.SSHPoPConfig, error) {
 			return nil, fmt.Errorf("sshpop: cert_authorities_path %q: %w", x.CertAuthoritiesPath, err)
 		}
 		out.CertAuthoritiesPath = abs
+	}
+	if err := out.Check(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// resolve checks the aws_iid block; the certificates file is read when the
+// server starts. nil stays nil.
+func (x *AWSIIDFileConfig) resolve() (*nodeattest.AWSIIDConfig, error) {
+	if x == nil {
+		return nil, nil
+	}
+	out := &nodeattest.AWSIIDConfig{AccountIDs: x.AccountIDsForLocalValidation, AgentPathTemplate: x.AgentPathTemplate}
+	if x.AWSCertificatesPath != "" {
+		abs, err := filepath.Abs(x.AWSCertificatesPath)
+		if err != nil {
+			return nil, fmt.Errorf("aws_iid: aws_certificates_path %q: %w", x.AWSCertificatesPath, err)
+		}
+		out.CertificatesPath = abs
 	}
 	if err := out.Check(); err != nil {
 		return nil, err

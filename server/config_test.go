@@ -180,6 +180,25 @@ k8s_psat "dev" {
 		{name: "sshpop with a label", in: "trust_domain = \"a.org\"\nsshpop \"x\" { cert_authorities_path = \"/c\" }", wantErr: "line 2: want sshpop { cert_authorities_path"},
 		{name: "sshpop twice", in: "trust_domain = \"a.org\"\nsshpop { cert_authorities_path = \"/b\" }\nsshpop { cert_authorities_path = \"/c\" }", wantErr: "line 3: sshpop is already configured at line 2"},
 		{name: "x509pop twice", in: "trust_domain = \"a.org\"\nx509pop { ca_bundle_path = \"/b\" }\nx509pop { ca_bundle_path = \"/c\" }", wantErr: "line 3: x509pop is already configured at line 2"},
+		{
+			name: "aws_iid (SPIRE's keys that need no EC2 API)",
+			in: "trust_domain = \"a.org\"\naws_iid {\n account_ids_for_local_validation = [\"111122223333\", \"444455556666\"]\n" +
+				" aws_certificates_path = \"aws-certs.pem\"\n agent_path_template = \"aws_iid/{{ .Region }}/{{ .InstanceID }}\"\n}",
+			check: func(t *testing.T, c Config) {
+				if x := c.AWSIID; x == nil || !slices.Equal(x.AccountIDs, []string{"111122223333", "444455556666"}) || !filepath.IsAbs(x.CertificatesPath) ||
+					filepath.Base(x.CertificatesPath) != "aws-certs.pem" || x.AgentPathTemplate != "aws_iid/{{ .Region }}/{{ .InstanceID }}" {
+					t.Fatalf("aws_iid %+v", c.AWSIID)
+				}
+			},
+		},
+		{name: "aws_iid without accounts", in: "trust_domain = \"a.org\"\naws_iid {\n agent_path_template = \"x\"\n}", wantErr: "aws_iid: account_ids_for_local_validation is required"},
+		{name: "aws_iid with a bad account", in: "trust_domain = \"a.org\"\naws_iid {\n account_ids_for_local_validation = [\"prod\"]\n}", wantErr: `"prod" is not an AWS account ID`},
+		{name: "aws_iid with SPIRE's EC2 API keys", in: "trust_domain = \"a.org\"\naws_iid {\n account_ids_for_local_validation = [\"111122223333\"]\n skip_block_device = true\n}",
+			wantErr: "line 4: aws_iid: skip_block_device is a key of SPIRE's EC2 API calls, which Signet does not make"},
+		{name: "aws_iid with a .Tags template", in: "trust_domain = \"a.org\"\naws_iid {\n account_ids_for_local_validation = [\"111122223333\"]\n agent_path_template = \"{{ .Tags.name }}\"\n}",
+			wantErr: "uses .Tags"},
+		{name: "aws_iid unknown key", in: "trust_domain = \"a.org\"\naws_iid {\n account_ids_for_local_validation = [\"111122223333\"]\n accounts = [\"1\"]\n}", wantErr: "aws_iid: accounts (line 4)"},
+		{name: "aws_iid with a label", in: "trust_domain = \"a.org\"\naws_iid \"x\" { account_ids_for_local_validation = [\"111122223333\"] }", wantErr: "line 2: want aws_iid { account_ids_for_local_validation"},
 		{name: "k8s_bundle without a name", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"signet-system\"\n}", wantErr: "namespace and config_map are required"},
 		{name: "k8s_bundle unknown key", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"n\"\n configmap = \"x\"\n}", wantErr: "k8s_bundle: configmap (line 4)"},
 		{name: "k8s_psat without a cluster name", in: "trust_domain = \"a.org\"\nk8s_psat { service_account_allow_list = [\"a:b\"] }", wantErr: `line 2: want k8s_psat "<cluster name>"`},

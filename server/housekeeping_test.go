@@ -45,6 +45,7 @@ func TestHousekeepingAtStart(t *testing.T) {
 			{SPIFFEID: "spiffe://example.org/agent/x509pop/old", AttestationType: "x509pop", ExpiresAt: long},
 			{SPIFFEID: "spiffe://example.org/agent/x509pop/recent", AttestationType: "x509pop", ExpiresAt: recent},
 			{SPIFFEID: "spiffe://example.org/agent/join_token/old", AttestationType: "join_token", ExpiresAt: long},
+			{SPIFFEID: "spiffe://example.org/agent/aws_iid/111122223333/us-east-1/i-old", AttestationType: "aws_iid", ExpiresAt: long},
 			{SPIFFEID: "spiffe://example.org/agent/k8s_psat/c/banned", AttestationType: "k8s_psat", ExpiresAt: long},
 		} {
 			if err := st.UpsertNode(ctx, n); err != nil {
@@ -61,9 +62,12 @@ func TestHousekeepingAtStart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wantNodes := []string{"spiffe://example.org/agent/join_token/old", "spiffe://example.org/agent/k8s_psat/c/banned", "spiffe://example.org/agent/x509pop/recent"}
+		// Join-token and aws_iid agents (trusted on first use) go with
+		// prune_tofu_nodes only.
+		wantNodes := []string{"spiffe://example.org/agent/aws_iid/111122223333/us-east-1/i-old", "spiffe://example.org/agent/join_token/old",
+			"spiffe://example.org/agent/k8s_psat/c/banned", "spiffe://example.org/agent/x509pop/recent"}
 		if tofu {
-			wantNodes = wantNodes[1:]
+			wantNodes = wantNodes[2:]
 		}
 		var entries, nodes []string
 		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {

@@ -164,6 +164,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			return nil, err
 		}
 	}
+	var awsIID *nodeattest.AWSIID
+	if cfg.AWSIID != nil {
+		if awsIID, err = nodeattest.NewAWSIID(cfg.TrustDomain, *cfg.AWSIID); err != nil {
+			return nil, err
+		}
+	}
 	if s.bundlePub, err = newBundlePublisher(cfg, logger); err != nil {
 		return nil, err
 	}
@@ -175,6 +181,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		PSAT:        psat,
 		X509PoP:     x509PoP,
 		SSHPoP:      sshPoP,
+		AWSIID:      awsIID,
 		TrustDomain: cfg.TrustDomain,
 		Store:       s.store,
 		Catalog:     s.catalog,

@@ -87,6 +87,26 @@ var knownKeys = map[string]map[string]func(string) error{
 		"principal": nonEmpty,
 		"ca":        isSSHFingerprint,
 	},
+	// Node selectors of agents attested with an EC2 instance identity
+	// document (SPIRE's aws_iid names), from the signed document alone.
+	"aws_iid": {
+		"account_id": nonEmpty,
+		"az":         nonEmpty,
+		"image":      prefixed("id:"),
+		"instance":   prefixed("id:"),
+		"region":     nonEmpty,
+	},
+}
+
+// apiOnlyKeys are selector keys SPIRE's attestors read from a cloud API
+// Signet does not call: no Signet agent has them, so entries naming them
+// are refused, saying so.
+var apiOnlyKeys = map[string]map[string]string{
+	"aws_iid": {
+		"tag":     "instance tags",
+		"sg":      "security groups",
+		"iamrole": "the instance profile's IAM roles",
+	},
 }
 
 // freeForm are the selector types with no fixed keys: the join token's node
@@ -171,6 +191,9 @@ func (s Selector) Validate() error {
 			if strings.EqualFold(k, key) {
 				return fmt.Errorf("invalid selector %q: unknown %s key %q; did you mean %s:%s:%s?", clip(full), s.Type, clip(key), s.Type, k, clip(arg))
 			}
+		}
+		if what, ok := apiOnlyKeys[s.Type][key]; ok {
+			return fmt.Errorf("invalid selector %q: %s:%s is not provided: SPIRE reads %s from the cloud provider's API, which Signet does not call; use %s", clip(full), s.Type, key, what, strings.Join(prefixedKeys(s.Type, keys), ", "))
 		}
 		if s.Type == "systemd" && strings.EqualFold(strings.ReplaceAll(key, "_", ""), "fragmentpath") {
 			return fmt.Errorf("invalid selector %q: systemd:fragment_path is not provided (it needs systemd's D-Bus API); use systemd:id:<unit>", clip(full))
@@ -337,6 +360,15 @@ func sortedKeys(m map[string]func(string) error) []string {
 		out = append(out, k)
 	}
 	slices.Sort(out)
+	return out
+}
+
+// prefixedKeys names a type's keys as type:key, sorted.
+func prefixedKeys(typ string, keys map[string]func(string) error) []string {
+	out := sortedKeys(keys)
+	for i, k := range out {
+		out[i] = typ + ":" + k
+	}
 	return out
 }
 

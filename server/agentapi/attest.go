@@ -20,14 +20,17 @@ import (
 )
 
 // Attest proves a node (join token, Kubernetes projected service account
-// token, x509pop machine certificate or sshpop host certificate) and signs its agent SVID. A join
+// token, x509pop machine certificate, sshpop host certificate or aws_iid
+// instance identity document) and signs its agent SVID. A join
 // token is spent in the transaction that records the node, so when anything
 // fails before, the agent's retry can use the same token; once that
 // transaction commits, nothing fails, and an agent that never got the
 // answer may ask again with the same key. An agent whose evidence can be
 // presented again (k8s_psat, x509pop, sshpop) calls Attest again to renew
 // (re-attestation): the same ID, the selectors of the fresh evidence, and
-// the SVID the node had is no longer accepted.
+// the SVID the node had is no longer accepted. Evidence trusted on first
+// use (aws_iid) attests a node that is not recorded, never one that is:
+// its agent renews in place, and attests again only once evicted.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
 	// Never the payload: a join token, a service account token.
 	rec := audit.FromContext(ctx)
@@ -54,6 +57,8 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		return nil, s.bannedError(res.AgentID)
 	case err == nil && prev.AttestationType != res.Type:
 		return nil, s.takeoverError(res, prev.AttestationType)
+	case err == nil && res.TrustOnFirstUse:
+		return nil, s.alreadyAttestedError(res)
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return nil, status.Errorf(codes.Unavailable, "look up agent %s: %v", res.AgentID, err)
 	}
@@ -76,9 +81,12 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	// proves the attester holds the node's current SVID (a reinstalled
 	// host with a certificate of the same name, a replacement pod). That
 	// SVID stops working now; the agent moves to its new one.
-	if res.JoinTokenHash != "" {
+	switch {
+	case res.JoinTokenHash != "":
 		err = s.cfg.Store.UpsertNodeSpendingToken(ctx, node, res.JoinTokenHash, keyHash, s.cfg.Now())
-	} else {
+	case res.TrustOnFirstUse:
+		err = s.cfg.Store.CreateNode(ctx, node)
+	default:
 		err = s.cfg.Store.UpsertNode(ctx, node)
 	}
 	var typeErr *store.AttestationTypeError
@@ -87,6 +95,9 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		return nil, s.bannedError(res.AgentID)
 	case errors.As(err, &typeErr):
 		return nil, s.takeoverError(res, typeErr.Held)
+	case errors.Is(err, store.ErrAlreadyExists):
+		// Attested by a concurrent attestation with the same evidence.
+		return nil, s.alreadyAttestedError(res)
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrExpired):
 		// Spent by a concurrent attestation, or expired, since it was read.
 		s.cfg.Logger.Warn("agent attestation refused", "type", res.Type, "reason", err)
@@ -166,6 +177,16 @@ func (s *Service) takeoverError(res nodeattest.Result, held string) error {
 		res.AgentID, held, res.Type, res.AgentID)
 }
 
+// alreadyAttestedError refuses evidence trusted on first use for a node
+// that is recorded: the evidence can be replayed, so only the agent that
+// attested first holds the ID, and renews in place.
+func (s *Service) alreadyAttestedError(res nodeattest.Result) error {
+	s.cfg.Logger.Warn("agent attestation refused", "agent_id", res.AgentID.String(), "type", res.Type,
+		"reason", "already attested: "+res.Type+" evidence is trusted on first use")
+	return status.Errorf(codes.PermissionDenied, "agent %s is already attested: %s evidence attests a node once (trust on first use), as it can be replayed; if this is the same machine and its agent lost its SVID, evict the agent to let it attest again (signet server agent evict --spiffe-id %s)",
+		res.AgentID, res.Type, res.AgentID)
+}
+
 func (s *Service) bannedError(id spiffeid.ID) error {
 	s.cfg.Logger.Warn("agent attestation refused", "agent_id", id.String(), "reason", "banned")
 	return status.Errorf(codes.PermissionDenied, "agent %s is banned (an admin lifts the ban with: signet server agent evict --spiffe-id %s)", id, id)
@@ -195,9 +216,13 @@ func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, agentK
 		res, err = s.cfg.SSHPoP.Attest(ctx, req.Payload, agentKey, s.cfg.Now())
 	case req.AttestationType == nodeattest.SSHPoPType:
 		return res, status.Error(codes.FailedPrecondition, "sshpop attestation is not configured on this server (add an sshpop block to its config)")
+	case req.AttestationType == nodeattest.AWSIIDType && s.cfg.AWSIID != nil:
+		res, err = s.cfg.AWSIID.Attest(ctx, req.Payload, s.cfg.Now())
+	case req.AttestationType == nodeattest.AWSIIDType:
+		return res, status.Error(codes.FailedPrecondition, "aws_iid attestation is not configured on this server (add an aws_iid block to its config)")
 	default:
-		return res, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q, %q, %q or %q)", req.AttestationType,
-			nodeattest.JoinTokenType, nodeattest.K8sPSATType, nodeattest.X509PoPType, nodeattest.SSHPoPType)
+		return res, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q, %q, %q, %q or %q)", req.AttestationType,
+			nodeattest.JoinTokenType, nodeattest.K8sPSATType, nodeattest.X509PoPType, nodeattest.SSHPoPType, nodeattest.AWSIIDType)
 	}
 	if err == nil {
 		return res, nil
@@ -205,9 +230,10 @@ func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, agentK
 	s.cfg.Logger.Warn("agent attestation refused", "type", req.AttestationType, "reason", err)
 	switch {
 	case errors.Is(err, nodeattest.ErrTokenInvalid), errors.Is(err, nodeattest.ErrTokenExpired), errors.Is(err, nodeattest.ErrNotAttested),
-		errors.Is(err, nodeattest.ErrX509PoPRefused), errors.Is(err, nodeattest.ErrSSHPoPRefused):
+		errors.Is(err, nodeattest.ErrX509PoPRefused), errors.Is(err, nodeattest.ErrSSHPoPRefused), errors.Is(err, nodeattest.ErrAWSIIDRefused):
 		return res, status.Error(codes.PermissionDenied, err.Error())
-	case errors.Is(err, nodeattest.ErrMalformed), errors.Is(err, nodeattest.ErrX509PoPMalformed), errors.Is(err, nodeattest.ErrSSHPoPMalformed):
+	case errors.Is(err, nodeattest.ErrMalformed), errors.Is(err, nodeattest.ErrX509PoPMalformed), errors.Is(err, nodeattest.ErrSSHPoPMalformed),
+		errors.Is(err, nodeattest.ErrAWSIIDMalformed):
 		return res, status.Error(codes.InvalidArgument, err.Error())
 	}
 	// The store, the cluster's API server or the node CA file could

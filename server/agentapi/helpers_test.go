@@ -26,6 +26,7 @@ import (
 
 	"github.com/signetid/signet/internal/logtest"
 	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/api/awsiid/awsiidtest"
 	"github.com/signetid/signet/server/api/sshpop"
 	"github.com/signetid/signet/server/api/sshpop/sshpoptest"
 	"github.com/signetid/signet/server/api/x509pop"
@@ -62,6 +63,9 @@ type harness struct {
 	// are named sshpop/<first principal>.
 	sshCA     *sshpoptest.CA
 	sshCAFile string
+	// awsSigner signs aws_iid instance identity documents; the server
+	// trusts its certificate and account 111122223333.
+	awsSigner *awsiidtest.Signer
 	// auditLog holds the audit records (JSON).
 	auditLog *logtest.Buffer
 }
@@ -108,7 +112,14 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := New(Config{TrustDomain: td, Store: st, Catalog: cat, Signer: m, X509PoP: pop, SSHPoP: sshPoP, AgentTTL: time.Hour, Logger: logger})
+	awsSigner := awsiidtest.NewSigner(t)
+	awsCerts := filepath.Join(dir, "aws-certs.pem")
+	awsSigner.WriteCert(t, awsCerts)
+	awsIID, err := nodeattest.NewAWSIID(td, nodeattest.AWSIIDConfig{AccountIDs: []string{"111122223333"}, CertificatesPath: awsCerts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := New(Config{TrustDomain: td, Store: st, Catalog: cat, Signer: m, X509PoP: pop, SSHPoP: sshPoP, AWSIID: awsIID, AgentTTL: time.Hour, Logger: logger})
 	serverSVID, err := m.SignServerSVID(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +149,7 @@ func newHarness(t *testing.T) *harness {
 		}
 	}
 	return &harness{svc: svc, ca: m, store: st, cat: cat, dbPath: dbPath, addr: ln.Addr().String(), bundle: bundle,
-		nodeCA: nodeRoot.Intermediate(t, "Example Node Issuing"), nodeBundle: nodeBundle, sshCA: sshCA, sshCAFile: sshCAFile, auditLog: auditLog}
+		nodeCA: nodeRoot.Intermediate(t, "Example Node Issuing"), nodeBundle: nodeBundle, sshCA: sshCA, sshCAFile: sshCAFile, awsSigner: awsSigner, auditLog: auditLog}
 }
 
 // token stores a new join token for the agent ID agentID ("" for the
@@ -220,6 +231,15 @@ func (h *harness) sshpopRequest(t *testing.T, cert *ssh.Certificate, hostKey ssh
 		t.Fatal(err)
 	}
 	req.AttestationType = nodeattest.SSHPoPType
+	return key, req
+}
+
+// awsiidRequest is an aws_iid Attest request with a fresh key's CSR,
+// presenting doc signed by h.awsSigner.
+func (h *harness) awsiidRequest(t *testing.T, doc []byte) (*ecdsa.PrivateKey, *api.AttestRequest) {
+	t.Helper()
+	key, req := attestRequest(t, "")
+	req.AttestationType, req.Payload = nodeattest.AWSIIDType, h.awsSigner.Payload(t, doc)
 	return key, req
 }
 

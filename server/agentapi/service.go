@@ -43,6 +43,9 @@ type Config struct {
 	// SSHPoP attests agents with their host's OpenSSH host certificate;
 	// nil when the server has no sshpop block.
 	SSHPoP *nodeattest.SSHPoP
+	// AWSIID attests agents with their EC2 instance identity document; nil
+	// when the server has no aws_iid block.
+	AWSIID *nodeattest.AWSIID
 	// AgentTTL is the lifetime of agent SVIDs.
 	AgentTTL time.Duration
 	// RefreshHint is the bundle refresh hint sent to agents.

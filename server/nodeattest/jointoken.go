@@ -49,6 +49,13 @@ type Result struct {
 	// by attesting again and the server checks the evidence anew each
 	// time. A join token is spent: its agent renews in place.
 	CanReattest bool
+	// TrustOnFirstUse: the evidence is not bound to a secret the agent
+	// holds (a cloud's signed instance identity, which anyone who read it
+	// can present), so it attests its node once: while the node is
+	// recorded the same evidence is refused, and the agent renews in place
+	// with its SVID. Evicting the node lets the evidence attest again
+	// (SPIRE's TOFU). The caller records the node with store.CreateNode.
+	TrustOnFirstUse bool
 }
 
 // KeyHash is the hex SHA-256 of a public key's PKIX DER, the form in which

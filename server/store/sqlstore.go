@@ -737,6 +737,31 @@ func (s *sqlStore) UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHas
 	return nil
 }
 
+func (s *sqlStore) CreateNode(ctx context.Context, n Node) error {
+	if n.SPIFFEID == "" {
+		return errors.New("create node: SPIFFE ID is required")
+	}
+	n = normalizeNode(n)
+	err := s.write(ctx, func(t *tx) error {
+		old, err := getNode(ctx, t, n.SPIFFEID)
+		switch {
+		case err == nil && old.Banned:
+			return ErrBanned
+		case err == nil && old.AttestationType != n.AttestationType:
+			return &AttestationTypeError{SPIFFEID: n.SPIFFEID, Held: old.AttestationType, Wanted: n.AttestationType}
+		case err == nil:
+			return ErrAlreadyExists
+		case !errors.Is(err, ErrNotFound):
+			return err
+		}
+		return upsertNode(ctx, t, n)
+	})
+	if err != nil {
+		return fmt.Errorf("create node %s: %w", n.SPIFFEID, err)
+	}
+	return nil
+}
+
 // upsertNode writes the normalized node n unless it is banned or of
 // another attestation type.
 func upsertNode(ctx context.Context, t *tx, n Node) error {

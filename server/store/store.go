@@ -222,6 +222,13 @@ type Store interface {
 	// spent, ErrExpired if past ExpiresAt at now. When it fails nothing is
 	// written, so the token can still attest.
 	UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHash, keyHash string, now time.Time) error
+	// CreateNode records a node only if none with n.SPIFFEID is recorded,
+	// checked in the write transaction: a recorded one is ErrAlreadyExists
+	// (ErrBanned if banned, *AttestationTypeError if of another type).
+	// Attestations trusted on first use (aws_iid, gcp_iit: evidence that
+	// can be replayed) go through it, so two racing with the same evidence
+	// cannot both record the node.
+	CreateNode(ctx context.Context, n Node) error
 	GetNode(ctx context.Context, spiffeID string) (Node, error)
 	ListNodes(ctx context.Context) ([]Node, error)
 	// RenewNode records a renewed agent SVID in one conditional write: the

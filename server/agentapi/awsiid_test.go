@@ -1,0 +1,144 @@
+package agentapi
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signetid/signet/server/api"
+	"github.com/signetid/signet/server/api/awsiid/awsiidtest"
+)
+
+// An aws_iid agent attests with its instance identity document once: it
+// is not reattestable and renews in place with its SVID. The document can
+// be replayed, so presenting it again, with any key, is refused while the
+// node is recorded, and changes nothing; once the agent is evicted the
+// document attests again. A banned node stays banned.
+func TestAWSIIDTrustOnFirstUse(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	doc := awsiidtest.Doc("111122223333", "us-test-1", "i-0123456789abcdef0")
+	key, req := h.awsiidRequest(t, doc)
+	id, agent, resp := h.attestWith(t, key, req)
+	if id.String() != "spiffe://example.org/agent/aws_iid/111122223333/us-test-1/i-0123456789abcdef0" || resp.Reattestable {
+		t.Fatalf("attested %s, reattestable %v; want agent/aws_iid/<account>/<region>/<instance>, not reattestable", id, resp.Reattestable)
+	}
+	n, err := h.store.GetNode(ctx, id.String())
+	if err != nil || n.AttestationType != "aws_iid" || n.CanReattest || !hasSelector(n.Selectors, "aws_iid:instance:id:i-0123456789abcdef0") ||
+		!hasSelector(n.Selectors, "aws_iid:account_id:111122223333") {
+		t.Fatalf("node after attestation: %+v, %v; want an aws_iid node, not reattestable, with the document's selectors", n, err)
+	}
+
+	// The same document again, by whoever read it: refused, nothing changes.
+	for _, name := range []string{"replayed with another key", "replayed with the attesting agent's key"} {
+		_, replay := h.awsiidRequest(t, doc)
+		if name == "replayed with the attesting agent's key" {
+			replay.Csr = req.Csr
+		}
+		if _, err := h.anon(t).Attest(ctx, replay); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is already attested") ||
+			!strings.Contains(err.Error(), "signet server agent evict --spiffe-id "+id.String()) {
+			t.Fatalf("%s: %v; want PermissionDenied saying it is attested and how to evict it", name, err)
+		}
+		if got, _ := h.store.GetNode(ctx, id.String()); got.SerialNumber != n.SerialNumber {
+			t.Fatalf("%s changed the node: serial %s -> %s", name, n.SerialNumber, got.SerialNumber)
+		}
+	}
+
+	// The agent renews in place with its SVID.
+	renewed, err := agent.RenewAgent(ctx, &api.RenewAgentRequest{Csr: req.Csr})
+	if err != nil || renewed.Reattestable {
+		t.Fatalf("RenewAgent: %v, %v; want a renewal in place", renewed, err)
+	}
+
+	// Evicted, the instance attests again with the same document.
+	if err := h.store.DeleteNode(ctx, id.String()); err != nil {
+		t.Fatal(err)
+	}
+	key, req = h.awsiidRequest(t, doc)
+	if id2, _, _ := h.attestWith(t, key, req); id2 != id {
+		t.Fatalf("attested after the eviction as %s, want %s", id2, id)
+	}
+
+	// Banned, it cannot.
+	if err := h.store.BanNode(ctx, id.String()); err != nil {
+		t.Fatal(err)
+	}
+	_, req = h.awsiidRequest(t, doc)
+	if _, err := h.anon(t).Attest(ctx, req); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is banned") {
+		t.Fatalf("attestation of a banned instance: %v, want PermissionDenied naming the ban", err)
+	}
+}
+
+// Replays racing the first attestation: exactly one gets an SVID, every
+// other is told the instance is attested (the store records the node only
+// if none is).
+func TestAWSIIDConcurrentFirstUse(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	doc := awsiidtest.Doc("111122223333", "us-test-1", "i-race")
+	client := h.anon(t)
+	const n = 8
+	reqs := make([]*api.AttestRequest, n)
+	for i := range reqs {
+		_, reqs[i] = h.awsiidRequest(t, doc)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() { _, errs[i] = client.Attest(ctx, reqs[i]) })
+	}
+	wg.Wait()
+	wins := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			wins++
+		case status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is already attested"):
+			t.Errorf("racing attestation: %v, want success or PermissionDenied saying it is attested", err)
+		}
+	}
+	if wins != 1 {
+		t.Fatalf("%d of %d racing attestations with one document got an SVID, want exactly 1", wins, n)
+	}
+}
+
+// Refusals of the attestor are PermissionDenied (another signer, an
+// account not allowed), an unreadable payload InvalidArgument, aws_iid on
+// a server without the block FailedPrecondition; none records a node.
+func TestAWSIIDAttestCodes(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	other := awsiidtest.NewSigner(t)
+	tests := []struct {
+		name    string
+		payload []byte
+		code    codes.Code
+		msg     string
+	}{
+		{"another signer", other.Payload(t, awsiidtest.Doc("111122223333", "us-test-1", "i-1")), codes.PermissionDenied, "not signed by AWS's certificate"},
+		{"account not allowed", h.awsSigner.Payload(t, awsiidtest.Doc("999988887777", "us-test-1", "i-1")), codes.PermissionDenied, "not in account_ids_for_local_validation"},
+		{"malformed", []byte(`{"document":"{}","rsa2048":"MAA="}`), codes.InvalidArgument, "malformed aws_iid attestation data"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, req := attestRequest(t, "")
+			req.AttestationType, req.Payload = "aws_iid", tc.payload
+			if _, err := h.anon(t).Attest(ctx, req); status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("Attest: %v, want %s containing %q", err, tc.code, tc.msg)
+			}
+		})
+	}
+	if nodes, _ := h.store.ListNodes(ctx); len(nodes) != 0 {
+		t.Fatalf("refused attestations recorded %d nodes", len(nodes))
+	}
+	cfg := h.svc.cfg
+	cfg.AWSIID = nil
+	_, req := h.awsiidRequest(t, awsiidtest.Doc("111122223333", "us-test-1", "i-1"))
+	if _, err := New(cfg).Attest(ctx, req); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "add an aws_iid block") {
+		t.Fatalf("aws_iid without the block: %v, want FailedPrecondition", err)
+	}
+}

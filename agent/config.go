@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -65,6 +66,10 @@ type Config struct {
 	// certificate being <key>-cert.pub. Both are read at every attestation.
 	SSHPoPHostKeyPath  string `hcl:"sshpop_host_key_path"`
 	SSHPoPHostCertPath string `hcl:"sshpop_host_cert_path"`
+	// AWSIID, when set (an `aws_iid { ... }` block, even empty), attests
+	// the agent with its EC2 instance identity document, against the
+	// server's aws_iid block.
+	AWSIID *AWSIIDConfig `hcl:"aws_iid"`
 	// K8sWorkloadAttestor adds Kubernetes selectors (k8s:ns, k8s:sa, ...) to
 	// callers that run in a pod, from their cgroup and the node's kubelet.
 	K8sWorkloadAttestor bool `hcl:"k8s_workload_attestor"`
@@ -186,6 +191,27 @@ func (c SDSConfig) validate() error {
 	return nil
 }
 
+// AWSIIDConfig is the `aws_iid` block, with SPIRE's agent plugin key.
+type AWSIIDConfig struct {
+	// EC2MetadataEndpoint is the instance metadata service (default
+	// client.DefaultEC2MetadataEndpoint, http://169.254.169.254/).
+	EC2MetadataEndpoint string `hcl:"ec2_metadata_endpoint"`
+}
+
+var awsIIDKeys = []string{"ec2_metadata_endpoint"}
+
+// validate checks the endpoint: an http(s) URL of a host.
+func (c *AWSIIDConfig) validate() error {
+	if c.EC2MetadataEndpoint == "" {
+		return nil
+	}
+	u, err := url.Parse(c.EC2MetadataEndpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("agent: aws_iid ec2_metadata_endpoint %q: want an http URL such as %s", c.EC2MetadataEndpoint, client.DefaultEC2MetadataEndpoint)
+	}
+	return nil
+}
+
 // ReadyInfo describes a ready agent.
 type ReadyInfo struct {
 	AgentID    spiffeid.ID
@@ -198,7 +224,7 @@ type ReadyInfo struct {
 var configKeys = []string{
 	"server_address", "trust_domain", "data_dir", "join_token", "join_token_file",
 	"k8s_psat_cluster", "k8s_psat_token_path", "x509pop_cert_path", "x509pop_key_path",
-	"sshpop_host_key_path", "sshpop_host_cert_path", "k8s_workload_attestor", "kubelet_url",
+	"sshpop_host_key_path", "sshpop_host_cert_path", "aws_iid", "k8s_workload_attestor", "kubelet_url",
 	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name", "k8s_cgroup_root", "systemd_workload_attestor",
 	"trust_bundle_path", "trust_bundle_url", "trust_bundle_format", "insecure_bootstrap", "socket_path", "health_listen", "sds",
 	"admin_socket_path", "authorized_delegates",
@@ -247,8 +273,13 @@ func parseConfig(data []byte) (*Config, error) {
 			return nil, fmt.Errorf("agent config: key %q is set twice (%s)", key, item.Pos())
 		}
 		seen[key] = true
-		if key == "sds" {
-			if err := checkSDSBlock(item); err != nil {
+		switch key {
+		case "sds":
+			if err := checkBlock(item, "sds", sdsKeys, `sds { default_svid_name = "..." }`); err != nil {
+				return nil, err
+			}
+		case "aws_iid":
+			if err := checkBlock(item, "aws_iid", awsIIDKeys, `aws_iid { } (or aws_iid { ec2_metadata_endpoint = "http://169.254.169.254/" })`); err != nil {
 				return nil, err
 			}
 		}
@@ -260,20 +291,20 @@ func parseConfig(data []byte) (*Config, error) {
 	return &cfg, nil
 }
 
-// checkSDSBlock refuses an `sds` that is not a block, and unknown keys
-// inside it (the HCL parser refuses repeated ones).
-func checkSDSBlock(item *ast.ObjectItem) error {
+// checkBlock refuses a block setting (sds, aws_iid) that is not a block,
+// and unknown keys inside it (the HCL parser refuses repeated ones).
+func checkBlock(item *ast.ObjectItem, name string, keys []string, example string) error {
 	obj, ok := item.Val.(*ast.ObjectType)
 	if !ok {
-		return fmt.Errorf("agent config: `sds` at %s must be a block: sds { default_svid_name = \"...\" }", item.Pos())
+		return fmt.Errorf("agent config: `%s` at %s must be a block: %s", name, item.Pos(), example)
 	}
 	for _, it := range obj.List.Items {
 		if len(it.Keys) == 0 {
 			continue
 		}
 		key, _ := it.Keys[0].Token.Value().(string)
-		if len(it.Keys) > 1 || !slices.Contains(sdsKeys, key) {
-			return fmt.Errorf("agent config: unknown key %q in sds at %s (known: %s)", key, it.Pos(), strings.Join(sdsKeys, ", "))
+		if len(it.Keys) > 1 || !slices.Contains(keys, key) {
+			return fmt.Errorf("agent config: unknown key %q in %s at %s (known: %s)", key, name, it.Pos(), strings.Join(keys, ", "))
 		}
 	}
 	return nil
@@ -347,13 +378,25 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 			return spiffeid.TrustDomain{}, err
 		}
 	}
+	if c.AWSIID != nil {
+		ways = append(ways, "aws_iid")
+		if err := c.AWSIID.validate(); err != nil {
+			return spiffeid.TrustDomain{}, err
+		}
+	}
 	if len(ways) > 1 {
-		return spiffeid.TrustDomain{}, fmt.Errorf("agent: give one of a join token, k8s_psat_cluster, x509pop_cert_path or sshpop_host_key_path, not %s: an agent attests one way", strings.Join(ways, " and "))
+		return spiffeid.TrustDomain{}, fmt.Errorf("agent: give one of a join token, k8s_psat_cluster, x509pop_cert_path, sshpop_host_key_path or aws_iid, not %s: an agent attests one way", strings.Join(ways, " and "))
 	}
 	if c.K8sPSATCluster != "" && c.InsecureBootstrap {
 		// A projected token stays valid for hours: shown to an unverified
 		// server, it could be replayed to take this node's agent ID.
 		return spiffeid.TrustDomain{}, errors.New("agent: insecure_bootstrap cannot be used with k8s_psat_cluster; give --trust-bundle (the server's k8s_bundle ConfigMap)")
+	}
+	if c.AWSIID != nil && c.InsecureBootstrap {
+		// The signed document never expires: shown to an unverified
+		// server, it could be replayed to the real one to take this
+		// instance's agent ID before its agent attests.
+		return spiffeid.TrustDomain{}, errors.New("agent: insecure_bootstrap cannot be used with aws_iid; give --trust-bundle or --trust-bundle-url")
 	}
 	if err := c.validateTrustBundle(); err != nil {
 		return spiffeid.TrustDomain{}, err
@@ -547,8 +590,9 @@ func (c *Config) sshpopPaths() (key, cert string, err error) {
 }
 
 // nodeAttestor is how the agent attests: a projected service account
-// token, a machine certificate, an SSH host certificate, or the join token (the file re-read at
-// every attestation).
+// token, a machine certificate, an SSH host certificate, the EC2 instance
+// identity document, or the join token (the file re-read at every
+// attestation).
 func (c *Config) nodeAttestor(td spiffeid.TrustDomain) client.NodeAttestor {
 	if c.K8sPSATCluster != "" {
 		return client.PSAT(c.K8sPSATCluster, c.K8sPSATTokenPath)
@@ -558,6 +602,9 @@ func (c *Config) nodeAttestor(td spiffeid.TrustDomain) client.NodeAttestor {
 	}
 	if key, cert, err := c.sshpopPaths(); err == nil {
 		return client.SSHPoP(td, key, cert)
+	}
+	if c.AWSIID != nil {
+		return client.AWSIID(c.AWSIID.EC2MetadataEndpoint)
 	}
 	if c.JoinTokenFile == "" {
 		tok := strings.TrimSpace(c.JoinToken)

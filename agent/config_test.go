@@ -56,6 +56,14 @@ x509pop_key_path = "/etc/pki/host.key"
 sshpop_host_key_path = "/etc/ssh/ssh_host_ed25519_key"
 sshpop_host_cert_path = "/etc/ssh/ssh_host_ed25519_key-cert.pub"
 `, want: Config{SSHPoPHostKeyPath: "/etc/ssh/ssh_host_ed25519_key", SSHPoPHostCertPath: "/etc/ssh/ssh_host_ed25519_key-cert.pub"}},
+		{name: "aws_iid, empty block", in: "aws_iid {}\n", want: Config{AWSIID: &AWSIIDConfig{}}},
+		{name: "aws_iid with an endpoint (SPIRE's key)", in: `agent {
+  aws_iid {
+    ec2_metadata_endpoint = "http://127.0.0.1:1338/"
+  }
+}`, want: Config{AWSIID: &AWSIIDConfig{EC2MetadataEndpoint: "http://127.0.0.1:1338/"}}},
+		{name: "aws_iid unknown key", in: `aws_iid { identity_document_url = "http://x" }`, wantErr: `unknown key "identity_document_url" in aws_iid`},
+		{name: "aws_iid not a block", in: `aws_iid = true`, wantErr: "`aws_iid` at 1:1 must be a block: aws_iid { }"},
 		{name: "k8s workload attestor", in: `
 k8s_workload_attestor = true
 kubelet_url = "https://10.0.0.7:10250"
@@ -109,7 +117,8 @@ node_name = "node-1"
 				got.X509PoPCertPath != tc.want.X509PoPCertPath || got.X509PoPKeyPath != tc.want.X509PoPKeyPath ||
 				got.SSHPoPHostKeyPath != tc.want.SSHPoPHostKeyPath || got.SSHPoPHostCertPath != tc.want.SSHPoPHostCertPath ||
 				got.SDS != tc.want.SDS || got.TrustBundleURL != tc.want.TrustBundleURL || got.TrustBundleFormat != tc.want.TrustBundleFormat ||
-				got.AdminSocketPath != tc.want.AdminSocketPath || !slices.Equal(got.AuthorizedDelegates, tc.want.AuthorizedDelegates) {
+				got.AdminSocketPath != tc.want.AdminSocketPath || !slices.Equal(got.AuthorizedDelegates, tc.want.AuthorizedDelegates) ||
+				(got.AWSIID == nil) != (tc.want.AWSIID == nil) || got.AWSIID != nil && *got.AWSIID != *tc.want.AWSIID {
 				t.Fatalf("got %+v\nwant %+v", *got, tc.want)
 			}
 		})
@@ -164,6 +173,13 @@ func TestConfigValidate(t *testing.T) {
 			"not x509pop_cert_path and sshpop_host_key_path"},
 		{"token file and sshpop", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinTokenFile: "/f", SSHPoPHostCertPath: "/k-cert.pub"},
 			"not a join token and sshpop_host_key_path"},
+		{"aws_iid", Config{ServerAddress: "s:1", TrustDomain: "example.org", AWSIID: &AWSIIDConfig{}}, ""},
+		{"aws_iid with an endpoint", Config{ServerAddress: "s:1", TrustDomain: "example.org", AWSIID: &AWSIIDConfig{EC2MetadataEndpoint: "http://[fd00:ec2::254]/"}}, ""},
+		{"aws_iid with a bad endpoint", Config{ServerAddress: "s:1", TrustDomain: "example.org", AWSIID: &AWSIIDConfig{EC2MetadataEndpoint: "169.254.169.254"}},
+			`ec2_metadata_endpoint "169.254.169.254": want an http URL`},
+		{"aws_iid and a join token", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinToken: "t", AWSIID: &AWSIIDConfig{}}, "not a join token and aws_iid"},
+		{"aws_iid with insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", AWSIID: &AWSIIDConfig{}, InsecureBootstrap: true},
+			"insecure_bootstrap cannot be used with aws_iid"},
 		{"k8s_psat with insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod", InsecureBootstrap: true}, "insecure_bootstrap cannot be used"},
 		{"sds names", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultSVIDName: "svid", DefaultBundleName: "bundle"}}, ""},
 		{"sds bundle name shadows the default SVID name", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultBundleName: "default"}}, "default_svid_name and default_bundle_name are both \"default\""},
@@ -213,6 +229,8 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`sds = [{}, {}]`))
 	f.Add([]byte(`agent { trust_bundle_url = "https://b.example.org/" trust_bundle_format = "spiffe" }`))
 	f.Add([]byte(`agent { systemd_workload_attestor = false }`))
+	f.Add([]byte(`agent { aws_iid { ec2_metadata_endpoint = "http://169.254.169.254/" } }`))
+	f.Add([]byte(`aws_iid {}`))
 	f.Add([]byte(`agent { admin_socket_path = "/run/a.sock" authorized_delegates = ["spiffe://example.org/x"] }`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := ParseConfig(data)

@@ -532,7 +532,7 @@ func (c *Client) renew(ctx context.Context) error {
 // returned SVID and bundle; renewal says the attestation renews a
 // reattestable agent's SVID (for the log).
 func (c *Client) attest(ctx context.Context, renewal bool) error {
-	key, csr, ev, hash, err := c.attestKey()
+	key, csr, ev, hash, err := c.attestKey(ctx)
 	if err != nil {
 		return err
 	}
@@ -610,7 +610,7 @@ type pendingAttestation struct {
 // unanswered attestation with the same token, else new ones, remembered
 // for a single-use token until it is answered. The evidence is made for
 // the CSR's key, which it may be bound to (x509pop).
-func (c *Client) attestKey() (*ecdsa.PrivateKey, []byte, Evidence, string, error) {
+func (c *Client) attestKey(ctx context.Context) (*ecdsa.PrivateKey, []byte, Evidence, string, error) {
 	c.mu.RLock()
 	pending, used := c.pending, c.used
 	c.mu.RUnlock()
@@ -626,7 +626,7 @@ func (c *Client) attestKey() (*ecdsa.PrivateKey, []byte, Evidence, string, error
 	if err != nil {
 		return nil, nil, Evidence{}, "", fmt.Errorf("encode agent key: %w", err)
 	}
-	ev, err := c.cfg.NodeAttestor.Evidence(spki)
+	ev, err := c.cfg.NodeAttestor.Evidence(ctx, spki)
 	if err != nil {
 		return nil, nil, Evidence{}, "", err
 	}

@@ -2,6 +2,7 @@ package client
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -13,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/signetid/signet/server/api/awsiid"
 	"github.com/signetid/signet/server/api/sshpop"
 	"github.com/signetid/signet/server/api/x509pop"
 
@@ -25,12 +27,13 @@ const (
 	K8sPSATType   = "k8s_psat"
 	X509PoPType   = x509pop.Type
 	SSHPoPType    = sshpop.Type
+	AWSIIDType    = awsiid.Type
 )
 
 // Evidence is what the agent presents in one attestation.
 type Evidence struct {
 	// Type is the attestation type (JoinTokenType, K8sPSATType, X509PoPType,
-	// SSHPoPType).
+	// SSHPoPType, AWSIIDType).
 	Type    string
 	Payload []byte
 	// SingleUse evidence is spent by being presented (join tokens): the
@@ -39,11 +42,12 @@ type Evidence struct {
 }
 
 // NodeAttestor produces the evidence for each (re-)attestation, so it may
-// re-read a file that changed since the last one. agentKey is the DER
+// re-read a file that changed since the last one, or ask a metadata
+// service again (ctx bounds that). agentKey is the DER
 // SubjectPublicKeyInfo of the agent key the server is asked to certify,
 // which evidence may be bound to (x509pop and sshpop sign it).
 type NodeAttestor interface {
-	Evidence(agentKey []byte) (Evidence, error)
+	Evidence(ctx context.Context, agentKey []byte) (Evidence, error)
 }
 
 // errNoEvidence means the agent has nothing to attest with.
@@ -55,7 +59,7 @@ func JoinToken(token func() string) NodeAttestor { return joinToken(token) }
 
 type joinToken func() string
 
-func (t joinToken) Evidence([]byte) (Evidence, error) {
+func (t joinToken) Evidence(context.Context, []byte) (Evidence, error) {
 	tok := t()
 	if tok == "" {
 		return Evidence{}, errNoEvidence
@@ -70,7 +74,7 @@ func PSAT(cluster, tokenPath string) NodeAttestor { return psat{cluster: cluster
 
 type psat struct{ cluster, path string }
 
-func (p psat) Evidence([]byte) (Evidence, error) {
+func (p psat) Evidence(context.Context, []byte) (Evidence, error) {
 	b, err := os.ReadFile(p.path)
 	if err != nil {
 		return Evidence{}, fmt.Errorf("read projected service account token (mount one with audience signet-server): %w", err)
@@ -102,7 +106,7 @@ type x509PoP struct {
 	certPath, keyPath string
 }
 
-func (x x509PoP) Evidence(agentKey []byte) (Evidence, error) {
+func (x x509PoP) Evidence(_ context.Context, agentKey []byte) (Evidence, error) {
 	chain, err := readPEMChain(x.certPath)
 	if err != nil {
 		return Evidence{}, err
@@ -143,7 +147,7 @@ type sshPoP struct {
 	keyPath, certPath string
 }
 
-func (s sshPoP) Evidence(agentKey []byte) (Evidence, error) {
+func (s sshPoP) Evidence(_ context.Context, agentKey []byte) (Evidence, error) {
 	text, err := os.ReadFile(s.certPath)
 	if err != nil {
 		return Evidence{}, fmt.Errorf("read sshpop host certificate: %w", err)

@@ -57,7 +57,7 @@ func TestSSHPoPEvidence(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			agentKey := newAgentSPKI(t)
-			ev, err := SSHPoP(td, tc.key, tc.cert).Evidence(agentKey)
+			ev, err := SSHPoP(td, tc.key, tc.cert).Evidence(context.Background(), agentKey)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tc.wantErr)

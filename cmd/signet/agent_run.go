@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/signetid/signet/agent"
+	"github.com/signetid/signet/agent/client"
 )
 
 // newAgentRunCmd is `signet agent run`: flags override the config file.
@@ -14,6 +15,8 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 		configPath      string
 		flags           agent.Config
 		systemdAttestor bool
+		awsIID          bool
+		awsIIDEndpoint  string
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -63,6 +66,18 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			}
 			if set("sshpop-host-cert") {
 				cfg.SSHPoPHostCertPath = flags.SSHPoPHostCertPath
+			}
+			if set("aws-iid") {
+				cfg.AWSIID = nil
+				if awsIID {
+					cfg.AWSIID = &agent.AWSIIDConfig{}
+				}
+			}
+			if set("aws-iid-metadata-endpoint") {
+				if cfg.AWSIID == nil {
+					cfg.AWSIID = &agent.AWSIIDConfig{}
+				}
+				cfg.AWSIID.EC2MetadataEndpoint = awsIIDEndpoint
 			}
 			if set("k8s-workload-attestor") {
 				cfg.K8sWorkloadAttestor = flags.K8sWorkloadAttestor
@@ -145,6 +160,8 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	f.StringVar(&flags.X509PoPKeyPath, "x509pop-key", "", "private key of --x509pop-cert (PEM: PKCS #8, EC or RSA)")
 	f.StringVar(&flags.SSHPoPHostKeyPath, "sshpop-host-key", "", "attest with the host's OpenSSH host certificate instead of a join token: the host's private key, e.g. /etc/ssh/ssh_host_rsa_key (re-read at every attestation)")
 	f.StringVar(&flags.SSHPoPHostCertPath, "sshpop-host-cert", "", "OpenSSH host certificate of --sshpop-host-key (default: the key's path with -cert.pub)")
+	f.BoolVar(&awsIID, "aws-iid", false, "attest with the EC2 instance identity document instead of a join token (the server's aws_iid block; it attests an instance once, until its agent is evicted)")
+	f.StringVar(&awsIIDEndpoint, "aws-iid-metadata-endpoint", "", "EC2 instance metadata service for --aws-iid (SPIRE's ec2_metadata_endpoint; default "+client.DefaultEC2MetadataEndpoint+"); implies --aws-iid")
 	f.BoolVar(&flags.K8sWorkloadAttestor, "k8s-workload-attestor", false, "add Kubernetes selectors (k8s:ns, k8s:sa, k8s:pod-label, ...) for callers in pods, from the node's kubelet")
 	f.StringVar(&flags.KubeletURL, "kubelet-url", "", "kubelet API for the Kubernetes workload attestor (default https://127.0.0.1:10250; http://...:10255 for the read-only port)")
 	f.StringVar(&flags.KubeletCAPath, "kubelet-ca", "", "PEM CA of the kubelet's serving certificate (default the service account's ca.crt)")

@@ -33,6 +33,8 @@ func TestValidate(t *testing.T) {
 		{"server", "endpoint.conf", "trust_domain = \"example.org\"\nfederation {\n  bundle_endpoint {\n    address = \"127.0.0.1:8443\"\n    profile \"https_web\" {\n      serving_cert_file {\n        cert_file_path = \"" + filepath.Join(dir, "ep.crt") + "\"\n        key_file_path = \"" + filepath.Join(dir, "ep.key") + "\"\n      }\n    }\n  }\n}\n", "ep.crt"},
 		{"agent", "ok.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ninsecure_bootstrap = true\njoin_token = \"t\"\n", "is valid"},
 		{"agent", "nobundle.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ntrust_bundle_path = \"" + filepath.Join(dir, "missing.pem") + "\"\njoin_token = \"t\"\n", "missing.pem"},
+		{"agent", "aws.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ntrust_bundle_url = \"https://signet.example.org/bundle\"\naws_iid {}\n", "is valid"},
+		{"agent", "awsinsecure.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ninsecure_bootstrap = true\naws_iid {\n  ec2_metadata_endpoint = \"http://169.254.169.254/\"\n}\n", "insecure_bootstrap cannot be used with aws_iid"},
 		{"agent", "two.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ninsecure_bootstrap = true\njoin_token = \"t\"\nx509pop_cert_path = \"/c\"\nx509pop_key_path = \"/k\"\n", "attests one way"},
 	} {
 		path := write(tc.role+"-"+tc.name, tc.body)

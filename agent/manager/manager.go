@@ -2,8 +2,7 @@ package manager
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
@@ -49,6 +48,8 @@ type Config struct {
 	BatchSize int
 	// Workers bounds the goroutines generating keys (default GOMAXPROCS).
 	Workers int
+	// KeyType is the type of the workload keys (default KeyECP256).
+	KeyType KeyType
 	// MaxBackoff caps the retry interval when the server is unreachable
 	// (default 30s).
 	MaxBackoff time.Duration
@@ -327,7 +328,7 @@ func (m *Manager) apply(u *api.SyncResponse) error {
 type pending struct {
 	entry  cache.Entry
 	reason reason
-	key    *ecdsa.PrivateKey
+	key    crypto.Signer
 	csr    []byte
 }
 
@@ -433,7 +434,7 @@ func (m *Manager) generate(ctx context.Context, chunk []*pending) error {
 					return
 				}
 				p := chunk[i]
-				key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+				key, err := m.cfg.KeyType.generate()
 				if err != nil {
 					errs[w] = fmt.Errorf("generate key for entry %s: %w", p.entry.ID, err)
 					return
@@ -503,7 +504,7 @@ func svidFromProto(s *api.X509SVID, p *pending) (*x509svid.SVID, error) {
 		}
 		certs = append(certs, c)
 	}
-	if !p.key.PublicKey.Equal(certs[0].PublicKey) {
+	if pub, ok := p.key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(certs[0].PublicKey) {
 		return nil, fmt.Errorf("SVID for entry %s: certificate is not for the requested key", p.entry.ID)
 	}
 	id, err := x509svid.IDFromCert(certs[0])

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -402,4 +403,49 @@ func scrape(t *testing.T, health string) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// workload_x509_svid_key_type = "rsa-2048": workloads get RSA keys through
+// the real server and Workload API; an unknown type is refused at start.
+func TestAgentRSAWorkloadKeys(t *testing.T) {
+	s := startServer(t)
+	tok, err := s.Admin().CreateJoinToken(context.Background(), &api.CreateJoinTokenRequest{SpiffeId: agentID, TtlSeconds: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.entry(t, "/rsa", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	dir, err := os.MkdirTemp("", "sgt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := agent.Config{
+		ServerAddress: s.Addr(), TrustDomain: td.Name(), DataDir: filepath.Join(dir, "data"),
+		JoinToken: tok.Token, TrustBundlePEM: s.BundlePEM(), SocketPath: filepath.Join(dir, "agent.sock"),
+		WorkloadKeyType: "rsa-2048",
+	}
+	bad := cfg
+	bad.WorkloadKeyType = "rsa-1024"
+	if err := agent.Run(context.Background(), bad, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "workload_x509_svid_key_type") {
+		t.Fatalf("agent with key type rsa-1024: %v, want a refusal naming workload_x509_svid_key_type", err)
+	}
+	a := startAgent(t, cfg)
+	a.waitReady(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// Ready comes with the first sync; the RSA keys take a moment more.
+	var svid *x509svid.SVID
+	for {
+		if svid, err = workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+cfg.SocketPath)); err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, ok := svid.PrivateKey.(*rsa.PrivateKey)
+	if !ok || key.N.BitLen() != 2048 || !key.PublicKey.Equal(svid.Certificates[0].PublicKey) {
+		t.Fatalf("workload key %T, want the 2048-bit RSA key of the SVID", svid.PrivateKey)
+	}
 }

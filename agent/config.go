@@ -20,6 +20,7 @@ import (
 
 	"github.com/signetid/signet/agent/attestor"
 	"github.com/signetid/signet/agent/client"
+	"github.com/signetid/signet/agent/manager"
 	"github.com/signetid/signet/agent/workloadapi"
 	"github.com/signetid/signet/internal/hclsafe"
 	"github.com/signetid/signet/internal/ids"
@@ -121,6 +122,10 @@ type Config struct {
 	// SDS names the secrets of the Envoy SDS service on the Workload API
 	// socket: an `sds { ... }` block with SPIRE's keys.
 	SDS SDSConfig `hcl:"sds"`
+	// WorkloadKeyType is the type of the keys made for workload
+	// X509-SVIDs: "ec-p256" (default) or "rsa-2048" (SPIRE's key and
+	// values), for apps that take no EC keys.
+	WorkloadKeyType string `hcl:"workload_x509_svid_key_type"`
 
 	// OnReady is called once, when the agent is attested, has applied the
 	// server's first sync and serves the Workload API (in-process use).
@@ -409,6 +414,9 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 	}
 	if err := c.SDS.validate(); err != nil {
 		return spiffeid.TrustDomain{}, err
+	}
+	if _, err := manager.ParseKeyType(c.WorkloadKeyType); err != nil {
+		return spiffeid.TrustDomain{}, fmt.Errorf("agent: workload_x509_svid_key_type: %w", err)
 	}
 	if err := c.validateAdminSocket(td); err != nil {
 		return spiffeid.TrustDomain{}, err

@@ -273,7 +273,12 @@ func newServerLink(cfg Config, td spiffeid.TrustDomain, roots []*x509.Certificat
 	if err != nil {
 		return nil, err
 	}
+	keyType, err := manager.ParseKeyType(cfg.WorkloadKeyType)
+	if err != nil {
+		return nil, err
+	}
 	mgr, err := manager.New(manager.Config{
+		KeyType:         keyType,
 		Server:          cl.Service(),
 		Cache:           svids,
 		TrustDomain:     td,

@@ -138,6 +138,9 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 			if set("health-listen") {
 				cfg.HealthListen = flags.HealthListen
 			}
+			if set("workload-x509-svid-key-type") {
+				cfg.WorkloadKeyType = flags.WorkloadKeyType
+			}
 			if set("admin-socket") {
 				cfg.AdminSocketPath = flags.AdminSocketPath
 			}
@@ -176,6 +179,7 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	f.BoolVar(&flags.InsecureBootstrap, "insecure-bootstrap", false, "labs only: attest without verifying the server when no trust bundle is known")
 	f.StringVar(&flags.SocketPath, "socket", agent.DefaultSocketPath, "Workload API Unix socket")
 	f.StringVar(&flags.HealthListen, "health-listen", "", "address for /live, /ready and /metrics, e.g. 127.0.0.1:8081")
+	f.StringVar(&flags.WorkloadKeyType, "workload-x509-svid-key-type", "", "key type of workload X509-SVIDs: ec-p256 (default) or rsa-2048, for apps that take no EC keys")
 	f.StringVar(&flags.AdminSocketPath, "admin-socket", "", "Unix socket for SPIRE's Delegated Identity API (off when empty); not in the --socket directory")
 	f.StringArrayVar(&flags.AuthorizedDelegates, "authorized-delegate", nil, "SPIFFE ID allowed on --admin-socket to obtain any workload's SVIDs (Cilium, ztunnel); repeat for more; replaces the file's list")
 	return cmd

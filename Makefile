@@ -24,6 +24,7 @@ FUZZ_TARGETS ?= \
 	./server/nodeattest:FuzzX509PoPPayload \
 	./server/nodeattest:FuzzSSHPoPPayload \
 	./server/nodeattest:FuzzAWSIIDPayload \
+	./server/nodeattest:FuzzGCPIITPayload \
 	./server/adminapi:FuzzParseEntryFile \
 	./server/adminapi:FuzzParseEntryIDs \
 	./server/adminapi:FuzzParseBundleFile \

@@ -29,6 +29,12 @@ func (cfg Config) Check() error {
 			return err
 		}
 	}
+	if cfg.GCPIIT != nil {
+		// Google's certificates are fetched at the first attestation.
+		if _, err := nodeattest.NewGCPIIT(cfg.TrustDomain, *cfg.GCPIIT); err != nil {
+			return err
+		}
+	}
 	if cfg.UpstreamAuthority != nil {
 		if err := cfg.UpstreamAuthority.Check(); err != nil {
 			return fmt.Errorf("upstream_authority \"disk\": %w", err)

@@ -67,6 +67,9 @@ type Config struct {
 	// AWSIID, when set, attests agents with their EC2 instance identity
 	// document; CertificatesPath is absolute.
 	AWSIID *nodeattest.AWSIIDConfig
+	// GCPIIT, when set, attests agents with their GCE instance identity
+	// token.
+	GCPIIT *nodeattest.GCPIITConfig
 	// Federation is the bundle endpoint and the federation relationships.
 	Federation federation.Config
 	// K8sBundle, when set, keeps the trust bundle in a Kubernetes ConfigMap.
@@ -222,6 +225,24 @@ type AWSIIDFileConfig struct {
 var awsIIDAPIKeys = []string{"access_key_id", "secret_access_key", "assume_role", "skip_block_device", "skip_ec2_attest_calling",
 	"disable_instance_profile_selectors", "partition", "verify_organization", "validate_eks_cluster_membership", "endpoint"}
 
+// GCPIITFileConfig is the `gcp_iit { ... }` block, with the keys of SPIRE's
+// gcp_iit server plugin that need no Compute Engine API, and
+// google_certificates_url.
+type GCPIITFileConfig struct {
+	ProjectIDAllowList    []string `hcl:"projectid_allow_list"`
+	AgentPathTemplate     string   `hcl:"agent_path_template"`
+	GoogleCertificatesURL string   `hcl:"google_certificates_url"`
+	// UseInstanceMetadata may only be false: the Compute Engine API is
+	// not called.
+	UseInstanceMetadata bool `hcl:"use_instance_metadata"`
+
+	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
+}
+
+// gcpIITAPIKeys are SPIRE's gcp_iit keys for its Compute Engine API calls,
+// which Signet does not make: refused, saying so.
+var gcpIITAPIKeys = []string{"service_account_file", "allowed_label_keys", "allowed_metadata_keys", "max_metadata_value_size"}
+
 // FileConfig is the HCL configuration file (every field optional; flags
 // override it). Durations use Go syntax ("90s", "1h").
 type FileConfig struct {
@@ -254,6 +275,8 @@ type FileConfig struct {
 	SSHPoP *SSHPoPFileConfig `hcl:"sshpop"`
 	// AWSIID attests agents on EC2 with their instance identity document.
 	AWSIID *AWSIIDFileConfig `hcl:"aws_iid"`
+	// GCPIIT attests agents on GCE with their instance identity token.
+	GCPIIT *GCPIITFileConfig `hcl:"gcp_iit"`
 	// Federation is the `federation { ... }` block, shaped like SPIRE's.
 	Federation *federation.FileConfig `hcl:"federation"`
 	// K8sBundle publishes the trust bundle to a ConfigMap.
@@ -316,6 +339,18 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 			unused["aws_iid: "+k] = pos
 		}
 	}
+	if fc.GCPIIT != nil {
+		for k, pos := range fc.GCPIIT.UnusedKeyPositions {
+			if slices.Contains(gcpIITAPIKeys, k) {
+				line := 0
+				if len(pos) > 0 {
+					line = pos[0].Line
+				}
+				return FileConfig{}, fmt.Errorf("parse server config: line %d: gcp_iit: %s is a key of SPIRE's Compute Engine API calls (use_instance_metadata), which Signet does not make: it checks the instance identity token alone; remove it", line, k)
+			}
+			unused["gcp_iit: "+k] = pos
+		}
+	}
 	if fc.K8sBundle != nil {
 		for k, pos := range fc.K8sBundle.UnusedKeyPositions {
 			unused["k8s_bundle: "+k] = pos
@@ -354,6 +389,8 @@ func unlabelledBlock(name string) (example string, ok bool) {
 		return `{ cert_authorities_path = "..." }`, true
 	case "aws_iid":
 		return `{ account_ids_for_local_validation = ["123456789012"] }`, true
+	case "gcp_iit":
+		return `{ projectid_allow_list = ["my-project"] }`, true
 	case "k8s_bundle":
 		return `{ namespace = "..." config_map = "..." }`, true
 	case "k8s_controller":
@@ -489,7 +526,7 @@ func (fc FileConfig) Resolve() (Config, error) {
 		cfg.PruneAgentsExpiredFor = v
 	}
 	if fc.PruneTOFUNodes && cfg.PruneAgentsExpiredFor == 0 {
-		return Config{}, errors.New("prune_tofu_nodes needs prune_attested_nodes_expired_for (how long after their SVID expired join-token and aws_iid agents are removed)")
+		return Config{}, errors.New("prune_tofu_nodes needs prune_attested_nodes_expired_for (how long after their SVID expired join-token, aws_iid and gcp_iit agents are removed)")
 	}
 	cfg.PruneNonReattestable = fc.PruneTOFUNodes
 	if cfg.CATTL != 0 && cfg.CATTL < 6*cfg.SVIDTTL {
@@ -534,6 +571,9 @@ func (fc FileConfig) Resolve() (Config, error) {
 		return Config{}, err
 	}
 	if cfg.AWSIID, err = fc.AWSIID.resolve(); err != nil {
+		return Config{}, err
+	}
+	if cfg.GCPIIT, err = fc.GCPIIT.resolve(); err != nil {
 		return Config{}, err
 	}
 	if b := fc.K8sBundle; b != nil {
@@ -696,6 +736,21 @@ func (x *AWSIIDFileConfig) resolve() (*nodeattest.AWSIIDConfig, error) {
 		}
 		out.CertificatesPath = abs
 	}
+	if err := out.Check(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// resolve checks the gcp_iit block. nil stays nil.
+func (x *GCPIITFileConfig) resolve() (*nodeattest.GCPIITConfig, error) {
+	if x == nil {
+		return nil, nil
+	}
+	if x.UseInstanceMetadata {
+		return nil, errors.New("gcp_iit: use_instance_metadata is not supported: it needs the Compute Engine API, which Signet does not call (the tag, sa, label and metadata selectors are left out); the token's project-id, zone and instance-name selectors remain")
+	}
+	out := &nodeattest.GCPIITConfig{ProjectIDs: x.ProjectIDAllowList, CertsURL: x.GoogleCertificatesURL, AgentPathTemplate: x.AgentPathTemplate}
 	if err := out.Check(); err != nil {
 		return nil, err
 	}

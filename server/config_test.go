@@ -198,6 +198,26 @@ k8s_psat "dev" {
 		{name: "aws_iid with a .Tags template", in: "trust_domain = \"a.org\"\naws_iid {\n account_ids_for_local_validation = [\"111122223333\"]\n agent_path_template = \"{{ .Tags.name }}\"\n}",
 			wantErr: "uses .Tags"},
 		{name: "aws_iid unknown key", in: "trust_domain = \"a.org\"\naws_iid {\n account_ids_for_local_validation = [\"111122223333\"]\n accounts = [\"1\"]\n}", wantErr: "aws_iid: accounts (line 4)"},
+		{
+			name: "gcp_iit (SPIRE's keys that need no Compute Engine API)",
+			in: "trust_domain = \"a.org\"\ngcp_iit {\n projectid_allow_list = [\"project-a\"]\n use_instance_metadata = false\n" +
+				" agent_path_template = \"gcp_iit/{{ .Zone }}/{{ .InstanceName }}\"\n google_certificates_url = \"http://127.0.0.1:8080/certs\"\n}",
+			check: func(t *testing.T, c Config) {
+				if x := c.GCPIIT; x == nil || !slices.Equal(x.ProjectIDs, []string{"project-a"}) || x.AgentPathTemplate != "gcp_iit/{{ .Zone }}/{{ .InstanceName }}" ||
+					x.CertsURL != "http://127.0.0.1:8080/certs" {
+					t.Fatalf("gcp_iit %+v", c.GCPIIT)
+				}
+			},
+		},
+		{name: "gcp_iit without projects", in: "trust_domain = \"a.org\"\ngcp_iit {\n agent_path_template = \"x\"\n}", wantErr: "gcp_iit: projectid_allow_list is required"},
+		{name: "gcp_iit with instance metadata", in: "trust_domain = \"a.org\"\ngcp_iit {\n projectid_allow_list = [\"p\"]\n use_instance_metadata = true\n}",
+			wantErr: "gcp_iit: use_instance_metadata is not supported: it needs the Compute Engine API"},
+		{name: "gcp_iit with SPIRE's Compute Engine API keys", in: "trust_domain = \"a.org\"\ngcp_iit {\n projectid_allow_list = [\"p\"]\n allowed_label_keys = [\"env\"]\n}",
+			wantErr: "line 4: gcp_iit: allowed_label_keys is a key of SPIRE's Compute Engine API calls"},
+		{name: "gcp_iit with an http certificates URL", in: "trust_domain = \"a.org\"\ngcp_iit {\n projectid_allow_list = [\"p\"]\n google_certificates_url = \"http://www.googleapis.com/oauth2/v1/certs\"\n}",
+			wantErr: "plain http is allowed only to a loopback host"},
+		{name: "gcp_iit SPIRE's old key", in: "trust_domain = \"a.org\"\ngcp_iit {\n projectid_whitelist = [\"p\"]\n}", wantErr: "gcp_iit: projectid_whitelist (line 3)"},
+		{name: "gcp_iit with a label", in: "trust_domain = \"a.org\"\ngcp_iit \"x\" { projectid_allow_list = [\"p\"] }", wantErr: "line 2: want gcp_iit { projectid_allow_list"},
 		{name: "aws_iid with a label", in: "trust_domain = \"a.org\"\naws_iid \"x\" { account_ids_for_local_validation = [\"111122223333\"] }", wantErr: "line 2: want aws_iid { account_ids_for_local_validation"},
 		{name: "k8s_bundle without a name", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"signet-system\"\n}", wantErr: "namespace and config_map are required"},
 		{name: "k8s_bundle unknown key", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"n\"\n configmap = \"x\"\n}", wantErr: "k8s_bundle: configmap (line 4)"},

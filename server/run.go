@@ -170,6 +170,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 			return nil, err
 		}
 	}
+	var gcpIIT *nodeattest.GCPIIT
+	if cfg.GCPIIT != nil {
+		if gcpIIT, err = nodeattest.NewGCPIIT(cfg.TrustDomain, *cfg.GCPIIT); err != nil {
+			return nil, err
+		}
+	}
 	if s.bundlePub, err = newBundlePublisher(cfg, logger); err != nil {
 		return nil, err
 	}
@@ -182,6 +188,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err e
 		X509PoP:     x509PoP,
 		SSHPoP:      sshPoP,
 		AWSIID:      awsIID,
+		GCPIIT:      gcpIIT,
 		TrustDomain: cfg.TrustDomain,
 		Store:       s.store,
 		Catalog:     s.catalog,

@@ -96,6 +96,13 @@ var knownKeys = map[string]map[string]func(string) error{
 		"instance":   prefixed("id:"),
 		"region":     nonEmpty,
 	},
+	// Node selectors of agents attested with a GCE instance identity
+	// token (SPIRE's gcp_iit names), from the token's claims alone.
+	"gcp_iit": {
+		"project-id":    nonEmpty,
+		"zone":          nonEmpty,
+		"instance-name": nonEmpty,
+	},
 }
 
 // apiOnlyKeys are selector keys SPIRE's attestors read from a cloud API
@@ -106,6 +113,12 @@ var apiOnlyKeys = map[string]map[string]string{
 		"tag":     "instance tags",
 		"sg":      "security groups",
 		"iamrole": "the instance profile's IAM roles",
+	},
+	"gcp_iit": {
+		"tag":      "instance tags",
+		"sa":       "the instance's service accounts",
+		"label":    "instance labels",
+		"metadata": "instance metadata",
 	},
 }
 

@@ -16,7 +16,7 @@ import (
 
 // PurgeAgents removes the agents whose SVID expired before the given time:
 // those that attest again by themselves (x509pop, sshpop, k8s_psat), and
-// join-token and aws_iid agents (trusted on first use) too when
+// join-token, aws_iid and gcp_iit agents (trusted on first use) too when
 // includeNonReattestable. A banned agent is
 // never removed (that would lift its ban), nor one that renewed or
 // attested again since it was listed: each removal is one conditional

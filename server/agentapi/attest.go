@@ -20,8 +20,9 @@ import (
 )
 
 // Attest proves a node (join token, Kubernetes projected service account
-// token, x509pop machine certificate, sshpop host certificate or aws_iid
-// instance identity document) and signs its agent SVID. A join
+// token, x509pop machine certificate, sshpop host certificate, aws_iid
+// instance identity document or gcp_iit instance identity token) and
+// signs its agent SVID. A join
 // token is spent in the transaction that records the node, so when anything
 // fails before, the agent's retry can use the same token; once that
 // transaction commits, nothing fails, and an agent that never got the
@@ -29,7 +30,7 @@ import (
 // presented again (k8s_psat, x509pop, sshpop) calls Attest again to renew
 // (re-attestation): the same ID, the selectors of the fresh evidence, and
 // the SVID the node had is no longer accepted. Evidence trusted on first
-// use (aws_iid) attests a node that is not recorded, never one that is:
+// use (aws_iid, gcp_iit) attests a node that is not recorded, never one that is:
 // its agent renews in place, and attests again only once evicted.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
 	// Never the payload: a join token, a service account token.
@@ -220,9 +221,13 @@ func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, agentK
 		res, err = s.cfg.AWSIID.Attest(ctx, req.Payload, s.cfg.Now())
 	case req.AttestationType == nodeattest.AWSIIDType:
 		return res, status.Error(codes.FailedPrecondition, "aws_iid attestation is not configured on this server (add an aws_iid block to its config)")
+	case req.AttestationType == nodeattest.GCPIITType && s.cfg.GCPIIT != nil:
+		res, err = s.cfg.GCPIIT.Attest(ctx, req.Payload, s.cfg.Now())
+	case req.AttestationType == nodeattest.GCPIITType:
+		return res, status.Error(codes.FailedPrecondition, "gcp_iit attestation is not configured on this server (add a gcp_iit block to its config)")
 	default:
-		return res, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q, %q, %q, %q or %q)", req.AttestationType,
-			nodeattest.JoinTokenType, nodeattest.K8sPSATType, nodeattest.X509PoPType, nodeattest.SSHPoPType, nodeattest.AWSIIDType)
+		return res, status.Errorf(codes.InvalidArgument, "attestation type %q is not supported (want %q, %q, %q, %q, %q or %q)", req.AttestationType,
+			nodeattest.JoinTokenType, nodeattest.K8sPSATType, nodeattest.X509PoPType, nodeattest.SSHPoPType, nodeattest.AWSIIDType, nodeattest.GCPIITType)
 	}
 	if err == nil {
 		return res, nil
@@ -230,17 +235,19 @@ func (s *Service) attestNode(ctx context.Context, req *api.AttestRequest, agentK
 	s.cfg.Logger.Warn("agent attestation refused", "type", req.AttestationType, "reason", err)
 	switch {
 	case errors.Is(err, nodeattest.ErrTokenInvalid), errors.Is(err, nodeattest.ErrTokenExpired), errors.Is(err, nodeattest.ErrNotAttested),
-		errors.Is(err, nodeattest.ErrX509PoPRefused), errors.Is(err, nodeattest.ErrSSHPoPRefused), errors.Is(err, nodeattest.ErrAWSIIDRefused):
+		errors.Is(err, nodeattest.ErrX509PoPRefused), errors.Is(err, nodeattest.ErrSSHPoPRefused), errors.Is(err, nodeattest.ErrAWSIIDRefused),
+		errors.Is(err, nodeattest.ErrGCPIITRefused):
 		return res, status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, nodeattest.ErrMalformed), errors.Is(err, nodeattest.ErrX509PoPMalformed), errors.Is(err, nodeattest.ErrSSHPoPMalformed),
-		errors.Is(err, nodeattest.ErrAWSIIDMalformed):
+		errors.Is(err, nodeattest.ErrAWSIIDMalformed), errors.Is(err, nodeattest.ErrGCPIITMalformed):
 		return res, status.Error(codes.InvalidArgument, err.Error())
 	}
-	// The store, the cluster's API server or the node CA file could
-	// not answer, and nothing was spent: the agent retries. The caller is
+	// The store, the cluster's API server, the node CA file or Google's
+	// certificates endpoint could not answer, and nothing was spent: the
+	// agent retries. The caller is
 	// not yet authenticated: the detail (paths, store errors) is in the
 	// server's log only.
-	return res, status.Error(codes.Unavailable, "attest: the server cannot check this evidence now (its store, the cluster's API server or its node CA file did not answer; the server's log says which); retry")
+	return res, status.Error(codes.Unavailable, "attest: the server cannot check this evidence now (its store, the cluster's API server, its node CA file or Google's certificates did not answer; the server's log says which); retry")
 }
 
 // RenewAgent signs a fresh agent SVID for the calling agent. An agent that

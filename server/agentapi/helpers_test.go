@@ -27,6 +27,7 @@ import (
 	"github.com/signetid/signet/internal/logtest"
 	"github.com/signetid/signet/server/api"
 	"github.com/signetid/signet/server/api/awsiid/awsiidtest"
+	"github.com/signetid/signet/server/api/gcpiit/gcpiittest"
 	"github.com/signetid/signet/server/api/sshpop"
 	"github.com/signetid/signet/server/api/sshpop/sshpoptest"
 	"github.com/signetid/signet/server/api/x509pop"
@@ -66,6 +67,10 @@ type harness struct {
 	// awsSigner signs aws_iid instance identity documents; the server
 	// trusts its certificate and account 111122223333.
 	awsSigner *awsiidtest.Signer
+	// gcpSigner mints gcp_iit tokens; gcpCerts serves its certificate as
+	// Google's; the server trusts project-a.
+	gcpSigner *gcpiittest.Signer
+	gcpCerts  *gcpiittest.Certs
 	// auditLog holds the audit records (JSON).
 	auditLog *logtest.Buffer
 }
@@ -119,7 +124,14 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := New(Config{TrustDomain: td, Store: st, Catalog: cat, Signer: m, X509PoP: pop, SSHPoP: sshPoP, AWSIID: awsIID, AgentTTL: time.Hour, Logger: logger})
+	gcpSigner := gcpiittest.NewSigner(t)
+	gcpCerts := gcpiittest.NewCerts(t, gcpSigner)
+	gcpIIT, err := nodeattest.NewGCPIIT(td, nodeattest.GCPIITConfig{ProjectIDs: []string{"project-a"}, CertsURL: gcpCerts.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := New(Config{TrustDomain: td, Store: st, Catalog: cat, Signer: m, X509PoP: pop, SSHPoP: sshPoP, AWSIID: awsIID, GCPIIT: gcpIIT,
+		AgentTTL: time.Hour, Logger: logger})
 	serverSVID, err := m.SignServerSVID(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +161,7 @@ func newHarness(t *testing.T) *harness {
 		}
 	}
 	return &harness{svc: svc, ca: m, store: st, cat: cat, dbPath: dbPath, addr: ln.Addr().String(), bundle: bundle,
-		nodeCA: nodeRoot.Intermediate(t, "Example Node Issuing"), nodeBundle: nodeBundle, sshCA: sshCA, sshCAFile: sshCAFile, awsSigner: awsSigner, auditLog: auditLog}
+		nodeCA: nodeRoot.Intermediate(t, "Example Node Issuing"), nodeBundle: nodeBundle, sshCA: sshCA, sshCAFile: sshCAFile, awsSigner: awsSigner, gcpSigner: gcpSigner, gcpCerts: gcpCerts, auditLog: auditLog}
 }
 
 // token stores a new join token for the agent ID agentID ("" for the

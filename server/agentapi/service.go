@@ -46,6 +46,9 @@ type Config struct {
 	// AWSIID attests agents with their EC2 instance identity document; nil
 	// when the server has no aws_iid block.
 	AWSIID *nodeattest.AWSIID
+	// GCPIIT attests agents with their GCE instance identity token; nil
+	// when the server has no gcp_iit block.
+	GCPIIT *nodeattest.GCPIIT
 	// AgentTTL is the lifetime of agent SVIDs.
 	AgentTTL time.Duration
 	// RefreshHint is the bundle refresh hint sent to agents.

@@ -7,8 +7,8 @@
 // attest with them again and takes the same ID, and it must
 // (Result.CanReattest): it renews by attesting again, so the server checks
 // that evidence anew at every renewal. A cloud's signed instance identity
-// (aws_iid) names the instance but is not bound to a secret: whoever read
-// it can replay it, so it is trusted on first use (Result.TrustOnFirstUse):
+// (aws_iid, gcp_iit) names the instance but is not bound to a secret:
+// whoever read it can replay it, so it is trusted on first use (Result.TrustOnFirstUse):
 // it attests the instance's agent once, that agent renews in place, and
 // the same evidence attests again only once the agent is evicted.
 package nodeattest

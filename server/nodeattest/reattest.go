@@ -4,8 +4,8 @@ package nodeattest
 // attesting again with fresh evidence (x509pop, sshpop, k8s_psat), never
 // in place: their evidence is checked anew each time, and an agent whose
 // record is gone attests again by itself. Join-token agents (SPIRE's
-// "TOFU" kind) cannot: their token is spent; nor aws_iid ones, whose
-// evidence attests once (Result.TrustOnFirstUse).
+// "TOFU" kind) cannot: their token is spent; nor aws_iid and gcp_iit
+// ones, whose evidence attests once (Result.TrustOnFirstUse).
 func Reattests(attestationType string) bool {
 	switch attestationType {
 	case X509PoPType, SSHPoPType, K8sPSATType:

@@ -250,7 +250,7 @@ func renderAgentID(tmpl *template.Template, td spiffeid.TrustDomain, attestor st
 
 // attestationTypes are the attestors whose agent IDs live under
 // spiffe://TD/agent/<type>/.
-var attestationTypes = []string{JoinTokenType, K8sPSATType, X509PoPType, SSHPoPType, AWSIIDType}
+var attestationTypes = []string{JoinTokenType, K8sPSATType, X509PoPType, SSHPoPType, AWSIIDType, GCPIITType}
 
 // uriSANs are SPIRE's san selectors: URI SANs x509pop://TD/<key>/<value>.
 func (p *X509PoP) uriSANs(leaf *x509.Certificate) map[string]string {

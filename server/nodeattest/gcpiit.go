@@ -1,0 +1,346 @@
+package nodeattest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"text/template"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	josejwt "github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/api/gcpiit"
+)
+
+// GCPIITType is the attestation type of GCE instance identity tokens
+// (SPIRE's gcp_iit).
+const GCPIITType = gcpiit.Type
+
+// DefaultGCPIITPathTemplate renders the agent ID's path under
+// spiffe://TD/agent/, as SPIRE's default does under /spire/agent/.
+const DefaultGCPIITPathTemplate = "{{ .PluginName }}/{{ .ProjectID }}/{{ .InstanceID }}"
+
+// DefaultGoogleCertsURL is where Google publishes the certificates of the
+// keys that sign its tokens (SPIRE's), as a JSON map of key ID to PEM.
+const DefaultGoogleCertsURL = "https://www.googleapis.com/oauth2/v1/certs"
+
+const (
+	// maxGCPIITPayload bounds a payload (a token is about 1 KiB).
+	maxGCPIITPayload = 16 << 10
+	// maxGoogleCerts bounds the certificates document (a few KiB).
+	maxGoogleCerts = 1 << 20
+	// googleCertsMinAge is the least time certificates are kept: a token
+	// naming a key not among them refetches them at most this often, so
+	// unauthenticated callers cannot make the server hammer Google.
+	googleCertsMinAge = 30 * time.Second
+	// googleCertsDefaultAge is how long certificates served without an
+	// Expires header are kept.
+	googleCertsDefaultAge = 5 * time.Minute
+	// gcpIITLeeway is the clock skew allowed on exp, nbf and iat
+	// (go-jose's default, as SPIRE).
+	gcpIITLeeway = time.Minute
+)
+
+// googleIssuers are the iss values of Google's tokens.
+var googleIssuers = []string{"https://accounts.google.com", "accounts.google.com"}
+
+var (
+	// ErrGCPIITRefused: the token is not Google's, has expired, is for
+	// another audience, names no instance, or its project is not allowed.
+	// The agent API answers PermissionDenied.
+	ErrGCPIITRefused = errors.New("gcp_iit attestation refused")
+	// ErrGCPIITMalformed: the payload is not an RS256 JWT; InvalidArgument.
+	ErrGCPIITMalformed = errors.New("malformed gcp_iit attestation data")
+)
+
+// GCPIITConfig is the server's `gcp_iit { ... }` block.
+type GCPIITConfig struct {
+	// ProjectIDs are the projects whose instances may attest (SPIRE's
+	// projectid_allow_list). Required.
+	ProjectIDs []string
+	// CertsURL is where Google's certificates are fetched (https, or http
+	// to a loopback host for tests); default DefaultGoogleCertsURL.
+	CertsURL string
+	// AgentPathTemplate renders the agent ID's path under
+	// spiffe://TD/agent/ (text/template over GCPIITTemplateData); default
+	// DefaultGCPIITPathTemplate.
+	AgentPathTemplate string
+}
+
+// GCPIITTemplateData is what AgentPathTemplate sees: the token's Compute
+// Engine claims (.ProjectID, .ProjectNumber, .Zone, .InstanceID,
+// .InstanceName, .InstanceCreationTimestamp) and SPIRE's .PluginName.
+type GCPIITTemplateData struct {
+	gcpiit.ComputeEngine
+	PluginName  string
+	TrustDomain string
+}
+
+// GCPIIT attests agents by their GCE instance identity token. Any process
+// on the instance can get one, so the server trusts it on first use: an
+// instance attests once, and again only after its agent is evicted
+// (Result.TrustOnFirstUse).
+type GCPIIT struct {
+	td       spiffeid.TrustDomain
+	projects map[string]bool
+	tmpl     *template.Template
+	certs    *googleCerts
+}
+
+// NewGCPIIT checks cfg (Check). Google's certificates are fetched at the
+// first attestation, not now: starting needs no network.
+func NewGCPIIT(td spiffeid.TrustDomain, cfg GCPIITConfig) (*GCPIIT, error) {
+	tmpl, certsURL, err := cfg.compile()
+	if err != nil {
+		return nil, err
+	}
+	p := &GCPIIT{td: td, projects: map[string]bool{}, tmpl: tmpl,
+		certs: &googleCerts{url: certsURL, client: &http.Client{Timeout: 10 * time.Second}}}
+	for _, id := range cfg.ProjectIDs {
+		p.projects[id] = true
+	}
+	return p, nil
+}
+
+// Check checks the settings: projects given, the URL, the template.
+func (cfg GCPIITConfig) Check() error {
+	_, _, err := cfg.compile()
+	return err
+}
+
+func (cfg GCPIITConfig) compile() (*template.Template, string, error) {
+	if len(cfg.ProjectIDs) == 0 {
+		return nil, "", errors.New(`gcp_iit: projectid_allow_list is required: the GCP projects whose instances may attest, e.g. projectid_allow_list = ["my-project-123"]`)
+	}
+	for _, id := range cfg.ProjectIDs {
+		if id == "" || strings.ContainsFunc(id, func(r rune) bool { return r <= ' ' || r == '/' }) {
+			return nil, "", fmt.Errorf("gcp_iit: projectid_allow_list: %q is not a project ID", clipText(id))
+		}
+	}
+	certsURL := cfg.CertsURL
+	if certsURL == "" {
+		certsURL = DefaultGoogleCertsURL
+	}
+	u, err := url.Parse(certsURL)
+	switch {
+	case err != nil || u.Host == "":
+		return nil, "", fmt.Errorf("gcp_iit: google_certificates_url %q: want an https URL such as %s", clipText(certsURL), DefaultGoogleCertsURL)
+	case u.Scheme == "http" && !isLoopback(u.Hostname()):
+		return nil, "", fmt.Errorf("gcp_iit: google_certificates_url %q: plain http is allowed only to a loopback host (tests); Google's certificates decide which tokens are trusted", clipText(certsURL))
+	case u.Scheme != "https" && u.Scheme != "http":
+		return nil, "", fmt.Errorf("gcp_iit: google_certificates_url %q: want an https URL such as %s", clipText(certsURL), DefaultGoogleCertsURL)
+	}
+	text := cfg.AgentPathTemplate
+	if text == "" {
+		text = DefaultGCPIITPathTemplate
+	}
+	tmpl, err := parseAgentPathTemplate(GCPIITType, text)
+	if err != nil {
+		return nil, "", err
+	}
+	sample := GCPIITTemplateData{ComputeEngine: gcpiit.ComputeEngine{ProjectID: "p", Zone: "z", InstanceID: "1", InstanceName: "n"},
+		PluginName: GCPIITType, TrustDomain: "example.org"}
+	if err := tmpl.Execute(&bytes.Buffer{}, sample); err != nil {
+		return nil, "", fmt.Errorf("gcp_iit: agent_path_template: %w", err)
+	}
+	return tmpl, certsURL, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// ParseGCPIITPayload reads an agent's payload: the token, as the metadata
+// server gave it. It checks the shape only: an RS256 JWT naming its key.
+func ParseGCPIITPayload(payload []byte) (*josejwt.JSONWebToken, string, error) {
+	if len(payload) > maxGCPIITPayload {
+		return nil, "", fmt.Errorf("%w: %d bytes; the limit is %d", ErrGCPIITMalformed, len(payload), maxGCPIITPayload)
+	}
+	tok, err := josejwt.ParseSigned(strings.TrimSpace(string(payload)), []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: not an RS256 JWT: %v", ErrGCPIITMalformed, err)
+	}
+	if len(tok.Headers) != 1 || tok.Headers[0].KeyID == "" {
+		return nil, "", fmt.Errorf("%w: the token names no signing key (kid)", ErrGCPIITMalformed)
+	}
+	return tok, tok.Headers[0].KeyID, nil
+}
+
+// Attest checks payload at time now and names the agent. The caller
+// records the node only if none with that ID is (TrustOnFirstUse).
+func (p *GCPIIT) Attest(ctx context.Context, payload []byte, now time.Time) (Result, error) {
+	tok, kid, err := ParseGCPIITPayload(payload)
+	if err != nil {
+		return Result{}, err
+	}
+	cert, err := p.certs.key(ctx, kid, now)
+	if err != nil {
+		return Result{}, err
+	}
+	if cert == nil {
+		return Result{}, fmt.Errorf("%w: the token is signed with key %s, which is not among Google's certificates (%s)", ErrGCPIITRefused, clipText(kid), p.certs.url)
+	}
+	var claims gcpiit.Claims
+	if err := tok.Claims(cert.PublicKey, &claims); err != nil {
+		return Result{}, fmt.Errorf("%w: the token's signature does not verify with Google's key %s: %v", ErrGCPIITRefused, clipText(kid), err)
+	}
+	ce := claims.Google.ComputeEngine
+	what := fmt.Sprintf("instance %s (%s) of project %s", clipText(ce.InstanceID), clipText(ce.InstanceName), clipText(ce.ProjectID))
+	refuse := func(format string, args ...any) (Result, error) {
+		return Result{}, fmt.Errorf("%w: %s: %s", ErrGCPIITRefused, what, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case claims.Expiry == nil:
+		return refuse("the token has no expiry")
+	case !slices.Contains(googleIssuers, claims.Issuer):
+		return refuse("the token's issuer is %q, not Google's", clipText(claims.Issuer))
+	}
+	if err := claims.ValidateWithLeeway(josejwt.Expected{AnyAudience: josejwt.Audience{gcpiit.Audience}, Time: now}, gcpIITLeeway); err != nil {
+		return refuse("%v (the audience must be %s)", err, gcpiit.Audience)
+	}
+	if ce.ProjectID == "" || ce.InstanceID == "" {
+		return refuse("the token names no Compute Engine instance (the agent must ask the metadata server with format=full)")
+	}
+	if !p.projects[ce.ProjectID] {
+		return refuse("project %s is not in projectid_allow_list", clipText(ce.ProjectID))
+	}
+	data := GCPIITTemplateData{ComputeEngine: ce, PluginName: GCPIITType, TrustDomain: p.td.Name()}
+	id, err := renderAgentID(p.tmpl, p.td, GCPIITType, data, ErrGCPIITRefused, what)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{AgentID: id, Type: GCPIITType, Selectors: gcpiitSelectors(ce), TrustOnFirstUse: true}, nil
+}
+
+// gcpiitSelectors are the node selectors node-alias entries match, with
+// SPIRE's names, from the token's Compute Engine claims.
+func gcpiitSelectors(ce gcpiit.ComputeEngine) []selector.Selector {
+	var out []selector.Selector
+	add := func(key, v string) {
+		if v == "" {
+			return
+		}
+		s := selector.Selector{Type: GCPIITType, Value: key + ":" + v}
+		if s.Validate() == nil {
+			out = append(out, s)
+		}
+	}
+	add("project-id", ce.ProjectID)
+	add("zone", ce.Zone)
+	add("instance-name", ce.InstanceName)
+	return selector.Sort(out)
+}
+
+// googleCerts caches Google's certificates by key ID, until the answer's
+// Expires (at least googleCertsMinAge), and refetches early, at most that
+// often, for a token naming a key it does not hold (Google rotated).
+type googleCerts struct {
+	url    string
+	client *http.Client
+
+	mu      sync.Mutex
+	certs   map[string]*x509.Certificate
+	fetched time.Time
+	expires time.Time
+}
+
+// key returns the certificate of kid, nil if Google has none by that ID;
+// an error when the certificates cannot be fetched (the agent retries).
+func (g *googleCerts) key(ctx context.Context, kid string, now time.Time) (*x509.Certificate, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	stale := g.certs == nil || now.After(g.expires)
+	if _, ok := g.certs[kid]; !ok && now.Sub(g.fetched) >= googleCertsMinAge {
+		stale = true
+	}
+	if stale {
+		if err := g.fetch(ctx, now); err != nil {
+			if g.certs == nil {
+				return nil, err
+			}
+			// Keep serving what was fetched last; a key rotated in
+			// meanwhile is refused until the next fetch succeeds.
+		}
+	}
+	return g.certs[kid], nil
+}
+
+func (g *googleCerts) fetch(ctx context.Context, now time.Time) error {
+	g.fetched = now
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.url, nil)
+	if err != nil {
+		return fmt.Errorf("gcp_iit: Google certificates %s: %w", g.url, err)
+	}
+	resp, err := g.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("gcp_iit: fetch Google certificates: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("gcp_iit: fetch Google certificates %s: %s", g.url, resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxGoogleCerts))
+	if err != nil {
+		return fmt.Errorf("gcp_iit: fetch Google certificates %s: %w", g.url, err)
+	}
+	certs, err := parseGoogleCerts(body)
+	if err != nil {
+		return fmt.Errorf("gcp_iit: Google certificates %s: %w", g.url, err)
+	}
+	g.certs = certs
+	g.expires = now.Add(googleCertsDefaultAge)
+	if t, err := http.ParseTime(resp.Header.Get("Expires")); err == nil {
+		g.expires = t
+	}
+	if min := now.Add(googleCertsMinAge); g.expires.Before(min) {
+		g.expires = min
+	}
+	return nil
+}
+
+// parseGoogleCerts reads Google's certificates document: a JSON object of
+// key ID to PEM certificate, each an RSA key.
+func parseGoogleCerts(body []byte) (map[string]*x509.Certificate, error) {
+	var doc map[string]string
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, fmt.Errorf("not a JSON object of key IDs to PEM certificates: %w", err)
+	}
+	out := map[string]*x509.Certificate{}
+	for kid, text := range doc {
+		block, _ := pem.Decode([]byte(text))
+		if block == nil || block.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("key %s: not a PEM certificate", clipText(kid))
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("key %s: %w", clipText(kid), err)
+		}
+		if _, ok := cert.PublicKey.(*rsa.PublicKey); !ok {
+			return nil, fmt.Errorf("key %s: not an RSA key", clipText(kid))
+		}
+		out[kid] = cert
+	}
+	if len(out) == 0 {
+		return nil, errors.New("holds no certificate")
+	}
+	return out, nil
+}

@@ -1,0 +1,243 @@
+package nodeattest
+
+import (
+	"context"
+	"crypto/rsa"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	josejwt "github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/signetid/signet/internal/pemkey"
+	"github.com/signetid/signet/internal/selector"
+	"github.com/signetid/signet/server/api/gcpiit"
+	"github.com/signetid/signet/server/api/gcpiit/gcpiittest"
+)
+
+// newGCPIIT is a gcp_iit attestor that fetches certs' certificates and
+// trusts project-a and project-b.
+func newGCPIIT(t testing.TB, certs *gcpiittest.Certs, template string) *GCPIIT {
+	t.Helper()
+	p, err := NewGCPIIT(td, GCPIITConfig{ProjectIDs: []string{"project-a", "project-b"}, CertsURL: certs.URL, AgentPathTemplate: template})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+var testInstance = gcpiittest.Instance("project-a", "us-west1-b", "blog-server", "4567890123456789012")
+
+// A token Google signed for SPIRE's audience, with the Compute Engine
+// claims, names the agent by project and instance, with SPIRE's selectors,
+// trusted on first use. Google's certificates are fetched once and kept.
+func TestGCPIITAttest(t *testing.T) {
+	signer := gcpiittest.NewSigner(t)
+	certs := gcpiittest.NewCerts(t, signer)
+	p := newGCPIIT(t, certs, "")
+	for range 2 {
+		tok := signer.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience))
+		res, err := p.Attest(context.Background(), []byte(tok+"\n"), time.Now())
+		if err != nil {
+			t.Fatalf("Attest: %v", err)
+		}
+		if res.AgentID.String() != "spiffe://example.org/agent/gcp_iit/project-a/4567890123456789012" || res.Type != "gcp_iit" || !res.TrustOnFirstUse || res.CanReattest {
+			t.Fatalf("result %+v", res)
+		}
+		want := "gcp_iit:instance-name:blog-server gcp_iit:project-id:project-a gcp_iit:zone:us-west1-b"
+		if got := strings.Join(selector.Strings(res.Selectors), " "); got != want {
+			t.Fatalf("selectors %s, want %s", got, want)
+		}
+	}
+	if n := certs.Fetches(); n != 1 {
+		t.Fatalf("Google's certificates fetched %d times for two attestations, want once (kept until Expires)", n)
+	}
+	p = newGCPIIT(t, certs, "{{ .PluginName }}/{{ .ProjectNumber }}/{{ .Zone }}/{{ .InstanceName }}")
+	res, err := p.Attest(context.Background(), []byte(signer.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience))), time.Now())
+	if err != nil || res.AgentID.String() != "spiffe://example.org/agent/gcp_iit/123456789012/us-west1-b/blog-server" {
+		t.Fatalf("templated: %v, %v", res.AgentID, err)
+	}
+}
+
+// Everything but Google's signature of an unexpired instance token for
+// SPIRE's audience and an allowed project is refused, naming why.
+func TestGCPIITRefused(t *testing.T) {
+	signer := gcpiittest.NewSigner(t)
+	certs := gcpiittest.NewCerts(t, signer)
+	p := newGCPIIT(t, certs, "")
+	attacker := gcpiittest.NewSigner(t)
+	impostor := gcpiittest.NewSigner(t)
+	impostor.KeyID = signer.KeyID // Google's kid, another key
+	claims := func(mutate func(*gcpiit.Claims)) gcpiit.Claims {
+		c := gcpiittest.Claims(testInstance, gcpiit.Audience)
+		mutate(&c)
+		return c
+	}
+	tests := []struct {
+		name  string
+		token string
+		now   time.Time
+		want  string
+	}{
+		{"unknown key", attacker.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience)), time.Now(), "which is not among Google's certificates"},
+		{"another key under Google's kid", impostor.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience)), time.Now(), "signature does not verify with Google's key"},
+		{"expired", signer.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience)), time.Now().Add(2 * time.Hour), "token is expired"},
+		{"not yet valid", signer.Token(t, claims(func(c *gcpiit.Claims) { c.NotBefore = josejwt.NewNumericDate(time.Now().Add(time.Hour)) })), time.Now(), "not valid yet"},
+		{"another audience", signer.Token(t, gcpiittest.Claims(testInstance, "https://other.example.org")), time.Now(), "invalid audience claim"},
+		{"no expiry", signer.Token(t, claims(func(c *gcpiit.Claims) { c.Expiry = nil })), time.Now(), "the token has no expiry"},
+		{"another issuer", signer.Token(t, claims(func(c *gcpiit.Claims) { c.Issuer = "https://evil.example.org" })), time.Now(), "not Google's"},
+		{"no Compute Engine claims (format=standard)", signer.Token(t, claims(func(c *gcpiit.Claims) { c.Google = gcpiit.Google{} })), time.Now(), "names no Compute Engine instance"},
+		{"project not allowed", signer.Token(t, gcpiittest.Claims(gcpiittest.Instance("project-z", "z", "n", "1"), gcpiit.Audience)), time.Now(), "project project-z is not in projectid_allow_list"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := p.Attest(context.Background(), []byte(tc.token), tc.now)
+			if !errors.Is(err, ErrGCPIITRefused) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Attest: %v; want ErrGCPIITRefused containing %q", err, tc.want)
+			}
+		})
+	}
+	p = newGCPIIT(t, certs, "k8s_psat/{{ .InstanceID }}")
+	if _, err := p.Attest(context.Background(), []byte(signer.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience))), time.Now()); !errors.Is(err, ErrGCPIITRefused) || !strings.Contains(err.Error(), "belong to k8s_psat agents") {
+		t.Fatalf("template into k8s_psat's namespace: %v", err)
+	}
+}
+
+// Payloads that are not RS256 JWTs naming their key are malformed.
+func TestGCPIITMalformed(t *testing.T) {
+	signer := gcpiittest.NewSigner(t)
+	p := newGCPIIT(t, gcpiittest.NewCerts(t, signer), "")
+	claims := gcpiittest.Claims(testInstance, gcpiit.Audience)
+	noKid, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: signer.Key}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noKidToken, err := josejwt.Signed(noKid).Claims(claims).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ name, payload, want string }{
+		{"not a JWT", "hello", "not an RS256 JWT"},
+		{"RS384", signer.TokenWith(t, jose.RS384, claims), "not an RS256 JWT"},
+		{"PS256", signer.TokenWith(t, jose.PS256, claims), "not an RS256 JWT"},
+		{"unsigned", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", "not an RS256 JWT"},
+		{"no kid", noKidToken, "names no signing key (kid)"},
+		{"too big", strings.Repeat("a", maxGCPIITPayload+1), "the limit is"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := p.Attest(context.Background(), []byte(tc.payload), time.Now())
+			if !errors.Is(err, ErrGCPIITMalformed) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Attest: %v; want ErrGCPIITMalformed containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// Google rotates its keys: a token naming a key the server does not hold
+// refetches the certificates, at most every 30 s. Certificates that cannot
+// be fetched are an error of neither kind (the agent API answers
+// Unavailable), unless some were fetched before: those are kept.
+func TestGCPIITCertificates(t *testing.T) {
+	ctx := context.Background()
+	oldKey, newKey := gcpiittest.NewSigner(t), gcpiittest.NewSigner(t)
+	certs := gcpiittest.NewCerts(t, oldKey)
+	p := newGCPIIT(t, certs, "")
+	now := time.Now()
+	if _, err := p.Attest(ctx, []byte(oldKey.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience))), now); err != nil {
+		t.Fatal(err)
+	}
+	certs.SetSigners(oldKey, newKey)
+	rotated := []byte(newKey.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience)))
+	if _, err := p.Attest(ctx, rotated, now.Add(time.Second)); !errors.Is(err, ErrGCPIITRefused) || certs.Fetches() != 1 {
+		t.Fatalf("new key within 30 s of the fetch: %v, %d fetches; want refused without a refetch", err, certs.Fetches())
+	}
+	if _, err := p.Attest(ctx, rotated, now.Add(31*time.Second)); err != nil || certs.Fetches() != 2 {
+		t.Fatalf("new key 31 s later: %v, %d fetches; want attested after one refetch", err, certs.Fetches())
+	}
+	certs.Close()
+	later := gcpiittest.Claims(testInstance, gcpiit.Audience)
+	later.Expiry = josejwt.NewNumericDate(now.Add(3 * time.Hour))
+	if _, err := p.Attest(ctx, []byte(newKey.Token(t, later)), now.Add(2*time.Hour)); err != nil {
+		t.Fatalf("certificates expired and endpoint down: %v; want the last ones kept", err)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "http://" + ln.Addr().String() + "/oauth2/v1/certs"
+	ln.Close()
+	fresh, err := NewGCPIIT(td, GCPIITConfig{ProjectIDs: []string{"project-a"}, CertsURL: down})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = fresh.Attest(ctx, rotated, now)
+	if err == nil || errors.Is(err, ErrGCPIITRefused) || errors.Is(err, ErrGCPIITMalformed) || !strings.Contains(err.Error(), "fetch Google certificates") {
+		t.Fatalf("certificates endpoint down: %v; want a fetch error of neither kind", err)
+	}
+
+	for body, want := range map[string]string{
+		`[]`:               "not a JSON object",
+		`{}`:               "holds no certificate",
+		`{"k": "not PEM"}`: "key k: not a PEM certificate",
+		`{"k": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}`: "key k:",
+	} {
+		if _, err := parseGoogleCerts([]byte(body)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("parseGoogleCerts(%s): %v, want %q", body, err, want)
+		}
+	}
+}
+
+// The block's settings are checked at start, without reaching Google.
+func TestGCPIITConfig(t *testing.T) {
+	tests := []struct {
+		cfg  GCPIITConfig
+		want string
+	}{
+		{GCPIITConfig{}, "projectid_allow_list is required"},
+		{GCPIITConfig{ProjectIDs: []string{"a b"}}, `"a b" is not a project ID`},
+		{GCPIITConfig{ProjectIDs: []string{"p"}, CertsURL: "http://certs.example.org/certs"}, "plain http is allowed only to a loopback host"},
+		{GCPIITConfig{ProjectIDs: []string{"p"}, CertsURL: "ftp://certs.example.org/certs"}, "want an https URL"},
+		{GCPIITConfig{ProjectIDs: []string{"p"}, CertsURL: "certs"}, "want an https URL"},
+		{GCPIITConfig{ProjectIDs: []string{"p"}, AgentPathTemplate: "{{ .Hostname }}"}, "can't evaluate field Hostname"},
+		{GCPIITConfig{ProjectIDs: []string{"p"}}, ""},
+	}
+	for _, tc := range tests {
+		err := tc.cfg.Check()
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("Check(%+v): %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+}
+
+// FuzzGCPIITPayload feeds arbitrary payloads to a configured attestor: it
+// never panics, and accepts only the configured signer's tokens.
+func FuzzGCPIITPayload(f *testing.F) {
+	key, err := pemkey.Read("testdata/fuzz-signer-key.pem")
+	if err != nil {
+		f.Fatal(err)
+	}
+	signer := gcpiittest.NewSignerWithKey(f, key.(*rsa.PrivateKey))
+	p := newGCPIIT(f, gcpiittest.NewCerts(f, signer), "")
+	f.Add([]byte(signer.Token(f, gcpiittest.Claims(testInstance, gcpiit.Audience))))
+	f.Add([]byte(signer.Token(f, gcpiittest.Claims(gcpiittest.Instance("project-z", "z", "n", "1"), "aud"))))
+	f.Add([]byte("eyJhbGciOiJSUzI1NiIsImtpZCI6IngifQ.e30.c2ln"))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		res, err := p.Attest(context.Background(), payload, time.Now())
+		if err != nil {
+			if !errors.Is(err, ErrGCPIITRefused) && !errors.Is(err, ErrGCPIITMalformed) {
+				t.Fatalf("error of no known kind: %v", err)
+			}
+			return
+		}
+		tok, kid, err := ParseGCPIITPayload(payload)
+		var c gcpiit.Claims
+		if err != nil || kid != signer.KeyID || tok.Claims(&signer.Key.PublicKey, &c) != nil || !p.projects[c.Google.ComputeEngine.ProjectID] || !res.TrustOnFirstUse {
+			t.Fatalf("accepted %q as %v", payload, res.AgentID)
+		}
+	})
+}

@@ -71,6 +71,10 @@ type Config struct {
 	// the agent with its EC2 instance identity document, against the
 	// server's aws_iid block.
 	AWSIID *AWSIIDConfig `hcl:"aws_iid"`
+	// GCPIIT, when set (a `gcp_iit { ... }` block, even empty), attests
+	// the agent with its GCE instance identity token, against the
+	// server's gcp_iit block.
+	GCPIIT *GCPIITConfig `hcl:"gcp_iit"`
 	// K8sWorkloadAttestor adds Kubernetes selectors (k8s:ns, k8s:sa, ...) to
 	// callers that run in a pod, from their cgroup and the node's kubelet.
 	K8sWorkloadAttestor bool `hcl:"k8s_workload_attestor"`
@@ -217,6 +221,32 @@ func (c *AWSIIDConfig) validate() error {
 	return nil
 }
 
+// GCPIITConfig is the `gcp_iit` block, with SPIRE's agent plugin keys.
+type GCPIITConfig struct {
+	// IdentityTokenHost is the metadata server, host[:port] (default
+	// metadata.google.internal), reached over http.
+	IdentityTokenHost string `hcl:"identity_token_host"`
+	// ServiceAccount is the instance's service account whose token is
+	// asked for (default "default").
+	ServiceAccount string `hcl:"service_account"`
+}
+
+var gcpIITKeys = []string{"identity_token_host", "service_account"}
+
+// validate checks the host is a host[:port] alone and the account a name.
+func (c *GCPIITConfig) validate() error {
+	if h := c.IdentityTokenHost; h != "" {
+		u, err := url.Parse("http://" + h)
+		if err != nil || u.Host != h || u.Hostname() == "" {
+			return fmt.Errorf("agent: gcp_iit identity_token_host %q: want a host[:port] such as metadata.google.internal (no scheme or path)", h)
+		}
+	}
+	if strings.ContainsAny(c.ServiceAccount, "/?# \t") {
+		return fmt.Errorf("agent: gcp_iit service_account %q: want a service account's email or \"default\"", c.ServiceAccount)
+	}
+	return nil
+}
+
 // ReadyInfo describes a ready agent.
 type ReadyInfo struct {
 	AgentID    spiffeid.ID
@@ -229,7 +259,7 @@ type ReadyInfo struct {
 var configKeys = []string{
 	"server_address", "trust_domain", "data_dir", "join_token", "join_token_file",
 	"k8s_psat_cluster", "k8s_psat_token_path", "x509pop_cert_path", "x509pop_key_path",
-	"sshpop_host_key_path", "sshpop_host_cert_path", "aws_iid", "k8s_workload_attestor", "kubelet_url",
+	"sshpop_host_key_path", "sshpop_host_cert_path", "aws_iid", "gcp_iit", "k8s_workload_attestor", "kubelet_url",
 	"kubelet_ca_path", "kubelet_skip_verify", "kubelet_token_path", "node_name", "k8s_cgroup_root", "systemd_workload_attestor",
 	"trust_bundle_path", "trust_bundle_url", "trust_bundle_format", "insecure_bootstrap", "socket_path", "health_listen", "sds",
 	"admin_socket_path", "authorized_delegates",
@@ -285,6 +315,10 @@ func parseConfig(data []byte) (*Config, error) {
 			}
 		case "aws_iid":
 			if err := checkBlock(item, "aws_iid", awsIIDKeys, `aws_iid { } (or aws_iid { ec2_metadata_endpoint = "http://169.254.169.254/" })`); err != nil {
+				return nil, err
+			}
+		case "gcp_iit":
+			if err := checkBlock(item, "gcp_iit", gcpIITKeys, `gcp_iit { } (or gcp_iit { service_account = "..." })`); err != nil {
 				return nil, err
 			}
 		}
@@ -389,8 +423,14 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 			return spiffeid.TrustDomain{}, err
 		}
 	}
+	if c.GCPIIT != nil {
+		ways = append(ways, "gcp_iit")
+		if err := c.GCPIIT.validate(); err != nil {
+			return spiffeid.TrustDomain{}, err
+		}
+	}
 	if len(ways) > 1 {
-		return spiffeid.TrustDomain{}, fmt.Errorf("agent: give one of a join token, k8s_psat_cluster, x509pop_cert_path, sshpop_host_key_path or aws_iid, not %s: an agent attests one way", strings.Join(ways, " and "))
+		return spiffeid.TrustDomain{}, fmt.Errorf("agent: give one of a join token, k8s_psat_cluster, x509pop_cert_path, sshpop_host_key_path, aws_iid or gcp_iit, not %s: an agent attests one way", strings.Join(ways, " and "))
 	}
 	if c.K8sPSATCluster != "" && c.InsecureBootstrap {
 		// A projected token stays valid for hours: shown to an unverified
@@ -402,6 +442,12 @@ func (c *Config) validate() (spiffeid.TrustDomain, error) {
 		// server, it could be replayed to the real one to take this
 		// instance's agent ID before its agent attests.
 		return spiffeid.TrustDomain{}, errors.New("agent: insecure_bootstrap cannot be used with aws_iid; give --trust-bundle or --trust-bundle-url")
+	}
+	if c.GCPIIT != nil && c.InsecureBootstrap {
+		// The token stays valid for an hour: shown to an unverified server,
+		// it could be replayed to the real one to take this instance's
+		// agent ID before its agent attests.
+		return spiffeid.TrustDomain{}, errors.New("agent: insecure_bootstrap cannot be used with gcp_iit; give --trust-bundle or --trust-bundle-url")
 	}
 	if err := c.validateTrustBundle(); err != nil {
 		return spiffeid.TrustDomain{}, err
@@ -599,7 +645,7 @@ func (c *Config) sshpopPaths() (key, cert string, err error) {
 
 // nodeAttestor is how the agent attests: a projected service account
 // token, a machine certificate, an SSH host certificate, the EC2 instance
-// identity document, or the join token (the file re-read at every
+// identity document, the GCE instance identity token, or the join token (the file re-read at every
 // attestation).
 func (c *Config) nodeAttestor(td spiffeid.TrustDomain) client.NodeAttestor {
 	if c.K8sPSATCluster != "" {
@@ -613,6 +659,9 @@ func (c *Config) nodeAttestor(td spiffeid.TrustDomain) client.NodeAttestor {
 	}
 	if c.AWSIID != nil {
 		return client.AWSIID(c.AWSIID.EC2MetadataEndpoint)
+	}
+	if c.GCPIIT != nil {
+		return client.GCPIIT(c.GCPIIT.IdentityTokenHost, c.GCPIIT.ServiceAccount)
 	}
 	if c.JoinTokenFile == "" {
 		tok := strings.TrimSpace(c.JoinToken)

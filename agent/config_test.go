@@ -64,6 +64,14 @@ sshpop_host_cert_path = "/etc/ssh/ssh_host_ed25519_key-cert.pub"
 }`, want: Config{AWSIID: &AWSIIDConfig{EC2MetadataEndpoint: "http://127.0.0.1:1338/"}}},
 		{name: "aws_iid unknown key", in: `aws_iid { identity_document_url = "http://x" }`, wantErr: `unknown key "identity_document_url" in aws_iid`},
 		{name: "aws_iid not a block", in: `aws_iid = true`, wantErr: "`aws_iid` at 1:1 must be a block: aws_iid { }"},
+		{name: "gcp_iit, empty block", in: "gcp_iit {}\n", want: Config{GCPIIT: &GCPIITConfig{}}},
+		{name: "gcp_iit (SPIRE's keys)", in: `agent {
+  gcp_iit {
+    identity_token_host = "127.0.0.1:8080"
+    service_account = "agent@my-project.iam.gserviceaccount.com"
+  }
+}`, want: Config{GCPIIT: &GCPIITConfig{IdentityTokenHost: "127.0.0.1:8080", ServiceAccount: "agent@my-project.iam.gserviceaccount.com"}}},
+		{name: "gcp_iit unknown key", in: `gcp_iit { audience = "x" }`, wantErr: `unknown key "audience" in gcp_iit`},
 		{name: "k8s workload attestor", in: `
 k8s_workload_attestor = true
 kubelet_url = "https://10.0.0.7:10250"
@@ -118,7 +126,8 @@ node_name = "node-1"
 				got.SSHPoPHostKeyPath != tc.want.SSHPoPHostKeyPath || got.SSHPoPHostCertPath != tc.want.SSHPoPHostCertPath ||
 				got.SDS != tc.want.SDS || got.TrustBundleURL != tc.want.TrustBundleURL || got.TrustBundleFormat != tc.want.TrustBundleFormat ||
 				got.AdminSocketPath != tc.want.AdminSocketPath || !slices.Equal(got.AuthorizedDelegates, tc.want.AuthorizedDelegates) ||
-				(got.AWSIID == nil) != (tc.want.AWSIID == nil) || got.AWSIID != nil && *got.AWSIID != *tc.want.AWSIID {
+				(got.AWSIID == nil) != (tc.want.AWSIID == nil) || got.AWSIID != nil && *got.AWSIID != *tc.want.AWSIID ||
+				(got.GCPIIT == nil) != (tc.want.GCPIIT == nil) || got.GCPIIT != nil && *got.GCPIIT != *tc.want.GCPIIT {
 				t.Fatalf("got %+v\nwant %+v", *got, tc.want)
 			}
 		})
@@ -180,6 +189,14 @@ func TestConfigValidate(t *testing.T) {
 		{"aws_iid and a join token", Config{ServerAddress: "s:1", TrustDomain: "example.org", JoinToken: "t", AWSIID: &AWSIIDConfig{}}, "not a join token and aws_iid"},
 		{"aws_iid with insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", AWSIID: &AWSIIDConfig{}, InsecureBootstrap: true},
 			"insecure_bootstrap cannot be used with aws_iid"},
+		{"gcp_iit", Config{ServerAddress: "s:1", TrustDomain: "example.org", GCPIIT: &GCPIITConfig{}}, ""},
+		{"gcp_iit with a host and port", Config{ServerAddress: "s:1", TrustDomain: "example.org", GCPIIT: &GCPIITConfig{IdentityTokenHost: "169.254.169.254:80"}}, ""},
+		{"gcp_iit host with a scheme", Config{ServerAddress: "s:1", TrustDomain: "example.org", GCPIIT: &GCPIITConfig{IdentityTokenHost: "http://metadata.google.internal"}},
+			"want a host[:port] such as metadata.google.internal"},
+		{"gcp_iit service account with a slash", Config{ServerAddress: "s:1", TrustDomain: "example.org", GCPIIT: &GCPIITConfig{ServiceAccount: "a/b"}}, "gcp_iit service_account"},
+		{"gcp_iit and aws_iid", Config{ServerAddress: "s:1", TrustDomain: "example.org", GCPIIT: &GCPIITConfig{}, AWSIID: &AWSIIDConfig{}}, "not aws_iid and gcp_iit"},
+		{"gcp_iit with insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", GCPIIT: &GCPIITConfig{}, InsecureBootstrap: true},
+			"insecure_bootstrap cannot be used with gcp_iit"},
 		{"k8s_psat with insecure bootstrap", Config{ServerAddress: "s:1", TrustDomain: "example.org", K8sPSATCluster: "prod", InsecureBootstrap: true}, "insecure_bootstrap cannot be used"},
 		{"sds names", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultSVIDName: "svid", DefaultBundleName: "bundle"}}, ""},
 		{"sds bundle name shadows the default SVID name", Config{ServerAddress: "s:1", TrustDomain: "example.org", SDS: SDSConfig{DefaultBundleName: "default"}}, "default_svid_name and default_bundle_name are both \"default\""},
@@ -231,6 +248,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`agent { systemd_workload_attestor = false }`))
 	f.Add([]byte(`agent { aws_iid { ec2_metadata_endpoint = "http://169.254.169.254/" } }`))
 	f.Add([]byte(`aws_iid {}`))
+	f.Add([]byte(`gcp_iit { identity_token_host = "h:1" service_account = "default" }`))
 	f.Add([]byte(`agent { admin_socket_path = "/run/a.sock" authorized_delegates = ["spiffe://example.org/x"] }`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := ParseConfig(data)

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/signetid/signet/server/api/awsiid"
+	"github.com/signetid/signet/server/api/gcpiit"
 	"github.com/signetid/signet/server/api/sshpop"
 	"github.com/signetid/signet/server/api/x509pop"
 
@@ -28,12 +29,13 @@ const (
 	X509PoPType   = x509pop.Type
 	SSHPoPType    = sshpop.Type
 	AWSIIDType    = awsiid.Type
+	GCPIITType    = gcpiit.Type
 )
 
 // Evidence is what the agent presents in one attestation.
 type Evidence struct {
 	// Type is the attestation type (JoinTokenType, K8sPSATType, X509PoPType,
-	// SSHPoPType, AWSIIDType).
+	// SSHPoPType, AWSIIDType, GCPIITType).
 	Type    string
 	Payload []byte
 	// SingleUse evidence is spent by being presented (join tokens): the

@@ -17,6 +17,9 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 		systemdAttestor bool
 		awsIID          bool
 		awsIIDEndpoint  string
+		gcpIIT          bool
+		gcpIITHost      string
+		gcpIITAccount   string
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -78,6 +81,23 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 					cfg.AWSIID = &agent.AWSIIDConfig{}
 				}
 				cfg.AWSIID.EC2MetadataEndpoint = awsIIDEndpoint
+			}
+			if set("gcp-iit") {
+				cfg.GCPIIT = nil
+				if gcpIIT {
+					cfg.GCPIIT = &agent.GCPIITConfig{}
+				}
+			}
+			if set("gcp-iit-identity-token-host") || set("gcp-iit-service-account") {
+				if cfg.GCPIIT == nil {
+					cfg.GCPIIT = &agent.GCPIITConfig{}
+				}
+				if set("gcp-iit-identity-token-host") {
+					cfg.GCPIIT.IdentityTokenHost = gcpIITHost
+				}
+				if set("gcp-iit-service-account") {
+					cfg.GCPIIT.ServiceAccount = gcpIITAccount
+				}
 			}
 			if set("k8s-workload-attestor") {
 				cfg.K8sWorkloadAttestor = flags.K8sWorkloadAttestor
@@ -165,6 +185,9 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	f.StringVar(&flags.SSHPoPHostCertPath, "sshpop-host-cert", "", "OpenSSH host certificate of --sshpop-host-key (default: the key's path with -cert.pub)")
 	f.BoolVar(&awsIID, "aws-iid", false, "attest with the EC2 instance identity document instead of a join token (the server's aws_iid block; it attests an instance once, until its agent is evicted)")
 	f.StringVar(&awsIIDEndpoint, "aws-iid-metadata-endpoint", "", "EC2 instance metadata service for --aws-iid (SPIRE's ec2_metadata_endpoint; default "+client.DefaultEC2MetadataEndpoint+"); implies --aws-iid")
+	f.BoolVar(&gcpIIT, "gcp-iit", false, "attest with the GCE instance identity token instead of a join token (the server's gcp_iit block; it attests an instance once, until its agent is evicted)")
+	f.StringVar(&gcpIITHost, "gcp-iit-identity-token-host", "", "GCE metadata server for --gcp-iit, host[:port] (SPIRE's identity_token_host; default metadata.google.internal); implies --gcp-iit")
+	f.StringVar(&gcpIITAccount, "gcp-iit-service-account", "", "service account whose identity token --gcp-iit asks for (SPIRE's service_account; default \"default\"); implies --gcp-iit")
 	f.BoolVar(&flags.K8sWorkloadAttestor, "k8s-workload-attestor", false, "add Kubernetes selectors (k8s:ns, k8s:sa, k8s:pod-label, ...) for callers in pods, from the node's kubelet")
 	f.StringVar(&flags.KubeletURL, "kubelet-url", "", "kubelet API for the Kubernetes workload attestor (default https://127.0.0.1:10250; http://...:10255 for the read-only port)")
 	f.StringVar(&flags.KubeletCAPath, "kubelet-ca", "", "PEM CA of the kubelet's serving certificate (default the service account's ca.crt)")

@@ -37,6 +37,8 @@ func TestValidate(t *testing.T) {
 		{"agent", "nobundle.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ntrust_bundle_path = \"" + filepath.Join(dir, "missing.pem") + "\"\njoin_token = \"t\"\n", "missing.pem"},
 		{"agent", "aws.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ntrust_bundle_url = \"https://signet.example.org/bundle\"\naws_iid {}\n", "is valid"},
 		{"agent", "awsinsecure.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ninsecure_bootstrap = true\naws_iid {\n  ec2_metadata_endpoint = \"http://169.254.169.254/\"\n}\n", "insecure_bootstrap cannot be used with aws_iid"},
+		{"agent", "gcp.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ntrust_bundle_url = \"https://signet.example.org/bundle\"\ngcp_iit {\n  service_account = \"default\"\n}\n", "is valid"},
+		{"agent", "gcphost.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ntrust_bundle_url = \"https://signet.example.org/bundle\"\ngcp_iit {\n  identity_token_host = \"http://metadata\"\n}\n", "identity_token_host"},
 		{"agent", "two.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ninsecure_bootstrap = true\njoin_token = \"t\"\nx509pop_cert_path = \"/c\"\nx509pop_key_path = \"/k\"\n", "attests one way"},
 	} {
 		path := write(tc.role+"-"+tc.name, tc.body)

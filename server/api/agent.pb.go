@@ -23,10 +23,12 @@ const (
 
 type AttestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// attestation_type is "join_token", "k8s_psat", "x509pop" or "sshpop".
+	// attestation_type is "join_token", "k8s_psat", "x509pop", "sshpop",
+	// "aws_iid" or "gcp_iit".
 	AttestationType string `protobuf:"bytes,1,opt,name=attestation_type,json=attestationType,proto3" json:"attestation_type,omitempty"`
 	// payload is the attestation data: the join token itself for join_token,
-	// JSON for k8s_psat, x509pop and sshpop.
+	// the instance identity token (a JWT) for gcp_iit, JSON for k8s_psat,
+	// x509pop, sshpop and aws_iid.
 	Payload []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
 	// csr is a DER PKCS#10 request for the agent key; its subject is ignored.
 	Csr           []byte `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
@@ -92,8 +94,9 @@ type AttestResponse struct {
 	SvidChain [][]byte `protobuf:"bytes,2,rep,name=svid_chain,json=svidChain,proto3" json:"svid_chain,omitempty"`
 	Bundle    *Bundle  `protobuf:"bytes,3,opt,name=bundle,proto3" json:"bundle,omitempty"`
 	// reattestable is true when the agent's node attestor can attest it
-	// again (k8s_psat, x509pop, sshpop; not a single-use join token): the
-	// agent then renews by attesting again instead of calling RenewAgent.
+	// again (k8s_psat, x509pop, sshpop; not a single-use join token, nor
+	// aws_iid or gcp_iit, trusted on first use): the agent then renews by
+	// attesting again instead of calling RenewAgent.
 	Reattestable  bool `protobuf:"varint,4,opt,name=reattestable,proto3" json:"reattestable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

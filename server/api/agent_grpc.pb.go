@@ -35,8 +35,10 @@ const (
 // RPC authenticates the agent by its agent X509-SVID.
 type AgentServiceClient interface {
 	// Attest proves the node's identity (join token, k8s_psat, x509pop,
-	// sshpop) and returns an agent SVID for the CSR. An agent that is
-	// reattestable calls it again, with fresh evidence, to renew its SVID.
+	// sshpop, aws_iid, gcp_iit) and returns an agent SVID for the CSR. An
+	// agent that is reattestable calls it again, with fresh evidence, to
+	// renew its SVID. aws_iid and gcp_iit evidence is trusted on first use:
+	// it attests a node that is not recorded, never one that is.
 	Attest(ctx context.Context, in *AttestRequest, opts ...grpc.CallOption) (*AttestResponse, error)
 	// RenewAgent returns a fresh agent SVID for the calling agent. A
 	// reattestable agent is refused with PermissionDenied: it must attest
@@ -129,8 +131,10 @@ func (c *agentServiceClient) MintJWTSVID(ctx context.Context, in *MintJWTSVIDReq
 // RPC authenticates the agent by its agent X509-SVID.
 type AgentServiceServer interface {
 	// Attest proves the node's identity (join token, k8s_psat, x509pop,
-	// sshpop) and returns an agent SVID for the CSR. An agent that is
-	// reattestable calls it again, with fresh evidence, to renew its SVID.
+	// sshpop, aws_iid, gcp_iit) and returns an agent SVID for the CSR. An
+	// agent that is reattestable calls it again, with fresh evidence, to
+	// renew its SVID. aws_iid and gcp_iit evidence is trusted on first use:
+	// it attests a node that is not recorded, never one that is.
 	Attest(context.Context, *AttestRequest) (*AttestResponse, error)
 	// RenewAgent returns a fresh agent SVID for the calling agent. A
 	// reattestable agent is refused with PermissionDenied: it must attest

@@ -231,19 +231,29 @@ func TestAWSIIDConfig(t *testing.T) {
 	}
 }
 
+// awsRegions are the 39 regions of SPIRE's list of RSA-2048 certificates
+// (pkg/server/plugin/nodeattestor/awsiid/awsrsa2048/cacerts.go).
+var awsRegions = []string{
+	"af-south-1", "ap-east-1", "ap-east-2", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-south-1", "ap-south-2",
+	"ap-southeast-1", "ap-southeast-2", "ap-southeast-3", "ap-southeast-4", "ap-southeast-5", "ap-southeast-6", "ap-southeast-7",
+	"ca-central-1", "ca-west-1", "cn-north-1", "cn-northwest-1", "eusc-de-east-1", "eu-central-1", "eu-central-2", "eu-north-1",
+	"eu-south-1", "eu-south-2", "eu-west-1", "eu-west-2", "eu-west-3", "il-central-1", "me-central-1", "me-south-1",
+	"mx-central-1", "sa-east-1", "us-east-1", "us-east-2", "us-gov-west-1", "us-gov-east-1", "us-west-1", "us-west-2",
+}
+
 // The embedded certificates are AWS's: one RSA-2048 self-signed
-// certificate per region, each region once, the main ones present.
+// certificate per region, each of SPIRE's 39 regions once, no other.
 func TestAWSIIDBuiltinCertificates(t *testing.T) {
 	certs, err := builtinAWSCerts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, region := range []string{"us-east-1", "us-east-2", "us-west-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-1",
-		"ap-northeast-1", "sa-east-1", "ca-central-1", "cn-north-1", "us-gov-west-1"} {
+	for _, region := range awsRegions {
 		if len(certs[region]) != 1 {
 			t.Errorf("region %s has %d certificates, want 1", region, len(certs[region]))
 		}
 	}
+	serials := map[string]string{}
 	for region, cs := range certs {
 		for _, c := range cs {
 			if err := c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature); err != nil {
@@ -252,10 +262,15 @@ func TestAWSIIDBuiltinCertificates(t *testing.T) {
 			if k, ok := c.PublicKey.(interface{ Size() int }); !ok || k.Size() != 256 || c.Subject.Organization[0] != "Amazon Web Services LLC" {
 				t.Errorf("%s: %v is not an RSA-2048 AWS certificate", region, c.Subject)
 			}
+			// A block pasted twice under two regions would trust one key for both.
+			if other, dup := serials[c.SerialNumber.String()]; dup {
+				t.Errorf("%s and %s have the same certificate", region, other)
+			}
+			serials[c.SerialNumber.String()] = region
 		}
 	}
-	if len(certs) < 31 {
-		t.Errorf("%d regions, want at least 31", len(certs))
+	if len(certs) != len(awsRegions) {
+		t.Errorf("%d regions, want %d", len(certs), len(awsRegions))
 	}
 }
 

@@ -214,8 +214,11 @@ type AWSIIDFileConfig struct {
 	// AccountIDsForLocalValidation: the accounts whose instances may
 	// attest; Signet validates every document locally (required).
 	AccountIDsForLocalValidation []string `hcl:"account_ids_for_local_validation"`
-	AWSCertificatesPath          string   `hcl:"aws_certificates_path"`
-	AgentPathTemplate            string   `hcl:"agent_path_template"`
+	// AWSCertificatesPath: a PEM file of more AWS signing certificates. A
+	// block with a `Region: <region>` header signs only that region's
+	// documents; one without is trusted for every region.
+	AWSCertificatesPath string `hcl:"aws_certificates_path"`
+	AgentPathTemplate   string `hcl:"agent_path_template"`
 
 	UnusedKeyPositions map[string][]token.Pos `hcl:",unusedKeyPositions"`
 }

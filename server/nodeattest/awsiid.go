@@ -75,9 +75,12 @@ type AWSIIDConfig struct {
 	// document from an instance of their own.
 	AccountIDs []string
 	// CertificatesPath is a PEM file of further AWS signing certificates
-	// (the RSA-2048 ones), trusted for documents of any region besides the
-	// built-in ones: for a region or partition Signet does not embed yet.
-	// Read at start.
+	// (the RSA-2048 ones), besides the built-in ones: for a region or
+	// partition Signet does not embed yet. A block with a `Region: <region>`
+	// header (as in the built-in file) signs only that region's documents;
+	// a block without one is trusted for documents of every region, so
+	// whoever holds its key can attest an instance of any region: pin
+	// each certificate. Read at start.
 	CertificatesPath string
 	// AgentPathTemplate renders the agent ID's path under
 	// spiffe://TD/agent/ (text/template over AWSIIDTemplateData); default
@@ -103,7 +106,7 @@ type AWSIID struct {
 	td       spiffeid.TrustDomain
 	accounts map[string]bool
 	builtin  map[string][]*x509.Certificate
-	extra    []*x509.Certificate
+	extra    []awsCert // region "" signs for every region
 	tmpl     *template.Template
 }
 
@@ -130,14 +133,16 @@ func NewAWSIID(td spiffeid.TrustDomain, cfg AWSIIDConfig) (*AWSIID, error) {
 		if err != nil {
 			return nil, fmt.Errorf("aws_iid: %s: %w", cfg.CertificatesPath, err)
 		}
-		for _, c := range certs {
-			p.extra = append(p.extra, c.cert)
-		}
+		p.extra = certs
 	}
 	return p, nil
 }
 
 var awsAccountRE = regexp.MustCompile(`^[0-9]{12}$`)
+
+// awsRegionRE is the shape of an AWS region name (us-east-1,
+// eusc-de-east-1, us-gov-west-1), for the Region header of a certificate.
+var awsRegionRE = regexp.MustCompile(`^[a-z]{2,}(-[a-z0-9]+)+-[0-9]+$`)
 
 // Check checks what can be checked without reading the certificates file:
 // accounts are given, each an AWS account ID, and the template parses and
@@ -176,14 +181,17 @@ func (cfg AWSIIDConfig) compile() (*template.Template, error) {
 	return tmpl, nil
 }
 
-// awsCert is a signing certificate and, for the built-in ones, its region.
+// awsCert is a signing certificate and the region whose documents it
+// signs (its PEM block's Region header); "" is every region, allowed only
+// in aws_certificates_path.
 type awsCert struct {
 	region string
 	cert   *x509.Certificate
 }
 
 // parseAWSCerts reads the CERTIFICATE blocks of a PEM file: each must be an
-// RSA certificate; withRegion wants each to name its region.
+// RSA certificate; withRegion wants each to name its region (the Region
+// header), which is optional otherwise.
 func parseAWSCerts(data []byte, withRegion bool) ([]awsCert, error) {
 	var out []awsCert
 	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
@@ -197,9 +205,12 @@ func parseAWSCerts(data []byte, withRegion bool) ([]awsCert, error) {
 		if cert.PublicKeyAlgorithm != x509.RSA {
 			return nil, fmt.Errorf("certificate %d (%s) has a %s key; AWS signs instance identity documents with RSA", len(out)+1, describe(cert), cert.PublicKeyAlgorithm)
 		}
-		region := block.Headers["Region"]
-		if withRegion && region == "" {
+		region, pinned := block.Headers["Region"]
+		switch {
+		case withRegion && region == "":
 			return nil, fmt.Errorf("certificate %d names no Region", len(out)+1)
+		case pinned && !awsRegionRE.MatchString(region):
+			return nil, fmt.Errorf("certificate %d (%s): Region header %q is not an AWS region name (like us-east-1)", len(out)+1, describe(cert), clipText(region))
 		}
 		out = append(out, awsCert{region: region, cert: cert})
 	}
@@ -301,9 +312,14 @@ func (p *AWSIID) Attest(_ context.Context, payload []byte, now time.Time) (Resul
 // of aws_certificates_path) signed exactly this document. Certificates the
 // signature carries are ignored: anyone can make one.
 func (p *AWSIID) verify(ev AWSIIDEvidence, now time.Time) error {
-	trusted := slices.Concat(p.builtin[ev.Document.Region], p.extra)
+	trusted := slices.Clone(p.builtin[ev.Document.Region])
+	for _, c := range p.extra {
+		if c.region == "" || c.region == ev.Document.Region {
+			trusted = append(trusted, c.cert)
+		}
+	}
 	if len(trusted) == 0 {
-		return fmt.Errorf("no AWS certificate for region %s is built in; add it to aws_certificates_path", clipText(ev.Document.Region))
+		return fmt.Errorf("no AWS certificate for region %s is built in; add it to aws_certificates_path with a \"Region: %s\" header", clipText(ev.Document.Region), clipText(ev.Document.Region))
 	}
 	p7 := ev.Signature
 	// The document sent must be the one signed: a genuine signature of

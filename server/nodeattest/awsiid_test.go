@@ -208,11 +208,55 @@ func TestAWSIIDTemplate(t *testing.T) {
 	}
 }
 
+// A certificate of aws_certificates_path with a Region header signs only
+// that region's documents; one without signs for every region.
+func TestAWSIIDCertificateRegion(t *testing.T) {
+	pinnedSigner, anySigner := awsiidtest.NewSigner(t), awsiidtest.NewSigner(t)
+	pinned := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Headers: map[string]string{"Region": "us-test-1"}, Bytes: pinnedSigner.Cert.Raw})
+	path := filepath.Join(t.TempDir(), "aws-certs.pem")
+	if err := os.WriteFile(path, append(pinned, anySigner.CertPEM()...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewAWSIID(td, AWSIIDConfig{AccountIDs: []string{testAccount}, CertificatesPath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		signer *awsiidtest.Signer
+		region string
+		want   string // "" for accepted
+	}{
+		{"pinned, its region", pinnedSigner, "us-test-1", ""},
+		{"pinned, a region of no built-in certificate", pinnedSigner, "us-test-2", "not signed by AWS's certificate for region us-test-2"},
+		{"pinned, a region with a built-in certificate", pinnedSigner, "us-east-1", "not signed by AWS's certificate for region us-east-1"},
+		{"unpinned, one region", anySigner, "us-test-1", ""},
+		{"unpinned, another", anySigner, "us-test-2", ""},
+		{"unpinned, a region with a built-in certificate", anySigner, "us-east-1", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := p.Attest(context.Background(), tc.signer.Payload(t, awsiidtest.Doc(testAccount, tc.region, "i-1")), time.Now())
+			if tc.want == "" && err != nil {
+				t.Fatalf("Attest: %v", err)
+			}
+			if tc.want != "" && (!errors.Is(err, ErrAWSIIDRefused) || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("Attest: %v; want ErrAWSIIDRefused containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
 // The block's settings are checked at start.
 func TestAWSIIDConfig(t *testing.T) {
 	dir := t.TempDir()
 	notPEM := filepath.Join(dir, "not.pem")
 	if err := os.WriteFile(notPEM, []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	badRegion := filepath.Join(dir, "bad-region.pem")
+	block := &pem.Block{Type: "CERTIFICATE", Headers: map[string]string{"Region": "us east"}, Bytes: awsiidtest.NewSigner(t).Cert.Raw}
+	if err := os.WriteFile(badRegion, pem.EncodeToMemory(block), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -223,6 +267,7 @@ func TestAWSIIDConfig(t *testing.T) {
 		{AWSIIDConfig{AccountIDs: []string{"1234"}}, `"1234" is not an AWS account ID (12 digits)`},
 		{AWSIIDConfig{AccountIDs: []string{testAccount}, CertificatesPath: filepath.Join(dir, "missing.pem")}, "read aws_certificates_path"},
 		{AWSIIDConfig{AccountIDs: []string{testAccount}, CertificatesPath: notPEM}, "holds no PEM certificate"},
+		{AWSIIDConfig{AccountIDs: []string{testAccount}, CertificatesPath: badRegion}, `Region header "us east" is not an AWS region name`},
 	}
 	for _, tc := range tests {
 		if _, err := NewAWSIID(td, tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {

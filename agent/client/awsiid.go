@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -50,8 +49,7 @@ func AWSIID(endpoint string) NodeAttestor {
 	}
 	return awsIID{
 		endpoint: endpoint,
-		// The link-local service is never reached through a proxy.
-		client: &http.Client{Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}},
+		client:   metadataHTTPClient(),
 	}
 }
 
@@ -103,6 +101,9 @@ func (a awsIID) token(ctx context.Context) (token, v1Reason string, err error) {
 		return "", fmt.Sprintf("the IMDSv2 token request got no answer (%v)", err), nil
 	}
 	defer resp.Body.Close()
+	if err := refuseRedirect(url, resp); err != nil {
+		return "", "", fmt.Errorf("aws_iid: IMDSv2 token request: %w", err)
+	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxIMDSResponse))
 	switch {
 	case err != nil:
@@ -130,6 +131,9 @@ func (a awsIID) get(ctx context.Context, path, token, v1Reason string) ([]byte, 
 		return nil, fmt.Errorf("aws_iid: read %s: %w", url, err)
 	}
 	defer resp.Body.Close()
+	if err := refuseRedirect(url, resp); err != nil {
+		return nil, fmt.Errorf("aws_iid: read: %w", err)
+	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxIMDSResponse+1))
 	switch {
 	case err != nil:

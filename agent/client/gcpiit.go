@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -35,8 +34,7 @@ func GCPIIT(host, serviceAccount string) NodeAttestor {
 	return gcpIIT{
 		url:            "http://" + host + gcpiit.IdentityPath(serviceAccount) + "?" + gcpiit.Query().Encode(),
 		serviceAccount: serviceAccount,
-		// The metadata server is never reached through a proxy.
-		client: &http.Client{Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}},
+		client:         metadataHTTPClient(),
 	}
 }
 
@@ -58,6 +56,9 @@ func (g gcpIIT) Evidence(ctx context.Context, _ []byte) (Evidence, error) {
 		return Evidence{}, fmt.Errorf("gcp_iit: ask the metadata server for the instance identity token: %w (is this a GCE instance?)", err)
 	}
 	defer resp.Body.Close()
+	if err := refuseRedirect(g.url, resp); err != nil {
+		return Evidence{}, fmt.Errorf("gcp_iit: %w", err)
+	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxGCEResponse+1))
 	switch {
 	case err != nil:

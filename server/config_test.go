@@ -201,9 +201,9 @@ k8s_psat "dev" {
 		{
 			name: "gcp_iit (SPIRE's keys that need no Compute Engine API)",
 			in: "trust_domain = \"a.org\"\ngcp_iit {\n projectid_allow_list = [\"project-a\"]\n use_instance_metadata = false\n" +
-				" agent_path_template = \"gcp_iit/{{ .Zone }}/{{ .InstanceName }}\"\n google_certificates_url = \"http://127.0.0.1:8080/certs\"\n}",
+				" agent_path_template = \"gcp_iit/{{ .Zone }}/{{ .InstanceName }}/{{ .InstanceID }}\"\n google_certificates_url = \"http://127.0.0.1:8080/certs\"\n}",
 			check: func(t *testing.T, c Config) {
-				if x := c.GCPIIT; x == nil || !slices.Equal(x.ProjectIDs, []string{"project-a"}) || x.AgentPathTemplate != "gcp_iit/{{ .Zone }}/{{ .InstanceName }}" ||
+				if x := c.GCPIIT; x == nil || !slices.Equal(x.ProjectIDs, []string{"project-a"}) || x.AgentPathTemplate != "gcp_iit/{{ .Zone }}/{{ .InstanceName }}/{{ .InstanceID }}" ||
 					x.CertsURL != "http://127.0.0.1:8080/certs" {
 					t.Fatalf("gcp_iit %+v", c.GCPIIT)
 				}

@@ -175,8 +175,10 @@ func (cfg AWSIIDConfig) compile() (*template.Template, error) {
 	// A field the document lacks fails here, not at the first attestation.
 	sample := AWSIIDTemplateData{Document: awsiid.Document{AccountID: "123456789012", InstanceID: "i-0", Region: "r", AvailabilityZone: "z", ImageID: "ami-0"},
 		PluginName: AWSIIDType, TrustDomain: "example.org"}
-	if err := tmpl.Execute(&bytes.Buffer{}, sample); err != nil {
-		return nil, fmt.Errorf("aws_iid: agent_path_template: %w", err)
+	other := sample
+	other.InstanceID = "i-1"
+	if err := requireInstanceID(AWSIIDType, text, tmpl, sample, other); err != nil {
+		return nil, err
 	}
 	return tmpl, nil
 }

@@ -198,9 +198,12 @@ func TestAWSIIDTemplate(t *testing.T) {
 		t.Fatalf("template into x509pop's namespace: %v", err)
 	}
 	for tmpl, want := range map[string]string{
-		"{{ .PluginName }}/{{ .Tags.name }}": "uses .Tags",
-		"{{ .PluginName }}/{{ .Hostname }}":  "can't evaluate field Hostname",
-		"{{ .PluginName }":                   "agent_path_template",
+		"{{ .PluginName }}/{{ .Tags.name }}":               "uses .Tags",
+		"{{ .PluginName }}/{{ .Hostname }}":                "can't evaluate field Hostname",
+		"{{ .PluginName }":                                 "agent_path_template",
+		"{{ .PluginName }}/{{ .AccountID }}/{{ .Region }}": `agent_path_template "{{ .PluginName }}/{{ .AccountID }}/{{ .Region }}" does not use {{ .InstanceID }}: every instance would get the same agent ID`,
+		"{{ .PluginName }}/{{ .ImageID }}":                 "does not use {{ .InstanceID }}",
+		"{{ .PluginName }}/{{ slice .InstanceID 0 1 }}":    "does not use {{ .InstanceID }}",
 	} {
 		if err := (AWSIIDConfig{AccountIDs: []string{testAccount}, AgentPathTemplate: tmpl}).Check(); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("template %q: %v, want an error containing %q", tmpl, err, want)

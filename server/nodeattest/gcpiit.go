@@ -1,7 +1,6 @@
 package nodeattest
 
 import (
-	"bytes"
 	"context"
 	"crypto/rsa"
 	"crypto/x509"
@@ -155,8 +154,10 @@ func (cfg GCPIITConfig) compile() (*template.Template, string, error) {
 	}
 	sample := GCPIITTemplateData{ComputeEngine: gcpiit.ComputeEngine{ProjectID: "p", Zone: "z", InstanceID: "1", InstanceName: "n"},
 		PluginName: GCPIITType, TrustDomain: "example.org"}
-	if err := tmpl.Execute(&bytes.Buffer{}, sample); err != nil {
-		return nil, "", fmt.Errorf("gcp_iit: agent_path_template: %w", err)
+	other := sample
+	other.InstanceID = "2"
+	if err := requireInstanceID(GCPIITType, text, tmpl, sample, other); err != nil {
+		return nil, "", err
 	}
 	return tmpl, certsURL, nil
 }

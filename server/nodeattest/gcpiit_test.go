@@ -55,9 +55,9 @@ func TestGCPIITAttest(t *testing.T) {
 	if n := certs.Fetches(); n != 1 {
 		t.Fatalf("Google's certificates fetched %d times for two attestations, want once (kept until Expires)", n)
 	}
-	p = newGCPIIT(t, certs, "{{ .PluginName }}/{{ .ProjectNumber }}/{{ .Zone }}/{{ .InstanceName }}")
+	p = newGCPIIT(t, certs, "{{ .PluginName }}/{{ .ProjectNumber }}/{{ .Zone }}/{{ .InstanceName }}/{{ .InstanceID }}")
 	res, err := p.Attest(context.Background(), []byte(signer.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience))), time.Now())
-	if err != nil || res.AgentID.String() != "spiffe://example.org/agent/gcp_iit/123456789012/us-west1-b/blog-server" {
+	if err != nil || res.AgentID.String() != "spiffe://example.org/agent/gcp_iit/123456789012/us-west1-b/blog-server/"+testInstance.InstanceID {
 		t.Fatalf("templated: %v, %v", res.AgentID, err)
 	}
 }
@@ -204,6 +204,9 @@ func TestGCPIITConfig(t *testing.T) {
 		{GCPIITConfig{ProjectIDs: []string{"p"}, CertsURL: "ftp://certs.example.org/certs"}, "want an https URL"},
 		{GCPIITConfig{ProjectIDs: []string{"p"}, CertsURL: "certs"}, "want an https URL"},
 		{GCPIITConfig{ProjectIDs: []string{"p"}, AgentPathTemplate: "{{ .Hostname }}"}, "can't evaluate field Hostname"},
+		{GCPIITConfig{ProjectIDs: []string{"p"}, AgentPathTemplate: "{{ .PluginName }}/{{ .ProjectID }}/{{ .Zone }}/{{ .InstanceName }}"},
+			`agent_path_template "{{ .PluginName }}/{{ .ProjectID }}/{{ .Zone }}/{{ .InstanceName }}" does not use {{ .InstanceID }}: every instance would get the same agent ID`},
+		{GCPIITConfig{ProjectIDs: []string{"p"}, AgentPathTemplate: "{{ .PluginName }}/{{ .Zone }}/{{ .InstanceID }}"}, ""},
 		{GCPIITConfig{ProjectIDs: []string{"p"}}, ""},
 	}
 	for _, tc := range tests {

@@ -180,12 +180,18 @@ func (s *Service) takeoverError(res nodeattest.Result, held string) error {
 
 // alreadyAttestedError refuses evidence trusted on first use for a node
 // that is recorded: the evidence can be replayed, so only the agent that
-// attested first holds the ID, and renews in place.
+// attested first holds the ID, and renews in place. The message (one
+// line) tells the two cases apart for the operator: the agent's own SVID
+// expired (an instance stopped longer than agent_ttl, a long server
+// outage), which only an eviction mends, or someone else presented the
+// evidence, which an eviction would hand them.
 func (s *Service) alreadyAttestedError(res nodeattest.Result) error {
 	s.cfg.Logger.Warn("agent attestation refused", "agent_id", res.AgentID.String(), "type", res.Type,
 		"reason", "already attested: "+res.Type+" evidence is trusted on first use")
-	return status.Errorf(codes.PermissionDenied, "agent %s is already attested: %s evidence attests a node once (trust on first use), as it can be replayed; if this is the same machine and its agent lost its SVID, evict the agent to let it attest again (signet server agent evict --spiffe-id %s)",
-		res.AgentID, res.Type, res.AgentID)
+	return status.Errorf(codes.PermissionDenied, "agent %s is already attested: %s evidence attests a node once (trust on first use), as whoever reads it can replay it; "+
+		"if this host's agent attested before and its SVID expired (the instance stopped for longer than agent_ttl, a long server outage) or was lost, only an eviction lets it attest again (signet server agent evict --spiffe-id %s); "+
+		"if the agent on this host never attested, someone else presented its evidence: investigate, or ban the ID (signet server agent ban --spiffe-id %s), before evicting",
+		res.AgentID, res.Type, res.AgentID, res.AgentID)
 }
 
 func (s *Service) bannedError(id spiffeid.ID) error {

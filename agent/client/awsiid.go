@@ -108,7 +108,9 @@ func (a awsIID) token(ctx context.Context) (token, v1Reason string, err error) {
 	switch {
 	case err != nil:
 		return "", "", fmt.Errorf("aws_iid: IMDSv2 token from %s: %w", url, err)
-	case resp.StatusCode == http.StatusOK && len(body) > 0:
+	case resp.StatusCode == http.StatusOK && len(strings.TrimSpace(string(body))) == 0:
+		return "", "", fmt.Errorf("aws_iid: IMDSv2 token request to %s: %s with an empty token: not an instance metadata service answer", url, resp.Status)
+	case resp.StatusCode == http.StatusOK:
 		return string(body), "", nil
 	case resp.StatusCode == http.StatusForbidden, resp.StatusCode == http.StatusNotFound, resp.StatusCode == http.StatusMethodNotAllowed:
 		return "", fmt.Sprintf("the IMDSv2 token request was refused (%s)", resp.Status), nil

@@ -85,3 +85,19 @@ func TestMetadataNoKeepAlive(t *testing.T) {
 		t.Fatalf("%d connections for a token and two reads, want 3 (no keep-alive)", n)
 	}
 }
+
+// A token request answered 200 with no token is an error saying so, not a
+// bare "200 OK".
+func TestAWSIIDEmptyToken(t *testing.T) {
+	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			return
+		}
+		_, _ = w.Write([]byte("x"))
+	}))
+	t.Cleanup(imds.Close)
+	_, err := AWSIID(imds.URL).Evidence(context.Background(), nil)
+	if err == nil || !strings.Contains(err.Error(), "200 OK with an empty token") {
+		t.Fatalf("Evidence: %v, want an error naming the empty token", err)
+	}
+}

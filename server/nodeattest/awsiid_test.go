@@ -322,6 +322,24 @@ func TestAWSIIDBuiltinCertificates(t *testing.T) {
 	}
 }
 
+// The fuzz target's signer is the same in every run (fixed serial and
+// validity), so a payload stored by one run verifies in the next.
+func TestAWSIIDFuzzSignerStable(t *testing.T) {
+	key, err := pemkey.Read("testdata/fuzz-signer-key.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	earlier := awsiidtest.NewSignerWithKey(t, key.(*rsa.PrivateKey))
+	stored := earlier.Payload(t, awsiidtest.Doc(testAccount, "us-test-1", "i-1"))
+	later := awsiidtest.NewSignerWithKey(t, key.(*rsa.PrivateKey))
+	if !bytes.Equal(earlier.Cert.Raw, later.Cert.Raw) {
+		t.Fatal("NewSignerWithKey made two certificates for one key")
+	}
+	if _, err := newAWSIID(t, later, "").Attest(context.Background(), stored, time.Now()); err != nil {
+		t.Fatalf("a payload of an earlier run: %v", err)
+	}
+}
+
 // FuzzAWSIIDPayload feeds arbitrary payloads to a configured attestor: it
 // never panics, and whatever it accepts is the configured signer's
 // signature of exactly the document sent, for an allowed account.

@@ -36,30 +36,46 @@ type Signer struct {
 }
 
 // NewSigner makes a signer with a new RSA-2048 key and a self-signed
-// certificate valid for a year (AWS's are valid until 2195).
+// certificate valid for a year from now (AWS's are valid until 2195).
 func NewSigner(t testing.TB) *Signer {
 	t.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewSignerWithKey(t, key)
-}
-
-// NewSignerWithKey is NewSigner with a given key (fuzz targets: generating
-// one under the fuzzer's instrumentation takes long).
-func NewSignerWithKey(t testing.TB, key *rsa.PrivateKey) *Signer {
-	t.Helper()
 	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newSigner(t, key, serial, time.Now().Add(-time.Hour), time.Now().Add(365*24*time.Hour))
+}
+
+// Fixed certificate fields of NewSignerWithKey.
+var (
+	fixedSerial    = big.NewInt(0x5167_4e37)
+	fixedNotBefore = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	fixedNotAfter  = time.Date(2195, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// NewSignerWithKey is a signer with a given key (fuzz targets: generating
+// one under the fuzzer's instrumentation takes long) and a certificate
+// with a fixed serial and validity (2025 to 2195, as AWS's): the same key
+// gives the same certificate in every run, so a fuzz input stored in one
+// run is signed by the certificate the next run trusts and reaches
+// signature verification.
+func NewSignerWithKey(t testing.TB, key *rsa.PrivateKey) *Signer {
+	t.Helper()
+	return newSigner(t, key, fixedSerial, fixedNotBefore, fixedNotAfter)
+}
+
+func newSigner(t testing.TB, key *rsa.PrivateKey, serial *big.Int, notBefore, notAfter time.Time) *Signer {
+	t.Helper()
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject: pkix.Name{Country: []string{"US"}, Province: []string{"Washington State"}, Locality: []string{"Seattle"},
 			Organization: []string{"Test Web Services LLC"}},
-		NotBefore: time.Now().Add(-time.Hour),
-		NotAfter:  time.Now().Add(365 * 24 * time.Hour),
+		NotBefore: notBefore,
+		NotAfter:  notAfter,
 		KeyUsage:  x509.KeyUsageDigitalSignature,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)

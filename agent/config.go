@@ -274,7 +274,7 @@ func ParseConfig(data []byte) (cfg *Config, err error) {
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, hclsafe.Explain(data, err)
 	}
 	return cfg, nil
 }

@@ -179,7 +179,7 @@ func LoadConfigFile(path string, cfg *Config) error {
 // ParseConfig decodes spiffe-helper's HCL helper.conf into cfg, overwriting
 // the fields the file sets. Unknown keys are an error naming the key.
 func ParseConfig(data []byte, cfg *Config) error {
-	return hclsafe.Do(func() error { return parseConfig(data, cfg) })
+	return hclsafe.Explain(data, hclsafe.Do(func() error { return parseConfig(data, cfg) }))
 }
 
 func parseConfig(data []byte, cfg *Config) error {

@@ -311,7 +311,7 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 		return hcl.DecodeObject(&fc, file)
 	})
 	if err != nil {
-		return FileConfig{}, fmt.Errorf("parse server config: %w", err)
+		return FileConfig{}, fmt.Errorf("parse server config: %w", hclsafe.Explain(data, err))
 	}
 	unused := map[string][]token.Pos{}
 	maps.Copy(unused, fc.UnusedKeyPositions)

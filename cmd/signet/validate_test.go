@@ -25,6 +25,8 @@ func TestValidate(t *testing.T) {
 	}{
 		{"server", "ok.conf", "trust_domain = \"example.org\"\nsvid_ttl = \"1h\"\n", "is valid"},
 		{"server", "typo.conf", "trust_domain = \"example.org\"\nsvid_tll = \"1h\"\n", "unknown key(s): svid_tll"},
+		{"server", "notalist.conf", "trust_domain = \"example.org\"\nx509pop {\n  ca_bundle_paths = \"/x.pem\"\n}\n", "line 3: ca_bundle_paths wants a list"},
+		{"agent", "notalist.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\nauthorized_delegates = \"spiffe://example.org/x\"\n", "line 3: authorized_delegates wants a list"},
 		{"server", "ttl.conf", "trust_domain = \"example.org\"\nsvid_ttl = \"1h\"\nca_ttl = \"2h\"\n", "at least 6 x svid_ttl"},
 		{"server", "x509pop.conf", "trust_domain = \"example.org\"\nx509pop {\n  ca_bundle_path = \"" + filepath.Join(dir, "missing.pem") + "\"\n}\n", "missing.pem"},
 		{"server", "aws.conf", "trust_domain = \"example.org\"\naws_iid {\n  account_ids_for_local_validation = [\"111122223333\"]\n}\n", "is valid"},

@@ -32,7 +32,7 @@ func TestValidate(t *testing.T) {
 		{"server", "aws.conf", "trust_domain = \"example.org\"\naws_iid {\n  account_ids_for_local_validation = [\"111122223333\"]\n}\n", "is valid"},
 		{"server", "awscerts.conf", "trust_domain = \"example.org\"\naws_iid {\n  account_ids_for_local_validation = [\"111122223333\"]\n  aws_certificates_path = \"" + filepath.Join(dir, "missing-aws.pem") + "\"\n}\n", "missing-aws.pem"},
 		{"server", "gcp.conf", "trust_domain = \"example.org\"\ngcp_iit {\n  projectid_allow_list = [\"project-a\"]\n}\n", "is valid"},
-		{"server", "gcpbad.conf", "trust_domain = \"example.org\"\ngcp_iit {\n  projectid_allow_list = [\"project-a\"]\n  agent_path_template = \"{{ .Tags }}\"\n}\n", "can't evaluate field Tags"},
+		{"server", "gcpbad.conf", "trust_domain = \"example.org\"\ngcp_iit {\n  projectid_allow_list = [\"project-a\"]\n  agent_path_template = \"{{ .Tags }}\"\n}\n", "unknown field .Tags; the fields are "},
 		{"server", "upstream.conf", "trust_domain = \"example.org\"\nupstream_authority \"disk\" {\n  cert_file_path = \"" + filepath.Join(dir, "up.crt") + "\"\n  key_file_path = \"" + filepath.Join(dir, "up.key") + "\"\n}\n", "up.crt"},
 		{"server", "endpoint.conf", "trust_domain = \"example.org\"\nfederation {\n  bundle_endpoint {\n    address = \"127.0.0.1:8443\"\n    profile \"https_web\" {\n      serving_cert_file {\n        cert_file_path = \"" + filepath.Join(dir, "ep.crt") + "\"\n        key_file_path = \"" + filepath.Join(dir, "ep.key") + "\"\n      }\n    }\n  }\n}\n", "ep.crt"},
 		{"agent", "ok.conf", "server_address = \"127.0.0.1:8081\"\ntrust_domain = \"example.org\"\ninsecure_bootstrap = true\njoin_token = \"t\"\n", "is valid"},

@@ -199,7 +199,7 @@ func TestAWSIIDTemplate(t *testing.T) {
 	}
 	for tmpl, want := range map[string]string{
 		"{{ .PluginName }}/{{ .Tags.name }}":               "uses .Tags",
-		"{{ .PluginName }}/{{ .Hostname }}":                "can't evaluate field Hostname",
+		"{{ .PluginName }}/{{ .Hostname }}":                "unknown field .Hostname; the fields are .AccountID",
 		"{{ .PluginName }":                                 "agent_path_template",
 		"{{ .PluginName }}/{{ .AccountID }}/{{ .Region }}": `agent_path_template "{{ .PluginName }}/{{ .AccountID }}/{{ .Region }}" does not use {{ .InstanceID }}: every instance would get the same agent ID`,
 		"{{ .PluginName }}/{{ .ImageID }}":                 "does not use {{ .InstanceID }}",

@@ -203,7 +203,7 @@ func TestGCPIITConfig(t *testing.T) {
 		{GCPIITConfig{ProjectIDs: []string{"p"}, CertsURL: "http://certs.example.org/certs"}, "plain http is allowed only to a loopback host"},
 		{GCPIITConfig{ProjectIDs: []string{"p"}, CertsURL: "ftp://certs.example.org/certs"}, "want an https URL"},
 		{GCPIITConfig{ProjectIDs: []string{"p"}, CertsURL: "certs"}, "want an https URL"},
-		{GCPIITConfig{ProjectIDs: []string{"p"}, AgentPathTemplate: "{{ .Hostname }}"}, "can't evaluate field Hostname"},
+		{GCPIITConfig{ProjectIDs: []string{"p"}, AgentPathTemplate: "{{ .Hostname }}"}, "unknown field .Hostname; the fields are "},
 		{GCPIITConfig{ProjectIDs: []string{"p"}, AgentPathTemplate: "{{ .PluginName }}/{{ .ProjectID }}/{{ .Zone }}/{{ .InstanceName }}"},
 			`agent_path_template "{{ .PluginName }}/{{ .ProjectID }}/{{ .Zone }}/{{ .InstanceName }}" does not use {{ .InstanceID }}: every instance would get the same agent ID`},
 		{GCPIITConfig{ProjectIDs: []string{"p"}, AgentPathTemplate: "{{ .PluginName }}/{{ .Zone }}/{{ .InstanceID }}"}, ""},

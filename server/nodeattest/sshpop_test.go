@@ -283,7 +283,7 @@ func TestSSHPoPAgentPathTemplate(t *testing.T) {
 			wantErr: "IDs under spiffe://example.org/agent/k8s_psat/ belong to k8s_psat agents"},
 		{name: "join_token's namespace", template: "/{{ .Hostname }}", principals: []string{"join_token/0123"},
 			wantErr: "IDs under spiffe://example.org/agent/join_token/ belong to join_token agents"},
-		{name: "unknown field", template: "{{ .Subject }}", wantErr: "can't evaluate field Subject"},
+		{name: "unknown field", template: "{{ .Subject }}", wantErr: "unknown field .Subject; the fields are "},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -229,7 +229,7 @@ func parseAgentPathTemplate(attestor, text string) (*template.Template, error) {
 func renderAgentID(tmpl *template.Template, td spiffeid.TrustDomain, attestor string, data any, refused error, subject string) (spiffeid.ID, error) {
 	var b bytes.Buffer
 	if err := tmpl.Execute(&b, data); err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: agent_path_template: %v", refused, err)
+		return spiffeid.ID{}, fmt.Errorf("%w: agent_path_template: %v", refused, templateError(err, data))
 	}
 	// SPIRE's templates may start with a slash ("/cn/{{ ... }}").
 	path := strings.TrimPrefix(b.String(), "/")

@@ -218,7 +218,7 @@ func TestX509PoPAgentPathTemplate(t *testing.T) {
 			wantErr: "IDs under spiffe://example.org/agent/join_token/ belong to join_token agents"},
 		{name: "a namespace's name deeper down", template: "cn/{{ .Subject.CommonName }}", cn: "k8s_psat",
 			want: "spiffe://example.org/agent/cn/k8s_psat"},
-		{name: "unknown field", template: "{{ .Foo }}", cn: "node-1", wantErr: "can't evaluate field Foo"},
+		{name: "unknown field", template: "{{ .Foo }}", cn: "node-1", wantErr: "unknown field .Foo; the fields are "},
 		{name: "missing SAN key", template: "{{ .URISanSelectors.rack }}", cn: "node-1", wantErr: `map has no entry for key "rack"`},
 	}
 	for _, tc := range tests {

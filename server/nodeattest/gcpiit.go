@@ -50,6 +50,15 @@ const (
 	// googleCertsDefaultAge is how long certificates served without an
 	// Expires header are kept.
 	googleCertsDefaultAge = 5 * time.Minute
+	// googleCertsMaxAge bounds an Expires far ahead: a key Google
+	// withdraws stops being trusted within a day (Google's own max-age is
+	// hours).
+	googleCertsMaxAge = 24 * time.Hour
+	// googleCertsRetry is the least time between two fetches when the
+	// last failed or the certificates expired.
+	googleCertsRetry = 5 * time.Second
+	// googleCertsTimeout bounds a fetch.
+	googleCertsTimeout = 10 * time.Second
 	// gcpIITLeeway is the clock skew allowed on exp, nbf and iat
 	// (go-jose's default, as SPIRE).
 	gcpIITLeeway = time.Minute
@@ -109,7 +118,7 @@ func NewGCPIIT(td spiffeid.TrustDomain, cfg GCPIITConfig) (*GCPIIT, error) {
 		return nil, err
 	}
 	p := &GCPIIT{td: td, projects: map[string]bool{}, tmpl: tmpl,
-		certs: &googleCerts{url: certsURL, client: &http.Client{Timeout: 10 * time.Second}}}
+		certs: &googleCerts{url: certsURL, client: &http.Client{Timeout: googleCertsTimeout}}}
 	for _, id := range cfg.ProjectIDs {
 		p.projects[id] = true
 	}
@@ -252,70 +261,116 @@ func gcpiitSelectors(ce gcpiit.ComputeEngine) []selector.Selector {
 }
 
 // googleCerts caches Google's certificates by key ID, until the answer's
-// Expires (at least googleCertsMinAge), and refetches early, at most that
-// often, for a token naming a key it does not hold (Google rotated).
+// Expires (at least googleCertsMinAge, at most googleCertsMaxAge), and
+// refetches early, at most every googleCertsMinAge, for a token naming a
+// key it does not hold (Google rotated). One fetch runs at a time, in the
+// background with its own timeout: a caller that gives up does not abort
+// it for the others, and a token whose key is held never waits for it.
+// After a failed fetch the next is tried googleCertsRetry later at the
+// earliest, so that callers cannot make the server hammer an endpoint that
+// is down.
 type googleCerts struct {
 	url    string
 	client *http.Client
 
 	mu      sync.Mutex
 	certs   map[string]*x509.Certificate
-	fetched time.Time
 	expires time.Time
+	tried   time.Time     // when the last fetch started
+	lastErr error         // the last fetch's error, nil after a success
+	running chan struct{} // closed when the running fetch ends; nil if none
 }
 
 // key returns the certificate of kid, nil if Google has none by that ID;
 // an error when the certificates cannot be fetched (the agent retries).
 func (g *googleCerts) key(ctx context.Context, kid string, now time.Time) (*x509.Certificate, error) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	stale := g.certs == nil || now.After(g.expires)
-	if _, ok := g.certs[kid]; !ok && now.Sub(g.fetched) >= googleCertsMinAge {
-		stale = true
+	if cert, ok := g.certs[kid]; ok && !now.After(g.expires) {
+		g.mu.Unlock()
+		return cert, nil
 	}
-	if stale {
-		if err := g.fetch(ctx, now); err != nil {
-			if g.certs == nil {
-				return nil, err
-			}
-			// Keep serving what was fetched last; a key rotated in
-			// meanwhile is refused until the next fetch succeeds.
+	done := g.running
+	if done == nil && g.due(now) {
+		done = make(chan struct{})
+		g.running, g.tried = done, now
+		go g.fetch(now, done)
+	}
+	g.mu.Unlock()
+	if done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("gcp_iit: wait for Google's certificates (%s): %w", g.url, ctx.Err())
 		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.certs == nil {
+		// Keep serving what was fetched last; with nothing, the error.
+		return nil, g.lastErr
 	}
 	return g.certs[kid], nil
 }
 
-func (g *googleCerts) fetch(ctx context.Context, now time.Time) error {
-	g.fetched = now
+// due reports whether a fetch may start at now: after a failure, or when
+// the certificates expired, googleCertsRetry after the last; for a key
+// not held, googleCertsMinAge after it. g.mu is held.
+func (g *googleCerts) due(now time.Time) bool {
+	since := now.Sub(g.tried)
+	if g.certs == nil || g.lastErr != nil || now.After(g.expires) {
+		return g.tried.IsZero() || since >= googleCertsRetry || since < 0
+	}
+	return since >= googleCertsMinAge || since < 0
+}
+
+// fetch gets the certificates and records them (or the error), then
+// closes done.
+func (g *googleCerts) fetch(now time.Time, done chan struct{}) {
+	certs, expires, err := g.get(now)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.lastErr = err
+	if err == nil {
+		g.certs, g.expires = certs, expires
+	}
+	g.running = nil
+	close(done)
+}
+
+func (g *googleCerts) get(now time.Time) (map[string]*x509.Certificate, time.Time, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), googleCertsTimeout)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.url, nil)
 	if err != nil {
-		return fmt.Errorf("gcp_iit: Google certificates %s: %w", g.url, err)
+		return nil, time.Time{}, fmt.Errorf("gcp_iit: Google certificates %s: %w", g.url, err)
 	}
 	resp, err := g.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("gcp_iit: fetch Google certificates: %w", err)
+		return nil, time.Time{}, fmt.Errorf("gcp_iit: fetch Google certificates: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("gcp_iit: fetch Google certificates %s: %s", g.url, resp.Status)
+		return nil, time.Time{}, fmt.Errorf("gcp_iit: fetch Google certificates %s: %s", g.url, resp.Status)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxGoogleCerts))
 	if err != nil {
-		return fmt.Errorf("gcp_iit: fetch Google certificates %s: %w", g.url, err)
+		return nil, time.Time{}, fmt.Errorf("gcp_iit: fetch Google certificates %s: %w", g.url, err)
 	}
 	certs, err := parseGoogleCerts(body)
 	if err != nil {
-		return fmt.Errorf("gcp_iit: Google certificates %s: %w", g.url, err)
+		return nil, time.Time{}, fmt.Errorf("gcp_iit: Google certificates %s: %w", g.url, err)
 	}
-	g.certs = certs
-	g.expires = now.Add(googleCertsDefaultAge)
+	expires := now.Add(googleCertsDefaultAge)
 	if t, err := http.ParseTime(resp.Header.Get("Expires")); err == nil {
-		g.expires = t
+		expires = t
 	}
-	if min := now.Add(googleCertsMinAge); g.expires.Before(min) {
-		g.expires = min
+	if min := now.Add(googleCertsMinAge); expires.Before(min) {
+		expires = min
 	}
-	return nil
+	if max := now.Add(googleCertsMaxAge); expires.After(max) {
+		expires = max
+	}
+	return certs, expires, nil
 }
 
 // parseGoogleCerts reads Google's certificates document: a JSON object of

@@ -5,7 +5,10 @@ import (
 	"crypto/rsa"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -241,6 +244,128 @@ func FuzzGCPIITPayload(f *testing.F) {
 		var c gcpiit.Claims
 		if err != nil || kid != signer.KeyID || tok.Claims(&signer.Key.PublicKey, &c) != nil || !p.projects[c.Google.ComputeEngine.ProjectID] || !res.TrustOnFirstUse {
 			t.Fatalf("accepted %q as %v", payload, res.AgentID)
+		}
+	})
+}
+
+// certsEndpoint is a certificates endpoint whose answers the test decides:
+// answer(n) for the n-th fetch (from 1) writes the response.
+func certsEndpoint(t *testing.T, answer func(n int, w http.ResponseWriter, r *http.Request)) (string, func() int) {
+	t.Helper()
+	var mu sync.Mutex
+	n := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n++
+		i := n
+		mu.Unlock()
+		answer(i, w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/oauth2/v1/certs", func() int { mu.Lock(); defer mu.Unlock(); return n }
+}
+
+// Callers cannot make the server hammer Google's endpoint, nor hold up
+// each other: while it fails and nothing is held, attestations answer the
+// last error without a fetch for 5 s; a caller that gives up does not
+// abort the fetch others rely on; a token whose key is held is checked
+// while a fetch (for another key) is under way.
+func TestGCPIITCertificateFetches(t *testing.T) {
+	signer := gcpiittest.NewSigner(t)
+	token := []byte(signer.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience)))
+	now := time.Now()
+
+	t.Run("endpoint failing", func(t *testing.T) {
+		url, fetches := certsEndpoint(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			if n == 1 {
+				http.Error(w, "backend error", http.StatusServiceUnavailable)
+				return
+			}
+			w.Write(gcpiittest.CertsJSON(signer))
+		})
+		p, err := NewGCPIIT(td, GCPIITConfig{ProjectIDs: []string{"project-a"}, CertsURL: url})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 20 {
+			_, err := p.Attest(context.Background(), token, now.Add(time.Duration(i)*100*time.Millisecond))
+			if err == nil || errors.Is(err, ErrGCPIITRefused) || !strings.Contains(err.Error(), "503") {
+				t.Fatalf("attestation %d with the endpoint failing: %v; want its error", i, err)
+			}
+		}
+		if n := fetches(); n != 1 {
+			t.Fatalf("%d fetches for 20 attestations in 2 s with the endpoint failing, want 1", n)
+		}
+		if _, err := p.Attest(context.Background(), token, now.Add(6*time.Second)); err != nil || fetches() != 2 {
+			t.Fatalf("6 s later: %v after %d fetches; want attested after a second fetch", err, fetches())
+		}
+	})
+
+	t.Run("caller gives up", func(t *testing.T) {
+		newKey := gcpiittest.NewSigner(t)
+		url, fetches := certsEndpoint(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			if n == 1 {
+				w.Write(gcpiittest.CertsJSON(signer))
+				return
+			}
+			w.Write(gcpiittest.CertsJSON(signer, newKey))
+		})
+		p, err := NewGCPIIT(td, GCPIITConfig{ProjectIDs: []string{"project-a"}, CertsURL: url})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Attest(context.Background(), token, now); err != nil {
+			t.Fatal(err)
+		}
+		gone, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := p.Attest(gone, []byte(newKey.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience))), now.Add(31*time.Second)); err == nil {
+			t.Fatal("a caller that gave up was answered")
+		}
+		if _, err := p.Attest(context.Background(), []byte(newKey.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience))), now.Add(32*time.Second)); err != nil || fetches() != 2 {
+			t.Fatalf("the new key after a caller gave up on its fetch: %v, %d fetches; want attested, the fetch completed", err, fetches())
+		}
+	})
+
+	t.Run("known key during a fetch", func(t *testing.T) {
+		rotated := gcpiittest.NewSigner(t)
+		started, release := make(chan struct{}), make(chan struct{})
+		url, _ := certsEndpoint(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			if n == 1 {
+				w.Write(gcpiittest.CertsJSON(signer))
+				return
+			}
+			// The second fetch answers only once the test releases
+			// it; a server that made the held key wait for it would
+			// see the fetch time out first, and refuse the new key.
+			close(started)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+			w.Write(gcpiittest.CertsJSON(signer, rotated))
+		})
+		p, err := NewGCPIIT(td, GCPIITConfig{ProjectIDs: []string{"project-a"}, CertsURL: url})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Attest(context.Background(), token, now); err != nil {
+			t.Fatal(err)
+		}
+		waiting := make(chan error, 1)
+		go func() {
+			_, err := p.Attest(context.Background(), []byte(rotated.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience))), now.Add(31*time.Second))
+			waiting <- err
+		}()
+		<-started
+		_, err = p.Attest(context.Background(), token, now.Add(32*time.Second))
+		close(release)
+		if err != nil {
+			t.Fatalf("a token of a held key during a fetch: %v", err)
+		}
+		if err := <-waiting; err != nil {
+			t.Fatalf("the new key, its fetch released after a held key's token was checked: %v; want attested (the held key's check did not wait for the fetch)", err)
 		}
 	})
 }

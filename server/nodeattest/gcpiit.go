@@ -118,7 +118,10 @@ func NewGCPIIT(td spiffeid.TrustDomain, cfg GCPIITConfig) (*GCPIIT, error) {
 		return nil, err
 	}
 	p := &GCPIIT{td: td, projects: map[string]bool{}, tmpl: tmpl,
-		certs: &googleCerts{url: certsURL, client: &http.Client{Timeout: googleCertsTimeout}}}
+		certs: &googleCerts{url: certsURL, client: &http.Client{Timeout: googleCertsTimeout,
+			// Google answers directly; a redirect could lead to plain
+			// http, or off the loopback host a test URL was allowed for.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}}
 	for _, id := range cfg.ProjectIDs {
 		p.projects[id] = true
 	}
@@ -349,6 +352,9 @@ func (g *googleCerts) get(now time.Time) (map[string]*x509.Certificate, time.Tim
 		return nil, time.Time{}, fmt.Errorf("gcp_iit: fetch Google certificates: %w", err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode >= 300 && resp.StatusCode <= 399 {
+		return nil, time.Time{}, fmt.Errorf("gcp_iit: fetch Google certificates %s: %s redirecting to %q, which is not followed: set google_certificates_url to where the certificates are", g.url, resp.Status, clipText(resp.Header.Get("Location")))
+	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, time.Time{}, fmt.Errorf("gcp_iit: fetch Google certificates %s: %s", g.url, resp.Status)
 	}

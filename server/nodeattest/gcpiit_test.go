@@ -369,3 +369,50 @@ func TestGCPIITCertificateFetches(t *testing.T) {
 		}
 	})
 }
+
+// The certificates endpoint's redirects are not followed (they could lead
+// to plain http, or off the loopback host a test URL was allowed for), and
+// an Expires years ahead keeps the certificates a day at most: a key
+// Google withdrew is refused the next day.
+func TestGCPIITCertificateEndpoint(t *testing.T) {
+	signer := gcpiittest.NewSigner(t)
+	token := []byte(signer.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience)))
+	elsewhere := gcpiittest.NewCerts(t, signer)
+	url, fetches := certsEndpoint(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.URL, http.StatusFound)
+	})
+	p, err := NewGCPIIT(td, GCPIITConfig{ProjectIDs: []string{"project-a"}, CertsURL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.Attest(context.Background(), token, time.Now())
+	if err == nil || !strings.Contains(err.Error(), "302 Found redirecting to \""+elsewhere.URL+"\", which is not followed") || elsewhere.Fetches() != 0 || fetches() != 1 {
+		t.Fatalf("a redirecting endpoint: %v, %d fetches of the target; want refused, the redirect not followed", err, elsewhere.Fetches())
+	}
+
+	now := time.Now()
+	withdrawn := gcpiittest.NewSigner(t)
+	url, _ = certsEndpoint(t, func(n int, w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Expires", now.AddDate(5, 0, 0).UTC().Format(http.TimeFormat))
+		if n == 1 {
+			w.Write(gcpiittest.CertsJSON(signer, withdrawn))
+			return
+		}
+		w.Write(gcpiittest.CertsJSON(signer))
+	})
+	p, err = NewGCPIIT(td, GCPIITConfig{ProjectIDs: []string{"project-a"}, CertsURL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := func(d time.Duration) []byte {
+		c := gcpiittest.Claims(testInstance, gcpiit.Audience)
+		c.IssuedAt, c.Expiry = josejwt.NewNumericDate(now.Add(d)), josejwt.NewNumericDate(now.Add(d+time.Hour))
+		return []byte(withdrawn.Token(t, c))
+	}
+	if _, err := p.Attest(context.Background(), at(0), now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Attest(context.Background(), at(25*time.Hour), now.Add(25*time.Hour)); !errors.Is(err, ErrGCPIITRefused) {
+		t.Fatalf("a withdrawn key a day later, Expires 5 years ahead: %v; want refused after a refetch", err)
+	}
+}

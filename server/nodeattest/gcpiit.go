@@ -236,12 +236,22 @@ func (p *GCPIIT) Attest(ctx context.Context, payload []byte, now time.Time) (Res
 	if !p.projects[ce.ProjectID] {
 		return refuse("project %s is not in projectid_allow_list", clipText(ce.ProjectID))
 	}
+	if !isDecimal(ce.InstanceID) {
+		// GCE instance IDs are unsigned 64-bit numbers: anything else
+		// (a "/" would shift the agent ID's segments) is not Google's.
+		return refuse("the instance ID %q is not a number", clipText(ce.InstanceID))
+	}
 	data := GCPIITTemplateData{ComputeEngine: ce, PluginName: GCPIITType, TrustDomain: p.td.Name()}
 	id, err := renderAgentID(p.tmpl, p.td, GCPIITType, data, ErrGCPIITRefused, what)
 	if err != nil {
 		return Result{}, err
 	}
 	return Result{AgentID: id, Type: GCPIITType, Selectors: gcpiitSelectors(ce), TrustOnFirstUse: true}, nil
+}
+
+// isDecimal reports whether s is 1 to 20 decimal digits (a uint64).
+func isDecimal(s string) bool {
+	return len(s) > 0 && len(s) <= 20 && !strings.ContainsFunc(s, func(r rune) bool { return r < '0' || r > '9' })
 }
 
 // gcpiitSelectors are the node selectors node-alias entries match, with

@@ -93,6 +93,7 @@ func TestGCPIITRefused(t *testing.T) {
 		{"no expiry", signer.Token(t, claims(func(c *gcpiit.Claims) { c.Expiry = nil })), time.Now(), "the token has no expiry"},
 		{"another issuer", signer.Token(t, claims(func(c *gcpiit.Claims) { c.Issuer = "https://evil.example.org" })), time.Now(), "not Google's"},
 		{"no Compute Engine claims (format=standard)", signer.Token(t, claims(func(c *gcpiit.Claims) { c.Google = gcpiit.Google{} })), time.Now(), "names no Compute Engine instance"},
+		{"instance ID not a number", signer.Token(t, gcpiittest.Claims(gcpiittest.Instance("project-a", "z", "n", "12/34"), gcpiit.Audience)), time.Now(), `the instance ID "12/34" is not a number`},
 		{"project not allowed", signer.Token(t, gcpiittest.Claims(gcpiittest.Instance("project-z", "z", "n", "1"), gcpiit.Audience)), time.Now(), "project project-z is not in projectid_allow_list"},
 	}
 	for _, tc := range tests {

@@ -417,3 +417,20 @@ func TestGCPIITCertificateEndpoint(t *testing.T) {
 		t.Fatalf("a withdrawn key a day later, Expires 5 years ahead: %v; want refused after a refetch", err)
 	}
 }
+
+// The fuzz target's signer is the same in every run: two signers of its
+// key share the kid, and a token of one attests against the other's
+// certificates, so stored fuzz inputs reach signature verification.
+func TestGCPIITFuzzSignerStable(t *testing.T) {
+	key, err := pemkey.Read("testdata/fuzz-signer-key.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := gcpiittest.NewSignerWithKey(t, key.(*rsa.PrivateKey)), gcpiittest.NewSignerWithKey(t, key.(*rsa.PrivateKey))
+	if a.KeyID != b.KeyID || len(a.KeyID) != 40 {
+		t.Fatalf("kids %q and %q, want one of 40 hex digits", a.KeyID, b.KeyID)
+	}
+	if _, err := newGCPIIT(t, gcpiittest.NewCerts(t, b), "").Attest(context.Background(), []byte(a.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience))), time.Now()); err != nil {
+		t.Fatalf("a token of one fuzz signer against the other's certificates: %v", err)
+	}
+}

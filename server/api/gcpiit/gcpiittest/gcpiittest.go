@@ -10,6 +10,7 @@ package gcpiittest
 import (
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha1"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -52,21 +53,33 @@ func NewSigner(t testing.TB) *Signer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewSignerWithKey(t, key)
-}
-
-// NewSignerWithKey is NewSigner with a given key (fuzz targets).
-func NewSignerWithKey(t testing.TB, key *rsa.PrivateKey) *Signer {
-	t.Helper()
 	kid := make([]byte, 20)
 	if _, err := rand.Read(kid); err != nil {
 		t.Fatal(err)
 	}
+	return newSigner(t, key, hex.EncodeToString(kid), big.NewInt(time.Now().UnixNano()), time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+}
+
+// NewSignerWithKey is a signer with a given key (fuzz targets: generating
+// one under the fuzzer's instrumentation takes long) whose kid (the SHA-1
+// of the public key, 40 hex digits as Google's) and certificate (a fixed
+// serial, valid 2025 to 2195) follow from the key: a fuzz input stored in
+// one run names the kid the next run serves, and reaches signature
+// verification.
+func NewSignerWithKey(t testing.TB, key *rsa.PrivateKey) *Signer {
+	t.Helper()
+	kid := sha1.Sum(x509.MarshalPKCS1PublicKey(&key.PublicKey))
+	return newSigner(t, key, hex.EncodeToString(kid[:]), big.NewInt(0x6763_7069),
+		time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2195, 1, 1, 0, 0, 0, 0, time.UTC))
+}
+
+func newSigner(t testing.TB, key *rsa.PrivateKey, kid string, serial *big.Int, notBefore, notAfter time.Time) *Signer {
+	t.Helper()
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: hex.EncodeToString(kid)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: kid},
+		NotBefore:    notBefore,
+		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -77,7 +90,7 @@ func NewSignerWithKey(t testing.TB, key *rsa.PrivateKey) *Signer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Signer{KeyID: hex.EncodeToString(kid), Key: key, Cert: cert}
+	return &Signer{KeyID: kid, Key: key, Cert: cert}
 }
 
 // Instance is a GCE instance, as the token's Compute Engine claims name it.

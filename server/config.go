@@ -351,6 +351,13 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 				}
 				return FileConfig{}, fmt.Errorf("parse server config: line %d: gcp_iit: %s is a key of SPIRE's Compute Engine API calls (use_instance_metadata), which Signet does not make: it checks the instance identity token alone; remove it", line, k)
 			}
+			if k == "projectid_whitelist" {
+				line := 0
+				if len(pos) > 0 {
+					line = pos[0].Line
+				}
+				return FileConfig{}, fmt.Errorf("parse server config: line %d: gcp_iit: projectid_whitelist is the old name of projectid_allow_list, its name in SPIRE now: rename it", line)
+			}
 			unused["gcp_iit: "+k] = pos
 		}
 	}

@@ -216,7 +216,7 @@ k8s_psat "dev" {
 			wantErr: "line 4: gcp_iit: allowed_label_keys is a key of SPIRE's Compute Engine API calls"},
 		{name: "gcp_iit with an http certificates URL", in: "trust_domain = \"a.org\"\ngcp_iit {\n projectid_allow_list = [\"p\"]\n google_certificates_url = \"http://www.googleapis.com/oauth2/v1/certs\"\n}",
 			wantErr: "plain http is allowed only to a loopback host"},
-		{name: "gcp_iit SPIRE's old key", in: "trust_domain = \"a.org\"\ngcp_iit {\n projectid_whitelist = [\"p\"]\n}", wantErr: "gcp_iit: projectid_whitelist (line 3)"},
+		{name: "gcp_iit SPIRE's old key", in: "trust_domain = \"a.org\"\ngcp_iit {\n projectid_whitelist = [\"p\"]\n}", wantErr: "line 3: gcp_iit: projectid_whitelist is the old name of projectid_allow_list, its name in SPIRE now: rename it"},
 		{name: "gcp_iit with a label", in: "trust_domain = \"a.org\"\ngcp_iit \"x\" { projectid_allow_list = [\"p\"] }", wantErr: "line 2: want gcp_iit { projectid_allow_list"},
 		{name: "aws_iid with a label", in: "trust_domain = \"a.org\"\naws_iid \"x\" { account_ids_for_local_validation = [\"111122223333\"] }", wantErr: "line 2: want aws_iid { account_ids_for_local_validation"},
 		{name: "k8s_bundle without a name", in: "trust_domain = \"a.org\"\nk8s_bundle {\n namespace = \"signet-system\"\n}", wantErr: "namespace and config_map are required"},

@@ -233,7 +233,8 @@ type GCPIITConfig struct {
 
 var gcpIITKeys = []string{"identity_token_host", "service_account"}
 
-// validate checks the host is a host[:port] alone and the account a name.
+// validate checks the host is a host[:port] alone and the account a name
+// (one path segment: no "/", "." or "..", which would name another path).
 func (c *GCPIITConfig) validate() error {
 	if h := c.IdentityTokenHost; h != "" {
 		u, err := url.Parse("http://" + h)
@@ -241,7 +242,8 @@ func (c *GCPIITConfig) validate() error {
 			return fmt.Errorf("agent: gcp_iit identity_token_host %q: want a host[:port] such as metadata.google.internal (no scheme or path)", h)
 		}
 	}
-	if strings.ContainsAny(c.ServiceAccount, "/?# \t") {
+	if strings.ContainsAny(c.ServiceAccount, "/?# \t") || c.ServiceAccount == "." || c.ServiceAccount == ".." ||
+		strings.ContainsFunc(c.ServiceAccount, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 		return fmt.Errorf("agent: gcp_iit service_account %q: want a service account's email or \"default\"", c.ServiceAccount)
 	}
 	return nil

@@ -89,6 +89,8 @@ func TestGCPIITRefused(t *testing.T) {
 		{"another key under Google's kid", impostor.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience)), time.Now(), "signature does not verify with Google's key"},
 		{"expired", signer.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience)), time.Now().Add(2 * time.Hour), "token is expired"},
 		{"not yet valid", signer.Token(t, claims(func(c *gcpiit.Claims) { c.NotBefore = josejwt.NewNumericDate(time.Now().Add(time.Hour)) })), time.Now(), "not valid yet"},
+		{"issued in the future", signer.Token(t, claims(func(c *gcpiit.Claims) { c.IssuedAt = josejwt.NewNumericDate(time.Now().Add(5 * time.Minute)) })), time.Now(), "issued in the future"},
+		{"expired beyond the minute's leeway", signer.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience)), time.Now().Add(time.Hour + 2*time.Minute), "token is expired"},
 		{"another audience", signer.Token(t, gcpiittest.Claims(testInstance, "https://other.example.org")), time.Now(), "invalid audience claim"},
 		{"no expiry", signer.Token(t, claims(func(c *gcpiit.Claims) { c.Expiry = nil })), time.Now(), "the token has no expiry"},
 		{"another issuer", signer.Token(t, claims(func(c *gcpiit.Claims) { c.Issuer = "https://evil.example.org" })), time.Now(), "not Google's"},
@@ -103,6 +105,14 @@ func TestGCPIITRefused(t *testing.T) {
 				t.Fatalf("Attest: %v; want ErrGCPIITRefused containing %q", err, tc.want)
 			}
 		})
+	}
+	// Within the minute's leeway of the clock skew, it attests.
+	skewed := signer.Token(t, claims(func(c *gcpiit.Claims) { c.IssuedAt = josejwt.NewNumericDate(time.Now().Add(30 * time.Second)) }))
+	if _, err := p.Attest(context.Background(), []byte(skewed), time.Now()); err != nil {
+		t.Fatalf("issued 30 s ahead (clock skew): %v", err)
+	}
+	if _, err := p.Attest(context.Background(), []byte(signer.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience))), time.Now().Add(time.Hour+30*time.Second)); err != nil {
+		t.Fatalf("expired 30 s ago (clock skew): %v", err)
 	}
 	p = newGCPIIT(t, certs, "k8s_psat/{{ .InstanceID }}")
 	if _, err := p.Attest(context.Background(), []byte(signer.Token(t, gcpiittest.Claims(testInstance, gcpiit.Audience))), time.Now()); !errors.Is(err, ErrGCPIITRefused) || !strings.Contains(err.Error(), "belong to k8s_psat agents") {

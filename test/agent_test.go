@@ -283,7 +283,7 @@ func TestAgentServesPersistedSVIDsWhileServerDown(t *testing.T) {
 	n.agent.Stop()
 	// Same data dir, no token: the agent restarts into a server outage.
 	restarted := startSignet(t, nil, n.agentArgs...)
-	restarted.waitLine(t, "Workload API serving", 30*time.Second)
+	restarted.waitLine(t, "workload API serving", 30*time.Second)
 	if id, err := n.fetchID(); err != nil || id != want {
 		t.Fatalf("restarted agent during server outage: %v %v", id, err)
 	}

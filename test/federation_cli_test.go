@@ -56,8 +56,14 @@ func TestFederationRelationshipCLI(t *testing.T) {
 	}
 	if !strings.HasPrefix(list, "Found 2 federation relationships\n\n") ||
 		!strings.Contains(list, "Trust domain: b.org\nBundle endpoint URL: "+urlB+"\n") ||
-		!strings.Contains(list, "Trust domain: d.org\nBundle endpoint URL: https://"+deadD+"\nBundle endpoint profile: https_spiffe\nEndpoint SPIFFE ID: spiffe://d.org/signet/server\nSource: server.conf\n\n") {
+		!strings.Contains(list, "Trust domain: d.org\nBundle endpoint URL: https://"+deadD+"\nBundle endpoint profile: https_spiffe\nEndpoint SPIFFE ID: spiffe://d.org/signet/server\nSource: server.conf\n") {
 		t.Fatalf("list:\n%s", list)
+	}
+	// How fetching goes: b.org's bundle was fetched; d.org's endpoint is
+	// down, and its bundle was never held.
+	if b, d, _ := strings.Cut(list, "Trust domain: d.org"); !strings.Contains(b, "Last refresh: 20") || strings.Contains(b, "Refresh failing") ||
+		strings.Contains(d, "Last refresh: 20") {
+		t.Fatalf("list's refresh lines:\n%s", list)
 	}
 	shown, err := fed("show", "--trust-domain", "spiffe://b.org")
 	if err != nil || !strings.Contains(shown, "Trust domain: b.org\n") || !strings.Contains(shown, "Source: store\n") {

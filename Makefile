@@ -5,7 +5,7 @@ PKGS      ?= ./...
 # The concurrent core runs under the race detector in `make test`; the rest
 # (mounts, nginx, PostgreSQL, the built binary) without, to keep CI short.
 RACE_PKGS ?= ./server/... ./agent/... ./internal/...
-FUZZTIME  ?= 6s
+FUZZTIME  ?= 4s
 # Extra flags for the fuzz runs; make test passes -parallel=1 (one worker) as
 # they share the machine with the end-to-end tests.
 FUZZFLAGS ?=

@@ -77,7 +77,7 @@ func (a awsIID) Evidence(ctx context.Context, _ []byte) (Evidence, error) {
 	if err != nil {
 		return Evidence{}, fmt.Errorf("encode aws_iid attestation: %w", err)
 	}
-	return Evidence{Type: AWSIIDType, Payload: payload}, nil
+	return Evidence{Type: AWSIIDType, Payload: payload, TrustOnFirstUse: true}, nil
 }
 
 // token asks for an IMDSv2 session token. When the service refuses with

@@ -2,13 +2,16 @@ package client
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"encoding/json"
 	"net"
 	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -34,7 +37,7 @@ func TestAWSIIDEvidence(t *testing.T) {
 		t.Fatal(err)
 	}
 	var p awsiid.Payload
-	if err := json.Unmarshal(ev.Payload, &p); err != nil || ev.Type != "aws_iid" || ev.SingleUse || p.Document != string(doc) || p.RSA2048 != sig {
+	if err := json.Unmarshal(ev.Payload, &p); err != nil || ev.Type != "aws_iid" || ev.SingleUse || !ev.TrustOnFirstUse || p.Document != string(doc) || p.RSA2048 != sig {
 		t.Fatalf("evidence %s %v: %+v, %v", ev.Type, ev.SingleUse, p, err)
 	}
 	want := []string{"PUT /latest/api/token no-token", "GET /latest/dynamic/instance-identity/document token", "GET /latest/dynamic/instance-identity/rsa2048 token"}
@@ -91,15 +94,7 @@ func TestAWSIIDMetadataFailures(t *testing.T) {
 // dir (its SVID lost, or a copy) is refused until the agent is evicted.
 func TestAWSIIDAttestation(t *testing.T) {
 	ctx := context.Background()
-	signer := awsiidtest.NewSigner(t)
-	certs := filepath.Join(t.TempDir(), "aws-certs.pem")
-	signer.WriteCert(t, certs)
-	s := &realServer{servertest.Start(t, td, func(c *server.Config) {
-		c.AWSIID = &nodeattest.AWSIIDConfig{AccountIDs: []string{"111122223333"}, CertificatesPath: certs}
-	})}
-	doc := awsiidtest.Doc("111122223333", "us-test-1", "i-0abc")
-	imds := awsiidtest.NewIMDS(t, doc, signer.Sign(t, doc))
-	attestor := AWSIID(imds.URL)
+	s, attestor := awsiidServer(t, "i-0abc")
 
 	c := newClient(t, s, t.TempDir(), nil, func(cfg *Config) { cfg.NodeAttestor = attestor })
 	if err := c.Start(ctx); err != nil {
@@ -127,4 +122,75 @@ func TestAWSIIDAttestation(t *testing.T) {
 	if err := fresh.Start(ctx); err != nil || fresh.AgentID().String() != wantID {
 		t.Fatalf("attestation after the eviction: %v, ID %s", err, fresh.AgentID())
 	}
+}
+
+// An aws_iid agent whose SVID expired comes back by itself with the key of
+// that SVID: restarted with its data directory after the instance was
+// stopped past the SVID's expiry, and while running after a long server
+// outage. Its key stays what it was (the server knows the agent by it);
+// the document from another data directory is still refused.
+func TestAWSIIDAgentBackAfterExpiry(t *testing.T) {
+	ctx := context.Background()
+	s, attestor := awsiidServer(t, "i-0stopped")
+	dir := t.TempDir()
+
+	first := newClient(t, s, dir, nil, func(cfg *Config) { cfg.NodeAttestor = attestor })
+	if err := first.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.renewOrReattest(ctx); err != nil {
+		t.Fatalf("renewal in place: %v", err)
+	}
+	renewed, _ := first.GetX509SVID()
+	first.Close()
+
+	// Restarted a day later: the persisted SVID has expired.
+	var mu sync.Mutex
+	now := time.Now().Add(24 * time.Hour)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	restarted := newClient(t, s, dir, nil, func(cfg *Config) { cfg.NodeAttestor = attestor; cfg.Now = clock })
+	if err := restarted.Start(ctx); err != nil {
+		t.Fatalf("restart after the SVID expired: %v", err)
+	}
+	back, _ := restarted.GetX509SVID()
+	if back.ID != renewed.ID || back.Certificates[0].SerialNumber.Cmp(renewed.Certificates[0].SerialNumber) == 0 ||
+		!back.PrivateKey.Public().(*ecdsa.PublicKey).Equal(renewed.PrivateKey.Public()) {
+		t.Fatalf("after the restart: %s serial %s; want %s with a new SVID for the key it had", back.ID, back.Certificates[0].SerialNumber, renewed.ID)
+	}
+	if err := syncWorks(ctx, restarted); err != nil {
+		t.Fatalf("sync after coming back: %v", err)
+	}
+
+	// Running, its SVID expires (the server was out of reach): the next
+	// renewal attests again with the key of the expired SVID.
+	mu.Lock()
+	now = back.Certificates[0].NotAfter.Add(time.Minute)
+	mu.Unlock()
+	if err := restarted.renewOrReattest(ctx); err != nil {
+		t.Fatalf("renewal after the SVID expired: %v", err)
+	}
+	if again, _ := restarted.GetX509SVID(); again.Certificates[0].SerialNumber.Cmp(back.Certificates[0].SerialNumber) == 0 ||
+		!again.PrivateKey.Public().(*ecdsa.PublicKey).Equal(back.PrivateKey.Public()) {
+		t.Fatalf("after the renewal: serial %s; want a new SVID for the same key", again.Certificates[0].SerialNumber)
+	}
+
+	copyAgent := newClient(t, s, t.TempDir(), nil, func(cfg *Config) { cfg.NodeAttestor = attestor })
+	if err := copyAgent.Start(ctx); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is already attested by another agent key") {
+		t.Fatalf("the document from another data directory: %v, want PermissionDenied", err)
+	}
+}
+
+// awsiidServer starts a real server that trusts a test signer's aws_iid
+// documents of account 111122223333, and returns it with an attestor that
+// reads the document of instance from a fake metadata service.
+func awsiidServer(t *testing.T, instance string) (*realServer, NodeAttestor) {
+	t.Helper()
+	signer := awsiidtest.NewSigner(t)
+	certs := filepath.Join(t.TempDir(), "aws-certs.pem")
+	signer.WriteCert(t, certs)
+	s := &realServer{servertest.Start(t, td, func(c *server.Config) {
+		c.AWSIID = &nodeattest.AWSIIDConfig{AccountIDs: []string{"111122223333"}, CertificatesPath: certs}
+	})}
+	doc := awsiidtest.Doc("111122223333", "us-test-1", instance)
+	return s, AWSIID(awsiidtest.NewIMDS(t, doc, signer.Sign(t, doc)).URL)
 }

@@ -99,7 +99,12 @@ type Client struct {
 	// spent the token for that key; the retry presents the same key, which
 	// the server then answers again, and no other key could.
 	pending *pendingAttestation
-	closed  bool
+	// unusedKey is the key of the persisted agent SVID Start could not use
+	// (expired, or no bundle to verify the server with), until an
+	// attestation replaces it: the only key evidence trusted on first use
+	// attests the node again with.
+	unusedKey *ecdsa.PrivateKey
+	closed    bool
 	// taintRenewed holds the tainted roots (by DER) the agent SVID was
 	// already renewed away from: a server still signing under one (it
 	// should not) is asked once, not at every bundle. A taint is never
@@ -176,6 +181,9 @@ func (c *Client) Start(ctx context.Context) error {
 	}
 	svid := id.svid
 	now := c.cfg.Now()
+	if svid != nil && svid.ID.MemberOf(c.cfg.TrustDomain) {
+		c.unusedKey, _ = svid.PrivateKey.(*ecdsa.PrivateKey)
+	}
 	switch {
 	case svid == nil:
 	case !svid.ID.MemberOf(c.cfg.TrustDomain):
@@ -496,11 +504,28 @@ func newCSR() (*ecdsa.PrivateKey, []byte, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate agent key: %w", err)
 	}
+	csr, err := csrFor(key)
+	return key, csr, err
+}
+
+func csrFor(key *ecdsa.PrivateKey) ([]byte, error) {
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("create agent CSR: %w", err)
+		return nil, fmt.Errorf("create agent CSR: %w", err)
 	}
-	return key, csr, nil
+	return csr, nil
+}
+
+// lastKey is the key of the agent's last SVID, valid or expired: the
+// current one's, else the persisted one's Start did not use; nil if none.
+func (c *Client) lastKey() *ecdsa.PrivateKey {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.svid != nil {
+		k, _ := c.svid.PrivateKey.(*ecdsa.PrivateKey)
+		return k
+	}
+	return c.unusedKey
 }
 
 // renew asks the server for a fresh agent SVID over mutual TLS.
@@ -629,6 +654,16 @@ func (c *Client) attestKey(ctx context.Context) (*ecdsa.PrivateKey, []byte, Evid
 	ev, err := c.cfg.NodeAttestor.Evidence(ctx, spki)
 	if err != nil {
 		return nil, nil, Evidence{}, "", err
+	}
+	if last := c.lastKey(); ev.TrustOnFirstUse && last != nil {
+		// The server attests a recorded node with this evidence again only
+		// for the key of its agent's SVID (its last one, or the one
+		// before): this agent's, back after its SVID expired. The evidence
+		// is not bound to the key, so it stays as made.
+		if csr, err = csrFor(last); err != nil {
+			return nil, nil, Evidence{}, "", err
+		}
+		return last, csr, ev, "", nil
 	}
 	if !ev.SingleUse {
 		return key, csr, ev, "", nil

@@ -74,7 +74,7 @@ func (g gcpIIT) Evidence(ctx context.Context, _ []byte) (Evidence, error) {
 	if strings.Count(token, ".") != 2 {
 		return Evidence{}, fmt.Errorf("gcp_iit: %s answered something other than a token", g.url)
 	}
-	return Evidence{Type: GCPIITType, Payload: []byte(token)}, nil
+	return Evidence{Type: GCPIITType, Payload: []byte(token), TrustOnFirstUse: true}, nil
 }
 
 // clip shortens a server's message for an error.

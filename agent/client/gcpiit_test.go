@@ -36,7 +36,7 @@ func TestGCPIITEvidence(t *testing.T) {
 		}
 		tok, kid, err := nodeattest.ParseGCPIITPayload(ev.Payload)
 		var c gcpiit.Claims
-		if err != nil || kid != signer.KeyID || tok.Claims(&signer.Key.PublicKey, &c) != nil || ev.Type != "gcp_iit" || ev.SingleUse ||
+		if err != nil || kid != signer.KeyID || tok.Claims(&signer.Key.PublicKey, &c) != nil || ev.Type != "gcp_iit" || ev.SingleUse || !ev.TrustOnFirstUse ||
 			c.Google.ComputeEngine != gceInstance || !slices.Equal(c.Audience, []string{gcpiit.Audience}) {
 			t.Fatalf("evidence %s: %v, claims %+v", ev.Type, err, c)
 		}

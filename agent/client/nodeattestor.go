@@ -41,6 +41,11 @@ type Evidence struct {
 	// SingleUse evidence is spent by being presented (join tokens): the
 	// agent never presents it twice, even across restarts.
 	SingleUse bool
+	// TrustOnFirstUse evidence (aws_iid, gcp_iit) can be replayed, so the
+	// server attests a node with it once, and then again only for the key
+	// of the node's agent: the agent presents the key of its last SVID,
+	// expired or not, when it has one.
+	TrustOnFirstUse bool
 }
 
 // NodeAttestor produces the evidence for each (re-)attestation, so it may

@@ -30,8 +30,10 @@ import (
 // presented again (k8s_psat, x509pop, sshpop) calls Attest again to renew
 // (re-attestation): the same ID, the selectors of the fresh evidence, and
 // the SVID the node had is no longer accepted. Evidence trusted on first
-// use (aws_iid, gcp_iit) attests a node that is not recorded, never one that is:
-// its agent renews in place, and attests again only once evicted.
+// use (aws_iid, gcp_iit) attests a node that is not recorded, or one whose
+// agent's key the CSR's is (the agent that attested first, back after its
+// SVID expired: it attests with the key of that SVID or the one before);
+// its agent renews in place.
 func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResponse, error) {
 	// Never the payload: a join token, a service account token.
 	rec := audit.FromContext(ctx)
@@ -58,7 +60,7 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		return nil, s.bannedError(res.AgentID)
 	case err == nil && prev.AttestationType != res.Type:
 		return nil, s.takeoverError(res, prev.AttestationType)
-	case err == nil && res.TrustOnFirstUse:
+	case err == nil && res.TrustOnFirstUse && !prev.HoldsAgentKey(keyHash):
 		return nil, s.alreadyAttestedError(res)
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return nil, status.Errorf(codes.Unavailable, "look up agent %s: %v", res.AgentID, err)
@@ -77,6 +79,7 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		AttestedAt:      s.cfg.Now(),
 		CanReattest:     res.CanReattest,
 		SVIDIssuer:      hex.EncodeToString(chain[0].AuthorityKeyId),
+		AgentKeyHash:    keyHash,
 	}
 	// No PrevSerialNumber: Attest has no client certificate, so nothing
 	// proves the attester holds the node's current SVID (a reinstalled
@@ -86,7 +89,7 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	case res.JoinTokenHash != "":
 		err = s.cfg.Store.UpsertNodeSpendingToken(ctx, node, res.JoinTokenHash, keyHash, s.cfg.Now())
 	case res.TrustOnFirstUse:
-		err = s.cfg.Store.CreateNode(ctx, node)
+		_, err = s.cfg.Store.ClaimNode(ctx, node)
 	default:
 		err = s.cfg.Store.UpsertNode(ctx, node)
 	}
@@ -97,7 +100,8 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	case errors.As(err, &typeErr):
 		return nil, s.takeoverError(res, typeErr.Held)
 	case errors.Is(err, store.ErrAlreadyExists):
-		// Attested by a concurrent attestation with the same evidence.
+		// Attested by a concurrent attestation with the same evidence, or
+		// renewed since with another key.
 		return nil, s.alreadyAttestedError(res)
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrExpired):
 		// Spent by a concurrent attestation, or expired, since it was read.
@@ -140,7 +144,7 @@ func (s *Service) attestAgain(ctx context.Context, csr []byte, id spiffeid.ID) (
 		return nil, err
 	}
 	serial := serialHex(chain[0].SerialNumber)
-	switch err := s.cfg.Store.RenewNode(ctx, id.String(), n.SerialNumber, serial, chain[0].NotAfter, hex.EncodeToString(chain[0].AuthorityKeyId)); {
+	switch err := s.cfg.Store.RenewNode(ctx, id.String(), renewal(n.SerialNumber, chain)); {
 	case errors.Is(err, store.ErrNotFound):
 		return nil, s.spentError(id)
 	case err != nil:
@@ -179,17 +183,19 @@ func (s *Service) takeoverError(res nodeattest.Result, held string) error {
 }
 
 // alreadyAttestedError refuses evidence trusted on first use for a node
-// that is recorded: the evidence can be replayed, so only the agent that
-// attested first holds the ID, and renews in place. The message (one
-// line) tells the two cases apart for the operator: the agent's own SVID
-// expired (an instance stopped longer than agent_ttl, a long server
-// outage), which only an eviction mends, or someone else presented the
-// evidence, which an eviction would hand them.
+// that is recorded, presented with a key that is not its agent's: the
+// evidence can be replayed, so only the agent that attested first holds
+// the ID, renews in place, and attests again (its SVID expired) with its
+// key. The message (one line) tells the two cases apart for the operator:
+// the host's agent lost its data directory (reinstalled, wiped), which only
+// an eviction mends, or someone else presented the evidence, which an
+// eviction would hand them.
 func (s *Service) alreadyAttestedError(res nodeattest.Result) error {
 	s.cfg.Logger.Warn("agent attestation refused", "agent_id", res.AgentID.String(), "type", res.Type,
-		"reason", "already attested: "+res.Type+" evidence is trusted on first use")
-	return status.Errorf(codes.PermissionDenied, "agent %s is already attested: %s evidence attests a node once (trust on first use), as whoever reads it can replay it; "+
-		"if this host's agent attested before and its SVID expired (the instance stopped for longer than agent_ttl, a long server outage) or was lost, only an eviction lets it attest again (signet server agent evict --spiffe-id %s); "+
+		"reason", "already attested by another agent key: "+res.Type+" evidence is trusted on first use")
+	return status.Errorf(codes.PermissionDenied, "agent %s is already attested by another agent key: %s evidence attests a node once (trust on first use), as whoever reads it can replay it, "+
+		"and then again only with the key of the agent that attested (kept in its data directory); "+
+		"if this host's agent lost its data directory (a reinstalled host, a wiped or new disk), only an eviction lets it attest again (signet server agent evict --spiffe-id %s); "+
 		"if the agent on this host never attested, someone else presented its evidence: investigate, or ban the ID (signet server agent ban --spiffe-id %s), before evicting",
 		res.AgentID, res.Type, res.AgentID, res.AgentID)
 }
@@ -281,7 +287,7 @@ func (s *Service) RenewAgent(ctx context.Context, req *api.RenewAgentRequest) (*
 	// an eviction committed since our snapshot wins. The old serial stays
 	// valid until the agent reconnects with the new SVID.
 	serial := serialHex(chain[0].SerialNumber)
-	if err := s.cfg.Store.RenewNode(ctx, c.ID.String(), c.Serial, serial, chain[0].NotAfter, hex.EncodeToString(chain[0].AuthorityKeyId)); err != nil {
+	if err := s.cfg.Store.RenewNode(ctx, c.ID.String(), renewal(c.Serial, chain)); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, status.Errorf(codes.PermissionDenied, "agent %s is not attested (evicted?)", c.ID)
 		}
@@ -311,6 +317,18 @@ func (s *Service) signAgent(ctx context.Context, csr []byte, id spiffeid.ID) ([]
 	}
 	s.cfg.Metrics.signings.WithLabelValues("agent").Inc()
 	return chain, nil
+}
+
+// renewal records the agent SVID chain renewed in place of the one with
+// serial presented.
+func renewal(presented string, chain []*x509.Certificate) store.NodeRenewal {
+	return store.NodeRenewal{
+		PresentedSerial: presented,
+		Serial:          serialHex(chain[0].SerialNumber),
+		ExpiresAt:       chain[0].NotAfter,
+		Issuer:          hex.EncodeToString(chain[0].AuthorityKeyId),
+		AgentKeyHash:    nodeattest.KeyHash(chain[0].RawSubjectPublicKeyInfo),
+	}
 }
 
 // auditSVID adds the agent SVID an attestation or renewal signed to its

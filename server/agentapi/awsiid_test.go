@@ -2,6 +2,7 @@ package agentapi
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"strings"
 	"sync"
 	"testing"
@@ -15,9 +16,12 @@ import (
 
 // An aws_iid agent attests with its instance identity document once: it
 // is not reattestable and renews in place with its SVID. The document can
-// be replayed, so presenting it again, with any key, is refused while the
-// node is recorded, and changes nothing; once the agent is evicted the
-// document attests again. A banned node stays banned.
+// be replayed, so presenting it again with another key is refused while
+// the node is recorded, and changes nothing. With the key of the agent's
+// current SVID, or of the one before until the agent uses the new one, it
+// attests again (the agent back after its SVID expired). Once the agent is
+// evicted the document attests again with any key. A banned node stays
+// banned, even for its agent's key.
 func TestAWSIIDTrustOnFirstUse(t *testing.T) {
 	ctx := context.Background()
 	h := newHarness(t)
@@ -34,25 +38,57 @@ func TestAWSIIDTrustOnFirstUse(t *testing.T) {
 	}
 
 	// The same document again, by whoever read it: refused, nothing changes.
-	for _, name := range []string{"replayed with another key", "replayed with the attesting agent's key"} {
+	refused := func(t *testing.T, name string) {
+		t.Helper()
+		before, _ := h.store.GetNode(ctx, id.String())
 		_, replay := h.awsiidRequest(t, doc)
-		if name == "replayed with the attesting agent's key" {
-			replay.Csr = req.Csr
-		}
-		if _, err := h.anon(t).Attest(ctx, replay); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is already attested") ||
+		if _, err := h.anon(t).Attest(ctx, replay); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is already attested by another agent key") ||
 			!strings.Contains(err.Error(), "signet server agent evict --spiffe-id "+id.String()) {
 			t.Fatalf("%s: %v; want PermissionDenied saying it is attested and how to evict it", name, err)
 		}
-		if got, _ := h.store.GetNode(ctx, id.String()); got.SerialNumber != n.SerialNumber {
-			t.Fatalf("%s changed the node: serial %s -> %s", name, n.SerialNumber, got.SerialNumber)
+		if got, _ := h.store.GetNode(ctx, id.String()); got.SerialNumber != before.SerialNumber {
+			t.Fatalf("%s changed the node: serial %s -> %s", name, before.SerialNumber, got.SerialNumber)
 		}
 	}
+	refused(t, "replayed with another key")
 
-	// The agent renews in place with its SVID.
-	renewed, err := agent.RenewAgent(ctx, &api.RenewAgentRequest{Csr: req.Csr})
-	if err != nil || renewed.Reattestable {
-		t.Fatalf("RenewAgent: %v, %v; want a renewal in place", renewed, err)
+	// The agent renews in place with a new key: the document with the
+	// first key (its previous SVID's) attests it again. That agent holds
+	// the first key again, so the second no longer attests; after one
+	// more renewal, the newest key (its current SVID's) attests.
+	attestsWith := func(t *testing.T, name string, key *ecdsa.PrivateKey, csr []byte) api.AgentServiceClient {
+		t.Helper()
+		_, again := h.awsiidRequest(t, doc)
+		again.Csr = csr
+		back, err := h.anon(t).Attest(ctx, again)
+		if err != nil || back.SpiffeId != id.String() {
+			t.Fatalf("attestation with %s: %v, %v; want the agent back as %s", name, back, err, id)
+		}
+		_, agent := h.clientFor(t, key, back)
+		return agent
 	}
+	renew := func(t *testing.T, agent api.AgentServiceClient, csr []byte) {
+		t.Helper()
+		if r, err := agent.RenewAgent(ctx, &api.RenewAgentRequest{Csr: csr}); err != nil || r.Reattestable {
+			t.Fatalf("RenewAgent: %v, %v; want a renewal in place", r, err)
+		}
+	}
+	_, req2 := h.awsiidRequest(t, doc)
+	renew(t, agent, req2.Csr)
+	if got, _ := h.store.GetNode(ctx, id.String()); got.AgentKeyHash == n.AgentKeyHash || got.PrevAgentKeyHash != n.AgentKeyHash {
+		t.Fatalf("node after renewal: keys %s (previous %s); want a new key, the first one previous (%s)", got.AgentKeyHash, got.PrevAgentKeyHash, n.AgentKeyHash)
+	}
+	agent = attestsWith(t, "the previous SVID's key", key, req.Csr)
+	_, stale := h.awsiidRequest(t, doc)
+	stale.Csr = req2.Csr
+	if _, err := h.anon(t).Attest(ctx, stale); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("attestation with a key the agent no longer holds: %v, want PermissionDenied", err)
+	}
+	key3, req3 := h.awsiidRequest(t, doc)
+	renew(t, agent, req3.Csr)
+	agent = attestsWith(t, "the current SVID's key", key3, req3.Csr)
+	renew(t, agent, req3.Csr)
+	refused(t, "replayed with another key after the agent came back")
 
 	// Evicted, the instance attests again with the same document.
 	if err := h.store.DeleteNode(ctx, id.String()); err != nil {
@@ -63,12 +99,13 @@ func TestAWSIIDTrustOnFirstUse(t *testing.T) {
 		t.Fatalf("attested after the eviction as %s, want %s", id2, id)
 	}
 
-	// Banned, it cannot.
+	// Banned, it cannot, even with its agent's key.
 	if err := h.store.BanNode(ctx, id.String()); err != nil {
 		t.Fatal(err)
 	}
-	_, req = h.awsiidRequest(t, doc)
-	if _, err := h.anon(t).Attest(ctx, req); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is banned") {
+	_, again := h.awsiidRequest(t, doc)
+	again.Csr = req.Csr
+	if _, err := h.anon(t).Attest(ctx, again); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is banned") {
 		t.Fatalf("attestation of a banned instance: %v, want PermissionDenied naming the ban", err)
 	}
 }

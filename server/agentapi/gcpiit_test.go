@@ -49,6 +49,13 @@ func TestGCPIITAttest(t *testing.T) {
 	if _, err := h.anon(t).Attest(ctx, request(h.gcpSigner)); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is already attested") {
 		t.Fatalf("a second token of the instance: %v, want PermissionDenied saying it is attested", err)
 	}
+	// A fresh token with the agent's key: the agent back after its SVID
+	// expired.
+	back := request(h.gcpSigner)
+	back.Csr = req.Csr
+	if r, err := h.anon(t).Attest(ctx, back); err != nil || r.SpiffeId != id.String() {
+		t.Fatalf("a fresh token with the agent's key: %v, %v; want the agent back as %s", r, err, id)
+	}
 	if err := h.store.DeleteNode(ctx, id.String()); err != nil {
 		t.Fatal(err)
 	}

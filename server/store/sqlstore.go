@@ -666,15 +666,18 @@ func nodesEqual(a, b Node) bool {
 	return a.SPIFFEID == b.SPIFFEID && a.AttestationType == b.AttestationType &&
 		slices.Equal(a.Selectors, b.Selectors) && a.SerialNumber == b.SerialNumber &&
 		a.PrevSerialNumber == b.PrevSerialNumber && a.ExpiresAt.Equal(b.ExpiresAt) && a.AttestedAt.Equal(b.AttestedAt) &&
-		a.Banned == b.Banned && a.CanReattest == b.CanReattest && a.SVIDIssuer == b.SVIDIssuer
+		a.Banned == b.Banned && a.CanReattest == b.CanReattest && a.SVIDIssuer == b.SVIDIssuer &&
+		a.AgentKeyHash == b.AgentKeyHash && a.PrevAgentKeyHash == b.PrevAgentKeyHash
 }
 
-const nodeColumns = `spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at, banned, can_reattest, svid_issuer`
+const nodeColumns = `spiffe_id, attestation_type, serial_number, prev_serial_number, expires_at, attested_at, banned, can_reattest, svid_issuer,
+	agent_key_hash, prev_agent_key_hash`
 
 func scanNode(sc scanner) (Node, error) {
 	var n Node
 	var exp, att, banned, reattest int64
-	if err := sc.Scan(&n.SPIFFEID, &n.AttestationType, &n.SerialNumber, &n.PrevSerialNumber, &exp, &att, &banned, &reattest, &n.SVIDIssuer); err != nil {
+	if err := sc.Scan(&n.SPIFFEID, &n.AttestationType, &n.SerialNumber, &n.PrevSerialNumber, &exp, &att, &banned, &reattest, &n.SVIDIssuer,
+		&n.AgentKeyHash, &n.PrevAgentKeyHash); err != nil {
 		return n, err
 	}
 	n.ExpiresAt, n.AttestedAt, n.Banned, n.CanReattest = fromNanos(exp), fromNanos(att), banned != 0, reattest != 0
@@ -737,11 +740,15 @@ func (s *sqlStore) UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHas
 	return nil
 }
 
-func (s *sqlStore) CreateNode(ctx context.Context, n Node) error {
+func (s *sqlStore) ClaimNode(ctx context.Context, n Node) (bool, error) {
 	if n.SPIFFEID == "" {
-		return errors.New("create node: SPIFFE ID is required")
+		return false, errors.New("claim node: SPIFFE ID is required")
+	}
+	if n.AgentKeyHash == "" {
+		return false, fmt.Errorf("claim node %s: the agent key is required", n.SPIFFEID)
 	}
 	n = normalizeNode(n)
+	var reclaimed bool
 	err := s.write(ctx, func(t *tx) error {
 		old, err := getNode(ctx, t, n.SPIFFEID)
 		switch {
@@ -749,17 +756,19 @@ func (s *sqlStore) CreateNode(ctx context.Context, n Node) error {
 			return ErrBanned
 		case err == nil && old.AttestationType != n.AttestationType:
 			return &AttestationTypeError{SPIFFEID: n.SPIFFEID, Held: old.AttestationType, Wanted: n.AttestationType}
-		case err == nil:
+		case err == nil && !old.HoldsAgentKey(n.AgentKeyHash):
 			return ErrAlreadyExists
+		case err == nil:
+			reclaimed = true
 		case !errors.Is(err, ErrNotFound):
 			return err
 		}
 		return upsertNode(ctx, t, n)
 	})
 	if err != nil {
-		return fmt.Errorf("create node %s: %w", n.SPIFFEID, err)
+		return false, fmt.Errorf("claim node %s: %w", n.SPIFFEID, err)
 	}
-	return nil
+	return reclaimed, nil
 }
 
 // upsertNode writes the normalized node n unless it is banned or of
@@ -776,13 +785,14 @@ func upsertNode(ctx context.Context, t *tx, n Node) error {
 	case err != nil && !errors.Is(err, ErrNotFound):
 		return err
 	}
-	if _, err := t.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+	if _, err := t.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 		ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type,
 		serial_number = excluded.serial_number, prev_serial_number = excluded.prev_serial_number,
 		expires_at = excluded.expires_at, attested_at = excluded.attested_at, banned = excluded.banned,
-		can_reattest = excluded.can_reattest, svid_issuer = excluded.svid_issuer`,
+		can_reattest = excluded.can_reattest, svid_issuer = excluded.svid_issuer,
+		agent_key_hash = excluded.agent_key_hash, prev_agent_key_hash = excluded.prev_agent_key_hash`,
 		n.SPIFFEID, n.AttestationType, n.SerialNumber, n.PrevSerialNumber, toNanos(n.ExpiresAt), toNanos(n.AttestedAt), boolInt(n.Banned),
-		boolInt(n.CanReattest), n.SVIDIssuer); err != nil {
+		boolInt(n.CanReattest), n.SVIDIssuer, n.AgentKeyHash, n.PrevAgentKeyHash); err != nil {
 		return err
 	}
 	if _, err := t.exec(ctx, `DELETE FROM node_selectors WHERE spiffe_id = $1`, n.SPIFFEID); err != nil {
@@ -830,11 +840,15 @@ func (s *sqlStore) ListNodes(ctx context.Context) ([]Node, error) {
 	return out, nil
 }
 
-func (s *sqlStore) RenewNode(ctx context.Context, spiffeID, presentedSerial, newSerial string, expiresAt time.Time, issuer string) error {
+func (s *sqlStore) RenewNode(ctx context.Context, spiffeID string, r NodeRenewal) error {
 	err := s.write(ctx, func(t *tx) error {
-		n, err := t.exec(ctx, `UPDATE nodes SET prev_serial_number = $2, serial_number = $3, expires_at = $4, svid_issuer = $5
+		// The presented SVID's key is the current one's when it is the
+		// current SVID, else (renewed again from the previous one, whose
+		// answer the agent never got) it stays the previous one's.
+		n, err := t.exec(ctx, `UPDATE nodes SET prev_serial_number = $2, serial_number = $3, expires_at = $4, svid_issuer = $5,
+			prev_agent_key_hash = CASE WHEN serial_number = $2 THEN agent_key_hash ELSE prev_agent_key_hash END, agent_key_hash = $6
 			WHERE spiffe_id = $1 AND banned = 0 AND (serial_number = $2 OR prev_serial_number = $2)`,
-			spiffeID, presentedSerial, newSerial, toNanos(expiresAt), issuer)
+			spiffeID, r.PresentedSerial, r.Serial, toNanos(r.ExpiresAt), r.Issuer, r.AgentKeyHash)
 		if err != nil {
 			return err
 		}
@@ -855,7 +869,8 @@ func (s *sqlStore) RetirePrevSerial(ctx context.Context, spiffeID, serial string
 	}
 	var changed bool
 	err := s.write(ctx, func(t *tx) error {
-		n, err := t.exec(ctx, `UPDATE nodes SET prev_serial_number = '' WHERE spiffe_id = $1 AND serial_number = $2 AND prev_serial_number <> ''`,
+		n, err := t.exec(ctx, `UPDATE nodes SET prev_serial_number = '', prev_agent_key_hash = ''
+			WHERE spiffe_id = $1 AND serial_number = $2 AND prev_serial_number <> ''`,
 			spiffeID, serial)
 		if err != nil || n == 0 {
 			return err
@@ -871,7 +886,8 @@ func (s *sqlStore) RetirePrevSerial(ctx context.Context, spiffeID, serial string
 
 func (s *sqlStore) BanNode(ctx context.Context, spiffeID string) error {
 	err := s.write(ctx, func(t *tx) error {
-		n, err := t.exec(ctx, `UPDATE nodes SET banned = 1, serial_number = '', prev_serial_number = '' WHERE spiffe_id = $1`, spiffeID)
+		n, err := t.exec(ctx, `UPDATE nodes SET banned = 1, serial_number = '', prev_serial_number = '', agent_key_hash = '', prev_agent_key_hash = ''
+			WHERE spiffe_id = $1`, spiffeID)
 		if err != nil {
 			return err
 		}

@@ -94,6 +94,33 @@ type Node struct {
 	// current SVID (its AuthorityKeyId); empty when recorded by a server
 	// before this field existed.
 	SVIDIssuer string
+	// AgentKeyHash is the hex SHA-256 of the current SVID's public key
+	// (its SubjectPublicKeyInfo), PrevAgentKeyHash that of the SVID
+	// PrevSerialNumber names. Evidence trusted on first use attests a
+	// recorded node again only with one of these keys (ClaimNode): the
+	// agent that attested first, back after its SVID expired. Empty when
+	// recorded by a server before these fields existed.
+	AgentKeyHash     string
+	PrevAgentKeyHash string
+}
+
+// HoldsAgentKey reports whether keyHash is the agent key of the node's
+// current or previous SVID (never an empty one).
+func (n Node) HoldsAgentKey(keyHash string) bool {
+	return keyHash != "" && (keyHash == n.AgentKeyHash || keyHash == n.PrevAgentKeyHash)
+}
+
+// NodeRenewal is an agent SVID renewed in place (RenewNode).
+type NodeRenewal struct {
+	// PresentedSerial is the serial of the SVID the agent renewed with:
+	// the node's current or previous one.
+	PresentedSerial string
+	// Serial, ExpiresAt, Issuer (Node.SVIDIssuer) and AgentKeyHash are the
+	// new SVID's.
+	Serial       string
+	ExpiresAt    time.Time
+	Issuer       string
+	AgentKeyHash string
 }
 
 // BundleDeleteMode says what deleting a federated bundle does to the
@@ -222,22 +249,24 @@ type Store interface {
 	// spent, ErrExpired if past ExpiresAt at now. When it fails nothing is
 	// written, so the token can still attest.
 	UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHash, keyHash string, now time.Time) error
-	// CreateNode records a node only if none with n.SPIFFEID is recorded,
-	// checked in the write transaction: a recorded one is ErrAlreadyExists
-	// (ErrBanned if banned, *AttestationTypeError if of another type).
-	// Attestations trusted on first use (aws_iid, gcp_iit: evidence that
-	// can be replayed) go through it, so two racing with the same evidence
-	// cannot both record the node.
-	CreateNode(ctx context.Context, n Node) error
+	// ClaimNode records a node attested by evidence trusted on first use
+	// (aws_iid, gcp_iit: evidence that can be replayed) only if none with
+	// n.SPIFFEID is recorded, or if the recorded node's current or
+	// previous agent key is n.AgentKeyHash (its agent attesting again with
+	// the key it holds: reclaimed), checked in the write transaction, so
+	// two racing with the same evidence cannot both record the node. Any
+	// other recorded node is ErrAlreadyExists (ErrBanned if banned,
+	// *AttestationTypeError if of another type).
+	ClaimNode(ctx context.Context, n Node) (reclaimed bool, err error)
 	GetNode(ctx context.Context, spiffeID string) (Node, error)
 	ListNodes(ctx context.Context) ([]Node, error)
 	// RenewNode records a renewed agent SVID in one conditional write: the
-	// node must still exist and presentedSerial be its current or previous
-	// serial (else ErrNotFound), so a renewal racing an eviction cannot
-	// bring the node back. presentedSerial becomes the previous serial;
-	// issuer is the new SVID's issuing CA (Node.SVIDIssuer).
-	RenewNode(ctx context.Context, spiffeID, presentedSerial, newSerial string, expiresAt time.Time, issuer string) error
-	// RetirePrevSerial clears the node's previous serial in one
+	// node must still exist and r.PresentedSerial be its current or
+	// previous serial (else ErrNotFound), so a renewal racing an eviction
+	// cannot bring the node back. The presented SVID (serial and agent
+	// key) becomes the previous one.
+	RenewNode(ctx context.Context, spiffeID string, r NodeRenewal) error
+	// RetirePrevSerial clears the node's previous serial (and agent key) in one
 	// conditional write, only while serial is still its current one: the
 	// agent presented its current SVID, so the one before stops working.
 	// It reports whether it changed anything (not when the node is gone,

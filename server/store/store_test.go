@@ -573,9 +573,13 @@ func TestBanNode(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, url string) {
 		ctx, s := testCtx(t), openStore(t, url)
 		n := Node{SPIFFEID: "spiffe://example.org/agent/k8s_psat/c/n1", AttestationType: "k8s_psat", Selectors: sels(t, "k8s_psat:cluster:c"),
-			SerialNumber: "0b", PrevSerialNumber: "0a", ExpiresAt: time.Now().Add(time.Hour).Truncate(time.Second), AttestedAt: time.Now().Truncate(time.Second)}
+			SerialNumber: "0b", PrevSerialNumber: "0a", ExpiresAt: time.Now().Add(time.Hour).Truncate(time.Second), AttestedAt: time.Now().Truncate(time.Second),
+			AgentKeyHash: "k2", PrevAgentKeyHash: "k1"}
 		if err := s.UpsertNode(ctx, n); err != nil {
 			t.Fatalf("UpsertNode: %v", err)
+		}
+		if got, err := s.GetNode(ctx, n.SPIFFEID); err != nil || got.AgentKeyHash != "k2" || got.PrevAgentKeyHash != "k1" {
+			t.Fatalf("stored node = %+v, %v; want agent keys k2, previous k1", got, err)
 		}
 		if err := s.BanNode(ctx, "spiffe://example.org/agent/k8s_psat/c/unknown"); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("BanNode unknown: %v, want ErrNotFound", err)
@@ -588,15 +592,15 @@ func TestBanNode(t *testing.T) {
 			t.Errorf("ban did not bump the revision (%d -> %d): agents' streams would not notice", rev, r)
 		}
 		got, err := s.GetNode(ctx, n.SPIFFEID)
-		if err != nil || !got.Banned || got.SerialNumber != "" || got.PrevSerialNumber != "" {
-			t.Fatalf("banned node = %+v, %v; want Banned with no serials", got, err)
+		if err != nil || !got.Banned || got.SerialNumber != "" || got.PrevSerialNumber != "" || got.AgentKeyHash != "" || got.PrevAgentKeyHash != "" {
+			t.Fatalf("banned node = %+v, %v; want Banned with no serials or agent keys", got, err)
 		}
 		if all, _ := s.ListNodes(ctx); len(all) != 1 || !all[0].Banned {
 			t.Fatalf("ListNodes = %+v, want the banned node, marked", all)
 		}
 		// Neither serial renews, and attesting again cannot overwrite it.
 		for _, serial := range []string{"0a", "0b", ""} {
-			if err := s.RenewNode(ctx, n.SPIFFEID, serial, "0c", n.ExpiresAt, ""); !errors.Is(err, ErrNotFound) {
+			if err := s.RenewNode(ctx, n.SPIFFEID, NodeRenewal{PresentedSerial: serial, Serial: "0c", ExpiresAt: n.ExpiresAt}); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("RenewNode(%q) of a banned node: %v, want ErrNotFound", serial, err)
 			}
 		}
@@ -770,6 +774,7 @@ func TestNodes(t *testing.T) {
 // undo lists, for each migration that later tests roll back, the statements
 // that take the schema back to before it.
 var undo = map[int][]string{
+	9: {`ALTER TABLE nodes DROP COLUMN prev_agent_key_hash`, `ALTER TABLE nodes DROP COLUMN agent_key_hash`},
 	8: {`ALTER TABLE entries DROP COLUMN downstream`},
 	7: {`ALTER TABLE nodes DROP COLUMN svid_issuer`},
 	6: {`ALTER TABLE nodes DROP COLUMN can_reattest`},
@@ -1197,27 +1202,33 @@ func TestRenewNodeNeverResurrects(t *testing.T) {
 		ctx, s := testCtx(t), openStore(t, url)
 		id := "spiffe://example.org/agent/a"
 		exp := time.Now().Add(time.Hour).Truncate(time.Second)
-		if err := s.UpsertNode(ctx, Node{SPIFFEID: id, AttestationType: "join_token", SerialNumber: "s1", ExpiresAt: exp}); err != nil {
+		if err := s.UpsertNode(ctx, Node{SPIFFEID: id, AttestationType: "join_token", SerialNumber: "s1", ExpiresAt: exp, AgentKeyHash: "k1"}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.RenewNode(ctx, id, "s1", "s2", exp.Add(time.Hour), "aa01"); err != nil {
+		if err := s.RenewNode(ctx, id, NodeRenewal{PresentedSerial: "s1", Serial: "s2", ExpiresAt: exp.Add(time.Hour), Issuer: "aa01", AgentKeyHash: "k2"}); err != nil {
 			t.Fatalf("renew with the current serial: %v", err)
 		}
 		n, err := s.GetNode(ctx, id)
-		if err != nil || n.SerialNumber != "s2" || n.PrevSerialNumber != "s1" || !n.ExpiresAt.Equal(exp.Add(time.Hour)) || n.SVIDIssuer != "aa01" {
+		if err != nil || n.SerialNumber != "s2" || n.PrevSerialNumber != "s1" || !n.ExpiresAt.Equal(exp.Add(time.Hour)) || n.SVIDIssuer != "aa01" ||
+			n.AgentKeyHash != "k2" || n.PrevAgentKeyHash != "k1" {
 			t.Fatalf("after renewal: %+v %v", n, err)
 		}
-		// The previous serial may still renew (the agent had not reconnected yet).
-		if err := s.RenewNode(ctx, id, "s1", "s3", exp, "aa01"); err != nil {
+		// The previous serial may still renew (the agent had not reconnected
+		// yet, or never got the answer): it stays the previous SVID, with
+		// its key.
+		if err := s.RenewNode(ctx, id, NodeRenewal{PresentedSerial: "s1", Serial: "s3", ExpiresAt: exp, Issuer: "aa01", AgentKeyHash: "k3"}); err != nil {
 			t.Fatalf("renew with the previous serial: %v", err)
 		}
-		if err := s.RenewNode(ctx, id, "stale", "s4", exp, "aa01"); !errors.Is(err, ErrNotFound) {
+		if n, err := s.GetNode(ctx, id); err != nil || n.SerialNumber != "s3" || n.PrevSerialNumber != "s1" || n.AgentKeyHash != "k3" || n.PrevAgentKeyHash != "k1" {
+			t.Fatalf("after renewal from the previous SVID: %+v %v; want s3/k3, previous s1/k1", n, err)
+		}
+		if err := s.RenewNode(ctx, id, NodeRenewal{PresentedSerial: "stale", Serial: "s4", ExpiresAt: exp, Issuer: "aa01"}); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("renew with an unknown serial: %v, want ErrNotFound", err)
 		}
 		if err := s.DeleteNode(ctx, id); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.RenewNode(ctx, id, "s3", "s5", exp, "aa01"); !errors.Is(err, ErrNotFound) {
+		if err := s.RenewNode(ctx, id, NodeRenewal{PresentedSerial: "s3", Serial: "s5", ExpiresAt: exp, Issuer: "aa01"}); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("renew after eviction: %v, want ErrNotFound", err)
 		}
 		if _, err := s.GetNode(ctx, id); !errors.Is(err, ErrNotFound) {
@@ -1237,7 +1248,7 @@ func TestRetirePrevSerial(t *testing.T) {
 		if err := s.UpsertNode(ctx, Node{SPIFFEID: id, AttestationType: "join_token", SerialNumber: "s1", ExpiresAt: exp}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.RenewNode(ctx, id, "s1", "s2", exp, ""); err != nil {
+		if err := s.RenewNode(ctx, id, NodeRenewal{PresentedSerial: "s1", Serial: "s2", ExpiresAt: exp, AgentKeyHash: "k2"}); err != nil {
 			t.Fatal(err)
 		}
 		rev := revision(t, s)
@@ -1252,8 +1263,8 @@ func TestRetirePrevSerial(t *testing.T) {
 		if changed, err := s.RetirePrevSerial(ctx, id, "s2"); err != nil || !changed {
 			t.Fatalf("retire with the current serial: changed %v, %v", changed, err)
 		}
-		if n, _ := s.GetNode(ctx, id); n.SerialNumber != "s2" || n.PrevSerialNumber != "" {
-			t.Fatalf("node after retirement: %+v; want s2, no previous serial", n)
+		if n, _ := s.GetNode(ctx, id); n.SerialNumber != "s2" || n.PrevSerialNumber != "" || n.AgentKeyHash != "k2" || n.PrevAgentKeyHash != "" {
+			t.Fatalf("node after retirement: %+v; want s2 with key k2, no previous serial or key", n)
 		}
 		if r := revision(t, s); r != rev+1 {
 			t.Errorf("revision %d after the retirement, want %d (servers must reload to stop accepting s1)", r, rev+1)
@@ -1262,7 +1273,7 @@ func TestRetirePrevSerial(t *testing.T) {
 		if changed, err := s.RetirePrevSerial(ctx, id, "s2"); err != nil || changed {
 			t.Fatalf("second retirement: changed %v, %v; want nothing", changed, err)
 		}
-		if err := s.RenewNode(ctx, id, "s1", "s3", exp, ""); !errors.Is(err, ErrNotFound) {
+		if err := s.RenewNode(ctx, id, NodeRenewal{PresentedSerial: "s1", Serial: "s3", ExpiresAt: exp}); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("renewal with the retired serial: %v, want ErrNotFound", err)
 		}
 		if err := s.DeleteNode(ctx, id); err != nil {

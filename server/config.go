@@ -315,78 +315,67 @@ func ParseConfigFile(data []byte) (FileConfig, error) {
 	}
 	unused := map[string][]token.Pos{}
 	maps.Copy(unused, fc.UnusedKeyPositions)
-	for name, c := range fc.K8sPSAT {
-		for k, pos := range c.UnusedKeyPositions {
-			unused[fmt.Sprintf("k8s_psat %q: %s", name, k)] = pos
+	addUnused := func(prefix string, keys map[string][]token.Pos) {
+		for k, pos := range keys {
+			unused[prefix+k] = pos
 		}
+	}
+	for name, c := range fc.K8sPSAT {
+		addUnused(fmt.Sprintf("k8s_psat %q: ", name), c.UnusedKeyPositions)
 	}
 	if fc.X509PoP != nil {
-		for k, pos := range fc.X509PoP.UnusedKeyPositions {
-			unused["x509pop: "+k] = pos
-		}
+		addUnused("x509pop: ", fc.X509PoP.UnusedKeyPositions)
 	}
 	if fc.SSHPoP != nil {
-		for k, pos := range fc.SSHPoP.UnusedKeyPositions {
-			unused["sshpop: "+k] = pos
-		}
+		addUnused("sshpop: ", fc.SSHPoP.UnusedKeyPositions)
 	}
 	if fc.AWSIID != nil {
 		for k, pos := range fc.AWSIID.UnusedKeyPositions {
 			if slices.Contains(awsIIDAPIKeys, k) {
-				line := 0
-				if len(pos) > 0 {
-					line = pos[0].Line
-				}
-				return FileConfig{}, fmt.Errorf("parse server config: line %d: aws_iid: %s is a key of SPIRE's EC2 API calls, which Signet does not make: it checks the signed instance identity document alone (accounts in account_ids_for_local_validation); remove it", line, k)
+				return FileConfig{}, fmt.Errorf("parse server config: line %d: aws_iid: %s is a key of SPIRE's EC2 API calls, which Signet does not make: it checks the signed instance identity document alone (accounts in account_ids_for_local_validation); remove it", firstLine(pos), k)
 			}
-			unused["aws_iid: "+k] = pos
 		}
+		addUnused("aws_iid: ", fc.AWSIID.UnusedKeyPositions)
 	}
 	if fc.GCPIIT != nil {
 		for k, pos := range fc.GCPIIT.UnusedKeyPositions {
-			if slices.Contains(gcpIITAPIKeys, k) {
-				line := 0
-				if len(pos) > 0 {
-					line = pos[0].Line
-				}
-				return FileConfig{}, fmt.Errorf("parse server config: line %d: gcp_iit: %s is a key of SPIRE's Compute Engine API calls (use_instance_metadata), which Signet does not make: it checks the instance identity token alone; remove it", line, k)
+			switch {
+			case slices.Contains(gcpIITAPIKeys, k):
+				return FileConfig{}, fmt.Errorf("parse server config: line %d: gcp_iit: %s is a key of SPIRE's Compute Engine API calls (use_instance_metadata), which Signet does not make: it checks the instance identity token alone; remove it", firstLine(pos), k)
+			case k == "projectid_whitelist":
+				return FileConfig{}, fmt.Errorf("parse server config: line %d: gcp_iit: projectid_whitelist is the old name of projectid_allow_list, its name in SPIRE now: rename it", firstLine(pos))
 			}
-			if k == "projectid_whitelist" {
-				line := 0
-				if len(pos) > 0 {
-					line = pos[0].Line
-				}
-				return FileConfig{}, fmt.Errorf("parse server config: line %d: gcp_iit: projectid_whitelist is the old name of projectid_allow_list, its name in SPIRE now: rename it", line)
-			}
-			unused["gcp_iit: "+k] = pos
 		}
+		addUnused("gcp_iit: ", fc.GCPIIT.UnusedKeyPositions)
 	}
 	if fc.K8sBundle != nil {
-		for k, pos := range fc.K8sBundle.UnusedKeyPositions {
-			unused["k8s_bundle: "+k] = pos
-		}
+		addUnused("k8s_bundle: ", fc.K8sBundle.UnusedKeyPositions)
 	}
 	for kind, u := range fc.UpstreamAuthority {
 		if pos, ok := u.UnusedKeyPositions["plugin_data"]; ok && len(pos) > 0 {
 			return FileConfig{}, fmt.Errorf(`parse server config: line %d: upstream_authority %q takes %s directly, without SPIRE's plugin_data block`, pos[0].Line, kind, upstreamKeys[kind])
 		}
-		for k, pos := range u.UnusedKeyPositions {
-			unused[fmt.Sprintf("upstream_authority %q: %s", kind, k)] = pos
-		}
+		addUnused(fmt.Sprintf("upstream_authority %q: ", kind), u.UnusedKeyPositions)
 		if other := u.otherKindKey(kind); other != "" {
 			return FileConfig{}, fmt.Errorf(`parse server config: upstream_authority %q takes %s, not %s`, kind, upstreamKeys[kind], other)
 		}
 	}
 	if fc.K8sController != nil {
 		fc.K8sController.Line = lines["k8s_controller"]
-		for k, pos := range fc.K8sController.UnusedKeyPositions {
-			unused["k8s_controller: "+k] = pos
-		}
+		addUnused("k8s_controller: ", fc.K8sController.UnusedKeyPositions)
 	}
 	if err := hclsafe.UnknownKeys(unused); err != nil {
 		return FileConfig{}, fmt.Errorf("parse server config: %w", err)
 	}
 	return fc, nil
+}
+
+// firstLine is the line of a key's first position (0 if unknown).
+func firstLine(pos []token.Pos) int {
+	if len(pos) == 0 {
+		return 0
+	}
+	return pos[0].Line
 }
 
 // unlabelledBlock reports whether name is a block given at most once and

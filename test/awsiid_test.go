@@ -18,8 +18,7 @@ import (
 // test key the server trusts through aws_certificates_path. A workload
 // gets an SVID through a node alias on the instance's account and region
 // (go-spiffe). The agent renews in place; a second agent presenting the
-// same document is refused (trust on first use), saying how to evict. The
-// agent, stopped until its SVID expired, comes back with its data directory.
+// same document is refused (trust on first use), saying how to evict.
 func TestAWSIIDAgentEndToEnd(t *testing.T) {
 	want := callerID(t)
 	dir := t.TempDir()
@@ -67,18 +66,6 @@ aws_iid {
 		"--trust-bundle", bundle, "--socket", filepath.Join(dir, "copy.sock"), "--aws-iid-metadata-endpoint", imds.URL)
 	if err == nil || !strings.Contains(err.Error(), "agent "+agentID+" is already attested") || !strings.Contains(err.Error(), "signet server agent evict --spiffe-id "+agentID) {
 		t.Fatalf("second agent with the same document: %v\n%s; want a refusal naming the eviction", err, out)
-	}
-	waitForID(t, n, want)
-
-	// Stopped past its SVID's expiry (an instance stopped for long), the
-	// agent comes back by itself when started with its data directory: it
-	// presents the document with the key of its expired SVID.
-	n.agent.Stop()
-	time.Sleep(7 * time.Second) // agent_ttl 6s: the SVID it had has expired
-	n.agent = startSignet(t, nil, n.agentArgs...)
-	n.agent.waitLine(t, "persisted agent SVID has expired; attesting again", 10*time.Second)
-	if got := fieldValue(n.agent.waitLine(t, "agent attested", 30*time.Second), "agent_id"); got != agentID {
-		t.Fatalf("agent back as %q, want %s", got, agentID)
 	}
 	waitForID(t, n, want)
 }

@@ -6,10 +6,10 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -94,7 +94,8 @@ func TestAWSIIDMetadataFailures(t *testing.T) {
 // dir (its SVID lost, or a copy) is refused until the agent is evicted.
 func TestAWSIIDAttestation(t *testing.T) {
 	ctx := context.Background()
-	s, attestor := awsiidServer(t, "i-0abc")
+	s, signer := awsiidServer(t, nil)
+	attestor := awsiidAttestor(t, signer, "i-0abc")
 
 	c := newClient(t, s, t.TempDir(), nil, func(cfg *Config) { cfg.NodeAttestor = attestor })
 	if err := c.Start(ctx); err != nil {
@@ -127,11 +128,15 @@ func TestAWSIIDAttestation(t *testing.T) {
 // An aws_iid agent whose SVID expired comes back by itself with the key of
 // that SVID: restarted with its data directory after the instance was
 // stopped past the SVID's expiry, and while running after a long server
-// outage. Its key stays what it was (the server knows the agent by it);
-// the document from another data directory is still refused.
+// outage. Its key stays what it was (the server knows the agent by it).
+// The document from another data directory is still refused, and a data
+// directory copied to another instance (in a machine image) does not lend
+// that instance its key.
 func TestAWSIIDAgentBackAfterExpiry(t *testing.T) {
 	ctx := context.Background()
-	s, attestor := awsiidServer(t, "i-0stopped")
+	const ttl = 2 * time.Second
+	s, signer := awsiidServer(t, func(c *server.Config) { c.AgentTTL = ttl })
+	attestor := awsiidAttestor(t, signer, "i-0stopped")
 	dir := t.TempDir()
 
 	first := newClient(t, s, dir, nil, func(cfg *Config) { cfg.NodeAttestor = attestor })
@@ -144,11 +149,9 @@ func TestAWSIIDAgentBackAfterExpiry(t *testing.T) {
 	renewed, _ := first.GetX509SVID()
 	first.Close()
 
-	// Restarted a day later: the persisted SVID has expired.
-	var mu sync.Mutex
-	now := time.Now().Add(24 * time.Hour)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	restarted := newClient(t, s, dir, nil, func(cfg *Config) { cfg.NodeAttestor = attestor; cfg.Now = clock })
+	// Started again once the persisted SVID has expired.
+	time.Sleep(time.Until(renewed.Certificates[0].NotAfter) + 100*time.Millisecond)
+	restarted := newClient(t, s, dir, nil, func(cfg *Config) { cfg.NodeAttestor = attestor })
 	if err := restarted.Start(ctx); err != nil {
 		t.Fatalf("restart after the SVID expired: %v", err)
 	}
@@ -157,19 +160,15 @@ func TestAWSIIDAgentBackAfterExpiry(t *testing.T) {
 		!back.PrivateKey.Public().(*ecdsa.PublicKey).Equal(renewed.PrivateKey.Public()) {
 		t.Fatalf("after the restart: %s serial %s; want %s with a new SVID for the key it had", back.ID, back.Certificates[0].SerialNumber, renewed.ID)
 	}
-	if err := syncWorks(ctx, restarted); err != nil {
-		t.Fatalf("sync after coming back: %v", err)
-	}
 
 	// Running, its SVID expires (the server was out of reach): the next
 	// renewal attests again with the key of the expired SVID.
-	mu.Lock()
-	now = back.Certificates[0].NotAfter.Add(time.Minute)
-	mu.Unlock()
+	time.Sleep(time.Until(back.Certificates[0].NotAfter) + 100*time.Millisecond)
 	if err := restarted.renewOrReattest(ctx); err != nil {
 		t.Fatalf("renewal after the SVID expired: %v", err)
 	}
-	if again, _ := restarted.GetX509SVID(); again.Certificates[0].SerialNumber.Cmp(back.Certificates[0].SerialNumber) == 0 ||
+	again, _ := restarted.GetX509SVID()
+	if again.Certificates[0].SerialNumber.Cmp(back.Certificates[0].SerialNumber) == 0 ||
 		!again.PrivateKey.Public().(*ecdsa.PublicKey).Equal(back.PrivateKey.Public()) {
 		t.Fatalf("after the renewal: serial %s; want a new SVID for the same key", again.Certificates[0].SerialNumber)
 	}
@@ -178,19 +177,47 @@ func TestAWSIIDAgentBackAfterExpiry(t *testing.T) {
 	if err := copyAgent.Start(ctx); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is already attested by another agent key") {
 		t.Fatalf("the document from another data directory: %v, want PermissionDenied", err)
 	}
+
+	// The data directory copied into an image that another instance starts
+	// from: that instance attests its own ID with a key of its own.
+	restarted.Close()
+	time.Sleep(time.Until(again.Certificates[0].NotAfter) + 100*time.Millisecond)
+	image := t.TempDir()
+	if err := os.CopyFS(image, os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	clone := newClient(t, s, image, nil, func(cfg *Config) { cfg.NodeAttestor = awsiidAttestor(t, signer, "i-0clone") })
+	if err := clone.Start(ctx); err != nil {
+		t.Fatalf("an instance started from an image holding another agent's data directory: %v", err)
+	}
+	cloned, _ := clone.GetX509SVID()
+	if cloned.ID.String() != "spiffe://example.org/agent/aws_iid/111122223333/us-test-1/i-0clone" ||
+		cloned.PrivateKey.Public().(*ecdsa.PublicKey).Equal(again.PrivateKey.Public()) {
+		t.Fatalf("the clone attested as %s with the image's key %v; want its own ID and a key of its own", cloned.ID,
+			cloned.PrivateKey.Public().(*ecdsa.PublicKey).Equal(again.PrivateKey.Public()))
+	}
 }
 
 // awsiidServer starts a real server that trusts a test signer's aws_iid
-// documents of account 111122223333, and returns it with an attestor that
-// reads the document of instance from a fake metadata service.
-func awsiidServer(t *testing.T, instance string) (*realServer, NodeAttestor) {
+// documents of account 111122223333, and returns it with the signer.
+func awsiidServer(t *testing.T, mutate func(*server.Config)) (*realServer, *awsiidtest.Signer) {
 	t.Helper()
 	signer := awsiidtest.NewSigner(t)
 	certs := filepath.Join(t.TempDir(), "aws-certs.pem")
 	signer.WriteCert(t, certs)
 	s := &realServer{servertest.Start(t, td, func(c *server.Config) {
 		c.AWSIID = &nodeattest.AWSIIDConfig{AccountIDs: []string{"111122223333"}, CertificatesPath: certs}
+		if mutate != nil {
+			mutate(c)
+		}
 	})}
+	return s, signer
+}
+
+// awsiidAttestor reads the document of instance, signed by signer, from a
+// fake metadata service.
+func awsiidAttestor(t *testing.T, signer *awsiidtest.Signer, instance string) NodeAttestor {
+	t.Helper()
 	doc := awsiidtest.Doc("111122223333", "us-test-1", instance)
-	return s, AWSIID(awsiidtest.NewIMDS(t, doc, signer.Sign(t, doc)).URL)
+	return AWSIID(awsiidtest.NewIMDS(t, doc, signer.Sign(t, doc)).URL)
 }

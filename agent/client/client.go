@@ -99,12 +99,11 @@ type Client struct {
 	// spent the token for that key; the retry presents the same key, which
 	// the server then answers again, and no other key could.
 	pending *pendingAttestation
-	// unusedKey is the key of the persisted agent SVID Start could not use
-	// (expired, or no bundle to verify the server with), until an
-	// attestation replaces it: the only key evidence trusted on first use
-	// attests the node again with.
-	unusedKey *ecdsa.PrivateKey
-	closed    bool
+	// unused is the persisted agent SVID Start could not use (expired, or
+	// no bundle to verify the server with): with its key, evidence trusted
+	// on first use attests its ID again.
+	unused *x509svid.SVID
+	closed bool
 	// taintRenewed holds the tainted roots (by DER) the agent SVID was
 	// already renewed away from: a server still signing under one (it
 	// should not) is asked once, not at every bundle. A taint is never
@@ -181,17 +180,16 @@ func (c *Client) Start(ctx context.Context) error {
 	}
 	svid := id.svid
 	now := c.cfg.Now()
-	if svid != nil && svid.ID.MemberOf(c.cfg.TrustDomain) {
-		c.unusedKey, _ = svid.PrivateKey.(*ecdsa.PrivateKey)
-	}
 	switch {
 	case svid == nil:
 	case !svid.ID.MemberOf(c.cfg.TrustDomain):
 		c.cfg.Logger.Warn("ignoring persisted agent SVID of another trust domain", "agent_id", svid.ID.String())
 	case !now.Before(svid.Certificates[0].NotAfter):
 		c.cfg.Logger.Warn("persisted agent SVID has expired; attesting again", "agent_id", svid.ID.String(), "expired_at", svid.Certificates[0].NotAfter)
+		c.unused = svid
 	case c.bundle == nil:
 		c.cfg.Logger.Warn("persisted agent SVID found but no server bundle to verify the server; attesting again")
+		c.unused = svid
 	default:
 		c.cfg.Logger.Info("using persisted agent SVID", "agent_id", svid.ID.String(), "expires_at", svid.Certificates[0].NotAfter,
 			"reattestable", id.reattestable)
@@ -516,16 +514,26 @@ func csrFor(key *ecdsa.PrivateKey) ([]byte, error) {
 	return csr, nil
 }
 
-// lastKey is the key of the agent's last SVID, valid or expired: the
-// current one's, else the persisted one's Start did not use; nil if none.
-func (c *Client) lastKey() *ecdsa.PrivateKey {
+// lastSVID is the agent's last SVID, valid or expired: the current one,
+// else the persisted one Start did not use; nil if none.
+func (c *Client) lastSVID() *x509svid.SVID {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.svid != nil {
-		k, _ := c.svid.PrivateKey.(*ecdsa.PrivateKey)
-		return k
+		return c.svid
 	}
-	return c.unusedKey
+	return c.unused
+}
+
+// lastKeyFor is the key of the agent's last SVID if that SVID is for
+// agentID, else nil.
+func (c *Client) lastKeyFor(agentID string) *ecdsa.PrivateKey {
+	last := c.lastSVID()
+	if last == nil || last.ID.String() != agentID {
+		return nil
+	}
+	k, _ := last.PrivateKey.(*ecdsa.PrivateKey)
+	return k
 }
 
 // renew asks the server for a fresh agent SVID over mutual TLS.
@@ -573,11 +581,24 @@ func (c *Client) attest(ctx context.Context, renewal bool) error {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
 	defer cancel()
 	start := time.Now()
-	resp, err := api.NewAgentServiceClient(conn).Attest(ctx, &api.AttestRequest{
-		AttestationType: ev.Type,
-		Payload:         ev.Payload,
-		Csr:             csr,
-	})
+	req := &api.AttestRequest{AttestationType: ev.Type, Payload: ev.Payload, Csr: csr}
+	resp, err := api.NewAgentServiceClient(conn).Attest(ctx, req)
+	if id, refused := api.AttestedWithAnotherKey(err); refused && ev.TrustOnFirstUse {
+		// The server knows the agent of id by another key; if it is this
+		// agent's (its last SVID is for id, expired), attest again with
+		// that key. The evidence is not bound to a key, so it stays as
+		// made. A fresh key goes first, so a key is only ever presented
+		// for the ID it was certified for (not, say, for another
+		// instance's ID by a data directory copied into a machine image).
+		if last := c.lastKeyFor(id); last != nil {
+			c.cfg.Logger.Info("the server knows this agent by the key of its last SVID; attesting with it", "agent_id", id)
+			if req.Csr, err = csrFor(last); err != nil {
+				return err
+			}
+			key = last
+			resp, err = api.NewAgentServiceClient(conn).Attest(ctx, req)
+		}
+	}
 	if c.cfg.AttestDuration != nil {
 		c.cfg.AttestDuration.Observe(time.Since(start).Seconds())
 	}
@@ -654,16 +675,6 @@ func (c *Client) attestKey(ctx context.Context) (*ecdsa.PrivateKey, []byte, Evid
 	ev, err := c.cfg.NodeAttestor.Evidence(ctx, spki)
 	if err != nil {
 		return nil, nil, Evidence{}, "", err
-	}
-	if last := c.lastKey(); ev.TrustOnFirstUse && last != nil {
-		// The server attests a recorded node with this evidence again only
-		// for the key of its agent's SVID (its last one, or the one
-		// before): this agent's, back after its SVID expired. The evidence
-		// is not bound to the key, so it stays as made.
-		if csr, err = csrFor(last); err != nil {
-			return nil, nil, Evidence{}, "", err
-		}
-		return last, csr, ev, "", nil
 	}
 	if !ev.SingleUse {
 		return key, csr, ev, "", nil

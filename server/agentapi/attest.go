@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -61,7 +62,9 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	case err == nil && prev.AttestationType != res.Type:
 		return nil, s.takeoverError(res, prev.AttestationType)
 	case err == nil && res.TrustOnFirstUse && !prev.HoldsAgentKey(keyHash):
-		return nil, s.alreadyAttestedError(res)
+		return nil, s.alreadyAttestedError(res, prev.AgentKeyHash == "")
+	case err == nil && res.TrustOnFirstUse && s.cfg.Now().Before(prev.ExpiresAt):
+		return nil, s.svidValidError(res, prev.ExpiresAt)
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return nil, status.Errorf(codes.Unavailable, "look up agent %s: %v", res.AgentID, err)
 	}
@@ -89,7 +92,7 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	case res.JoinTokenHash != "":
 		err = s.cfg.Store.UpsertNodeSpendingToken(ctx, node, res.JoinTokenHash, keyHash, s.cfg.Now())
 	case res.TrustOnFirstUse:
-		_, err = s.cfg.Store.ClaimNode(ctx, node)
+		reattested, err = s.cfg.Store.ClaimNode(ctx, node, s.cfg.Now())
 	default:
 		err = s.cfg.Store.UpsertNode(ctx, node)
 	}
@@ -102,7 +105,10 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 	case errors.Is(err, store.ErrAlreadyExists):
 		// Attested by a concurrent attestation with the same evidence, or
 		// renewed since with another key.
-		return nil, s.alreadyAttestedError(res)
+		return nil, s.alreadyAttestedError(res, false)
+	case errors.Is(err, store.ErrSVIDValid):
+		// Renewed since, by its agent.
+		return nil, s.svidValidError(res, node.ExpiresAt)
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrExpired):
 		// Spent by a concurrent attestation, or expired, since it was read.
 		s.cfg.Logger.Warn("agent attestation refused", "type", res.Type, "reason", err)
@@ -186,18 +192,37 @@ func (s *Service) takeoverError(res nodeattest.Result, held string) error {
 // that is recorded, presented with a key that is not its agent's: the
 // evidence can be replayed, so only the agent that attested first holds
 // the ID, renews in place, and attests again (its SVID expired) with its
-// key. The message (one line) tells the two cases apart for the operator:
-// the host's agent lost its data directory (reinstalled, wiped), which only
-// an eviction mends, or someone else presented the evidence, which an
-// eviction would hand them.
-func (s *Service) alreadyAttestedError(res nodeattest.Result) error {
+// key. The message (one line) tells the cases apart for the operator: the
+// host's agent lost its data directory (reinstalled, wiped), or its node
+// was recorded before servers kept agent keys (keyless), which only an
+// eviction mends; or someone else presented the evidence, which an
+// eviction would hand them. The ErrorInfo names the ID, so that an agent
+// whose last SVID has it attests again with that SVID's key (an agent
+// tries a fresh key first: a key is presented only for the ID it was
+// certified for).
+func (s *Service) alreadyAttestedError(res nodeattest.Result, keyless bool) error {
 	s.cfg.Logger.Warn("agent attestation refused", "agent_id", res.AgentID.String(), "type", res.Type,
 		"reason", "already attested by another agent key: "+res.Type+" evidence is trusted on first use")
-	return status.Errorf(codes.PermissionDenied, "agent %s is already attested by another agent key: %s evidence attests a node once (trust on first use), as whoever reads it can replay it, "+
+	lost := "if this host's agent lost its data directory (a reinstalled host, a wiped or new disk), only an eviction lets it attest again"
+	if keyless {
+		lost = "this agent was recorded by a server that did not keep agent keys and has not renewed since, so it cannot prove it is the same agent: only an eviction lets it attest again"
+	}
+	return api.AttestedWithAnotherKeyError(fmt.Sprintf("agent %s is already attested by another agent key: %s evidence attests a node once (trust on first use), as whoever reads it can replay it, "+
 		"and then again only with the key of the agent that attested (kept in its data directory); "+
-		"if this host's agent lost its data directory (a reinstalled host, a wiped or new disk), only an eviction lets it attest again (signet server agent evict --spiffe-id %s); "+
+		"%s (signet server agent evict --spiffe-id %s); "+
 		"if the agent on this host never attested, someone else presented its evidence: investigate, or ban the ID (signet server agent ban --spiffe-id %s), before evicting",
-		res.AgentID, res.Type, res.AgentID, res.AgentID)
+		res.AgentID, res.Type, lost, res.AgentID, res.AgentID), res.AgentID.String())
+}
+
+// svidValidError refuses evidence trusted on first use with the key of a
+// node whose SVID has not expired: its agent renews in place with that
+// SVID. Only a replayed CSR (the evidence and a request the agent once
+// sent) would attest here, and it must not cut the agent's SVID off.
+func (s *Service) svidValidError(res nodeattest.Result, expiresAt time.Time) error {
+	s.cfg.Logger.Warn("agent attestation refused", "agent_id", res.AgentID.String(), "type", res.Type,
+		"reason", "its SVID for this key is still valid", "expires_at", expiresAt)
+	return status.Errorf(codes.PermissionDenied, "agent %s holds an SVID for this key valid until %s: it renews that SVID in place, and attests again with %s evidence only once it has expired",
+		res.AgentID, expiresAt.UTC().Format(time.RFC3339), res.Type)
 }
 
 func (s *Service) bannedError(id spiffeid.ID) error {

@@ -3,9 +3,11 @@ package agentapi
 import (
 	"context"
 	"crypto/ecdsa"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -19,7 +21,8 @@ import (
 // be replayed, so presenting it again with another key is refused while
 // the node is recorded, and changes nothing. With the key of the agent's
 // current SVID, or of the one before until the agent uses the new one, it
-// attests again (the agent back after its SVID expired). Once the agent is
+// attests again once the node's SVID expired (the agent back after a long
+// stop), never before; a forged signature over that key does not count. Once the agent is
 // evicted the document attests again with any key. A banned node stays
 // banned, even for its agent's key.
 func TestAWSIIDTrustOnFirstUse(t *testing.T) {
@@ -37,14 +40,35 @@ func TestAWSIIDTrustOnFirstUse(t *testing.T) {
 		t.Fatalf("node after attestation: %+v, %v; want an aws_iid node, not reattestable, with the document's selectors", n, err)
 	}
 
+	// expire makes the node's SVID expired (an instance stopped for long),
+	// unexpire valid again.
+	setExpiry := func(t *testing.T, at time.Time) {
+		t.Helper()
+		n, err := h.store.GetNode(ctx, id.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.ExpiresAt = at
+		if err := h.store.UpsertNode(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expire := func(t *testing.T) { setExpiry(t, time.Now().Add(-time.Minute)) }
+	unexpire := func(t *testing.T) { setExpiry(t, time.Now().Add(time.Hour)) }
+
 	// The same document again, by whoever read it: refused, nothing changes.
 	refused := func(t *testing.T, name string) {
 		t.Helper()
 		before, _ := h.store.GetNode(ctx, id.String())
 		_, replay := h.awsiidRequest(t, doc)
-		if _, err := h.anon(t).Attest(ctx, replay); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is already attested by another agent key") ||
+		_, err := h.anon(t).Attest(ctx, replay)
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "is already attested by another agent key") ||
 			!strings.Contains(err.Error(), "signet server agent evict --spiffe-id "+id.String()) {
 			t.Fatalf("%s: %v; want PermissionDenied saying it is attested and how to evict it", name, err)
+		}
+		// The agent of id tries its last SVID's key when told.
+		if named, ok := api.AttestedWithAnotherKey(err); !ok || named != id.String() {
+			t.Fatalf("%s: the refusal names agent %q (%v) in its details, want %s", name, named, ok, id)
 		}
 		if got, _ := h.store.GetNode(ctx, id.String()); got.SerialNumber != before.SerialNumber {
 			t.Fatalf("%s changed the node: serial %s -> %s", name, before.SerialNumber, got.SerialNumber)
@@ -52,14 +76,38 @@ func TestAWSIIDTrustOnFirstUse(t *testing.T) {
 	}
 	refused(t, "replayed with another key")
 
-	// The agent renews in place with a new key: the document with the
-	// first key (its previous SVID's) attests it again. That agent holds
-	// the first key again, so the second no longer attests; after one
-	// more renewal, the newest key (its current SVID's) attests.
+	// The agent's public key with a signature of another key: refused as
+	// malformed before the key counts.
+	_, forged := h.awsiidRequest(t, doc)
+	forged.Csr = slices.Clone(req.Csr)
+	forged.Csr[len(forged.Csr)-1] ^= 1
+	expire(t)
+	if _, err := h.anon(t).Attest(ctx, forged); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("the agent's key with a forged CSR signature: %v, want InvalidArgument", err)
+	}
+	if got, _ := h.store.GetNode(ctx, id.String()); got.SerialNumber != n.SerialNumber {
+		t.Fatalf("a forged CSR changed the node: serial %s -> %s", n.SerialNumber, got.SerialNumber)
+	}
+	unexpire(t)
+
+	// The agent renews in place with a new key. Once its SVID expired,
+	// the document with the first key (its previous SVID's) attests it
+	// again; before, that is refused, and changes nothing (a replayed
+	// request must not cut the agent off). That agent holds the first key
+	// again, so the second no longer attests; after one more renewal, the
+	// newest key (its current SVID's) attests.
 	attestsWith := func(t *testing.T, name string, key *ecdsa.PrivateKey, csr []byte) api.AgentServiceClient {
 		t.Helper()
 		_, again := h.awsiidRequest(t, doc)
 		again.Csr = csr
+		before, _ := h.store.GetNode(ctx, id.String())
+		if _, err := h.anon(t).Attest(ctx, again); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "holds an SVID for this key valid until") {
+			t.Fatalf("attestation with %s before the SVID expired: %v, want PermissionDenied saying it renews in place", name, err)
+		}
+		if got, _ := h.store.GetNode(ctx, id.String()); got.SerialNumber != before.SerialNumber {
+			t.Fatalf("a refused attestation with %s changed the node: serial %s -> %s", name, before.SerialNumber, got.SerialNumber)
+		}
+		expire(t)
 		back, err := h.anon(t).Attest(ctx, again)
 		if err != nil || back.SpiffeId != id.String() {
 			t.Fatalf("attestation with %s: %v, %v; want the agent back as %s", name, back, err, id)
@@ -81,9 +129,11 @@ func TestAWSIIDTrustOnFirstUse(t *testing.T) {
 	agent = attestsWith(t, "the previous SVID's key", key, req.Csr)
 	_, stale := h.awsiidRequest(t, doc)
 	stale.Csr = req2.Csr
+	expire(t)
 	if _, err := h.anon(t).Attest(ctx, stale); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("attestation with a key the agent no longer holds: %v, want PermissionDenied", err)
 	}
+	unexpire(t)
 	key3, req3 := h.awsiidRequest(t, doc)
 	renew(t, agent, req3.Csr)
 	agent = attestsWith(t, "the current SVID's key", key3, req3.Csr)

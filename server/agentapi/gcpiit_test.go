@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -50,9 +51,20 @@ func TestGCPIITAttest(t *testing.T) {
 		t.Fatalf("a second token of the instance: %v, want PermissionDenied saying it is attested", err)
 	}
 	// A fresh token with the agent's key: the agent back after its SVID
-	// expired.
+	// expired (not before).
 	back := request(h.gcpSigner)
 	back.Csr = req.Csr
+	if _, err := h.anon(t).Attest(ctx, back); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "holds an SVID for this key valid until") {
+		t.Fatalf("a fresh token with the agent's key before its SVID expired: %v, want PermissionDenied", err)
+	}
+	expired, err := h.store.GetNode(ctx, id.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired.ExpiresAt = time.Now().Add(-time.Minute)
+	if err := h.store.UpsertNode(ctx, expired); err != nil {
+		t.Fatal(err)
+	}
 	if r, err := h.anon(t).Attest(ctx, back); err != nil || r.SpiffeId != id.String() {
 		t.Fatalf("a fresh token with the agent's key: %v, %v; want the agent back as %s", r, err, id)
 	}

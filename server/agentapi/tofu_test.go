@@ -63,4 +63,22 @@ func TestTOFUAgentBackAfterExpiry(t *testing.T) {
 	if strings.ContainsAny(msg, "\n\r") {
 		t.Errorf("message %q is not one line", msg)
 	}
+
+	// A node recorded before servers kept agent keys: its agent cannot
+	// prove it is the same one, and the message says so.
+	keyless, err := h.store.GetNode(ctx, id.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyless.AgentKeyHash, keyless.PrevAgentKeyHash, keyless.ExpiresAt = "", "", time.Now().Add(-time.Minute)
+	if err := h.store.UpsertNode(ctx, keyless); err != nil {
+		t.Fatal(err)
+	}
+	_, again = h.awsiidRequest(t, doc)
+	again.Csr = req.Csr
+	_, err = h.anon(t).Attest(ctx, again)
+	if want := "recorded by a server that did not keep agent keys and has not renewed since, so it cannot prove it is the same agent: only an eviction lets it attest again"; status.Code(err) != codes.PermissionDenied ||
+		!strings.Contains(err.Error(), want) {
+		t.Fatalf("Attest for a node recorded without a key: %v, want PermissionDenied saying %q", err, want)
+	}
 }

@@ -100,8 +100,8 @@ type AWSIIDTemplateData struct {
 // AWSIID attests agents by their EC2 instance identity document. The
 // document is not bound to a secret the agent holds (anyone who read it
 // from the instance can present it), so the server trusts it on first
-// use: an instance attests once, and again only after its agent is
-// evicted (Result.TrustOnFirstUse).
+// use: an instance attests once, and again only for its agent's key or
+// after its agent is evicted (Result.TrustOnFirstUse).
 type AWSIID struct {
 	td       spiffeid.TrustDomain
 	accounts map[string]bool
@@ -285,7 +285,7 @@ func decodeRSA2048(sig string) ([]byte, error) {
 }
 
 // Attest checks payload at time now and names the agent. The caller
-// records the node only if none with that ID is (TrustOnFirstUse).
+// records the node with store.ClaimNode (TrustOnFirstUse).
 func (p *AWSIID) Attest(_ context.Context, payload []byte, now time.Time) (Result, error) {
 	ev, err := ParseAWSIIDPayload(payload)
 	if err != nil {

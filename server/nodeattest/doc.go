@@ -10,5 +10,6 @@
 // (aws_iid, gcp_iit) names the instance but is not bound to a secret:
 // whoever read it can replay it, so it is trusted on first use (Result.TrustOnFirstUse):
 // it attests the instance's agent once, that agent renews in place, and
-// the same evidence attests again only once the agent is evicted.
+// the same evidence attests again only with that agent's key (its SVID
+// expired) or once the agent is evicted.
 package nodeattest

@@ -101,8 +101,8 @@ type GCPIITTemplateData struct {
 
 // GCPIIT attests agents by their GCE instance identity token. Any process
 // on the instance can get one, so the server trusts it on first use: an
-// instance attests once, and again only after its agent is evicted
-// (Result.TrustOnFirstUse).
+// instance attests once, and again only for its agent's key or after its
+// agent is evicted (Result.TrustOnFirstUse).
 type GCPIIT struct {
 	td       spiffeid.TrustDomain
 	projects map[string]bool
@@ -199,7 +199,7 @@ func ParseGCPIITPayload(payload []byte) (*josejwt.JSONWebToken, string, error) {
 }
 
 // Attest checks payload at time now and names the agent. The caller
-// records the node only if none with that ID is (TrustOnFirstUse).
+// records the node with store.ClaimNode (TrustOnFirstUse).
 func (p *GCPIIT) Attest(ctx context.Context, payload []byte, now time.Time) (Result, error) {
 	tok, kid, err := ParseGCPIITPayload(payload)
 	if err != nil {

@@ -52,9 +52,10 @@ type Result struct {
 	// TrustOnFirstUse: the evidence is not bound to a secret the agent
 	// holds (a cloud's signed instance identity, which anyone who read it
 	// can present), so it attests its node once: while the node is
-	// recorded the same evidence is refused, and the agent renews in place
-	// with its SVID. Evicting the node lets the evidence attest again
-	// (SPIRE's TOFU). The caller records the node with store.CreateNode.
+	// recorded the same evidence is refused, but for the key of the node's
+	// agent once its SVID expired, and the agent renews in place with its
+	// SVID. Evicting the node lets the evidence attest again (SPIRE's
+	// TOFU). The caller records the node with store.ClaimNode.
 	TrustOnFirstUse bool
 }
 

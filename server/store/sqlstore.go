@@ -740,7 +740,7 @@ func (s *sqlStore) UpsertNodeSpendingToken(ctx context.Context, n Node, tokenHas
 	return nil
 }
 
-func (s *sqlStore) ClaimNode(ctx context.Context, n Node) (bool, error) {
+func (s *sqlStore) ClaimNode(ctx context.Context, n Node, now time.Time) (bool, error) {
 	if n.SPIFFEID == "" {
 		return false, errors.New("claim node: SPIFFE ID is required")
 	}
@@ -758,6 +758,8 @@ func (s *sqlStore) ClaimNode(ctx context.Context, n Node) (bool, error) {
 			return &AttestationTypeError{SPIFFEID: n.SPIFFEID, Held: old.AttestationType, Wanted: n.AttestationType}
 		case err == nil && !old.HoldsAgentKey(n.AgentKeyHash):
 			return ErrAlreadyExists
+		case err == nil && now.Before(old.ExpiresAt):
+			return ErrSVIDValid
 		case err == nil:
 			reclaimed = true
 		case !errors.Is(err, ErrNotFound):

@@ -22,6 +22,9 @@ var (
 	// ErrBanned: the node is banned; only deleting it lifts the ban.
 	ErrBanned  = errors.New("banned")
 	ErrExpired = errors.New("expired")
+	// ErrSVIDValid: ClaimNode with the key of a node whose SVID has not
+	// expired; its agent renews in place.
+	ErrSVIDValid = errors.New("the agent's SVID has not expired")
 )
 
 // AttestationTypeError: an upsert would replace a node recorded with
@@ -252,12 +255,14 @@ type Store interface {
 	// ClaimNode records a node attested by evidence trusted on first use
 	// (aws_iid, gcp_iit: evidence that can be replayed) only if none with
 	// n.SPIFFEID is recorded, or if the recorded node's current or
-	// previous agent key is n.AgentKeyHash (its agent attesting again with
-	// the key it holds: reclaimed), checked in the write transaction, so
-	// two racing with the same evidence cannot both record the node. Any
-	// other recorded node is ErrAlreadyExists (ErrBanned if banned,
-	// *AttestationTypeError if of another type).
-	ClaimNode(ctx context.Context, n Node) (reclaimed bool, err error)
+	// previous agent key is n.AgentKeyHash and its SVID expired before now
+	// (its agent back with the key it holds: reclaimed), checked in the
+	// write transaction, so two racing with the same evidence cannot both
+	// record the node, and a renewal racing it wins. Any other recorded
+	// node is ErrAlreadyExists (ErrSVIDValid when only its expiry is in
+	// the way, ErrBanned if banned, *AttestationTypeError if of another
+	// type).
+	ClaimNode(ctx context.Context, n Node, now time.Time) (reclaimed bool, err error)
 	GetNode(ctx context.Context, spiffeID string) (Node, error)
 	ListNodes(ctx context.Context) ([]Node, error)
 	// RenewNode records a renewed agent SVID in one conditional write: the

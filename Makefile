@@ -37,7 +37,7 @@ FUZZ_TARGETS ?= \
 	./server/nested:FuzzBundleFromProto \
 	./server/oidcdiscovery:FuzzCheckIssuer
 
-.PHONY: all build test test-race-core test-kube-e2e fuzz fuzz-build fuzz-run bench demo lint deps proto clean kube-bins
+.PHONY: all build test test-race-core test-kube-e2e fuzz bench demo lint deps proto clean kube-bins
 
 all: build
 
@@ -53,13 +53,12 @@ deps:
 # a short run of every fuzz target.
 #
 # On 2 cores the long compiles share the machine with tests that mostly
-# wait: kube-bins and then the fuzz targets' instrumented test binaries
-# build beside the race tests of the packages that need no kube-apiserver;
-# the fuzz targets run (one worker) beside the tests that do, and the
-# end-to-end tests.
+# wait: kube-bins runs beside the race tests of the packages that need no
+# kube-apiserver, and the fuzz targets (whose instrumented build is the
+# other long compile) beside the tests that do, and the end-to-end tests.
 test: deps lint
-	@$(MAKE) --no-print-directory -j2 kube-bins test-race-core fuzz-build
-	@$(MAKE) --no-print-directory -j2 test-kube-e2e fuzz-run FUZZFLAGS=-parallel=1
+	@$(MAKE) --no-print-directory -j2 kube-bins test-race-core
+	@$(MAKE) --no-print-directory -j2 test-kube-e2e fuzz FUZZFLAGS=-parallel=1
 
 KUBE_RACE_PKGS = ./server/k8sreg ./internal/kubetest
 
@@ -86,12 +85,6 @@ kube-bins:
 
 fuzz:
 	@GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS='$(FUZZFLAGS)' bash test/fuzz.sh $(FUZZ_TARGETS)
-
-fuzz-build:
-	@GO=$(GO) bash test/fuzz.sh build $(FUZZ_TARGETS)
-
-fuzz-run:
-	@GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS='$(FUZZFLAGS)' bash test/fuzz.sh run $(FUZZ_TARGETS)
 
 bench: deps build
 	$(GO) test -run='^$$' -bench=. -benchtime=2s -timeout 30m $(PKGS)

@@ -1,14 +1,8 @@
 #!/usr/bin/env bash
-# fuzz.sh runs each package:FuzzTarget pair for FUZZTIME.
-#
-#   test/fuzz.sh build ./pkg:FuzzX ...   build each package's instrumented
-#                                        test binary once, into $FUZZBIN
-#   test/fuzz.sh run ./pkg:FuzzX ...     fuzz each target with the binaries
-#   test/fuzz.sh ./pkg:FuzzX ...         both
-#
-# A package's targets share one binary: `go test -fuzz` would link it again
-# for every target. make test builds them beside the race tests and runs
-# them beside the end-to-end tests.
+# fuzz.sh runs each package:FuzzTarget pair for FUZZTIME. It first builds
+# each package's instrumented test binary once, into $FUZZBIN, then fuzzes
+# each target with it: `go test -fuzz` would link the binary again for
+# every target, a few seconds each.
 #
 # Go 1.26's fuzz coordinator can fail a target with a bare "context deadline
 # exceeded" at the -fuzztime boundary when the deadline reaches the parent
@@ -30,14 +24,6 @@ flags=()
 for f in "${userflags[@]}"; do
 	flags+=("-test.${f#-}")
 done
-
-mode=all
-case "${1:-}" in
-build | run)
-	mode=$1
-	shift
-	;;
-esac
 
 # binary is the test binary of package pkg (./a/b -> $FUZZBIN/a_b.test).
 binary() {
@@ -67,10 +53,6 @@ run() {
 		local pkg=${t%%:*} fn=${t##*:}
 		local bin importpath corpus before out rc
 		bin=$(binary "$pkg")
-		if [ ! -x "$bin" ]; then
-			echo "fuzz: $bin is missing: run test/fuzz.sh build first" >&2
-			return 1
-		fi
 		importpath=$("$GO" list "$pkg") || return 1
 		corpus="$pkg/testdata/fuzz/$fn"
 		echo "fuzz $pkg $fn ($FUZZTIME)"
@@ -101,8 +83,4 @@ run() {
 	done
 }
 
-case $mode in
-build) build "$@" ;;
-run) run "$@" ;;
-all) build "$@" && run "$@" ;;
-esac
+build "$@" && run "$@"

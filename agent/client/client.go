@@ -585,7 +585,7 @@ func (c *Client) attest(ctx context.Context, renewal bool) error {
 	resp, err := api.NewAgentServiceClient(conn).Attest(ctx, req)
 	if id, refused := api.AttestedWithAnotherKey(err); refused && ev.TrustOnFirstUse {
 		// The server knows the agent of id by another key; if it is this
-		// agent's (its last SVID is for id, expired), attest again with
+		// agent's (its last SVID is for id), attest again with
 		// that key. The evidence is not bound to a key, so it stays as
 		// made. A fresh key goes first, so a key is only ever presented
 		// for the ID it was certified for (not, say, for another

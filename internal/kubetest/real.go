@@ -34,6 +34,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
+	certutil "k8s.io/client-go/util/cert"
 )
 
 // Environment variables naming the binaries `make kube-bins` builds.
@@ -47,7 +48,7 @@ const (
 // token issuer) is Issuer.
 type RealAPIServer struct {
 	url        string
-	caPath     string // the apiserver's self-signed serving certificate chain
+	caPEM      []byte // the apiserver's self-signed serving certificate chain
 	adminToken string // a static token in group system:masters
 	config     *rest.Config
 	client     kubernetes.Interface
@@ -107,7 +108,7 @@ func StartRealAPIServer(t testing.TB) *RealAPIServer {
 	})
 
 	r.url = "https://127.0.0.1:" + strconv.Itoa(ports[2])
-	r.caPath = filepath.Join(certDir, "apiserver.crt")
+	caPath := filepath.Join(certDir, "apiserver.crt")
 	// Generous: on two loaded cores (race tests and fuzzing beside it) the
 	// first start has been seen to take longer than 90 s.
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -121,11 +122,18 @@ func StartRealAPIServer(t testing.TB) *RealAPIServer {
 			}
 		}
 		if r.client == nil {
-			// The serving certificate is written at start-up.
-			if _, err := os.Stat(r.caPath); err != nil {
-				lastErr = err
+			// The serving certificate is written at start-up, in place:
+			// a client made from a file read half-written would trust
+			// nothing, for good.
+			pemBytes, err := os.ReadFile(caPath)
+			if err == nil {
+				_, err = certutil.ParseCertsPEM(pemBytes)
+			}
+			if err != nil {
+				lastErr = fmt.Errorf("serving certificate %s: %w", caPath, err)
 				return false, nil
 			}
+			r.caPEM = pemBytes
 			r.config = r.restConfig(r.adminToken)
 			c, err := kubernetes.NewForConfig(r.config)
 			if err != nil {
@@ -176,12 +184,8 @@ func (r *RealAPIServer) Kubeconfig(t testing.TB, dir string) string {
 // path.
 func (r *RealAPIServer) KubeconfigFor(t testing.TB, dir, user, token string) string {
 	t.Helper()
-	ca, err := os.ReadFile(r.caPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	caPath := filepath.Join(dir, "kube-ca.pem")
-	writeFile(t, caPath, ca, 0o644)
+	writeFile(t, caPath, r.caPEM, 0o644)
 	path := filepath.Join(dir, "kubeconfig")
 	if user != "admin" {
 		path += "-" + user
@@ -307,7 +311,7 @@ func (r *RealAPIServer) waitEstablished(ctx context.Context, dyn dynamic.Interfa
 }
 
 func (r *RealAPIServer) restConfig(token string) *rest.Config {
-	return &rest.Config{Host: r.url, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{CAFile: r.caPath}, QPS: 50, Burst: 100}
+	return &rest.Config{Host: r.url, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{CAData: r.caPEM}, QPS: 50, Burst: 100}
 }
 
 // serviceAccountKey is a P-256 key in SEC1 form: the API server's key

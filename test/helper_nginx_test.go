@@ -17,6 +17,7 @@ import (
 // nginx's files and reloads it through its PID file; the served serial
 // changes and a client polling throughout never sees a failed handshake.
 func TestHelperNginxRotation(t *testing.T) {
+	t.Parallel() // mostly waits: runs beside the other long end-to-end tests
 	d := startDev(t, "--svid-ttl", "20s")
 	certDir := filepath.Join(t.TempDir(), "certs")
 	// The helper and the test client both run as root, which dev registered

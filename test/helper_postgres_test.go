@@ -52,6 +52,7 @@ func pgServerSerial(port int) (*big.Int, error) {
 // cert rule, `pg_ctl reload` after rotation; psql with a client SVID
 // connects before and after.
 func TestHelperPostgresRotation(t *testing.T) {
+	t.Parallel() // mostly waits: runs beside the other long end-to-end tests
 	u, err := user.Lookup("postgres")
 	if err != nil {
 		t.Fatal(err)

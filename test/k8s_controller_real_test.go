@@ -26,6 +26,7 @@ import (
 // the ClusterStaticEntries' entries, and the ClusterFederatedTrustDomains'
 // relationships (with the example's bootstrap bundle).
 func TestKubernetesControllerRealAPIServer(t *testing.T) {
+	t.Parallel() // mostly waits: runs beside the other long end-to-end tests
 	ctx := context.Background()
 	dir := t.TempDir()
 	c := startRealCluster(t)

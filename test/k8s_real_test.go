@@ -88,6 +88,7 @@ func (c *realCluster) createPod(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 // for the wrong audience or service account are refused, and once the
 // agent's pod is deleted its renewal is refused.
 func TestKubernetesRealAPIServer(t *testing.T) {
+	t.Parallel() // mostly waits: runs beside the other long end-to-end tests
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create cgroups")
 	}

@@ -44,6 +44,7 @@ const (
 // other's X509-SVIDs and JWT-SVIDs, and a root the upstream's operator
 // replaces leaves the downstream too.
 func TestNestedServers(t *testing.T) {
+	t.Parallel() // mostly waits: runs beside the other long end-to-end tests
 	west := startNode(t)
 	self, err := os.Executable()
 	if err != nil {

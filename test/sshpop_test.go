@@ -24,6 +24,7 @@ import (
 // the CA is removed from the server's cert_authorities_path (no restart),
 // the next renewal is refused, saying why.
 func TestSSHPoPAgentEndToEnd(t *testing.T) {
+	t.Parallel() // mostly waits: runs beside the other long end-to-end tests
 	want := callerID(t)
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)

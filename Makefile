@@ -9,6 +9,9 @@ FUZZTIME  ?= 4s
 # Extra flags for the fuzz runs; make test passes -parallel=1 (one worker) as
 # they share the machine with the end-to-end tests.
 FUZZFLAGS ?=
+# Targets fuzzed at once; make test runs two, one worker each: the fuzz
+# builds leave the end-to-end tests mostly waiting by the time they run.
+FUZZJOBS  ?= 1
 # package:FuzzTarget pairs run briefly by `make test` (`make fuzz FUZZTIME=5m` for longer).
 FUZZ_TARGETS ?= \
 	./internal/ids:FuzzParseID \
@@ -58,7 +61,7 @@ deps:
 # other long compile) beside the tests that do, and the end-to-end tests.
 test: deps lint
 	@$(MAKE) --no-print-directory -j2 kube-bins test-race-core
-	@$(MAKE) --no-print-directory -j2 test-kube-e2e fuzz FUZZFLAGS=-parallel=1
+	@$(MAKE) --no-print-directory -j2 test-kube-e2e fuzz FUZZFLAGS=-parallel=1 FUZZJOBS=2
 
 KUBE_RACE_PKGS = ./server/k8sreg ./internal/kubetest
 
@@ -84,7 +87,7 @@ kube-bins:
 	cd test/kube/apiserver && $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o ../../../bin/kube/kube-apiserver .
 
 fuzz:
-	@GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS='$(FUZZFLAGS)' bash test/fuzz.sh $(FUZZ_TARGETS)
+	@GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZFLAGS='$(FUZZFLAGS)' FUZZJOBS=$(FUZZJOBS) bash test/fuzz.sh $(FUZZ_TARGETS)
 
 bench: deps build
 	$(GO) test -run='^$$' -bench=. -benchtime=2s -timeout 30m $(PKGS)

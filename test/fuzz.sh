@@ -13,7 +13,8 @@
 # Go 1.27; every other failure fails.
 #
 # Environment: GO, FUZZTIME (default 6s), FUZZFLAGS (test flags without the
-# "test." prefix, e.g. -parallel=1), FUZZBIN (default bin/fuzz).
+# "test." prefix, e.g. -parallel=1), FUZZJOBS (targets fuzzed at once,
+# default 1), FUZZBIN (default bin/fuzz).
 set -uo pipefail
 
 GO=${GO:-go}
@@ -46,41 +47,68 @@ build() {
 	done
 }
 
+# fuzz_one fuzzes target t (pkg:FuzzX) with its package's binary, cache
+# being go test's fuzz cache.
+fuzz_one() {
+	local cache=$1 t=$2
+	local pkg=${t%%:*} fn=${t##*:}
+	local bin importpath corpus before out rc
+	bin=$(binary "$pkg")
+	importpath=$("$GO" list "$pkg") || return 1
+	corpus="$pkg/testdata/fuzz/$fn"
+	echo "fuzz $pkg $fn ($FUZZTIME)"
+	before=$(inputs "$corpus")
+	out=$(mktemp)
+	# In the package's directory, as go test runs it: the seed corpus and
+	# any failing input are in testdata/fuzz there; the cache of
+	# interesting inputs is go test's.
+	(cd "$pkg" && "$bin" -test.run='^$' -test.fuzz="^$fn\$" -test.fuzztime="$FUZZTIME" \
+		-test.fuzzcachedir="$cache/$importpath" "${flags[@]}") 2>&1 | tee "$out"
+	rc=${PIPESTATUS[0]}
+	if [ "$rc" -ne 0 ]; then
+		local after msg
+		after=$(inputs "$corpus")
+		# The failure block: what follows "--- FAIL: <target>" up to the
+		# line "FAIL", without blank lines.
+		msg=$(sed -n "/^--- FAIL: $fn /,/^FAIL\$/p" "$out" | sed '1d;$d' | grep -v '^[[:space:]]*$' | sed 's/^[[:space:]]*//')
+		if [ "$before" = "$after" ] && [ "$msg" = "context deadline exceeded" ]; then
+			echo "fuzz $pkg $fn: the run ended with Go's fuzztime race (golang/go#75804), no failing input; counted as passed"
+			rc=0
+		fi
+	fi
+	rm -f "$out"
+	if [ "$rc" -ne 0 ]; then
+		echo "FAIL fuzz $pkg $fn"
+	fi
+	return "$rc"
+}
+
+# run fuzzes the targets, FUZZJOBS at a time (default 1), printing each
+# one's output when it ends, in order; after a failure it starts no more.
 run() {
-	local cache
+	local cache logs failed=0 i=0
 	cache=$("$GO" env GOCACHE)/fuzz
+	logs=$(mktemp -d)
+	local -a pids=() outs=()
 	for t in "$@"; do
-		local pkg=${t%%:*} fn=${t##*:}
-		local bin importpath corpus before out rc
-		bin=$(binary "$pkg")
-		importpath=$("$GO" list "$pkg") || return 1
-		corpus="$pkg/testdata/fuzz/$fn"
-		echo "fuzz $pkg $fn ($FUZZTIME)"
-		before=$(inputs "$corpus")
-		out=$(mktemp)
-		# In the package's directory, as go test runs it: the seed corpus
-		# and any failing input are in testdata/fuzz there; the cache of
-		# interesting inputs is go test's.
-		(cd "$pkg" && "$bin" -test.run='^$' -test.fuzz="^$fn\$" -test.fuzztime="$FUZZTIME" \
-			-test.fuzzcachedir="$cache/$importpath" "${flags[@]}") 2>&1 | tee "$out"
-		rc=${PIPESTATUS[0]}
-		if [ "$rc" -ne 0 ]; then
-			local after msg
-			after=$(inputs "$corpus")
-			# The failure block: what follows "--- FAIL: <target>" up to
-			# the line "FAIL", without blank lines.
-			msg=$(sed -n "/^--- FAIL: $fn /,/^FAIL\$/p" "$out" | sed '1d;$d' | grep -v '^[[:space:]]*$' | sed 's/^[[:space:]]*//')
-			if [ "$before" = "$after" ] && [ "$msg" = "context deadline exceeded" ]; then
-				echo "fuzz $pkg $fn: the run ended with Go's fuzztime race (golang/go#75804), no failing input; counted as passed"
-				rc=0
-			fi
-		fi
-		rm -f "$out"
-		if [ "$rc" -ne 0 ]; then
-			echo "FAIL fuzz $pkg $fn"
-			return "$rc"
-		fi
+		[ "$failed" -eq 0 ] || break
+		fuzz_one "$cache" "$t" >"$logs/$i" 2>&1 &
+		pids+=("$!")
+		outs+=("$logs/$i")
+		i=$((i + 1))
+		while [ "${#pids[@]}" -ge "${FUZZJOBS:-1}" ]; do
+			wait "${pids[0]}" || failed=1
+			cat "${outs[0]}"
+			pids=("${pids[@]:1}")
+			outs=("${outs[@]:1}")
+		done
 	done
+	for j in "${!pids[@]}"; do
+		wait "${pids[$j]}" || failed=1
+		cat "${outs[$j]}"
+	done
+	rm -rf "$logs"
+	return "$failed"
 }
 
 build "$@" && run "$@"

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -55,7 +56,8 @@ esac
 `
 
 // TestFuzzScript checks how test/fuzz.sh (make fuzz) builds each package's
-// binary once, runs every target from it in the package's directory, and
+// binary once, runs every target from it in the package's directory (one
+// or two at once, each target's output whole and in order), and
 // reads a run's outcome: only Go 1.26's fuzztime race (golang/go#75804),
 // which prints a bare "context deadline exceeded" and writes no input, is
 // taken as a pass.
@@ -69,19 +71,22 @@ func TestFuzzScript(t *testing.T) {
 		name      string
 		modes     map[string]string // target -> fake outcome
 		buildFail string            // a package whose build fails
+		jobs      string            // FUZZJOBS
 		wantOK    bool
 		wantCalls []string
 		wantOut   string
 	}{
-		{"all pass", nil, "", true, []string{"./a FuzzA", "./a FuzzA2", "./b FuzzB"}, "fuzz ./b FuzzB (6s)"},
-		{"deadline race without input", map[string]string{"FuzzA": "race"}, "", true,
+		{"all pass", nil, "", "", true, []string{"./a FuzzA", "./a FuzzA2", "./b FuzzB"}, "fuzz ./b FuzzB (6s)"},
+		{"all pass, two at once", nil, "", "2", true, []string{"./a FuzzA", "./a FuzzA2", "./b FuzzB"}, "fuzz ./a FuzzA (6s)\nfuzz: elapsed: 6s, execs: 100 (16/sec)\nPASS\nfuzz ./a FuzzA2 (6s)"},
+		{"deadline race without input", map[string]string{"FuzzA": "race"}, "", "", true,
 			[]string{"./a FuzzA", "./a FuzzA2", "./b FuzzB"}, "golang/go#75804"},
-		{"deadline race that wrote an input", map[string]string{"FuzzA": "race-with-input"}, "", false,
+		{"deadline race that wrote an input", map[string]string{"FuzzA": "race-with-input"}, "", "", false,
 			[]string{"./a FuzzA"}, "context deadline exceeded"},
-		{"crash", map[string]string{"FuzzA2": "crash"}, "", false, []string{"./a FuzzA", "./a FuzzA2"}, "Failing input written"},
-		{"deadline and a hang", map[string]string{"FuzzB": "race-and-more"}, "", false,
+		{"crash", map[string]string{"FuzzA2": "crash"}, "", "", false, []string{"./a FuzzA", "./a FuzzA2"}, "Failing input written"},
+		{"crash, two at once", map[string]string{"FuzzA": "crash"}, "", "2", false, []string{"./a FuzzA", "./a FuzzA2"}, "FAIL fuzz ./a FuzzA"},
+		{"deadline and a hang", map[string]string{"FuzzB": "race-and-more"}, "", "", false,
 			[]string{"./a FuzzA", "./a FuzzA2", "./b FuzzB"}, "hung or terminated"},
-		{"build failure", nil, "./b", false, nil, "build failed"},
+		{"build failure", nil, "./b", "", false, nil, "build failed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,7 +113,7 @@ func TestFuzzScript(t *testing.T) {
 			}
 			cmd := exec.Command("bash", append([]string{script}, targets...)...)
 			cmd.Dir = dir
-			cmd.Env = append(os.Environ(), "GO="+filepath.Join(dir, "go"), "FAKE_DIR="+dir, "FUZZTIME=6s", "FUZZFLAGS=-parallel=1")
+			cmd.Env = append(os.Environ(), "GO="+filepath.Join(dir, "go"), "FAKE_DIR="+dir, "FUZZTIME=6s", "FUZZFLAGS=-parallel=1", "FUZZJOBS="+tt.jobs)
 			out, err := cmd.CombinedOutput()
 			if ok := err == nil; ok != tt.wantOK {
 				t.Fatalf("fuzz.sh succeeded = %v, want %v (err %v)\n%s", ok, tt.wantOK, err, out)
@@ -122,7 +127,8 @@ func TestFuzzScript(t *testing.T) {
 			if strings.Join(builds, "|") != strings.Join(wantBuilds, "|") {
 				t.Errorf("builds: %q, want %q", builds, wantBuilds)
 			}
-			if got := lines(t, filepath.Join(dir, "calls.log")); strings.Join(got, "|") != strings.Join(tt.wantCalls, "|") {
+			// Targets run at once start in any order.
+			if got := lines(t, filepath.Join(dir, "calls.log")); strings.Join(sorted(got), "|") != strings.Join(tt.wantCalls, "|") {
 				t.Errorf("targets run: %q, want %q", got, tt.wantCalls)
 			}
 			for _, line := range lines(t, filepath.Join(dir, "args.log")) {
@@ -133,6 +139,12 @@ func TestFuzzScript(t *testing.T) {
 			}
 		})
 	}
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
 }
 
 // lines returns the lines of the file at path; none if it does not exist.

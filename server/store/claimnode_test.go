@@ -2,7 +2,6 @@ package store
 
 import (
 	"errors"
-	"sync"
 	"testing"
 	"time"
 )
@@ -106,32 +105,11 @@ func TestClaimNode(t *testing.T) {
 
 		// The race: one wins, the others are told the node exists.
 		stores := []Store{s, openStore(t, url)}
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		results := make(chan error, 16)
-		for i := range 16 {
+		oneWins(t, 16, ErrAlreadyExists, "racing claims recorded the node", func(i int) error {
 			race := Node{SPIFFEID: "spiffe://example.org/agent/aws_iid/111122223333/us-east-1/i-race", AttestationType: "aws_iid", AttestedAt: now,
 				AgentKeyHash: string(rune('a' + i))}
-			wg.Go(func() {
-				<-start
-				_, err := stores[i%len(stores)].ClaimNode(ctx, race, now)
-				results <- err
-			})
-		}
-		close(start)
-		wg.Wait()
-		close(results)
-		wins := 0
-		for err := range results {
-			switch {
-			case err == nil:
-				wins++
-			case !errors.Is(err, ErrAlreadyExists):
-				t.Errorf("racing ClaimNode: %v, want nil or ErrAlreadyExists", err)
-			}
-		}
-		if wins != 1 {
-			t.Fatalf("%d of 16 racing claims recorded the node, want exactly 1", wins)
-		}
+			_, err := stores[i%len(stores)].ClaimNode(ctx, race, now)
+			return err
+		})
 	})
 }

@@ -449,14 +449,23 @@ func consumeRace(t *testing.T, stores []Store, n int) {
 	if err := stores[0].CreateJoinToken(ctx, JoinToken{Hash: hash, ID: hash, ExpiresAt: now.Add(time.Hour)}); err != nil {
 		t.Fatalf("CreateJoinToken: %v", err)
 	}
+	oneWins(t, n, ErrNotFound, "concurrent spenders got the token", func(i int) error {
+		node := Node{SPIFFEID: fmt.Sprintf("spiffe://example.org/agent/join_token/%d", i), AttestationType: "join_token"}
+		return stores[i%len(stores)].UpsertNodeSpendingToken(ctx, node, hash, fmt.Sprintf("key%d", i), now)
+	})
+}
+
+// oneWins starts n calls of try at once and fails t unless exactly one
+// succeeds and every other fails with loserErr.
+func oneWins(t *testing.T, n int, loserErr error, what string, try func(i int) error) {
+	t.Helper()
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	results := make(chan error, n)
 	for i := range n {
 		wg.Go(func() {
 			<-start
-			node := Node{SPIFFEID: fmt.Sprintf("spiffe://example.org/agent/join_token/%d", i), AttestationType: "join_token"}
-			results <- stores[i%len(stores)].UpsertNodeSpendingToken(ctx, node, hash, fmt.Sprintf("key%d", i), now)
+			results <- try(i)
 		})
 	}
 	close(start)
@@ -467,12 +476,12 @@ func consumeRace(t *testing.T, stores []Store, n int) {
 		switch {
 		case err == nil:
 			wins++
-		case !errors.Is(err, ErrNotFound):
-			t.Errorf("spend: %v, want nil or ErrNotFound", err)
+		case !errors.Is(err, loserErr):
+			t.Errorf("%s: %v, want nil or %v", what, err, loserErr)
 		}
 	}
 	if wins != 1 {
-		t.Fatalf("%d of %d concurrent spenders got the token, want exactly 1", wins, n)
+		t.Fatalf("%d of %d %s, want exactly 1", wins, n, what)
 	}
 }
 

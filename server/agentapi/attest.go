@@ -107,8 +107,8 @@ func (s *Service) Attest(ctx context.Context, req *api.AttestRequest) (*api.Atte
 		// renewed since with another key.
 		return nil, s.alreadyAttestedError(res, false)
 	case errors.Is(err, store.ErrSVIDValid):
-		// Renewed since, by its agent.
-		return nil, s.svidValidError(res, node.ExpiresAt)
+		// Renewed since, by its agent: its new expiry is not known here.
+		return nil, s.svidValidError(res, time.Time{})
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrExpired):
 		// Spent by a concurrent attestation, or expired, since it was read.
 		s.cfg.Logger.Warn("agent attestation refused", "type", res.Type, "reason", err)
@@ -221,8 +221,12 @@ func (s *Service) alreadyAttestedError(res nodeattest.Result, keyless bool) erro
 func (s *Service) svidValidError(res nodeattest.Result, expiresAt time.Time) error {
 	s.cfg.Logger.Warn("agent attestation refused", "agent_id", res.AgentID.String(), "type", res.Type,
 		"reason", "its SVID for this key is still valid", "expires_at", expiresAt)
-	return status.Errorf(codes.PermissionDenied, "agent %s holds an SVID for this key valid until %s: it renews that SVID in place, and attests again with %s evidence only once it has expired",
-		res.AgentID, expiresAt.UTC().Format(time.RFC3339), res.Type)
+	until := "" // renewed while this attestation was checked: expiry unknown
+	if !expiresAt.IsZero() {
+		until = " valid until " + expiresAt.UTC().Format(time.RFC3339)
+	}
+	return status.Errorf(codes.PermissionDenied, "agent %s holds an SVID for this key%s: it renews that SVID in place, and attests again with %s evidence only once it has expired",
+		res.AgentID, until, res.Type)
 }
 
 func (s *Service) bannedError(id spiffeid.ID) error {

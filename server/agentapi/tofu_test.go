@@ -43,6 +43,26 @@ func TestTOFUAgentBackAfterExpiry(t *testing.T) {
 		t.Fatalf("node after the agent came back: %+v, %v; want a new, unexpired SVID", got, err)
 	}
 
+	// The agent renewed while this attestation was checked (Attest read
+	// the node expired; the store holds it renewed): refused in the write,
+	// with no expiry it cannot know.
+	stale, err := h.store.GetNode(ctx, id.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.ExpiresAt = time.Now().Add(-time.Minute)
+	cfg := h.svc.cfg
+	cfg.Store = staleNodeReads{Store: h.store, node: &stale}
+	_, racing := h.awsiidRequest(t, doc)
+	racing.Csr = req.Csr
+	if _, err := New(cfg).Attest(ctx, racing); status.Code(err) != codes.PermissionDenied ||
+		!strings.Contains(err.Error(), "holds an SVID for this key: it renews that SVID in place") {
+		t.Fatalf("Attest racing the agent's renewal: %v, want PermissionDenied saying it renews in place, without an expiry", err)
+	}
+	if got, _ := h.store.GetNode(ctx, id.String()); got.SerialNumber != stale.SerialNumber {
+		t.Fatalf("a refused attestation changed the node: serial %s -> %s", stale.SerialNumber, got.SerialNumber)
+	}
+
 	_, lost := h.awsiidRequest(t, doc)
 	_, err = h.anon(t).Attest(ctx, lost)
 	if status.Code(err) != codes.PermissionDenied {
